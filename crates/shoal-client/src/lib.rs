@@ -1,0 +1,263 @@
+//! A typed HTTP client for a Shoal node, over `shoal-protocol`.
+//!
+//! Used by the CLI, the tests and the examples; nothing else hand-rolls HTTP.
+
+mod archive;
+
+pub use archive::pack_dir;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use shoal_protocol as protocol;
+use shoal_protocol::{
+    ARCHIVE_CONTENT_TYPE, Accepted, CreateToken, CreatedToken, Deleted, ErrorBody, ErrorCode, FUNCTION_ERROR_HEADER,
+    FunctionFailure, FunctionList, FunctionView, Health, INVOCATION_ID_HEADER, InvocationView, LogsView, TokenList,
+};
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node answered with an error body.
+    #[error("{message} ({code:?}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The node could not be reached or answered something unreadable.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Api { code, .. } => Some(*code),
+            Error::Transport(_) => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            Error::Transport(_) => None,
+        }
+    }
+}
+
+/// The result of a synchronous invocation.
+#[derive(Debug, Clone)]
+pub struct Invoked {
+    pub id: String,
+    /// The function's return value, or how it failed.
+    pub result: std::result::Result<Value, FunctionFailure>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// `url` like `http://127.0.0.1:7700`; `token` is the bearer secret.
+    pub fn new(url: &str, token: Option<&str>) -> Result<Client> {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = token {
+            let v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| Error::Transport("the token contains characters not allowed in a header".into()))?;
+            headers.insert(AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn health(&self) -> Result<Health> {
+        self.json(Method::GET, "/healthz", None::<&()>).await
+    }
+
+    /// Deploys a function from a tar archive (see [`pack_dir`]).
+    pub async fn deploy(&self, archive: Vec<u8>) -> Result<FunctionView> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/functions", self.base))
+            .header(CONTENT_TYPE, ARCHIVE_CONTENT_TYPE)
+            .body(archive)
+            .send()
+            .await
+            .map_err(transport)?;
+        decode(resp).await
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionView>> {
+        let list: FunctionList = self.json(Method::GET, "/v1/functions", None::<&()>).await?;
+        Ok(list.functions)
+    }
+
+    pub async fn function(&self, name: &str) -> Result<FunctionView> {
+        self.json(Method::GET, &format!("/v1/functions/{}", seg(name)), None::<&()>).await
+    }
+
+    pub async fn remove_function(&self, name: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(Method::DELETE, &format!("/v1/functions/{}", seg(name)), None::<&()>)
+            .await?;
+        Ok(())
+    }
+
+    /// Invokes synchronously with `event` (JSON text) and waits for the result.
+    pub async fn invoke(&self, name: &str, event: &str) -> Result<Invoked> {
+        let resp = self.post_event(name, event, false).await?;
+        let id = header(&resp, INVOCATION_ID_HEADER);
+        let failed = resp.headers().contains_key(FUNCTION_ERROR_HEADER);
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        let bytes = resp.bytes().await.map_err(transport)?;
+        let result = if failed {
+            Err(serde_json::from_slice(&bytes).map_err(|e| Error::Transport(format!("bad failure body: {e}")))?)
+        } else {
+            Ok(serde_json::from_slice(&bytes).map_err(|e| Error::Transport(format!("bad result body: {e}")))?)
+        };
+        Ok(Invoked { id, result })
+    }
+
+    /// Queues an invocation; returns its id.
+    pub async fn invoke_async(&self, name: &str, event: &str) -> Result<String> {
+        let resp = self.post_event(name, event, true).await?;
+        let accepted: Accepted = decode(resp).await?;
+        Ok(accepted.id)
+    }
+
+    async fn post_event(&self, name: &str, event: &str, is_async: bool) -> Result<reqwest::Response> {
+        let mode = if is_async { "?mode=async" } else { "" };
+        self.http
+            .post(format!("{}/v1/functions/{}/invoke{mode}", self.base, seg(name)))
+            .header(CONTENT_TYPE, "application/json")
+            .body(event.to_string())
+            .send()
+            .await
+            .map_err(transport)
+    }
+
+    pub async fn invocation(&self, id: &str) -> Result<InvocationView> {
+        self.json(Method::GET, &format!("/v1/invocations/{}", seg(id)), None::<&()>).await
+    }
+
+    pub async fn logs(&self, id: &str) -> Result<String> {
+        let logs: LogsView = self
+            .json(Method::GET, &format!("/v1/invocations/{}/logs", seg(id)), None::<&()>)
+            .await?;
+        Ok(logs.logs)
+    }
+
+    pub async fn create_token(&self, role: &str, name: Option<&str>) -> Result<CreatedToken> {
+        let req = CreateToken {
+            role: role.to_string(),
+            name: name.map(str::to_string),
+        };
+        self.json(Method::POST, "/v1/tokens", Some(&req)).await
+    }
+
+    pub async fn tokens(&self) -> Result<TokenList> {
+        self.json(Method::GET, "/v1/tokens", None::<&()>).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(Method::DELETE, &format!("/v1/tokens/{}", seg(id)), None::<&()>)
+            .await?;
+        Ok(())
+    }
+
+    /// A raw GET returning the body text (for `/metrics`, `/v1/openapi.json`).
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.text().await.map_err(transport)
+    }
+
+    async fn json<T: DeserializeOwned, B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        decode(req.send().await.map_err(transport)?).await
+    }
+}
+
+/// Percent-encodes one path segment.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn transport(e: reqwest::Error) -> Error {
+    if e.is_connect() {
+        Error::Transport(format!(
+            "cannot reach the node ({e}); is `shoal serve` running, and is --url / SHOAL_URL right?"
+        ))
+    } else {
+        Error::Transport(e.to_string())
+    }
+}
+
+async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    let bytes = resp.bytes().await.map_err(transport)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Transport(format!("unreadable answer from the node: {e}")))
+}
+
+async fn api_error(resp: reqwest::Response) -> Error {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => Error::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => Error::Api {
+            status: status.as_u16(),
+            code: if status == StatusCode::NOT_FOUND {
+                ErrorCode::RouteNotFound
+            } else {
+                ErrorCode::Internal
+            },
+            message: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+        },
+    }
+}

@@ -1,0 +1,484 @@
+//! The one path every invocation takes: run on the runtime, account, record.
+//!
+//! Synchronous calls run at once and their record is written behind the
+//! answer (the `live` map serves reads until it is durable). Asynchronous
+//! calls are messages on a durable per-function queue: accepted only once
+//! durable, leased by a consumer, retried with exponential backoff and jitter,
+//! acknowledged only after their final record was issued. A node killed
+//! mid-run delivers the message again after restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use shoal_runtime::{Request, Response};
+use shoal_store::{Delivery, ErrorRecord, InvocationRecord, NewMessage};
+use shoal_types::{FailureKind, InvocationStatus, Outcome, gb_seconds};
+
+use crate::engine::Inner;
+use crate::error::{Error, Result};
+use crate::functions::{Deployed, parse_name};
+
+/// A finished synchronous invocation.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub id: String,
+    pub outcome: Outcome,
+}
+
+/// An invocation whose latest state is not durable yet.
+#[derive(Debug)]
+pub(crate) struct LiveEntry {
+    pub(crate) record: InvocationRecord,
+    /// Logs of the finished attempt, until they are durable.
+    pub(crate) logs: Option<Vec<u8>>,
+}
+
+/// The consumer of one function's asynchronous queue.
+pub(crate) struct Consumer {
+    notify: Notify,
+    slots: Arc<Semaphore>,
+}
+
+/// What an asynchronous invocation's queue message carries; the invocation
+/// record holds the rest.
+#[derive(Serialize, Deserialize)]
+struct Message {
+    id: String,
+    version: u64,
+}
+
+/// Queue names with a dot cannot clash with user queue names.
+pub(crate) fn queue_name(function: &str) -> String {
+    format!("_async.{function}")
+}
+
+pub(crate) async fn invoke_sync(inner: &Arc<Inner>, name: &str, event: String) -> Result<Completed> {
+    let d = resolve_latest(inner, name)?;
+    let now = inner.clock.now_ms();
+    let mut record = new_record(&d, "sync", event, now);
+    record.status = InvocationStatus::Running.as_str().into();
+    record.attempts = 1;
+    record.started_at_ms = Some(now);
+    record.max_attempts = 1;
+    let id = record.id.clone();
+    set_live(inner, record.clone(), None);
+    let response = inner.runtime.invoke(&d.deployment, request(&record, &d)).await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            inner.live.lock().unwrap().remove(&id);
+            return Err(e.into());
+        }
+    };
+    let outcome = response.outcome.clone();
+    apply_response(inner, &mut record, &d, &response);
+    metrics(&d, "sync", &response);
+    persist(inner, record, response.logs, None);
+    Ok(Completed { id, outcome })
+}
+
+pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) -> Result<String> {
+    let d = resolve_latest(inner, name)?;
+    let record = new_record(&d, "async", event, inner.clock.now_ms());
+    let id = record.id.clone();
+    let body = serde_json::to_vec(&Message {
+        id: id.clone(),
+        version: d.record.version,
+    })
+    .expect("message encodes");
+    // Both writes are issued in order; the message is durable only after the
+    // record is, so a delivered message always finds its record.
+    let put = inner.backend.invocations.put_invocations(vec![record]);
+    let send = inner.backend.queues.send(
+        &queue_name(&d.record.name),
+        vec![NewMessage {
+            id: id.clone(),
+            body,
+            due_ms: 0,
+        }],
+    );
+    put.await?;
+    send.await?;
+    wake(inner, &d.record.name);
+    metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.clone())
+        .increment(1);
+    Ok(id)
+}
+
+/// Starts the consumer of a function's queue unless it runs already, and
+/// grows its slots to the function's concurrency.
+pub(crate) fn ensure_consumer(inner: &Arc<Inner>, d: &Deployed) {
+    let name = d.record.name.clone();
+    let mut consumers = inner.consumers.lock().unwrap();
+    if let Some(c) = consumers.get(&name) {
+        let have = c.slots.available_permits() as u32;
+        if d.record.concurrency > have {
+            // Only ever grow: shrinking would have to wait for running work.
+            c.slots.add_permits((d.record.concurrency - have) as usize);
+        }
+        c.notify.notify_one();
+        return;
+    }
+    let consumer = Arc::new(Consumer {
+        notify: Notify::new(),
+        slots: Arc::new(Semaphore::new(d.record.concurrency as usize)),
+    });
+    consumers.insert(name.clone(), consumer.clone());
+    let inner2 = inner.clone();
+    inner.tasks.spawn(async move {
+        consume(inner2, name, consumer).await;
+    });
+}
+
+pub(crate) fn wake(inner: &Inner, function: &str) {
+    if let Some(c) = inner.consumers.lock().unwrap().get(function) {
+        c.notify.notify_one();
+    }
+}
+
+/// Leases due messages while slots are free and runs each in its own task.
+async fn consume(inner: Arc<Inner>, name: String, consumer: Arc<Consumer>) {
+    let queue = queue_name(&name);
+    let idle_poll = Duration::from_secs(1);
+    loop {
+        let permit = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            p = consumer.slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![permit];
+        while let Ok(p) = consumer.slots.clone().try_acquire_owned() {
+            permits.push(p);
+            if permits.len() >= 256 {
+                break;
+            }
+        }
+        let visibility = visibility_ms(&inner, &name);
+        let now = inner.clock.now_ms();
+        let leased = match inner
+            .backend
+            .queues
+            .lease(&queue, now, permits.len(), visibility)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(%queue, error = %e, "Leasing failed; retrying.");
+                drop(permits);
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(idle_poll) => continue,
+                }
+            }
+        };
+        if leased.deliveries.is_empty() {
+            drop(permits);
+            if inner.registry.latest(&name).is_none() && leased.next_due_ms.is_none() {
+                // The function was removed and its queue is drained.
+                let mut consumers = inner.consumers.lock().unwrap();
+                if inner.registry.latest(&name).is_none() {
+                    consumers.remove(&name);
+                    return;
+                }
+                continue;
+            }
+            let wait = leased
+                .next_due_ms
+                .map(|due| Duration::from_millis(due.saturating_sub(now)))
+                .unwrap_or(idle_poll)
+                .min(idle_poll);
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = consumer.notify.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        let mut permits = permits.into_iter();
+        for delivery in leased.deliveries {
+            let permit = permits.next().expect("leased at most one per permit");
+            let inner = inner.clone();
+            let name = name.clone();
+            inner.tasks.clone().spawn(async move {
+                run_delivery(&inner, &name, delivery, permit).await;
+            });
+        }
+    }
+}
+
+fn visibility_ms(inner: &Inner, name: &str) -> u64 {
+    let timeout = inner
+        .registry
+        .latest(name)
+        .map(|d| d.record.timeout_ms)
+        .unwrap_or(30_000);
+    timeout + inner.opts.lease_margin.as_millis() as u64
+}
+
+async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    let queue = queue_name(name);
+    let ack = |id: String| inner.backend.queues.ack(&queue, vec![id]);
+    let Ok(msg) = serde_json::from_slice::<Message>(&delivery.body) else {
+        warn!(%queue, id = %delivery.id, "Undecodable queue message dropped.");
+        drop(ack(delivery.id));
+        return;
+    };
+    let record = match load_record(inner, &msg.id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            warn!(id = %msg.id, "Queued invocation has no record; dropped.");
+            drop(ack(delivery.id));
+            return;
+        }
+        Err(e) => {
+            warn!(id = %msg.id, error = %e, "Reading an invocation failed; it will be redelivered.");
+            return;
+        }
+    };
+    let mut record = record;
+    if InvocationStatus::parse(&record.status).is_some_and(|s| s.is_final()) {
+        // Finished before a crash took the acknowledgement with it.
+        drop(ack(delivery.id));
+        return;
+    }
+    let d = match resolve_version(inner, name, msg.version).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            let now = inner.clock.now_ms();
+            record.status = InvocationStatus::Failed.as_str().into();
+            record.error = Some(error_record(&shoal_types::Failure::new(
+                FailureKind::LoadFailed,
+                format!("function {name} version {} was removed before this invocation ran", msg.version),
+            )));
+            record.finished_at_ms = Some(now);
+            record.next_attempt_at_ms = None;
+            persist(inner, record, Vec::new(), Some((queue, delivery.id)));
+            return;
+        }
+        Err(e) => {
+            warn!(id = %msg.id, error = %e, "Resolving a function failed; it will be redelivered.");
+            return;
+        }
+    };
+
+    let now = inner.clock.now_ms();
+    record.attempts += 1;
+    record.status = InvocationStatus::Running.as_str().into();
+    record.started_at_ms = Some(now);
+    record.next_attempt_at_ms = None;
+    set_live(inner, record.clone(), None);
+    let response = match inner.runtime.invoke(&d.deployment, request(&record, &d)).await {
+        Ok(r) => r,
+        Err(e) => {
+            inner.live.lock().unwrap().remove(&record.id);
+            if !inner.shutdown.is_cancelled() {
+                warn!(id = %record.id, error = %e, "Runtime failed; the invocation will be redelivered.");
+                let due = inner.clock.now_ms() + 1000;
+                drop(inner.backend.queues.nack(&queue, &delivery.id, due));
+            }
+            // When shutting down, the lease lapses and the message is
+            // delivered again after restart.
+            return;
+        }
+    };
+    apply_response(inner, &mut record, &d, &response);
+    metrics(&d, "async", &response);
+    let failed = !matches!(response.outcome, Outcome::Succeeded(_));
+    if failed && record.attempts < record.max_attempts {
+        let delay = backoff(
+            Duration::from_millis(d.record.retry_delay_ms),
+            record.attempts,
+        );
+        let due = inner.clock.now_ms() + delay.as_millis() as u64;
+        record.status = InvocationStatus::Queued.as_str().into();
+        record.next_attempt_at_ms = Some(due);
+        record.finished_at_ms = None;
+        debug!(id = %record.id, attempt = record.attempts, delay_ms = delay.as_millis() as u64, "Invocation failed; retrying.");
+        let nack = inner.backend.queues.nack(&queue, &delivery.id, due);
+        persist(inner, record, response.logs, None);
+        drop(nack);
+        return;
+    }
+    persist(inner, record, response.logs, Some((queue, delivery.id)));
+}
+
+/// Delay before retry number `attempt` (1-based): `base × 2^(attempt-1)`,
+/// capped at 15 minutes, with "equal jitter" (between half and all of it) so
+/// that failures that happened together do not retry together.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let cap = Duration::from_secs(15 * 60);
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(cap);
+    let half = exp / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+fn resolve_latest(inner: &Inner, name: &str) -> Result<Arc<Deployed>> {
+    let name = parse_name(name)?;
+    if inner.shutdown.is_cancelled() {
+        return Err(Error::Unavailable("the node is shutting down; retry on another node or later".into()));
+    }
+    inner
+        .registry
+        .latest(name.as_str())
+        .ok_or_else(|| Error::not_found("function", name.as_str()))
+}
+
+async fn resolve_version(inner: &Inner, name: &str, version: u64) -> Result<Option<Arc<Deployed>>> {
+    if let Some(d) = inner.registry.version(name, version) {
+        return Ok(Some(d));
+    }
+    if inner.registry.latest(name).is_none() {
+        return Ok(None);
+    }
+    let Some(record) = inner.backend.catalog.function_version(name, version).await? else {
+        return Ok(None);
+    };
+    let d = Arc::new(Deployed::from_record(&inner.opts.data_dir, record));
+    inner.registry.insert_version(d.clone());
+    Ok(Some(d))
+}
+
+async fn load_record(inner: &Inner, id: &str) -> Result<Option<InvocationRecord>> {
+    if let Some(entry) = inner.live.lock().unwrap().get(id) {
+        return Ok(Some(entry.record.clone()));
+    }
+    Ok(inner.backend.invocations.invocation(id).await?)
+}
+
+fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> InvocationRecord {
+    InvocationRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        function: d.record.name.clone(),
+        version: d.record.version,
+        mode: mode.into(),
+        status: InvocationStatus::Queued.as_str().into(),
+        input: event,
+        output: None,
+        error: None,
+        attempts: 0,
+        max_attempts: d.max_attempts(),
+        created_at_ms: now,
+        started_at_ms: None,
+        finished_at_ms: None,
+        duration_ms: None,
+        billed_gb_s: 0.0,
+        cold_start: false,
+        next_attempt_at_ms: None,
+    }
+}
+
+fn request(record: &InvocationRecord, d: &Deployed) -> Request {
+    Request {
+        invocation_id: record.id.clone(),
+        function: d.record.name.clone(),
+        version: d.record.version,
+        attempt: record.attempts,
+        event: record.input.clone(),
+    }
+}
+
+fn apply_response(inner: &Inner, record: &mut InvocationRecord, d: &Deployed, r: &Response) {
+    record.status = r.outcome.status().as_str().into();
+    record.finished_at_ms = Some(inner.clock.now_ms());
+    record.duration_ms = Some(r.duration.as_secs_f64() * 1000.0);
+    record.billed_gb_s += gb_seconds(d.record.memory_mb, r.duration);
+    record.cold_start |= r.cold_start;
+    match &r.outcome {
+        Outcome::Succeeded(json) => {
+            record.output = Some(json.clone());
+            record.error = None;
+        }
+        Outcome::Failed(f) => {
+            record.output = None;
+            record.error = Some(error_record(f));
+        }
+    }
+}
+
+fn error_record(f: &shoal_types::Failure) -> ErrorRecord {
+    ErrorRecord {
+        kind: f.kind.as_str().into(),
+        exception: f.exception.clone(),
+        message: f.message.clone(),
+        traceback: f.traceback.clone(),
+    }
+}
+
+fn set_live(inner: &Inner, record: InvocationRecord, logs: Option<Vec<u8>>) -> Arc<LiveEntry> {
+    let entry = Arc::new(LiveEntry { record, logs });
+    inner
+        .live
+        .lock()
+        .unwrap()
+        .insert(entry.record.id.clone(), entry.clone());
+    entry
+}
+
+/// Issues the record (and logs) write, then the acknowledgement if any, and
+/// keeps the record readable from memory until the write is durable.
+fn persist(inner: &Arc<Inner>, record: InvocationRecord, logs: Vec<u8>, ack: Option<(String, String)>) {
+    let id = record.id.clone();
+    let entry = set_live(inner, record.clone(), Some(logs.clone()));
+    let put_logs = (!logs.is_empty()).then(|| inner.backend.invocations.put_logs(&id, logs));
+    let put = inner.backend.invocations.put_invocations(vec![record]);
+    let acked = ack.map(|(queue, msg)| inner.backend.queues.ack(&queue, vec![msg]));
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let mut ok = put.await.map_err(|e| e.to_string());
+        if let Some(f) = put_logs {
+            ok = ok.and(f.await.map_err(|e| e.to_string()));
+        }
+        if let Some(f) = acked {
+            ok = ok.and(f.await.map_err(|e| e.to_string()));
+        }
+        if let Err(e) = ok {
+            warn!(%id, error = %e, "Writing an invocation's outcome failed.");
+        }
+        let mut live = inner.live.lock().unwrap();
+        if live.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            live.remove(&id);
+        }
+    });
+}
+
+fn metrics(d: &Deployed, mode: &'static str, r: &Response) {
+    let function = d.record.name.clone();
+    let outcome = match &r.outcome {
+        Outcome::Succeeded(_) => "succeeded",
+        Outcome::Failed(f) => f.kind.as_str(),
+    };
+    metrics::counter!("shoal_invocations_total", "function" => function.clone(), "mode" => mode, "outcome" => outcome).increment(1);
+    metrics::histogram!("shoal_invocation_duration_seconds", "function" => function.clone())
+        .record(r.duration.as_secs_f64());
+    if r.cold_start {
+        metrics::counter!("shoal_cold_starts_total", "function" => function).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..6u32 {
+            let full = base * 2u32.pow(attempt - 1);
+            for _ in 0..50 {
+                let d = backoff(base, attempt);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+            }
+        }
+        assert!(backoff(Duration::from_secs(60), 90) <= Duration::from_secs(15 * 60));
+    }
+}

@@ -1,0 +1,321 @@
+//! `Engine` and its cheap-clone `Handle`: what the HTTP layer calls.
+//!
+//! The engine owns the function registry, token checks, and the background
+//! consumers that run asynchronous invocations. It knows no HTTP and names no
+//! concrete storage or runtime adapter.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use shoal_runtime::{PoolStats, Runtime};
+use shoal_store::{Backend, FunctionRecord, InvocationRecord, QueueDepth, TokenRecord};
+use shoal_types::Role;
+
+use crate::auth::{self, Token, TokenCache};
+use crate::clock::Clock;
+use crate::dispatch::{self, Consumer};
+use crate::error::{Error, Result};
+use crate::functions::{self, Deployed, Registry};
+
+/// How the engine runs. Built by the binary from node configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where function code is unpacked (`functions/...`).
+    pub data_dir: PathBuf,
+    /// Extra lease time an asynchronous invocation gets beyond its timeout.
+    pub lease_margin: Duration,
+}
+
+impl Options {
+    pub fn new(data_dir: PathBuf) -> Options {
+        Options {
+            data_dir,
+            lease_margin: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The engine's shared state. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: Options,
+    pub(crate) backend: Backend,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) registry: Registry,
+    pub(crate) tokens: TokenCache,
+    /// Invocation records whose latest state is not durable yet (running, or
+    /// finished with the write still in flight). Reads look here first, so a
+    /// client always sees its own invocation.
+    pub(crate) live: Mutex<HashMap<String, Arc<dispatch::LiveEntry>>>,
+    pub(crate) consumers: Mutex<HashMap<String, Arc<Consumer>>>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Starts the engine: loads deployed functions and starts the consumers of
+/// their asynchronous invocations. Work stops when `shutdown` is cancelled;
+/// then call [`Handle::drain`].
+pub async fn start(
+    opts: Options,
+    backend: Backend,
+    runtime: Arc<dyn Runtime>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<Handle> {
+    let handle = Handle {
+        inner: Arc::new(Inner {
+            opts,
+            backend,
+            runtime,
+            clock,
+            registry: Registry::default(),
+            tokens: TokenCache::default(),
+            live: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown,
+        }),
+    };
+    let records = handle.inner.backend.catalog.functions().await?;
+    for record in records {
+        let d = Arc::new(Deployed::from_record(&handle.inner.opts.data_dir, record));
+        handle.inner.registry.insert_latest(d.clone());
+        dispatch::ensure_consumer(&handle.inner, &d);
+    }
+    Ok(handle)
+}
+
+impl Handle {
+    // ---- tokens ----
+
+    /// The role of a bearer secret, or `None` when it is unknown or revoked.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Role>> {
+        auth::verify(&self.inner.tokens, &*self.inner.backend.catalog, secret).await
+    }
+
+    /// Creates a token; returns it with its secret (shown once).
+    pub async fn create_token(&self, role: Role, name: &str) -> Result<(Token, String)> {
+        let (id, secret) = auth::new_secret();
+        let record = TokenRecord {
+            id: id.clone(),
+            secret_sha256: auth::hash_secret(&secret),
+            role: role.as_str().to_string(),
+            name: name.to_string(),
+            created_at_ms: self.inner.clock.now_ms(),
+        };
+        self.inner.backend.catalog.put_token(record.clone()).await?;
+        let token = auth::to_token(&record).expect("role was just written");
+        Ok((token, secret))
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<Token>> {
+        let records = self.inner.backend.catalog.tokens().await?;
+        Ok(records.iter().filter_map(auth::to_token).collect())
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let existed = self.inner.backend.catalog.revoke_token(id).await?;
+        self.inner.tokens.clear();
+        if existed {
+            Ok(())
+        } else {
+            Err(Error::not_found("token", id))
+        }
+    }
+
+    // ---- functions ----
+
+    /// Deploys a function archive (tar of a directory with `shoal.toml`) as
+    /// a new version.
+    pub async fn deploy(&self, archive: Vec<u8>) -> Result<FunctionRecord> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("the node is shutting down".into()));
+        }
+        let data_dir = self.inner.opts.data_dir.clone();
+        let unpacked = tokio::task::spawn_blocking(move || functions::unpack(&data_dir, &archive))
+            .await
+            .map_err(|e| Error::Unavailable(format!("unpacking failed: {e}")))??;
+        let code_dir = self.inner.opts.data_dir.join(&unpacked.code_dir);
+        let prepared = self.inner.runtime.prepare(code_dir).await?;
+        let env_dir = prepared.env_dir.map(|p| {
+            p.strip_prefix(&self.inner.opts.data_dir)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+        });
+        let m = &unpacked.manifest;
+        let mut record = FunctionRecord {
+            name: m.name.to_string(),
+            version: 0,
+            runtime: m.runtime.clone(),
+            handler: m.handler.clone(),
+            timeout_ms: m.limits.timeout.as_millis() as u64,
+            memory_mb: m.limits.memory_mb,
+            concurrency: m.limits.concurrency,
+            retries: m.retries,
+            retry_delay_ms: m.retry_delay.as_millis() as u64,
+            code_dir: unpacked.code_dir.clone(),
+            env_dir,
+            code_sha256: unpacked.sha256.clone(),
+            deployed_at_ms: self.inner.clock.now_ms(),
+        };
+        record.version = self
+            .inner
+            .backend
+            .catalog
+            .deploy_function(record.clone())
+            .await?;
+        let d = Arc::new(Deployed::from_record(
+            &self.inner.opts.data_dir,
+            record.clone(),
+        ));
+        let previous = {
+            let _guard = self.inner.consumers.lock().unwrap();
+            let previous = self.inner.registry.latest(&record.name);
+            self.inner.registry.insert_latest(d.clone());
+            previous
+        };
+        dispatch::ensure_consumer(&self.inner, &d);
+        // The previous version's warm workers are no longer needed for new
+        // calls; queued async invocations of it start a pool again if needed.
+        if let Some(prev) = previous {
+            self.inner.runtime.retire(&prev.deployment.key);
+        }
+        info!(function = %record.name, version = record.version, "Function deployed.");
+        Ok(record)
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionRecord>> {
+        Ok(self.inner.backend.catalog.functions().await?)
+    }
+
+    pub async fn function(&self, name: &str) -> Result<FunctionRecord> {
+        let name = functions::parse_name(name)?;
+        self.inner
+            .backend
+            .catalog
+            .function(name.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("function", name.as_str()))
+    }
+
+    /// Removes a function and all its versions. Its queued asynchronous
+    /// invocations fail with `load_failed`.
+    pub async fn remove_function(&self, name: &str) -> Result<()> {
+        let name = functions::parse_name(name)?;
+        let existed = self
+            .inner
+            .backend
+            .catalog
+            .remove_function(name.as_str())
+            .await?;
+        let removed = {
+            let _guard = self.inner.consumers.lock().unwrap();
+            self.inner.registry.remove(name.as_str())
+        };
+        for d in removed {
+            self.inner.runtime.retire(&d.deployment.key);
+        }
+        dispatch::wake(&self.inner, name.as_str());
+        if existed {
+            info!(function = %name, "Function removed.");
+            Ok(())
+        } else {
+            Err(Error::not_found("function", name.as_str()))
+        }
+    }
+
+    // ---- invocations ----
+
+    /// Runs a function and waits for its outcome. `event` must be JSON text.
+    pub async fn invoke(&self, name: &str, event: String) -> Result<dispatch::Completed> {
+        dispatch::invoke_sync(&self.inner, name, event).await
+    }
+
+    /// Queues an invocation durably and returns its id.
+    pub async fn invoke_async(&self, name: &str, event: String) -> Result<String> {
+        dispatch::invoke_async(&self.inner, name, event).await
+    }
+
+    pub async fn invocation(&self, id: &str) -> Result<InvocationRecord> {
+        if let Some(entry) = self.inner.live.lock().unwrap().get(id) {
+            return Ok(entry.record.clone());
+        }
+        self.inner
+            .backend
+            .invocations
+            .invocation(id)
+            .await?
+            .ok_or_else(|| Error::not_found("invocation", id))
+    }
+
+    /// The logs of an invocation's latest attempt (empty when it printed
+    /// nothing).
+    pub async fn logs(&self, id: &str) -> Result<Vec<u8>> {
+        let live = self.inner.live.lock().unwrap().get(id).cloned();
+        if let Some(entry) = live {
+            if let Some(logs) = &entry.logs {
+                return Ok(logs.clone());
+            }
+        }
+        // The record decides existence; logs may be absent.
+        self.invocation(id).await?;
+        Ok(self
+            .inner
+            .backend
+            .invocations
+            .logs(id)
+            .await?
+            .unwrap_or_default())
+    }
+
+    // ---- observability ----
+
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        self.inner.runtime.stats()
+    }
+
+    /// Depth of each function's asynchronous invocation queue.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, QueueDepth)>> {
+        let mut names = self.inner.registry.names();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let depth = self
+                .inner
+                .backend
+                .queues
+                .depth(&dispatch::queue_name(&name))
+                .await?;
+            out.push((name, depth));
+        }
+        Ok(out)
+    }
+
+    /// Waits (up to `deadline`) for in-flight asynchronous invocations after
+    /// the shutdown token was cancelled, then stops every worker.
+    pub async fn drain(&self, deadline: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(deadline, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                deadline_ms = deadline.as_millis() as u64,
+                "Shutdown deadline passed; killing workers."
+            );
+        }
+        self.inner.runtime.shutdown();
+    }
+}

@@ -1,0 +1,48 @@
+//! The engine's error type: named for what the caller can do about it.
+
+use shoal_types::Invalid;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing named does not exist.
+    #[error("{what} `{name}` not found")]
+    NotFound { what: &'static str, name: String },
+    /// A name, parameter or body field is not acceptable.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// The uploaded function (archive or manifest) is not acceptable.
+    #[error("{0}")]
+    InvalidFunction(String),
+    /// Preparing the function failed (pip's message).
+    #[error("deploy failed: {0}")]
+    DeployFailed(String),
+    /// Storage or the runtime failed, or the node is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    pub(crate) fn not_found(what: &'static str, name: impl Into<String>) -> Error {
+        Error::NotFound {
+            what,
+            name: name.into(),
+        }
+    }
+}
+
+impl From<shoal_store::Error> for Error {
+    fn from(e: shoal_store::Error) -> Error {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+impl From<shoal_runtime::Error> for Error {
+    fn from(e: shoal_runtime::Error) -> Error {
+        match e {
+            shoal_runtime::Error::Prepare(msg) => Error::DeployFailed(msg),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The engine: functions, dispatch, asynchronous queues, auth and accounting.
+//!
+//! Depends only on `shoal-types`, `shoal-store` and `shoal-runtime`: it never
+//! names a concrete adapter, knows no HTTP status, and reads time from a
+//! [`Clock`].
+
+mod auth;
+mod clock;
+mod dispatch;
+mod engine;
+mod error;
+mod functions;
+pub mod manifest;
+
+pub use auth::{SECRET_PREFIX, Token};
+pub use clock::{Clock, SystemClock};
+pub use dispatch::Completed;
+pub use engine::{Handle, Options, start};
+pub use error::{Error, Result};
+pub use functions::Deployed;
+pub use shoal_store::{ErrorRecord, FunctionRecord, InvocationRecord};

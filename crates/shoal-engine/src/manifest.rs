@@ -1,0 +1,207 @@
+//! `shoal.toml`: the function manifest, parsed and validated.
+//!
+//! Unknown keys are rejected so a typo (`timout = "5s"`) is an error, not a
+//! silently ignored setting.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use shoal_types::{FunctionName, Limits};
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: FunctionName,
+    pub runtime: String,
+    pub handler: String,
+    pub limits: Limits,
+    /// Retries of a failed asynchronous invocation (0 to 100).
+    pub retries: u32,
+    /// First retry delay; doubled on each retry, with jitter.
+    pub retry_delay: Duration,
+}
+
+impl Manifest {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MEMORY_MB: u32 = 256;
+    pub const DEFAULT_CONCURRENCY: u32 = 4;
+    pub const DEFAULT_RETRIES: u32 = 2;
+    pub const MAX_RETRIES: u32 = 100;
+    pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+    /// Parses `shoal.toml` text. The error message names the offending field.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let raw: Raw = toml::from_str(text).map_err(|e| format!("shoal.toml: {}", e.message()))?;
+        let name = FunctionName::parse(&raw.name).map_err(|e| format!("shoal.toml: {e}"))?;
+        let runtime = raw.runtime.unwrap_or_else(|| "python".to_string());
+        if runtime != "python" {
+            return Err(format!(
+                "shoal.toml: runtime {runtime:?} is not supported; use \"python\""
+            ));
+        }
+        let handler = raw.handler.unwrap_or_else(|| "main:handler".to_string());
+        check_handler(&handler)?;
+        let timeout = match raw.timeout {
+            None => Self::DEFAULT_TIMEOUT,
+            Some(v) => duration_field("timeout", &v)?,
+        };
+        if timeout.is_zero() || timeout > Limits::MAX_TIMEOUT {
+            return Err("shoal.toml: timeout must be between 1ms and 15m".to_string());
+        }
+        let memory_mb = raw.memory_mb.unwrap_or(Self::DEFAULT_MEMORY_MB);
+        if !(Limits::MIN_MEMORY_MB..=Limits::MAX_MEMORY_MB).contains(&memory_mb) {
+            return Err(format!(
+                "shoal.toml: memory_mb must be between {} and {}",
+                Limits::MIN_MEMORY_MB,
+                Limits::MAX_MEMORY_MB
+            ));
+        }
+        let concurrency = raw.concurrency.unwrap_or(Self::DEFAULT_CONCURRENCY);
+        if !(1..=Limits::MAX_CONCURRENCY).contains(&concurrency) {
+            return Err(format!(
+                "shoal.toml: concurrency must be between 1 and {}",
+                Limits::MAX_CONCURRENCY
+            ));
+        }
+        let retries = raw.retries.unwrap_or(Self::DEFAULT_RETRIES);
+        if retries > Self::MAX_RETRIES {
+            return Err(format!(
+                "shoal.toml: retries must be between 0 and {}",
+                Self::MAX_RETRIES
+            ));
+        }
+        let retry_delay = match raw.retry_delay {
+            None => Self::DEFAULT_RETRY_DELAY,
+            Some(v) => duration_field("retry_delay", &v)?,
+        };
+        if retry_delay > Duration::from_secs(3600) {
+            return Err("shoal.toml: retry_delay must be at most 1h".to_string());
+        }
+        Ok(Manifest {
+            name,
+            runtime,
+            handler,
+            limits: Limits {
+                timeout,
+                memory_mb,
+                concurrency,
+            },
+            retries,
+            retry_delay,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: String,
+    runtime: Option<String>,
+    handler: Option<String>,
+    timeout: Option<toml::Value>,
+    memory_mb: Option<u32>,
+    concurrency: Option<u32>,
+    retries: Option<u32>,
+    retry_delay: Option<toml::Value>,
+}
+
+fn check_handler(handler: &str) -> Result<(), String> {
+    let ok = handler.split_once(':').is_some_and(|(module, func)| {
+        let ident = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        module.split('.').all(ident) && ident(func)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "shoal.toml: handler {handler:?} must look like \"module:function\", e.g. \"main:handler\""
+        ))
+    }
+}
+
+/// A duration given as a string with a unit (`"500ms"`, `"30s"`, `"2m"`) or a
+/// number of seconds.
+fn duration_field(field: &str, value: &toml::Value) -> Result<Duration, String> {
+    let bad = || {
+        format!("shoal.toml: {field} must be a duration such as \"500ms\", \"30s\" or \"2m\"")
+    };
+    match value {
+        toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+        toml::Value::String(s) => parse_duration(s).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"2m"`, `"1h"` (one number and one unit).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let m = Manifest::parse("name = \"hello\"").unwrap();
+        assert_eq!(m.handler, "main:handler");
+        assert_eq!(m.limits.timeout, Duration::from_secs(30));
+        assert_eq!(m.limits.concurrency, 4);
+        assert_eq!(m.retries, 2);
+    }
+
+    #[test]
+    fn full_manifest() {
+        let m = Manifest::parse(
+            "name = \"a\"\nruntime = \"python\"\nhandler = \"pkg.mod:run\"\ntimeout = \"500ms\"\nmemory_mb = 128\nconcurrency = 2\nretries = 50\nretry_delay = \"10ms\"",
+        )
+        .unwrap();
+        assert_eq!(m.limits.timeout, Duration::from_millis(500));
+        assert_eq!(m.retries, 50);
+        assert_eq!(m.retry_delay, Duration::from_millis(10));
+        assert_eq!(m.handler, "pkg.mod:run");
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        for (text, needle) in [
+            ("", "name"),
+            ("name = \"Bad Name\"", "function name"),
+            ("name = \"a\"\ntimout = \"5s\"", "unknown field"),
+            ("name = \"a\"\ntimeout = \"soon\"", "timeout"),
+            ("name = \"a\"\nretries = 101", "retries"),
+            ("name = \"a\"\nconcurrency = 0", "concurrency"),
+            ("name = \"a\"\nmemory_mb = 1", "memory_mb"),
+            ("name = \"a\"\nhandler = \"main\"", "handler"),
+            ("name = \"a\"\nruntime = \"ruby\"", "runtime"),
+            ("name = 5", "name"),
+        ] {
+            let err = Manifest::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+}

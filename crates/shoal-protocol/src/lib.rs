@@ -1,0 +1,200 @@
+//! The public HTTP contract of `/v1`: request and response bodies, error codes.
+//!
+//! Once a field ships it is never removed or retyped: extend, do not break.
+//! Times are milliseconds since the Unix epoch.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `function_not_found`.
+    pub code: ErrorCode,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Stable error codes. Documented in `docs/api.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body or a parameter is malformed or has the wrong type.
+    InvalidInput,
+    /// The function archive or its `shoal.toml` is invalid.
+    InvalidFunction,
+    /// A name (function, ...) does not follow the naming rule.
+    InvalidName,
+    FunctionNotFound,
+    InvocationNotFound,
+    TokenNotFound,
+    RouteNotFound,
+    MethodNotAllowed,
+    /// The body is larger than the node's limit.
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// No token, or a token that is unknown or revoked.
+    Unauthorized,
+    /// The token's role does not allow this.
+    Forbidden,
+    /// Preparing the function failed (pip install).
+    DeployFailed,
+    /// The function ran and failed; see `InvocationError`.
+    FunctionError,
+    /// The node is shutting down or storage is unavailable; retry later.
+    Unavailable,
+    /// A fault inside the node.
+    Internal,
+}
+
+/// A deployed function version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionView {
+    pub name: String,
+    pub version: u64,
+    pub runtime: String,
+    pub handler: String,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub concurrency: u32,
+    pub retries: u32,
+    /// sha256 of the uploaded archive.
+    pub code_sha256: String,
+    /// True when the function has a `requirements.txt` and its own virtualenv.
+    pub has_requirements: bool,
+    pub deployed_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionView>,
+}
+
+/// Answer to `POST /v1/functions/{name}/invoke?mode=async`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    pub status: String,
+}
+
+/// A failure of user code.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct InvocationError {
+    /// One of `raised`, `timed_out`, `out_of_memory`, `crashed`, `exited`,
+    /// `forked`, `output_limit`, `load_failed`, `bad_result`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The Python exception's class name, when the handler raised.
+    pub exception: Option<String>,
+    pub message: String,
+    pub traceback: Option<String>,
+}
+
+/// The body of a synchronous invocation whose function failed (HTTP 200 with
+/// the `Shoal-Function-Error` header, as the call itself succeeded).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionFailure {
+    pub invocation_id: String,
+    pub error: InvocationError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationView {
+    pub id: String,
+    pub function: String,
+    pub version: u64,
+    /// `sync` or `async`.
+    pub mode: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `timed_out`.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    pub error: Option<InvocationError>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    /// Time the function's code ran in the last attempt.
+    pub duration_ms: Option<f64>,
+    /// Billed compute over all attempts: memory (GiB) × duration (s).
+    pub billed_gb_seconds: f64,
+    pub cold_start: bool,
+    pub next_attempt_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogsView {
+    pub id: String,
+    pub logs: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateToken {
+    /// `reader`, `invoker`, `developer` or `admin`.
+    pub role: String,
+    /// A label to recognise the token by.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub role: String,
+    pub name: String,
+    pub created_at_ms: u64,
+}
+
+/// Answer to `POST /v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub id: String,
+    pub role: String,
+    pub name: String,
+    /// The bearer secret. Store it now: the node keeps only its hash.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Header carrying the invocation id on invoke answers.
+pub const INVOCATION_ID_HEADER: &str = "shoal-invocation-id";
+/// Header present on a synchronous invoke answer when the function failed; its
+/// value is the error type.
+pub const FUNCTION_ERROR_HEADER: &str = "shoal-function-error";
+/// Content type of a function upload: a tar archive of the function directory.
+pub const ARCHIVE_CONTENT_TYPE: &str = "application/x-tar";

@@ -1,0 +1,73 @@
+//! Conversions from engine and store records to the public wire types.
+
+use serde_json::Value;
+
+use shoal_engine::Token;
+use shoal_protocol::{FunctionView, InvocationError, InvocationView, TokenView};
+use shoal_engine::{ErrorRecord, FunctionRecord, InvocationRecord};
+use shoal_types::Failure;
+
+pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
+    FunctionView {
+        name: r.name.clone(),
+        version: r.version,
+        runtime: r.runtime.clone(),
+        handler: r.handler.clone(),
+        timeout_ms: r.timeout_ms,
+        memory_mb: r.memory_mb,
+        concurrency: r.concurrency,
+        retries: r.retries,
+        code_sha256: r.code_sha256.clone(),
+        has_requirements: r.env_dir.is_some(),
+        deployed_at_ms: r.deployed_at_ms,
+    }
+}
+
+pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
+    InvocationView {
+        id: r.id.clone(),
+        function: r.function.clone(),
+        version: r.version,
+        mode: r.mode.clone(),
+        status: r.status.clone(),
+        input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
+        output: r.output.as_deref().and_then(|o| serde_json::from_str(o).ok()),
+        error: r.error.as_ref().map(error_record),
+        attempts: r.attempts,
+        max_attempts: r.max_attempts,
+        created_at_ms: r.created_at_ms,
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms,
+        duration_ms: r.duration_ms,
+        billed_gb_seconds: r.billed_gb_s,
+        cold_start: r.cold_start,
+        next_attempt_at_ms: r.next_attempt_at_ms,
+    }
+}
+
+fn error_record(e: &ErrorRecord) -> InvocationError {
+    InvocationError {
+        kind: e.kind.clone(),
+        exception: e.exception.clone(),
+        message: e.message.clone(),
+        traceback: e.traceback.clone(),
+    }
+}
+
+pub(crate) fn failure(f: &Failure) -> InvocationError {
+    InvocationError {
+        kind: f.kind.as_str().to_string(),
+        exception: f.exception.clone(),
+        message: f.message.clone(),
+        traceback: f.traceback.clone(),
+    }
+}
+
+pub(crate) fn token(t: &Token) -> TokenView {
+    TokenView {
+        id: t.id.clone(),
+        role: t.role.as_str().to_string(),
+        name: t.name.clone(),
+        created_at_ms: t.created_at_ms,
+    }
+}

@@ -1,0 +1,105 @@
+//! `ApiError`: *the* place where errors become HTTP statuses and JSON bodies.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use shoal_engine::Error as EngineError;
+use shoal_protocol::{ErrorBody, ErrorCode};
+
+/// An error answer: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), message = %self.message, "Request failed.");
+        }
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            EngineError::NotFound { what, .. } => (
+                StatusCode::NOT_FOUND,
+                match *what {
+                    "function" => ErrorCode::FunctionNotFound,
+                    "invocation" => ErrorCode::InvocationNotFound,
+                    "token" => ErrorCode::TokenNotFound,
+                    _ => ErrorCode::RouteNotFound,
+                },
+            ),
+            EngineError::Invalid(inv) if inv.field.ends_with("name") => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidName)
+            }
+            EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
+            EngineError::InvalidFunction(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction),
+            EngineError::DeployFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed),
+            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+fn body_error(status: StatusCode, text: String) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than this node accepts; send less or raise --max-body-bytes",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            ErrorCode::UnsupportedMediaType,
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => ApiError::invalid(text),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        body_error(r.status(), format!("invalid JSON body: {}", r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        body_error(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::invalid(format!("invalid query parameters: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError::invalid(format!("invalid path: {}", r.body_text()))
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP server: every route in one table, auth, errors, OpenAPI, metrics.
+//!
+//! The only crate that knows HTTP. Handlers are thin: parse, call the
+//! engine's `Handle`, convert. Nothing a client sends produces a 500.
+
+mod auth;
+mod convert;
+mod error;
+mod routes;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use shoal_engine::Handle;
+use shoal_protocol::ErrorCode;
+
+pub use error::ApiError;
+
+/// Server settings, from node configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Largest request body (events, JSON) accepted; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Largest function archive accepted by deploy.
+    pub max_archive_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_body_bytes: 6 * 1024 * 1024,
+            max_archive_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) handle: Handle,
+    pub(crate) metrics: Option<PrometheusHandle>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Shoal", description = "Shoal node HTTP API. Every /v1 route needs `Authorization: Bearer <token>`."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Builds the node's router.
+pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>) -> Router {
+    let state = AppState { handle, metrics };
+    let deploy = OpenApiRouter::new()
+        .routes(routes!(routes::functions::deploy))
+        .layer(DefaultBodyLimit::max(opts.max_archive_bytes));
+    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::functions::list))
+        .routes(routes!(routes::functions::show, routes::functions::remove))
+        .routes(routes!(routes::invocations::invoke))
+        .routes(routes!(routes::invocations::show))
+        .routes(routes!(routes::invocations::logs))
+        .routes(routes!(routes::tokens::create, routes::tokens::list))
+        .routes(routes!(routes::tokens::revoke))
+        .routes(routes!(routes::health::healthz))
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .merge(deploy);
+    let (router, openapi) = api.split_for_parts();
+    let openapi = std::sync::Arc::new(openapi);
+    router
+        .route(
+            "/v1/openapi.json",
+            get(move |_: auth::Auth<auth::Reader>| {
+                let doc = openapi.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/metrics", get(routes::health::metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RouteNotFound, "no such route; see /v1/openapi.json")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method; see /v1/openapi.json",
+            )
+        })
+        .with_state(state)
+}

@@ -1,0 +1,38 @@
+//! `/healthz` (no auth) and `/metrics` (Prometheus text).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header::CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+
+use shoal_protocol::Health;
+
+use crate::AppState;
+
+/// Liveness: answers 200 while the node serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Prometheus metrics: invocations by function and outcome, durations, pool
+/// sizes, queue depth.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(prom) = &state.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are not enabled on this node").into_response();
+    };
+    for pool in state.handle.pool_stats() {
+        metrics::gauge!("shoal_pool_workers", "deployment" => pool.key.clone(), "state" => "idle").set(pool.idle as f64);
+        metrics::gauge!("shoal_pool_workers", "deployment" => pool.key, "state" => "busy").set(pool.busy as f64);
+    }
+    if let Ok(depths) = state.handle.queue_depths().await {
+        for (function, depth) in depths {
+            metrics::gauge!("shoal_queue_depth", "function" => function.clone(), "state" => "waiting").set(depth.waiting as f64);
+            metrics::gauge!("shoal_queue_depth", "function" => function, "state" => "in_flight").set(depth.in_flight as f64);
+        }
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], prom.render()).into_response()
+}

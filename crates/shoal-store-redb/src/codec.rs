@@ -1,0 +1,166 @@
+//! The versioned value encoding: one format byte, then the payload.
+//!
+//! Format 1:
+//! - records (functions, tokens, invocations): `[1] ++ JSON`;
+//! - logs: `[1] ++ raw bytes`;
+//! - queue messages: `[1] ++ u32 LE header length ++ JSON header ++ raw body`,
+//!   so bodies are stored as they are, not as JSON arrays of numbers.
+//!
+//! A new format gets a new first byte; decoders keep reading every older one.
+
+use std::fmt::Display;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shoal_store::{Error, InvocationRecord, Result};
+
+pub(crate) const FORMAT_V1: u8 = 1;
+
+/// `[1] ++ JSON`.
+pub(crate) fn encode_record<T: Serialize>(what: &dyn Display, value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT_V1);
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| Error::Corrupt(format!("{what}: cannot encode: {e}")))?;
+    Ok(out)
+}
+
+pub(crate) fn decode_record<T: DeserializeOwned>(what: &dyn Display, bytes: &[u8]) -> Result<T> {
+    let payload = payload(what, bytes)?;
+    serde_json::from_slice(payload).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// Rejects what JSON cannot carry back: non-finite floats are written as
+/// `null` by serde_json and would make the record unreadable.
+pub(crate) fn check_invocation(record: &InvocationRecord) -> Result<()> {
+    let finite = record.billed_gb_s.is_finite() && record.duration_ms.is_none_or(f64::is_finite);
+    if finite {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "invocation {}: billed_gb_s and duration_ms must be finite",
+            record.id
+        )))
+    }
+}
+
+/// `[1] ++ bytes`.
+pub(crate) fn encode_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(FORMAT_V1);
+    out.extend_from_slice(bytes);
+    out
+}
+
+pub(crate) fn decode_bytes(what: &dyn Display, bytes: &[u8]) -> Result<Vec<u8>> {
+    payload(what, bytes).map(<[u8]>::to_vec)
+}
+
+fn payload<'a>(what: &dyn Display, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => Ok(rest),
+        Some((v, _)) => Err(Error::Corrupt(format!("{what}: unknown format {v}"))),
+        None => Err(Error::Corrupt(format!("{what}: empty value"))),
+    }
+}
+
+/// The stored state of a queue message, next to its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MessageHeader {
+    pub due_ms: u64,
+    pub failures: u32,
+    /// Send order across all queues, so equal due times are delivered FIFO.
+    pub seq: u64,
+}
+
+pub(crate) fn encode_message(header: &MessageHeader, body: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("a struct of integers always serializes");
+    let mut out = Vec::with_capacity(1 + 4 + json.len() + body.len());
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The header and the body of a stored message.
+pub(crate) fn decode_message<'a>(
+    what: &dyn Display,
+    bytes: &'a [u8]) -> Result<(MessageHeader, &'a [u8])> {
+    let rest = payload(what, bytes)?;
+    let corrupt = || Error::Corrupt(format!("{what}: truncated message"));
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(corrupt());
+    }
+    let (json, body) = rest.split_at(len);
+    let header = serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
+    Ok((header, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_store::conformance::sample_invocation;
+
+    /// Format 1 as written today. If this test fails, the on-disk format
+    /// changed: add a new format byte and keep decoding this one.
+    #[test]
+    fn format_1_is_stable() {
+        let header = MessageHeader {
+            due_ms: 5,
+            failures: 2,
+            seq: 9,
+        };
+        let bytes = encode_message(&header, b"body");
+        let golden: &[u8] = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";
+        assert_eq!(bytes, golden);
+        assert_eq!(decode_message(&"m", golden).unwrap(), (header, &b"body"[..]));
+
+        assert_eq!(encode_bytes(b"log"), b"\x01log");
+        assert_eq!(decode_bytes(&"l", b"\x01log").unwrap(), b"log");
+
+        let stored = concat!(
+            "\x01{\"id\":\"i\",\"function\":\"f\",\"version\":1,\"mode\":\"async\",",
+            "\"status\":\"queued\",\"input\":\"{}\",\"output\":null,\"error\":null,",
+            "\"attempts\":0,\"max_attempts\":3,\"created_at_ms\":7,\"started_at_ms\":null,",
+            "\"finished_at_ms\":null,\"duration_ms\":null,\"billed_gb_s\":0.5,",
+            "\"cold_start\":false,\"next_attempt_at_ms\":null}"
+        );
+        let record: InvocationRecord = decode_record(&"i", stored.as_bytes()).unwrap();
+        let expected = InvocationRecord {
+            input: "{}".to_string(),
+            created_at_ms: 7,
+            billed_gb_s: 0.5,
+            ..sample_invocation("i", "f")
+        };
+        assert_eq!(record, expected);
+        assert_eq!(encode_record(&"i", &expected).unwrap(), stored.as_bytes());
+    }
+
+    #[test]
+    fn bad_values_are_corrupt() {
+        for bad in [&b""[..], b"\x02{}", b"\x01{", b"\x01\x05\x00\x00\x00{}"] {
+            assert!(matches!(
+                decode_message(&"m", bad),
+                Err(Error::Corrupt(_))
+            ));
+        }
+        assert!(matches!(
+            decode_record::<InvocationRecord>(&"i", b"\x01{\"id\":1}"),
+            Err(Error::Corrupt(_))
+        ));
+        let nan = InvocationRecord {
+            billed_gb_s: f64::NAN,
+            ..sample_invocation("i", "f")
+        };
+        assert!(matches!(check_invocation(&nan), Err(Error::Corrupt(_))));
+        let inf = InvocationRecord {
+            duration_ms: Some(f64::INFINITY),
+            ..sample_invocation("i", "f")
+        };
+        assert!(check_invocation(&inf).is_err());
+        assert!(check_invocation(&sample_invocation("i", "f")).is_ok());
+    }
+}

@@ -1,0 +1,472 @@
+//! The embedded storage adapter: every `shoal-store` port on one redb file.
+//!
+//! Writes go to one writer thread that commits them in groups (see
+//! `writer`), so concurrent writes share one fsync. Reads run inline on the
+//! caller's thread in a short read transaction: a point read from redb's
+//! cache takes a few microseconds, less than handing it to
+//! `spawn_blocking` (see `examples/bench.rs`). Queue leases are kept in
+//! memory (see `queue`); the messages themselves are durable.
+//!
+//! Layout (private to this crate), every value starting with a format byte
+//! (see `codec`):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `"format"` | u64 layout version (1) |
+//! | `functions` | (name, version) | `FunctionRecord` |
+//! | `function_last_version` | name | u64, kept after removal |
+//! | `tokens` | id | `TokenRecord` |
+//! | `token_by_secret_sha256` | secret sha256 | token id |
+//! | `invocations` | id | `InvocationRecord` |
+//! | `logs` | invocation id | bytes |
+//! | `queue_messages` | (queue, message id) | header {due_ms, failures, seq} + body |
+
+mod codec;
+mod queue;
+mod writer;
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+};
+use shoal_store::{
+    Catalog, Delivery, Error, FunctionRecord, InvocationRecord, Invocations, Leased, NewMessage,
+    Pending, QueueDepth, Queues, Result, TokenRecord,
+};
+use tokio::sync::oneshot;
+
+use crate::codec::{decode_bytes, decode_message, decode_record};
+use crate::queue::QueueIndex;
+use crate::writer::{Command, Msg, Op, Reply, Writer};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const FUNCTIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("functions");
+const FUNCTION_VERSIONS: TableDefinition<&str, u64> =
+    TableDefinition::new("function_last_version");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const TOKEN_SECRETS: TableDefinition<&str, &str> = TableDefinition::new("token_by_secret_sha256");
+const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
+const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
+const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("queue_messages");
+
+/// The layout version in `meta["format"]`.
+const LAYOUT_VERSION: u64 = 1;
+
+fn unavailable(e: impl Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// What the writer thread and the callers share.
+pub(crate) struct Shared {
+    db: Database,
+    index: QueueIndex,
+}
+
+/// The embedded store. Implements `Catalog`, `Invocations` and `Queues`;
+/// bundle it with `shoal_store::Backend::from_adapter`.
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file at `path`, creating its parent
+    /// directory if missing, recovers the queue index from the stored
+    /// messages, and starts the writer thread.
+    ///
+    /// This blocks (file I/O, and a repair scan after a crash); from async
+    /// code call it inside `spawn_blocking` if that matters.
+    pub fn open(path: &Path) -> Result<Arc<RedbStore>> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
+        }
+        let db = Database::builder()
+            .create(path)
+            .map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+        init_layout(&db)?;
+        let index = QueueIndex::default();
+        let next_seq = recover_queues(&db, &index)?;
+        let shared = Arc::new(Shared { db, index });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::new(shared.clone(), rx, next_seq);
+        let handle = std::thread::Builder::new()
+            .name("shoal-redb-writer".to_string())
+            .spawn(move || writer.run())
+            .map_err(|e| unavailable(format!("spawn the writer thread: {e}")))?;
+        Ok(Arc::new(RedbStore {
+            shared,
+            tx,
+            writer: Mutex::new(Some(handle)),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits every write issued so far, then stops the writer thread.
+    /// Later writes fail with `Error::Unavailable`; reads keep working. The
+    /// file is released when the last handle is dropped. Blocks until the
+    /// last batch is committed (one fsync). Dropping the store does the same.
+    pub fn close(&self) {
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = self.tx.send(Msg::Shutdown);
+            if handle.join().is_err() {
+                tracing::error!("redb writer thread panicked");
+            }
+        }
+    }
+
+    /// Issues a write: it is queued now, in call order.
+    fn submit<T: Send + 'static>(
+        &self,
+        command: Command,
+        reply: impl FnOnce(oneshot::Sender<Result<T>>) -> Reply,
+    ) -> Pending<T> {
+        let (tx, rx) = oneshot::channel();
+        // If the writer has stopped, the op comes back inside the error and
+        // is dropped with its reply sender, which the future reports.
+        let _ = self.tx.send(Msg::Op(Op {
+            command,
+            reply: reply(tx),
+        }));
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::Unavailable("the store is closed".to_string())))
+        })
+    }
+
+    /// Runs a read now, in its own read transaction.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T>,
+    ) -> Pending<T> {
+        let result = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(unavailable)
+            .and_then(|txn| f(&txn));
+        ready(result)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn ready<T: Send + 'static>(result: Result<T>) -> Pending<T> {
+    Box::pin(std::future::ready(result))
+}
+
+/// Creates every table and checks the layout version.
+fn init_layout(db: &Database) -> Result<()> {
+    let txn = writer::begin(db)?;
+    {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let stored = meta
+            .get("format")
+            .map_err(unavailable)?
+            .map(|g| g.value());
+        match stored {
+            None => {
+                meta.insert("format", LAYOUT_VERSION)
+                    .map_err(unavailable)?;
+            }
+            Some(LAYOUT_VERSION) => {}
+            Some(other) => {
+                return Err(Error::Corrupt(format!(
+                    "database layout {other} is not supported by this build (expects {LAYOUT_VERSION})"
+                )));
+            }
+        }
+        txn.open_table(FUNCTIONS).map_err(unavailable)?;
+        txn.open_table(FUNCTION_VERSIONS).map_err(unavailable)?;
+        txn.open_table(TOKENS).map_err(unavailable)?;
+        txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
+        txn.open_table(INVOCATIONS).map_err(unavailable)?;
+        txn.open_table(LOGS).map_err(unavailable)?;
+        txn.open_table(MESSAGES).map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)
+}
+
+/// Indexes every stored message as waiting (leases do not survive a
+/// restart). Returns the next sequence number.
+fn recover_queues(db: &Database, index: &QueueIndex) -> Result<u64> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let mut next_seq = 0;
+    for entry in table.iter().map_err(unavailable)? {
+        let (key, value) = entry.map_err(unavailable)?;
+        let (queue, id) = key.value();
+        let what = format_args!("queue {queue} message {id}");
+        match decode_message(&what, value.value()) {
+            Ok((header, _)) => {
+                next_seq = next_seq.max(header.seq + 1);
+                index.insert(queue, id, header);
+            }
+            // Left in place, never delivered: one bad record must not stop the node.
+            Err(e) => tracing::error!(error = %e, "redb: skipping a corrupt queue message"),
+        }
+    }
+    Ok(next_seq)
+}
+
+impl Catalog for RedbStore {
+    fn deploy_function(&self, record: FunctionRecord) -> Pending<u64> {
+        self.submit(Command::Deploy(record), Reply::Version)
+    }
+
+    fn function(&self, name: &str) -> Pending<Option<FunctionRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(FUNCTIONS).map_err(unavailable)?;
+            let last = table
+                .range((name, 0)..=(name, u64::MAX))
+                .map_err(unavailable)?
+                .next_back();
+            match last {
+                None => Ok(None),
+                Some(entry) => {
+                    let (key, value) = entry.map_err(unavailable)?;
+                    let what = format_args!("function {name} v{}", key.value().1);
+                    decode_record(&what, value.value()).map(Some)
+                }
+            }
+        })
+    }
+
+    fn function_version(&self, name: &str, version: u64) -> Pending<Option<FunctionRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(FUNCTIONS).map_err(unavailable)?;
+            let stored = table.get((name, version)).map_err(unavailable)?;
+            let what = format_args!("function {name} v{version}");
+            stored
+                .map(|value| decode_record(&what, value.value()))
+                .transpose()
+        })
+    }
+
+    fn functions(&self) -> Pending<Vec<FunctionRecord>> {
+        self.read(|txn| {
+            let names = txn.open_table(FUNCTION_VERSIONS).map_err(unavailable)?;
+            let table = txn.open_table(FUNCTIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            // One lookup per name (sorted by name), not a scan of every version.
+            for entry in names.iter().map_err(unavailable)? {
+                let (name, _) = entry.map_err(unavailable)?;
+                let name = name.value();
+                let last = table
+                    .range((name, 0)..=(name, u64::MAX))
+                    .map_err(unavailable)?
+                    .next_back();
+                if let Some(entry) = last {
+                    let (key, value) = entry.map_err(unavailable)?;
+                    let what = format_args!("function {name} v{}", key.value().1);
+                    out.push(decode_record(&what, value.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove_function(&self, name: &str) -> Pending<bool> {
+        self.submit(Command::RemoveFunction(name.to_string()), Reply::Existed)
+    }
+
+    fn put_token(&self, token: TokenRecord) -> Pending<()> {
+        let what = format_args!("token {}", token.id);
+        match codec::encode_record(&what, &token) {
+            Err(e) => ready(Err(e)),
+            Ok(value) => self.submit(
+                Command::PutToken {
+                    id: token.id,
+                    secret_sha256: token.secret_sha256,
+                    value,
+                },
+                Reply::Unit,
+            ),
+        }
+    }
+
+    fn token_by_secret_sha256(&self, secret_sha256: &str) -> Pending<Option<TokenRecord>> {
+        self.read(|txn| {
+            let secrets = txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
+            let Some(id) = secrets.get(secret_sha256).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let id = id.value();
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            let Some(value) = tokens.get(id).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let token: TokenRecord = decode_record(&format_args!("token {id}"), value.value())?;
+            // The index is only a hint: the token itself must carry this hash.
+            Ok((token.secret_sha256 == secret_sha256).then_some(token))
+        })
+    }
+
+    fn tokens(&self) -> Pending<Vec<TokenRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(TOKENS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (id, value) = entry.map_err(unavailable)?;
+                let what = format_args!("token {}", id.value());
+                out.push(decode_record(&what, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_token(&self, id: &str) -> Pending<bool> {
+        self.submit(Command::RevokeToken(id.to_string()), Reply::Existed)
+    }
+}
+
+impl Invocations for RedbStore {
+    fn put_invocations(&self, records: Vec<InvocationRecord>) -> Pending<()> {
+        let encoded = records
+            .iter()
+            .map(|r| {
+                codec::check_invocation(r)?;
+                let value = codec::encode_record(&format_args!("invocation {}", r.id), r)?;
+                Ok((r.id.clone(), value))
+            })
+            .collect::<Result<Vec<_>>>();
+        match encoded {
+            Err(e) => ready(Err(e)),
+            Ok(encoded) => self.submit(Command::PutInvocations(encoded), Reply::Unit),
+        }
+    }
+
+    fn invocation(&self, id: &str) -> Pending<Option<InvocationRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+            let stored = table.get(id).map_err(unavailable)?;
+            stored
+                .map(|value| decode_record(&format_args!("invocation {id}"), value.value()))
+                .transpose()
+        })
+    }
+
+    fn put_logs(&self, id: &str, logs: Vec<u8>) -> Pending<()> {
+        let value = codec::encode_bytes(&logs);
+        self.submit(
+            Command::PutLogs {
+                id: id.to_string(),
+                value,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn logs(&self, id: &str) -> Pending<Option<Vec<u8>>> {
+        self.read(|txn| {
+            let table = txn.open_table(LOGS).map_err(unavailable)?;
+            let stored = table.get(id).map_err(unavailable)?;
+            stored
+                .map(|value| decode_bytes(&format_args!("logs {id}"), value.value()))
+                .transpose()
+        })
+    }
+}
+
+impl Queues for RedbStore {
+    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<()> {
+        self.submit(
+            Command::Send {
+                queue: queue.to_string(),
+                messages,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn lease(&self, queue: &str, now_ms: u64, max: usize, visibility_ms: u64) -> Pending<Leased> {
+        let (picked, next_due_ms) = self.shared.index.lease(queue, now_ms, max, visibility_ms);
+        if picked.is_empty() {
+            return ready(Ok(Leased {
+                deliveries: Vec::new(),
+                next_due_ms,
+            }));
+        }
+        let lease_until_ms = now_ms.saturating_add(visibility_ms);
+        self.read(|txn| {
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let mut deliveries = Vec::with_capacity(picked.len());
+            for p in picked {
+                let Some(value) = table.get((queue, &*p.id)).map_err(unavailable)? else {
+                    // Acked by an earlier holder since we picked it; the
+                    // writer drops it from the index.
+                    continue;
+                };
+                let what = format_args!("queue {queue} message {}", p.id);
+                match decode_message(&what, value.value()) {
+                    Ok((_, body)) => deliveries.push(Delivery {
+                        id: p.id.to_string(),
+                        body: body.to_vec(),
+                        failures: p.failures,
+                        lease_until_ms,
+                    }),
+                    // Stays leased and comes back after its lease; the rest
+                    // of the queue keeps flowing.
+                    Err(e) => tracing::error!(error = %e, "redb: cannot deliver a corrupt message"),
+                }
+            }
+            Ok(Leased {
+                deliveries,
+                next_due_ms,
+            })
+        })
+    }
+
+    fn extend(&self, queue: &str, id: &str, lease_until_ms: u64) -> Pending<()> {
+        self.shared.index.extend(queue, id, lease_until_ms);
+        ready(Ok(()))
+    }
+
+    fn ack(&self, queue: &str, ids: Vec<String>) -> Pending<()> {
+        self.submit(
+            Command::Ack {
+                queue: queue.to_string(),
+                ids,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn nack(&self, queue: &str, id: &str, due_ms: u64) -> Pending<()> {
+        self.submit(
+            Command::Nack {
+                queue: queue.to_string(),
+                id: id.to_string(),
+                due_ms,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn depth(&self, queue: &str) -> Pending<QueueDepth> {
+        ready(Ok(self.shared.index.depth(queue)))
+    }
+}

@@ -1,0 +1,480 @@
+//! The writer thread: group commit.
+//!
+//! One `std::thread` owns every write transaction. Callers send operations
+//! through a channel in call order; the writer blocks for the first, takes
+//! everything else already queued (up to `MAX_BATCH`), applies it all in one
+//! transaction, commits once (`Durability::Immediate`, quick-repair: one
+//! fsync for the whole batch), updates the in-memory queue index, then
+//! answers each caller. An operation whose own data is bad (a corrupt stored
+//! record) fails alone; a storage error fails the whole batch.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use shoal_store::{Error, FunctionRecord, NewMessage, Result, TokenRecord};
+use tokio::sync::oneshot;
+
+use crate::codec::{self, MessageHeader};
+use crate::{
+    FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LOGS, MESSAGES, Shared, TOKEN_SECRETS, TOKENS,
+    unavailable,
+};
+
+/// The most operations committed in one transaction.
+pub(crate) const MAX_BATCH: usize = 4096;
+
+pub(crate) enum Msg {
+    Op(Op),
+    /// Commit what is queued, then stop.
+    Shutdown,
+}
+
+pub(crate) struct Op {
+    pub command: Command,
+    pub reply: Reply,
+}
+
+/// A write, already validated and (where possible) encoded by the caller.
+pub(crate) enum Command {
+    Deploy(FunctionRecord),
+    RemoveFunction(String),
+    PutToken {
+        id: String,
+        secret_sha256: String,
+        value: Vec<u8>,
+    },
+    RevokeToken(String),
+    /// (id, encoded record)
+    PutInvocations(Vec<(String, Vec<u8>)>),
+    PutLogs {
+        id: String,
+        value: Vec<u8>,
+    },
+    Send {
+        queue: String,
+        messages: Vec<NewMessage>,
+    },
+    Ack {
+        queue: String,
+        ids: Vec<String>,
+    },
+    Nack {
+        queue: String,
+        id: String,
+        due_ms: u64,
+    },
+}
+
+/// Where the answer goes.
+pub(crate) enum Reply {
+    Unit(oneshot::Sender<Result<()>>),
+    Version(oneshot::Sender<Result<u64>>),
+    Existed(oneshot::Sender<Result<bool>>),
+}
+
+enum Value {
+    Unit,
+    Version(u64),
+    Existed(bool),
+}
+
+impl Reply {
+    fn send(self, outcome: Result<Value>) {
+        // A caller that dropped its future does not want the answer.
+        match (self, outcome) {
+            (Reply::Unit(tx), Ok(Value::Unit)) => {
+                let _ = tx.send(Ok(()));
+            }
+            (Reply::Version(tx), Ok(Value::Version(v))) => {
+                let _ = tx.send(Ok(v));
+            }
+            (Reply::Existed(tx), Ok(Value::Existed(b))) => {
+                let _ = tx.send(Ok(b));
+            }
+            (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
+            (reply, Err(e)) => reply.fail(e),
+        }
+    }
+
+    fn fail(self, e: Error) {
+        match self {
+            Reply::Unit(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Version(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Existed(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+/// What the in-memory queue index learns once the batch is committed.
+enum Effect {
+    None,
+    Sent(String, Vec<(String, MessageHeader)>),
+    Acked(String, Vec<String>),
+    Released {
+        queue: String,
+        id: String,
+        due_ms: u64,
+        failures: u32,
+    },
+}
+
+/// An applied operation, waiting for the commit.
+struct Done {
+    reply: Reply,
+    outcome: Result<(Value, Effect)>,
+}
+
+/// An operation's result inside the transaction: the outer error is a
+/// storage error (fails the batch), the inner one the operation's own.
+type Applied = std::result::Result<Result<(Value, Effect)>, redb::StorageError>;
+
+fn ok(value: Value, effect: Effect) -> Applied {
+    Ok(Ok((value, effect)))
+}
+
+struct Tables<'txn> {
+    functions: Table<'txn, (&'static str, u64), &'static [u8]>,
+    function_versions: Table<'txn, &'static str, u64>,
+    tokens: Table<'txn, &'static str, &'static [u8]>,
+    token_secrets: Table<'txn, &'static str, &'static str>,
+    invocations: Table<'txn, &'static str, &'static [u8]>,
+    logs: Table<'txn, &'static str, &'static [u8]>,
+    messages: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
+        Ok(Tables {
+            functions: txn.open_table(FUNCTIONS)?,
+            function_versions: txn.open_table(FUNCTION_VERSIONS)?,
+            tokens: txn.open_table(TOKENS)?,
+            token_secrets: txn.open_table(TOKEN_SECRETS)?,
+            invocations: txn.open_table(INVOCATIONS)?,
+            logs: txn.open_table(LOGS)?,
+            messages: txn.open_table(MESSAGES)?,
+        })
+    }
+}
+
+/// Begins a write transaction with the durability policy: every commit is
+/// fsynced, with quick-repair (allocator state saved, 2-phase commit).
+pub(crate) fn begin(db: &redb::Database) -> Result<WriteTransaction> {
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(unavailable)?;
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<Msg>,
+    /// The next queue message sequence number.
+    next_seq: u64,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Msg>, next_seq: u64) -> Writer {
+        Writer {
+            shared,
+            rx,
+            next_seq,
+        }
+    }
+
+    /// Runs until `Shutdown` (or every sender is gone), committing what was
+    /// queued before it.
+    pub(crate) fn run(mut self) {
+        let mut batch = Vec::new();
+        let mut stopping = false;
+        loop {
+            if !stopping {
+                match self.rx.recv() {
+                    Ok(Msg::Op(op)) => batch.push(op),
+                    Ok(Msg::Shutdown) | Err(_) => stopping = true,
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(Msg::Op(op)) => batch.push(op),
+                    Ok(Msg::Shutdown) => stopping = true,
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+            self.commit(std::mem::take(&mut batch));
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Op>) {
+        let txn = match begin(&self.shared.db) {
+            Ok(txn) => txn,
+            Err(e) => {
+                tracing::error!(error = %e, "redb: cannot begin a write transaction");
+                return fail_all(batch.into_iter().map(|op| op.reply), &e);
+            }
+        };
+        let mut done = Vec::with_capacity(batch.len());
+        let mut ops = batch.into_iter();
+        let fatal = match Tables::open(&txn) {
+            Err(e) => Some(unavailable(e)),
+            Ok(mut tables) => loop {
+                let Some(op) = ops.next() else {
+                    break None;
+                };
+                match self.apply(&mut tables, op.command) {
+                    Ok(outcome) => done.push(Done {
+                        reply: op.reply,
+                        outcome,
+                    }),
+                    Err(e) => {
+                        op.reply.fail(unavailable(&e));
+                        break Some(unavailable(e));
+                    }
+                }
+            },
+        };
+        let committed = match fatal {
+            Some(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+            None => txn.commit().map_err(|e| unavailable(format!("commit: {e}"))),
+        };
+        match committed {
+            Ok(()) => {
+                for d in done {
+                    let outcome = d.outcome.map(|(value, effect)| {
+                        self.apply_effect(effect);
+                        value
+                    });
+                    d.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "redb: write batch failed");
+                for d in done {
+                    match d.outcome {
+                        Ok(_) => d.reply.fail(clone_error(&e)),
+                        Err(own) => d.reply.fail(own),
+                    }
+                }
+                fail_all(ops.map(|op| op.reply), &e);
+            }
+        }
+    }
+
+    fn apply_effect(&self, effect: Effect) {
+        let index = &self.shared.index;
+        match effect {
+            Effect::None => {}
+            Effect::Sent(queue, messages) => {
+                for (id, header) in messages {
+                    index.insert(&queue, &id, header);
+                }
+            }
+            Effect::Acked(queue, ids) => {
+                for id in ids {
+                    index.remove(&queue, &id);
+                }
+            }
+            Effect::Released {
+                queue,
+                id,
+                due_ms,
+                failures,
+            } => index.release(&queue, &id, due_ms, failures),
+        }
+    }
+
+    fn apply(&mut self, t: &mut Tables<'_>, command: Command) -> Applied {
+        match command {
+            Command::Deploy(record) => deploy(t, record),
+            Command::RemoveFunction(name) => {
+                let versions = t
+                    .functions
+                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+                    .map(|entry| entry.map(|(k, _)| k.value().1))
+                    .collect::<std::result::Result<Vec<u64>, _>>()?;
+                for v in &versions {
+                    t.functions.remove((name.as_str(), *v))?;
+                }
+                ok(Value::Existed(!versions.is_empty()), Effect::None)
+            }
+            Command::PutToken {
+                id,
+                secret_sha256,
+                value,
+            } => {
+                if let Some(old) = stored_token_secret(t, &id)?
+                    && old != secret_sha256
+                {
+                    remove_secret_if_owned(t, &old, &id)?;
+                }
+                t.tokens.insert(id.as_str(), value.as_slice())?;
+                t.token_secrets
+                    .insert(secret_sha256.as_str(), id.as_str())?;
+                ok(Value::Unit, Effect::None)
+            }
+            Command::RevokeToken(id) => {
+                let old = stored_token_secret(t, &id)?;
+                let existed = t.tokens.remove(id.as_str())?.is_some();
+                if let Some(old) = old {
+                    remove_secret_if_owned(t, &old, &id)?;
+                }
+                ok(Value::Existed(existed), Effect::None)
+            }
+            Command::PutInvocations(records) => {
+                for (id, value) in &records {
+                    t.invocations.insert(id.as_str(), value.as_slice())?;
+                }
+                ok(Value::Unit, Effect::None)
+            }
+            Command::PutLogs { id, value } => {
+                t.logs.insert(id.as_str(), value.as_slice())?;
+                ok(Value::Unit, Effect::None)
+            }
+            Command::Send { queue, messages } => {
+                let mut sent = Vec::with_capacity(messages.len());
+                for m in messages {
+                    let key = (queue.as_str(), m.id.as_str());
+                    if t.messages.get(key)?.is_some() {
+                        continue;
+                    }
+                    let header = MessageHeader {
+                        due_ms: m.due_ms,
+                        failures: 0,
+                        seq: self.next_seq,
+                    };
+                    self.next_seq += 1;
+                    let value = codec::encode_message(&header, &m.body);
+                    t.messages.insert(key, value.as_slice())?;
+                    sent.push((m.id, header));
+                }
+                ok(Value::Unit, Effect::Sent(queue, sent))
+            }
+            Command::Ack { queue, ids } => {
+                for id in &ids {
+                    t.messages.remove((queue.as_str(), id.as_str()))?;
+                }
+                ok(Value::Unit, Effect::Acked(queue, ids))
+            }
+            Command::Nack { queue, id, due_ms } => {
+                let key = (queue.as_str(), id.as_str());
+                let value = {
+                    let Some(stored) = t.messages.get(key)? else {
+                        return ok(Value::Unit, Effect::None);
+                    };
+                    let what = format_args!("queue {queue} message {id}");
+                    match codec::decode_message(&what, stored.value()) {
+                        Err(e) => return Ok(Err(e)),
+                        Ok((header, body)) => {
+                            let header = MessageHeader {
+                                due_ms,
+                                failures: header.failures.saturating_add(1),
+                                ..header
+                            };
+                            (header, codec::encode_message(&header, body))
+                        }
+                    }
+                };
+                let (header, value) = value;
+                t.messages.insert(key, value.as_slice())?;
+                let effect = Effect::Released {
+                    queue: queue.clone(),
+                    id: id.clone(),
+                    due_ms,
+                    failures: header.failures,
+                };
+                ok(Value::Unit, effect)
+            }
+        }
+    }
+}
+
+/// Stores the next version of a function: one more than both the per-name
+/// counter (which survives removal) and any stored version.
+fn deploy(t: &mut Tables<'_>, mut record: FunctionRecord) -> Applied {
+    let name = record.name.clone();
+    let counted = t
+        .function_versions
+        .get(name.as_str())?
+        .map(|g| g.value())
+        .unwrap_or(0);
+    let stored = match t
+        .functions
+        .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+        .next_back()
+    {
+        Some(entry) => entry?.0.value().1,
+        None => 0,
+    };
+    let Some(version) = counted.max(stored).checked_add(1) else {
+        return Ok(Err(Error::Corrupt(format!("function {name}: versions exhausted"))));
+    };
+    record.version = version;
+    let value = match codec::encode_record(&format_args!("function {name}"), &record) {
+        Ok(value) => value,
+        Err(e) => return Ok(Err(e)),
+    };
+    t.functions
+        .insert((name.as_str(), version), value.as_slice())?;
+    t.function_versions.insert(name.as_str(), version)?;
+    ok(Value::Version(version), Effect::None)
+}
+
+/// The secret hash of a stored token, if it exists and decodes.
+fn stored_token_secret(
+    t: &Tables<'_>,
+    id: &str,
+) -> std::result::Result<Option<String>, redb::StorageError> {
+    let Some(stored) = t.tokens.get(id)? else {
+        return Ok(None);
+    };
+    let what = format_args!("token {id}");
+    // A corrupt old record cannot name its hash; lookups verify the hash
+    // against the token anyway, so a stale index entry is harmless.
+    Ok(codec::decode_record::<TokenRecord>(&what, stored.value())
+        .ok()
+        .map(|t| t.secret_sha256))
+}
+
+fn remove_secret_if_owned(
+    t: &mut Tables<'_>,
+    secret_sha256: &str,
+    id: &str,
+) -> std::result::Result<(), redb::StorageError> {
+    let owned = t
+        .token_secrets
+        .get(secret_sha256)?
+        .is_some_and(|owner| owner.value() == id);
+    if owned {
+        t.token_secrets.remove(secret_sha256)?;
+    }
+    Ok(())
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(s) => Error::Unavailable(s.clone()),
+        Error::Corrupt(s) => Error::Corrupt(s.clone()),
+    }
+}
+
+fn fail_all(replies: impl Iterator<Item = Reply>, e: &Error) {
+    for reply in replies {
+        reply.fail(clone_error(e));
+    }
+}

@@ -1,0 +1,618 @@
+//! The conformance suite every storage adapter runs (see `run_all`).
+//!
+//! A behaviour not checked here is not part of the storage contract. The
+//! suite is plain async code with `assert!`s, so it runs under any executor
+//! (adapters call it from their own `#[tokio::test]`). It never sleeps: the
+//! store takes times from its callers, so the suite passes explicit `now_ms`
+//! values to move time forward. Every function, token, invocation and queue
+//! name is unique per run, so the suite can run against a shared backend
+//! (a Redis used by other tests) and several times against one store.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::{
+    Backend, Delivery, ErrorRecord, FunctionRecord, InvocationRecord, Leased, NewMessage,
+    QueueDepth, TokenRecord,
+};
+
+/// A base time for the queue tests. Queue names are unique, so a fixed clock is fine.
+const T: u64 = 1_700_000_000_000;
+
+/// Runs every area of the suite.
+pub async fn run_all(backend: &Backend) {
+    functions(backend).await;
+    function_versions_after_remove(backend).await;
+    tokens(backend).await;
+    invocations(backend).await;
+    logs(backend).await;
+    write_order(backend).await;
+    queue_lease_and_ack(backend).await;
+    queue_due_order(backend).await;
+    queue_visibility_and_extend(backend).await;
+    queue_nack(backend).await;
+    queue_dedup(backend).await;
+    queue_isolation(backend).await;
+    queue_bodies(backend).await;
+}
+
+/// A name no other run uses: `prefix-<pid>-<nanos>-<counter>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())
+}
+
+/// A function record with plausible fields; `version` is deliberately wrong
+/// (the store must replace it).
+pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
+    FunctionRecord {
+        name: name.to_string(),
+        version: 999,
+        runtime: "python3".to_string(),
+        handler: handler.to_string(),
+        timeout_ms: 30_000,
+        memory_mb: 128,
+        concurrency: 4,
+        retries: 2,
+        retry_delay_ms: 1000,
+        code_dir: format!("code/{name}/{handler}"),
+        env_dir: Some(format!("envs/{handler}")),
+        code_sha256: "ab".repeat(32),
+        deployed_at_ms: T,
+    }
+}
+
+/// A queued invocation record.
+pub fn sample_invocation(id: &str, function: &str) -> InvocationRecord {
+    InvocationRecord {
+        id: id.to_string(),
+        function: function.to_string(),
+        version: 1,
+        mode: "async".to_string(),
+        status: "queued".to_string(),
+        input: r#"{"n":1,"s":"é\u0000\"x"}"#.to_string(),
+        output: None,
+        error: None,
+        attempts: 0,
+        max_attempts: 3,
+        created_at_ms: T,
+        started_at_ms: None,
+        finished_at_ms: None,
+        duration_ms: None,
+        billed_gb_s: 0.0,
+        cold_start: false,
+        next_attempt_at_ms: None,
+    }
+}
+
+fn sample_token(id: &str, secret_sha256: &str) -> TokenRecord {
+    TokenRecord {
+        id: id.to_string(),
+        secret_sha256: secret_sha256.to_string(),
+        role: "admin".to_string(),
+        name: format!("token {id}"),
+        created_at_ms: T,
+    }
+}
+
+fn msg(id: &str, body: &[u8], due_ms: u64) -> NewMessage {
+    NewMessage {
+        id: id.to_string(),
+        body: body.to_vec(),
+        due_ms,
+    }
+}
+
+async fn lease(backend: &Backend, queue: &str, now_ms: u64, max: usize, vis: u64) -> Leased {
+    backend
+        .queues
+        .lease(queue, now_ms, max, vis)
+        .await
+        .expect("lease")
+}
+
+/// Deliveries by id, asserting no id is delivered twice in one lease.
+fn by_id(leased: &Leased) -> BTreeMap<String, Delivery> {
+    let mut out = BTreeMap::new();
+    for d in &leased.deliveries {
+        let dup = out.insert(d.id.clone(), d.clone());
+        assert!(dup.is_none(), "message {} delivered twice in one lease", d.id);
+    }
+    out
+}
+
+fn ids(leased: &Leased) -> Vec<String> {
+    by_id(leased).into_keys().collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+async fn depth(backend: &Backend, queue: &str) -> QueueDepth {
+    backend.queues.depth(queue).await.expect("depth")
+}
+
+fn depth_of(waiting: u64, in_flight: u64) -> QueueDepth {
+    QueueDepth { waiting, in_flight }
+}
+
+/// Deploys assign 1, 2, ...; latest vs specific versions; listing is sorted
+/// and shows latest versions; removal removes every version.
+pub async fn functions(backend: &Backend) {
+    let c = &backend.catalog;
+    let base = unique("conf-fn");
+    let name = format!("{base}-m");
+
+    assert_eq!(c.function(&name).await.unwrap(), None);
+    assert_eq!(c.function_version(&name, 1).await.unwrap(), None);
+
+    let v1 = sample_function(&name, "main.one");
+    assert_eq!(c.deploy_function(v1.clone()).await.unwrap(), 1);
+    let v2 = sample_function(&name, "main.two");
+    assert_eq!(c.deploy_function(v2.clone()).await.unwrap(), 2);
+
+    let latest = c.function(&name).await.unwrap().expect("latest version");
+    assert_eq!(latest.version, 2, "latest version");
+    assert_eq!(latest, FunctionRecord { version: 2, ..v2.clone() });
+    let first = c.function_version(&name, 1).await.unwrap().expect("v1");
+    assert_eq!(first, FunctionRecord { version: 1, ..v1 });
+    assert_eq!(c.function_version(&name, 2).await.unwrap().unwrap().handler, "main.two");
+    assert_eq!(c.function_version(&name, 3).await.unwrap(), None);
+    assert_eq!(c.function_version(&name, 0).await.unwrap(), None);
+
+    // Listing: latest version of each, sorted by name. Deploy out of order.
+    let z = format!("{base}-z");
+    let a = format!("{base}-a");
+    assert_eq!(c.deploy_function(sample_function(&z, "z.h")).await.unwrap(), 1);
+    assert_eq!(c.deploy_function(sample_function(&a, "a.h")).await.unwrap(), 1);
+    assert_eq!(c.deploy_function(sample_function(&a, "a.h2")).await.unwrap(), 2);
+    let all = c.functions().await.unwrap();
+    assert!(
+        all.windows(2).all(|w| w[0].name < w[1].name),
+        "functions() must be sorted by name with one entry per function"
+    );
+    let ours: Vec<(String, u64, String)> = all
+        .iter()
+        .filter(|f| f.name.starts_with(&base))
+        .map(|f| (f.name.clone(), f.version, f.handler.clone()))
+        .collect();
+    assert_eq!(
+        ours,
+        vec![
+            (a.clone(), 2, "a.h2".to_string()),
+            (name.clone(), 2, "main.two".to_string()),
+            (z.clone(), 1, "z.h".to_string()),
+        ]
+    );
+
+    // Versions of one name do not leak into a name it prefixes.
+    let longer = format!("{name}x");
+    assert_eq!(c.function(&longer).await.unwrap(), None);
+
+    for n in [&name, &a, &z] {
+        assert!(c.remove_function(n).await.unwrap(), "remove {n}");
+    }
+    assert!(!c.remove_function(&name).await.unwrap(), "second remove");
+    assert!(!c.remove_function(&unique("conf-fn-never")).await.unwrap());
+    assert_eq!(c.function(&name).await.unwrap(), None);
+    assert_eq!(c.function_version(&name, 1).await.unwrap(), None);
+    assert_eq!(c.function_version(&name, 2).await.unwrap(), None);
+    let all = c.functions().await.unwrap();
+    assert!(!all.iter().any(|f| f.name.starts_with(&base)), "removed functions listed");
+}
+
+/// Version numbers are never reused, even after the function is removed.
+pub async fn function_versions_after_remove(backend: &Backend) {
+    let c = &backend.catalog;
+    let name = unique("conf-fn-mono");
+    for expected in 1..=3 {
+        let v = c.deploy_function(sample_function(&name, "h")).await.unwrap();
+        assert_eq!(v, expected);
+    }
+    assert!(c.remove_function(&name).await.unwrap());
+    let v = c.deploy_function(sample_function(&name, "again")).await.unwrap();
+    assert_eq!(v, 4, "a version number was reused after remove");
+    let latest = c.function(&name).await.unwrap().unwrap();
+    assert_eq!((latest.version, latest.handler.as_str()), (4, "again"));
+    for old in 1..=3 {
+        assert_eq!(c.function_version(&name, old).await.unwrap(), None);
+    }
+    assert!(c.remove_function(&name).await.unwrap());
+}
+
+/// Tokens are found by the hash of their secret, listed, replaced by id and revoked.
+pub async fn tokens(backend: &Backend) {
+    let c = &backend.catalog;
+    let id = unique("conf-tok");
+    let other = unique("conf-tok");
+    let sha = format!("{:0>64}", unique("sha"));
+    let sha2 = format!("{:0>64}", unique("sha"));
+    let other_sha = format!("{:0>64}", unique("sha"));
+
+    assert_eq!(c.token_by_secret_sha256(&sha).await.unwrap(), None);
+    let t = sample_token(&id, &sha);
+    c.put_token(t.clone()).await.unwrap();
+    let o = sample_token(&other, &other_sha);
+    c.put_token(o.clone()).await.unwrap();
+    assert_eq!(c.token_by_secret_sha256(&sha).await.unwrap(), Some(t.clone()));
+    assert_eq!(c.token_by_secret_sha256(&other_sha).await.unwrap(), Some(o.clone()));
+    let listed = c.tokens().await.unwrap();
+    assert!(listed.contains(&t) && listed.contains(&o), "tokens() lists both");
+
+    // Replacing a token by id (a new secret) moves the lookup to the new hash.
+    let rotated = TokenRecord {
+        secret_sha256: sha2.clone(),
+        role: "read".to_string(),
+        ..t.clone()
+    };
+    c.put_token(rotated.clone()).await.unwrap();
+    assert_eq!(c.token_by_secret_sha256(&sha).await.unwrap(), None, "old secret still valid");
+    assert_eq!(c.token_by_secret_sha256(&sha2).await.unwrap(), Some(rotated.clone()));
+    let listed = c.tokens().await.unwrap();
+    assert_eq!(listed.iter().filter(|x| x.id == id).count(), 1);
+
+    assert!(c.revoke_token(&id).await.unwrap());
+    assert!(!c.revoke_token(&id).await.unwrap(), "second revoke");
+    assert_eq!(c.token_by_secret_sha256(&sha2).await.unwrap(), None, "revoked token valid");
+    assert!(!c.tokens().await.unwrap().iter().any(|x| x.id == id));
+    // The other token is untouched.
+    assert_eq!(c.token_by_secret_sha256(&other_sha).await.unwrap(), Some(o));
+    assert!(c.revoke_token(&other).await.unwrap());
+    assert!(!c.revoke_token(&unique("conf-tok-never")).await.unwrap());
+}
+
+/// Invocation records are upserted and read back exactly.
+pub async fn invocations(backend: &Backend) {
+    let inv = &backend.invocations;
+    let f = unique("conf-inv-fn");
+    let a = unique("conf-inv");
+    let b = unique("conf-inv");
+    assert_eq!(inv.invocation(&a).await.unwrap(), None);
+    inv.put_invocations(Vec::new()).await.unwrap();
+
+    let ra = sample_invocation(&a, &f);
+    let rb = InvocationRecord {
+        mode: "sync".to_string(),
+        ..sample_invocation(&b, &f)
+    };
+    inv.put_invocations(vec![ra.clone(), rb.clone()]).await.unwrap();
+    assert_eq!(inv.invocation(&a).await.unwrap(), Some(ra.clone()));
+    assert_eq!(inv.invocation(&b).await.unwrap(), Some(rb.clone()));
+
+    let done = InvocationRecord {
+        status: "failed".to_string(),
+        output: Some("[1,2]".to_string()),
+        error: Some(ErrorRecord {
+            kind: "raised".to_string(),
+            exception: Some("ValueError".to_string()),
+            message: "bad ✓".to_string(),
+            traceback: Some("Traceback\n  line 1\n".to_string()),
+        }),
+        attempts: 3,
+        started_at_ms: Some(T + 1),
+        finished_at_ms: Some(T + 20),
+        duration_ms: Some(12.625),
+        billed_gb_s: 0.001_953_125,
+        cold_start: true,
+        next_attempt_at_ms: Some(T + 1_000),
+        ..ra.clone()
+    };
+    inv.put_invocations(vec![done.clone()]).await.unwrap();
+    assert_eq!(inv.invocation(&a).await.unwrap(), Some(done));
+    assert_eq!(inv.invocation(&b).await.unwrap(), Some(rb), "upsert touched another record");
+}
+
+/// Logs are stored as raw bytes and replaced.
+pub async fn logs(backend: &Backend) {
+    let inv = &backend.invocations;
+    let id = unique("conf-logs");
+    assert_eq!(inv.logs(&id).await.unwrap(), None);
+    inv.put_logs(&id, b"first\n".to_vec()).await.unwrap();
+    assert_eq!(inv.logs(&id).await.unwrap().as_deref(), Some(&b"first\n"[..]));
+    let binary: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    inv.put_logs(&id, binary.clone()).await.unwrap();
+    assert_eq!(inv.logs(&id).await.unwrap(), Some(binary));
+    inv.put_logs(&id, Vec::new()).await.unwrap();
+    assert_eq!(inv.logs(&id).await.unwrap(), Some(Vec::new()));
+    // Logs are independent of the invocation record.
+    assert_eq!(inv.invocation(&id).await.unwrap(), None);
+}
+
+/// Writes are issued in call order at call time; a dropped future still writes.
+pub async fn write_order(backend: &Backend) {
+    let inv = &backend.invocations;
+    let f = unique("conf-order-fn");
+
+    // Two writes of one id, the first not awaited: the second wins.
+    let id = unique("conf-order");
+    let first = inv.put_invocations(vec![sample_invocation(&id, &f)]);
+    let second = inv.put_invocations(vec![InvocationRecord {
+        status: "running".to_string(),
+        ..sample_invocation(&id, &f)
+    }]);
+    second.await.unwrap();
+    assert_eq!(inv.invocation(&id).await.unwrap().unwrap().status, "running");
+    first.await.unwrap();
+    assert_eq!(inv.invocation(&id).await.unwrap().unwrap().status, "running");
+
+    // Many interleaved writes of one id: the last one issued wins.
+    let id = unique("conf-order");
+    let pending: Vec<_> = (0..50)
+        .map(|i| {
+            inv.put_invocations(vec![InvocationRecord {
+                attempts: i,
+                ..sample_invocation(&id, &f)
+            }])
+        })
+        .collect();
+    for p in pending.into_iter().rev() {
+        p.await.unwrap();
+    }
+    assert_eq!(inv.invocation(&id).await.unwrap().unwrap().attempts, 49);
+
+    // A dropped future does not cancel its write.
+    let dropped = unique("conf-order-dropped");
+    drop(inv.put_logs(&dropped, b"kept".to_vec()));
+    let after = unique("conf-order-after");
+    inv.put_logs(&after, b"x".to_vec()).await.unwrap();
+    assert_eq!(inv.logs(&dropped).await.unwrap().as_deref(), Some(&b"kept"[..]));
+
+    // Deploys issued together get versions in call order.
+    let c = &backend.catalog;
+    let name = unique("conf-order-fn");
+    let d1 = c.deploy_function(sample_function(&name, "one"));
+    let d2 = c.deploy_function(sample_function(&name, "two"));
+    assert_eq!(d2.await.unwrap(), 2);
+    assert_eq!(d1.await.unwrap(), 1);
+    assert_eq!(c.function(&name).await.unwrap().unwrap().handler, "two");
+    assert!(c.remove_function(&name).await.unwrap());
+
+    // Queue writes too: nack then ack issued together leaves nothing queued.
+    let q = unique("conf-order-q");
+    backend.queues.send(&q, vec![msg("m", b"b", T)]).await.unwrap();
+    assert_eq!(ids(&lease(backend, &q, T, 10, 1_000).await), strings(&["m"]));
+    let nack = backend.queues.nack(&q, "m", T);
+    backend.queues.ack(&q, strings(&["m"])).await.unwrap();
+    nack.await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+    assert!(lease(backend, &q, T + 100_000, 10, 1_000).await.deliveries.is_empty());
+
+    // A send that is dropped still happens, before a later write.
+    let q = unique("conf-order-q");
+    drop(backend.queues.send(&q, vec![msg("d", b"dropped", T)]));
+    backend.queues.send(&q, vec![msg("e", b"awaited", T)]).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(2, 0));
+    backend.queues.ack(&q, strings(&["d", "e"])).await.unwrap();
+}
+
+/// Sending, leasing with due times and visibility, acking, depth.
+pub async fn queue_lease_and_ack(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q");
+
+    let empty = lease(backend, &q, T, 10, 1_000).await;
+    assert_eq!(empty, Leased::default(), "empty queue");
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+
+    qs.send(&q, vec![msg("a", b"A", T), msg("b", b"B", T), msg("c", b"C", T + 5_000)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(3, 0));
+
+    let got = lease(backend, &q, T, 10, 1_000).await;
+    let got_by_id = by_id(&got);
+    assert_eq!(got_by_id.keys().cloned().collect::<Vec<_>>(), strings(&["a", "b"]));
+    for (id, body) in [("a", b"A"), ("b", b"B")] {
+        let d = &got_by_id[id];
+        assert_eq!(d.body, body.to_vec());
+        assert_eq!(d.failures, 0);
+        assert_eq!(d.lease_until_ms, T + 1_000);
+    }
+    assert_eq!(got.next_due_ms, Some(T + 1_000), "earliest lease expiry");
+    assert_eq!(depth(backend, &q).await, depth_of(1, 2));
+
+    // Leased messages are invisible until their lease ends.
+    let again = lease(backend, &q, T + 500, 10, 1_000).await;
+    assert!(again.deliveries.is_empty(), "leased message delivered twice");
+    assert_eq!(again.next_due_ms, Some(T + 1_000));
+
+    // max is respected.
+    qs.send(&q, vec![msg("d", b"D", T), msg("e", b"E", T)]).await.unwrap();
+    let one = lease(backend, &q, T + 500, 1, 1_000).await;
+    assert_eq!(one.deliveries.len(), 1);
+    let zero = lease(backend, &q, T + 500, 0, 1_000).await;
+    assert!(zero.deliveries.is_empty(), "max 0 leased something");
+    let other = lease(backend, &q, T + 500, 10, 1_000).await;
+    assert_eq!(other.deliveries.len(), 1);
+    assert_ne!(one.deliveries[0].id, other.deliveries[0].id);
+
+    qs.ack(&q, strings(&["a", "b", "d", "e"])).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(1, 0));
+    // Acked messages never come back, even after their lease would have ended.
+    let later = lease(backend, &q, T + 2_000, 10, 1_000).await;
+    assert!(later.deliveries.is_empty(), "acked message redelivered");
+    assert_eq!(later.next_due_ms, Some(T + 5_000), "next due message");
+
+    let c = lease(backend, &q, T + 5_000, 10, 1_000).await;
+    assert_eq!(ids(&c), strings(&["c"]));
+    assert_eq!(c.deliveries[0].body, b"C".to_vec());
+    qs.ack(&q, strings(&["c", "never-sent"])).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+    assert_eq!(lease(backend, &q, T + 1_000_000, 10, 1_000).await, Leased::default());
+    qs.ack(&q, Vec::new()).await.unwrap();
+    qs.send(&q, Vec::new()).await.unwrap();
+}
+
+/// Earlier due times are delivered first; nothing is delivered before it is due.
+pub async fn queue_due_order(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-due");
+    qs.send(&q, vec![msg("x", b"", T + 20), msg("y", b"", T + 10), msg("z", b"", T)])
+        .await
+        .unwrap();
+    let early = lease(backend, &q, T - 1, 10, 1_000).await;
+    assert!(early.deliveries.is_empty(), "delivered before due");
+    assert_eq!(early.next_due_ms, Some(T));
+
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let l = lease(backend, &q, T + 30, 1, 1_000).await;
+        assert_eq!(l.deliveries.len(), 1);
+        order.push(l.deliveries[0].id.clone());
+    }
+    assert_eq!(order, strings(&["z", "y", "x"]), "due order");
+
+    qs.send(&q, vec![msg("w", b"", T + 100)]).await.unwrap();
+    let before = lease(backend, &q, T + 99, 10, 1_000).await;
+    assert!(before.deliveries.is_empty());
+    assert_eq!(before.next_due_ms, Some(T + 100));
+    let at = lease(backend, &q, T + 100, 10, 1_000).await;
+    assert_eq!(ids(&at), strings(&["w"]), "a message is due at its due time");
+    qs.ack(&q, strings(&["w", "x", "y", "z"])).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+}
+
+/// An expired lease makes a message deliverable again; `extend` pushes the lease.
+pub async fn queue_visibility_and_extend(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-vis");
+    qs.send(&q, vec![msg("a", b"A", T)]).await.unwrap();
+
+    let first = lease(backend, &q, T, 10, 1_000).await;
+    assert_eq!(ids(&first), strings(&["a"]));
+    assert!(lease(backend, &q, T + 999, 10, 1_000).await.deliveries.is_empty());
+
+    // The lease ends at lease_until_ms: redelivered, with no failure counted.
+    let second = lease(backend, &q, T + 1_000, 10, 1_000).await;
+    assert_eq!(ids(&second), strings(&["a"]), "expired lease not redelivered");
+    assert_eq!(second.deliveries[0].failures, 0);
+    assert_eq!(second.deliveries[0].lease_until_ms, T + 2_000);
+    assert_eq!(second.deliveries[0].body, b"A".to_vec());
+    assert_eq!(depth(backend, &q).await, depth_of(0, 1));
+
+    qs.extend(&q, "a", T + 5_000).await.unwrap();
+    let held = lease(backend, &q, T + 3_000, 10, 1_000).await;
+    assert!(held.deliveries.is_empty(), "extended lease ignored");
+    assert_eq!(held.next_due_ms, Some(T + 5_000));
+    let third = lease(backend, &q, T + 5_000, 10, 500).await;
+    assert_eq!(ids(&third), strings(&["a"]));
+    assert_eq!(third.deliveries[0].lease_until_ms, T + 5_500);
+
+    // Extending an unknown message is not an error.
+    qs.extend(&q, "nope", T + 9_000).await.unwrap();
+    qs.ack(&q, strings(&["a"])).await.unwrap();
+    qs.extend(&q, "a", T + 9_000).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+    assert!(lease(backend, &q, T + 10_000, 10, 1_000).await.deliveries.is_empty());
+}
+
+/// `nack` counts a failure and makes the message due again at the given time.
+pub async fn queue_nack(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-nack");
+    qs.send(&q, vec![msg("a", b"A", T)]).await.unwrap();
+    assert_eq!(lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures, 0);
+
+    qs.nack(&q, "a", T + 100).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(1, 0), "nacked message is waiting");
+    let early = lease(backend, &q, T + 50, 10, 60_000).await;
+    assert!(early.deliveries.is_empty(), "nacked message delivered before its new due time");
+    assert_eq!(early.next_due_ms, Some(T + 100));
+
+    let second = lease(backend, &q, T + 100, 10, 60_000).await;
+    assert_eq!(ids(&second), strings(&["a"]));
+    assert_eq!(second.deliveries[0].failures, 1);
+    assert_eq!(second.deliveries[0].body, b"A".to_vec());
+
+    // A nack can make a message due immediately.
+    qs.nack(&q, "a", T + 100).await.unwrap();
+    let third = lease(backend, &q, T + 100, 10, 60_000).await;
+    assert_eq!(third.deliveries[0].failures, 2);
+    // Extend keeps the failure count.
+    qs.extend(&q, "a", T + 200_000).await.unwrap();
+    qs.nack(&q, "a", T).await.unwrap();
+    assert_eq!(lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures, 3);
+
+    // Nacking an unknown message is not an error.
+    qs.nack(&q, "nope", T).await.unwrap();
+    qs.ack(&q, strings(&["a"])).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+}
+
+/// Sending an id that is queued (waiting or leased) is a no-op; after ack it can be sent again.
+pub async fn queue_dedup(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-dedup");
+    qs.send(&q, vec![msg("a", b"one", T)]).await.unwrap();
+    qs.send(&q, vec![msg("a", b"two", T)]).await.unwrap();
+    qs.send(&q, vec![msg("b", b"b1", T), msg("b", b"b2", T)]).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(2, 0));
+
+    let got = lease(backend, &q, T, 10, 1_000).await;
+    let got = by_id(&got);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["a"].body, b"one".to_vec(), "a duplicate send replaced the body");
+    assert_eq!(got["b"].body, b"b1".to_vec());
+
+    // While leased, a duplicate send does not requeue it.
+    qs.send(&q, vec![msg("a", b"three", T)]).await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 2));
+    assert!(lease(backend, &q, T + 1, 10, 1_000).await.deliveries.is_empty());
+
+    qs.ack(&q, strings(&["a", "b"])).await.unwrap();
+    qs.send(&q, vec![msg("a", b"four", T)]).await.unwrap();
+    let again = lease(backend, &q, T + 1, 10, 1_000).await;
+    assert_eq!(ids(&again), strings(&["a"]), "an acked id can be sent again");
+    assert_eq!(again.deliveries[0].body, b"four".to_vec());
+    assert_eq!(again.deliveries[0].failures, 0);
+    qs.ack(&q, strings(&["a"])).await.unwrap();
+}
+
+/// Queues are independent, even for equal message ids.
+pub async fn queue_isolation(backend: &Backend) {
+    let qs = &backend.queues;
+    let q1 = unique("conf-q-iso");
+    let q2 = format!("{q1}-2");
+    qs.send(&q1, vec![msg("m", b"one", T)]).await.unwrap();
+    qs.send(&q2, vec![msg("m", b"two", T + 10)]).await.unwrap();
+    assert_eq!(depth(backend, &q1).await, depth_of(1, 0));
+    assert_eq!(depth(backend, &q2).await, depth_of(1, 0));
+
+    let l1 = lease(backend, &q1, T + 10, 10, 1_000).await;
+    assert_eq!(ids(&l1), strings(&["m"]));
+    assert_eq!(l1.deliveries[0].body, b"one".to_vec());
+    assert_eq!(depth(backend, &q2).await, depth_of(1, 0), "lease leaked across queues");
+
+    qs.ack(&q1, strings(&["m"])).await.unwrap();
+    assert_eq!(depth(backend, &q2).await, depth_of(1, 0), "ack leaked across queues");
+    qs.nack(&q1, "m", T).await.unwrap();
+    let l2 = lease(backend, &q2, T + 10, 10, 1_000).await;
+    assert_eq!(ids(&l2), strings(&["m"]));
+    assert_eq!(l2.deliveries[0].body, b"two".to_vec());
+    assert_eq!(l2.deliveries[0].failures, 0, "nack leaked across queues");
+    qs.ack(&q2, strings(&["m"])).await.unwrap();
+    assert_eq!(depth(backend, &q1).await, depth_of(0, 0));
+    assert_eq!(depth(backend, &q2).await, depth_of(0, 0));
+}
+
+/// Bodies are arbitrary bytes: empty, binary, and large.
+pub async fn queue_bodies(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-body");
+    let binary: Vec<u8> = (0..=255u8).cycle().take(256 * 1024 + 7).collect();
+    qs.send(&q, vec![msg("empty", b"", T), msg("bin", &binary, T)])
+        .await
+        .unwrap();
+    let got = lease(backend, &q, T, 10, 1_000).await;
+    let got = by_id(&got);
+    assert_eq!(got["empty"].body, Vec::<u8>::new());
+    assert_eq!(got["bin"].body, binary);
+    qs.ack(&q, strings(&["empty", "bin"])).await.unwrap();
+}

@@ -1,0 +1,276 @@
+//! Command-line parsing and the client commands.
+//!
+//! Client commands only call `shoal_client::Client` and print: human output
+//! by default, `--json` for scripts, non-zero exit with a message on failure.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use shoal_client::Client;
+
+use crate::serve::{self, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Shoal: serverless functions next to your data, in one binary.")]
+pub struct Args {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args)]
+pub struct Conn {
+    /// The node to talk to.
+    #[arg(long, global = true, env = "SHOAL_URL", default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+    /// API token (default: the admin token file in ./.shoal).
+    #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Deploy a function directory (with shoal.toml) as a new version.
+    Deploy { dir: PathBuf },
+    /// Invoke a function with a JSON event (argument, `-` for stdin, default `{}`).
+    Invoke {
+        name: String,
+        event: Option<String>,
+        /// Queue the invocation and print its id instead of waiting.
+        #[arg(long = "async")]
+        is_async: bool,
+    },
+    /// Inspect invocations.
+    Invocations {
+        #[command(subcommand)]
+        command: InvocationsCommand,
+    },
+    /// Print an invocation's logs.
+    Logs { id: String },
+    /// List functions, or remove one.
+    Functions {
+        #[command(subcommand)]
+        command: Option<FunctionsCommand>,
+    },
+    /// Manage API tokens (admin).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InvocationsCommand {
+    /// Show an invocation's status, result or error, timings and billing.
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum FunctionsCommand {
+    /// Remove a function and all its versions.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Create a token: reader, invoker, developer or admin.
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens.
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let conn = args.conn;
+    let command = match args.command {
+        Command::Serve(s) => return serve::run(s).await,
+        other => other,
+    };
+    let client = connect(&conn)?;
+    let out = Out { json: conn.json };
+    match command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Deploy { dir } => {
+            let archive = shoal_client::pack_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            let f = client.deploy(archive).await?;
+            out.print(&f, || format!("Deployed {} version {} ({}).", f.name, f.version, f.handler));
+        }
+        Command::Invoke { name, event, is_async } => {
+            let event = read_event(event.as_deref())?;
+            if is_async {
+                let id = client.invoke_async(&name, &event).await?;
+                out.print(&serde_json::json!({"id": id, "status": "queued"}), || id.clone());
+            } else {
+                let done = client.invoke(&name, &event).await?;
+                match done.result {
+                    Ok(value) => {
+                        if conn.json {
+                            println!("{}", serde_json::json!({"id": done.id, "output": value}));
+                        } else {
+                            println!("{}", serde_json::to_string_pretty(&value)?);
+                        }
+                    }
+                    Err(failure) => {
+                        if conn.json {
+                            println!("{}", serde_json::to_string(&failure)?);
+                        } else {
+                            eprintln!("{}: {}", failure.error.kind, failure.error.message);
+                            if let Some(tb) = &failure.error.traceback {
+                                eprintln!("{tb}");
+                            }
+                            eprintln!("invocation {}", failure.invocation_id);
+                        }
+                        bail!("the function failed ({})", failure.error.kind);
+                    }
+                }
+            }
+        }
+        Command::Invocations {
+            command: InvocationsCommand::Show { id },
+        } => {
+            let inv = client.invocation(&id).await?;
+            out.print(&inv, || {
+                let mut s = format!(
+                    "id:        {}\nfunction:  {} (version {})\nmode:      {}\nstatus:    {}\nattempts:  {}/{}\n",
+                    inv.id, inv.function, inv.version, inv.mode, inv.status, inv.attempts, inv.max_attempts
+                );
+                if let Some(d) = inv.duration_ms {
+                    s += &format!("duration:  {d:.2} ms\n");
+                }
+                s += &format!("billed:    {:.6} GB-s\n", inv.billed_gb_seconds);
+                if let Some(o) = &inv.output {
+                    s += &format!("output:    {o}\n");
+                }
+                if let Some(e) = &inv.error {
+                    s += &format!("error:     {}: {}\n", e.kind, e.message);
+                    if let Some(tb) = &e.traceback {
+                        s += tb;
+                    }
+                }
+                s.trim_end().to_string()
+            });
+        }
+        Command::Logs { id } => {
+            let logs = client.logs(&id).await?;
+            if conn.json {
+                println!("{}", serde_json::json!({"id": id, "logs": logs}));
+            } else {
+                print!("{logs}");
+            }
+        }
+        Command::Functions { command: None } => {
+            let fs = client.functions().await?;
+            out.print(&fs, || {
+                if fs.is_empty() {
+                    return "No functions deployed. Deploy one with `shoal deploy DIR`.".to_string();
+                }
+                let mut s = format!("{:<24} {:>7}  {:<20} {:>8} {:>7} {:>11}", "NAME", "VERSION", "HANDLER", "TIMEOUT", "MEMORY", "CONCURRENCY");
+                for f in &fs {
+                    s += &format!(
+                        "\n{:<24} {:>7}  {:<20} {:>7}s {:>5}MB {:>11}",
+                        f.name,
+                        f.version,
+                        f.handler,
+                        f.timeout_ms as f64 / 1000.0,
+                        f.memory_mb,
+                        f.concurrency
+                    );
+                }
+                s
+            });
+        }
+        Command::Functions {
+            command: Some(FunctionsCommand::Rm { name }),
+        } => {
+            client.remove_function(&name).await?;
+            out.print(&serde_json::json!({"deleted": true}), || format!("Removed {name}."));
+        }
+        Command::Tokens { command } => match command {
+            TokensCommand::Create { role, name } => {
+                let t = client.create_token(&role, name.as_deref()).await?;
+                out.print(&t, || t.token.clone());
+                if !conn.json {
+                    eprintln!("Created {} token {}. Store the secret above now: it is not shown again.", t.role, t.id);
+                }
+            }
+            TokensCommand::List => {
+                let list = client.tokens().await?;
+                out.print(&list, || {
+                    let mut s = format!("{:<20} {:<10} NAME", "ID", "ROLE");
+                    for t in &list.tokens {
+                        s += &format!("\n{:<20} {:<10} {}", t.id, t.role, t.name);
+                    }
+                    s
+                });
+            }
+            TokensCommand::Revoke { id } => {
+                client.revoke_token(&id).await?;
+                out.print(&serde_json::json!({"deleted": true}), || format!("Revoked {id}."));
+            }
+        },
+    }
+    Ok(())
+}
+
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string(value).expect("serializable"));
+        } else {
+            println!("{}", human());
+        }
+    }
+}
+
+fn connect(conn: &Conn) -> Result<Client> {
+    let token = match &conn.token {
+        Some(t) => Some(t.clone()),
+        None => read_default_token(Path::new(".shoal"))?,
+    };
+    Ok(Client::new(&conn.url, token.as_deref())?)
+}
+
+/// The admin token file a node writes into its data directory.
+fn read_default_token(data_dir: &Path) -> Result<Option<String>> {
+    let path = data_dir.join(serve::TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn read_event(arg: Option<&str>) -> Result<String> {
+    let text = match arg {
+        None => return Ok("{}".to_string()),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the event from stdin")?;
+            s
+        }
+        Some(s) => s.to_string(),
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .with_context(|| format!("the event is not valid JSON: {}", text.chars().take(80).collect::<String>()))?;
+    Ok(text)
+}

@@ -1,0 +1,191 @@
+//! `shoal serve`: the wiring. Opens the store, builds the runtime, the engine
+//! and the HTTP router, then runs them until SIGINT/SIGTERM.
+//!
+//! Shutdown: stop accepting, let in-flight work finish up to the deadline,
+//! kill remaining workers, flush and close the store. A second signal exits
+//! at once; queued work survives in the store either way.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use shoal_engine::{SystemClock, manifest::parse_duration};
+use shoal_store::Backend;
+use shoal_store_redb::RedbStore;
+use shoal_types::Role;
+
+/// The admin token file, in the data directory.
+pub const TOKEN_FILE: &str = "admin.token";
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Where the node keeps its data.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = ".shoal")]
+    pub data_dir: PathBuf,
+    /// Largest request body accepted (events, JSON), in bytes.
+    #[arg(long, env = "SHOAL_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest function archive accepted by deploy, in bytes.
+    #[arg(long, env = "SHOAL_MAX_ARCHIVE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_archive_bytes: usize,
+    /// The Python interpreter for functions without their own virtualenv.
+    #[arg(long, env = "SHOAL_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Stop workers idle this long (e.g. 30s, 5m).
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for in-flight invocations.
+    #[arg(long, env = "SHOAL_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = duration)]
+    pub shutdown_deadline: Duration,
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, env = "SHOAL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration; use e.g. 500ms, 30s, 5m"))
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ])
+        .and_then(|b| b.install_recorder())
+        .context("installing the metrics recorder")?;
+
+    let data_dir = args.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+
+    let store = RedbStore::open(&data_dir.join("shoal.redb"))
+        .with_context(|| format!("opening the store in {} (is another node using it?)", data_dir.display()))?;
+    let backend = Backend::from_adapter(store.clone());
+
+    let runtime = shoal_runtime_python::PythonRuntime::new(shoal_runtime_python::Options {
+        python: args.python.clone(),
+        work_dir: data_dir.join("runtime"),
+        idle_timeout: args.idle_timeout,
+        max_log_bytes: 1024 * 1024,
+        max_result_bytes: args.max_body_bytes,
+    })
+    .context("starting the Python runtime")?;
+
+    let shutdown = CancellationToken::new();
+    let handle = shoal_engine::start(
+        shoal_engine::Options::new(data_dir.clone()),
+        backend,
+        runtime,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the engine")?;
+
+    ensure_admin_token(&handle, &data_dir).await?;
+
+    let router = shoal_server::router(
+        handle.clone(),
+        &shoal_server::Options {
+            max_body_bytes: args.max_body_bytes,
+            max_archive_bytes: args.max_archive_bytes,
+        },
+        Some(metrics),
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("Shoal listening on http://{addr}");
+    info!(%addr, data_dir = %data_dir.display(), "Node started.");
+
+    tokio::spawn(watch_signals(shutdown.clone()));
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+
+    shutdown.cancelled().await;
+    let started = Instant::now();
+    info!("Shutting down: no new work; waiting for in-flight invocations.");
+    match tokio::time::timeout(args.shutdown_deadline, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server stopped with an error."),
+        Ok(Err(e)) => warn!(error = %e, "HTTP server task failed."),
+        Err(_) => warn!("Shutdown deadline passed with requests still open."),
+    }
+    let left = args.shutdown_deadline.saturating_sub(started.elapsed());
+    handle.drain(left).await;
+    store.close();
+    info!("Stopped.");
+    Ok(())
+}
+
+/// First signal: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "Cannot watch SIGTERM.");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            shutdown.cancel();
+        }
+    }
+    eprintln!("Second signal: exiting now. Queued work resumes on the next start.");
+    std::process::exit(130);
+}
+
+/// Creates an admin token on first start (or when the token file is gone) and
+/// writes it to `DATA_DIR/admin.token` with mode 0600.
+async fn ensure_admin_token(handle: &shoal_engine::Handle, data_dir: &Path) -> Result<()> {
+    let path = data_dir.join(TOKEN_FILE);
+    if path.exists() {
+        println!("Admin token: {}", path.display());
+        return Ok(());
+    }
+    let (token, secret) = handle
+        .create_token(Role::Admin, "admin (created at first start)")
+        .await
+        .context("creating the admin token")?;
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    println!("Admin token ({}) written to {}", token.id, path.display());
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}

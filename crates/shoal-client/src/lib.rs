@@ -193,6 +193,19 @@ impl Client {
         resp.text().await.map_err(transport)
     }
 
+    /// Sends any request and returns the status and body text, whatever the
+    /// status. For probing the API (tests, debugging).
+    pub async fn raw(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<(u16, String)> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| Error::Transport(e.to_string()))?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.map_err(transport)?))
+    }
+
     async fn json<T: DeserializeOwned, B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {

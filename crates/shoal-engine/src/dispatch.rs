@@ -371,6 +371,7 @@ fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> InvocationRe
         started_at_ms: None,
         finished_at_ms: None,
         duration_ms: None,
+        queued_ms: None,
         billed_gb_s: 0.0,
         cold_start: false,
         next_attempt_at_ms: None,
@@ -391,6 +392,7 @@ fn apply_response(inner: &Inner, record: &mut InvocationRecord, d: &Deployed, r:
     record.status = r.outcome.status().as_str().into();
     record.finished_at_ms = Some(inner.clock.now_ms());
     record.duration_ms = Some(r.duration.as_secs_f64() * 1000.0);
+    record.queued_ms = Some(r.queued.as_secs_f64() * 1000.0);
     record.billed_gb_s += gb_seconds(d.record.memory_mb, r.duration);
     record.cold_start |= r.cold_start;
     match &r.outcome {

@@ -136,6 +136,9 @@ pub struct InvocationView {
     pub finished_at_ms: Option<u64>,
     /// Time the function's code ran in the last attempt.
     pub duration_ms: Option<f64>,
+    /// Time the last attempt waited for a free worker, including starting
+    /// one (cold start or a new worker forked from the warm template).
+    pub queued_ms: Option<f64>,
     /// Billed compute over all attempts: memory (GiB) × duration (s).
     pub billed_gb_seconds: f64,
     pub cold_start: bool,

@@ -1,1 +1,236 @@
-//! placeholder
+//! The Python runtime: warm worker pools forked from one template process per
+//! deployment, `runner.py` embedded, virtualenvs built from `requirements.txt`.
+//!
+//! Invariant: a misbehaving function (raises, loops, exhausts memory, crashes,
+//! forks, floods its output) fails its own invocation; its pool heals and other
+//! deployments never notice. All Python specifics live in this crate.
+
+mod pool;
+mod protocol;
+mod template;
+mod venv;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+
+use shoal_runtime::{Deployment, Error, PoolStats, Prepared, Request, Response, Result, Runtime};
+
+use crate::pool::Pool;
+use crate::venv::Venvs;
+
+/// The runner script, written to `work_dir/runner.py` by [`PythonRuntime::new`].
+pub const RUNNER_PY: &str = include_str!("runner.py");
+
+/// How the Python runtime is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The interpreter (`python3`); looked up on `PATH` like a shell would,
+    /// then resolved once to the real executable so wrappers such as pyenv
+    /// shims are not paid for on every process start.
+    pub python: PathBuf,
+    /// Where `runner.py` is written and virtualenvs live (`work_dir/venvs/<hash>`).
+    pub work_dir: PathBuf,
+    /// Workers idle this long are stopped; a template goes once it has had no
+    /// workers for this long.
+    pub idle_timeout: Duration,
+    /// Logs one invocation may write; beyond it the invocation fails with
+    /// `FailureKind::OutputLimit`.
+    pub max_log_bytes: usize,
+    /// Size of a result's JSON text; beyond it the invocation fails with
+    /// `FailureKind::OutputLimit`.
+    pub max_result_bytes: usize,
+}
+
+impl Options {
+    /// The defaults: `python3`, 5 minutes idle, 1 MiB of logs, 6 MiB of result.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            python: PathBuf::from("python3"),
+            work_dir: work_dir.into(),
+            idle_timeout: Duration::from_secs(5 * 60),
+            max_log_bytes: 1024 * 1024,
+            max_result_bytes: 6 * 1024 * 1024,
+        }
+    }
+}
+
+/// Runs Python functions in warm worker processes. See the crate docs.
+pub struct PythonRuntime {
+    config: Arc<Config>,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    venvs: Arc<Venvs>,
+    reaper: tokio::task::JoinHandle<()>,
+}
+
+/// What every pool needs from the runtime.
+pub(crate) struct Config {
+    python: PathBuf,
+    interpreter: tokio::sync::OnceCell<PathBuf>,
+    pub(crate) runner: PathBuf,
+    pub(crate) max_log_bytes: usize,
+    pub(crate) max_result_bytes: usize,
+    closed: AtomicBool,
+}
+
+impl PythonRuntime {
+    /// Writes `runner.py` into `options.work_dir` and starts the idle reaper.
+    /// Must be called inside a (multi-thread) tokio runtime.
+    pub fn new(options: Options) -> Result<Arc<PythonRuntime>> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Platform("the Python runtime needs a tokio runtime".into()))?;
+        let work_dir = options.work_dir.clone();
+        std::fs::create_dir_all(work_dir.join("venvs")).map_err(|e| {
+            Error::Platform(format!("cannot create {}: {e}", work_dir.display()))
+        })?;
+        let runner = work_dir.join("runner.py");
+        write_atomically(&runner, RUNNER_PY.as_bytes())
+            .map_err(|e| Error::Platform(format!("cannot write {}: {e}", runner.display())))?;
+        let config = Arc::new(Config {
+            python: options.python.clone(),
+            interpreter: tokio::sync::OnceCell::new(),
+            runner,
+            max_log_bytes: options.max_log_bytes,
+            max_result_bytes: options.max_result_bytes,
+            closed: AtomicBool::new(false),
+        });
+        let idle_timeout = options.idle_timeout;
+        Ok(Arc::new_cyclic(|weak: &Weak<PythonRuntime>| {
+            let reaper = handle.spawn(reap_idle(weak.clone(), idle_timeout));
+            PythonRuntime {
+                config,
+                pools: Mutex::new(HashMap::new()),
+                venvs: Arc::new(Venvs::new(work_dir.join("venvs"))),
+                reaper,
+            }
+        }))
+    }
+
+    fn pool(&self, deployment: &Deployment) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&deployment.key) {
+            return pool.clone();
+        }
+        let pool = Arc::new(Pool::new(deployment, self.config.clone()));
+        pools.insert(deployment.key.clone(), pool.clone());
+        pool
+    }
+}
+
+impl Runtime for PythonRuntime {
+    fn prepare(&self, code_dir: PathBuf) -> BoxFuture<'static, Result<Prepared>> {
+        let venvs = self.venvs.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            if config.is_closed() {
+                return Err(Error::ShuttingDown);
+            }
+            let python = config.interpreter().await;
+            venvs.prepare(&python, &code_dir).await
+        })
+    }
+
+    fn invoke(&self, deployment: &Deployment, request: Request) -> BoxFuture<'static, Result<Response>> {
+        if self.config.is_closed() {
+            return Box::pin(async { Err(Error::ShuttingDown) });
+        }
+        let pool = self.pool(deployment);
+        Box::pin(pool.invoke(request))
+    }
+
+    fn retire(&self, key: &str) {
+        let pool = lock(&self.pools).remove(key);
+        if let Some(pool) = pool {
+            pool.retire();
+        }
+    }
+
+    fn stats(&self) -> Vec<PoolStats> {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        let mut stats: Vec<PoolStats> = pools.iter().map(|p| p.stats()).collect();
+        stats.sort_by(|a, b| a.key.cmp(&b.key));
+        stats
+    }
+
+    fn shutdown(&self) {
+        self.config.closed.store(true, Ordering::SeqCst);
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).drain().map(|(_, p)| p).collect();
+        for pool in pools {
+            pool.shutdown();
+        }
+    }
+}
+
+impl Drop for PythonRuntime {
+    fn drop(&mut self) {
+        self.reaper.abort();
+        self.shutdown();
+    }
+}
+
+impl Config {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The real interpreter behind `Options::python`, asked once from Python
+    /// itself (`sys.executable`); falls back to the configured name.
+    pub(crate) async fn interpreter(&self) -> PathBuf {
+        self.interpreter
+            .get_or_init(|| async {
+                let output = tokio::process::Command::new(&self.python)
+                    .args(["-c", "import sys; print(sys.executable)"])
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await;
+                match output {
+                    Ok(out) if out.status.success() => {
+                        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                        if path.is_empty() { self.python.clone() } else { PathBuf::from(path) }
+                    }
+                    _ => self.python.clone(),
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+/// Stops idle workers and unused templates, every quarter of the idle timeout.
+async fn reap_idle(runtime: Weak<PythonRuntime>, idle_timeout: Duration) {
+    let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(15));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(runtime) = runtime.upgrade() else { return };
+        let pools: Vec<Arc<Pool>> = lock(&runtime.pools).values().cloned().collect();
+        let now = Instant::now();
+        for pool in pools {
+            pool.reap(now, idle_timeout);
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the
+/// data consistent, so a panic elsewhere does not make it unusable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes a file through a temporary name, so a concurrent reader never sees
+/// half of it.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == contents) {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}

@@ -39,6 +39,7 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
         started_at_ms: r.started_at_ms,
         finished_at_ms: r.finished_at_ms,
         duration_ms: r.duration_ms,
+        queued_ms: r.queued_ms,
         billed_gb_seconds: r.billed_gb_s,
         cold_start: r.cold_start,
         next_attempt_at_ms: r.next_attempt_at_ms,

@@ -33,12 +33,14 @@ pub(crate) fn decode_record<T: DeserializeOwned>(what: &dyn Display, bytes: &[u8
 /// Rejects what JSON cannot carry back: non-finite floats are written as
 /// `null` by serde_json and would make the record unreadable.
 pub(crate) fn check_invocation(record: &InvocationRecord) -> Result<()> {
-    let finite = record.billed_gb_s.is_finite() && record.duration_ms.is_none_or(f64::is_finite);
+    let finite = record.billed_gb_s.is_finite()
+        && record.duration_ms.is_none_or(f64::is_finite)
+        && record.queued_ms.is_none_or(f64::is_finite);
     if finite {
         Ok(())
     } else {
         Err(Error::Corrupt(format!(
-            "invocation {}: billed_gb_s and duration_ms must be finite",
+            "invocation {}: billed_gb_s, duration_ms and queued_ms must be finite",
             record.id
         )))
     }
@@ -86,7 +88,8 @@ pub(crate) fn encode_message(header: &MessageHeader, body: &[u8]) -> Vec<u8> {
 /// The header and the body of a stored message.
 pub(crate) fn decode_message<'a>(
     what: &dyn Display,
-    bytes: &'a [u8]) -> Result<(MessageHeader, &'a [u8])> {
+    bytes: &'a [u8],
+) -> Result<(MessageHeader, &'a [u8])> {
     let rest = payload(what, bytes)?;
     let corrupt = || Error::Corrupt(format!("{what}: truncated message"));
     let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
@@ -95,7 +98,8 @@ pub(crate) fn decode_message<'a>(
         return Err(corrupt());
     }
     let (json, body) = rest.split_at(len);
-    let header = serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
+    let header =
+        serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
     Ok((header, body))
 }
 
@@ -116,7 +120,10 @@ mod tests {
         let bytes = encode_message(&header, b"body");
         let golden: &[u8] = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";
         assert_eq!(bytes, golden);
-        assert_eq!(decode_message(&"m", golden).unwrap(), (header, &b"body"[..]));
+        assert_eq!(
+            decode_message(&"m", golden).unwrap(),
+            (header, &b"body"[..])
+        );
 
         assert_eq!(encode_bytes(b"log"), b"\x01log");
         assert_eq!(decode_bytes(&"l", b"\x01log").unwrap(), b"log");
@@ -128,6 +135,7 @@ mod tests {
             "\"finished_at_ms\":null,\"duration_ms\":null,\"billed_gb_s\":0.5,",
             "\"cold_start\":false,\"next_attempt_at_ms\":null}"
         );
+        // Written before `queued_ms` existed: fields added since default.
         let record: InvocationRecord = decode_record(&"i", stored.as_bytes()).unwrap();
         let expected = InvocationRecord {
             input: "{}".to_string(),
@@ -136,16 +144,18 @@ mod tests {
             ..sample_invocation("i", "f")
         };
         assert_eq!(record, expected);
-        assert_eq!(encode_record(&"i", &expected).unwrap(), stored.as_bytes());
+        let again = encode_record(&"i", &expected).unwrap();
+        assert_eq!(again[0], FORMAT_V1);
+        assert_eq!(
+            decode_record::<InvocationRecord>(&"i", &again).unwrap(),
+            expected
+        );
     }
 
     #[test]
     fn bad_values_are_corrupt() {
         for bad in [&b""[..], b"\x02{}", b"\x01{", b"\x01\x05\x00\x00\x00{}"] {
-            assert!(matches!(
-                decode_message(&"m", bad),
-                Err(Error::Corrupt(_))
-            ));
+            assert!(matches!(decode_message(&"m", bad), Err(Error::Corrupt(_))));
         }
         assert!(matches!(
             decode_record::<InvocationRecord>(&"i", b"\x01{\"id\":1}"),

@@ -27,13 +27,12 @@ mod writer;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_store::{
     Catalog, Delivery, Error, FunctionRecord, InvocationRecord, Invocations, Leased, NewMessage,
     Pending, QueueDepth, Queues, Result, TokenRecord,
@@ -46,8 +45,7 @@ use crate::writer::{Command, Msg, Op, Reply, Writer};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FUNCTIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("functions");
-const FUNCTION_VERSIONS: TableDefinition<&str, u64> =
-    TableDefinition::new("function_last_version");
+const FUNCTION_VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("function_last_version");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const TOKEN_SECRETS: TableDefinition<&str, &str> = TableDefinition::new("token_by_secret_sha256");
 const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
@@ -65,6 +63,17 @@ fn unavailable(e: impl Display) -> Error {
 pub(crate) struct Shared {
     db: Database,
     index: QueueIndex,
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// Group-commit counters since open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Committed write transactions (one fsync each).
+    pub commits: u64,
+    /// Write operations committed (`writes / commits` is the mean batch size).
+    pub writes: u64,
 }
 
 /// The embedded store. Implements `Catalog`, `Invocations` and `Queues`;
@@ -96,7 +105,12 @@ impl RedbStore {
         init_layout(&db)?;
         let index = QueueIndex::default();
         let next_seq = recover_queues(&db, &index)?;
-        let shared = Arc::new(Shared { db, index });
+        let shared = Arc::new(Shared {
+            db,
+            index,
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        });
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(shared.clone(), rx, next_seq);
         let handle = std::thread::Builder::new()
@@ -116,16 +130,20 @@ impl RedbStore {
         &self.path
     }
 
+    /// Group-commit counters, for metrics.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            writes: self.shared.writes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Commits every write issued so far, then stops the writer thread.
     /// Later writes fail with `Error::Unavailable`; reads keep working. The
     /// file is released when the last handle is dropped. Blocks until the
     /// last batch is committed (one fsync). Dropping the store does the same.
     pub fn close(&self) {
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let _ = self.tx.send(Msg::Shutdown);
             if handle.join().is_err() {
@@ -154,10 +172,7 @@ impl RedbStore {
     }
 
     /// Runs a read now, in its own read transaction.
-    fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ReadTransaction) -> Result<T>,
-    ) -> Pending<T> {
+    fn read<T: Send + 'static>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Pending<T> {
         let result = self
             .shared
             .db
@@ -183,14 +198,10 @@ fn init_layout(db: &Database) -> Result<()> {
     let txn = writer::begin(db)?;
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let stored = meta
-            .get("format")
-            .map_err(unavailable)?
-            .map(|g| g.value());
+        let stored = meta.get("format").map_err(unavailable)?.map(|g| g.value());
         match stored {
             None => {
-                meta.insert("format", LAYOUT_VERSION)
-                    .map_err(unavailable)?;
+                meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
             }
             Some(LAYOUT_VERSION) => {}
             Some(other) => {
@@ -234,7 +245,7 @@ fn recover_queues(db: &Database, index: &QueueIndex) -> Result<u64> {
 
 impl Catalog for RedbStore {
     fn deploy_function(&self, record: FunctionRecord) -> Pending<u64> {
-        self.submit(Command::Deploy(record), Reply::Version)
+        self.submit(Command::Deploy(Box::new(record)), Reply::Version)
     }
 
     fn function(&self, name: &str) -> Pending<Option<FunctionRecord>> {
@@ -468,5 +479,114 @@ impl Queues for RedbStore {
 
     fn depth(&self, queue: &str) -> Pending<QueueDepth> {
         ready(Ok(self.shared.index.depth(queue)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_store::conformance::sample_invocation;
+
+    const T: u64 = 1_700_000_000_000;
+
+    fn msg(id: &str) -> NewMessage {
+        NewMessage {
+            id: id.to_string(),
+            body: id.as_bytes().to_vec(),
+            due_ms: T,
+        }
+    }
+
+    /// Overwrites stored values behind the store's back.
+    fn corrupt(store: &RedbStore) {
+        let txn = writer::begin(&store.shared.db).unwrap();
+        {
+            let mut t = txn.open_table(INVOCATIONS).unwrap();
+            t.insert("bad", &b"\x01{not json"[..]).unwrap();
+            let mut t = txn.open_table(MESSAGES).unwrap();
+            t.insert(("q", "m"), &b"\x09garbage"[..]).unwrap();
+            let mut t = txn.open_table(TOKENS).unwrap();
+            t.insert("tok", &b"\x01[]"[..]).unwrap();
+            let mut t = txn.open_table(TOKEN_SECRETS).unwrap();
+            t.insert("sha", "tok").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_records_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        let store = RedbStore::open(&path).unwrap();
+        store.send("q", vec![msg("m"), msg("n")]).await.unwrap();
+        corrupt(&store);
+
+        assert!(matches!(
+            store.invocation("bad").await,
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(store.tokens().await, Err(Error::Corrupt(_))));
+        assert!(matches!(
+            store.token_by_secret_sha256("sha").await,
+            Err(Error::Corrupt(_))
+        ));
+
+        // Issued together, so most likely in one batch: only the nack fails.
+        let nack = store.nack("q", "m", T);
+        let put = store.put_invocations(vec![sample_invocation("good", "f")]);
+        let send = store.send("q", vec![msg("o")]);
+        assert!(matches!(nack.await, Err(Error::Corrupt(_))));
+        put.await.unwrap();
+        send.await.unwrap();
+        assert!(store.invocation("good").await.unwrap().is_some());
+
+        // A corrupt message is skipped by lease; the rest flows.
+        let leased = store.lease("q", T, 10, 1_000).await.unwrap();
+        let ids: Vec<_> = leased.deliveries.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["n", "o"]);
+        // Revoking a token whose record is corrupt still removes it.
+        assert!(store.revoke_token("tok").await.unwrap());
+        assert_eq!(store.tokens().await.unwrap(), Vec::new());
+        drop(store);
+
+        // Reopening skips the corrupt message (left in place) and keeps the rest.
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store.depth("q").await.unwrap(),
+            QueueDepth {
+                waiting: 2,
+                in_flight: 0
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unencodable_records_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+        let nan = InvocationRecord {
+            billed_gb_s: f64::NAN,
+            ..sample_invocation("nan", "f")
+        };
+        let result = store
+            .put_invocations(vec![sample_invocation("ok", "f"), nan])
+            .await;
+        assert!(matches!(result, Err(Error::Corrupt(_))));
+        // The call is refused as a whole.
+        assert_eq!(store.invocation("ok").await.unwrap(), None);
+        assert_eq!(store.invocation("nan").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("format", 2).unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(RedbStore::open(&path), Err(Error::Corrupt(_))));
     }
 }

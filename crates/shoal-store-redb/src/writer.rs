@@ -9,6 +9,7 @@
 //! record) fails alone; a storage error fails the whole batch.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
@@ -37,7 +38,7 @@ pub(crate) struct Op {
 
 /// A write, already validated and (where possible) encoded by the caller.
 pub(crate) enum Command {
-    Deploy(FunctionRecord),
+    Deploy(Box<FunctionRecord>),
     RemoveFunction(String),
     PutToken {
         id: String,
@@ -251,10 +252,15 @@ impl Writer {
                 let _ = txn.abort();
                 Err(e)
             }
-            None => txn.commit().map_err(|e| unavailable(format!("commit: {e}"))),
+            None => txn
+                .commit()
+                .map_err(|e| unavailable(format!("commit: {e}"))),
         };
         match committed {
             Ok(()) => {
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                let writes = done.len() as u64;
+                self.shared.writes.fetch_add(writes, Ordering::Relaxed);
                 for d in done {
                     let outcome = d.outcome.map(|(value, effect)| {
                         self.apply_effect(effect);
@@ -301,7 +307,7 @@ impl Writer {
 
     fn apply(&mut self, t: &mut Tables<'_>, command: Command) -> Applied {
         match command {
-            Command::Deploy(record) => deploy(t, record),
+            Command::Deploy(record) => deploy(t, *record),
             Command::RemoveFunction(name) => {
                 let versions = t
                     .functions
@@ -422,7 +428,9 @@ fn deploy(t: &mut Tables<'_>, mut record: FunctionRecord) -> Applied {
         None => 0,
     };
     let Some(version) = counted.max(stored).checked_add(1) else {
-        return Ok(Err(Error::Corrupt(format!("function {name}: versions exhausted"))));
+        return Ok(Err(Error::Corrupt(format!(
+            "function {name}: versions exhausted"
+        ))));
     };
     record.version = version;
     let value = match codec::encode_record(&format_args!("function {name}"), &record) {

@@ -57,7 +57,10 @@ fn crash_child() {
                         }
                         _ => {
                             let name = format!("fn-w{w}");
-                            let v = store.deploy_function(sample_function(&name, &id)).await.unwrap();
+                            let v = store
+                                .deploy_function(sample_function(&name, &id))
+                                .await
+                                .unwrap();
                             println!("ACK fn {name} {v} {id}");
                         }
                     }
@@ -108,7 +111,13 @@ impl Acked {
 fn run_child_and_kill(path: &Path, round: usize, kill_after: usize, acked: &mut Acked) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD_ENV, path)
         .env(CHILD_ROUND_ENV, round.to_string())
         .stdout(Stdio::piped())
@@ -160,7 +169,9 @@ fn sigkill_keeps_acknowledged_writes() {
 }
 
 fn verify(path: &Path, acked: &Acked) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = RedbStore::open(path).unwrap();
         for id in &acked.invocations {
@@ -169,7 +180,11 @@ fn verify(path: &Path, acked: &Acked) {
         }
         for (name, version, handler) in &acked.functions {
             let f = store.function_version(name, *version).await.unwrap();
-            assert_eq!(f.map(|f| f.handler).as_deref(), Some(handler.as_str()), "{name} v{version}");
+            assert_eq!(
+                f.map(|f| f.handler).as_deref(),
+                Some(handler.as_str()),
+                "{name} v{version}"
+            );
         }
         // Leases are not durable: every stored message is deliverable now.
         let leased = store.lease(QUEUE, T, usize::MAX, 1).await.unwrap();

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use shoal_store::conformance::{sample_function, sample_invocation};
-use shoal_store::{
-    Catalog, Error, Invocations, NewMessage, QueueDepth, Queues, TokenRecord,
-};
+use shoal_store::{Catalog, Error, Invocations, NewMessage, QueueDepth, Queues, TokenRecord};
 use shoal_store_redb::RedbStore;
 
 const T: u64 = 1_700_000_000_000;
@@ -42,14 +40,21 @@ async fn reopen_keeps_every_acknowledged_write() {
     let path = dir.path().join("shoal.redb");
     {
         let s = open(&path);
-        assert_eq!(s.deploy_function(sample_function("f", "v1")).await.unwrap(), 1);
-        assert_eq!(s.deploy_function(sample_function("f", "v2")).await.unwrap(), 2);
+        assert_eq!(
+            s.deploy_function(sample_function("f", "v1")).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            s.deploy_function(sample_function("f", "v2")).await.unwrap(),
+            2
+        );
         for _ in 0..3 {
             s.deploy_function(sample_function("g", "h")).await.unwrap();
         }
         assert!(s.remove_function("g").await.unwrap());
         s.put_token(token()).await.unwrap();
-        let puts = (0..300).map(|i| s.put_invocations(vec![sample_invocation(&format!("inv-{i}"), "f")]));
+        let puts =
+            (0..300).map(|i| s.put_invocations(vec![sample_invocation(&format!("inv-{i}"), "f")]));
         for r in join_all(puts).await {
             r.unwrap();
         }
@@ -86,17 +91,26 @@ async fn reopen_keeps_every_acknowledged_write() {
     let s = open(&path);
     let f = s.function("f").await.unwrap().unwrap();
     assert_eq!((f.version, f.handler.as_str()), (2, "v2"));
-    assert_eq!(s.function_version("f", 1).await.unwrap().unwrap().handler, "v1");
+    assert_eq!(
+        s.function_version("f", 1).await.unwrap().unwrap().handler,
+        "v1"
+    );
     assert_eq!(s.function("g").await.unwrap(), None);
     assert_eq!(
         s.deploy_function(sample_function("g", "h")).await.unwrap(),
         4,
         "the version counter survives removal and reopen"
     );
-    assert_eq!(s.token_by_secret_sha256(&"s".repeat(64)).await.unwrap(), Some(token()));
+    assert_eq!(
+        s.token_by_secret_sha256(&"s".repeat(64)).await.unwrap(),
+        Some(token())
+    );
     for i in 0..300 {
         let id = format!("inv-{i}");
-        assert_eq!(s.invocation(&id).await.unwrap(), Some(sample_invocation(&id, "f")));
+        assert_eq!(
+            s.invocation(&id).await.unwrap(),
+            Some(sample_invocation(&id, "f"))
+        );
     }
     assert_eq!(s.logs("inv-1").await.unwrap().unwrap(), b"log line\n");
 
@@ -162,7 +176,10 @@ async fn close_commits_queued_writes_then_refuses_writes() {
 
     let s = open(&path);
     for i in 0..2_000 {
-        assert!(s.invocation(&format!("i{i}")).await.unwrap().is_some(), "i{i} lost");
+        assert!(
+            s.invocation(&format!("i{i}")).await.unwrap().is_some(),
+            "i{i} lost"
+        );
     }
     assert_eq!(s.logs("dropped").await.unwrap().unwrap(), b"still written");
     assert_eq!(s.logs("late").await.unwrap(), None);

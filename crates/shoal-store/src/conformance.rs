@@ -85,6 +85,7 @@ pub fn sample_invocation(id: &str, function: &str) -> InvocationRecord {
         started_at_ms: None,
         finished_at_ms: None,
         duration_ms: None,
+        queued_ms: None,
         billed_gb_s: 0.0,
         cold_start: false,
         next_attempt_at_ms: None,
@@ -122,7 +123,11 @@ fn by_id(leased: &Leased) -> BTreeMap<String, Delivery> {
     let mut out = BTreeMap::new();
     for d in &leased.deliveries {
         let dup = out.insert(d.id.clone(), d.clone());
-        assert!(dup.is_none(), "message {} delivered twice in one lease", d.id);
+        assert!(
+            dup.is_none(),
+            "message {} delivered twice in one lease",
+            d.id
+        );
     }
     out
 }
@@ -160,19 +165,39 @@ pub async fn functions(backend: &Backend) {
 
     let latest = c.function(&name).await.unwrap().expect("latest version");
     assert_eq!(latest.version, 2, "latest version");
-    assert_eq!(latest, FunctionRecord { version: 2, ..v2.clone() });
+    assert_eq!(
+        latest,
+        FunctionRecord {
+            version: 2,
+            ..v2.clone()
+        }
+    );
     let first = c.function_version(&name, 1).await.unwrap().expect("v1");
     assert_eq!(first, FunctionRecord { version: 1, ..v1 });
-    assert_eq!(c.function_version(&name, 2).await.unwrap().unwrap().handler, "main.two");
+    assert_eq!(
+        c.function_version(&name, 2).await.unwrap().unwrap().handler,
+        "main.two"
+    );
     assert_eq!(c.function_version(&name, 3).await.unwrap(), None);
     assert_eq!(c.function_version(&name, 0).await.unwrap(), None);
 
     // Listing: latest version of each, sorted by name. Deploy out of order.
     let z = format!("{base}-z");
     let a = format!("{base}-a");
-    assert_eq!(c.deploy_function(sample_function(&z, "z.h")).await.unwrap(), 1);
-    assert_eq!(c.deploy_function(sample_function(&a, "a.h")).await.unwrap(), 1);
-    assert_eq!(c.deploy_function(sample_function(&a, "a.h2")).await.unwrap(), 2);
+    assert_eq!(
+        c.deploy_function(sample_function(&z, "z.h")).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        c.deploy_function(sample_function(&a, "a.h")).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        c.deploy_function(sample_function(&a, "a.h2"))
+            .await
+            .unwrap(),
+        2
+    );
     let all = c.functions().await.unwrap();
     assert!(
         all.windows(2).all(|w| w[0].name < w[1].name),
@@ -205,7 +230,10 @@ pub async fn functions(backend: &Backend) {
     assert_eq!(c.function_version(&name, 1).await.unwrap(), None);
     assert_eq!(c.function_version(&name, 2).await.unwrap(), None);
     let all = c.functions().await.unwrap();
-    assert!(!all.iter().any(|f| f.name.starts_with(&base)), "removed functions listed");
+    assert!(
+        !all.iter().any(|f| f.name.starts_with(&base)),
+        "removed functions listed"
+    );
 }
 
 /// Version numbers are never reused, even after the function is removed.
@@ -213,11 +241,17 @@ pub async fn function_versions_after_remove(backend: &Backend) {
     let c = &backend.catalog;
     let name = unique("conf-fn-mono");
     for expected in 1..=3 {
-        let v = c.deploy_function(sample_function(&name, "h")).await.unwrap();
+        let v = c
+            .deploy_function(sample_function(&name, "h"))
+            .await
+            .unwrap();
         assert_eq!(v, expected);
     }
     assert!(c.remove_function(&name).await.unwrap());
-    let v = c.deploy_function(sample_function(&name, "again")).await.unwrap();
+    let v = c
+        .deploy_function(sample_function(&name, "again"))
+        .await
+        .unwrap();
     assert_eq!(v, 4, "a version number was reused after remove");
     let latest = c.function(&name).await.unwrap().unwrap();
     assert_eq!((latest.version, latest.handler.as_str()), (4, "again"));
@@ -241,10 +275,19 @@ pub async fn tokens(backend: &Backend) {
     c.put_token(t.clone()).await.unwrap();
     let o = sample_token(&other, &other_sha);
     c.put_token(o.clone()).await.unwrap();
-    assert_eq!(c.token_by_secret_sha256(&sha).await.unwrap(), Some(t.clone()));
-    assert_eq!(c.token_by_secret_sha256(&other_sha).await.unwrap(), Some(o.clone()));
+    assert_eq!(
+        c.token_by_secret_sha256(&sha).await.unwrap(),
+        Some(t.clone())
+    );
+    assert_eq!(
+        c.token_by_secret_sha256(&other_sha).await.unwrap(),
+        Some(o.clone())
+    );
     let listed = c.tokens().await.unwrap();
-    assert!(listed.contains(&t) && listed.contains(&o), "tokens() lists both");
+    assert!(
+        listed.contains(&t) && listed.contains(&o),
+        "tokens() lists both"
+    );
 
     // Replacing a token by id (a new secret) moves the lookup to the new hash.
     let rotated = TokenRecord {
@@ -253,14 +296,25 @@ pub async fn tokens(backend: &Backend) {
         ..t.clone()
     };
     c.put_token(rotated.clone()).await.unwrap();
-    assert_eq!(c.token_by_secret_sha256(&sha).await.unwrap(), None, "old secret still valid");
-    assert_eq!(c.token_by_secret_sha256(&sha2).await.unwrap(), Some(rotated.clone()));
+    assert_eq!(
+        c.token_by_secret_sha256(&sha).await.unwrap(),
+        None,
+        "old secret still valid"
+    );
+    assert_eq!(
+        c.token_by_secret_sha256(&sha2).await.unwrap(),
+        Some(rotated.clone())
+    );
     let listed = c.tokens().await.unwrap();
     assert_eq!(listed.iter().filter(|x| x.id == id).count(), 1);
 
     assert!(c.revoke_token(&id).await.unwrap());
     assert!(!c.revoke_token(&id).await.unwrap(), "second revoke");
-    assert_eq!(c.token_by_secret_sha256(&sha2).await.unwrap(), None, "revoked token valid");
+    assert_eq!(
+        c.token_by_secret_sha256(&sha2).await.unwrap(),
+        None,
+        "revoked token valid"
+    );
     assert!(!c.tokens().await.unwrap().iter().any(|x| x.id == id));
     // The other token is untouched.
     assert_eq!(c.token_by_secret_sha256(&other_sha).await.unwrap(), Some(o));
@@ -282,7 +336,9 @@ pub async fn invocations(backend: &Backend) {
         mode: "sync".to_string(),
         ..sample_invocation(&b, &f)
     };
-    inv.put_invocations(vec![ra.clone(), rb.clone()]).await.unwrap();
+    inv.put_invocations(vec![ra.clone(), rb.clone()])
+        .await
+        .unwrap();
     assert_eq!(inv.invocation(&a).await.unwrap(), Some(ra.clone()));
     assert_eq!(inv.invocation(&b).await.unwrap(), Some(rb.clone()));
 
@@ -299,6 +355,7 @@ pub async fn invocations(backend: &Backend) {
         started_at_ms: Some(T + 1),
         finished_at_ms: Some(T + 20),
         duration_ms: Some(12.625),
+        queued_ms: Some(0.5),
         billed_gb_s: 0.001_953_125,
         cold_start: true,
         next_attempt_at_ms: Some(T + 1_000),
@@ -306,7 +363,11 @@ pub async fn invocations(backend: &Backend) {
     };
     inv.put_invocations(vec![done.clone()]).await.unwrap();
     assert_eq!(inv.invocation(&a).await.unwrap(), Some(done));
-    assert_eq!(inv.invocation(&b).await.unwrap(), Some(rb), "upsert touched another record");
+    assert_eq!(
+        inv.invocation(&b).await.unwrap(),
+        Some(rb),
+        "upsert touched another record"
+    );
 }
 
 /// Logs are stored as raw bytes and replaced.
@@ -315,7 +376,10 @@ pub async fn logs(backend: &Backend) {
     let id = unique("conf-logs");
     assert_eq!(inv.logs(&id).await.unwrap(), None);
     inv.put_logs(&id, b"first\n".to_vec()).await.unwrap();
-    assert_eq!(inv.logs(&id).await.unwrap().as_deref(), Some(&b"first\n"[..]));
+    assert_eq!(
+        inv.logs(&id).await.unwrap().as_deref(),
+        Some(&b"first\n"[..])
+    );
     let binary: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
     inv.put_logs(&id, binary.clone()).await.unwrap();
     assert_eq!(inv.logs(&id).await.unwrap(), Some(binary));
@@ -338,9 +402,15 @@ pub async fn write_order(backend: &Backend) {
         ..sample_invocation(&id, &f)
     }]);
     second.await.unwrap();
-    assert_eq!(inv.invocation(&id).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        inv.invocation(&id).await.unwrap().unwrap().status,
+        "running"
+    );
     first.await.unwrap();
-    assert_eq!(inv.invocation(&id).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        inv.invocation(&id).await.unwrap().unwrap().status,
+        "running"
+    );
 
     // Many interleaved writes of one id: the last one issued wins.
     let id = unique("conf-order");
@@ -362,7 +432,10 @@ pub async fn write_order(backend: &Backend) {
     drop(inv.put_logs(&dropped, b"kept".to_vec()));
     let after = unique("conf-order-after");
     inv.put_logs(&after, b"x".to_vec()).await.unwrap();
-    assert_eq!(inv.logs(&dropped).await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        inv.logs(&dropped).await.unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
 
     // Deploys issued together get versions in call order.
     let c = &backend.catalog;
@@ -376,18 +449,34 @@ pub async fn write_order(backend: &Backend) {
 
     // Queue writes too: nack then ack issued together leaves nothing queued.
     let q = unique("conf-order-q");
-    backend.queues.send(&q, vec![msg("m", b"b", T)]).await.unwrap();
-    assert_eq!(ids(&lease(backend, &q, T, 10, 1_000).await), strings(&["m"]));
+    backend
+        .queues
+        .send(&q, vec![msg("m", b"b", T)])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&lease(backend, &q, T, 10, 1_000).await),
+        strings(&["m"])
+    );
     let nack = backend.queues.nack(&q, "m", T);
     backend.queues.ack(&q, strings(&["m"])).await.unwrap();
     nack.await.unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(0, 0));
-    assert!(lease(backend, &q, T + 100_000, 10, 1_000).await.deliveries.is_empty());
+    assert!(
+        lease(backend, &q, T + 100_000, 10, 1_000)
+            .await
+            .deliveries
+            .is_empty()
+    );
 
     // A send that is dropped still happens, before a later write.
     let q = unique("conf-order-q");
     drop(backend.queues.send(&q, vec![msg("d", b"dropped", T)]));
-    backend.queues.send(&q, vec![msg("e", b"awaited", T)]).await.unwrap();
+    backend
+        .queues
+        .send(&q, vec![msg("e", b"awaited", T)])
+        .await
+        .unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(2, 0));
     backend.queues.ack(&q, strings(&["d", "e"])).await.unwrap();
 }
@@ -401,14 +490,24 @@ pub async fn queue_lease_and_ack(backend: &Backend) {
     assert_eq!(empty, Leased::default(), "empty queue");
     assert_eq!(depth(backend, &q).await, depth_of(0, 0));
 
-    qs.send(&q, vec![msg("a", b"A", T), msg("b", b"B", T), msg("c", b"C", T + 5_000)])
-        .await
-        .unwrap();
+    qs.send(
+        &q,
+        vec![
+            msg("a", b"A", T),
+            msg("b", b"B", T),
+            msg("c", b"C", T + 5_000),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(3, 0));
 
     let got = lease(backend, &q, T, 10, 1_000).await;
     let got_by_id = by_id(&got);
-    assert_eq!(got_by_id.keys().cloned().collect::<Vec<_>>(), strings(&["a", "b"]));
+    assert_eq!(
+        got_by_id.keys().cloned().collect::<Vec<_>>(),
+        strings(&["a", "b"])
+    );
     for (id, body) in [("a", b"A"), ("b", b"B")] {
         let d = &got_by_id[id];
         assert_eq!(d.body, body.to_vec());
@@ -420,11 +519,16 @@ pub async fn queue_lease_and_ack(backend: &Backend) {
 
     // Leased messages are invisible until their lease ends.
     let again = lease(backend, &q, T + 500, 10, 1_000).await;
-    assert!(again.deliveries.is_empty(), "leased message delivered twice");
+    assert!(
+        again.deliveries.is_empty(),
+        "leased message delivered twice"
+    );
     assert_eq!(again.next_due_ms, Some(T + 1_000));
 
     // max is respected.
-    qs.send(&q, vec![msg("d", b"D", T), msg("e", b"E", T)]).await.unwrap();
+    qs.send(&q, vec![msg("d", b"D", T), msg("e", b"E", T)])
+        .await
+        .unwrap();
     let one = lease(backend, &q, T + 500, 1, 1_000).await;
     assert_eq!(one.deliveries.len(), 1);
     let zero = lease(backend, &q, T + 500, 0, 1_000).await;
@@ -445,7 +549,10 @@ pub async fn queue_lease_and_ack(backend: &Backend) {
     assert_eq!(c.deliveries[0].body, b"C".to_vec());
     qs.ack(&q, strings(&["c", "never-sent"])).await.unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(0, 0));
-    assert_eq!(lease(backend, &q, T + 1_000_000, 10, 1_000).await, Leased::default());
+    assert_eq!(
+        lease(backend, &q, T + 1_000_000, 10, 1_000).await,
+        Leased::default()
+    );
     qs.ack(&q, Vec::new()).await.unwrap();
     qs.send(&q, Vec::new()).await.unwrap();
 }
@@ -454,9 +561,16 @@ pub async fn queue_lease_and_ack(backend: &Backend) {
 pub async fn queue_due_order(backend: &Backend) {
     let qs = &backend.queues;
     let q = unique("conf-q-due");
-    qs.send(&q, vec![msg("x", b"", T + 20), msg("y", b"", T + 10), msg("z", b"", T)])
-        .await
-        .unwrap();
+    qs.send(
+        &q,
+        vec![
+            msg("x", b"", T + 20),
+            msg("y", b"", T + 10),
+            msg("z", b"", T),
+        ],
+    )
+    .await
+    .unwrap();
     let early = lease(backend, &q, T - 1, 10, 1_000).await;
     assert!(early.deliveries.is_empty(), "delivered before due");
     assert_eq!(early.next_due_ms, Some(T));
@@ -474,7 +588,11 @@ pub async fn queue_due_order(backend: &Backend) {
     assert!(before.deliveries.is_empty());
     assert_eq!(before.next_due_ms, Some(T + 100));
     let at = lease(backend, &q, T + 100, 10, 1_000).await;
-    assert_eq!(ids(&at), strings(&["w"]), "a message is due at its due time");
+    assert_eq!(
+        ids(&at),
+        strings(&["w"]),
+        "a message is due at its due time"
+    );
     qs.ack(&q, strings(&["w", "x", "y", "z"])).await.unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(0, 0));
 }
@@ -487,11 +605,20 @@ pub async fn queue_visibility_and_extend(backend: &Backend) {
 
     let first = lease(backend, &q, T, 10, 1_000).await;
     assert_eq!(ids(&first), strings(&["a"]));
-    assert!(lease(backend, &q, T + 999, 10, 1_000).await.deliveries.is_empty());
+    assert!(
+        lease(backend, &q, T + 999, 10, 1_000)
+            .await
+            .deliveries
+            .is_empty()
+    );
 
     // The lease ends at lease_until_ms: redelivered, with no failure counted.
     let second = lease(backend, &q, T + 1_000, 10, 1_000).await;
-    assert_eq!(ids(&second), strings(&["a"]), "expired lease not redelivered");
+    assert_eq!(
+        ids(&second),
+        strings(&["a"]),
+        "expired lease not redelivered"
+    );
     assert_eq!(second.deliveries[0].failures, 0);
     assert_eq!(second.deliveries[0].lease_until_ms, T + 2_000);
     assert_eq!(second.deliveries[0].body, b"A".to_vec());
@@ -510,7 +637,12 @@ pub async fn queue_visibility_and_extend(backend: &Backend) {
     qs.ack(&q, strings(&["a"])).await.unwrap();
     qs.extend(&q, "a", T + 9_000).await.unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(0, 0));
-    assert!(lease(backend, &q, T + 10_000, 10, 1_000).await.deliveries.is_empty());
+    assert!(
+        lease(backend, &q, T + 10_000, 10, 1_000)
+            .await
+            .deliveries
+            .is_empty()
+    );
 }
 
 /// `nack` counts a failure and makes the message due again at the given time.
@@ -518,12 +650,22 @@ pub async fn queue_nack(backend: &Backend) {
     let qs = &backend.queues;
     let q = unique("conf-q-nack");
     qs.send(&q, vec![msg("a", b"A", T)]).await.unwrap();
-    assert_eq!(lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures, 0);
+    assert_eq!(
+        lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures,
+        0
+    );
 
     qs.nack(&q, "a", T + 100).await.unwrap();
-    assert_eq!(depth(backend, &q).await, depth_of(1, 0), "nacked message is waiting");
+    assert_eq!(
+        depth(backend, &q).await,
+        depth_of(1, 0),
+        "nacked message is waiting"
+    );
     let early = lease(backend, &q, T + 50, 10, 60_000).await;
-    assert!(early.deliveries.is_empty(), "nacked message delivered before its new due time");
+    assert!(
+        early.deliveries.is_empty(),
+        "nacked message delivered before its new due time"
+    );
     assert_eq!(early.next_due_ms, Some(T + 100));
 
     let second = lease(backend, &q, T + 100, 10, 60_000).await;
@@ -538,7 +680,10 @@ pub async fn queue_nack(backend: &Backend) {
     // Extend keeps the failure count.
     qs.extend(&q, "a", T + 200_000).await.unwrap();
     qs.nack(&q, "a", T).await.unwrap();
-    assert_eq!(lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures, 3);
+    assert_eq!(
+        lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures,
+        3
+    );
 
     // Nacking an unknown message is not an error.
     qs.nack(&q, "nope", T).await.unwrap();
@@ -552,24 +697,39 @@ pub async fn queue_dedup(backend: &Backend) {
     let q = unique("conf-q-dedup");
     qs.send(&q, vec![msg("a", b"one", T)]).await.unwrap();
     qs.send(&q, vec![msg("a", b"two", T)]).await.unwrap();
-    qs.send(&q, vec![msg("b", b"b1", T), msg("b", b"b2", T)]).await.unwrap();
+    qs.send(&q, vec![msg("b", b"b1", T), msg("b", b"b2", T)])
+        .await
+        .unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(2, 0));
 
     let got = lease(backend, &q, T, 10, 1_000).await;
     let got = by_id(&got);
     assert_eq!(got.len(), 2);
-    assert_eq!(got["a"].body, b"one".to_vec(), "a duplicate send replaced the body");
+    assert_eq!(
+        got["a"].body,
+        b"one".to_vec(),
+        "a duplicate send replaced the body"
+    );
     assert_eq!(got["b"].body, b"b1".to_vec());
 
     // While leased, a duplicate send does not requeue it.
     qs.send(&q, vec![msg("a", b"three", T)]).await.unwrap();
     assert_eq!(depth(backend, &q).await, depth_of(0, 2));
-    assert!(lease(backend, &q, T + 1, 10, 1_000).await.deliveries.is_empty());
+    assert!(
+        lease(backend, &q, T + 1, 10, 1_000)
+            .await
+            .deliveries
+            .is_empty()
+    );
 
     qs.ack(&q, strings(&["a", "b"])).await.unwrap();
     qs.send(&q, vec![msg("a", b"four", T)]).await.unwrap();
     let again = lease(backend, &q, T + 1, 10, 1_000).await;
-    assert_eq!(ids(&again), strings(&["a"]), "an acked id can be sent again");
+    assert_eq!(
+        ids(&again),
+        strings(&["a"]),
+        "an acked id can be sent again"
+    );
     assert_eq!(again.deliveries[0].body, b"four".to_vec());
     assert_eq!(again.deliveries[0].failures, 0);
     qs.ack(&q, strings(&["a"])).await.unwrap();
@@ -588,10 +748,18 @@ pub async fn queue_isolation(backend: &Backend) {
     let l1 = lease(backend, &q1, T + 10, 10, 1_000).await;
     assert_eq!(ids(&l1), strings(&["m"]));
     assert_eq!(l1.deliveries[0].body, b"one".to_vec());
-    assert_eq!(depth(backend, &q2).await, depth_of(1, 0), "lease leaked across queues");
+    assert_eq!(
+        depth(backend, &q2).await,
+        depth_of(1, 0),
+        "lease leaked across queues"
+    );
 
     qs.ack(&q1, strings(&["m"])).await.unwrap();
-    assert_eq!(depth(backend, &q2).await, depth_of(1, 0), "ack leaked across queues");
+    assert_eq!(
+        depth(backend, &q2).await,
+        depth_of(1, 0),
+        "ack leaked across queues"
+    );
     qs.nack(&q1, "m", T).await.unwrap();
     let l2 = lease(backend, &q2, T + 10, 10, 1_000).await;
     assert_eq!(ids(&l2), strings(&["m"]));

@@ -99,6 +99,9 @@ pub struct InvocationRecord {
     pub finished_at_ms: Option<u64>,
     /// Time user code ran in the last attempt, in milliseconds.
     pub duration_ms: Option<f64>,
+    /// Time the last attempt waited for a worker (including starting one).
+    #[serde(default)]
+    pub queued_ms: Option<f64>,
     /// Billed GB-seconds over all attempts.
     pub billed_gb_s: f64,
     pub cold_start: bool,

@@ -1,0 +1,157 @@
+//! Where the CPU went during a phase: the bench client itself, the `shoal`
+//! node process, its descendants (Python templates and workers), and
+//! everything else on the machine (e.g. a concurrent build).
+//!
+//! All figures come from `/proc` in clock ticks (the same unit everywhere, so
+//! the tick rate cancels out of the shares).
+
+use std::collections::HashMap;
+
+/// A snapshot of CPU counters.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// Busy and total ticks of the whole machine (all CPUs).
+    machine_busy: u64,
+    machine_total: u64,
+    client: u64,
+    node: u64,
+    /// Per descendant of the node: ticks used so far.
+    python: HashMap<u32, u64>,
+}
+
+/// CPU use over a phase, as shares of the machine's capacity.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    /// Busy share of all CPUs (1.0 = every core busy).
+    pub busy: f64,
+    pub client: f64,
+    pub node: f64,
+    pub python: f64,
+    pub other: f64,
+}
+
+impl Snapshot {
+    pub fn take(node_pid: u32) -> Snapshot {
+        let (machine_busy, machine_total) = machine();
+        let procs = processes();
+        let client = std::process::id();
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (&pid, p) in &procs {
+            children.entry(p.ppid).or_default().push(pid);
+        }
+        let mut python = HashMap::new();
+        let mut stack = children.get(&node_pid).cloned().unwrap_or_default();
+        while let Some(pid) = stack.pop() {
+            if let Some(p) = procs.get(&pid) {
+                python.insert(pid, p.ticks);
+            }
+            if let Some(kids) = children.get(&pid) {
+                stack.extend(kids);
+            }
+        }
+        Snapshot {
+            machine_busy,
+            machine_total,
+            client: procs.get(&client).map_or(0, |p| p.ticks),
+            node: procs.get(&node_pid).map_or(0, |p| p.ticks),
+            python,
+        }
+    }
+
+    /// Usage from `self` to `later`. Processes that exited in between are
+    /// missed (their time lands in "other"); new ones count from zero.
+    pub fn usage_until(&self, later: &Snapshot) -> Usage {
+        let total = later.machine_total.saturating_sub(self.machine_total).max(1) as f64;
+        let busy = later.machine_busy.saturating_sub(self.machine_busy) as f64;
+        let client = later.client.saturating_sub(self.client) as f64;
+        let node = later.node.saturating_sub(self.node) as f64;
+        let python: u64 = later
+            .python
+            .iter()
+            .map(|(pid, &t)| t.saturating_sub(self.python.get(pid).copied().unwrap_or(0)))
+            .sum();
+        let python = python as f64;
+        let other = (busy - client - node - python).max(0.0);
+        Usage {
+            busy: busy / total,
+            client: client / total,
+            node: node / total,
+            python: python / total,
+            other: other / total,
+        }
+    }
+}
+
+/// `(busy, total)` ticks from the first line of `/proc/stat`.
+fn machine() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().next() else {
+        return (0, 0);
+    };
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    let idle = get(3) + get(4);
+    (busy, busy + idle)
+}
+
+struct Proc {
+    ppid: u32,
+    /// utime + stime.
+    ticks: u64,
+}
+
+fn processes() -> HashMap<u32, Proc> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(p) = parse_stat(&stat) {
+            out.insert(pid, p);
+        }
+    }
+    out
+}
+
+/// Parses `/proc/PID/stat`; the command name may hold spaces and parentheses,
+/// so fields are counted after the last `)`.
+fn parse_stat(stat: &str) -> Option<Proc> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); ppid is field 4, utime 14, stime 15.
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(Proc {
+        ppid,
+        ticks: utime + stime,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_with_odd_names() {
+        let line = "1234 (py (worker) x) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 5 0 0";
+        let p = parse_stat(line).unwrap();
+        assert_eq!(p.ppid, 77);
+        assert_eq!(p.ticks, 281);
+    }
+
+    #[test]
+    fn own_process_is_seen() {
+        let s = Snapshot::take(0);
+        assert!(s.machine_total > 0);
+        let _ = s.usage_until(&Snapshot::take(0));
+    }
+}

@@ -1,0 +1,338 @@
+//! The warm pool of one deployment: its template, idle workers, the
+//! concurrency limit, and idle reaping.
+//!
+//! At most `limits.concurrency` workers exist; an invocation takes the most
+//! recently used idle worker, forks a new one when under the limit, or waits.
+//! Only healthy workers return to the idle list.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+use tokio::sync::Semaphore;
+
+use shoal_runtime::{Deployment, Error, PoolStats, Request, Response, Result};
+use shoal_types::{Failure, Limits, Outcome};
+
+use crate::template::{self, ForkError, Started, Template};
+use crate::worker::{Caps, RunError, Worker};
+use crate::{Config, lock, protocol};
+
+/// The least time a template gets to import the function, whatever the timeout.
+const MIN_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Workers that die before an invocation reaches them are replaced this often.
+const ATTEMPTS: usize = 3;
+
+pub(crate) struct Pool {
+    key: String,
+    deployment: Deployment,
+    limits: Limits,
+    caps: Caps,
+    config: Arc<Config>,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+    /// Serializes template starts, so concurrent first calls share one.
+    starting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Oldest first; invocations take from the end.
+    idle: Vec<Worker>,
+    busy: Vec<Pid>,
+    template: Option<Arc<Template>>,
+    retired: bool,
+    /// Since when the pool has had no workers (template reaping).
+    empty_since: Option<Instant>,
+}
+
+enum Spawned {
+    Worker(Worker),
+    LoadFailed(Response),
+}
+
+/// Marks a worker busy for as long as it lives.
+struct Busy<'a> {
+    pool: &'a Pool,
+    pid: Pid,
+}
+
+impl Pool {
+    pub(crate) fn new(deployment: &Deployment, config: Arc<Config>) -> Pool {
+        let limits = deployment.limits;
+        let concurrency = limits.concurrency.max(1) as usize;
+        Pool {
+            key: deployment.key.clone(),
+            deployment: deployment.clone(),
+            limits,
+            caps: Caps {
+                max_log_bytes: config.max_log_bytes,
+                max_result_bytes: config.max_result_bytes,
+                memory_mb: limits.memory_mb,
+            },
+            config,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            state: Mutex::new(State::default()),
+            starting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) async fn invoke(self: Arc<Self>, request: Request) -> Result<Response> {
+        let queued_at = Instant::now();
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let frame = protocol::invoke_frame(&request, self.limits.timeout);
+        let mut cold_start = false;
+        for _ in 0..ATTEMPTS {
+            let mut worker = match self.take_idle() {
+                Some(worker) => worker,
+                None => match self.spawn_worker(&mut cold_start, queued_at).await? {
+                    Spawned::Worker(worker) => worker,
+                    Spawned::LoadFailed(response) => return Ok(response),
+                },
+            };
+            let busy = Busy::new(&self, worker.pid());
+            let queued = queued_at.elapsed();
+            let ran = worker.run(&frame, self.limits.timeout, &self.caps).await;
+            drop(busy);
+            match ran {
+                Ok(ran) => {
+                    if ran.reusable {
+                        self.put_back(worker);
+                    } else {
+                        drop(worker);
+                        if self.config.is_closed() {
+                            return Err(Error::ShuttingDown);
+                        }
+                    }
+                    return Ok(Response {
+                        outcome: ran.outcome,
+                        logs: ran.logs,
+                        cold_start,
+                        duration: ran.duration,
+                        queued,
+                    });
+                }
+                Err(RunError::Stale) => continue,
+                Err(RunError::Rejected(message)) => {
+                    self.put_back(worker);
+                    return Err(Error::Platform(message));
+                }
+                Err(RunError::Broken(message)) => return Err(Error::Platform(message)),
+            }
+        }
+        Err(Error::Platform(
+            "workers kept dying before the invocation reached them".into(),
+        ))
+    }
+
+    fn take_idle(&self) -> Option<Worker> {
+        let mut stale = Vec::new();
+        let mut state = lock(&self.state);
+        let found = loop {
+            let Some(mut worker) = state.idle.pop() else { break None };
+            if worker.has_exited() {
+                stale.push(worker);
+                continue;
+            }
+            break Some(worker);
+        };
+        drop(state);
+        drop(stale);
+        found
+    }
+
+    fn put_back(&self, mut worker: Worker) {
+        let mut state = lock(&self.state);
+        if state.retired || self.config.is_closed() {
+            drop(state);
+            drop(worker);
+            return;
+        }
+        worker.last_used = Instant::now();
+        state.idle.push(worker);
+    }
+
+    async fn spawn_worker(&self, cold_start: &mut bool, queued_at: Instant) -> Result<Spawned> {
+        for _ in 0..ATTEMPTS {
+            let template = match self.template(cold_start).await? {
+                Ok(template) => template,
+                Err((failure, logs, duration)) => {
+                    return Ok(Spawned::LoadFailed(Response {
+                        outcome: Outcome::Failed(failure),
+                        logs,
+                        cold_start: true,
+                        duration,
+                        queued: queued_at.elapsed(),
+                    }));
+                }
+            };
+            match template.fork().await {
+                Ok(new) => {
+                    let worker = Worker::new(new)
+                        .map_err(|e| Error::Platform(format!("setting up a worker: {e}")))?;
+                    return Ok(Spawned::Worker(worker));
+                }
+                Err(ForkError::Dead) => self.forget_template(&template),
+                Err(ForkError::Failed(message)) => return Err(Error::Platform(message)),
+            }
+        }
+        Err(Error::Platform("the template kept dying".into()))
+    }
+
+    /// The live template, starting one if needed. `Err` inside is a load
+    /// failure of user code: (failure, import-time output, load time).
+    async fn template(
+        &self,
+        cold_start: &mut bool,
+    ) -> Result<std::result::Result<Arc<Template>, (Failure, Vec<u8>, Duration)>> {
+        if let Some(template) = self.live_template() {
+            return Ok(Ok(template));
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(template) = self.live_template() {
+            return Ok(Ok(template));
+        }
+        if self.config.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let python = match &self.deployment.env_dir {
+            Some(env) => env.join("bin").join("python"),
+            None => self.config.interpreter().await,
+        };
+        let spec = template::Spec {
+            key: self.key.clone(),
+            python,
+            runner: self.config.runner.clone(),
+            code_dir: self.deployment.code_dir.clone(),
+            handler: self.deployment.handler.clone(),
+            memory_mb: self.limits.memory_mb,
+            max_log_bytes: self.caps.max_log_bytes,
+            max_result_bytes: self.caps.max_result_bytes,
+        };
+        let started_at = Instant::now();
+        *cold_start = true;
+        match Template::start(&spec, self.limits.timeout.max(MIN_LOAD_TIMEOUT)).await? {
+            Started::Ready(template) => {
+                let template = Arc::new(template);
+                lock(&self.state).template = Some(template.clone());
+                Ok(Ok(template))
+            }
+            Started::LoadFailed { failure, logs } => Ok(Err((failure, logs, started_at.elapsed()))),
+        }
+    }
+
+    fn live_template(&self) -> Option<Arc<Template>> {
+        let mut state = lock(&self.state);
+        match &state.template {
+            Some(template) if template.is_alive() => Some(template.clone()),
+            Some(_) => {
+                let dead = state.template.take();
+                drop(state);
+                drop(dead);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn forget_template(&self, template: &Arc<Template>) {
+        let mut state = lock(&self.state);
+        if state.template.as_ref().is_some_and(|t| Arc::ptr_eq(t, template)) {
+            let dead = state.template.take();
+            drop(state);
+            drop(dead);
+        }
+    }
+
+    /// Stops workers idle for `idle_timeout`, workers that died idle, and the
+    /// template once the pool has had no workers for `idle_timeout`.
+    pub(crate) fn reap(&self, now: Instant, idle_timeout: Duration) {
+        let mut dead: Vec<Worker> = Vec::new();
+        let mut dead_template = None;
+        {
+            let mut state = lock(&self.state);
+            let expired = state
+                .idle
+                .iter()
+                .position(|w| now.saturating_duration_since(w.last_used) < idle_timeout)
+                .unwrap_or(state.idle.len());
+            dead.extend(state.idle.drain(..expired));
+            let mut i = 0;
+            while i < state.idle.len() {
+                if state.idle[i].has_exited() {
+                    dead.push(state.idle.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if state.idle.is_empty() && state.busy.is_empty() {
+                let since = *state.empty_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= idle_timeout
+                    || state.template.as_ref().is_some_and(|t| !t.is_alive())
+                {
+                    dead_template = state.template.take();
+                }
+            } else {
+                state.empty_since = None;
+            }
+        }
+        if !dead.is_empty() {
+            tracing::debug!(deployment = %self.key, workers = dead.len(), "Stopping idle workers.");
+        }
+        drop(dead);
+        drop(dead_template);
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let state = lock(&self.state);
+        PoolStats {
+            key: self.key.clone(),
+            idle: state.idle.len(),
+            busy: state.busy.len(),
+        }
+    }
+
+    /// Stops the template and idle workers; busy ones stop when they finish.
+    pub(crate) fn retire(&self) {
+        let (idle, template) = {
+            let mut state = lock(&self.state);
+            state.retired = true;
+            (std::mem::take(&mut state.idle), state.template.take())
+        };
+        drop(idle);
+        drop(template);
+    }
+
+    /// Stops everything now, busy workers included.
+    pub(crate) fn shutdown(&self) {
+        self.permits.close();
+        let busy = lock(&self.state).busy.clone();
+        for pid in busy {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+        self.retire();
+    }
+}
+
+impl<'a> Busy<'a> {
+    fn new(pool: &'a Pool, pid: Pid) -> Busy<'a> {
+        let mut state = lock(&pool.state);
+        state.busy.push(pid);
+        state.empty_since = None;
+        Busy { pool, pid }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.pool.state);
+        if let Some(i) = state.busy.iter().position(|p| *p == self.pid) {
+            state.busy.swap_remove(i);
+        }
+    }
+}

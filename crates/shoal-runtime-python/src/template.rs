@@ -1,0 +1,430 @@
+//! The template (zygote) process of one deployment: it imports the function
+//! once, then forks a worker per request, so a new worker costs a fork, not a
+//! Python start.
+//!
+//! The control socket is the template's stdin (no fd juggling in the child, no
+//! fd leaks into other processes). The template exits when that socket reaches
+//! EOF, killing its workers, so a node killed with SIGKILL leaves no orphans.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::net::{
+    AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
+    SocketType,
+};
+use rustix::pipe::PipeFlags;
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncBufReadExt, BufReader, Interest};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use shoal_runtime::Error;
+use shoal_types::{Failure, FailureKind};
+
+use crate::lock;
+use crate::protocol::{self, Control};
+
+/// Largest control message we accept; the runner stays well below it.
+const CONTROL_BUF: usize = 256 * 1024;
+/// How long a live template may take to answer a fork request.
+const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Template output kept to explain a template that died while loading.
+const OUTPUT_TAIL: usize = 8 * 1024;
+
+/// Everything needed to start a template.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub key: String,
+    pub python: PathBuf,
+    pub runner: PathBuf,
+    pub code_dir: PathBuf,
+    pub handler: String,
+    pub memory_mb: u32,
+    pub max_log_bytes: usize,
+    pub max_result_bytes: usize,
+}
+
+/// The outcome of starting a template.
+pub(crate) enum Started {
+    Ready(Template),
+    /// Importing the function failed; the process is gone.
+    LoadFailed { failure: Failure, logs: Vec<u8> },
+}
+
+/// A running template process.
+pub(crate) struct Template {
+    pid: Pid,
+    shared: Arc<Shared>,
+    next_req: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+    _child: tokio::process::Child,
+}
+
+/// A freshly forked worker, as the template reported it.
+pub(crate) struct NewWorker {
+    pub pid: Pid,
+    /// Our end of the worker's protocol socket.
+    pub proto: OwnedFd,
+    /// The read end of the pipe behind the worker's fds 1 and 2.
+    pub logs: OwnedFd,
+    /// Fires when the template has reaped the worker.
+    pub exit: oneshot::Receiver<Exit>,
+}
+
+/// How a worker process ended, as reported by the template that reaped it.
+#[derive(Debug, Clone)]
+pub(crate) struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<(i32, String)>,
+    pub maxrss_kb: u64,
+}
+
+pub(crate) enum ForkError {
+    /// The template is gone; start another.
+    Dead,
+    Failed(String),
+}
+
+struct Shared {
+    key: String,
+    /// A `SOCK_SEQPACKET` socket. Tokio has no type for those; `UnixStream`
+    /// serves only as its reactor registration, and every read and write goes
+    /// through rustix in `recv` and `send_with_fds`.
+    ctl: tokio::net::UnixStream,
+    state: Mutex<ControlState>,
+}
+
+#[derive(Default)]
+struct ControlState {
+    alive: bool,
+    forks: HashMap<u64, oneshot::Sender<Result<(Pid, oneshot::Receiver<Exit>), String>>>,
+    exits: HashMap<i32, oneshot::Sender<Exit>>,
+}
+
+impl Template {
+    /// Spawns the template and waits until it has imported the function.
+    pub(crate) async fn start(spec: &Spec, load_timeout: Duration) -> Result<Started, Error> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| platform("creating a control socket", e.into()))?;
+        rustix::io::ioctl_fionbio(&ours, true)
+            .map_err(|e| platform("creating a control socket", e.into()))?;
+        let (out_r, out_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)
+            .map_err(|e| platform("creating a pipe", e.into()))?;
+        let out_w2 = out_w.try_clone().map_err(|e| platform("creating a pipe", e))?;
+        let config = serde_json::json!({
+            "code_dir": spec.code_dir,
+            "handler": spec.handler,
+            "memory_mb": spec.memory_mb,
+            "max_log_bytes": spec.max_log_bytes,
+            "max_result_bytes": spec.max_result_bytes,
+        })
+        .to_string();
+
+        let mut cmd = tokio::process::Command::new(&spec.python);
+        cmd.arg("-u")
+            .arg(&spec.runner)
+            .arg("template")
+            .arg(config)
+            .current_dir(&spec.code_dir)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(out_w2))
+            .process_group(0)
+            .kill_on_drop(true);
+        let spawned = cmd.spawn();
+        // The command holds the child's ends of the socket and pipe: close
+        // them here, or EOF would never be seen on either side.
+        drop(cmd);
+        let mut child = spawned
+            .map_err(|e| platform(&format!("starting {}", spec.python.display()), e))?;
+        let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
+            return Err(Error::Platform("the template exited at once".into()));
+        };
+
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let output = tokio::spawn(forward_output(spec.key.clone(), out_r, tail.clone()));
+        let ctl = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(ours))
+            .map_err(|e| platform("registering a control socket", e))?;
+
+        let mut buf = vec![0u8; CONTROL_BUF];
+        let first = tokio::time::timeout(load_timeout, recv(&ctl, &mut buf)).await;
+        let n = match first {
+            Err(_elapsed) => {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let message = format!(
+                    "loading the function took longer than {}s",
+                    load_timeout.as_secs()
+                );
+                return Ok(Started::LoadFailed {
+                    failure: Failure::new(FailureKind::LoadFailed, message),
+                    logs: take_tail(&tail),
+                });
+            }
+            Ok(Err(e)) => return Err(platform("reading the control socket", e)),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            // The runner died before it could report: show what it printed.
+            let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), output).await;
+            let status = match status {
+                Ok(Ok(status)) => status.to_string(),
+                _ => "status unknown".to_string(),
+            };
+            let logs = take_tail(&tail);
+            let message = format!(
+                "the Python runner exited before loading the function ({status}): {}",
+                String::from_utf8_lossy(&logs).trim()
+            );
+            return Ok(Started::LoadFailed {
+                failure: Failure::new(FailureKind::LoadFailed, message),
+                logs,
+            });
+        }
+        let (msg, logs): (Control, &[u8]) = protocol::split(&buf[..n])
+            .map_err(|e| Error::Platform(format!("bad message from the template: {e}")))?;
+        match msg.kind.as_str() {
+            "ready" => {
+                let shared = Arc::new(Shared {
+                    key: spec.key.clone(),
+                    ctl,
+                    state: Mutex::new(ControlState {
+                        alive: true,
+                        ..ControlState::default()
+                    }),
+                });
+                let reader = tokio::spawn(read_control(shared.clone(), buf));
+                Ok(Started::Ready(Template {
+                    pid,
+                    shared,
+                    next_req: AtomicU64::new(1),
+                    reader,
+                    _child: child,
+                }))
+            }
+            "load_failed" => {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let failure = Failure {
+                    kind: FailureKind::LoadFailed,
+                    exception: msg.exception,
+                    message: msg.message.unwrap_or_else(|| "loading the function failed".into()),
+                    traceback: msg.traceback,
+                };
+                Ok(Started::LoadFailed {
+                    failure,
+                    logs: logs.to_vec(),
+                })
+            }
+            other => Err(Error::Platform(format!(
+                "unexpected first message from the template: {other}"
+            ))),
+        }
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        lock(&self.shared.state).alive
+    }
+
+    /// Asks the template to fork a worker; hands it a fresh protocol socket
+    /// and log pipe.
+    pub(crate) async fn fork(&self) -> Result<NewWorker, ForkError> {
+        let failed = |what: &str, e: io::Error| ForkError::Failed(format!("{what}: {e}"));
+        let (proto, proto_theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| failed("creating a protocol socket", e.into()))?;
+        let (logs, logs_theirs) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)
+            .map_err(|e| failed("creating a log pipe", e.into()))?;
+
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = lock(&self.shared.state);
+            if !state.alive {
+                return Err(ForkError::Dead);
+            }
+            state.forks.insert(req, tx);
+        }
+        let message = protocol::fork_message(req);
+        let fds = [proto_theirs.as_fd(), logs_theirs.as_fd()];
+        if send_with_fds(&self.shared.ctl, &message, &fds).await.is_err() {
+            lock(&self.shared.state).forks.remove(&req);
+            return Err(ForkError::Dead);
+        }
+        drop(proto_theirs);
+        drop(logs_theirs);
+        match tokio::time::timeout(FORK_TIMEOUT, rx).await {
+            Ok(Ok(Ok((pid, exit)))) => Ok(NewWorker {
+                pid,
+                proto,
+                logs,
+                exit,
+            }),
+            Ok(Ok(Err(message))) => Err(ForkError::Failed(message)),
+            Ok(Err(_closed)) => Err(ForkError::Dead),
+            Err(_elapsed) => {
+                lock(&self.shared.state).forks.remove(&req);
+                Err(ForkError::Failed("the template did not answer a fork request".into()))
+            }
+        }
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        // Its own group only: workers have groups of their own and are
+        // stopped by whoever owns them.
+        let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+        self.reader.abort();
+        let stale = {
+            let mut state = lock(&self.shared.state);
+            state.alive = false;
+            (std::mem::take(&mut state.forks), std::mem::take(&mut state.exits))
+        };
+        drop(stale);
+    }
+}
+
+impl Shared {
+    fn handle(&self, msg: Control) {
+        match msg.kind.as_str() {
+            "forked" => {
+                let (Some(req), Some(pid)) = (msg.req, msg.pid.and_then(Pid::from_raw)) else {
+                    warn!(deployment = %self.key, "Template sent a fork reply without pid.");
+                    return;
+                };
+                let (tx, rx) = oneshot::channel();
+                let waiter = {
+                    let mut state = lock(&self.state);
+                    state.exits.insert(pid.as_raw_pid(), tx);
+                    state.forks.remove(&req)
+                };
+                let delivered = waiter.is_some_and(|w| w.send(Ok((pid, rx))).is_ok());
+                if !delivered {
+                    // Nobody waits for this worker any more (the invocation
+                    // was cancelled): do not leave it running.
+                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                }
+            }
+            "fork_failed" => {
+                let waiter = msg.req.and_then(|req| lock(&self.state).forks.remove(&req));
+                if let Some(waiter) = waiter {
+                    let message = msg.message.unwrap_or_else(|| "fork failed".into());
+                    let _ = waiter.send(Err(message));
+                }
+            }
+            "exit" => {
+                let Some(pid) = msg.pid else { return };
+                let waiter = lock(&self.state).exits.remove(&pid);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Exit {
+                        code: msg.code,
+                        signal: msg
+                            .signal
+                            .map(|s| (s, msg.signal_name.unwrap_or_else(|| format!("signal {s}")))),
+                        maxrss_kb: msg.maxrss_kb.unwrap_or(0),
+                    });
+                }
+            }
+            other => {
+                debug!(deployment = %self.key, kind = other, message = ?msg.message, "Unexpected control message.");
+            }
+        }
+    }
+}
+
+/// Reads the template's control messages until it exits.
+async fn read_control(shared: Arc<Shared>, mut buf: Vec<u8>) {
+    loop {
+        let n = match recv(&shared.ctl, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match protocol::split::<Control>(&buf[..n]) {
+            Ok((msg, _)) => shared.handle(msg),
+            Err(e) => warn!(deployment = %shared.key, error = %e, "Template sent an unreadable message."),
+        }
+    }
+    let stale = {
+        let mut state = lock(&shared.state);
+        state.alive = false;
+        (std::mem::take(&mut state.forks), std::mem::take(&mut state.exits))
+    };
+    drop(stale);
+    debug!(deployment = %shared.key, "Template exited.");
+}
+
+/// Sends the template's stdout and stderr (import-time prints, runner
+/// errors) to the node's log, keeping a tail for load failures.
+async fn forward_output(key: String, out: OwnedFd, tail: Arc<Mutex<Vec<u8>>>) {
+    let Ok(out) = tokio::net::unix::pipe::Receiver::from_owned_fd(out) else { return };
+    let mut lines = BufReader::new(out);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        debug!(deployment = %key, "{}", String::from_utf8_lossy(&line).trim_end());
+        let mut tail = lock(&tail);
+        tail.extend_from_slice(&line);
+        if tail.len() > OUTPUT_TAIL {
+            let cut = tail.len() - OUTPUT_TAIL;
+            tail.drain(..cut);
+        }
+    }
+}
+
+fn take_tail(tail: &Mutex<Vec<u8>>) -> Vec<u8> {
+    std::mem::take(&mut *lock(tail))
+}
+
+/// Receives one SEQPACKET message (0 means EOF).
+async fn recv(ctl: &tokio::net::UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    ctl.async_io(Interest::READABLE, || {
+        rustix::net::recv(ctl, &mut *buf, RecvFlags::empty())
+            .map(|(_, n)| n)
+            .map_err(io::Error::from)
+    })
+    .await
+}
+
+/// Sends one SEQPACKET message with file descriptors attached.
+async fn send_with_fds(
+    ctl: &tokio::net::UnixStream,
+    message: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    ctl.async_io(Interest::WRITABLE, || {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("too many fds for one message"));
+        }
+        rustix::net::sendmsg(ctl, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)
+            .map_err(io::Error::from)
+    })
+    .await
+    .map(|_| ())
+}
+
+fn platform(what: &str, e: io::Error) -> Error {
+    Error::Platform(format!("{what}: {e}"))
+}

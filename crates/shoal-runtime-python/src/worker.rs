@@ -1,0 +1,464 @@
+//! One worker process: runs an invocation over its protocol socket, drains its
+//! log pipe, enforces the timeout and output caps, and tells how it failed.
+//!
+//! The hot path is one write of the invoke frame and one read of the reply;
+//! the log pipe costs one non-blocking read when the function wrote nothing
+//! to fds 1 and 2. A worker in an unknown state is never reused: dropping a
+//! `Worker` kills its whole process group.
+
+use std::io::{self, ErrorKind};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use shoal_types::{Failure, FailureKind, Outcome};
+
+use crate::protocol::{self, HEADER, Reply};
+use crate::template::{Exit, NewWorker};
+
+/// How long a timed-out worker gets to hand over its captured logs.
+const SALVAGE_GRACE: Duration = Duration::from_millis(100);
+/// How long to wait for the template's exit notice after a worker's socket closed.
+const EXIT_NOTICE_WAIT: Duration = Duration::from_secs(2);
+/// Room in a frame for the error message and traceback beside result and logs.
+const FRAME_SLACK: usize = 1024 * 1024;
+/// Read buffers beyond this are released after use.
+const KEEP_BUFFER: usize = 256 * 1024;
+
+/// Limits that apply to every invocation of a deployment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    pub max_log_bytes: usize,
+    pub max_result_bytes: usize,
+    pub memory_mb: u32,
+}
+
+/// What one invocation on a worker produced.
+pub(crate) struct Ran {
+    pub outcome: Outcome,
+    pub logs: Vec<u8>,
+    pub duration: Duration,
+    /// False when the worker must not serve again.
+    pub reusable: bool,
+}
+
+pub(crate) enum RunError {
+    /// The worker had died before the invocation reached it; use another.
+    Stale,
+    /// The worker refused the frame (the event is not JSON); it is healthy.
+    Rejected(String),
+    /// The worker broke the protocol; it is dropped.
+    Broken(String),
+}
+
+pub(crate) struct Worker {
+    pid: Pid,
+    proto: UnixStream,
+    logs: pipe::Receiver,
+    inbuf: Vec<u8>,
+    exit: oneshot::Receiver<Exit>,
+    /// When the worker last finished an invocation.
+    pub last_used: Instant,
+}
+
+enum Event {
+    /// A complete frame of this length is at the start of `inbuf`.
+    Frame(usize),
+    Eof,
+    Deadline,
+    /// The log pipe brought more than the cap.
+    LogFlood,
+    FrameTooBig(usize),
+}
+
+impl Worker {
+    pub(crate) fn new(new: NewWorker) -> io::Result<Worker> {
+        let proto = StdUnixStream::from(new.proto);
+        proto.set_nonblocking(true)?;
+        Ok(Worker {
+            pid: new.pid,
+            proto: UnixStream::from_std(proto)?,
+            logs: pipe::Receiver::from_owned_fd(new.logs)?,
+            inbuf: Vec::new(),
+            exit: new.exit,
+            last_used: Instant::now(),
+        })
+    }
+
+    pub(crate) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// True when the template reported this worker dead (it died idle).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        matches!(self.exit.try_recv(), Ok(_))
+    }
+
+    /// Runs one invocation. `frame` is a complete invoke frame.
+    pub(crate) async fn run(&mut self, frame: &[u8], timeout: Duration, caps: &Caps) -> Result<Ran, RunError> {
+        if self.has_exited() {
+            return Err(RunError::Stale);
+        }
+        let start = Instant::now();
+        if self.proto.write_all(frame).await.is_err() {
+            return Err(RunError::Stale);
+        }
+        let deadline = start + timeout;
+        let mut pipe_logs = Vec::new();
+        loop {
+            let event = self.next_event(&mut pipe_logs, deadline, caps).await;
+            let len = match event {
+                Event::Frame(len) => len,
+                Event::Eof => return Ok(self.died(pipe_logs, start, caps).await),
+                Event::Deadline => return Ok(self.timed_out(pipe_logs, timeout, caps).await),
+                Event::LogFlood => {
+                    self.kill();
+                    self.drain_now(&mut pipe_logs, caps);
+                    let message = format!(
+                        "the invocation wrote more than {} bytes of logs",
+                        caps.max_log_bytes
+                    );
+                    return Ok(fail(FailureKind::OutputLimit, message, pipe_logs, start, caps));
+                }
+                Event::FrameTooBig(len) => {
+                    self.kill();
+                    let message = format!("the worker sent {len} bytes of output; the limit is exceeded");
+                    return Ok(fail(FailureKind::OutputLimit, message, pipe_logs, start, caps));
+                }
+            };
+            let duration = start.elapsed();
+            let parsed = self.parse_reply(len);
+            self.consume(len);
+            let reply = match parsed {
+                Ok(reply) => reply,
+                Err(message) => return Err(RunError::Broken(message)),
+            };
+            let ParsedReply {
+                kind,
+                outcome,
+                python_logs,
+                fatal,
+            } = reply;
+            match kind {
+                ReplyKind::Logs => continue,
+                ReplyKind::Rejected(message) => return Err(RunError::Rejected(message)),
+                ReplyKind::Done => {}
+            }
+            let outcome = outcome.unwrap_or_else(|| {
+                Outcome::Failed(Failure::new(FailureKind::Crashed, "empty reply from the worker"))
+            });
+            self.drain_now(&mut pipe_logs, caps);
+            let mut ran = Ran {
+                outcome,
+                logs: join_logs(python_logs, pipe_logs),
+                duration,
+                reusable: !fatal,
+            };
+            if ran.logs.len() > caps.max_log_bytes {
+                ran.logs.truncate(caps.max_log_bytes);
+                let message = format!(
+                    "the invocation wrote more than {} bytes of logs",
+                    caps.max_log_bytes
+                );
+                ran.outcome = Outcome::Failed(Failure::new(FailureKind::OutputLimit, message));
+            }
+            if fatal {
+                self.kill();
+            }
+            return Ok(ran);
+        }
+    }
+
+    /// Waits for the next thing that matters, draining the log pipe meanwhile
+    /// so the worker never blocks writing to it.
+    async fn next_event(&mut self, logs: &mut Vec<u8>, deadline: Instant, caps: &Caps) -> Event {
+        let frame_max = caps.max_result_bytes + caps.max_log_bytes + FRAME_SLACK;
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let mut logs_open = true;
+        loop {
+            match protocol::frame_len(&self.inbuf) {
+                Some(len) if len > frame_max => return Event::FrameTooBig(len),
+                Some(len) if self.inbuf.len() >= HEADER + len => return Event::Frame(len),
+                Some(len) => self.inbuf.reserve(HEADER + len - self.inbuf.len()),
+                None => self.inbuf.reserve(16 * 1024),
+            }
+            tokio::select! {
+                biased;
+                ready = self.proto.readable() => {
+                    if ready.is_err() {
+                        return Event::Eof;
+                    }
+                    match self.proto.try_read_buf(&mut self.inbuf) {
+                        Ok(0) => return Event::Eof,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return Event::Eof,
+                    }
+                }
+                ready = self.logs.readable(), if logs_open => {
+                    if ready.is_err() {
+                        logs_open = false;
+                        continue;
+                    }
+                    loop {
+                        logs.reserve(16 * 1024);
+                        match self.logs.try_read_buf(logs) {
+                            Ok(0) => {
+                                logs_open = false;
+                                break;
+                            }
+                            Ok(_) if logs.len() > caps.max_log_bytes => return Event::LogFlood,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = &mut sleep => return Event::Deadline,
+            }
+        }
+    }
+
+    /// Reads what the log pipe holds right now, with real syscalls: output
+    /// written before the worker replied is in the pipe even if the reactor
+    /// has not reported it yet.
+    fn drain_now(&mut self, logs: &mut Vec<u8>, caps: &Caps) {
+        while logs.len() <= caps.max_log_bytes {
+            logs.reserve(16 * 1024);
+            match rustix::io::read(&self.logs, rustix::buffer::spare_capacity(logs)) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn parse_reply(&self, len: usize) -> Result<ParsedReply, String> {
+        let body = &self.inbuf[HEADER..HEADER + len];
+        let (reply, tail): (Reply<'_>, &[u8]) =
+            protocol::split(body).map_err(|e| format!("unreadable frame from the worker: {e}"))?;
+        let python_logs = tail.to_vec();
+        let parsed = match &*reply.kind {
+            "result" => {
+                let result = reply.result.map(|r| r.get().to_owned()).unwrap_or_else(|| "null".into());
+                ParsedReply {
+                    kind: ReplyKind::Done,
+                    outcome: Some(Outcome::Succeeded(result)),
+                    python_logs,
+                    fatal: false,
+                }
+            }
+            "error" => {
+                let failure = reply.failure.as_deref().unwrap_or("raised");
+                let message = reply.message.unwrap_or_default();
+                let Some(kind) = FailureKind::parse(failure) else {
+                    let message = match failure {
+                        "bad_event" => format!("the event is not valid JSON: {message}"),
+                        _ => format!("the worker refused the invocation: {message}"),
+                    };
+                    return Ok(ParsedReply {
+                        kind: ReplyKind::Rejected(message),
+                        outcome: None,
+                        python_logs,
+                        fatal: false,
+                    });
+                };
+                ParsedReply {
+                    kind: ReplyKind::Done,
+                    outcome: Some(Outcome::Failed(Failure {
+                        kind,
+                        exception: reply.exception,
+                        message,
+                        traceback: reply.traceback.filter(|t| !t.is_empty()),
+                    })),
+                    python_logs,
+                    fatal: reply.fatal,
+                }
+            }
+            "logs" => ParsedReply {
+                kind: ReplyKind::Logs,
+                outcome: None,
+                python_logs,
+                fatal: false,
+            },
+            other => return Err(format!("unexpected frame kind {other:?} from the worker")),
+        };
+        Ok(parsed)
+    }
+
+    fn consume(&mut self, len: usize) {
+        self.inbuf.drain(..HEADER + len);
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// The invocation ran out of time: collect what it printed, kill it.
+    async fn timed_out(&mut self, mut pipe_logs: Vec<u8>, timeout: Duration, caps: &Caps) -> Ran {
+        // The runner answers SIGUSR2 with the logs it captured so far. A
+        // handler stuck in C code cannot answer; it gets a short grace.
+        let mut python_logs = Vec::new();
+        if rustix::process::kill_process(self.pid, Signal::USR2).is_ok() {
+            let grace = Instant::now() + SALVAGE_GRACE;
+            if let Event::Frame(len) = self.next_event(&mut pipe_logs, grace, caps).await {
+                if let Ok(reply) = self.parse_reply(len) {
+                    python_logs = reply.python_logs;
+                }
+                self.consume(len);
+            }
+        }
+        self.kill();
+        self.drain_now(&mut pipe_logs, caps);
+        let mut logs = join_logs(python_logs, pipe_logs);
+        logs.truncate(caps.max_log_bytes);
+        let message = format!("the invocation timed out after {}", human(timeout));
+        Ran {
+            outcome: Outcome::Failed(Failure::new(FailureKind::TimedOut, message)),
+            logs,
+            duration: timeout,
+            reusable: false,
+        }
+    }
+
+    /// The worker's socket closed mid-invocation: find out how it died.
+    async fn died(&mut self, mut pipe_logs: Vec<u8>, start: Instant, caps: &Caps) -> Ran {
+        let duration = start.elapsed();
+        let exit = tokio::time::timeout(EXIT_NOTICE_WAIT, &mut self.exit).await;
+        self.kill();
+        self.drain_now(&mut pipe_logs, caps);
+        let failure = match exit {
+            Ok(Ok(exit)) => classify(&exit, caps),
+            _ => Failure::new(FailureKind::Crashed, "the worker died; its exit status is unknown"),
+        };
+        let mut logs = pipe_logs;
+        logs.truncate(caps.max_log_bytes);
+        Ran {
+            outcome: Outcome::Failed(failure),
+            logs,
+            duration,
+            reusable: false,
+        }
+    }
+
+    /// Kills the worker and everything it started (its process group).
+    pub(crate) fn kill(&self) {
+        let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct ParsedReply {
+    kind: ReplyKind,
+    outcome: Option<Outcome>,
+    python_logs: Vec<u8>,
+    fatal: bool,
+}
+
+enum ReplyKind {
+    Done,
+    Logs,
+    Rejected(String),
+}
+
+/// Tells a crash from an exit from running out of memory.
+fn classify(exit: &Exit, caps: &Caps) -> Failure {
+    match (&exit.signal, exit.code) {
+        (Some((signal, _)), _)
+            if *signal == Signal::KILL.as_raw()
+                && exit.maxrss_kb >= u64::from(caps.memory_mb) * 1024 / 2 =>
+        {
+            // Nobody here sent it: the kernel's OOM killer is the usual sender.
+            Failure::new(
+                FailureKind::OutOfMemory,
+                format!(
+                    "the worker was killed (SIGKILL) using {} MiB; the limit is {} MiB",
+                    exit.maxrss_kb / 1024,
+                    caps.memory_mb
+                ),
+            )
+        }
+        (Some((signal, name)), _) => Failure::new(
+            FailureKind::Crashed,
+            format!("the worker crashed with {name} (signal {signal})"),
+        ),
+        (None, Some(code)) => Failure::new(FailureKind::Exited, format!("the worker exited with code {code}")),
+        (None, None) => Failure::new(FailureKind::Crashed, "the worker died; its exit status is unknown"),
+    }
+}
+
+fn fail(kind: FailureKind, message: String, mut logs: Vec<u8>, start: Instant, caps: &Caps) -> Ran {
+    logs.truncate(caps.max_log_bytes);
+    Ran {
+        outcome: Outcome::Failed(Failure::new(kind, message)),
+        logs,
+        duration: start.elapsed(),
+        reusable: false,
+    }
+}
+
+/// Python-level output (print, logging, tracebacks) comes first, then what
+/// reached fds 1 and 2 directly (os.write, C code, subprocesses).
+fn join_logs(mut python_logs: Vec<u8>, pipe_logs: Vec<u8>) -> Vec<u8> {
+    if python_logs.is_empty() {
+        return pipe_logs;
+    }
+    python_logs.extend_from_slice(&pipe_logs);
+    python_logs
+}
+
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: Caps = Caps {
+        max_log_bytes: 1024,
+        max_result_bytes: 1024,
+        memory_mb: 128,
+    };
+
+    fn exit(code: Option<i32>, signal: Option<i32>, maxrss_kb: u64) -> Exit {
+        Exit {
+            code,
+            signal: signal.map(|s| (s, format!("SIG{s}"))),
+            maxrss_kb,
+        }
+    }
+
+    #[test]
+    fn exits_are_classified() {
+        assert_eq!(classify(&exit(Some(3), None, 0), &CAPS).kind, FailureKind::Exited);
+        assert!(classify(&exit(Some(3), None, 0), &CAPS).message.contains("code 3"));
+        assert_eq!(classify(&exit(None, Some(11), 0), &CAPS).kind, FailureKind::Crashed);
+        assert_eq!(classify(&exit(None, Some(9), 1000), &CAPS).kind, FailureKind::Crashed);
+        assert_eq!(
+            classify(&exit(None, Some(9), 100 * 1024), &CAPS).kind,
+            FailureKind::OutOfMemory
+        );
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(Duration::from_millis(300)), "300ms");
+        assert_eq!(human(Duration::from_secs(30)), "30s");
+    }
+}

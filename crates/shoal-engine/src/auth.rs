@@ -45,7 +45,10 @@ pub(crate) fn new_secret() -> (String, String) {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{SECRET_PREFIX}{}", hex::encode(bytes));
-    let id = format!("tok_{}", &hex::encode(Sha256::digest(secret.as_bytes()))[..12]);
+    let id = format!(
+        "tok_{}",
+        &hex::encode(Sha256::digest(secret.as_bytes()))[..12]
+    );
     (id, secret)
 }
 

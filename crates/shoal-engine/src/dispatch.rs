@@ -57,7 +57,11 @@ pub(crate) fn queue_name(function: &str) -> String {
     format!("_async.{function}")
 }
 
-pub(crate) async fn invoke_sync(inner: &Arc<Inner>, name: &str, event: String) -> Result<Completed> {
+pub(crate) async fn invoke_sync(
+    inner: &Arc<Inner>,
+    name: &str,
+    event: String,
+) -> Result<Completed> {
     let d = resolve_latest(inner, name)?;
     let now = inner.clock.now_ms();
     let mut record = new_record(&d, "sync", event, now);
@@ -67,7 +71,10 @@ pub(crate) async fn invoke_sync(inner: &Arc<Inner>, name: &str, event: String) -
     record.max_attempts = 1;
     let id = record.id.clone();
     set_live(inner, record.clone(), None);
-    let response = inner.runtime.invoke(&d.deployment, request(&record, &d)).await;
+    let response = inner
+        .runtime
+        .invoke(&d.deployment, request(&record, &d))
+        .await;
     let response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -222,7 +229,12 @@ fn visibility_ms(inner: &Inner, name: &str) -> u64 {
     timeout + inner.opts.lease_margin.as_millis() as u64
 }
 
-async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+async fn run_delivery(
+    inner: &Arc<Inner>,
+    name: &str,
+    delivery: Delivery,
+    _permit: OwnedSemaphorePermit,
+) {
     let queue = queue_name(name);
     let ack = |id: String| inner.backend.queues.ack(&queue, vec![id]);
     let Ok(msg) = serde_json::from_slice::<Message>(&delivery.body) else {
@@ -255,7 +267,10 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery, _permi
             record.status = InvocationStatus::Failed.as_str().into();
             record.error = Some(error_record(&shoal_types::Failure::new(
                 FailureKind::LoadFailed,
-                format!("function {name} version {} was removed before this invocation ran", msg.version),
+                format!(
+                    "function {name} version {} was removed before this invocation ran",
+                    msg.version
+                ),
             )));
             record.finished_at_ms = Some(now);
             record.next_attempt_at_ms = None;
@@ -274,7 +289,11 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery, _permi
     record.started_at_ms = Some(now);
     record.next_attempt_at_ms = None;
     set_live(inner, record.clone(), None);
-    let response = match inner.runtime.invoke(&d.deployment, request(&record, &d)).await {
+    let response = match inner
+        .runtime
+        .invoke(&d.deployment, request(&record, &d))
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             inner.live.lock().unwrap().remove(&record.id);
@@ -325,7 +344,9 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 fn resolve_latest(inner: &Inner, name: &str) -> Result<Arc<Deployed>> {
     let name = parse_name(name)?;
     if inner.shutdown.is_cancelled() {
-        return Err(Error::Unavailable("the node is shutting down; retry on another node or later".into()));
+        return Err(Error::Unavailable(
+            "the node is shutting down; retry on another node or later".into(),
+        ));
     }
     inner
         .registry
@@ -340,7 +361,12 @@ async fn resolve_version(inner: &Inner, name: &str, version: u64) -> Result<Opti
     if inner.registry.latest(name).is_none() {
         return Ok(None);
     }
-    let Some(record) = inner.backend.catalog.function_version(name, version).await? else {
+    let Some(record) = inner
+        .backend
+        .catalog
+        .function_version(name, version)
+        .await?
+    else {
         return Ok(None);
     };
     let d = Arc::new(Deployed::from_record(&inner.opts.data_dir, record));
@@ -428,7 +454,12 @@ fn set_live(inner: &Inner, record: InvocationRecord, logs: Option<Vec<u8>>) -> A
 
 /// Issues the record (and logs) write, then the acknowledgement if any, and
 /// keeps the record readable from memory until the write is durable.
-fn persist(inner: &Arc<Inner>, record: InvocationRecord, logs: Vec<u8>, ack: Option<(String, String)>) {
+fn persist(
+    inner: &Arc<Inner>,
+    record: InvocationRecord,
+    logs: Vec<u8>,
+    ack: Option<(String, String)>,
+) {
     let id = record.id.clone();
     let entry = set_live(inner, record.clone(), Some(logs.clone()));
     let put_logs = (!logs.is_empty()).then(|| inner.backend.invocations.put_logs(&id, logs));

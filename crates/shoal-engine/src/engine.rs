@@ -263,10 +263,8 @@ impl Handle {
     /// nothing).
     pub async fn logs(&self, id: &str) -> Result<Vec<u8>> {
         let live = self.inner.live.lock().unwrap().get(id).cloned();
-        if let Some(entry) = live {
-            if let Some(logs) = &entry.logs {
-                return Ok(logs.clone());
-            }
+        if let Some(logs) = live.as_ref().and_then(|e| e.logs.as_ref()) {
+            return Ok(logs.clone());
         }
         // The record decides existence; logs may be absent.
         self.invocation(id).await?;

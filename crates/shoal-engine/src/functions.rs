@@ -88,7 +88,11 @@ impl Registry {
     pub(crate) fn remove(&self, name: &str) -> Vec<Arc<Deployed>> {
         self.latest.write().unwrap().remove(name);
         let mut versions = self.versions.write().unwrap();
-        let keys: Vec<_> = versions.keys().filter(|(n, _)| n == name).cloned().collect();
+        let keys: Vec<_> = versions
+            .keys()
+            .filter(|(n, _)| n == name)
+            .cloned()
+            .collect();
         keys.into_iter()
             .filter_map(|k| versions.remove(&k))
             .collect()

@@ -127,9 +127,8 @@ fn check_handler(handler: &str) -> Result<(), String> {
 /// A duration given as a string with a unit (`"500ms"`, `"30s"`, `"2m"`) or a
 /// number of seconds.
 fn duration_field(field: &str, value: &toml::Value) -> Result<Duration, String> {
-    let bad = || {
-        format!("shoal.toml: {field} must be a duration such as \"500ms\", \"30s\" or \"2m\"")
-    };
+    let bad =
+        || format!("shoal.toml: {field} must be a duration such as \"500ms\", \"30s\" or \"2m\"");
     match value {
         toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
         toml::Value::String(s) => parse_duration(s).ok_or_else(bad),

@@ -413,6 +413,8 @@ impl Queues for RedbStore {
         )
     }
 
+    /// Leases at call time, in memory (no fsync): a dropped future still
+    /// holds its messages until the visibility timeout.
     fn lease(&self, queue: &str, now_ms: u64, max: usize, visibility_ms: u64) -> Pending<Leased> {
         let (picked, next_due_ms) = self.shared.index.lease(queue, now_ms, max, visibility_ms);
         if picked.is_empty() {

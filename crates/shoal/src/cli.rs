@@ -15,7 +15,11 @@ use shoal_client::Client;
 use crate::serve::{self, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "Shoal: serverless functions next to your data, in one binary.")]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: serverless functions next to your data, in one binary."
+)]
 pub struct Args {
     #[command(flatten)]
     pub conn: Conn,
@@ -26,7 +30,12 @@ pub struct Args {
 #[derive(clap::Args)]
 pub struct Conn {
     /// The node to talk to.
-    #[arg(long, global = true, env = "SHOAL_URL", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_URL",
+        default_value = "http://127.0.0.1:7700"
+    )]
     pub url: String,
     /// API token (default: the admin token file in ./.shoal).
     #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
@@ -107,15 +116,24 @@ pub async fn run(args: Args) -> Result<()> {
     match command {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Deploy { dir } => {
-            let archive = shoal_client::pack_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            let archive = shoal_client::pack_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?;
             let f = client.deploy(archive).await?;
-            out.print(&f, || format!("Deployed {} version {} ({}).", f.name, f.version, f.handler));
+            out.print(&f, || {
+                format!("Deployed {} version {} ({}).", f.name, f.version, f.handler)
+            });
         }
-        Command::Invoke { name, event, is_async } => {
+        Command::Invoke {
+            name,
+            event,
+            is_async,
+        } => {
             let event = read_event(event.as_deref())?;
             if is_async {
                 let id = client.invoke_async(&name, &event).await?;
-                out.print(&serde_json::json!({"id": id, "status": "queued"}), || id.clone());
+                out.print(&serde_json::json!({"id": id, "status": "queued"}), || {
+                    id.clone()
+                });
             } else {
                 let done = client.invoke(&name, &event).await?;
                 match done.result {
@@ -178,9 +196,13 @@ pub async fn run(args: Args) -> Result<()> {
             let fs = client.functions().await?;
             out.print(&fs, || {
                 if fs.is_empty() {
-                    return "No functions deployed. Deploy one with `shoal deploy DIR`.".to_string();
+                    return "No functions deployed. Deploy one with `shoal deploy DIR`."
+                        .to_string();
                 }
-                let mut s = format!("{:<24} {:>7}  {:<20} {:>8} {:>7} {:>11}", "NAME", "VERSION", "HANDLER", "TIMEOUT", "MEMORY", "CONCURRENCY");
+                let mut s = format!(
+                    "{:<24} {:>7}  {:<20} {:>8} {:>7} {:>11}",
+                    "NAME", "VERSION", "HANDLER", "TIMEOUT", "MEMORY", "CONCURRENCY"
+                );
                 for f in &fs {
                     s += &format!(
                         "\n{:<24} {:>7}  {:<20} {:>7}s {:>5}MB {:>11}",
@@ -199,14 +221,19 @@ pub async fn run(args: Args) -> Result<()> {
             command: Some(FunctionsCommand::Rm { name }),
         } => {
             client.remove_function(&name).await?;
-            out.print(&serde_json::json!({"deleted": true}), || format!("Removed {name}."));
+            out.print(&serde_json::json!({"deleted": true}), || {
+                format!("Removed {name}.")
+            });
         }
         Command::Tokens { command } => match command {
             TokensCommand::Create { role, name } => {
                 let t = client.create_token(&role, name.as_deref()).await?;
                 out.print(&t, || t.token.clone());
                 if !conn.json {
-                    eprintln!("Created {} token {}. Store the secret above now: it is not shown again.", t.role, t.id);
+                    eprintln!(
+                        "Created {} token {}. Store the secret above now: it is not shown again.",
+                        t.role, t.id
+                    );
                 }
             }
             TokensCommand::List => {
@@ -221,7 +248,9 @@ pub async fn run(args: Args) -> Result<()> {
             }
             TokensCommand::Revoke { id } => {
                 client.revoke_token(&id).await?;
-                out.print(&serde_json::json!({"deleted": true}), || format!("Revoked {id}."));
+                out.print(&serde_json::json!({"deleted": true}), || {
+                    format!("Revoked {id}.")
+                });
             }
         },
     }
@@ -265,12 +294,18 @@ fn read_event(arg: Option<&str>) -> Result<String> {
         None => return Ok("{}".to_string()),
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the event from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the event from stdin")?;
             s
         }
         Some(s) => s.to_string(),
     };
-    serde_json::from_str::<serde_json::Value>(&text)
-        .with_context(|| format!("the event is not valid JSON: {}", text.chars().take(80).collect::<String>()))?;
+    serde_json::from_str::<serde_json::Value>(&text).with_context(|| {
+        format!(
+            "the event is not valid JSON: {}",
+            text.chars().take(80).collect::<String>()
+        )
+    })?;
     Ok(text)
 }

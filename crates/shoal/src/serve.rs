@@ -56,24 +56,32 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
         ])
         .and_then(|b| b.install_recorder())
         .context("installing the metrics recorder")?;
 
     let data_dir = args.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
 
-    let store = RedbStore::open(&data_dir.join("shoal.redb"))
-        .with_context(|| format!("opening the store in {} (is another node using it?)", data_dir.display()))?;
+    let store = RedbStore::open(&data_dir.join("shoal.redb")).with_context(|| {
+        format!(
+            "opening the store in {} (is another node using it?)",
+            data_dir.display()
+        )
+    })?;
     let backend = Backend::from_adapter(store.clone());
 
     let runtime = shoal_runtime_python::PythonRuntime::new(shoal_runtime_python::Options {
@@ -115,7 +123,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     info!(%addr, data_dir = %data_dir.display(), "Node started.");
 
     tokio::spawn(watch_signals(shutdown.clone()));
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
 
     shutdown.cancelled().await;

@@ -11,17 +11,32 @@ use shoal_client::protocol::ErrorCode;
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_and_roles() {
     let node = TestNode::start();
-    let mode = std::fs::metadata(node.data_dir.join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(node.data_dir.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let admin = node.client();
-    deploy(&admin, "name = \"f\"", "def handler(e, ctx):\n    return 1\n").await;
+    deploy(
+        &admin,
+        "name = \"f\"",
+        "def handler(e, ctx):\n    return 1\n",
+    )
+    .await;
 
     // No token, a malformed header, an unknown token: 401.
     let anon = node.client_with(None);
     let e = anon.functions().await.unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(401), Some(ErrorCode::Unauthorized)));
-    let e = node.client_with(Some("shoal_nope")).functions().await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(401), Some(ErrorCode::Unauthorized))
+    );
+    let e = node
+        .client_with(Some("shoal_nope"))
+        .functions()
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(401));
     // /healthz needs none.
     assert!(anon.health().await.is_ok());
@@ -38,11 +53,17 @@ async fn tokens_and_roles() {
     // reader reads, cannot invoke.
     assert!(reader.functions().await.is_ok());
     let e = reader.invoke("f", "{}").await.unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(403), Some(ErrorCode::Forbidden)));
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(403), Some(ErrorCode::Forbidden))
+    );
     // invoker invokes, cannot deploy.
     let id = invoker.invoke("f", "{}").await.unwrap().id;
     assert!(reader.invocation(&id).await.is_ok());
-    let archive = shoal_client::pack_dir(common::function_dir("name = \"g\"", "def handler(e, c):\n    return 2\n").path()).unwrap();
+    let archive = shoal_client::pack_dir(
+        common::function_dir("name = \"g\"", "def handler(e, c):\n    return 2\n").path(),
+    )
+    .unwrap();
     let e = invoker.deploy(archive.clone()).await.unwrap_err();
     assert_eq!(e.status(), Some(403));
     // developer deploys, cannot manage tokens.
@@ -56,21 +77,43 @@ async fn tokens_and_roles() {
     assert_eq!(list.tokens.len(), 4);
     let raw = std::fs::read(node.data_dir.join("shoal.redb")).unwrap();
     let needle = developer_tok.token.as_bytes();
-    assert!(!raw.windows(needle.len()).any(|w| w == needle), "a token secret is stored in clear");
+    assert!(
+        !raw.windows(needle.len()).any(|w| w == needle),
+        "a token secret is stored in clear"
+    );
 
     // Revoked tokens stop working at once.
     admin.revoke_token(&developer_tok.id).await.unwrap();
     assert_eq!(developer.functions().await.unwrap_err().status(), Some(401));
-    assert_eq!(admin.revoke_token(&developer_tok.id).await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        admin
+            .revoke_token(&developer_tok.id)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
 
     // The CLI does the same.
     let out = node.cli(&["tokens", "create", "--role", "invoker", "--name", "ci"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(secret.starts_with("shoal_"));
     let out = node.cli(&["--json", "tokens", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = v["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "ci").unwrap()["id"].as_str().unwrap().to_string();
+    let id = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = node.cli(&["tokens", "revoke", &id]);
     assert!(out.status.success());
     let out = node.cli(&["tokens", "create", "--role", "root"]);

@@ -51,8 +51,18 @@ def handler(event, ctx):
 async fn each_failure_has_its_own_type_and_the_pool_heals() {
     let node = TestNode::start();
     let c = node.client();
-    deploy(&c, "name = \"bad\"\ntimeout = \"1s\"\nmemory_mb = 128\nconcurrency = 2", FAILING).await;
-    deploy(&c, "name = \"good\"", "def handler(e, ctx):\n    return 'fine'\n").await;
+    deploy(
+        &c,
+        "name = \"bad\"\ntimeout = \"1s\"\nmemory_mb = 128\nconcurrency = 2",
+        FAILING,
+    )
+    .await;
+    deploy(
+        &c,
+        "name = \"good\"",
+        "def handler(e, ctx):\n    return 'fine'\n",
+    )
+    .await;
 
     let cases = [
         ("raise", "raised"),
@@ -68,18 +78,29 @@ async fn each_failure_has_its_own_type_and_the_pool_heals() {
         ("kill_self", "crashed"),
     ];
     for (how, kind) in cases {
-        let done = c.invoke("bad", &json!({"how": how}).to_string()).await.unwrap();
+        let done = c
+            .invoke("bad", &json!({"how": how}).to_string())
+            .await
+            .unwrap();
         let failure = done.result.expect_err(how);
         assert_eq!(failure.error.kind, kind, "{how}: {:?}", failure.error);
         assert!(!failure.error.message.is_empty(), "{how}");
         let inv = c.invocation(&done.id).await.unwrap();
-        let expected_status = if kind == "timed_out" { "timed_out" } else { "failed" };
+        let expected_status = if kind == "timed_out" {
+            "timed_out"
+        } else {
+            "failed"
+        };
         assert_eq!(inv.status, expected_status, "{how}");
         assert_eq!(inv.error.unwrap().kind, kind);
 
         // The same function still works right after, and so does another.
         let ok = c.invoke("bad", r#"{"how": "ok"}"#).await.unwrap();
-        assert!(ok.result.is_ok(), "{how}: pool did not heal: {:?}", ok.result);
+        assert!(
+            ok.result.is_ok(),
+            "{how}: pool did not heal: {:?}",
+            ok.result
+        );
         let other = c.invoke("good", "{}").await.unwrap();
         assert_eq!(other.result.unwrap(), json!("fine"), "{how}");
     }
@@ -105,7 +126,10 @@ async fn a_forked_child_does_not_survive_its_invocation() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("pid");
     let done = c
-        .invoke("forker", &json!({"path": path.to_str().unwrap()}).to_string())
+        .invoke(
+            "forker",
+            &json!({"path": path.to_str().unwrap()}).to_string(),
+        )
         .await
         .unwrap();
     assert_eq!(done.result.unwrap_err().error.kind, "forked");
@@ -113,8 +137,17 @@ async fn a_forked_child_does_not_survive_its_invocation() {
     // The child was killed with its worker's process group (it may linger as
     // a zombie only until reaped, so check its state rather than existence).
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("gone");
-    assert!(state == "gone" || state == "Z", "forked child {pid} still running: state {state}");
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("gone");
+    assert!(
+        state == "gone" || state == "Z",
+        "forked child {pid} still running: state {state}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,7 +167,11 @@ async fn concurrent_invocations_run_in_parallel_up_to_the_limit() {
     let mut spans = Vec::new();
     for h in calls {
         let v = h.await.unwrap();
-        spans.push((v[0].as_f64().unwrap(), v[1].as_f64().unwrap(), v[2].as_u64().unwrap()));
+        spans.push((
+            v[0].as_f64().unwrap(),
+            v[1].as_f64().unwrap(),
+            v[2].as_u64().unwrap(),
+        ));
     }
     // All four overlapped: each started before any finished.
     let latest_start = spans.iter().map(|s| s.0).fold(f64::MIN, f64::max);

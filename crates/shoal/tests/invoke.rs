@@ -14,16 +14,27 @@ async fn readme_tour_through_the_cli() {
     let hello = repo_root().join("examples/hello");
 
     let out = node.cli(&["deploy", hello.to_str().unwrap()]);
-    assert!(out.status.success(), "deploy: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Deployed hello version 1"));
 
     let out = node.cli(&["invoke", "hello", r#"{"name": "Ada"}"#]);
-    assert!(out.status.success(), "invoke: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "invoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v, json!({"hello": "Ada"}));
 
     // From stdin, with --json to get the id.
-    let out = node.cli_with_stdin(&["--json", "invoke", "hello", "-"], Some(r#"{"name": "Bo"}"#));
+    let out = node.cli_with_stdin(
+        &["--json", "invoke", "hello", "-"],
+        Some(r#"{"name": "Bo"}"#),
+    );
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["output"], json!({"hello": "Bo"}));
@@ -31,7 +42,10 @@ async fn readme_tour_through_the_cli() {
 
     let out = node.cli(&["logs", &id]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello from invocation {id}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello from invocation {id}\n")
+    );
 
     let out = node.cli(&["invoke", "hello", r#"{"name": "Cy"}"#, "--async"]);
     assert!(out.status.success());
@@ -75,7 +89,10 @@ async fn sync_and_async_invocations_are_recorded() {
     .await;
     assert_eq!((f.name.as_str(), f.version, f.memory_mb), ("echo", 1, 512));
 
-    let done = c.invoke("echo", r#"[1, "two", {"three": 3.5}]"#).await.unwrap();
+    let done = c
+        .invoke("echo", r#"[1, "two", {"three": 3.5}]"#)
+        .await
+        .unwrap();
     let out = done.result.unwrap();
     assert_eq!(out["event"], json!([1, "two", {"three": 3.5}]));
     assert_eq!(out["id"], json!(done.id));
@@ -91,7 +108,11 @@ async fn sync_and_async_invocations_are_recorded() {
     assert!(inv.billed_gb_seconds > 0.0);
     // 512 MB for the run's duration.
     let expect = 0.5 * inv.duration_ms.unwrap() / 1000.0;
-    assert!((inv.billed_gb_seconds - expect).abs() < 1e-9, "{} vs {expect}", inv.billed_gb_seconds);
+    assert!(
+        (inv.billed_gb_seconds - expect).abs() < 1e-9,
+        "{} vs {expect}",
+        inv.billed_gb_seconds
+    );
     let logs = c.logs(&done.id).await.unwrap();
     assert!(logs.contains("out [1, 'two', {'three': 3.5}]"), "{logs}");
     assert!(logs.contains("err\n"), "{logs}");
@@ -99,7 +120,11 @@ async fn sync_and_async_invocations_are_recorded() {
     // Many async invocations, all finished with their own output.
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(c.invoke_async("echo", &format!("{{\"n\": {i}}}")).await.unwrap());
+        ids.push(
+            c.invoke_async("echo", &format!("{{\"n\": {i}}}"))
+                .await
+                .unwrap(),
+        );
     }
     for (i, id) in ids.iter().enumerate() {
         let inv = wait_final(&c, id, Duration::from_secs(60)).await;
@@ -110,9 +135,17 @@ async fn sync_and_async_invocations_are_recorded() {
     }
 
     // Redeploying makes version 2; the list shows the latest.
-    let f2 = deploy(&c, "name = \"echo\"", "def handler(e, ctx):\n    return 'v2'\n").await;
+    let f2 = deploy(
+        &c,
+        "name = \"echo\"",
+        "def handler(e, ctx):\n    return 'v2'\n",
+    )
+    .await;
     assert_eq!(f2.version, 2);
-    assert_eq!(c.invoke("echo", "{}").await.unwrap().result.unwrap(), json!("v2"));
+    assert_eq!(
+        c.invoke("echo", "{}").await.unwrap().result.unwrap(),
+        json!("v2")
+    );
     let list = c.functions().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].version, 2);
@@ -150,7 +183,11 @@ async fn async_retries_with_backoff_until_success() {
     let err = inv.error.unwrap();
     assert_eq!(err.kind, "raised");
     assert_eq!(err.exception.as_deref(), Some("ValueError"));
-    assert!(err.traceback.unwrap().contains("raise ValueError('always')"));
+    assert!(
+        err.traceback
+            .unwrap()
+            .contains("raise ValueError('always')")
+    );
     // Billing adds up over attempts.
     assert!(inv.billed_gb_seconds > 0.0);
 }
@@ -164,10 +201,14 @@ async fn health_metrics_and_openapi() {
     c.invoke("m", "{}").await.unwrap();
     let metrics = c.get_text("/metrics").await.unwrap();
     assert!(
-        metrics.contains(r#"shoal_invocations_total{function="m",mode="sync",outcome="succeeded"} 1"#),
+        metrics
+            .contains(r#"shoal_invocations_total{function="m",mode="sync",outcome="succeeded"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("shoal_invocation_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("shoal_invocation_duration_seconds_bucket"),
+        "{metrics}"
+    );
     assert!(metrics.contains("shoal_pool_workers"), "{metrics}");
     assert!(metrics.contains("shoal_queue_depth"), "{metrics}");
 
@@ -202,6 +243,9 @@ async fn health_metrics_and_openapi() {
         let (method, path) = r.split_once(' ').unwrap();
         let path = path.replace("{name}", "zzz").replace("{id}", "zzz");
         let (_, body) = c.raw(method, &path, None, Vec::new()).await.unwrap();
-        assert!(!body.contains("route_not_found"), "{r} is documented but not served");
+        assert!(
+            !body.contains("route_not_found"),
+            "{r} is documented but not served"
+        );
     }
 }

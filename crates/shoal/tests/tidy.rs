@@ -10,8 +10,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("shoal-runtime", &["shoal-types"]),
     ("shoal-store-redb", &["shoal-store", "shoal-types"]),
     ("shoal-runtime-python", &["shoal-runtime", "shoal-types"]),
-    ("shoal-engine", &["shoal-store", "shoal-runtime", "shoal-types"]),
-    ("shoal-server", &["shoal-engine", "shoal-protocol", "shoal-types"]),
+    (
+        "shoal-engine",
+        &["shoal-store", "shoal-runtime", "shoal-types"],
+    ),
+    (
+        "shoal-server",
+        &["shoal-engine", "shoal-protocol", "shoal-types"],
+    ),
     ("shoal-client", &["shoal-protocol"]),
 ];
 
@@ -58,6 +64,9 @@ fn every_crate_is_in_the_table() {
         if name == "shoal" || name == "shoal-bench" {
             continue;
         }
-        assert!(ALLOWED.iter().any(|(n, _)| *n == name), "add {name} to the layer table");
+        assert!(
+            ALLOWED.iter().any(|(n, _)| *n == name),
+            "add {name} to the layer table"
+        );
     }
 }

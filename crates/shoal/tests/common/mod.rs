@@ -155,7 +155,11 @@ pub fn function_dir(manifest: &str, main_py: &str) -> tempfile::TempDir {
 }
 
 /// Deploys a function made of `manifest` and `main_py`.
-pub async fn deploy(client: &Client, manifest: &str, main_py: &str) -> shoal_client::protocol::FunctionView {
+pub async fn deploy(
+    client: &Client,
+    manifest: &str,
+    main_py: &str,
+) -> shoal_client::protocol::FunctionView {
     let dir = function_dir(manifest, main_py);
     client
         .deploy(shoal_client::pack_dir(dir.path()).expect("pack"))
@@ -164,18 +168,29 @@ pub async fn deploy(client: &Client, manifest: &str, main_py: &str) -> shoal_cli
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// Polls an invocation until it reaches a final state.
-pub async fn wait_final(client: &Client, id: &str, within: Duration) -> shoal_client::protocol::InvocationView {
+pub async fn wait_final(
+    client: &Client,
+    id: &str,
+    within: Duration,
+) -> shoal_client::protocol::InvocationView {
     let deadline = Instant::now() + within;
     loop {
         let inv = client.invocation(id).await.expect("invocation");
         if matches!(inv.status.as_str(), "succeeded" | "failed" | "timed_out") {
             return inv;
         }
-        assert!(Instant::now() < deadline, "invocation {id} still {} after {within:?}", inv.status);
+        assert!(
+            Instant::now() < deadline,
+            "invocation {id} still {} after {within:?}",
+            inv.status
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

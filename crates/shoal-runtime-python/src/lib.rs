@@ -24,8 +24,8 @@ use shoal_runtime::{Deployment, Error, PoolStats, Prepared, Request, Response, R
 use crate::pool::Pool;
 use crate::venv::Venvs;
 
-/// The runner script, written to `work_dir/runner.py` by [`PythonRuntime::new`].
-pub const RUNNER_PY: &str = include_str!("runner.py");
+/// The runner script, written to `work_dir/runner.py` by `PythonRuntime::new`.
+const RUNNER_PY: &str = include_str!("runner.py");
 
 /// How the Python runtime is set up.
 #[derive(Debug, Clone)]
@@ -85,9 +85,8 @@ impl PythonRuntime {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Platform("the Python runtime needs a tokio runtime".into()))?;
         let work_dir = options.work_dir.clone();
-        std::fs::create_dir_all(work_dir.join("venvs")).map_err(|e| {
-            Error::Platform(format!("cannot create {}: {e}", work_dir.display()))
-        })?;
+        std::fs::create_dir_all(work_dir.join("venvs"))
+            .map_err(|e| Error::Platform(format!("cannot create {}: {e}", work_dir.display())))?;
         let runner = work_dir.join("runner.py");
         write_atomically(&runner, RUNNER_PY.as_bytes())
             .map_err(|e| Error::Platform(format!("cannot write {}: {e}", runner.display())))?;
@@ -99,6 +98,9 @@ impl PythonRuntime {
             max_result_bytes: options.max_result_bytes,
             closed: AtomicBool::new(false),
         });
+        // Resolve the interpreter now, off the path of the first invocation.
+        let resolving = config.clone();
+        handle.spawn(async move { resolving.interpreter().await });
         let idle_timeout = options.idle_timeout;
         Ok(Arc::new_cyclic(|weak: &Weak<PythonRuntime>| {
             let reaper = handle.spawn(reap_idle(weak.clone(), idle_timeout));
@@ -135,7 +137,11 @@ impl Runtime for PythonRuntime {
         })
     }
 
-    fn invoke(&self, deployment: &Deployment, request: Request) -> BoxFuture<'static, Result<Response>> {
+    fn invoke(
+        &self,
+        deployment: &Deployment,
+        request: Request,
+    ) -> BoxFuture<'static, Result<Response>> {
         if self.config.is_closed() {
             return Box::pin(async { Err(Error::ShuttingDown) });
         }
@@ -192,7 +198,11 @@ impl Config {
                 match output {
                     Ok(out) if out.status.success() => {
                         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                        if path.is_empty() { self.python.clone() } else { PathBuf::from(path) }
+                        if path.is_empty() {
+                            self.python.clone()
+                        } else {
+                            PathBuf::from(path)
+                        }
                     }
                     _ => self.python.clone(),
                 }
@@ -209,7 +219,9 @@ async fn reap_idle(runtime: Weak<PythonRuntime>, idle_timeout: Duration) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let Some(runtime) = runtime.upgrade() else { return };
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
         let pools: Vec<Arc<Pool>> = lock(&runtime.pools).values().cloned().collect();
         let now = Instant::now();
         for pool in pools {

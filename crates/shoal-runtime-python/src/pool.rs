@@ -134,7 +134,9 @@ impl Pool {
         let mut stale = Vec::new();
         let mut state = lock(&self.state);
         let found = loop {
-            let Some(mut worker) = state.idle.pop() else { break None };
+            let Some(mut worker) = state.idle.pop() else {
+                break None;
+            };
             if worker.has_exited() {
                 stale.push(worker);
                 continue;
@@ -242,7 +244,11 @@ impl Pool {
 
     fn forget_template(&self, template: &Arc<Template>) {
         let mut state = lock(&self.state);
-        if state.template.as_ref().is_some_and(|t| Arc::ptr_eq(t, template)) {
+        if state
+            .template
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, template))
+        {
             let dead = state.template.take();
             drop(state);
             drop(dead);

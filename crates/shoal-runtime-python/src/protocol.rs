@@ -182,7 +182,8 @@ mod tests {
     #[test]
     fn split_without_tail() {
         let (reply, tail): (Reply<'_>, &[u8]) =
-            split(br#"{"kind":"error","failure":"raised","message":"boom","fatal":false}"#).unwrap();
+            split(br#"{"kind":"error","failure":"raised","message":"boom","fatal":false}"#)
+                .unwrap();
         assert_eq!(reply.failure.as_deref(), Some("raised"));
         assert_eq!(reply.message.as_deref(), Some("boom"));
         assert!(tail.is_empty());

@@ -244,8 +244,8 @@ class Worker:
         self.max_result = config["max_result_bytes"]
         self.lock = _thread.allocate_lock()
         self.sink = _Sink(self, config["max_log_bytes"])
-        sys.stdout = _Writer(self.sink, 1)
-        sys.stderr = _Writer(self.sink, 2)
+        self.stdout = _Writer(self.sink, 1)
+        self.stderr = _Writer(self.sink, 2)
         self.encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
         os.register_at_fork(after_in_child=self._forked_copy)
         signal.signal(_LOGS_SIGNAL, self._on_logs_signal)
@@ -275,6 +275,9 @@ class Worker:
     def invoke(self, msg):
         sink = self.sink
         ctx = Context(msg, self.memory_mb)
+        # Set every time: a handler may have replaced them.
+        sys.stdout = self.stdout
+        sys.stderr = self.stderr
         sink.begin()
         failure = None
         try:

@@ -56,7 +56,10 @@ pub(crate) struct Spec {
 pub(crate) enum Started {
     Ready(Template),
     /// Importing the function failed; the process is gone.
-    LoadFailed { failure: Failure, logs: Vec<u8> },
+    LoadFailed {
+        failure: Failure,
+        logs: Vec<u8>,
+    },
 }
 
 /// A running template process.
@@ -102,10 +105,13 @@ struct Shared {
     state: Mutex<ControlState>,
 }
 
+/// The template's answer to a fork request: the pid and its exit notice, or why not.
+type ForkReply = Result<(Pid, oneshot::Receiver<Exit>), String>;
+
 #[derive(Default)]
 struct ControlState {
     alive: bool,
-    forks: HashMap<u64, oneshot::Sender<Result<(Pid, oneshot::Receiver<Exit>), String>>>,
+    forks: HashMap<u64, oneshot::Sender<ForkReply>>,
     exits: HashMap<i32, oneshot::Sender<Exit>>,
 }
 
@@ -123,7 +129,9 @@ impl Template {
             .map_err(|e| platform("creating a control socket", e.into()))?;
         let (out_r, out_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)
             .map_err(|e| platform("creating a pipe", e.into()))?;
-        let out_w2 = out_w.try_clone().map_err(|e| platform("creating a pipe", e))?;
+        let out_w2 = out_w
+            .try_clone()
+            .map_err(|e| platform("creating a pipe", e))?;
         let config = serde_json::json!({
             "code_dir": spec.code_dir,
             "handler": spec.handler,
@@ -139,6 +147,10 @@ impl Template {
             .arg("template")
             .arg(config)
             .current_dir(&spec.code_dir)
+            // User code must not see the node's secrets: only the variables
+            // a program needs to find its way around are passed on.
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| passed_on(name)))
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(out_w2))
@@ -148,8 +160,8 @@ impl Template {
         // The command holds the child's ends of the socket and pipe: close
         // them here, or EOF would never be seen on either side.
         drop(cmd);
-        let mut child = spawned
-            .map_err(|e| platform(&format!("starting {}", spec.python.display()), e))?;
+        let mut child =
+            spawned.map_err(|e| platform(&format!("starting {}", spec.python.display()), e))?;
         let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
             return Err(Error::Platform("the template exited at once".into()));
         };
@@ -220,7 +232,9 @@ impl Template {
                 let failure = Failure {
                     kind: FailureKind::LoadFailed,
                     exception: msg.exception,
-                    message: msg.message.unwrap_or_else(|| "loading the function failed".into()),
+                    message: msg
+                        .message
+                        .unwrap_or_else(|| "loading the function failed".into()),
                     traceback: msg.traceback,
                 };
                 Ok(Started::LoadFailed {
@@ -263,7 +277,10 @@ impl Template {
         }
         let message = protocol::fork_message(req);
         let fds = [proto_theirs.as_fd(), logs_theirs.as_fd()];
-        if send_with_fds(&self.shared.ctl, &message, &fds).await.is_err() {
+        if send_with_fds(&self.shared.ctl, &message, &fds)
+            .await
+            .is_err()
+        {
             lock(&self.shared.state).forks.remove(&req);
             return Err(ForkError::Dead);
         }
@@ -280,7 +297,9 @@ impl Template {
             Ok(Err(_closed)) => Err(ForkError::Dead),
             Err(_elapsed) => {
                 lock(&self.shared.state).forks.remove(&req);
-                Err(ForkError::Failed("the template did not answer a fork request".into()))
+                Err(ForkError::Failed(
+                    "the template did not answer a fork request".into(),
+                ))
             }
         }
     }
@@ -295,7 +314,10 @@ impl Drop for Template {
         let stale = {
             let mut state = lock(&self.shared.state);
             state.alive = false;
-            (std::mem::take(&mut state.forks), std::mem::take(&mut state.exits))
+            (
+                std::mem::take(&mut state.forks),
+                std::mem::take(&mut state.exits),
+            )
         };
         drop(stale);
     }
@@ -358,13 +380,18 @@ async fn read_control(shared: Arc<Shared>, mut buf: Vec<u8>) {
         };
         match protocol::split::<Control>(&buf[..n]) {
             Ok((msg, _)) => shared.handle(msg),
-            Err(e) => warn!(deployment = %shared.key, error = %e, "Template sent an unreadable message."),
+            Err(e) => {
+                warn!(deployment = %shared.key, error = %e, "Template sent an unreadable message.")
+            }
         }
     }
     let stale = {
         let mut state = lock(&shared.state);
         state.alive = false;
-        (std::mem::take(&mut state.forks), std::mem::take(&mut state.exits))
+        (
+            std::mem::take(&mut state.forks),
+            std::mem::take(&mut state.exits),
+        )
     };
     drop(stale);
     debug!(deployment = %shared.key, "Template exited.");
@@ -373,7 +400,9 @@ async fn read_control(shared: Arc<Shared>, mut buf: Vec<u8>) {
 /// Sends the template's stdout and stderr (import-time prints, runner
 /// errors) to the node's log, keeping a tail for load failures.
 async fn forward_output(key: String, out: OwnedFd, tail: Arc<Mutex<Vec<u8>>>) {
-    let Ok(out) = tokio::net::unix::pipe::Receiver::from_owned_fd(out) else { return };
+    let Ok(out) = tokio::net::unix::pipe::Receiver::from_owned_fd(out) else {
+        return;
+    };
     let mut lines = BufReader::new(out);
     let mut line = Vec::new();
     loop {
@@ -418,11 +447,41 @@ async fn send_with_fds(
         if !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::other("too many fds for one message"));
         }
-        rustix::net::sendmsg(ctl, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL)
-            .map_err(io::Error::from)
+        rustix::net::sendmsg(
+            ctl,
+            &[IoSlice::new(message)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(io::Error::from)
     })
     .await
     .map(|_| ())
+}
+
+/// Environment variables a template inherits from the node.
+fn passed_on(name: &std::ffi::OsStr) -> bool {
+    const NAMES: &[&str] = &[
+        "PATH",
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+    ];
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    NAMES.contains(&name) || name.starts_with("LC_")
 }
 
 fn platform(what: &str, e: io::Error) -> Error {

@@ -52,13 +52,24 @@ impl Venvs {
         let dir = self.root.join(&hash);
         let build_lock = lock(&self.building).entry(hash).or_default().clone();
         let _building = build_lock.lock().await;
-        if tokio::fs::try_exists(dir.join(MARKER)).await.unwrap_or(false) {
+        if tokio::fs::try_exists(dir.join(MARKER))
+            .await
+            .unwrap_or(false)
+        {
             return Ok(Prepared {
                 env_dir: Some(dir),
                 reused: true,
             });
         }
-        if let Err(e) = build(python, &dir, &requirements, has_requirements(&contents), code_dir).await {
+        if let Err(e) = build(
+            python,
+            &dir,
+            &requirements,
+            has_requirements(&contents),
+            code_dir,
+        )
+        .await
+        {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
@@ -91,9 +102,16 @@ async fn build(
     run(venv, "creating the virtualenv").await?;
     if install {
         let mut pip = tokio::process::Command::new(dir.join("bin").join("python"));
-        pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r"])
-            .arg(requirements)
-            .current_dir(code_dir);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+        ])
+        .arg(requirements)
+        .current_dir(code_dir);
         run(pip, "pip install").await?;
     }
     tokio::fs::write(dir.join(MARKER), b"")

@@ -96,20 +96,28 @@ impl Worker {
 
     /// True when the template reported this worker dead (it died idle).
     pub(crate) fn has_exited(&mut self) -> bool {
-        matches!(self.exit.try_recv(), Ok(_))
+        self.exit.try_recv().is_ok()
     }
 
     /// Runs one invocation. `frame` is a complete invoke frame.
-    pub(crate) async fn run(&mut self, frame: &[u8], timeout: Duration, caps: &Caps) -> Result<Ran, RunError> {
+    pub(crate) async fn run(
+        &mut self,
+        frame: &[u8],
+        timeout: Duration,
+        caps: &Caps,
+    ) -> Result<Ran, RunError> {
         if self.has_exited() {
             return Err(RunError::Stale);
         }
         let start = Instant::now();
-        if self.proto.write_all(frame).await.is_err() {
-            return Err(RunError::Stale);
-        }
         let deadline = start + timeout;
         let mut pipe_logs = Vec::new();
+        match tokio::time::timeout_at(deadline.into(), self.proto.write_all(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(RunError::Stale),
+            // A worker that does not even take the event in is stuck.
+            Err(_elapsed) => return Ok(self.timed_out(pipe_logs, timeout, caps).await),
+        }
         loop {
             let event = self.next_event(&mut pipe_logs, deadline, caps).await;
             let len = match event {
@@ -123,12 +131,27 @@ impl Worker {
                         "the invocation wrote more than {} bytes of logs",
                         caps.max_log_bytes
                     );
-                    return Ok(fail(FailureKind::OutputLimit, message, pipe_logs, start, caps));
+                    return Ok(fail(
+                        FailureKind::OutputLimit,
+                        message,
+                        pipe_logs,
+                        start,
+                        caps,
+                    ));
                 }
                 Event::FrameTooBig(len) => {
                     self.kill();
-                    let message = format!("the worker sent {len} bytes of output; the limit is exceeded");
-                    return Ok(fail(FailureKind::OutputLimit, message, pipe_logs, start, caps));
+                    let message = format!(
+                        "the worker sent a {len}-byte reply; results are limited to {} bytes and logs to {}",
+                        caps.max_result_bytes, caps.max_log_bytes
+                    );
+                    return Ok(fail(
+                        FailureKind::OutputLimit,
+                        message,
+                        pipe_logs,
+                        start,
+                        caps,
+                    ));
                 }
             };
             let duration = start.elapsed();
@@ -150,7 +173,10 @@ impl Worker {
                 ReplyKind::Done => {}
             }
             let outcome = outcome.unwrap_or_else(|| {
-                Outcome::Failed(Failure::new(FailureKind::Crashed, "empty reply from the worker"))
+                Outcome::Failed(Failure::new(
+                    FailureKind::Crashed,
+                    "empty reply from the worker",
+                ))
             });
             self.drain_now(&mut pipe_logs, caps);
             let mut ran = Ran {
@@ -229,11 +255,12 @@ impl Worker {
     /// written before the worker replied is in the pipe even if the reactor
     /// has not reported it yet.
     fn drain_now(&mut self, logs: &mut Vec<u8>, caps: &Caps) {
+        // A stack buffer: the usual answer is EAGAIN, and it should cost no allocation.
+        let mut chunk = [0u8; 8 * 1024];
         while logs.len() <= caps.max_log_bytes {
-            logs.reserve(16 * 1024);
-            match rustix::io::read(&self.logs, rustix::buffer::spare_capacity(logs)) {
+            match rustix::io::read(&self.logs, &mut chunk) {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(n) => logs.extend_from_slice(&chunk[..n]),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(_) => return,
             }
@@ -247,7 +274,10 @@ impl Worker {
         let python_logs = tail.to_vec();
         let parsed = match &*reply.kind {
             "result" => {
-                let result = reply.result.map(|r| r.get().to_owned()).unwrap_or_else(|| "null".into());
+                let result = reply
+                    .result
+                    .map(|r| r.get().to_owned())
+                    .unwrap_or_else(|| "null".into());
                 ParsedReply {
                     kind: ReplyKind::Done,
                     outcome: Some(Outcome::Succeeded(result)),
@@ -335,7 +365,10 @@ impl Worker {
         self.drain_now(&mut pipe_logs, caps);
         let failure = match exit {
             Ok(Ok(exit)) => classify(&exit, caps),
-            _ => Failure::new(FailureKind::Crashed, "the worker died; its exit status is unknown"),
+            _ => Failure::new(
+                FailureKind::Crashed,
+                "the worker died; its exit status is unknown",
+            ),
         };
         let mut logs = pipe_logs;
         logs.truncate(caps.max_log_bytes);
@@ -393,8 +426,14 @@ fn classify(exit: &Exit, caps: &Caps) -> Failure {
             FailureKind::Crashed,
             format!("the worker crashed with {name} (signal {signal})"),
         ),
-        (None, Some(code)) => Failure::new(FailureKind::Exited, format!("the worker exited with code {code}")),
-        (None, None) => Failure::new(FailureKind::Crashed, "the worker died; its exit status is unknown"),
+        (None, Some(code)) => Failure::new(
+            FailureKind::Exited,
+            format!("the worker exited with code {code}"),
+        ),
+        (None, None) => Failure::new(
+            FailureKind::Crashed,
+            "the worker died; its exit status is unknown",
+        ),
     }
 }
 
@@ -446,10 +485,23 @@ mod tests {
 
     #[test]
     fn exits_are_classified() {
-        assert_eq!(classify(&exit(Some(3), None, 0), &CAPS).kind, FailureKind::Exited);
-        assert!(classify(&exit(Some(3), None, 0), &CAPS).message.contains("code 3"));
-        assert_eq!(classify(&exit(None, Some(11), 0), &CAPS).kind, FailureKind::Crashed);
-        assert_eq!(classify(&exit(None, Some(9), 1000), &CAPS).kind, FailureKind::Crashed);
+        assert_eq!(
+            classify(&exit(Some(3), None, 0), &CAPS).kind,
+            FailureKind::Exited
+        );
+        assert!(
+            classify(&exit(Some(3), None, 0), &CAPS)
+                .message
+                .contains("code 3")
+        );
+        assert_eq!(
+            classify(&exit(None, Some(11), 0), &CAPS).kind,
+            FailureKind::Crashed
+        );
+        assert_eq!(
+            classify(&exit(None, Some(9), 1000), &CAPS).kind,
+            FailureKind::Crashed
+        );
         assert_eq!(
             classify(&exit(None, Some(9), 100 * 1024), &CAPS).kind,
             FailureKind::OutOfMemory

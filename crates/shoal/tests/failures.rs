@@ -164,6 +164,7 @@ async fn concurrent_invocations_run_in_parallel_up_to_the_limit() {
         let c = c.clone();
         tokio::spawn(async move { c.invoke("sleepy", "{}").await.unwrap().result.unwrap() })
     });
+    let calls: Vec<_> = calls.collect();
     let mut spans = Vec::new();
     for h in calls {
         let v = h.await.unwrap();

@@ -3,7 +3,10 @@
 //! everything else on the machine (e.g. a concurrent build).
 //!
 //! All figures come from `/proc` in clock ticks (the same unit everywhere, so
-//! the tick rate cancels out of the shares).
+//! the tick rate cancels out of the shares). Processes that exit during a
+//! phase are not lost: their time moves into their parent's `cutime` and
+//! `cstime` once reaped, and those are counted for the node's descendants
+//! and for the node itself (its children are templates and pip).
 
 use std::collections::HashMap;
 
@@ -14,9 +17,12 @@ pub struct Snapshot {
     machine_busy: u64,
     machine_total: u64,
     client: u64,
+    /// On-CPU time of this process's main thread (the whole client: it runs
+    /// on a `current_thread` runtime), in ns, from `/proc/self/schedstat`.
+    client_ns: u64,
     node: u64,
-    /// Per descendant of the node: ticks used so far.
-    python: HashMap<u32, u64>,
+    /// Ticks of the node's descendants, living and reaped.
+    python: u64,
 }
 
 /// CPU use over a phase, as shares of the machine's capacity.
@@ -28,6 +34,8 @@ pub struct Usage {
     pub node: f64,
     pub python: f64,
     pub other: f64,
+    /// CPU seconds the client used (precise, from the scheduler).
+    pub client_cpu_s: f64,
 }
 
 impl Snapshot {
@@ -39,11 +47,11 @@ impl Snapshot {
         for (&pid, p) in &procs {
             children.entry(p.ppid).or_default().push(pid);
         }
-        let mut python = HashMap::new();
+        let mut python = procs.get(&node_pid).map_or(0, |p| p.children);
         let mut stack = children.get(&node_pid).cloned().unwrap_or_default();
         while let Some(pid) = stack.pop() {
             if let Some(p) = procs.get(&pid) {
-                python.insert(pid, p.ticks);
+                python += p.ticks + p.children;
             }
             if let Some(kids) = children.get(&pid) {
                 stack.extend(kids);
@@ -53,24 +61,25 @@ impl Snapshot {
             machine_busy,
             machine_total,
             client: procs.get(&client).map_or(0, |p| p.ticks),
+            client_ns: std::fs::read_to_string("/proc/self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+                .unwrap_or(0),
             node: procs.get(&node_pid).map_or(0, |p| p.ticks),
             python,
         }
     }
 
-    /// Usage from `self` to `later`. Processes that exited in between are
-    /// missed (their time lands in "other"); new ones count from zero.
+    /// Usage from `self` to `later`.
     pub fn usage_until(&self, later: &Snapshot) -> Usage {
-        let total = later.machine_total.saturating_sub(self.machine_total).max(1) as f64;
+        let total = later
+            .machine_total
+            .saturating_sub(self.machine_total)
+            .max(1) as f64;
         let busy = later.machine_busy.saturating_sub(self.machine_busy) as f64;
         let client = later.client.saturating_sub(self.client) as f64;
         let node = later.node.saturating_sub(self.node) as f64;
-        let python: u64 = later
-            .python
-            .iter()
-            .map(|(pid, &t)| t.saturating_sub(self.python.get(pid).copied().unwrap_or(0)))
-            .sum();
-        let python = python as f64;
+        let python = later.python.saturating_sub(self.python) as f64;
         let other = (busy - client - node - python).max(0.0);
         Usage {
             busy: busy / total,
@@ -78,6 +87,7 @@ impl Snapshot {
             node: node / total,
             python: python / total,
             other: other / total,
+            client_cpu_s: later.client_ns.saturating_sub(self.client_ns) as f64 / 1e9,
         }
     }
 }
@@ -89,7 +99,11 @@ fn machine() -> (u64, u64) {
         return (0, 0);
     };
     // cpu user nice system idle iowait irq softirq steal guest guest_nice
-    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     let get = |i: usize| v.get(i).copied().unwrap_or(0);
     let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
     let idle = get(3) + get(4);
@@ -100,6 +114,8 @@ struct Proc {
     ppid: u32,
     /// utime + stime.
     ticks: u64,
+    /// cutime + cstime: reaped children.
+    children: u64,
 }
 
 fn processes() -> HashMap<u32, Proc> {
@@ -108,7 +124,11 @@ fn processes() -> HashMap<u32, Proc> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -126,13 +146,13 @@ fn processes() -> HashMap<u32, Proc> {
 fn parse_stat(stat: &str) -> Option<Proc> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state); ppid is field 4, utime 14, stime 15.
-    let ppid = f.get(1)?.parse().ok()?;
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
+    // f[0] is field 3 (state); ppid is field 4, utime 14, stime 15,
+    // cutime 16, cstime 17.
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
     Some(Proc {
-        ppid,
-        ticks: utime + stime,
+        ppid: f.get(1)?.parse().ok()?,
+        ticks: num(11)? + num(12)?,
+        children: num(13)? + num(14)?,
     })
 }
 
@@ -142,10 +162,12 @@ mod tests {
 
     #[test]
     fn parses_a_stat_line_with_odd_names() {
-        let line = "1234 (py (worker) x) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 5 0 0";
+        let line =
+            "1234 (py (worker) x) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 5 0 0";
         let p = parse_stat(line).unwrap();
         assert_eq!(p.ppid, 77);
         assert_eq!(p.ticks, 281);
+        assert_eq!(p.children, 0);
     }
 
     #[test]

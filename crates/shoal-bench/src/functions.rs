@@ -26,9 +26,15 @@ pub const ECHO: Source = Source {
 /// Imports numpy at load, sleeps 300 ms per call; `requirements.txt` = numpy.
 pub const NUMPY: Source = Source {
     files: &[
-        ("shoal.toml", include_str!("../functions/numpy-sleep/shoal.toml")),
+        (
+            "shoal.toml",
+            include_str!("../functions/numpy-sleep/shoal.toml"),
+        ),
         ("main.py", include_str!("../functions/numpy-sleep/main.py")),
-        ("requirements.txt", include_str!("../functions/numpy-sleep/requirements.txt")),
+        (
+            "requirements.txt",
+            include_str!("../functions/numpy-sleep/requirements.txt"),
+        ),
     ],
     name_line: "name = \"bench-numpy\"",
 };
@@ -41,7 +47,11 @@ impl Source {
         for (file, text) in self.files {
             let text = match *file {
                 "shoal.toml" => {
-                    assert!(text.contains(self.name_line), "{file} lacks {}", self.name_line);
+                    assert!(
+                        text.contains(self.name_line),
+                        "{file} lacks {}",
+                        self.name_line
+                    );
                     text.replace(self.name_line, &format!("name = \"{name}\""))
                 }
                 "main.py" => match variant {
@@ -56,13 +66,22 @@ impl Source {
     }
 
     /// Writes, packs and deploys the function as `name`.
-    pub async fn deploy(&self, client: &Client, scratch: &Path, name: &str, variant: Option<u64>) -> Result<FunctionView> {
+    pub async fn deploy(
+        &self,
+        client: &Client,
+        scratch: &Path,
+        name: &str,
+        variant: Option<u64>,
+    ) -> Result<FunctionView> {
         let dir = scratch.join(match variant {
             Some(v) => format!("{name}-{v}"),
             None => name.to_string(),
         });
         self.write(&dir, name, variant)?;
         let archive = shoal_client::pack_dir(&dir).context("packing the function")?;
-        client.deploy(archive).await.with_context(|| format!("deploying {name}"))
+        client
+            .deploy(archive)
+            .await
+            .with_context(|| format!("deploying {name}"))
     }
 }

@@ -23,7 +23,8 @@ impl Node {
     pub fn start(shoal: &Path, dir: &Path, log_filter: &str) -> Result<Node> {
         let data_dir = dir.join("data");
         let log_path = dir.join("node.log");
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let mut child = Command::new(shoal)
             .arg("serve")
             .arg("--listen")
@@ -37,7 +38,12 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {} (run `cargo build --release -p shoal`)", shoal.display()))?;
+            .with_context(|| {
+                format!(
+                    "starting {} (run `cargo build --release -p shoal`)",
+                    shoal.display()
+                )
+            })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -58,7 +64,10 @@ impl Node {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                bail!("the node did not start listening within 60 s; its log:\n{}", tail(&log, 40));
+                bail!(
+                    "the node did not start listening within 60 s; its log:\n{}",
+                    tail(&log, 40)
+                );
             }
         };
         let addr: SocketAddr = url

@@ -12,7 +12,10 @@ pub fn pack_dir(dir: &Path) -> io::Result<Vec<u8>> {
     if !dir.join("shoal.toml").is_file() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("{} has no shoal.toml; a function directory needs one", dir.display()),
+            format!(
+                "{} has no shoal.toml; a function directory needs one",
+                dir.display()
+            ),
         ));
     }
     let mut files = Vec::new();

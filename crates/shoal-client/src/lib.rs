@@ -13,8 +13,9 @@ use serde_json::Value;
 
 pub use shoal_protocol as protocol;
 use shoal_protocol::{
-    ARCHIVE_CONTENT_TYPE, Accepted, CreateToken, CreatedToken, Deleted, ErrorBody, ErrorCode, FUNCTION_ERROR_HEADER,
-    FunctionFailure, FunctionList, FunctionView, Health, INVOCATION_ID_HEADER, InvocationView, LogsView, TokenList,
+    ARCHIVE_CONTENT_TYPE, Accepted, CreateToken, CreatedToken, Deleted, ErrorBody, ErrorCode,
+    FUNCTION_ERROR_HEADER, FunctionFailure, FunctionList, FunctionView, Health,
+    INVOCATION_ID_HEADER, InvocationView, LogsView, TokenList,
 };
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -68,8 +69,9 @@ impl Client {
     pub fn new(url: &str, token: Option<&str>) -> Result<Client> {
         let mut headers = HeaderMap::new();
         if let Some(t) = token {
-            let v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-                .map_err(|_| Error::Transport("the token contains characters not allowed in a header".into()))?;
+            let v = HeaderValue::from_str(&format!("Bearer {}", t.trim())).map_err(|_| {
+                Error::Transport("the token contains characters not allowed in a header".into())
+            })?;
             headers.insert(AUTHORIZATION, v);
         }
         let http = reqwest::Client::builder()
@@ -109,12 +111,21 @@ impl Client {
     }
 
     pub async fn function(&self, name: &str) -> Result<FunctionView> {
-        self.json(Method::GET, &format!("/v1/functions/{}", seg(name)), None::<&()>).await
+        self.json(
+            Method::GET,
+            &format!("/v1/functions/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
     }
 
     pub async fn remove_function(&self, name: &str) -> Result<()> {
         let _: Deleted = self
-            .json(Method::DELETE, &format!("/v1/functions/{}", seg(name)), None::<&()>)
+            .json(
+                Method::DELETE,
+                &format!("/v1/functions/{}", seg(name)),
+                None::<&()>,
+            )
             .await?;
         Ok(())
     }
@@ -129,9 +140,11 @@ impl Client {
         }
         let bytes = resp.bytes().await.map_err(transport)?;
         let result = if failed {
-            Err(serde_json::from_slice(&bytes).map_err(|e| Error::Transport(format!("bad failure body: {e}")))?)
+            Err(serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Transport(format!("bad failure body: {e}")))?)
         } else {
-            Ok(serde_json::from_slice(&bytes).map_err(|e| Error::Transport(format!("bad result body: {e}")))?)
+            Ok(serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Transport(format!("bad result body: {e}")))?)
         };
         Ok(Invoked { id, result })
     }
@@ -143,10 +156,19 @@ impl Client {
         Ok(accepted.id)
     }
 
-    async fn post_event(&self, name: &str, event: &str, is_async: bool) -> Result<reqwest::Response> {
+    async fn post_event(
+        &self,
+        name: &str,
+        event: &str,
+        is_async: bool,
+    ) -> Result<reqwest::Response> {
         let mode = if is_async { "?mode=async" } else { "" };
         self.http
-            .post(format!("{}/v1/functions/{}/invoke{mode}", self.base, seg(name)))
+            .post(format!(
+                "{}/v1/functions/{}/invoke{mode}",
+                self.base,
+                seg(name)
+            ))
             .header(CONTENT_TYPE, "application/json")
             .body(event.to_string())
             .send()
@@ -155,12 +177,21 @@ impl Client {
     }
 
     pub async fn invocation(&self, id: &str) -> Result<InvocationView> {
-        self.json(Method::GET, &format!("/v1/invocations/{}", seg(id)), None::<&()>).await
+        self.json(
+            Method::GET,
+            &format!("/v1/invocations/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
     }
 
     pub async fn logs(&self, id: &str) -> Result<String> {
         let logs: LogsView = self
-            .json(Method::GET, &format!("/v1/invocations/{}/logs", seg(id)), None::<&()>)
+            .json(
+                Method::GET,
+                &format!("/v1/invocations/{}/logs", seg(id)),
+                None::<&()>,
+            )
             .await?;
         Ok(logs.logs)
     }
@@ -179,14 +210,23 @@ impl Client {
 
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
         let _: Deleted = self
-            .json(Method::DELETE, &format!("/v1/tokens/{}", seg(id)), None::<&()>)
+            .json(
+                Method::DELETE,
+                &format!("/v1/tokens/{}", seg(id)),
+                None::<&()>,
+            )
             .await?;
         Ok(())
     }
 
     /// A raw GET returning the body text (for `/metrics`, `/v1/openapi.json`).
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await.map_err(transport)?;
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(transport)?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
         }
@@ -195,9 +235,19 @@ impl Client {
 
     /// Sends any request and returns the status and body text, whatever the
     /// status. For probing the API (tests, debugging).
-    pub async fn raw(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<(u16, String)> {
-        let method = Method::from_bytes(method.as_bytes()).map_err(|e| Error::Transport(e.to_string()))?;
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, String)> {
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|e| Error::Transport(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
         }
@@ -206,7 +256,12 @@ impl Client {
         Ok((status, resp.text().await.map_err(transport)?))
     }
 
-    async fn json<T: DeserializeOwned, B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+    async fn json<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(b);
@@ -251,7 +306,8 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
         return Err(api_error(resp).await);
     }
     let bytes = resp.bytes().await.map_err(transport)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Transport(format!("unreadable answer from the node: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Transport(format!("unreadable answer from the node: {e}")))
 }
 
 async fn api_error(resp: reqwest::Response) -> Error {
@@ -270,7 +326,10 @@ async fn api_error(resp: reqwest::Response) -> Error {
             } else {
                 ErrorCode::Internal
             },
-            message: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+            message: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
         },
     }
 }

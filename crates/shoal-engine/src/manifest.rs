@@ -32,7 +32,7 @@ impl Manifest {
 
     /// Parses `shoal.toml` text. The error message names the offending field.
     pub fn parse(text: &str) -> Result<Manifest, String> {
-        let raw: Raw = toml::from_str(text).map_err(|e| format!("shoal.toml: {}", e.message()))?;
+        let raw: Raw = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let name = FunctionName::parse(&raw.name).map_err(|e| format!("shoal.toml: {e}"))?;
         let runtime = raw.runtime.unwrap_or_else(|| "python".to_string());
         if runtime != "python" {
@@ -104,6 +104,18 @@ struct Raw {
     concurrency: Option<u32>,
     retries: Option<u32>,
     retry_delay: Option<toml::Value>,
+}
+
+/// A TOML error with the line it happened on, so the user sees which key.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut msg = format!("shoal.toml: {}", e.message().trim_end());
+    if let Some(span) = e.span() {
+        let line_no = text[..span.start.min(text.len())].matches('\n').count();
+        if let Some(line) = text.lines().nth(line_no) {
+            msg += &format!(" (line {}: `{}`)", line_no + 1, line.trim());
+        }
+    }
+    msg
 }
 
 fn check_handler(handler: &str) -> Result<(), String> {

@@ -91,7 +91,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Runs one invocation on a warm worker, starting one if none is free and
     /// the deployment's concurrency allows; otherwise waits for a free one.
-    fn invoke(&self, deployment: &Deployment, request: Request) -> BoxFuture<'static, Result<Response>>;
+    fn invoke(
+        &self,
+        deployment: &Deployment,
+        request: Request,
+    ) -> BoxFuture<'static, Result<Response>>;
 
     /// Stops the workers of a deployment that was removed or replaced.
     fn retire(&self, key: &str);

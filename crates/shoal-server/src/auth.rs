@@ -51,7 +51,8 @@ impl<R: Needs> FromRequestParts<AppState> for Auth<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m);
+        let unauthorized =
+            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m);
         let header = parts
             .headers
             .get(AUTHORIZATION)

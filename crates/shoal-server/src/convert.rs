@@ -3,8 +3,8 @@
 use serde_json::Value;
 
 use shoal_engine::Token;
-use shoal_protocol::{FunctionView, InvocationError, InvocationView, TokenView};
 use shoal_engine::{ErrorRecord, FunctionRecord, InvocationRecord};
+use shoal_protocol::{FunctionView, InvocationError, InvocationView, TokenView};
 use shoal_types::Failure;
 
 pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
@@ -31,7 +31,10 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
         mode: r.mode.clone(),
         status: r.status.clone(),
         input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
-        output: r.output.as_deref().and_then(|o| serde_json::from_str(o).ok()),
+        output: r
+            .output
+            .as_deref()
+            .and_then(|o| serde_json::from_str(o).ok()),
         error: r.error.as_ref().map(error_record),
         attempts: r.attempts,
         max_attempts: r.max_attempts,

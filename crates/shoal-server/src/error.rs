@@ -1,9 +1,9 @@
 //! `ApiError`: *the* place where errors become HTTP statuses and JSON bodies.
 
+use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use shoal_engine::Error as EngineError;
 use shoal_protocol::{ErrorBody, ErrorCode};
@@ -56,9 +56,15 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidName)
             }
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
-            EngineError::InvalidFunction(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction),
-            EngineError::DeployFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed),
-            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            EngineError::InvalidFunction(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction)
+            }
+            EngineError::DeployFailed(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed)
+            }
+            EngineError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
         };
         ApiError::new(status, code, message)
     }

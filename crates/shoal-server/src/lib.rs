@@ -96,7 +96,11 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         )
         .route("/metrics", get(routes::health::metrics))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RouteNotFound, "no such route; see /v1/openapi.json")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::RouteNotFound,
+                "no such route; see /v1/openapi.json",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

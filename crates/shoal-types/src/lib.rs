@@ -48,7 +48,9 @@ impl fmt::Display for FunctionName {
 pub fn validate_name(field: &'static str, s: &str) -> Result<(), Invalid> {
     let bad = |reason: &str| Invalid {
         field,
-        reason: format!("{s:?} {reason}; use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+        reason: format!(
+            "{s:?} {reason}; use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ),
     };
     if s.is_empty() || s.len() > 64 {
         return Err(bad("has the wrong length"));
@@ -162,7 +164,9 @@ impl InvocationStatus {
     }
 
     pub fn parse(s: &str) -> Option<InvocationStatus> {
-        InvocationStatus::ALL.into_iter().find(|st| st.as_str() == s)
+        InvocationStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
     }
 
     pub fn is_final(self) -> bool {

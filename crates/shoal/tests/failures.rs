@@ -134,20 +134,29 @@ async fn a_forked_child_does_not_survive_its_invocation() {
         .unwrap();
     assert_eq!(done.result.unwrap_err().error.kind, "forked");
     let pid: u32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
-    // The child was killed with its worker's process group (it may linger as
-    // a zombie only until reaped, so check its state rather than existence).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .next()
-        .unwrap_or("gone");
-    assert!(
-        state == "gone" || state == "Z",
-        "forked child {pid} still running: state {state}"
-    );
+    // The child is killed with its worker's process group. SIGKILL is
+    // delivered asynchronously, so allow the kernel a moment; a zombie
+    // (state Z) is dead and only waits to be reaped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("gone")
+            .to_string();
+        if state == "gone" || state == "Z" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "forked child {pid} still alive: state {state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -31,12 +31,9 @@ fn workspace_deps(manifest: &str) -> Vec<String> {
             in_deps = line == "[dependencies]";
             continue;
         }
-        if in_deps {
-            if let Some(name) = line.split(['.', '=', ' ']).next() {
-                if name.starts_with("shoal") {
-                    deps.push(name.to_string());
-                }
-            }
+        let name = line.split(['.', '=', ' ']).next().unwrap_or("");
+        if in_deps && name.starts_with("shoal") {
+            deps.push(name.to_string());
         }
     }
     deps

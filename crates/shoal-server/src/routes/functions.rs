@@ -5,7 +5,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 
-use shoal_protocol::{ARCHIVE_CONTENT_TYPE, Deleted, ErrorBody, ErrorCode, FunctionList, FunctionView};
+use shoal_protocol::{
+    ARCHIVE_CONTENT_TYPE, Deleted, ErrorBody, ErrorCode, FunctionList, FunctionView,
+};
 
 use crate::auth::{Auth, Developer, Reader};
 use crate::error::ApiError;
@@ -27,12 +29,17 @@ pub(crate) async fn deploy(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
-    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with(ARCHIVE_CONTENT_TYPE) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UnsupportedMediaType,
-            format!("send the function as a tar archive with `Content-Type: {ARCHIVE_CONTENT_TYPE}` (`shoal deploy DIR` does this)"),
+            format!(
+                "send the function as a tar archive with `Content-Type: {ARCHIVE_CONTENT_TYPE}` (`shoal deploy DIR` does this)"
+            ),
         ));
     }
     let body = body?;
@@ -43,7 +50,10 @@ pub(crate) async fn deploy(
 /// Lists the latest version of every function.
 #[utoipa::path(get, path = "/v1/functions", tag = "functions",
     responses((status = 200, body = FunctionList)))]
-pub(crate) async fn list(_: Auth<Reader>, State(state): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+pub(crate) async fn list(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+) -> Result<Json<FunctionList>, ApiError> {
     let functions = state.handle.functions().await?;
     Ok(Json(FunctionList {
         functions: functions.iter().map(convert::function).collect(),
@@ -59,7 +69,9 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
-    Ok(Json(convert::function(&state.handle.function(&name).await?)))
+    Ok(Json(convert::function(
+        &state.handle.function(&name).await?,
+    )))
 }
 
 /// Removes a function with all its versions.

@@ -22,16 +22,23 @@ pub(crate) async fn healthz() -> Json<Health> {
 /// sizes, queue depth.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let Some(prom) = &state.metrics else {
-        return (StatusCode::NOT_FOUND, "metrics are not enabled on this node").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled on this node",
+        )
+            .into_response();
     };
     for pool in state.handle.pool_stats() {
-        metrics::gauge!("shoal_pool_workers", "deployment" => pool.key.clone(), "state" => "idle").set(pool.idle as f64);
-        metrics::gauge!("shoal_pool_workers", "deployment" => pool.key, "state" => "busy").set(pool.busy as f64);
+        metrics::gauge!("shoal_pool_workers", "deployment" => pool.key.clone(), "state" => "idle")
+            .set(pool.idle as f64);
+        metrics::gauge!("shoal_pool_workers", "deployment" => pool.key, "state" => "busy")
+            .set(pool.busy as f64);
     }
     if let Ok(depths) = state.handle.queue_depths().await {
         for (function, depth) in depths {
             metrics::gauge!("shoal_queue_depth", "function" => function.clone(), "state" => "waiting").set(depth.waiting as f64);
-            metrics::gauge!("shoal_queue_depth", "function" => function, "state" => "in_flight").set(depth.in_flight as f64);
+            metrics::gauge!("shoal_queue_depth", "function" => function, "state" => "in_flight")
+                .set(depth.in_flight as f64);
         }
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], prom.render()).into_response()

@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
 use shoal_protocol::{
-    Accepted, ErrorBody, FUNCTION_ERROR_HEADER, FunctionFailure, INVOCATION_ID_HEADER, InvocationView, LogsView,
+    Accepted, ErrorBody, FUNCTION_ERROR_HEADER, FunctionFailure, INVOCATION_ID_HEADER,
+    InvocationView, LogsView,
 };
 use shoal_types::Outcome;
 
@@ -50,7 +51,11 @@ pub(crate) async fn invoke(
     let is_async = match params.mode.as_deref() {
         None | Some("sync") => false,
         Some("async") => true,
-        Some(other) => return Err(ApiError::invalid(format!("mode {other:?} is not known; use sync or async"))),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "mode {other:?} is not known; use sync or async"
+            )));
+        }
     };
     let body = body?;
     let event = event_text(&body)?;
@@ -58,7 +63,10 @@ pub(crate) async fn invoke(
         let id = state.handle.invoke_async(&name, event).await?;
         let mut resp = (
             StatusCode::ACCEPTED,
-            Json(Accepted { id: id.clone(), status: "queued".into() }),
+            Json(Accepted {
+                id: id.clone(),
+                status: "queued".into(),
+            }),
         )
             .into_response();
         set_header(&mut resp, INVOCATION_ID_HEADER, &id);
@@ -68,7 +76,8 @@ pub(crate) async fn invoke(
     let mut resp = match &done.outcome {
         Outcome::Succeeded(json) => {
             let mut r = json.clone().into_response();
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
         Outcome::Failed(f) => {
@@ -90,7 +99,8 @@ fn event_text(body: &[u8]) -> Result<String, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok("{}".to_string());
     }
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("the event is not UTF-8 text; send JSON"))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::invalid("the event is not UTF-8 text; send JSON"))?;
     let raw: &RawValue = serde_json::from_str(text)
         .map_err(|e| ApiError::invalid(format!("the event is not valid JSON: {e}")))?;
     Ok(raw.get().to_string())
@@ -111,7 +121,9 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<InvocationView>, ApiError> {
-    Ok(Json(convert::invocation(&state.handle.invocation(&id).await?)))
+    Ok(Json(convert::invocation(
+        &state.handle.invocation(&id).await?,
+    )))
 }
 
 /// The logs (stdout and stderr) of an invocation's latest attempt.

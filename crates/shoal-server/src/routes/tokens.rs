@@ -41,7 +41,10 @@ pub(crate) async fn create(
 
 /// Lists tokens (without secrets).
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
-pub(crate) async fn list(_: Auth<Admin>, State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
+pub(crate) async fn list(
+    _: Auth<Admin>,
+    State(state): State<AppState>,
+) -> Result<Json<TokenList>, ApiError> {
     let tokens = state.handle.tokens().await?;
     Ok(Json(TokenList {
         tokens: tokens.iter().map(convert::token).collect(),

@@ -98,8 +98,12 @@ async fn sync_and_async_invocations_are_recorded() {
     assert_eq!(out["id"], json!(done.id));
     assert_eq!(out["fn"], json!("echo"));
 
-    // The record is readable right away and says what happened.
+    // The record is readable right away and says what happened; the first
+    // call after a deploy was a cold start, the next one is warm.
     let inv = c.invocation(&done.id).await.unwrap();
+    assert!(inv.cold_start);
+    let warm = c.invoke("echo", "{}").await.unwrap();
+    assert!(!c.invocation(&warm.id).await.unwrap().cold_start);
     assert_eq!(inv.status, "succeeded");
     assert_eq!(inv.mode, "sync");
     assert_eq!(inv.attempts, 1);
@@ -199,10 +203,17 @@ async fn health_metrics_and_openapi() {
     assert_eq!(c.health().await.unwrap().status, "ok");
     deploy(&c, "name = \"m\"", "def handler(e, ctx):\n    return 1\n").await;
     c.invoke("m", "{}").await.unwrap();
+    // The default body limit is 6 MiB.
+    let big = format!("\"{}\"", "x".repeat(6 * 1024 * 1024 + 1));
+    let (status, body) = c.raw("POST", "/v1/functions/m/invoke", Some("application/json"), big.into_bytes()).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    let just_under = format!("\"{}\"", "x".repeat(6 * 1024 * 1024 - 16));
+    let (status, _) = c.raw("POST", "/v1/functions/m/invoke", Some("application/json"), just_under.into_bytes()).await.unwrap();
+    assert_eq!(status, 200);
     let metrics = c.get_text("/metrics").await.unwrap();
     assert!(
         metrics
-            .contains(r#"shoal_invocations_total{function="m",mode="sync",outcome="succeeded"} 1"#),
+            .contains(r#"shoal_invocations_total{function="m",mode="sync",outcome="succeeded"} 2"#),
         "{metrics}"
     );
     assert!(

@@ -205,10 +205,26 @@ async fn health_metrics_and_openapi() {
     c.invoke("m", "{}").await.unwrap();
     // The default body limit is 6 MiB.
     let big = format!("\"{}\"", "x".repeat(6 * 1024 * 1024 + 1));
-    let (status, body) = c.raw("POST", "/v1/functions/m/invoke", Some("application/json"), big.into_bytes()).await.unwrap();
+    let (status, body) = c
+        .raw(
+            "POST",
+            "/v1/functions/m/invoke",
+            Some("application/json"),
+            big.into_bytes(),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 413, "{body}");
     let just_under = format!("\"{}\"", "x".repeat(6 * 1024 * 1024 - 16));
-    let (status, _) = c.raw("POST", "/v1/functions/m/invoke", Some("application/json"), just_under.into_bytes()).await.unwrap();
+    let (status, _) = c
+        .raw(
+            "POST",
+            "/v1/functions/m/invoke",
+            Some("application/json"),
+            just_under.into_bytes(),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let metrics = c.get_text("/metrics").await.unwrap();
     assert!(

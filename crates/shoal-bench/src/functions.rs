@@ -39,6 +39,59 @@ pub const NUMPY: Source = Source {
     name_line: "name = \"bench-numpy\"",
 };
 
+/// `map` + `reduce`: the total of `price * qty` (query benchmarks).
+pub const QUERY_SUM: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/query-sum/shoal.toml"),
+        ),
+        ("main.py", include_str!("../functions/query-sum/main.py")),
+    ],
+    name_line: "name = \"bench-sum\"",
+};
+
+/// The same total as `map_batch` (one value per document) + `reduce`.
+pub const QUERY_SUM_BATCH: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/query-sum-batch/shoal.toml"),
+        ),
+        (
+            "main.py",
+            include_str!("../functions/query-sum-batch/main.py"),
+        ),
+    ],
+    name_line: "name = \"bench-sum-batch\"",
+};
+
+/// A CPU-heavy pure-Python `map` (about 1 ms per document) + `reduce`.
+pub const QUERY_CPU: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/query-cpu/shoal.toml"),
+        ),
+        ("main.py", include_str!("../functions/query-cpu/main.py")),
+    ],
+    name_line: "name = \"bench-cpu\"",
+};
+
+/// The Python baselines of the query benchmarks (`baselines/`), written out
+/// next to each other before they run.
+pub const BASELINES: [(&str, &str); 3] = [
+    ("common.py", include_str!("../baselines/common.py")),
+    (
+        "pool_baseline.py",
+        include_str!("../baselines/pool_baseline.py"),
+    ),
+    (
+        "ray_baseline.py",
+        include_str!("../baselines/ray_baseline.py"),
+    ),
+];
+
 impl Source {
     /// Writes the function under `name` into `dir`; `variant` is appended to
     /// `main.py` as a comment so that each variant is new code.

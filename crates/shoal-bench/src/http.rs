@@ -111,11 +111,21 @@ impl Conn {
     }
 
     pub async fn post(&mut self, path: &str, body: &[u8]) -> Result<Reply<'_>> {
-        self.call("POST", path, body).await
+        self.call("POST", path, "application/json", body).await
+    }
+
+    /// A POST with another content type (e.g. NDJSON documents).
+    pub async fn post_as(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Reply<'_>> {
+        self.call("POST", path, content_type, body).await
     }
 
     pub async fn get(&mut self, path: &str) -> Result<Reply<'_>> {
-        self.call("GET", path, &[]).await
+        self.call("GET", path, "", &[]).await
     }
 
     /// A synchronous invocation that must succeed.
@@ -134,7 +144,13 @@ impl Conn {
         Ok(reply)
     }
 
-    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Reply<'_>> {
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Reply<'_>> {
         if self.closed {
             bail!("the connection is closed");
         }
@@ -145,7 +161,7 @@ impl Conn {
         if !body.is_empty() {
             write!(
                 self.out,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                 body.len()
             )?;
         }

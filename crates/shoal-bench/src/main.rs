@@ -2,19 +2,25 @@
 //!
 //! Starts a real `shoal serve` (release build) on a fresh data directory,
 //! deploys the bench functions and measures, over HTTP: warm sync latency,
-//! sync throughput, cold start, asynchronous end-to-end throughput, and how
-//! fast a warm numpy function gets a new worker. Prints a Markdown section
-//! with each figure beside its target and appends it to `docs/benchmarks.md`.
+//! sync throughput, cold start, asynchronous end-to-end throughput, how
+//! fast a warm numpy function gets a new worker, and (`queries.rs`) batched
+//! document writes and map/reduce queries over a million documents beside
+//! Python baselines (multiprocessing, Ray) on the same data. Prints a
+//! Markdown section with each figure beside its target and appends it to
+//! `docs/benchmarks.md`.
 //!
 //! The client side runs on one thread (tokio `current_thread`) so that it
 //! takes as little as possible from the cores it shares with the node.
 
 mod cpu;
+mod data;
 mod functions;
 mod http;
 mod node;
 mod phases;
+mod queries;
 mod report;
+mod rss;
 mod stats;
 
 use std::path::PathBuf;
@@ -27,20 +33,41 @@ use clap::Parser;
 use phases::Ctx;
 use report::{Phase, Results};
 
-const PHASES: [&str; 5] = ["latency", "throughput", "cold", "numpy", "async"];
+const PHASES: [&str; 10] = [
+    "latency",
+    "throughput",
+    "cold",
+    "numpy",
+    "async",
+    "writes",
+    "queries",
+    "query-cpu",
+    "query-cold",
+    "query-stream",
+];
 
 #[derive(Parser)]
 #[command(
     name = "shoal-bench",
-    about = "Measures a real Shoal node and appends the figures to docs/benchmarks.md."
+    about = "Measures a real Shoal node and appends the figures to docs/benchmarks.md.",
+    args_override_self = true
 )]
 struct Args {
-    /// Fewer samples and shorter windows (about 30 s instead of a minute).
+    /// Fewer samples, shorter windows, 200k instead of 1M documents.
     #[arg(long)]
     quick: bool,
-    /// Run only these phases (comma-separated): latency, throughput, cold, numpy, async.
+    /// Run only these phases (comma-separated): latency, throughput, cold,
+    /// numpy, async, writes, queries, query-cpu, query-cold, query-stream.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The Python interpreter with Ray installed, for baseline (b) of the
+    /// query phases (`scripts/bench` installs Ray into this venv).
+    #[arg(long, default_value = "target/bench-venv/bin/python")]
+    ray_python: PathBuf,
+    /// Why Ray could not be installed (set by `scripts/bench`): baseline (b)
+    /// is then reported as a miss with this reason.
+    #[arg(long, env = "SHOAL_BENCH_RAY_MISSING")]
+    ray_missing: Option<String>,
     /// The `shoal` binary (default: next to this one).
     #[arg(long)]
     shoal: Option<PathBuf>,
@@ -143,20 +170,30 @@ async fn run(args: Args) -> Result<()> {
     let load_before = report::load_average();
     let started = Instant::now();
 
+    let mut query_plan = queries::Plan::new(args.quick, ray_python(&args.ray_python));
+    query_plan.ray_missing = args.ray_missing.clone().filter(|r| !r.trim().is_empty());
+    let query_sel = queries::Selected {
+        writes: selected("writes"),
+        queries: selected("queries"),
+        cold: selected("query-cold"),
+        cpu: selected("query-cpu"),
+        stream: selected("query-stream"),
+    };
+    let node_args = if query_sel.any() {
+        query_plan.node_args()
+    } else {
+        Vec::new()
+    };
+
     let tmp = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
-    let mut node = node::Node::start(&shoal, tmp.path(), &args.node_log)?;
+    let mut node = node::Node::start(&shoal, tmp.path(), &args.node_log, &node_args)?;
     eprintln!(
         "shoal-bench: node {} (pid {}), data in {}",
         node.url,
         node.pid(),
         tmp.path().display()
     );
-    let ctx = Ctx {
-        target: http::Target::new(node.addr, &node.token)?,
-        client: shoal_client::Client::new(&node.url, Some(&node.token))?,
-        node_pid: node.pid(),
-        scratch: tmp.path().join("functions"),
-    };
+    let ctx = Ctx::for_node(&node, tmp.path().join("functions"))?;
 
     let echo_ready = if selected("latency") || selected("throughput") {
         step("deploying bench-echo");
@@ -264,6 +301,12 @@ async fn run(args: Args) -> Result<()> {
         );
     }
 
+    drop(ctx);
+    // Last: these restart the node.
+    let others_ran = PHASES[..5].iter().any(|p| selected(p));
+    let query_results =
+        queries::run(&mut node, tmp.path(), &query_plan, query_sel, others_ran).await;
+
     node.stop(Duration::from_secs(10));
     let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
     let warnings = log
@@ -293,6 +336,7 @@ async fn run(args: Args) -> Result<()> {
         cold,
         async_run,
         numpy,
+        queries: query_results,
         total_s: started.elapsed().as_secs_f64(),
     };
     let section = report::render(&results);
@@ -306,6 +350,16 @@ async fn run(args: Args) -> Result<()> {
         eprintln!("shoal-bench: kept {}", kept.display());
     }
     Ok(())
+}
+
+/// `path` made absolute (the baselines run from another directory).
+fn ray_python(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() || path.components().count() == 1 {
+        return path.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn step(what: &str) {

@@ -1,5 +1,6 @@
 //! Starts a real `shoal serve` on a free loopback port with a fresh data
-//! directory, the way the end-to-end tests do, and stops it on drop.
+//! directory, the way the end-to-end tests do, and stops it on drop. The
+//! query benchmarks restart it on the same data directory.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,16 +16,22 @@ pub struct Node {
     pub token: String,
     pub log_path: PathBuf,
     child: Child,
+    shoal: PathBuf,
+    dir: PathBuf,
+    log_filter: String,
 }
 
 impl Node {
-    /// Starts `shoal serve --listen 127.0.0.1:0 --data-dir DIR/data`; the
-    /// node's stderr goes to `DIR/node.log`.
-    pub fn start(shoal: &Path, dir: &Path, log_filter: &str) -> Result<Node> {
+    /// Starts `shoal serve --listen 127.0.0.1:0 --data-dir DIR/data` plus
+    /// `extra` arguments; the node's stderr is appended to `DIR/node.log`.
+    pub fn start(shoal: &Path, dir: &Path, log_filter: &str, extra: &[String]) -> Result<Node> {
         let data_dir = dir.join("data");
         let log_path = dir.join("node.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut child = Command::new(shoal)
             .arg("serve")
             .arg("--listen")
@@ -33,6 +40,7 @@ impl Node {
             .arg(&data_dir)
             .arg("--shutdown-deadline")
             .arg("5s")
+            .args(extra)
             .env("SHOAL_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -86,17 +94,40 @@ impl Node {
             token,
             log_path,
             child,
+            shoal: shoal.to_path_buf(),
+            dir: dir.to_path_buf(),
+            log_filter: log_filter.to_string(),
         })
+    }
+
+    /// Stops the node with SIGTERM, as an operator would, and starts it
+    /// again on the same data directory with `extra` arguments (its address
+    /// changes). Returns how long the stop and the start took.
+    pub fn restart(&mut self, extra: &[String]) -> Result<(Duration, Duration)> {
+        let t = Instant::now();
+        if !self.stop(Duration::from_secs(30)) {
+            bail!("the node did not stop within 30 s of SIGTERM (killed)");
+        }
+        let stopped = t.elapsed();
+        let t = Instant::now();
+        let (shoal, dir, filter) = (
+            self.shoal.clone(),
+            self.dir.clone(),
+            self.log_filter.clone(),
+        );
+        *self = Node::start(&shoal, &dir, &filter, extra)?;
+        Ok((stopped, t.elapsed()))
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. True when
+    /// it exited without the SIGKILL.
+    pub fn stop(&mut self, grace: Duration) -> bool {
         if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+            return true;
         }
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -104,18 +135,19 @@ impl Node {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(10));
+        let _ = self.stop(Duration::from_secs(10));
     }
 }
 

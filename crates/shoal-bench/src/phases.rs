@@ -34,7 +34,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn cpu(&self) -> Snapshot {
+    /// A context for a running node; `scratch` holds function directories.
+    pub fn for_node(node: &crate::node::Node, scratch: PathBuf) -> Result<Ctx> {
+        Ok(Ctx {
+            target: Target::new(node.addr, &node.token)?,
+            client: Client::new(&node.url, Some(&node.token))?,
+            node_pid: node.pid(),
+            scratch,
+        })
+    }
+
+    pub fn cpu(&self) -> Snapshot {
         Snapshot::take(self.node_pid)
     }
 }

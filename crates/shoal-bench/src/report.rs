@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 
 use crate::cpu::Usage;
 use crate::phases::{AsyncRun, ColdSample, Latency, Numpy, Throughput};
+use crate::queries::{self, Baseline, BaselineTask};
+use crate::rss::{self, Peak};
 use crate::stats::{fmt_ms, max, median, min, thousands, utc};
 
 /// What a phase produced: its result, an error, or nothing (not selected).
@@ -28,6 +30,7 @@ pub struct Results {
     pub cold: Phase<(Vec<ColdSample>, Usage)>,
     pub async_run: Phase<AsyncRun>,
     pub numpy: Phase<Numpy>,
+    pub queries: queries::Results,
     pub total_s: f64,
 }
 
@@ -35,8 +38,23 @@ struct Row {
     figure: String,
     target: &'static str,
     measured: String,
-    /// `None`: the phase was not run.
-    pass: Option<bool>,
+    verdict: Verdict,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    Pass,
+    Miss,
+    /// A figure reported without a target.
+    Info,
+    /// The phase was not run.
+    Skipped,
+}
+
+impl From<bool> for Verdict {
+    fn from(pass: bool) -> Verdict {
+        if pass { Verdict::Pass } else { Verdict::Miss }
+    }
 }
 
 pub fn render(r: &Results) -> String {
@@ -54,7 +72,7 @@ pub fn render(r: &Results) -> String {
                 ),
                 target: "≤ 1 ms",
                 measured: format!("{} (p99 {})", fmt_ms(l.p50_ms), fmt_ms(l.p99_ms)),
-                pass: Some(l.p50_ms <= 1.0),
+                verdict: (l.p50_ms <= 1.0).into(),
             });
             details.push(format!(
                 "Warm latency: p50 {}, p90 {}, p99 {}, max {}, mean {} over {} sequential calls; \
@@ -92,7 +110,7 @@ pub fn render(r: &Results) -> String {
                     best.conns,
                     all.join(", ")
                 ),
-                pass: Some(best.per_sec >= 3000.0),
+                verdict: (best.per_sec >= 3000.0).into(),
             });
             let counts: Vec<String> = runs
                 .iter()
@@ -146,7 +164,7 @@ pub fn render(r: &Results) -> String {
                     fmt_ms(max(&wall)),
                     fmt_ms(median(&queued))
                 ),
-                pass: Some(median(&wall) <= 150.0),
+                verdict: (median(&wall) <= 150.0).into(),
             });
             details.push(format!(
                 "Cold start: client-side wall times {}; the node's queued_ms {} and duration_ms {}; \
@@ -191,7 +209,7 @@ pub fn render(r: &Results) -> String {
                         thousands(a.m as f64 / a.accept_s)
                     )
                 },
-                pass: Some(!a.timed_out && a.failed == 0 && per_s >= 2000.0),
+                verdict: (!a.timed_out && a.failed == 0 && per_s >= 2000.0).into(),
             });
             details.push(format!(
                 "Async: all {} accepted after {:.2} s ({}/s), when {} had finished; last one finished at {:.2} s; \
@@ -233,7 +251,7 @@ pub fn render(r: &Results) -> String {
                     fmt_ms(max(&new)),
                     fmt_ms(cold)
                 ),
-                pass: Some(!new.is_empty() && med <= 20.0),
+                verdict: (!new.is_empty() && med <= 20.0).into(),
             });
             for (i, round) in n.rounds.iter().enumerate() {
                 let wave: Vec<String> = round
@@ -265,6 +283,8 @@ pub fn render(r: &Results) -> String {
             other,
         )),
     }
+
+    render_queries(&r.queries, &mut rows, &mut details, &mut cpu);
 
     let mut out = String::new();
     let now = SystemTime::now()
@@ -299,10 +319,11 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(out, "| Figure | Target | Measured | Result |");
     let _ = writeln!(out, "|---|---|---|---|");
     for row in &rows {
-        let verdict = match row.pass {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "skipped",
+        let verdict = match row.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::Info => "info",
+            Verdict::Skipped => "skipped",
         };
         let _ = writeln!(
             out,
@@ -342,15 +363,15 @@ pub fn render(r: &Results) -> String {
 }
 
 fn missing<T>(figure: &str, target: &'static str, phase: &Phase<T>) -> Row {
-    let (measured, pass) = match phase {
-        Phase::Failed(e) => (format!("not measured: {}", one_line(e)), Some(false)),
-        _ => ("not run (see --only)".into(), None),
+    let (measured, verdict) = match phase {
+        Phase::Failed(e) => (format!("not measured: {}", one_line(e)), Verdict::Miss),
+        _ => ("not run (see --only)".into(), Verdict::Skipped),
     };
     Row {
         figure: figure.into(),
         target,
         measured,
-        pass,
+        verdict,
     }
 }
 
@@ -448,9 +469,10 @@ functions (`crates/shoal-bench/functions/`), drives the node over HTTP with
 keep-alive connections from a single-threaded client, prints a section like
 the ones below and appends it here. Newest runs last.
 
-    scripts/bench            # the full run (about a minute after the build)
-    scripts/bench --quick    # fewer samples (about 30 s)
-    scripts/bench --help     # other flags (--only, --no-append, ...)
+    scripts/bench            # the full run (about 5 minutes after the build)
+    scripts/bench --quick    # fewer samples, 200k instead of 1M documents
+    scripts/bench --only writes,queries,query-cpu,query-cold,query-stream
+    scripts/bench --help     # other flags (--no-append, --keep, ...)
 
 The client, the node and the Python workers share the machine's cores, so the
 CPU table of each run says where the time went. Other work running on the
@@ -474,4 +496,610 @@ pub fn append(path: &Path, section: &str) -> Result<()> {
     }
     writeln!(f, "{section}")?;
     Ok(())
+}
+
+// ------------------------------------------------------------ query figures
+
+fn secs(s: f64) -> String {
+    if s.is_finite() {
+        format!("{s:.2} s")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn mib(p: &Peak) -> String {
+    format!("{} MiB", thousands(p.total_mib()))
+}
+
+fn peak_detail(p: &Peak) -> String {
+    format!(
+        "{} (root process {} MiB + descendants {} MiB, {} processes; {} samples)",
+        mib(p),
+        thousands(rss::mib(p.root)),
+        thousands(rss::mib(p.descendants)),
+        p.processes,
+        p.samples
+    )
+}
+
+/// `(a) 190 ms`-style cell for a baseline task.
+fn baseline_ms(b: &Baseline, task: &str) -> f64 {
+    b.task(task).map_or(f64::NAN, BaselineTask::median_ms)
+}
+
+fn ratio(shoal: f64, base: f64) -> f64 {
+    shoal / base
+}
+
+fn baseline_detail(label: &str, b: &Baseline, tasks: &[&str]) -> String {
+    let mut parts = Vec::new();
+    for t in tasks {
+        if let Some(x) = b.task(t) {
+            let times: Vec<String> = x.times_s.iter().map(|s| fmt_ms(s * 1000.0)).collect();
+            parts.push(format!(
+                "`{t}` {} (first run {})",
+                times.join(", "),
+                x.first_s.map_or("n/a".into(), |s| fmt_ms(s * 1000.0))
+            ));
+        }
+    }
+    let start = if b.load.start_s > 0.0 {
+        format!(
+            "starting Ray and the actors took {}; ",
+            secs(b.load.start_s)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{label} ({}, {} documents): {start}loading took {} (read {}, json.loads {}, distribute {}); runs: {}; \
+         peak RSS of its process tree {}; {} in all.",
+        b.version,
+        thousands(b.docs as f64),
+        secs(b.load.total_s),
+        secs(b.load.read_s),
+        secs(b.load.parse_s),
+        secs(b.load.distribute_s),
+        parts.join("; "),
+        peak_detail(&b.peak),
+        secs(b.wall_s)
+    )
+}
+
+fn series_detail(name: &str, s: &queries::ShoalSeries) -> String {
+    let wall: Vec<String> = s.reps.iter().map(|r| fmt_ms(r.wall_ms)).collect();
+    let node: Vec<String> = s.reps.iter().map(|r| fmt_ms(r.node_ms)).collect();
+    let cached: Vec<String> = s
+        .reps
+        .iter()
+        .map(|r| format!("{}/{}", r.cached_shards, r.shards))
+        .collect();
+    format!(
+        "Shoal `{name}`: first query (workers start, documents read from the store) {} (node {}, {}/{} shards cached); \
+         then {} (node's duration_ms {}; cached shards {}).",
+        fmt_ms(s.first.wall_ms),
+        fmt_ms(s.first.node_ms),
+        s.first.cached_shards,
+        s.first.shards,
+        wall.join(", "),
+        node.join(", "),
+        cached.join(", ")
+    )
+}
+
+fn render_queries(
+    q: &queries::Results,
+    rows: &mut Vec<Row>,
+    details: &mut Vec<String>,
+    cpu: &mut Vec<(String, Usage)>,
+) {
+    let overhead = q.plan_overhead_mb as f64;
+
+    // Writes.
+    match &q.writes {
+        Phase::Done(w) => {
+            let per_s = w.docs as f64 / w.secs;
+            rows.push(Row {
+                figure: format!(
+                    "Batched durable document writes: {} docs (~{} B each) as NDJSON, batches of {}, {} connections",
+                    thousands(w.docs as f64),
+                    w.bytes / w.docs.max(1),
+                    thousands(w.batch as f64),
+                    w.conns
+                ),
+                target: "≥ 100,000 docs/s",
+                measured: format!(
+                    "{} docs/s, {:.1} MB/s ({} in {})",
+                    thousands(per_s),
+                    w.bytes as f64 / 1e6 / w.secs,
+                    thousands(w.docs as f64),
+                    secs(w.secs)
+                ),
+                verdict: (per_s >= 100_000.0).into(),
+            });
+            details.push(format!(
+                "Writes: {:.0} MB of NDJSON; a batch took {} (median, max {}); the store file was {} afterwards.",
+                w.bytes as f64 / 1e6,
+                fmt_ms(w.batch_p50_ms),
+                fmt_ms(w.batch_max_ms),
+                w.store_bytes
+                    .map_or("unknown".into(), |b| format!("{:.0} MB", b as f64 / 1e6))
+            ));
+            cpu.push(("document writes".into(), w.cpu.clone()));
+        }
+        other => rows.push(missing(
+            "Batched durable document writes",
+            "≥ 100,000 docs/s",
+            other,
+        )),
+    }
+
+    // Repeated queries and the baselines.
+    match &q.warm {
+        Phase::Done(w) => {
+            let ray_ms = |task: &str| match &w.ray {
+                Ok(r) => format!("(b) Ray {}", fmt_ms(baseline_ms(r, task))),
+                Err(_) => "(b) Ray not measured".into(),
+            };
+            for (task, series, target, limit, how) in [
+                (
+                    queries::SUM_NAME,
+                    &w.sum,
+                    "≤ 1.5× (a)",
+                    1.5,
+                    "`map` + `reduce` per document",
+                ),
+                (
+                    queries::BATCH_NAME,
+                    &w.batch,
+                    "≤ 1.2× (a)",
+                    1.2,
+                    "`map_batch` + `reduce`",
+                ),
+            ] {
+                let shoal = series.median_ms();
+                let a = baseline_ms(&w.pool, task);
+                let r = ratio(shoal, a);
+                rows.push(Row {
+                    figure: format!(
+                        "Repeated query, {} docs, {how}: Shoal vs (a) `multiprocessing.Pool(2)` holding the documents (medians of {})",
+                        thousands(w.docs as f64),
+                        series.reps.len()
+                    ),
+                    target,
+                    measured: format!(
+                        "Shoal {} vs (a) {}: {r:.2}×; {}",
+                        fmt_ms(shoal),
+                        fmt_ms(a),
+                        ray_ms(task)
+                    ),
+                    verdict: (r <= limit).into(),
+                });
+            }
+            rows.push(match &w.ray {
+                Ok(r) => Row {
+                    figure: "(b) Ray, 2 actors holding the documents, beside (a)".into(),
+                    target: "measured",
+                    measured: format!(
+                        "{}: per document {}, `map_batch` {}",
+                        r.version,
+                        fmt_ms(baseline_ms(r, queries::SUM_NAME)),
+                        fmt_ms(baseline_ms(r, queries::BATCH_NAME))
+                    ),
+                    verdict: Verdict::Pass,
+                },
+                Err(e) => Row {
+                    figure: "(b) Ray, 2 actors holding the documents, beside (a)".into(),
+                    target: "measured",
+                    measured: format!("not measured: {}", one_line(e)),
+                    verdict: Verdict::Miss,
+                },
+            });
+            let budget = w.cache_mb as f64;
+            rows.push(Row {
+                figure: format!(
+                    "Peak RSS of the node and its workers during the {}-doc queries ({:.0} MB of JSON)",
+                    thousands(w.docs as f64),
+                    w.bytes as f64 / 1e6
+                ),
+                target: "≤ budget + 256 MiB",
+                measured: format!(
+                    "{} with `--query-cache-mb {}` (node {} MiB, workers {} MiB)",
+                    mib(&w.peak),
+                    w.cache_mb,
+                    thousands(rss::mib(w.peak.root)),
+                    thousands(rss::mib(w.peak.descendants))
+                ),
+                verdict: (w.peak.samples > 0 && w.peak.total_mib() <= budget + overhead).into(),
+            });
+            details.push(format!(
+                "Queries: {} documents in {} shards, the same function modules (`crates/shoal-bench/functions/`) \
+                 for every system, the same expected total {} (exact: prices are multiples of 0.25). (a) is \
+                 `multiprocessing.Pool(2)` forked after the parent parsed the file (worker k maps half k, the parent \
+                 reduces the two partial results; two warm-up runs first, so copy-on-write is done); (b) is a local \
+                 Ray instance with 2 actors that parsed their half of the lines. The baselines ran one after the \
+                 other while the node sat idle.",
+                thousands(w.docs as f64),
+                w.shards,
+                w.expected
+            ));
+            details.push(series_detail(queries::SUM_NAME, &w.sum));
+            details.push(series_detail(queries::BATCH_NAME, &w.batch));
+            details.push(baseline_detail(
+                "(a) Pool",
+                &w.pool,
+                &[queries::SUM_NAME, queries::BATCH_NAME],
+            ));
+            match &w.ray {
+                Ok(r) => details.push(baseline_detail(
+                    "(b) Ray",
+                    r,
+                    &[queries::SUM_NAME, queries::BATCH_NAME],
+                )),
+                Err(e) => details.push(format!("(b) Ray was not measured: {}", one_line(e))),
+            }
+            details.push(format!(
+                "Memory during the Shoal queries: {}; RSS counts pages shared by forked workers once per process.",
+                peak_detail(&w.peak)
+            ));
+            cpu.push(("repeated queries, `map` (Shoal)".into(), w.sum.cpu.clone()));
+            cpu.push((
+                "repeated queries, `map_batch` (Shoal)".into(),
+                w.batch.cpu.clone(),
+            ));
+        }
+        other => {
+            rows.push(missing(
+                "Repeated query, `map` + `reduce` per document, vs (a)",
+                "≤ 1.5× (a)",
+                other,
+            ));
+            rows.push(missing(
+                "Repeated query, `map_batch` + `reduce`, vs (a)",
+                "≤ 1.2× (a)",
+                other,
+            ));
+            rows.push(missing(
+                "Peak RSS of the node and its workers during the queries",
+                "≤ budget + 256 MiB",
+                other,
+            ));
+        }
+    }
+
+    // Cold.
+    match &q.cold {
+        Phase::Done(c) => {
+            let mut beside = Vec::new();
+            if let Some((load, first)) = c.pool {
+                beside.push(format!(
+                    "(a) loads the file in {} (first query then {})",
+                    secs(load),
+                    fmt_ms(first * 1000.0)
+                ));
+            }
+            if let Some((load, first, start)) = c.ray {
+                beside.push(format!(
+                    "(b) in {} (first query then {}; starting Ray {})",
+                    secs(load),
+                    fmt_ms(first * 1000.0),
+                    secs(start)
+                ));
+            } else if let Some(e) = &c.ray_error {
+                beside.push(format!("(b) not measured ({})", one_line(e)));
+            }
+            rows.push(Row {
+                figure: format!(
+                    "First query after a node restart (SIGTERM, start on the same data), {} docs, median of {}",
+                    thousands(c.docs as f64),
+                    c.runs.len()
+                ),
+                target: "beside (a), (b) loading the file",
+                measured: format!(
+                    "Shoal {}; {}",
+                    fmt_ms(c.median_ms()),
+                    if beside.is_empty() {
+                        "baselines not run".into()
+                    } else {
+                        beside.join("; ")
+                    }
+                ),
+                verdict: Verdict::Info,
+            });
+            let runs: Vec<String> = c
+                .runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "stop {} + start {} then query {} (node {}, {}/{} shards cached)",
+                        secs(r.stop_s),
+                        secs(r.start_s),
+                        fmt_ms(r.query.wall_ms),
+                        fmt_ms(r.query.node_ms),
+                        r.query.cached_shards,
+                        r.query.shards
+                    )
+                })
+                .collect();
+            details.push(format!(
+                "Cold: {}; peak RSS {}.",
+                runs.join("; "),
+                peak_detail(&c.peak)
+            ));
+            cpu.push(("first query after a restart (Shoal)".into(), c.cpu.clone()));
+        }
+        other => rows.push(missing(
+            "First query after a node restart",
+            "beside (a), (b) loading the file",
+            other,
+        )),
+    }
+
+    // CPU-heavy map.
+    match &q.cpu_heavy {
+        Phase::Done(c) => {
+            let shoal = c.shoal_median_ms();
+            let a = baseline_ms(&c.pool, queries::CPU_NAME);
+            let r = ratio(shoal, a);
+            let ray = match &c.ray {
+                Ok(b) => format!("(b) Ray {}", fmt_ms(baseline_ms(b, queries::CPU_NAME))),
+                Err(_) => "(b) Ray not measured".into(),
+            };
+            rows.push(Row {
+                figure: format!(
+                    "{} docs, CPU-heavy pure-Python `map` (~{:.1} ms per doc in (a)): Shoal vs (a), medians of {}",
+                    thousands(c.docs as f64),
+                    a * 2.0 / c.docs as f64,
+                    c.shoal.len()
+                ),
+                target: "≤ 1.1× (a)",
+                measured: format!(
+                    "Shoal {} vs (a) {}: {r:.2}×; {ray}",
+                    fmt_ms(shoal),
+                    fmt_ms(a)
+                ),
+                verdict: (r <= 1.1).into(),
+            });
+            let runs: Vec<String> = c
+                .shoal
+                .iter()
+                .map(|q| {
+                    format!(
+                        "{} (node {}, {}/{} cached)",
+                        fmt_ms(q.wall_ms),
+                        fmt_ms(q.node_ms),
+                        q.cached_shards,
+                        q.shards
+                    )
+                })
+                .collect();
+            details.push(format!(
+                "CPU-heavy: Shoal {} (the first run starts the workers).",
+                runs.join(", ")
+            ));
+            details.push(baseline_detail("(a) Pool", &c.pool, &[queries::CPU_NAME]));
+            match &c.ray {
+                Ok(b) => details.push(baseline_detail("(b) Ray", b, &[queries::CPU_NAME])),
+                Err(e) => details.push(format!("(b) Ray was not measured: {}", one_line(e))),
+            }
+            cpu.push(("CPU-heavy map (Shoal)".into(), c.cpu.clone()));
+        }
+        other => rows.push(missing(
+            "CPU-heavy pure-Python `map`: Shoal vs (a)",
+            "≤ 1.1× (a)",
+            other,
+        )),
+    }
+
+    // A small budget.
+    match &q.stream {
+        Phase::Done(s) => {
+            let budget = s.cache_mb as f64;
+            let runs: Vec<String> = s
+                .runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} ({}/{} shards cached)",
+                        fmt_ms(r.wall_ms),
+                        r.cached_shards,
+                        r.shards
+                    )
+                })
+                .collect();
+            rows.push(Row {
+                figure: format!(
+                    "Query with `--query-cache-mb {}` over {} docs ({:.0} MB of JSON): peak RSS of node + workers",
+                    s.cache_mb,
+                    thousands(s.docs as f64),
+                    s.bytes as f64 / 1e6
+                ),
+                target: "≤ budget + 256 MiB",
+                measured: format!(
+                    "{} (node {} MiB, workers {} MiB); queries took {}",
+                    mib(&s.peak),
+                    thousands(rss::mib(s.peak.root)),
+                    thousands(rss::mib(s.peak.descendants)),
+                    runs.join(", then ")
+                ),
+                verdict: (s.peak.samples > 0 && s.peak.total_mib() <= budget + overhead).into(),
+            });
+            details.push(format!(
+                "Small budget: after a restart with `--query-cache-mb {}`, two queries: {}; peak RSS {}.",
+                s.cache_mb,
+                runs.join(", "),
+                peak_detail(&s.peak)
+            ));
+            cpu.push((
+                format!("queries with a {} MiB budget (Shoal)", s.cache_mb),
+                s.cpu.clone(),
+            ));
+        }
+        other => rows.push(missing(
+            "Query with a budget far smaller than the data: peak RSS",
+            "≤ budget + 256 MiB",
+            other,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::queries::{ColdRun, CpuHeavy, Load, QueryRun, ShoalSeries, Stream, Warm, Writes};
+
+    fn run(ms: f64, cached: u32) -> QueryRun {
+        QueryRun {
+            wall_ms: ms,
+            node_ms: ms - 1.0,
+            docs: 1000,
+            shards: 8,
+            cached_shards: cached,
+            result: json!(12.5),
+        }
+    }
+
+    fn baseline(task: &str, times: &[f64]) -> Baseline {
+        let mut tasks = HashMap::new();
+        tasks.insert(
+            task.to_string(),
+            BaselineTask {
+                first_s: Some(1.0),
+                times_s: times.to_vec(),
+                result: json!(12.5),
+            },
+        );
+        Baseline {
+            version: "Python 3.11.7".into(),
+            docs: 1000,
+            load: Load {
+                start_s: 0.0,
+                read_s: 0.5,
+                parse_s: 5.0,
+                distribute_s: 0.2,
+                total_s: 5.7,
+            },
+            tasks,
+            peak: Peak {
+                total: 3 << 30,
+                root: 1 << 30,
+                descendants: 2 << 30,
+                processes: 3,
+                samples: 10,
+            },
+            wall_s: 9.0,
+        }
+    }
+
+    #[test]
+    fn renders_the_query_figures() {
+        let series = |ms: f64| ShoalSeries {
+            first: run(ms * 10.0, 0),
+            reps: vec![run(ms, 8), run(ms + 10.0, 8), run(ms - 10.0, 8)],
+            cpu: Usage::default(),
+        };
+        let mut pool = baseline(queries::SUM_NAME, &[0.2, 0.19, 0.21]);
+        pool.tasks.insert(
+            queries::BATCH_NAME.into(),
+            BaselineTask {
+                first_s: None,
+                times_s: vec![0.18],
+                result: json!(12.5),
+            },
+        );
+        let peak = Peak {
+            total: 900 << 20,
+            root: 100 << 20,
+            descendants: 800 << 20,
+            processes: 4,
+            samples: 40,
+        };
+        let q = queries::Results {
+            writes: Phase::Done(Writes {
+                docs: 1_000_000,
+                bytes: 206_000_000,
+                batch: 10_000,
+                conns: 4,
+                secs: 5.0,
+                batch_p50_ms: 180.0,
+                batch_max_ms: 400.0,
+                store_bytes: Some(300_000_000),
+                cpu: Usage::default(),
+            }),
+            warm: Phase::Done(Warm {
+                docs: 1_000_000,
+                bytes: 206_000_000,
+                shards: 8,
+                sum: series(280.0),
+                batch: series(230.0),
+                pool,
+                ray: Err("Ray could not be installed: no wheel | for this Python".into()),
+                peak,
+                cache_mb: 2048,
+                expected: 12.5,
+            }),
+            cold: Phase::Done(queries::Cold {
+                docs: 1_000_000,
+                runs: vec![ColdRun {
+                    stop_s: 0.2,
+                    start_s: 0.3,
+                    query: run(4000.0, 0),
+                }],
+                pool: Some((5.7, 1.0)),
+                ray: None,
+                ray_error: Some("not installed".into()),
+                peak,
+                cpu: Usage::default(),
+            }),
+            cpu_heavy: Phase::Done(CpuHeavy {
+                docs: 20_000,
+                shoal: vec![run(10_500.0, 0), run(10_400.0, 8)],
+                pool: baseline(queries::CPU_NAME, &[10.0, 10.2]),
+                ray: Ok(baseline(queries::CPU_NAME, &[10.8])),
+                cpu: Usage::default(),
+            }),
+            stream: Phase::Done(Stream {
+                docs: 1_000_000,
+                bytes: 206_000_000,
+                cache_mb: 64,
+                runs: vec![run(4100.0, 0), run(3900.0, 0)],
+                peak: Peak {
+                    total: 200 << 20,
+                    ..peak
+                },
+                cpu: Usage::default(),
+            }),
+            plan_overhead_mb: 256,
+        };
+        let (mut rows, mut details, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        render_queries(&q, &mut rows, &mut details, &mut cpu);
+        let verdicts: Vec<Verdict> = rows.iter().map(|r| r.verdict).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Pass, // 200,000 docs/s
+                Verdict::Pass, // per doc: 280 ms vs 200 ms = 1.4×
+                Verdict::Miss, // batch: 230 ms vs 180 ms = 1.28×
+                Verdict::Miss, // Ray not installed
+                Verdict::Pass, // 900 MiB ≤ 2048 + 256 MiB
+                Verdict::Info, // cold: no target
+                Verdict::Pass, // 10,450 ms vs 10,100 ms
+                Verdict::Pass, // 200 MiB ≤ 64 + 256 MiB
+            ]
+        );
+        let table: Vec<String> = rows
+            .iter()
+            .map(|r| format!("| {} | {} | {} |", r.figure, r.target, r.measured))
+            .collect();
+        let text = table.join("\n");
+        assert!(text.contains("Shoal 280 ms vs (a) 200 ms: 1.40×"), "{text}");
+        assert!(text.contains("no wheel \\| for this Python"), "{text}");
+        assert!(text.contains("200,000 docs/s, 41.2 MB/s"), "{text}");
+        assert!(!details.is_empty() && cpu.len() == 6);
+    }
 }

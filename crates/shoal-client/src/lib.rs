@@ -5,6 +5,7 @@
 mod archive;
 
 pub use archive::pack_dir;
+pub use reqwest::Body;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -16,6 +17,9 @@ use shoal_protocol::{
     ARCHIVE_CONTENT_TYPE, Accepted, CreateToken, CreatedToken, Deleted, ErrorBody, ErrorCode,
     FUNCTION_ERROR_HEADER, FunctionFailure, FunctionList, FunctionView, Health,
     INVOCATION_ID_HEADER, InvocationView, LogsView, TokenList,
+};
+use shoal_protocol::{
+    CategoryList, CategoryView, CreateCategory, DocPage, NDJSON_CONTENT_TYPE, QueryRequest, Written,
 };
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -233,6 +237,150 @@ impl Client {
         resp.text().await.map_err(transport)
     }
 
+    // ---- categories ----
+
+    pub async fn create_category(&self, name: &str, shards: Option<u32>) -> Result<CategoryView> {
+        let req = CreateCategory {
+            name: name.to_string(),
+            shards,
+        };
+        self.json(Method::POST, "/v1/categories", Some(&req)).await
+    }
+
+    pub async fn categories(&self) -> Result<Vec<CategoryView>> {
+        let list: CategoryList = self
+            .json(Method::GET, "/v1/categories", None::<&()>)
+            .await?;
+        Ok(list.categories)
+    }
+
+    pub async fn category(&self, name: &str) -> Result<CategoryView> {
+        self.json(
+            Method::GET,
+            &format!("/v1/categories/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn delete_category(&self, name: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/categories/{}", seg(name)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes documents (a JSON array or NDJSON body, possibly streamed).
+    /// Atomic: all or none.
+    pub async fn write_docs(
+        &self,
+        category: &str,
+        body: impl Into<reqwest::Body>,
+        ndjson: bool,
+        return_ids: bool,
+    ) -> Result<Written> {
+        let ct = if ndjson {
+            NDJSON_CONTENT_TYPE
+        } else {
+            "application/json"
+        };
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1/categories/{}/docs?return_ids={return_ids}",
+                self.base,
+                seg(category)
+            ))
+            .header(CONTENT_TYPE, ct)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport)?;
+        decode(resp).await
+    }
+
+    pub async fn get_doc(&self, category: &str, id: &str) -> Result<Value> {
+        self.json(
+            Method::GET,
+            &format!("/v1/categories/{}/docs/{}", seg(category), seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn put_doc(&self, category: &str, id: &str, doc: &Value) -> Result<Written> {
+        self.json(
+            Method::PUT,
+            &format!("/v1/categories/{}/docs/{}", seg(category), seg(id)),
+            Some(doc),
+        )
+        .await
+    }
+
+    pub async fn delete_doc(&self, category: &str, id: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/categories/{}/docs/{}", seg(category), seg(id)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn scan(
+        &self,
+        category: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DocPage> {
+        let mut path = format!("/v1/categories/{}/docs?limit={limit}", seg(category));
+        if let Some(c) = cursor {
+            path += &format!("&cursor={}", seg(c));
+        }
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Starts a query. With `sse`, the lines are SSE events (`event:` and
+    /// `data:` lines); otherwise NDJSON lines (`{"value"}`, then `{"done"}`
+    /// or `{"error"}`).
+    pub async fn query(
+        &self,
+        category: &str,
+        function: &str,
+        skip_errors: bool,
+        sse: bool,
+    ) -> Result<Lines> {
+        let req = QueryRequest {
+            function: function.to_string(),
+            skip_errors,
+        };
+        let mut builder = self
+            .http
+            .post(format!(
+                "{}/v1/categories/{}/query",
+                self.base,
+                seg(category)
+            ))
+            .json(&req);
+        if sse {
+            builder = builder.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        let resp = builder.send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(Lines {
+            resp,
+            buf: Vec::new(),
+            done: false,
+        })
+    }
+
     /// Sends any request and returns the status and body text, whatever the
     /// status. For probing the API (tests, debugging).
     pub async fn raw(
@@ -267,6 +415,36 @@ impl Client {
             req = req.json(b);
         }
         decode(req.send().await.map_err(transport)?).await
+    }
+}
+
+/// The lines of a streamed answer, read as they arrive.
+pub struct Lines {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl Lines {
+    /// The next line without its newline; `None` at the end.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                return Ok(Some(line));
+            }
+            if self.done {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(std::mem::take(&mut self.buf)));
+            }
+            match self.resp.chunk().await.map_err(transport)? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => self.done = true,
+            }
+        }
     }
 }
 

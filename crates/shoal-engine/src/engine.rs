@@ -18,6 +18,7 @@ use shoal_store::{Backend, FunctionRecord, InvocationRecord, QueueDepth, TokenRe
 use shoal_types::Role;
 
 use crate::auth::{self, Token, TokenCache};
+use crate::categories::{self, Category, CategoryOptions, NewDoc, RunningQuery};
 use crate::clock::Clock;
 use crate::dispatch::{self, Consumer};
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Extra lease time an asynchronous invocation gets beyond its timeout.
     pub lease_margin: Duration,
+    pub categories: CategoryOptions,
 }
 
 impl Options {
@@ -37,6 +39,7 @@ impl Options {
         Options {
             data_dir,
             lease_margin: Duration::from_secs(60),
+            categories: CategoryOptions::default(),
         }
     }
 }
@@ -275,6 +278,63 @@ impl Handle {
             .logs(id)
             .await?
             .unwrap_or_default())
+    }
+
+    // ---- categories ----
+
+    /// Creates a category with a shard level (the default when `None`).
+    pub async fn create_category(&self, name: &str, shards: Option<u32>) -> Result<Category> {
+        categories::create(&self.inner, name, shards).await
+    }
+
+    pub async fn category(&self, name: &str) -> Result<Category> {
+        categories::get(&self.inner, name).await
+    }
+
+    pub async fn categories(&self) -> Result<Vec<Category>> {
+        categories::list(&self.inner).await
+    }
+
+    pub async fn delete_category(&self, name: &str) -> Result<()> {
+        categories::delete(&self.inner, name).await
+    }
+
+    /// Writes documents atomically (creating the category if needed) and
+    /// returns their ids in order.
+    pub async fn write_docs(&self, category: &str, docs: Vec<NewDoc>) -> Result<Vec<String>> {
+        categories::write(&self.inner, category, docs).await
+    }
+
+    pub async fn doc(&self, category: &str, id: &str) -> Result<Vec<u8>> {
+        categories::get_doc(&self.inner, category, id).await
+    }
+
+    pub async fn delete_doc(&self, category: &str, id: &str) -> Result<()> {
+        categories::delete_doc(&self.inner, category, id).await
+    }
+
+    /// A page of documents and the cursor of the next page.
+    pub async fn scan(
+        &self,
+        category: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<shoal_store::StoredDoc>, Option<String>)> {
+        categories::scan(&self.inner, category, cursor, limit).await
+    }
+
+    /// Starts a map (and reduce) of `function` over a category.
+    pub async fn query(
+        &self,
+        category: &str,
+        function: &str,
+        skip_errors: bool,
+    ) -> Result<RunningQuery> {
+        categories::query(&self.inner, category, function, skip_errors).await
+    }
+
+    pub fn category_options(&self) -> CategoryOptions {
+        self.inner.opts.categories
     }
 
     // ---- observability ----

@@ -18,6 +18,12 @@ pub enum Error {
     /// Preparing the function failed (pip's message).
     #[error("deploy failed: {0}")]
     DeployFailed(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// A part of the request (a document) is over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// Storage or the runtime failed, or the node is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -34,7 +40,13 @@ impl Error {
 
 impl From<shoal_store::Error> for Error {
     fn from(e: shoal_store::Error) -> Error {
-        Error::Unavailable(e.to_string())
+        match e {
+            shoal_store::Error::NotFound(what) => Error::NotFound {
+                what: "category",
+                name: what,
+            },
+            other => Error::Unavailable(other.to_string()),
+        }
     }
 }
 

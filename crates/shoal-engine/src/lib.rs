@@ -5,6 +5,7 @@
 //! [`Clock`].
 
 mod auth;
+mod categories;
 mod clock;
 mod dispatch;
 mod engine;
@@ -13,9 +14,13 @@ mod functions;
 pub mod manifest;
 
 pub use auth::{SECRET_PREFIX, Token};
+pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use clock::{Clock, SystemClock};
 pub use dispatch::Completed;
 pub use engine::{Handle, Options, start};
 pub use error::{Error, Result};
 pub use functions::Deployed;
-pub use shoal_store::{ErrorRecord, FunctionRecord, InvocationRecord};
+pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
+pub use shoal_store::{
+    CategoryRecord, ErrorRecord, FunctionRecord, InvocationRecord, ShardStats, StoredDoc,
+};

@@ -44,6 +44,14 @@ pub enum ErrorCode {
     InvalidName,
     FunctionNotFound,
     InvocationNotFound,
+    CategoryNotFound,
+    DocumentNotFound,
+    /// A category with that name exists already.
+    CategoryExists,
+    /// A document is larger than the node's document limit.
+    DocumentTooLarge,
+    /// The function cannot be used for a query (no `map`).
+    NotAQueryFunction,
     TokenNotFound,
     RouteNotFound,
     MethodNotAllowed,
@@ -201,3 +209,143 @@ pub const INVOCATION_ID_HEADER: &str = "shoal-invocation-id";
 pub const FUNCTION_ERROR_HEADER: &str = "shoal-function-error";
 /// Content type of a function upload: a tar archive of the function directory.
 pub const ARCHIVE_CONTENT_TYPE: &str = "application/x-tar";
+
+// ---- categories (documents and queries) ----
+
+/// `POST /v1/categories`: create a category explicitly (writes create one
+/// with the node's default shard level when it does not exist).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateCategory {
+    pub name: String,
+    /// The shard level k (1 to 1024); the node's default when absent.
+    #[serde(default)]
+    pub shards: Option<u32>,
+}
+
+/// One shard of a category.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ShardView {
+    pub shard: u32,
+    /// The shard slot it is placed on.
+    pub slot: u32,
+    pub docs: u64,
+    pub bytes: u64,
+}
+
+/// A category with its statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CategoryView {
+    pub name: String,
+    /// The shard level k.
+    pub shards: u32,
+    pub docs: u64,
+    /// Sum of the documents' JSON sizes.
+    pub bytes: u64,
+    pub created_at_ms: u64,
+    pub shard_stats: Vec<ShardView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CategoryList {
+    pub categories: Vec<CategoryView>,
+}
+
+/// Answer to a document write.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Written {
+    /// Documents written (all of the request's, or none on error).
+    pub written: u64,
+    /// The documents' ids in request order (given or generated); omitted
+    /// with `?return_ids=false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+}
+
+/// One document in a scan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocEntry {
+    pub id: String,
+    #[schema(value_type = Object)]
+    pub doc: Value,
+}
+
+/// A page of `GET /v1/categories/{cat}/docs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocPage {
+    pub docs: Vec<DocEntry>,
+    /// Pass as `cursor` for the next page; `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/categories/{cat}/query`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryRequest {
+    /// A deployed function whose module defines `map` (or `map_batch`) and
+    /// optionally `reduce`.
+    pub function: String,
+    /// Count and list documents whose `map` fails instead of failing the query.
+    #[serde(default)]
+    pub skip_errors: bool,
+}
+
+/// A document whose `map` failed (with `skip_errors`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct DocError {
+    pub id: String,
+    pub error: InvocationError,
+}
+
+/// The last line of a successful query's NDJSON answer: `{"done": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryDone {
+    /// Documents processed.
+    pub docs: u64,
+    /// True when the module defines `reduce` and `result` holds the reduced value.
+    pub reduced: bool,
+    /// The reduced value (`null` when no document produced one).
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Mapped values sent before this line (modules without `reduce`).
+    pub values: u64,
+    /// Documents whose `map` failed (with `skip_errors`).
+    pub errors: u64,
+    /// The first failures (at most 100).
+    pub failures: Vec<DocError>,
+    /// Shards served from workers' resident copies.
+    pub cached_shards: u32,
+    pub shards: u32,
+    pub duration_ms: f64,
+}
+
+/// The last line of a failed query: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryFailed {
+    /// `map_failed` when user code failed, else an `ErrorCode`.
+    pub code: String,
+    pub message: String,
+    /// The document whose `map` failed.
+    pub doc_id: Option<String>,
+    pub error: Option<InvocationError>,
+}
+
+/// One line of a query's NDJSON answer. Values come first (modules without
+/// `reduce`), then exactly one `done` or `error` line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryLine {
+    Value(Value),
+    Done(QueryDone),
+    Error(QueryFailed),
+}
+
+/// A progress event of a query followed over SSE.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryProgress {
+    pub docs_done: u64,
+    pub docs_total: u64,
+    pub shards: u32,
+}
+
+/// Content type of newline-delimited JSON (document writes, query answers).
+pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";

@@ -1,12 +1,20 @@
 //! The Python runtime: warm worker pools forked from one template process per
 //! deployment, `runner.py` embedded, virtualenvs built from `requirements.txt`.
 //!
+//! Queries (`map`/`map_batch` and `reduce` over a category's shards) run on
+//! query workers of their own, forked from the same template, which keep the
+//! decoded documents of their shards resident within a runtime-wide memory
+//! budget: see `query.rs` (scheduling, protocol, failures) and `cache.rs`
+//! (the budget).
+//!
 //! Invariant: a misbehaving function (raises, loops, exhausts memory, crashes,
-//! forks, floods its output) fails its own invocation; its pool heals and other
-//! deployments never notice. All Python specifics live in this crate.
+//! forks, floods its output) fails its own invocation or query; its pool heals
+//! and other deployments never notice. All Python specifics live in this crate.
 
+mod cache;
 mod pool;
 mod protocol;
+mod query;
 mod template;
 mod venv;
 mod worker;
@@ -19,8 +27,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use shoal_runtime::{Deployment, Error, PoolStats, Prepared, Request, Response, Result, Runtime};
+use shoal_runtime::{
+    Deployment, Error, PoolStats, Prepared, QueryOutcome, QueryRequest, Request, Response, Result,
+    Runtime,
+};
 
+use crate::cache::Cache;
 use crate::pool::Pool;
 use crate::venv::Venvs;
 
@@ -43,12 +55,22 @@ pub struct Options {
     /// `FailureKind::OutputLimit`.
     pub max_log_bytes: usize,
     /// Size of a result's JSON text; beyond it the invocation fails with
-    /// `FailureKind::OutputLimit`.
+    /// `FailureKind::OutputLimit`. Also the limit of a query's reduced result
+    /// and of one mapped value.
     pub max_result_bytes: usize,
+    /// Memory for the decoded documents query workers keep resident between
+    /// queries, across all workers of all deployments (estimated size of the
+    /// Python objects). One worker holds at most `query_cache_bytes /
+    /// query_workers`; its address-space limit is raised by 1.5 times that.
+    pub query_cache_bytes: usize,
+    /// Query workers per deployment: a query's shards are spread over
+    /// `min(query_workers, shards)` processes that map in parallel.
+    pub query_workers: usize,
 }
 
 impl Options {
-    /// The defaults: `python3`, 5 minutes idle, 1 MiB of logs, 6 MiB of result.
+    /// The defaults: `python3`, 5 minutes idle, 1 MiB of logs, 6 MiB of
+    /// result, 2 GiB of resident query data, a query worker per CPU.
     pub fn new(work_dir: impl Into<PathBuf>) -> Options {
         Options {
             python: PathBuf::from("python3"),
@@ -56,6 +78,8 @@ impl Options {
             idle_timeout: Duration::from_secs(5 * 60),
             max_log_bytes: 1024 * 1024,
             max_result_bytes: 6 * 1024 * 1024,
+            query_cache_bytes: 2 << 30,
+            query_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -75,6 +99,9 @@ pub(crate) struct Config {
     pub(crate) runner: PathBuf,
     pub(crate) max_log_bytes: usize,
     pub(crate) max_result_bytes: usize,
+    pub(crate) query_workers: usize,
+    /// Which query worker holds which shard, within `query_cache_bytes`.
+    pub(crate) cache: Cache,
     closed: AtomicBool,
 }
 
@@ -96,6 +123,11 @@ impl PythonRuntime {
             runner,
             max_log_bytes: options.max_log_bytes,
             max_result_bytes: options.max_result_bytes,
+            query_workers: options.query_workers.max(1),
+            cache: Cache::new(
+                u64::try_from(options.query_cache_bytes).unwrap_or(u64::MAX),
+                options.query_workers.max(1),
+            ),
             closed: AtomicBool::new(false),
         });
         // Resolve the interpreter now, off the path of the first invocation.
@@ -147,6 +179,18 @@ impl Runtime for PythonRuntime {
         }
         let pool = self.pool(deployment);
         Box::pin(pool.invoke(request))
+    }
+
+    fn query(
+        &self,
+        deployment: &Deployment,
+        request: QueryRequest,
+    ) -> BoxFuture<'static, Result<QueryOutcome>> {
+        if self.config.is_closed() {
+            return Box::pin(async { Err(Error::ShuttingDown) });
+        }
+        let pool = self.pool(deployment);
+        Box::pin(query::run(pool, request))
     }
 
     fn retire(&self, key: &str) {

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use shoal_runtime::{Deployment, Error, PoolStats, Request, Response, Result};
 use shoal_types::{Failure, Limits, Outcome};
 
+use crate::query::{QuerySet, QueryWorker};
 use crate::template::{self, ForkError, Started, Template};
 use crate::worker::{Caps, RunError, Worker};
 use crate::{Config, lock, protocol};
@@ -33,6 +34,9 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     /// Serializes template starts, so concurrent first calls share one.
     starting: tokio::sync::Mutex<()>,
+    /// The query workers. Held for the whole of a query: queries of one
+    /// deployment run one after another (each uses every query worker).
+    pub(crate) query_set: Arc<tokio::sync::Mutex<QuerySet>>,
 }
 
 #[derive(Default)]
@@ -44,6 +48,9 @@ struct State {
     retired: bool,
     /// Since when the pool has had no workers (template reaping).
     empty_since: Option<Instant>,
+    /// Pids of live query workers (for `shutdown`, which may not wait for
+    /// the query set's lock).
+    query_pids: Vec<Pid>,
 }
 
 enum Spawned {
@@ -74,7 +81,20 @@ impl Pool {
             permits: Arc::new(Semaphore::new(concurrency)),
             state: Mutex::new(State::default()),
             starting: tokio::sync::Mutex::new(()),
+            query_set: Arc::new(tokio::sync::Mutex::new(QuerySet::default())),
         }
+    }
+
+    pub(crate) fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    pub(crate) fn caps(&self) -> &Caps {
+        &self.caps
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 
     pub(crate) async fn invoke(self: Arc<Self>, request: Request) -> Result<Response> {
@@ -173,7 +193,16 @@ impl Pool {
                     }));
                 }
             };
-            match template.fork().await {
+            if let Some(failure) = &template.handler_error {
+                return Ok(Spawned::LoadFailed(Response {
+                    outcome: Outcome::Failed(failure.clone()),
+                    logs: Vec::new(),
+                    cold_start: *cold_start,
+                    duration: Duration::ZERO,
+                    queued: queued_at.elapsed(),
+                }));
+            }
+            match template.fork(u64::from(self.limits.memory_mb)).await {
                 Ok(new) => {
                     let worker = Worker::new(new)
                         .map_err(|e| Error::Platform(format!("setting up a worker: {e}")))?;
@@ -186,9 +215,56 @@ impl Pool {
         Err(Error::Platform("the template kept dying".into()))
     }
 
+    /// Forks a query worker, with room for its share of resident documents
+    /// on top of the function's memory limit. `Err` inside is a load failure.
+    pub(crate) async fn spawn_query_worker(
+        self: &Arc<Self>,
+    ) -> Result<std::result::Result<QueryWorker, Failure>> {
+        let cache_mb = self.config.cache.per_worker() * 3 / 2 / (1024 * 1024) + 64;
+        let memory_mb = u64::from(self.limits.memory_mb) + cache_mb;
+        let mut cold_start = false;
+        for _ in 0..ATTEMPTS {
+            let template = match self.template(&mut cold_start).await? {
+                Ok(template) => template,
+                Err((failure, _logs, _)) => return Ok(Err(failure)),
+            };
+            match template.fork(memory_mb).await {
+                Ok(new) => {
+                    let pid = new.pid;
+                    let worker = Worker::new(new)
+                        .map_err(|e| Error::Platform(format!("setting up a query worker: {e}")))?;
+                    let worker = QueryWorker::new(worker);
+                    self.config.cache.register(worker.uid, Arc::downgrade(self));
+                    let mut state = lock(&self.state);
+                    state.query_pids.push(pid);
+                    state.empty_since = None;
+                    return Ok(Ok(worker));
+                }
+                Err(ForkError::Dead) => self.forget_template(&template),
+                Err(ForkError::Failed(message)) => return Err(Error::Platform(message)),
+            }
+        }
+        Err(Error::Platform("the template kept dying".into()))
+    }
+
+    /// Stops a query worker and forgets what it held.
+    pub(crate) fn discard_query_worker(&self, worker: QueryWorker) {
+        self.config.cache.forget(worker.uid);
+        let pid = worker.worker.pid();
+        lock(&self.state).query_pids.retain(|p| *p != pid);
+        drop(worker);
+    }
+
+    /// Tells the query workers which resident shards the cache evicted, so
+    /// that their memory is freed now rather than at their next query.
+    pub(crate) async fn deliver_drops(self: Arc<Self>) {
+        let mut set = self.query_set.clone().lock_owned().await;
+        crate::query::deliver_drops(&self, &mut set).await;
+    }
+
     /// The live template, starting one if needed. `Err` inside is a load
     /// failure of user code: (failure, import-time output, load time).
-    async fn template(
+    pub(crate) async fn template(
         &self,
         cold_start: &mut bool,
     ) -> Result<std::result::Result<Arc<Template>, (Failure, Vec<u8>, Duration)>> {
@@ -260,6 +336,24 @@ impl Pool {
     pub(crate) fn reap(&self, now: Instant, idle_timeout: Duration) {
         let mut dead: Vec<Worker> = Vec::new();
         let mut dead_template = None;
+        // Query workers go together once the last query is idle_timeout ago,
+        // and with them their resident documents.
+        let queries_idle = match self.query_set.try_lock() {
+            Ok(mut set) => {
+                let expired = now.saturating_duration_since(set.last_used) >= idle_timeout;
+                for slot in &mut set.slots {
+                    let gone = match slot {
+                        Some(worker) => expired || worker.worker.has_exited(),
+                        None => false,
+                    };
+                    if gone && let Some(worker) = slot.take() {
+                        self.discard_query_worker(worker);
+                    }
+                }
+                set.slots.iter().all(Option::is_none)
+            }
+            Err(_) => false,
+        };
         {
             let mut state = lock(&self.state);
             let expired = state
@@ -276,7 +370,7 @@ impl Pool {
                     i += 1;
                 }
             }
-            if state.idle.is_empty() && state.busy.is_empty() {
+            if state.idle.is_empty() && state.busy.is_empty() && queries_idle {
                 let since = *state.empty_since.get_or_insert(now);
                 if now.saturating_duration_since(since) >= idle_timeout
                     || state.template.as_ref().is_some_and(|t| !t.is_alive())
@@ -303,7 +397,12 @@ impl Pool {
         }
     }
 
-    /// Stops the template and idle workers; busy ones stop when they finish.
+    pub(crate) fn is_retired(&self) -> bool {
+        lock(&self.state).retired || self.config.is_closed()
+    }
+
+    /// Stops the template and idle workers; busy ones stop when they finish
+    /// (query workers when their query ends).
     pub(crate) fn retire(&self) {
         let (idle, template) = {
             let mut state = lock(&self.state);
@@ -312,13 +411,21 @@ impl Pool {
         };
         drop(idle);
         drop(template);
+        if let Ok(mut set) = self.query_set.try_lock() {
+            for worker in set.slots.iter_mut().filter_map(Option::take) {
+                self.discard_query_worker(worker);
+            }
+        }
     }
 
     /// Stops everything now, busy workers included.
     pub(crate) fn shutdown(&self) {
         self.permits.close();
-        let busy = lock(&self.state).busy.clone();
-        for pid in busy {
+        let (busy, queries) = {
+            let state = lock(&self.state);
+            (state.busy.clone(), state.query_pids.clone())
+        };
+        for pid in busy.into_iter().chain(queries) {
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
         }
         self.retire();

@@ -20,8 +20,37 @@
 //! output), `forked {req,pid}`, `fork_failed {req,message}`, `exit {pid, code |
 //! signal + signal_name, maxrss_kb}`.
 //!
-//! New frame kinds (batch map/reduce for queries) extend this without changing
-//! the framing.
+//! **Query frames** share the worker socket and its framing. Rust → worker: a
+//! compact JSON object on one line, then, for frames that carry data, `\n`
+//! and a tail (Python splits at the first newline; the header never holds
+//! one, and invoke frames are told apart by their prefix):
+//!
+//! - `{"kind":"query","reduce":bool,"skip":bool,"report_ms":n,"drop":[[dataset,
+//!   shard,version],...]}` starts a query (no reply); `drop` names resident
+//!   shards the cache evicted.
+//! - `{"kind":"run","unit":i,"key":[dataset,shard],"version":v}`: map the
+//!   resident shard. Reply `done`, or `miss` when the worker does not hold it.
+//! - `{"kind":"batch","unit":i,"key":..,"version":v,"keep":bytes}` + tail
+//!   `[[id,...],[doc,...]]` (built by concatenation, decoded by one
+//!   `json.loads`): map a batch streamed from storage; keep the shard's
+//!   documents resident while they fit in `keep` bytes (0: do not keep; -1:
+//!   keep for now, the size is being measured). Reply `ack`, whose `per_doc`
+//!   is the measured size of a decoded document.
+//! - `{"kind":"end","unit":i,"key":..,"version":v,"keep":bytes}`: the shard is
+//!   complete. Reply `done`.
+//! - `{"kind":"combine"}` + tail `[partial,...]`: reduce partial results in
+//!   order. Reply `combined`.
+//! - `{"kind":"drop","keys":[[dataset,shard,version],...]}` (no reply).
+//! - `{"kind":"abort"}`, sent after SIGINT: reply `aborted` once every earlier
+//!   frame has been answered or dropped.
+//!
+//! Worker → Rust (JSON object, optional raw tail, as above): `progress
+//! {unit,docs}`, `values {unit}` + tail `[value,...]`, and the final replies
+//! `ack {unit,docs,kept,per_doc}`, `done {unit,docs,errors,kept,failures,
+//! has,partial}`, `miss`, `skipped` (a later frame of a failed shard),
+//! `failed {unit,doc_id,failure,exception,message,traceback,fatal}`,
+//! `combined {result}`, `aborted`. `docs` counts are deltas since the last
+//! report of that shard.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -53,6 +82,56 @@ pub(crate) struct Reply<'a> {
     pub fatal: bool,
 }
 
+/// A frame from a worker running a query, borrowed from the read buffer.
+#[derive(Debug, Deserialize)]
+pub(crate) struct QueryReply<'a> {
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default)]
+    pub unit: Option<usize>,
+    #[serde(default)]
+    pub docs: u64,
+    #[serde(default)]
+    pub errors: u64,
+    #[serde(default)]
+    pub kept: u64,
+    #[serde(default)]
+    pub per_doc: u64,
+    #[serde(default)]
+    pub has: bool,
+    #[serde(borrow, default)]
+    pub partial: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub result: Option<&'a RawValue>,
+    #[serde(default)]
+    pub failures: Vec<WireFailure>,
+    #[serde(default)]
+    pub doc_id: Option<String>,
+    #[serde(borrow, default)]
+    pub failure: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub exception: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub traceback: Option<String>,
+    #[serde(default)]
+    pub fatal: bool,
+}
+
+/// A failed document in a `done` frame (`skip_errors`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireFailure {
+    pub id: String,
+    pub failure: String,
+    #[serde(default)]
+    pub exception: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub traceback: Option<String>,
+}
+
 /// A message from a template.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Control {
@@ -75,6 +154,33 @@ pub(crate) struct Control {
     pub message: Option<String>,
     #[serde(default)]
     pub traceback: Option<String>,
+    /// `ready`: why invocations cannot run (the module has no handler).
+    #[serde(default)]
+    pub handler_error: Option<HandlerError>,
+    /// `ready`: which query functions the module defines.
+    #[serde(default)]
+    pub query: Option<QueryFunctions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HandlerError {
+    #[serde(default)]
+    pub exception: Option<String>,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub traceback: Option<String>,
+}
+
+/// The query functions a module defines.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub(crate) struct QueryFunctions {
+    #[serde(default)]
+    pub map: bool,
+    #[serde(default)]
+    pub map_batch: bool,
+    #[serde(default)]
+    pub reduce: bool,
 }
 
 /// Builds a complete invoke frame (header included). The event's JSON text is
@@ -106,9 +212,165 @@ pub(crate) fn invoke_frame(request: &Request, timeout: Duration) -> Vec<u8> {
     buf
 }
 
-/// The control message asking a template to fork a worker.
-pub(crate) fn fork_message(req: u64) -> Vec<u8> {
-    format!(r#"{{"kind":"fork","req":{req}}}"#).into_bytes()
+/// The control message asking a template to fork a worker, with its memory
+/// limit in MiB.
+pub(crate) fn fork_message(req: u64, memory_mb: u64) -> Vec<u8> {
+    format!(r#"{{"kind":"fork","req":{req},"memory_mb":{memory_mb}}}"#).into_bytes()
+}
+
+/// A resident shard's name in a worker: `(dataset, shard)`.
+pub(crate) type ShardKey = (String, u32);
+
+/// Starts a frame: header space, then the JSON line.
+fn start_frame(capacity: usize, header: &serde_json::Value) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER + 128 + capacity);
+    buf.extend_from_slice(&[0; HEADER]);
+    // Serializing a `Value` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut buf, header);
+    buf
+}
+
+/// Writes the length into the header space.
+fn finish_frame(mut buf: Vec<u8>) -> Vec<u8> {
+    let len = u32::try_from(buf.len() - HEADER).unwrap_or(u32::MAX);
+    buf[..HEADER].copy_from_slice(&len.to_be_bytes());
+    buf
+}
+
+fn drop_list(drops: &[(ShardKey, u64)]) -> serde_json::Value {
+    drops
+        .iter()
+        .map(|((dataset, shard), version)| serde_json::json!([dataset, shard, version]))
+        .collect()
+}
+
+pub(crate) fn query_start_frame(
+    reduce: bool,
+    skip_errors: bool,
+    report: Duration,
+    drops: &[(ShardKey, u64)],
+) -> Vec<u8> {
+    let header = serde_json::json!({
+        "kind": "query",
+        "reduce": reduce,
+        "skip": skip_errors,
+        "report_ms": report.as_millis() as u64,
+        "drop": drop_list(drops),
+    });
+    finish_frame(start_frame(0, &header))
+}
+
+pub(crate) fn drop_frame(drops: &[(ShardKey, u64)]) -> Vec<u8> {
+    let header = serde_json::json!({"kind": "drop", "keys": drop_list(drops)});
+    finish_frame(start_frame(0, &header))
+}
+
+pub(crate) fn run_frame(unit: usize, key: &ShardKey, version: u64) -> Vec<u8> {
+    let header =
+        serde_json::json!({"kind": "run", "unit": unit, "key": [key.0, key.1], "version": version});
+    finish_frame(start_frame(0, &header))
+}
+
+pub(crate) fn end_frame(unit: usize, key: &ShardKey, version: u64, keep: i64) -> Vec<u8> {
+    let header = serde_json::json!({
+        "kind": "end", "unit": unit, "key": [key.0, key.1], "version": version, "keep": keep,
+    });
+    finish_frame(start_frame(0, &header))
+}
+
+/// A batch of documents as `[[id,...],[doc,...]]`: the documents' JSON text
+/// is copied in, never parsed here.
+pub(crate) fn batch_frame(
+    unit: usize,
+    key: &ShardKey,
+    version: u64,
+    keep: i64,
+    docs: &[(String, Vec<u8>)],
+) -> Vec<u8> {
+    let header = serde_json::json!({
+        "kind": "batch", "unit": unit, "key": [key.0, key.1], "version": version, "keep": keep,
+    });
+    let size: usize = docs.iter().map(|(id, doc)| id.len() + doc.len() + 4).sum();
+    let mut buf = start_frame(size + 8, &header);
+    buf.extend_from_slice(b"\n[[");
+    for (i, (id, _)) in docs.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        push_json_str(&mut buf, id);
+    }
+    buf.extend_from_slice(b"],[");
+    for (i, (_, doc)) in docs.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(doc);
+    }
+    buf.extend_from_slice(b"]]");
+    finish_frame(buf)
+}
+
+/// Partial results (JSON texts) to reduce, in document order.
+pub(crate) fn combine_frame(partials: &[String]) -> Vec<u8> {
+    let size: usize = partials.iter().map(|p| p.len() + 1).sum();
+    let mut buf = start_frame(size + 4, &serde_json::json!({"kind": "combine"}));
+    buf.extend_from_slice(b"\n[");
+    for (i, p) in partials.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(p.as_bytes());
+    }
+    buf.push(b']');
+    finish_frame(buf)
+}
+
+pub(crate) fn abort_frame() -> Vec<u8> {
+    finish_frame(start_frame(0, &serde_json::json!({"kind": "abort"})))
+}
+
+/// Turns a compact JSON array (as Python's encoder writes it) into NDJSON:
+/// one element per line. Only the top-level commas are touched; strings are
+/// skipped over with their escapes.
+pub(crate) fn array_to_lines(array: &[u8]) -> Option<Vec<u8>> {
+    let inner = array.strip_prefix(b"[")?.strip_suffix(b"]")?;
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut out = Vec::with_capacity(inner.len() + 1);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, &b) in inner.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.checked_sub(1)?,
+            b',' if depth == 0 => {
+                out.extend_from_slice(&inner[start..i]);
+                out.push(b'\n');
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if in_string || depth != 0 {
+        return None;
+    }
+    out.extend_from_slice(&inner[start..]);
+    out.push(b'\n');
+    Some(out)
 }
 
 /// Splits a frame body into its JSON object and its raw tail.
@@ -177,6 +439,37 @@ mod tests {
         assert_eq!(reply.kind, "result");
         assert_eq!(reply.result.unwrap().get(), r#"{"x":[1,"}"]}"#);
         assert_eq!(tail, b"log \xff bytes");
+    }
+
+    #[test]
+    fn arrays_become_lines() {
+        let lines = array_to_lines(br#"[1,"a,b",{"x":[1,2]},"q\"],",null]"#).unwrap();
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            "1\n\"a,b\"\n{\"x\":[1,2]}\n\"q\\\"],\"\nnull\n"
+        );
+        assert_eq!(array_to_lines(b"[]").unwrap(), b"");
+        assert!(array_to_lines(b"[1,").is_none());
+        assert!(array_to_lines(b"[\"x]").is_none());
+    }
+
+    #[test]
+    fn batch_frames_hold_ids_and_docs() {
+        let docs = vec![
+            ("a\"1".to_string(), br#"{"x":1}"#.to_vec()),
+            ("b".to_string(), b"[2]".to_vec()),
+        ];
+        let frame = batch_frame(3, &("ds".into(), 7), 9, 100, &docs);
+        assert_eq!(frame_len(&frame), Some(frame.len() - HEADER));
+        let body = &frame[HEADER..];
+        let nl = body.iter().position(|&b| b == b'\n').unwrap();
+        let head: serde_json::Value = serde_json::from_slice(&body[..nl]).unwrap();
+        assert_eq!(
+            head,
+            serde_json::json!({"kind": "batch", "unit": 3, "key": ["ds", 7], "version": 9, "keep": 100})
+        );
+        let tail: serde_json::Value = serde_json::from_slice(&body[nl + 1..]).unwrap();
+        assert_eq!(tail, serde_json::json!([["a\"1", "b"], [{"x": 1}, [2]]]));
     }
 
     #[test]

@@ -10,7 +10,9 @@ the worker's protocol socket and log pipe (SCM_RIGHTS). Standard library only.
 The wire format is described in protocol.rs.
 """
 
+import builtins
 import faulthandler
+import functools
 import gc
 import importlib
 import io
@@ -33,6 +35,10 @@ _MAX_CONTROL = 60 * 1024
 _MAX_TEXT = 16 * 1024
 # Sent by Rust when an invocation times out: hand over the logs captured so far.
 _LOGS_SIGNAL = signal.SIGUSR2
+# Sent by Rust to stop a query step early (the query failed or was dropped).
+_ABORT_SIGNAL = signal.SIGINT
+# The heartbeat timer of query steps.
+_BEAT_SIGNAL = signal.SIGALRM
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -69,7 +75,7 @@ def main():
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Writer(sink, 1), _Writer(sink, 2)
     try:
-        handler = _load(config["handler"])
+        module, handler, handler_error = _load(config["handler"])
     except BaseException as e:  # noqa: BLE001 - any import failure is the user's
         sys.stdout, sys.stderr = saved
         msg = {"kind": "load_failed"}
@@ -86,15 +92,17 @@ def main():
     # from touching (and so copying) their pages after fork.
     gc.collect()
     gc.freeze()
-    Template(ctl, handler, config).run()
+    Template(ctl, handler, handler_error, _query_functions(module), config).run()
 
 
 class Template:
     """Forks workers on request and reports how they end."""
 
-    def __init__(self, ctl, handler, config):
+    def __init__(self, ctl, handler, handler_error, functions, config):
         self.ctl = ctl
         self.handler = handler
+        self.handler_error = handler_error
+        self.functions = functions
         self.config = config
         self.children = set()
         self.wake_r = self.wake_w = -1
@@ -107,7 +115,13 @@ class Template:
         # which wakes the select below.
         signal.signal(signal.SIGCHLD, _ignore_signal)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        _send_control(self.ctl, {"kind": "ready", "pid": os.getpid()})
+        ready = {
+            "kind": "ready",
+            "pid": os.getpid(),
+            "handler_error": self.handler_error,
+            "query": {name: fn is not None for name, fn in self.functions.items()},
+        }
+        _send_control(self.ctl, ready)
         while True:
             try:
                 readable, _, _ = select.select([self.ctl, self.wake_r], [], [])
@@ -148,6 +162,8 @@ class Template:
             _send_control(self.ctl, {"kind": "fork_failed", "req": req, "message": "expected 2 fds, got %d" % len(fds)})
             return
         proto_fd, log_fd = fds
+        # Query workers get room for their resident documents on top.
+        memory_mb = msg.get("memory_mb") or self.config["memory_mb"]
         try:
             pid = os.fork()
         except OSError as e:
@@ -157,7 +173,7 @@ class Template:
             return
         if pid == 0:
             try:
-                _worker_main(self, proto_fd, log_fd)
+                _worker_main(self, proto_fd, log_fd, memory_mb)
             except BaseException:  # noqa: BLE001
                 try:
                     os.write(2, traceback.format_exc().encode("utf-8", "backslashreplace"))
@@ -208,7 +224,7 @@ class Template:
         os._exit(0)
 
 
-def _worker_main(template, proto_fd, log_fd):
+def _worker_main(template, proto_fd, log_fd, memory_mb):
     """Runs in a freshly forked child: becomes a worker and serves invocations."""
     try:
         os.setpgid(0, 0)
@@ -224,17 +240,24 @@ def _worker_main(template, proto_fd, log_fd):
     os.close(log_fd)
     _set_subreaper()
     config = template.config
-    _limit_memory(config["memory_mb"])
+    _limit_memory(memory_mb)
     # On a crash, a Python traceback lands in the invocation's logs.
     faulthandler.enable(file=2, all_threads=True)
-    Worker(proto_fd, template.handler, config).serve()
+    Worker(proto_fd, template.handler, template.functions, config).serve()
 
 
 class Worker:
     """Serves invocations on the protocol socket until it reaches EOF."""
 
-    def __init__(self, proto_fd, handler, config):
+    def __init__(self, proto_fd, handler, functions, config):
         self.pid = os.getpid()
+        self.functions = functions
+        self.query = None
+        # Set while a query step runs user code: SIGINT (Rust aborting the
+        # query) then raises _Abort there. `aborting` makes the worker skip
+        # frames until the "abort" frame that follows the signal.
+        self.in_step = False
+        self.aborting = False
         os.set_inheritable(proto_fd, False)
         self.sock = socket.socket(fileno=proto_fd)
         self.sock.setblocking(True)
@@ -249,6 +272,8 @@ class Worker:
         self.encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
         os.register_at_fork(after_in_child=self._forked_copy)
         signal.signal(_LOGS_SIGNAL, self._on_logs_signal)
+        signal.signal(_ABORT_SIGNAL, self._on_abort_signal)
+        signal.signal(_BEAT_SIGNAL, self._on_beat_signal)
 
     def serve(self):
         read = self.rfile.read
@@ -261,18 +286,41 @@ class Worker:
             body = read(n)
             if len(body) < n:
                 os._exit(0)
+            if not body.startswith(b'{"kind":"invoke"'):
+                self.query_frame(body)
+                continue
             try:
                 msg = json.loads(body)
             except ValueError as e:
                 self.send(_json({"kind": "error", "failure": "bad_event", "message": _text(e)}))
                 continue
-            kind = msg.get("kind")
-            if kind == "invoke":
-                self.invoke(msg)
-            else:
-                self.send(_json({"kind": "error", "failure": "protocol", "message": "unknown frame kind %r" % (kind,)}))
+            self.invoke(msg)
 
+    def query_frame(self, body):
+        """A frame of the query protocol: a JSON line, then an optional tail."""
+        if self.aborting and not body.startswith(b'{"kind":"abort"'):
+            return  # work sent before the abort: dropped unanswered
+        nl = body.find(b"\n")
+        if nl < 0:
+            head, tail = body, b""
+        else:
+            head, tail = body[:nl], body[nl + 1 :]
+        try:
+            msg = json.loads(head)
+        except ValueError as e:
+            self.send(_json({"kind": "error", "failure": "protocol", "message": _text(e)}))
+            return
+        kind = msg.get("kind")
+        if kind not in _QUERY_FRAMES:
+            self.send(_json({"kind": "error", "failure": "protocol", "message": "unknown frame kind %r" % (kind,)}))
+            return
+        if self.query is None:
+            self.query = _Query(self)
+        self.query.frame(kind, msg, tail)
     def invoke(self, msg):
+        if self.handler is None:
+            self.send(_json({"kind": "error", "failure": "load_failed", "message": "the module has no handler", "fatal": False}))
+            return
         sink = self.sink
         ctx = Context(msg, self.memory_mb)
         # Set every time: a handler may have replaced them.
@@ -363,6 +411,33 @@ class Worker:
         finally:
             self.lock.release()
 
+    def _on_abort_signal(self, signum, frame):
+        # Runs in the main thread between bytecodes. Only user code in a
+        # query step is interrupted; our own sends never are (a torn frame
+        # would break the stream).
+        self.aborting = True
+        if self.in_step:
+            self.in_step = False
+            raise _Abort()
+
+    def _on_beat_signal(self, signum, frame):
+        # A timer during query steps: tells Rust the step still advances, as
+        # long as a document was finished since the last beat. A map stuck
+        # on one document stays silent and runs into the timeout.
+        q = self.query
+        if q is None or not self.in_step or q.it is None:
+            return
+        left = q.it.__length_hint__()
+        if q.it is q.beat_it and left == q.beat_left:
+            return
+        q.beat_it = q.it
+        q.beat_left = left
+        self.in_step = False
+        try:
+            self.send(b'{"kind":"progress","unit":%d,"docs":0}' % q.beat_unit)
+        finally:
+            self.in_step = True
+
     def _forked_copy(self):
         # A process forked by user code is not the worker: it must never speak
         # the protocol, and its output goes straight to the log pipe.
@@ -372,6 +447,9 @@ class Worker:
         self.sink.active = False
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         signal.signal(_LOGS_SIGNAL, signal.SIG_DFL)
+        signal.signal(_ABORT_SIGNAL, signal.default_int_handler)
+        signal.signal(_BEAT_SIGNAL, signal.SIG_DFL)
+        self.query = None
 
 
 class Context:
@@ -397,6 +475,566 @@ class Context:
             self.version,
             self.attempt,
         )
+
+
+_QUERY_FRAMES = frozenset(("query", "run", "batch", "end", "combine", "drop", "abort"))
+# Mapped values go back in frames of about this size.
+_VALUES_FRAME = 1 << 20
+# Documents per step of the loop at most; steps adapt to take a few ms.
+_MAX_CHUNK = 1 << 16
+
+
+class _Abort(BaseException):
+    """Raised inside a query step when Rust aborts the query (SIGINT)."""
+
+
+class _Stop(Exception):
+    """Ends a query step: a document failed and errors are not skipped, or the
+    module misbehaved in a way no single document is to blame for."""
+
+    def __init__(self, doc_id, kind, exc=None, message=None):
+        Exception.__init__(self, message)
+        self.doc_id = doc_id
+        self.kind = kind
+        self.exc = exc
+        self.message = message
+
+
+# Exceptions that are never a document's failure.
+_PASS = (_Abort, SystemExit, MemoryError)
+
+
+class _Unit:
+    """One shard of the running query on this worker."""
+
+    __slots__ = ("index", "key", "version", "acc", "have", "errors", "failures", "unreported",
+                 "keep", "limit", "ids", "docs", "kept", "failed")
+
+    def __init__(self, index, key, version, keep=0):
+        self.index = index
+        self.key = key
+        self.version = version
+        self.acc = None
+        self.have = False
+        self.errors = 0
+        self.failures = []
+        self.unreported = 0
+        # keep: bytes Rust made room for; 0: do not keep; -1: keep for now
+        # (Rust decides once it knows the size).
+        self.keep = keep != 0
+        self.limit = float("inf") if keep < 0 else keep
+        self.ids = [] if self.keep else None
+        self.docs = [] if self.keep else None
+        self.kept = 0
+        self.failed = False
+
+    def allow(self, keep):
+        """Rust's (new) answer to whether this shard is kept."""
+        if not self.keep or keep < 0:
+            return
+        if keep == 0 or self.kept > keep:
+            self.keep = False
+            self.ids = self.docs = None
+            self.kept = 0
+        else:
+            self.limit = keep
+
+
+class _Query:
+    """Maps (and reduces) over shards; keeps the decoded documents of the
+    shards Rust asks it to keep, so that the next query just loops over them.
+
+    Frames (protocol.rs has the wire format): `query` starts a query (settings,
+    evicted shards), `run` maps a resident shard, `batch`... `end` stream a
+    shard from storage, `combine` reduces partial results, `drop` forgets
+    evicted shards, `abort` ends an aborted query. Every frame but `query` and
+    `drop` gets exactly one final reply; `progress` and `values` frames may
+    come before it."""
+
+    def __init__(self, worker):
+        self.w = worker
+        functions = worker.functions
+        self.map = functions.get("map")
+        self.map_batch = functions.get("map_batch")
+        self.reduce = functions.get("reduce")
+        # (dataset, shard) -> (version, ids, docs, estimated bytes)
+        self.cache = {}
+        self.units = {}
+        self.fold = False
+        self.skip = False
+        self.report_every = 1.0
+        self.last_report = 0.0
+        self.max_failures = 100
+        self.chunk = 256
+        self.encode = worker.encode
+        # The iterator of the document loop running now, for the heartbeat.
+        self.it = None
+        self.beat_it = None
+        self.beat_left = -1
+        self.beat_unit = 0
+        # A query worker holds many documents: the collector must not walk
+        # them over and over. Decoded batches are frozen at once (JSON makes
+        # no cycles), automatic collection is off, and what user code leaves
+        # behind is collected after each step (a young-generation pass).
+        gc.disable()
+
+    def frame(self, kind, msg, tail):
+        w = self.w
+        if kind == "abort":
+            self.units.clear()
+            w.aborting = False
+            w.send(b'{"kind":"aborted"}')
+            return
+        if kind == "query":
+            self.start(msg)
+            return
+        if kind == "drop":
+            self.drop(msg.get("keys") or ())
+            return
+        sys.stdout = w.stdout
+        sys.stderr = w.stderr
+        unit = msg.get("unit")
+        reply = None
+        signal.setitimer(signal.ITIMER_REAL, self.report_every, self.report_every)
+        try:
+            w.in_step = True
+            if kind == "run":
+                reply = self.run(msg)
+            elif kind == "batch":
+                reply = self.batch(msg, tail)
+            elif kind == "end":
+                reply = self.end(msg)
+            else:
+                reply = self.combine(tail)
+            w.in_step = False
+        except _Abort:
+            w.in_step = False
+            self.units.clear()
+        except _Stop as stop:
+            w.in_step = False
+            reply = self.failed(unit, stop)
+        except SystemExit as e:
+            w.in_step = False
+            self.fatal(unit, "exited", e, "the query's code called sys.exit(%r)" % (e.code,))
+        except MemoryError as e:
+            w.in_step = False
+            self.units.clear()
+            message = "the worker ran out of memory (limit %d MiB, plus room for resident documents)" % w.memory_mb
+            self.fatal(unit, "out_of_memory", e, message)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.it = None
+        if os.getpid() != w.pid:
+            os._exit(0)  # a copy forked by user code returned into the runner
+        if _children_left():
+            self.fatal(unit, "forked", None, "the query's code left child processes running")
+        # Output of query code is not kept (a query has no log).
+        w.sink.take()
+        gc.collect(1)
+        if reply is not None:
+            w.send(reply)
+            self.last_report = time.monotonic()
+
+    def start(self, msg):
+        self.units.clear()
+        self.fold = bool(msg.get("reduce"))
+        self.skip = bool(msg.get("skip"))
+        self.report_every = max(0.005, msg.get("report_ms", 1000) / 1000.0)
+        self.drop(msg.get("drop") or ())
+        self.last_report = time.monotonic()
+
+    def drop(self, keys):
+        for dataset, shard, version in keys:
+            entry = self.cache.get((dataset, shard))
+            if entry is not None and entry[0] == version:
+                del self.cache[(dataset, shard)]
+
+    def run(self, msg):
+        index = msg["unit"]
+        key = tuple(msg["key"])
+        entry = self.cache.get(key)
+        if entry is None or entry[0] != msg["version"]:
+            return b'{"kind":"miss","unit":%d}' % index
+        unit = _Unit(index, key, msg["version"])
+        self.process(unit, entry[1], entry[2])
+        return self.done(unit, entry[3])
+
+    def batch(self, msg, tail):
+        index = msg["unit"]
+        keep = msg.get("keep", 0)
+        unit = self.units.get(index)
+        if unit is None:
+            unit = self.units[index] = _Unit(index, tuple(msg["key"]), msg["version"], keep)
+        else:
+            unit.allow(keep)
+        if unit.failed:
+            return b'{"kind":"skipped","unit":%d}' % index
+        try:
+            ids, docs = json.loads(tail)
+        except ValueError as e:
+            raise _Stop(None, "platform", None, "a batch of documents is not valid JSON: %s" % _text(e))
+        gc.freeze()
+        size = _estimate(ids, docs)
+        self.process(unit, ids, docs)
+        if unit.keep:
+            unit.kept += size
+            if unit.kept > unit.limit:
+                # More than Rust made room for: stream the rest without keeping.
+                unit.keep = False
+                unit.ids = unit.docs = None
+                unit.kept = 0
+            else:
+                unit.ids += ids
+                unit.docs += docs
+        done, unit.unreported = unit.unreported, 0
+        per_doc = size // len(docs) if docs else 0
+        return b'{"kind":"ack","unit":%d,"docs":%d,"kept":%d,"per_doc":%d}' % (index, done, unit.kept, per_doc)
+
+    def end(self, msg):
+        index = msg["unit"]
+        keep = msg.get("keep", 0)
+        unit = self.units.pop(index, None)
+        if unit is None:  # an empty shard: no batch came
+            unit = _Unit(index, tuple(msg["key"]), msg["version"], keep)
+        else:
+            unit.allow(keep)
+        if unit.failed:
+            return b'{"kind":"skipped","unit":%d}' % index
+        kept = unit.kept + 64 if unit.keep else 0
+        reply = self.done(unit, kept)
+        if kept:
+            self.cache[unit.key] = (unit.version, unit.ids, unit.docs, kept)
+            gc.freeze()
+        return reply
+
+    def done(self, unit, kept):
+        head = b'{"kind":"done","unit":%d,"docs":%d,"errors":%d,"kept":%d' % (
+            unit.index,
+            unit.unreported,
+            unit.errors,
+            kept,
+        )
+        if unit.failures:
+            head += b',"failures":' + _json(unit.failures)
+        if self.fold and unit.have:
+            head += b',"has":true,"partial":' + self.encode_value(unit.acc, "the reduced value")
+        return head + b"}"
+
+    def combine(self, tail):
+        values = json.loads(tail)
+        r = self.reduce
+        acc = values[0]
+        try:
+            for v in values[1:]:
+                acc = r(acc, v)
+        except _PASS:
+            raise
+        except BaseException as e:  # noqa: BLE001
+            raise _Stop(None, "raised", e)
+        return b'{"kind":"combined","result":' + self.encode_value(acc, "the reduced value") + b"}"
+
+    def encode_value(self, value, what):
+        try:
+            body = self.encode(value).encode("utf-8")
+        except _PASS:
+            raise
+        except BaseException as e:  # noqa: BLE001
+            raise _Stop(None, "bad_result", None, "%s is not JSON-serializable: %s" % (what, _text(e)))
+        if len(body) > self.w.max_result:
+            raise _Stop(None, "output_limit", None, "%s is %d bytes; the limit is %d" % (what, len(body), self.w.max_result))
+        return body
+
+    def failed(self, index, stop):
+        if index is not None and index in self.units:
+            self.units[index].failed = True
+        msg = {"kind": "failed", "unit": index, "doc_id": stop.doc_id, "failure": stop.kind, "fatal": False}
+        if stop.exc is not None:
+            msg.update(_describe(stop.exc, skip_frames=1))
+        if stop.message is not None:
+            msg["message"] = stop.message
+        return _json(msg)
+
+    def fatal(self, index, kind, exc, message):
+        msg = {"kind": "failed", "unit": index, "failure": kind, "message": message, "fatal": True}
+        if exc is not None:
+            msg.update(_describe(exc, skip_frames=1))
+            msg["message"] = message
+        self.w.send(_json(msg))
+        os._exit(0)
+
+    def doc_failed(self, unit, doc_id, e, kind="raised", message=None):
+        if not self.skip:
+            raise _Stop(doc_id, kind, e if kind == "raised" else None, message)
+        unit.errors += 1
+        if len(unit.failures) < self.max_failures:
+            failure = {"id": doc_id, "failure": kind}
+            if kind == "raised":
+                failure.update(_describe(e, skip_frames=1))
+            else:
+                failure["exception"] = type(e).__name__
+            if message is not None:
+                failure["message"] = message
+            unit.failures.append(failure)
+
+    def send_in_step(self, data):
+        w = self.w
+        w.in_step = False
+        w.send(data)
+        w.in_step = True
+        self.last_report = time.monotonic()
+        if w.aborting:
+            raise _Abort()
+
+    def process(self, unit, ids, docs):
+        """Runs map over `docs` in steps that take a few milliseconds each,
+        reporting progress often enough for Rust's timeout."""
+        n = len(docs)
+        self.beat_unit = unit.index
+        if self.map_batch is not None:
+            step = self.fold_batch if self.fold else self.collect_batch
+        else:
+            step = self.fold_map if self.fold else self.collect_map
+        batch = self.map_batch is not None
+        mono = time.monotonic
+        w = self.w
+        i = 0
+        while i < n:
+            chunk = self.chunk
+            j = i + chunk
+            # map_batch gets its own list; map only reads the shared one.
+            part = docs if (i == 0 and j >= n and not batch) else docs[i:j]
+            t0 = mono()
+            step(unit, part, ids, i)
+            self.it = None
+            t1 = mono()
+            if t1 - t0 < 0.004:
+                if chunk < _MAX_CHUNK:
+                    self.chunk = chunk * 2
+            elif t1 - t0 > 0.04 and chunk > 1:
+                self.chunk = chunk // 2
+            i += len(part)
+            unit.unreported += len(part)
+            if w.aborting:
+                raise _Abort()
+            if i < n and t1 - self.last_report >= self.report_every:
+                self.send_in_step(b'{"kind":"progress","unit":%d,"docs":%d}' % (unit.index, unit.unreported))
+                unit.unreported = 0
+
+    def fold_map(self, unit, part, ids, base):
+        f = self.map
+        r = self.reduce
+        acc = unit.acc
+        have = unit.have
+        it = self.it = iter(part)
+        while True:
+            try:
+                for doc in it:
+                    v = f(doc)
+                    if v is not None:
+                        if have:
+                            acc = r(acc, v)
+                        else:
+                            acc = v
+                            have = True
+                break
+            except _PASS:
+                raise
+            except BaseException as e:  # noqa: BLE001 - a document's failure
+                unit.acc = acc
+                unit.have = have
+                self.doc_failed(unit, ids[base + len(part) - it.__length_hint__() - 1], e)
+        unit.acc = acc
+        unit.have = have
+
+    def collect_map(self, unit, part, ids, base):
+        f = self.map
+        out = []
+        append = out.append
+        it = self.it = iter(part)
+        while True:
+            try:
+                for doc in it:
+                    v = f(doc)
+                    if v is not None:
+                        append(v)
+                break
+            except _PASS:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                self.doc_failed(unit, ids[base + len(part) - it.__length_hint__() - 1], e)
+        if out:
+            self.send_values(unit, out, part, ids, base)
+
+    def fold_batch(self, unit, part, ids, base):
+        values = self.batch_values(unit, part, ids, base)
+        r = self.reduce
+        acc = unit.acc
+        have = unit.have
+        it = self.it = iter(values)
+        while True:
+            try:
+                for v in it:
+                    if v is not None:
+                        if have:
+                            acc = r(acc, v)
+                        else:
+                            acc = v
+                            have = True
+                break
+            except _PASS:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                unit.acc = acc
+                unit.have = have
+                self.doc_failed(unit, ids[base + len(values) - it.__length_hint__() - 1], e)
+        unit.acc = acc
+        unit.have = have
+
+    def collect_batch(self, unit, part, ids, base):
+        values = self.batch_values(unit, part, ids, base)
+        out = [v for v in values if v is not None]
+        if out:
+            self.send_values(unit, out, part, ids, base)
+
+    def batch_values(self, unit, part, ids, base):
+        try:
+            values = self.map_batch(part)
+        except _PASS:
+            raise
+        except BaseException as e:  # noqa: BLE001
+            return self.batch_one_by_one(unit, part, ids, base, e)
+        return self.checked(values, len(part))
+
+    def checked(self, values, n):
+        try:
+            if values.__class__ is not list:
+                values = list(values)
+        except _PASS:
+            raise
+        except BaseException as e:  # noqa: BLE001
+            raise _Stop(None, "bad_result", None, "map_batch must return a list: %s" % _text(e))
+        if len(values) != n:
+            raise _Stop(None, "bad_result", None, "map_batch returned %d values for %d documents" % (len(values), n))
+        return values
+
+    def batch_one_by_one(self, unit, part, ids, base, error):
+        """map_batch raised: find the documents to blame, one call each."""
+        mb = self.map_batch
+        values = []
+        blamed = False
+        for k, doc in enumerate(part):
+            try:
+                one = mb([doc])
+            except _PASS:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                blamed = True
+                self.doc_failed(unit, ids[base + k], e)
+                values.append(None)
+                continue
+            values.append(self.checked(one, 1)[0])
+        if not blamed:
+            raise _Stop(None, "raised", error)
+        return values
+
+    def send_values(self, unit, out, part, ids, base):
+        try:
+            body = self.encode(out).encode("utf-8")
+        except _PASS:
+            raise
+        except BaseException:  # noqa: BLE001
+            body = self.values_one_by_one(unit, part, ids, base)
+            if body is None:
+                return
+        if len(body) > _VALUES_FRAME:
+            self.chunk = max(1, self.chunk // 2)
+            if len(out) > 1:
+                half = len(out) // 2
+                self.send_encoded(unit, out[:half])
+                self.send_encoded(unit, out[half:])
+                return
+        self.send_body(unit, body)
+
+    def send_encoded(self, unit, out):
+        body = self.encode(out).encode("utf-8")
+        if len(body) > _VALUES_FRAME and len(out) > 1:
+            half = len(out) // 2
+            self.send_encoded(unit, out[:half])
+            self.send_encoded(unit, out[half:])
+            return
+        self.send_body(unit, body)
+
+    def send_body(self, unit, body):
+        if len(body) > self.w.max_result + 2:
+            message = "a mapped value is %d bytes; the limit is %d" % (len(body) - 2, self.w.max_result)
+            raise _Stop(None, "output_limit", None, message)
+        self.send_in_step(b'{"kind":"values","unit":%d}' % unit.index + body)
+
+    def values_one_by_one(self, unit, part, ids, base):
+        """Some value is not JSON: find its document. Documents whose map
+        raised were counted already and are left out quietly."""
+        encode = self.encode
+        pieces = []
+        for k, doc in enumerate(part):
+            try:
+                if self.map_batch is not None:
+                    v = self.checked(self.map_batch([doc]), 1)[0]
+                else:
+                    v = self.map(doc)
+            except _PASS:
+                raise
+            except _Stop:
+                raise
+            except BaseException:  # noqa: BLE001
+                continue
+            if v is None:
+                continue
+            try:
+                pieces.append(encode(v).encode("utf-8"))
+            except _PASS:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                message = "the mapped value is not JSON-serializable: %s" % _text(e)
+                self.doc_failed(unit, ids[base + k], e, "bad_result", message)
+        if not pieces:
+            return None
+        return b"[" + b",".join(pieces) + b"]"
+
+
+def _deep_size(o, getsizeof=sys.getsizeof):
+    """Bytes held by a decoded JSON value (dict keys are shared, not counted)."""
+    c = o.__class__
+    if c is dict:
+        size = getsizeof(o)
+        for v in o.values():
+            size += _deep_size(v)
+        return size
+    if c is list:
+        size = getsizeof(o)
+        for v in o:
+            size += _deep_size(v)
+        return size
+    if o is None or o is True or o is False or (c is int and -5 <= o <= 256):
+        return 0  # shared singletons
+    return getsizeof(o)
+
+
+def _estimate(ids, docs):
+    """Estimated memory of a batch of decoded documents, from a sample."""
+    n = len(docs)
+    if not n:
+        return 0
+    step = n // 8 or 1
+    total = 0
+    count = 0
+    for k in range(0, n, step):
+        total += _deep_size(docs[k])
+        count += 1
+        if count == 8:
+            break
+    # + the id and two list slots
+    return int((total / count + sys.getsizeof(ids[0]) + 16) * n)
+
 
 
 class _Sink:
@@ -512,15 +1150,35 @@ class _BinaryWriter:
 
 
 def _load(spec):
+    """Imports the handler's module. A module that imports fine but lacks the
+    handler still serves queries (map/reduce live in the same module); the
+    handler's absence is reported to invocations instead."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError("handler %r is not of the form module:function" % spec)
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError("handler %r is not callable" % spec)
-    return obj
+    module = importlib.import_module(module_name)
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise TypeError("handler %r is not callable" % spec)
+    except Exception as e:  # noqa: BLE001 - a missing handler is the user's
+        return module, None, _describe(e)
+    return module, obj, None
+
+
+def _query_functions(module):
+    """The module's `map`, `map_batch` and `reduce`, when defined and callable.
+
+    `from functools import reduce` (a common import) is not a reduce(a, b)."""
+    found = {}
+    for name in ("map", "map_batch", "reduce"):
+        fn = getattr(module, name, None)
+        if not callable(fn) or fn is functools.reduce or fn is builtins.map:
+            fn = None
+        found[name] = fn
+    return found
 
 
 def _children_left():

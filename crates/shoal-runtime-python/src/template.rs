@@ -30,7 +30,7 @@ use shoal_runtime::Error;
 use shoal_types::{Failure, FailureKind};
 
 use crate::lock;
-use crate::protocol::{self, Control};
+use crate::protocol::{self, Control, QueryFunctions};
 
 /// Largest control message we accept; the runner stays well below it.
 const CONTROL_BUF: usize = 256 * 1024;
@@ -65,6 +65,10 @@ pub(crate) enum Started {
 /// A running template process.
 pub(crate) struct Template {
     pid: Pid,
+    /// Why invocations cannot run although the module imported (no handler).
+    pub handler_error: Option<Failure>,
+    /// The query functions the module defines.
+    pub functions: QueryFunctions,
     shared: Arc<Shared>,
     next_req: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
@@ -219,8 +223,16 @@ impl Template {
                     }),
                 });
                 let reader = tokio::spawn(read_control(shared.clone(), buf));
+                let handler_error = msg.handler_error.map(|e| Failure {
+                    kind: FailureKind::LoadFailed,
+                    exception: e.exception,
+                    message: e.message,
+                    traceback: e.traceback.filter(|t| !t.is_empty()),
+                });
                 Ok(Started::Ready(Template {
                     pid,
+                    handler_error,
+                    functions: msg.query.unwrap_or_default(),
                     shared,
                     next_req: AtomicU64::new(1),
                     reader,
@@ -252,9 +264,9 @@ impl Template {
         lock(&self.shared.state).alive
     }
 
-    /// Asks the template to fork a worker; hands it a fresh protocol socket
-    /// and log pipe.
-    pub(crate) async fn fork(&self) -> Result<NewWorker, ForkError> {
+    /// Asks the template to fork a worker with a memory limit of `memory_mb`;
+    /// hands it a fresh protocol socket and log pipe.
+    pub(crate) async fn fork(&self, memory_mb: u64) -> Result<NewWorker, ForkError> {
         let failed = |what: &str, e: io::Error| ForkError::Failed(format!("{what}: {e}"));
         let (proto, proto_theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
@@ -275,7 +287,7 @@ impl Template {
             }
             state.forks.insert(req, tx);
         }
-        let message = protocol::fork_message(req);
+        let message = protocol::fork_message(req, memory_mb);
         let fds = [proto_theirs.as_fd(), logs_theirs.as_fd()];
         if send_with_fds(&self.shared.ctl, &message, &fds)
             .await

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
@@ -64,6 +64,15 @@ pub(crate) struct Worker {
     exit: oneshot::Receiver<Exit>,
     /// When the worker last finished an invocation.
     pub last_used: Instant,
+}
+
+/// What a query exchange waits for.
+pub(crate) enum Incoming {
+    /// A complete frame of this length is at the start of the read buffer.
+    Frame(usize),
+    Eof,
+    Deadline,
+    FrameTooBig(usize),
 }
 
 enum Event {
@@ -323,7 +332,7 @@ impl Worker {
         Ok(parsed)
     }
 
-    fn consume(&mut self, len: usize) {
+    pub(crate) fn consume(&mut self, len: usize) {
         self.inbuf.drain(..HEADER + len);
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
             self.inbuf = Vec::new();
@@ -383,6 +392,135 @@ impl Worker {
     /// Kills the worker and everything it started (its process group).
     pub(crate) fn kill(&self) {
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+    }
+
+    /// Interrupts a query step (the runner raises `_Abort` in user code).
+    pub(crate) fn interrupt(&self) {
+        let _ = rustix::process::kill_process(self.pid, Signal::INT);
+    }
+
+    /// Writes a whole frame. Whatever the worker sends meanwhile is buffered
+    /// (it may be blocked writing values while we write a batch), and its raw
+    /// output is drained and dropped (a query has no log), so neither side
+    /// can block the other.
+    pub(crate) async fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        // Most frames fit in the socket buffer: no readiness wait at all.
+        loop {
+            match self.proto.try_write(&frame[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+            if written == frame.len() {
+                return Ok(());
+            }
+        }
+        let mut logs_open = true;
+        while written < frame.len() {
+            tokio::select! {
+                ready = self.proto.ready(Interest::READABLE | Interest::WRITABLE) => {
+                    let ready = ready?;
+                    if ready.is_readable() {
+                        self.inbuf.reserve(64 * 1024);
+                        match self.proto.try_read_buf(&mut self.inbuf) {
+                            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if ready.is_writable() {
+                        match self.proto.try_write(&frame[written..]) {
+                            Ok(n) => written += n,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                ready = self.logs.readable(), if logs_open => {
+                    logs_open = ready.is_ok() && self.discard_logs();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next frame of a query exchange, dropping raw output.
+    /// Without a deadline it waits as long as it takes.
+    pub(crate) async fn next_frame(
+        &mut self,
+        deadline: Option<Instant>,
+        frame_max: usize,
+    ) -> Incoming {
+        let mut logs_open = true;
+        let sleep = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep);
+        loop {
+            match protocol::frame_len(&self.inbuf) {
+                Some(len) if len > frame_max => return Incoming::FrameTooBig(len),
+                Some(len) if self.inbuf.len() >= HEADER + len => return Incoming::Frame(len),
+                Some(len) => self.inbuf.reserve(HEADER + len - self.inbuf.len()),
+                None => self.inbuf.reserve(64 * 1024),
+            }
+            // Usually the data is there already: read before waiting.
+            match self.proto.try_read_buf(&mut self.inbuf) {
+                Ok(0) => return Incoming::Eof,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return Incoming::Eof,
+            }
+            tokio::select! {
+                biased;
+                ready = self.proto.readable() => {
+                    if ready.is_err() {
+                        return Incoming::Eof;
+                    }
+                }
+                ready = self.logs.readable(), if logs_open => {
+                    logs_open = ready.is_ok() && self.discard_logs();
+                }
+                () = &mut sleep => return Incoming::Deadline,
+            }
+        }
+    }
+
+    /// The body of the frame of length `len` at the start of the read buffer.
+    pub(crate) fn frame_body(&self, len: usize) -> &[u8] {
+        &self.inbuf[HEADER..HEADER + len]
+    }
+
+    /// Drains the log pipe; false once it is closed.
+    fn discard_logs(&mut self) -> bool {
+        let mut chunk = [0u8; 8 * 1024];
+        // Bounded: a worker writing without pause must not keep us here.
+        for _ in 0..64 {
+            match rustix::io::read(&self.logs, &mut chunk) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    /// The worker's socket closed: how it died.
+    pub(crate) async fn death(&mut self, caps: &Caps) -> Failure {
+        let exit = tokio::time::timeout(EXIT_NOTICE_WAIT, &mut self.exit).await;
+        self.kill();
+        match exit {
+            Ok(Ok(exit)) => classify(&exit, caps),
+            _ => Failure::new(
+                FailureKind::Crashed,
+                "the worker died; its exit status is unknown",
+            ),
+        }
     }
 }
 
@@ -457,7 +595,7 @@ fn join_logs(mut python_logs: Vec<u8>, pipe_logs: Vec<u8>) -> Vec<u8> {
     python_logs
 }
 
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

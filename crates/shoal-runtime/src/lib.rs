@@ -6,11 +6,12 @@
 //! (could not spawn a process, the runtime is shutting down).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use shoal_types::{Limits, Outcome};
+use shoal_types::{Failure, Limits, Outcome};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -84,6 +85,95 @@ pub struct Prepared {
     pub reused: bool,
 }
 
+/// Documents of a shard as `(id, compact JSON text)`.
+pub type DocBatch = Vec<(String, Vec<u8>)>;
+
+/// Where a query's documents come from (the engine's store), shard by shard.
+pub trait ShardSource: Send + Sync + 'static {
+    /// Up to `limit` documents of `shard` in id order after `after`
+    /// (exclusive): `(id, compact JSON text)`. An empty answer ends the shard.
+    fn scan(
+        &self,
+        shard: u32,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'static, std::result::Result<DocBatch, String>>;
+}
+
+/// One shard to query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryShard {
+    pub shard: u32,
+    /// The shard's version (bumped by every write): a worker's resident copy
+    /// of the shard is used only when its version matches.
+    pub version: u64,
+    /// Documents in the shard (a hint for splitting work and for progress).
+    pub docs: u64,
+}
+
+/// A map (and reduce) over a category's shards.
+pub struct QueryRequest {
+    pub query_id: String,
+    /// Names the data set for worker caches; different for a category that
+    /// was deleted and created again (e.g. `name@created_at_ms`).
+    pub dataset: String,
+    pub shards: Vec<QueryShard>,
+    /// Count and list failing documents instead of failing the query.
+    pub skip_errors: bool,
+    pub source: Arc<dyn ShardSource>,
+    /// Progress, and the mapped values when the module has no `reduce`.
+    /// Bounded: a slow reader slows the query down (back-pressure).
+    pub events: tokio::sync::mpsc::Sender<QueryEvent>,
+}
+
+/// What a running query reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryEvent {
+    /// Mapped values (module without `reduce`), as NDJSON: one compact JSON
+    /// value per line. Sent in *document order*: shard 0 first, then shard
+    /// 1, ...; within a shard in id order. `None` results are left out.
+    Values(Vec<u8>),
+    /// `docs` more documents of `shard` were processed.
+    Progress { shard: u32, docs: u64 },
+}
+
+/// A document whose `map` failed, when `skip_errors` was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocFailure {
+    pub id: String,
+    pub failure: Failure,
+}
+
+/// How a query ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryResult {
+    /// The module defines `reduce`: partial results were reduced inside each
+    /// worker and then across shards. `None` when no document gave a value.
+    Reduced(Option<String>),
+    /// No `reduce`: the values went out as `QueryEvent::Values`.
+    Mapped,
+    /// `map` (or `map_batch`/`reduce`) failed and `skip_errors` was off, or
+    /// the module could not be used for a query (no `map`). `doc_id` names the
+    /// document when one is to blame.
+    Failed {
+        doc_id: Option<String>,
+        failure: Failure,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryOutcome {
+    pub result: QueryResult,
+    /// Documents processed.
+    pub docs: u64,
+    /// Documents whose `map` failed (with `skip_errors`).
+    pub errors: u64,
+    /// The first failures (at most 100), with `skip_errors`.
+    pub failures: Vec<DocFailure>,
+    /// Shards served from workers' resident copies, of all shards.
+    pub cached_shards: u32,
+}
+
 pub trait Runtime: Send + Sync + 'static {
     /// Builds what a deployment needs before it can run (a virtualenv from
     /// `requirements.txt`), reusing an identical earlier one.
@@ -96,6 +186,15 @@ pub trait Runtime: Send + Sync + 'static {
         deployment: &Deployment,
         request: Request,
     ) -> BoxFuture<'static, Result<Response>>;
+
+    /// Maps the deployment's module over the shards on warm workers that keep
+    /// the decoded documents of "their" shards resident between queries
+    /// (within the runtime's memory budget). `Err` is a platform failure.
+    fn query(
+        &self,
+        deployment: &Deployment,
+        request: QueryRequest,
+    ) -> BoxFuture<'static, Result<QueryOutcome>>;
 
     /// Stops the workers of a deployment that was removed or replaced.
     fn retire(&self, key: &str);

@@ -49,6 +49,8 @@ impl From<EngineError> for ApiError {
                     "function" => ErrorCode::FunctionNotFound,
                     "invocation" => ErrorCode::InvocationNotFound,
                     "token" => ErrorCode::TokenNotFound,
+                    "category" => ErrorCode::CategoryNotFound,
+                    "document" => ErrorCode::DocumentNotFound,
                     _ => ErrorCode::RouteNotFound,
                 },
             ),
@@ -58,6 +60,10 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
             EngineError::InvalidFunction(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction)
+            }
+            EngineError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::CategoryExists),
+            EngineError::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge)
             }
             EngineError::DeployFailed(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed)

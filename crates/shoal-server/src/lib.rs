@@ -5,6 +5,7 @@
 
 mod auth;
 mod convert;
+mod docsplit;
 mod error;
 mod routes;
 
@@ -30,6 +31,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Largest function archive accepted by deploy.
     pub max_archive_bytes: usize,
+    /// Largest document write (one request, all its documents).
+    pub max_write_bytes: usize,
 }
 
 impl Default for Options {
@@ -37,6 +40,7 @@ impl Default for Options {
         Options {
             max_body_bytes: 6 * 1024 * 1024,
             max_archive_bytes: 64 * 1024 * 1024,
+            max_write_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -45,6 +49,7 @@ impl Default for Options {
 pub struct AppState {
     pub(crate) handle: Handle,
     pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) max_write_bytes: usize,
 }
 
 #[derive(OpenApi)]
@@ -69,7 +74,11 @@ impl Modify for BearerAuth {
 
 /// Builds the node's router.
 pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>) -> Router {
-    let state = AppState { handle, metrics };
+    let state = AppState {
+        handle,
+        metrics,
+        max_write_bytes: opts.max_write_bytes,
+    };
     let deploy = OpenApiRouter::new()
         .routes(routes!(routes::functions::deploy))
         .layer(DefaultBodyLimit::max(opts.max_archive_bytes));
@@ -82,6 +91,21 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::tokens::create, routes::tokens::list))
         .routes(routes!(routes::tokens::revoke))
         .routes(routes!(routes::health::healthz))
+        .routes(routes!(
+            routes::categories::create,
+            routes::categories::list
+        ))
+        .routes(routes!(
+            routes::categories::show,
+            routes::categories::remove
+        ))
+        .routes(routes!(routes::categories::write, routes::categories::scan))
+        .routes(routes!(
+            routes::categories::get_doc,
+            routes::categories::put_doc,
+            routes::categories::delete_doc
+        ))
+        .routes(routes!(routes::categories::query))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

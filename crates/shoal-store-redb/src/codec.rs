@@ -4,7 +4,15 @@
 //! - records (functions, tokens, invocations): `[1] ++ JSON`;
 //! - logs: `[1] ++ raw bytes`;
 //! - queue messages: `[1] ++ u32 LE header length ++ JSON header ++ raw body`,
-//!   so bodies are stored as they are, not as JSON arrays of numbers.
+//!   so bodies are stored as they are, not as JSON arrays of numbers;
+//! - categories: `[1] ++ u64 LE internal id ++ u32 LE shards ++ JSON record`,
+//!   so the hot paths (every document read and write) find the category's
+//!   key prefix and shard count without parsing JSON;
+//! - documents: `[1] ++ the JSON text as given` (never re-encoded).
+//!
+//! Document keys are `u64 BE internal category id ++ u32 BE shard ++ id
+//! bytes`: one shard is one contiguous range in id byte order, and two
+//! categories never share a prefix, whatever their names.
 //!
 //! A new format gets a new first byte; decoders keep reading every older one.
 
@@ -12,7 +20,7 @@ use std::fmt::Display;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shoal_store::{Error, InvocationRecord, Result};
+use shoal_store::{CategoryRecord, Error, InvocationRecord, Result};
 
 pub(crate) const FORMAT_V1: u8 = 1;
 
@@ -103,6 +111,92 @@ pub(crate) fn decode_message<'a>(
     Ok((header, body))
 }
 
+/// The binary head of a stored category: what document operations need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CategoryHead {
+    /// The category's key prefix in the document tables. Never reused, so a
+    /// category created again under a deleted one's name starts empty.
+    pub id: u64,
+    pub shards: u32,
+}
+
+const CATEGORY_HEAD_LEN: usize = 1 + 8 + 4;
+
+pub(crate) fn encode_category(head: CategoryHead, record: &CategoryRecord) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(CATEGORY_HEAD_LEN + 64 + 4 * record.slots.len());
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&head.id.to_le_bytes());
+    out.extend_from_slice(&head.shards.to_le_bytes());
+    serde_json::to_writer(&mut out, record)
+        .map_err(|e| Error::Corrupt(format!("category {}: cannot encode: {e}", record.name)))?;
+    Ok(out)
+}
+
+/// The head alone, without parsing the JSON.
+pub(crate) fn decode_category_head(what: &dyn Display, bytes: &[u8]) -> Result<CategoryHead> {
+    let rest = payload(what, bytes)?;
+    let corrupt = || Error::Corrupt(format!("{what}: truncated category"));
+    let (id, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let (shards, _) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    Ok(CategoryHead {
+        id: u64::from_le_bytes(*id),
+        shards: u32::from_le_bytes(*shards),
+    })
+}
+
+pub(crate) fn decode_category(
+    what: &dyn Display,
+    bytes: &[u8],
+) -> Result<(CategoryHead, CategoryRecord)> {
+    let head = decode_category_head(what, bytes)?;
+    let record = serde_json::from_slice(&bytes[CATEGORY_HEAD_LEN..])
+        .map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
+    Ok((head, record))
+}
+
+/// The length of a document key's (category, shard) prefix.
+pub(crate) const SHARD_PREFIX_LEN: usize = 12;
+
+/// `u64 BE category ++ u32 BE shard`.
+pub(crate) fn shard_prefix(category: u64, shard: u32) -> [u8; SHARD_PREFIX_LEN] {
+    let mut out = [0; SHARD_PREFIX_LEN];
+    out[..8].copy_from_slice(&category.to_be_bytes());
+    out[8..].copy_from_slice(&shard.to_be_bytes());
+    out
+}
+
+/// The first key after every key of a shard, if there is one.
+pub(crate) fn shard_end(category: u64, shard: u32) -> Option<[u8; SHARD_PREFIX_LEN]> {
+    match shard.checked_add(1) {
+        Some(next) => Some(shard_prefix(category, next)),
+        None => category.checked_add(1).map(|c| shard_prefix(c, 0)),
+    }
+}
+
+/// Writes a document key into `buf` (cleared first), reusing its allocation.
+pub(crate) fn doc_key(buf: &mut Vec<u8>, category: u64, shard: u32, id: &str) {
+    buf.clear();
+    buf.extend_from_slice(&shard_prefix(category, shard));
+    buf.extend_from_slice(id.as_bytes());
+}
+
+/// Writes a document value (`[1] ++ body`) into `buf` (cleared first).
+pub(crate) fn encode_doc(buf: &mut Vec<u8>, body: &[u8]) {
+    buf.clear();
+    buf.push(FORMAT_V1);
+    buf.extend_from_slice(body);
+}
+
+/// The JSON text of a stored document.
+pub(crate) fn decode_doc<'a>(what: &dyn Display, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    payload(what, bytes)
+}
+
+/// The size a stored document counts for in the shard stats (its JSON text).
+pub(crate) fn stored_doc_len(bytes: &[u8]) -> u64 {
+    bytes.len().saturating_sub(1) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +244,41 @@ mod tests {
             decode_record::<InvocationRecord>(&"i", &again).unwrap(),
             expected
         );
+
+        let category = CategoryRecord {
+            name: "c".to_string(),
+            shards: 2,
+            slots: vec![3, 0],
+            created_at_ms: 7,
+        };
+        let head = CategoryHead { id: 5, shards: 2 };
+        let golden: &[u8] = concat!(
+            "\x01\x05\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00",
+            "{\"name\":\"c\",\"shards\":2,\"slots\":[3,0],\"created_at_ms\":7}"
+        )
+        .as_bytes();
+        assert_eq!(encode_category(head, &category).unwrap(), golden);
+        assert_eq!(decode_category(&"c", golden).unwrap(), (head, category));
+        assert_eq!(decode_category_head(&"c", golden).unwrap(), head);
+
+        let mut key = Vec::new();
+        doc_key(&mut key, 0x0102, 3, "id");
+        assert_eq!(key, b"\x00\x00\x00\x00\x00\x00\x01\x02\x00\x00\x00\x03id");
+        assert_eq!(
+            shard_end(0x0102, 3).unwrap()[..],
+            key[..8]
+                .iter()
+                .chain(&[0, 0, 0, 4])
+                .copied()
+                .collect::<Vec<_>>()[..]
+        );
+        assert_eq!(shard_end(1, u32::MAX), Some(shard_prefix(2, 0)));
+        assert_eq!(shard_end(u64::MAX, u32::MAX), None);
+        let mut value = Vec::new();
+        encode_doc(&mut value, b"{}");
+        assert_eq!(value, b"\x01{}");
+        assert_eq!(decode_doc(&"d", &value).unwrap(), b"{}");
+        assert_eq!(stored_doc_len(&value), 2);
     }
 
     #[test]
@@ -172,5 +301,21 @@ mod tests {
         };
         assert!(check_invocation(&inf).is_err());
         assert!(check_invocation(&sample_invocation("i", "f")).is_ok());
+        for bad in [
+            &b"\x01\x05\x00"[..],
+            b"\x01\x05\x00\x00\x00\x00\x00\x00\x00\x02\x00",
+        ] {
+            assert!(matches!(
+                decode_category_head(&"c", bad),
+                Err(Error::Corrupt(_))
+            ));
+        }
+        assert!(matches!(
+            decode_category(
+                &"c",
+                b"\x01\x05\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00{"
+            ),
+            Err(Error::Corrupt(_))
+        ));
     }
 }

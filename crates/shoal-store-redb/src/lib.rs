@@ -5,7 +5,8 @@
 //! caller's thread in a short read transaction: a point read from redb's
 //! cache takes a few microseconds, less than handing it to
 //! `spawn_blocking` (see `examples/bench.rs`). Queue leases are kept in
-//! memory (see `queue`); the messages themselves are durable.
+//! memory (see `queue`); the messages themselves are durable. Documents are
+//! described in `docs`.
 //!
 //! Layout (private to this crate), every value starting with a format byte
 //! (see `codec`):
@@ -13,6 +14,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `"format"` | u64 layout version (1) |
+//! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"` | u64 counters |
 //! | `functions` | (name, version) | `FunctionRecord` |
 //! | `function_last_version` | name | u64, kept after removal |
 //! | `tokens` | id | `TokenRecord` |
@@ -20,12 +22,19 @@
 //! | `invocations` | id | `InvocationRecord` |
 //! | `logs` | invocation id | bytes |
 //! | `queue_messages` | (queue, message id) | header {due_ms, failures, seq} + body |
+//! | `categories` | name | internal id, shards, `CategoryRecord` |
+//! | `docs` | u64 BE internal id ++ u32 BE shard ++ doc id bytes | raw JSON text |
+//! | `doc_stats` | (internal id, shard) | (docs, bytes, version), no format byte |
+//! | `doc_garbage` | internal id of a deleted category | its name (documents await the purge) |
 
 mod codec;
+mod docs;
 mod queue;
 mod writer;
 
+use std::collections::BTreeSet;
 use std::fmt::Display;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -34,12 +43,13 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_store::{
-    Catalog, Delivery, Error, FunctionRecord, InvocationRecord, Invocations, Leased, NewMessage,
-    Pending, QueueDepth, Queues, Result, TokenRecord,
+    Catalog, CategoryRecord, Delivery, DocWrite, Docs, Error, FunctionRecord, InvocationRecord,
+    Invocations, Leased, NewMessage, Pending, QueueDepth, Queues, Result, ShardStats, StoredDoc,
+    TokenRecord,
 };
 use tokio::sync::oneshot;
 
-use crate::codec::{decode_bytes, decode_message, decode_record};
+use crate::codec::{CategoryHead, decode_bytes, decode_message, decode_record};
 use crate::queue::QueueIndex;
 use crate::writer::{Command, Msg, Op, Reply, Writer};
 
@@ -51,6 +61,11 @@ const TOKEN_SECRETS: TableDefinition<&str, &str> = TableDefinition::new("token_b
 const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
 const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
 const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("queue_messages");
+const CATEGORIES: TableDefinition<&str, &[u8]> = TableDefinition::new("categories");
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+/// (category id, shard) → (docs, bytes, version).
+const DOC_STATS: TableDefinition<(u64, u32), (u64, u64, u64)> = TableDefinition::new("doc_stats");
+const DOC_GARBAGE: TableDefinition<u64, &str> = TableDefinition::new("doc_garbage");
 
 /// The layout version in `meta["format"]`.
 const LAYOUT_VERSION: u64 = 1;
@@ -65,6 +80,8 @@ pub(crate) struct Shared {
     index: QueueIndex,
     commits: AtomicU64,
     writes: AtomicU64,
+    purged_docs: AtomicU64,
+    purge_backlog: AtomicU64,
 }
 
 /// Group-commit counters since open.
@@ -74,9 +91,13 @@ pub struct WriterStats {
     pub commits: u64,
     /// Write operations committed (`writes / commits` is the mean batch size).
     pub writes: u64,
+    /// Documents of deleted categories removed by the background purge.
+    pub purged_docs: u64,
+    /// Deleted categories whose documents are not all purged yet.
+    pub purge_backlog: u64,
 }
 
-/// The embedded store. Implements `Catalog`, `Invocations` and `Queues`;
+/// The embedded store. Implements `Catalog`, `Invocations`, `Queues` and `Docs`;
 /// bundle it with `shoal_store::Backend::from_adapter`.
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -105,14 +126,17 @@ impl RedbStore {
         init_layout(&db)?;
         let index = QueueIndex::default();
         let next_seq = recover_queues(&db, &index)?;
+        let garbage = pending_purges(&db)?;
         let shared = Arc::new(Shared {
             db,
             index,
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            purged_docs: AtomicU64::new(0),
+            purge_backlog: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::new(shared.clone(), rx, next_seq);
+        let writer = Writer::new(shared.clone(), rx, next_seq, garbage);
         let handle = std::thread::Builder::new()
             .name("shoal-redb-writer".to_string())
             .spawn(move || writer.run())
@@ -130,11 +154,13 @@ impl RedbStore {
         &self.path
     }
 
-    /// Group-commit counters, for metrics.
+    /// Group-commit and purge counters, for metrics.
     pub fn stats(&self) -> WriterStats {
         WriterStats {
             commits: self.shared.commits.load(Ordering::Relaxed),
             writes: self.shared.writes.load(Ordering::Relaxed),
+            purged_docs: self.shared.purged_docs.load(Ordering::Relaxed),
+            purge_backlog: self.shared.purge_backlog.load(Ordering::Relaxed),
         }
     }
 
@@ -217,8 +243,33 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(INVOCATIONS).map_err(unavailable)?;
         txn.open_table(LOGS).map_err(unavailable)?;
         txn.open_table(MESSAGES).map_err(unavailable)?;
+        txn.open_table(CATEGORIES).map_err(unavailable)?;
+        txn.open_table(DOCS).map_err(unavailable)?;
+        txn.open_table(DOC_STATS).map_err(unavailable)?;
+        txn.open_table(DOC_GARBAGE).map_err(unavailable)?;
     }
     txn.commit().map_err(unavailable)
+}
+
+/// Deleted categories whose documents the writer still has to purge.
+fn pending_purges(db: &Database) -> Result<BTreeSet<u64>> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(DOC_GARBAGE).map_err(unavailable)?;
+    let mut out = BTreeSet::new();
+    for entry in table.iter().map_err(unavailable)? {
+        out.insert(entry.map_err(unavailable)?.0.value());
+    }
+    Ok(out)
+}
+
+/// The head of a category in a read transaction; `NotFound` if missing.
+fn category_head(txn: &ReadTransaction, name: &str) -> Result<CategoryHead> {
+    let table = txn.open_table(CATEGORIES).map_err(unavailable)?;
+    let stored = table
+        .get(name)
+        .map_err(unavailable)?
+        .ok_or_else(|| Error::NotFound(name.to_string()))?;
+    codec::decode_category_head(&format_args!("category {name}"), stored.value())
 }
 
 /// Indexes every stored message as waiting (leases do not survive a
@@ -484,6 +535,162 @@ impl Queues for RedbStore {
     }
 }
 
+/// Every operation on a category that does not exist fails with `NotFound`,
+/// except `create_category`, `category` (`None`) and `delete_category`
+/// (`false`).
+impl Docs for RedbStore {
+    fn create_category(
+        &self,
+        name: &str,
+        shards: u32,
+        slot_count: u32,
+        now_ms: u64,
+    ) -> Pending<(CategoryRecord, bool)> {
+        // Through the writer even when it exists: a delete issued before
+        // must land first.
+        self.submit(
+            Command::CreateCategory {
+                name: name.to_string(),
+                shards,
+                slot_count,
+                now_ms,
+            },
+            Reply::Category,
+        )
+    }
+
+    fn category(&self, name: &str) -> Pending<Option<CategoryRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(CATEGORIES).map_err(unavailable)?;
+            let stored = table.get(name).map_err(unavailable)?;
+            stored
+                .map(|v| codec::decode_category(&format_args!("category {name}"), v.value()))
+                .transpose()
+                .map(|found| found.map(|(_, record)| record))
+        })
+    }
+
+    fn categories(&self) -> Pending<Vec<CategoryRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(CATEGORIES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (name, value) = entry.map_err(unavailable)?;
+                let what = format_args!("category {}", name.value());
+                out.push(codec::decode_category(&what, value.value())?.1);
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_category(&self, name: &str) -> Pending<bool> {
+        self.submit(Command::DeleteCategory(name.to_string()), Reply::Existed)
+    }
+
+    fn put_docs(&self, category: &str, docs: Vec<DocWrite>) -> Pending<()> {
+        self.submit(
+            Command::PutDocs {
+                category: category.to_string(),
+                docs,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn get_doc(&self, category: &str, shard: u32, id: &str) -> Pending<Option<Vec<u8>>> {
+        self.read(|txn| {
+            let head = category_head(txn, category)?;
+            let table = txn.open_table(DOCS).map_err(unavailable)?;
+            let mut key = Vec::with_capacity(codec::SHARD_PREFIX_LEN + id.len());
+            codec::doc_key(&mut key, head.id, shard, id);
+            let stored = table.get(key.as_slice()).map_err(unavailable)?;
+            stored
+                .map(|v| {
+                    let what = format_args!("category {category} shard {shard} doc {id}");
+                    codec::decode_doc(&what, v.value()).map(<[u8]>::to_vec)
+                })
+                .transpose()
+        })
+    }
+
+    fn delete_docs(&self, category: &str, docs: Vec<(u32, String)>) -> Pending<u64> {
+        self.submit(
+            Command::DeleteDocs {
+                category: category.to_string(),
+                docs,
+            },
+            Reply::Count,
+        )
+    }
+
+    fn scan_shard(
+        &self,
+        category: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Pending<Vec<StoredDoc>> {
+        self.read(|txn| {
+            let head = category_head(txn, category)?;
+            let table = txn.open_table(DOCS).map_err(unavailable)?;
+            let prefix = codec::shard_prefix(head.id, shard);
+            let mut start = Vec::new();
+            let lower = match after {
+                Some(after) => {
+                    codec::doc_key(&mut start, head.id, shard, after);
+                    Bound::Excluded(start.as_slice())
+                }
+                None => Bound::Included(prefix.as_slice()),
+            };
+            let end = codec::shard_end(head.id, shard);
+            let upper = match &end {
+                Some(end) => Bound::Excluded(end.as_slice()),
+                None => Bound::Unbounded,
+            };
+            let mut out = Vec::with_capacity(limit.min(4096));
+            if limit == 0 {
+                return Ok(out);
+            }
+            for entry in table.range::<&[u8]>((lower, upper)).map_err(unavailable)? {
+                let (key, value) = entry.map_err(unavailable)?;
+                let id = &key.value()[codec::SHARD_PREFIX_LEN..];
+                let id = std::str::from_utf8(id).map_err(|e| {
+                    Error::Corrupt(format!("category {category} shard {shard}: doc id: {e}"))
+                })?;
+                let what = format_args!("category {category} shard {shard} doc {id}");
+                let body = codec::decode_doc(&what, value.value())?;
+                out.push(StoredDoc {
+                    id: id.to_string(),
+                    body: body.to_vec(),
+                });
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn shard_stats(&self, category: &str) -> Pending<Vec<ShardStats>> {
+        self.read(|txn| {
+            let head = category_head(txn, category)?;
+            let table = txn.open_table(DOC_STATS).map_err(unavailable)?;
+            let mut out = vec![ShardStats::default(); head.shards as usize];
+            let range = (head.id, 0)..(head.id, head.shards);
+            for entry in table.range(range).map_err(unavailable)? {
+                let (key, value) = entry.map_err(unavailable)?;
+                let (docs, bytes, version) = value.value();
+                out[key.value().1 as usize] = ShardStats {
+                    docs,
+                    bytes,
+                    version,
+                };
+            }
+            Ok(out)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,8 +718,103 @@ mod tests {
             t.insert("tok", &b"\x01[]"[..]).unwrap();
             let mut t = txn.open_table(TOKEN_SECRETS).unwrap();
             t.insert("sha", "tok").unwrap();
+            let mut t = txn.open_table(CATEGORIES).unwrap();
+            t.insert("badcat", &b"\x01\x07"[..]).unwrap();
         }
         txn.commit().unwrap();
+    }
+
+    fn docs_in_table(store: &RedbStore) -> u64 {
+        use redb::ReadableTableMetadata;
+        let txn = store.shared.db.begin_read().unwrap();
+        txn.open_table(DOCS).unwrap().len().unwrap()
+    }
+
+    fn garbage_in_table(store: &RedbStore) -> u64 {
+        use redb::ReadableTableMetadata;
+        let txn = store.shared.db.begin_read().unwrap();
+        txn.open_table(DOC_GARBAGE).unwrap().len().unwrap()
+    }
+
+    fn docs(shard: u32, prefix: &str, n: usize) -> Vec<DocWrite> {
+        (0..n)
+            .map(|i| DocWrite {
+                shard,
+                id: format!("{prefix}{i:06}"),
+                body: format!("{{\"i\":{i}}}").into_bytes(),
+            })
+            .collect()
+    }
+
+    /// Waits (polling, bounded) until the writer has purged every deleted category.
+    async fn purged(store: &RedbStore) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.stats().purge_backlog > 0 {
+            assert!(std::time::Instant::now() < deadline, "purge did not finish");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_documents_are_purged_in_chunks_and_resume_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        let store = RedbStore::open(&path).unwrap();
+        store.create_category("big", 2, 4, T).await.unwrap();
+        store.create_category("keep", 1, 4, T).await.unwrap();
+        for (shard, prefix) in [(0, "a"), (1, "b"), (0, "c")] {
+            store
+                .put_docs("big", docs(shard, prefix, 10_000))
+                .await
+                .unwrap();
+        }
+        store.put_docs("keep", docs(0, "k", 100)).await.unwrap();
+        assert_eq!(docs_in_table(&store), 30_100);
+
+        // Deleted: gone at once, documents purged behind it in several commits.
+        let before = store.stats();
+        assert!(store.delete_category("big").await.unwrap());
+        assert!(store.category("big").await.unwrap().is_none());
+        // Writes go on meanwhile.
+        store.put_docs("keep", docs(0, "k2-", 10)).await.unwrap();
+        purged(&store).await;
+        let after = store.stats();
+        assert_eq!(after.purged_docs - before.purged_docs, 30_000);
+        assert!(
+            after.commits - before.commits >= 4,
+            "30,000 documents purged in {} commits",
+            after.commits - before.commits
+        );
+        assert_eq!(docs_in_table(&store), 110);
+        assert_eq!(garbage_in_table(&store), 0);
+        assert_eq!(store.shard_stats("keep").await.unwrap()[0].docs, 110);
+
+        // A crash right after a delete committed: the record is gone and the
+        // documents are filed as garbage, none purged yet.
+        store.create_category("big", 2, 4, T).await.unwrap();
+        store.put_docs("big", docs(1, "z", 15_000)).await.unwrap();
+        store.close();
+        {
+            let txn = writer::begin(&store.shared.db).unwrap();
+            {
+                let mut categories = txn.open_table(CATEGORIES).unwrap();
+                let stored = categories.remove("big").unwrap().unwrap();
+                let head = codec::decode_category_head(&"big", stored.value()).unwrap();
+                drop(stored);
+                let mut garbage = txn.open_table(DOC_GARBAGE).unwrap();
+                garbage.insert(head.id, "big").unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        drop(store);
+
+        let store = RedbStore::open(&path).unwrap();
+        assert!(store.category("big").await.unwrap().is_none());
+        assert_eq!(store.stats().purge_backlog, 1, "the purge resumes on open");
+        purged(&store).await;
+        assert_eq!(store.stats().purged_docs, 15_000);
+        assert_eq!(docs_in_table(&store), 110);
+        assert_eq!(garbage_in_table(&store), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,6 +834,18 @@ mod tests {
             store.token_by_secret_sha256("sha").await,
             Err(Error::Corrupt(_))
         ));
+        assert!(matches!(
+            store.category("badcat").await,
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(store.categories().await, Err(Error::Corrupt(_))));
+        let put = store.put_docs("badcat", Vec::new());
+        let create = store.create_category("goodcat", 1, 1, T);
+        assert!(matches!(put.await, Err(Error::Corrupt(_))));
+        assert!(create.await.unwrap().1);
+        // A corrupt category can still be deleted.
+        assert!(store.delete_category("badcat").await.unwrap());
+        assert_eq!(store.categories().await.unwrap().len(), 1);
 
         // Issued together, so most likely in one batch: only the nack fails.
         let nack = store.nack("q", "m", T);
@@ -577,6 +891,35 @@ mod tests {
         // The call is refused as a whole.
         assert_eq!(store.invocation("ok").await.unwrap(), None);
         assert_eq!(store.invocation("nan").await.unwrap(), None);
+    }
+
+    /// The engine validates these; the store must not panic on them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn degenerate_categories_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+        let (none, _) = store.create_category("none", 0, 0, T).await.unwrap();
+        assert!(none.slots.is_empty());
+        assert_eq!(store.shard_stats("none").await.unwrap(), Vec::new());
+        store.put_docs("none", Vec::new()).await.unwrap();
+        assert!(matches!(
+            store.put_docs("none", docs(0, "a", 1)).await,
+            Err(Error::NotFound(_))
+        ));
+        let (one_slot, _) = store.create_category("one", 3, 0, T).await.unwrap();
+        assert_eq!(one_slot.slots, [0, 0, 0]);
+        assert_eq!(
+            store.scan_shard("one", u32::MAX, None, 10).await.unwrap(),
+            Vec::new()
+        );
+        assert_eq!(store.get_doc("one", u32::MAX, "").await.unwrap(), None);
+        assert_eq!(
+            store
+                .delete_docs("one", vec![(u32::MAX, "a".into())])
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

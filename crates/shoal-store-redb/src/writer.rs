@@ -6,24 +6,43 @@
 //! transaction, commits once (`Durability::Immediate`, quick-repair: one
 //! fsync for the whole batch), updates the in-memory queue index, then
 //! answers each caller. An operation whose own data is bad (a corrupt stored
-//! record) fails alone; a storage error fails the whole batch.
+//! record, a missing category) fails alone and writes nothing; a storage
+//! error fails the whole batch.
+//!
+//! A batch is also bounded by its size (`MAX_BATCH_BYTES`), so large
+//! document writes make several commits of a few MiB rather than one huge
+//! transaction. While deleted categories await their purge, every commit
+//! also deletes a chunk of their documents (a bigger chunk when idle).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
-use shoal_store::{Error, FunctionRecord, NewMessage, Result, TokenRecord};
+use shoal_store::{
+    CategoryRecord, DocWrite, Error, FunctionRecord, NewMessage, Result, TokenRecord,
+};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, MessageHeader};
+use crate::docs::{self, Scratch};
 use crate::{
-    FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LOGS, MESSAGES, Shared, TOKEN_SECRETS, TOKENS,
-    unavailable,
+    CATEGORIES, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LOGS,
+    MESSAGES, META, Shared, TOKEN_SECRETS, TOKENS, unavailable,
 };
 
 /// The most operations committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 4096;
+
+/// No more operations are added to a batch once it carries this much data
+/// (it always takes at least one operation, however large).
+pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Documents of deleted categories removed per commit: alongside a batch of
+/// writes, and in a commit of its own when no write is waiting.
+const PURGE_BUSY: usize = 1_000;
+const PURGE_IDLE: usize = 10_000;
 
 pub(crate) enum Msg {
     Op(Op),
@@ -65,6 +84,38 @@ pub(crate) enum Command {
         id: String,
         due_ms: u64,
     },
+    CreateCategory {
+        name: String,
+        shards: u32,
+        slot_count: u32,
+        now_ms: u64,
+    },
+    DeleteCategory(String),
+    PutDocs {
+        category: String,
+        docs: Vec<DocWrite>,
+    },
+    DeleteDocs {
+        category: String,
+        docs: Vec<(u32, String)>,
+    },
+}
+
+impl Command {
+    /// About how many bytes the operation writes, to bound a batch.
+    fn weight(&self) -> usize {
+        const ROW: usize = 64;
+        match self {
+            Command::PutInvocations(records) => records.iter().map(|(_, v)| ROW + v.len()).sum(),
+            Command::PutLogs { value, .. } => ROW + value.len(),
+            Command::Send { messages, .. } => messages.iter().map(|m| ROW + m.body.len()).sum(),
+            Command::PutDocs { docs, .. } => {
+                docs.iter().map(|d| ROW + d.id.len() + d.body.len()).sum()
+            }
+            Command::DeleteDocs { docs, .. } => docs.len() * ROW,
+            _ => ROW,
+        }
+    }
 }
 
 /// Where the answer goes.
@@ -72,12 +123,17 @@ pub(crate) enum Reply {
     Unit(oneshot::Sender<Result<()>>),
     Version(oneshot::Sender<Result<u64>>),
     Existed(oneshot::Sender<Result<bool>>),
+    Count(oneshot::Sender<Result<u64>>),
+    Category(oneshot::Sender<Result<(CategoryRecord, bool)>>),
 }
 
-enum Value {
+pub(crate) enum Value {
     Unit,
     Version(u64),
     Existed(bool),
+    Count(u64),
+    /// The record, and whether it was created now.
+    Category(CategoryRecord, bool),
 }
 
 impl Reply {
@@ -92,6 +148,12 @@ impl Reply {
             }
             (Reply::Existed(tx), Ok(Value::Existed(b))) => {
                 let _ = tx.send(Ok(b));
+            }
+            (Reply::Count(tx), Ok(Value::Count(n))) => {
+                let _ = tx.send(Ok(n));
+            }
+            (Reply::Category(tx), Ok(Value::Category(record, created))) => {
+                let _ = tx.send(Ok((record, created)));
             }
             (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
             (reply, Err(e)) => reply.fail(e),
@@ -109,12 +171,19 @@ impl Reply {
             Reply::Existed(tx) => {
                 let _ = tx.send(Err(e));
             }
+            Reply::Count(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Category(tx) => {
+                let _ = tx.send(Err(e));
+            }
         }
     }
 }
 
-/// What the in-memory queue index learns once the batch is committed.
-enum Effect {
+/// What the in-memory state (queue index, purge list) learns once the
+/// batch is committed.
+pub(crate) enum Effect {
     None,
     Sent(String, Vec<(String, MessageHeader)>),
     Acked(String, Vec<String>),
@@ -124,6 +193,8 @@ enum Effect {
         due_ms: u64,
         failures: u32,
     },
+    /// A deleted category's documents (by internal id) await the purge.
+    Garbage(u64),
 }
 
 /// An applied operation, waiting for the commit.
@@ -134,13 +205,18 @@ struct Done {
 
 /// An operation's result inside the transaction: the outer error is a
 /// storage error (fails the batch), the inner one the operation's own.
-type Applied = std::result::Result<Result<(Value, Effect)>, redb::StorageError>;
+pub(crate) type Applied = std::result::Result<Result<(Value, Effect)>, redb::StorageError>;
 
-fn ok(value: Value, effect: Effect) -> Applied {
+pub(crate) fn ok(value: Value, effect: Effect) -> Applied {
     Ok(Ok((value, effect)))
 }
 
-struct Tables<'txn> {
+pub(crate) struct Tables<'txn> {
+    pub meta: Table<'txn, &'static str, u64>,
+    pub categories: Table<'txn, &'static str, &'static [u8]>,
+    pub docs: Table<'txn, &'static [u8], &'static [u8]>,
+    pub doc_stats: Table<'txn, (u64, u32), (u64, u64, u64)>,
+    pub doc_garbage: Table<'txn, u64, &'static str>,
     functions: Table<'txn, (&'static str, u64), &'static [u8]>,
     function_versions: Table<'txn, &'static str, u64>,
     tokens: Table<'txn, &'static str, &'static [u8]>,
@@ -153,6 +229,11 @@ struct Tables<'txn> {
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
         Ok(Tables {
+            meta: txn.open_table(META)?,
+            categories: txn.open_table(CATEGORIES)?,
+            docs: txn.open_table(DOCS)?,
+            doc_stats: txn.open_table(DOC_STATS)?,
+            doc_garbage: txn.open_table(DOC_GARBAGE)?,
             functions: txn.open_table(FUNCTIONS)?,
             function_versions: txn.open_table(FUNCTION_VERSIONS)?,
             tokens: txn.open_table(TOKENS)?,
@@ -179,73 +260,118 @@ pub(crate) struct Writer {
     rx: Receiver<Msg>,
     /// The next queue message sequence number.
     next_seq: u64,
+    /// Deleted categories (internal ids) whose documents are not all purged.
+    garbage: BTreeSet<u64>,
+    scratch: Scratch,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Msg>, next_seq: u64) -> Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Msg>,
+        next_seq: u64,
+        garbage: BTreeSet<u64>,
+    ) -> Writer {
+        shared
+            .purge_backlog
+            .store(garbage.len() as u64, Ordering::Relaxed);
         Writer {
             shared,
             rx,
             next_seq,
+            garbage,
+            scratch: Scratch::default(),
         }
     }
 
     /// Runs until `Shutdown` (or every sender is gone), committing what was
-    /// queued before it.
+    /// queued before it. A purge left unfinished resumes on the next open.
     pub(crate) fn run(mut self) {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Op> = Vec::new();
         let mut stopping = false;
         loop {
-            if !stopping {
+            // With a purge pending, do not wait: purge while nothing is queued.
+            if !stopping && self.garbage.is_empty() {
                 match self.rx.recv() {
                     Ok(Msg::Op(op)) => batch.push(op),
                     Ok(Msg::Shutdown) | Err(_) => stopping = true,
                 }
             }
-            while batch.len() < MAX_BATCH {
+            let mut weight = batch.first().map_or(0, |op| op.command.weight());
+            while batch.len() < MAX_BATCH && weight < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {
-                    Ok(Msg::Op(op)) => batch.push(op),
+                    Ok(Msg::Op(op)) => {
+                        weight += op.command.weight();
+                        batch.push(op);
+                    }
                     Ok(Msg::Shutdown) => stopping = true,
-                    Err(_) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
                 }
             }
             if batch.is_empty() {
                 if stopping {
                     return;
                 }
-                continue;
+                if self.garbage.is_empty() {
+                    continue;
+                }
             }
             self.commit(std::mem::take(&mut batch));
         }
     }
 
+    /// Applies and commits a batch, plus a purge step while deleted
+    /// categories await one (the whole commit when `batch` is empty).
     fn commit(&mut self, batch: Vec<Op>) {
+        let idle = batch.is_empty();
         let txn = match begin(&self.shared.db) {
             Ok(txn) => txn,
             Err(e) => {
                 tracing::error!(error = %e, "redb: cannot begin a write transaction");
+                if idle {
+                    self.pause_purge();
+                }
                 return fail_all(batch.into_iter().map(|op| op.reply), &e);
             }
         };
         let mut done = Vec::with_capacity(batch.len());
         let mut ops = batch.into_iter();
+        let mut purged = None;
         let fatal = match Tables::open(&txn) {
             Err(e) => Some(unavailable(e)),
-            Ok(mut tables) => loop {
-                let Some(op) = ops.next() else {
-                    break None;
-                };
-                match self.apply(&mut tables, op.command) {
-                    Ok(outcome) => done.push(Done {
-                        reply: op.reply,
-                        outcome,
-                    }),
-                    Err(e) => {
-                        op.reply.fail(unavailable(&e));
-                        break Some(unavailable(e));
+            Ok(mut tables) => {
+                let fatal = loop {
+                    let Some(op) = ops.next() else {
+                        break None;
+                    };
+                    match self.apply(&mut tables, op.command) {
+                        Ok(outcome) => done.push(Done {
+                            reply: op.reply,
+                            outcome,
+                        }),
+                        Err(e) => {
+                            op.reply.fail(unavailable(&e));
+                            break Some(unavailable(e));
+                        }
                     }
+                };
+                if fatal.is_none() && !self.garbage.is_empty() {
+                    let budget = if idle { PURGE_IDLE } else { PURGE_BUSY };
+                    match docs::purge(&mut tables, self.garbage.iter().copied(), budget) {
+                        Ok(p) => {
+                            purged = Some(p);
+                            None
+                        }
+                        Err(e) => Some(unavailable(format!("purge: {e}"))),
+                    }
+                } else {
+                    fatal
                 }
-            },
+            }
         };
         let committed = match fatal {
             Some(e) => {
@@ -261,6 +387,12 @@ impl Writer {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 let writes = done.len() as u64;
                 self.shared.writes.fetch_add(writes, Ordering::Relaxed);
+                if let Some(p) = purged {
+                    self.shared.purged_docs.fetch_add(p.docs, Ordering::Relaxed);
+                    for id in p.finished {
+                        self.garbage.remove(&id);
+                    }
+                }
                 for d in done {
                     let outcome = d.outcome.map(|(value, effect)| {
                         self.apply_effect(effect);
@@ -271,6 +403,9 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "redb: write batch failed");
+                if idle {
+                    self.pause_purge();
+                }
                 for d in done {
                     match d.outcome {
                         Ok(_) => d.reply.fail(clone_error(&e)),
@@ -280,9 +415,20 @@ impl Writer {
                 fail_all(ops.map(|op| op.reply), &e);
             }
         }
+        self.shared
+            .purge_backlog
+            .store(self.garbage.len() as u64, Ordering::Relaxed);
     }
 
-    fn apply_effect(&self, effect: Effect) {
+    /// A purge alone failed: stop purging rather than retry in a tight
+    /// loop. The garbage stays filed, so the purge resumes on the next open.
+    fn pause_purge(&mut self) {
+        tracing::error!("redb: document purge paused until the store is reopened");
+        self.garbage.clear();
+        self.shared.purge_backlog.store(0, Ordering::Relaxed);
+    }
+
+    fn apply_effect(&mut self, effect: Effect) {
         let index = &self.shared.index;
         match effect {
             Effect::None => {}
@@ -302,6 +448,9 @@ impl Writer {
                 due_ms,
                 failures,
             } => index.release(&queue, &id, due_ms, failures),
+            Effect::Garbage(id) => {
+                self.garbage.insert(id);
+            }
         }
     }
 
@@ -406,6 +555,19 @@ impl Writer {
                 };
                 ok(Value::Unit, effect)
             }
+            Command::CreateCategory {
+                name,
+                shards,
+                slot_count,
+                now_ms,
+            } => docs::create_category(t, &name, shards, slot_count, now_ms),
+            Command::DeleteCategory(name) => docs::delete_category(t, &name),
+            Command::PutDocs { category, docs } => {
+                docs::put_docs(t, &mut self.scratch, &category, &docs)
+            }
+            Command::DeleteDocs { category, docs } => {
+                docs::delete_docs(t, &mut self.scratch, &category, &docs)
+            }
         }
     }
 }
@@ -478,6 +640,7 @@ fn clone_error(e: &Error) -> Error {
     match e {
         Error::Unavailable(s) => Error::Unavailable(s.clone()),
         Error::Corrupt(s) => Error::Corrupt(s.clone()),
+        Error::NotFound(s) => Error::NotFound(s.clone()),
     }
 }
 

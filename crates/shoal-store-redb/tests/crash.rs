@@ -2,21 +2,41 @@
 //! writes in a loop and prints every acknowledged write; it is killed with
 //! SIGKILL; the file must then pass redb's integrity check and hold every
 //! acknowledged write, with every acknowledged queue message deliverable.
+//!
+//! Documents too: every acknowledged `put_docs` batch is there in full (and
+//! no batch is there in part), the shard stats match the documents, and a
+//! category deleted before the kill stays deleted while its documents (often
+//! mid-purge at the kill) are purged after the reopen.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use shoal_store::conformance::{sample_function, sample_invocation};
-use shoal_store::{Catalog, Invocations, NewMessage, Queues};
+use shoal_store::{Catalog, DocWrite, Docs, Invocations, NewMessage, Queues};
 use shoal_store_redb::RedbStore;
 
 const CHILD_ENV: &str = "SHOAL_REDB_CRASH_CHILD";
 const CHILD_ROUND_ENV: &str = "SHOAL_REDB_CRASH_ROUND";
 const QUEUE: &str = "crash-q";
 const T: u64 = 1_700_000_000_000;
+const DOC_CAT: &str = "crash-docs";
+const BATCH: usize = 200;
+/// Documents of each category deleted by the child.
+const GONE_DOCS: usize = 4_000;
+
+fn doc_batch(batch: &str, n: usize, shards: u32) -> Vec<DocWrite> {
+    (0..n)
+        .map(|j| DocWrite {
+            shard: j as u32 % shards,
+            id: format!("{batch}-{j:05}"),
+            body: format!("{{\"batch\":\"{batch}\",\"j\":{j}}}").into_bytes(),
+        })
+        .collect()
+}
 
 /// The child: does nothing unless started by `sigkill_keeps_acknowledged_writes`.
 #[test]
@@ -33,6 +53,43 @@ fn crash_child() {
     rt.block_on(async move {
         let store = RedbStore::open(Path::new(&path)).unwrap();
         let mut tasks = Vec::new();
+        store.create_category(DOC_CAT, 4, 16, T).await.unwrap();
+        for w in 0..2 {
+            let store = store.clone();
+            let round = round.clone();
+            tasks.push(tokio::spawn(async move {
+                for b in 0u64.. {
+                    if b >= 40 {
+                        // Enough; the other tasks go on until the kill.
+                        std::future::pending::<()>().await;
+                    }
+                    let batch = format!("r{round}-w{w}-b{b}");
+                    store
+                        .put_docs(DOC_CAT, doc_batch(&batch, BATCH, 4))
+                        .await
+                        .unwrap();
+                    println!("ACK docs {batch}");
+                }
+            }));
+        }
+        {
+            let store = store.clone();
+            let round = round.clone();
+            tasks.push(tokio::spawn(async move {
+                // Each is purged in several chunks; the parent kills right
+                // after a delete is acknowledged, so mostly mid-purge.
+                for k in 0u64.. {
+                    let name = format!("gone-r{round}-{k}");
+                    store.create_category(&name, 2, 16, T).await.unwrap();
+                    for part in 0..4 {
+                        let docs = doc_batch(&format!("p{part}"), GONE_DOCS / 4, 2);
+                        store.put_docs(&name, docs).await.unwrap();
+                    }
+                    assert!(store.delete_category(&name).await.unwrap());
+                    println!("ACK gone {name}");
+                }
+            }));
+        }
         for w in 0..32 {
             let store = store.clone();
             let round = round.clone();
@@ -79,6 +136,8 @@ struct Acked {
     messages: BTreeSet<String>,
     /// (name, version, handler)
     functions: BTreeSet<(String, u64, String)>,
+    doc_batches: BTreeSet<String>,
+    gone: BTreeSet<String>,
 }
 
 impl Acked {
@@ -94,6 +153,12 @@ impl Acked {
             ["msg", id] => {
                 self.messages.insert(id.to_string());
             }
+            ["docs", batch] => {
+                self.doc_batches.insert(batch.to_string());
+            }
+            ["gone", name] => {
+                self.gone.insert(name.to_string());
+            }
             ["fn", name, v, handler] => {
                 self.functions
                     .insert((name.to_string(), v.parse().unwrap(), handler.to_string()));
@@ -103,11 +168,16 @@ impl Acked {
     }
 
     fn len(&self) -> usize {
-        self.invocations.len() + self.messages.len() + self.functions.len()
+        self.invocations.len()
+            + self.messages.len()
+            + self.functions.len()
+            + self.doc_batches.len()
+            + self.gone.len()
     }
 }
 
-/// Runs the child until it has acknowledged `kill_after` writes, then SIGKILLs it.
+/// Runs the child until it has acknowledged `kill_after` writes, then
+/// SIGKILLs it right after its next acknowledged category delete.
 fn run_child_and_kill(path: &Path, round: usize, kill_after: usize, acked: &mut Acked) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
@@ -127,11 +197,21 @@ fn run_child_and_kill(path: &Path, round: usize, kill_after: usize, acked: &mut 
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let start = acked.len();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.len() - start < kill_after {
+    let mut gone_before = None;
+    loop {
         assert!(Instant::now() < deadline, "the child is too slow");
         match lines.next() {
             Some(line) => acked.record(&line.unwrap()),
             None => panic!("the child exited early: {:?}", child.wait()),
+        }
+        if acked.len() - start < kill_after {
+            continue;
+        }
+        // Then kill right after the next acknowledged category delete.
+        match gone_before {
+            None => gone_before = Some(acked.gone.len()),
+            Some(n) if acked.gone.len() > n => break,
+            Some(_) => {}
         }
     }
     child.kill().unwrap(); // SIGKILL
@@ -154,19 +234,30 @@ fn sigkill_keeps_acknowledged_writes() {
         run_child_and_kill(&path, round, kill_after, &mut acked);
 
         // redb's own integrity check (it repairs on open after a crash).
-        {
+        let pending_purges = {
             let mut db = redb::Database::open(&path).expect("reopen after SIGKILL");
             assert!(db.check_integrity().expect("integrity check"), "integrity");
-        }
+            let txn = db.begin_read().unwrap();
+            txn.open_table(DOC_GARBAGE).unwrap().len().unwrap()
+        };
+        println!("round {round}: {pending_purges} deleted categories were mid-purge at the kill");
         verify(&path, &acked);
     }
     println!(
-        "crash test: {} invocations, {} messages, {} deploys acknowledged over 3 kills",
+        "crash test: {} invocations, {} messages, {} deploys, {} document batches, \
+         {} deleted categories acknowledged over 3 kills",
         acked.invocations.len(),
         acked.messages.len(),
-        acked.functions.len()
+        acked.functions.len(),
+        acked.doc_batches.len(),
+        acked.gone.len(),
     );
 }
+
+// The adapter's private layout, read directly to check that purged
+// documents are really gone.
+const DOCS_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+const DOC_GARBAGE: TableDefinition<u64, &str> = TableDefinition::new("doc_garbage");
 
 fn verify(path: &Path, acked: &Acked) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -198,6 +289,59 @@ fn verify(path: &Path, acked: &Acked) {
             .collect();
         let lost: Vec<_> = acked.messages.difference(&delivered).collect();
         assert!(lost.is_empty(), "acknowledged messages lost: {lost:?}");
+
+        // Documents: whole batches only, every acknowledged one, stats exact.
+        let mut batches: BTreeMap<String, usize> = BTreeMap::new();
+        let stats = store.shard_stats(DOC_CAT).await.unwrap();
+        for (shard, s) in stats.iter().enumerate() {
+            let docs = store
+                .scan_shard(DOC_CAT, shard as u32, None, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(s.docs, docs.len() as u64, "shard {shard} doc count");
+            let bytes: usize = docs.iter().map(|d| d.body.len()).sum();
+            assert_eq!(s.bytes, bytes as u64, "shard {shard} bytes");
+            for d in docs {
+                let (batch, _) = d.id.rsplit_once('-').unwrap();
+                *batches.entry(batch.to_string()).or_default() += 1;
+            }
+        }
+        for (batch, n) in &batches {
+            assert_eq!(*n, BATCH, "batch {batch} is partly written");
+        }
+        for batch in &acked.doc_batches {
+            assert!(
+                batches.contains_key(batch),
+                "acknowledged batch {batch} lost"
+            );
+        }
+        for name in &acked.gone {
+            assert_eq!(
+                store.category(name).await.unwrap(),
+                None,
+                "{name} came back"
+            );
+        }
+        // Deleted categories' documents are purged after the reopen.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store.stats().purge_backlog > 0 {
+            assert!(Instant::now() < deadline, "purge did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut live_docs = 0;
+        for c in store.categories().await.unwrap() {
+            let stats = store.shard_stats(&c.name).await.unwrap();
+            live_docs += stats.iter().map(|s| s.docs).sum::<u64>();
+        }
         store.close();
+        drop(store);
+        let db = redb::Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(
+            txn.open_table(DOCS_TABLE).unwrap().len().unwrap(),
+            live_docs,
+            "documents left over from deleted categories"
+        );
+        assert_eq!(txn.open_table(DOC_GARBAGE).unwrap().len().unwrap(), 0);
     });
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use shoal_store::conformance::{sample_function, sample_invocation};
-use shoal_store::{Catalog, Error, Invocations, NewMessage, QueueDepth, Queues, TokenRecord};
+use shoal_store::{
+    Catalog, DocWrite, Docs, Error, Invocations, NewMessage, QueueDepth, Queues, TokenRecord,
+};
 use shoal_store_redb::RedbStore;
 
 const T: u64 = 1_700_000_000_000;
@@ -183,4 +185,95 @@ async fn close_commits_queued_writes_then_refuses_writes() {
     }
     assert_eq!(s.logs("dropped").await.unwrap().unwrap(), b"still written");
     assert_eq!(s.logs("late").await.unwrap(), None);
+}
+
+fn doc(shard: u32, id: &str, body: &str) -> DocWrite {
+    DocWrite {
+        shard,
+        id: id.to_string(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_docs_stats_and_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shoal.redb");
+    let (a, before_stats) = {
+        let s = open(&path);
+        let (a, _) = s.create_category("a", 3, 8, T).await.unwrap();
+        assert_eq!(a.slots, [0, 1, 2]);
+        let (b, _) = s.create_category("b", 2, 8, T).await.unwrap();
+        assert_eq!(b.slots, [3, 4]);
+        let docs: Vec<DocWrite> = (0..3_000)
+            .map(|i| doc(i % 3, &format!("d{i}"), &format!("{{\"i\":{i}}}")))
+            .collect();
+        s.put_docs("a", docs).await.unwrap();
+        s.put_docs("a", vec![doc(0, "d0", "{}")]).await.unwrap();
+        assert_eq!(
+            s.delete_docs("a", vec![(1, "d1".to_string())])
+                .await
+                .unwrap(),
+            1
+        );
+        s.put_docs("b", vec![doc(1, "x", "[1]")]).await.unwrap();
+        // Deleted before the close: must stay deleted.
+        s.create_category("c", 1, 8, T).await.unwrap();
+        s.put_docs("c", vec![doc(0, "gone", "0")]).await.unwrap();
+        assert!(s.delete_category("c").await.unwrap());
+        (a, s.shard_stats("a").await.unwrap())
+    };
+
+    let s = open(&path);
+    assert_eq!(s.category("a").await.unwrap(), Some(a));
+    let names: Vec<String> = s
+        .categories()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(s.shard_stats("a").await.unwrap(), before_stats);
+    assert_eq!(
+        before_stats.iter().map(|x| x.docs).collect::<Vec<_>>(),
+        [1_000, 999, 1_000]
+    );
+    assert_eq!(s.get_doc("a", 0, "d0").await.unwrap().unwrap(), b"{}");
+    assert_eq!(s.get_doc("a", 1, "d1").await.unwrap(), None);
+    assert_eq!(
+        s.get_doc("a", 2, "d2").await.unwrap().unwrap(),
+        b"{\"i\":2}"
+    );
+    let scanned: usize = {
+        let mut n = 0;
+        for shard in 0..3 {
+            n += s
+                .scan_shard("a", shard, None, usize::MAX)
+                .await
+                .unwrap()
+                .len();
+        }
+        n
+    };
+    assert_eq!(scanned, 2_999);
+    assert_eq!(s.get_doc("b", 1, "x").await.unwrap().unwrap(), b"[1]");
+    assert_eq!(s.category("c").await.unwrap(), None);
+
+    // The round-robin counter survives: a (3) + b (2) + c (1) slots taken.
+    let (d, created) = s.create_category("d", 3, 8, T).await.unwrap();
+    assert!(created);
+    assert_eq!(d.slots, [6, 7, 0]);
+    // So does the version counter.
+    s.put_docs("b", vec![doc(0, "y", "0")]).await.unwrap();
+    let b_stats = s.shard_stats("b").await.unwrap();
+    let newest = before_stats.iter().map(|x| x.version).max().unwrap();
+    assert!(
+        b_stats[0].version > newest,
+        "versions restarted after reopen"
+    );
+    // A category created again under a deleted name is empty.
+    s.create_category("c", 1, 8, T).await.unwrap();
+    assert_eq!(s.get_doc("c", 0, "gone").await.unwrap(), None);
+    assert_eq!(s.shard_stats("c").await.unwrap()[0].docs, 0);
 }

@@ -30,6 +30,10 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The thing the operation needs (a category) does not exist. Carries
+    /// its bare name.
+    #[error("{0} not found")]
+    NotFound(String),
 }
 
 /// One deployed version of a function.
@@ -148,6 +152,94 @@ pub struct QueueDepth {
     pub in_flight: u64,
 }
 
+/// A category of JSON documents, split into shards placed on shard slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryRecord {
+    pub name: String,
+    /// The shard level k: documents are spread over shards `0..k`.
+    pub shards: u32,
+    /// `slots[i]` is the shard slot shard `i` lives on, assigned round-robin
+    /// across categories from a global counter (a later multi-node backend
+    /// gives each node a set of slots).
+    pub slots: Vec<u32>,
+    pub created_at_ms: u64,
+}
+
+/// One document to write. The engine chooses the shard (a hash of the id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocWrite {
+    pub shard: u32,
+    pub id: String,
+    /// The document as compact JSON text.
+    pub body: Vec<u8>,
+}
+
+/// One stored document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDoc {
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+/// Counts of one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    pub docs: u64,
+    /// Sum of the documents' JSON sizes.
+    pub bytes: u64,
+    /// Bumped by every committed write that changes the shard (put, delete),
+    /// so a cache of the shard's documents knows when it is stale. Never
+    /// reused under the same category name, not even by a category created
+    /// again after a delete. 0 for a shard never written.
+    pub version: u64,
+}
+
+/// Documents in categories.
+///
+/// Every operation on a category that does not exist fails with `NotFound`,
+/// except `create_category`, `category` (`None`), `categories` and
+/// `delete_category` (`false`).
+pub trait Docs: Send + Sync + 'static {
+    /// Creates the category unless it exists; returns the stored record and
+    /// whether it was created now. Placement takes the next `shards` slots
+    /// (modulo `slot_count`) from a global round-robin counter.
+    fn create_category(
+        &self,
+        name: &str,
+        shards: u32,
+        slot_count: u32,
+        now_ms: u64,
+    ) -> Pending<(CategoryRecord, bool)>;
+    fn category(&self, name: &str) -> Pending<Option<CategoryRecord>>;
+    /// Every category, sorted by name.
+    fn categories(&self) -> Pending<Vec<CategoryRecord>>;
+    /// Deletes a category with all its documents. True when it existed.
+    /// The category is gone at once; its documents may be removed in the
+    /// background, but are never visible again (a category created again
+    /// under the name starts empty).
+    fn delete_category(&self, name: &str) -> Pending<bool>;
+    /// Writes documents atomically: all of them or none. An id that exists is
+    /// replaced; of equal ids in one call the last wins. Fails with
+    /// `NotFound`, writing nothing, when the category does not exist or a
+    /// shard is not below its `shards`.
+    fn put_docs(&self, category: &str, docs: Vec<DocWrite>) -> Pending<()>;
+    fn get_doc(&self, category: &str, shard: u32, id: &str) -> Pending<Option<Vec<u8>>>;
+    /// Deletes documents; returns how many existed. A shard out of range
+    /// holds nothing.
+    fn delete_docs(&self, category: &str, docs: Vec<(u32, String)>) -> Pending<u64>;
+    /// Documents of one shard in id order (bytes of the id), after `after`
+    /// (exclusive), at most `limit` of them.
+    fn scan_shard(
+        &self,
+        category: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Pending<Vec<StoredDoc>>;
+    /// Per-shard counts and versions, indexed by shard.
+    fn shard_stats(&self, category: &str) -> Pending<Vec<ShardStats>>;
+}
+
 /// Functions and tokens.
 pub trait Catalog: Send + Sync + 'static {
     /// Stores a new version of a function. The record's `version` is ignored
@@ -201,15 +293,17 @@ pub struct Backend {
     pub catalog: Arc<dyn Catalog>,
     pub invocations: Arc<dyn Invocations>,
     pub queues: Arc<dyn Queues>,
+    pub docs: Arc<dyn Docs>,
 }
 
 impl Backend {
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues>(adapter: Arc<A>) -> Backend {
+    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs>(adapter: Arc<A>) -> Backend {
         Backend {
             catalog: adapter.clone(),
             invocations: adapter.clone(),
-            queues: adapter,
+            queues: adapter.clone(),
+            docs: adapter,
         }
     }
 }

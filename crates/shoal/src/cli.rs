@@ -71,6 +71,28 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<FunctionsCommand>,
     },
+    /// Write documents to a category from a JSON array or NDJSON file (`-` for stdin).
+    Write { category: String, file: String },
+    /// Print one document.
+    Get { category: String, id: String },
+    /// Delete one document.
+    Rm { category: String, id: String },
+    /// List categories, or create or delete one.
+    Categories {
+        #[command(subcommand)]
+        command: Option<CategoriesCommand>,
+    },
+    /// Map a function over a category (and reduce, if it defines `reduce`).
+    Query {
+        category: String,
+        function: String,
+        /// Write mapped values (NDJSON) to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Count and list documents whose `map` fails instead of failing.
+        #[arg(long)]
+        skip_errors: bool,
+    },
     /// Manage API tokens (admin).
     Tokens {
         #[command(subcommand)]
@@ -87,6 +109,18 @@ pub enum InvocationsCommand {
 #[derive(Subcommand)]
 pub enum FunctionsCommand {
     /// Remove a function and all its versions.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum CategoriesCommand {
+    /// Create a category with a shard level.
+    Create {
+        name: String,
+        #[arg(long)]
+        shards: Option<u32>,
+    },
+    /// Delete a category and all its documents.
     Rm { name: String },
 }
 
@@ -224,6 +258,78 @@ pub async fn run(args: Args) -> Result<()> {
             out.print(&serde_json::json!({"deleted": true}), || {
                 format!("Removed {name}.")
             });
+        }
+        Command::Write { category, file } => {
+            let written = crate::data::write(&client, &category, &file, conn.json).await?;
+            out.print(&written, || {
+                format!("Wrote {} documents to {category}.", written.written)
+            });
+        }
+        Command::Get { category, id } => {
+            let doc = client.get_doc(&category, &id).await?;
+            if conn.json {
+                println!("{doc}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
+        }
+        Command::Rm { category, id } => {
+            client.delete_doc(&category, &id).await?;
+            out.print(&serde_json::json!({"deleted": true}), || {
+                format!("Deleted {id} from {category}.")
+            });
+        }
+        Command::Categories { command: None } => {
+            let cats = client.categories().await?;
+            out.print(&cats, || {
+                if cats.is_empty() {
+                    return "No categories. Write documents with `shoal write CATEGORY FILE`."
+                        .to_string();
+                }
+                let mut s = format!(
+                    "{:<24} {:>6} {:>12} {:>14}",
+                    "NAME", "SHARDS", "DOCUMENTS", "BYTES"
+                );
+                for c in &cats {
+                    s += &format!(
+                        "\n{:<24} {:>6} {:>12} {:>14}",
+                        c.name, c.shards, c.docs, c.bytes
+                    );
+                }
+                s
+            });
+        }
+        Command::Categories {
+            command: Some(CategoriesCommand::Create { name, shards }),
+        } => {
+            let c = client.create_category(&name, shards).await?;
+            out.print(&c, || {
+                format!("Created {} with {} shards.", c.name, c.shards)
+            });
+        }
+        Command::Categories {
+            command: Some(CategoriesCommand::Rm { name }),
+        } => {
+            client.delete_category(&name).await?;
+            out.print(&serde_json::json!({"deleted": true}), || {
+                format!("Deleted category {name}.")
+            });
+        }
+        Command::Query {
+            category,
+            function,
+            output,
+            skip_errors,
+        } => {
+            crate::data::query(
+                &client,
+                &category,
+                &function,
+                output.as_deref(),
+                skip_errors,
+                conn.json,
+            )
+            .await?
         }
         Command::Tokens { command } => match command {
             TokensCommand::Create { role, name } => {

@@ -2,6 +2,7 @@
 //! command is an HTTP client of a node.
 
 mod cli;
+mod data;
 mod serve;
 
 use std::process::ExitCode;

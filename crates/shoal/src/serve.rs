@@ -36,6 +36,21 @@ pub struct ServeArgs {
     /// Largest function archive accepted by deploy, in bytes.
     #[arg(long, env = "SHOAL_MAX_ARCHIVE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_archive_bytes: usize,
+    /// Largest document write (one request), in bytes.
+    #[arg(long, env = "SHOAL_MAX_WRITE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_write_bytes: usize,
+    /// Largest single document, in bytes.
+    #[arg(long, env = "SHOAL_MAX_DOC_BYTES", default_value_t = 1024 * 1024)]
+    pub max_doc_bytes: usize,
+    /// Shard level of categories created without one.
+    #[arg(long, env = "SHOAL_SHARDS", default_value_t = 8)]
+    pub shards: u32,
+    /// Memory for documents kept resident in query workers, in MiB (all workers together).
+    #[arg(long, env = "SHOAL_QUERY_CACHE_MB", default_value_t = 2048)]
+    pub query_cache_mb: usize,
+    /// Worker processes a query runs on, per function (default: the number of CPUs).
+    #[arg(long, env = "SHOAL_QUERY_WORKERS", default_value_t = default_query_workers())]
+    pub query_workers: usize,
     /// The Python interpreter for functions without their own virtualenv.
     #[arg(long, env = "SHOAL_PYTHON", default_value = "python3")]
     pub python: PathBuf,
@@ -48,6 +63,10 @@ pub struct ServeArgs {
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "SHOAL_LOG", default_value = "info")]
     pub log: String,
+}
+
+fn default_query_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -90,12 +109,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         idle_timeout: args.idle_timeout,
         max_log_bytes: 1024 * 1024,
         max_result_bytes: args.max_body_bytes,
+        query_cache_bytes: args.query_cache_mb.saturating_mul(1024 * 1024),
+        query_workers: args.query_workers,
     })
     .context("starting the Python runtime")?;
 
+    if !(1..=1024).contains(&args.shards) {
+        anyhow::bail!("--shards must be between 1 and 1024");
+    }
+    let mut engine_opts = shoal_engine::Options::new(data_dir.clone());
+    engine_opts.categories.default_shards = args.shards;
+    engine_opts.categories.max_doc_bytes = args.max_doc_bytes;
     let shutdown = CancellationToken::new();
     let handle = shoal_engine::start(
-        shoal_engine::Options::new(data_dir.clone()),
+        engine_opts,
         backend,
         runtime,
         Arc::new(SystemClock),
@@ -111,6 +138,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         &shoal_server::Options {
             max_body_bytes: args.max_body_bytes,
             max_archive_bytes: args.max_archive_bytes,
+            max_write_bytes: args.max_write_bytes,
         },
         Some(metrics),
     );

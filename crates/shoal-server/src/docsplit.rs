@@ -1,0 +1,321 @@
+//! Splits a streamed request body into JSON documents as it arrives: either
+//! one JSON array of documents, or NDJSON (any whitespace-separated sequence
+//! of JSON values). Each document is checked to be valid JSON and its `id`
+//! field is taken when it is a string or an integer.
+//!
+//! Memory stays bounded by the documents themselves: the body is never held
+//! whole, and a document over the size limit is refused as soon as it grows
+//! past it.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use shoal_engine::NewDoc;
+
+/// Why a body was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SplitError {
+    /// Not JSON, or not a sequence/array of JSON values.
+    Invalid(String),
+    /// Document number `index` (0-based) is larger than the limit.
+    TooLarge { index: usize, limit: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Nothing but whitespace seen yet.
+    Start,
+    /// Inside a top-level array; `expect_value` tells what may come next.
+    Array { expect_value: bool, seen_any: bool },
+    /// The top-level array was closed; only whitespace may follow.
+    ArrayDone,
+    /// A sequence of top-level values (NDJSON).
+    Stream,
+}
+
+pub(crate) struct DocSplitter {
+    mode: Mode,
+    max_doc_bytes: usize,
+    /// Bytes of the value being read; empty between values.
+    cur: Vec<u8>,
+    depth: u32,
+    in_str: bool,
+    esc: bool,
+    docs: Vec<NewDoc>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<IdField>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdField {
+    Str(String),
+    Int(i64),
+    Uint(u64),
+    Other(IgnoredAny),
+}
+
+impl DocSplitter {
+    pub(crate) fn new(max_doc_bytes: usize) -> DocSplitter {
+        DocSplitter {
+            mode: Mode::Start,
+            max_doc_bytes,
+            cur: Vec::new(),
+            depth: 0,
+            in_str: false,
+            esc: false,
+            docs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), SplitError> {
+        for &b in chunk {
+            if self.cur.is_empty() {
+                self.between_values(b)?;
+            } else {
+                self.in_value(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the body; returns the documents in order.
+    pub(crate) fn finish(mut self) -> Result<Vec<NewDoc>, SplitError> {
+        if !self.cur.is_empty() {
+            // A scalar at the very end of an NDJSON body (`1` without newline).
+            if self.mode == Mode::Stream && self.depth == 0 && !self.in_str {
+                self.complete()?;
+            } else {
+                return Err(SplitError::Invalid(
+                    "the body ends in the middle of a document".into(),
+                ));
+            }
+        }
+        match self.mode {
+            Mode::Array { .. } => Err(SplitError::Invalid(
+                "the JSON array is not closed with `]`".into(),
+            )),
+            _ => Ok(self.docs),
+        }
+    }
+
+    fn between_values(&mut self, b: u8) -> Result<(), SplitError> {
+        if b.is_ascii_whitespace() {
+            return Ok(());
+        }
+        match self.mode {
+            Mode::Start if b == b'[' => {
+                self.mode = Mode::Array {
+                    expect_value: true,
+                    seen_any: false,
+                };
+                Ok(())
+            }
+            Mode::Start => {
+                self.mode = Mode::Stream;
+                self.start_value(b)
+            }
+            Mode::Stream => self.start_value(b),
+            Mode::ArrayDone => Err(SplitError::Invalid(
+                "unexpected data after the closing `]` of the array".into(),
+            )),
+            Mode::Array {
+                expect_value,
+                seen_any,
+            } => match b {
+                b']' if !expect_value || !seen_any => {
+                    self.mode = Mode::ArrayDone;
+                    Ok(())
+                }
+                b',' if !expect_value => {
+                    self.mode = Mode::Array {
+                        expect_value: true,
+                        seen_any,
+                    };
+                    Ok(())
+                }
+                _ if expect_value && b != b']' && b != b',' => {
+                    self.mode = Mode::Array {
+                        expect_value: false,
+                        seen_any: true,
+                    };
+                    self.start_value(b)
+                }
+                _ => Err(SplitError::Invalid(format!(
+                    "unexpected `{}` between documents of the array (document {})",
+                    b as char,
+                    self.docs.len()
+                ))),
+            },
+        }
+    }
+
+    fn start_value(&mut self, b: u8) -> Result<(), SplitError> {
+        self.cur.push(b);
+        match b {
+            b'{' | b'[' => self.depth = 1,
+            b'"' => self.in_str = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn in_value(&mut self, b: u8) -> Result<(), SplitError> {
+        if self.in_str {
+            self.push(b)?;
+            if self.esc {
+                self.esc = false;
+            } else if b == b'\\' {
+                self.esc = true;
+            } else if b == b'"' {
+                self.in_str = false;
+                if self.depth == 0 {
+                    return self.complete();
+                }
+            }
+            return Ok(());
+        }
+        if self.depth == 0 {
+            // A number or literal ends at a delimiter, which belongs to what
+            // comes between values.
+            if b.is_ascii_whitespace() || b == b',' || b == b']' {
+                self.complete()?;
+                return self.between_values(b);
+            }
+            return self.push(b);
+        }
+        self.push(b)?;
+        match b {
+            b'"' => self.in_str = true,
+            b'{' | b'[' => self.depth += 1,
+            b'}' | b']' => {
+                self.depth -= 1;
+                if self.depth == 0 {
+                    return self.complete();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, b: u8) -> Result<(), SplitError> {
+        if self.cur.len() >= self.max_doc_bytes {
+            return Err(SplitError::TooLarge {
+                index: self.docs.len(),
+                limit: self.max_doc_bytes,
+            });
+        }
+        self.cur.push(b);
+        Ok(())
+    }
+
+    /// The current value is complete: check it and keep it.
+    fn complete(&mut self) -> Result<(), SplitError> {
+        let body = std::mem::take(&mut self.cur);
+        self.depth = 0;
+        self.in_str = false;
+        self.esc = false;
+        let index = self.docs.len();
+        let bad = |e: serde_json::Error| {
+            SplitError::Invalid(format!("document {index} is not valid JSON: {e}"))
+        };
+        let id = if body[0] == b'{' {
+            let parsed: IdOnly = serde_json::from_slice(&body).map_err(bad)?;
+            match parsed.id {
+                None => None,
+                Some(IdField::Str(s)) => Some(s),
+                Some(IdField::Int(n)) => Some(n.to_string()),
+                Some(IdField::Uint(n)) => Some(n.to_string()),
+                Some(IdField::Other(_)) => {
+                    return Err(SplitError::Invalid(format!(
+                        "document {index}: `id` must be a string or an integer"
+                    )));
+                }
+            }
+        } else {
+            serde_json::from_slice::<IgnoredAny>(&body).map_err(bad)?;
+            None
+        };
+        self.docs.push(NewDoc { id, body });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(body: &str, chunk: usize) -> Result<Vec<(Option<String>, String)>, SplitError> {
+        let mut s = DocSplitter::new(1000);
+        for c in body.as_bytes().chunks(chunk.max(1)) {
+            s.feed(c)?;
+        }
+        Ok(s.finish()?
+            .into_iter()
+            .map(|d| (d.id, String::from_utf8(d.body).unwrap()))
+            .collect())
+    }
+
+    #[test]
+    fn arrays_and_ndjson_give_the_same_documents() {
+        let arr = r#" [ {"id": "a", "x": [1, {"y": "]}"}]}, {"id": 7}, {"z": "q\"uote"}, 5, "s", null, true, [1,2] ] "#;
+        let nd = "{\"id\": \"a\", \"x\": [1, {\"y\": \"]}\"}]}\n{\"id\": 7}\n{\"z\": \"q\\\"uote\"}\n5\n\"s\"\nnull\ntrue\n[1,2]\n";
+        for chunk in [1, 2, 3, 7, 1000] {
+            let a = split(arr, chunk).unwrap();
+            let n = split(nd, chunk).unwrap();
+            assert_eq!(a, n, "chunk {chunk}");
+            assert_eq!(a.len(), 8);
+            assert_eq!(a[0].0.as_deref(), Some("a"));
+            assert_eq!(a[1].0.as_deref(), Some("7"));
+            assert_eq!(a[2].0, None);
+            assert_eq!(a[3].1, "5");
+        }
+        // No trailing newline, empty bodies, empty arrays.
+        assert_eq!(split("1\n2", 1).unwrap().len(), 2);
+        assert_eq!(split("", 1).unwrap().len(), 0);
+        assert_eq!(split(" [ ] ", 1).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn refuses_broken_input() {
+        for bad in [
+            "[1,,2]",
+            "[1 2]",
+            "[1,]",
+            "[,1]",
+            "[1",
+            "{\"a\": 1",
+            "{\"a\" 1}",
+            "[1] 2",
+            "nul",
+            "{\"id\": 1.5}",
+            "{\"id\": {}}",
+            "{\"id\": 1, \"id\": 2}",
+            "[{\"a\":1}}]",
+        ] {
+            assert!(
+                matches!(split(bad, 1), Err(SplitError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_documents_early() {
+        let mut s = DocSplitter::new(10);
+        s.feed(b"[{\"a\": 1}, ").unwrap();
+        let err = s.feed(b"{\"a\": \"0123456789\"}]").unwrap_err();
+        assert_eq!(
+            err,
+            SplitError::TooLarge {
+                index: 1,
+                limit: 10
+            }
+        );
+    }
+}

@@ -1,0 +1,390 @@
+"""The Shoal client: functions, invocations, categories of documents, queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from urllib.parse import quote, urlencode
+
+from . import __version__
+from ._http import Answer, Transport, dumps
+from .archive import PathLike, pack_dir
+from .errors import FunctionError, ShoalError
+from .query import ProgressCallback, QueryStream
+
+DEFAULT_URL = "http://127.0.0.1:7700"
+NDJSON = "application/x-ndjson"
+JSON = "application/json"
+
+#: Invocation statuses after which nothing changes any more.
+FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out"})
+
+
+def _seg(s: Union[str, int]) -> str:
+    """Percent-encodes one path segment."""
+    return quote(str(s), safe="")
+
+
+def _default_token() -> Optional[str]:
+    token = os.environ.get("SHOAL_TOKEN")
+    if token:
+        return token.strip()
+    try:
+        with open(os.path.join(".shoal", "admin.token"), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+class Client:
+    """A connection to one Shoal node.
+
+    ``url`` defaults to the ``SHOAL_URL`` environment variable, else
+    ``http://127.0.0.1:7700``. ``token`` (the bearer secret) defaults to
+    ``SHOAL_TOKEN``, else the admin token file ``./.shoal/admin.token`` a
+    node started in the current directory writes. ``timeout`` (seconds)
+    bounds every single network operation (connect, each read); ``None``
+    waits as long as it takes, which long queries may need.
+
+    Connections are kept alive and reused between calls. A client may be
+    shared by threads: each call takes its own connection from a small pool.
+    Every failure raises :class:`~shoal.ShoalError` (or its subclasses
+    :class:`~shoal.FunctionError` and :class:`~shoal.QueryError`).
+    """
+
+    def __init__(self, url: Optional[str] = None, token: Optional[str] = None, timeout: Optional[float] = None):
+        url = url or os.environ.get("SHOAL_URL") or DEFAULT_URL
+        if token is None:
+            token = _default_token()
+        self._http = Transport(url, token, timeout, f"shoal-python/{__version__}")
+
+    @property
+    def url(self) -> str:
+        """The node's base URL."""
+        return self._http.url
+
+    def close(self) -> None:
+        """Closes the kept-alive connections (a later call opens new ones)."""
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes] = None,
+        content_type: Optional[str] = None,
+        accept: Optional[str] = None,
+    ) -> Answer:
+        answer = self._http.open(method, path, body, content_type, accept)
+        if not answer.ok:
+            raise answer.error()
+        return answer
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else dumps(body)
+        return self._open(method, path, data, JSON if data is not None else None).json()
+
+    # ------------------------------------------------------------------ node
+
+    def health(self) -> Dict[str, Any]:
+        """The node's health: ``{"status": "ok", "version": ...}`` (needs no token)."""
+        return self._json("GET", "/healthz")
+
+    # ------------------------------------------------------------------ functions
+
+    def deploy(self, directory: PathLike) -> Dict[str, Any]:
+        """Deploys the function in ``directory`` (``shoal.toml`` and code) as a
+        new version; returns the version's description (the FunctionView:
+        ``name``, ``version``, ``handler``, ``timeout_ms``, ``memory_mb``,
+        ``concurrency``, ``retries``, ``code_sha256``, ...).
+
+        Hidden files, ``__pycache__`` and ``venv`` are not uploaded. A bad
+        manifest raises ShoalError ``invalid_function``; a failed pip install
+        of ``requirements.txt`` raises ``deploy_failed``.
+        """
+        archive = pack_dir(directory)
+        return self._open("POST", "/v1/functions", archive, "application/x-tar").json()
+
+    def functions(self) -> List[Dict[str, Any]]:
+        """The latest version of every deployed function."""
+        return self._json("GET", "/v1/functions")["functions"]
+
+    def function(self, name: str) -> Dict[str, Any]:
+        """The latest version of one function (ShoalError ``function_not_found``)."""
+        return self._json("GET", f"/v1/functions/{_seg(name)}")
+
+    def remove_function(self, name: str) -> None:
+        """Removes a function with all its versions; its queued asynchronous
+        invocations fail with ``load_failed``."""
+        self._json("DELETE", f"/v1/functions/{_seg(name)}")
+
+    # ------------------------------------------------------------------ invocations
+
+    def invoke(self, name: str, event: Any = None) -> Any:
+        """Calls a function and waits for it; returns its return value.
+
+        ``event`` is any JSON-serializable value (``None`` sends an empty
+        body, which the function receives as ``{}``). When the function
+        fails, raises :class:`~shoal.FunctionError` with its ``type``,
+        ``exception``, ``message``, ``traceback`` and ``invocation_id``.
+        """
+        body = b"" if event is None else dumps(event)
+        answer = self._open("POST", f"/v1/functions/{_seg(name)}/invoke", body, JSON)
+        failed = answer.header("Shoal-Function-Error")
+        value = answer.json()
+        if failed is not None:
+            error = value.get("error") if isinstance(value, dict) else None
+            if not isinstance(error, dict):
+                error = {"type": failed, "message": str(value)}
+            raise FunctionError(value.get("invocation_id") or answer.header("Shoal-Invocation-Id"), error)
+        return value
+
+    def invoke_async(self, name: str, event: Any = None) -> str:
+        """Queues an invocation (run with retries, durable across restarts);
+        returns its id once it is durably queued. See :meth:`wait`."""
+        body = b"" if event is None else dumps(event)
+        return self._open("POST", f"/v1/functions/{_seg(name)}/invoke?mode=async", body, JSON).json()["id"]
+
+    def invocation(self, id: str) -> Dict[str, Any]:
+        """An invocation's record: ``status`` (``queued``, ``running``,
+        ``succeeded``, ``failed``, ``timed_out``), ``output`` or ``error``,
+        ``attempts``, timings and ``billed_gb_seconds``."""
+        return self._json("GET", f"/v1/invocations/{_seg(id)}")
+
+    def logs(self, id: str) -> str:
+        """What an invocation printed (stdout and stderr)."""
+        return self._json("GET", f"/v1/invocations/{_seg(id)}/logs")["logs"]
+
+    def wait(self, id: str, timeout: float = 60.0) -> Dict[str, Any]:
+        """Polls an invocation until it is final (succeeded, failed or
+        timed_out) and returns its record; raises ``TimeoutError`` when it is
+        not final after ``timeout`` seconds. A failure does not raise: check
+        the record's ``status`` and ``error``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            record = self.invocation(id)
+            if record.get("status") in FINAL_STATUSES:
+                return record
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"invocation {id} is still {record.get('status')} after {timeout} s")
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+
+    # ------------------------------------------------------------------ tokens
+
+    def create_token(self, role: str, name: Optional[str] = None) -> Dict[str, Any]:
+        """Creates an API token (admin only): ``role`` is ``reader``,
+        ``invoker``, ``developer`` or ``admin``. The answer's ``token`` is the
+        secret, shown only this once."""
+        body: Dict[str, Any] = {"role": role}
+        if name is not None:
+            body["name"] = name
+        return self._json("POST", "/v1/tokens", body)
+
+    def tokens(self) -> List[Dict[str, Any]]:
+        """Every token, without secrets (admin only)."""
+        return self._json("GET", "/v1/tokens")["tokens"]
+
+    def revoke_token(self, id: str) -> None:
+        """Revokes a token (admin only)."""
+        self._json("DELETE", f"/v1/tokens/{_seg(id)}")
+
+    # ------------------------------------------------------------------ categories
+
+    def create_category(self, name: str, shards: Optional[int] = None) -> Dict[str, Any]:
+        """Creates a category split into ``shards`` shards (the node's default
+        when ``None``); returns its description. Raises ShoalError
+        ``category_exists`` (409) when it exists. Writing to a missing
+        category creates it with the default shard level, so this is only
+        needed to choose the level."""
+        body: Dict[str, Any] = {"name": name}
+        if shards is not None:
+            body["shards"] = shards
+        return self._json("POST", "/v1/categories", body)
+
+    def categories(self) -> List[Dict[str, Any]]:
+        """Every category with its statistics, sorted by name."""
+        return self._json("GET", "/v1/categories")["categories"]
+
+    def category(self, name: str) -> Dict[str, Any]:
+        """One category: ``name``, ``shards``, ``docs``, ``bytes``,
+        ``created_at_ms`` and ``shard_stats`` (``shard``, ``slot``, ``docs``,
+        ``bytes`` per shard). ShoalError ``category_not_found`` if missing."""
+        return self._json("GET", f"/v1/categories/{_seg(name)}")
+
+    def delete_category(self, name: str) -> None:
+        """Deletes a category with all its documents."""
+        self._json("DELETE", f"/v1/categories/{_seg(name)}")
+
+    # ------------------------------------------------------------------ documents
+
+    def write(
+        self,
+        category: str,
+        docs: Iterable[Any],
+        batch_size: int = 10000,
+        *,
+        batch_bytes: int = 32 << 20,
+        return_ids: bool = True,
+    ) -> Union[List[str], int]:
+        """Writes documents to a category (created with the default shard
+        level if missing) and returns their ids in order.
+
+        ``docs`` is any iterable of JSON-serializable values, including a
+        generator: it is consumed lazily and sent as NDJSON in batches of at
+        most ``batch_size`` documents and about ``batch_bytes`` bytes, so any
+        number of documents can be written in bounded memory. A document that
+        is an object with an ``"id"`` (string or integer) is stored under
+        that id, replacing an earlier one; other documents get a generated id.
+
+        Atomicity: **each batch is atomic** (all of its documents are stored,
+        or none), but a call is atomic only when all its documents fit in one
+        batch. If a batch fails, the batches before it stay written and
+        ShoalError is raised (e.g. ``invalid_input``,
+        ``document_too_large``); use explicit ids to make a retry idempotent.
+
+        With ``return_ids=False`` the node does not send the ids back and the
+        number of documents written is returned instead.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if isinstance(docs, (str, bytes, dict)):
+            raise TypeError("docs must be an iterable of documents; wrap a single document in a list")
+        path = f"/v1/categories/{_seg(category)}/docs"
+        if not return_ids:
+            path += "?return_ids=false"
+        ids: List[str] = []
+        written = 0
+        lines: List[bytes] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal written, size
+            if not lines:
+                return
+            answer = self._open("POST", path, b"".join(lines), NDJSON).json()
+            written += int(answer.get("written", 0))
+            if return_ids:
+                ids.extend(str(i) for i in answer.get("ids", []))
+            lines.clear()
+            size = 0
+
+        for doc in docs:
+            line = dumps(doc) + b"\n"
+            if lines and (len(lines) >= batch_size or size + len(line) > batch_bytes):
+                flush()
+            lines.append(line)
+            size += len(line)
+        flush()
+        return ids if return_ids else written
+
+    def get(self, category: str, id: Union[str, int]) -> Any:
+        """One document (ShoalError ``document_not_found`` or ``category_not_found``)."""
+        return self._json("GET", f"/v1/categories/{_seg(category)}/docs/{_seg(id)}")
+
+    def put(self, category: str, id: Union[str, int], doc: Any) -> str:
+        """Stores ``doc`` under ``id``, replacing the document there if any
+        (creating the category if missing); returns the id."""
+        answer = self._json("PUT", f"/v1/categories/{_seg(category)}/docs/{_seg(id)}", doc)
+        got = answer.get("ids") or [id]
+        return str(got[0])
+
+    def delete(self, category: str, id: Union[str, int]) -> None:
+        """Deletes one document (ShoalError ``document_not_found`` when it is not there)."""
+        self._json("DELETE", f"/v1/categories/{_seg(category)}/docs/{_seg(id)}")
+
+    def scan(self, category: str, page_size: int = 1000) -> Iterator[Tuple[str, Any]]:
+        """Every document of a category as ``(id, doc)`` pairs, fetched page by
+        page (shard by shard, in id order within a shard). Documents written
+        during a scan may or may not be seen; none is seen twice."""
+        cursor: Optional[str] = None
+        base = f"/v1/categories/{_seg(category)}/docs"
+        while True:
+            params: Dict[str, Any] = {"limit": page_size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = self._json("GET", f"{base}?{urlencode(params)}")
+            for entry in page["docs"]:
+                yield entry["id"], entry["doc"]
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                return
+
+    # ------------------------------------------------------------------ queries
+
+    def query_iter(
+        self,
+        category: str,
+        function: str,
+        skip_errors: bool = False,
+        *,
+        on_progress: Optional[ProgressCallback] = None,
+    ) -> QueryStream:
+        """Starts a query and returns a :class:`~shoal.QueryStream` that yields
+        the mapped values as they arrive, without holding them all.
+
+        The node runs the function's ``map`` (or ``map_batch``) over every
+        document, next to the data, all shards in parallel; a module with
+        ``reduce`` is reduced on the node and the stream yields nothing (see
+        ``stream.result``). After the iteration, ``stream.stats`` holds the
+        summary. ``on_progress`` is called with ``{"docs_done",
+        "docs_total", "shards"}`` as the query advances (the answer is then
+        streamed as server-sent events).
+
+        Errors known before the query starts (missing category or function)
+        raise ShoalError here; a failure while it runs raises
+        :class:`~shoal.QueryError` from the iteration.
+        """
+        body = dumps({"function": function, "skip_errors": bool(skip_errors)})
+        sse = on_progress is not None
+        accept = "text/event-stream" if sse else NDJSON
+        answer = self._open("POST", f"/v1/categories/{_seg(category)}/query", body, JSON, accept)
+        ctype = (answer.header("Content-Type") or "").lower()
+        return QueryStream(answer, sse and ctype.startswith("text/event-stream"), on_progress)
+
+    def query(
+        self,
+        category: str,
+        function: str,
+        skip_errors: bool = False,
+        *,
+        with_stats: bool = False,
+        on_progress: Optional[ProgressCallback] = None,
+    ) -> Any:
+        """Maps a deployed function over every document of a category, in
+        parallel over its shards, and combines the results.
+
+        Returns the reduced value when the function's module defines
+        ``reduce`` (``None`` when no document gave a value), else the list of
+        mapped values in document order (``None`` results of ``map`` are
+        left out). With ``with_stats=True`` returns ``(result, stats)`` where
+        ``stats`` is the query's summary (``docs``, ``reduced``, ``values``,
+        ``errors``, ``failures``, ``cached_shards``, ``shards``,
+        ``duration_ms``).
+
+        A document whose ``map`` raises fails the query with
+        :class:`~shoal.QueryError` (``doc_id``, ``error``); with
+        ``skip_errors=True`` such documents are counted in ``stats["errors"]``
+        and the first ones listed in ``stats["failures"]`` instead.
+        """
+        with self.query_iter(category, function, skip_errors, on_progress=on_progress) as stream:
+            result, stats = stream.collect()
+        return (result, stats) if with_stats else result
+
+
+__all__ = ["Client", "DEFAULT_URL", "FINAL_STATUSES"]

@@ -232,9 +232,12 @@ class Answer:
             return ShoalError(self.status, code, f"HTTP {self.status}: {text}")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON as UTF-8 (NaN and infinities are refused: JSON has none)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def error_from_json(status: int, obj: Dict[str, Any]) -> ShoalError:

@@ -1,10 +1,8 @@
 """What the Python baselines of `shoal-bench` share: reading the documents,
-loading a bench function's module from its directory, and applying its
+loading a bench function's module from its directory, applying its
 map/map_batch + reduce the way a Python programmer would (C-level iteration
-with `map`, `filter` and `functools.reduce`).
-
-The baselines print one JSON object on the last line of stdout; progress
-goes to stderr.
+with `map`, `filter` and `functools.reduce`), and the line protocol with the
+bench (`serve`). Progress goes to stderr.
 """
 
 import argparse
@@ -38,11 +36,11 @@ def parse_args(description):
     p.add_argument(
         "--tasks",
         required=True,
-        help='JSON list of {"name", "dir", "mode": "map"|"batch", "warmup", "reps"}',
+        help='JSON list of {"name", "dir", "mode": "map"|"batch"}: the functions to load',
     )
     args = p.parse_args()
-    args.tasks = json.loads(args.tasks)
-    for t in args.tasks:
+    args.tasks = {t["name"]: t for t in json.loads(args.tasks)}
+    for t in args.tasks.values():
         if t["mode"] not in ("map", "batch"):
             raise SystemExit("unknown mode %r" % t["mode"])
     return args
@@ -104,42 +102,30 @@ def combine(mod, partials):
     return _reduce_values(mod, partials)
 
 
-def run_tasks(tasks, mods, run_once):
-    """Runs each task `warmup` times unmeasured, then `reps` measured times.
-    `run_once(task)` returns the combined result."""
-    out = {}
-    for t in tasks:
-        first_s = None
-        results = []
-        for i in range(t.get("warmup", 0)):
+def serve(system, docs, load, extra, run_once):
+    """Announces that the documents are loaded, then runs the tasks the bench
+    asks for, one JSON line each on stdin (`{"task": NAME}`), answering each
+    with one JSON line (`{"seconds", "result"}`), until stdin closes. The
+    bench interleaves these runs with Shoal's queries, so that all systems
+    see the same background load."""
+    ready = {"system": system, "python": platform.python_version(), "docs": docs, "load": load}
+    ready.update(extra)
+    _send({"ready": ready})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        try:
             started = now()
-            results.append(run_once(t))
-            if i == 0:
-                first_s = now() - started
-        times = []
-        for _ in range(t["reps"]):
-            started = now()
-            results.append(run_once(t))
-            times.append(now() - started)
-        if any(r != results[0] for r in results):
-            raise SystemExit("task %s gave different results: %r" % (t["name"], results))
-        log("%s (%s): %s s" % (t["name"], t["mode"], ", ".join("%.3f" % x for x in times)))
-        out[t["name"]] = {
-            "mode": t["mode"],
-            "first_s": first_s,
-            "times_s": times,
-            "result": results[0] if results else None,
-        }
-    return out
+            result = run_once(request["task"])
+            _send({"seconds": now() - started, "result": result})
+        except Exception as e:  # reported to the bench, which fails the phase
+            _send({"error": "%s: %s" % (type(e).__name__, e)})
 
 
-def report(system, docs, load, tasks, extra=None):
-    body = {
-        "system": system,
-        "python": platform.python_version(),
-        "docs": docs,
-        "load": load,
-        "tasks": tasks,
-    }
-    body.update(extra or {})
-    print(json.dumps(body), flush=True)
+def _send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()

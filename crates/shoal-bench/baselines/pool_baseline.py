@@ -6,6 +6,9 @@ time on the two workers, never one after the other on the same worker. The
 parent reduces the two partial results.
 
     python3 pool_baseline.py --data docs.ndjson [--limit N] --tasks JSON
+
+Then one line per query on stdin, one answer per line on stdout (see
+`common.serve`).
 """
 
 import multiprocessing
@@ -54,8 +57,8 @@ def main():
     parse_s = common.now() - t
     n = len(docs)
     common.log("loaded %d documents: read %.2f s, parse %.2f s" % (n, read_s, parse_s))
-    for task in args.tasks:
-        MODS[task["name"]] = common.load_module(task["name"], task["dir"])
+    for name, task in args.tasks.items():
+        MODS[name] = common.load_module(name, task["dir"])
     t = common.now()
     size = (n + PROCESSES - 1) // PROCESSES
     HALVES.extend(docs[i * size : (i + 1) * size] for i in range(PROCESSES))
@@ -74,15 +77,14 @@ def main():
         "total_s": common.now() - started,
     }
 
-    def run_once(task):
-        jobs = [(task["name"], task["mode"])] * PROCESSES
+    def run_once(name):
+        jobs = [(name, args.tasks[name]["mode"])] * PROCESSES
         parts = pool.map(_work, jobs, chunksize=1)
-        return common.combine(MODS[task["name"]], parts)
+        return common.combine(MODS[name], parts)
 
-    tasks = common.run_tasks(args.tasks, MODS, run_once)
+    common.serve("pool", n, load, {"processes": PROCESSES}, run_once)
     pool.close()
     pool.join()
-    common.report("pool", n, load, tasks, {"processes": PROCESSES})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ for their partial result and reduces the two.
 
     python ray_baseline.py --data docs.ndjson [--limit N] --tasks JSON
 
-Run with the interpreter of the venv `scripts/bench` installs Ray into.
+Then one line per query on stdin, one answer per line on stdout (see
+`common.serve`). Run with the interpreter of the venv `scripts/bench`
+installs Ray into.
 """
 
 import os
@@ -45,15 +47,16 @@ def main():
     @ray.remote(num_cpus=1)
     class Holder:
         def __init__(self, tasks):
-            self.mods = {t["name"]: common.load_module(t["name"], t["dir"]) for t in tasks}
+            self.tasks = tasks
+            self.mods = {name: common.load_module(name, t["dir"]) for name, t in tasks.items()}
             self.docs = []
 
         def load(self, chunk):
             self.docs = common.parse(chunk.split("\n")) if chunk else []
             return len(self.docs)
 
-        def run(self, name, mode):
-            return common.partial(self.mods[name], mode, self.docs)
+        def run(self, name):
+            return common.partial(self.mods[name], self.tasks[name]["mode"], self.docs)
 
     actors = [Holder.remote(args.tasks) for _ in range(ACTORS)]
     ray.get([a.load.remote("") for a in actors])
@@ -81,14 +84,13 @@ def main():
         "total_s": common.now() - started,
     }
     common.log("loaded %d documents: read %.2f s, send + parse %.2f s" % (n, read_s, parse_s))
-    mods = {t["name"]: common.load_module(t["name"], t["dir"]) for t in args.tasks}
+    mods = {name: common.load_module(name, t["dir"]) for name, t in args.tasks.items()}
 
-    def run_once(task):
-        parts = ray.get([a.run.remote(task["name"], task["mode"]) for a in actors])
-        return common.combine(mods[task["name"]], parts)
+    def run_once(name):
+        parts = ray.get([a.run.remote(name) for a in actors])
+        return common.combine(mods[name], parts)
 
-    tasks = common.run_tasks(args.tasks, mods, run_once)
-    common.report("ray", n, load, tasks, {"actors": ACTORS, "ray": ray.__version__})
+    common.serve("ray", n, load, {"actors": ACTORS, "ray": ray.__version__}, run_once)
     ray.shutdown()
 
 

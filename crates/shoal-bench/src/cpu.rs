@@ -38,6 +38,26 @@ pub struct Usage {
     pub client_cpu_s: f64,
 }
 
+impl Usage {
+    /// The usage over several windows, each `(duration, usage)`, as if they
+    /// were one window (shares weighted by duration; CPU seconds added).
+    pub fn weighted(parts: &[(f64, Usage)]) -> Usage {
+        let total: f64 = parts.iter().map(|(d, _)| d).sum();
+        if total <= 0.0 {
+            return Usage::default();
+        }
+        let share = |f: fn(&Usage) -> f64| parts.iter().map(|(d, u)| d * f(u)).sum::<f64>() / total;
+        Usage {
+            busy: share(|u| u.busy),
+            client: share(|u| u.client),
+            node: share(|u| u.node),
+            python: share(|u| u.python),
+            other: share(|u| u.other),
+            client_cpu_s: parts.iter().map(|(_, u)| u.client_cpu_s).sum(),
+        }
+    }
+}
+
 impl Snapshot {
     pub fn take(node_pid: u32) -> Snapshot {
         let (machine_busy, machine_total) = machine();
@@ -168,6 +188,19 @@ mod tests {
         assert_eq!(p.ppid, 77);
         assert_eq!(p.ticks, 281);
         assert_eq!(p.children, 0);
+    }
+
+    #[test]
+    fn weights_usage_by_duration() {
+        let u = |busy: f64| Usage {
+            busy,
+            client_cpu_s: 1.0,
+            ..Usage::default()
+        };
+        let w = Usage::weighted(&[(1.0, u(1.0)), (3.0, u(0.2))]);
+        assert!((w.busy - 0.4).abs() < 1e-12);
+        assert_eq!(w.client_cpu_s, 2.0);
+        assert_eq!(Usage::weighted(&[]).busy, 0.0);
     }
 
     #[test]

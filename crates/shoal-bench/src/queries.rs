@@ -40,6 +40,8 @@ const POOL_SCRIPT: &str = "pool_baseline.py";
 const RAY_SCRIPT: &str = "ray_baseline.py";
 /// The longest one batch of documents may take to be written.
 const WRITE_LIMIT: Duration = Duration::from_secs(120);
+/// Unmeasured rounds before the repeated queries are timed.
+const WARMUP: usize = 2;
 /// How often the memory of a process tree is sampled.
 const RSS_EVERY: Duration = Duration::from_millis(50);
 
@@ -681,24 +683,75 @@ async fn query(ctx: &Ctx, category: &str, function: &str, limit: Duration) -> Re
     })
 }
 
-/// The first query (workers start, data from the store), then `reps` more.
-async fn series(
+/// A query timed with the CPU used meanwhile.
+async fn timed_query(
     ctx: &Ctx,
     category: &str,
     function: &str,
+    limit: Duration,
+) -> Result<(QueryRun, Usage)> {
+    let cpu0 = ctx.cpu();
+    let r = query(ctx, category, function, limit).await?;
+    Ok((r, cpu0.usage_until(&ctx.cpu())))
+}
+
+/// Runs `rounds` rounds of the same query, each round on Shoal and then on
+/// every baseline, so that all systems see the same background load. The
+/// first `warmup` rounds are not measured (Shoal's first query is kept as
+/// `first`: its workers start and read the documents from the store).
+#[allow(clippy::too_many_arguments)]
+async fn rounds(
+    ctx: &Ctx,
+    category: &str,
+    function: &str,
+    warmup: usize,
     reps: usize,
     docs: usize,
     limit: Duration,
+    baselines: &mut [&mut BaselineProc],
 ) -> Result<ShoalSeries> {
-    let cpu0 = ctx.cpu();
-    let first = query(ctx, category, function, limit).await?;
-    eprintln!(
-        "  {function}: first {:.0} ms (node {:.0} ms, {}/{} shards cached)",
-        first.wall_ms, first.node_ms, first.cached_shards, first.shards
-    );
+    let mut first = None;
     let mut out = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let r = query(ctx, category, function, limit).await?;
+    let mut usage = Vec::with_capacity(reps);
+    for round in 0..warmup + reps {
+        let (r, u) = timed_query(ctx, category, function, limit).await?;
+        if r.docs != docs as u64 {
+            bail!("{function} processed {} documents, not {docs}", r.docs);
+        }
+        let mut line = format!(
+            "  {function} round {}: Shoal {:.0} ms",
+            round + 1,
+            r.wall_ms
+        );
+        if round == 0 {
+            line.push_str(&format!(
+                " ({}/{} shards cached)",
+                r.cached_shards, r.shards
+            ));
+        }
+        if round >= warmup {
+            usage.push((r.wall_ms, u));
+            out.push(r.clone());
+        }
+        if first.is_none() {
+            first = Some(r);
+        }
+        for b in baselines.iter_mut() {
+            if b.failed.is_some() {
+                continue;
+            }
+            match b.run(function, limit).await {
+                Ok(s) => line.push_str(&format!(", {} {:.0} ms", b.label, s * 1000.0)),
+                Err(e) => {
+                    eprintln!("  {}: {e:#}", b.label);
+                    b.failed = Some(format!("{e:#}"));
+                }
+            }
+        }
+        eprintln!("{line}");
+    }
+    let first = first.context("no rounds")?;
+    for r in &out {
         if r.result != first.result {
             bail!(
                 "{function} gave {} after {}: the result changed between queries",
@@ -706,19 +759,11 @@ async fn series(
                 first.result
             );
         }
-        out.push(r);
-    }
-    let times: Vec<String> = out.iter().map(|r| format!("{:.0}", r.wall_ms)).collect();
-    eprintln!("  {function}: then {} ms", times.join(", "));
-    for r in std::iter::once(&first).chain(&out) {
-        if r.docs != docs as u64 {
-            bail!("{function} processed {} documents, not {docs}", r.docs);
-        }
     }
     Ok(ShoalSeries {
         first,
         reps: out,
-        cpu: cpu0.usage_until(&ctx.cpu()),
+        cpu: Usage::weighted(&usage),
     })
 }
 
@@ -745,62 +790,121 @@ fn check_results(what: &str, expected: &Value, got: &[(&str, &Value)]) -> Result
     Ok(())
 }
 
-fn task(name: &str, dir: &Path, mode: &str, warmup: usize, reps: usize) -> Value {
-    json!({"name": name, "dir": dir, "mode": mode, "warmup": warmup, "reps": reps})
+fn task(name: &str, dir: &Path, mode: &str) -> Value {
+    json!({"name": name, "dir": dir, "mode": mode})
+}
+
+/// Starts baseline (a) (it must work) and (b) (`Err` with the reason if not).
+async fn start_baselines(
+    plan: &Plan,
+    files: &Files,
+    limit: usize,
+    tasks: &[Value],
+) -> Result<(BaselineProc, std::result::Result<BaselineProc, String>)> {
+    step("  baseline (a): loading the documents into multiprocessing.Pool(2)");
+    let pool =
+        BaselineProc::start("(a)", plan, files, &plan.python, POOL_SCRIPT, limit, tasks).await?;
+    step("  baseline (b): starting Ray and loading the documents into 2 actors");
+    let ray = BaselineProc::start(
+        "(b)",
+        plan,
+        files,
+        &plan.ray_python,
+        RAY_SCRIPT,
+        limit,
+        tasks,
+    )
+    .await
+    .map_err(|e| {
+        eprintln!("  Ray: {e:#}");
+        format!("{e:#}")
+    });
+    Ok((pool, ray))
+}
+
+/// Ends the baselines and collects what they measured.
+async fn finish_baselines(
+    pool: BaselineProc,
+    ray: std::result::Result<BaselineProc, String>,
+    warmup: usize,
+) -> Result<(Baseline, std::result::Result<Baseline, String>)> {
+    let ray = match ray {
+        Ok(r) => r.finish(warmup).await,
+        Err(e) => Err(e),
+    };
+    let pool = pool
+        .finish(warmup)
+        .await
+        .map_err(|e| anyhow!("baseline (a): {e}"))?;
+    Ok((pool, ray))
+}
+
+/// Compares every system's result of `task` with `expected`.
+fn check_all(
+    task: &str,
+    expected: &Value,
+    shoal: &[&QueryRun],
+    pool: &Baseline,
+    ray: &std::result::Result<Baseline, String>,
+) -> Result<()> {
+    let mut got: Vec<(&str, &Value)> = shoal.iter().map(|r| ("Shoal", &r.result)).collect();
+    got.push((
+        "(a) Pool",
+        pool.task(task).map_or(&Value::Null, |t| &t.result),
+    ));
+    if let Ok(r) = ray {
+        got.push(("(b) Ray", r.task(task).map_or(&Value::Null, |t| &t.result)));
+    }
+    check_results(task, expected, &got)
 }
 
 async fn warm(ctx: &Ctx, docs: &Docs, plan: &Plan, files: &Files) -> Result<Warm> {
     let n = plan.docs;
-    let expected = json!(docs.total_of_first(plan.docs));
-    let sampler = Sampler::start(ctx.node_pid, RSS_EVERY);
-    let sum = series(ctx, ORDERS, SUM_NAME, plan.reps, n, plan.query_limit).await;
-    let batch = match &sum {
-        Ok(_) => series(ctx, ORDERS, BATCH_NAME, plan.reps, n, plan.query_limit).await,
-        Err(_) => Err(anyhow!("not run")),
-    };
-    let peak = sampler.finish();
-    let (sum, batch) = (sum?, batch?);
-    let shards = sum.first.shards;
-
+    let expected = json!(docs.total_of_first(n));
     let tasks = [
-        task(
-            SUM_NAME,
-            &files.functions.join(SUM_NAME),
-            "map",
-            2,
-            plan.reps,
-        ),
-        task(
-            BATCH_NAME,
-            &files.functions.join(BATCH_NAME),
-            "batch",
-            2,
-            plan.reps,
-        ),
+        task(SUM_NAME, &files.functions.join(SUM_NAME), "map"),
+        task(BATCH_NAME, &files.functions.join(BATCH_NAME), "batch"),
     ];
-    step("  baseline (a): multiprocessing.Pool(2), forked after loading");
-    let pool = baseline(plan, files, &plan.python, POOL_SCRIPT, 0, &tasks).await?;
-    step("  baseline (b): Ray, 2 actors");
-    let ray = baseline(plan, files, &plan.ray_python, RAY_SCRIPT, 0, &tasks)
-        .await
-        .map_err(|e| {
-            eprintln!("  Ray: {e:#}");
-            format!("{e:#}")
-        });
-
-    for (name, series) in [(SUM_NAME, &sum), (BATCH_NAME, &batch)] {
-        let mut got: Vec<(&str, &Value)> = vec![("Shoal", &series.first.result)];
-        let pool_r = pool.task(name).map(|t| &t.result);
-        got.push(("(a) Pool", pool_r.unwrap_or(&Value::Null)));
-        if let Ok(r) = &ray {
-            got.push(("(b) Ray", r.task(name).map_or(&Value::Null, |t| &t.result)));
+    let (mut pool, mut ray) = start_baselines(plan, files, 0, &tasks).await?;
+    let sampler = Sampler::start(ctx.node_pid, RSS_EVERY);
+    let mut series = Vec::new();
+    for function in [SUM_NAME, BATCH_NAME] {
+        let mut procs: Vec<&mut BaselineProc> = vec![&mut pool];
+        if let Ok(r) = &mut ray {
+            procs.push(r);
         }
-        check_results(name, &expected, &got)?;
+        let s = rounds(
+            ctx,
+            ORDERS,
+            function,
+            WARMUP,
+            plan.reps,
+            n,
+            plan.query_limit,
+            &mut procs,
+        )
+        .await;
+        match s {
+            Ok(s) => series.push(s),
+            Err(e) => {
+                sampler.finish();
+                return Err(e);
+            }
+        }
     }
+    let peak = sampler.finish();
+    if let Some(e) = pool.failed.take() {
+        bail!("baseline (a) failed: {e}");
+    }
+    let (pool, ray) = finish_baselines(pool, ray, WARMUP).await?;
+    let batch = series.pop().context("no batch series")?;
+    let sum = series.pop().context("no sum series")?;
+    check_all(SUM_NAME, &expected, &[&sum.first], &pool, &ray)?;
+    check_all(BATCH_NAME, &expected, &[&batch.first], &pool, &ray)?;
     Ok(Warm {
         docs: n,
         bytes: docs.bytes_of_first(n),
-        shards,
+        shards: sum.first.shards,
         sum,
         batch,
         pool,
@@ -818,56 +922,39 @@ async fn cpu_heavy(ctx: &Ctx, docs: &Arc<Docs>, plan: &Plan, files: &Files) -> R
         .await
         .context("creating the category")?;
     write_docs(ctx, CPU_CATEGORY, docs, n, plan.batch, 1).await?;
-    let cpu0 = ctx.cpu();
-    let mut shoal = Vec::with_capacity(plan.cpu_reps);
-    for _ in 0..plan.cpu_reps {
-        let r = query(ctx, CPU_CATEGORY, CPU_NAME, plan.query_limit).await?;
-        if r.docs != n as u64 {
-            bail!("{CPU_NAME} processed {} documents, not {n}", r.docs);
-        }
-        eprintln!(
-            "  Shoal: {:.0} ms ({}/{} shards cached)",
-            r.wall_ms, r.cached_shards, r.shards
-        );
-        shoal.push(r);
+    let tasks = [task(CPU_NAME, &files.functions.join(CPU_NAME), "map")];
+    let (mut pool, mut ray) = start_baselines(plan, files, n, &tasks).await?;
+    let mut procs: Vec<&mut BaselineProc> = vec![&mut pool];
+    if let Ok(r) = &mut ray {
+        procs.push(r);
     }
-    let cpu = cpu0.usage_until(&ctx.cpu());
-    let tasks = [task(
+    // No warm-up: a run takes seconds; Shoal's first one includes starting
+    // its query workers and reading the documents (a few tens of ms here).
+    let s = rounds(
+        ctx,
+        CPU_CATEGORY,
         CPU_NAME,
-        &files.functions.join(CPU_NAME),
-        "map",
         0,
         plan.cpu_reps,
-    )];
-    step("  baseline (a): multiprocessing.Pool(2)");
-    let pool = baseline(plan, files, &plan.python, POOL_SCRIPT, n, &tasks).await?;
-    step("  baseline (b): Ray, 2 actors (one run)");
-    let ray_tasks = [task(CPU_NAME, &files.functions.join(CPU_NAME), "map", 0, 1)];
-    let ray = baseline(plan, files, &plan.ray_python, RAY_SCRIPT, n, &ray_tasks)
-        .await
-        .map_err(|e| {
-            eprintln!("  Ray: {e:#}");
-            format!("{e:#}")
-        });
-    let reference = shoal[0].result.clone();
-    let mut got: Vec<(&str, &Value)> = shoal.iter().map(|r| ("Shoal", &r.result)).collect();
-    got.push((
-        "(a) Pool",
-        pool.task(CPU_NAME).map_or(&Value::Null, |t| &t.result),
-    ));
-    if let Ok(r) = &ray {
-        got.push((
-            "(b) Ray",
-            r.task(CPU_NAME).map_or(&Value::Null, |t| &t.result),
-        ));
+        n,
+        plan.query_limit,
+        &mut procs,
+    )
+    .await?;
+    if let Some(e) = pool.failed.take() {
+        bail!("baseline (a) failed: {e}");
     }
-    check_results(CPU_NAME, &reference, &got)?;
+    let (pool, ray) = finish_baselines(pool, ray, 0).await?;
+    let shoal = s.reps;
+    let reference = shoal[0].result.clone();
+    let all: Vec<&QueryRun> = shoal.iter().collect();
+    check_all(CPU_NAME, &reference, &all, &pool, &ray)?;
     Ok(CpuHeavy {
         docs: n,
         shoal,
         pool,
         ray,
-        cpu,
+        cpu: s.cpu,
     })
 }
 
@@ -983,124 +1070,216 @@ async fn stream(node: &mut Node, dir: &Path, plan: &Plan, docs: &Docs) -> Result
 
 // --------------------------------------------------------------- baselines
 
-/// Runs a baseline script on the first `limit` documents (0: all) and reads
-/// its JSON report, sampling the peak RSS of its process tree meanwhile.
-async fn baseline(
-    plan: &Plan,
-    files: &Files,
-    python: &Path,
-    script: &str,
-    limit: usize,
-    tasks: &[Value],
-) -> Result<Baseline> {
-    if script == RAY_SCRIPT {
-        if let Some(reason) = &plan.ray_missing {
-            bail!("Ray could not be installed: {reason}");
-        }
-        if python.components().count() > 1 && !python.exists() {
-            bail!(
-                "{} does not exist: Ray is not installed (scripts/bench installs it)",
-                python.display()
-            );
-        }
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&files.log)?;
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(files.baselines.join(script))
-        .arg("--data")
-        .arg(&files.data)
-        .arg("--limit")
-        .arg(limit.to_string())
-        .arg("--tasks")
-        .arg(serde_json::to_string(tasks)?)
-        .env("SHOAL_BENCH_RAY_TMP", &files.ray_tmp)
-        .env("RAY_USAGE_STATS_ENABLED", "0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(true);
-    let t = Instant::now();
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {} {script}", python.display()))?;
-    let pid = child.id().unwrap_or(0);
-    let sampler = Sampler::start(pid, RSS_EVERY);
-    let waited = tokio::time::timeout(plan.baseline_limit, child.wait_with_output()).await;
-    let peak = sampler.finish();
-    let wall_s = t.elapsed().as_secs_f64();
-    let log_tail = || {
-        let text = std::fs::read_to_string(&files.log).unwrap_or_default();
-        node::tail(&text, 12)
-    };
-    let output = match waited {
-        Ok(r) => r.with_context(|| format!("waiting for {script}"))?,
-        Err(_) => {
-            if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-            }
-            bail!(
-                "{script} did not finish within {:?}; its log ends:\n{}",
-                plan.baseline_limit,
-                log_tail()
-            );
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().rfind(|l| l.starts_with('{'));
-    let report: Value = match (output.status.success(), last) {
-        (true, Some(line)) => {
-            serde_json::from_str(line).with_context(|| format!("reading the report of {script}"))?
-        }
-        _ => bail!(
-            "{} {script} failed ({}); its log ends:\n{}",
-            python.display(),
-            output.status,
-            log_tail()
-        ),
-    };
-    parse_report(&report, peak, wall_s)
+/// A running baseline script: it loaded the documents and waits for tasks
+/// on stdin (see `baselines/common.py`).
+struct BaselineProc {
+    label: &'static str,
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pid: u32,
+    sampler: Option<Sampler>,
+    started: Instant,
+    log: PathBuf,
+    ready: Value,
+    /// Every run of each task in order, warm-ups included: `(seconds, result)`.
+    runs: HashMap<String, Vec<(f64, Value)>>,
+    /// Set when a run failed; the baseline is not asked again.
+    failed: Option<String>,
 }
 
-fn parse_report(v: &Value, peak: Peak, wall_s: f64) -> Result<Baseline> {
-    let f = |o: &Value, k: &str| o.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let load = &v["load"];
-    let mut tasks = HashMap::new();
-    for (name, t) in v["tasks"].as_object().context("the report has no tasks")? {
-        let times_s: Vec<f64> = t["times_s"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        tasks.insert(
-            name.clone(),
-            BaselineTask {
-                first_s: t.get("first_s").and_then(Value::as_f64),
-                times_s,
-                result: t.get("result").cloned().unwrap_or(Value::Null),
-            },
+impl BaselineProc {
+    /// Starts `python script` on the first `limit` documents (0: all) and
+    /// waits until it has loaded them.
+    async fn start(
+        label: &'static str,
+        plan: &Plan,
+        files: &Files,
+        python: &Path,
+        script: &str,
+        limit: usize,
+        tasks: &[Value],
+    ) -> Result<BaselineProc> {
+        use tokio::io::AsyncBufReadExt;
+        if script == RAY_SCRIPT {
+            if let Some(reason) = &plan.ray_missing {
+                bail!("Ray could not be installed: {reason}");
+            }
+            if python.components().count() > 1 && !python.exists() {
+                bail!(
+                    "{} does not exist: Ray is not installed (scripts/bench installs it)",
+                    python.display()
+                );
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&files.log)?;
+        let mut cmd = tokio::process::Command::new(python);
+        cmd.arg(files.baselines.join(script))
+            .arg("--data")
+            .arg(&files.data)
+            .arg("--limit")
+            .arg(limit.to_string())
+            .arg("--tasks")
+            .arg(serde_json::to_string(tasks)?)
+            .env("SHOAL_BENCH_RAY_TMP", &files.ray_tmp)
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} {script}", python.display()))?;
+        let pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut proc = BaselineProc {
+            label,
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            pid,
+            sampler: Some(Sampler::start(pid, RSS_EVERY)),
+            started,
+            log: files.log.clone(),
+            ready: Value::Null,
+            runs: HashMap::new(),
+            failed: None,
+        };
+        let line = proc.read_line(plan.baseline_limit).await;
+        let ready = match line {
+            Ok(v) => v.get("ready").cloned(),
+            Err(e) => {
+                proc.kill();
+                return Err(e.context(format!("{script} did not load the documents")));
+            }
+        };
+        match ready {
+            Some(r) => proc.ready = r,
+            None => {
+                proc.kill();
+                bail!("{script} did not report that it was ready");
+            }
+        }
+        eprintln!(
+            "  {label} loaded in {:.2} s",
+            proc.ready["load"]["total_s"].as_f64().unwrap_or(f64::NAN)
         );
+        Ok(proc)
     }
-    let version = match v.get("ray").and_then(Value::as_str) {
-        Some(ray) => format!("Ray {ray}, Python {}", v["python"].as_str().unwrap_or("?")),
-        None => format!("Python {}", v["python"].as_str().unwrap_or("?")),
-    };
-    Ok(Baseline {
-        version,
-        docs: v["docs"].as_u64().unwrap_or(0),
-        load: Load {
-            start_s: f(load, "start_s"),
-            read_s: f(load, "read_s"),
-            parse_s: f(load, "parse_s"),
-            distribute_s: f(load, "distribute_s"),
-            total_s: f(load, "total_s"),
-        },
-        tasks,
-        peak,
-        wall_s,
-    })
+
+    /// The next JSON line on its stdout.
+    async fn read_line(&mut self, limit: Duration) -> Result<Value> {
+        let line = tokio::time::timeout(limit, self.lines.next_line())
+            .await
+            .map_err(|_| anyhow!("no answer within {limit:?}"))?
+            .context("reading its stdout")?;
+        match line {
+            Some(l) => serde_json::from_str(&l).with_context(|| format!("reading {l:?}")),
+            None => bail!("it exited; its log ends:\n{}", self.log_tail()),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        node::tail(&text, 12)
+    }
+
+    /// Runs one query; returns its time in seconds.
+    async fn run(&mut self, task: &str, limit: Duration) -> Result<f64> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().context("stdin is closed")?;
+        let mut request = serde_json::to_vec(&json!({ "task": task }))?;
+        request.push(b'\n');
+        stdin.write_all(&request).await.context("writing a task")?;
+        stdin.flush().await?;
+        let answer = self.read_line(limit).await?;
+        if let Some(e) = answer.get("error") {
+            bail!("{task} failed: {e}");
+        }
+        let secs = answer["seconds"]
+            .as_f64()
+            .with_context(|| format!("unexpected answer {answer}"))?;
+        let result = answer.get("result").cloned().unwrap_or(Value::Null);
+        self.runs
+            .entry(task.to_string())
+            .or_default()
+            .push((secs, result));
+        Ok(secs)
+    }
+
+    fn kill(&mut self) {
+        if let Some(pgid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+    }
+
+    /// Closes its stdin, waits for it to exit (Ray shuts down) and returns
+    /// what it measured; the first `warmup` runs of each task are warm-ups.
+    async fn finish(mut self, warmup: usize) -> std::result::Result<Baseline, String> {
+        drop(self.stdin.take());
+        let exited = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        if !matches!(exited, Ok(Ok(_))) {
+            self.kill();
+        }
+        let peak = self.sampler.take().map(Sampler::finish).unwrap_or_default();
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let r = &self.ready;
+        let f = |k: &str| r["load"][k].as_f64().unwrap_or(0.0);
+        let version = match r.get("ray").and_then(Value::as_str) {
+            Some(ray) => format!("Ray {ray}, Python {}", r["python"].as_str().unwrap_or("?")),
+            None => format!("Python {}", r["python"].as_str().unwrap_or("?")),
+        };
+        let mut tasks = HashMap::new();
+        for (name, runs) in std::mem::take(&mut self.runs) {
+            let first_s = (warmup > 0).then(|| runs.first().map(|r| r.0)).flatten();
+            let result = runs.first().map_or(Value::Null, |r| r.1.clone());
+            if let Some(other) = runs.iter().find(|r| r.1 != result) {
+                return Err(format!(
+                    "{name} gave different results: {result} and {}",
+                    other.1
+                ));
+            }
+            tasks.insert(
+                name,
+                BaselineTask {
+                    first_s,
+                    times_s: runs.iter().skip(warmup).map(|r| r.0).collect(),
+                    result,
+                },
+            );
+        }
+        Ok(Baseline {
+            version,
+            docs: r["docs"].as_u64().unwrap_or(0),
+            load: Load {
+                start_s: f("start_s"),
+                read_s: f("read_s"),
+                parse_s: f("parse_s"),
+                distribute_s: f("distribute_s"),
+                total_s: f("total_s"),
+            },
+            tasks,
+            peak,
+            wall_s: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl Drop for BaselineProc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1120,18 +1299,5 @@ mod tests {
         );
         assert!(check_results("x", &json!(3), &[("a", &json!(3.0))]).is_ok());
         assert!(check_results("x", &e, &[("a", &Value::Null)]).is_err());
-    }
-
-    #[test]
-    fn reads_a_baseline_report() {
-        let v = json!({"system": "ray", "python": "3.11.7", "ray": "2.60.0", "docs": 10,
-            "load": {"start_s": 4.0, "read_s": 0.1, "parse_s": 0.2, "distribute_s": 0.0, "total_s": 0.3},
-            "tasks": {"bench-sum": {"mode": "map", "first_s": 0.5, "times_s": [0.2, 0.1, 0.3], "result": 12.5}}});
-        let b = parse_report(&v, Peak::default(), 1.0).unwrap();
-        assert_eq!(b.version, "Ray 2.60.0, Python 3.11.7");
-        assert_eq!(b.load.start_s, 4.0);
-        let t = b.task("bench-sum").unwrap();
-        assert_eq!(t.median_ms(), 200.0);
-        assert_eq!(t.result, json!(12.5));
     }
 }

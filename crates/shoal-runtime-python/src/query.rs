@@ -131,15 +131,7 @@ pub(crate) async fn run(pool: Arc<Pool>, request: QueryRequest) -> Result<QueryO
         let pool = pool.clone();
         let _ = tokio::spawn(async move { recover(&pool, set).await }).await;
     }
-    let (result, pending) = result?;
-    // Progress not delivered yet (the channel was full) goes out last.
-    for (shard, docs) in pending {
-        let _ = request
-            .events
-            .send(QueryEvent::Progress { shard, docs })
-            .await;
-    }
-    Ok(result)
+    result
 }
 
 /// Holds the query set for one query. Dropped before its end (the caller
@@ -242,8 +234,7 @@ struct OrderState {
 }
 
 impl Session {
-    /// Returns the outcome and the progress still to report.
-    async fn run(&mut self, request: &QueryRequest) -> Result<(QueryOutcome, Vec<(u32, u64)>)> {
+    async fn run(&mut self, request: &QueryRequest) -> Result<QueryOutcome> {
         let pool = self.pool.clone();
         let Some(set) = self.set.as_mut() else {
             return Err(Error::Platform("the query set is gone".into()));
@@ -255,7 +246,7 @@ impl Session {
         let mut cold = false;
         let template = match pool.template(&mut cold).await? {
             Ok(template) => template,
-            Err((failure, _logs, _)) => return Ok((failed(None, failure), Vec::new())),
+            Err((failure, _logs, _)) => return Ok(failed(None, failure)),
         };
         let functions = template.functions;
         drop(template);
@@ -265,21 +256,18 @@ impl Session {
             let message = format!(
                 "module {module} defines neither map(doc) nor map_batch(docs); a query needs one of them"
             );
-            return Ok((
-                failed(None, Failure::new(FailureKind::LoadFailed, message)),
-                Vec::new(),
-            ));
+            return Ok(failed(None, Failure::new(FailureKind::LoadFailed, message)));
         }
         let reduce = functions.reduce;
         let n = request.shards.len();
         if n == 0 {
-            return Ok((outcome(empty_result(reduce), 0, Vec::new()), Vec::new()));
+            return Ok(outcome(empty_result(reduce), 0, Vec::new()));
         }
 
         // The workers: 0..W, forked as needed.
         let w = config.query_workers.clamp(1, n);
         if let Err(failure) = prepare_workers(&pool, set, w).await? {
-            return Ok((failed(None, failure), Vec::new()));
+            return Ok(failed(None, failure));
         }
         let uids: Vec<u64> = set.slots[..w]
             .iter()
@@ -347,12 +335,16 @@ impl Session {
             .map(Option::unwrap_or_default)
             .collect();
         let docs = ctx.docs.load(Ordering::Relaxed);
-        let pending: Vec<(u32, u64)> = lock(&ctx.progress)
-            .iter()
-            .enumerate()
-            .filter(|(_, docs)| **docs > 0)
-            .map(|(i, docs)| (units[i].shard.shard, *docs))
-            .collect();
+        // Progress held back while the channel was full: one last try.
+        // Never waited for: a caller may read events only after the outcome.
+        for (i, docs) in lock(&ctx.progress).iter().enumerate() {
+            if *docs > 0 {
+                let shard = units[i].shard.shard;
+                let _ = request
+                    .events
+                    .try_send(QueryEvent::Progress { shard, docs: *docs });
+            }
+        }
         let result = match stopped {
             Some(stop) => stopped_result(stop)?,
             None if !reduce => QueryResult::Mapped,
@@ -381,7 +373,7 @@ impl Session {
                 }
             }
         };
-        Ok((outcome(result, docs, done), pending))
+        Ok(outcome(result, docs, done))
     }
 }
 
@@ -471,8 +463,9 @@ impl Ctx<'_> {
         self.stop.cancel();
     }
 
-    /// Counts processed documents; reports them unless the channel is full
-    /// (then they go with a later report).
+    /// Counts processed documents and reports them. Progress is advisory: it
+    /// never waits for the channel; while it is full, reports are merged into
+    /// later ones (values, which must arrive, are waited for).
     fn progress(&self, unit: &Unit, docs: u64) {
         if docs == 0 {
             return;

@@ -71,6 +71,8 @@ struct MemSource {
     shards: Mutex<Vec<DocBatch>>,
     versions: Mutex<Vec<u64>>,
     scans: Vec<AtomicUsize>,
+    /// A shard whose scans fail.
+    broken: Mutex<Option<u32>>,
 }
 
 impl MemSource {
@@ -80,6 +82,7 @@ impl MemSource {
             shards: Mutex::new(Vec::new()),
             versions: Mutex::new(vec![1; n]),
             scans: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            broken: Mutex::new(None),
         });
         for (i, docs) in shards.into_iter().enumerate() {
             source.replace(i, docs, false);
@@ -160,6 +163,9 @@ impl ShardSource for MemSource {
         limit: usize,
     ) -> BoxFuture<'static, Result<DocBatch, String>> {
         self.scans[shard as usize].fetch_add(1, Ordering::SeqCst);
+        if *self.broken.lock().unwrap() == Some(shard) {
+            return Box::pin(async { Err("the disk is on fire".to_string()) });
+        }
         let shards = self.shards.lock().unwrap();
         let docs = &shards[shard as usize];
         let start = match &after {
@@ -983,4 +989,130 @@ def reduce(a, b):
         let ran = query(&fx.rt, &dep, "uneven@1", &source, false, 64).await;
         assert_eq!(ran.reduced(), json!(10_000));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reduce_query_does_not_wait_for_its_events_to_be_read() {
+    let fx = fixture();
+    let dep = fx.deploy("sum@1", SUM);
+    let source = MemSource::generated(8, 2000, priced);
+    let (events, mut rx) = mpsc::channel(1);
+    let request = QueryRequest {
+        query_id: "q".into(),
+        dataset: "items@1".into(),
+        shards: source.query_shards(),
+        skip_errors: false,
+        source: source.clone(),
+        events,
+    };
+    // Nobody reads the events until the outcome is in.
+    let outcome = fx.rt.query(&dep, request).await.unwrap();
+    assert_eq!(
+        outcome.result,
+        QueryResult::Reduced(Some(expected_sum(&source).to_string()))
+    );
+    assert_eq!(outcome.docs, 16_000);
+    assert!(matches!(rx.recv().await, Some(QueryEvent::Progress { .. })));
+}
+
+/// True while the process exists and is not a zombie.
+fn running(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Polls a condition another process makes true, up to 10 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const PIDS: &str = "import os\n\ndef map(doc):\n    return os.getpid()\n";
+
+async fn query_pids(fx: &Fixture, dep: &Deployment, source: &Arc<MemSource>) -> (Vec<i64>, u32) {
+    let ran = query(&fx.rt, dep, "p@1", source, false, 64).await;
+    let mut pids: Vec<i64> = ran.values.iter().map(|v| v.as_i64().unwrap()).collect();
+    pids.sort();
+    pids.dedup();
+    (pids, ran.outcome.cached_shards)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_query_workers_are_reaped_with_their_documents() {
+    let fx = fixture_with(|o| o.idle_timeout = Duration::from_millis(300));
+    let dep = fx.deploy("pids@1", PIDS);
+    let source = MemSource::generated(2, 50, |_, _| json!({}));
+    let (pids, _) = query_pids(&fx, &dep, &source).await;
+    assert_eq!(pids.len(), 2);
+    for pid in &pids {
+        eventually("the idle query worker is reaped", || !running(*pid)).await;
+    }
+    let (again, cached) = query_pids(&fx, &dep, &source).await;
+    assert_eq!(cached, 0, "the resident documents went with the workers");
+    assert!(again.iter().all(|p| !pids.contains(p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_and_shutdown_stop_the_query_workers() {
+    let fx = fixture();
+    let dep = fx.deploy("pids@1", PIDS);
+    let source = MemSource::generated(2, 50, |_, _| json!({}));
+    let (pids, _) = query_pids(&fx, &dep, &source).await;
+    fx.rt.retire(&dep.key);
+    for pid in &pids {
+        eventually("the retired query worker is gone", || !running(*pid)).await;
+    }
+    let (pids, cached) = query_pids(&fx, &dep, &source).await;
+    assert_eq!(cached, 0);
+    fx.rt.shutdown();
+    for pid in &pids {
+        eventually("the query worker is gone after shutdown", || !running(*pid)).await;
+    }
+    let (events, _rx) = mpsc::channel(1);
+    let request = QueryRequest {
+        query_id: "q".into(),
+        dataset: "p@1".into(),
+        shards: source.query_shards(),
+        skip_errors: false,
+        source: source.clone(),
+        events,
+    };
+    let err = fx.rt.query(&dep, request).await.unwrap_err();
+    assert!(matches!(err, shoal_runtime::Error::ShuttingDown), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_error_is_a_platform_error_and_the_next_query_works() {
+    let fx = fixture();
+    let dep = fx.deploy("sum@1", SUM);
+    let source = MemSource::generated(4, 2000, priced);
+    *source.broken.lock().unwrap() = Some(3);
+    let (events, _rx) = mpsc::channel(64);
+    let request = QueryRequest {
+        query_id: "q".into(),
+        dataset: "items@1".into(),
+        shards: source.query_shards(),
+        skip_errors: false,
+        source: source.clone(),
+        events,
+    };
+    let err = fx.rt.query(&dep, request).await.unwrap_err();
+    assert!(
+        matches!(&err, shoal_runtime::Error::Platform(m) if m.contains("the disk is on fire") && m.contains("shard 3")),
+        "{err}"
+    );
+    *source.broken.lock().unwrap() = None;
+    let ran = query(&fx.rt, &dep, "items@1", &source, false, 64).await;
+    assert_eq!(ran.reduced(), json!(expected_sum(&source)));
 }

@@ -49,8 +49,8 @@ fn python_client_suite_passes() {
 }
 
 #[test]
-fn python_client_readme_snippet_works() {
-    // The example at the top of python/README.md, end to end.
+fn python_client_quick_tour() {
+    // A short tour in a fresh interpreter, as a user would write it.
     let node = TestNode::start();
     let hello = repo_root().join("examples/hello");
     let code = format!(

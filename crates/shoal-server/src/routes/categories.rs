@@ -372,6 +372,13 @@ async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
             }
         }
     };
+    if sse {
+        // The bar ends full, however fast the query was.
+        let p = progress(docs_done, q.docs_total.max(docs_done), q.shards);
+        if tx.send(sse_event("progress", &p)).await.is_err() {
+            return;
+        }
+    }
     let duration_ms = q.started.elapsed().as_secs_f64() * 1000.0;
     let (name, line) = match result {
         Ok(o) => match o.result {
@@ -380,10 +387,12 @@ async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
                     Some(id) => format!("map failed on document {id:?}: {}", failure.message),
                     None => failure.message.clone(),
                 };
-                let code = if doc_id.is_some() {
+                let code = if failure.kind == shoal_types::FailureKind::LoadFailed {
+                    "not_a_query_function"
+                } else if doc_id.is_some() {
                     "map_failed"
                 } else {
-                    "not_a_query_function"
+                    "query_failed"
                 };
                 (
                     "error",

@@ -42,6 +42,9 @@ const RAY_SCRIPT: &str = "ray_baseline.py";
 const WRITE_LIMIT: Duration = Duration::from_secs(120);
 /// Unmeasured rounds before the repeated queries are timed.
 const WARMUP: usize = 2;
+/// How often the memory of a baseline's process tree is sampled (less often:
+/// it is not a target, and the sampler shares the cores).
+const BASELINE_RSS_EVERY: Duration = Duration::from_millis(200);
 /// How often the memory of a process tree is sampled.
 const RSS_EVERY: Duration = Duration::from_millis(50);
 
@@ -395,7 +398,7 @@ pub async fn run(
 
     // Figures 1 and 5: repeated queries beside the baselines.
     if sel.queries || sel.cold {
-        step("queries: Shoal, repeated, then the Python baselines on the same data");
+        step("queries: rounds of Shoal, (a) and (b) in turn, on the same data");
         let r = match need(&orders_ok) {
             Ok(()) => warm(&ctx, &docs, plan, &files).await,
             Err(e) => Err(e),
@@ -1144,7 +1147,7 @@ impl BaselineProc {
             stdin,
             lines: tokio::io::BufReader::new(stdout).lines(),
             pid,
-            sampler: Some(Sampler::start(pid, RSS_EVERY)),
+            sampler: Some(Sampler::start(pid, BASELINE_RSS_EVERY)),
             started,
             log: files.log.clone(),
             ready: Value::Null,

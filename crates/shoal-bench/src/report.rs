@@ -717,9 +717,10 @@ fn render_queries(
                 "Queries: {} documents in {} shards, the same function modules (`crates/shoal-bench/functions/`) \
                  for every system, the same expected total {} (exact: prices are multiples of 0.25). (a) is \
                  `multiprocessing.Pool(2)` forked after the parent parsed the file (worker k maps half k, the parent \
-                 reduces the two partial results; two warm-up runs first, so copy-on-write is done); (b) is a local \
-                 Ray instance with 2 actors that parsed their half of the lines. The baselines ran one after the \
-                 other while the node sat idle.",
+                 reduces the two partial results); (b) is a local Ray instance with 2 actors that parsed their half \
+                 of the lines. Each round ran the query on Shoal, then (a), then (b), so that all three saw the same \
+                 background load (the other two sat idle meanwhile); the first 2 rounds were not timed (Shoal's first \
+                 query reads the store, (a)'s first runs copy pages shared with the parent).",
                 thousands(w.docs as f64),
                 w.shards,
                 w.expected

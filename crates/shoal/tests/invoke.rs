@@ -252,23 +252,36 @@ async fn health_metrics_and_openapi() {
     assert_eq!(
         listed,
         vec![
+            "DELETE /v1/categories/{cat}",
+            "DELETE /v1/categories/{cat}/docs/{id}",
             "DELETE /v1/functions/{name}",
             "DELETE /v1/tokens/{id}",
             "GET /healthz",
+            "GET /v1/categories",
+            "GET /v1/categories/{cat}",
+            "GET /v1/categories/{cat}/docs",
+            "GET /v1/categories/{cat}/docs/{id}",
             "GET /v1/functions",
             "GET /v1/functions/{name}",
             "GET /v1/invocations/{id}",
             "GET /v1/invocations/{id}/logs",
             "GET /v1/tokens",
+            "POST /v1/categories",
+            "POST /v1/categories/{cat}/docs",
+            "POST /v1/categories/{cat}/query",
             "POST /v1/functions",
             "POST /v1/functions/{name}/invoke",
             "POST /v1/tokens",
+            "PUT /v1/categories/{cat}/docs/{id}",
         ]
     );
     // Every listed route answers (not the "no such route" fallback).
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
-        let path = path.replace("{name}", "zzz").replace("{id}", "zzz");
+        let path = path
+            .replace("{name}", "zzz")
+            .replace("{id}", "zzz")
+            .replace("{cat}", "zzz");
         let (_, body) = c.raw(method, &path, None, Vec::new()).await.unwrap();
         assert!(
             !body.contains("route_not_found"),

@@ -84,6 +84,19 @@ impl Cache {
         }
     }
 
+    /// Which of `uids` holds `key` at `version`, without touching the entry
+    /// (for placing a query's shards).
+    pub(crate) fn holder_among(&self, uids: &[u64], key: &ShardKey, version: u64) -> Option<usize> {
+        let ledger = lock(&self.ledger);
+        uids.iter().position(|uid| {
+            ledger
+                .holders
+                .get(uid)
+                .and_then(|h| h.entries.get(key))
+                .is_some_and(|e| e.version == version && !e.building)
+        })
+    }
+
     /// True when worker `uid` holds `key` at `version`; the entry is then
     /// pinned until `end_query`. An entry at another version is evicted.
     pub(crate) fn lookup(&self, uid: u64, key: &ShardKey, version: u64) -> bool {

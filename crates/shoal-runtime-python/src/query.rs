@@ -1,11 +1,13 @@
 //! Queries: `map` (or `map_batch`) and `reduce` over a category's shards, on
 //! query workers that keep the decoded documents of their shards resident.
 //!
-//! **Affinity.** Each deployment has query workers indexed `0..W` (forked from
-//! its template, apart from the invocation workers), `W = min(query_workers,
-//! shards)`. The shard at position `i` of the request goes to worker `i % W`,
-//! so a repeated query finds each shard on the worker that holds it. Every
-//! worker handles its shards one after another; the workers run in parallel.
+//! **Affinity and balance.** Each deployment has query workers indexed `0..W`
+//! (forked from its template, apart from the invocation workers),
+//! `W = min(query_workers, shards)`. A shard already resident on one of them
+//! goes there, so a repeated query finds each shard where it is; the other
+//! shards go, biggest first, to the worker with the fewest documents so far,
+//! so uneven shards still spread the work evenly (`place`). Every worker
+//! handles its shards one after another; the workers run in parallel.
 //!
 //! **Resident shards.** The runtime-wide [`Cache`] says which worker holds
 //! which shard at which version. A hit costs one small `run` frame and one
@@ -276,12 +278,13 @@ impl Session {
 
         // The plan: which worker maps which shard, and which are resident.
         let cache = &config.cache;
+        let slots = place(request, &uids, cache);
         let units: Vec<Unit> = request
             .shards
             .iter()
             .enumerate()
             .map(|(index, shard)| {
-                let slot = index % w;
+                let slot = slots[index];
                 let key = (request.dataset.clone(), shard.shard);
                 let resident = cache.lookup(uids[slot], &key, shard.version);
                 Unit {
@@ -1181,4 +1184,29 @@ pub(crate) async fn deliver_drops(pool: &Pool, set: &mut QuerySet) {
             pool.discard_query_worker(qw);
         }
     }
+}
+
+/// Which worker maps which shard: resident shards stay on their holder; the
+/// rest go, biggest first, to the least loaded worker (by documents), ties to
+/// the lower index — for equal shards that is shard `i` on worker `i % W`.
+fn place(request: &QueryRequest, uids: &[u64], cache: &Cache) -> Vec<usize> {
+    let w = uids.len().max(1);
+    let n = request.shards.len();
+    let mut load = vec![0u64; w];
+    let mut slots = vec![usize::MAX; n];
+    for (i, shard) in request.shards.iter().enumerate() {
+        let key = (request.dataset.clone(), shard.shard);
+        if let Some(slot) = cache.holder_among(uids, &key, shard.version) {
+            slots[i] = slot;
+            load[slot] += shard.docs;
+        }
+    }
+    let mut rest: Vec<usize> = (0..n).filter(|i| slots[*i] == usize::MAX).collect();
+    rest.sort_by_key(|i| (std::cmp::Reverse(request.shards[*i].docs), *i));
+    for i in rest {
+        let slot = (0..w).min_by_key(|s| (load[*s], *s)).unwrap_or(0);
+        slots[i] = slot;
+        load[slot] += request.shards[i].docs;
+    }
+    slots
 }

@@ -1116,3 +1116,43 @@ async fn a_storage_error_is_a_platform_error_and_the_next_query_works() {
     let ran = query(&fx.rt, &dep, "items@1", &source, false, 64).await;
     assert_eq!(ran.reduced(), json!(expected_sum(&source)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uneven_shards_are_spread_by_size_and_stay_put_when_repeated() {
+    let fx = fixture();
+    let dep = fx.deploy("uneven@1", PIDS);
+    // Shard 0 holds as many documents as the other three together: it gets
+    // a worker to itself, and the three small shards share the other.
+    let sizes = [300, 100, 100, 100];
+    let source = MemSource::new(
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(s, n)| {
+                (0..*n)
+                    .map(|i| json!({"id": format!("s{s}-{i:05}")}))
+                    .collect()
+            })
+            .collect(),
+    );
+    for round in 0..2 {
+        let ran = query(&fx.rt, &dep, "uneven@1", &source, false, 64).await;
+        let pids: Vec<i64> = ran.values.iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(pids.len(), 600);
+        // Values come in document order: shard 0's 300 first.
+        let big: std::collections::HashSet<i64> = pids[..300].iter().copied().collect();
+        let small: std::collections::HashSet<i64> = pids[300..].iter().copied().collect();
+        assert_eq!(big.len(), 1, "round {round}: shard 0 on one worker");
+        assert_eq!(small.len(), 1, "round {round}: shards 1-3 on one worker");
+        assert!(
+            big.is_disjoint(&small),
+            "round {round}: the big shard has a worker to itself"
+        );
+        if round == 1 {
+            assert_eq!(
+                ran.outcome.cached_shards, 4,
+                "the repeated query finds every shard resident"
+            );
+        }
+    }
+}

@@ -93,6 +93,7 @@ pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) 
     let d = resolve_latest(inner, name)?;
     let record = new_record(&d, "async", event, inner.clock.now_ms());
     let id = record.id.clone();
+    let record_created_ms = record.created_at_ms;
     let body = serde_json::to_vec(&Message {
         id: id.clone(),
         version: d.record.version,
@@ -107,6 +108,8 @@ pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) 
             id: id.clone(),
             body,
             due_ms: 0,
+            sent_ms: record_created_ms,
+            dedup: None,
         }],
     );
     put.await?;

@@ -115,6 +115,8 @@ async fn async_pipeline(store: &Arc<RedbStore>) {
                     id: format!("m-{i}"),
                     body: format!("{{\"invocation\":\"a-{i}\"}}").into_bytes(),
                     due_ms: T,
+                    sent_ms: 0,
+                    dedup: None,
                 };
                 store.send(Q, vec![m]).await.unwrap();
             })

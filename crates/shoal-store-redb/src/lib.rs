@@ -703,6 +703,8 @@ mod tests {
             id: id.to_string(),
             body: id.as_bytes().to_vec(),
             due_ms: T,
+            sent_ms: 0,
+            dedup: None,
         }
     }
 
@@ -871,7 +873,8 @@ mod tests {
             store.depth("q").await.unwrap(),
             QueueDepth {
                 waiting: 2,
-                in_flight: 0
+                in_flight: 0,
+                ..QueueDepth::default()
             }
         );
     }

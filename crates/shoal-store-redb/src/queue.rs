@@ -191,6 +191,7 @@ impl QueueIndex {
             .map(|q| QueueDepth {
                 waiting: q.waiting.len() as u64,
                 in_flight: q.leased.len() as u64,
+                ..QueueDepth::default()
             })
             .unwrap_or_default()
     }
@@ -228,7 +229,8 @@ mod tests {
             index.depth("q"),
             QueueDepth {
                 waiting: 0,
-                in_flight: 4
+                in_flight: 4,
+                ..QueueDepth::default()
             }
         );
         for id in ["a", "b", "c", "d"] {

@@ -108,6 +108,8 @@ fn crash_child() {
                                 id: id.clone(),
                                 body: id.as_bytes().to_vec(),
                                 due_ms: T,
+                                sent_ms: 0,
+                                dedup: None,
                             };
                             store.send(QUEUE, vec![m]).await.unwrap();
                             println!("ACK msg {id}");

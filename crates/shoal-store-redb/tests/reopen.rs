@@ -19,6 +19,8 @@ fn msg(id: &str, body: &[u8], due_ms: u64) -> NewMessage {
         id: id.to_string(),
         body: body.to_vec(),
         due_ms,
+        sent_ms: 0,
+        dedup: None,
     }
 }
 
@@ -85,7 +87,8 @@ async fn reopen_keeps_every_acknowledged_write() {
             s.depth("q").await.unwrap(),
             QueueDepth {
                 waiting: 2,
-                in_flight: 1
+                in_flight: 1,
+                ..QueueDepth::default()
             }
         );
     }
@@ -121,7 +124,8 @@ async fn reopen_keeps_every_acknowledged_write() {
         s.depth("q").await.unwrap(),
         QueueDepth {
             waiting: 3,
-            in_flight: 0
+            in_flight: 0,
+            ..QueueDepth::default()
         }
     );
     let leased = s.lease("q", T + 5, 10, 1_000).await.unwrap();

@@ -116,6 +116,8 @@ fn msg(id: &str, body: &[u8], due_ms: u64) -> NewMessage {
         id: id.to_string(),
         body: body.to_vec(),
         due_ms,
+        sent_ms: due_ms,
+        dedup: None,
     }
 }
 
@@ -149,12 +151,18 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// The waiting and in-flight counts of a queue.
 async fn depth(backend: &Backend, queue: &str) -> QueueDepth {
-    backend.queues.depth(queue).await.expect("depth")
+    let d = backend.queues.depth(queue).await.expect("depth");
+    depth_of(d.waiting, d.in_flight)
 }
 
 fn depth_of(waiting: u64, in_flight: u64) -> QueueDepth {
-    QueueDepth { waiting, in_flight }
+    QueueDepth {
+        waiting,
+        in_flight,
+        ..QueueDepth::default()
+    }
 }
 
 /// Deploys assign 1, 2, ...; latest vs specific versions; listing is sorted

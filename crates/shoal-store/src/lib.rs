@@ -121,6 +121,12 @@ pub struct NewMessage {
     pub body: Vec<u8>,
     /// Not delivered before this time.
     pub due_ms: u64,
+    /// When it was sent (for the oldest message's age).
+    pub sent_ms: u64,
+    /// Deduplication: a message whose `(key, until_ms)` key was sent to the
+    /// same queue before, with that earlier `until_ms` still in the future
+    /// (compared with `sent_ms`), is dropped. Survives acks and restarts.
+    pub dedup: Option<(String, u64)>,
 }
 
 /// A message handed out by `lease`. It is invisible to other leases until
@@ -150,6 +156,69 @@ pub struct QueueDepth {
     pub waiting: u64,
     /// Leased and not yet acked.
     pub in_flight: u64,
+    /// In the dead-letter list.
+    pub dead: u64,
+    /// `sent_ms` of the oldest message that is waiting or in flight.
+    pub oldest_sent_ms: Option<u64>,
+}
+
+/// Monotonic totals of a queue since it first saw a message, for rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounters {
+    /// Messages accepted by `send` (deduplicated ones not counted).
+    pub sent: u64,
+    pub acked: u64,
+    /// Releases by `nack` (failed attempts that will be retried).
+    pub nacked: u64,
+    /// Messages moved to the dead-letter list.
+    pub dead_lettered: u64,
+}
+
+/// A message that failed too often, kept for inspection and redrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub body: Vec<u8>,
+    pub failures: u32,
+    pub sent_ms: u64,
+    pub dead_at_ms: u64,
+    /// Why it was dead-lettered (the last error), as given by the engine.
+    pub reason: String,
+}
+
+/// One sample of a queue's state, for charts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSample {
+    pub at_ms: u64,
+    pub depth: QueueDepth,
+    pub counters: QueueCounters,
+}
+
+/// A named queue's settings (user queues; asynchronous invocations use
+/// internal queues without a record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub name: String,
+    /// Deliveries before a message is dead-lettered (1 = no retries).
+    pub max_attempts: u32,
+    /// How long a delivery is invisible to others; extended while the
+    /// handler runs.
+    pub visibility_ms: u64,
+    /// First retry delay; doubled each retry, with jitter.
+    pub retry_delay_ms: u64,
+    /// How long a deduplication id is remembered.
+    pub dedup_window_ms: u64,
+    pub created_at_ms: u64,
+}
+
+/// A named rate limiter shared by functions: `per_second` tokens per second,
+/// bursts up to `burst`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimiterRecord {
+    pub name: String,
+    pub per_second: f64,
+    pub burst: u32,
+    pub updated_at_ms: u64,
 }
 
 /// A category of JSON documents, split into shards placed on shard slots.
@@ -259,6 +328,42 @@ pub trait Catalog: Send + Sync + 'static {
     fn tokens(&self) -> Pending<Vec<TokenRecord>>;
     /// Deletes a token by id. True when it existed.
     fn revoke_token(&self, id: &str) -> Pending<bool>;
+
+    /// Creates or replaces a queue's settings.
+    #[allow(unused_variables)]
+    fn put_queue(&self, queue: QueueRecord) -> Pending<()> {
+        unsupported()
+    }
+    #[allow(unused_variables)]
+    fn queue(&self, name: &str) -> Pending<Option<QueueRecord>> {
+        unsupported()
+    }
+    /// Every queue, sorted by name.
+    #[allow(unused_variables)]
+    fn queues(&self) -> Pending<Vec<QueueRecord>> {
+        unsupported()
+    }
+    /// Removes a queue's settings. True when it existed. (Its messages are
+    /// removed with `Queues::purge` and `purge_dead`.)
+    #[allow(unused_variables)]
+    fn remove_queue(&self, name: &str) -> Pending<bool> {
+        unsupported()
+    }
+
+    /// Creates or replaces a rate limiter.
+    #[allow(unused_variables)]
+    fn put_limiter(&self, limiter: LimiterRecord) -> Pending<()> {
+        unsupported()
+    }
+    /// Every limiter, sorted by name.
+    #[allow(unused_variables)]
+    fn limiters(&self) -> Pending<Vec<LimiterRecord>> {
+        unsupported()
+    }
+    #[allow(unused_variables)]
+    fn remove_limiter(&self, name: &str) -> Pending<bool> {
+        unsupported()
+    }
 }
 
 /// Invocation records and their logs.
@@ -285,6 +390,66 @@ pub trait Queues: Send + Sync + 'static {
     /// more failure.
     fn nack(&self, queue: &str, id: &str, due_ms: u64) -> Pending<()>;
     fn depth(&self, queue: &str) -> Pending<QueueDepth>;
+    #[allow(unused_variables)]
+    fn counters(&self, queue: &str) -> Pending<QueueCounters> {
+        unsupported()
+    }
+    /// Moves a delivered (leased) message to the queue's dead-letter list.
+    #[allow(unused_variables)]
+    fn dead_letter(&self, queue: &str, id: &str, reason: String, now_ms: u64) -> Pending<()> {
+        unsupported()
+    }
+    /// Dead letters in id order after `after` (exclusive), at most `limit`.
+    #[allow(unused_variables)]
+    fn dead_letters(
+        &self,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Pending<Vec<DeadLetter>> {
+        unsupported()
+    }
+    /// Puts dead letters back on the queue, due at `now_ms` with their
+    /// failures reset (all of them when `ids` is `None`); returns how many.
+    #[allow(unused_variables)]
+    fn redrive(&self, queue: &str, ids: Option<Vec<String>>, now_ms: u64) -> Pending<u64> {
+        unsupported()
+    }
+    /// Deletes dead letters (all when `ids` is `None`); returns how many.
+    #[allow(unused_variables)]
+    fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Pending<u64> {
+        unsupported()
+    }
+    /// Deletes every waiting message of a queue (not leased ones, not dead
+    /// letters); returns how many.
+    #[allow(unused_variables)]
+    fn purge(&self, queue: &str) -> Pending<u64> {
+        unsupported()
+    }
+    /// Stores samples (one per queue per tick) and drops samples older than
+    /// `keep_after_ms`.
+    #[allow(unused_variables)]
+    fn record_samples(
+        &self,
+        samples: Vec<(String, QueueSample)>,
+        keep_after_ms: u64,
+    ) -> Pending<()> {
+        unsupported()
+    }
+    /// Samples of a queue at or after `since_ms`, oldest first.
+    #[allow(unused_variables)]
+    fn samples(&self, queue: &str, since_ms: u64) -> Pending<Vec<QueueSample>> {
+        unsupported()
+    }
+}
+
+/// The answer of a port method an adapter does not implement yet.
+fn unsupported<T: Send + 'static>() -> Pending<T> {
+    Box::pin(async {
+        Err(Error::Unavailable(
+            "this storage adapter does not support the operation yet".into(),
+        ))
+    })
 }
 
 /// Everything a node stores, bundled. Cheap to clone.

@@ -414,6 +414,7 @@ fn request(record: &InvocationRecord, d: &Deployed) -> Request {
         version: d.record.version,
         attempt: record.attempts,
         event: record.input.clone(),
+        host: None,
     }
 }
 

@@ -153,6 +153,7 @@ async fn call(rt: &Arc<PythonRuntime>, d: &Deployment, event: &str) -> shoal_run
         version: 1,
         attempt: 1,
         event: event.into(),
+        host: None,
     };
     rt.invoke(d, request).await.unwrap()
 }

@@ -408,7 +408,9 @@ mod tests {
             version: 3,
             attempt: 2,
             event: event.into(),
+            host: None,
         }
+        host: None,
     }
 
     #[test]

@@ -829,7 +829,9 @@ fn invocation(event: &str) -> Request {
         version: 1,
         attempt: 1,
         event: event.into(),
+        host: None,
     }
+    host: None,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,9 @@ fn request(event: &str) -> Request {
         version: 7,
         attempt: 2,
         event: event.into(),
+        host: None,
     }
+    host: None,
 }
 
 #[track_caller]

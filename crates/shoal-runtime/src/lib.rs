@@ -43,8 +43,27 @@ pub struct Deployment {
     pub limits: Limits,
 }
 
+/// An error answer to a host call; the Python side raises it as
+/// `shoal.HostError(code, message)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Calls from running user code back into the node: `ctx.spawn`, `ctx.map`,
+/// `ctx.send`, ... The engine implements it; the runtime only carries the
+/// calls. `args` and the answer are JSON text.
+pub trait Host: Send + Sync + 'static {
+    fn call(
+        &self,
+        op: &str,
+        args: String,
+    ) -> BoxFuture<'static, std::result::Result<String, HostError>>;
+}
+
 /// One call of a handler.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     pub invocation_id: String,
     pub function: String,
@@ -52,6 +71,22 @@ pub struct Request {
     pub attempt: u32,
     /// The event, as JSON text.
     pub event: String,
+    /// Where the handler's host calls go; `None` answers every host call
+    /// with an error.
+    pub host: Option<Arc<dyn Host>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("invocation_id", &self.invocation_id)
+            .field("function", &self.function)
+            .field("version", &self.version)
+            .field("attempt", &self.attempt)
+            .field("event", &self.event)
+            .field("host", &self.host.is_some())
+            .finish()
+    }
 }
 
 /// What an invocation produced.

@@ -410,7 +410,6 @@ mod tests {
             event: event.into(),
             host: None,
         }
-        host: None,
     }
 
     #[test]

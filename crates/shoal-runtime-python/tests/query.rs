@@ -831,7 +831,6 @@ fn invocation(event: &str) -> Request {
         event: event.into(),
         host: None,
     }
-    host: None,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

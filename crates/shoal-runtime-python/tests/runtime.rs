@@ -71,7 +71,6 @@ fn request(event: &str) -> Request {
         event: event.into(),
         host: None,
     }
-    host: None,
 }
 
 #[track_caller]

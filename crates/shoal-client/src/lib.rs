@@ -19,7 +19,9 @@ use shoal_protocol::{
     INVOCATION_ID_HEADER, InvocationView, LogsView, TokenList,
 };
 use shoal_protocol::{
-    CategoryList, CategoryView, CreateCategory, DocPage, NDJSON_CONTENT_TYPE, QueryRequest, Written,
+    CategoryList, CategoryView, Count, CreateCategory, DeadLetterPage, DeadLetterSelection,
+    DocPage, NDJSON_CONTENT_TYPE, PutQueue, QueryRequest, QueueList, QueueStats, QueueView,
+    SendMessage, SendRequest, Sent, Written,
 };
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -379,6 +381,109 @@ impl Client {
             buf: Vec::new(),
             done: false,
         })
+    }
+
+    // ---- queues ----
+
+    pub async fn put_queue(&self, name: &str, settings: &PutQueue) -> Result<QueueView> {
+        self.json(
+            Method::PUT,
+            &format!("/v1/queues/{}", seg(name)),
+            Some(settings),
+        )
+        .await
+    }
+
+    pub async fn queues(&self) -> Result<Vec<QueueView>> {
+        let list: QueueList = self.json(Method::GET, "/v1/queues", None::<&()>).await?;
+        Ok(list.queues)
+    }
+
+    pub async fn queue(&self, name: &str) -> Result<QueueView> {
+        self.json(
+            Method::GET,
+            &format!("/v1/queues/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn delete_queue(&self, name: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/queues/{}", seg(name)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sends messages (durable when this returns); their ids in order.
+    pub async fn send(&self, queue: &str, messages: Vec<SendMessage>) -> Result<Vec<String>> {
+        let req = SendRequest::Batch { messages };
+        let sent: Sent = self
+            .json(
+                Method::POST,
+                &format!("/v1/queues/{}/messages", seg(queue)),
+                Some(&req),
+            )
+            .await?;
+        Ok(sent.ids)
+    }
+
+    pub async fn dead_letters(
+        &self,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage> {
+        let mut path = format!("/v1/queues/{}/dead-letters?limit={limit}", seg(queue));
+        if let Some(a) = after {
+            path += &format!("&after={}", seg(a));
+        }
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn redrive(&self, queue: &str, ids: Option<Vec<String>>) -> Result<u64> {
+        let c: Count = self
+            .json(
+                Method::POST,
+                &format!("/v1/queues/{}/dead-letters/redrive", seg(queue)),
+                Some(&DeadLetterSelection { ids }),
+            )
+            .await?;
+        Ok(c.count)
+    }
+
+    pub async fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Result<u64> {
+        let c: Count = self
+            .json(
+                Method::POST,
+                &format!("/v1/queues/{}/dead-letters/purge", seg(queue)),
+                Some(&DeadLetterSelection { ids }),
+            )
+            .await?;
+        Ok(c.count)
+    }
+
+    pub async fn purge_queue(&self, queue: &str) -> Result<u64> {
+        let c: Count = self
+            .json(
+                Method::POST,
+                &format!("/v1/queues/{}/purge", seg(queue)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(c.count)
+    }
+
+    pub async fn queue_stats(&self, queue: &str, since_ms: Option<u64>) -> Result<QueueStats> {
+        let mut path = format!("/v1/queues/{}/stats", seg(queue));
+        if let Some(s) = since_ms {
+            path += &format!("?since={s}");
+        }
+        self.json(Method::GET, &path, None::<&()>).await
     }
 
     /// Sends any request and returns the status and body text, whatever the

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
 use shoal_runtime::{Request, Response};
@@ -38,10 +38,42 @@ pub(crate) struct LiveEntry {
     pub(crate) logs: Option<Vec<u8>>,
 }
 
-/// The consumer of one function's asynchronous queue.
+/// What a consumer feeds its deliveries to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// Asynchronous invocations of a function (queue `_async.<function>`).
+    Async { function: String },
+    /// A function subscribed to a user queue.
+    Subscription {
+        queue: String,
+        function: String,
+        batch_size: u32,
+    },
+}
+
+impl Feed {
+    pub(crate) fn queue(&self) -> String {
+        match self {
+            Feed::Async { function } => queue_name(function),
+            Feed::Subscription { queue, .. } => queue.clone(),
+        }
+    }
+
+    fn batch_size(&self) -> usize {
+        match self {
+            Feed::Async { .. } => 1,
+            Feed::Subscription { batch_size, .. } => *batch_size as usize,
+        }
+    }
+}
+
+/// The consumer of one queue: leases while it has free slots.
 pub(crate) struct Consumer {
-    notify: Notify,
+    pub(crate) notify: Notify,
     slots: Arc<Semaphore>,
+    /// Slots in all (free or in use).
+    total: std::sync::atomic::AtomicU32,
+    pub(crate) feed: Feed,
 }
 
 /// What an asynchronous invocation's queue message carries; the invocation
@@ -114,48 +146,99 @@ pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) 
     );
     put.await?;
     send.await?;
-    wake(inner, &d.record.name);
+    wake(inner, &queue_name(&d.record.name));
     metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.clone())
         .increment(1);
     Ok(id)
 }
 
-/// Starts the consumer of a function's queue unless it runs already, and
-/// grows its slots to the function's concurrency.
+/// Starts the consumer of a function's asynchronous invocations unless it
+/// runs already, and grows its slots to the function's concurrency.
 pub(crate) fn ensure_consumer(inner: &Arc<Inner>, d: &Deployed) {
-    let name = d.record.name.clone();
+    let feed = Feed::Async {
+        function: d.record.name.clone(),
+    };
+    ensure_feed(inner, feed, d.record.concurrency);
+}
+
+/// Starts (or grows) the consumer of a feed's queue. One consumer per queue.
+pub(crate) fn ensure_feed(inner: &Arc<Inner>, feed: Feed, slots: u32) {
+    use std::sync::atomic::Ordering;
+    let queue = feed.queue();
     let mut consumers = inner.consumers.lock().unwrap();
-    if let Some(c) = consumers.get(&name) {
-        let have = c.slots.available_permits() as u32;
-        if d.record.concurrency > have {
+    if let Some(c) = consumers.get(&queue)
+        && c.feed == feed
+    {
+        let have = c.total.load(Ordering::SeqCst);
+        if slots > have {
             // Only ever grow: shrinking would have to wait for running work.
-            c.slots.add_permits((d.record.concurrency - have) as usize);
+            c.slots.add_permits((slots - have) as usize);
+            c.total.store(slots, Ordering::SeqCst);
         }
         c.notify.notify_one();
         return;
     }
     let consumer = Arc::new(Consumer {
         notify: Notify::new(),
-        slots: Arc::new(Semaphore::new(d.record.concurrency as usize)),
+        slots: Arc::new(Semaphore::new(slots as usize)),
+        total: std::sync::atomic::AtomicU32::new(slots),
+        feed,
     });
-    consumers.insert(name.clone(), consumer.clone());
+    // A consumer of the same queue with another feed stops by itself when it
+    // sees it was replaced.
+    consumers.insert(queue.clone(), consumer.clone());
     let inner2 = inner.clone();
     inner.tasks.spawn(async move {
-        consume(inner2, name, consumer).await;
+        consume(inner2, queue, consumer).await;
     });
 }
 
-pub(crate) fn wake(inner: &Inner, function: &str) {
-    if let Some(c) = inner.consumers.lock().unwrap().get(function) {
+/// Wakes the consumer of a queue (after a send).
+pub(crate) fn wake(inner: &Inner, queue: &str) {
+    if let Some(c) = inner.consumers.lock().unwrap().get(queue) {
         c.notify.notify_one();
     }
 }
 
-/// Leases due messages while slots are free and runs each in its own task.
-async fn consume(inner: Arc<Inner>, name: String, consumer: Arc<Consumer>) {
-    let queue = queue_name(&name);
+/// True while the consumer should keep running: it is still the registered
+/// consumer of its queue and its function still wants the queue.
+fn wanted(inner: &Inner, queue: &str, consumer: &Arc<Consumer>) -> bool {
+    let current = inner
+        .consumers
+        .lock()
+        .unwrap()
+        .get(queue)
+        .is_some_and(|c| Arc::ptr_eq(c, consumer));
+    current
+        && match &consumer.feed {
+            // Async queues drain even after their function is removed (their
+            // invocations then fail with load_failed).
+            Feed::Async { .. } => true,
+            Feed::Subscription {
+                queue, function, ..
+            } => inner
+                .registry
+                .latest(function)
+                .and_then(|d| d.record.subscribe.clone())
+                .is_some_and(|s| &s.queue == queue),
+        }
+}
+
+/// Leases due messages while slots are free and runs each batch in its own task.
+async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
     let idle_poll = Duration::from_secs(1);
+    let per = consumer.feed.batch_size();
     loop {
+        if !wanted(&inner, &queue, &consumer) {
+            let mut consumers = inner.consumers.lock().unwrap();
+            if consumers
+                .get(&queue)
+                .is_some_and(|c| Arc::ptr_eq(c, &consumer))
+            {
+                consumers.remove(&queue);
+            }
+            return;
+        }
         let permit = tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             p = consumer.slots.clone().acquire_owned() => match p {
@@ -170,12 +253,12 @@ async fn consume(inner: Arc<Inner>, name: String, consumer: Arc<Consumer>) {
                 break;
             }
         }
-        let visibility = visibility_ms(&inner, &name);
+        let visibility = visibility_ms(&inner, &consumer.feed).await;
         let now = inner.clock.now_ms();
         let leased = match inner
             .backend
             .queues
-            .lease(&queue, now, permits.len(), visibility)
+            .lease(&queue, now, permits.len() * per, visibility)
             .await
         {
             Ok(l) => l,
@@ -190,11 +273,18 @@ async fn consume(inner: Arc<Inner>, name: String, consumer: Arc<Consumer>) {
         };
         if leased.deliveries.is_empty() {
             drop(permits);
-            if inner.registry.latest(&name).is_none() && leased.next_due_ms.is_none() {
+            if let Feed::Async { function } = &consumer.feed
+                && inner.registry.latest(function).is_none()
+                && leased.next_due_ms.is_none()
+            {
                 // The function was removed and its queue is drained.
                 let mut consumers = inner.consumers.lock().unwrap();
-                if inner.registry.latest(&name).is_none() {
-                    consumers.remove(&name);
+                if inner.registry.latest(function).is_none()
+                    && consumers
+                        .get(&queue)
+                        .is_some_and(|c| Arc::ptr_eq(c, &consumer))
+                {
+                    consumers.remove(&queue);
                     return;
                 }
                 continue;
@@ -212,32 +302,49 @@ async fn consume(inner: Arc<Inner>, name: String, consumer: Arc<Consumer>) {
             continue;
         }
         let mut permits = permits.into_iter();
-        for delivery in leased.deliveries {
-            let permit = permits.next().expect("leased at most one per permit");
+        let mut deliveries = leased.deliveries.into_iter().peekable();
+        while deliveries.peek().is_some() {
+            let batch: Vec<Delivery> = deliveries.by_ref().take(per).collect();
+            let permit = permits.next().expect("leased at most `per` per permit");
             let inner = inner.clone();
-            let name = name.clone();
+            let feed = consumer.feed.clone();
             inner.tasks.clone().spawn(async move {
-                run_delivery(&inner, &name, delivery, permit).await;
+                match feed {
+                    Feed::Async { function } => {
+                        for delivery in batch {
+                            run_delivery(&inner, &function, delivery).await;
+                        }
+                    }
+                    Feed::Subscription {
+                        queue, function, ..
+                    } => {
+                        crate::queues::run_batch(&inner, &queue, &function, batch).await;
+                    }
+                }
+                drop(permit);
             });
         }
     }
 }
 
-fn visibility_ms(inner: &Inner, name: &str) -> u64 {
-    let timeout = inner
-        .registry
-        .latest(name)
-        .map(|d| d.record.timeout_ms)
-        .unwrap_or(30_000);
-    timeout + inner.opts.lease_margin.as_millis() as u64
+async fn visibility_ms(inner: &Inner, feed: &Feed) -> u64 {
+    match feed {
+        Feed::Async { function } => {
+            let timeout = inner
+                .registry
+                .latest(function)
+                .map(|d| d.record.timeout_ms)
+                .unwrap_or(30_000);
+            timeout + inner.opts.lease_margin.as_millis() as u64
+        }
+        Feed::Subscription { queue, .. } => match inner.backend.catalog.queue(queue).await {
+            Ok(Some(q)) => q.visibility_ms,
+            _ => 30_000,
+        },
+    }
 }
 
-async fn run_delivery(
-    inner: &Arc<Inner>,
-    name: &str,
-    delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
     let queue = queue_name(name);
     let ack = |id: String| inner.backend.queues.ack(&queue, vec![id]);
     let Ok(msg) = serde_json::from_slice::<Message>(&delivery.body) else {
@@ -384,7 +491,7 @@ async fn load_record(inner: &Inner, id: &str) -> Result<Option<InvocationRecord>
     Ok(inner.backend.invocations.invocation(id).await?)
 }
 
-fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> InvocationRecord {
+pub(crate) fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> InvocationRecord {
     InvocationRecord {
         id: uuid::Uuid::now_v7().to_string(),
         function: d.record.name.clone(),
@@ -407,7 +514,7 @@ fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> InvocationRe
     }
 }
 
-fn request(record: &InvocationRecord, d: &Deployed) -> Request {
+pub(crate) fn request(record: &InvocationRecord, d: &Deployed) -> Request {
     Request {
         invocation_id: record.id.clone(),
         function: d.record.name.clone(),
@@ -418,7 +525,12 @@ fn request(record: &InvocationRecord, d: &Deployed) -> Request {
     }
 }
 
-fn apply_response(inner: &Inner, record: &mut InvocationRecord, d: &Deployed, r: &Response) {
+pub(crate) fn apply_response(
+    inner: &Inner,
+    record: &mut InvocationRecord,
+    d: &Deployed,
+    r: &Response,
+) {
     record.status = r.outcome.status().as_str().into();
     record.finished_at_ms = Some(inner.clock.now_ms());
     record.duration_ms = Some(r.duration.as_secs_f64() * 1000.0);
@@ -437,7 +549,7 @@ fn apply_response(inner: &Inner, record: &mut InvocationRecord, d: &Deployed, r:
     }
 }
 
-fn error_record(f: &shoal_types::Failure) -> ErrorRecord {
+pub(crate) fn error_record(f: &shoal_types::Failure) -> ErrorRecord {
     ErrorRecord {
         kind: f.kind.as_str().into(),
         exception: f.exception.clone(),
@@ -446,7 +558,11 @@ fn error_record(f: &shoal_types::Failure) -> ErrorRecord {
     }
 }
 
-fn set_live(inner: &Inner, record: InvocationRecord, logs: Option<Vec<u8>>) -> Arc<LiveEntry> {
+pub(crate) fn set_live(
+    inner: &Inner,
+    record: InvocationRecord,
+    logs: Option<Vec<u8>>,
+) -> Arc<LiveEntry> {
     let entry = Arc::new(LiveEntry { record, logs });
     inner
         .live
@@ -458,7 +574,7 @@ fn set_live(inner: &Inner, record: InvocationRecord, logs: Option<Vec<u8>>) -> A
 
 /// Issues the record (and logs) write, then the acknowledgement if any, and
 /// keeps the record readable from memory until the write is durable.
-fn persist(
+pub(crate) fn persist(
     inner: &Arc<Inner>,
     record: InvocationRecord,
     logs: Vec<u8>,
@@ -488,7 +604,7 @@ fn persist(
     });
 }
 
-fn metrics(d: &Deployed, mode: &'static str, r: &Response) {
+pub(crate) fn metrics(d: &Deployed, mode: &'static str, r: &Response) {
     let function = d.record.name.clone();
     let outcome = match &r.outcome {
         Outcome::Succeeded(_) => "succeeded",

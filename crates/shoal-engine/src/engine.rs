@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::dispatch::{self, Consumer};
 use crate::error::{Error, Result};
 use crate::functions::{self, Deployed, Registry};
+use crate::queues::{self, OutMessage, QueueInfo, QueueSettings};
 
 /// How the engine runs. Built by the binary from node configuration.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct Options {
     /// Extra lease time an asynchronous invocation gets beyond its timeout.
     pub lease_margin: Duration,
     pub categories: CategoryOptions,
+    /// How often queue statistics are sampled for their history.
+    pub sample_interval: Duration,
 }
 
 impl Options {
@@ -40,6 +43,7 @@ impl Options {
             data_dir,
             lease_margin: Duration::from_secs(60),
             categories: CategoryOptions::default(),
+            sample_interval: Duration::from_secs(5),
         }
     }
 }
@@ -95,7 +99,14 @@ pub async fn start(
         let d = Arc::new(Deployed::from_record(&handle.inner.opts.data_dir, record));
         handle.inner.registry.insert_latest(d.clone());
         dispatch::ensure_consumer(&handle.inner, &d);
+        queues::subscribe(&handle.inner, &d);
     }
+    let inner = handle.inner.clone();
+    let interval = handle.inner.opts.sample_interval;
+    handle
+        .inner
+        .tasks
+        .spawn(async move { queues::sample_loop(inner, interval).await });
     Ok(handle)
 }
 
@@ -171,7 +182,32 @@ impl Handle {
             env_dir,
             code_sha256: unpacked.sha256.clone(),
             deployed_at_ms: self.inner.clock.now_ms(),
+            subscribe: m
+                .subscribe
+                .as_ref()
+                .map(|s| shoal_store::SubscriptionRecord {
+                    queue: s.queue.clone(),
+                    batch_size: s.batch_size,
+                    concurrency: s.concurrency,
+                }),
         };
+        if let Some(sub) = &record.subscribe {
+            let taken = self.inner.registry.names().into_iter().find(|other| {
+                other != &record.name
+                    && self
+                        .inner
+                        .registry
+                        .latest(other)
+                        .and_then(|d| d.record.subscribe.clone())
+                        .is_some_and(|s| s.queue == sub.queue)
+            });
+            if let Some(other) = taken {
+                return Err(Error::QueueTaken(format!(
+                    "queue `{}` already has a subscriber, function `{other}`; a queue feeds one function",
+                    sub.queue
+                )));
+            }
+        }
         record.version = self
             .inner
             .backend
@@ -189,6 +225,8 @@ impl Handle {
             previous
         };
         dispatch::ensure_consumer(&self.inner, &d);
+        queues::ensure_for_subscriber(&self.inner, &d).await?;
+        queues::subscribe(&self.inner, &d);
         // The previous version's warm workers are no longer needed for new
         // calls; queued async invocations of it start a pool again if needed.
         if let Some(prev) = previous {
@@ -229,7 +267,7 @@ impl Handle {
         for d in removed {
             self.inner.runtime.retire(&d.deployment.key);
         }
-        dispatch::wake(&self.inner, name.as_str());
+        dispatch::wake(&self.inner, &dispatch::queue_name(name.as_str()));
         if existed {
             info!(function = %name, "Function removed.");
             Ok(())
@@ -335,6 +373,64 @@ impl Handle {
 
     pub fn category_options(&self) -> CategoryOptions {
         self.inner.opts.categories
+    }
+
+    // ---- queues ----
+
+    /// Creates a queue or changes its settings.
+    pub async fn put_queue(&self, name: &str, settings: QueueSettings) -> Result<QueueInfo> {
+        let record = queues::put(&self.inner, name, settings).await?;
+        queues::info(&self.inner, &record.name).await
+    }
+
+    pub async fn queue(&self, name: &str) -> Result<QueueInfo> {
+        queues::info(&self.inner, name).await
+    }
+
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        queues::list(&self.inner).await
+    }
+
+    pub async fn delete_queue(&self, name: &str) -> Result<()> {
+        queues::delete(&self.inner, name).await
+    }
+
+    /// Sends messages durably; returns their ids.
+    pub async fn send(&self, queue: &str, messages: Vec<OutMessage>) -> Result<Vec<String>> {
+        queues::send(&self.inner, queue, messages).await
+    }
+
+    pub async fn dead_letters(
+        &self,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<shoal_store::DeadLetter>> {
+        queues::dead_letters(&self.inner, queue, after, limit).await
+    }
+
+    pub async fn redrive(&self, queue: &str, ids: Option<Vec<String>>) -> Result<u64> {
+        queues::redrive(&self.inner, queue, ids).await
+    }
+
+    pub async fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Result<u64> {
+        queues::purge_dead(&self.inner, queue, ids).await
+    }
+
+    pub async fn purge_queue(&self, queue: &str) -> Result<u64> {
+        queues::purge(&self.inner, queue).await
+    }
+
+    pub async fn queue_samples(
+        &self,
+        queue: &str,
+        since_ms: u64,
+    ) -> Result<Vec<shoal_store::QueueSample>> {
+        queues::samples(&self.inner, queue, since_ms).await
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
     }
 
     // ---- observability ----

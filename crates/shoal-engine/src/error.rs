@@ -21,6 +21,9 @@ pub enum Error {
     /// The thing to create exists already.
     #[error("{0}")]
     Conflict(String),
+    /// The queue already feeds another function.
+    #[error("{0}")]
+    QueueTaken(String),
     /// A part of the request (a document) is over a size limit.
     #[error("{0}")]
     TooLarge(String),

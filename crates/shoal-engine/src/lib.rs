@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod functions;
 pub mod manifest;
+mod queues;
 
 pub use auth::{SECRET_PREFIX, Token};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
@@ -20,7 +21,9 @@ pub use dispatch::Completed;
 pub use engine::{Handle, Options, start};
 pub use error::{Error, Result};
 pub use functions::Deployed;
+pub use queues::{OutMessage, QueueInfo, QueueSettings};
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
-    CategoryRecord, ErrorRecord, FunctionRecord, InvocationRecord, ShardStats, StoredDoc,
+    CategoryRecord, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord, QueueCounters,
+    QueueDepth, QueueRecord, QueueSample, ShardStats, StoredDoc,
 };

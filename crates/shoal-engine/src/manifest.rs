@@ -20,6 +20,18 @@ pub struct Manifest {
     pub retries: u32,
     /// First retry delay; doubled on each retry, with jitter.
     pub retry_delay: Duration,
+    /// The queue the function consumes (`[subscribe]`).
+    pub subscribe: Option<Subscribe>,
+}
+
+/// `[subscribe]`: run the function for messages of a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    pub queue: String,
+    /// Messages per invocation (1 to 100); above 1 the event is a list.
+    pub batch_size: u32,
+    /// Invocations from the queue at once (default: the function's concurrency).
+    pub concurrency: u32,
 }
 
 impl Manifest {
@@ -78,7 +90,32 @@ impl Manifest {
         if retry_delay > Duration::from_secs(3600) {
             return Err("shoal.toml: retry_delay must be at most 1h".to_string());
         }
+        let subscribe = match raw.subscribe {
+            None => None,
+            Some(sub) => {
+                shoal_types::validate_name("queue name", &sub.queue)
+                    .map_err(|e| format!("shoal.toml: [subscribe] {e}"))?;
+                let batch_size = sub.batch_size.unwrap_or(1);
+                if !(1..=100).contains(&batch_size) {
+                    return Err(
+                        "shoal.toml: [subscribe] batch_size must be between 1 and 100".into(),
+                    );
+                }
+                let sub_concurrency = sub.concurrency.unwrap_or(concurrency);
+                if !(1..=concurrency).contains(&sub_concurrency) {
+                    return Err(format!(
+                        "shoal.toml: [subscribe] concurrency must be between 1 and the function's concurrency ({concurrency})"
+                    ));
+                }
+                Some(Subscribe {
+                    queue: sub.queue,
+                    batch_size,
+                    concurrency: sub_concurrency,
+                })
+            }
+        };
         Ok(Manifest {
+            subscribe,
             name,
             runtime,
             handler,
@@ -104,6 +141,15 @@ struct Raw {
     concurrency: Option<u32>,
     retries: Option<u32>,
     retry_delay: Option<toml::Value>,
+    subscribe: Option<RawSubscribe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscribe {
+    queue: String,
+    batch_size: Option<u32>,
+    concurrency: Option<u32>,
 }
 
 /// A TOML error with the line it happened on, so the user sees which key.
@@ -205,6 +251,29 @@ mod tests {
         ] {
             let err = Manifest::parse(text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn subscriptions() {
+        let m = Manifest::parse("name = \"a\"\nconcurrency = 8\n[subscribe]\nqueue = \"jobs\"\nbatch_size = 10\nconcurrency = 2").unwrap();
+        assert_eq!(
+            m.subscribe,
+            Some(Subscribe {
+                queue: "jobs".into(),
+                batch_size: 10,
+                concurrency: 2
+            })
+        );
+        let m = Manifest::parse("name = \"a\"\n[subscribe]\nqueue = \"jobs\"").unwrap();
+        assert_eq!(m.subscribe.unwrap().concurrency, 4);
+        for bad in [
+            "name = \"a\"\n[subscribe]\nqueue = \"Bad Q\"",
+            "name = \"a\"\n[subscribe]\nqueue = \"q\"\nbatch_size = 0",
+            "name = \"a\"\n[subscribe]\nqueue = \"q\"\nconcurrency = 9",
+            "name = \"a\"\n[subscribe]\nqueue = \"q\"\nbatchsize = 2",
+        ] {
+            assert!(Manifest::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -46,6 +46,9 @@ pub enum ErrorCode {
     InvocationNotFound,
     CategoryNotFound,
     DocumentNotFound,
+    QueueNotFound,
+    /// The queue already feeds another function.
+    QueueTaken,
     /// A category with that name exists already.
     CategoryExists,
     /// A document is larger than the node's document limit.
@@ -349,3 +352,144 @@ pub struct QueryProgress {
 
 /// Content type of newline-delimited JSON (document writes, query answers).
 pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
+
+// ---- queues ----
+
+/// `PUT /v1/queues/{name}`: create a queue or change its settings (all
+/// optional; unchanged when absent). Durations are strings such as `"30s"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutQueue {
+    /// Deliveries before a message is dead-lettered (1 to 101; default 3).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// How long a delivered message stays invisible (default `"30s"`); extended while its handler runs.
+    #[serde(default)]
+    pub visibility_timeout: Option<String>,
+    /// First retry delay, doubled each retry, with jitter (default `"1s"`).
+    #[serde(default)]
+    pub retry_delay: Option<String>,
+    /// How long a deduplication id is remembered (default `"5m"`).
+    #[serde(default)]
+    pub dedup_window: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq, Default)]
+pub struct QueueDepthView {
+    /// Messages waiting (due now or later).
+    pub waiting: u64,
+    /// Messages delivered and not yet acknowledged.
+    pub in_flight: u64,
+    /// Messages in the dead-letter queue.
+    pub dead: u64,
+    /// Age of the oldest waiting or in-flight message.
+    pub oldest_age_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq, Default)]
+pub struct QueueCountersView {
+    pub sent: u64,
+    pub acked: u64,
+    /// Failed attempts that were retried.
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    pub name: String,
+    pub max_attempts: u32,
+    pub visibility_timeout_ms: u64,
+    pub retry_delay_ms: u64,
+    pub dedup_window_ms: u64,
+    pub created_at_ms: u64,
+    /// The function subscribed to the queue, if any.
+    pub subscriber: Option<String>,
+    pub depth: QueueDepthView,
+    pub counters: QueueCountersView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueView>,
+}
+
+/// One message to send.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The message body (any JSON); the subscribed function gets it as its event.
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// Deliver no sooner than this from now (`"10s"`, at most `"15m"`).
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// Messages with the same id within the queue's dedup window are sent once.
+    #[serde(default)]
+    pub dedup_id: Option<String>,
+}
+
+/// `POST /v1/queues/{name}/messages`: one message, or a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SendRequest {
+    Batch { messages: Vec<SendMessage> },
+    One(SendMessage),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Sent {
+    /// The messages' ids, in order.
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterView {
+    pub id: String,
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// Deliveries that failed.
+    pub attempts: u32,
+    pub sent_at_ms: u64,
+    pub dead_at_ms: u64,
+    /// The last error.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetterView>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+/// Which dead letters (or all when `ids` is absent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSelection {
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Count {
+    pub count: u64,
+}
+
+/// One point of a queue's history.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueSampleView {
+    pub at_ms: u64,
+    pub depth: QueueDepthView,
+    pub counters: QueueCountersView,
+    /// Rates since the previous sample, per second.
+    pub sent_per_s: f64,
+    pub acked_per_s: f64,
+    pub failed_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueStats {
+    pub name: String,
+    pub samples: Vec<QueueSampleView>,
+}

@@ -117,7 +117,14 @@ impl Pool {
             };
             let busy = Busy::new(&self, worker.pid());
             let queued = queued_at.elapsed();
-            let ran = worker.run(&frame, self.limits.timeout, &self.caps).await;
+            let ran = worker
+                .run(
+                    &frame,
+                    request.host.as_ref(),
+                    self.limits.timeout,
+                    &self.caps,
+                )
+                .await;
             drop(busy);
             match ran {
                 Ok(ran) => {

@@ -11,7 +11,26 @@
 //!   `{"kind":"error","failure":<FailureKind::as_str or "protocol"/"bad_event">,
 //!   "exception":..,"message":..,"traceback":..,"fatal":bool}` + logs (a fatal
 //!   error means the worker exits); `{"kind":"logs"}` + logs (answer to SIGUSR2,
-//!   which Rust sends on a timeout before killing the worker).
+//!   which Rust sends on a timeout before killing the worker). A `result`
+//!   may carry `"fatal":true`: the handler returned while one of its threads
+//!   was still waiting for a host call, so the worker exits after the reply.
+//!
+//! **Host calls** (while an invocation runs; `ctx.call` in Python):
+//!
+//! - worker → Rust: `{"kind":"host","seq":n,"op":"...","args":<JSON>}`.
+//!   `seq` is unique within the worker; several calls may be in flight at
+//!   once (from threads of the handler). `args` is at most
+//!   `max_result_bytes` of JSON text (the worker checks before sending, Rust
+//!   again before calling the host).
+//! - Rust → worker, in any order: `{"kind":"host_reply","seq":n,
+//!   "result":<JSON>}` or `{"kind":"host_reply","seq":n,"error":{"code":..,
+//!   "message":..}}`. Codes Rust makes itself: `no_host` (the request has no
+//!   `Host`), `too_large`, `bad_answer` (the host answered with invalid JSON).
+//!
+//!   Rust sends nothing else on the socket while an invocation runs, so the
+//!   worker reads only replies until its `result`/`error`. Calls still
+//!   pending when the invocation ends (result, timeout, crash, cancellation)
+//!   are dropped, futures and all.
 //!
 //! **Template control socket** (`SOCK_SEQPACKET`, the template's fd 0): one JSON
 //! object per message (same optional tail). Rust → template: `{"kind":"fork",
@@ -58,7 +77,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use shoal_runtime::Request;
+use shoal_runtime::{HostError, Request};
 
 /// Length of a frame header.
 pub(crate) const HEADER: usize = 4;
@@ -80,6 +99,13 @@ pub(crate) struct Reply<'a> {
     pub traceback: Option<String>,
     #[serde(default)]
     pub fatal: bool,
+    /// `host`: the call's number, operation and arguments.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(borrow, default)]
+    pub op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub args: Option<&'a RawValue>,
 }
 
 /// A frame from a worker running a query, borrowed from the read buffer.
@@ -210,6 +236,44 @@ pub(crate) fn invoke_frame(request: &Request, timeout: Duration) -> Vec<u8> {
     let len = u32::try_from(buf.len() - HEADER).unwrap_or(u32::MAX);
     buf[..HEADER].copy_from_slice(&len.to_be_bytes());
     buf
+}
+
+/// Appends the reply to host call `seq` (a complete frame, header included)
+/// to `out`. The host's answer is JSON text; it is checked (a worker must
+/// never receive a frame it cannot decode) and spliced in as is.
+pub(crate) fn host_reply_frame(
+    out: &mut Vec<u8>,
+    seq: u64,
+    answer: std::result::Result<String, HostError>,
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    out.extend_from_slice(br#"{"kind":"host_reply","seq":"#);
+    out.extend_from_slice(seq.to_string().as_bytes());
+    let error = match answer {
+        Ok(result) => match serde_json::from_str::<&RawValue>(&result) {
+            Ok(value) => {
+                out.extend_from_slice(br#","result":"#);
+                out.extend_from_slice(value.get().as_bytes());
+                None
+            }
+            Err(e) => Some(HostError {
+                code: "bad_answer".into(),
+                message: format!("the node answered the host call with invalid JSON: {e}"),
+            }),
+        },
+        Err(error) => Some(error),
+    };
+    if let Some(error) = error {
+        out.extend_from_slice(br#","error":{"code":"#);
+        push_json_str(out, &error.code);
+        out.extend_from_slice(br#","message":"#);
+        push_json_str(out, &error.message);
+        out.push(b'}');
+    }
+    out.push(b'}');
+    let len = u32::try_from(out.len() - start - HEADER).unwrap_or(u32::MAX);
+    out[start..start + HEADER].copy_from_slice(&len.to_be_bytes());
 }
 
 /// The control message asking a template to fork a worker, with its memory
@@ -471,6 +535,54 @@ mod tests {
         );
         let tail: serde_json::Value = serde_json::from_slice(&body[nl + 1..]).unwrap();
         assert_eq!(tail, serde_json::json!([["a\"1", "b"], [{"x": 1}, [2]]]));
+    }
+
+    #[test]
+    fn host_frames_parse() {
+        let body = br#"{"kind":"host","seq":7,"op":"map","args":{"events":[1,{"a":"}"}]}}"#;
+        let (reply, tail): (Reply<'_>, &[u8]) = split(body).unwrap();
+        assert_eq!(reply.kind, "host");
+        assert_eq!(reply.seq, Some(7));
+        assert_eq!(reply.op.as_deref(), Some("map"));
+        assert_eq!(reply.args.unwrap().get(), r#"{"events":[1,{"a":"}"}]}"#);
+        assert!(tail.is_empty());
+    }
+
+    #[test]
+    fn host_replies_carry_results_and_errors() {
+        let mut out = Vec::new();
+        host_reply_frame(&mut out, 3, Ok(" {\"ids\": [1, 2]}\n".into()));
+        let first = out.len();
+        host_reply_frame(
+            &mut out,
+            4,
+            Err(HostError {
+                code: "nope".into(),
+                message: "no \"such\" queue".into(),
+            }),
+        );
+        host_reply_frame(&mut out, 5, Ok("{not json".into()));
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let len = frame_len(rest).unwrap();
+            frames.push(
+                serde_json::from_slice::<serde_json::Value>(&rest[HEADER..HEADER + len]).unwrap(),
+            );
+            rest = &rest[HEADER + len..];
+        }
+        assert_eq!(frame_len(&out), Some(first - HEADER));
+        assert_eq!(
+            frames[0],
+            serde_json::json!({"kind": "host_reply", "seq": 3, "result": {"ids": [1, 2]}})
+        );
+        assert_eq!(
+            frames[1],
+            serde_json::json!({"kind": "host_reply", "seq": 4,
+                "error": {"code": "nope", "message": "no \"such\" queue"}})
+        );
+        assert_eq!(frames[2]["error"]["code"], "bad_answer");
+        assert_eq!(frames.len(), 3);
     }
 
     #[test]

@@ -8,6 +8,10 @@ with the control socket (AF_UNIX, SOCK_SEQPACKET) as fd 0. The template imports
 the handler once, then forks one worker per "fork" request; each request carries
 the worker's protocol socket and log pipe (SCM_RIGHTS). Standard library only.
 The wire format is described in protocol.rs.
+
+Handlers get a `Context` (their second argument); its `call`, `spawn`, `map`
+and `send` methods call back into the node ("host calls") and raise
+`ctx.HostError` when the node refuses or fails a call.
 """
 
 import builtins
@@ -270,6 +274,7 @@ class Worker:
         self.stdout = _Writer(self.sink, 1)
         self.stderr = _Writer(self.sink, 2)
         self.encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+        self.host = _Host(self)
         os.register_at_fork(after_in_child=self._forked_copy)
         signal.signal(_LOGS_SIGNAL, self._on_logs_signal)
         signal.signal(_ABORT_SIGNAL, self._on_abort_signal)
@@ -322,7 +327,9 @@ class Worker:
             self.send(_json({"kind": "error", "failure": "load_failed", "message": "the module has no handler", "fatal": False}))
             return
         sink = self.sink
-        ctx = Context(msg, self.memory_mb)
+        ctx = Context(msg, self)
+        host = self.host
+        host.ctx = ctx
         # Set every time: a handler may have replaced them.
         sys.stdout = self.stdout
         sys.stderr = self.stderr
@@ -341,6 +348,14 @@ class Worker:
             os._exit(0)
         with self.lock:
             sink.active = False
+            # From now on this ctx's calls fail at once. A call still waiting
+            # for its reply (from a thread the handler left running) or a
+            # broken reply stream means the worker must not serve again: the
+            # reply goes out marked fatal, and the worker exits.
+            host.ctx = None
+            retire = bool(host.waiting) or host.broken is not None
+        if retire:
+            sink.write("shoal: the handler returned while a host call was still in flight; the worker is replaced\n")
         if _children_left():
             self.fail("forked", None, "the handler left child processes running", sink.take(), True)
             os._exit(0)
@@ -352,6 +367,7 @@ class Worker:
                 message = "the worker ran out of memory (limit %d MiB)" % self.memory_mb
             else:
                 message = _text(e)
+            fatal = fatal or retire
             self.fail(kind, e, message, sink.take(), fatal)
             if fatal:
                 os._exit(0)
@@ -362,12 +378,19 @@ class Worker:
             self.fail("out_of_memory", e, "the worker ran out of memory encoding the result", sink.take(), True)
             os._exit(0)
         except BaseException as e:  # noqa: BLE001
-            self.fail("bad_result", None, "the result is not JSON-serializable: %s" % _text(e), sink.take(), False)
+            self.fail("bad_result", None, "the result is not JSON-serializable: %s" % _text(e), sink.take(), retire)
+            if retire:
+                os._exit(0)
             return
         if len(body) > self.max_result:
             message = "the result is %d bytes; the limit is %d" % (len(body), self.max_result)
-            self.fail("output_limit", None, message, sink.take(), False)
+            self.fail("output_limit", None, message, sink.take(), retire)
+            if retire:
+                os._exit(0)
             return
+        if retire:
+            self.send(b'{"kind":"result","fatal":true,"result":' + body + b"}" + sink.take())
+            os._exit(0)
         self.send(b'{"kind":"result","result":' + body + b"}" + sink.take())
 
     def fail(self, kind, exc, message, logs, fatal):
@@ -445,6 +468,7 @@ class Worker:
         os.dup2(null, self.sock.fileno())
         os.close(null)
         self.sink.active = False
+        self.host.broken = "host calls cannot be made from a process the handler forked"
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         signal.signal(_LOGS_SIGNAL, signal.SIG_DFL)
         signal.signal(_ABORT_SIGNAL, signal.default_int_handler)
@@ -452,21 +476,118 @@ class Worker:
         self.query = None
 
 
+class HostError(Exception):
+    """A host call (`ctx.call`, `ctx.spawn`, `ctx.map`, `ctx.send`) was
+    refused or failed.
+
+    `code` is a short machine-readable string, `message` says what happened.
+    Codes the runtime itself uses:
+
+    - `no_host`: host calls are not available where this code runs;
+    - `too_large`: the arguments are more JSON than the limit (the result
+      size limit, 6 MiB by default);
+    - `invocation_ended`: the call came from a context whose invocation has
+      already returned (a context kept for later, or a leftover thread);
+    - `unavailable`: the worker can no longer make calls (a forked process,
+      or an earlier call was interrupted while reading its reply);
+    - `bad_answer`: the node's answer was not valid JSON.
+
+    Every other code is the node's answer (for example an unknown function
+    or queue). The class is `ctx.HostError`, so a handler catches it without
+    importing anything:
+
+        try:
+            ctx.send("orders", order)
+        except ctx.HostError as e:
+            print("not queued:", e.code, e.message)
+    """
+
+    def __init__(self, code, message):
+        Exception.__init__(self, code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self):
+        return "%s: %s" % (self.code, self.message)
+
+
 class Context:
-    """The second argument of a handler."""
+    """The second argument of a handler.
 
-    __slots__ = ("invocation_id", "function_name", "version", "attempt", "memory_limit_mb", "_deadline")
+    Attributes: `invocation_id`, `function_name`, `version`, `attempt`
+    (1-based), `memory_limit_mb`. Methods: `remaining_time_ms()`, and the
+    host calls `call`, `spawn`, `map`, `send`, which raise `ctx.HostError`.
+    """
 
-    def __init__(self, msg, memory_mb):
+    __slots__ = ("invocation_id", "function_name", "version", "attempt", "memory_limit_mb", "_deadline", "_worker")
+
+    HostError = HostError
+
+    def __init__(self, msg, worker):
         self._deadline = time.monotonic() + msg["timeout_ms"] / 1000.0
         self.invocation_id = msg["id"]
         self.function_name = msg["function"]
         self.version = msg["version"]
         self.attempt = msg["attempt"]
-        self.memory_limit_mb = memory_mb
+        self.memory_limit_mb = worker.memory_mb
+        self._worker = worker
 
     def remaining_time_ms(self):
         return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    def call(self, op, args=None):
+        """Calls the node: runs the host operation `op` (a string) with
+        `args` (any JSON-serializable value) and returns the node's answer,
+        decoded from JSON.
+
+        Blocks until the node answers; the invocation's timeout keeps running
+        meanwhile. Threads of the handler may call at the same time; each
+        gets its own answer. Calls end with the invocation: a context kept
+        for later, or a thread still calling after the handler returned, gets
+        `HostError("invocation_ended")`.
+
+        Raises `ctx.HostError` (`.code`, `.message`) when the node refuses or
+        fails the call, `TypeError` or `ValueError` when `args` cannot be
+        encoded as JSON (NaN and infinities included).
+        """
+        return self._worker.host.call(self, op, args)
+
+    def spawn(self, function, event=None):
+        """Starts an asynchronous invocation of `function` (a name) with
+        `event`, without waiting for it; returns the node's answer (for
+        example the new invocation's id). Host operation `"spawn"`, args
+        `{"function", "event"}`."""
+        return self.call("spawn", {"function": function, "event": event})
+
+    def map(self, function, events, then=None):
+        """Fans out: one asynchronous invocation of `function` per event in
+        `events` (any iterable; a hundred thousand small events are fine, up
+        to the size limit of `call`'s arguments). `then`, when given, names
+        the function the node invokes once all of them have finished. Returns
+        the node's answer (for example the ids). Host operation `"map"`, args
+        `{"function", "events", "then"}`."""
+        if events.__class__ is not list and not isinstance(events, (list, tuple)):
+            events = list(events)
+        return self.call("map", {"function": function, "events": events, "then": then})
+
+    def send(self, queue, body, delay=None, dedup_id=None):
+        """Sends a message with `body` (any JSON value) to `queue`; returns
+        the node's answer (for example the message id).
+
+        `delay` postpones delivery: seconds (int or float) or a
+        `datetime.timedelta`; it goes to the node in milliseconds. `dedup_id`
+        makes sending the same message twice send it once. Host operation
+        `"send"`, args `{"queue", "body", "delay_ms", "dedup_id"}` (absent
+        options are `null`)."""
+        delay_ms = None
+        if delay is not None:
+            seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else delay
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise TypeError("delay must be seconds (int or float) or a timedelta, not %r" % (delay,))
+            if not seconds >= 0:
+                raise ValueError("delay must be at least 0 seconds, not %r" % (delay,))
+            delay_ms = int(round(seconds * 1000))
+        return self.call("send", {"queue": queue, "body": body, "delay_ms": delay_ms, "dedup_id": dedup_id})
 
     def __repr__(self):
         return "Context(invocation_id=%r, function_name=%r, version=%r, attempt=%r)" % (
@@ -475,6 +596,147 @@ class Context:
             self.version,
             self.attempt,
         )
+
+
+class _Slot:
+    """One host call waiting for its reply."""
+
+    __slots__ = ("ev", "signaled", "reply")
+
+    def __init__(self):
+        # Held while the caller sleeps; released to wake it.
+        self.ev = _thread.allocate_lock()
+        self.ev.acquire()
+        self.signaled = False
+        self.reply = None
+
+    def wake(self):
+        # Under the worker's lock. At most one release per sleep.
+        if not self.signaled:
+            self.signaled = True
+            self.ev.release()
+
+
+class _Host:
+    """The host calls of the running invocation (see `Context.call`).
+
+    A call sends one `host` frame and waits for the `host_reply` with its
+    number. While an invocation runs, Rust sends nothing but replies, so
+    waiting threads read the socket themselves: one at a time (the reader)
+    reads frames for everyone, hands each reply to its caller, and passes the
+    reading on to another waiting thread once its own reply has come. State
+    changes and sends happen under the worker's lock."""
+
+    __slots__ = ("w", "ctx", "seq", "waiting", "reading", "broken")
+
+    def __init__(self, worker):
+        self.w = worker
+        # The Context of the running invocation; None between invocations.
+        self.ctx = None
+        self.seq = 0
+        # seq -> _Slot, until its reply has been read.
+        self.waiting = {}
+        self.reading = False
+        # Why calls can no longer be made (the worker is replaced after the
+        # invocation), or None.
+        self.broken = None
+
+    def call(self, ctx, op, args):
+        if op.__class__ is not str or not op:
+            raise TypeError("the operation must be a non-empty string, not %r" % (op,))
+        w = self.w
+        body = w.encode(args).encode("utf-8")
+        if len(body) > w.max_result:
+            message = "the arguments of %r are %d bytes of JSON; the limit is %d" % (op, len(body), w.max_result)
+            raise HostError("too_large", message)
+        if os.getpid() != w.pid:
+            raise HostError("unavailable", "host calls cannot be made from a process the handler forked")
+        slot = _Slot()
+        with w.lock:
+            if self.ctx is not ctx:
+                raise HostError("invocation_ended", "the invocation this context belongs to has ended")
+            if self.broken is not None:
+                raise HostError("unavailable", self.broken)
+            self.seq += 1
+            head = b'{"kind":"host","seq":%d,"op":%s,"args":' % (self.seq, w.encode(op).encode("utf-8"))
+            n = len(head) + len(body) + 1
+            self.waiting[self.seq] = slot
+            try:
+                if n <= 65536:
+                    w.sock.sendall(_HEADER.pack(n) + head + body + b"}")
+                else:
+                    w.sock.sendall(_HEADER.pack(n) + head)
+                    w.sock.sendall(body)
+                    w.sock.sendall(b"}")
+            except BaseException:  # noqa: BLE001
+                # Rust is gone, or part of a frame went out and the stream
+                # is torn: this worker cannot go on either way.
+                os.write(2, b"shoal: a host call could not be sent; the worker stops\n")
+                os._exit(70)
+        return self.wait(slot)
+
+    def wait(self, slot):
+        lock = self.w.lock
+        while True:
+            with lock:
+                if slot.reply is not None:
+                    return _answer(slot.reply)
+                if self.broken is not None:
+                    raise HostError("unavailable", self.broken)
+                if not self.reading:
+                    self.reading = True
+                    break
+                slot.signaled = False
+            slot.ev.acquire()
+        try:
+            self.read_until(slot)
+        finally:
+            with lock:
+                self.reading = False
+                # Hand the reading on (everyone wakes when it broke).
+                for other in self.waiting.values():
+                    other.wake()
+                    if self.broken is None:
+                        break
+        return _answer(slot.reply)
+
+    def read_until(self, slot):
+        w = self.w
+        read = w.rfile.read
+        while slot.reply is None:
+            try:
+                head = read(4)
+                if len(head) < 4:
+                    os._exit(0)
+                (n,) = _HEADER.unpack(head)
+                body = read(n)
+                if len(body) < n:
+                    os._exit(0)
+                msg = json.loads(body)
+                seq = msg["seq"] if msg.__class__ is dict and msg.get("kind") == "host_reply" else None
+            except BaseException as e:  # noqa: BLE001
+                # Interrupted mid-frame (a signal handler raised, memory ran
+                # out): where the next frame starts is unknown now.
+                with w.lock:
+                    self.broken = "reading a host call's reply failed (%s)" % type(e).__name__
+                raise
+            if seq is None:
+                with w.lock:
+                    self.broken = "the node sent something else than a host call's reply"
+                raise HostError("unavailable", self.broken)
+            with w.lock:
+                other = self.waiting.pop(seq, None)
+                if other is not None:
+                    other.reply = msg
+                    if other is not slot:
+                        other.wake()
+
+
+def _answer(reply):
+    error = reply.get("error")
+    if error is not None:
+        raise HostError(error.get("code"), error.get("message"))
+    return reply.get("result")
 
 
 _QUERY_FRAMES = frozenset(("query", "run", "batch", "end", "combine", "drop", "abort"))
@@ -1230,10 +1492,37 @@ def _describe(e, skip_frames=0):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     try:
-        text = "".join(traceback.format_exception(type(e), e, tb))
+        te = traceback.TracebackException(type(e), e, tb)
+        _hide_runner_tails(te)
+        text = "".join(te.format())
     except BaseException:  # noqa: BLE001
         text = ""
     return {"exception": type(e).__name__, "message": _text(e), "traceback": _clean(text)}
+
+
+def _hide_runner_tails(te):
+    """Drops the runner's own frames from the end of each traceback in the
+    chain: a HostError is raised inside Context.call, but the user's line is
+    the one that matters."""
+    todo = [te]
+    seen = set()
+    while todo:
+        t = todo.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        frames = list(t.stack)
+        n = len(frames)
+        while n > 1 and frames[n - 1].filename == _RUNNER_FILE:
+            n -= 1
+        if n < len(frames):
+            t.stack = traceback.StackSummary.from_list(frames[:n])
+        todo.append(t.__cause__)
+        todo.append(t.__context__)
+        todo.extend(getattr(t, "exceptions", None) or ())
+
+
+_RUNNER_FILE = _describe.__code__.co_filename
 
 
 def _text(e):

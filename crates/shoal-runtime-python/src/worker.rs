@@ -5,17 +5,26 @@
 //! the log pipe costs one non-blocking read when the function wrote nothing
 //! to fds 1 and 2. A worker in an unknown state is never reused: dropping a
 //! `Worker` kills its whole process group.
+//!
+//! Host calls (`ctx.call`) are served inside the same loop: each call's
+//! future lives in `HostCalls`, polled next to the socket, the log pipe and
+//! the deadline, and dropped with it when the invocation ends however it
+//! ends. Nothing of it is allocated until a handler makes its first call.
 
 use std::io::{self, ErrorKind};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
+use shoal_runtime::{Host, HostError};
 use shoal_types::{Failure, FailureKind, Outcome};
 
 use crate::protocol::{self, HEADER, Reply};
@@ -108,10 +117,12 @@ impl Worker {
         self.exit.try_recv().is_ok()
     }
 
-    /// Runs one invocation. `frame` is a complete invoke frame.
+    /// Runs one invocation. `frame` is a complete invoke frame; the
+    /// handler's host calls go to `host`.
     pub(crate) async fn run(
         &mut self,
         frame: &[u8],
+        host: Option<&Arc<dyn Host>>,
         timeout: Duration,
         caps: &Caps,
     ) -> Result<Ran, RunError> {
@@ -127,12 +138,21 @@ impl Worker {
             // A worker that does not even take the event in is stuck.
             Err(_elapsed) => return Ok(self.timed_out(pipe_logs, timeout, caps).await),
         }
+        let mut calls = HostCalls::default();
         loop {
-            let event = self.next_event(&mut pipe_logs, deadline, caps).await;
+            let event = self
+                .next_event(&mut pipe_logs, deadline, caps, &mut calls)
+                .await;
             let len = match event {
                 Event::Frame(len) => len,
-                Event::Eof => return Ok(self.died(pipe_logs, start, caps).await),
-                Event::Deadline => return Ok(self.timed_out(pipe_logs, timeout, caps).await),
+                Event::Eof => {
+                    drop(calls);
+                    return Ok(self.died(pipe_logs, start, caps).await);
+                }
+                Event::Deadline => {
+                    drop(calls);
+                    return Ok(self.timed_out(pipe_logs, timeout, caps).await);
+                }
                 Event::LogFlood => {
                     self.kill();
                     self.drain_now(&mut pipe_logs, caps);
@@ -178,9 +198,19 @@ impl Worker {
             } = reply;
             match kind {
                 ReplyKind::Logs => continue,
+                ReplyKind::Host(call) => {
+                    calls.start(host, call, caps);
+                    calls.flush(&self.proto);
+                    continue;
+                }
                 ReplyKind::Rejected(message) => return Err(RunError::Rejected(message)),
                 ReplyKind::Done => {}
             }
+            // A call still pending (or a reply half written) means the worker
+            // and Rust no longer agree on the stream: do not reuse it. The
+            // runner says so itself (`fatal`); this is the belt to its braces.
+            let fatal = fatal || !calls.is_idle();
+            drop(calls);
             let outcome = outcome.unwrap_or_else(|| {
                 Outcome::Failed(Failure::new(
                     FailureKind::Crashed,
@@ -210,8 +240,16 @@ impl Worker {
     }
 
     /// Waits for the next thing that matters, draining the log pipe meanwhile
-    /// so the worker never blocks writing to it.
-    async fn next_event(&mut self, logs: &mut Vec<u8>, deadline: Instant, caps: &Caps) -> Event {
+    /// so the worker never blocks writing to it, and serving host calls:
+    /// finished ones are answered, replies are written as the socket takes
+    /// them.
+    async fn next_event(
+        &mut self,
+        logs: &mut Vec<u8>,
+        deadline: Instant,
+        caps: &Caps,
+        calls: &mut HostCalls,
+    ) -> Event {
         let frame_max = caps.max_result_bytes + caps.max_log_bytes + FRAME_SLACK;
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::pin!(sleep);
@@ -255,6 +293,17 @@ impl Worker {
                         }
                     }
                 }
+                Some((seq, answer)) = next_answer(&mut calls.pending), if calls.waiting() => {
+                    protocol::host_reply_frame(&mut calls.out, seq, answer);
+                    calls.flush(&self.proto);
+                }
+                ready = self.proto.writable(), if calls.has_output() => {
+                    if ready.is_err() {
+                        calls.discard_output();
+                    } else {
+                        calls.flush(&self.proto);
+                    }
+                }
                 () = &mut sleep => return Event::Deadline,
             }
         }
@@ -291,7 +340,7 @@ impl Worker {
                     kind: ReplyKind::Done,
                     outcome: Some(Outcome::Succeeded(result)),
                     python_logs,
-                    fatal: false,
+                    fatal: reply.fatal,
                 }
             }
             "error" => {
@@ -327,6 +376,24 @@ impl Worker {
                 python_logs,
                 fatal: false,
             },
+            "host" => {
+                let (Some(seq), Some(op)) = (reply.seq, reply.op) else {
+                    return Err("a host call without its seq or op".into());
+                };
+                let args = reply
+                    .args
+                    .map_or_else(|| "null".into(), |a| a.get().to_owned());
+                ParsedReply {
+                    kind: ReplyKind::Host(HostCall {
+                        seq,
+                        op: op.into_owned(),
+                        args,
+                    }),
+                    outcome: None,
+                    python_logs,
+                    fatal: false,
+                }
+            }
             other => return Err(format!("unexpected frame kind {other:?} from the worker")),
         };
         Ok(parsed)
@@ -346,11 +413,23 @@ impl Worker {
         let mut python_logs = Vec::new();
         if rustix::process::kill_process(self.pid, Signal::USR2).is_ok() {
             let grace = Instant::now() + SALVAGE_GRACE;
-            if let Event::Frame(len) = self.next_event(&mut pipe_logs, grace, caps).await {
-                if let Ok(reply) = self.parse_reply(len) {
-                    python_logs = reply.python_logs;
-                }
+            let mut no_calls = HostCalls::default();
+            // Host calls sent meanwhile are skipped; the logs frame follows.
+            while let Event::Frame(len) = self
+                .next_event(&mut pipe_logs, grace, caps, &mut no_calls)
+                .await
+            {
+                let reply = self.parse_reply(len);
                 self.consume(len);
+                match reply {
+                    Ok(ParsedReply {
+                        kind: ReplyKind::Host(_),
+                        ..
+                    }) => continue,
+                    Ok(reply) => python_logs = reply.python_logs,
+                    Err(_) => {}
+                }
+                break;
             }
         }
         self.kill();
@@ -540,7 +619,111 @@ struct ParsedReply {
 enum ReplyKind {
     Done,
     Logs,
+    /// The handler calls the host.
+    Host(HostCall),
     Rejected(String),
+}
+
+struct HostCall {
+    seq: u64,
+    op: String,
+    /// JSON text.
+    args: String,
+}
+
+type Answer = (u64, Result<String, HostError>);
+
+/// The host calls of the running invocation: the futures of those in flight
+/// and the replies not yet taken by the socket. Dropping it drops the calls.
+#[derive(Default)]
+struct HostCalls {
+    /// Allocated at the first call: invocations without calls pay nothing.
+    pending: Option<FuturesUnordered<BoxFuture<'static, Answer>>>,
+    /// Reply frames, written from `written` on.
+    out: Vec<u8>,
+    written: usize,
+}
+
+impl HostCalls {
+    /// Starts a call, or queues its error reply at once.
+    fn start(&mut self, host: Option<&Arc<dyn Host>>, call: HostCall, caps: &Caps) {
+        let HostCall { seq, op, args } = call;
+        let refused = |code: &str, message: String| HostError {
+            code: code.into(),
+            message,
+        };
+        let error = match host {
+            None => refused(
+                "no_host",
+                format!("host calls are not available here ({op:?} was called)"),
+            ),
+            Some(_) if args.len() > caps.max_result_bytes => refused(
+                "too_large",
+                format!(
+                    "the arguments of {op:?} are {} bytes of JSON; the limit is {}",
+                    args.len(),
+                    caps.max_result_bytes
+                ),
+            ),
+            Some(host) => {
+                let call = host.call(&op, args);
+                self.pending
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(Box::pin(async move { (seq, call.await) }));
+                return;
+            }
+        };
+        protocol::host_reply_frame(&mut self.out, seq, Err(error));
+    }
+
+    /// True while some call has not been answered.
+    fn waiting(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| !p.is_empty())
+    }
+
+    fn has_output(&self) -> bool {
+        self.written < self.out.len()
+    }
+
+    /// No call in flight and every reply written.
+    fn is_idle(&self) -> bool {
+        !self.waiting() && !self.has_output()
+    }
+
+    /// Writes as much of the pending replies as the socket takes now.
+    fn flush(&mut self, proto: &UnixStream) {
+        while self.has_output() {
+            match proto.try_write(&self.out[self.written..]) {
+                Ok(0) => return self.discard_output(),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // The worker is gone: its EOF (and how it died) comes next.
+                Err(_) => return self.discard_output(),
+            }
+        }
+        self.discard_output();
+    }
+
+    fn discard_output(&mut self) {
+        self.written = 0;
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+    }
+}
+
+/// The next answered call; never resolves when none is in flight (the
+/// `select!` branch is disabled then anyway).
+async fn next_answer(
+    pending: &mut Option<FuturesUnordered<BoxFuture<'static, Answer>>>,
+) -> Option<Answer> {
+    match pending {
+        Some(pending) => pending.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Tells a crash from an exit from running out of memory.

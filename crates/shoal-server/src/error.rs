@@ -51,6 +51,7 @@ impl From<EngineError> for ApiError {
                     "token" => ErrorCode::TokenNotFound,
                     "category" => ErrorCode::CategoryNotFound,
                     "document" => ErrorCode::DocumentNotFound,
+                    "queue" => ErrorCode::QueueNotFound,
                     _ => ErrorCode::RouteNotFound,
                 },
             ),
@@ -62,6 +63,7 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction)
             }
             EngineError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::CategoryExists),
+            EngineError::QueueTaken(_) => (StatusCode::CONFLICT, ErrorCode::QueueTaken),
             EngineError::TooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge)
             }

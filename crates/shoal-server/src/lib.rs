@@ -106,6 +106,18 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
             routes::categories::delete_doc
         ))
         .routes(routes!(routes::categories::query))
+        .routes(routes!(routes::queues::list))
+        .routes(routes!(
+            routes::queues::put,
+            routes::queues::show,
+            routes::queues::remove
+        ))
+        .routes(routes!(routes::queues::send))
+        .routes(routes!(routes::queues::purge))
+        .routes(routes!(routes::queues::dead_letters))
+        .routes(routes!(routes::queues::redrive))
+        .routes(routes!(routes::queues::purge_dead))
+        .routes(routes!(routes::queues::stats))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

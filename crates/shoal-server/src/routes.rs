@@ -4,4 +4,5 @@ pub(crate) mod categories;
 pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;
+pub(crate) mod queues;
 pub(crate) mod tokens;

@@ -95,7 +95,13 @@ async fn run(path: &std::path::Path) {
 
     // The async invocation path end to end: each of N callers sends one
     // durable message; two consumers lease, put a record, and ack.
-    async_pipeline(&store).await;
+    async_pipeline(&store, "bench-q", false).await;
+    // The same with a deduplication key per message (user queues).
+    async_pipeline(&store, "bench-dedup-q", true).await;
+
+    // The writer's own cost per message, not bound by fsync: 1,000 per call.
+    bulk(&store, false).await;
+    bulk(&store, true).await;
 
     paced(&store, 3_000).await;
 
@@ -103,8 +109,7 @@ async fn run(path: &std::path::Path) {
     println!("final stats: {:?}", store.stats());
 }
 
-async fn async_pipeline(store: &Arc<RedbStore>) {
-    const Q: &str = "bench-q";
+async fn async_pipeline(store: &Arc<RedbStore>, queue: &'static str, dedup: bool) {
     const T: u64 = 1_700_000_000_000;
     let t = Instant::now();
     let producers: Vec<_> = (0..N)
@@ -115,29 +120,33 @@ async fn async_pipeline(store: &Arc<RedbStore>) {
                     id: format!("m-{i}"),
                     body: format!("{{\"invocation\":\"a-{i}\"}}").into_bytes(),
                     due_ms: T,
-                    sent_ms: 0,
-                    dedup: None,
+                    sent_ms: T,
+                    dedup: dedup.then(|| (format!("key-{i}"), T + 300_000)),
                 };
-                store.send(Q, vec![m]).await.unwrap();
+                store.send(queue, vec![m]).await.unwrap();
             })
         })
         .collect();
+    // Taken by either consumer; they stop once all N are taken (not when
+    // the queue looks empty, which it does before the first send commits).
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let consumers: Vec<_> = (0..2)
         .map(|_| {
             let store = store.clone();
+            let taken = taken.clone();
             tokio::spawn(async move {
                 let mut handled = 0usize;
                 let mut inflight = tokio::task::JoinSet::new();
-                loop {
-                    let leased = store.lease(Q, T, 256, 60_000).await.unwrap();
+                while taken.load(std::sync::atomic::Ordering::Relaxed) < N {
+                    let leased = store.lease(queue, T, 256, 60_000).await.unwrap();
                     if leased.deliveries.is_empty() {
-                        let d = store.depth(Q).await.unwrap();
-                        if d.waiting == 0 && d.in_flight == 0 {
-                            break;
-                        }
                         tokio::time::sleep(Duration::from_micros(200)).await;
                         continue;
                     }
+                    taken.fetch_add(
+                        leased.deliveries.len(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     for d in leased.deliveries {
                         handled += 1;
                         let store = store.clone();
@@ -145,7 +154,7 @@ async fn async_pipeline(store: &Arc<RedbStore>) {
                             let mut rec = sample_invocation(&d.id, "f");
                             rec.status = "succeeded".into();
                             store.put_invocations(vec![rec]).await.unwrap();
-                            store.ack(Q, vec![d.id]).await.unwrap();
+                            store.ack(queue, vec![d.id]).await.unwrap();
                         });
                     }
                     while inflight.len() > 512 {
@@ -165,10 +174,57 @@ async fn async_pipeline(store: &Arc<RedbStore>) {
     for c in consumers {
         handled += c.await.unwrap();
     }
+    let label = if dedup {
+        "  with dedup keys:                 "
+    } else {
+        "async pipeline send+lease+put+ack: "
+    };
     println!(
-        "async pipeline send+lease+put+ack:  {}  (all sends durable after {:.1} ms, {handled} handled)",
+        "{label} {}  (all sends durable after {:.1} ms, {handled} handled)",
         rate(N, t.elapsed()),
         sent.as_secs_f64() * 1e3
+    );
+    let c = store.counters(queue).await.unwrap();
+    assert_eq!((c.sent, c.acked), (N as u64, N as u64));
+}
+
+async fn bulk(store: &Arc<RedbStore>, dedup: bool) {
+    const T: u64 = 1_700_000_000_000;
+    const M: usize = 100_000;
+    const PER_CALL: usize = 1_000;
+    let queue = if dedup { "bulk-dedup-q" } else { "bulk-q" };
+    let t = Instant::now();
+    for c in 0..M / PER_CALL {
+        let messages = (0..PER_CALL)
+            .map(|k| {
+                let i = c * PER_CALL + k;
+                NewMessage {
+                    id: format!("b-{i:07}"),
+                    body: format!("{{\"n\":{i}}}").into_bytes(),
+                    due_ms: T,
+                    sent_ms: T,
+                    dedup: dedup.then(|| (format!("key-{i}"), T + 300_000)),
+                }
+            })
+            .collect();
+        store.send(queue, messages).await.unwrap();
+    }
+    let sent = t.elapsed();
+    let t = Instant::now();
+    loop {
+        let leased = store.lease(queue, T, PER_CALL, 60_000).await.unwrap();
+        if leased.deliveries.is_empty() {
+            break;
+        }
+        let ids = leased.deliveries.into_iter().map(|d| d.id).collect();
+        store.ack(queue, ids).await.unwrap();
+    }
+    let acked = t.elapsed();
+    println!(
+        "bulk send {} / lease+ack {} ({PER_CALL}/call{})",
+        rate(M, sent),
+        rate(M, acked),
+        if dedup { ", dedup keys" } else { "" }
     );
 }
 

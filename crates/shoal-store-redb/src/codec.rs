@@ -4,7 +4,10 @@
 //! - records (functions, tokens, invocations): `[1] ++ JSON`;
 //! - logs: `[1] ++ raw bytes`;
 //! - queue messages: `[1] ++ u32 LE header length ++ JSON header ++ raw body`,
-//!   so bodies are stored as they are, not as JSON arrays of numbers;
+//!   so bodies are stored as they are, not as JSON arrays of numbers (the
+//!   header's `sent_ms` came later: absent means 0);
+//! - dead letters: the same framing, with a `DeadHeader`;
+//! - queue samples: `[1] ++ JSON` of `StoredSample`;
 //! - categories: `[1] ++ u64 LE internal id ++ u32 LE shards ++ JSON record`,
 //!   so the hot paths (every document read and write) find the category's
 //!   key prefix and shard count without parsing JSON;
@@ -20,7 +23,10 @@ use std::fmt::Display;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shoal_store::{CategoryRecord, Error, InvocationRecord, Result};
+use shoal_store::{
+    CategoryRecord, Error, InvocationRecord, LimiterRecord, QueueCounters, QueueDepth, QueueSample,
+    Result,
+};
 
 pub(crate) const FORMAT_V1: u8 = 1;
 
@@ -54,6 +60,18 @@ pub(crate) fn check_invocation(record: &InvocationRecord) -> Result<()> {
     }
 }
 
+/// Rejects a rate that JSON cannot carry back (see `check_invocation`).
+pub(crate) fn check_limiter(record: &LimiterRecord) -> Result<()> {
+    if record.per_second.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "limiter {}: per_second must be finite",
+            record.name
+        )))
+    }
+}
+
 /// `[1] ++ bytes`.
 pub(crate) fn encode_bytes(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 1);
@@ -81,10 +99,23 @@ pub(crate) struct MessageHeader {
     pub failures: u32,
     /// Send order across all queues, so equal due times are delivered FIFO.
     pub seq: u64,
+    /// When it was sent; 0 for messages stored before this field existed.
+    #[serde(default)]
+    pub sent_ms: u64,
 }
 
-pub(crate) fn encode_message(header: &MessageHeader, body: &[u8]) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("a struct of integers always serializes");
+/// The stored state of a dead letter, next to its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeadHeader {
+    pub failures: u32,
+    pub sent_ms: u64,
+    pub dead_at_ms: u64,
+    pub reason: String,
+}
+
+/// `[1] ++ u32 LE header length ++ JSON header ++ body`.
+fn encode_framed(header: &impl Serialize, body: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("a struct of integers and strings serializes");
     let mut out = Vec::with_capacity(1 + 4 + json.len() + body.len());
     out.push(FORMAT_V1);
     out.extend_from_slice(&(json.len() as u32).to_le_bytes());
@@ -93,11 +124,10 @@ pub(crate) fn encode_message(header: &MessageHeader, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The header and the body of a stored message.
-pub(crate) fn decode_message<'a>(
+fn decode_framed<'a, H: DeserializeOwned>(
     what: &dyn Display,
     bytes: &'a [u8],
-) -> Result<(MessageHeader, &'a [u8])> {
+) -> Result<(H, &'a [u8])> {
     let rest = payload(what, bytes)?;
     let corrupt = || Error::Corrupt(format!("{what}: truncated message"));
     let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
@@ -109,6 +139,80 @@ pub(crate) fn decode_message<'a>(
     let header =
         serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
     Ok((header, body))
+}
+
+pub(crate) fn encode_message(header: &MessageHeader, body: &[u8]) -> Vec<u8> {
+    encode_framed(header, body)
+}
+
+/// The header and the body of a stored message.
+pub(crate) fn decode_message<'a>(
+    what: &dyn Display,
+    bytes: &'a [u8],
+) -> Result<(MessageHeader, &'a [u8])> {
+    decode_framed(what, bytes)
+}
+
+pub(crate) fn encode_dead(header: &DeadHeader, body: &[u8]) -> Vec<u8> {
+    encode_framed(header, body)
+}
+
+/// The header and the body of a stored dead letter.
+pub(crate) fn decode_dead<'a>(
+    what: &dyn Display,
+    bytes: &'a [u8],
+) -> Result<(DeadHeader, &'a [u8])> {
+    decode_framed(what, bytes)
+}
+
+/// A queue sample as stored (its time is in the key).
+#[derive(Serialize, Deserialize)]
+struct StoredSample {
+    waiting: u64,
+    in_flight: u64,
+    dead: u64,
+    oldest_sent_ms: Option<u64>,
+    sent: u64,
+    acked: u64,
+    nacked: u64,
+    dead_lettered: u64,
+}
+
+pub(crate) fn encode_sample(sample: &QueueSample) -> Vec<u8> {
+    let (d, c) = (sample.depth, sample.counters);
+    let stored = StoredSample {
+        waiting: d.waiting,
+        in_flight: d.in_flight,
+        dead: d.dead,
+        oldest_sent_ms: d.oldest_sent_ms,
+        sent: c.sent,
+        acked: c.acked,
+        nacked: c.nacked,
+        dead_lettered: c.dead_lettered,
+    };
+    let mut out = Vec::with_capacity(160);
+    out.push(FORMAT_V1);
+    serde_json::to_writer(&mut out, &stored).expect("a struct of integers serializes");
+    out
+}
+
+pub(crate) fn decode_sample(what: &dyn Display, at_ms: u64, bytes: &[u8]) -> Result<QueueSample> {
+    let s: StoredSample = decode_record(what, bytes)?;
+    Ok(QueueSample {
+        at_ms,
+        depth: QueueDepth {
+            waiting: s.waiting,
+            in_flight: s.in_flight,
+            dead: s.dead,
+            oldest_sent_ms: s.oldest_sent_ms,
+        },
+        counters: QueueCounters {
+            sent: s.sent,
+            acked: s.acked,
+            nacked: s.nacked,
+            dead_lettered: s.dead_lettered,
+        },
+    })
 }
 
 /// The binary head of a stored category: what document operations need.
@@ -210,13 +314,73 @@ mod tests {
             due_ms: 5,
             failures: 2,
             seq: 9,
+            sent_ms: 4,
         };
         let bytes = encode_message(&header, b"body");
-        let golden: &[u8] = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";
+        let golden: &[u8] =
+            b"\x01\x2d\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9,\"sent_ms\":4}body";
         assert_eq!(bytes, golden);
         assert_eq!(
             decode_message(&"m", golden).unwrap(),
             (header, &b"body"[..])
+        );
+        // Written before `sent_ms` existed: it reads as 0.
+        let old: &[u8] = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";
+        assert_eq!(
+            decode_message(&"m", old).unwrap(),
+            (
+                MessageHeader {
+                    sent_ms: 0,
+                    ..header
+                },
+                &b"body"[..]
+            )
+        );
+
+        let dead = DeadHeader {
+            failures: 3,
+            sent_ms: 4,
+            dead_at_ms: 8,
+            reason: "boom".to_string(),
+        };
+        let golden: &[u8] = concat!(
+            "\x01\x39\x00\x00\x00",
+            "{\"failures\":3,\"sent_ms\":4,\"dead_at_ms\":8,\"reason\":\"boom\"}body"
+        )
+        .as_bytes();
+        assert_eq!(encode_dead(&dead, b"body"), golden);
+        assert_eq!(decode_dead(&"d", golden).unwrap(), (dead, &b"body"[..]));
+
+        let sample = QueueSample {
+            at_ms: 9,
+            depth: QueueDepth {
+                waiting: 1,
+                in_flight: 2,
+                dead: 3,
+                oldest_sent_ms: Some(4),
+            },
+            counters: QueueCounters {
+                sent: 5,
+                acked: 6,
+                nacked: 7,
+                dead_lettered: 8,
+            },
+        };
+        let golden: &[u8] = concat!(
+            "\x01{\"waiting\":1,\"in_flight\":2,\"dead\":3,\"oldest_sent_ms\":4,",
+            "\"sent\":5,\"acked\":6,\"nacked\":7,\"dead_lettered\":8}"
+        )
+        .as_bytes();
+        assert_eq!(encode_sample(&sample), golden);
+        assert_eq!(decode_sample(&"s", 9, golden).unwrap(), sample);
+        let empty = QueueSample {
+            at_ms: 1,
+            depth: QueueDepth::default(),
+            counters: QueueCounters::default(),
+        };
+        assert_eq!(
+            decode_sample(&"s", 1, &encode_sample(&empty)).unwrap(),
+            empty
         );
 
         assert_eq!(encode_bytes(b"log"), b"\x01log");

@@ -9,7 +9,7 @@
 //! described in `docs`.
 //!
 //! Layout (private to this crate), every value starting with a format byte
-//! (see `codec`):
+//! (see `codec`) unless noted:
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -21,7 +21,14 @@
 //! | `token_by_secret_sha256` | secret sha256 | token id |
 //! | `invocations` | id | `InvocationRecord` |
 //! | `logs` | invocation id | bytes |
-//! | `queue_messages` | (queue, message id) | header {due_ms, failures, seq} + body |
+//! | `queue_messages` | (queue, message id) | header {due_ms, failures, seq, sent_ms} + body |
+//! | `queue_dead` | (queue, message id) | header {failures, sent_ms, dead_at_ms, reason} + body |
+//! | `queue_dedup` | (queue, deduplication key) | u64 until_ms, no format byte |
+//! | `queue_dedup_expiry` | (until_ms, queue, deduplication key) | (), to prune expired keys |
+//! | `queue_totals` | queue | (sent, acked, nacked, dead_lettered, dead), no format byte |
+//! | `queue_samples` | (queue, at_ms) | `QueueSample` minus its time (JSON) |
+//! | `queues` | name | `QueueRecord` |
+//! | `limiters` | name | `LimiterRecord` |
 //! | `categories` | name | internal id, shards, `CategoryRecord` |
 //! | `docs` | u64 BE internal id ++ u32 BE shard ++ doc id bytes | raw JSON text |
 //! | `doc_stats` | (internal id, shard) | (docs, bytes, version), no format byte |
@@ -30,6 +37,7 @@
 mod codec;
 mod docs;
 mod queue;
+mod queue_ops;
 mod writer;
 
 use std::collections::BTreeSet;
@@ -43,15 +51,16 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_store::{
-    Catalog, CategoryRecord, Delivery, DocWrite, Docs, Error, FunctionRecord, InvocationRecord,
-    Invocations, Leased, NewMessage, Pending, QueueDepth, Queues, Result, ShardStats, StoredDoc,
-    TokenRecord,
+    Catalog, CategoryRecord, DeadLetter, Delivery, DocWrite, Docs, Error, FunctionRecord,
+    InvocationRecord, Invocations, Leased, LimiterRecord, NewMessage, Pending, QueueCounters,
+    QueueDepth, QueueRecord, QueueSample, Queues, Result, ShardStats, StoredDoc, TokenRecord,
 };
 use tokio::sync::oneshot;
 
 use crate::codec::{CategoryHead, decode_bytes, decode_message, decode_record};
-use crate::queue::QueueIndex;
-use crate::writer::{Command, Msg, Op, Reply, Writer};
+use crate::queue::{QueueIndex, Totals, TotalsRow};
+use crate::queue_ops::queue_end;
+use crate::writer::{Command, Msg, Named, Op, Reply, Writer};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FUNCTIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("functions");
@@ -61,6 +70,17 @@ const TOKEN_SECRETS: TableDefinition<&str, &str> = TableDefinition::new("token_b
 const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
 const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
 const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("queue_messages");
+const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("queue_dead");
+/// (queue, deduplication key) → until_ms.
+const DEDUP: TableDefinition<(&str, &str), u64> = TableDefinition::new("queue_dedup");
+/// (until_ms, queue, deduplication key): the keys in expiry order.
+const DEDUP_EXPIRY: TableDefinition<(u64, &str, &str), ()> =
+    TableDefinition::new("queue_dedup_expiry");
+/// queue → (sent, acked, nacked, dead_lettered, dead).
+const QUEUE_TOTALS: TableDefinition<&str, TotalsRow> = TableDefinition::new("queue_totals");
+const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue_samples");
+const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
+const LIMITERS: TableDefinition<&str, &[u8]> = TableDefinition::new("limiters");
 const CATEGORIES: TableDefinition<&str, &[u8]> = TableDefinition::new("categories");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 /// (category id, shard) → (docs, bytes, version).
@@ -126,6 +146,7 @@ impl RedbStore {
         init_layout(&db)?;
         let index = QueueIndex::default();
         let next_seq = recover_queues(&db, &index)?;
+        load_totals(&db, &index)?;
         let garbage = pending_purges(&db)?;
         let shared = Arc::new(Shared {
             db,
@@ -243,6 +264,13 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(INVOCATIONS).map_err(unavailable)?;
         txn.open_table(LOGS).map_err(unavailable)?;
         txn.open_table(MESSAGES).map_err(unavailable)?;
+        txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+        txn.open_table(DEDUP).map_err(unavailable)?;
+        txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?;
+        txn.open_table(QUEUE_TOTALS).map_err(unavailable)?;
+        txn.open_table(SAMPLES).map_err(unavailable)?;
+        txn.open_table(QUEUES).map_err(unavailable)?;
+        txn.open_table(LIMITERS).map_err(unavailable)?;
         txn.open_table(CATEGORIES).map_err(unavailable)?;
         txn.open_table(DOCS).map_err(unavailable)?;
         txn.open_table(DOC_STATS).map_err(unavailable)?;
@@ -292,6 +320,58 @@ fn recover_queues(db: &Database, index: &QueueIndex) -> Result<u64> {
         }
     }
     Ok(next_seq)
+}
+
+/// Reads every queue's committed totals into the index.
+fn load_totals(db: &Database, index: &QueueIndex) -> Result<()> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(QUEUE_TOTALS).map_err(unavailable)?;
+    let mut totals = Vec::new();
+    for entry in table.iter().map_err(unavailable)? {
+        let (queue, row) = entry.map_err(unavailable)?;
+        totals.push((queue.value().to_string(), Totals::from_row(row.value())));
+    }
+    index.publish_totals(totals);
+    Ok(())
+}
+
+/// A named record (queue, limiter) by name.
+fn named_record<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    kind: &str,
+    name: &str,
+) -> Result<Option<T>> {
+    let table = txn.open_table(table).map_err(unavailable)?;
+    let stored = table.get(name).map_err(unavailable)?;
+    stored
+        .map(|v| decode_record(&format_args!("{kind} {name}"), v.value()))
+        .transpose()
+}
+
+/// Every named record of a table, sorted by name.
+fn named_records<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    kind: &str,
+) -> Result<Vec<T>> {
+    let table = txn.open_table(table).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(unavailable)? {
+        let (name, value) = entry.map_err(unavailable)?;
+        let what = format_args!("{kind} {}", name.value());
+        out.push(decode_record(&what, value.value())?);
+    }
+    Ok(out)
+}
+
+impl RedbStore {
+    fn put_named(&self, which: Named, name: String, value: Result<Vec<u8>>) -> Pending<()> {
+        match value {
+            Err(e) => ready(Err(e)),
+            Ok(value) => self.submit(Command::PutNamed(which, name, value), Reply::Unit),
+        }
+    }
 }
 
 impl Catalog for RedbStore {
@@ -402,6 +482,44 @@ impl Catalog for RedbStore {
 
     fn revoke_token(&self, id: &str) -> Pending<bool> {
         self.submit(Command::RevokeToken(id.to_string()), Reply::Existed)
+    }
+
+    fn put_queue(&self, queue: QueueRecord) -> Pending<()> {
+        let value = codec::encode_record(&format_args!("queue {}", queue.name), &queue);
+        self.put_named(Named::Queue, queue.name, value)
+    }
+
+    fn queue(&self, name: &str) -> Pending<Option<QueueRecord>> {
+        self.read(|txn| named_record(txn, QUEUES, "queue", name))
+    }
+
+    fn queues(&self) -> Pending<Vec<QueueRecord>> {
+        self.read(|txn| named_records(txn, QUEUES, "queue"))
+    }
+
+    fn remove_queue(&self, name: &str) -> Pending<bool> {
+        self.submit(
+            Command::RemoveNamed(Named::Queue, name.to_string()),
+            Reply::Existed,
+        )
+    }
+
+    fn put_limiter(&self, limiter: LimiterRecord) -> Pending<()> {
+        let value = codec::check_limiter(&limiter).and_then(|()| {
+            codec::encode_record(&format_args!("limiter {}", limiter.name), &limiter)
+        });
+        self.put_named(Named::Limiter, limiter.name, value)
+    }
+
+    fn limiters(&self) -> Pending<Vec<LimiterRecord>> {
+        self.read(|txn| named_records(txn, LIMITERS, "limiter"))
+    }
+
+    fn remove_limiter(&self, name: &str) -> Pending<bool> {
+        self.submit(
+            Command::RemoveNamed(Named::Limiter, name.to_string()),
+            Reply::Existed,
+        )
     }
 }
 
@@ -532,6 +650,117 @@ impl Queues for RedbStore {
 
     fn depth(&self, queue: &str) -> Pending<QueueDepth> {
         ready(Ok(self.shared.index.depth(queue)))
+    }
+
+    fn counters(&self, queue: &str) -> Pending<QueueCounters> {
+        ready(Ok(self.shared.index.totals(queue).counters))
+    }
+
+    fn dead_letter(&self, queue: &str, id: &str, reason: String, now_ms: u64) -> Pending<()> {
+        self.submit(
+            Command::DeadLetter {
+                queue: queue.to_string(),
+                id: id.to_string(),
+                reason,
+                now_ms,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn dead_letters(
+        &self,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Pending<Vec<DeadLetter>> {
+        self.read(|txn| {
+            let mut out = Vec::with_capacity(limit.min(1024));
+            if limit == 0 {
+                return Ok(out);
+            }
+            let table = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+            let end = queue_end(queue);
+            let lower = match after {
+                Some(after) => Bound::Excluded((queue, after)),
+                None => Bound::Included((queue, "")),
+            };
+            let upper = Bound::Excluded((end.as_str(), ""));
+            for entry in table.range((lower, upper)).map_err(unavailable)? {
+                let (key, value) = entry.map_err(unavailable)?;
+                let id = key.value().1;
+                let what = format_args!("queue {queue} dead letter {id}");
+                let (header, body) = codec::decode_dead(&what, value.value())?;
+                out.push(DeadLetter {
+                    id: id.to_string(),
+                    body: body.to_vec(),
+                    failures: header.failures,
+                    sent_ms: header.sent_ms,
+                    dead_at_ms: header.dead_at_ms,
+                    reason: header.reason,
+                });
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn redrive(&self, queue: &str, ids: Option<Vec<String>>, now_ms: u64) -> Pending<u64> {
+        self.submit(
+            Command::Redrive {
+                queue: queue.to_string(),
+                ids,
+                now_ms,
+            },
+            Reply::Count,
+        )
+    }
+
+    fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Pending<u64> {
+        self.submit(
+            Command::PurgeDead {
+                queue: queue.to_string(),
+                ids,
+            },
+            Reply::Count,
+        )
+    }
+
+    fn purge(&self, queue: &str) -> Pending<u64> {
+        self.submit(Command::Purge(queue.to_string()), Reply::Count)
+    }
+
+    fn record_samples(
+        &self,
+        samples: Vec<(String, QueueSample)>,
+        keep_after_ms: u64,
+    ) -> Pending<()> {
+        self.submit(
+            Command::RecordSamples {
+                samples,
+                keep_after_ms,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn samples(&self, queue: &str, since_ms: u64) -> Pending<Vec<QueueSample>> {
+        self.read(|txn| {
+            let table = txn.open_table(SAMPLES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in table
+                .range((queue, since_ms)..=(queue, u64::MAX))
+                .map_err(unavailable)?
+            {
+                let (key, value) = entry.map_err(unavailable)?;
+                let at_ms = key.value().1;
+                let what = format_args!("queue {queue} sample {at_ms}");
+                out.push(codec::decode_sample(&what, at_ms, value.value())?);
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -703,7 +932,7 @@ mod tests {
             id: id.to_string(),
             body: id.as_bytes().to_vec(),
             due_ms: T,
-            sent_ms: 0,
+            sent_ms: T - 10,
             dedup: None,
         }
     }
@@ -874,9 +1103,127 @@ mod tests {
             QueueDepth {
                 waiting: 2,
                 in_flight: 0,
-                ..QueueDepth::default()
+                dead: 0,
+                oldest_sent_ms: Some(T - 10),
             }
         );
+    }
+
+    fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
+        store: &RedbStore,
+        table: TableDefinition<K, V>,
+    ) -> u64 {
+        use redb::ReadableTableMetadata;
+        let txn = store.shared.db.begin_read().unwrap();
+        txn.open_table(table).unwrap().len().unwrap()
+    }
+
+    fn keyed(id: &str, key: &str, until_ms: u64, sent_ms: u64) -> NewMessage {
+        NewMessage {
+            dedup: Some((key.to_string(), until_ms)),
+            sent_ms,
+            ..msg(id)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn expired_dedup_keys_are_pruned_by_sends_and_sample_ticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+        let keys = |store: &RedbStore| (table_len(store, DEDUP), table_len(store, DEDUP_EXPIRY));
+        for i in 0..100u64 {
+            let m = keyed(&format!("m{i}"), &format!("k{i}"), T + i, T - 1_000);
+            store.send(&format!("q{}", i % 2), vec![m]).await.unwrap();
+        }
+        assert_eq!(keys(&store), (100, 100));
+        // Taking an expired key again moves its expiry entry.
+        store
+            .send("q0", vec![keyed("x", "k0", T + 500, T)])
+            .await
+            .unwrap();
+        assert_eq!(keys(&store), (100, 100));
+        // A send prunes a couple of expired keys, earliest first.
+        store
+            .send("q1", vec![keyed("y", "new", T + 1_000, T + 50)])
+            .await
+            .unwrap();
+        assert_eq!(keys(&store), (99, 99));
+        {
+            let txn = store.shared.db.begin_read().unwrap();
+            let t = txn.open_table(DEDUP).unwrap();
+            assert!(t.get(("q1", "k1")).unwrap().is_none());
+            assert!(t.get(("q0", "k2")).unwrap().is_none());
+            assert_eq!(t.get(("q1", "k3")).unwrap().unwrap().value(), T + 3);
+        }
+        // A sample tick prunes every key expired by its time (within its budget).
+        store.record_samples(Vec::new(), T + 100).await.unwrap();
+        assert_eq!(keys(&store), (2, 2));
+        // What is left still holds.
+        store
+            .send("q0", vec![keyed("z", "k0", T + 9_000, T + 499)])
+            .await
+            .unwrap();
+        assert_eq!(store.counters("q0").await.unwrap().sent, 51);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn corrupt_dead_letters_and_messages_do_not_block_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+        store
+            .send("q", vec![msg("m"), msg("n"), msg("x")])
+            .await
+            .unwrap();
+        for id in ["m", "n"] {
+            store
+                .dead_letter("q", id, "r".to_string(), T)
+                .await
+                .unwrap();
+        }
+        {
+            let txn = writer::begin(&store.shared.db).unwrap();
+            {
+                let mut t = txn.open_table(DEAD_LETTERS).unwrap();
+                t.insert(("q", "m"), &b"\x01\x02"[..]).unwrap();
+                let mut t = txn.open_table(MESSAGES).unwrap();
+                t.insert(("q", "x"), &b"\x09garbage"[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert!(matches!(
+            store.dead_letters("q", None, 10).await,
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.dead_letter("q", "x", "r".to_string(), T).await,
+            Err(Error::Corrupt(_))
+        ));
+        // The corrupt dead letter stays; the good one is redriven.
+        assert_eq!(store.redrive("q", None, T).await.unwrap(), 1);
+        assert_eq!(store.depth("q").await.unwrap().dead, 1);
+        assert_eq!(store.purge_dead("q", None).await.unwrap(), 1);
+        assert_eq!(store.dead_letters("q", None, 10).await.unwrap(), Vec::new());
+        // Purge deletes the corrupt message with the rest.
+        assert_eq!(store.purge("q").await.unwrap(), 2);
+        assert_eq!(store.depth("q").await.unwrap(), QueueDepth::default());
+        assert_eq!(table_len(&store, MESSAGES), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn non_finite_limiter_rates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+        let limiter = LimiterRecord {
+            name: "l".to_string(),
+            per_second: f64::INFINITY,
+            burst: 1,
+            updated_at_ms: T,
+        };
+        assert!(matches!(
+            store.put_limiter(limiter).await,
+            Err(Error::Corrupt(_))
+        ));
+        assert_eq!(store.limiters().await.unwrap(), Vec::new());
     }
 
     #[tokio::test(flavor = "current_thread")]

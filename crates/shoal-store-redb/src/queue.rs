@@ -4,13 +4,19 @@
 //! after a restart every stored message is deliverable again.
 //!
 //! The writer thread changes the set of messages after each commit (send,
-//! ack, nack); `lease` and `extend` change only leases, so they need no
-//! write. Bodies stay on disk and are read when a message is leased.
+//! ack, nack, dead letter, redrive, purge); `lease` and `extend` change only
+//! leases, so they need no write. Bodies stay on disk and are read when a
+//! message is leased.
+//!
+//! Each queue's totals (the monotonic counters and the number of dead
+//! letters) are kept here too, as the writer last committed them: the writer
+//! changes a copy while it applies a batch, writes the copy into the same
+//! transaction, and publishes it here after the commit.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shoal_store::QueueDepth;
+use shoal_store::{QueueCounters, QueueDepth};
 
 use crate::codec::MessageHeader;
 
@@ -18,6 +24,39 @@ use crate::codec::MessageHeader;
 #[derive(Default)]
 pub(crate) struct QueueIndex {
     queues: Mutex<HashMap<String, Queue>>,
+    /// Committed totals by queue; a queue never written has none.
+    totals: Mutex<HashMap<String, Totals>>,
+}
+
+/// A queue's durable totals, stored as one `queue_totals` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Totals {
+    pub counters: QueueCounters,
+    /// Dead letters now (a gauge, unlike the counters).
+    pub dead: u64,
+}
+
+/// (sent, acked, nacked, dead_lettered, dead).
+pub(crate) type TotalsRow = (u64, u64, u64, u64, u64);
+
+impl Totals {
+    pub(crate) fn row(&self) -> TotalsRow {
+        let c = &self.counters;
+        (c.sent, c.acked, c.nacked, c.dead_lettered, self.dead)
+    }
+
+    pub(crate) fn from_row(row: TotalsRow) -> Totals {
+        let (sent, acked, nacked, dead_lettered, dead) = row;
+        Totals {
+            counters: QueueCounters {
+                sent,
+                acked,
+                nacked,
+                dead_lettered,
+            },
+            dead,
+        }
+    }
 }
 
 /// A message chosen by `lease`; the caller reads its body.
@@ -34,10 +73,13 @@ struct Queue {
     /// Leased: (lease_until_ms, seq, id). Expired leases stay here until a
     /// `lease` call takes them again.
     leased: BTreeSet<(u64, u64, Arc<str>)>,
+    /// Every message, waiting or leased: (sent_ms, seq), for the oldest age.
+    ages: BTreeSet<(u64, u64)>,
 }
 
 struct Meta {
     seq: u64,
+    sent_ms: u64,
     due_ms: u64,
     failures: u32,
     lease_until_ms: Option<u64>,
@@ -50,6 +92,14 @@ impl Queue {
             Some(until) => self.leased.remove(&(until, meta.seq, id.clone())),
             None => self.waiting.remove(&(meta.due_ms, meta.seq, id.clone())),
         };
+    }
+
+    /// Forgets a message for good.
+    fn delete(&mut self, id: &str) {
+        if let Some((id, meta)) = self.messages.remove_entry(id) {
+            self.unlink(&id, &meta);
+            self.ages.remove(&(meta.sent_ms, meta.seq));
+        }
     }
 
     fn next_due_ms(&self) -> Option<u64> {
@@ -81,10 +131,12 @@ impl QueueIndex {
         }
         let id: Arc<str> = Arc::from(id);
         q.waiting.insert((header.due_ms, header.seq, id.clone()));
+        q.ages.insert((header.sent_ms, header.seq));
         q.messages.insert(
             id,
             Meta {
                 seq: header.seq,
+                sent_ms: header.sent_ms,
                 due_ms: header.due_ms,
                 failures: header.failures,
                 lease_until_ms: None,
@@ -92,17 +144,43 @@ impl QueueIndex {
         );
     }
 
-    /// A message deleted by a committed ack.
-    pub(crate) fn remove(&self, queue: &str, id: &str) {
+    /// Messages deleted by a committed ack, dead letter or purge.
+    pub(crate) fn remove(&self, queue: &str, ids: &[String]) {
         let mut queues = self.lock();
         let Some(q) = queues.get_mut(queue) else {
             return;
         };
-        if let Some((id, meta)) = q.messages.remove_entry(id) {
-            q.unlink(&id, &meta);
+        for id in ids {
+            q.delete(id);
         }
         if q.messages.is_empty() {
             queues.remove(queue);
+        }
+    }
+
+    /// The ids of a queue's leased messages (expired leases included).
+    pub(crate) fn leased_ids(&self, queue: &str) -> HashSet<Arc<str>> {
+        let queues = self.lock();
+        queues
+            .get(queue)
+            .map(|q| q.leased.iter().map(|(_, _, id)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn lock_totals(&self) -> MutexGuard<'_, HashMap<String, Totals>> {
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The committed totals of a queue (zero if never written).
+    pub(crate) fn totals(&self, queue: &str) -> Totals {
+        self.lock_totals().get(queue).copied().unwrap_or_default()
+    }
+
+    /// Totals just committed (or read on open).
+    pub(crate) fn publish_totals(&self, changed: impl IntoIterator<Item = (String, Totals)>) {
+        let mut totals = self.lock_totals();
+        for (queue, t) in changed {
+            totals.insert(queue, t);
         }
     }
 
@@ -182,18 +260,24 @@ impl QueueIndex {
         }
     }
 
-    /// Waiting and leased counts. An expired lease counts as in flight until
-    /// a `lease` call takes the message again.
+    /// Waiting and leased counts, the oldest message's send time and the
+    /// dead letters. An expired lease counts as in flight until a `lease`
+    /// call takes the message again.
     pub(crate) fn depth(&self, queue: &str) -> QueueDepth {
-        let queues = self.lock();
-        queues
-            .get(queue)
-            .map(|q| QueueDepth {
-                waiting: q.waiting.len() as u64,
-                in_flight: q.leased.len() as u64,
-                ..QueueDepth::default()
-            })
-            .unwrap_or_default()
+        let mut depth = {
+            let queues = self.lock();
+            queues
+                .get(queue)
+                .map(|q| QueueDepth {
+                    waiting: q.waiting.len() as u64,
+                    in_flight: q.leased.len() as u64,
+                    dead: 0,
+                    oldest_sent_ms: q.ages.first().map(|(sent_ms, _)| *sent_ms),
+                })
+                .unwrap_or_default()
+        };
+        depth.dead = self.totals(queue).dead;
+        depth
     }
 }
 
@@ -206,6 +290,7 @@ mod tests {
             due_ms,
             failures: 0,
             seq,
+            sent_ms: 1_000 - seq,
         }
     }
 
@@ -230,12 +315,20 @@ mod tests {
             QueueDepth {
                 waiting: 0,
                 in_flight: 4,
-                ..QueueDepth::default()
+                dead: 0,
+                oldest_sent_ms: Some(996),
             }
         );
-        for id in ["a", "b", "c", "d"] {
-            index.remove("q", id);
-        }
+        let leased: BTreeSet<String> = index
+            .leased_ids("q")
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        assert_eq!(leased.len(), 4);
+        index.remove("q", &["d".to_string(), "nope".to_string()]);
+        assert_eq!(index.depth("q").oldest_sent_ms, Some(997));
+        index.remove("q", &["a".to_string(), "b".to_string(), "c".to_string()]);
         assert!(index.lock().is_empty(), "empty queues are dropped");
+        assert_eq!(index.depth("q"), QueueDepth::default());
     }
 }

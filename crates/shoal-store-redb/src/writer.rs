@@ -21,15 +21,18 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use shoal_store::{
-    CategoryRecord, DocWrite, Error, FunctionRecord, NewMessage, Result, TokenRecord,
+    CategoryRecord, DocWrite, Error, FunctionRecord, NewMessage, QueueSample, Result, TokenRecord,
 };
 use tokio::sync::oneshot;
 
 use crate::codec::{self, MessageHeader};
 use crate::docs::{self, Scratch};
+use crate::queue::TotalsRow;
+use crate::queue_ops::{self, QueueOps};
 use crate::{
-    CATEGORIES, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LOGS,
-    MESSAGES, META, Shared, TOKEN_SECRETS, TOKENS, unavailable,
+    CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_VERSIONS,
+    FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META, QUEUE_TOTALS, QUEUES, SAMPLES, Shared,
+    TOKEN_SECRETS, TOKENS, unavailable,
 };
 
 /// The most operations committed in one transaction.
@@ -84,6 +87,29 @@ pub(crate) enum Command {
         id: String,
         due_ms: u64,
     },
+    DeadLetter {
+        queue: String,
+        id: String,
+        reason: String,
+        now_ms: u64,
+    },
+    Redrive {
+        queue: String,
+        ids: Option<Vec<String>>,
+        now_ms: u64,
+    },
+    PurgeDead {
+        queue: String,
+        ids: Option<Vec<String>>,
+    },
+    Purge(String),
+    RecordSamples {
+        samples: Vec<(String, QueueSample)>,
+        keep_after_ms: u64,
+    },
+    /// A queue or limiter record: (name, encoded record).
+    PutNamed(Named, String, Vec<u8>),
+    RemoveNamed(Named, String),
     CreateCategory {
         name: String,
         shards: u32,
@@ -109,6 +135,7 @@ impl Command {
             Command::PutInvocations(records) => records.iter().map(|(_, v)| ROW + v.len()).sum(),
             Command::PutLogs { value, .. } => ROW + value.len(),
             Command::Send { messages, .. } => messages.iter().map(|m| ROW + m.body.len()).sum(),
+            Command::RecordSamples { samples, .. } => samples.len() * ROW,
             Command::PutDocs { docs, .. } => {
                 docs.iter().map(|d| ROW + d.id.len() + d.body.len()).sum()
             }
@@ -116,6 +143,13 @@ impl Command {
             _ => ROW,
         }
     }
+}
+
+/// The catalog tables of named records written the same way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Named {
+    Queue,
+    Limiter,
 }
 
 /// Where the answer goes.
@@ -186,7 +220,8 @@ impl Reply {
 pub(crate) enum Effect {
     None,
     Sent(String, Vec<(String, MessageHeader)>),
-    Acked(String, Vec<String>),
+    /// Messages deleted (acked, dead-lettered, purged).
+    Removed(String, Vec<String>),
     Released {
         queue: String,
         id: String,
@@ -223,7 +258,14 @@ pub(crate) struct Tables<'txn> {
     token_secrets: Table<'txn, &'static str, &'static str>,
     invocations: Table<'txn, &'static str, &'static [u8]>,
     logs: Table<'txn, &'static str, &'static [u8]>,
-    messages: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub messages: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub dead: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub dedup: Table<'txn, (&'static str, &'static str), u64>,
+    pub dedup_expiry: Table<'txn, (u64, &'static str, &'static str), ()>,
+    pub totals: Table<'txn, &'static str, TotalsRow>,
+    pub samples: Table<'txn, (&'static str, u64), &'static [u8]>,
+    queues: Table<'txn, &'static str, &'static [u8]>,
+    limiters: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -241,6 +283,13 @@ impl<'txn> Tables<'txn> {
             invocations: txn.open_table(INVOCATIONS)?,
             logs: txn.open_table(LOGS)?,
             messages: txn.open_table(MESSAGES)?,
+            dead: txn.open_table(DEAD_LETTERS)?,
+            dedup: txn.open_table(DEDUP)?,
+            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            totals: txn.open_table(QUEUE_TOTALS)?,
+            samples: txn.open_table(SAMPLES)?,
+            queues: txn.open_table(QUEUES)?,
+            limiters: txn.open_table(LIMITERS)?,
         })
     }
 }
@@ -258,8 +307,8 @@ pub(crate) fn begin(db: &redb::Database) -> Result<WriteTransaction> {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
-    /// The next queue message sequence number.
-    next_seq: u64,
+    /// Queue writes: the message sequence and the totals of the batch.
+    queues: QueueOps,
     /// Deleted categories (internal ids) whose documents are not all purged.
     garbage: BTreeSet<u64>,
     scratch: Scratch,
@@ -278,7 +327,7 @@ impl Writer {
         Writer {
             shared,
             rx,
-            next_seq,
+            queues: QueueOps::new(next_seq),
             garbage,
             scratch: Scratch::default(),
         }
@@ -359,6 +408,11 @@ impl Writer {
                         }
                     }
                 };
+                // The batch's queue totals, once per queue, in the same transaction.
+                let fatal = match fatal {
+                    None => self.queues.write_totals(&mut tables).err().map(unavailable),
+                    some => some,
+                };
                 if fatal.is_none() && !self.garbage.is_empty() {
                     let budget = if idle { PURGE_IDLE } else { PURGE_BUSY };
                     match docs::purge(&mut tables, self.garbage.iter().copied(), budget) {
@@ -393,6 +447,7 @@ impl Writer {
                         self.garbage.remove(&id);
                     }
                 }
+                self.queues.publish_totals(&self.shared.index);
                 for d in done {
                     let outcome = d.outcome.map(|(value, effect)| {
                         self.apply_effect(effect);
@@ -403,6 +458,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "redb: write batch failed");
+                self.queues.discard_totals();
                 if idle {
                     self.pause_purge();
                 }
@@ -437,11 +493,7 @@ impl Writer {
                     index.insert(&queue, &id, header);
                 }
             }
-            Effect::Acked(queue, ids) => {
-                for id in ids {
-                    index.remove(&queue, &id);
-                }
-            }
+            Effect::Removed(queue, ids) => index.remove(&queue, &ids),
             Effect::Released {
                 queue,
                 id,
@@ -502,58 +554,47 @@ impl Writer {
                 ok(Value::Unit, Effect::None)
             }
             Command::Send { queue, messages } => {
-                let mut sent = Vec::with_capacity(messages.len());
-                for m in messages {
-                    let key = (queue.as_str(), m.id.as_str());
-                    if t.messages.get(key)?.is_some() {
-                        continue;
-                    }
-                    let header = MessageHeader {
-                        due_ms: m.due_ms,
-                        failures: 0,
-                        seq: self.next_seq,
-                    };
-                    self.next_seq += 1;
-                    let value = codec::encode_message(&header, &m.body);
-                    t.messages.insert(key, value.as_slice())?;
-                    sent.push((m.id, header));
-                }
-                ok(Value::Unit, Effect::Sent(queue, sent))
+                self.queues.send(t, &self.shared.index, queue, messages)
             }
-            Command::Ack { queue, ids } => {
-                for id in &ids {
-                    t.messages.remove((queue.as_str(), id.as_str()))?;
-                }
-                ok(Value::Unit, Effect::Acked(queue, ids))
-            }
+            Command::Ack { queue, ids } => self.queues.ack(t, &self.shared.index, queue, ids),
             Command::Nack { queue, id, due_ms } => {
-                let key = (queue.as_str(), id.as_str());
-                let value = {
-                    let Some(stored) = t.messages.get(key)? else {
-                        return ok(Value::Unit, Effect::None);
-                    };
-                    let what = format_args!("queue {queue} message {id}");
-                    match codec::decode_message(&what, stored.value()) {
-                        Err(e) => return Ok(Err(e)),
-                        Ok((header, body)) => {
-                            let header = MessageHeader {
-                                due_ms,
-                                failures: header.failures.saturating_add(1),
-                                ..header
-                            };
-                            (header, codec::encode_message(&header, body))
-                        }
-                    }
+                self.queues.nack(t, &self.shared.index, queue, id, due_ms)
+            }
+            Command::DeadLetter {
+                queue,
+                id,
+                reason,
+                now_ms,
+            } => self
+                .queues
+                .dead_letter(t, &self.shared.index, queue, id, reason, now_ms),
+            Command::Redrive { queue, ids, now_ms } => {
+                self.queues
+                    .redrive(t, &self.shared.index, queue, ids, now_ms)
+            }
+            Command::PurgeDead { queue, ids } => {
+                self.queues.purge_dead(t, &self.shared.index, &queue, ids)
+            }
+            Command::Purge(queue) => self.queues.purge(t, &self.shared.index, queue),
+            Command::RecordSamples {
+                samples,
+                keep_after_ms,
+            } => queue_ops::record_samples(t, &samples, keep_after_ms),
+            Command::PutNamed(which, name, value) => {
+                let table = match which {
+                    Named::Queue => &mut t.queues,
+                    Named::Limiter => &mut t.limiters,
                 };
-                let (header, value) = value;
-                t.messages.insert(key, value.as_slice())?;
-                let effect = Effect::Released {
-                    queue: queue.clone(),
-                    id: id.clone(),
-                    due_ms,
-                    failures: header.failures,
+                table.insert(name.as_str(), value.as_slice())?;
+                ok(Value::Unit, Effect::None)
+            }
+            Command::RemoveNamed(which, name) => {
+                let table = match which {
+                    Named::Queue => &mut t.queues,
+                    Named::Limiter => &mut t.limiters,
                 };
-                ok(Value::Unit, effect)
+                let existed = table.remove(name.as_str())?.is_some();
+                ok(Value::Existed(existed), Effect::None)
             }
             Command::CreateCategory {
                 name,

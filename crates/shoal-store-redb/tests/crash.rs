@@ -7,6 +7,11 @@
 //! no batch is there in part), the shard stats match the documents, and a
 //! category deleted before the kill stays deleted while its documents (often
 //! mid-purge at the kill) are purged after the reopen.
+//!
+//! Queues too: every acknowledged dead letter is in the dead letters, whole,
+//! and never deliverable again; the counters and the dead-letter count were
+//! committed with the operations (sent = stored messages on a queue nothing
+//! is acked from).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -22,6 +27,9 @@ use shoal_store_redb::RedbStore;
 const CHILD_ENV: &str = "SHOAL_REDB_CRASH_CHILD";
 const CHILD_ROUND_ENV: &str = "SHOAL_REDB_CRASH_ROUND";
 const QUEUE: &str = "crash-q";
+/// Per worker: every message sent is dead-lettered right away.
+const DEAD_QUEUE: &str = "crash-dead";
+const WORKERS: u64 = 32;
 const T: u64 = 1_700_000_000_000;
 const DOC_CAT: &str = "crash-docs";
 const BATCH: usize = 200;
@@ -90,13 +98,13 @@ fn crash_child() {
                 }
             }));
         }
-        for w in 0..32 {
+        for w in 0..WORKERS {
             let store = store.clone();
             let round = round.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0u64.. {
                     let id = format!("r{round}-w{w}-{i}");
-                    match i % 4 {
+                    match i % 5 {
                         0 | 1 => {
                             let mut rec = sample_invocation(&id, "f");
                             rec.input = "x".repeat((i % 7 * 300) as usize);
@@ -108,11 +116,28 @@ fn crash_child() {
                                 id: id.clone(),
                                 body: id.as_bytes().to_vec(),
                                 due_ms: T,
-                                sent_ms: 0,
+                                sent_ms: T + i,
                                 dedup: None,
                             };
                             store.send(QUEUE, vec![m]).await.unwrap();
                             println!("ACK msg {id}");
+                        }
+                        3 => {
+                            let queue = format!("{DEAD_QUEUE}-w{w}");
+                            let m = NewMessage {
+                                id: id.clone(),
+                                body: id.as_bytes().to_vec(),
+                                due_ms: T,
+                                sent_ms: T + i,
+                                dedup: None,
+                            };
+                            store.send(&queue, vec![m]).await.unwrap();
+                            store.lease(&queue, T, 10, 1).await.unwrap();
+                            store
+                                .dead_letter(&queue, &id, format!("reason {id}"), T + i + 1)
+                                .await
+                                .unwrap();
+                            println!("ACK dead {w} {i} {id}");
                         }
                         _ => {
                             let name = format!("fn-w{w}");
@@ -136,6 +161,8 @@ fn crash_child() {
 struct Acked {
     invocations: BTreeSet<String>,
     messages: BTreeSet<String>,
+    /// (worker, i, id)
+    dead: BTreeSet<(u64, u64, String)>,
     /// (name, version, handler)
     functions: BTreeSet<(String, u64, String)>,
     doc_batches: BTreeSet<String>,
@@ -155,6 +182,10 @@ impl Acked {
             ["msg", id] => {
                 self.messages.insert(id.to_string());
             }
+            ["dead", w, i, id] => {
+                self.dead
+                    .insert((w.parse().unwrap(), i.parse().unwrap(), id.to_string()));
+            }
             ["docs", batch] => {
                 self.doc_batches.insert(batch.to_string());
             }
@@ -172,6 +203,7 @@ impl Acked {
     fn len(&self) -> usize {
         self.invocations.len()
             + self.messages.len()
+            + self.dead.len()
             + self.functions.len()
             + self.doc_batches.len()
             + self.gone.len()
@@ -246,10 +278,11 @@ fn sigkill_keeps_acknowledged_writes() {
         verify(&path, &acked);
     }
     println!(
-        "crash test: {} invocations, {} messages, {} deploys, {} document batches, \
-         {} deleted categories acknowledged over 3 kills",
+        "crash test: {} invocations, {} messages, {} dead letters, {} deploys, \
+         {} document batches, {} deleted categories acknowledged over 3 kills",
         acked.invocations.len(),
         acked.messages.len(),
+        acked.dead.len(),
         acked.functions.len(),
         acked.doc_batches.len(),
         acked.gone.len(),
@@ -291,6 +324,43 @@ fn verify(path: &Path, acked: &Acked) {
             .collect();
         let lost: Vec<_> = acked.messages.difference(&delivered).collect();
         assert!(lost.is_empty(), "acknowledged messages lost: {lost:?}");
+        // Nothing is acked from this queue: every accepted send is stored,
+        // counted in the same commit.
+        let counters = store.counters(QUEUE).await.unwrap();
+        assert_eq!(counters.sent, delivered.len() as u64, "sent counter");
+
+        // Dead letters: every acknowledged one is there, whole, and not on
+        // the queue; totals match what is stored.
+        for w in 0..WORKERS {
+            let queue = format!("{DEAD_QUEUE}-w{w}");
+            let dead = store.dead_letters(&queue, None, usize::MAX).await.unwrap();
+            let stored: BTreeMap<&str, _> = dead.iter().map(|d| (d.id.as_str(), d)).collect();
+            for (_, i, id) in acked.dead.iter().filter(|(dw, _, _)| *dw == w) {
+                let d = stored
+                    .get(id.as_str())
+                    .unwrap_or_else(|| panic!("acknowledged dead letter {id} lost"));
+                assert_eq!(d.body, id.as_bytes(), "dead letter body of {id}");
+                assert_eq!(d.reason, format!("reason {id}"));
+                assert_eq!((d.sent_ms, d.dead_at_ms, d.failures), (T + i, T + i + 1, 0));
+            }
+            let leased = store.lease(&queue, T, usize::MAX, 1).await.unwrap();
+            for d in &leased.deliveries {
+                assert!(
+                    !stored.contains_key(d.id.as_str()),
+                    "{} is dead and queued",
+                    d.id
+                );
+            }
+            let depth = store.depth(&queue).await.unwrap();
+            let counters = store.counters(&queue).await.unwrap();
+            assert_eq!(depth.dead, dead.len() as u64, "{queue} dead count");
+            assert_eq!(counters.dead_lettered, depth.dead, "{queue} dead_lettered");
+            assert_eq!(
+                counters.sent,
+                depth.dead + depth.waiting + depth.in_flight,
+                "{queue} sent"
+            );
+        }
 
         // Documents: whole batches only, every acknowledged one, stats exact.
         let mut batches: BTreeMap<String, usize> = BTreeMap::new();

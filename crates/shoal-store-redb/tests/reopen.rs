@@ -1,6 +1,7 @@
 //! Reopening the database: acknowledged writes survive, queue messages come
-//! back deliverable (leases are forgotten, failure counts are kept), and
-//! closing commits everything issued before it.
+//! back deliverable (leases are forgotten, failure counts and send times are
+//! kept), dead letters, counters, deduplication keys, samples and queue and
+//! limiter records survive, and closing commits everything issued before it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use shoal_store::conformance::{sample_function, sample_invocation};
 use shoal_store::{
-    Catalog, DocWrite, Docs, Error, Invocations, NewMessage, QueueDepth, Queues, TokenRecord,
+    Catalog, DeadLetter, DocWrite, Docs, Error, Invocations, LimiterRecord, NewMessage,
+    QueueCounters, QueueDepth, QueueRecord, QueueSample, Queues, TokenRecord,
 };
 use shoal_store_redb::RedbStore;
 
@@ -19,8 +21,18 @@ fn msg(id: &str, body: &[u8], due_ms: u64) -> NewMessage {
         id: id.to_string(),
         body: body.to_vec(),
         due_ms,
-        sent_ms: 0,
+        sent_ms: due_ms - 1,
         dedup: None,
+    }
+}
+
+fn keyed(id: &str, key: &str, until_ms: u64, sent_ms: u64) -> NewMessage {
+    NewMessage {
+        id: id.to_string(),
+        body: id.as_bytes().to_vec(),
+        due_ms: sent_ms,
+        sent_ms,
+        dedup: Some((key.to_string(), until_ms)),
     }
 }
 
@@ -88,7 +100,8 @@ async fn reopen_keeps_every_acknowledged_write() {
             QueueDepth {
                 waiting: 2,
                 in_flight: 1,
-                ..QueueDepth::default()
+                dead: 0,
+                oldest_sent_ms: Some(T - 1),
             }
         );
     }
@@ -125,7 +138,8 @@ async fn reopen_keeps_every_acknowledged_write() {
         QueueDepth {
             waiting: 3,
             in_flight: 0,
-            ..QueueDepth::default()
+            dead: 0,
+            oldest_sent_ms: Some(T - 1),
         }
     );
     let leased = s.lease("q", T + 5, 10, 1_000).await.unwrap();
@@ -151,6 +165,203 @@ async fn reopen_keeps_every_acknowledged_write() {
     assert_eq!(c.deliveries[0].id, "c");
     let e = s.lease("q", T + 10_000, 1, 1_000).await.unwrap();
     assert_eq!(e.deliveries[0].id, "e");
+}
+
+fn sample(at_ms: u64, waiting: u64) -> QueueSample {
+    QueueSample {
+        at_ms,
+        depth: QueueDepth {
+            waiting,
+            in_flight: 1,
+            dead: 2,
+            oldest_sent_ms: Some(at_ms - 5),
+        },
+        counters: QueueCounters {
+            sent: 10,
+            acked: 7,
+            nacked: 2,
+            dead_lettered: 1,
+        },
+    }
+}
+
+fn queue_record(name: &str) -> QueueRecord {
+    QueueRecord {
+        name: name.to_string(),
+        max_attempts: 4,
+        visibility_ms: 30_000,
+        retry_delay_ms: 500,
+        dedup_window_ms: 60_000,
+        created_at_ms: T,
+    }
+}
+
+fn limiter(name: &str) -> LimiterRecord {
+    LimiterRecord {
+        name: name.to_string(),
+        per_second: 12.5,
+        burst: 3,
+        updated_at_ms: T,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_dead_letters_counters_dedup_keys_and_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shoal.redb");
+    let dead_a = DeadLetter {
+        id: "a".to_string(),
+        body: b"A".to_vec(),
+        failures: 1,
+        sent_ms: T - 1,
+        dead_at_ms: T + 5,
+        reason: "boom".to_string(),
+    };
+    let counters = QueueCounters {
+        sent: 3,
+        acked: 1,
+        nacked: 1,
+        dead_lettered: 1,
+    };
+    {
+        let s = open(&path);
+        s.send("q", vec![msg("a", b"A", T), msg("b", b"B", T + 1)])
+            .await
+            .unwrap();
+        s.send("q", vec![keyed("c", "k", T + 10_000, T + 2)])
+            .await
+            .unwrap();
+        s.send("q", vec![keyed("d", "k", T + 10_000, T + 3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.lease("q", T + 3, 10, 60_000)
+                .await
+                .unwrap()
+                .deliveries
+                .len(),
+            3
+        );
+        s.nack("q", "a", T + 3).await.unwrap();
+        s.lease("q", T + 3, 10, 60_000).await.unwrap();
+        s.dead_letter("q", "a", "boom".to_string(), T + 5)
+            .await
+            .unwrap();
+        s.ack("q", vec!["b".to_string()]).await.unwrap();
+        assert_eq!(s.counters("q").await.unwrap(), counters);
+        s.record_samples(
+            vec![
+                ("q".to_string(), sample(T + 10, 1)),
+                ("q".to_string(), sample(T + 20, 2)),
+                ("other".to_string(), sample(T + 20, 3)),
+            ],
+            0,
+        )
+        .await
+        .unwrap();
+        s.put_queue(queue_record("q")).await.unwrap();
+        s.put_limiter(limiter("l")).await.unwrap();
+        assert_eq!(
+            s.depth("q").await.unwrap(),
+            QueueDepth {
+                waiting: 0,
+                in_flight: 1,
+                dead: 1,
+                oldest_sent_ms: Some(T + 2),
+            }
+        );
+    }
+
+    let s = open(&path);
+    assert_eq!(s.counters("q").await.unwrap(), counters);
+    assert_eq!(
+        s.depth("q").await.unwrap(),
+        QueueDepth {
+            waiting: 1,
+            in_flight: 0,
+            dead: 1,
+            oldest_sent_ms: Some(T + 2),
+        }
+    );
+    assert_eq!(
+        s.dead_letters("q", None, 10).await.unwrap(),
+        vec![dead_a.clone()]
+    );
+    // The deduplication key is still held.
+    s.send("q", vec![keyed("e", "k", T + 20_000, T + 9_999)])
+        .await
+        .unwrap();
+    assert_eq!(s.counters("q").await.unwrap().sent, 3);
+    assert_eq!(
+        s.samples("q", 0).await.unwrap(),
+        vec![sample(T + 10, 1), sample(T + 20, 2)]
+    );
+    assert_eq!(
+        s.samples("other", T + 15).await.unwrap(),
+        vec![sample(T + 20, 3)]
+    );
+    assert_eq!(s.queues().await.unwrap(), vec![queue_record("q")]);
+    assert_eq!(s.limiters().await.unwrap(), vec![limiter("l")]);
+
+    // Changes made after a reopen build on the stored totals.
+    assert_eq!(s.redrive("q", None, T + 100).await.unwrap(), 1);
+    let leased = s.lease("q", T + 100, 10, 60_000).await.unwrap();
+    assert_eq!(leased.deliveries.len(), 2);
+    s.ack("q", vec!["a".to_string(), "c".to_string()])
+        .await
+        .unwrap();
+    s.send("q", vec![keyed("f", "k", T + 20_000, T + 10_000)])
+        .await
+        .unwrap();
+    s.record_samples(vec![("q".to_string(), sample(T + 30, 4))], T + 15)
+        .await
+        .unwrap();
+    drop(s);
+
+    let s = open(&path);
+    assert_eq!(
+        s.counters("q").await.unwrap(),
+        QueueCounters {
+            sent: 4,
+            acked: 3,
+            nacked: 1,
+            dead_lettered: 1,
+        }
+    );
+    assert_eq!(
+        s.depth("q").await.unwrap(),
+        QueueDepth {
+            waiting: 1,
+            in_flight: 0,
+            dead: 0,
+            oldest_sent_ms: Some(T + 10_000),
+        }
+    );
+    assert_eq!(s.dead_letters("q", None, 10).await.unwrap(), Vec::new());
+    assert_eq!(
+        s.samples("q", 0).await.unwrap(),
+        vec![sample(T + 20, 2), sample(T + 30, 4)]
+    );
+    assert_eq!(
+        s.samples("other", 0).await.unwrap(),
+        vec![sample(T + 20, 3)]
+    );
+    // The key taken by f holds until T + 20,000.
+    s.send("q", vec![keyed("g", "k", T + 30_000, T + 19_999)])
+        .await
+        .unwrap();
+    s.send("q", vec![keyed("h", "k", T + 30_000, T + 20_000)])
+        .await
+        .unwrap();
+    let ids: Vec<String> = s
+        .lease("q", T + 20_000, 10, 1_000)
+        .await
+        .unwrap()
+        .deliveries
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["f", "h"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

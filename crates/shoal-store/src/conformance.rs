@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
-    Backend, CategoryRecord, Delivery, DocWrite, Error, ErrorRecord, FunctionRecord,
-    InvocationRecord, Leased, NewMessage, QueueDepth, ShardStats, StoredDoc, TokenRecord,
+    Backend, CategoryRecord, DeadLetter, Delivery, DocWrite, Error, ErrorRecord, FunctionRecord,
+    InvocationRecord, Leased, LimiterRecord, NewMessage, QueueCounters, QueueDepth, QueueRecord,
+    QueueSample, ShardStats, StoredDoc, TokenRecord,
 };
 
 /// A base time for the queue tests. Queue names are unique, so a fixed clock is fine.
@@ -35,6 +36,14 @@ pub async fn run_all(backend: &Backend) {
     queue_dedup(backend).await;
     queue_isolation(backend).await;
     queue_bodies(backend).await;
+    queue_depth_fields(backend).await;
+    queue_counters(backend).await;
+    queue_dedup_keys(backend).await;
+    queue_dead_letters(backend).await;
+    queue_redrive_and_purge_dead(backend).await;
+    queue_purge(backend).await;
+    queue_samples(backend).await;
+    queue_and_limiter_records(backend).await;
     categories(backend).await;
     category_placement(backend).await;
     docs_put_get_replace_delete(backend).await;
@@ -74,6 +83,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         env_dir: Some(format!("envs/{handler}")),
         code_sha256: "ab".repeat(32),
         deployed_at_ms: T,
+        subscribe: None,
     }
 }
 
@@ -808,6 +818,718 @@ fn doc(shard: u32, id: &str, body: &str) -> DocWrite {
         id: id.to_string(),
         body: body.as_bytes().to_vec(),
     }
+}
+
+fn sent_at(id: &str, body: &[u8], due_ms: u64, sent_ms: u64) -> NewMessage {
+    NewMessage {
+        sent_ms,
+        ..msg(id, body, due_ms)
+    }
+}
+
+/// A message with a deduplication key, due when sent.
+fn keyed(id: &str, key: &str, until_ms: u64, sent_ms: u64) -> NewMessage {
+    NewMessage {
+        dedup: Some((key.to_string(), until_ms)),
+        ..msg(id, id.as_bytes(), sent_ms)
+    }
+}
+
+/// Every field of a queue's depth.
+async fn full_depth(backend: &Backend, queue: &str) -> QueueDepth {
+    backend.queues.depth(queue).await.expect("depth")
+}
+
+async fn counters(backend: &Backend, queue: &str) -> QueueCounters {
+    backend.queues.counters(queue).await.expect("counters")
+}
+
+fn counters_of(sent: u64, acked: u64, nacked: u64, dead_lettered: u64) -> QueueCounters {
+    QueueCounters {
+        sent,
+        acked,
+        nacked,
+        dead_lettered,
+    }
+}
+
+async fn dead_letters(backend: &Backend, queue: &str) -> Vec<DeadLetter> {
+    backend
+        .queues
+        .dead_letters(queue, None, usize::MAX)
+        .await
+        .expect("dead_letters")
+}
+
+fn dead_ids(dead: &[DeadLetter]) -> Vec<String> {
+    dead.iter().map(|d| d.id.clone()).collect()
+}
+
+/// `depth` counts dead letters and reports the `sent_ms` of the oldest
+/// message waiting or in flight (not its due time, not its lease).
+pub async fn queue_depth_fields(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-depth");
+    assert_eq!(full_depth(backend, &q).await, QueueDepth::default());
+
+    qs.send(
+        &q,
+        vec![
+            sent_at("a", b"A", T, T - 30),
+            sent_at("b", b"B", T + 100, T - 50),
+            sent_at("c", b"C", T, T - 40),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            waiting: 3,
+            in_flight: 0,
+            dead: 0,
+            oldest_sent_ms: Some(T - 50),
+        }
+    );
+    // Leased messages still count for the oldest age.
+    assert_eq!(
+        ids(&lease(backend, &q, T + 100, 10, 60_000).await),
+        strings(&["a", "b", "c"])
+    );
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            waiting: 0,
+            in_flight: 3,
+            dead: 0,
+            oldest_sent_ms: Some(T - 50),
+        }
+    );
+    qs.ack(&q, strings(&["b"])).await.unwrap();
+    assert_eq!(full_depth(backend, &q).await.oldest_sent_ms, Some(T - 40));
+    // A nack keeps the send time.
+    qs.nack(&q, "c", T + 1_000).await.unwrap();
+    // A dead letter counts as dead, no longer for the age.
+    qs.dead_letter(&q, "c", "boom".to_string(), T + 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            waiting: 0,
+            in_flight: 1,
+            dead: 1,
+            oldest_sent_ms: Some(T - 30),
+        }
+    );
+    qs.ack(&q, strings(&["a"])).await.unwrap();
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            dead: 1,
+            ..QueueDepth::default()
+        }
+    );
+    assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 1);
+    assert_eq!(full_depth(backend, &q).await, QueueDepth::default());
+}
+
+/// Counters count what happened, once, per queue, and never go down.
+pub async fn queue_counters(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-count");
+    let other = format!("{q}-other");
+    assert_eq!(counters(backend, &q).await, QueueCounters::default());
+
+    qs.send(
+        &q,
+        vec![msg("a", b"A", T), msg("b", b"B", T), msg("c", b"C", T)],
+    )
+    .await
+    .unwrap();
+    // Neither a queued id nor a deduplicated message counts as sent.
+    qs.send(&q, vec![msg("a", b"again", T)]).await.unwrap();
+    qs.send(&q, vec![keyed("d", "k", T + 10_000, T)])
+        .await
+        .unwrap();
+    qs.send(&q, vec![keyed("e", "k", T + 10_000, T + 1)])
+        .await
+        .unwrap();
+    assert_eq!(counters(backend, &q).await, counters_of(4, 0, 0, 0));
+
+    assert_eq!(
+        lease(backend, &q, T + 1, 10, 60_000).await.deliveries.len(),
+        4
+    );
+    qs.ack(&q, strings(&["a", "a", "never-sent"]))
+        .await
+        .unwrap();
+    qs.ack(&q, strings(&["a"])).await.unwrap();
+    qs.nack(&q, "b", T + 5).await.unwrap();
+    qs.nack(&q, "never-sent", T + 5).await.unwrap();
+    qs.dead_letter(&q, "c", "failed".to_string(), T + 2)
+        .await
+        .unwrap();
+    qs.dead_letter(&q, "never-sent", "failed".to_string(), T + 2)
+        .await
+        .unwrap();
+    // A dead letter is not acked by a late ack.
+    qs.ack(&q, strings(&["c"])).await.unwrap();
+    assert_eq!(counters(backend, &q).await, counters_of(4, 1, 1, 1));
+    assert_eq!(counters(backend, &other).await, QueueCounters::default());
+
+    // Redrive, purges: the counters stay.
+    assert_eq!(qs.redrive(&q, None, T + 10).await.unwrap(), 1);
+    assert_eq!(qs.purge(&q).await.unwrap(), 2, "b and c are waiting");
+    assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 0);
+    assert_eq!(counters(backend, &q).await, counters_of(4, 1, 1, 1));
+
+    // Counted in call order with the writes: one not awaited, then one awaited.
+    drop(qs.send(&q, vec![msg("f", b"F", T)]));
+    let _ = lease(backend, &q, T + 20, 10, 60_000).await;
+    qs.send(&q, vec![msg("g", b"G", T)]).await.unwrap();
+    assert_eq!(counters(backend, &q).await.sent, 6);
+    qs.ack(&q, strings(&["d", "f", "g"])).await.unwrap();
+    assert_eq!(counters(backend, &q).await, counters_of(6, 4, 1, 1));
+    assert_eq!(full_depth(backend, &q).await, QueueDepth::default());
+}
+
+/// Deduplication keys: a message whose key is held (sent before with an
+/// `until` after this message's `sent_ms`) is dropped; keys are per queue
+/// and outlive acks and purges. Times only move forward here: an adapter
+/// may prune a key once some later send time has passed its window.
+pub async fn queue_dedup_keys(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-dkey");
+    let other = format!("{q}-other");
+
+    qs.send(&q, vec![keyed("m1", "k", T + 1_000, T)])
+        .await
+        .unwrap();
+    // Held: dropped, and the held window is not moved by the dropped message.
+    qs.send(&q, vec![keyed("m2", "k", T + 5_000, T + 500)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(1, 0));
+    let got = lease(backend, &q, T + 500, 10, 60_000).await;
+    assert_eq!(ids(&got), strings(&["m1"]));
+    // The same key on another queue is another key.
+    qs.send(&other, vec![keyed("m1", "k", T + 1_000, T + 500)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &other).await, depth_of(1, 0));
+
+    // Acked and purged: the key is still held.
+    qs.ack(&q, strings(&["m1"])).await.unwrap();
+    qs.send(&q, vec![keyed("m3", "k", T + 5_000, T + 600)])
+        .await
+        .unwrap();
+    assert_eq!(qs.purge(&q).await.unwrap(), 0);
+    qs.send(&q, vec![keyed("m4", "k", T + 5_000, T + 999)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 0));
+
+    // A dropped message leaves its id free.
+    qs.send(&q, vec![msg("m2", b"plain", T + 999)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(1, 0));
+
+    // The window ends at `until`: a message sent then is accepted and holds
+    // the key for its own window.
+    qs.send(&q, vec![keyed("m5", "k", T + 3_000, T + 1_000)])
+        .await
+        .unwrap();
+    qs.send(&q, vec![keyed("m6", "k", T + 9_000, T + 2_999)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(2, 0));
+    qs.send(&q, vec![keyed("m7", "k", T + 9_000, T + 3_000)])
+        .await
+        .unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(3, 0));
+
+    // Within one call, the first message with a key wins.
+    qs.send(
+        &q,
+        vec![
+            keyed("n1", "k2", T + 9_000, T + 3_000),
+            keyed("n2", "k2", T + 9_000, T + 3_000),
+            msg("n3", b"no key", T + 3_000),
+        ],
+    )
+    .await
+    .unwrap();
+    // An id already queued is a no-op: its key is not taken.
+    qs.send(&q, vec![keyed("n3", "k3", T + 9_000, T + 3_000)])
+        .await
+        .unwrap();
+    qs.send(&q, vec![keyed("n4", "k3", T + 9_000, T + 3_000)])
+        .await
+        .unwrap();
+    let got = lease(backend, &q, T + 3_000, 100, 60_000).await;
+    assert_eq!(
+        ids(&got),
+        strings(&["m2", "m5", "m7", "n1", "n3", "n4"]),
+        "deduplicated sends"
+    );
+    assert_eq!(by_id(&got)["n3"].body, b"no key".to_vec());
+    assert_eq!(counters(backend, &q).await.sent, 7);
+    qs.ack(&q, ids(&got)).await.unwrap();
+    qs.ack(&other, strings(&["m1"])).await.unwrap();
+}
+
+/// `dead_letter` moves a leased or waiting message, with its body, failures
+/// and send time, to the queue's dead letters; they are listed by id.
+pub async fn queue_dead_letters(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-dead");
+    let q2 = format!("{q}-2");
+    let binary: Vec<u8> = (0..=255u8).collect();
+    qs.send(
+        &q,
+        vec![
+            sent_at("a", b"A", T, T - 5),
+            sent_at("b", b"", T, T - 4),
+            sent_at("c", &binary, T, T - 3),
+            sent_at("d", b"D", T, T - 2),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(lease(backend, &q, T, 10, 60_000).await.deliveries.len(), 4);
+    qs.nack(&q, "a", T).await.unwrap();
+    assert_eq!(
+        lease(backend, &q, T, 10, 60_000).await.deliveries[0].failures,
+        1
+    );
+    assert!(dead_letters(backend, &q).await.is_empty());
+
+    let reason = "ValueError: bad ✓\nTraceback".to_string();
+    qs.dead_letter(&q, "a", reason.clone(), T + 10)
+        .await
+        .unwrap();
+    qs.dead_letter(&q, "nope", "x".to_string(), T + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        dead_letters(backend, &q).await,
+        vec![DeadLetter {
+            id: "a".to_string(),
+            body: b"A".to_vec(),
+            failures: 1,
+            sent_ms: T - 5,
+            dead_at_ms: T + 10,
+            reason,
+        }]
+    );
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            waiting: 0,
+            in_flight: 3,
+            dead: 1,
+            oldest_sent_ms: Some(T - 4),
+        }
+    );
+    // Never delivered again, even once its lease would have ended.
+    let later = lease(backend, &q, T + 1_000_000, 10, 60_000).await;
+    assert_eq!(ids(&later), strings(&["b", "c", "d"]));
+
+    // A waiting message can be dead-lettered too; two issued together both land.
+    qs.nack(&q, "b", T + 10_000_000).await.unwrap();
+    let c = qs.dead_letter(&q, "c", "c failed".to_string(), T + 20);
+    let b = qs.dead_letter(&q, "b", "b failed".to_string(), T + 21);
+    c.await.unwrap();
+    b.await.unwrap();
+    qs.dead_letter(&q, "d", "d failed".to_string(), T + 22)
+        .await
+        .unwrap();
+    let all = dead_letters(backend, &q).await;
+    assert_eq!(dead_ids(&all), strings(&["a", "b", "c", "d"]));
+    assert_eq!(
+        (all[1].body.clone(), all[1].failures, all[1].sent_ms),
+        (Vec::new(), 1, T - 4)
+    );
+    assert_eq!(all[2].body, binary);
+    assert_eq!(
+        (all[2].reason.as_str(), all[2].dead_at_ms, all[2].failures),
+        ("c failed", T + 20, 0)
+    );
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            dead: 4,
+            ..QueueDepth::default()
+        }
+    );
+    assert!(
+        lease(backend, &q, T + 100_000_000, 10, 60_000)
+            .await
+            .deliveries
+            .is_empty()
+    );
+
+    // Pages by id, strictly after `after` (which need not exist).
+    let page = |after: Option<&'static str>, limit: usize| {
+        let q = q.clone();
+        async move { dead_ids(&backend.queues.dead_letters(&q, after, limit).await.unwrap()) }
+    };
+    assert_eq!(page(None, 2).await, strings(&["a", "b"]));
+    assert_eq!(page(Some("b"), 2).await, strings(&["c", "d"]));
+    assert_eq!(page(Some("bb"), 10).await, strings(&["c", "d"]));
+    assert_eq!(page(Some("d"), 10).await, Vec::<String>::new());
+    assert_eq!(page(None, 0).await, Vec::<String>::new());
+
+    // Queues do not share dead letters, even when one name prefixes another.
+    qs.send(&q2, vec![msg("a", b"other", T)]).await.unwrap();
+    qs.dead_letter(&q2, "a", "q2".to_string(), T).await.unwrap();
+    assert_eq!(dead_letters(backend, &q).await.len(), 4);
+    let theirs = dead_letters(backend, &q2).await;
+    assert_eq!(
+        (dead_ids(&theirs), theirs[0].body.clone()),
+        (strings(&["a"]), b"other".to_vec())
+    );
+    assert_eq!(full_depth(backend, &q2).await.dead, 1);
+    assert_eq!(qs.purge_dead(&q2, None).await.unwrap(), 1);
+    assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 4);
+}
+
+/// `redrive` puts dead letters back, due at `now_ms`, failures reset, send
+/// time kept; `purge_dead` deletes them. Both count what they did.
+pub async fn queue_redrive_and_purge_dead(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-redrive");
+    qs.send(
+        &q,
+        vec![
+            sent_at("a", b"A", T, T - 3),
+            sent_at("b", b"B", T, T - 2),
+            sent_at("c", b"C", T, T - 1),
+        ],
+    )
+    .await
+    .unwrap();
+    let _ = lease(backend, &q, T, 10, 60_000).await;
+    qs.nack(&q, "a", T).await.unwrap();
+    let _ = lease(backend, &q, T, 10, 60_000).await;
+    for id in ["a", "b", "c"] {
+        qs.dead_letter(&q, id, format!("{id} failed"), T + 1)
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(
+        qs.redrive(&q, Some(strings(&["a", "nope", "a"])), T + 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        dead_ids(&dead_letters(backend, &q).await),
+        strings(&["b", "c"])
+    );
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            waiting: 1,
+            in_flight: 0,
+            dead: 2,
+            oldest_sent_ms: Some(T - 3),
+        }
+    );
+    let early = lease(backend, &q, T + 99, 10, 60_000).await;
+    assert!(early.deliveries.is_empty(), "redriven before now_ms");
+    assert_eq!(early.next_due_ms, Some(T + 100));
+    let a = lease(backend, &q, T + 100, 10, 60_000).await;
+    assert_eq!(ids(&a), strings(&["a"]));
+    assert_eq!(
+        (a.deliveries[0].failures, a.deliveries[0].body.clone()),
+        (0, b"A".to_vec())
+    );
+
+    // All of them; then there is nothing left to redrive.
+    assert_eq!(qs.redrive(&q, None, T + 200).await.unwrap(), 2);
+    assert_eq!(qs.redrive(&q, None, T + 200).await.unwrap(), 0);
+    assert_eq!(full_depth(backend, &q).await.dead, 0);
+    let bc = lease(backend, &q, T + 200, 10, 60_000).await;
+    assert_eq!(ids(&bc), strings(&["b", "c"]));
+    assert!(bc.deliveries.iter().all(|d| d.failures == 0));
+
+    // Dead-lettered again, then sent again under the same id: the dead
+    // letter cannot be redriven over the queued message, and stays.
+    qs.dead_letter(&q, "b", "again".to_string(), T + 300)
+        .await
+        .unwrap();
+    qs.send(&q, vec![msg("b", b"B2", T + 300)]).await.unwrap();
+    assert_eq!(qs.redrive(&q, None, T + 300).await.unwrap(), 0);
+    let dead = dead_letters(backend, &q).await;
+    assert_eq!(
+        (dead_ids(&dead), dead[0].body.clone()),
+        (strings(&["b"]), b"B".to_vec())
+    );
+    let b2 = lease(backend, &q, T + 300, 10, 60_000).await;
+    assert_eq!(b2.deliveries[0].body, b"B2".to_vec());
+
+    // Redrive and ack issued together: the ack finds the redriven message.
+    qs.dead_letter(&q, "c", "again".to_string(), T + 300)
+        .await
+        .unwrap();
+    let redrive = qs.redrive(&q, Some(strings(&["c"])), T + 300);
+    let ack = qs.ack(&q, strings(&["c"]));
+    assert_eq!(redrive.await.unwrap(), 1);
+    ack.await.unwrap();
+    assert_eq!(depth(backend, &q).await, depth_of(0, 2));
+
+    // purge_dead by id and all.
+    qs.dead_letter(&q, "a", "x".to_string(), T + 400)
+        .await
+        .unwrap();
+    assert_eq!(
+        qs.purge_dead(&q, Some(strings(&["a", "nope", "a"])))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(dead_ids(&dead_letters(backend, &q).await), strings(&["b"]));
+    assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 1);
+    assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 0);
+    assert_eq!(qs.redrive(&q, Some(strings(&["b"])), T).await.unwrap(), 0);
+    assert_eq!(full_depth(backend, &q).await.dead, 0);
+    assert_eq!(counters(backend, &q).await, counters_of(4, 1, 1, 6));
+    qs.ack(&q, strings(&["b"])).await.unwrap();
+    assert_eq!(full_depth(backend, &q).await, QueueDepth::default());
+}
+
+/// `purge` deletes the waiting messages (due or not), not the leased ones
+/// nor the dead letters, and counts them.
+pub async fn queue_purge(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-purge");
+    let q2 = format!("{q}-2");
+    assert_eq!(qs.purge(&q).await.unwrap(), 0);
+    qs.send(
+        &q,
+        vec![
+            sent_at("a", b"A", T, T - 9),
+            sent_at("b", b"B", T, T - 8),
+            sent_at("c", b"C", T, T - 7),
+            sent_at("d", b"D", T, T - 6),
+            sent_at("e", b"E", T + 1_000_000, T - 5),
+        ],
+    )
+    .await
+    .unwrap();
+    qs.send(&q2, vec![msg("a", b"A", T)]).await.unwrap();
+    assert_eq!(
+        ids(&lease(backend, &q, T, 2, 60_000).await),
+        strings(&["a", "b"])
+    );
+    qs.dead_letter(&q, "c", "dead".to_string(), T)
+        .await
+        .unwrap();
+
+    assert_eq!(qs.purge(&q).await.unwrap(), 2, "d and e");
+    assert_eq!(
+        full_depth(backend, &q).await,
+        QueueDepth {
+            waiting: 0,
+            in_flight: 2,
+            dead: 1,
+            oldest_sent_ms: Some(T - 9),
+        }
+    );
+    assert_eq!(depth(backend, &q2).await, depth_of(1, 0));
+    // Purged messages are gone for good; leased ones come back after their lease.
+    let later = lease(backend, &q, T + 2_000_000, 10, 60_000).await;
+    assert_eq!(ids(&later), strings(&["a", "b"]));
+    // A purged id can be sent again.
+    qs.send(&q, vec![msg("d", b"D2", T)]).await.unwrap();
+    // A send issued before a purge is purged.
+    drop(qs.send(&q, vec![msg("f", b"F", T)]));
+    assert_eq!(qs.purge(&q).await.unwrap(), 2);
+    assert_eq!(depth(backend, &q).await, depth_of(0, 2));
+    assert_eq!(dead_letters(backend, &q).await.len(), 1);
+
+    qs.ack(&q, strings(&["a", "b"])).await.unwrap();
+    assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 1);
+    assert_eq!(full_depth(backend, &q).await, QueueDepth::default());
+    assert_eq!(qs.purge(&q2).await.unwrap(), 1);
+}
+
+fn sample(at_ms: u64, n: u64, oldest_sent_ms: Option<u64>) -> QueueSample {
+    QueueSample {
+        at_ms,
+        depth: QueueDepth {
+            waiting: n,
+            in_flight: n + 1,
+            dead: n + 2,
+            oldest_sent_ms,
+        },
+        counters: counters_of(n + 3, n + 4, n + 5, n + 6),
+    }
+}
+
+/// Samples are stored per queue and time, read back oldest first, replaced
+/// at an equal time, and dropped (for every queue) before `keep_after_ms`.
+pub async fn queue_samples(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-samples");
+    let q2 = format!("{q}-2");
+    // Long before the other queue tests' times (the store may prune
+    // deduplication keys by the samples' time).
+    let s = T - 100_000_000;
+    assert!(qs.samples(&q, 0).await.unwrap().is_empty());
+
+    qs.record_samples(
+        vec![
+            (q.clone(), sample(s + 20, 2, Some(s - 1))),
+            (q2.clone(), sample(s + 20, 7, None)),
+            (q.clone(), sample(s + 10, 1, None)),
+        ],
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        qs.samples(&q, 0).await.unwrap(),
+        vec![sample(s + 10, 1, None), sample(s + 20, 2, Some(s - 1))]
+    );
+    assert_eq!(
+        qs.samples(&q, s + 11).await.unwrap(),
+        vec![sample(s + 20, 2, Some(s - 1))]
+    );
+    assert_eq!(
+        qs.samples(&q, s + 20).await.unwrap(),
+        vec![sample(s + 20, 2, Some(s - 1))],
+        "since is inclusive"
+    );
+    assert!(qs.samples(&q, s + 21).await.unwrap().is_empty());
+    assert_eq!(
+        qs.samples(&q2, 0).await.unwrap(),
+        vec![sample(s + 20, 7, None)]
+    );
+
+    // An equal time replaces; older samples of every queue are dropped.
+    qs.record_samples(vec![(q.clone(), sample(s + 20, 5, Some(s)))], s)
+        .await
+        .unwrap();
+    assert_eq!(
+        qs.samples(&q, 0).await.unwrap(),
+        vec![sample(s + 10, 1, None), sample(s + 20, 5, Some(s))]
+    );
+    qs.record_samples(vec![(q.clone(), sample(s + 30, 6, None))], s + 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        qs.samples(&q, 0).await.unwrap(),
+        vec![sample(s + 20, 5, Some(s)), sample(s + 30, 6, None)]
+    );
+    assert_eq!(qs.samples(&q2, 0).await.unwrap().len(), 1);
+    let tick = qs.record_samples(Vec::new(), s + 25);
+    let q2_late = qs.record_samples(vec![(q2.clone(), sample(s + 40, 8, None))], s + 25);
+    tick.await.unwrap();
+    q2_late.await.unwrap();
+    assert_eq!(
+        qs.samples(&q, 0).await.unwrap(),
+        vec![sample(s + 30, 6, None)]
+    );
+    assert_eq!(
+        qs.samples(&q2, 0).await.unwrap(),
+        vec![sample(s + 40, 8, None)]
+    );
+    qs.record_samples(Vec::new(), s + 1_000).await.unwrap();
+    assert!(qs.samples(&q, 0).await.unwrap().is_empty());
+    assert!(qs.samples(&q2, 0).await.unwrap().is_empty());
+}
+
+fn sample_queue(name: &str, max_attempts: u32) -> QueueRecord {
+    QueueRecord {
+        name: name.to_string(),
+        max_attempts,
+        visibility_ms: 30_000,
+        retry_delay_ms: 1_000,
+        dedup_window_ms: 300_000,
+        created_at_ms: T,
+    }
+}
+
+fn sample_limiter(name: &str, per_second: f64) -> LimiterRecord {
+    LimiterRecord {
+        name: name.to_string(),
+        per_second,
+        burst: 10,
+        updated_at_ms: T,
+    }
+}
+
+/// Queue and limiter records: put (create or replace), read, list sorted, remove.
+pub async fn queue_and_limiter_records(backend: &Backend) {
+    let c = &backend.catalog;
+    let base = unique("conf-rec");
+    let (a, b) = (format!("{base}-a"), format!("{base}-b"));
+
+    assert_eq!(c.queue(&a).await.unwrap(), None);
+    c.put_queue(sample_queue(&b, 3)).await.unwrap();
+    c.put_queue(sample_queue(&a, 5)).await.unwrap();
+    assert_eq!(c.queue(&a).await.unwrap(), Some(sample_queue(&a, 5)));
+    c.put_queue(sample_queue(&a, 1)).await.unwrap();
+    assert_eq!(c.queue(&a).await.unwrap(), Some(sample_queue(&a, 1)));
+    let all = c.queues().await.unwrap();
+    assert!(
+        all.windows(2).all(|w| w[0].name < w[1].name),
+        "queues() must be sorted by name, one entry per queue"
+    );
+    let ours: Vec<QueueRecord> = all
+        .into_iter()
+        .filter(|q| q.name.starts_with(&base))
+        .collect();
+    assert_eq!(ours, vec![sample_queue(&a, 1), sample_queue(&b, 3)]);
+    assert_eq!(c.queue(&format!("{a}x")).await.unwrap(), None);
+
+    // Issued together: the remove comes after the put.
+    let put = c.put_queue(sample_queue(&a, 9));
+    let removed = c.remove_queue(&a);
+    put.await.unwrap();
+    assert!(removed.await.unwrap());
+    assert!(!c.remove_queue(&a).await.unwrap());
+    assert_eq!(c.queue(&a).await.unwrap(), None);
+    assert_eq!(c.queue(&b).await.unwrap(), Some(sample_queue(&b, 3)));
+    assert!(c.remove_queue(&b).await.unwrap());
+    assert!(
+        !c.queues()
+            .await
+            .unwrap()
+            .iter()
+            .any(|q| q.name.starts_with(&base))
+    );
+
+    let ours = |all: Vec<LimiterRecord>| -> Vec<LimiterRecord> {
+        all.into_iter()
+            .filter(|l| l.name.starts_with(&base))
+            .collect()
+    };
+    c.put_limiter(sample_limiter(&b, 0.5)).await.unwrap();
+    c.put_limiter(sample_limiter(&a, 100.0)).await.unwrap();
+    c.put_limiter(sample_limiter(&a, 2.25)).await.unwrap();
+    let all = c.limiters().await.unwrap();
+    assert!(
+        all.windows(2).all(|w| w[0].name < w[1].name),
+        "limiters() must be sorted by name, one entry per limiter"
+    );
+    assert_eq!(
+        ours(all),
+        vec![sample_limiter(&a, 2.25), sample_limiter(&b, 0.5)]
+    );
+    assert!(c.remove_limiter(&a).await.unwrap());
+    assert!(!c.remove_limiter(&a).await.unwrap());
+    assert_eq!(
+        ours(c.limiters().await.unwrap()),
+        vec![sample_limiter(&b, 0.5)]
+    );
+    assert!(c.remove_limiter(&b).await.unwrap());
+    assert!(ours(c.limiters().await.unwrap()).is_empty());
 }
 
 async fn create(backend: &Backend, name: &str, shards: u32) -> CategoryRecord {

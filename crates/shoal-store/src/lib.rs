@@ -58,6 +58,19 @@ pub struct FunctionRecord {
     /// sha256 of the uploaded code archive.
     pub code_sha256: String,
     pub deployed_at_ms: u64,
+    /// The queue this function consumes, if it subscribes to one.
+    #[serde(default)]
+    pub subscribe: Option<SubscriptionRecord>,
+}
+
+/// A function's subscription to a queue (`[subscribe]` in `shoal.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub queue: String,
+    /// Messages per invocation; above 1 the event is a list of bodies.
+    pub batch_size: u32,
+    /// Invocations from this queue at once.
+    pub concurrency: u32,
 }
 
 /// An API token. Only the sha256 of the secret is stored.
@@ -125,7 +138,10 @@ pub struct NewMessage {
     pub sent_ms: u64,
     /// Deduplication: a message whose `(key, until_ms)` key was sent to the
     /// same queue before, with that earlier `until_ms` still in the future
-    /// (compared with `sent_ms`), is dropped. Survives acks and restarts.
+    /// (compared with `sent_ms`), is dropped. Survives acks, purges and
+    /// restarts. A dropped message (or one whose id is queued) neither
+    /// counts as sent nor takes the key; an accepted one takes the key
+    /// until its own `until_ms`.
     pub dedup: Option<(String, u64)>,
 }
 
@@ -330,40 +346,20 @@ pub trait Catalog: Send + Sync + 'static {
     fn revoke_token(&self, id: &str) -> Pending<bool>;
 
     /// Creates or replaces a queue's settings.
-    #[allow(unused_variables)]
-    fn put_queue(&self, queue: QueueRecord) -> Pending<()> {
-        unsupported()
-    }
-    #[allow(unused_variables)]
-    fn queue(&self, name: &str) -> Pending<Option<QueueRecord>> {
-        unsupported()
-    }
+    fn put_queue(&self, queue: QueueRecord) -> Pending<()>;
+    fn queue(&self, name: &str) -> Pending<Option<QueueRecord>>;
     /// Every queue, sorted by name.
-    #[allow(unused_variables)]
-    fn queues(&self) -> Pending<Vec<QueueRecord>> {
-        unsupported()
-    }
+    fn queues(&self) -> Pending<Vec<QueueRecord>>;
     /// Removes a queue's settings. True when it existed. (Its messages are
     /// removed with `Queues::purge` and `purge_dead`.)
-    #[allow(unused_variables)]
-    fn remove_queue(&self, name: &str) -> Pending<bool> {
-        unsupported()
-    }
+    fn remove_queue(&self, name: &str) -> Pending<bool>;
 
     /// Creates or replaces a rate limiter.
-    #[allow(unused_variables)]
-    fn put_limiter(&self, limiter: LimiterRecord) -> Pending<()> {
-        unsupported()
-    }
+    fn put_limiter(&self, limiter: LimiterRecord) -> Pending<()>;
     /// Every limiter, sorted by name.
-    #[allow(unused_variables)]
-    fn limiters(&self) -> Pending<Vec<LimiterRecord>> {
-        unsupported()
-    }
-    #[allow(unused_variables)]
-    fn remove_limiter(&self, name: &str) -> Pending<bool> {
-        unsupported()
-    }
+    fn limiters(&self) -> Pending<Vec<LimiterRecord>>;
+    /// Removes a limiter. True when it existed.
+    fn remove_limiter(&self, name: &str) -> Pending<bool>;
 }
 
 /// Invocation records and their logs.
@@ -390,66 +386,39 @@ pub trait Queues: Send + Sync + 'static {
     /// more failure.
     fn nack(&self, queue: &str, id: &str, due_ms: u64) -> Pending<()>;
     fn depth(&self, queue: &str) -> Pending<QueueDepth>;
-    #[allow(unused_variables)]
-    fn counters(&self, queue: &str) -> Pending<QueueCounters> {
-        unsupported()
-    }
-    /// Moves a delivered (leased) message to the queue's dead-letter list.
-    #[allow(unused_variables)]
-    fn dead_letter(&self, queue: &str, id: &str, reason: String, now_ms: u64) -> Pending<()> {
-        unsupported()
-    }
+    /// The queue's totals, durable, changed in the same write as the
+    /// operations they count. Zero for a queue never written.
+    fn counters(&self, queue: &str) -> Pending<QueueCounters>;
+    /// Moves a message (leased or waiting), with its body, failures and
+    /// `sent_ms`, to the queue's dead-letter list in one step. An id not
+    /// queued is a no-op; an id already dead-lettered is replaced.
+    fn dead_letter(&self, queue: &str, id: &str, reason: String, now_ms: u64) -> Pending<()>;
     /// Dead letters in id order after `after` (exclusive), at most `limit`.
-    #[allow(unused_variables)]
     fn dead_letters(
         &self,
         queue: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Pending<Vec<DeadLetter>> {
-        unsupported()
-    }
+    ) -> Pending<Vec<DeadLetter>>;
     /// Puts dead letters back on the queue, due at `now_ms` with their
-    /// failures reset (all of them when `ids` is `None`); returns how many.
-    #[allow(unused_variables)]
-    fn redrive(&self, queue: &str, ids: Option<Vec<String>>, now_ms: u64) -> Pending<u64> {
-        unsupported()
-    }
+    /// failures reset and their `sent_ms` kept (all of them when `ids` is
+    /// `None`); returns how many. Unknown ids are skipped, and so is a dead
+    /// letter whose id is queued again (it stays a dead letter).
+    fn redrive(&self, queue: &str, ids: Option<Vec<String>>, now_ms: u64) -> Pending<u64>;
     /// Deletes dead letters (all when `ids` is `None`); returns how many.
-    #[allow(unused_variables)]
-    fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Pending<u64> {
-        unsupported()
-    }
+    fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Pending<u64>;
     /// Deletes every waiting message of a queue (not leased ones, not dead
     /// letters); returns how many.
-    #[allow(unused_variables)]
-    fn purge(&self, queue: &str) -> Pending<u64> {
-        unsupported()
-    }
-    /// Stores samples (one per queue per tick) and drops samples older than
-    /// `keep_after_ms`.
-    #[allow(unused_variables)]
+    fn purge(&self, queue: &str) -> Pending<u64>;
+    /// Stores samples (one per queue per tick; an equal `(queue, at_ms)`
+    /// replaces) and drops every queue's samples older than `keep_after_ms`.
     fn record_samples(
         &self,
         samples: Vec<(String, QueueSample)>,
         keep_after_ms: u64,
-    ) -> Pending<()> {
-        unsupported()
-    }
+    ) -> Pending<()>;
     /// Samples of a queue at or after `since_ms`, oldest first.
-    #[allow(unused_variables)]
-    fn samples(&self, queue: &str, since_ms: u64) -> Pending<Vec<QueueSample>> {
-        unsupported()
-    }
-}
-
-/// The answer of a port method an adapter does not implement yet.
-fn unsupported<T: Send + 'static>() -> Pending<T> {
-    Box::pin(async {
-        Err(Error::Unavailable(
-            "this storage adapter does not support the operation yet".into(),
-        ))
-    })
+    fn samples(&self, queue: &str, since_ms: u64) -> Pending<Vec<QueueSample>>;
 }
 
 /// Everything a node stores, bundled. Cheap to clone.

@@ -93,6 +93,11 @@ pub enum Command {
         #[arg(long)]
         skip_errors: bool,
     },
+    /// Durable queues: list, create or change, send, dead letters, stats.
+    Queues {
+        #[command(subcommand)]
+        command: Option<QueuesCommand>,
+    },
     /// Manage API tokens (admin).
     Tokens {
         #[command(subcommand)]
@@ -122,6 +127,56 @@ pub enum CategoriesCommand {
     },
     /// Delete a category and all its documents.
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum QueuesCommand {
+    /// Create a queue, or change its settings.
+    Create {
+        name: String,
+        /// Deliveries before a message is dead-lettered.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// E.g. 30s.
+        #[arg(long)]
+        visibility_timeout: Option<String>,
+        /// First retry delay, e.g. 1s.
+        #[arg(long)]
+        retry_delay: Option<String>,
+        /// How long deduplication ids are remembered, e.g. 5m.
+        #[arg(long)]
+        dedup_window: Option<String>,
+    },
+    /// Settings, depth, counters and subscriber of a queue.
+    Show { name: String },
+    /// Delete a queue with its messages and dead letters.
+    Rm { name: String },
+    /// Send a message with a JSON body (argument or `-` for stdin).
+    Send {
+        name: String,
+        body: String,
+        #[arg(long)]
+        delay: Option<String>,
+        #[arg(long)]
+        dedup_id: Option<String>,
+    },
+    /// List dead letters.
+    Dlq { name: String },
+    /// Put dead letters back on the queue (all, or the ids given).
+    Redrive { name: String, ids: Vec<String> },
+    /// Delete waiting messages (or, with --dead, dead letters).
+    Purge {
+        name: String,
+        #[arg(long)]
+        dead: bool,
+    },
+    /// The queue's history (depth, rates), newest last.
+    Stats {
+        name: String,
+        /// How far back, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -331,6 +386,7 @@ pub async fn run(args: Args) -> Result<()> {
             )
             .await?
         }
+        Command::Queues { command } => crate::queues::run(&client, command, conn.json).await?,
         Command::Tokens { command } => match command {
             TokensCommand::Create { role, name } => {
                 let t = client.create_token(&role, name.as_deref()).await?;
@@ -363,12 +419,12 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-struct Out {
-    json: bool,
+pub(crate) struct Out {
+    pub(crate) json: bool,
 }
 
 impl Out {
-    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+    pub(crate) fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             println!("{}", serde_json::to_string(value).expect("serializable"));
         } else {
@@ -395,7 +451,7 @@ fn read_default_token(data_dir: &Path) -> Result<Option<String>> {
     }
 }
 
-fn read_event(arg: Option<&str>) -> Result<String> {
+pub(crate) fn read_event(arg: Option<&str>) -> Result<String> {
     let text = match arg {
         None => return Ok("{}".to_string()),
         Some("-") => {

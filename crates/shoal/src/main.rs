@@ -3,6 +3,7 @@
 
 mod cli;
 mod data;
+mod queues;
 mod serve;
 
 use std::process::ExitCode;

@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight invocations.
     #[arg(long, env = "SHOAL_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = duration)]
     pub shutdown_deadline: Duration,
+    /// How often queue statistics are sampled for their history.
+    #[arg(long, env = "SHOAL_QUEUE_SAMPLE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub queue_sample_interval: Duration,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "SHOAL_LOG", default_value = "info")]
     pub log: String,
@@ -120,6 +123,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mut engine_opts = shoal_engine::Options::new(data_dir.clone());
     engine_opts.categories.default_shards = args.shards;
     engine_opts.categories.max_doc_bytes = args.max_doc_bytes;
+    engine_opts.sample_interval = args.queue_sample_interval;
     let shutdown = CancellationToken::new();
     let handle = shoal_engine::start(
         engine_opts,

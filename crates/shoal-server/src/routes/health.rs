@@ -41,5 +41,31 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
                 .set(depth.in_flight as f64);
         }
     }
+    if let Ok(queues) = state.handle.queues().await {
+        let now = state.handle.now_ms();
+        for q in queues {
+            let name = q.record.name.clone();
+            metrics::gauge!("shoal_queue_depth", "queue" => name.clone(), "state" => "waiting")
+                .set(q.depth.waiting as f64);
+            metrics::gauge!("shoal_queue_depth", "queue" => name.clone(), "state" => "in_flight")
+                .set(q.depth.in_flight as f64);
+            metrics::gauge!("shoal_queue_depth", "queue" => name.clone(), "state" => "dead")
+                .set(q.depth.dead as f64);
+            let age = q
+                .depth
+                .oldest_sent_ms
+                .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+            metrics::gauge!("shoal_queue_oldest_age_seconds", "queue" => name.clone()).set(age);
+            for (what, n) in [
+                ("sent", q.counters.sent),
+                ("acked", q.counters.acked),
+                ("retried", q.counters.nacked),
+                ("dead_lettered", q.counters.dead_lettered),
+            ] {
+                metrics::gauge!("shoal_queue_totals", "queue" => name.clone(), "event" => what)
+                    .set(n as f64);
+            }
+        }
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], prom.render()).into_response()
 }

@@ -20,8 +20,8 @@ use shoal_protocol::{
 };
 use shoal_protocol::{
     CategoryList, CategoryView, Count, CreateCategory, DeadLetterPage, DeadLetterSelection,
-    DocPage, NDJSON_CONTENT_TYPE, PutQueue, QueryRequest, QueueList, QueueStats, QueueView,
-    SendMessage, SendRequest, Sent, Written,
+    DocPage, LimiterList, LimiterView, NDJSON_CONTENT_TYPE, PutLimiter, PutQueue, QueryRequest,
+    QueueList, QueueStats, QueueView, SendMessage, SendRequest, Sent, Written,
 };
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -484,6 +484,39 @@ impl Client {
             path += &format!("?since={s}");
         }
         self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    // ---- rate limiters ----
+
+    pub async fn put_limiter(
+        &self,
+        name: &str,
+        per_second: f64,
+        burst: Option<u32>,
+    ) -> Result<LimiterView> {
+        let req = PutLimiter { per_second, burst };
+        self.json(
+            Method::PUT,
+            &format!("/v1/limiters/{}", seg(name)),
+            Some(&req),
+        )
+        .await
+    }
+
+    pub async fn limiters(&self) -> Result<Vec<LimiterView>> {
+        let list: LimiterList = self.json(Method::GET, "/v1/limiters", None::<&()>).await?;
+        Ok(list.limiters)
+    }
+
+    pub async fn remove_limiter(&self, name: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/limiters/{}", seg(name)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Sends any request and returns the status and body text, whatever the

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
-use shoal_runtime::{Request, Response};
+use shoal_runtime::{Gate, Request, Response};
 use shoal_store::{Delivery, ErrorRecord, InvocationRecord, NewMessage};
 use shoal_types::{FailureKind, InvocationStatus, Outcome, gb_seconds};
 
@@ -105,7 +105,7 @@ pub(crate) async fn invoke_sync(
     set_live(inner, record.clone(), None);
     let response = inner
         .runtime
-        .invoke(&d.deployment, request(&record, &d))
+        .invoke(&d.deployment, request(inner, &record, &d))
         .await;
     let response = match response {
         Ok(r) => r,
@@ -255,12 +255,32 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
         }
         let visibility = visibility_ms(&inner, &consumer.feed).await;
         let now = inner.clock.now_ms();
-        let leased = match inner
+        let mut want = permits.len() * per;
+        // A rate-limited function leases only as many messages as it has
+        // tokens for now; the rest wait in the queue until the next token is
+        // due. The tokens themselves are taken right before each handler
+        // starts (`TokenGate`, on a ready worker), so the limit holds where the calls
+        // happen, not where they were leased.
+        if let Some(l) = feed_limiter(&inner, &consumer.feed) {
+            match inner.limiters.available(&l, want, now) {
+                Ok(n) => want = n,
+                Err(wait) => {
+                    drop(permits);
+                    tokio::select! {
+                        _ = inner.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+            }
+            permits.truncate(want.div_ceil(per));
+        }
+        let leased = inner
             .backend
             .queues
-            .lease(&queue, now, permits.len() * per, visibility)
-            .await
-        {
+            .lease(&queue, now, want, visibility)
+            .await;
+        let leased = match leased {
             Ok(l) => l,
             Err(e) => {
                 warn!(%queue, error = %e, "Leasing failed; retrying.");
@@ -325,6 +345,36 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
             });
         }
     }
+}
+
+/// A rate limiter's gate: the runtime waits on it right before the handler
+/// starts; over the limit the call waits its turn (no error, no busy loop).
+struct TokenGate {
+    inner: Arc<Inner>,
+    limiter: String,
+}
+
+impl Gate for TokenGate {
+    fn wait(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        let limiter = self.limiter.clone();
+        Box::pin(async move {
+            while let Err(wait) = inner.limiters.take(&limiter, 1, inner.clock.now_ms()) {
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}
+
+/// The rate limiter of the function a feed runs, if any.
+fn feed_limiter(inner: &Inner, feed: &Feed) -> Option<String> {
+    let function = match feed {
+        Feed::Async { function } | Feed::Subscription { function, .. } => function,
+    };
+    inner
+        .registry
+        .latest(function)
+        .and_then(|d| d.record.limiter.clone())
 }
 
 async fn visibility_ms(inner: &Inner, feed: &Feed) -> u64 {
@@ -401,7 +451,7 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
     set_live(inner, record.clone(), None);
     let response = match inner
         .runtime
-        .invoke(&d.deployment, request(&record, &d))
+        .invoke(&d.deployment, request(inner, &record, &d))
         .await
     {
         Ok(r) => r,
@@ -514,7 +564,7 @@ pub(crate) fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> I
     }
 }
 
-pub(crate) fn request(record: &InvocationRecord, d: &Deployed) -> Request {
+pub(crate) fn request(inner: &Arc<Inner>, record: &InvocationRecord, d: &Deployed) -> Request {
     Request {
         invocation_id: record.id.clone(),
         function: d.record.name.clone(),
@@ -522,6 +572,12 @@ pub(crate) fn request(record: &InvocationRecord, d: &Deployed) -> Request {
         attempt: record.attempts,
         event: record.input.clone(),
         host: None,
+        gate: d.record.limiter.clone().map(|limiter| {
+            Arc::new(TokenGate {
+                inner: inner.clone(),
+                limiter,
+            }) as Arc<dyn Gate>
+        }),
     }
 }
 

@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use shoal_runtime::{PoolStats, Runtime};
-use shoal_store::{Backend, FunctionRecord, InvocationRecord, QueueDepth, TokenRecord};
+use shoal_store::{
+    Backend, FunctionRecord, InvocationRecord, LimiterRecord, QueueDepth, TokenRecord,
+};
 use shoal_types::Role;
 
 use crate::auth::{self, Token, TokenCache};
@@ -23,6 +25,7 @@ use crate::clock::Clock;
 use crate::dispatch::{self, Consumer};
 use crate::error::{Error, Result};
 use crate::functions::{self, Deployed, Registry};
+use crate::limits::Limiters;
 use crate::queues::{self, OutMessage, QueueInfo, QueueSettings};
 
 /// How the engine runs. Built by the binary from node configuration.
@@ -66,6 +69,7 @@ pub(crate) struct Inner {
     /// client always sees its own invocation.
     pub(crate) live: Mutex<HashMap<String, Arc<dispatch::LiveEntry>>>,
     pub(crate) consumers: Mutex<HashMap<String, Arc<Consumer>>>,
+    pub(crate) limiters: Limiters,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -90,10 +94,14 @@ pub async fn start(
             tokens: TokenCache::default(),
             live: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
+            limiters: Limiters::default(),
             tasks: TaskTracker::new(),
             shutdown,
         }),
     };
+    for limiter in handle.inner.backend.catalog.limiters().await? {
+        handle.inner.limiters.set(&limiter);
+    }
     let records = handle.inner.backend.catalog.functions().await?;
     for record in records {
         let d = Arc::new(Deployed::from_record(&handle.inner.opts.data_dir, record));
@@ -182,6 +190,7 @@ impl Handle {
             env_dir,
             code_sha256: unpacked.sha256.clone(),
             deployed_at_ms: self.inner.clock.now_ms(),
+            limiter: m.limiter.clone(),
             subscribe: m
                 .subscribe
                 .as_ref()
@@ -191,6 +200,20 @@ impl Handle {
                     concurrency: s.concurrency,
                 }),
         };
+        if let Some(l) = &record.limiter
+            && !self
+                .inner
+                .backend
+                .catalog
+                .limiters()
+                .await?
+                .iter()
+                .any(|x| &x.name == l)
+        {
+            return Err(Error::InvalidFunction(format!(
+                "shoal.toml names limiter `{l}`, which does not exist; create it first with `shoal limiters set {l} --per-second N`"
+            )));
+        }
         if let Some(sub) = &record.subscribe {
             let taken = self.inner.registry.names().into_iter().find(|other| {
                 other != &record.name
@@ -427,6 +450,73 @@ impl Handle {
         since_ms: u64,
     ) -> Result<Vec<shoal_store::QueueSample>> {
         queues::samples(&self.inner, queue, since_ms).await
+    }
+
+    /// Creates or changes a shared rate limiter (takes effect at once).
+    pub async fn put_limiter(
+        &self,
+        name: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<LimiterRecord> {
+        shoal_types::validate_name("limiter name", name)?;
+        if !(per_second > 0.0 && per_second <= 1_000_000.0) {
+            return Err(Error::Invalid(shoal_types::Invalid {
+                field: "per_second",
+                reason: "must be above 0 and at most 1,000,000".into(),
+            }));
+        }
+        if !(1..=1_000_000).contains(&burst) {
+            return Err(Error::Invalid(shoal_types::Invalid {
+                field: "burst",
+                reason: "must be between 1 and 1,000,000".into(),
+            }));
+        }
+        let record = LimiterRecord {
+            name: name.to_string(),
+            per_second,
+            burst,
+            updated_at_ms: self.inner.clock.now_ms(),
+        };
+        self.inner
+            .backend
+            .catalog
+            .put_limiter(record.clone())
+            .await?;
+        self.inner.limiters.set(&record);
+        Ok(record)
+    }
+
+    pub async fn limiters(&self) -> Result<Vec<LimiterRecord>> {
+        Ok(self.inner.backend.catalog.limiters().await?)
+    }
+
+    /// Removes a limiter that no function uses.
+    pub async fn remove_limiter(&self, name: &str) -> Result<()> {
+        shoal_types::validate_name("limiter name", name)?;
+        let users: Vec<String> = self
+            .inner
+            .registry
+            .names()
+            .into_iter()
+            .filter(|f| {
+                self.inner
+                    .registry
+                    .latest(f)
+                    .is_some_and(|d| d.record.limiter.as_deref() == Some(name))
+            })
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::InUse(format!(
+                "limiter `{name}` is used by {}; change their shoal.toml first",
+                users.join(", ")
+            )));
+        }
+        if !self.inner.backend.catalog.remove_limiter(name).await? {
+            return Err(Error::not_found("limiter", name));
+        }
+        self.inner.limiters.remove(name);
+        Ok(())
     }
 
     pub fn now_ms(&self) -> u64 {

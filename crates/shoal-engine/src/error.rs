@@ -21,6 +21,9 @@ pub enum Error {
     /// The thing to create exists already.
     #[error("{0}")]
     Conflict(String),
+    /// The thing to remove is still used.
+    #[error("{0}")]
+    InUse(String),
     /// The queue already feeds another function.
     #[error("{0}")]
     QueueTaken(String),

@@ -11,6 +11,7 @@ mod dispatch;
 mod engine;
 mod error;
 mod functions;
+mod limits;
 pub mod manifest;
 mod queues;
 
@@ -24,6 +25,6 @@ pub use functions::Deployed;
 pub use queues::{OutMessage, QueueInfo, QueueSettings};
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
-    CategoryRecord, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord, QueueCounters,
-    QueueDepth, QueueRecord, QueueSample, ShardStats, StoredDoc,
+    CategoryRecord, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord, LimiterRecord,
+    QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats, StoredDoc,
 };

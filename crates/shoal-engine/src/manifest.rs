@@ -22,6 +22,8 @@ pub struct Manifest {
     pub retry_delay: Duration,
     /// The queue the function consumes (`[subscribe]`).
     pub subscribe: Option<Subscribe>,
+    /// A shared rate limiter every invocation takes a token from.
+    pub limiter: Option<String>,
 }
 
 /// `[subscribe]`: run the function for messages of a queue.
@@ -114,7 +116,12 @@ impl Manifest {
                 })
             }
         };
+        if let Some(l) = &raw.limiter {
+            shoal_types::validate_name("limiter name", l)
+                .map_err(|e| format!("shoal.toml: {e}"))?;
+        }
         Ok(Manifest {
+            limiter: raw.limiter,
             subscribe,
             name,
             runtime,
@@ -142,6 +149,7 @@ struct Raw {
     retries: Option<u32>,
     retry_delay: Option<toml::Value>,
     subscribe: Option<RawSubscribe>,
+    limiter: Option<String>,
 }
 
 #[derive(Deserialize)]

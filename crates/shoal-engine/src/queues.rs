@@ -409,7 +409,7 @@ pub(crate) async fn run_batch(
     };
     let result = inner
         .runtime
-        .invoke(&d.deployment, request(&record, &d))
+        .invoke(&d.deployment, request(inner, &record, &d))
         .await;
     extender.abort();
     let response = match result {

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     CategoryNotFound,
     DocumentNotFound,
     QueueNotFound,
+    LimiterNotFound,
+    /// The limiter is still used by functions.
+    LimiterInUse,
     /// The queue already feeds another function.
     QueueTaken,
     /// A category with that name exists already.
@@ -492,4 +495,30 @@ pub struct QueueSampleView {
 pub struct QueueStats {
     pub name: String,
     pub samples: Vec<QueueSampleView>,
+}
+
+// ---- rate limiters ----
+
+/// `PUT /v1/limiters/{name}`: create or change a shared rate limiter.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutLimiter {
+    /// Tokens per second (above 0).
+    pub per_second: f64,
+    /// Tokens that may be taken at once after a quiet spell (default 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LimiterView {
+    pub name: String,
+    pub per_second: f64,
+    pub burst: u32,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LimiterList {
+    pub limiters: Vec<LimiterView>,
 }

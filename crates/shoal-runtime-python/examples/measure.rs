@@ -236,6 +236,8 @@ async fn call_with(
         attempt: 1,
         event: event.into(),
         host,
+
+        gate: None,
     };
     rt.invoke(d, request).await.unwrap()
 }

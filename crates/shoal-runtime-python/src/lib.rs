@@ -7,6 +7,12 @@
 //! budget: see `query.rs` (scheduling, protocol, failures) and `cache.rs`
 //! (the budget).
 //!
+//! Handlers call back into the node (`ctx.call`, `ctx.spawn`, `ctx.map`,
+//! `ctx.send`) over their worker's socket while they run: `worker.rs` hands
+//! each call to the request's `Host` and writes the answer back, inside the
+//! invocation's timeout; `protocol.rs` has the frames, `runner.py` the
+//! Python API (`ctx.HostError`). Query workers have no context, so no calls.
+//!
 //! Invariant: a misbehaving function (raises, loops, exhausts memory, crashes,
 //! forks, floods its output) fails its own invocation or query; its pool heals
 //! and other deployments never notice. All Python specifics live in this crate.

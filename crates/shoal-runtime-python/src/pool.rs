@@ -106,6 +106,7 @@ impl Pool {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         let frame = protocol::invoke_frame(&request, self.limits.timeout);
+        let mut gate = request.gate.clone();
         let mut cold_start = false;
         for _ in 0..ATTEMPTS {
             let mut worker = match self.take_idle() {
@@ -115,6 +116,11 @@ impl Pool {
                     Spawned::LoadFailed(response) => return Ok(response),
                 },
             };
+            // The gate (a rate limiter's token) opens on a ready worker, so
+            // what it admits is the real start of the call.
+            if let Some(gate) = gate.take() {
+                gate.wait().await;
+            }
             let busy = Busy::new(&self, worker.pid());
             let queued = queued_at.elapsed();
             let ran = worker

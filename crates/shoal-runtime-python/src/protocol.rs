@@ -473,6 +473,8 @@ mod tests {
             attempt: 2,
             event: event.into(),
             host: None,
+
+            gate: None,
         }
     }
 

@@ -566,7 +566,7 @@ class Context:
         the function the node invokes once all of them have finished. Returns
         the node's answer (for example the ids). Host operation `"map"`, args
         `{"function", "events", "then"}`."""
-        if events.__class__ is not list and not isinstance(events, (list, tuple)):
+        if not isinstance(events, (list, tuple)):
             events = list(events)
         return self.call("map", {"function": function, "events": events, "then": then})
 

@@ -127,6 +127,8 @@ fn request(event: &str, host: Option<Arc<TestHost>>) -> Request {
         attempt: 1,
         event: event.into(),
         host: host.map(|h| h as Arc<dyn Host>),
+
+        gate: None,
     }
 }
 

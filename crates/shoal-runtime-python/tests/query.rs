@@ -830,6 +830,8 @@ fn invocation(event: &str) -> Request {
         attempt: 1,
         event: event.into(),
         host: None,
+
+        gate: None,
     }
 }
 

@@ -70,6 +70,8 @@ fn request(event: &str) -> Request {
         attempt: 2,
         event: event.into(),
         host: None,
+
+        gate: None,
     }
 }
 

@@ -44,7 +44,7 @@ pub struct Deployment {
 }
 
 /// An error answer to a host call; the Python side raises it as
-/// `shoal.HostError(code, message)`.
+/// `ctx.HostError(code, message)` (`.code`, `.message`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostError {
     pub code: String,
@@ -62,6 +62,13 @@ pub trait Host: Send + Sync + 'static {
     ) -> BoxFuture<'static, std::result::Result<String, HostError>>;
 }
 
+/// Awaited by the runtime right before a handler starts on a ready worker:
+/// after any wait for a free worker or a cold start, so that what the gate
+/// admits (e.g. a rate limiter's token) is when the call really begins.
+pub trait Gate: Send + Sync + 'static {
+    fn wait(&self) -> BoxFuture<'static, ()>;
+}
+
 /// One call of a handler.
 #[derive(Clone)]
 pub struct Request {
@@ -74,6 +81,8 @@ pub struct Request {
     /// Where the handler's host calls go; `None` answers every host call
     /// with an error.
     pub host: Option<Arc<dyn Host>>,
+    /// Passed before the handler starts; `None` starts at once.
+    pub gate: Option<Arc<dyn Gate>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -85,6 +94,7 @@ impl std::fmt::Debug for Request {
             .field("attempt", &self.attempt)
             .field("event", &self.event)
             .field("host", &self.host.is_some())
+            .field("gate", &self.gate.is_some())
             .finish()
     }
 }

@@ -52,6 +52,7 @@ impl From<EngineError> for ApiError {
                     "category" => ErrorCode::CategoryNotFound,
                     "document" => ErrorCode::DocumentNotFound,
                     "queue" => ErrorCode::QueueNotFound,
+                    "limiter" => ErrorCode::LimiterNotFound,
                     _ => ErrorCode::RouteNotFound,
                 },
             ),
@@ -63,6 +64,7 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction)
             }
             EngineError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::CategoryExists),
+            EngineError::InUse(_) => (StatusCode::CONFLICT, ErrorCode::LimiterInUse),
             EngineError::QueueTaken(_) => (StatusCode::CONFLICT, ErrorCode::QueueTaken),
             EngineError::TooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge)

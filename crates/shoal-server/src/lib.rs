@@ -118,6 +118,8 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::queues::redrive))
         .routes(routes!(routes::queues::purge_dead))
         .routes(routes!(routes::queues::stats))
+        .routes(routes!(routes::limiters::list))
+        .routes(routes!(routes::limiters::put, routes::limiters::remove))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

@@ -311,8 +311,13 @@ fn recover_queues(db: &Database, index: &QueueIndex) -> Result<u64> {
         let (queue, id) = key.value();
         let what = format_args!("queue {queue} message {id}");
         match decode_message(&what, value.value()) {
-            Ok((header, _)) => {
+            Ok((mut header, _)) => {
                 next_seq = next_seq.max(header.seq + 1);
+                // Stored before `sent_ms` existed: its due time is the best
+                // guess for the oldest message's age (not the epoch).
+                if header.sent_ms == 0 {
+                    header.sent_ms = header.due_ms;
+                }
                 index.insert(queue, id, header);
             }
             // Left in place, never delivered: one bad record must not stop the node.
@@ -1207,6 +1212,31 @@ mod tests {
         assert_eq!(store.purge("q").await.unwrap(), 2);
         assert_eq!(store.depth("q").await.unwrap(), QueueDepth::default());
         assert_eq!(table_len(&store, MESSAGES), 0);
+    }
+
+    /// A message written before `sent_ms` existed counts its due time as its age.
+    #[tokio::test(flavor = "current_thread")]
+    async fn messages_without_sent_ms_age_from_their_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        let store = RedbStore::open(&path).unwrap();
+        {
+            let txn = writer::begin(&store.shared.db).unwrap();
+            {
+                let mut t = txn.open_table(MESSAGES).unwrap();
+                let old = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";
+                t.insert(("q", "old"), &old[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.depth("q").await.unwrap().oldest_sent_ms, Some(5));
+        let leased = store.lease("q", 5, 10, 1_000).await.unwrap();
+        assert_eq!(leased.deliveries[0].failures, 2);
+        assert_eq!(leased.deliveries[0].body, b"body");
+        store.send("q", vec![msg("new")]).await.unwrap();
+        assert_eq!(store.depth("q").await.unwrap().oldest_sent_ms, Some(5));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -15,7 +15,7 @@
 //! are pruned oldest first without a scan: a few per key sent, and a larger
 //! chunk whenever samples are recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
 use redb::{ReadableTable, StorageError, Table};
@@ -23,7 +23,7 @@ use shoal_store::{NewMessage, QueueSample};
 
 use crate::codec::{self, DeadHeader, MessageHeader};
 use crate::queue::{QueueIndex, Totals};
-use crate::writer::{Applied, Effect, Tables, Value, ok};
+use crate::writer::{Applied, Effect, QueueExtra, Tables, Value, ok};
 
 /// Expired deduplication keys pruned per key sent (more than one, so the
 /// table shrinks back after a burst).
@@ -32,6 +32,8 @@ const PRUNE_PER_KEY: usize = 2;
 const PRUNE_PER_TICK: usize = 10_000;
 
 type StorageResult<T> = std::result::Result<T, StorageError>;
+
+type Samples<'txn> = Table<'txn, (&'static str, u64), &'static [u8]>;
 
 /// The first key after every (queue, id) key of `queue`: no string sorts
 /// between `queue` and `queue` + NUL, so `(queue, "")..(end, "")` is
@@ -49,6 +51,9 @@ pub(crate) struct QueueOps {
     next_seq: u64,
     /// Totals changed by the batch being applied.
     dirty: HashMap<String, Totals>,
+    /// (queue, id) of messages nacked in the batch being applied: waiting
+    /// now, though the index (updated after the commit) still says leased.
+    released: HashSet<(String, String)>,
 }
 
 impl QueueOps {
@@ -56,6 +61,7 @@ impl QueueOps {
         QueueOps {
             next_seq,
             dirty: HashMap::new(),
+            released: HashSet::new(),
         }
     }
 
@@ -75,23 +81,29 @@ impl QueueOps {
     }
 
     /// Writes the batch's changed totals (before the commit).
-    pub(crate) fn write_totals(&self, t: &mut Tables<'_>) -> StorageResult<()> {
+    pub(crate) fn write_totals(&self, t: &mut Tables<'_>) -> std::result::Result<(), redb::Error> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let table = t.totals()?;
         for (queue, totals) in &self.dirty {
-            t.totals.insert(queue.as_str(), totals.row())?;
+            table.insert(queue.as_str(), totals.row())?;
         }
         Ok(())
     }
 
     /// The batch is committed: its totals are the committed ones now.
-    pub(crate) fn publish_totals(&mut self, index: &QueueIndex) {
+    pub(crate) fn committed(&mut self, index: &QueueIndex) {
         if !self.dirty.is_empty() {
             index.publish_totals(self.dirty.drain());
         }
+        self.released.clear();
     }
 
     /// The batch failed: its changes never happened.
-    pub(crate) fn discard_totals(&mut self) {
+    pub(crate) fn aborted(&mut self) {
         self.dirty.clear();
+        self.released.clear();
     }
 
     /// Stores new messages. An id already queued is skipped, and so is a
@@ -114,16 +126,17 @@ impl QueueOps {
                 continue;
             }
             if let Some((dedup_key, until)) = &m.dedup {
+                let (_, x) = t.queue_extra()?;
                 let dk = (q, dedup_key.as_str());
-                let held = t.dedup.get(dk)?.map(|g| g.value());
+                let held = x.dedup.get(dk)?.map(|g| g.value());
                 if let Some(held) = held {
                     if held > m.sent_ms {
                         continue;
                     }
-                    t.dedup_expiry.remove((held, q, dedup_key.as_str()))?;
+                    x.dedup_expiry.remove((held, q, dedup_key.as_str()))?;
                 }
-                t.dedup.insert(dk, *until)?;
-                t.dedup_expiry.insert((*until, q, dedup_key.as_str()), ())?;
+                x.dedup.insert(dk, *until)?;
+                x.dedup_expiry.insert((*until, q, dedup_key.as_str()), ())?;
                 prune_budget += PRUNE_PER_KEY;
                 prune_now = prune_now.max(m.sent_ms);
             }
@@ -138,7 +151,7 @@ impl QueueOps {
             sent.push((m.id, header));
         }
         if prune_budget > 0 {
-            prune_dedup(t, prune_now, prune_budget)?;
+            prune_dedup(t.queue_extra()?.1, prune_now, prune_budget)?;
         }
         if !sent.is_empty() {
             self.totals(index, q).counters.sent += sent.len() as u64;
@@ -193,6 +206,7 @@ impl QueueOps {
         };
         t.messages.insert(key, value.as_slice())?;
         self.totals(index, &queue).counters.nacked += 1;
+        self.released.insert((queue.clone(), id.clone()));
         let effect = Effect::Released {
             queue,
             id,
@@ -213,8 +227,9 @@ impl QueueOps {
         now_ms: u64,
     ) -> Applied {
         let key = (queue.as_str(), id.as_str());
+        let (messages, x) = t.queue_extra()?;
         let value = {
-            let Some(stored) = t.messages.get(key)? else {
+            let Some(stored) = messages.get(key)? else {
                 return ok(Value::Unit, Effect::None);
             };
             let what = format_args!("queue {queue} message {id}");
@@ -231,9 +246,9 @@ impl QueueOps {
                 }
             }
         };
-        t.messages.remove(key)?;
+        messages.remove(key)?;
         // An id dead-lettered before (and sent again since) is replaced.
-        let replaced = t.dead.insert(key, value.as_slice())?.is_some();
+        let replaced = x.dead.insert(key, value.as_slice())?.is_some();
         let totals = self.totals(index, &queue);
         totals.counters.dead_lettered += 1;
         if !replaced {
@@ -254,18 +269,19 @@ impl QueueOps {
         now_ms: u64,
     ) -> Applied {
         let q = queue.as_str();
+        let (messages, x) = t.queue_extra()?;
         let ids = match ids {
             Some(ids) => ids,
-            None => dead_ids(&t.dead, q)?,
+            None => dead_ids(&x.dead, q)?,
         };
         let mut sent = Vec::new();
         for id in ids {
             let key = (q, id.as_str());
             let header = {
-                let Some(stored) = t.dead.get(key)? else {
+                let Some(stored) = x.dead.get(key)? else {
                     continue;
                 };
-                if t.messages.get(key)?.is_some() {
+                if messages.get(key)?.is_some() {
                     continue;
                 }
                 let what = format_args!("queue {queue} dead letter {id}");
@@ -283,10 +299,10 @@ impl QueueOps {
                     sent_ms: dead.sent_ms,
                 };
                 let value = codec::encode_message(&header, body);
-                t.messages.insert(key, value.as_slice())?;
+                messages.insert(key, value.as_slice())?;
                 header
             };
-            t.dead.remove(key)?;
+            x.dead.remove(key)?;
             sent.push((id, header));
         }
         let n = sent.len() as u64;
@@ -305,17 +321,18 @@ impl QueueOps {
         ids: Option<Vec<String>>,
     ) -> Applied {
         let mut n = 0;
+        let (_, x) = t.queue_extra()?;
         match ids {
             Some(ids) => {
                 for id in &ids {
-                    if t.dead.remove((queue, id.as_str()))?.is_some() {
+                    if x.dead.remove((queue, id.as_str()))?.is_some() {
                         n += 1;
                     }
                 }
             }
             None => {
                 let end = queue_end(queue);
-                for entry in t
+                for entry in x
                     .dead
                     .extract_from_if((queue, "")..(end.as_str(), ""), |_, _| true)?
                 {
@@ -331,17 +348,24 @@ impl QueueOps {
         ok(Value::Count(n), Effect::None)
     }
 
-    /// Deletes every stored message of the queue that is not leased. A
-    /// message sent earlier in the same batch is not in the index yet, so
-    /// it counts as waiting; the effect (applied after that send's) takes
-    /// every deleted id out of the index.
+    /// Deletes every stored message of the queue that is not leased. The
+    /// index is updated only after the commit, so this batch's own changes
+    /// are read from the batch: a message sent (or redriven) earlier in it is
+    /// not in the index, so it counts as waiting, and one nacked earlier in
+    /// it is waiting though the index still says leased. The effect (applied
+    /// after the earlier ones) takes every deleted id out of the index.
     pub(crate) fn purge(
         &mut self,
         t: &mut Tables<'_>,
         index: &QueueIndex,
         queue: String,
     ) -> Applied {
-        let leased = index.leased_ids(&queue);
+        let mut leased = index.leased_ids(&queue);
+        for (q, id) in &self.released {
+            if *q == queue {
+                leased.remove(id.as_str());
+            }
+        }
         let end = queue_end(&queue);
         let mut removed = Vec::new();
         for entry in t
@@ -380,21 +404,22 @@ pub(crate) fn record_samples(
     samples: &[(String, QueueSample)],
     keep_after_ms: u64,
 ) -> Applied {
+    let (_, x) = t.queue_extra()?;
     let mut now = keep_after_ms;
     for (queue, sample) in samples {
         let value = codec::encode_sample(sample);
-        t.samples
+        x.samples
             .insert((queue.as_str(), sample.at_ms), value.as_slice())?;
         now = now.max(sample.at_ms);
     }
-    prune_samples(t, keep_after_ms)?;
-    prune_dedup(t, now, PRUNE_PER_TICK)?;
+    prune_samples(&mut x.samples, keep_after_ms)?;
+    prune_dedup(x, now, PRUNE_PER_TICK)?;
     ok(Value::Unit, Effect::None)
 }
 
 /// Deletes the samples before `keep_after_ms` of every queue: one range per
 /// queue, jumping from queue to queue rather than scanning every sample.
-fn prune_samples(t: &mut Tables<'_>, keep_after_ms: u64) -> StorageResult<()> {
+fn prune_samples(samples: &mut Samples<'_>, keep_after_ms: u64) -> StorageResult<()> {
     if keep_after_ms == 0 {
         return Ok(());
     }
@@ -402,9 +427,8 @@ fn prune_samples(t: &mut Tables<'_>, keep_after_ms: u64) -> StorageResult<()> {
     loop {
         let next = {
             let entry = match &last {
-                None => t.samples.first()?,
-                Some(q) => t
-                    .samples
+                None => samples.first()?,
+                Some(q) => samples
                     .range::<(&str, u64)>((
                         Bound::Excluded((q.as_str(), u64::MAX)),
                         Bound::Unbounded,
@@ -417,7 +441,7 @@ fn prune_samples(t: &mut Tables<'_>, keep_after_ms: u64) -> StorageResult<()> {
                 Some((key, _)) => key.value().0.to_string(),
             }
         };
-        t.samples.retain_in(
+        samples.retain_in(
             (next.as_str(), 0)..(next.as_str(), keep_after_ms),
             |_, _| false,
         )?;
@@ -427,18 +451,18 @@ fn prune_samples(t: &mut Tables<'_>, keep_after_ms: u64) -> StorageResult<()> {
 
 /// Deletes up to `budget` deduplication keys whose window ended at or
 /// before `now_ms`, earliest first.
-fn prune_dedup(t: &mut Tables<'_>, now_ms: u64, budget: usize) -> StorageResult<()> {
+fn prune_dedup(x: &mut QueueExtra<'_>, now_ms: u64, budget: usize) -> StorageResult<()> {
     let upper = now_ms.saturating_add(1);
-    for entry in t
+    for entry in x
         .dedup_expiry
         .extract_from_if(..(upper, "", ""), |_, _| true)?
         .take(budget)
     {
         let (key, _) = entry?;
         let (until, queue, dedup_key) = key.value();
-        let held = t.dedup.get((queue, dedup_key))?.map(|g| g.value());
+        let held = x.dedup.get((queue, dedup_key))?.map(|g| g.value());
         if held == Some(until) {
-            t.dedup.remove((queue, dedup_key))?;
+            x.dedup.remove((queue, dedup_key))?;
         }
     }
     Ok(())

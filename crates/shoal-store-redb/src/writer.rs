@@ -240,7 +240,7 @@ struct Done {
 
 /// An operation's result inside the transaction: the outer error is a
 /// storage error (fails the batch), the inner one the operation's own.
-pub(crate) type Applied = std::result::Result<Result<(Value, Effect)>, redb::StorageError>;
+pub(crate) type Applied = std::result::Result<Result<(Value, Effect)>, redb::Error>;
 
 pub(crate) fn ok(value: Value, effect: Effect) -> Applied {
     Ok(Ok((value, effect)))
@@ -259,16 +259,68 @@ pub(crate) struct Tables<'txn> {
     invocations: Table<'txn, &'static str, &'static [u8]>,
     logs: Table<'txn, &'static str, &'static [u8]>,
     pub messages: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    /// Opened on first use, like `extra`.
+    totals: Option<Table<'txn, &'static str, TotalsRow>>,
+    extra: Option<QueueExtra<'txn>>,
+    txn: &'txn WriteTransaction,
+}
+
+/// Tables the hot path (send without deduplication, ack, nack) never
+/// touches: a batch opens them only when one of its operations needs them,
+/// so they add nothing to the commits of the async-invocation path.
+pub(crate) struct QueueExtra<'txn> {
     pub dead: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub dedup: Table<'txn, (&'static str, &'static str), u64>,
     pub dedup_expiry: Table<'txn, (u64, &'static str, &'static str), ()>,
-    pub totals: Table<'txn, &'static str, TotalsRow>,
     pub samples: Table<'txn, (&'static str, u64), &'static [u8]>,
     queues: Table<'txn, &'static str, &'static [u8]>,
     limiters: Table<'txn, &'static str, &'static [u8]>,
 }
 
+impl<'txn> QueueExtra<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
+        Ok(QueueExtra {
+            dead: txn.open_table(DEAD_LETTERS)?,
+            dedup: txn.open_table(DEDUP)?,
+            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            samples: txn.open_table(SAMPLES)?,
+            queues: txn.open_table(QUEUES)?,
+            limiters: txn.open_table(LIMITERS)?,
+        })
+    }
+}
+
 impl<'txn> Tables<'txn> {
+    /// The queue totals table, opened on first use.
+    pub(crate) fn totals(
+        &mut self,
+    ) -> std::result::Result<&mut Table<'txn, &'static str, TotalsRow>, redb::TableError> {
+        if self.totals.is_none() {
+            self.totals = Some(self.txn.open_table(QUEUE_TOTALS)?);
+        }
+        Ok(self.totals.as_mut().expect("just opened"))
+    }
+
+    /// The messages and the other queue tables, opened on first use.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn queue_extra(
+        &mut self,
+    ) -> std::result::Result<
+        (
+            &mut Table<'txn, (&'static str, &'static str), &'static [u8]>,
+            &mut QueueExtra<'txn>,
+        ),
+        redb::TableError,
+    > {
+        if self.extra.is_none() {
+            self.extra = Some(QueueExtra::open(self.txn)?);
+        }
+        Ok((
+            &mut self.messages,
+            self.extra.as_mut().expect("just opened"),
+        ))
+    }
+
     fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
         Ok(Tables {
             meta: txn.open_table(META)?,
@@ -283,13 +335,9 @@ impl<'txn> Tables<'txn> {
             invocations: txn.open_table(INVOCATIONS)?,
             logs: txn.open_table(LOGS)?,
             messages: txn.open_table(MESSAGES)?,
-            dead: txn.open_table(DEAD_LETTERS)?,
-            dedup: txn.open_table(DEDUP)?,
-            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
-            totals: txn.open_table(QUEUE_TOTALS)?,
-            samples: txn.open_table(SAMPLES)?,
-            queues: txn.open_table(QUEUES)?,
-            limiters: txn.open_table(LIMITERS)?,
+            totals: None,
+            extra: None,
+            txn,
         })
     }
 }
@@ -447,7 +495,7 @@ impl Writer {
                         self.garbage.remove(&id);
                     }
                 }
-                self.queues.publish_totals(&self.shared.index);
+                self.queues.committed(&self.shared.index);
                 for d in done {
                     let outcome = d.outcome.map(|(value, effect)| {
                         self.apply_effect(effect);
@@ -458,7 +506,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "redb: write batch failed");
-                self.queues.discard_totals();
+                self.queues.aborted();
                 if idle {
                     self.pause_purge();
                 }
@@ -581,17 +629,19 @@ impl Writer {
                 keep_after_ms,
             } => queue_ops::record_samples(t, &samples, keep_after_ms),
             Command::PutNamed(which, name, value) => {
+                let (_, x) = t.queue_extra()?;
                 let table = match which {
-                    Named::Queue => &mut t.queues,
-                    Named::Limiter => &mut t.limiters,
+                    Named::Queue => &mut x.queues,
+                    Named::Limiter => &mut x.limiters,
                 };
                 table.insert(name.as_str(), value.as_slice())?;
                 ok(Value::Unit, Effect::None)
             }
             Command::RemoveNamed(which, name) => {
+                let (_, x) = t.queue_extra()?;
                 let table = match which {
-                    Named::Queue => &mut t.queues,
-                    Named::Limiter => &mut t.limiters,
+                    Named::Queue => &mut x.queues,
+                    Named::Limiter => &mut x.limiters,
                 };
                 let existed = table.remove(name.as_str())?.is_some();
                 ok(Value::Existed(existed), Effect::None)

@@ -84,6 +84,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         code_sha256: "ab".repeat(32),
         deployed_at_ms: T,
         subscribe: None,
+        limiter: None,
     }
 }
 
@@ -1351,6 +1352,12 @@ pub async fn queue_purge(backend: &Backend) {
     assert_eq!(qs.purge(&q).await.unwrap(), 2);
     assert_eq!(depth(backend, &q).await, depth_of(0, 2));
     assert_eq!(dead_letters(backend, &q).await.len(), 1);
+    // A nack issued before a purge: the released message is purged.
+    let nack = qs.nack(&q, "a", T);
+    let purged = qs.purge(&q);
+    nack.await.unwrap();
+    assert_eq!(purged.await.unwrap(), 1);
+    assert_eq!(depth(backend, &q).await, depth_of(0, 1));
 
     qs.ack(&q, strings(&["a", "b"])).await.unwrap();
     assert_eq!(qs.purge_dead(&q, None).await.unwrap(), 1);

@@ -61,6 +61,9 @@ pub struct FunctionRecord {
     /// The queue this function consumes, if it subscribes to one.
     #[serde(default)]
     pub subscribe: Option<SubscriptionRecord>,
+    /// The shared rate limiter its invocations take tokens from.
+    #[serde(default)]
+    pub limiter: Option<String>,
 }
 
 /// A function's subscription to a queue (`[subscribe]` in `shoal.toml`).

@@ -98,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<QueuesCommand>,
     },
+    /// Shared rate limiters: list, set (create or change), remove.
+    Limiters {
+        #[command(subcommand)]
+        command: Option<LimitersCommand>,
+    },
     /// Manage API tokens (admin).
     Tokens {
         #[command(subcommand)]
@@ -177,6 +182,20 @@ pub enum QueuesCommand {
         #[arg(long, default_value_t = 60)]
         minutes: u64,
     },
+}
+
+#[derive(Subcommand)]
+pub enum LimitersCommand {
+    /// Create or change a limiter: N per second, bursts up to B.
+    Set {
+        name: String,
+        #[arg(long)]
+        per_second: f64,
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// Remove a limiter no function uses.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -387,6 +406,40 @@ pub async fn run(args: Args) -> Result<()> {
             .await?
         }
         Command::Queues { command } => crate::queues::run(&client, command, conn.json).await?,
+        Command::Limiters { command: None } => {
+            let ls = client.limiters().await?;
+            out.print(&ls, || {
+                let mut s = format!("{:<24} {:>12} {:>8}", "NAME", "PER SECOND", "BURST");
+                for l in &ls {
+                    s += &format!("\n{:<24} {:>12} {:>8}", l.name, l.per_second, l.burst);
+                }
+                s
+            });
+        }
+        Command::Limiters {
+            command:
+                Some(LimitersCommand::Set {
+                    name,
+                    per_second,
+                    burst,
+                }),
+        } => {
+            let l = client.put_limiter(&name, per_second, burst).await?;
+            out.print(&l, || {
+                format!(
+                    "Limiter {}: {} per second, burst {}.",
+                    l.name, l.per_second, l.burst
+                )
+            });
+        }
+        Command::Limiters {
+            command: Some(LimitersCommand::Rm { name }),
+        } => {
+            client.remove_limiter(&name).await?;
+            out.print(&serde_json::json!({"deleted": true}), || {
+                format!("Removed limiter {name}.")
+            });
+        }
         Command::Tokens { command } => match command {
             TokensCommand::Create { role, name } => {
                 let t = client.create_token(&role, name.as_deref()).await?;

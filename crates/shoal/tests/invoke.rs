@@ -255,6 +255,7 @@ async fn health_metrics_and_openapi() {
             "DELETE /v1/categories/{cat}",
             "DELETE /v1/categories/{cat}/docs/{id}",
             "DELETE /v1/functions/{name}",
+            "DELETE /v1/limiters/{name}",
             "DELETE /v1/queues/{name}",
             "DELETE /v1/tokens/{id}",
             "GET /healthz",
@@ -266,6 +267,7 @@ async fn health_metrics_and_openapi() {
             "GET /v1/functions/{name}",
             "GET /v1/invocations/{id}",
             "GET /v1/invocations/{id}/logs",
+            "GET /v1/limiters",
             "GET /v1/queues",
             "GET /v1/queues/{name}",
             "GET /v1/queues/{name}/dead-letters",
@@ -282,6 +284,7 @@ async fn health_metrics_and_openapi() {
             "POST /v1/queues/{name}/purge",
             "POST /v1/tokens",
             "PUT /v1/categories/{cat}/docs/{id}",
+            "PUT /v1/limiters/{name}",
             "PUT /v1/queues/{name}",
         ]
     );

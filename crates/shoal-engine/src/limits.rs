@@ -1,0 +1,170 @@
+//! Shared rate limiters: `N per second, burst B`, by name, used by any number
+//! of functions (`limiter = "vendor-api"` in `shoal.toml`).
+//!
+//! GCRA (the generic cell rate algorithm): one "theoretical arrival time" per
+//! limiter. A token is available when `tat - burst_window <= now`; taking it
+//! moves `tat` one interval on. Work over the limit waits — the consumer
+//! sleeps until the next token is due (no busy loop) and leases nothing
+//! meanwhile, so messages wait in their queue. Settings change at run time.
+//! The state is in memory: one node. Several nodes will keep `tat` in the
+//! shared store (a Redis script), behind the same `acquire`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_store::LimiterRecord;
+
+/// The limiters of a node.
+#[derive(Default)]
+pub(crate) struct Limiters {
+    state: Mutex<HashMap<String, Gcra>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    /// Milliseconds between tokens.
+    interval: f64,
+    /// How far `tat` may run ahead of now: (burst - 1) intervals.
+    window: f64,
+    /// Theoretical arrival time of the next token, in ms.
+    tat: f64,
+}
+
+impl Limiters {
+    /// Installs or changes a limiter; keeps its position when it exists.
+    pub(crate) fn set(&self, record: &LimiterRecord) {
+        let interval = 1000.0 / record.per_second;
+        let window = interval * f64::from(record.burst.max(1) - 1);
+        let mut state = self.state.lock().unwrap();
+        let entry = state.entry(record.name.clone()).or_insert(Gcra {
+            interval,
+            window,
+            tat: 0.0,
+        });
+        entry.interval = interval;
+        entry.window = window;
+    }
+
+    pub(crate) fn remove(&self, name: &str) {
+        self.state.lock().unwrap().remove(name);
+    }
+
+    /// Takes up to `want` tokens from `name` at `now_ms`. Returns how many
+    /// were taken, or, when none is available, how long until one is. An
+    /// unknown limiter does not limit.
+    pub(crate) fn take(&self, name: &str, want: usize, now_ms: u64) -> Result<usize, Duration> {
+        let mut state = self.state.lock().unwrap();
+        let Some(g) = state.get_mut(name) else {
+            return Ok(want);
+        };
+        let now = now_ms as f64;
+        let mut taken = 0;
+        while taken < want {
+            let tat = g.tat.max(now);
+            if tat - g.window > now {
+                break;
+            }
+            g.tat = tat + g.interval;
+            taken += 1;
+        }
+        if taken == 0 {
+            return Err(g.wait(now));
+        }
+        Ok(taken)
+    }
+
+    /// How many tokens (up to `max`) could be taken at `now_ms`, without
+    /// taking them; or how long until one can.
+    pub(crate) fn available(&self, name: &str, max: usize, now_ms: u64) -> Result<usize, Duration> {
+        let state = self.state.lock().unwrap();
+        let Some(g) = state.get(name) else {
+            return Ok(max);
+        };
+        let now = now_ms as f64;
+        let tat = g.tat.max(now);
+        if tat - g.window > now {
+            return Err(g.wait(now));
+        }
+        // Tokens until `tat` would run past `now + window`.
+        let n = ((now + g.window - tat) / g.interval).floor() as usize + 1;
+        Ok(n.min(max))
+    }
+}
+
+impl Gcra {
+    /// Time until the next token is due (at least a millisecond).
+    fn wait(&self, now: f64) -> Duration {
+        let wait = self.tat.max(now) - self.window - now;
+        Duration::from_micros((wait * 1000.0).ceil().max(1000.0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_second: f64, burst: u32) -> Limiters {
+        let l = Limiters::default();
+        l.set(&LimiterRecord {
+            name: "v".into(),
+            per_second,
+            burst,
+            updated_at_ms: 0,
+        });
+        l
+    }
+
+    #[test]
+    fn never_more_than_rate_plus_burst_in_any_second() {
+        let l = limiter(10.0, 3);
+        // Ask greedily every millisecond for 5 seconds.
+        let mut grants = Vec::new();
+        for now in 0..5000u64 {
+            if let Ok(n) = l.take("v", 100, now) {
+                grants.extend(std::iter::repeat_n(now, n));
+            }
+        }
+        // Rate: about 10/s over 5 s, plus the burst at the start.
+        assert!((50..=53).contains(&grants.len()), "{}", grants.len());
+        for w in 0..4000u64 {
+            let in_window = grants.iter().filter(|t| **t >= w && **t < w + 1000).count();
+            assert!(in_window <= 10 + 3, "window at {w}: {in_window}");
+        }
+    }
+
+    #[test]
+    fn tells_how_long_to_wait() {
+        let l = limiter(2.0, 1);
+        assert_eq!(l.take("v", 5, 1000), Ok(1));
+        let wait = l.take("v", 1, 1000).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(l.take("v", 1, 1500), Ok(1));
+        assert_eq!(l.take("nope", 7, 0), Ok(7));
+    }
+
+    #[test]
+    fn available_counts_without_taking() {
+        let l = limiter(10.0, 3);
+        assert_eq!(l.available("v", 100, 0), Ok(3));
+        assert_eq!(l.available("v", 2, 0), Ok(2));
+        assert_eq!(l.take("v", 2, 0), Ok(2));
+        assert_eq!(l.available("v", 100, 0), Ok(1));
+        assert_eq!(l.take("v", 1, 0), Ok(1));
+        assert_eq!(l.available("v", 100, 0), Err(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn settings_change_at_run_time() {
+        let l = limiter(1.0, 1);
+        assert_eq!(l.take("v", 1, 0), Ok(1));
+        assert!(l.take("v", 1, 10).is_err());
+        l.set(&LimiterRecord {
+            name: "v".into(),
+            per_second: 1000.0,
+            burst: 10,
+            updated_at_ms: 0,
+        });
+        assert!(l.take("v", 5, 1000).unwrap() >= 5);
+    }
+}

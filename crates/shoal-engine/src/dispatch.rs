@@ -571,7 +571,9 @@ pub(crate) fn request(inner: &Arc<Inner>, record: &InvocationRecord, d: &Deploye
         version: d.record.version,
         attempt: record.attempts,
         event: record.input.clone(),
-        host: None,
+        host: Some(Arc::new(crate::host::EngineHost {
+            inner: inner.clone(),
+        }) as Arc<dyn shoal_runtime::Host>),
         gate: d.record.limiter.clone().map(|limiter| {
             Arc::new(TokenGate {
                 inner: inner.clone(),

@@ -11,6 +11,7 @@ mod dispatch;
 mod engine;
 mod error;
 mod functions;
+mod host;
 mod limits;
 pub mod manifest;
 mod queues;

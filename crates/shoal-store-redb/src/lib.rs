@@ -117,6 +117,10 @@ pub struct WriterStats {
     pub purge_backlog: u64,
 }
 
+/// redb's page cache when not configured: small, because documents are read
+/// in streaming scans and decoded copies live in the query workers.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The embedded store. Implements `Catalog`, `Invocations`, `Queues` and `Docs`;
 /// bundle it with `shoal_store::Backend::from_adapter`.
 pub struct RedbStore {
@@ -134,6 +138,13 @@ impl RedbStore {
     /// This blocks (file I/O, and a repair scan after a crash); from async
     /// code call it inside `spawn_blocking` if that matters.
     pub fn open(path: &Path) -> Result<Arc<RedbStore>> {
+        RedbStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like `open`, with redb's page cache limited to `cache_bytes`. The
+    /// cache is part of the node's memory: queries stream whole categories
+    /// through it, so it should not grow with the data.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Arc<RedbStore>> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -141,6 +152,7 @@ impl RedbStore {
                 .map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
         }
         let db = Database::builder()
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
         init_layout(&db)?;

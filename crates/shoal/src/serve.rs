@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Memory for documents kept resident in query workers, in MiB (all workers together).
     #[arg(long, env = "SHOAL_QUERY_CACHE_MB", default_value_t = 2048)]
     pub query_cache_mb: usize,
+    /// Memory for the embedded store's page cache, in MiB.
+    #[arg(long, env = "SHOAL_STORE_CACHE_MB", default_value_t = 64)]
+    pub store_cache_mb: usize,
     /// Worker processes a query runs on, per function (default: the number of CPUs).
     #[arg(long, env = "SHOAL_QUERY_WORKERS", default_value_t = default_query_workers())]
     pub query_workers: usize,
@@ -98,7 +101,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
 
-    let store = RedbStore::open(&data_dir.join("shoal.redb")).with_context(|| {
+    let store = RedbStore::open_with_cache(
+        &data_dir.join("shoal.redb"),
+        args.store_cache_mb.saturating_mul(1024 * 1024),
+    )
+    .with_context(|| {
         format!(
             "opening the store in {} (is another node using it?)",
             data_dir.display()

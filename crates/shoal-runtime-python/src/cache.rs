@@ -213,6 +213,11 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// Bytes worker `uid` still holds.
+    pub(crate) fn held(&self, uid: u64) -> u64 {
+        lock(&self.ledger).holders.get(&uid).map_or(0, |h| h.used)
+    }
+
     /// Bytes held in all (for tests and metrics).
     #[cfg(test)]
     fn used(&self) -> u64 {

@@ -1172,8 +1172,18 @@ pub(crate) async fn deliver_drops(pool: &Pool, set: &mut QuerySet) {
         let Some(qw) = slot.as_mut() else {
             continue;
         };
-        let drops = pool.config().cache.take_drops(qw.uid);
+        let cache = &pool.config().cache;
+        let drops = cache.take_drops(qw.uid);
         if drops.is_empty() {
+            continue;
+        }
+        // A worker that lost everything it held is replaced rather than
+        // told: Python keeps the memory it freed, so only a fresh process
+        // (forked from the template on the next query) gives it back.
+        if cache.held(qw.uid) == 0 {
+            if let Some(qw) = slot.take() {
+                pool.discard_query_worker(qw);
+            }
             continue;
         }
         let frame = protocol::drop_frame(&drops);

@@ -267,6 +267,11 @@ impl Ledger {
             if !self.evict_oldest(None, victims) {
                 return 0;
             }
+            // Another worker's shards go all at once: a worker left with
+            // nothing is replaced, which returns its memory to the system
+            // before this shard is loaded (Python keeps freed memory, so
+            // dropping shards one by one would leave both copies resident).
+            self.empty_victims(uid);
         }
         self.clock += 1;
         let clock = self.clock;
@@ -315,6 +320,29 @@ impl Ledger {
             victims.push(holder.pool.clone());
         }
         true
+    }
+}
+
+impl Ledger {
+    /// Empties every worker other than `requester` that lost a shard in this
+    /// reservation, of all its other evictable shards.
+    fn empty_victims(&mut self, requester: u64) {
+        let mut freed_all = 0;
+        for (uid, holder) in self.holders.iter_mut() {
+            if *uid == requester || holder.drops.is_empty() {
+                continue;
+            }
+            let keys: Vec<ShardKey> = holder
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.pinned && !e.building)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in keys {
+                freed_all += holder.evict(&key);
+            }
+        }
+        self.used -= freed_all;
     }
 }
 

@@ -9,8 +9,11 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use shoal_runtime::{Deployment, Host, HostError, Request, Response, Runtime};
-use shoal_runtime_python::{Options, PythonRuntime};
-use shoal_types::{FailureKind, Limits, Outcome};
+use shoal_types::{FailureKind, Outcome};
+
+mod common;
+
+use common::{Fixture, fixture, limits};
 
 type Answer = BoxFuture<'static, Result<String, HostError>>;
 type AnswerFn = dyn Fn(&str, Value) -> Answer + Send + Sync;
@@ -73,47 +76,7 @@ fn never(token: &Arc<()>) -> Answer {
     })
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    rt: Arc<PythonRuntime>,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = PythonRuntime::new(Options::new(dir.path().join("work"))).unwrap();
-    Fixture { dir, rt }
-}
-
-fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(10),
-        memory_mb: 256,
-        concurrency: 2,
-    }
-}
-
 impl Fixture {
-    fn deploy(&self, key: &str, code: &str) -> Deployment {
-        self.deploy_with(key, code, limits())
-    }
-
-    fn deploy_with(&self, key: &str, code: &str, limits: Limits) -> Deployment {
-        let code_dir = self
-            .dir
-            .path()
-            .join("functions")
-            .join(key.replace('@', "-"));
-        std::fs::create_dir_all(&code_dir).unwrap();
-        std::fs::write(code_dir.join("main.py"), code).unwrap();
-        Deployment {
-            key: key.to_string(),
-            code_dir,
-            handler: "main:handler".into(),
-            env_dir: None,
-            limits,
-        }
-    }
-
     async fn call(&self, dep: &Deployment, event: &str, host: Option<Arc<TestHost>>) -> Response {
         self.rt.invoke(dep, request(event, host)).await.unwrap()
     }

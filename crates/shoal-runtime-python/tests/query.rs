@@ -15,56 +15,25 @@ use shoal_runtime::{
     Runtime, ShardSource,
 };
 use shoal_runtime_python::{Options, PythonRuntime};
-use shoal_types::{FailureKind, Limits, Outcome};
+use shoal_types::{FailureKind, Outcome};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    rt: Arc<PythonRuntime>,
-}
+mod common;
 
+/// Two query workers, whatever the machine has.
 fn fixture_with(configure: impl FnOnce(&mut Options)) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = Options::new(dir.path().join("work"));
-    options.query_workers = 2;
-    configure(&mut options);
-    let rt = PythonRuntime::new(options).unwrap();
-    Fixture { dir, rt }
+    common::fixture_with(|o| {
+        o.query_workers = 2;
+        configure(o);
+    })
 }
 
 fn fixture() -> Fixture {
     fixture_with(|_| {})
 }
 
-fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(10),
-        memory_mb: 256,
-        concurrency: 2,
-    }
-}
+use common::{Fixture, limits};
 
-impl Fixture {
-    fn deploy(&self, key: &str, code: &str) -> Deployment {
-        self.deploy_with(key, code, limits())
-    }
-
-    fn deploy_with(&self, key: &str, code: &str, limits: Limits) -> Deployment {
-        let code_dir = self
-            .dir
-            .path()
-            .join("functions")
-            .join(key.replace('@', "-"));
-        std::fs::create_dir_all(&code_dir).unwrap();
-        std::fs::write(code_dir.join("main.py"), code).unwrap();
-        Deployment {
-            key: key.to_string(),
-            code_dir,
-            handler: "main:handler".into(),
-            env_dir: None,
-            limits,
-        }
-    }
-}
+impl Fixture {}
 
 /// Shards in memory, sorted by id; counts the scans.
 struct MemSource {

@@ -2,61 +2,16 @@
 //! behaviour; every failure kind must heal the pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_runtime::{Deployment, Error, Request, Response, Runtime};
-use shoal_runtime_python::{Options, PythonRuntime};
-use shoal_types::{FailureKind, Limits, Outcome};
+use shoal_types::{FailureKind, Outcome};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    rt: Arc<PythonRuntime>,
-}
+mod common;
 
-fn fixture() -> Fixture {
-    fixture_with(|_| {})
-}
-
-fn fixture_with(configure: impl FnOnce(&mut Options)) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = Options::new(dir.path().join("work"));
-    configure(&mut options);
-    let rt = PythonRuntime::new(options).unwrap();
-    Fixture { dir, rt }
-}
-
-fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(10),
-        memory_mb: 256,
-        concurrency: 2,
-    }
-}
+use common::{Fixture, fixture, fixture_with, limits};
 
 impl Fixture {
-    /// Writes `main.py` into a fresh function directory and returns its deployment.
-    fn deploy(&self, key: &str, code: &str) -> Deployment {
-        self.deploy_with(key, code, limits())
-    }
-
-    fn deploy_with(&self, key: &str, code: &str, limits: Limits) -> Deployment {
-        let code_dir = self
-            .dir
-            .path()
-            .join("functions")
-            .join(key.replace('@', "-"));
-        std::fs::create_dir_all(&code_dir).unwrap();
-        std::fs::write(code_dir.join("main.py"), code).unwrap();
-        Deployment {
-            key: key.to_string(),
-            code_dir,
-            handler: "main:handler".into(),
-            env_dir: None,
-            limits,
-        }
-    }
-
     async fn call(&self, deployment: &Deployment, event: &str) -> Response {
         self.rt.invoke(deployment, request(event)).await.unwrap()
     }

@@ -449,23 +449,16 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
     record.started_at_ms = Some(now);
     record.next_attempt_at_ms = None;
     set_live(inner, record.clone(), None);
-    let response = match inner
-        .runtime
-        .invoke(&d.deployment, request(inner, &record, &d))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            inner.live.lock().unwrap().remove(&record.id);
-            if !inner.shutdown.is_cancelled() {
-                warn!(id = %record.id, error = %e, "Runtime failed; the invocation will be redelivered.");
-                let due = inner.clock.now_ms() + 1000;
-                drop(inner.backend.queues.nack(&queue, &delivery.id, due));
-            }
-            // When shutting down, the lease lapses and the message is
-            // delivered again after restart.
-            return;
-        }
+    let Some(response) = run_leased(
+        inner,
+        &queue,
+        std::slice::from_ref(&delivery.id),
+        &record,
+        &d,
+    )
+    .await
+    else {
+        return;
     };
     apply_response(inner, &mut record, &d, &response);
     metrics(&d, "async", &response);
@@ -486,6 +479,37 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
         return;
     }
     persist(inner, record, response.logs, Some((queue, delivery.id)));
+}
+
+/// Runs a leased invocation on the runtime. When the platform (not the user
+/// code) fails, the record leaves the live map and the messages are released
+/// for another try in a second; when the node is shutting down their leases
+/// simply lapse and they are delivered again after the restart.
+pub(crate) async fn run_leased(
+    inner: &Arc<Inner>,
+    queue: &str,
+    ids: &[String],
+    record: &InvocationRecord,
+    d: &Deployed,
+) -> Option<Response> {
+    match inner
+        .runtime
+        .invoke(&d.deployment, request(inner, record, d))
+        .await
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            inner.live.lock().unwrap().remove(&record.id);
+            if !inner.shutdown.is_cancelled() {
+                warn!(%queue, id = %record.id, error = %e, "Runtime failed; the messages will be redelivered.");
+                let due = inner.clock.now_ms() + 1000;
+                for id in ids {
+                    drop(inner.backend.queues.nack(queue, id, due));
+                }
+            }
+            None
+        }
+    }
 }
 
 /// Delay before retry number `attempt` (1-based): `base × 2^(attempt-1)`,
@@ -564,7 +588,7 @@ pub(crate) fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> I
     }
 }
 
-pub(crate) fn request(inner: &Arc<Inner>, record: &InvocationRecord, d: &Deployed) -> Request {
+fn request(inner: &Arc<Inner>, record: &InvocationRecord, d: &Deployed) -> Request {
     Request {
         invocation_id: record.id.clone(),
         function: d.record.name.clone(),

@@ -20,7 +20,7 @@ use shoal_store::{
 use shoal_types::{Invalid, Outcome, validate_name};
 
 use crate::dispatch::{
-    self, Feed, apply_response, backoff, metrics, new_record, persist, request, set_live,
+    self, Feed, apply_response, backoff, metrics, new_record, persist, set_live,
 };
 use crate::engine::Inner;
 use crate::error::{Error, Result};
@@ -407,24 +407,10 @@ pub(crate) async fn run_batch(
             }
         })
     };
-    let result = inner
-        .runtime
-        .invoke(&d.deployment, request(inner, &record, &d))
-        .await;
+    let response = dispatch::run_leased(inner, queue, &ids, &record, &d).await;
     extender.abort();
-    let response = match result {
-        Ok(r) => r,
-        Err(e) => {
-            inner.live.lock().unwrap().remove(&record.id);
-            if !inner.shutdown.is_cancelled() {
-                warn!(%queue, error = %e, "Runtime failed; the batch will be redelivered.");
-                let due = inner.clock.now_ms() + 1000;
-                for id in &ids {
-                    drop(inner.backend.queues.nack(queue, id, due));
-                }
-            }
-            return;
-        }
+    let Some(response) = response else {
+        return;
     };
     apply_response(inner, &mut record, &d, &response);
     metrics(&d, "queue", &response);

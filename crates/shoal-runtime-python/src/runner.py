@@ -460,6 +460,10 @@ class Worker:
             self.send(b'{"kind":"progress","unit":%d,"docs":0}' % q.beat_unit)
         finally:
             self.in_step = True
+        if self.aborting:
+            # SIGINT came while the beat was sent: it could not raise then.
+            self.in_step = False
+            raise _Abort()
 
     def _forked_copy(self):
         # A process forked by user code is not the worker: it must never speak
@@ -860,6 +864,10 @@ class _Query:
         signal.setitimer(signal.ITIMER_REAL, self.report_every, self.report_every)
         try:
             w.in_step = True
+            if w.aborting:
+                # The signal came between frames (while this one was read or
+                # parsed): it could not raise, so it is noticed here.
+                raise _Abort()
             if kind == "run":
                 reply = self.run(msg)
             elif kind == "batch":

@@ -79,9 +79,22 @@ pub(crate) struct Consumer {
 /// What an asynchronous invocation's queue message carries; the invocation
 /// record holds the rest.
 #[derive(Serialize, Deserialize)]
-struct Message {
+pub(crate) struct Message {
     id: String,
     version: u64,
+}
+
+impl Message {
+    pub(crate) fn new(id: &str, version: u64) -> Message {
+        Message {
+            id: id.to_string(),
+            version,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("message encodes")
+    }
 }
 
 /// Queue names with a dot cannot clash with user queue names.
@@ -103,10 +116,8 @@ pub(crate) async fn invoke_sync(
     record.max_attempts = 1;
     let id = record.id.clone();
     set_live(inner, record.clone(), None);
-    let response = inner
-        .runtime
-        .invoke(&d.deployment, request(inner, &record, &d))
-        .await;
+    let (request, _) = request(inner, &record, &d);
+    let response = inner.runtime.invoke(&d.deployment, request).await;
     let response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -126,11 +137,7 @@ pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) 
     let record = new_record(&d, "async", event, inner.clock.now_ms());
     let id = record.id.clone();
     let record_created_ms = record.created_at_ms;
-    let body = serde_json::to_vec(&Message {
-        id: id.clone(),
-        version: d.record.version,
-    })
-    .expect("message encodes");
+    let body = Message::new(&id, d.record.version).encode();
     // Both writes are issued in order; the message is durable only after the
     // record is, so a delivered message always finds its record.
     let put = inner.backend.invocations.put_invocations(vec![record]);
@@ -416,8 +423,23 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
     };
     let mut record = record;
     if InvocationStatus::parse(&record.status).is_some_and(|s| s.is_final()) {
-        // Finished before a crash took the acknowledgement with it.
-        drop(ack(delivery.id));
+        // Finished before a crash took the acknowledgement with it (and
+        // maybe the job result: recording it again changes nothing).
+        let finish = crate::jobs::finish_slot(inner, &record);
+        let acked = ack(delivery.id);
+        if let Some(finish) = finish {
+            finish.await;
+        }
+        drop(acked);
+        return;
+    }
+    if let Some(slot) = &record.job
+        && crate::jobs::cancelled(inner, &slot.job).await
+    {
+        record.status = InvocationStatus::Cancelled.as_str().into();
+        record.finished_at_ms = Some(inner.clock.now_ms());
+        record.next_attempt_at_ms = None;
+        persist(inner, record, Vec::new(), Some((queue, delivery.id)));
         return;
     }
     let d = match resolve_version(inner, name, msg.version).await {
@@ -453,7 +475,7 @@ async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
         inner,
         &queue,
         std::slice::from_ref(&delivery.id),
-        &record,
+        &mut record,
         &d,
     )
     .await
@@ -489,15 +511,15 @@ pub(crate) async fn run_leased(
     inner: &Arc<Inner>,
     queue: &str,
     ids: &[String],
-    record: &InvocationRecord,
+    record: &mut InvocationRecord,
     d: &Deployed,
 ) -> Option<Response> {
-    match inner
-        .runtime
-        .invoke(&d.deployment, request(inner, record, d))
-        .await
-    {
-        Ok(r) => Some(r),
+    let (request, handoff) = request(inner, record, d);
+    match inner.runtime.invoke(&d.deployment, request).await {
+        Ok(r) => {
+            record.handed_to = handoff.lock().unwrap().take();
+            Some(r)
+        }
         Err(e) => {
             inner.live.lock().unwrap().remove(&record.id);
             if !inner.shutdown.is_cancelled() {
@@ -525,7 +547,7 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     half + Duration::from_millis(jitter)
 }
 
-fn resolve_latest(inner: &Inner, name: &str) -> Result<Arc<Deployed>> {
+pub(crate) fn resolve_latest(inner: &Inner, name: &str) -> Result<Arc<Deployed>> {
     let name = parse_name(name)?;
     if inner.shutdown.is_cancelled() {
         return Err(Error::Unavailable(
@@ -585,26 +607,42 @@ pub(crate) fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> I
         billed_gb_s: 0.0,
         cold_start: false,
         next_attempt_at_ms: None,
+        job: None,
+        handed_to: None,
     }
 }
 
-fn request(inner: &Arc<Inner>, record: &InvocationRecord, d: &Deployed) -> Request {
-    Request {
+/// The runtime request of an invocation, and where its host calls note the
+/// job it handed its slot to.
+fn request(
+    inner: &Arc<Inner>,
+    record: &InvocationRecord,
+    d: &Deployed,
+) -> (Request, Arc<std::sync::Mutex<Option<String>>>) {
+    let handoff = Arc::new(std::sync::Mutex::new(None));
+    let host = crate::host::EngineHost {
+        inner: inner.clone(),
+        caller: crate::jobs::Caller {
+            invocation: record.id.clone(),
+            slot: record.job.clone(),
+            handoff: handoff.clone(),
+        },
+    };
+    let request = Request {
         invocation_id: record.id.clone(),
         function: d.record.name.clone(),
         version: d.record.version,
         attempt: record.attempts,
         event: record.input.clone(),
-        host: Some(Arc::new(crate::host::EngineHost {
-            inner: inner.clone(),
-        }) as Arc<dyn shoal_runtime::Host>),
+        host: Some(Arc::new(host) as Arc<dyn shoal_runtime::Host>),
         gate: d.record.limiter.clone().map(|limiter| {
             Arc::new(TokenGate {
                 inner: inner.clone(),
                 limiter,
             }) as Arc<dyn Gate>
         }),
-    }
+    };
+    (request, handoff)
 }
 
 pub(crate) fn apply_response(
@@ -665,13 +703,18 @@ pub(crate) fn persist(
     let id = record.id.clone();
     let entry = set_live(inner, record.clone(), Some(logs.clone()));
     let put_logs = (!logs.is_empty()).then(|| inner.backend.invocations.put_logs(&id, logs));
-    let put = inner.backend.invocations.put_invocations(vec![record]);
+    let put = inner.backend.invocations.put_invocations(vec![record.clone()]);
+    // The job result before the acknowledgement (see `jobs::finish_slot`).
+    let finish = crate::jobs::finish_slot(inner, &record);
     let acked = ack.map(|(queue, msg)| inner.backend.queues.ack(&queue, vec![msg]));
     let inner = inner.clone();
     tokio::spawn(async move {
         let mut ok = put.await.map_err(|e| e.to_string());
         if let Some(f) = put_logs {
             ok = ok.and(f.await.map_err(|e| e.to_string()));
+        }
+        if let Some(f) = finish {
+            f.await;
         }
         if let Some(f) = acked {
             ok = ok.and(f.await.map_err(|e| e.to_string()));

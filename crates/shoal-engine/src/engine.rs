@@ -15,7 +15,7 @@ use tracing::info;
 
 use shoal_runtime::{PoolStats, Runtime};
 use shoal_store::{
-    Backend, FunctionRecord, InvocationRecord, LimiterRecord, QueueDepth, TokenRecord,
+    Backend, ChildResult, FunctionRecord, InvocationRecord, LimiterRecord, QueueDepth, TokenRecord,
 };
 use shoal_types::Role;
 
@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::dispatch::{self, Consumer};
 use crate::error::{Error, Result};
 use crate::functions::{self, Deployed, Registry};
+use crate::jobs::{self, JobSpec, JobView};
 use crate::limits::Limiters;
 use crate::queues::{self, OutMessage, QueueInfo, QueueSettings};
 
@@ -419,6 +420,26 @@ impl Handle {
     }
 
     /// Sends messages durably; returns their ids.
+    /// Starts a job: one asynchronous invocation of `spec.function` per
+    /// event, then `spec.then` once all have finished. Returns its id.
+    pub async fn start_job(&self, spec: JobSpec) -> Result<String> {
+        jobs::start(&self.inner, spec, None).await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobView> {
+        jobs::view(&self.inner, id).await
+    }
+
+    /// Children's results by index from `offset`, at most `limit`.
+    pub async fn job_results(&self, id: &str, offset: u64, limit: usize) -> Result<Vec<ChildResult>> {
+        jobs::results(&self.inner, id, offset, limit).await
+    }
+
+    /// Cancels a job and the jobs below it.
+    pub async fn cancel_job(&self, id: &str) -> Result<()> {
+        jobs::cancel(&self.inner, id).await
+    }
+
     pub async fn send(&self, queue: &str, messages: Vec<OutMessage>) -> Result<Vec<String>> {
         queues::send(&self.inner, queue, messages).await
     }

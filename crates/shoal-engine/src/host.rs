@@ -1,6 +1,7 @@
 //! The engine's answers to host calls from running handlers (`ctx.call`):
-//! `spawn` (an asynchronous invocation of a function) and `send` (messages
-//! on a queue). `map` with fan-in (jobs) comes next.
+//! `spawn` (an asynchronous invocation of a function), `send` (messages on
+//! a queue), `map` (a job: fan-out with fan-in, see `jobs`), `job` (a job's
+//! progress) and `job_results` (a page of its children's results).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,40 @@ use shoal_runtime::{Host, HostError};
 
 use crate::dispatch;
 use crate::engine::Inner;
+use crate::jobs::{self, Caller, JobSpec};
 use crate::error::Error;
 use crate::queues::{self, OutMessage};
 
 /// Host calls of one invocation.
 pub(crate) struct EngineHost {
     pub(crate) inner: Arc<Inner>,
+    pub(crate) caller: Caller,
 }
+
+#[derive(Deserialize)]
+struct MapArgs {
+    function: String,
+    events: Vec<Box<RawValue>>,
+    #[serde(default)]
+    then: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JobArgs {
+    job: String,
+}
+
+#[derive(Deserialize)]
+struct ResultsArgs {
+    job: String,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Results per `job_results` call at most (and by default).
+const RESULTS_PAGE: usize = 1000;
 
 #[derive(Deserialize)]
 struct SpawnArgs {
@@ -42,6 +70,11 @@ impl Host for EngineHost {
     fn call(&self, op: &str, args: String) -> BoxFuture<'static, Result<String, HostError>> {
         let inner = self.inner.clone();
         let op = op.to_string();
+        let caller = Caller {
+            invocation: self.caller.invocation.clone(),
+            slot: self.caller.slot.clone(),
+            handoff: self.caller.handoff.clone(),
+        };
         Box::pin(async move {
             match op.as_str() {
                 "spawn" => {
@@ -62,13 +95,46 @@ impl Host for EngineHost {
                     let ids = queues::send(&inner, &a.queue, vec![msg]).await.map_err(host_error)?;
                     Ok(serde_json::json!({ "id": ids.first() }).to_string())
                 }
-                "map" => Err(HostError {
-                    code: "not_available".into(),
-                    message: "ctx.map with fan-in is not available on this node yet; use ctx.spawn per child".into(),
-                }),
+                "map" => {
+                    let a: MapArgs = parse(&args)?;
+                    let spec = JobSpec {
+                        function: a.function,
+                        events: a.events.into_iter().map(|e| e.get().to_string()).collect(),
+                        then: a.then,
+                    };
+                    let id = jobs::start(&inner, spec, Some(&caller))
+                        .await
+                        .map_err(host_error)?;
+                    Ok(serde_json::json!({ "job": id }).to_string())
+                }
+                "job" => {
+                    let a: JobArgs = parse(&args)?;
+                    let view = jobs::view(&inner, &a.job).await.map_err(host_error)?;
+                    let p = &view.progress;
+                    Ok(serde_json::json!({
+                        "job": view.record.id,
+                        "status": jobs::status(p),
+                        "total": view.record.total,
+                        "succeeded": p.succeeded,
+                        "failed": p.failed,
+                        "cancelled": p.cancelled,
+                        "pending": view.record.total.saturating_sub(p.done()),
+                    })
+                    .to_string())
+                }
+                "job_results" => {
+                    let a: ResultsArgs = parse(&args)?;
+                    let limit = a.limit.unwrap_or(RESULTS_PAGE).min(RESULTS_PAGE);
+                    let results = jobs::results(&inner, &a.job, a.offset, limit)
+                        .await
+                        .map_err(host_error)?;
+                    Ok(results_json(&results))
+                }
                 other => Err(HostError {
                     code: "unknown_op".into(),
-                    message: format!("no host call named {other:?}; use spawn or send"),
+                    message: format!(
+                        "no host call named {other:?}; use spawn, send, map, job or job_results"
+                    ),
                 }),
             }
         })
@@ -93,4 +159,30 @@ fn host_error(e: Error) -> HostError {
         code,
         message: e.to_string(),
     }
+}
+
+/// `{"results": [{"index", "invocation", "status", "output", "error"}]}`,
+/// outputs inlined as the JSON they are.
+pub(crate) fn results_json(results: &[shoal_store::ChildResult]) -> String {
+    let items: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let output = r
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok());
+            serde_json::json!({
+                "index": r.index,
+                "invocation": r.invocation,
+                "status": r.status,
+                "output": output,
+                "error": r.error.as_ref().map(|e| serde_json::json!({
+                    "kind": e.kind,
+                    "exception": e.exception,
+                    "message": e.message,
+                })),
+            })
+        })
+        .collect();
+    serde_json::json!({ "results": items }).to_string()
 }

@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod functions;
 mod host;
+mod jobs;
 mod limits;
 pub mod manifest;
 mod queues;
@@ -23,9 +24,11 @@ pub use dispatch::Completed;
 pub use engine::{Handle, Options, start};
 pub use error::{Error, Result};
 pub use functions::Deployed;
+pub use jobs::{JobNode, JobSpec, JobView, MAX_CHILDREN, status as job_status};
 pub use queues::{OutMessage, QueueInfo, QueueSettings};
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
-    CategoryRecord, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord, LimiterRecord,
-    QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats, StoredDoc,
+    CategoryRecord, ChildResult, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord,
+    JobProgress, JobRecord, JobSlot, LimiterRecord, QueueCounters, QueueDepth, QueueRecord,
+    QueueSample, ShardStats, StoredDoc,
 };

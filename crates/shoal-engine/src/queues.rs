@@ -407,7 +407,7 @@ pub(crate) async fn run_batch(
             }
         })
     };
-    let response = dispatch::run_leased(inner, queue, &ids, &record, &d).await;
+    let response = dispatch::run_leased(inner, queue, &ids, &mut record, &d).await;
     extender.abort();
     let Some(response) = response else {
         return;

@@ -33,9 +33,15 @@
 //! | `docs` | u64 BE internal id ++ u32 BE shard ++ doc id bytes | raw JSON text |
 //! | `doc_stats` | (internal id, shard) | (docs, bytes, version), no format byte |
 //! | `doc_garbage` | internal id of a deleted category | its name (documents await the purge) |
+//! | `jobs` | job id | `JobRecord` (written once) |
+//! | `job_progress` | job id | `JobProgress` |
+//! | `job_results` | (job id, child index) | `ChildResult` |
+//! | `job_failures` | (job id, child index) | (), the failed children |
+//! | `sub_jobs` | (parent job id, job id) | (), the job tree |
 
 mod codec;
 mod docs;
+mod jobs;
 mod queue;
 mod queue_ops;
 mod writer;
@@ -51,9 +57,10 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_store::{
-    Catalog, CategoryRecord, DeadLetter, Delivery, DocWrite, Docs, Error, FunctionRecord,
-    InvocationRecord, Invocations, Leased, LimiterRecord, NewMessage, Pending, QueueCounters,
-    QueueDepth, QueueRecord, QueueSample, Queues, Result, ShardStats, StoredDoc, TokenRecord,
+    Catalog, CategoryRecord, ChildFinished, ChildResult, DeadLetter, Delivery, DocWrite, Docs,
+    Error, FunctionRecord, InvocationRecord, Invocations, JobProgress, JobRecord, Jobs, Leased,
+    LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth, QueueRecord, QueueSample,
+    Queues, Result, ShardStats, StoredDoc, TokenRecord,
 };
 use tokio::sync::oneshot;
 
@@ -86,6 +93,11 @@ const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 /// (category id, shard) → (docs, bytes, version).
 const DOC_STATS: TableDefinition<(u64, u32), (u64, u64, u64)> = TableDefinition::new("doc_stats");
 const DOC_GARBAGE: TableDefinition<u64, &str> = TableDefinition::new("doc_garbage");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const JOB_PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_progress");
+const JOB_RESULTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("job_results");
+const JOB_FAILURES: TableDefinition<(&str, u64), ()> = TableDefinition::new("job_failures");
+const SUB_JOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("sub_jobs");
 
 /// The layout version in `meta["format"]`.
 const LAYOUT_VERSION: u64 = 1;
@@ -121,7 +133,7 @@ pub struct WriterStats {
 /// in streaming scans and decoded copies live in the query workers.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The embedded store. Implements `Catalog`, `Invocations`, `Queues` and `Docs`;
+/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs` and `Jobs`;
 /// bundle it with `shoal_store::Backend::from_adapter`.
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -287,6 +299,11 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(DOCS).map_err(unavailable)?;
         txn.open_table(DOC_STATS).map_err(unavailable)?;
         txn.open_table(DOC_GARBAGE).map_err(unavailable)?;
+        txn.open_table(JOBS).map_err(unavailable)?;
+        txn.open_table(JOB_PROGRESS).map_err(unavailable)?;
+        txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+        txn.open_table(JOB_FAILURES).map_err(unavailable)?;
+        txn.open_table(SUB_JOBS).map_err(unavailable)?;
     }
     txn.commit().map_err(unavailable)
 }
@@ -540,16 +557,167 @@ impl Catalog for RedbStore {
     }
 }
 
+fn encode_invocations(records: &[InvocationRecord]) -> Result<Vec<(String, Vec<u8>)>> {
+    records
+        .iter()
+        .map(|r| {
+            codec::check_invocation(r)?;
+            let value = codec::encode_record(&format_args!("invocation {}", r.id), r)?;
+            Ok((r.id.clone(), value))
+        })
+        .collect()
+}
+
+impl Jobs for RedbStore {
+    fn create_job(
+        &self,
+        job: JobRecord,
+        children: Vec<InvocationRecord>,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Pending<()> {
+        let encoded = (|| {
+            if let Some(plan) = &job.then_plan {
+                codec::check_invocation(&plan.record)?;
+            }
+            let record = codec::encode_record(&format_args!("job {}", job.id), &job)?;
+            Ok(jobs::NewJob {
+                id: job.id.clone(),
+                record,
+                parent: job.parent.clone(),
+                children: encode_invocations(&children)?,
+                queue: queue.to_string(),
+                messages,
+                total: job.total,
+                now_ms: job.created_at_ms,
+            })
+        })();
+        match encoded {
+            Err(e) => ready(Err(e)),
+            Ok(new) => self.submit(Command::CreateJob(Box::new(new)), Reply::Unit),
+        }
+    }
+
+    fn job(&self, id: &str) -> Pending<Option<(JobRecord, JobProgress)>> {
+        self.read(|txn| {
+            let jobs = txn.open_table(JOBS).map_err(unavailable)?;
+            let Some(stored) = jobs.get(id).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let record: JobRecord = decode_record(&format_args!("job {id}"), stored.value())?;
+            let progress = txn.open_table(JOB_PROGRESS).map_err(unavailable)?;
+            let progress = match progress.get(id).map_err(unavailable)? {
+                Some(v) => decode_record(&format_args!("job {id} progress"), v.value())?,
+                None => JobProgress::default(),
+            };
+            Ok(Some((record, progress)))
+        })
+    }
+
+    fn finish_child(
+        &self,
+        job: &str,
+        result: ChildResult,
+        now_ms: u64,
+    ) -> Pending<ChildFinished> {
+        self.submit(
+            Command::FinishChild {
+                job: job.to_string(),
+                result: Box::new(result),
+                now_ms,
+            },
+            Reply::Finished,
+        )
+    }
+
+    fn child_results(
+        &self,
+        job: &str,
+        from_index: u64,
+        limit: usize,
+    ) -> Pending<Vec<ChildResult>> {
+        self.read(|txn| {
+            let table = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            if limit == 0 {
+                return Ok(out);
+            }
+            for entry in table
+                .range((job, from_index)..=(job, u64::MAX))
+                .map_err(unavailable)?
+            {
+                let (key, value) = entry.map_err(unavailable)?;
+                let what = format_args!("job {job} result {}", key.value().1);
+                out.push(decode_record(&what, value.value())?);
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn child_failures(
+        &self,
+        job: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Pending<Vec<ChildResult>> {
+        self.read(|txn| {
+            let failures = txn.open_table(JOB_FAILURES).map_err(unavailable)?;
+            let results = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            if limit == 0 {
+                return Ok(out);
+            }
+            let lower = match after {
+                Some(after) => Bound::Excluded((job, after)),
+                None => Bound::Included((job, 0)),
+            };
+            let upper = Bound::Included((job, u64::MAX));
+            for entry in failures.range((lower, upper)).map_err(unavailable)? {
+                let index = entry.map_err(unavailable)?.0.value().1;
+                if let Some(value) = results.get((job, index)).map_err(unavailable)? {
+                    let what = format_args!("job {job} result {index}");
+                    out.push(decode_record(&what, value.value())?);
+                }
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn sub_jobs(&self, job: &str) -> Pending<Vec<String>> {
+        self.read(|txn| {
+            let table = txn.open_table(SUB_JOBS).map_err(unavailable)?;
+            let end = queue_end(job);
+            let mut out = Vec::new();
+            for entry in table
+                .range((job, "")..(end.as_str(), ""))
+                .map_err(unavailable)?
+            {
+                out.push(entry.map_err(unavailable)?.0.value().1.to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    fn cancel_job(&self, id: &str, now_ms: u64) -> Pending<bool> {
+        self.submit(
+            Command::CancelJob {
+                id: id.to_string(),
+                now_ms,
+            },
+            Reply::Existed,
+        )
+    }
+}
+
 impl Invocations for RedbStore {
     fn put_invocations(&self, records: Vec<InvocationRecord>) -> Pending<()> {
-        let encoded = records
-            .iter()
-            .map(|r| {
-                codec::check_invocation(r)?;
-                let value = codec::encode_record(&format_args!("invocation {}", r.id), r)?;
-                Ok((r.id.clone(), value))
-            })
-            .collect::<Result<Vec<_>>>();
+        let encoded = encode_invocations(&records);
         match encoded {
             Err(e) => ready(Err(e)),
             Ok(encoded) => self.submit(Command::PutInvocations(encoded), Reply::Unit),

@@ -21,12 +21,14 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use shoal_store::{
-    CategoryRecord, DocWrite, Error, FunctionRecord, NewMessage, QueueSample, Result, TokenRecord,
+    CategoryRecord, ChildFinished, ChildResult, DocWrite, Error, FunctionRecord, NewMessage,
+    QueueSample, Result, TokenRecord,
 };
 use tokio::sync::oneshot;
 
 use crate::codec::{self, MessageHeader};
 use crate::docs::{self, Scratch};
+use crate::jobs::{self, JobTables, NewJob};
 use crate::queue::TotalsRow;
 use crate::queue_ops::{self, QueueOps};
 use crate::{
@@ -125,6 +127,16 @@ pub(crate) enum Command {
         category: String,
         docs: Vec<(u32, String)>,
     },
+    CreateJob(Box<NewJob>),
+    FinishChild {
+        job: String,
+        result: Box<ChildResult>,
+        now_ms: u64,
+    },
+    CancelJob {
+        id: String,
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -140,6 +152,11 @@ impl Command {
                 docs.iter().map(|d| ROW + d.id.len() + d.body.len()).sum()
             }
             Command::DeleteDocs { docs, .. } => docs.len() * ROW,
+            Command::CreateJob(job) => {
+                let children: usize = job.children.iter().map(|(_, v)| ROW + v.len()).sum();
+                let messages: usize = job.messages.iter().map(|m| ROW + m.body.len()).sum();
+                children + messages
+            }
             _ => ROW,
         }
     }
@@ -159,6 +176,7 @@ pub(crate) enum Reply {
     Existed(oneshot::Sender<Result<bool>>),
     Count(oneshot::Sender<Result<u64>>),
     Category(oneshot::Sender<Result<(CategoryRecord, bool)>>),
+    Finished(oneshot::Sender<Result<ChildFinished>>),
 }
 
 pub(crate) enum Value {
@@ -168,6 +186,7 @@ pub(crate) enum Value {
     Count(u64),
     /// The record, and whether it was created now.
     Category(CategoryRecord, bool),
+    Finished(ChildFinished),
 }
 
 impl Reply {
@@ -189,6 +208,9 @@ impl Reply {
             (Reply::Category(tx), Ok(Value::Category(record, created))) => {
                 let _ = tx.send(Ok((record, created)));
             }
+            (Reply::Finished(tx), Ok(Value::Finished(f))) => {
+                let _ = tx.send(Ok(f));
+            }
             (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
             (reply, Err(e)) => reply.fail(e),
         }
@@ -209,6 +231,9 @@ impl Reply {
                 let _ = tx.send(Err(e));
             }
             Reply::Category(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Finished(tx) => {
                 let _ = tx.send(Err(e));
             }
         }
@@ -262,6 +287,7 @@ pub(crate) struct Tables<'txn> {
     /// Opened on first use, like `extra`.
     totals: Option<Table<'txn, &'static str, TotalsRow>>,
     extra: Option<QueueExtra<'txn>>,
+    jobs: Option<JobTables<'txn>>,
     txn: &'txn WriteTransaction,
 }
 
@@ -301,6 +327,25 @@ impl<'txn> Tables<'txn> {
         Ok(self.totals.as_mut().expect("just opened"))
     }
 
+    /// The job tables, opened on first use.
+    pub(crate) fn jobs(&mut self) -> std::result::Result<&mut JobTables<'txn>, redb::TableError> {
+        if self.jobs.is_none() {
+            self.jobs = Some(JobTables::open(self.txn)?);
+        }
+        Ok(self.jobs.as_mut().expect("just opened"))
+    }
+
+    /// Inserts or replaces encoded invocation records.
+    pub(crate) fn put_invocations(
+        &mut self,
+        records: &[(String, Vec<u8>)],
+    ) -> std::result::Result<(), redb::StorageError> {
+        for (id, value) in records {
+            self.invocations.insert(id.as_str(), value.as_slice())?;
+        }
+        Ok(())
+    }
+
     /// The messages and the other queue tables, opened on first use.
     #[allow(clippy::type_complexity)]
     pub(crate) fn queue_extra(
@@ -337,6 +382,7 @@ impl<'txn> Tables<'txn> {
             messages: txn.open_table(MESSAGES)?,
             totals: None,
             extra: None,
+            jobs: None,
             txn,
         })
     }
@@ -592,9 +638,7 @@ impl Writer {
                 ok(Value::Existed(existed), Effect::None)
             }
             Command::PutInvocations(records) => {
-                for (id, value) in &records {
-                    t.invocations.insert(id.as_str(), value.as_slice())?;
-                }
+                t.put_invocations(&records)?;
                 ok(Value::Unit, Effect::None)
             }
             Command::PutLogs { id, value } => {
@@ -659,6 +703,20 @@ impl Writer {
             Command::DeleteDocs { category, docs } => {
                 docs::delete_docs(t, &mut self.scratch, &category, &docs)
             }
+            Command::CreateJob(job) => jobs::create(&mut self.queues, t, &self.shared.index, *job),
+            Command::FinishChild {
+                job,
+                result,
+                now_ms,
+            } => jobs::finish_child(
+                &mut self.queues,
+                t,
+                &self.shared.index,
+                job,
+                *result,
+                now_ms,
+            ),
+            Command::CancelJob { id, now_ms } => jobs::cancel(t, id, now_ms),
         }
     }
 }

@@ -127,6 +127,97 @@ pub struct InvocationRecord {
     pub cold_start: bool,
     /// When the next attempt is due, while waiting for a retry.
     pub next_attempt_at_ms: Option<u64>,
+    /// The job slot this invocation fills (a child of `ctx.map`, or the
+    /// `then` of a nested job that finishes its parent's slot).
+    #[serde(default)]
+    pub job: Option<JobSlot>,
+    /// A job this invocation created with `ctx.map` and handed its own job
+    /// slot to: when it succeeds, the slot is filled by that job's fan-in
+    /// instead, so a parent's fan-in waits for the whole tree.
+    #[serde(default)]
+    pub handed_to: Option<String>,
+}
+
+/// Child `index` of job `job`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSlot {
+    pub job: String,
+    pub index: u64,
+}
+
+/// The asynchronous invocation a job starts, in the same write as its last
+/// child's result, when every child has finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThenPlan {
+    pub record: InvocationRecord,
+    pub queue: String,
+    /// The queue message (its id is the invocation's id).
+    pub body: String,
+}
+
+/// A fan-out: `total` children of one function, with an optional fan-in.
+/// Immutable once created; its progress is a `JobProgress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// The children's function.
+    pub function: String,
+    /// The fan-in function, if any.
+    pub then: Option<String>,
+    pub total: u64,
+    /// The invocation whose `ctx.map` created the job, if any.
+    pub invocation: Option<String>,
+    /// The job of that invocation, if it was itself a job's child: the tree.
+    pub parent: Option<String>,
+    /// The parent's slot this job fills when it completes (through its
+    /// `then` invocation, which carries the slot, or, without one, by itself
+    /// with the output `{"job": id, "count": total}`).
+    pub continues: Option<JobSlot>,
+    pub created_at_ms: u64,
+    /// Written when the last child finishes, unless the job was cancelled.
+    pub then_plan: Option<ThenPlan>,
+}
+
+/// Where a job stands. Counts only final children; `total` minus their sum
+/// are queued or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub finished_at_ms: Option<u64>,
+    pub cancelled_at_ms: Option<u64>,
+}
+
+impl JobProgress {
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// One child's final outcome, kept in the job (the fan-in reads them in
+/// pages rather than getting them in its event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildResult {
+    pub index: u64,
+    pub invocation: String,
+    /// A final `shoal_types::InvocationStatus`.
+    pub status: String,
+    /// The result as JSON text, when succeeded.
+    pub output: Option<String>,
+    pub error: Option<ErrorRecord>,
+    pub finished_at_ms: u64,
+}
+
+/// What `finish_child` did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChildFinished {
+    /// False when the slot already had a result (a redelivery): nothing changed.
+    pub recorded: bool,
+    /// Jobs this write completed (the job, and parents whose slot it filled).
+    pub completed: Vec<String>,
+    /// Queues that received a `then` message in this write.
+    pub sent_to: Vec<String>,
 }
 
 /// A message to put on a queue.
@@ -424,6 +515,50 @@ pub trait Queues: Send + Sync + 'static {
     fn samples(&self, queue: &str, since_ms: u64) -> Pending<Vec<QueueSample>>;
 }
 
+/// Fan-out jobs and their children's results. A job's writes touch
+/// invocations and queues too, atomically: a job never exists without its
+/// children, and its fan-in starts exactly once, in the write that records
+/// its last child.
+pub trait Jobs: Send + Sync + 'static {
+    /// Writes the job, its children's invocation records and their messages
+    /// on `queue` in one atomic write. Also files the job under its parent.
+    fn create_job(
+        &self,
+        job: JobRecord,
+        children: Vec<InvocationRecord>,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Pending<()>;
+    fn job(&self, id: &str) -> Pending<Option<(JobRecord, JobProgress)>>;
+    /// Records a child's final outcome. The first result for an index
+    /// counts; later ones change nothing (`recorded` false). An unknown job
+    /// or an index out of range fails with `NotFound`. When the result
+    /// completes the job, in the same write: `finished_at_ms` is set; unless
+    /// the job was cancelled, its `then_plan` is written (the record, and the
+    /// message on its queue); a job without a plan that `continues` a parent
+    /// slot fills it (output `{"job": id, "count": total}`, or `cancelled`),
+    /// which may complete the parent in turn.
+    fn finish_child(&self, job: &str, result: ChildResult, now_ms: u64)
+    -> Pending<ChildFinished>;
+    /// Results by index from `from_index`, at most `limit`; indexes without a
+    /// result yet are skipped.
+    fn child_results(&self, job: &str, from_index: u64, limit: usize)
+    -> Pending<Vec<ChildResult>>;
+    /// Failed (not cancelled) children by index after `after`, at most `limit`.
+    fn child_failures(
+        &self,
+        job: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Pending<Vec<ChildResult>>;
+    /// Jobs created by the job's children, in creation order (id order).
+    fn sub_jobs(&self, job: &str) -> Pending<Vec<String>>;
+    /// Marks the job and every job below it cancelled (once; the first time
+    /// is kept). Children that have not run are then recorded as cancelled by
+    /// the engine; running ones finish. False when the job does not exist.
+    fn cancel_job(&self, id: &str, now_ms: u64) -> Pending<bool>;
+}
+
 /// Everything a node stores, bundled. Cheap to clone.
 #[derive(Clone)]
 pub struct Backend {
@@ -431,16 +566,20 @@ pub struct Backend {
     pub invocations: Arc<dyn Invocations>,
     pub queues: Arc<dyn Queues>,
     pub docs: Arc<dyn Docs>,
+    pub jobs: Arc<dyn Jobs>,
 }
 
 impl Backend {
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs>(adapter: Arc<A>) -> Backend {
+    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs>(
+        adapter: Arc<A>,
+    ) -> Backend {
         Backend {
             catalog: adapter.clone(),
             invocations: adapter.clone(),
             queues: adapter.clone(),
-            docs: adapter,
+            docs: adapter.clone(),
+            jobs: adapter,
         }
     }
 }

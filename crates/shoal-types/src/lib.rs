@@ -142,15 +142,18 @@ pub enum InvocationStatus {
     Succeeded,
     Failed,
     TimedOut,
+    /// Never ran (or was not retried) because its job was cancelled.
+    Cancelled,
 }
 
 impl InvocationStatus {
-    pub const ALL: [InvocationStatus; 5] = [
+    pub const ALL: [InvocationStatus; 6] = [
         InvocationStatus::Queued,
         InvocationStatus::Running,
         InvocationStatus::Succeeded,
         InvocationStatus::Failed,
         InvocationStatus::TimedOut,
+        InvocationStatus::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -160,6 +163,7 @@ impl InvocationStatus {
             InvocationStatus::Succeeded => "succeeded",
             InvocationStatus::Failed => "failed",
             InvocationStatus::TimedOut => "timed_out",
+            InvocationStatus::Cancelled => "cancelled",
         }
     }
 
@@ -172,7 +176,10 @@ impl InvocationStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            InvocationStatus::Succeeded | InvocationStatus::Failed | InvocationStatus::TimedOut
+            InvocationStatus::Succeeded
+                | InvocationStatus::Failed
+                | InvocationStatus::TimedOut
+                | InvocationStatus::Cancelled
         )
     }
 }

@@ -519,6 +519,53 @@ impl Client {
         Ok(())
     }
 
+    /// Starts a job: one asynchronous invocation of `function` per event,
+    /// then `then` once all have finished. Returns the job's id.
+    pub async fn start_job(
+        &self,
+        function: &str,
+        events: Vec<Value>,
+        then: Option<&str>,
+    ) -> Result<String> {
+        let req = shoal_protocol::StartJob {
+            function: function.to_string(),
+            events,
+            then: then.map(str::to_string),
+        };
+        let started: shoal_protocol::JobStarted =
+            self.json(Method::POST, "/v1/jobs", Some(&req)).await?;
+        Ok(started.job)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<shoal_protocol::JobView> {
+        self.json(Method::GET, &format!("/v1/jobs/{}", seg(id)), None::<&()>)
+            .await
+    }
+
+    /// A page of a job's results from child index `offset`.
+    pub async fn job_results(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<shoal_protocol::JobResults> {
+        self.json(
+            Method::GET,
+            &format!("/v1/jobs/{}/results?offset={offset}&limit={limit}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<shoal_protocol::JobView> {
+        self.json(
+            Method::POST,
+            &format!("/v1/jobs/{}/cancel", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// Sends any request and returns the status and body text, whatever the
     /// status. For probing the API (tests, debugging).
     pub async fn raw(

@@ -703,7 +703,10 @@ pub(crate) fn persist(
     let id = record.id.clone();
     let entry = set_live(inner, record.clone(), Some(logs.clone()));
     let put_logs = (!logs.is_empty()).then(|| inner.backend.invocations.put_logs(&id, logs));
-    let put = inner.backend.invocations.put_invocations(vec![record.clone()]);
+    let put = inner
+        .backend
+        .invocations
+        .put_invocations(vec![record.clone()]);
     // The job result before the acknowledgement (see `jobs::finish_slot`).
     let finish = crate::jobs::finish_slot(inner, &record);
     let acked = ack.map(|(queue, msg)| inner.backend.queues.ack(&queue, vec![msg]));

@@ -431,7 +431,12 @@ impl Handle {
     }
 
     /// Children's results by index from `offset`, at most `limit`.
-    pub async fn job_results(&self, id: &str, offset: u64, limit: usize) -> Result<Vec<ChildResult>> {
+    pub async fn job_results(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<ChildResult>> {
         jobs::results(&self.inner, id, offset, limit).await
     }
 

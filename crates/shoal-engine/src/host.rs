@@ -14,8 +14,8 @@ use shoal_runtime::{Host, HostError};
 
 use crate::dispatch;
 use crate::engine::Inner;
-use crate::jobs::{self, Caller, JobSpec};
 use crate::error::Error;
+use crate::jobs::{self, Caller, JobSpec};
 use crate::queues::{self, OutMessage};
 
 /// Host calls of one invocation.
@@ -79,7 +79,9 @@ impl Host for EngineHost {
             match op.as_str() {
                 "spawn" => {
                     let a: SpawnArgs = parse(&args)?;
-                    let event = a.event.map_or_else(|| "{}".to_string(), |e| e.get().to_string());
+                    let event = a
+                        .event
+                        .map_or_else(|| "{}".to_string(), |e| e.get().to_string());
                     let id = dispatch::invoke_async(&inner, &a.function, event)
                         .await
                         .map_err(host_error)?;
@@ -92,7 +94,9 @@ impl Host for EngineHost {
                         delay: Duration::from_millis(a.delay_ms.unwrap_or(0)),
                         dedup_id: a.dedup_id,
                     };
-                    let ids = queues::send(&inner, &a.queue, vec![msg]).await.map_err(host_error)?;
+                    let ids = queues::send(&inner, &a.queue, vec![msg])
+                        .await
+                        .map_err(host_error)?;
                     Ok(serde_json::json!({ "id": ids.first() }).to_string())
                 }
                 "map" => {
@@ -177,7 +181,7 @@ pub(crate) fn results_json(results: &[shoal_store::ChildResult]) -> String {
                 "status": r.status,
                 "output": output,
                 "error": r.error.as_ref().map(|e| serde_json::json!({
-                    "kind": e.kind,
+                    "type": e.kind,
                     "exception": e.exception,
                     "message": e.message,
                 })),

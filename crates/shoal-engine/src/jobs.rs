@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tracing::warn;
 
-use shoal_store::{ChildResult, InvocationRecord, JobProgress, JobRecord, JobSlot, NewMessage, ThenPlan};
+use shoal_store::{
+    ChildResult, InvocationRecord, JobProgress, JobRecord, JobSlot, NewMessage, ThenPlan,
+};
 use shoal_types::{Invalid, InvocationStatus};
 
 use crate::dispatch::{self, Message};
@@ -169,8 +171,7 @@ pub(crate) async fn start(
         // A job without children completes as it is created.
         dispatch::wake(inner, &dispatch::queue_name(then));
     }
-    metrics::counter!("shoal_jobs_created_total", "function" => d.record.name.clone())
-        .increment(1);
+    metrics::counter!("shoal_jobs_created_total", "function" => d.record.name.clone()).increment(1);
     metrics::counter!("shoal_job_children_total", "function" => d.record.name.clone())
         .increment(total);
     Ok(id)

@@ -48,6 +48,7 @@ pub enum ErrorCode {
     DocumentNotFound,
     QueueNotFound,
     LimiterNotFound,
+    JobNotFound,
     /// The limiter is still used by functions.
     LimiterInUse,
     /// The queue already feeds another function.
@@ -136,7 +137,8 @@ pub struct InvocationView {
     pub version: u64,
     /// `sync` or `async`.
     pub mode: String,
-    /// `queued`, `running`, `succeeded`, `failed` or `timed_out`.
+    /// `queued`, `running`, `succeeded`, `failed`, `timed_out` or
+    /// `cancelled` (a job child that never ran because its job was cancelled).
     pub status: String,
     #[schema(value_type = Object)]
     pub input: Value,
@@ -157,6 +159,107 @@ pub struct InvocationView {
     pub billed_gb_seconds: f64,
     pub cold_start: bool,
     pub next_attempt_at_ms: Option<u64>,
+    /// The job slot it fills, as a job's child or fan-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSlotView>,
+    /// The job it created with `ctx.map` and handed its slot to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_to: Option<String>,
+}
+
+/// Child `index` of job `job`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobSlotView {
+    pub job: String,
+    pub index: u64,
+}
+
+/// `POST /v1/jobs`: one asynchronous invocation of `function` per event,
+/// then `then` (if given) once every child has finished.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StartJob {
+    pub function: String,
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    #[serde(default)]
+    pub then: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobStarted {
+    pub job: String,
+}
+
+/// Children by state. `pending` ones are queued, running or waiting for a retry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobCounts {
+    pub total: u64,
+    pub pending: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// A job: its counts, progress, failures and the jobs its children created.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    /// `running`, `cancelling` (cancelled, children still finishing),
+    /// `finished` or `cancelled`.
+    pub status: String,
+    /// The children's function.
+    pub function: String,
+    /// The fan-in function.
+    pub then: Option<String>,
+    pub counts: JobCounts,
+    /// Finished children over all (1.0 for a job without children).
+    pub progress: f64,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub cancelled_at_ms: Option<u64>,
+    /// The invocation whose `ctx.map` created it.
+    pub invocation: Option<String>,
+    /// The job of that invocation.
+    pub parent: Option<String>,
+    /// The parent's slot this job fills when it completes.
+    pub continues: Option<JobSlotView>,
+    /// The fan-in's invocation, once started.
+    pub then_invocation: Option<String>,
+    /// The first failed children (see `/v1/jobs/{id}/results` for all).
+    pub failures: Vec<ChildResultView>,
+    /// Jobs created by its children, each with its own tree.
+    pub jobs: Vec<JobNodeView>,
+}
+
+/// One job of a tree.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobNodeView {
+    pub id: String,
+    pub status: String,
+    pub function: String,
+    pub counts: JobCounts,
+    #[schema(no_recursion)]
+    pub jobs: Vec<JobNodeView>,
+}
+
+/// A finished child's result.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChildResultView {
+    pub index: u64,
+    pub invocation: String,
+    /// `succeeded`, `failed`, `timed_out` or `cancelled`.
+    pub status: String,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    pub error: Option<InvocationError>,
+}
+
+/// A page of a job's results, by child index.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobResults {
+    pub results: Vec<ChildResultView>,
+    /// The `offset` of the next page, when there may be one.
+    pub next: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -520,7 +520,8 @@ class Context:
 
     Attributes: `invocation_id`, `function_name`, `version`, `attempt`
     (1-based), `memory_limit_mb`. Methods: `remaining_time_ms()`, and the
-    host calls `call`, `spawn`, `map`, `send`, which raise `ctx.HostError`.
+    host calls `call`, `spawn`, `map`, `job`, `job_results`, `results`,
+    `send`, which raise `ctx.HostError`.
     """
 
     __slots__ = ("invocation_id", "function_name", "version", "attempt", "memory_limit_mb", "_deadline", "_worker")
@@ -565,14 +566,47 @@ class Context:
 
     def map(self, function, events, then=None):
         """Fans out: one asynchronous invocation of `function` per event in
-        `events` (any iterable; a hundred thousand small events are fine, up
-        to the size limit of `call`'s arguments). `then`, when given, names
-        the function the node invokes once all of them have finished. Returns
-        the node's answer (for example the ids). Host operation `"map"`, args
-        `{"function", "events", "then"}`."""
+        `events` (any iterable; up to 200,000 small events, within the size
+        limit of `call`'s arguments), as one job. When every child has
+        finished (succeeded, failed after its retries, or cancelled), the node
+        invokes `then` (a function name), if given, once, with the event
+        `{"job": <id>, "count": <n>}`; it reads the children's results with
+        `ctx.results(job)`. Returns the job's id.
+
+        Called from a child of another job, the first `map` hands this
+        invocation's place in that job to the new one: the outer job counts
+        it finished only when the new job (and its `then`) has, so an outer
+        fan-in waits for the whole tree. Host operation `"map"`, args
+        `{"function", "events", "then"}`, answer `{"job"}`."""
         if not isinstance(events, (list, tuple)):
             events = list(events)
-        return self.call("map", {"function": function, "events": events, "then": then})
+        return self.call("map", {"function": function, "events": events, "then": then})["job"]
+
+    def job(self, job):
+        """A job's progress: a dict with `status` (`running`, `cancelling`,
+        `finished`, `cancelled`), `total`, `pending`, `succeeded`, `failed`,
+        `cancelled`. Host operation `"job"`."""
+        return self.call("job", {"job": job})
+
+    def job_results(self, job, offset=0, limit=1000):
+        """One page of a job's results in child order from index `offset`
+        (at most `limit`, up to 1000): dicts with `index`, `invocation`,
+        `status`, `output` (the child's result) and `error` (`type`,
+        `exception`, `message`) for failed children. Children not finished
+        yet are skipped. Host operation `"job_results"`."""
+        return self.call("job_results", {"job": job, "offset": offset, "limit": limit})["results"]
+
+    def results(self, job, page=1000):
+        """Every finished child's result of `job`, in child order (see
+        `job_results`), fetched a page at a time."""
+        offset = 0
+        while True:
+            batch = self.job_results(job, offset, page)
+            for r in batch:
+                yield r
+            if len(batch) < page:
+                return
+            offset = batch[-1]["index"] + 1
 
     def send(self, queue, body, delay=None, dedup_id=None):
         """Sends a message with `body` (any JSON value) to `queue`; returns

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use shoal_engine::Token;
 use shoal_engine::{ErrorRecord, FunctionRecord, InvocationRecord};
-use shoal_protocol::{FunctionView, InvocationError, InvocationView, TokenView};
+use shoal_protocol::{FunctionView, InvocationError, InvocationView, JobSlotView, TokenView};
 use shoal_types::Failure;
 
 pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
@@ -46,10 +46,15 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
         billed_gb_seconds: r.billed_gb_s,
         cold_start: r.cold_start,
         next_attempt_at_ms: r.next_attempt_at_ms,
+        job: r.job.as_ref().map(|s| JobSlotView {
+            job: s.job.clone(),
+            index: s.index,
+        }),
+        handed_to: r.handed_to.clone(),
     }
 }
 
-fn error_record(e: &ErrorRecord) -> InvocationError {
+pub(crate) fn error_record(e: &ErrorRecord) -> InvocationError {
     InvocationError {
         kind: e.kind.clone(),
         exception: e.exception.clone(),

@@ -53,6 +53,7 @@ impl From<EngineError> for ApiError {
                     "document" => ErrorCode::DocumentNotFound,
                     "queue" => ErrorCode::QueueNotFound,
                     "limiter" => ErrorCode::LimiterNotFound,
+                    "job" => ErrorCode::JobNotFound,
                     _ => ErrorCode::RouteNotFound,
                 },
             ),

@@ -120,6 +120,10 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::queues::stats))
         .routes(routes!(routes::limiters::list))
         .routes(routes!(routes::limiters::put, routes::limiters::remove))
+        .routes(routes!(routes::jobs::start))
+        .routes(routes!(routes::jobs::show))
+        .routes(routes!(routes::jobs::results))
+        .routes(routes!(routes::jobs::cancel))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

@@ -4,6 +4,7 @@ pub(crate) mod categories;
 pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;
+pub(crate) mod jobs;
 pub(crate) mod limiters;
 pub(crate) mod queues;
 pub(crate) mod tokens;

@@ -61,7 +61,10 @@ pub(crate) fn create(
     {
         let j = t.jobs()?;
         if j.jobs.get(job.id.as_str())?.is_some() {
-            return Ok(Err(Error::Corrupt(format!("job {} exists already", job.id))));
+            return Ok(Err(Error::Corrupt(format!(
+                "job {} exists already",
+                job.id
+            ))));
         }
         j.jobs.insert(job.id.as_str(), job.record.as_slice())?;
         let progress = encode_progress(&job.id, &JobProgress::default());
@@ -85,7 +88,9 @@ pub(crate) fn create(
         ..JobProgress::default()
     };
     let encoded = encode_progress(&job.id, &progress);
-    t.jobs()?.progress.insert(job.id.as_str(), encoded.as_slice())?;
+    t.jobs()?
+        .progress
+        .insert(job.id.as_str(), encoded.as_slice())?;
     let mut out = ChildFinished::default();
     match on_complete(ops, t, index, &record, false, now_ms, &mut out)? {
         Ok(Next::Stop(effect)) => ok(Value::Unit, effect),
@@ -257,10 +262,7 @@ pub(crate) fn cancel(t: &mut Tables<'_>, id: String, now_ms: u64) -> Applied {
             j.progress.insert(job.as_str(), encoded.as_slice())?;
         }
         let end = queue_end(&job);
-        for entry in j
-            .sub_jobs
-            .range((job.as_str(), "")..(end.as_str(), ""))?
-        {
+        for entry in j.sub_jobs.range((job.as_str(), "")..(end.as_str(), ""))? {
             todo.push_back(entry?.0.value().1.to_string());
         }
     }

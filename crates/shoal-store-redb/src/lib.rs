@@ -614,12 +614,7 @@ impl Jobs for RedbStore {
         })
     }
 
-    fn finish_child(
-        &self,
-        job: &str,
-        result: ChildResult,
-        now_ms: u64,
-    ) -> Pending<ChildFinished> {
+    fn finish_child(&self, job: &str, result: ChildResult, now_ms: u64) -> Pending<ChildFinished> {
         self.submit(
             Command::FinishChild {
                 job: job.to_string(),
@@ -630,12 +625,7 @@ impl Jobs for RedbStore {
         )
     }
 
-    fn child_results(
-        &self,
-        job: &str,
-        from_index: u64,
-        limit: usize,
-    ) -> Pending<Vec<ChildResult>> {
+    fn child_results(&self, job: &str, from_index: u64, limit: usize) -> Pending<Vec<ChildResult>> {
         self.read(|txn| {
             let table = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
             let mut out = Vec::with_capacity(limit.min(1024));

@@ -2168,7 +2168,12 @@ async fn jobs_fan_in_once(b: &Backend) {
         .map(|c| msg(&c.id, c.id.as_bytes(), T))
         .collect();
     b.jobs
-        .create_job(job(&id, 3, Some(plan(&then_q, &then_id))), children, &queue, messages)
+        .create_job(
+            job(&id, 3, Some(plan(&then_q, &then_id))),
+            children,
+            &queue,
+            messages,
+        )
         .await
         .unwrap();
     let (record, progress) = b.jobs.job(&id).await.unwrap().expect("job stored");
@@ -2185,21 +2190,42 @@ async fn jobs_fan_in_once(b: &Backend) {
     assert!(b.jobs.job(&unique("nojob")).await.unwrap().is_none());
 
     // Out of order, with a repeat: the repeat changes nothing.
-    let f = b.jobs.finish_child(&id, child_result(2, "succeeded"), T + 1).await.unwrap();
+    let f = b
+        .jobs
+        .finish_child(&id, child_result(2, "succeeded"), T + 1)
+        .await
+        .unwrap();
     assert!(f.recorded && f.completed.is_empty() && f.sent_to.is_empty());
-    let f = b.jobs.finish_child(&id, child_result(2, "failed"), T + 2).await.unwrap();
+    let f = b
+        .jobs
+        .finish_child(&id, child_result(2, "failed"), T + 2)
+        .await
+        .unwrap();
     assert!(!f.recorded);
-    let f = b.jobs.finish_child(&id, child_result(0, "failed"), T + 3).await.unwrap();
+    let f = b
+        .jobs
+        .finish_child(&id, child_result(0, "failed"), T + 3)
+        .await
+        .unwrap();
     assert!(f.recorded && f.completed.is_empty());
     assert!(b.invocations.invocation(&then_id).await.unwrap().is_none());
     assert_eq!(b.queues.depth(&then_q).await.unwrap().waiting, 0);
-    let f = b.jobs.finish_child(&id, child_result(1, "succeeded"), T + 4).await.unwrap();
+    let f = b
+        .jobs
+        .finish_child(&id, child_result(1, "succeeded"), T + 4)
+        .await
+        .unwrap();
     assert!(f.recorded);
     assert_eq!(f.completed, vec![id.clone()]);
     assert_eq!(f.sent_to, vec![then_q.clone()]);
     assert_eq!(b.queues.depth(&then_q).await.unwrap().waiting, 1);
     assert_eq!(
-        b.invocations.invocation(&then_id).await.unwrap().unwrap().function,
+        b.invocations
+            .invocation(&then_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .function,
         "fan-in"
     );
     let leased = b.queues.lease(&then_q, T + 5, 10, 1000).await.unwrap();
@@ -2207,12 +2233,19 @@ async fn jobs_fan_in_once(b: &Backend) {
     assert_eq!(leased.deliveries[0].id, then_id);
     b.queues.ack(&then_q, vec![then_id.clone()]).await.unwrap();
     // A redelivered last child never fires the fan-in again.
-    let f = b.jobs.finish_child(&id, child_result(1, "succeeded"), T + 6).await.unwrap();
+    let f = b
+        .jobs
+        .finish_child(&id, child_result(1, "succeeded"), T + 6)
+        .await
+        .unwrap();
     assert_eq!(f, Default::default());
     assert_eq!(b.queues.depth(&then_q).await.unwrap().waiting, 0);
 
     let (_, progress) = b.jobs.job(&id).await.unwrap().unwrap();
-    assert_eq!((progress.succeeded, progress.failed, progress.cancelled), (2, 1, 0));
+    assert_eq!(
+        (progress.succeeded, progress.failed, progress.cancelled),
+        (2, 1, 0)
+    );
     assert_eq!(progress.finished_at_ms, Some(T + 4));
     let results = b.jobs.child_results(&id, 0, 10).await.unwrap();
     let indexes: Vec<u64> = results.iter().map(|r| r.index).collect();
@@ -2226,15 +2259,25 @@ async fn jobs_fan_in_once(b: &Backend) {
     let failures = b.jobs.child_failures(&id, None, 10).await.unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].index, 0);
-    assert!(b.jobs.child_failures(&id, Some(0), 10).await.unwrap().is_empty());
+    assert!(
+        b.jobs
+            .child_failures(&id, Some(0), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Unknown jobs and indexes out of range are refused.
     assert!(matches!(
-        b.jobs.finish_child(&id, child_result(3, "succeeded"), T).await,
+        b.jobs
+            .finish_child(&id, child_result(3, "succeeded"), T)
+            .await,
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        b.jobs.finish_child(&unique("nojob"), child_result(0, "succeeded"), T).await,
+        b.jobs
+            .finish_child(&unique("nojob"), child_result(0, "succeeded"), T)
+            .await,
         Err(Error::NotFound(_))
     ));
     assert!(!b.jobs.cancel_job(&unique("nojob"), T).await.unwrap());
@@ -2243,7 +2286,12 @@ async fn jobs_fan_in_once(b: &Backend) {
     let empty = unique("job");
     let then_id = unique("then-inv");
     b.jobs
-        .create_job(job(&empty, 0, Some(plan(&then_q, &then_id))), vec![], &queue, vec![])
+        .create_job(
+            job(&empty, 0, Some(plan(&then_q, &then_id))),
+            vec![],
+            &queue,
+            vec![],
+        )
         .await
         .unwrap();
     let (_, progress) = b.jobs.job(&empty).await.unwrap().unwrap();
@@ -2262,7 +2310,12 @@ async fn jobs_nested_and_cancel(b: &Backend) {
     let top = unique("top");
     let top_then = unique("top-then");
     b.jobs
-        .create_job(job(&top, 2, Some(plan(&then_q, &top_then))), vec![], &queue, vec![])
+        .create_job(
+            job(&top, 2, Some(plan(&then_q, &top_then))),
+            vec![],
+            &queue,
+            vec![],
+        )
         .await
         .unwrap();
     // Child 0 of `top` fans out again and hands its slot to `sub`.
@@ -2274,13 +2327,26 @@ async fn jobs_nested_and_cancel(b: &Backend) {
         job: top.clone(),
         index: 0,
     });
-    b.jobs.create_job(sub_job, vec![], &queue, vec![]).await.unwrap();
+    b.jobs
+        .create_job(sub_job, vec![], &queue, vec![])
+        .await
+        .unwrap();
     assert_eq!(b.jobs.sub_jobs(&top).await.unwrap(), vec![sub.clone()]);
     assert!(b.jobs.sub_jobs(&sub).await.unwrap().is_empty());
 
-    b.jobs.finish_child(&top, child_result(1, "succeeded"), T).await.unwrap();
-    b.jobs.finish_child(&sub, child_result(0, "succeeded"), T).await.unwrap();
-    let f = b.jobs.finish_child(&sub, child_result(1, "succeeded"), T + 9).await.unwrap();
+    b.jobs
+        .finish_child(&top, child_result(1, "succeeded"), T)
+        .await
+        .unwrap();
+    b.jobs
+        .finish_child(&sub, child_result(0, "succeeded"), T)
+        .await
+        .unwrap();
+    let f = b
+        .jobs
+        .finish_child(&sub, child_result(1, "succeeded"), T + 9)
+        .await
+        .unwrap();
     assert_eq!(f.completed, vec![sub.clone(), top.clone()]);
     assert_eq!(f.sent_to, vec![then_q.clone()]);
     let slot = &b.jobs.child_results(&top, 0, 1).await.unwrap()[0];
@@ -2294,7 +2360,12 @@ async fn jobs_nested_and_cancel(b: &Backend) {
     let top = unique("top");
     let top_then = unique("top-then");
     b.jobs
-        .create_job(job(&top, 1, Some(plan(&then_q, &top_then))), vec![], &queue, vec![])
+        .create_job(
+            job(&top, 1, Some(plan(&then_q, &top_then))),
+            vec![],
+            &queue,
+            vec![],
+        )
         .await
         .unwrap();
     let sub = unique("sub");
@@ -2304,17 +2375,27 @@ async fn jobs_nested_and_cancel(b: &Backend) {
         job: top.clone(),
         index: 0,
     });
-    b.jobs.create_job(sub_job, vec![], &queue, vec![]).await.unwrap();
+    b.jobs
+        .create_job(sub_job, vec![], &queue, vec![])
+        .await
+        .unwrap();
     assert!(b.jobs.cancel_job(&top, T + 1).await.unwrap());
     assert!(b.jobs.cancel_job(&top, T + 2).await.unwrap());
     let (_, p) = b.jobs.job(&top).await.unwrap().unwrap();
     assert_eq!(p.cancelled_at_ms, Some(T + 1));
     let (_, p) = b.jobs.job(&sub).await.unwrap().unwrap();
     assert_eq!(p.cancelled_at_ms, Some(T + 1));
-    let f = b.jobs.finish_child(&sub, child_result(0, "cancelled"), T + 3).await.unwrap();
+    let f = b
+        .jobs
+        .finish_child(&sub, child_result(0, "cancelled"), T + 3)
+        .await
+        .unwrap();
     assert_eq!(f.completed, vec![sub.clone(), top.clone()]);
     assert!(f.sent_to.is_empty());
     assert!(b.invocations.invocation(&top_then).await.unwrap().is_none());
     let (_, p) = b.jobs.job(&top).await.unwrap().unwrap();
-    assert_eq!((p.succeeded, p.cancelled, p.finished_at_ms), (0, 1, Some(T + 3)));
+    assert_eq!(
+        (p.succeeded, p.cancelled, p.finished_at_ms),
+        (0, 1, Some(T + 3))
+    );
 }

@@ -538,12 +538,10 @@ pub trait Jobs: Send + Sync + 'static {
     /// message on its queue); a job without a plan that `continues` a parent
     /// slot fills it (output `{"job": id, "count": total}`, or `cancelled`),
     /// which may complete the parent in turn.
-    fn finish_child(&self, job: &str, result: ChildResult, now_ms: u64)
-    -> Pending<ChildFinished>;
+    fn finish_child(&self, job: &str, result: ChildResult, now_ms: u64) -> Pending<ChildFinished>;
     /// Results by index from `from_index`, at most `limit`; indexes without a
     /// result yet are skipped.
-    fn child_results(&self, job: &str, from_index: u64, limit: usize)
-    -> Pending<Vec<ChildResult>>;
+    fn child_results(&self, job: &str, from_index: u64, limit: usize) -> Pending<Vec<ChildResult>>;
     /// Failed (not cancelled) children by index after `after`, at most `limit`.
     fn child_failures(
         &self,

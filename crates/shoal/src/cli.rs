@@ -98,6 +98,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<QueuesCommand>,
     },
+    /// Fan-out jobs: start one, show its progress and tree, page its
+    /// results, cancel it.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Shared rate limiters: list, set (create or change), remove.
     Limiters {
         #[command(subcommand)]
@@ -132,6 +138,32 @@ pub enum CategoriesCommand {
     },
     /// Delete a category and all its documents.
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum JobsCommand {
+    /// Start a job: one asynchronous invocation of FUNCTION per event of a
+    /// JSON array (the argument, `@file`, or `-` for stdin).
+    Start {
+        function: String,
+        events: String,
+        /// The function to run once every child has finished.
+        #[arg(long)]
+        then: Option<String>,
+    },
+    /// A job's counts by state, progress, failures and the jobs below it.
+    Show { id: String },
+    /// Finished children's results (NDJSON, one per child, in order).
+    Results {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// At most this many (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Cancel a job and every job below it.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +438,7 @@ pub async fn run(args: Args) -> Result<()> {
             .await?
         }
         Command::Queues { command } => crate::queues::run(&client, command, conn.json).await?,
+        Command::Jobs { command } => crate::jobs::run(&client, command, conn.json).await?,
         Command::Limiters { command: None } => {
             let ls = client.limiters().await?;
             out.print(&ls, || {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod data;
+mod jobs;
 mod queues;
 mod serve;
 

@@ -183,7 +183,10 @@ pub async fn wait_final(
     let deadline = Instant::now() + within;
     loop {
         let inv = client.invocation(id).await.expect("invocation");
-        if matches!(inv.status.as_str(), "succeeded" | "failed" | "timed_out") {
+        if matches!(
+            inv.status.as_str(),
+            "succeeded" | "failed" | "timed_out" | "cancelled"
+        ) {
             return inv;
         }
         assert!(
@@ -192,5 +195,27 @@ pub async fn wait_final(
             inv.status
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls a job until it is `finished` or `cancelled`.
+pub async fn wait_job(
+    client: &Client,
+    id: &str,
+    within: Duration,
+) -> shoal_client::protocol::JobView {
+    let deadline = Instant::now() + within;
+    loop {
+        let job = client.job(id).await.expect("job");
+        if matches!(job.status.as_str(), "finished" | "cancelled") {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} still {} after {within:?}: {:?}",
+            job.status,
+            job.counts
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -1,0 +1,166 @@
+//! `/v1/jobs`: fan-out jobs with fan-in, their progress, results and cancel.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use shoal_engine::{ChildResult, JobNode, JobProgress, JobRecord, JobSpec, job_status};
+use shoal_protocol::{
+    ChildResultView, ErrorBody, JobCounts, JobNodeView, JobResults, JobSlotView, JobStarted,
+    JobView, StartJob,
+};
+
+use crate::AppState;
+use crate::auth::{Auth, Invoker, Reader};
+use crate::convert;
+use crate::error::ApiError;
+
+/// Starts a job: one asynchronous invocation of `function` per event, then
+/// `then` once all of them have finished (with `{"job": id, "count": n}`).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = StartJob,
+    responses((status = 202, body = JobStarted), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn start(
+    _: Auth<Invoker>,
+    State(state): State<AppState>,
+    body: Result<Json<StartJob>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<JobStarted>), ApiError> {
+    let Json(req) = body?;
+    let spec = JobSpec {
+        function: req.function,
+        events: req.events.iter().map(|e| e.to_string()).collect(),
+        then: req.then,
+    };
+    let job = state.handle.start_job(spec).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(JobStarted { job })))
+}
+
+/// A job's counts by state, progress, first failures and the tree of jobs
+/// its children created.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn show(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(view(&state, &id).await?))
+}
+
+async fn view(state: &AppState, id: &str) -> Result<JobView, ApiError> {
+    let v = state.handle.job(id).await?;
+    let r = &v.record;
+    let p = &v.progress;
+    let then_invocation = match (&r.then_plan, p.finished_at_ms, p.cancelled_at_ms) {
+        (Some(plan), Some(_), None) => Some(plan.record.id.clone()),
+        _ => None,
+    };
+    Ok(JobView {
+        id: r.id.clone(),
+        status: job_status(p).into(),
+        function: r.function.clone(),
+        then: r.then.clone(),
+        counts: counts(r, p),
+        progress: if r.total == 0 {
+            1.0
+        } else {
+            p.done() as f64 / r.total as f64
+        },
+        created_at_ms: r.created_at_ms,
+        finished_at_ms: p.finished_at_ms,
+        cancelled_at_ms: p.cancelled_at_ms,
+        invocation: r.invocation.clone(),
+        parent: r.parent.clone(),
+        continues: r.continues.as_ref().map(|s| JobSlotView {
+            job: s.job.clone(),
+            index: s.index,
+        }),
+        then_invocation,
+        failures: v.failures.iter().map(child).collect(),
+        jobs: v.sub_jobs.iter().map(node).collect(),
+    })
+}
+
+#[derive(Deserialize, IntoParams)]
+pub(crate) struct ResultsParams {
+    /// The first child index (default 0).
+    offset: Option<u64>,
+    /// At most this many (1 to 1000; default 100).
+    limit: Option<usize>,
+}
+
+/// Finished children's results in index order (children still pending are
+/// not listed).
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs",
+    params(("id" = String, Path), ResultsParams),
+    responses((status = 200, body = JobResults), (status = 404, body = ErrorBody)))]
+pub(crate) async fn results(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<ResultsParams>, QueryRejection>,
+) -> Result<Json<JobResults>, ApiError> {
+    let Query(p) = params?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let results = state
+        .handle
+        .job_results(&id, p.offset.unwrap_or(0), limit)
+        .await?;
+    let next = (results.len() == limit)
+        .then(|| results.last().map(|r| r.index + 1))
+        .flatten();
+    Ok(Json(JobResults {
+        results: results.iter().map(child).collect(),
+        next,
+    }))
+}
+
+/// Cancels a job and every job below it: children that have not run are
+/// recorded as cancelled, running ones finish, no fan-in starts.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn cancel(
+    _: Auth<Invoker>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    state.handle.cancel_job(&id).await?;
+    Ok(Json(view(&state, &id).await?))
+}
+
+fn counts(r: &JobRecord, p: &JobProgress) -> JobCounts {
+    JobCounts {
+        total: r.total,
+        pending: r.total.saturating_sub(p.done()),
+        succeeded: p.succeeded,
+        failed: p.failed,
+        cancelled: p.cancelled,
+    }
+}
+
+fn node(n: &JobNode) -> JobNodeView {
+    JobNodeView {
+        id: n.record.id.clone(),
+        status: job_status(&n.progress).into(),
+        function: n.record.function.clone(),
+        counts: counts(&n.record, &n.progress),
+        jobs: n.sub_jobs.iter().map(node).collect(),
+    }
+}
+
+fn child(r: &ChildResult) -> ChildResultView {
+    ChildResultView {
+        index: r.index,
+        invocation: r.invocation.clone(),
+        status: r.status.clone(),
+        output: r
+            .output
+            .as_deref()
+            .and_then(|o| serde_json::from_str(o).ok()),
+        error: r.error.as_ref().map(convert::error_record),
+    }
+}

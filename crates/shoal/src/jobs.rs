@@ -1,0 +1,124 @@
+//! `shoal jobs ...`: fan-out jobs (client side only).
+
+use anyhow::{Context, Result, bail};
+
+use shoal_client::Client;
+use shoal_client::protocol::{JobNodeView, JobView};
+
+use crate::cli::{JobsCommand, Out};
+
+pub async fn run(client: &Client, command: JobsCommand, json: bool) -> Result<()> {
+    let out = Out { json };
+    match command {
+        JobsCommand::Start {
+            function,
+            events,
+            then,
+        } => {
+            let text = match events.as_str() {
+                "-" => std::io::read_to_string(std::io::stdin())
+                    .context("reading the events from stdin")?,
+                s if s.starts_with('@') => std::fs::read_to_string(&s[1..])
+                    .with_context(|| format!("reading the events from {}", &s[1..]))?,
+                s => s.to_string(),
+            };
+            let serde_json::Value::Array(events) = serde_json::from_str(&text)
+                .context("the events are not valid JSON; give a JSON array of events")?
+            else {
+                bail!("the events must be a JSON array, one event per child");
+            };
+            let id = client.start_job(&function, events, then.as_deref()).await?;
+            out.print(&serde_json::json!({ "job": id }), || {
+                format!("Started job {id}. Follow it with `shoal jobs show {id}`.")
+            });
+        }
+        JobsCommand::Show { id } => {
+            let job = client.job(&id).await?;
+            out.print(&job, || describe(&job));
+        }
+        JobsCommand::Results { id, offset, limit } => {
+            let mut offset = offset;
+            let mut left = limit.unwrap_or(u64::MAX);
+            while left > 0 {
+                let page = client
+                    .job_results(&id, offset, left.min(1000) as usize)
+                    .await?;
+                for r in &page.results {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+                left = left.saturating_sub(page.results.len() as u64);
+                match page.next {
+                    Some(next) => offset = next,
+                    None => break,
+                }
+            }
+        }
+        JobsCommand::Cancel { id } => {
+            let job = client.cancel_job(&id).await?;
+            out.print(&job, || format!("Cancelled job {id}.\n{}", describe(&job)));
+        }
+    }
+    Ok(())
+}
+
+fn describe(j: &JobView) -> String {
+    let c = &j.counts;
+    let mut s = format!(
+        "job        {}\nstatus     {}\nfunction   {}{}\nprogress   {:.1}% ({} of {} finished)\nchildren   {} pending, {} succeeded, {} failed, {} cancelled",
+        j.id,
+        j.status,
+        j.function,
+        j.then
+            .as_ref()
+            .map(|t| format!(" then {t}"))
+            .unwrap_or_default(),
+        j.progress * 100.0,
+        c.total - c.pending,
+        c.total,
+        c.pending,
+        c.succeeded,
+        c.failed,
+        c.cancelled
+    );
+    if let Some(inv) = &j.then_invocation {
+        s += &format!("\nfan-in     invocation {inv}");
+    }
+    if let Some(parent) = &j.parent {
+        s += &format!("\nparent     job {parent}");
+    }
+    if !j.failures.is_empty() {
+        s += "\nfailures:";
+        for f in &j.failures {
+            let why = f
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind, e.message))
+                .unwrap_or_else(|| f.status.clone());
+            s += &format!("\n  #{:<8} {}  {}", f.index, f.invocation, why);
+        }
+    }
+    if !j.jobs.is_empty() {
+        s += "\njobs below:";
+        for n in &j.jobs {
+            tree(&mut s, n, 1);
+        }
+    }
+    s
+}
+
+fn tree(s: &mut String, n: &JobNodeView, depth: usize) {
+    let c = &n.counts;
+    *s += &format!(
+        "\n{}{} {} {} ({} of {} finished, {} failed)",
+        "  ".repeat(depth),
+        n.id,
+        n.function,
+        n.status,
+        c.total - c.pending,
+        c.total,
+        c.failed
+    );
+    for sub in &n.jobs {
+        tree(s, sub, depth + 1);
+    }
+}

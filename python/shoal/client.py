@@ -19,7 +19,7 @@ NDJSON = "application/x-ndjson"
 JSON = "application/json"
 
 #: Invocation statuses after which nothing changes any more.
-FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out"})
+FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 
 
 def _seg(s: Union[str, int]) -> str:
@@ -385,6 +385,68 @@ class Client:
         with self.query_iter(category, function, skip_errors, on_progress=on_progress) as stream:
             result, stats = stream.collect()
         return (result, stats) if with_stats else result
+
+
+    # ------------------------------------------------------------------ queues
+
+    def put_queue(self, name: str, **settings: Any) -> Dict[str, Any]:
+        """Creates a queue or changes its settings: ``max_attempts``,
+        ``visibility_timeout``, ``retry_delay``, ``dedup_window`` (durations
+        like ``"30s"``). Returns the QueueView (depth, counters, subscriber)."""
+        return self._json("PUT", f"/v1/queues/{_seg(name)}", settings)
+
+    def queue(self, name: str) -> Dict[str, Any]:
+        return self._json("GET", f"/v1/queues/{_seg(name)}")
+
+    def send(self, queue: str, *bodies: Any, delay: Optional[str] = None) -> List[str]:
+        """Sends messages (any JSON values); returns their ids."""
+        messages = [{"body": b, "delay": delay} for b in bodies]
+        return self._json("POST", f"/v1/queues/{_seg(queue)}/messages", {"messages": messages})["ids"]
+
+    def dead_letters(self, queue: str, limit: int = 1000) -> List[Dict[str, Any]]:
+        """The queue's dead letters (first ``limit``), each with its body and error."""
+        return self._json("GET", f"/v1/queues/{_seg(queue)}/dead-letters?limit={int(limit)}")["dead_letters"]
+
+    def put_limiter(self, name: str, per_second: float, burst: int = 1) -> Dict[str, Any]:
+        """Creates or changes a shared rate limiter (takes effect at once)."""
+        return self._json("PUT", f"/v1/limiters/{_seg(name)}", {"per_second": per_second, "burst": burst})
+
+    # ------------------------------------------------------------------ jobs
+
+    def start_job(self, function: str, events: List[Any], then: Optional[str] = None) -> str:
+        """Starts a job: one asynchronous invocation of ``function`` per event,
+        then ``then`` once all have finished. Returns the job id."""
+        return self._json("POST", "/v1/jobs", {"function": function, "events": list(events), "then": then})["job"]
+
+    def job(self, id: str) -> Dict[str, Any]:
+        """A job: ``status``, ``counts``, ``progress``, ``failures``, ``jobs`` (the tree below)."""
+        return self._json("GET", f"/v1/jobs/{_seg(id)}")
+
+    def job_results(self, id: str) -> Iterator[Dict[str, Any]]:
+        """Every finished child's result, in child order, a page at a time."""
+        offset = 0
+        while True:
+            page = self._json("GET", f"/v1/jobs/{_seg(id)}/results?offset={offset}&limit=1000")
+            yield from page["results"]
+            if page.get("next") is None:
+                return
+            offset = page["next"]
+
+    def cancel_job(self, id: str) -> Dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{_seg(id)}/cancel")
+
+    def wait_job(self, id: str, timeout: float = 600.0) -> Dict[str, Any]:
+        """Polls a job until it is ``finished`` or ``cancelled``; returns it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            job = self.job(id)
+            if job["status"] in ("finished", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {id} still {job['status']} after {timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
 
 
 __all__ = ["Client", "DEFAULT_URL", "FINAL_STATUSES"]

@@ -1,7 +1,8 @@
 //! The engine's answers to host calls from running handlers (`ctx.call`):
 //! `spawn` (an asynchronous invocation of a function), `send` (messages on
 //! a queue), `map` (a job: fan-out with fan-in, see `jobs`), `job` (a job's
-//! progress) and `job_results` (a page of its children's results).
+//! progress), `job_results` (a page of its children's results), `put_docs`
+//! and `get_doc` (documents in categories, durable when the call returns).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use serde_json::value::RawValue;
 
 use shoal_runtime::{Host, HostError};
 
+use crate::categories::{self, NewDoc};
 use crate::dispatch;
 use crate::engine::Inner;
 use crate::error::Error;
@@ -30,6 +32,25 @@ struct MapArgs {
     events: Vec<Box<RawValue>>,
     #[serde(default)]
     then: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PutDocsArgs {
+    category: String,
+    docs: Vec<DocArg>,
+}
+
+#[derive(Deserialize)]
+struct DocArg {
+    #[serde(default)]
+    id: Option<String>,
+    doc: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct GetDocArgs {
+    category: String,
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +132,31 @@ impl Host for EngineHost {
                         .map_err(host_error)?;
                     Ok(serde_json::json!({ "job": id }).to_string())
                 }
+                "put_docs" => {
+                    let a: PutDocsArgs = parse(&args)?;
+                    let docs = a
+                        .docs
+                        .into_iter()
+                        .map(|d| NewDoc {
+                            id: d.id,
+                            body: d.doc.get().as_bytes().to_vec(),
+                        })
+                        .collect();
+                    let ids = categories::write(&inner, &a.category, docs)
+                        .await
+                        .map_err(host_error)?;
+                    Ok(serde_json::json!({ "ids": ids }).to_string())
+                }
+                "get_doc" => {
+                    let a: GetDocArgs = parse(&args)?;
+                    match categories::get_doc(&inner, &a.category, &a.id).await {
+                        Ok(body) => Ok(format!("{{\"doc\":{}}}", String::from_utf8_lossy(&body))),
+                        Err(Error::NotFound {
+                            what: "document", ..
+                        }) => Ok("{\"doc\":null}".to_string()),
+                        Err(e) => Err(host_error(e)),
+                    }
+                }
                 "job" => {
                     let a: JobArgs = parse(&args)?;
                     let view = jobs::view(&inner, &a.job).await.map_err(host_error)?;
@@ -137,7 +183,7 @@ impl Host for EngineHost {
                 other => Err(HostError {
                     code: "unknown_op".into(),
                     message: format!(
-                        "no host call named {other:?}; use spawn, send, map, job or job_results"
+                        "no host call named {other:?}; use spawn, send, map, job, job_results, put_docs or get_doc"
                     ),
                 }),
             }

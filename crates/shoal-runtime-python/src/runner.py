@@ -521,7 +521,7 @@ class Context:
     Attributes: `invocation_id`, `function_name`, `version`, `attempt`
     (1-based), `memory_limit_mb`. Methods: `remaining_time_ms()`, and the
     host calls `call`, `spawn`, `map`, `job`, `job_results`, `results`,
-    `send`, which raise `ctx.HostError`.
+    `send`, `put_docs`, `put`, `get`, which raise `ctx.HostError`.
     """
 
     __slots__ = ("invocation_id", "function_name", "version", "attempt", "memory_limit_mb", "_deadline", "_worker")
@@ -607,6 +607,29 @@ class Context:
             if len(batch) < page:
                 return
             offset = batch[-1]["index"] + 1
+
+    def put_docs(self, category, docs):
+        """Writes documents into `category`, atomically and durably before it
+        returns: `docs` is a list of `(id, doc)` pairs (`id` None: the node
+        makes one) or of documents. Writing an id again replaces it. Returns
+        the ids. Host operation `"put_docs"`, args `{"category", "docs":
+        [{"id", "doc"}]}`."""
+        items = []
+        for d in docs:
+            if isinstance(d, tuple) and len(d) == 2:
+                items.append({"id": d[0], "doc": d[1]})
+            else:
+                items.append({"id": None, "doc": d})
+        return self.call("put_docs", {"category": category, "docs": items})["ids"]
+
+    def put(self, category, id, doc):
+        """Writes one document (see `put_docs`); returns its id."""
+        return self.put_docs(category, [(id, doc)])[0]
+
+    def get(self, category, id):
+        """The document `id` of `category`, or None when there is none.
+        Host operation `"get_doc"`."""
+        return self.call("get_doc", {"category": category, "id": id})["doc"]
 
     def send(self, queue, body, delay=None, dedup_id=None):
         """Sends a message with `body` (any JSON value) to `queue`; returns

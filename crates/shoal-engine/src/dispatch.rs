@@ -16,7 +16,9 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
 use shoal_runtime::{Gate, Request, Response};
-use shoal_store::{Delivery, ErrorRecord, InvocationRecord, NewMessage};
+use std::collections::HashMap;
+
+use shoal_store::{ConcurrencyKey, Delivery, ErrorRecord, InvocationRecord, KeyLimit, NewMessage};
 use shoal_types::{FailureKind, InvocationStatus, Outcome, gb_seconds};
 
 use crate::engine::Inner;
@@ -70,6 +72,8 @@ impl Feed {
 /// The consumer of one queue: leases while it has free slots.
 pub(crate) struct Consumer {
     pub(crate) notify: Notify,
+    /// Batches running now by concurrency key (functions with a key only).
+    running: std::sync::Mutex<HashMap<String, u32>>,
     slots: Arc<Semaphore>,
     /// Slots in all (free or in use).
     total: std::sync::atomic::AtomicU32,
@@ -134,6 +138,11 @@ pub(crate) async fn invoke_sync(
 
 pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) -> Result<String> {
     let d = resolve_latest(inner, name)?;
+    let key = d
+        .record
+        .concurrency_key
+        .as_ref()
+        .and_then(|ck| key_of(ck, &event));
     let record = new_record(&d, "async", event, inner.clock.now_ms());
     let id = record.id.clone();
     let record_created_ms = record.created_at_ms;
@@ -149,6 +158,7 @@ pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) 
             due_ms: 0,
             sent_ms: record_created_ms,
             dedup: None,
+            key,
         }],
     );
     put.await?;
@@ -187,6 +197,7 @@ pub(crate) fn ensure_feed(inner: &Arc<Inner>, feed: Feed, slots: u32) {
     }
     let consumer = Arc::new(Consumer {
         notify: Notify::new(),
+        running: std::sync::Mutex::new(HashMap::new()),
         slots: Arc::new(Semaphore::new(slots as usize)),
         total: std::sync::atomic::AtomicU32::new(slots),
         feed,
@@ -282,10 +293,17 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
             }
             permits.truncate(want.div_ceil(per));
         }
+        // With a concurrency key, the lease passes over keys that have
+        // `per_key` batches running: their messages wait in the queue, in
+        // order, while other keys' messages go ahead.
+        let key_limit = feed_key(&inner, &consumer.feed).map(|ck| KeyLimit {
+            per_key: ck.per_key,
+            running: consumer.running.lock().unwrap().clone(),
+        });
         let leased = inner
             .backend
             .queues
-            .lease(&queue, now, want, visibility)
+            .lease_keyed(&queue, now, want, visibility, key_limit.as_ref())
             .await;
         let leased = match leased {
             Ok(l) => l,
@@ -316,9 +334,12 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
                 }
                 continue;
             }
+            // Due messages left behind belong to keys at their limit: a
+            // finishing batch wakes the consumer (no polling meanwhile).
             let wait = leased
                 .next_due_ms
-                .map(|due| Duration::from_millis(due.saturating_sub(now)))
+                .filter(|due| *due > now)
+                .map(|due| Duration::from_millis(due - now))
                 .unwrap_or(idle_poll)
                 .min(idle_poll);
             tokio::select! {
@@ -335,6 +356,8 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
             let permit = permits.next().expect("leased at most `per` per permit");
             let inner = inner.clone();
             let feed = consumer.feed.clone();
+            let keys = hold_keys(&consumer, &batch);
+            let consumer = consumer.clone();
             inner.tasks.clone().spawn(async move {
                 match feed {
                     Feed::Async { function } => {
@@ -349,8 +372,74 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
                     }
                 }
                 drop(permit);
+                if !keys.is_empty() {
+                    release_keys(&consumer, &keys);
+                    consumer.notify.notify_one();
+                }
             });
         }
+    }
+}
+
+/// Counts a batch's keys as running; returns them for `release_keys`.
+fn hold_keys(consumer: &Consumer, batch: &[Delivery]) -> Vec<String> {
+    let mut keys: Vec<String> = batch.iter().filter_map(|d| d.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut running = consumer.running.lock().unwrap();
+    for k in &keys {
+        *running.entry(k.clone()).or_default() += 1;
+    }
+    keys
+}
+
+fn release_keys(consumer: &Consumer, keys: &[String]) {
+    let mut running = consumer.running.lock().unwrap();
+    for k in keys {
+        if let Some(n) = running.get_mut(k) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(k);
+            }
+        }
+    }
+}
+
+/// The concurrency key of the function a feed runs, if any.
+fn feed_key(inner: &Inner, feed: &Feed) -> Option<ConcurrencyKey> {
+    let function = match feed {
+        Feed::Async { function } | Feed::Subscription { function, .. } => function,
+    };
+    inner
+        .registry
+        .latest(function)
+        .and_then(|d| d.record.concurrency_key.clone())
+}
+
+/// The concurrency key of the function subscribed to a user queue, if any.
+pub(crate) fn subscriber_key(inner: &Inner, queue: &str) -> Option<ConcurrencyKey> {
+    let consumers = inner.consumers.lock().unwrap();
+    let feed = consumers.get(queue)?.feed.clone();
+    drop(consumers);
+    match &feed {
+        Feed::Subscription { .. } => feed_key(inner, &feed),
+        Feed::Async { .. } => None,
+    }
+}
+
+/// The value of the key's field in an event (JSON text): a string as it
+/// is, a number or boolean as JSON; `None` when the field is missing, null,
+/// or the event is not an object (such messages are not limited by key).
+pub(crate) fn key_of(ck: &ConcurrencyKey, event: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(event).ok()?;
+    let mut v = &value;
+    for part in ck.field.split('.') {
+        v = v.get(part)?;
+    }
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 

@@ -192,6 +192,12 @@ impl Handle {
             code_sha256: unpacked.sha256.clone(),
             deployed_at_ms: self.inner.clock.now_ms(),
             limiter: m.limiter.clone(),
+            concurrency_key: m.concurrency_key.as_ref().map(|(field, per_key)| {
+                shoal_store::ConcurrencyKey {
+                    field: field.clone(),
+                    per_key: *per_key,
+                }
+            }),
             subscribe: m
                 .subscribe
                 .as_ref()

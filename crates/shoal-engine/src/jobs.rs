@@ -143,6 +143,11 @@ pub(crate) async fn start(
             due_ms: 0,
             sent_ms: now,
             dedup: None,
+            key: d
+                .record
+                .concurrency_key
+                .as_ref()
+                .and_then(|ck| dispatch::key_of(ck, &record.input)),
         });
         children.push(record);
     }

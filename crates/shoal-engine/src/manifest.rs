@@ -24,6 +24,8 @@ pub struct Manifest {
     pub subscribe: Option<Subscribe>,
     /// A shared rate limiter every invocation takes a token from.
     pub limiter: Option<String>,
+    /// `concurrency_key` (an event field) and `concurrency_per_key`.
+    pub concurrency_key: Option<(String, u32)>,
 }
 
 /// `[subscribe]`: run the function for messages of a queue.
@@ -120,7 +122,34 @@ impl Manifest {
             shoal_types::validate_name("limiter name", l)
                 .map_err(|e| format!("shoal.toml: {e}"))?;
         }
+        let concurrency_key = match (raw.concurrency_key, raw.concurrency_per_key) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(
+                    "shoal.toml: concurrency_per_key needs concurrency_key (the event field to count by)"
+                        .into(),
+                );
+            }
+            (Some(field), per_key) => {
+                let valid = !field.is_empty()
+                    && field.len() <= 200
+                    && field.split('.').all(|part| !part.is_empty());
+                if !valid {
+                    return Err(format!(
+                        "shoal.toml: concurrency_key must name an event field, like \"tenant\" or \"customer.id\", not {field:?}"
+                    ));
+                }
+                let per_key = per_key.unwrap_or(1);
+                if !(1..=concurrency).contains(&per_key) {
+                    return Err(format!(
+                        "shoal.toml: concurrency_per_key must be between 1 and the function's concurrency ({concurrency})"
+                    ));
+                }
+                Some((field, per_key))
+            }
+        };
         Ok(Manifest {
+            concurrency_key,
             limiter: raw.limiter,
             subscribe,
             name,
@@ -150,6 +179,8 @@ struct Raw {
     retry_delay: Option<toml::Value>,
     subscribe: Option<RawSubscribe>,
     limiter: Option<String>,
+    concurrency_key: Option<String>,
+    concurrency_per_key: Option<u32>,
 }
 
 #[derive(Deserialize)]

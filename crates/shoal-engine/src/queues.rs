@@ -227,6 +227,8 @@ pub(crate) async fn send(
     let now = inner.clock.now_ms();
     let mut ids = Vec::with_capacity(messages.len());
     let mut out = Vec::with_capacity(messages.len());
+    // The subscriber's concurrency key, taken from each body now.
+    let key_field = dispatch::subscriber_key(inner, name);
     for m in messages {
         if m.delay > MAX_DELAY {
             return Err(invalid("delay", "must be at most 15m"));
@@ -237,12 +239,16 @@ pub(crate) async fn send(
             return Err(invalid("dedup_id", "must be 1 to 128 bytes"));
         }
         let id = uuid::Uuid::now_v7().to_string();
+        let key = key_field
+            .as_ref()
+            .and_then(|ck| dispatch::key_of(ck, &m.body));
         out.push(NewMessage {
             id: id.clone(),
             body: m.body.into_bytes(),
             due_ms: now + m.delay.as_millis() as u64,
             sent_ms: now,
             dedup: m.dedup_id.map(|k| (k, now + record.dedup_window_ms)),
+            key,
         });
         ids.push(id);
     }

@@ -122,6 +122,7 @@ async fn async_pipeline(store: &Arc<RedbStore>, queue: &'static str, dedup: bool
                     due_ms: T,
                     sent_ms: T,
                     dedup: dedup.then(|| (format!("key-{i}"), T + 300_000)),
+                    key: None,
                 };
                 store.send(queue, vec![m]).await.unwrap();
             })
@@ -204,6 +205,7 @@ async fn bulk(store: &Arc<RedbStore>, dedup: bool) {
                     due_ms: T,
                     sent_ms: T,
                     dedup: dedup.then(|| (format!("key-{i}"), T + 300_000)),
+                    key: None,
                 }
             })
             .collect();

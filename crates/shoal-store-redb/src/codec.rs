@@ -93,7 +93,7 @@ fn payload<'a>(what: &dyn Display, bytes: &'a [u8]) -> Result<&'a [u8]> {
 }
 
 /// The stored state of a queue message, next to its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MessageHeader {
     pub due_ms: u64,
     pub failures: u32,
@@ -102,6 +102,9 @@ pub(crate) struct MessageHeader {
     /// When it was sent; 0 for messages stored before this field existed.
     #[serde(default)]
     pub sent_ms: u64,
+    /// The concurrency key; absent when none (and in older messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The stored state of a dead letter, next to its body.
@@ -111,6 +114,9 @@ pub(crate) struct DeadHeader {
     pub sent_ms: u64,
     pub dead_at_ms: u64,
     pub reason: String,
+    /// The message's concurrency key, restored by a redrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `[1] ++ u32 LE header length ++ JSON header ++ body`.
@@ -315,6 +321,7 @@ mod tests {
             failures: 2,
             seq: 9,
             sent_ms: 4,
+            key: None,
         };
         let bytes = encode_message(&header, b"body");
         let golden: &[u8] =
@@ -322,7 +329,7 @@ mod tests {
         assert_eq!(bytes, golden);
         assert_eq!(
             decode_message(&"m", golden).unwrap(),
-            (header, &b"body"[..])
+            (header.clone(), &b"body"[..])
         );
         // Written before `sent_ms` existed: it reads as 0.
         let old: &[u8] = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";
@@ -331,7 +338,7 @@ mod tests {
             (
                 MessageHeader {
                     sent_ms: 0,
-                    ..header
+                    ..header.clone()
                 },
                 &b"body"[..]
             )
@@ -342,6 +349,7 @@ mod tests {
             sent_ms: 4,
             dead_at_ms: 8,
             reason: "boom".to_string(),
+            key: None,
         };
         let golden: &[u8] = concat!(
             "\x01\x39\x00\x00\x00",

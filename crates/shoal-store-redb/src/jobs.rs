@@ -222,6 +222,7 @@ fn on_complete(
             due_ms: 0,
             sent_ms: now_ms,
             dedup: None,
+            key: None,
         };
         let sent = match ops.send(t, index, plan.queue.clone(), vec![message])? {
             Ok((_, sent)) => sent,

@@ -58,9 +58,9 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_store::{
     Catalog, CategoryRecord, ChildFinished, ChildResult, DeadLetter, Delivery, DocWrite, Docs,
-    Error, FunctionRecord, InvocationRecord, Invocations, JobProgress, JobRecord, Jobs, Leased,
-    LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth, QueueRecord, QueueSample,
-    Queues, Result, ShardStats, StoredDoc, TokenRecord,
+    Error, FunctionRecord, InvocationRecord, Invocations, JobProgress, JobRecord, Jobs, KeyLimit,
+    Leased, LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth, QueueRecord,
+    QueueSample, Queues, Result, ShardStats, StoredDoc, TokenRecord,
 };
 use tokio::sync::oneshot;
 
@@ -759,8 +759,18 @@ impl Queues for RedbStore {
 
     /// Leases at call time, in memory (no fsync): a dropped future still
     /// holds its messages until the visibility timeout.
-    fn lease(&self, queue: &str, now_ms: u64, max: usize, visibility_ms: u64) -> Pending<Leased> {
-        let (picked, next_due_ms) = self.shared.index.lease(queue, now_ms, max, visibility_ms);
+    fn lease_keyed(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+        visibility_ms: u64,
+        limit: Option<&KeyLimit>,
+    ) -> Pending<Leased> {
+        let (picked, next_due_ms) =
+            self.shared
+                .index
+                .lease(queue, now_ms, max, visibility_ms, limit);
         if picked.is_empty() {
             return ready(Ok(Leased {
                 deliveries: Vec::new(),
@@ -784,6 +794,7 @@ impl Queues for RedbStore {
                         body: body.to_vec(),
                         failures: p.failures,
                         lease_until_ms,
+                        key: (!p.key.is_empty()).then(|| p.key.to_string()),
                     }),
                     // Stays leased and comes back after its lease; the rest
                     // of the queue keeps flowing.
@@ -1109,6 +1120,7 @@ mod tests {
             due_ms: T,
             sent_ms: T - 10,
             dedup: None,
+            key: None,
         }
     }
 
@@ -1296,6 +1308,7 @@ mod tests {
     fn keyed(id: &str, key: &str, until_ms: u64, sent_ms: u64) -> NewMessage {
         NewMessage {
             dedup: Some((key.to_string(), until_ms)),
+            key: None,
             sent_ms,
             ..msg(id)
         }

@@ -3,6 +3,11 @@
 //! lease end). Leases live only here: the embedded store is single-node, so
 //! after a restart every stored message is deliverable again.
 //!
+//! Waiting messages are grouped by concurrency key (messages without one
+//! share the key ""): each key's messages in due order, plus the head of
+//! every key in due order. A lease walks the heads, so passing over keys at
+//! their limit costs one step per such key, however many messages they hold.
+//!
 //! The writer thread changes the set of messages after each commit (send,
 //! ack, nack, dead letter, redrive, purge); `lease` and `extend` change only
 //! leases, so they need no write. Bodies stay on disk and are read when a
@@ -16,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shoal_store::{QueueCounters, QueueDepth};
+use shoal_store::{KeyLimit, QueueCounters, QueueDepth};
 
 use crate::codec::MessageHeader;
 
@@ -63,13 +68,20 @@ impl Totals {
 pub(crate) struct Picked {
     pub id: Arc<str>,
     pub failures: u32,
+    /// The concurrency key ("" for none).
+    pub key: Arc<str>,
 }
+
+type Entry = (u64, u64, Arc<str>);
 
 #[derive(Default)]
 struct Queue {
     messages: HashMap<Arc<str>, Meta>,
-    /// Not leased: (due_ms, seq, id).
-    waiting: BTreeSet<(u64, u64, Arc<str>)>,
+    /// Not leased, by key: (due_ms, seq, id).
+    waiting: HashMap<Arc<str>, BTreeSet<Entry>>,
+    /// The first waiting message of every key: (due_ms, seq, key).
+    heads: BTreeSet<Entry>,
+    waiting_len: usize,
     /// Leased: (lease_until_ms, seq, id). Expired leases stay here until a
     /// `lease` call takes them again.
     leased: BTreeSet<(u64, u64, Arc<str>)>,
@@ -83,15 +95,68 @@ struct Meta {
     due_ms: u64,
     failures: u32,
     lease_until_ms: Option<u64>,
+    key: Arc<str>,
 }
 
 impl Queue {
     /// Takes a message out of whichever ordered set holds it.
     fn unlink(&mut self, id: &Arc<str>, meta: &Meta) {
         match meta.lease_until_ms {
-            Some(until) => self.leased.remove(&(until, meta.seq, id.clone())),
-            None => self.waiting.remove(&(meta.due_ms, meta.seq, id.clone())),
+            Some(until) => {
+                self.leased.remove(&(until, meta.seq, id.clone()));
+            }
+            None => self.unwait(&meta.key, &(meta.due_ms, meta.seq, id.clone())),
+        }
+    }
+
+    fn wait(&mut self, key: &Arc<str>, entry: Entry) {
+        let set = self.waiting.entry(key.clone()).or_default();
+        if let Some(old) = set.first() {
+            if (old.0, old.1) > (entry.0, entry.1) {
+                self.heads.remove(&(old.0, old.1, key.clone()));
+                self.heads.insert((entry.0, entry.1, key.clone()));
+            }
+        } else {
+            self.heads.insert((entry.0, entry.1, key.clone()));
+        }
+        set.insert(entry);
+        self.waiting_len += 1;
+    }
+
+    fn unwait(&mut self, key: &Arc<str>, entry: &Entry) {
+        let Some(set) = self.waiting.get_mut(key) else {
+            return;
         };
+        let was_head = set.first() == Some(entry);
+        if !set.remove(entry) {
+            return;
+        }
+        self.waiting_len -= 1;
+        if was_head {
+            self.heads.remove(&(entry.0, entry.1, key.clone()));
+            match set.first() {
+                Some(next) => {
+                    self.heads.insert((next.0, next.1, key.clone()));
+                }
+                None => {
+                    self.waiting.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The first waiting message due at `now_ms` whose key `room` admits.
+    fn first_due(&self, now_ms: u64, room: &impl Fn(&str) -> bool) -> Option<(Arc<str>, Entry)> {
+        for (due, _, key) in &self.heads {
+            if *due > now_ms {
+                return None;
+            }
+            if room(key) {
+                let entry = self.waiting.get(key)?.first()?.clone();
+                return Some((key.clone(), entry));
+            }
+        }
+        None
     }
 
     /// Forgets a message for good.
@@ -103,7 +168,7 @@ impl Queue {
     }
 
     fn next_due_ms(&self) -> Option<u64> {
-        let waiting = self.waiting.first().map(|e| e.0);
+        let waiting = self.heads.first().map(|e| e.0);
         let leased = self.leased.first().map(|e| e.0);
         match (waiting, leased) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -130,7 +195,8 @@ impl QueueIndex {
             return;
         }
         let id: Arc<str> = Arc::from(id);
-        q.waiting.insert((header.due_ms, header.seq, id.clone()));
+        let key: Arc<str> = Arc::from(header.key.as_deref().unwrap_or(""));
+        q.wait(&key, (header.due_ms, header.seq, id.clone()));
         q.ages.insert((header.sent_ms, header.seq));
         q.messages.insert(
             id,
@@ -140,6 +206,7 @@ impl QueueIndex {
                 due_ms: header.due_ms,
                 failures: header.failures,
                 lease_until_ms: None,
+                key,
             },
         );
     }
@@ -197,34 +264,66 @@ impl QueueIndex {
         meta.due_ms = due_ms;
         meta.failures = failures;
         meta.lease_until_ms = None;
-        q.waiting.insert((due_ms, meta.seq, id.clone()));
+        let key = meta.key.clone();
+        q.wait(&key, (due_ms, meta.seq, id.clone()));
         q.messages.insert(id, meta);
     }
 
     /// Leases up to `max` deliverable messages: expired leases first, then
-    /// waiting messages in due order. Returns them and the queue's next due time.
+    /// waiting messages in due order, passing over keys at their `limit`.
+    /// Returns them and the queue's next due time.
     pub(crate) fn lease(
         &self,
         queue: &str,
         now_ms: u64,
         max: usize,
         visibility_ms: u64,
+        limit: Option<&KeyLimit>,
     ) -> (Vec<Picked>, Option<u64>) {
         let mut queues = self.lock();
         let Some(q) = queues.get_mut(queue) else {
             return (Vec::new(), None);
         };
-        let mut taken = Vec::new();
-        for set in [&mut q.leased, &mut q.waiting] {
-            while taken.len() < max {
-                match set.first() {
-                    Some(first) if first.0 <= now_ms => {
-                        let (_, seq, id) = set.pop_first().expect("first exists");
-                        taken.push((seq, id));
-                    }
-                    _ => break,
-                }
+        // Messages of each key taken by this lease.
+        let mut taken_by_key: HashMap<Arc<str>, u32> = HashMap::new();
+        let has_room = |key: &str, taken: &HashMap<Arc<str>, u32>| match limit {
+            None => true,
+            Some(_) if key.is_empty() => true,
+            Some(l) => {
+                let running = l.running.get(key).copied().unwrap_or(0);
+                let now = taken.get(key).copied().unwrap_or(0);
+                running + now < l.per_key
             }
+        };
+        let mut taken = Vec::new();
+        // Expired leases (rare): a walk over them only.
+        let expired: Vec<Entry> = q
+            .leased
+            .iter()
+            .take_while(|e| e.0 <= now_ms)
+            .cloned()
+            .collect();
+        for entry in expired {
+            if taken.len() >= max {
+                break;
+            }
+            let key = q.messages.get(&entry.2).map(|m| m.key.clone());
+            let key = key.unwrap_or_else(|| Arc::from(""));
+            if !has_room(&key, &taken_by_key) {
+                continue;
+            }
+            q.leased.remove(&entry);
+            *taken_by_key.entry(key).or_default() += 1;
+            taken.push((entry.1, entry.2));
+        }
+        while taken.len() < max {
+            let room = |k: &str| has_room(k, &taken_by_key);
+            let Some((key, entry)) = q.first_due(now_ms, &room) else {
+                break;
+            };
+            q.unwait(&key, &entry);
+            *taken_by_key.entry(key).or_default() += 1;
+            taken.push((entry.1, entry.2));
         }
         let until = now_ms.saturating_add(visibility_ms);
         let mut picked = Vec::with_capacity(taken.len());
@@ -234,6 +333,7 @@ impl QueueIndex {
             picked.push(Picked {
                 id: id.clone(),
                 failures: meta.failures,
+                key: meta.key.clone(),
             });
             q.leased.insert((until, seq, id));
         }
@@ -269,7 +369,7 @@ impl QueueIndex {
             queues
                 .get(queue)
                 .map(|q| QueueDepth {
-                    waiting: q.waiting.len() as u64,
+                    waiting: q.waiting_len as u64,
                     in_flight: q.leased.len() as u64,
                     dead: 0,
                     oldest_sent_ms: q.ages.first().map(|(sent_ms, _)| *sent_ms),
@@ -291,11 +391,12 @@ mod tests {
             failures: 0,
             seq,
             sent_ms: 1_000 - seq,
+            key: None,
         }
     }
 
     fn lease_ids(index: &QueueIndex, now: u64, max: usize) -> Vec<String> {
-        let (picked, _) = index.lease("q", now, max, 100);
+        let (picked, _) = index.lease("q", now, max, 100, None);
         picked.iter().map(|p| p.id.to_string()).collect()
     }
 

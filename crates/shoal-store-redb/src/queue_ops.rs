@@ -145,6 +145,7 @@ impl QueueOps {
                 failures: 0,
                 seq: self.seq(),
                 sent_ms: m.sent_ms,
+                key: m.key,
             };
             let value = codec::encode_message(&header, &m.body);
             t.messages.insert(key, value.as_slice())?;
@@ -200,7 +201,8 @@ impl QueueOps {
                         failures: header.failures.saturating_add(1),
                         ..header
                     };
-                    (header, codec::encode_message(&header, body))
+                    let value = codec::encode_message(&header, body);
+                    (header, value)
                 }
             }
         };
@@ -241,6 +243,7 @@ impl QueueOps {
                         sent_ms: header.sent_ms,
                         dead_at_ms: now_ms,
                         reason,
+                        key: header.key,
                     };
                     codec::encode_dead(&dead, body)
                 }
@@ -297,6 +300,7 @@ impl QueueOps {
                     failures: 0,
                     seq: self.seq(),
                     sent_ms: dead.sent_ms,
+                    key: dead.key.clone(),
                 };
                 let value = codec::encode_message(&header, body);
                 messages.insert(key, value.as_slice())?;

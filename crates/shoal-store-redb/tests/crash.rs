@@ -118,6 +118,7 @@ fn crash_child() {
                                 due_ms: T,
                                 sent_ms: T + i,
                                 dedup: None,
+                                key: None,
                             };
                             store.send(QUEUE, vec![m]).await.unwrap();
                             println!("ACK msg {id}");
@@ -130,6 +131,7 @@ fn crash_child() {
                                 due_ms: T,
                                 sent_ms: T + i,
                                 dedup: None,
+                                key: None,
                             };
                             store.send(&queue, vec![m]).await.unwrap();
                             store.lease(&queue, T, 10, 1).await.unwrap();

@@ -23,6 +23,7 @@ fn msg(id: &str, body: &[u8], due_ms: u64) -> NewMessage {
         due_ms,
         sent_ms: due_ms - 1,
         dedup: None,
+        key: None,
     }
 }
 
@@ -33,6 +34,7 @@ fn keyed(id: &str, key: &str, until_ms: u64, sent_ms: u64) -> NewMessage {
         due_ms: sent_ms,
         sent_ms,
         dedup: Some((key.to_string(), until_ms)),
+        key: None,
     }
 }
 

@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
     Backend, CategoryRecord, ChildResult, DeadLetter, Delivery, DocWrite, Error, ErrorRecord,
-    FunctionRecord, InvocationRecord, JobProgress, JobRecord, JobSlot, Leased, LimiterRecord,
-    NewMessage, QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats, StoredDoc,
-    ThenPlan, TokenRecord,
+    FunctionRecord, InvocationRecord, JobProgress, JobRecord, JobSlot, KeyLimit, Leased,
+    LimiterRecord, NewMessage, QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats,
+    StoredDoc, ThenPlan, TokenRecord,
 };
 
 /// A base time for the queue tests. Queue names are unique, so a fixed clock is fine.
@@ -54,6 +54,7 @@ pub async fn run_all(backend: &Backend) {
     docs_write_order(backend).await;
     delete_category_removes_everything(backend).await;
     docs_category_isolation(backend).await;
+    queue_keys(backend).await;
     jobs_fan_in_once(backend).await;
     jobs_nested_and_cancel(backend).await;
 }
@@ -88,6 +89,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         deployed_at_ms: T,
         subscribe: None,
         limiter: None,
+        concurrency_key: None,
     }
 }
 
@@ -134,6 +136,7 @@ fn msg(id: &str, body: &[u8], due_ms: u64) -> NewMessage {
         due_ms,
         sent_ms: due_ms,
         dedup: None,
+        key: None,
     }
 }
 
@@ -837,6 +840,7 @@ fn sent_at(id: &str, body: &[u8], due_ms: u64, sent_ms: u64) -> NewMessage {
 fn keyed(id: &str, key: &str, until_ms: u64, sent_ms: u64) -> NewMessage {
     NewMessage {
         dedup: Some((key.to_string(), until_ms)),
+        key: None,
         ..msg(id, id.as_bytes(), sent_ms)
     }
 }
@@ -2398,4 +2402,107 @@ async fn jobs_nested_and_cancel(b: &Backend) {
         (p.succeeded, p.cancelled, p.finished_at_ms),
         (0, 1, Some(T + 3))
     );
+}
+
+fn keyed_msg(id: &str, key: Option<&str>, due_ms: u64) -> NewMessage {
+    NewMessage {
+        key: key.map(str::to_string),
+        ..msg(id, id.as_bytes(), due_ms)
+    }
+}
+
+fn ids_of(leased: &Leased) -> Vec<String> {
+    leased.deliveries.iter().map(|d| d.id.clone()).collect()
+}
+
+/// Keyed leases pass over keys at their limit without reordering them, and
+/// keys survive retries, dead letters and redrives.
+async fn queue_keys(b: &Backend) {
+    let q = unique("keys");
+    let mut messages: Vec<NewMessage> = (0..50)
+        .map(|i| keyed_msg(&format!("a{i:02}"), Some("tenant-a"), T + i))
+        .collect();
+    messages.push(keyed_msg("b0", Some("tenant-b"), T + 60));
+    messages.push(keyed_msg("b1", Some("tenant-b"), T + 61));
+    messages.push(keyed_msg("n0", None, T + 62));
+    messages.push(keyed_msg("n1", None, T + 63));
+    b.queues.send(&q, messages).await.unwrap();
+
+    let mut limit = KeyLimit {
+        per_key: 2,
+        running: Default::default(),
+    };
+    let now = T + 100;
+    let first = b
+        .queues
+        .lease_keyed(&q, now, 10, 1000, Some(&limit))
+        .await
+        .unwrap();
+    // Two of a, two of b, and the keyless ones are not limited.
+    assert_eq!(ids_of(&first), ["a00", "a01", "b0", "b1", "n0", "n1"]);
+    assert_eq!(first.deliveries[0].key.as_deref(), Some("tenant-a"));
+    assert_eq!(first.deliveries[4].key, None);
+    // With those still running, nothing more of a or b.
+    limit.running.insert("tenant-a".into(), 2);
+    limit.running.insert("tenant-b".into(), 2);
+    let none = b
+        .queues
+        .lease_keyed(&q, now, 10, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert!(none.deliveries.is_empty());
+    // One a finished: exactly the next a, in order.
+    b.queues.ack(&q, vec!["a00".into()]).await.unwrap();
+    limit.running.insert("tenant-a".into(), 1);
+    let next = b
+        .queues
+        .lease_keyed(&q, now, 10, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&next), ["a02"]);
+    // A plain lease ignores keys.
+    let plain = lease(b, &q, now, 3, 1000).await;
+    assert_eq!(ids_of(&plain), ["a03", "a04", "a05"]);
+
+    // The key stays through a nack, a dead letter and a redrive.
+    b.queues.nack(&q, "b0", now).await.unwrap();
+    limit.running.clear();
+    limit.running.insert("tenant-a".into(), 2);
+    let again = b
+        .queues
+        .lease_keyed(&q, now + 1, 1, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&again), ["b0"]);
+    assert_eq!(again.deliveries[0].key.as_deref(), Some("tenant-b"));
+    b.queues
+        .dead_letter(&q, "b0", "boom".into(), now + 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.queues
+            .redrive(&q, Some(vec!["b0".into()]), now + 3)
+            .await
+            .unwrap(),
+        1
+    );
+    limit.running.insert("tenant-a".into(), 2);
+    let redriven = b
+        .queues
+        .lease_keyed(&q, now + 3, 5, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&redriven), ["b0"]);
+    assert_eq!(redriven.deliveries[0].key.as_deref(), Some("tenant-b"));
+    // Expired leases come back first, still within their key's limit.
+    limit.running.clear();
+    limit.per_key = 1;
+    let expired = b
+        .queues
+        .lease_keyed(&q, now + 5_000, 10, 1000, Some(&limit))
+        .await
+        .unwrap();
+    // One per key (a01 before the other a's, b1 before b0 whose lease ends
+    // later); keyless ones are not limited.
+    assert_eq!(ids_of(&expired), ["a01", "b1", "n0", "n1"]);
 }

@@ -64,6 +64,18 @@ pub struct FunctionRecord {
     /// The shared rate limiter its invocations take tokens from.
     #[serde(default)]
     pub limiter: Option<String>,
+    /// The concurrency key: at most `concurrency_per_key` queued invocations
+    /// run at once per value of this event field (`tenant`, `a.b`).
+    #[serde(default)]
+    pub concurrency_key: Option<ConcurrencyKey>,
+}
+
+/// `concurrency_key` / `concurrency_per_key` of `shoal.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConcurrencyKey {
+    /// A top-level event field, or a dotted path into nested objects.
+    pub field: String,
+    pub per_key: u32,
 }
 
 /// A function's subscription to a queue (`[subscribe]` in `shoal.toml`).
@@ -237,6 +249,10 @@ pub struct NewMessage {
     /// counts as sent nor takes the key; an accepted one takes the key
     /// until its own `until_ms`.
     pub dedup: Option<(String, u64)>,
+    /// A concurrency key (a tenant id, say): `lease_keyed` hands out at most
+    /// so many messages of one key at once. Kept through retries, dead
+    /// letters and redrives.
+    pub key: Option<String>,
 }
 
 /// A message handed out by `lease`. It is invisible to other leases until
@@ -248,6 +264,18 @@ pub struct Delivery {
     /// Times the message was released with `nack` before this delivery.
     pub failures: u32,
     pub lease_until_ms: u64,
+    /// The message's concurrency key.
+    pub key: Option<String>,
+}
+
+/// Which keyed messages a lease may take: at most `per_key` of one key are
+/// out at once, counting `running` (messages of the key the caller still
+/// works on) and those taken by this lease. Messages without a key are not
+/// limited.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyLimit {
+    pub per_key: u32,
+    pub running: std::collections::HashMap<String, u32>,
 }
 
 /// The result of a `lease` call.
@@ -470,8 +498,23 @@ pub trait Invocations: Send + Sync + 'static {
 pub trait Queues: Send + Sync + 'static {
     fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<()>;
     /// Leases up to `max` messages that are due at `now_ms`, for
-    /// `visibility_ms`.
-    fn lease(&self, queue: &str, now_ms: u64, max: usize, visibility_ms: u64) -> Pending<Leased>;
+    /// `visibility_ms`: expired leases first, then in due order (send order
+    /// for equal due times).
+    fn lease(&self, queue: &str, now_ms: u64, max: usize, visibility_ms: u64) -> Pending<Leased> {
+        self.lease_keyed(queue, now_ms, max, visibility_ms, None)
+    }
+    /// Like `lease`, passing over messages whose key is at its limit, so
+    /// that one busy key never holds back the others (they are taken in
+    /// due order among the keys that have room). A key's skipped messages
+    /// stay where they are: no write, no reordering.
+    fn lease_keyed(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+        visibility_ms: u64,
+        limit: Option<&KeyLimit>,
+    ) -> Pending<Leased>;
     /// Pushes the lease of a delivered message to `lease_until_ms`.
     fn extend(&self, queue: &str, id: &str, lease_until_ms: u64) -> Pending<()>;
     /// Removes delivered messages for good.

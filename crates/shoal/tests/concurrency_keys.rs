@@ -207,3 +207,40 @@ async fn queue_subscribers_keep_the_per_key_limit_and_bad_settings_are_refused()
         assert!(err.contains(needle), "{manifest}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_limits_cap_async_calls_and_subscriptions() {
+    let node = TestNode::start();
+    let c = node.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let (async_path, sub_path) = (tmp.path().join("async"), tmp.path().join("sub"));
+    deploy(&c, "name = \"capped\"\nconcurrency = 3", WORK).await;
+    c.put_queue("work", &PutQueue::default()).await.unwrap();
+    deploy(
+        &c,
+        "name = \"sub\"\nconcurrency = 4\n[subscribe]\nqueue = \"work\"\nconcurrency = 2",
+        WORK,
+    )
+    .await;
+    let p = async_path.to_str().unwrap();
+    for n in 0..12 {
+        c.invoke_async("capped", &json!({"path": p, "n": n}).to_string())
+            .await
+            .unwrap();
+    }
+    let p = sub_path.to_str().unwrap();
+    let messages: Vec<SendMessage> = (0..10)
+        .map(|n| SendMessage {
+            body: json!({"path": p, "n": n}),
+            delay: None,
+            dedup_id: None,
+        })
+        .collect();
+    c.send("work", messages).await.unwrap();
+    // The function's concurrency (3) for its async calls, the
+    // subscription's (2) for the queue: reached, never passed.
+    let got = wait_for(&async_path, 12).await;
+    assert_eq!(peak_overlap(&got, &Value::Null), 3, "{got:?}");
+    let got = wait_for(&sub_path, 10).await;
+    assert_eq!(peak_overlap(&got, &Value::Null), 2, "{got:?}");
+}

@@ -255,8 +255,10 @@ pub(crate) fn cancel(t: &mut Tables<'_>, id: String, now_ms: u64) -> Applied {
     }
     let mut todo = VecDeque::from([id]);
     while let Some(job) = todo.pop_front() {
+        // A job that has finished stays finished.
         if let Ok(mut progress) = load_progress(j, &job)?
             && progress.cancelled_at_ms.is_none()
+            && progress.finished_at_ms.is_none()
         {
             progress.cancelled_at_ms = Some(now_ms);
             let encoded = encode_progress(&job, &progress);

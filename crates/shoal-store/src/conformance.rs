@@ -2285,6 +2285,10 @@ async fn jobs_fan_in_once(b: &Backend) {
         Err(Error::NotFound(_))
     ));
     assert!(!b.jobs.cancel_job(&unique("nojob"), T).await.unwrap());
+    // Cancelling a finished job changes nothing.
+    assert!(b.jobs.cancel_job(&id, T + 7).await.unwrap());
+    let (_, after) = b.jobs.job(&id).await.unwrap().unwrap();
+    assert_eq!(after, progress);
 
     // No children: complete as created, the fan-in queued at once.
     let empty = unique("job");

@@ -595,7 +595,7 @@ pub trait Jobs: Send + Sync + 'static {
     /// Jobs created by the job's children, in creation order (id order).
     fn sub_jobs(&self, job: &str) -> Pending<Vec<String>>;
     /// Marks the job and every job below it cancelled (once; the first time
-    /// is kept). Children that have not run are then recorded as cancelled by
+    /// is kept; jobs that have finished stay as they are). Children that have not run are then recorded as cancelled by
     /// the engine; running ones finish. False when the job does not exist.
     fn cancel_job(&self, id: &str, now_ms: u64) -> Pending<bool>;
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use shoal_client::Client;
 use shoal_client::protocol::FunctionView;
 
@@ -78,6 +78,75 @@ pub const QUERY_CPU: Source = Source {
     name_line: "name = \"bench-cpu\"",
 };
 
+/// The trivial queue consumer (`[subscribe]`, handler returns at once).
+pub const QUEUE_NOOP: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/queue-noop/shoal.toml"),
+        ),
+        ("main.py", include_str!("../functions/queue-noop/main.py")),
+    ],
+    name_line: "name = \"bench-queue\"",
+};
+
+/// One GET of the URL in each queue message, under the `bench-vendor` limiter.
+pub const VENDOR_CALL: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/vendor-call/shoal.toml"),
+        ),
+        ("main.py", include_str!("../functions/vendor-call/main.py")),
+    ],
+    name_line: "name = \"bench-vendor\"",
+};
+
+/// A fan-out child: returns its event.
+pub const FANOUT_CHILD: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/fanout-child/shoal.toml"),
+        ),
+        ("main.py", include_str!("../functions/fanout-child/main.py")),
+    ],
+    name_line: "name = \"bench-child\"",
+};
+
+/// The fan-in: returns `time.time()` at its start and the child count.
+pub const FANOUT_FANIN: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/fanout-fanin/shoal.toml"),
+        ),
+        ("main.py", include_str!("../functions/fanout-fanin/main.py")),
+    ],
+    name_line: "name = \"bench-fanin\"",
+};
+
+/// The parent: one `ctx.map` with a fan-in, timed from inside.
+pub const FANOUT_PARENT: Source = Source {
+    files: &[
+        (
+            "shoal.toml",
+            include_str!("../functions/fanout-parent/shoal.toml"),
+        ),
+        (
+            "main.py",
+            include_str!("../functions/fanout-parent/main.py"),
+        ),
+    ],
+    name_line: "name = \"bench-parent\"",
+};
+
+/// The Celery baseline of the queue figures (`baselines/celery_baseline.py`).
+pub const CELERY_BASELINE: (&str, &str) = (
+    "celery_baseline.py",
+    include_str!("../baselines/celery_baseline.py"),
+);
+
 /// The Python baselines of the query benchmarks (`baselines/`), written out
 /// next to each other before they run.
 pub const BASELINES: [(&str, &str); 3] = [
@@ -96,6 +165,18 @@ impl Source {
     /// Writes the function under `name` into `dir`; `variant` is appended to
     /// `main.py` as a comment so that each variant is new code.
     pub fn write(&self, dir: &Path, name: &str, variant: Option<u64>) -> Result<()> {
+        self.write_edited(dir, name, variant, &[])
+    }
+
+    /// `write`, with whole lines of `shoal.toml` replaced: each `(line,
+    /// replacement)` replaces every line equal to `line` (at least one).
+    pub fn write_edited(
+        &self,
+        dir: &Path,
+        name: &str,
+        variant: Option<u64>,
+        edits: &[(&str, String)],
+    ) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         for (file, text) in self.files {
             let text = match *file {
@@ -105,7 +186,22 @@ impl Source {
                         "{file} lacks {}",
                         self.name_line
                     );
-                    text.replace(self.name_line, &format!("name = \"{name}\""))
+                    let mut lines: Vec<String> = text
+                        .replace(self.name_line, &format!("name = \"{name}\""))
+                        .lines()
+                        .map(str::to_string)
+                        .collect();
+                    for (line, replacement) in edits {
+                        let mut found = false;
+                        for l in lines.iter_mut().filter(|l| l == line) {
+                            l.clone_from(replacement);
+                            found = true;
+                        }
+                        if !found {
+                            bail!("{file} has no line {line:?}");
+                        }
+                    }
+                    lines.join("\n") + "\n"
                 }
                 "main.py" => match variant {
                     Some(v) => format!("{text}\n# variant {v}\n"),
@@ -126,15 +222,58 @@ impl Source {
         name: &str,
         variant: Option<u64>,
     ) -> Result<FunctionView> {
+        self.deploy_edited(client, scratch, name, variant, &[])
+            .await
+    }
+
+    /// `deploy` with lines of `shoal.toml` replaced (see `write_edited`).
+    pub async fn deploy_edited(
+        &self,
+        client: &Client,
+        scratch: &Path,
+        name: &str,
+        variant: Option<u64>,
+        edits: &[(&str, String)],
+    ) -> Result<FunctionView> {
         let dir = scratch.join(match variant {
             Some(v) => format!("{name}-{v}"),
             None => name.to_string(),
         });
-        self.write(&dir, name, variant)?;
+        self.write_edited(&dir, name, variant, edits)?;
         let archive = shoal_client::pack_dir(&dir).context("packing the function")?;
         client
             .deploy(archive)
             .await
             .with_context(|| format!("deploying {name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_replace_every_matching_line() {
+        let dir = tempfile::tempdir().unwrap();
+        QUEUE_NOOP
+            .write_edited(
+                dir.path(),
+                "q2",
+                None,
+                &[
+                    ("queue = \"bench-queue\"", "queue = \"q2\"".into()),
+                    ("batch_size = 1", "batch_size = 100".into()),
+                    ("concurrency = 4", "concurrency = 2".into()),
+                ],
+            )
+            .unwrap();
+        let toml = std::fs::read_to_string(dir.path().join("shoal.toml")).unwrap();
+        assert!(toml.contains("name = \"q2\"\n") && toml.contains("queue = \"q2\"\n"));
+        assert!(toml.contains("batch_size = 100\n"));
+        assert_eq!(toml.matches("concurrency = 2\n").count(), 2, "{toml}");
+        let err = QUEUE_NOOP
+            .write_edited(dir.path(), "q2", None, &[("nope", "x".into())])
+            .unwrap_err();
+        assert!(err.to_string().contains("no line"), "{err}");
     }
 }

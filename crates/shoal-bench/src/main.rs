@@ -3,22 +3,28 @@
 //! Starts a real `shoal serve` (release build) on a fresh data directory,
 //! deploys the bench functions and measures, over HTTP: warm sync latency,
 //! sync throughput, cold start, asynchronous end-to-end throughput, how
-//! fast a warm numpy function gets a new worker, and (`queries.rs`) batched
-//! document writes and map/reduce queries over a million documents beside
-//! Python baselines (multiprocessing, Ray) on the same data. Prints a
-//! Markdown section with each figure beside its target and appends it to
-//! `docs/benchmarks.md`.
+//! fast a warm numpy function gets a new worker, queue throughput beside
+//! Celery (`queue.rs`), rate-limit accuracy against a strict mock vendor
+//! (`ratelimit.rs`), a 100,000-child fan-out with fan-in (`fanout.rs`), and
+//! (`queries.rs`) batched document writes and map/reduce queries over a
+//! million documents beside Python baselines (multiprocessing, Ray) on the
+//! same data. Prints a Markdown section with each figure beside its target
+//! and appends it to `docs/benchmarks.md`.
 //!
 //! The client side runs on one thread (tokio `current_thread`) so that it
 //! takes as little as possible from the cores it shares with the node.
 
+mod celery;
 mod cpu;
 mod data;
+mod fanout;
 mod functions;
 mod http;
 mod node;
 mod phases;
 mod queries;
+mod queue;
+mod ratelimit;
 mod report;
 mod rss;
 mod stats;
@@ -33,12 +39,15 @@ use clap::Parser;
 use phases::Ctx;
 use report::{Phase, Results};
 
-const PHASES: [&str; 10] = [
+const PHASES: [&str; 13] = [
     "latency",
     "throughput",
     "cold",
     "numpy",
     "async",
+    "queue",
+    "ratelimit",
+    "fanout",
     "writes",
     "queries",
     "query-cpu",
@@ -57,7 +66,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these phases (comma-separated): latency, throughput, cold,
-    /// numpy, async, writes, queries, query-cpu, query-cold, query-stream.
+    /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
+    /// query-cold, query-stream.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The Python interpreter with Ray installed, for baseline (b) of the
@@ -68,6 +78,17 @@ struct Args {
     /// is then reported as a miss with this reason.
     #[arg(long, env = "SHOAL_BENCH_RAY_MISSING")]
     ray_missing: Option<String>,
+    /// The Python interpreter with celery[redis] installed, for the Celery
+    /// side of the queue phase (`scripts/bench` installs it into this venv).
+    #[arg(long, default_value = "target/bench-venv/bin/python")]
+    celery_python: PathBuf,
+    /// Why Celery or redis-server could not be installed (set by
+    /// `scripts/bench`): the Celery figures are then misses with this reason.
+    #[arg(long, env = "SHOAL_BENCH_CELERY_MISSING")]
+    celery_missing: Option<String>,
+    /// The `redis-server` binary Celery's broker runs on.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
     /// The `shoal` binary (default: next to this one).
     #[arg(long)]
     shoal: Option<PathBuf>,
@@ -97,6 +118,17 @@ struct Plan {
     async_conns: usize,
     async_limit: Duration,
     numpy_rounds: usize,
+    /// Celery's tasks (and kombu's messages) in the queue figures.
+    celery_n: usize,
+    /// Shoal's messages, one per invocation.
+    queue_single_n: usize,
+    /// Shoal's messages, batched invocations, and through the store alone.
+    queue_batched_n: usize,
+    queue_limit: Duration,
+    ratelimit: ratelimit::Plan,
+    ratelimit_limit: Duration,
+    fanout_n: usize,
+    fanout_limit: Duration,
 }
 
 impl Plan {
@@ -113,6 +145,17 @@ impl Plan {
                 async_conns: 16,
                 async_limit: Duration::from_secs(60),
                 numpy_rounds: 1,
+                celery_n: 5_000,
+                queue_single_n: 20_000,
+                queue_batched_n: 50_000,
+                queue_limit: Duration::from_secs(180),
+                ratelimit: ratelimit::Plan {
+                    limit: 50,
+                    seconds: 6,
+                },
+                ratelimit_limit: Duration::from_secs(60),
+                fanout_n: 20_000,
+                fanout_limit: Duration::from_secs(300),
             }
         } else {
             Plan {
@@ -126,6 +169,17 @@ impl Plan {
                 async_conns: 16,
                 async_limit: Duration::from_secs(120),
                 numpy_rounds: 2,
+                celery_n: 20_000,
+                queue_single_n: 50_000,
+                queue_batched_n: 200_000,
+                queue_limit: Duration::from_secs(300),
+                ratelimit: ratelimit::Plan {
+                    limit: 50,
+                    seconds: 12,
+                },
+                ratelimit_limit: Duration::from_secs(90),
+                fanout_n: 100_000,
+                fanout_limit: Duration::from_secs(600),
             }
         }
     }
@@ -301,9 +355,61 @@ async fn run(args: Args) -> Result<()> {
         );
     }
 
+    let queue = if selected("queue") {
+        let queue_plan = queue::Plan {
+            celery_n: plan.celery_n,
+            single_n: plan.queue_single_n,
+            batched_n: plan.queue_batched_n,
+            limit: plan.queue_limit,
+            python: ray_python(&args.celery_python),
+            redis_server: args.redis_server.clone(),
+            celery_missing: args.celery_missing.clone().filter(|r| !r.trim().is_empty()),
+        };
+        Phase::Done(queue::run(&ctx, &queue_plan, tmp.path()).await)
+    } else {
+        Phase::Skipped
+    };
+
+    let rate_limit = if selected("ratelimit") {
+        step(&format!(
+            "rate limit: {} messages through a {}/s limiter to a vendor allowing {}/s",
+            plan.ratelimit.messages(),
+            plan.ratelimit.limit,
+            plan.ratelimit.limit
+        ));
+        outcome(ratelimit::run(&ctx, &plan.ratelimit, plan.ratelimit_limit).await)
+    } else {
+        Phase::Skipped
+    };
+    if let Phase::Done(r) = &rate_limit {
+        eprintln!(
+            "  peak {} in 1 s, mean {:.1}/s, {} answered 429",
+            r.peak_1s, r.mean_rate, r.too_many
+        );
+    }
+
+    let fanout = if selected("fanout") {
+        step(&format!(
+            "fan-out: ctx.map of {} children with a fan-in",
+            plan.fanout_n
+        ));
+        outcome(fanout::run(&ctx, plan.fanout_n, plan.fanout_limit).await)
+    } else {
+        Phase::Skipped
+    };
+    if let Phase::Done(f) = &fanout {
+        eprintln!(
+            "  fan-in started {:.2} s after the parent (ctx.map {:.2} s)",
+            f.fanin_s, f.mapped_s
+        );
+    }
+
     drop(ctx);
     // Last: these restart the node.
-    let others_ran = PHASES[..5].iter().any(|p| selected(p));
+    let others_ran = PHASES
+        .iter()
+        .take_while(|p| **p != "writes")
+        .any(|p| selected(p));
     let query_results =
         queries::run(&mut node, tmp.path(), &query_plan, query_sel, others_ran).await;
 
@@ -336,6 +442,9 @@ async fn run(args: Args) -> Result<()> {
         cold,
         async_run,
         numpy,
+        queue,
+        rate_limit,
+        fanout,
         queries: query_results,
         total_s: started.elapsed().as_secs_f64(),
     };

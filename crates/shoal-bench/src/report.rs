@@ -9,8 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use crate::cpu::Usage;
+use crate::fanout::Fanout;
 use crate::phases::{AsyncRun, ColdSample, Latency, Numpy, Throughput};
 use crate::queries::{self, Baseline, BaselineTask};
+use crate::queue::{self, QueueResults};
+use crate::ratelimit::RateLimit;
 use crate::rss::{self, Peak};
 use crate::stats::{fmt_ms, max, median, min, thousands, utc};
 
@@ -30,6 +33,9 @@ pub struct Results {
     pub cold: Phase<(Vec<ColdSample>, Usage)>,
     pub async_run: Phase<AsyncRun>,
     pub numpy: Phase<Numpy>,
+    pub queue: Phase<QueueResults>,
+    pub rate_limit: Phase<RateLimit>,
+    pub fanout: Phase<Fanout>,
     pub queries: queries::Results,
     pub total_s: f64,
 }
@@ -284,6 +290,9 @@ pub fn render(r: &Results) -> String {
         )),
     }
 
+    render_queue(&r.queue, &mut rows, &mut details, &mut cpu);
+    render_rate_limit(&r.rate_limit, &mut rows, &mut details, &mut cpu);
+    render_fanout(&r.fanout, &mut rows, &mut details, &mut cpu);
     render_queries(&r.queries, &mut rows, &mut details, &mut cpu);
 
     let mut out = String::new();
@@ -496,6 +505,329 @@ pub fn append(path: &Path, section: &str) -> Result<()> {
     }
     writeln!(f, "{section}")?;
     Ok(())
+}
+
+// ----------------------------------------------------- queues, limits, jobs
+
+/// Shoal's rate beside Celery's: the Measured cell and whether Shoal is at
+/// least `times` as fast.
+fn beside_celery(
+    shoal: std::result::Result<(f64, bool), &str>,
+    celery: std::result::Result<f64, &str>,
+    celery_label: &str,
+    times: f64,
+) -> (String, Verdict) {
+    match (shoal, celery) {
+        (Err(e), _) => (format!("not measured: {}", one_line(e)), Verdict::Miss),
+        (Ok((s, ok)), Ok(c)) => {
+            let r = s / c;
+            (
+                format!(
+                    "Shoal {}/s vs {celery_label} {}/s: {r:.1}×",
+                    thousands(s),
+                    thousands(c)
+                ),
+                (ok && r >= times).into(),
+            )
+        }
+        (Ok((s, _)), Err(e)) => (
+            format!(
+                "Shoal {}/s; {celery_label} not measured: {}",
+                thousands(s),
+                one_line(e)
+            ),
+            Verdict::Miss,
+        ),
+    }
+}
+
+fn render_queue(
+    q: &Phase<QueueResults>,
+    rows: &mut Vec<Row>,
+    details: &mut Vec<String>,
+    cpu: &mut Vec<(String, Usage)>,
+) {
+    let q = match q {
+        Phase::Done(q) => q,
+        other => {
+            for figure in [
+                "Queue end to end, one message per invocation, vs Celery",
+                "Queue end to end, batched invocations, vs Celery",
+                "The queue alone vs Celery's broker alone",
+            ] {
+                rows.push(missing(figure, "≥ 3× Celery", other));
+            }
+            return;
+        }
+    };
+    let n = match &q.celery {
+        Ok(c) => thousands(c.n as f64),
+        Err(_) => "n/a".into(),
+    };
+    let celery_rate = q.celery.as_ref().map(|c| c.per_s()).map_err(String::as_str);
+    for (run, how) in [
+        (&q.single, "one message per invocation"),
+        (&q.batched, "a batch of messages per invocation"),
+    ] {
+        let shoal = run
+            .as_ref()
+            .map(|e| (e.per_s(), !e.timed_out && e.dead == 0))
+            .map_err(String::as_str);
+        let (measured, verdict) = beside_celery(shoal, celery_rate, "Celery", 3.0);
+        let setting = match run {
+            Ok(e) => format!(
+                "{} messages, `batch_size = {}`, subscriber concurrency {}",
+                thousands(e.n as f64),
+                e.batch_size,
+                e.concurrency
+            ),
+            Err(_) => how.to_string(),
+        };
+        rows.push(Row {
+            figure: format!(
+                "Queue end to end (send in batches of {} → trivial Python handler → ack), {how} ({setting}) vs \
+                 Celery: {n} tasks, 2 prefork workers, Redis without persistence",
+                thousands(queue::SEND_BATCH as f64)
+            ),
+            target: "≥ 3× Celery",
+            measured,
+            verdict,
+        });
+        if let Ok(e) = run {
+            details.push(format!(
+                "Queue end to end, Shoal, `batch_size = {}`: {} messages sent in {:.2} s, all acked after {:.2} s \
+                 ({}/s){}; {} retried, {} dead-lettered; the node counted {} invocations of the subscriber ({} \
+                 succeeded). Timed from the first send until `GET /v1/queues/{{name}}` counts them acked (polled \
+                 every 10 ms), after 200 warm-up messages.",
+                e.batch_size,
+                thousands(e.n as f64),
+                e.send_s,
+                e.total_s,
+                thousands(e.per_s()),
+                if e.timed_out {
+                    format!(" — only {} acked before the time limit", thousands(e.acked as f64))
+                } else {
+                    String::new()
+                },
+                e.retried,
+                e.dead,
+                thousands(e.invocations as f64),
+                thousands(e.succeeded as f64)
+            ));
+            cpu.push((
+                format!("queue end to end, Shoal, batch_size {}", e.batch_size),
+                e.cpu.clone(),
+            ));
+        }
+    }
+    match &q.celery {
+        Ok(c) => {
+            details.push(format!(
+                "Celery ({}): {n} tasks sent with `apply_async` over one producer connection in {:.2} s, all run after \
+                 {:.2} s ({}/s); worker `--pool prefork --concurrency 2`, `task_acks_late` (acked after the task ran, \
+                 as Shoal acks after the handler), prefetch multiplier 4, results ignored; each task increments a \
+                 Redis counter that the client polls; 200 warm-up tasks first. Redis {}. Celery's processes and \
+                 Redis count as \"Other\" in the CPU table.",
+                c.version,
+                c.send_s,
+                c.total_s,
+                thousands(c.per_s()),
+                crate::celery::REDIS_SETTINGS
+            ));
+            cpu.push(("queue end to end, Celery (in Other)".into(), c.cpu.clone()));
+        }
+        Err(e) => details.push(format!("Celery was not measured: {}", one_line(e))),
+    }
+
+    let store = q
+        .store
+        .as_ref()
+        .map(|s| (s.per_s(), true))
+        .map_err(String::as_str);
+    let broker = q.broker.as_ref().map(|b| b.per_s()).map_err(String::as_str);
+    let (measured, verdict) = beside_celery(store, broker, "kombu", 3.0);
+    let store_n = q
+        .store
+        .as_ref()
+        .map_or("n/a".into(), |s| thousands(s.n as f64));
+    rows.push(Row {
+        figure: format!(
+            "The queue alone, no handler: messages sent, then consumed and acked; Shoal's embedded store \
+             in-process ({store_n} messages, sent in batches of {}, leases of ≤ {}, one ack per lease, every write \
+             durable) vs Celery's broker alone (kombu, {n} messages, on Redis without persistence)",
+            thousands(queue::SEND_BATCH as f64),
+            queue::LEASE_MAX
+        ),
+        target: "≥ 3× Celery",
+        measured,
+        verdict,
+    });
+    if let Ok(s) = &q.store {
+        details.push(format!(
+            "Queue alone, Shoal (`RedbStore` in the bench process, a fresh file; `Queues::send` awaited per batch of \
+             {}, then `lease` ≤ {} and `ack` per lease with up to {} acks in flight): send {:.2} s ({}/s), lease + ack \
+             {:.2} s ({}/s) in {} leases; {} group commits (fsyncs) in all.",
+            thousands(queue::SEND_BATCH as f64),
+            queue::LEASE_MAX,
+            queue::ACKS_IN_FLIGHT,
+            s.send_s,
+            thousands(s.n as f64 / s.send_s),
+            s.drain_s,
+            thousands(s.n as f64 / s.drain_s),
+            thousands(s.leases as f64),
+            thousands(s.commits as f64)
+        ));
+        cpu.push((
+            "queue alone, Shoal's store (in Client)".into(),
+            s.cpu.clone(),
+        ));
+    }
+    match &q.broker {
+        Ok(b) => {
+            let drain = b.drain_s.unwrap_or(f64::NAN);
+            details.push(format!(
+                "Queue alone, Celery's broker ({}): kombu `Producer.publish` of {n} messages one by one in {:.2} s \
+                 ({}/s), then a kombu `Consumer` (prefetch 100) received and acked each in {:.2} s ({}/s).",
+                b.version,
+                b.send_s,
+                thousands(b.n as f64 / b.send_s),
+                drain,
+                thousands(b.n as f64 / drain)
+            ));
+            cpu.push(("queue alone, kombu (in Other)".into(), b.cpu.clone()));
+        }
+        Err(e) => details.push(format!(
+            "Celery's broker alone was not measured: {}",
+            one_line(e)
+        )),
+    }
+}
+
+fn render_rate_limit(
+    r: &Phase<RateLimit>,
+    rows: &mut Vec<Row>,
+    details: &mut Vec<String>,
+    cpu: &mut Vec<(String, Usage)>,
+) {
+    let r = match r {
+        Phase::Done(r) => r,
+        other => {
+            rows.push(missing(
+                "Rate limit: peak requests at the vendor in any 1 s window",
+                "≤ the limit, no 429",
+                other,
+            ));
+            rows.push(missing(
+                "Rate limit: achieved rate as a share of the limit",
+                "≥ 0.9 × the limit",
+                other,
+            ));
+            return;
+        }
+    };
+    let m = thousands(r.messages as f64);
+    rows.push(Row {
+        figure: format!(
+            "Rate limit: most requests the mock vendor saw in any 1 s window (it allows {}/s; limiter {}/s, \
+             burst 1; {m} queue messages, one vendor call each, subscriber concurrency {})",
+            r.limit, r.limit, r.concurrency
+        ),
+        target: "≤ the limit, no 429",
+        measured: format!(
+            "{} in 1 s, {} answered 429",
+            r.peak_1s,
+            thousands(r.too_many as f64)
+        ),
+        verdict: (r.peak_1s <= u64::from(r.limit) && r.too_many == 0 && !r.timed_out).into(),
+    });
+    rows.push(Row {
+        figure: format!(
+            "Rate limit: achieved rate, the vendor's mean accepted rate from the first to the last of {m} calls, \
+             as a share of {}/s",
+            r.limit
+        ),
+        target: "≥ 0.9 × the limit",
+        measured: format!("{:.1}/s: {:.2}×", r.mean_rate, r.share()),
+        verdict: (r.share() >= 0.9 && !r.timed_out).into(),
+    });
+    details.push(format!(
+        "Rate limit: `examples/vendor-pipeline/vendor.py --limit {} --fail-rate 0 --broken-every 0` saw {} requests \
+         ({} ok, {} × 429), at most {} in any 1 s window ({} accepted); all {m} messages were acked {:.2} s after \
+         they were sent{}. The handler GETs the URL in its message with urllib and returns the status (a 429 is \
+         not retried, so the vendor counts each message once).",
+        r.limit,
+        thousands(r.requests as f64),
+        thousands(r.ok as f64),
+        thousands(r.too_many as f64),
+        r.peak_1s,
+        r.peak_accepted_1s,
+        r.total_s,
+        if r.timed_out {
+            " — NOT all acked before the time limit"
+        } else {
+            ""
+        }
+    ));
+    cpu.push(("rate limit".into(), r.cpu.clone()));
+}
+
+fn render_fanout(
+    f: &Phase<Fanout>,
+    rows: &mut Vec<Row>,
+    details: &mut Vec<String>,
+    cpu: &mut Vec<(String, Usage)>,
+) {
+    let f = match f {
+        Phase::Done(f) => f,
+        other => {
+            rows.push(missing(
+                "Fan-out with fan-in: fan-in start − parent start",
+                "≤ 60 s",
+                other,
+            ));
+            return;
+        }
+    };
+    let n = thousands(f.n as f64);
+    let complete = f.failed == 0 && f.succeeded == f.n as u64 && f.fanin_count == f.n as u64;
+    rows.push(Row {
+        figure: format!(
+            "Fan-out: a parent's `ctx.map` of {n} trivial children with a fan-in (child concurrency {}): fan-in \
+             start − parent start",
+            f.child_concurrency
+        ),
+        target: "≤ 60 s",
+        measured: format!(
+            "{:.1} s (`ctx.map` took {:.2} s; children {}/s){}",
+            f.fanin_s,
+            f.mapped_s,
+            thousands(f.children_per_s()),
+            if complete {
+                String::new()
+            } else {
+                format!(
+                    "; {} succeeded, {} failed, fan-in count {}",
+                    f.succeeded, f.failed, f.fanin_count
+                )
+            }
+        ),
+        verdict: (complete && f.fanin_s <= 60.0).into(),
+    });
+    details.push(format!(
+        "Fan-out, seconds after the parent's `t0` (`time.time()` in the parent and in the fan-in): events built \
+         {:.2}, `ctx.map` returned {:.2} (the job, {n} invocation records and {n} queue messages in one store \
+         write), job finished {:.2} (the node's `finished_at_ms`), fan-in started {:.2}; {} succeeded, {} failed or \
+         cancelled; the fan-in got count {}; the synchronous parent call took {:.2} s.",
+        f.built_s,
+        f.mapped_s,
+        f.finished_s,
+        f.fanin_s,
+        thousands(f.succeeded as f64),
+        thousands(f.failed as f64),
+        thousands(f.fanin_count as f64),
+        f.parent_wall_s
+    ));
+    cpu.push(("fan-out".into(), f.cpu.clone()));
 }
 
 // ------------------------------------------------------------ query figures
@@ -995,6 +1327,104 @@ mod tests {
             },
             wall_s: 9.0,
         }
+    }
+
+    #[test]
+    fn renders_the_queue_limit_and_fanout_figures() {
+        use crate::queue::{CeleryRun, E2e, StoreAlone};
+        let e2e = |batch_size: u32, total_s: f64| E2e {
+            batch_size,
+            concurrency: 4,
+            n: 10_000,
+            invocations: 10_000 / u64::from(batch_size),
+            succeeded: 10_000 / u64::from(batch_size),
+            send_s: 0.1,
+            total_s,
+            acked: 10_000,
+            retried: 0,
+            dead: 0,
+            timed_out: false,
+            cpu: Usage::default(),
+        };
+        let celery = |total_s: f64| CeleryRun {
+            n: 1_000,
+            send_s: 0.5,
+            drain_s: Some(0.5),
+            total_s,
+            version: "Celery 5".into(),
+            cpu: Usage::default(),
+        };
+        let q = Phase::Done(QueueResults {
+            single: Ok(e2e(1, 2.0)),      // 5,000/s vs 1,000/s: 5×
+            batched: Ok(e2e(100, 100.0)), // 100/s: a miss
+            celery: Ok(celery(1.0)),
+            store: Ok(StoreAlone {
+                n: 10_000,
+                send_s: 0.1,
+                drain_s: 0.1,
+                leases: 100,
+                commits: 30,
+                cpu: Usage::default(),
+            }),
+            broker: Err("kombu | failed".into()),
+        });
+        let r = Phase::Done(RateLimit {
+            limit: 50,
+            messages: 600,
+            concurrency: 4,
+            total_s: 12.5,
+            timed_out: false,
+            requests: 600,
+            ok: 599,
+            too_many: 1,
+            peak_1s: 51,
+            peak_accepted_1s: 50,
+            mean_rate: 47.0,
+            cpu: Usage::default(),
+        });
+        let f = Phase::Done(Fanout {
+            n: 100_000,
+            child_concurrency: 4,
+            built_s: 0.05,
+            mapped_s: 2.0,
+            finished_s: 15.0,
+            fanin_s: 15.2,
+            parent_wall_s: 2.1,
+            succeeded: 100_000,
+            failed: 0,
+            fanin_count: 100_000,
+            cpu: Usage::default(),
+        });
+        let (mut rows, mut details, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        render_queue(&q, &mut rows, &mut details, &mut cpu);
+        render_rate_limit(&r, &mut rows, &mut details, &mut cpu);
+        render_fanout(&f, &mut rows, &mut details, &mut cpu);
+        let verdicts: Vec<Verdict> = rows.iter().map(|r| r.verdict).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Pass, // 5.0× Celery
+                Verdict::Miss, // 0.1× Celery
+                Verdict::Miss, // the broker was not measured
+                Verdict::Miss, // 51 in a second and a 429
+                Verdict::Pass, // 0.94 of the limit
+                Verdict::Pass, // 15.2 s
+            ]
+        );
+        let text: Vec<&str> = rows.iter().map(|r| r.measured.as_str()).collect();
+        assert_eq!(text[0], "Shoal 5,000/s vs Celery 1,000/s: 5.0×");
+        assert!(
+            text[2].contains("kombu not measured: kombu \\| failed"),
+            "{}",
+            text[2]
+        );
+        assert_eq!(text[3], "51 in 1 s, 1 answered 429");
+        assert!(text[5].starts_with("15.2 s"), "{}", text[5]);
+        assert_eq!(cpu.len(), 6);
+        let skipped = Phase::<QueueResults>::Skipped;
+        let mut rows = Vec::new();
+        render_queue(&skipped, &mut rows, &mut details, &mut cpu);
+        assert!(rows.iter().all(|r| r.verdict == Verdict::Skipped) && rows.len() == 3);
     }
 
     #[test]

@@ -1,0 +1,5 @@
+"""A fan-out child: returns its event."""
+
+
+def handler(event, ctx):
+    return event

@@ -58,7 +58,12 @@ def setup(c, rate, burst):
 
 
 def start(c, vendor):
-    return c.invoke("vp-start", {"vendor": vendor})["job"]
+    # Asynchronous, so that the vendor's transient failures are retried
+    # (`retries` in vp-start's shoal.toml) as they are everywhere else.
+    inv = c.wait(c.invoke_async("vp-start", {"vendor": vendor}), timeout=120)
+    if inv["status"] != "succeeded":
+        raise SystemExit("vp-start %s: %s" % (inv["status"], inv.get("error")))
+    return inv["output"]["job"]
 
 
 def vendor_json(vendor, path):

@@ -7,7 +7,8 @@ with 503 (transient), and a few data items always fail with 500 (permanent).
 Everything is deterministic from `--seed` except the random 503s.
 
     python3 vendor.py [--port 0] [--limit 20] [--troops 3] [--warriors 4]
-                      [--groups 5] [--fail-rate 0.03] [--broken-every 40]
+                      [--groups 5] [--fail-rate 0.03] [--fail-every 0]
+                      [--broken-every 40]
 
 It prints `listening on http://127.0.0.1:PORT` once it serves. Routes:
 
@@ -62,6 +63,14 @@ class Vendor:
             for w in self.warriors(t)
             for g in self.groups(w)
         ]
+
+    def transient(self):
+        """True for the requests that fail with 503: at random
+        (`--fail-rate`) and every `--fail-every`-th one."""
+        with self.lock:
+            n = self.counts["requests"]
+        every = self.args.fail_every
+        return self.rng.random() < self.args.fail_rate or (every > 0 and n % every == 0)
 
     def broken(self, item):
         every = self.args.broken_every
@@ -134,7 +143,7 @@ def handler_for(vendor):
                 return self.reply(200, sorted(i for i in vendor.items() if vendor.broken(i)))
             if not vendor.admit(time.monotonic()):
                 return self.reply(429, {"error": "too many requests"})
-            if vendor.rng.random() < vendor.args.fail_rate:
+            if vendor.transient():
                 with vendor.lock:
                     vendor.counts["transient"] += 1
                 return self.reply(503, {"error": "try again"})
@@ -171,6 +180,7 @@ def main():
     p.add_argument("--warriors", type=int, default=4, help="warriors per troop")
     p.add_argument("--groups", type=int, default=5, help="most data groups per warrior")
     p.add_argument("--fail-rate", type=float, default=0.03, help="share of calls that fail with 503")
+    p.add_argument("--fail-every", type=int, default=0, help="also fail every N-th call with 503 (0: never)")
     p.add_argument("--broken-every", type=int, default=40, help="about 1 in N data items always fails (0: none)")
     args = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(Vendor(args)))

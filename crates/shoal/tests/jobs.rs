@@ -359,3 +359,36 @@ async fn a_job_survives_kill_9_and_fans_in_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(lines(&record).len(), 1, "the fan-in ran more than once");
 }
+
+/// The README's fan-out tour: `examples/fanout` through the CLI.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_fanout_example_runs() {
+    let node = TestNode::start();
+    let c = node.client();
+    for f in ["square", "total"] {
+        let dir = common::repo_root().join("examples/fanout").join(f);
+        let out = node.cli(&["deploy", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = node.cli(&["jobs", "start", "square", "[1, 2, 3, 4]", "--then", "total"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let id = text
+        .strip_prefix("Started job ")
+        .and_then(|t| t.split(". ").next())
+        .unwrap_or_else(|| panic!("{text}"));
+    let job = wait_job(&c, id, Duration::from_secs(30)).await;
+    let fan_in = job.then_invocation.expect("fan-in started");
+    let inv = wait_final(&c, &fan_in, Duration::from_secs(30)).await;
+    assert_eq!(
+        inv.output,
+        Some(json!({"children": 4, "failed": [], "total": 30}))
+    );
+    let shown = node.cli(&["jobs", "show", id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("4 succeeded"), "{shown}");
+    assert!(
+        shown.contains(&format!("fan-in     invocation {fan_in}")),
+        "{shown}"
+    );
+}

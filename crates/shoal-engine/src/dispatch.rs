@@ -840,6 +840,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_come_from_the_event() {
+        let ck = |field: &str| ConcurrencyKey {
+            field: field.into(),
+            per_key: 1,
+        };
+        let event = r#"{"tenant":"acme","n":7,"ok":true,"c":{"id":"x-1"},"z":null,"l":[1]}"#;
+        assert_eq!(key_of(&ck("tenant"), event).as_deref(), Some("acme"));
+        assert_eq!(key_of(&ck("n"), event).as_deref(), Some("7"));
+        assert_eq!(key_of(&ck("ok"), event).as_deref(), Some("true"));
+        assert_eq!(key_of(&ck("c.id"), event).as_deref(), Some("x-1"));
+        assert_eq!(key_of(&ck("l"), event).as_deref(), Some("[1]"));
+        assert_eq!(key_of(&ck("z"), event), None);
+        assert_eq!(key_of(&ck("missing"), event), None);
+        assert_eq!(key_of(&ck("tenant.deeper"), event), None);
+        assert_eq!(key_of(&ck("tenant"), "[1, 2]"), None);
+        assert_eq!(key_of(&ck("tenant"), "not json"), None);
+    }
+
+    #[test]
     fn backoff_grows_with_jitter() {
         let base = Duration::from_millis(100);
         for attempt in 1..6u32 {

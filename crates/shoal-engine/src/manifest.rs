@@ -294,6 +294,32 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_keys() {
+        assert_eq!(
+            Manifest::parse("name = \"a\"").unwrap().concurrency_key,
+            None
+        );
+        let m = Manifest::parse("name = \"a\"\nconcurrency_key = \"tenant\"").unwrap();
+        assert_eq!(m.concurrency_key, Some(("tenant".to_string(), 1)));
+        let m = Manifest::parse(
+            "name = \"a\"\nconcurrency = 8\nconcurrency_key = \"customer.id\"\nconcurrency_per_key = 8",
+        )
+        .unwrap();
+        assert_eq!(m.concurrency_key, Some(("customer.id".to_string(), 8)));
+        for text in [
+            "name = \"a\"\nconcurrency_per_key = 1",
+            "name = \"a\"\nconcurrency_key = \"\"",
+            "name = \"a\"\nconcurrency_key = \".x\"",
+            "name = \"a\"\nconcurrency_key = \"t\"\nconcurrency_per_key = 0",
+            "name = \"a\"\nconcurrency = 2\nconcurrency_key = \"t\"\nconcurrency_per_key = 3",
+            "name = \"a\"\nconcurrency_key = 5",
+        ] {
+            let err = Manifest::parse(text).unwrap_err();
+            assert!(err.contains("concurrency"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn subscriptions() {
         let m = Manifest::parse("name = \"a\"\nconcurrency = 8\n[subscribe]\nqueue = \"jobs\"\nbatch_size = 10\nconcurrency = 2").unwrap();
         assert_eq!(

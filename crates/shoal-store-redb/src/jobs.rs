@@ -39,58 +39,49 @@ impl<'txn> JobTables<'txn> {
     }
 }
 
-/// A job write, encoded by the caller.
+/// A job write: the record (and its encoding, checked by the caller), its
+/// children's encoded invocation records and their messages.
 pub(crate) struct NewJob {
-    pub id: String,
-    pub record: Vec<u8>,
-    pub parent: Option<String>,
+    pub job: JobRecord,
+    pub encoded: Vec<u8>,
     pub children: Vec<(String, Vec<u8>)>,
     pub queue: String,
     pub messages: Vec<NewMessage>,
-    pub total: u64,
-    pub now_ms: u64,
 }
 
 pub(crate) fn create(
     ops: &mut QueueOps,
     t: &mut Tables<'_>,
     index: &QueueIndex,
-    job: NewJob,
+    new: NewJob,
 ) -> Applied {
-    let now_ms = job.now_ms;
+    let record = new.job;
+    let id = record.id.as_str();
+    let now_ms = record.created_at_ms;
     {
         let j = t.jobs()?;
-        if j.jobs.get(job.id.as_str())?.is_some() {
-            return Ok(Err(Error::Corrupt(format!(
-                "job {} exists already",
-                job.id
-            ))));
+        if j.jobs.get(id)?.is_some() {
+            return Ok(Err(Error::Corrupt(format!("job {id} exists already"))));
         }
-        j.jobs.insert(job.id.as_str(), job.record.as_slice())?;
-        let progress = encode_progress(&job.id, &JobProgress::default());
-        j.progress.insert(job.id.as_str(), progress.as_slice())?;
-        if let Some(parent) = &job.parent {
-            j.sub_jobs.insert((parent.as_str(), job.id.as_str()), ())?;
+        j.jobs.insert(id, new.encoded.as_slice())?;
+        let progress = encode_progress(id, &JobProgress::default());
+        j.progress.insert(id, progress.as_slice())?;
+        if let Some(parent) = &record.parent {
+            j.sub_jobs.insert((parent.as_str(), id), ())?;
         }
     }
-    t.put_invocations(&job.children)?;
-    let sent = ops.send(t, index, job.queue, job.messages)?;
-    if job.total > 0 {
+    t.put_invocations(&new.children)?;
+    let sent = ops.send(t, index, new.queue, new.messages)?;
+    if record.total > 0 {
         return Ok(sent);
     }
     // No children: the job is complete as it is created.
-    let record: JobRecord = match decode_record(&format_args!("job {}", job.id), &job.record) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(e)),
-    };
     let progress = JobProgress {
         finished_at_ms: Some(now_ms),
         ..JobProgress::default()
     };
-    let encoded = encode_progress(&job.id, &progress);
-    t.jobs()?
-        .progress
-        .insert(job.id.as_str(), encoded.as_slice())?;
+    let encoded = encode_progress(id, &progress);
+    t.jobs()?.progress.insert(id, encoded.as_slice())?;
     let mut out = ChildFinished::default();
     match on_complete(ops, t, index, &record, false, now_ms, &mut out)? {
         Ok(Next::Stop(effect)) => ok(Value::Unit, effect),

@@ -580,16 +580,13 @@ impl Jobs for RedbStore {
             if let Some(plan) = &job.then_plan {
                 codec::check_invocation(&plan.record)?;
             }
-            let record = codec::encode_record(&format_args!("job {}", job.id), &job)?;
+            let encoded = codec::encode_record(&format_args!("job {}", job.id), &job)?;
             Ok(jobs::NewJob {
-                id: job.id.clone(),
-                record,
-                parent: job.parent.clone(),
+                encoded,
                 children: encode_invocations(&children)?,
                 queue: queue.to_string(),
                 messages,
-                total: job.total,
-                now_ms: job.created_at_ms,
+                job,
             })
         })();
         match encoded {

@@ -272,6 +272,7 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
             }
         }
         let visibility = visibility_ms(&inner, &consumer.feed).await;
+        let deployed = feed_deployed(&inner, &consumer.feed);
         let now = inner.clock.now_ms();
         let mut want = permits.len() * per;
         // A rate-limited function leases only as many messages as it has
@@ -279,8 +280,8 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
         // due. The tokens themselves are taken right before each handler
         // starts (`TokenGate`, on a ready worker), so the limit holds where the calls
         // happen, not where they were leased.
-        if let Some(l) = feed_limiter(&inner, &consumer.feed) {
-            match inner.limiters.available(&l, want, now) {
+        if let Some(l) = deployed.as_ref().and_then(|d| d.record.limiter.as_deref()) {
+            match inner.limiters.available(l, want, now) {
                 Ok(n) => want = n,
                 Err(wait) => {
                     drop(permits);
@@ -296,10 +297,13 @@ async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
         // With a concurrency key, the lease passes over keys that have
         // `per_key` batches running: their messages wait in the queue, in
         // order, while other keys' messages go ahead.
-        let key_limit = feed_key(&inner, &consumer.feed).map(|ck| KeyLimit {
-            per_key: ck.per_key,
-            running: consumer.running.lock().unwrap().clone(),
-        });
+        let key_limit = deployed
+            .as_ref()
+            .and_then(|d| d.record.concurrency_key.as_ref())
+            .map(|ck| KeyLimit {
+                per_key: ck.per_key,
+                running: consumer.running.lock().unwrap().clone(),
+            });
         let leased = inner
             .backend
             .queues
@@ -405,15 +409,12 @@ fn release_keys(consumer: &Consumer, keys: &[String]) {
     }
 }
 
-/// The concurrency key of the function a feed runs, if any.
-fn feed_key(inner: &Inner, feed: &Feed) -> Option<ConcurrencyKey> {
+/// The latest version of the function a feed runs.
+fn feed_deployed(inner: &Inner, feed: &Feed) -> Option<Arc<Deployed>> {
     let function = match feed {
         Feed::Async { function } | Feed::Subscription { function, .. } => function,
     };
-    inner
-        .registry
-        .latest(function)
-        .and_then(|d| d.record.concurrency_key.clone())
+    inner.registry.latest(function)
 }
 
 /// The concurrency key of the function subscribed to a user queue, if any.
@@ -422,7 +423,7 @@ pub(crate) fn subscriber_key(inner: &Inner, queue: &str) -> Option<ConcurrencyKe
     let feed = consumers.get(queue)?.feed.clone();
     drop(consumers);
     match &feed {
-        Feed::Subscription { .. } => feed_key(inner, &feed),
+        Feed::Subscription { .. } => feed_deployed(inner, &feed)?.record.concurrency_key.clone(),
         Feed::Async { .. } => None,
     }
 }
@@ -460,17 +461,6 @@ impl Gate for TokenGate {
             }
         })
     }
-}
-
-/// The rate limiter of the function a feed runs, if any.
-fn feed_limiter(inner: &Inner, feed: &Feed) -> Option<String> {
-    let function = match feed {
-        Feed::Async { function } | Feed::Subscription { function, .. } => function,
-    };
-    inner
-        .registry
-        .latest(function)
-        .and_then(|d| d.record.limiter.clone())
 }
 
 async fn visibility_ms(inner: &Inner, feed: &Feed) -> u64 {

@@ -91,11 +91,7 @@ impl Host for EngineHost {
     fn call(&self, op: &str, args: String) -> BoxFuture<'static, Result<String, HostError>> {
         let inner = self.inner.clone();
         let op = op.to_string();
-        let caller = Caller {
-            invocation: self.caller.invocation.clone(),
-            slot: self.caller.slot.clone(),
-            handoff: self.caller.handoff.clone(),
-        };
+        let caller = self.caller.clone();
         Box::pin(async move {
             match op.as_str() {
                 "spawn" => {

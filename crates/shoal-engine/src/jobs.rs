@@ -49,6 +49,7 @@ pub struct JobSpec {
 }
 
 /// The invocation calling `ctx.map`, if any.
+#[derive(Clone)]
 pub(crate) struct Caller {
     pub(crate) invocation: String,
     pub(crate) slot: Option<JobSlot>,

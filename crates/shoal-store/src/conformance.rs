@@ -2133,6 +2133,18 @@ fn job(id: &str, total: u64, then: Option<ThenPlan>) -> JobRecord {
     }
 }
 
+/// A job without a fan-in, created under `parent` and filling its slot 0.
+fn job_under(id: &str, total: u64, parent: &str) -> JobRecord {
+    JobRecord {
+        parent: Some(parent.to_string()),
+        continues: Some(JobSlot {
+            job: parent.to_string(),
+            index: 0,
+        }),
+        ..job(id, total, None)
+    }
+}
+
 fn plan(queue: &str, id: &str) -> ThenPlan {
     ThenPlan {
         record: sample_invocation(id, "fan-in"),
@@ -2328,13 +2340,8 @@ async fn jobs_nested_and_cancel(b: &Backend) {
         .unwrap();
     // Child 0 of `top` fans out again and hands its slot to `sub`.
     let sub = unique("sub");
-    let mut sub_job = job(&sub, 2, None);
-    sub_job.parent = Some(top.clone());
+    let mut sub_job = job_under(&sub, 2, &top);
     sub_job.invocation = Some("inv-0".into());
-    sub_job.continues = Some(JobSlot {
-        job: top.clone(),
-        index: 0,
-    });
     b.jobs
         .create_job(sub_job, vec![], &queue, vec![])
         .await
@@ -2377,14 +2384,8 @@ async fn jobs_nested_and_cancel(b: &Backend) {
         .await
         .unwrap();
     let sub = unique("sub");
-    let mut sub_job = job(&sub, 1, None);
-    sub_job.parent = Some(top.clone());
-    sub_job.continues = Some(JobSlot {
-        job: top.clone(),
-        index: 0,
-    });
     b.jobs
-        .create_job(sub_job, vec![], &queue, vec![])
+        .create_job(job_under(&sub, 1, &top), vec![], &queue, vec![])
         .await
         .unwrap();
     assert!(b.jobs.cancel_job(&top, T + 1).await.unwrap());

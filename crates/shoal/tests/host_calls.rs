@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, deploy, wait_final};
+use common::{TestNode, deploy, until, wait_final};
 use serde_json::json;
 use shoal_client::protocol::PutQueue;
 
@@ -67,11 +67,10 @@ async fn handlers_spawn_invocations_and_send_messages() {
         assert_eq!(inv.function, "child");
     }
     // The message reached the queue's subscriber.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while c.queue("work").await.unwrap().counters.acked < 1 {
-        assert!(std::time::Instant::now() < deadline, "message not handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the message handled", Duration::from_secs(30), async || {
+        c.queue("work").await.unwrap().counters.acked >= 1
+    })
+    .await;
     let got = std::fs::read_to_string(&path).unwrap();
     assert!(got.contains("\"from\""), "{got}");
 

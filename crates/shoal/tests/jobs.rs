@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, deploy, wait_final, wait_job};
+use common::{TestNode, deploy, until, wait_final, wait_job};
 use serde_json::{Value, json};
 
 const LEAF: &str = r#"
@@ -305,11 +305,10 @@ async fn a_cancelled_job_stops_its_children_and_never_fans_in() {
     deploy(&c, "name = \"final\"\nretries = 0", &final_py(&record)).await;
     let events: Vec<Value> = (0..60).map(|i| json!(i)).collect();
     let id = c.start_job("slow", events, Some("final")).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while c.job(&id).await.unwrap().counts.succeeded < 2 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("2 children done", Duration::from_secs(30), async || {
+        c.job(&id).await.unwrap().counts.succeeded >= 2
+    })
+    .await;
     let out = node.cli(&["jobs", "cancel", &id]);
     assert!(out.status.success(), "{out:?}");
     let job = wait_job(&c, &id, Duration::from_secs(30)).await;
@@ -343,11 +342,10 @@ async fn a_job_survives_kill_9_and_fans_in_once() {
     deploy(&c, "name = \"final\"\nretries = 0", &final_py(&record)).await;
     let events: Vec<Value> = (0..400).map(|i| json!(i)).collect();
     let id = c.start_job("work", events, Some("final")).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while c.job(&id).await.unwrap().counts.succeeded < 50 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("50 children done", Duration::from_secs(30), async || {
+        c.job(&id).await.unwrap().counts.succeeded >= 50
+    })
+    .await;
     node.kill9_and_restart();
     let c = node.client();
     let job = wait_job(&c, &id, Duration::from_secs(90)).await;

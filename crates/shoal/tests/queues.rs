@@ -5,9 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TestNode, deploy};
+use common::{TestNode, deploy, until};
 use serde_json::{Value, json};
 use shoal_client::Client;
 use shoal_client::protocol::{PutQueue, SendMessage};
@@ -32,14 +32,6 @@ fn lines(path: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn msg(body: Value) -> SendMessage {

@@ -41,24 +41,15 @@ impl Vendor {
     }
 
     fn stats(&self) -> Value {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("{}/_stats", self.url)])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap(),
-            // Without curl: ask python.
-            _ => {
-                let o = Command::new("python3")
-                    .args([
-                        "-c",
-                        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-                        &format!("{}/_stats", self.url),
-                    ])
-                    .output()
-                    .unwrap();
-                serde_json::from_slice(&o.stdout).unwrap()
-            }
-        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                &format!("{}/_stats", self.url),
+            ])
+            .output()
+            .expect("ask the vendor for its stats");
+        serde_json::from_slice(&out.stdout).expect("vendor stats JSON")
     }
 }
 

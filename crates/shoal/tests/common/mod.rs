@@ -219,3 +219,12 @@ pub async fn wait_job(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Polls `done` every 20 ms until it holds; fails the test after `within`.
+pub async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

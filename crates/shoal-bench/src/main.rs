@@ -20,6 +20,7 @@ mod data;
 mod fanout;
 mod functions;
 mod http;
+mod http_compare;
 mod node;
 mod phases;
 mod queries;
@@ -208,7 +209,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     for p in &args.only {
-        if !PHASES.contains(&p.as_str()) {
+        if !PHASES.contains(&p.as_str()) && p != "http-client" {
             bail!("unknown phase {p:?}; choose from {}", PHASES.join(", "));
         }
     }
@@ -249,7 +250,10 @@ async fn run(args: Args) -> Result<()> {
     );
     let ctx = Ctx::for_node(&node, tmp.path().join("functions"))?;
 
-    let echo_ready = if selected("latency") || selected("throughput") {
+    let echo_ready = if selected("latency")
+        || selected("throughput")
+        || args.only.iter().any(|o| o == "http-client")
+    {
         step("deploying bench-echo");
         phases::deploy_echo(&ctx, phases::ECHO_NAME)
             .await
@@ -264,6 +268,20 @@ async fn run(args: Args) -> Result<()> {
             .filter(|_| selected(phase))
             .cloned()
     };
+
+    if args.only.iter().any(|o| o == "http-client") {
+        step("http clients: http.rs vs shoal-client, alternating, 3 rounds");
+        let table = http_compare::run(
+            &ctx,
+            3,
+            plan.latency_n,
+            &plan.conns,
+            plan.warm,
+            plan.window,
+        )
+        .await?;
+        println!("{table}");
+    }
 
     let latency = if !selected("latency") {
         Phase::Skipped

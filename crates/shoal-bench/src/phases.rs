@@ -28,6 +28,7 @@ const EVENT: &[u8] = br#"{"n":1}"#;
 pub struct Ctx {
     pub target: Target,
     pub client: Client,
+    pub token: String,
     pub node_pid: u32,
     /// Where function directories are written before deploys.
     pub scratch: PathBuf,
@@ -39,6 +40,7 @@ impl Ctx {
         Ok(Ctx {
             target: Target::new(node.addr, &node.token)?,
             client: Client::new(&node.url, Some(&node.token))?,
+            token: node.token.clone(),
             node_pid: node.pid(),
             scratch,
         })

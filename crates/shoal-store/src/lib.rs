@@ -10,6 +10,7 @@
 //! versioned encoding. Times are milliseconds since the Unix epoch, given by
 //! the caller (the engine owns the clock).
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 
 use std::sync::Arc;

@@ -1,0 +1,117 @@
+//! Functions, tokens, queue and limiter records.
+//!
+//! A function's versions count up from 1 per name and are never reused: the
+//! last version given out is kept after the function is removed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{Catalog, FunctionRecord, LimiterRecord, Pending, QueueRecord, TokenRecord};
+
+use super::MemoryStore;
+
+#[derive(Default)]
+pub(super) struct CatalogState {
+    /// Stored versions of each function, by name then version.
+    functions: BTreeMap<String, BTreeMap<u64, FunctionRecord>>,
+    /// The last version given to each name, removed functions included.
+    last_version: HashMap<String, u64>,
+    /// By id.
+    tokens: BTreeMap<String, TokenRecord>,
+    queues: BTreeMap<String, QueueRecord>,
+    limiters: BTreeMap<String, LimiterRecord>,
+}
+
+impl Catalog for MemoryStore {
+    fn deploy_function(&self, mut record: FunctionRecord) -> Pending<u64> {
+        self.run(|s| {
+            let c = &mut s.catalog;
+            let last = c.last_version.entry(record.name.clone()).or_insert(0);
+            *last += 1;
+            record.version = *last;
+            let version = record.version;
+            let versions = c.functions.entry(record.name.clone()).or_default();
+            versions.insert(version, record);
+            Ok(version)
+        })
+    }
+
+    fn function(&self, name: &str) -> Pending<Option<FunctionRecord>> {
+        self.run(|s| Ok(s.catalog.functions.get(name).and_then(latest)))
+    }
+
+    fn function_version(&self, name: &str, version: u64) -> Pending<Option<FunctionRecord>> {
+        self.run(|s| {
+            let versions = s.catalog.functions.get(name);
+            Ok(versions.and_then(|v| v.get(&version)).cloned())
+        })
+    }
+
+    fn functions(&self) -> Pending<Vec<FunctionRecord>> {
+        self.run(|s| Ok(s.catalog.functions.values().filter_map(latest).collect()))
+    }
+
+    fn remove_function(&self, name: &str) -> Pending<bool> {
+        self.run(|s| Ok(s.catalog.functions.remove(name).is_some()))
+    }
+
+    fn put_token(&self, token: TokenRecord) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.tokens.insert(token.id.clone(), token);
+            Ok(())
+        })
+    }
+
+    fn token_by_secret_sha256(&self, secret_sha256: &str) -> Pending<Option<TokenRecord>> {
+        self.run(|s| {
+            let mut tokens = s.catalog.tokens.values();
+            Ok(tokens.find(|t| t.secret_sha256 == secret_sha256).cloned())
+        })
+    }
+
+    fn tokens(&self) -> Pending<Vec<TokenRecord>> {
+        self.run(|s| Ok(s.catalog.tokens.values().cloned().collect()))
+    }
+
+    fn revoke_token(&self, id: &str) -> Pending<bool> {
+        self.run(|s| Ok(s.catalog.tokens.remove(id).is_some()))
+    }
+
+    fn put_queue(&self, queue: QueueRecord) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.queues.insert(queue.name.clone(), queue);
+            Ok(())
+        })
+    }
+
+    fn queue(&self, name: &str) -> Pending<Option<QueueRecord>> {
+        self.run(|s| Ok(s.catalog.queues.get(name).cloned()))
+    }
+
+    fn queues(&self) -> Pending<Vec<QueueRecord>> {
+        self.run(|s| Ok(s.catalog.queues.values().cloned().collect()))
+    }
+
+    fn remove_queue(&self, name: &str) -> Pending<bool> {
+        self.run(|s| Ok(s.catalog.queues.remove(name).is_some()))
+    }
+
+    fn put_limiter(&self, limiter: LimiterRecord) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.limiters.insert(limiter.name.clone(), limiter);
+            Ok(())
+        })
+    }
+
+    fn limiters(&self) -> Pending<Vec<LimiterRecord>> {
+        self.run(|s| Ok(s.catalog.limiters.values().cloned().collect()))
+    }
+
+    fn remove_limiter(&self, name: &str) -> Pending<bool> {
+        self.run(|s| Ok(s.catalog.limiters.remove(name).is_some()))
+    }
+}
+
+/// The latest of a function's versions.
+fn latest(versions: &BTreeMap<u64, FunctionRecord>) -> Option<FunctionRecord> {
+    versions.last_key_value().map(|(_, record)| record.clone())
+}

@@ -4,15 +4,16 @@
 //! store read; revoking clears the cache.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use shoal_store::{Catalog, TokenRecord};
+use shoal_store::TokenRecord;
 use shoal_types::Role;
 
-use crate::error::{Error, Result};
+use crate::env::Env;
+use crate::error::{Entity, Error, Result};
 
 /// A token as listed (never with its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,23 +27,79 @@ pub struct Token {
 /// Secrets look like `shoal_` + 64 hex digits.
 pub const SECRET_PREFIX: &str = "shoal_";
 
-#[derive(Default)]
-pub(crate) struct TokenCache {
+/// API tokens: the store holds their hashes, this service a cache of the
+/// roles of secrets already verified.
+pub(crate) struct Tokens {
+    env: Arc<Env>,
     by_hash: RwLock<HashMap<String, Role>>,
 }
 
-impl TokenCache {
-    pub(crate) fn clear(&self) {
+impl Tokens {
+    pub(crate) fn new(env: Arc<Env>) -> Tokens {
+        Tokens {
+            env,
+            by_hash: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The role of a bearer secret, or `None` when it is unknown or revoked.
+    pub(crate) async fn verify(&self, secret: &str) -> Result<Option<Role>> {
+        let hash = hash_secret(secret);
+        if let Some(role) = self.by_hash.read().unwrap().get(&hash) {
+            return Ok(Some(*role));
+        }
+        let Some(record) = self
+            .env
+            .backend
+            .catalog
+            .token_by_secret_sha256(&hash)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.by_hash.write().unwrap().insert(hash, record.role);
+        Ok(Some(record.role))
+    }
+
+    /// Creates a token; returns it with its secret (shown once).
+    pub(crate) async fn create(&self, role: Role, name: &str) -> Result<(Token, String)> {
+        let (id, secret) = new_secret();
+        let record = TokenRecord {
+            id,
+            secret_sha256: hash_secret(&secret),
+            role,
+            name: name.to_string(),
+            created_at_ms: self.env.now_ms(),
+        };
+        self.env.backend.catalog.put_token(record.clone()).await?;
+        Ok((to_token(&record), secret))
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<Token>> {
+        let records = self.env.backend.catalog.tokens().await?;
+        Ok(records.iter().map(to_token).collect())
+    }
+
+    pub(crate) async fn revoke(&self, id: &str) -> Result<()> {
+        let existed = self.env.backend.catalog.revoke_token(id).await?;
         self.by_hash.write().unwrap().clear();
+        if existed {
+            Ok(())
+        } else {
+            Err(Error::not_found(Entity::Token, id))
+        }
     }
 }
 
-pub(crate) fn hash_secret(secret: &str) -> String {
+fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-pub(crate) fn new_secret() -> (String, String) {
+/// A new secret (from the operating system's generator: secrets are not
+/// jitter, and are never faked) and its token id.
+fn new_secret() -> (String, String) {
     let mut bytes = [0u8; 32];
+    #[allow(clippy::disallowed_methods)] // secrets need the real generator
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{SECRET_PREFIX}{}", hex::encode(bytes));
     let id = format!(
@@ -52,31 +109,13 @@ pub(crate) fn new_secret() -> (String, String) {
     (id, secret)
 }
 
-pub(crate) async fn verify(
-    cache: &TokenCache,
-    catalog: &dyn Catalog,
-    secret: &str,
-) -> Result<Option<Role>> {
-    let hash = hash_secret(secret);
-    if let Some(role) = cache.by_hash.read().unwrap().get(&hash) {
-        return Ok(Some(*role));
-    }
-    let Some(record) = catalog.token_by_secret_sha256(&hash).await? else {
-        return Ok(None);
-    };
-    let role = Role::parse(&record.role)
-        .map_err(|_| Error::Unavailable(format!("token {} has a corrupt role", record.id)))?;
-    cache.by_hash.write().unwrap().insert(hash, role);
-    Ok(Some(role))
-}
-
-pub(crate) fn to_token(record: &TokenRecord) -> Option<Token> {
-    Some(Token {
+fn to_token(record: &TokenRecord) -> Token {
+    Token {
         id: record.id.clone(),
-        role: Role::parse(&record.role).ok()?,
+        role: record.role,
         name: record.name.clone(),
         created_at_ms: record.created_at_ms,
-    })
+    }
 }
 
 #[cfg(test)]

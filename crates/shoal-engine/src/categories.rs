@@ -15,8 +15,9 @@ use shoal_runtime::{QueryEvent, QueryOutcome, QueryRequest, QueryShard, ShardSou
 use shoal_store::{CategoryRecord, DocWrite, Docs, ShardStats, StoredDoc};
 use shoal_types::{Invalid, validate_name};
 
-use crate::engine::Inner;
-use crate::error::{Error, Result};
+use crate::env::Env;
+use crate::error::{Conflict, Entity, Error, Result};
+use crate::functions::Functions;
 
 /// Settings for categories.
 #[derive(Debug, Clone, Copy)]
@@ -92,181 +93,275 @@ pub(crate) fn check_doc_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn create(inner: &Inner, name: &str, shards: Option<u32>) -> Result<Category> {
-    check_category_name(name)?;
-    let shards = shards.unwrap_or(inner.opts.categories.default_shards);
-    if !(1..=MAX_SHARDS).contains(&shards) {
-        return Err(Error::Invalid(Invalid {
-            field: "shards",
-            reason: format!("{shards} is out of range; use 1 to {MAX_SHARDS}"),
-        }));
-    }
-    let (record, created) = inner
-        .backend
-        .docs
-        .create_category(
-            name,
-            shards,
-            inner.opts.categories.slot_count,
-            inner.clock.now_ms(),
-        )
-        .await?;
-    if !created {
-        return Err(Error::Conflict(format!("category `{name}` exists already")));
-    }
-    let stats = vec![ShardStats::default(); record.shards as usize];
-    Ok(Category { record, stats })
+/// Categories of documents and the queries over them.
+pub(crate) struct Categories {
+    env: Arc<Env>,
+    functions: Arc<Functions>,
 }
 
-/// The category, created with the default shard level if missing.
-async fn ensure(inner: &Inner, name: &str) -> Result<CategoryRecord> {
-    check_category_name(name)?;
-    if let Some(rec) = inner.backend.docs.category(name).await? {
-        return Ok(rec);
+impl Categories {
+    pub(crate) fn new(env: Arc<Env>, functions: Arc<Functions>) -> Categories {
+        Categories { env, functions }
     }
-    let (rec, _) = inner
-        .backend
-        .docs
-        .create_category(
-            name,
-            inner.opts.categories.default_shards,
-            inner.opts.categories.slot_count,
-            inner.clock.now_ms(),
-        )
-        .await?;
-    Ok(rec)
-}
 
-pub(crate) async fn get(inner: &Inner, name: &str) -> Result<Category> {
-    let record = existing(&*inner.backend.docs, name).await?;
-    let stats = inner.backend.docs.shard_stats(name).await?;
-    Ok(Category { record, stats })
-}
-
-pub(crate) async fn list(inner: &Inner) -> Result<Vec<Category>> {
-    let mut out = Vec::new();
-    for record in inner.backend.docs.categories().await? {
-        let stats = match inner.backend.docs.shard_stats(&record.name).await {
-            Ok(s) => s,
-            // Deleted between the two reads.
-            Err(shoal_store::Error::NotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        out.push(Category { record, stats });
-    }
-    Ok(out)
-}
-
-pub(crate) async fn delete(inner: &Inner, name: &str) -> Result<()> {
-    check_category_name(name)?;
-    if inner.backend.docs.delete_category(name).await? {
-        Ok(())
-    } else {
-        Err(Error::not_found("category", name))
-    }
-}
-
-/// Writes documents atomically; returns their ids in request order.
-pub(crate) async fn write(inner: &Inner, name: &str, docs: Vec<NewDoc>) -> Result<Vec<String>> {
-    let max = inner.opts.categories.max_doc_bytes;
-    for (i, d) in docs.iter().enumerate() {
-        if d.body.len() > max {
-            return Err(Error::TooLarge(format!(
-                "document {i} is {} bytes; the limit is {max} bytes",
-                d.body.len()
-            )));
+    pub(crate) async fn create(&self, name: &str, shards: Option<u32>) -> Result<Category> {
+        check_category_name(name)?;
+        let shards = shards.unwrap_or(self.env.opts.categories.default_shards);
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(Error::Invalid(Invalid {
+                field: "shards",
+                reason: format!("{shards} is out of range; use 1 to {MAX_SHARDS}"),
+            }));
         }
-        if let Some(id) = &d.id {
-            check_doc_id(id)?;
-        }
-    }
-    let record = ensure(inner, name).await?;
-    let mut ids = Vec::with_capacity(docs.len());
-    let mut writes = Vec::with_capacity(docs.len());
-    for d in docs {
-        let id = d.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        writes.push(DocWrite {
-            shard: shard_of(&id, record.shards),
-            id: id.clone(),
-            body: d.body,
-        });
-        ids.push(id);
-    }
-    if writes.is_empty() {
-        return Ok(ids);
-    }
-    match inner.backend.docs.put_docs(name, writes).await {
-        Ok(()) => Ok(ids),
-        // Deleted between `ensure` and the write.
-        Err(shoal_store::Error::NotFound(_)) => Err(Error::not_found("category", name)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub(crate) async fn get_doc(inner: &Inner, name: &str, id: &str) -> Result<Vec<u8>> {
-    check_doc_id(id)?;
-    let record = existing(&*inner.backend.docs, name).await?;
-    inner
-        .backend
-        .docs
-        .get_doc(name, shard_of(id, record.shards), id)
-        .await?
-        .ok_or_else(|| Error::not_found("document", id))
-}
-
-pub(crate) async fn delete_doc(inner: &Inner, name: &str, id: &str) -> Result<()> {
-    check_doc_id(id)?;
-    let record = existing(&*inner.backend.docs, name).await?;
-    let n = inner
-        .backend
-        .docs
-        .delete_docs(name, vec![(shard_of(id, record.shards), id.to_string())])
-        .await?;
-    if n == 0 {
-        return Err(Error::not_found("document", id));
-    }
-    Ok(())
-}
-
-/// One page of a category scan. The cursor is opaque to clients:
-/// `<shard>.<hex of the last id>`.
-pub(crate) async fn scan(
-    inner: &Inner,
-    name: &str,
-    cursor: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<StoredDoc>, Option<String>)> {
-    let record = existing(&*inner.backend.docs, name).await?;
-    let limit = limit.clamp(1, 10_000);
-    let (mut shard, mut after) = match cursor {
-        None | Some("") => (0, None),
-        Some(c) => parse_cursor(c, record.shards)?,
-    };
-    let mut out = Vec::new();
-    while shard < record.shards && out.len() < limit {
-        let page = inner
+        let (record, created) = self
+            .env
             .backend
             .docs
-            .scan_shard(name, shard, after.as_deref(), limit - out.len())
+            .create_category(
+                name,
+                shards,
+                self.env.opts.categories.slot_count,
+                self.env.now_ms(),
+            )
             .await?;
-        let short = page.len() < limit - out.len();
-        out.extend(page);
-        if short {
-            shard += 1;
-            after = None;
+        if !created {
+            return Err(Error::conflict(
+                Conflict::CategoryExists,
+                format!("category `{name}` exists already"),
+            ));
+        }
+        let stats = vec![ShardStats::default(); record.shards as usize];
+        Ok(Category { record, stats })
+    }
+
+    /// The category, created with the default shard level if missing.
+    async fn ensure(&self, name: &str) -> Result<CategoryRecord> {
+        check_category_name(name)?;
+        if let Some(rec) = self.env.backend.docs.category(name).await? {
+            return Ok(rec);
+        }
+        let (rec, _) = self
+            .env
+            .backend
+            .docs
+            .create_category(
+                name,
+                self.env.opts.categories.default_shards,
+                self.env.opts.categories.slot_count,
+                self.env.now_ms(),
+            )
+            .await?;
+        Ok(rec)
+    }
+
+    pub(crate) async fn get(&self, name: &str) -> Result<Category> {
+        let record = self.existing(name).await?;
+        let stats = self
+            .env
+            .backend
+            .docs
+            .shard_stats(name)
+            .await
+            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
+        Ok(Category { record, stats })
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<Category>> {
+        let mut out = Vec::new();
+        for record in self.env.backend.docs.categories().await? {
+            let stats = match self.env.backend.docs.shard_stats(&record.name).await {
+                Ok(s) => s,
+                // Deleted between the two reads.
+                Err(shoal_store::Error::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.push(Category { record, stats });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn delete(&self, name: &str) -> Result<()> {
+        check_category_name(name)?;
+        if self.env.backend.docs.delete_category(name).await? {
+            Ok(())
         } else {
-            after = out.last().map(|d| d.id.clone());
+            Err(Error::not_found(Entity::Category, name))
         }
     }
-    let next = if shard >= record.shards {
-        None
-    } else {
-        match (&after, out.last()) {
-            (Some(a), _) => Some(format!("{shard}.{}", hex::encode(a))),
-            (None, _) => Some(format!("{shard}.")),
+
+    /// Writes documents atomically; returns their ids in request order.
+    pub(crate) async fn write(&self, name: &str, docs: Vec<NewDoc>) -> Result<Vec<String>> {
+        let max = self.env.opts.categories.max_doc_bytes;
+        for (i, d) in docs.iter().enumerate() {
+            if d.body.len() > max {
+                return Err(Error::TooLarge(format!(
+                    "document {i} is {} bytes; the limit is {max} bytes",
+                    d.body.len()
+                )));
+            }
+            if let Some(id) = &d.id {
+                check_doc_id(id)?;
+            }
         }
-    };
-    Ok((out, next))
+        let record = self.ensure(name).await?;
+        let mut ids = Vec::with_capacity(docs.len());
+        let mut writes = Vec::with_capacity(docs.len());
+        for d in docs {
+            let id = d.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            writes.push(DocWrite {
+                shard: shard_of(&id, record.shards),
+                id: id.clone(),
+                body: d.body,
+            });
+            ids.push(id);
+        }
+        if writes.is_empty() {
+            return Ok(ids);
+        }
+        match self.env.backend.docs.put_docs(name, writes).await {
+            Ok(()) => Ok(ids),
+            // Deleted between `ensure` and the write.
+            Err(e) => Err(Error::from_store(e, Entity::Category, name)),
+        }
+    }
+
+    pub(crate) async fn get_doc(&self, name: &str, id: &str) -> Result<Vec<u8>> {
+        check_doc_id(id)?;
+        let record = self.existing(name).await?;
+        self.env
+            .backend
+            .docs
+            .get_doc(name, shard_of(id, record.shards), id)
+            .await
+            .map_err(|e| Error::from_store(e, Entity::Category, name))?
+            .ok_or_else(|| Error::not_found(Entity::Document, id))
+    }
+
+    pub(crate) async fn delete_doc(&self, name: &str, id: &str) -> Result<()> {
+        check_doc_id(id)?;
+        let record = self.existing(name).await?;
+        let n = self
+            .env
+            .backend
+            .docs
+            .delete_docs(name, vec![(shard_of(id, record.shards), id.to_string())])
+            .await
+            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
+        if n == 0 {
+            return Err(Error::not_found(Entity::Document, id));
+        }
+        Ok(())
+    }
+
+    /// One page of a category scan. The cursor is opaque to clients:
+    /// `<shard>.<hex of the last id>`.
+    pub(crate) async fn scan(&self, name: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredDoc>, Option<String>)> {
+        let record = self.existing(name).await?;
+        let limit = limit.clamp(1, 10_000);
+        let (mut shard, mut after) = match cursor {
+            None | Some("") => (0, None),
+            Some(c) => parse_cursor(c, record.shards)?,
+        };
+        let mut out = Vec::new();
+        while shard < record.shards && out.len() < limit {
+            let page = self
+                .env
+                .backend
+                .docs
+                .scan_shard(name, shard, after.as_deref(), limit - out.len())
+                .await
+            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
+            let short = page.len() < limit - out.len();
+            out.extend(page);
+            if short {
+                shard += 1;
+                after = None;
+            } else {
+                after = out.last().map(|d| d.id.clone());
+            }
+        }
+        let next = if shard >= record.shards {
+            None
+        } else {
+            match (&after, out.last()) {
+                (Some(a), _) => Some(format!("{shard}.{}", hex::encode(a))),
+                (None, _) => Some(format!("{shard}.")),
+            }
+        };
+        Ok((out, next))
+    }
+
+    /// Starts a query: resolves the category and the function, then runs the
+    /// map (and reduce) on the runtime while events stream out.
+    pub(crate) async fn query(&self, name: &str,
+        function: &str,
+        skip_errors: bool,
+    ) -> Result<RunningQuery> {
+        let record = self.existing(name).await?;
+        let d = self.functions.resolve(function)?;
+        let stats = self
+            .env
+            .backend
+            .docs
+            .shard_stats(name)
+            .await
+            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
+        let shards: Vec<QueryShard> = stats
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.docs > 0)
+            .map(|(i, s)| QueryShard {
+                shard: i as u32,
+                version: s.version,
+                docs: s.docs,
+            })
+            .collect();
+        let docs_total = shards.iter().map(|s| s.docs).sum();
+        let (tx, rx) = mpsc::channel(64);
+        let source = Arc::new(StoreSource {
+            docs: self.env.backend.docs.clone(),
+            category: name.to_string(),
+        });
+        let request = QueryRequest {
+            query_id: uuid::Uuid::now_v7().to_string(),
+            dataset: format!("{}@{}", record.name, record.created_at_ms),
+            shards,
+            skip_errors,
+            source,
+            events: tx,
+        };
+        let n = request.shards.len() as u32;
+        let fut = self.env.runtime.query(&d.deployment, request);
+        let function = d.record.name.clone();
+        let outcome = Box::pin(async move {
+            let out = fut.await;
+            let label = match &out {
+                Ok(o) if matches!(o.result, shoal_runtime::QueryResult::Failed { .. }) => "failed",
+                Ok(_) => "succeeded",
+                Err(_) => "platform_error",
+            };
+            metrics::counter!("shoal_queries_total", "function" => function, "outcome" => label)
+                .increment(1);
+            Ok(out?)
+        });
+        Ok(RunningQuery {
+            events: rx,
+            outcome,
+            docs_total,
+            shards: n,
+            started: Instant::now(),
+        })
+    }
+
+    async fn existing(&self, name: &str) -> Result<CategoryRecord> {
+        check_category_name(name)?;
+        self.env.backend.docs.category(name)
+            .await?
+            .ok_or_else(|| Error::not_found(Entity::Category, name))
+    }
 }
 
 fn parse_cursor(c: &str, shards: u32) -> Result<(u32, Option<String>)> {
@@ -287,77 +382,6 @@ fn parse_cursor(c: &str, shards: u32) -> Result<(u32, Option<String>)> {
     let id = hex::decode(id).map_err(|_| bad())?;
     let id = String::from_utf8(id).map_err(|_| bad())?;
     Ok((shard, Some(id)))
-}
-
-/// Starts a query: resolves the category and the function, then runs the
-/// map (and reduce) on the runtime while events stream out.
-pub(crate) async fn query(
-    inner: &Arc<Inner>,
-    name: &str,
-    function: &str,
-    skip_errors: bool,
-) -> Result<RunningQuery> {
-    let record = existing(&*inner.backend.docs, name).await?;
-    let d = inner
-        .registry
-        .latest(crate::functions::parse_name(function)?.as_str())
-        .ok_or_else(|| Error::not_found("function", function))?;
-    if inner.shutdown.is_cancelled() {
-        return Err(Error::Unavailable("the node is shutting down".into()));
-    }
-    let stats = inner.backend.docs.shard_stats(name).await?;
-    let shards: Vec<QueryShard> = stats
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.docs > 0)
-        .map(|(i, s)| QueryShard {
-            shard: i as u32,
-            version: s.version,
-            docs: s.docs,
-        })
-        .collect();
-    let docs_total = shards.iter().map(|s| s.docs).sum();
-    let (tx, rx) = mpsc::channel(64);
-    let source = Arc::new(StoreSource {
-        docs: inner.backend.docs.clone(),
-        category: name.to_string(),
-    });
-    let request = QueryRequest {
-        query_id: uuid::Uuid::now_v7().to_string(),
-        dataset: format!("{}@{}", record.name, record.created_at_ms),
-        shards,
-        skip_errors,
-        source,
-        events: tx,
-    };
-    let n = request.shards.len() as u32;
-    let fut = inner.runtime.query(&d.deployment, request);
-    let function = d.record.name.clone();
-    let outcome = Box::pin(async move {
-        let out = fut.await;
-        let label = match &out {
-            Ok(o) if matches!(o.result, shoal_runtime::QueryResult::Failed { .. }) => "failed",
-            Ok(_) => "succeeded",
-            Err(_) => "platform_error",
-        };
-        metrics::counter!("shoal_queries_total", "function" => function, "outcome" => label)
-            .increment(1);
-        Ok(out?)
-    });
-    Ok(RunningQuery {
-        events: rx,
-        outcome,
-        docs_total,
-        shards: n,
-        started: Instant::now(),
-    })
-}
-
-async fn existing(docs: &dyn Docs, name: &str) -> Result<CategoryRecord> {
-    check_category_name(name)?;
-    docs.category(name)
-        .await?
-        .ok_or_else(|| Error::not_found("category", name))
 }
 
 /// Feeds a query from the store, shard by shard.

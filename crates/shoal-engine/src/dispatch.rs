@@ -1,29 +1,37 @@
-//! The one path every invocation takes: run on the runtime, account, record.
+//! The dispatcher: the one path every invocation takes — run on the
+//! runtime, account, record, settle its queue messages.
 //!
 //! Synchronous calls run at once and their record is written behind the
-//! answer (the `live` map serves reads until it is durable). Asynchronous
-//! calls are messages on a durable per-function queue: accepted only once
-//! durable, leased by a consumer, retried with exponential backoff and jitter,
-//! acknowledged only after their final record was issued. A node killed
-//! mid-run delivers the message again after restart.
+//! answer (the live map serves reads until it is durable). Everything else
+//! is a message on a durable queue, leased by that queue's consumer:
+//! asynchronous invocations (one message, one invocation record across its
+//! attempts) and subscriptions to user queues (a batch of messages per
+//! run). Both go through [`Dispatcher::run_leased`] (the run, with the
+//! leases extended while it lasts) and [`Dispatcher::finish`] (the record,
+//! the job slot, then each message acked, retried with backoff, or
+//! dead-lettered — in that order, so a crash in between redelivers rather
+//! than loses).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, Semaphore};
+use futures_util::future::BoxFuture;
 use tracing::{debug, warn};
 
 use shoal_runtime::{Gate, Request, Response};
-use std::collections::HashMap;
+use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord};
+use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
 
-use shoal_store::{ConcurrencyKey, Delivery, ErrorRecord, InvocationRecord, KeyLimit, NewMessage};
-use shoal_types::{FailureKind, InvocationStatus, Outcome, gb_seconds};
-
-use crate::engine::Inner;
-use crate::error::{Error, Result};
-use crate::functions::{Deployed, parse_name};
+use crate::categories::Categories;
+use crate::consumers::{Consumer, Consumers, Feed};
+use crate::env::Env;
+use crate::error::{Entity, Error, Result};
+use crate::functions::{Deployed, Functions};
+use crate::invocation::{self, Message, apply_response, backoff, key_of, new_record, queue_name};
+use crate::jobs::{Caller, Jobs};
+use crate::limits::Limiters;
+use crate::queues::Queues;
 
 /// A finished synchronous invocation.
 #[derive(Debug, Clone)]
@@ -32,832 +40,763 @@ pub struct Completed {
     pub outcome: Outcome,
 }
 
-/// An invocation whose latest state is not durable yet.
+/// Most slots a consumer fills in one lease.
+const MAX_PERMITS_PER_LEASE: usize = 256;
+
+/// Runs invocations; owns the consumers' loops and the live records.
+pub(crate) struct Dispatcher {
+    env: Arc<Env>,
+    functions: Arc<Functions>,
+    limiters: Arc<Limiters>,
+    consumers: Arc<Consumers>,
+    pub(crate) jobs: Arc<Jobs>,
+    pub(crate) queues: Arc<Queues>,
+    pub(crate) categories: Arc<Categories>,
+    live: Arc<Live>,
+}
+
+/// Invocation records whose latest state is not durable yet (running, or
+/// finished with the write still in flight). Reads look here first, so a
+/// client always sees its own invocation.
+#[derive(Default)]
+struct Live {
+    entries: Mutex<HashMap<String, Arc<LiveEntry>>>,
+}
+
 #[derive(Debug)]
-pub(crate) struct LiveEntry {
-    pub(crate) record: InvocationRecord,
+struct LiveEntry {
+    record: InvocationRecord,
     /// Logs of the finished attempt, until they are durable.
-    pub(crate) logs: Option<Vec<u8>>,
+    logs: Option<Vec<u8>>,
 }
 
-/// What a consumer feeds its deliveries to.
+impl Live {
+    fn get(&self, id: &str) -> Option<Arc<LiveEntry>> {
+        self.entries.lock().unwrap().get(id).cloned()
+    }
+
+    fn set(&self, record: InvocationRecord, logs: Option<Vec<u8>>) -> Arc<LiveEntry> {
+        let entry = Arc::new(LiveEntry { record, logs });
+        self.entries
+            .lock()
+            .unwrap()
+            .insert(entry.record.id.clone(), entry.clone());
+        entry
+    }
+
+    fn remove(&self, id: &str) {
+        self.entries.lock().unwrap().remove(id);
+    }
+
+    /// Removes `entry` unless a newer state of its invocation replaced it.
+    fn remove_entry(&self, entry: &Arc<LiveEntry>) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries
+            .get(&entry.record.id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            entries.remove(&entry.record.id);
+        }
+    }
+}
+
+/// How the failures of a queue's messages are retried.
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    /// Deliveries at most, the first included.
+    max_attempts: u32,
+    /// The first retry's delay (doubled each time, with jitter).
+    retry_delay: Duration,
+    /// What happens to a message out of attempts.
+    exhausted: Exhausted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exhausted {
+    /// Asynchronous invocations: the record keeps the failure; the message
+    /// is done.
+    Ack,
+    /// User queues: the message goes to the dead-letter list.
+    DeadLetter,
+}
+
+/// What becomes of one delivered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Feed {
-    /// Asynchronous invocations of a function (queue `_async.<function>`).
-    Async { function: String },
-    /// A function subscribed to a user queue.
-    Subscription {
-        queue: String,
-        function: String,
-        batch_size: u32,
-    },
+enum Settlement {
+    Ack,
+    Retry { due_ms: u64 },
+    DeadLetter { reason: String },
 }
 
-impl Feed {
-    pub(crate) fn queue(&self) -> String {
-        match self {
-            Feed::Async { function } => queue_name(function),
-            Feed::Subscription { queue, .. } => queue.clone(),
+/// Messages being worked on: the queue, and each message with the attempt
+/// this delivery is.
+struct Lease {
+    queue: String,
+    messages: Vec<(String, u32)>,
+    /// How long a lease lasts; extended every half of it while running.
+    visibility_ms: u64,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        env: Arc<Env>,
+        functions: Arc<Functions>,
+        limiters: Arc<Limiters>,
+        consumers: Arc<Consumers>,
+        jobs: Arc<Jobs>,
+        queues: Arc<Queues>,
+        categories: Arc<Categories>,
+    ) -> Dispatcher {
+        Dispatcher {
+            env,
+            functions,
+            limiters,
+            consumers,
+            jobs,
+            queues,
+            categories,
+            live: Arc::default(),
         }
     }
 
-    fn batch_size(&self) -> usize {
-        match self {
-            Feed::Async { .. } => 1,
-            Feed::Subscription { batch_size, .. } => *batch_size as usize,
-        }
-    }
-}
+    // ---- calls ----
 
-/// The consumer of one queue: leases while it has free slots.
-pub(crate) struct Consumer {
-    pub(crate) notify: Notify,
-    /// Batches running now by concurrency key (functions with a key only).
-    running: std::sync::Mutex<HashMap<String, u32>>,
-    slots: Arc<Semaphore>,
-    /// Slots in all (free or in use).
-    total: std::sync::atomic::AtomicU32,
-    pub(crate) feed: Feed,
-}
-
-/// What an asynchronous invocation's queue message carries; the invocation
-/// record holds the rest.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Message {
-    id: String,
-    version: u64,
-}
-
-impl Message {
-    pub(crate) fn new(id: &str, version: u64) -> Message {
-        Message {
-            id: id.to_string(),
-            version,
-        }
+    /// Runs a function and waits for its outcome. `event` must be JSON text.
+    pub(crate) async fn invoke_sync(self: &Arc<Self>, name: &str, event: String) -> Result<Completed> {
+        let d = self.functions.resolve(name)?;
+        let now = self.env.now_ms();
+        let mut record = new_record(&d, InvocationMode::Sync, event, now);
+        record.status = InvocationStatus::Running;
+        record.attempts = 1;
+        record.started_at_ms = Some(now);
+        record.max_attempts = 1;
+        let id = record.id.clone();
+        self.live.set(record.clone(), None);
+        let (request, _) = self.request(&record, &d);
+        let response = match self.env.runtime.invoke(&d.deployment, request).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.live.remove(&id);
+                return Err(e.into());
+            }
+        };
+        let outcome = response.outcome.clone();
+        apply_response(&mut record, &d, &response, self.env.now_ms());
+        metrics(&d, InvocationMode::Sync, &response);
+        self.persist(record, response.logs, None, Vec::new());
+        Ok(Completed { id, outcome })
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("message encodes")
-    }
-}
-
-/// Queue names with a dot cannot clash with user queue names.
-pub(crate) fn queue_name(function: &str) -> String {
-    format!("_async.{function}")
-}
-
-pub(crate) async fn invoke_sync(
-    inner: &Arc<Inner>,
-    name: &str,
-    event: String,
-) -> Result<Completed> {
-    let d = resolve_latest(inner, name)?;
-    let now = inner.clock.now_ms();
-    let mut record = new_record(&d, "sync", event, now);
-    record.status = InvocationStatus::Running.as_str().into();
-    record.attempts = 1;
-    record.started_at_ms = Some(now);
-    record.max_attempts = 1;
-    let id = record.id.clone();
-    set_live(inner, record.clone(), None);
-    let (request, _) = request(inner, &record, &d);
-    let response = inner.runtime.invoke(&d.deployment, request).await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            inner.live.lock().unwrap().remove(&id);
-            return Err(e.into());
-        }
-    };
-    let outcome = response.outcome.clone();
-    apply_response(inner, &mut record, &d, &response);
-    metrics(&d, "sync", &response);
-    persist(inner, record, response.logs, None);
-    Ok(Completed { id, outcome })
-}
-
-pub(crate) async fn invoke_async(inner: &Arc<Inner>, name: &str, event: String) -> Result<String> {
-    let d = resolve_latest(inner, name)?;
-    let key = d
-        .record
-        .concurrency_key
-        .as_ref()
-        .and_then(|ck| key_of(ck, &event));
-    let record = new_record(&d, "async", event, inner.clock.now_ms());
-    let id = record.id.clone();
-    let record_created_ms = record.created_at_ms;
-    let body = Message::new(&id, d.record.version).encode();
-    // Both writes are issued in order; the message is durable only after the
-    // record is, so a delivered message always finds its record.
-    let put = inner.backend.invocations.put_invocations(vec![record]);
-    let send = inner.backend.queues.send(
-        &queue_name(&d.record.name),
-        vec![NewMessage {
+    /// Queues an invocation durably and returns its id.
+    pub(crate) async fn invoke_async(&self, name: &str, event: String) -> Result<String> {
+        let d = self.functions.resolve(name)?;
+        let key = d
+            .record
+            .concurrency_key
+            .as_ref()
+            .and_then(|ck| key_of(ck, &event));
+        let record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
+        let id = record.id.clone();
+        let queue = queue_name(&d.record.name);
+        let message = NewMessage {
             id: id.clone(),
-            body,
+            body: Message::new(&id, d.record.version).encode(),
             due_ms: 0,
-            sent_ms: record_created_ms,
+            sent_ms: record.created_at_ms,
             dedup: None,
             key,
-        }],
-    );
-    put.await?;
-    send.await?;
-    wake(inner, &queue_name(&d.record.name));
-    metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.clone())
-        .increment(1);
-    Ok(id)
-}
-
-/// Starts the consumer of a function's asynchronous invocations unless it
-/// runs already, and grows its slots to the function's concurrency.
-pub(crate) fn ensure_consumer(inner: &Arc<Inner>, d: &Deployed) {
-    let feed = Feed::Async {
-        function: d.record.name.clone(),
-    };
-    ensure_feed(inner, feed, d.record.concurrency);
-}
-
-/// Starts (or grows) the consumer of a feed's queue. One consumer per queue.
-pub(crate) fn ensure_feed(inner: &Arc<Inner>, feed: Feed, slots: u32) {
-    use std::sync::atomic::Ordering;
-    let queue = feed.queue();
-    let mut consumers = inner.consumers.lock().unwrap();
-    if let Some(c) = consumers.get(&queue)
-        && c.feed == feed
-    {
-        let have = c.total.load(Ordering::SeqCst);
-        if slots > have {
-            // Only ever grow: shrinking would have to wait for running work.
-            c.slots.add_permits((slots - have) as usize);
-            c.total.store(slots, Ordering::SeqCst);
-        }
-        c.notify.notify_one();
-        return;
-    }
-    let consumer = Arc::new(Consumer {
-        notify: Notify::new(),
-        running: std::sync::Mutex::new(HashMap::new()),
-        slots: Arc::new(Semaphore::new(slots as usize)),
-        total: std::sync::atomic::AtomicU32::new(slots),
-        feed,
-    });
-    // A consumer of the same queue with another feed stops by itself when it
-    // sees it was replaced.
-    consumers.insert(queue.clone(), consumer.clone());
-    let inner2 = inner.clone();
-    inner.tasks.spawn(async move {
-        consume(inner2, queue, consumer).await;
-    });
-}
-
-/// Wakes the consumer of a queue (after a send).
-pub(crate) fn wake(inner: &Inner, queue: &str) {
-    if let Some(c) = inner.consumers.lock().unwrap().get(queue) {
-        c.notify.notify_one();
-    }
-}
-
-/// True while the consumer should keep running: it is still the registered
-/// consumer of its queue and its function still wants the queue.
-fn wanted(inner: &Inner, queue: &str, consumer: &Arc<Consumer>) -> bool {
-    let current = inner
-        .consumers
-        .lock()
-        .unwrap()
-        .get(queue)
-        .is_some_and(|c| Arc::ptr_eq(c, consumer));
-    current
-        && match &consumer.feed {
-            // Async queues drain even after their function is removed (their
-            // invocations then fail with load_failed).
-            Feed::Async { .. } => true,
-            Feed::Subscription {
-                queue, function, ..
-            } => inner
-                .registry
-                .latest(function)
-                .and_then(|d| d.record.subscribe.clone())
-                .is_some_and(|s| &s.queue == queue),
-        }
-}
-
-/// Leases due messages while slots are free and runs each batch in its own task.
-async fn consume(inner: Arc<Inner>, queue: String, consumer: Arc<Consumer>) {
-    let idle_poll = Duration::from_secs(1);
-    let per = consumer.feed.batch_size();
-    loop {
-        if !wanted(&inner, &queue, &consumer) {
-            let mut consumers = inner.consumers.lock().unwrap();
-            if consumers
-                .get(&queue)
-                .is_some_and(|c| Arc::ptr_eq(c, &consumer))
-            {
-                consumers.remove(&queue);
-            }
-            return;
-        }
-        let permit = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            p = consumer.slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
         };
-        let mut permits = vec![permit];
-        while let Ok(p) = consumer.slots.clone().try_acquire_owned() {
-            permits.push(p);
-            if permits.len() >= 256 {
-                break;
-            }
+        // Both writes are issued in order; the message is durable only after
+        // the record is, so a delivered message always finds its record.
+        let put = self.env.backend.invocations.put_invocations(vec![record]);
+        let send = self.env.backend.queues.send(&queue, vec![message]);
+        put.await?;
+        send.await?;
+        self.consumers.wake(&queue);
+        metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.clone())
+            .increment(1);
+        Ok(id)
+    }
+
+    /// An invocation's latest state.
+    pub(crate) async fn invocation(&self, id: &str) -> Result<InvocationRecord> {
+        self.load(id)
+            .await?
+            .ok_or_else(|| Error::not_found(Entity::Invocation, id))
+    }
+
+    /// The logs of an invocation's latest attempt (empty when it printed
+    /// nothing).
+    pub(crate) async fn logs(&self, id: &str) -> Result<Vec<u8>> {
+        if let Some(logs) = self.live.get(id).and_then(|e| e.logs.clone()) {
+            return Ok(logs);
         }
-        let visibility = visibility_ms(&inner, &consumer.feed).await;
-        let deployed = feed_deployed(&inner, &consumer.feed);
-        let now = inner.clock.now_ms();
-        let mut want = permits.len() * per;
-        // A rate-limited function leases only as many messages as it has
-        // tokens for now; the rest wait in the queue until the next token is
-        // due. The tokens themselves are taken right before each handler
-        // starts (`TokenGate`, on a ready worker), so the limit holds where the calls
-        // happen, not where they were leased.
-        if let Some(l) = deployed.as_ref().and_then(|d| d.record.limiter.as_deref()) {
-            match inner.limiters.available(l, want, now) {
-                Ok(n) => want = n,
-                Err(wait) => {
+        // The record decides existence; logs may be absent.
+        self.invocation(id).await?;
+        Ok(self
+            .env
+            .backend
+            .invocations
+            .logs(id)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<InvocationRecord>> {
+        if let Some(entry) = self.live.get(id) {
+            return Ok(Some(entry.record.clone()));
+        }
+        Ok(self.env.backend.invocations.invocation(id).await?)
+    }
+
+    // ---- consumers ----
+
+    /// Starts the consumers a function version needs: its asynchronous
+    /// invocations' and its subscription's.
+    pub(crate) fn start_consumers(self: &Arc<Self>, d: &Deployed) {
+        self.ensure_feed(
+            Feed::Async {
+                function: d.record.name.clone(),
+            },
+            d.record.concurrency,
+        );
+        if let Some(sub) = &d.record.subscribe {
+            self.ensure_feed(
+                Feed::Subscription {
+                    queue: sub.queue.clone(),
+                    function: d.record.name.clone(),
+                    batch_size: sub.batch_size,
+                },
+                sub.concurrency,
+            );
+        }
+    }
+
+    /// Wakes the consumer of a function's asynchronous invocations (after
+    /// the function was removed, so it drains them).
+    pub(crate) fn wake_async(&self, function: &str) {
+        self.consumers.wake(&queue_name(function));
+    }
+
+    fn ensure_feed(self: &Arc<Self>, feed: Feed, slots: u32) {
+        if let Some(consumer) = self.consumers.ensure(feed, slots) {
+            let me = self.clone();
+            self.env.tasks.spawn(async move { me.consume(consumer).await });
+        }
+    }
+
+    /// True while the consumer should keep running: it is still the
+    /// registered consumer of its queue and its function still wants it.
+    fn wanted(&self, consumer: &Arc<Consumer>) -> bool {
+        self.consumers.is_current(consumer)
+            && match &consumer.feed {
+                // Async queues drain even after their function is removed
+                // (their invocations then fail with load_failed).
+                Feed::Async { .. } => true,
+                Feed::Subscription {
+                    queue, function, ..
+                } => self
+                    .functions
+                    .latest(function)
+                    .and_then(|d| d.record.subscribe.clone())
+                    .is_some_and(|s| &s.queue == queue),
+            }
+    }
+
+    /// Leases due messages while slots are free and runs each batch in its
+    /// own task.
+    async fn consume(self: Arc<Self>, consumer: Arc<Consumer>) {
+        let queue = consumer.feed.queue();
+        let per = consumer.feed.batch_size();
+        let idle_poll = self.env.opts.idle_poll;
+        loop {
+            if !self.wanted(&consumer) {
+                self.consumers.retire_if(&consumer, || true);
+                return;
+            }
+            let permits = tokio::select! {
+                _ = self.env.tasks.stopping() => return,
+                p = consumer.slots(MAX_PERMITS_PER_LEASE) => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let mut permits = permits;
+            let deployed = self.functions.latest(consumer.feed.function());
+            let now = self.env.now_ms();
+            let mut want = permits.len() * per;
+            // A rate-limited function leases only as many messages as it has
+            // tokens for now; the rest wait in the queue until the next token
+            // is due. The tokens themselves are taken right before each
+            // handler starts (`TokenGate`, on a ready worker), so the limit
+            // holds where the calls happen, not where they were leased.
+            if let Some(l) = deployed.as_ref().and_then(|d| d.record.limiter.as_deref()) {
+                match self.limiters.available(l, want, now) {
+                    Ok(n) => want = n,
+                    Err(wait) => {
+                        drop(permits);
+                        tokio::select! {
+                            _ = self.env.tasks.stopping() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                }
+                permits.truncate(want.div_ceil(per));
+            }
+            // With a concurrency key, the lease passes over keys that have
+            // `per_key` batches running: their messages wait in the queue, in
+            // order, while other keys' messages go ahead.
+            let key_limit = deployed
+                .as_ref()
+                .and_then(|d| d.record.concurrency_key.as_ref())
+                .map(|ck| consumer.key_limit(ck.per_key));
+            let visibility_ms = self.visibility_ms(&consumer.feed, deployed.as_deref()).await;
+            let leased = self
+                .env
+                .backend
+                .queues
+                .lease_keyed(&queue, now, want, visibility_ms, key_limit.as_ref())
+                .await;
+            let leased = match leased {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(%queue, error = %e, "Leasing failed; retrying.");
                     drop(permits);
                     tokio::select! {
-                        _ = inner.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.env.tasks.stopping() => return,
+                        _ = tokio::time::sleep(idle_poll) => continue,
                     }
-                    continue;
                 }
-            }
-            permits.truncate(want.div_ceil(per));
-        }
-        // With a concurrency key, the lease passes over keys that have
-        // `per_key` batches running: their messages wait in the queue, in
-        // order, while other keys' messages go ahead.
-        let key_limit = deployed
-            .as_ref()
-            .and_then(|d| d.record.concurrency_key.as_ref())
-            .map(|ck| KeyLimit {
-                per_key: ck.per_key,
-                running: consumer.running.lock().unwrap().clone(),
-            });
-        let leased = inner
-            .backend
-            .queues
-            .lease_keyed(&queue, now, want, visibility, key_limit.as_ref())
-            .await;
-        let leased = match leased {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(%queue, error = %e, "Leasing failed; retrying.");
+            };
+            if leased.deliveries.is_empty() {
                 drop(permits);
-                tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(idle_poll) => continue,
-                }
-            }
-        };
-        if leased.deliveries.is_empty() {
-            drop(permits);
-            if let Feed::Async { function } = &consumer.feed
-                && inner.registry.latest(function).is_none()
-                && leased.next_due_ms.is_none()
-            {
-                // The function was removed and its queue is drained.
-                let mut consumers = inner.consumers.lock().unwrap();
-                if inner.registry.latest(function).is_none()
-                    && consumers
-                        .get(&queue)
-                        .is_some_and(|c| Arc::ptr_eq(c, &consumer))
+                if let Feed::Async { function } = &consumer.feed
+                    && leased.next_due_ms.is_none()
+                    && self
+                        .consumers
+                        .retire_if(&consumer, || self.functions.latest(function).is_none())
                 {
-                    consumers.remove(&queue);
+                    // The function was removed and its queue is drained.
                     return;
+                }
+                // Due messages left behind belong to keys at their limit: a
+                // finishing batch wakes the consumer (no polling meanwhile).
+                let wait = leased
+                    .next_due_ms
+                    .filter(|due| *due > now)
+                    .map(|due| Duration::from_millis(due - now))
+                    .unwrap_or(idle_poll)
+                    .min(idle_poll);
+                tokio::select! {
+                    _ = self.env.tasks.stopping() => return,
+                    _ = consumer.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
-            // Due messages left behind belong to keys at their limit: a
-            // finishing batch wakes the consumer (no polling meanwhile).
-            let wait = leased
-                .next_due_ms
-                .filter(|due| *due > now)
-                .map(|due| Duration::from_millis(due - now))
-                .unwrap_or(idle_poll)
-                .min(idle_poll);
-            tokio::select! {
-                _ = inner.shutdown.cancelled() => return,
-                _ = consumer.notify.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            continue;
-        }
-        let mut permits = permits.into_iter();
-        let mut deliveries = leased.deliveries.into_iter().peekable();
-        while deliveries.peek().is_some() {
-            let batch: Vec<Delivery> = deliveries.by_ref().take(per).collect();
-            let permit = permits.next().expect("leased at most `per` per permit");
-            let inner = inner.clone();
-            let feed = consumer.feed.clone();
-            let keys = hold_keys(&consumer, &batch);
-            let consumer = consumer.clone();
-            inner.tasks.clone().spawn(async move {
-                match feed {
-                    Feed::Async { function } => {
-                        for delivery in batch {
-                            run_delivery(&inner, &function, delivery).await;
+            let mut permits = permits.into_iter();
+            let mut deliveries = leased.deliveries.into_iter().peekable();
+            while deliveries.peek().is_some() {
+                let batch: Vec<Delivery> = deliveries.by_ref().take(per).collect();
+                let permit = permits.next().expect("leased at most `per` per permit");
+                let keys = consumer.hold_keys(&batch);
+                let me = self.clone();
+                let feed = consumer.feed.clone();
+                self.env.tasks.spawn(async move {
+                    match feed {
+                        Feed::Async { function } => {
+                            for delivery in batch {
+                                me.run_async(&function, delivery, visibility_ms).await;
+                            }
                         }
+                        Feed::Subscription {
+                            queue, function, ..
+                        } => me.run_subscription(&queue, &function, batch).await,
                     }
-                    Feed::Subscription {
-                        queue, function, ..
-                    } => {
-                        crate::queues::run_batch(&inner, &queue, &function, batch).await;
-                    }
-                }
-                drop(permit);
-                if !keys.is_empty() {
-                    release_keys(&consumer, &keys);
-                    consumer.notify.notify_one();
-                }
-            });
-        }
-    }
-}
-
-/// Counts a batch's keys as running; returns them for `release_keys`.
-fn hold_keys(consumer: &Consumer, batch: &[Delivery]) -> Vec<String> {
-    let mut keys: Vec<String> = batch.iter().filter_map(|d| d.key.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    let mut running = consumer.running.lock().unwrap();
-    for k in &keys {
-        *running.entry(k.clone()).or_default() += 1;
-    }
-    keys
-}
-
-fn release_keys(consumer: &Consumer, keys: &[String]) {
-    let mut running = consumer.running.lock().unwrap();
-    for k in keys {
-        if let Some(n) = running.get_mut(k) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(k);
+                    drop(permit);
+                    drop(keys);
+                });
             }
         }
     }
-}
 
-/// The latest version of the function a feed runs.
-fn feed_deployed(inner: &Inner, feed: &Feed) -> Option<Arc<Deployed>> {
-    let function = match feed {
-        Feed::Async { function } | Feed::Subscription { function, .. } => function,
-    };
-    inner.registry.latest(function)
-}
-
-/// The concurrency key of the function subscribed to a user queue, if any.
-pub(crate) fn subscriber_key(inner: &Inner, queue: &str) -> Option<ConcurrencyKey> {
-    let consumers = inner.consumers.lock().unwrap();
-    let feed = consumers.get(queue)?.feed.clone();
-    drop(consumers);
-    match &feed {
-        Feed::Subscription { .. } => feed_deployed(inner, &feed)?.record.concurrency_key.clone(),
-        Feed::Async { .. } => None,
+    /// How long a lease of the feed's queue lasts.
+    async fn visibility_ms(&self, feed: &Feed, d: Option<&Deployed>) -> u64 {
+        match feed {
+            Feed::Async { .. } => {
+                d.map_or(30_000, |d| d.record.timeout_ms)
+                    + self.env.opts.lease_margin.as_millis() as u64
+            }
+            Feed::Subscription { queue, .. } => self.queues.settings(queue).await.visibility_ms,
+        }
     }
-}
 
-/// The value of the key's field in an event (JSON text): a string as it
-/// is, a number or boolean as JSON; `None` when the field is missing, null,
-/// or the event is not an object (such messages are not limited by key).
-pub(crate) fn key_of(ck: &ConcurrencyKey, event: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(event).ok()?;
-    let mut v = &value;
-    for part in ck.field.split('.') {
-        v = v.get(part)?;
+    /// One delivery of an asynchronous invocation.
+    async fn run_async(self: &Arc<Self>, function: &str, delivery: Delivery, visibility_ms: u64) {
+        let queue = queue_name(function);
+        let lease = Lease {
+            queue: queue.clone(),
+            messages: vec![(delivery.id.clone(), delivery.failures + 1)],
+            visibility_ms,
+        };
+        let ack = vec![(delivery.id.clone(), Settlement::Ack)];
+        let Ok(msg) = serde_json::from_slice::<Message>(&delivery.body) else {
+            warn!(%queue, id = %delivery.id, "Undecodable queue message dropped.");
+            drop(self.settle(&queue, ack));
+            return;
+        };
+        let mut record = match self.load(&msg.id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                warn!(id = %msg.id, "Queued invocation has no record; dropped.");
+                drop(self.settle(&queue, ack));
+                return;
+            }
+            Err(e) => {
+                warn!(id = %msg.id, error = %e, "Reading an invocation failed; it will be redelivered.");
+                return;
+            }
+        };
+        if record.status.is_final() {
+            // Finished before a crash took the acknowledgement with it (and
+            // maybe the job result: recording it again changes nothing).
+            self.persist_outcome_again(record, &queue, ack).await;
+            return;
+        }
+        if let Some(slot) = &record.job
+            && self.jobs.cancelled(&slot.job).await
+        {
+            record.status = InvocationStatus::Cancelled;
+            record.finished_at_ms = Some(self.env.now_ms());
+            record.next_attempt_at_ms = None;
+            self.persist(record, Vec::new(), Some(&queue), ack);
+            return;
+        }
+        let d = match self.functions.version(function, msg.version).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                record.status = InvocationStatus::Failed;
+                record.error = Some(invocation::error_record(&Failure::new(
+                    FailureKind::LoadFailed,
+                    format!(
+                        "function {function} version {} was removed before this invocation ran",
+                        msg.version
+                    ),
+                )));
+                record.finished_at_ms = Some(self.env.now_ms());
+                record.next_attempt_at_ms = None;
+                self.persist(record, Vec::new(), Some(&queue), ack);
+                return;
+            }
+            Err(e) => {
+                warn!(id = %msg.id, error = %e, "Resolving a function failed; it will be redelivered.");
+                return;
+            }
+        };
+        record.attempts += 1;
+        record.status = InvocationStatus::Running;
+        record.started_at_ms = Some(self.env.now_ms());
+        record.next_attempt_at_ms = None;
+        let policy = RetryPolicy {
+            max_attempts: record.max_attempts,
+            retry_delay: Duration::from_millis(d.record.retry_delay_ms),
+            exhausted: Exhausted::Ack,
+        };
+        // The record counts attempts (a message released by a platform
+        // failure was not an attempt of the invocation).
+        let lease = Lease {
+            messages: vec![(delivery.id.clone(), record.attempts)],
+            ..lease
+        };
+        self.run_and_finish(record, &d, lease, policy).await;
     }
-    match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+
+    /// One batch of a user queue for its subscribed function.
+    async fn run_subscription(self: &Arc<Self>, queue: &str, function: &str, batch: Vec<Delivery>) {
+        let Some(d) = self.functions.latest(function) else {
+            // Unsubscribed meanwhile: the leases lapse and another consumer
+            // (or a later deploy) gets the messages.
+            return;
+        };
+        let Some(sub) = d.record.subscribe.clone() else {
+            return;
+        };
+        let settings: QueueRecord = self.queues.settings(queue).await;
+        let event = if sub.batch_size <= 1 && batch.len() == 1 {
+            String::from_utf8_lossy(&batch[0].body).into_owned()
+        } else {
+            let mut s = String::from("[");
+            for (i, m) in batch.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&String::from_utf8_lossy(&m.body));
+            }
+            s.push(']');
+            s
+        };
+        let now = self.env.now_ms();
+        let mut record = new_record(&d, InvocationMode::Queue, event, now);
+        record.attempts = batch.iter().map(|m| m.failures).max().unwrap_or(0) + 1;
+        record.max_attempts = settings.max_attempts;
+        record.status = InvocationStatus::Running;
+        record.started_at_ms = Some(now);
+        let lease = Lease {
+            queue: queue.to_string(),
+            messages: batch.iter().map(|m| (m.id.clone(), m.failures + 1)).collect(),
+            visibility_ms: settings.visibility_ms,
+        };
+        let policy = RetryPolicy {
+            max_attempts: settings.max_attempts,
+            retry_delay: Duration::from_millis(settings.retry_delay_ms),
+            exhausted: Exhausted::DeadLetter,
+        };
+        self.run_and_finish(record, &d, lease, policy).await;
+    }
+
+    async fn run_and_finish(
+        self: &Arc<Self>,
+        mut record: InvocationRecord,
+        d: &Deployed,
+        lease: Lease,
+        policy: RetryPolicy,
+    ) {
+        self.live.set(record.clone(), None);
+        let Some(response) = self.run_leased(&mut record, d, &lease).await else {
+            return;
+        };
+        self.finish(record, d, response, &lease, policy);
+    }
+
+    /// Runs a leased invocation on the runtime, extending the leases every
+    /// half visibility while it runs. When the platform (not the user code)
+    /// fails, the record leaves the live map and the messages are released
+    /// for another try; when the node is shutting down their leases simply
+    /// lapse and they are delivered again after the restart.
+    async fn run_leased(
+        self: &Arc<Self>,
+        record: &mut InvocationRecord,
+        d: &Deployed,
+        lease: &Lease,
+    ) -> Option<Response> {
+        let (request, handoff) = self.request(record, d);
+        let run = self.env.runtime.invoke(&d.deployment, request);
+        tokio::pin!(run);
+        let every = Duration::from_millis((lease.visibility_ms / 2).max(50));
+        let result = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tokio::time::sleep(every) => {
+                    let until = self.env.now_ms() + lease.visibility_ms;
+                    for (id, _) in &lease.messages {
+                        drop(self.env.backend.queues.extend(&lease.queue, id, until));
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(r) => {
+                record.handed_to = handoff.lock().unwrap().take();
+                Some(r)
+            }
+            Err(e) => {
+                self.live.remove(&record.id);
+                if !self.env.tasks.is_stopping() {
+                    warn!(queue = %lease.queue, id = %record.id, error = %e, "Runtime failed; the messages will be redelivered.");
+                    let due = self.env.now_ms() + self.env.opts.platform_retry.as_millis() as u64;
+                    for (id, _) in &lease.messages {
+                        drop(self.env.backend.queues.nack(&lease.queue, id, due));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Records a run's outcome and settles its messages.
+    fn finish(
+        &self,
+        mut record: InvocationRecord,
+        d: &Deployed,
+        response: Response,
+        lease: &Lease,
+        policy: RetryPolicy,
+    ) {
+        let now = self.env.now_ms();
+        apply_response(&mut record, d, &response, now);
+        metrics(d, record.mode, &response);
+        let settlements: Vec<(String, Settlement)> = lease
+            .messages
+            .iter()
+            .map(|(id, attempt)| {
+                let s = self.settlement(&response.outcome, *attempt, policy, now);
+                (id.clone(), s)
+            })
+            .collect();
+        // An asynchronous invocation spans its attempts: retried, its record
+        // waits in the queue again.
+        if record.mode == InvocationMode::Async
+            && let Some((_, Settlement::Retry { due_ms })) = settlements.first()
+        {
+            debug!(id = %record.id, attempt = record.attempts, due_ms, "Invocation failed; retrying.");
+            record.status = InvocationStatus::Queued;
+            record.next_attempt_at_ms = Some(*due_ms);
+            record.finished_at_ms = None;
+        }
+        self.persist(record, response.logs, Some(&lease.queue), settlements);
+    }
+
+    /// What becomes of a message after attempt `attempt` ended in `outcome`.
+    fn settlement(&self, outcome: &Outcome, attempt: u32, policy: RetryPolicy, now: u64) -> Settlement {
+        let Outcome::Failed(f) = outcome else {
+            return Settlement::Ack;
+        };
+        if attempt < policy.max_attempts {
+            let delay = backoff(policy.retry_delay, attempt, &*self.env.random);
+            return Settlement::Retry {
+                due_ms: now + delay.as_millis() as u64,
+            };
+        }
+        match policy.exhausted {
+            Exhausted::Ack => Settlement::Ack,
+            Exhausted::DeadLetter => Settlement::DeadLetter {
+                reason: format!("{}: {}", f.kind, f.message),
+            },
+        }
+    }
+
+    /// A record already final when its message came again: record its job
+    /// slot again (idempotent), then acknowledge.
+    async fn persist_outcome_again(&self, record: InvocationRecord, queue: &str, ack: Vec<(String, Settlement)>) {
+        let finish = self.jobs.finish_slot(&record);
+        let acked = self.settle(queue, ack);
+        if let Some(finish) = finish {
+            finish.await;
+        }
+        drop(acked);
+    }
+
+    /// Issues the record (and logs) write, the job slot, then the messages'
+    /// settlements, and keeps the record readable from memory until the
+    /// write is durable.
+    fn persist(
+        &self,
+        record: InvocationRecord,
+        logs: Vec<u8>,
+        queue: Option<&str>,
+        settlements: Vec<(String, Settlement)>,
+    ) {
+        let id = record.id.clone();
+        let entry = self.live.set(record.clone(), Some(logs.clone()));
+        let backend = &self.env.backend;
+        let put_logs = (!logs.is_empty()).then(|| backend.invocations.put_logs(&id, logs));
+        let put = backend.invocations.put_invocations(vec![record.clone()]);
+        // The job result before the acknowledgement (see `Jobs::finish_slot`).
+        let finish = self.jobs.finish_slot(&record);
+        let settled = queue.map(|q| self.settle(q, settlements));
+        let live = self.live.clone();
+        self.env.tasks.spawn(async move {
+            let mut ok = put.await.map_err(|e| e.to_string());
+            if let Some(f) = put_logs {
+                ok = ok.and(f.await.map_err(|e| e.to_string()));
+            }
+            if let Some(f) = finish {
+                f.await;
+            }
+            if let Some(f) = settled {
+                ok = ok.and(f.await);
+            }
+            if let Err(e) = ok {
+                warn!(%id, error = %e, "Writing an invocation's outcome failed.");
+            }
+            live.remove_entry(&entry);
+        });
+    }
+
+    /// Issues each message's settlement; the future resolves when all are
+    /// durable.
+    fn settle(&self, queue: &str, settlements: Vec<(String, Settlement)>) -> BoxFuture<'static, std::result::Result<(), String>> {
+        let queues = &self.env.backend.queues;
+        let now = self.env.now_ms();
+        let mut acks = Vec::new();
+        let mut pending = Vec::new();
+        for (id, s) in settlements {
+            match s {
+                Settlement::Ack => acks.push(id),
+                Settlement::Retry { due_ms } => pending.push(queues.nack(queue, &id, due_ms)),
+                Settlement::DeadLetter { reason } => {
+                    pending.push(queues.dead_letter(queue, &id, reason, now))
+                }
+            }
+        }
+        if !acks.is_empty() {
+            pending.push(queues.ack(queue, acks));
+        }
+        Box::pin(async move {
+            for p in pending {
+                p.await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The runtime request of an invocation, and where its host calls note
+    /// the job it handed its slot to.
+    fn request(self: &Arc<Self>, record: &InvocationRecord, d: &Deployed) -> (Request, Arc<Mutex<Option<String>>>) {
+        let handoff = Arc::new(Mutex::new(None));
+        let host = crate::host::EngineHost {
+            dispatcher: self.clone(),
+            caller: Caller {
+                invocation: record.id.clone(),
+                slot: record.job.clone(),
+                handoff: handoff.clone(),
+            },
+        };
+        let request = Request {
+            invocation_id: record.id.clone(),
+            function: d.record.name.clone(),
+            version: d.record.version,
+            attempt: record.attempts,
+            event: record.input.clone(),
+            host: Some(Arc::new(host) as Arc<dyn shoal_runtime::Host>),
+            gate: d.record.limiter.clone().map(|limiter| {
+                Arc::new(TokenGate {
+                    limiters: self.limiters.clone(),
+                    limiter,
+                }) as Arc<dyn Gate>
+            }),
+        };
+        (request, handoff)
     }
 }
 
 /// A rate limiter's gate: the runtime waits on it right before the handler
 /// starts; over the limit the call waits its turn (no error, no busy loop).
 struct TokenGate {
-    inner: Arc<Inner>,
+    limiters: Arc<Limiters>,
     limiter: String,
 }
 
 impl Gate for TokenGate {
-    fn wait(&self) -> futures_util::future::BoxFuture<'static, ()> {
-        let inner = self.inner.clone();
+    fn wait(&self) -> BoxFuture<'static, ()> {
+        let limiters = self.limiters.clone();
         let limiter = self.limiter.clone();
-        Box::pin(async move {
-            while let Err(wait) = inner.limiters.take(&limiter, 1, inner.clock.now_ms()) {
-                tokio::time::sleep(wait).await;
-            }
-        })
+        Box::pin(async move { limiters.acquire(&limiter).await })
     }
 }
 
-async fn visibility_ms(inner: &Inner, feed: &Feed) -> u64 {
-    match feed {
-        Feed::Async { function } => {
-            let timeout = inner
-                .registry
-                .latest(function)
-                .map(|d| d.record.timeout_ms)
-                .unwrap_or(30_000);
-            timeout + inner.opts.lease_margin.as_millis() as u64
-        }
-        Feed::Subscription { queue, .. } => match inner.backend.catalog.queue(queue).await {
-            Ok(Some(q)) => q.visibility_ms,
-            _ => 30_000,
-        },
-    }
-}
-
-async fn run_delivery(inner: &Arc<Inner>, name: &str, delivery: Delivery) {
-    let queue = queue_name(name);
-    let ack = |id: String| inner.backend.queues.ack(&queue, vec![id]);
-    let Ok(msg) = serde_json::from_slice::<Message>(&delivery.body) else {
-        warn!(%queue, id = %delivery.id, "Undecodable queue message dropped.");
-        drop(ack(delivery.id));
-        return;
-    };
-    let record = match load_record(inner, &msg.id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            warn!(id = %msg.id, "Queued invocation has no record; dropped.");
-            drop(ack(delivery.id));
-            return;
-        }
-        Err(e) => {
-            warn!(id = %msg.id, error = %e, "Reading an invocation failed; it will be redelivered.");
-            return;
-        }
-    };
-    let mut record = record;
-    if InvocationStatus::parse(&record.status).is_some_and(|s| s.is_final()) {
-        // Finished before a crash took the acknowledgement with it (and
-        // maybe the job result: recording it again changes nothing).
-        let finish = crate::jobs::finish_slot(inner, &record);
-        let acked = ack(delivery.id);
-        if let Some(finish) = finish {
-            finish.await;
-        }
-        drop(acked);
-        return;
-    }
-    if let Some(slot) = &record.job
-        && crate::jobs::cancelled(inner, &slot.job).await
-    {
-        record.status = InvocationStatus::Cancelled.as_str().into();
-        record.finished_at_ms = Some(inner.clock.now_ms());
-        record.next_attempt_at_ms = None;
-        persist(inner, record, Vec::new(), Some((queue, delivery.id)));
-        return;
-    }
-    let d = match resolve_version(inner, name, msg.version).await {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            let now = inner.clock.now_ms();
-            record.status = InvocationStatus::Failed.as_str().into();
-            record.error = Some(error_record(&shoal_types::Failure::new(
-                FailureKind::LoadFailed,
-                format!(
-                    "function {name} version {} was removed before this invocation ran",
-                    msg.version
-                ),
-            )));
-            record.finished_at_ms = Some(now);
-            record.next_attempt_at_ms = None;
-            persist(inner, record, Vec::new(), Some((queue, delivery.id)));
-            return;
-        }
-        Err(e) => {
-            warn!(id = %msg.id, error = %e, "Resolving a function failed; it will be redelivered.");
-            return;
-        }
-    };
-
-    let now = inner.clock.now_ms();
-    record.attempts += 1;
-    record.status = InvocationStatus::Running.as_str().into();
-    record.started_at_ms = Some(now);
-    record.next_attempt_at_ms = None;
-    set_live(inner, record.clone(), None);
-    let Some(response) = run_leased(
-        inner,
-        &queue,
-        std::slice::from_ref(&delivery.id),
-        &mut record,
-        &d,
-    )
-    .await
-    else {
-        return;
-    };
-    apply_response(inner, &mut record, &d, &response);
-    metrics(&d, "async", &response);
-    let failed = !matches!(response.outcome, Outcome::Succeeded(_));
-    if failed && record.attempts < record.max_attempts {
-        let delay = backoff(
-            Duration::from_millis(d.record.retry_delay_ms),
-            record.attempts,
-        );
-        let due = inner.clock.now_ms() + delay.as_millis() as u64;
-        record.status = InvocationStatus::Queued.as_str().into();
-        record.next_attempt_at_ms = Some(due);
-        record.finished_at_ms = None;
-        debug!(id = %record.id, attempt = record.attempts, delay_ms = delay.as_millis() as u64, "Invocation failed; retrying.");
-        let nack = inner.backend.queues.nack(&queue, &delivery.id, due);
-        persist(inner, record, response.logs, None);
-        drop(nack);
-        return;
-    }
-    persist(inner, record, response.logs, Some((queue, delivery.id)));
-}
-
-/// Runs a leased invocation on the runtime. When the platform (not the user
-/// code) fails, the record leaves the live map and the messages are released
-/// for another try in a second; when the node is shutting down their leases
-/// simply lapse and they are delivered again after the restart.
-pub(crate) async fn run_leased(
-    inner: &Arc<Inner>,
-    queue: &str,
-    ids: &[String],
-    record: &mut InvocationRecord,
-    d: &Deployed,
-) -> Option<Response> {
-    let (request, handoff) = request(inner, record, d);
-    match inner.runtime.invoke(&d.deployment, request).await {
-        Ok(r) => {
-            record.handed_to = handoff.lock().unwrap().take();
-            Some(r)
-        }
-        Err(e) => {
-            inner.live.lock().unwrap().remove(&record.id);
-            if !inner.shutdown.is_cancelled() {
-                warn!(%queue, id = %record.id, error = %e, "Runtime failed; the messages will be redelivered.");
-                let due = inner.clock.now_ms() + 1000;
-                for id in ids {
-                    drop(inner.backend.queues.nack(queue, id, due));
-                }
-            }
-            None
-        }
-    }
-}
-
-/// Delay before retry number `attempt` (1-based): `base × 2^(attempt-1)`,
-/// capped at 15 minutes, with "equal jitter" (between half and all of it) so
-/// that failures that happened together do not retry together.
-pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
-    let cap = Duration::from_secs(15 * 60);
-    let exp = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(cap);
-    let half = exp / 2;
-    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter)
-}
-
-pub(crate) fn resolve_latest(inner: &Inner, name: &str) -> Result<Arc<Deployed>> {
-    let name = parse_name(name)?;
-    if inner.shutdown.is_cancelled() {
-        return Err(Error::Unavailable(
-            "the node is shutting down; retry on another node or later".into(),
-        ));
-    }
-    inner
-        .registry
-        .latest(name.as_str())
-        .ok_or_else(|| Error::not_found("function", name.as_str()))
-}
-
-async fn resolve_version(inner: &Inner, name: &str, version: u64) -> Result<Option<Arc<Deployed>>> {
-    if let Some(d) = inner.registry.version(name, version) {
-        return Ok(Some(d));
-    }
-    if inner.registry.latest(name).is_none() {
-        return Ok(None);
-    }
-    let Some(record) = inner
-        .backend
-        .catalog
-        .function_version(name, version)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let d = Arc::new(Deployed::from_record(&inner.opts.data_dir, record));
-    inner.registry.insert_version(d.clone());
-    Ok(Some(d))
-}
-
-async fn load_record(inner: &Inner, id: &str) -> Result<Option<InvocationRecord>> {
-    if let Some(entry) = inner.live.lock().unwrap().get(id) {
-        return Ok(Some(entry.record.clone()));
-    }
-    Ok(inner.backend.invocations.invocation(id).await?)
-}
-
-pub(crate) fn new_record(d: &Deployed, mode: &str, event: String, now: u64) -> InvocationRecord {
-    InvocationRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        function: d.record.name.clone(),
-        version: d.record.version,
-        mode: mode.into(),
-        status: InvocationStatus::Queued.as_str().into(),
-        input: event,
-        output: None,
-        error: None,
-        attempts: 0,
-        max_attempts: d.max_attempts(),
-        created_at_ms: now,
-        started_at_ms: None,
-        finished_at_ms: None,
-        duration_ms: None,
-        queued_ms: None,
-        billed_gb_s: 0.0,
-        cold_start: false,
-        next_attempt_at_ms: None,
-        job: None,
-        handed_to: None,
-    }
-}
-
-/// The runtime request of an invocation, and where its host calls note the
-/// job it handed its slot to.
-fn request(
-    inner: &Arc<Inner>,
-    record: &InvocationRecord,
-    d: &Deployed,
-) -> (Request, Arc<std::sync::Mutex<Option<String>>>) {
-    let handoff = Arc::new(std::sync::Mutex::new(None));
-    let host = crate::host::EngineHost {
-        inner: inner.clone(),
-        caller: crate::jobs::Caller {
-            invocation: record.id.clone(),
-            slot: record.job.clone(),
-            handoff: handoff.clone(),
-        },
-    };
-    let request = Request {
-        invocation_id: record.id.clone(),
-        function: d.record.name.clone(),
-        version: d.record.version,
-        attempt: record.attempts,
-        event: record.input.clone(),
-        host: Some(Arc::new(host) as Arc<dyn shoal_runtime::Host>),
-        gate: d.record.limiter.clone().map(|limiter| {
-            Arc::new(TokenGate {
-                inner: inner.clone(),
-                limiter,
-            }) as Arc<dyn Gate>
-        }),
-    };
-    (request, handoff)
-}
-
-pub(crate) fn apply_response(
-    inner: &Inner,
-    record: &mut InvocationRecord,
-    d: &Deployed,
-    r: &Response,
-) {
-    record.status = r.outcome.status().as_str().into();
-    record.finished_at_ms = Some(inner.clock.now_ms());
-    record.duration_ms = Some(r.duration.as_secs_f64() * 1000.0);
-    record.queued_ms = Some(r.queued.as_secs_f64() * 1000.0);
-    record.billed_gb_s += gb_seconds(d.record.memory_mb, r.duration);
-    record.cold_start |= r.cold_start;
-    match &r.outcome {
-        Outcome::Succeeded(json) => {
-            record.output = Some(json.clone());
-            record.error = None;
-        }
-        Outcome::Failed(f) => {
-            record.output = None;
-            record.error = Some(error_record(f));
-        }
-    }
-}
-
-pub(crate) fn error_record(f: &shoal_types::Failure) -> ErrorRecord {
-    ErrorRecord {
-        kind: f.kind.as_str().into(),
-        exception: f.exception.clone(),
-        message: f.message.clone(),
-        traceback: f.traceback.clone(),
-    }
-}
-
-pub(crate) fn set_live(
-    inner: &Inner,
-    record: InvocationRecord,
-    logs: Option<Vec<u8>>,
-) -> Arc<LiveEntry> {
-    let entry = Arc::new(LiveEntry { record, logs });
-    inner
-        .live
-        .lock()
-        .unwrap()
-        .insert(entry.record.id.clone(), entry.clone());
-    entry
-}
-
-/// Issues the record (and logs) write, then the acknowledgement if any, and
-/// keeps the record readable from memory until the write is durable.
-pub(crate) fn persist(
-    inner: &Arc<Inner>,
-    record: InvocationRecord,
-    logs: Vec<u8>,
-    ack: Option<(String, String)>,
-) {
-    let id = record.id.clone();
-    let entry = set_live(inner, record.clone(), Some(logs.clone()));
-    let put_logs = (!logs.is_empty()).then(|| inner.backend.invocations.put_logs(&id, logs));
-    let put = inner
-        .backend
-        .invocations
-        .put_invocations(vec![record.clone()]);
-    // The job result before the acknowledgement (see `jobs::finish_slot`).
-    let finish = crate::jobs::finish_slot(inner, &record);
-    let acked = ack.map(|(queue, msg)| inner.backend.queues.ack(&queue, vec![msg]));
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let mut ok = put.await.map_err(|e| e.to_string());
-        if let Some(f) = put_logs {
-            ok = ok.and(f.await.map_err(|e| e.to_string()));
-        }
-        if let Some(f) = finish {
-            f.await;
-        }
-        if let Some(f) = acked {
-            ok = ok.and(f.await.map_err(|e| e.to_string()));
-        }
-        if let Err(e) = ok {
-            warn!(%id, error = %e, "Writing an invocation's outcome failed.");
-        }
-        let mut live = inner.live.lock().unwrap();
-        if live.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-            live.remove(&id);
-        }
-    });
-}
-
-pub(crate) fn metrics(d: &Deployed, mode: &'static str, r: &Response) {
+fn metrics(d: &Deployed, mode: InvocationMode, r: &Response) {
     let function = d.record.name.clone();
     let outcome = match &r.outcome {
         Outcome::Succeeded(_) => "succeeded",
         Outcome::Failed(f) => f.kind.as_str(),
     };
-    metrics::counter!("shoal_invocations_total", "function" => function.clone(), "mode" => mode, "outcome" => outcome).increment(1);
+    metrics::counter!("shoal_invocations_total", "function" => function.clone(), "mode" => mode.as_str(), "outcome" => outcome).increment(1);
     metrics::histogram!("shoal_invocation_duration_seconds", "function" => function.clone())
         .record(r.duration.as_secs_f64());
     if r.cold_start {
         metrics::counter!("shoal_cold_starts_total", "function" => function).increment(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_come_from_the_event() {
-        let ck = |field: &str| ConcurrencyKey {
-            field: field.into(),
-            per_key: 1,
-        };
-        let event = r#"{"tenant":"acme","n":7,"ok":true,"c":{"id":"x-1"},"z":null,"l":[1]}"#;
-        assert_eq!(key_of(&ck("tenant"), event).as_deref(), Some("acme"));
-        assert_eq!(key_of(&ck("n"), event).as_deref(), Some("7"));
-        assert_eq!(key_of(&ck("ok"), event).as_deref(), Some("true"));
-        assert_eq!(key_of(&ck("c.id"), event).as_deref(), Some("x-1"));
-        assert_eq!(key_of(&ck("l"), event).as_deref(), Some("[1]"));
-        assert_eq!(key_of(&ck("z"), event), None);
-        assert_eq!(key_of(&ck("missing"), event), None);
-        assert_eq!(key_of(&ck("tenant.deeper"), event), None);
-        assert_eq!(key_of(&ck("tenant"), "[1, 2]"), None);
-        assert_eq!(key_of(&ck("tenant"), "not json"), None);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter() {
-        let base = Duration::from_millis(100);
-        for attempt in 1..6u32 {
-            let full = base * 2u32.pow(attempt - 1);
-            for _ in 0..50 {
-                let d = backoff(base, attempt);
-                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
-            }
-        }
-        assert!(backoff(Duration::from_secs(60), 90) <= Duration::from_secs(15 * 60));
     }
 }

@@ -1,14 +1,69 @@
 //! The engine's error type: named for what the caller can do about it.
+//!
+//! Every variant is typed: what was not found is an [`Entity`], what
+//! conflicted is a [`Conflict`], so the HTTP layer maps errors to codes with
+//! one exhaustive `match` and never by comparing strings. Wrapped errors keep
+//! their source.
+
+use std::fmt;
 
 use shoal_types::Invalid;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The kinds of things a request can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entity {
+    Function,
+    Invocation,
+    Token,
+    Category,
+    Document,
+    Queue,
+    Limiter,
+    Job,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Function => "function",
+            Entity::Invocation => "invocation",
+            Entity::Token => "token",
+            Entity::Category => "category",
+            Entity::Document => "document",
+            Entity::Queue => "queue",
+            Entity::Limiter => "limiter",
+            Entity::Job => "job",
+        }
+    }
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a create or remove conflicts with what exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conflict {
+    /// The category to create exists already.
+    CategoryExists,
+    /// The queue already feeds another function.
+    QueueTaken,
+    /// The limiter to remove is still named by a function.
+    LimiterInUse,
+}
+
+/// A failure of the platform underneath (storage, runtime, task).
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The thing named does not exist.
-    #[error("{what} `{name}` not found")]
-    NotFound { what: &'static str, name: String },
+    #[error("{entity} `{name}` not found")]
+    NotFound { entity: Entity, name: String },
     /// A name, parameter or body field is not acceptable.
     #[error("{0}")]
     Invalid(#[from] Invalid),
@@ -17,50 +72,72 @@ pub enum Error {
     InvalidFunction(String),
     /// Preparing the function failed (pip's message).
     #[error("deploy failed: {0}")]
-    DeployFailed(String),
-    /// The thing to create exists already.
-    #[error("{0}")]
-    Conflict(String),
-    /// The thing to remove is still used.
-    #[error("{0}")]
-    InUse(String),
-    /// The queue already feeds another function.
-    #[error("{0}")]
-    QueueTaken(String),
+    DeployFailed(#[source] shoal_runtime::Error),
+    /// The request conflicts with what exists.
+    #[error("{message}")]
+    Conflict { kind: Conflict, message: String },
     /// A part of the request (a document) is over a size limit.
     #[error("{0}")]
     TooLarge(String),
-    /// Storage or the runtime failed, or the node is shutting down.
+    /// The node is shutting down and takes no new work.
+    #[error("the node is shutting down; retry on another node or later")]
+    ShuttingDown,
+    /// Storage or the runtime failed; the source says how.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[source] Source),
 }
 
 impl Error {
-    pub(crate) fn not_found(what: &'static str, name: impl Into<String>) -> Error {
+    pub(crate) fn not_found(entity: Entity, name: impl Into<String>) -> Error {
         Error::NotFound {
-            what,
+            entity,
             name: name.into(),
+        }
+    }
+
+    pub(crate) fn conflict(kind: Conflict, message: impl Into<String>) -> Error {
+        Error::Conflict {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::Invalid(Invalid {
+            field,
+            reason: reason.into(),
+        })
+    }
+
+    pub(crate) fn unavailable(source: impl Into<Source>) -> Error {
+        Error::Unavailable(source.into())
+    }
+
+    /// A store error where the store's `NotFound` means `entity` (`name`)
+    /// is missing; any other store error is the platform failing.
+    pub(crate) fn from_store(e: shoal_store::Error, entity: Entity, name: &str) -> Error {
+        match e {
+            shoal_store::Error::NotFound(_) => Error::not_found(entity, name),
+            other => other.into(),
         }
     }
 }
 
+/// Storage failed. A store `NotFound` that reaches this conversion was not
+/// expected by the caller (those that expect one use [`Error::from_store`]),
+/// so it is a platform failure too, with the store's message kept.
 impl From<shoal_store::Error> for Error {
     fn from(e: shoal_store::Error) -> Error {
-        match e {
-            shoal_store::Error::NotFound(what) => Error::NotFound {
-                what: "category",
-                name: what,
-            },
-            other => Error::Unavailable(other.to_string()),
-        }
+        Error::unavailable(e)
     }
 }
 
 impl From<shoal_runtime::Error> for Error {
     fn from(e: shoal_runtime::Error) -> Error {
         match e {
-            shoal_runtime::Error::Prepare(msg) => Error::DeployFailed(msg),
-            other => Error::Unavailable(other.to_string()),
+            shoal_runtime::Error::Prepare(_) => Error::DeployFailed(e),
+            shoal_runtime::Error::ShuttingDown => Error::ShuttingDown,
+            other => Error::unavailable(other),
         }
     }
 }

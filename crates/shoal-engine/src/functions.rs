@@ -7,16 +7,18 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use shoal_runtime::Deployment;
-use shoal_store::FunctionRecord;
+use shoal_store::{ConcurrencyKey, FunctionRecord, SubscriptionRecord};
 use shoal_types::{FunctionName, Limits};
 
-use crate::error::{Error, Result};
+use crate::env::Env;
+use crate::error::{Conflict, Entity, Error, Result};
 use crate::manifest::Manifest;
 
 /// A function version ready to run.
@@ -47,68 +49,281 @@ impl Deployed {
     }
 }
 
-/// In-memory view of deployed functions: the latest version of each, and
-/// every version seen (queued async invocations run the version they were
-/// sent to).
+/// The deployed functions: the latest version of each and every version
+/// seen (queued asynchronous invocations run the version they were sent
+/// to), with the deploy rules.
+///
+/// Deploys and limiter removals take `rules` for their whole
+/// check-then-write, so two deploys cannot both claim one queue and a
+/// limiter cannot be removed while a deploy that names it is under way.
+pub(crate) struct Functions {
+    env: Arc<Env>,
+    registry: RwLock<Registry>,
+    rules: tokio::sync::Mutex<()>,
+}
+
 #[derive(Default)]
-pub(crate) struct Registry {
-    latest: RwLock<HashMap<String, Arc<Deployed>>>,
-    versions: RwLock<HashMap<(String, u64), Arc<Deployed>>>,
+struct Registry {
+    latest: HashMap<String, Arc<Deployed>>,
+    versions: HashMap<(String, u64), Arc<Deployed>>,
 }
 
 impl Registry {
-    pub(crate) fn latest(&self, name: &str) -> Option<Arc<Deployed>> {
-        self.latest.read().unwrap().get(name).cloned()
-    }
-
-    pub(crate) fn version(&self, name: &str, version: u64) -> Option<Arc<Deployed>> {
+    fn insert_version(&mut self, d: Arc<Deployed>) {
         self.versions
-            .read()
-            .unwrap()
-            .get(&(name.to_string(), version))
-            .cloned()
-    }
-
-    pub(crate) fn insert_latest(&self, d: Arc<Deployed>) {
-        self.insert_version(d.clone());
-        self.latest
-            .write()
-            .unwrap()
-            .insert(d.record.name.clone(), d);
-    }
-
-    pub(crate) fn insert_version(&self, d: Arc<Deployed>) {
-        self.versions
-            .write()
-            .unwrap()
             .insert((d.record.name.clone(), d.record.version), d);
     }
+}
 
-    /// Forgets a function; returns the versions it had, to retire their pools.
-    pub(crate) fn remove(&self, name: &str) -> Vec<Arc<Deployed>> {
-        self.latest.write().unwrap().remove(name);
-        let mut versions = self.versions.write().unwrap();
-        let keys: Vec<_> = versions
-            .keys()
-            .filter(|(n, _)| n == name)
-            .cloned()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| versions.remove(&k))
-            .collect()
+/// What a deploy changed.
+pub(crate) struct DeployedNow {
+    pub(crate) current: Arc<Deployed>,
+    /// The version it replaced as the latest, if any.
+    pub(crate) previous: Option<Arc<Deployed>>,
+}
+
+impl Functions {
+    pub(crate) fn new(env: Arc<Env>) -> Functions {
+        Functions {
+            env,
+            registry: RwLock::new(Registry::default()),
+            rules: tokio::sync::Mutex::new(()),
+        }
     }
 
+    /// Loads every deployed function from the store; returns them.
+    pub(crate) async fn load(&self) -> Result<Vec<Arc<Deployed>>> {
+        let records = self.env.backend.catalog.functions().await?;
+        let mut registry = self.registry.write().unwrap();
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let d = Arc::new(Deployed::from_record(&self.env.opts.data_dir, record));
+            registry.insert_version(d.clone());
+            registry.latest.insert(d.record.name.clone(), d.clone());
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Deploys a function archive (tar of a directory with `shoal.toml`)
+    /// as a new version.
+    pub(crate) async fn deploy(&self, archive: Vec<u8>) -> Result<DeployedNow> {
+        self.env.accepting()?;
+        let data_dir = self.env.opts.data_dir.clone();
+        let unpacked = tokio::task::spawn_blocking(move || unpack(&data_dir, &archive))
+            .await
+            .map_err(Error::unavailable)??;
+        let code_dir = self.env.opts.data_dir.join(&unpacked.code_dir);
+        let prepared = self.env.runtime.prepare(code_dir).await?;
+        let env_dir = prepared.env_dir.map(|p| {
+            p.strip_prefix(&self.env.opts.data_dir)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+        });
+        let mut record = unpacked.record(env_dir, self.env.now_ms());
+
+        let _rules = self.rules.lock().await;
+        if let Some(l) = &record.limiter
+            && !self
+                .env
+                .backend
+                .catalog
+                .limiters()
+                .await?
+                .iter()
+                .any(|x| &x.name == l)
+        {
+            return Err(Error::InvalidFunction(format!(
+                "shoal.toml names limiter `{l}`, which does not exist; create it first with `shoal limiters set {l} --per-second N`"
+            )));
+        }
+        if let Some(sub) = &record.subscribe
+            && let Some(other) = self.subscriber_of(&sub.queue)
+            && other.record.name != record.name
+        {
+            return Err(Error::conflict(
+                Conflict::QueueTaken,
+                format!(
+                    "queue `{}` already has a subscriber, function `{}`; a queue feeds one function",
+                    sub.queue, other.record.name
+                ),
+            ));
+        }
+        record.version = self
+            .env
+            .backend
+            .catalog
+            .deploy_function(record.clone())
+            .await?;
+        let current = Arc::new(Deployed::from_record(&self.env.opts.data_dir, record));
+        let mut registry = self.registry.write().unwrap();
+        registry.insert_version(current.clone());
+        let previous = registry
+            .latest
+            .insert(current.record.name.clone(), current.clone());
+        Ok(DeployedNow { current, previous })
+    }
+
+    /// Removes a function and all its versions; returns the versions it had,
+    /// to retire their pools.
+    pub(crate) async fn remove(&self, name: &str) -> Result<Vec<Arc<Deployed>>> {
+        let name = parse_name(name)?;
+        let _rules = self.rules.lock().await;
+        let existed = self
+            .env
+            .backend
+            .catalog
+            .remove_function(name.as_str())
+            .await?;
+        let mut registry = self.registry.write().unwrap();
+        registry.latest.remove(name.as_str());
+        let keys: Vec<_> = registry
+            .versions
+            .keys()
+            .filter(|(n, _)| n == name.as_str())
+            .cloned()
+            .collect();
+        let removed = keys
+            .into_iter()
+            .filter_map(|k| registry.versions.remove(&k))
+            .collect();
+        if existed {
+            Ok(removed)
+        } else {
+            Err(Error::not_found(Entity::Function, name.as_str()))
+        }
+    }
+
+    /// The latest version of a function, if it is deployed.
+    pub(crate) fn latest(&self, name: &str) -> Option<Arc<Deployed>> {
+        self.registry.read().unwrap().latest.get(name).cloned()
+    }
+
+    /// The latest version of a function a client named, for a new call.
+    pub(crate) fn resolve(&self, name: &str) -> Result<Arc<Deployed>> {
+        let name = parse_name(name)?;
+        self.env.accepting()?;
+        self.latest(name.as_str())
+            .ok_or_else(|| Error::not_found(Entity::Function, name.as_str()))
+    }
+
+    /// A given version of a function (queued invocations run the version
+    /// they were sent to); `None` once the function was removed.
+    pub(crate) async fn version(&self, name: &str, version: u64) -> Result<Option<Arc<Deployed>>> {
+        {
+            let registry = self.registry.read().unwrap();
+            if let Some(d) = registry.versions.get(&(name.to_string(), version)) {
+                return Ok(Some(d.clone()));
+            }
+            if !registry.latest.contains_key(name) {
+                return Ok(None);
+            }
+        }
+        let Some(record) = self
+            .env
+            .backend
+            .catalog
+            .function_version(name, version)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let d = Arc::new(Deployed::from_record(&self.env.opts.data_dir, record));
+        self.registry.write().unwrap().insert_version(d.clone());
+        Ok(Some(d))
+    }
+
+    /// Names of the deployed functions, sorted.
     pub(crate) fn names(&self) -> Vec<String> {
-        self.latest.read().unwrap().keys().cloned().collect()
+        let mut names: Vec<String> = self.registry.read().unwrap().latest.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The function subscribed to a queue, if any.
+    pub(crate) fn subscriber_of(&self, queue: &str) -> Option<Arc<Deployed>> {
+        self.registry
+            .read()
+            .unwrap()
+            .latest
+            .values()
+            .find(|d| d.record.subscribe.as_ref().is_some_and(|s| s.queue == queue))
+            .cloned()
+    }
+
+    /// Runs `remove` unless a deployed function names the limiter; deploys
+    /// wait meanwhile, so none can start naming it in between.
+    pub(crate) async fn unless_limiter_used<T>(
+        &self,
+        limiter: &str,
+        remove: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let _rules = self.rules.lock().await;
+        let users: Vec<String> = {
+            let registry = self.registry.read().unwrap();
+            let mut users: Vec<String> = registry
+                .latest
+                .values()
+                .filter(|d| d.record.limiter.as_deref() == Some(limiter))
+                .map(|d| d.record.name.clone())
+                .collect();
+            users.sort();
+            users
+        };
+        if !users.is_empty() {
+            return Err(Error::conflict(
+                Conflict::LimiterInUse,
+                format!(
+                    "limiter `{limiter}` is used by {}; change their shoal.toml first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        remove.await
     }
 }
 
 /// A function archive, unpacked and checked, not yet recorded.
 pub(crate) struct Unpacked {
-    pub manifest: Manifest,
+    manifest: Manifest,
     /// Relative to the data directory.
-    pub code_dir: String,
-    pub sha256: String,
+    code_dir: String,
+    sha256: String,
+}
+
+impl Unpacked {
+    /// The version's record (its number is assigned by the store).
+    fn record(&self, env_dir: Option<String>, now_ms: u64) -> FunctionRecord {
+        let m = &self.manifest;
+        FunctionRecord {
+            name: m.name.to_string(),
+            version: 0,
+            runtime: m.runtime.clone(),
+            handler: m.handler.clone(),
+            timeout_ms: m.limits.timeout.as_millis() as u64,
+            memory_mb: m.limits.memory_mb,
+            concurrency: m.limits.concurrency,
+            retries: m.retries,
+            retry_delay_ms: m.retry_delay.as_millis() as u64,
+            code_dir: self.code_dir.clone(),
+            env_dir,
+            code_sha256: self.sha256.clone(),
+            deployed_at_ms: now_ms,
+            limiter: m.limiter.clone(),
+            concurrency_key: m
+                .concurrency_key
+                .as_ref()
+                .map(|(field, per_key)| ConcurrencyKey {
+                    field: field.clone(),
+                    per_key: *per_key,
+                }),
+            subscribe: m.subscribe.as_ref().map(|s| SubscriptionRecord {
+                queue: s.queue.clone(),
+                batch_size: s.batch_size,
+                concurrency: s.concurrency,
+            }),
+        }
+    }
 }
 
 const MAX_FILES: usize = 10_000;
@@ -229,7 +444,10 @@ fn write_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> 
 }
 
 fn io_err(e: std::io::Error) -> Error {
-    Error::Unavailable(format!("could not write function code: {e}"))
+    Error::unavailable(std::io::Error::new(
+        e.kind(),
+        format!("could not write function code: {e}"),
+    ))
 }
 
 /// Checks a function name given in a URL.

@@ -20,21 +20,24 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
 use serde_json::json;
 use tracing::warn;
 
 use shoal_store::{
     ChildResult, InvocationRecord, JobProgress, JobRecord, JobSlot, NewMessage, ThenPlan,
 };
-use shoal_types::{Invalid, InvocationStatus};
+use shoal_types::{InvocationMode, InvocationStatus, JobStatus};
 
-use crate::dispatch::{self, Message};
-use crate::engine::Inner;
-use crate::error::{Error, Result};
+use crate::consumers::Consumers;
+use crate::env::Env;
+use crate::error::{Entity, Error, Result};
+use crate::functions::Functions;
+use crate::invocation::{Message, key_of, new_record, queue_name};
 
 /// The most children one job may have.
 pub const MAX_CHILDREN: usize = 200_000;
-/// Failed children listed by `GET /v1/jobs/{id}`.
+/// Failed children listed by a job's view.
 const LISTED_FAILURES: usize = 20;
 /// Jobs shown in one job's tree.
 const TREE_NODES: usize = 1_000;
@@ -57,11 +60,30 @@ pub(crate) struct Caller {
     pub(crate) handoff: Arc<Mutex<Option<String>>>,
 }
 
-/// A job and where it stands, with its failures and the jobs below it.
+/// Children of a job by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCounts {
+    pub total: u64,
+    /// Queued or running.
+    pub pending: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// A job as clients see it: its record, where it stands, its first
+/// failures and the jobs below it.
 #[derive(Debug, Clone)]
 pub struct JobView {
     pub record: JobRecord,
-    pub progress: JobProgress,
+    pub status: JobStatus,
+    pub counts: JobCounts,
+    /// Finished children over all children (1 for a job without any).
+    pub progress: f64,
+    pub finished_at_ms: Option<u64>,
+    pub cancelled_at_ms: Option<u64>,
+    /// The fan-in invocation, once the job started it.
+    pub then_invocation: Option<String>,
     /// The first failed children.
     pub failures: Vec<ChildResult>,
     /// Jobs created by its children, each with its own tree.
@@ -72,232 +94,264 @@ pub struct JobView {
 #[derive(Debug, Clone)]
 pub struct JobNode {
     pub record: JobRecord,
-    pub progress: JobProgress,
+    pub status: JobStatus,
+    pub counts: JobCounts,
     pub sub_jobs: Vec<JobNode>,
 }
 
-/// `running`, `cancelling`, `finished` or `cancelled`.
-pub fn status(progress: &JobProgress) -> &'static str {
+fn status(progress: &JobProgress) -> JobStatus {
     match (progress.finished_at_ms, progress.cancelled_at_ms) {
-        (None, None) => "running",
-        (None, Some(_)) => "cancelling",
-        (Some(_), None) => "finished",
-        (Some(_), Some(_)) => "cancelled",
+        (None, None) => JobStatus::Running,
+        (None, Some(_)) => JobStatus::Cancelling,
+        (Some(_), None) => JobStatus::Finished,
+        (Some(_), Some(_)) => JobStatus::Cancelled,
     }
 }
 
-/// Creates a job; its children are queued when this returns.
-pub(crate) async fn start(
-    inner: &Arc<Inner>,
-    spec: JobSpec,
-    caller: Option<&Caller>,
-) -> Result<String> {
-    if inner.shutdown.is_cancelled() {
-        return Err(Error::Unavailable(
-            "the node is shutting down; retry on another node or later".into(),
-        ));
+fn counts(r: &JobRecord, p: &JobProgress) -> JobCounts {
+    JobCounts {
+        total: r.total,
+        pending: r.total.saturating_sub(p.done()),
+        succeeded: p.succeeded,
+        failed: p.failed,
+        cancelled: p.cancelled,
     }
-    if spec.events.len() > MAX_CHILDREN {
-        return Err(Error::Invalid(Invalid {
-            field: "events",
-            reason: format!(
-                "a job may have at most {MAX_CHILDREN} children, not {}; split the events over several jobs",
-                spec.events.len()
-            ),
-        }));
-    }
-    let d = dispatch::resolve_latest(inner, &spec.function)?;
-    let then_d = match &spec.then {
-        Some(then) => Some(dispatch::resolve_latest(inner, then)?),
-        None => None,
-    };
-    let id = uuid::Uuid::now_v7().to_string();
-    let now = inner.clock.now_ms();
-    let total = spec.events.len() as u64;
-    // The caller's slot goes to its first job.
-    let continues = caller.and_then(|c| {
-        let handed = c.handoff.lock().unwrap().is_some();
-        (!handed).then(|| c.slot.clone()).flatten()
-    });
-    let then_plan = then_d.map(|t| {
-        let event = json!({"job": id, "count": total}).to_string();
-        let mut record = dispatch::new_record(&t, "async", event, now);
-        record.job = continues.clone();
-        let body = Message::new(&record.id, t.record.version).encode();
-        ThenPlan {
-            record,
-            queue: dispatch::queue_name(&t.record.name),
-            body: String::from_utf8(body).expect("messages are JSON"),
+}
+
+/// Fan-out jobs with fan-in.
+pub(crate) struct Jobs {
+    env: Arc<Env>,
+    functions: Arc<Functions>,
+    consumers: Arc<Consumers>,
+}
+
+impl Jobs {
+    pub(crate) fn new(env: Arc<Env>, functions: Arc<Functions>, consumers: Arc<Consumers>) -> Jobs {
+        Jobs {
+            env,
+            functions,
+            consumers,
         }
-    });
-    let mut children = Vec::with_capacity(spec.events.len());
-    let mut messages = Vec::with_capacity(spec.events.len());
-    for (index, event) in spec.events.into_iter().enumerate() {
-        let mut record = dispatch::new_record(&d, "async", event, now);
-        record.job = Some(JobSlot {
-            job: id.clone(),
-            index: index as u64,
-        });
-        messages.push(NewMessage {
-            id: record.id.clone(),
-            body: Message::new(&record.id, d.record.version).encode(),
-            due_ms: 0,
-            sent_ms: now,
-            dedup: None,
-            key: d
-                .record
-                .concurrency_key
-                .as_ref()
-                .and_then(|ck| dispatch::key_of(ck, &record.input)),
-        });
-        children.push(record);
     }
-    let job = JobRecord {
-        id: id.clone(),
-        function: d.record.name.clone(),
-        then: spec.then.clone(),
-        total,
-        invocation: caller.map(|c| c.invocation.clone()),
-        parent: caller.and_then(|c| c.slot.as_ref().map(|s| s.job.clone())),
-        continues: continues.clone(),
-        created_at_ms: now,
-        then_plan,
-    };
-    let queue = dispatch::queue_name(&d.record.name);
-    inner
-        .backend
-        .jobs
-        .create_job(job, children, &queue, messages)
-        .await?;
-    if let (Some(c), Some(_)) = (caller, &continues) {
-        *c.handoff.lock().unwrap() = Some(id.clone());
-    }
-    dispatch::wake(inner, &queue);
-    if let Some(then) = &spec.then {
-        // A job without children completes as it is created.
-        dispatch::wake(inner, &dispatch::queue_name(then));
-    }
-    metrics::counter!("shoal_jobs_created_total", "function" => d.record.name.clone()).increment(1);
-    metrics::counter!("shoal_job_children_total", "function" => d.record.name.clone())
-        .increment(total);
-    Ok(id)
-}
 
-/// Issues the write that records a finished invocation in its job slot, if
-/// it fills one: not while it will be retried, and not when it succeeded
-/// after handing its slot to a job of its own. Issued before the message's
-/// acknowledgement, so a crash in between redelivers the message and the
-/// (idempotent) result is recorded again.
-pub(crate) fn finish_slot(
-    inner: &Arc<Inner>,
-    record: &InvocationRecord,
-) -> Option<futures_util::future::BoxFuture<'static, ()>> {
-    let slot = record.job.as_ref()?;
-    let status = InvocationStatus::parse(&record.status)?;
-    if !status.is_final() || (status == InvocationStatus::Succeeded && record.handed_to.is_some()) {
-        return None;
-    }
-    let now = inner.clock.now_ms();
-    let result = ChildResult {
-        index: slot.index,
-        invocation: record.id.clone(),
-        status: record.status.clone(),
-        output: record.output.clone(),
-        error: record.error.clone(),
-        finished_at_ms: record.finished_at_ms.unwrap_or(now),
-    };
-    let pending = inner.backend.jobs.finish_child(&slot.job, result, now);
-    let inner = inner.clone();
-    let job = slot.job.clone();
-    Some(Box::pin(async move {
-        match pending.await {
-            Ok(finished) => {
-                for queue in &finished.sent_to {
-                    dispatch::wake(&inner, queue);
-                }
-                for _ in &finished.completed {
-                    metrics::counter!("shoal_jobs_completed_total").increment(1);
-                }
-            }
-            Err(e) => warn!(%job, error = %e, "Recording a job child's result failed."),
+    /// Creates a job; its children are queued when this returns.
+    pub(crate) async fn start(&self, spec: JobSpec, caller: Option<&Caller>) -> Result<String> {
+        self.env.accepting()?;
+        if spec.events.len() > MAX_CHILDREN {
+            return Err(Error::invalid(
+                "events",
+                format!(
+                    "a job may have at most {MAX_CHILDREN} children, not {}; split the events over several jobs",
+                    spec.events.len()
+                ),
+            ));
         }
-    }))
-}
-
-/// True when the job was cancelled (its children that have not run yet are
-/// recorded as cancelled instead of running).
-pub(crate) async fn cancelled(inner: &Inner, job: &str) -> bool {
-    matches!(
-        inner.backend.jobs.job(job).await,
-        Ok(Some((_, progress))) if progress.cancelled_at_ms.is_some()
-    )
-}
-
-pub(crate) async fn view(inner: &Inner, id: &str) -> Result<JobView> {
-    let (record, progress) = inner
-        .backend
-        .jobs
-        .job(id)
-        .await?
-        .ok_or_else(|| Error::not_found("job", id))?;
-    let failures = inner
-        .backend
-        .jobs
-        .child_failures(id, None, LISTED_FAILURES)
-        .await?;
-    let mut budget = TREE_NODES;
-    let sub_jobs = tree(inner, id, &mut budget).await?;
-    Ok(JobView {
-        record,
-        progress,
-        failures,
-        sub_jobs,
-    })
-}
-
-/// The jobs below `id`, depth first, at most `budget` of them.
-fn tree<'a>(
-    inner: &'a Inner,
-    id: &'a str,
-    budget: &'a mut usize,
-) -> futures_util::future::BoxFuture<'a, Result<Vec<JobNode>>> {
-    Box::pin(async move {
-        let mut out = Vec::new();
-        for sub in inner.backend.jobs.sub_jobs(id).await? {
-            if *budget == 0 {
-                break;
-            }
-            *budget -= 1;
-            let Some((record, progress)) = inner.backend.jobs.job(&sub).await? else {
-                continue;
-            };
-            let sub_jobs = tree(inner, &sub, budget).await?;
-            out.push(JobNode {
+        let d = self.functions.resolve(&spec.function)?;
+        let then_d = match &spec.then {
+            Some(then) => Some(self.functions.resolve(then)?),
+            None => None,
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = self.env.now_ms();
+        let total = spec.events.len() as u64;
+        // The caller's slot goes to its first job.
+        let continues = caller.and_then(|c| {
+            let handed = c.handoff.lock().unwrap().is_some();
+            (!handed).then(|| c.slot.clone()).flatten()
+        });
+        let then_plan = then_d.map(|t| {
+            let event = json!({"job": id, "count": total}).to_string();
+            let mut record = new_record(&t, InvocationMode::Async, event, now);
+            record.job = continues.clone();
+            let body = Message::new(&record.id, t.record.version).encode();
+            ThenPlan {
                 record,
-                progress,
-                sub_jobs,
+                queue: queue_name(&t.record.name),
+                body: String::from_utf8(body).expect("messages are JSON"),
+            }
+        });
+        let mut children = Vec::with_capacity(spec.events.len());
+        let mut messages = Vec::with_capacity(spec.events.len());
+        for (index, event) in spec.events.into_iter().enumerate() {
+            let mut record = new_record(&d, InvocationMode::Async, event, now);
+            record.job = Some(JobSlot {
+                job: id.clone(),
+                index: index as u64,
             });
+            messages.push(NewMessage {
+                id: record.id.clone(),
+                body: Message::new(&record.id, d.record.version).encode(),
+                due_ms: 0,
+                sent_ms: now,
+                dedup: None,
+                key: d
+                    .record
+                    .concurrency_key
+                    .as_ref()
+                    .and_then(|ck| key_of(ck, &record.input)),
+            });
+            children.push(record);
         }
-        Ok(out)
-    })
-}
-
-pub(crate) async fn results(
-    inner: &Inner,
-    id: &str,
-    offset: u64,
-    limit: usize,
-) -> Result<Vec<ChildResult>> {
-    if inner.backend.jobs.job(id).await?.is_none() {
-        return Err(Error::not_found("job", id));
+        let job = JobRecord {
+            id: id.clone(),
+            function: d.record.name.clone(),
+            then: spec.then.clone(),
+            total,
+            invocation: caller.map(|c| c.invocation.clone()),
+            parent: caller.and_then(|c| c.slot.as_ref().map(|s| s.job.clone())),
+            continues: continues.clone(),
+            created_at_ms: now,
+            then_plan,
+        };
+        let queue = queue_name(&d.record.name);
+        self.env
+            .backend
+            .jobs
+            .create_job(job, children, &queue, messages)
+            .await?;
+        if let (Some(c), Some(_)) = (caller, &continues) {
+            *c.handoff.lock().unwrap() = Some(id.clone());
+        }
+        self.consumers.wake(&queue);
+        if let Some(then) = &spec.then {
+            // A job without children completes as it is created.
+            self.consumers.wake(&queue_name(then));
+        }
+        metrics::counter!("shoal_jobs_created_total", "function" => d.record.name.clone())
+            .increment(1);
+        metrics::counter!("shoal_job_children_total", "function" => d.record.name.clone())
+            .increment(total);
+        Ok(id)
     }
-    Ok(inner.backend.jobs.child_results(id, offset, limit).await?)
-}
 
-pub(crate) async fn cancel(inner: &Inner, id: &str) -> Result<()> {
-    let now = inner.clock.now_ms();
-    if !inner.backend.jobs.cancel_job(id, now).await? {
-        return Err(Error::not_found("job", id));
+    /// Issues the write that records a finished invocation in its job slot,
+    /// if it fills one: not while it will be retried, and not when it
+    /// succeeded after handing its slot to a job of its own. Issued before
+    /// the message's acknowledgement, so a crash in between redelivers the
+    /// message and the (idempotent) result is recorded again.
+    pub(crate) fn finish_slot(&self, record: &InvocationRecord) -> Option<BoxFuture<'static, ()>> {
+        let slot = record.job.as_ref()?;
+        let status = record.status;
+        if !status.is_final() || (status == InvocationStatus::Succeeded && record.handed_to.is_some())
+        {
+            return None;
+        }
+        let now = self.env.now_ms();
+        let result = ChildResult {
+            index: slot.index,
+            invocation: record.id.clone(),
+            status,
+            output: record.output.clone(),
+            error: record.error.clone(),
+            finished_at_ms: record.finished_at_ms.unwrap_or(now),
+        };
+        let pending = self.env.backend.jobs.finish_child(&slot.job, result, now);
+        let consumers = self.consumers.clone();
+        let job = slot.job.clone();
+        Some(Box::pin(async move {
+            match pending.await {
+                Ok(finished) => {
+                    for queue in &finished.sent_to {
+                        consumers.wake(queue);
+                    }
+                    for _ in &finished.completed {
+                        metrics::counter!("shoal_jobs_completed_total").increment(1);
+                    }
+                }
+                Err(e) => warn!(%job, error = %e, "Recording a job child's result failed."),
+            }
+        }))
     }
-    Ok(())
+
+    /// True when the job was cancelled (its children that have not run yet
+    /// are recorded as cancelled instead of running).
+    pub(crate) async fn cancelled(&self, job: &str) -> bool {
+        matches!(
+            self.env.backend.jobs.job(job).await,
+            Ok(Some((_, progress))) if progress.cancelled_at_ms.is_some()
+        )
+    }
+
+    pub(crate) async fn view(&self, id: &str) -> Result<JobView> {
+        let (record, p) = self
+            .env
+            .backend
+            .jobs
+            .job(id)
+            .await?
+            .ok_or_else(|| Error::not_found(Entity::Job, id))?;
+        let failures = self
+            .env
+            .backend
+            .jobs
+            .child_failures(id, None, LISTED_FAILURES)
+            .await?;
+        let mut budget = TREE_NODES;
+        let sub_jobs = self.tree(id, &mut budget).await?;
+        let then_invocation = match (&record.then_plan, p.finished_at_ms, p.cancelled_at_ms) {
+            (Some(plan), Some(_), None) => Some(plan.record.id.clone()),
+            _ => None,
+        };
+        Ok(JobView {
+            status: status(&p),
+            counts: counts(&record, &p),
+            progress: if record.total == 0 {
+                1.0
+            } else {
+                p.done() as f64 / record.total as f64
+            },
+            finished_at_ms: p.finished_at_ms,
+            cancelled_at_ms: p.cancelled_at_ms,
+            then_invocation,
+            record,
+            failures,
+            sub_jobs,
+        })
+    }
+
+    /// The jobs below `id`, depth first, at most `budget` of them.
+    fn tree<'a>(&'a self, id: &'a str, budget: &'a mut usize) -> BoxFuture<'a, Result<Vec<JobNode>>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for sub in self.env.backend.jobs.sub_jobs(id).await? {
+                if *budget == 0 {
+                    break;
+                }
+                *budget -= 1;
+                let Some((record, progress)) = self.env.backend.jobs.job(&sub).await? else {
+                    continue;
+                };
+                let sub_jobs = self.tree(&sub, budget).await?;
+                out.push(JobNode {
+                    status: status(&progress),
+                    counts: counts(&record, &progress),
+                    record,
+                    sub_jobs,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Children's results by index from `offset`, at most `limit`.
+    pub(crate) async fn results(&self, id: &str, offset: u64, limit: usize) -> Result<Vec<ChildResult>> {
+        if self.env.backend.jobs.job(id).await?.is_none() {
+            return Err(Error::not_found(Entity::Job, id));
+        }
+        Ok(self
+            .env
+            .backend
+            .jobs
+            .child_results(id, offset, limit)
+            .await?)
+    }
+
+    /// Cancels a job and the jobs below it.
+    pub(crate) async fn cancel(&self, id: &str) -> Result<()> {
+        let now = self.env.now_ms();
+        if !self.env.backend.jobs.cancel_job(id, now).await? {
+            return Err(Error::not_found(Entity::Job, id));
+        }
+        Ok(())
+    }
 }

@@ -1,17 +1,21 @@
-//! The engine: functions, dispatch, asynchronous queues, auth and accounting.
+//! The engine: functions, dispatch, queues, jobs, limits, categories, auth.
 //!
 //! Depends only on `shoal-types`, `shoal-store` and `shoal-runtime`: it never
 //! names a concrete adapter, knows no HTTP status, and reads time from a
-//! [`Clock`].
+//! [`Clock`] and randomness from a [`Random`]. See `engine.rs` for the
+//! services it is made of.
 
 mod auth;
 mod categories;
 mod clock;
+mod consumers;
 mod dispatch;
 mod engine;
+mod env;
 mod error;
 mod functions;
 mod host;
+mod invocation;
 mod jobs;
 mod limits;
 pub mod manifest;
@@ -19,13 +23,14 @@ mod queues;
 
 pub use auth::{SECRET_PREFIX, Token};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, SystemClock, TokioClock};
 pub use dispatch::Completed;
-pub use engine::{Handle, Options, start};
-pub use error::{Error, Result};
+pub use engine::{Handle, Parts, start, start_with};
+pub use env::{Options, Random, SystemRandom};
+pub use error::{Conflict, Entity, Error, Result};
 pub use functions::Deployed;
-pub use jobs::{JobNode, JobSpec, JobView, MAX_CHILDREN, status as job_status};
-pub use queues::{OutMessage, QueueInfo, QueueSettings};
+pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
+pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings};
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
     CategoryRecord, ChildResult, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord,

@@ -10,14 +10,89 @@
 //! shared store (a Redis script), behind the same `acquire`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_store::LimiterRecord;
+use shoal_types::validate_name;
 
-/// The limiters of a node.
-#[derive(Default)]
+use crate::env::Env;
+use crate::error::{Entity, Error, Result};
+
+/// The limiters of a node: their settings in the store, their state here.
 pub(crate) struct Limiters {
+    env: Arc<Env>,
+    rates: Rates,
+}
+
+impl Limiters {
+    pub(crate) fn new(env: Arc<Env>) -> Limiters {
+        Limiters {
+            env,
+            rates: Rates::default(),
+        }
+    }
+
+    /// Installs every stored limiter.
+    pub(crate) async fn load(&self) -> Result<()> {
+        for limiter in self.env.backend.catalog.limiters().await? {
+            self.rates.set(&limiter);
+        }
+        Ok(())
+    }
+
+    /// Creates or changes a limiter; takes effect at once.
+    pub(crate) async fn put(&self, name: &str, per_second: f64, burst: u32) -> Result<LimiterRecord> {
+        validate_name("limiter name", name)?;
+        if !(per_second > 0.0 && per_second <= 1_000_000.0) {
+            return Err(Error::invalid(
+                "per_second",
+                "must be above 0 and at most 1,000,000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&burst) {
+            return Err(Error::invalid("burst", "must be between 1 and 1,000,000"));
+        }
+        let record = LimiterRecord {
+            name: name.to_string(),
+            per_second,
+            burst,
+            updated_at_ms: self.env.now_ms(),
+        };
+        self.env.backend.catalog.put_limiter(record.clone()).await?;
+        self.rates.set(&record);
+        Ok(record)
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<LimiterRecord>> {
+        Ok(self.env.backend.catalog.limiters().await?)
+    }
+
+    /// Removes a limiter (the caller checked that no function uses it).
+    pub(crate) async fn remove(&self, name: &str) -> Result<()> {
+        if !self.env.backend.catalog.remove_limiter(name).await? {
+            return Err(Error::not_found(Entity::Limiter, name));
+        }
+        self.rates.remove(name);
+        Ok(())
+    }
+
+    /// See [`Rates::available`].
+    pub(crate) fn available(&self, name: &str, max: usize, now_ms: u64) -> std::result::Result<usize, Duration> {
+        self.rates.available(name, max, now_ms)
+    }
+
+    /// Waits until a token of `name` is available, then takes it.
+    pub(crate) async fn acquire(&self, name: &str) {
+        while let Err(wait) = self.rates.take(name, 1, self.env.now_ms()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// GCRA state of every limiter, by name.
+#[derive(Default)]
+pub(crate) struct Rates {
     state: Mutex<HashMap<String, Gcra>>,
 }
 
@@ -31,7 +106,7 @@ struct Gcra {
     tat: f64,
 }
 
-impl Limiters {
+impl Rates {
     /// Installs or changes a limiter; keeps its position when it exists.
     pub(crate) fn set(&self, record: &LimiterRecord) {
         let interval = 1000.0 / record.per_second;
@@ -53,7 +128,12 @@ impl Limiters {
     /// Takes up to `want` tokens from `name` at `now_ms`. Returns how many
     /// were taken, or, when none is available, how long until one is. An
     /// unknown limiter does not limit.
-    pub(crate) fn take(&self, name: &str, want: usize, now_ms: u64) -> Result<usize, Duration> {
+    pub(crate) fn take(
+        &self,
+        name: &str,
+        want: usize,
+        now_ms: u64,
+    ) -> std::result::Result<usize, Duration> {
         let mut state = self.state.lock().unwrap();
         let Some(g) = state.get_mut(name) else {
             return Ok(want);
@@ -76,7 +156,12 @@ impl Limiters {
 
     /// How many tokens (up to `max`) could be taken at `now_ms`, without
     /// taking them; or how long until one can.
-    pub(crate) fn available(&self, name: &str, max: usize, now_ms: u64) -> Result<usize, Duration> {
+    pub(crate) fn available(
+        &self,
+        name: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> std::result::Result<usize, Duration> {
         let state = self.state.lock().unwrap();
         let Some(g) = state.get(name) else {
             return Ok(max);
@@ -104,8 +189,8 @@ impl Gcra {
 mod tests {
     use super::*;
 
-    fn limiter(per_second: f64, burst: u32) -> Limiters {
-        let l = Limiters::default();
+    fn limiter(per_second: f64, burst: u32) -> Rates {
+        let l = Rates::default();
         l.set(&LimiterRecord {
             name: "v".into(),
             per_second,

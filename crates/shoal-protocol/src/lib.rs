@@ -59,6 +59,10 @@ pub enum ErrorCode {
     DocumentTooLarge,
     /// The function cannot be used for a query (no `map`).
     NotAQueryFunction,
+    /// A query's `map` failed on a document (see `doc_id` and `error`).
+    MapFailed,
+    /// A query failed outside `map` (its `reduce`, or a worker).
+    QueryFailed,
     TokenNotFound,
     RouteNotFound,
     MethodNotAllowed,
@@ -77,6 +81,16 @@ pub enum ErrorCode {
     Unavailable,
     /// A fault inside the node.
     Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    /// The code as it is on the wire (`function_not_found`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => f.write_str(&s),
+            _ => write!(f, "{self:?}"),
+        }
+    }
 }
 
 /// A deployed function version.
@@ -430,8 +444,9 @@ pub struct QueryDone {
 /// The last line of a failed query: `{"error": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueryFailed {
-    /// `map_failed` when user code failed, else an `ErrorCode`.
-    pub code: String,
+    /// `map_failed` when `map` failed on a document, `query_failed` when
+    /// user code failed elsewhere, else why the query could not run.
+    pub code: ErrorCode,
     pub message: String,
     /// The document whose `map` failed.
     pub doc_id: Option<String>,

@@ -28,8 +28,8 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
         id: r.id.clone(),
         function: r.function.clone(),
         version: r.version,
-        mode: r.mode.clone(),
-        status: r.status.clone(),
+        mode: r.mode.to_string(),
+        status: r.status.to_string(),
         input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
         output: r
             .output
@@ -56,7 +56,7 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
 
 pub(crate) fn error_record(e: &ErrorRecord) -> InvocationError {
     InvocationError {
-        kind: e.kind.clone(),
+        kind: e.kind.to_string(),
         exception: e.exception.clone(),
         message: e.message.clone(),
         traceback: e.traceback.clone(),
@@ -65,7 +65,7 @@ pub(crate) fn error_record(e: &ErrorRecord) -> InvocationError {
 
 pub(crate) fn failure(f: &Failure) -> InvocationError {
     InvocationError {
-        kind: f.kind.as_str().to_string(),
+        kind: f.kind.to_string(),
         exception: f.exception.clone(),
         message: f.message.clone(),
         traceback: f.traceback.clone(),

@@ -5,7 +5,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use shoal_engine::Error as EngineError;
+use shoal_engine::{Conflict, Entity, Error as EngineError};
 use shoal_protocol::{ErrorBody, ErrorCode};
 
 /// An error answer: status, stable code, message.
@@ -41,43 +41,46 @@ impl IntoResponse for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
-        let message = e.to_string();
-        let (status, code) = match &e {
-            EngineError::NotFound { what, .. } => (
-                StatusCode::NOT_FOUND,
-                match *what {
-                    "function" => ErrorCode::FunctionNotFound,
-                    "invocation" => ErrorCode::InvocationNotFound,
-                    "token" => ErrorCode::TokenNotFound,
-                    "category" => ErrorCode::CategoryNotFound,
-                    "document" => ErrorCode::DocumentNotFound,
-                    "queue" => ErrorCode::QueueNotFound,
-                    "limiter" => ErrorCode::LimiterNotFound,
-                    "job" => ErrorCode::JobNotFound,
-                    _ => ErrorCode::RouteNotFound,
-                },
-            ),
-            EngineError::Invalid(inv) if inv.field.ends_with("name") => {
-                (StatusCode::BAD_REQUEST, ErrorCode::InvalidName)
-            }
-            EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
-            EngineError::InvalidFunction(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction)
-            }
-            EngineError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::CategoryExists),
-            EngineError::InUse(_) => (StatusCode::CONFLICT, ErrorCode::LimiterInUse),
-            EngineError::QueueTaken(_) => (StatusCode::CONFLICT, ErrorCode::QueueTaken),
-            EngineError::TooLarge(_) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge)
-            }
-            EngineError::DeployFailed(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed)
-            }
-            EngineError::Unavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
-            }
-        };
-        ApiError::new(status, code, message)
+        let (status, code) = status_and_code(&e);
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Every engine error's HTTP status and stable code: one exhaustive match,
+/// so a new variant cannot reach a client unmapped.
+pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
+    match e {
+        EngineError::NotFound { entity, .. } => (
+            StatusCode::NOT_FOUND,
+            match entity {
+                Entity::Function => ErrorCode::FunctionNotFound,
+                Entity::Invocation => ErrorCode::InvocationNotFound,
+                Entity::Token => ErrorCode::TokenNotFound,
+                Entity::Category => ErrorCode::CategoryNotFound,
+                Entity::Document => ErrorCode::DocumentNotFound,
+                Entity::Queue => ErrorCode::QueueNotFound,
+                Entity::Limiter => ErrorCode::LimiterNotFound,
+                Entity::Job => ErrorCode::JobNotFound,
+            },
+        ),
+        EngineError::Invalid(inv) if inv.field.ends_with("name") => {
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidName)
+        }
+        EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
+        EngineError::InvalidFunction(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidFunction),
+        EngineError::Conflict { kind, .. } => (
+            StatusCode::CONFLICT,
+            match kind {
+                Conflict::CategoryExists => ErrorCode::CategoryExists,
+                Conflict::QueueTaken => ErrorCode::QueueTaken,
+                Conflict::LimiterInUse => ErrorCode::LimiterInUse,
+            },
+        ),
+        EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),
+        EngineError::DeployFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed),
+        EngineError::ShuttingDown | EngineError::Unavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        }
     }
 }
 

@@ -153,7 +153,7 @@ async fn async_pipeline(store: &Arc<RedbStore>, queue: &'static str, dedup: bool
                         let store = store.clone();
                         inflight.spawn(async move {
                             let mut rec = sample_invocation(&d.id, "f");
-                            rec.status = "succeeded".into();
+                            rec.status = shoal_types::InvocationStatus::Succeeded;
                             store.put_invocations(vec![rec]).await.unwrap();
                             store.ack(queue, vec![d.id]).await.unwrap();
                         });

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use shoal_store::{ChildFinished, ChildResult, Error, JobProgress, JobRecord, NewMessage};
+use shoal_types::InvocationStatus;
 
 use crate::codec::{self, decode_record};
 use crate::queue::QueueIndex;
@@ -142,9 +143,9 @@ pub(crate) fn finish_child(
             Err(e) if first => return Ok(Err(e)),
             Err(_) => JobProgress::default(),
         };
-        match result.status.as_str() {
-            "succeeded" => progress.succeeded += 1,
-            "cancelled" => progress.cancelled += 1,
+        match result.status {
+            InvocationStatus::Succeeded => progress.succeeded += 1,
+            InvocationStatus::Cancelled => progress.cancelled += 1,
             _ => {
                 progress.failed += 1;
                 j.failures.insert(key, ())?;
@@ -226,11 +227,15 @@ fn on_complete(
     let Some(slot) = &record.continues else {
         return Ok(Ok(Next::Stop(Effect::None)));
     };
-    let status = if cancelled { "cancelled" } else { "succeeded" };
+    let status = if cancelled {
+        InvocationStatus::Cancelled
+    } else {
+        InvocationStatus::Succeeded
+    };
     let filled = ChildResult {
         index: slot.index,
         invocation: record.invocation.clone().unwrap_or_default(),
-        status: status.into(),
+        status,
         output: (!cancelled)
             .then(|| serde_json::json!({"job": record.id, "count": record.total}).to_string()),
         error: None,

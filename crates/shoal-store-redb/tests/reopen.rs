@@ -42,7 +42,7 @@ fn token() -> TokenRecord {
     TokenRecord {
         id: "tok".to_string(),
         secret_sha256: "s".repeat(64),
-        role: "admin".to_string(),
+        role: shoal_types::Role::Admin,
         name: "ci".to_string(),
         created_at_ms: T,
     }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use shoal_types::{FailureKind, InvocationMode, InvocationStatus, Role};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -96,7 +97,7 @@ pub struct SubscriptionRecord {
 pub struct TokenRecord {
     pub id: String,
     pub secret_sha256: String,
-    pub role: String,
+    pub role: Role,
     pub name: String,
     pub created_at_ms: u64,
 }
@@ -104,7 +105,7 @@ pub struct TokenRecord {
 /// A failure of user code, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorRecord {
-    pub kind: String,
+    pub kind: FailureKind,
     pub exception: Option<String>,
     pub message: String,
     pub traceback: Option<String>,
@@ -116,10 +117,8 @@ pub struct InvocationRecord {
     pub id: String,
     pub function: String,
     pub version: u64,
-    /// `sync` or `async`.
-    pub mode: String,
-    /// One of `shoal_types::InvocationStatus::as_str`.
-    pub status: String,
+    pub mode: InvocationMode,
+    pub status: InvocationStatus,
     /// The event as JSON text.
     pub input: String,
     /// The result as JSON text, once succeeded.
@@ -216,8 +215,8 @@ impl JobProgress {
 pub struct ChildResult {
     pub index: u64,
     pub invocation: String,
-    /// A final `shoal_types::InvocationStatus`.
-    pub status: String,
+    /// A final status.
+    pub status: InvocationStatus,
     /// The result as JSON text, when succeeded.
     pub output: Option<String>,
     pub error: Option<ErrorRecord>,

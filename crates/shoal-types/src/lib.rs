@@ -1,11 +1,15 @@
 //! Shoal's domain vocabulary: names, ids, roles, limits and invocation outcomes.
 //!
-//! No I/O, no async, no serialization: these types are what the other crates
-//! talk in. Names are validated at construction, so a `FunctionName` in hand is
-//! always a valid one.
+//! No I/O, no async: these types are what the other crates talk in. Names
+//! are validated at construction, so a `FunctionName` in hand is always a
+//! valid one. The closed sets (roles, statuses, modes, failure kinds) derive
+//! serde with their stable snake_case names, so stored records and wire
+//! types carry the enums themselves rather than strings parsed back later.
 
 use std::fmt;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// Why a name or value given by a user was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +74,8 @@ pub fn validate_name(field: &'static str, s: &str) -> Result<(), Invalid> {
 }
 
 /// An API token's role. Each role can do everything the roles before it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads functions, invocations and logs.
     Reader,
@@ -135,7 +140,8 @@ impl Limits {
 }
 
 /// The state of one invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InvocationStatus {
     Queued,
     Running,
@@ -184,8 +190,80 @@ impl InvocationStatus {
     }
 }
 
+/// How an invocation was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationMode {
+    /// `POST /v1/functions/{name}/invoke`: the caller waits for the outcome.
+    Sync,
+    /// Queued (`?mode=async`, `ctx.spawn`, a job's child or fan-in).
+    Async,
+    /// A subscribed function run for messages of a user queue.
+    Queue,
+}
+
+impl InvocationMode {
+    pub const ALL: [InvocationMode; 3] = [
+        InvocationMode::Sync,
+        InvocationMode::Async,
+        InvocationMode::Queue,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationMode::Sync => "sync",
+            InvocationMode::Async => "async",
+            InvocationMode::Queue => "queue",
+        }
+    }
+}
+
+impl fmt::Display for InvocationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for InvocationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a fan-out job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Children are queued or running.
+    Running,
+    /// Cancelled; children already running are finishing.
+    Cancelling,
+    /// Every child has finished (and the fan-in, if any, was started).
+    Finished,
+    /// Cancelled, and every child has finished or was recorded cancelled.
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Cancelling => "cancelling",
+            JobStatus::Finished => "finished",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why user code failed. Each kind is reported as its own error type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The handler raised an exception.
     Raised,
@@ -237,6 +315,12 @@ impl FailureKind {
 
     pub fn parse(s: &str) -> Option<FailureKind> {
         FailureKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -320,6 +404,27 @@ mod tests {
             Outcome::Succeeded("1".into()).status(),
             InvocationStatus::Succeeded
         );
+    }
+
+    /// The serde names are the stable strings users see (and old data
+    /// directories hold), for every variant.
+    #[test]
+    fn serde_names_are_the_stable_strings() {
+        fn json<T: Serialize>(v: T) -> String {
+            serde_json::to_string(&v).unwrap()
+        }
+        for r in Role::ALL {
+            assert_eq!(json(r), format!("\"{r}\""));
+        }
+        for s in InvocationStatus::ALL {
+            assert_eq!(json(s), format!("\"{s}\""));
+        }
+        for k in FailureKind::ALL {
+            assert_eq!(json(k), format!("\"{k}\""));
+        }
+        for m in InvocationMode::ALL {
+            assert_eq!(json(m), format!("\"{m}\""));
+        }
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub(crate) async fn query(
         .query(&cat, &req.function, req.skip_errors)
         .await?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(stream_query(running, tx, sse));
+    state.handle.spawn(stream_query(running, tx, sse));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
@@ -388,16 +388,16 @@ async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
                     None => failure.message.clone(),
                 };
                 let code = if failure.kind == shoal_types::FailureKind::LoadFailed {
-                    "not_a_query_function"
+                    ErrorCode::NotAQueryFunction
                 } else if doc_id.is_some() {
-                    "map_failed"
+                    ErrorCode::MapFailed
                 } else {
-                    "query_failed"
+                    ErrorCode::QueryFailed
                 };
                 (
                     "error",
                     serde_json::to_value(QueryFailed {
-                        code: code.into(),
+                        code,
                         message,
                         doc_id,
                         error: Some(convert::failure(&failure)),
@@ -443,10 +443,7 @@ async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
             (
                 "error",
                 serde_json::to_value(QueryFailed {
-                    code: serde_json::to_value(api.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_else(|| "unavailable".into()),
+                    code: api.code,
                     message: api.message,
                     doc_id: None,
                     error: None,

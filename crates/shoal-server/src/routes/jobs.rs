@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use shoal_engine::{ChildResult, JobNode, JobProgress, JobRecord, JobSpec, job_status};
+use shoal_engine::{ChildResult, JobNode, JobSpec};
 use shoal_protocol::{
     ChildResultView, ErrorBody, JobCounts, JobNodeView, JobResults, JobSlotView, JobStarted,
     JobView, StartJob,
@@ -53,32 +53,23 @@ pub(crate) async fn show(
 async fn view(state: &AppState, id: &str) -> Result<JobView, ApiError> {
     let v = state.handle.job(id).await?;
     let r = &v.record;
-    let p = &v.progress;
-    let then_invocation = match (&r.then_plan, p.finished_at_ms, p.cancelled_at_ms) {
-        (Some(plan), Some(_), None) => Some(plan.record.id.clone()),
-        _ => None,
-    };
     Ok(JobView {
         id: r.id.clone(),
-        status: job_status(p).into(),
+        status: v.status.to_string(),
         function: r.function.clone(),
         then: r.then.clone(),
-        counts: counts(r, p),
-        progress: if r.total == 0 {
-            1.0
-        } else {
-            p.done() as f64 / r.total as f64
-        },
+        counts: counts(&v.counts),
+        progress: v.progress,
         created_at_ms: r.created_at_ms,
-        finished_at_ms: p.finished_at_ms,
-        cancelled_at_ms: p.cancelled_at_ms,
+        finished_at_ms: v.finished_at_ms,
+        cancelled_at_ms: v.cancelled_at_ms,
         invocation: r.invocation.clone(),
         parent: r.parent.clone(),
         continues: r.continues.as_ref().map(|s| JobSlotView {
             job: s.job.clone(),
             index: s.index,
         }),
-        then_invocation,
+        then_invocation: v.then_invocation.clone(),
         failures: v.failures.iter().map(child).collect(),
         jobs: v.sub_jobs.iter().map(node).collect(),
     })
@@ -132,22 +123,22 @@ pub(crate) async fn cancel(
     Ok(Json(view(&state, &id).await?))
 }
 
-fn counts(r: &JobRecord, p: &JobProgress) -> JobCounts {
+fn counts(c: &shoal_engine::JobCounts) -> JobCounts {
     JobCounts {
-        total: r.total,
-        pending: r.total.saturating_sub(p.done()),
-        succeeded: p.succeeded,
-        failed: p.failed,
-        cancelled: p.cancelled,
+        total: c.total,
+        pending: c.pending,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        cancelled: c.cancelled,
     }
 }
 
 fn node(n: &JobNode) -> JobNodeView {
     JobNodeView {
         id: n.record.id.clone(),
-        status: job_status(&n.progress).into(),
+        status: n.status.to_string(),
         function: n.record.function.clone(),
-        counts: counts(&n.record, &n.progress),
+        counts: counts(&n.counts),
         jobs: n.sub_jobs.iter().map(node).collect(),
     }
 }
@@ -156,7 +147,7 @@ fn child(r: &ChildResult) -> ChildResultView {
     ChildResultView {
         index: r.index,
         invocation: r.invocation.clone(),
-        status: r.status.clone(),
+        status: r.status.to_string(),
         output: r
             .output
             .as_deref()

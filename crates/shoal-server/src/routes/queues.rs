@@ -219,42 +219,18 @@ pub(crate) async fn stats(
     let since = p
         .since
         .unwrap_or_else(|| state.handle.now_ms().saturating_sub(3600 * 1000));
-    let samples = state.handle.queue_samples(&name, since).await?;
-    let mut out = Vec::with_capacity(samples.len());
-    let mut prev: Option<&shoal_engine::QueueSample> = None;
-    for s in &samples {
-        let rate = |now: u64, then: u64, dt: u64| {
-            if dt == 0 {
-                0.0
-            } else {
-                (now.saturating_sub(then)) as f64 * 1000.0 / dt as f64
-            }
-        };
-        let (sent, acked, failed) = match prev {
-            Some(p) => {
-                let dt = s.at_ms.saturating_sub(p.at_ms);
-                (
-                    rate(s.counters.sent, p.counters.sent, dt),
-                    rate(s.counters.acked, p.counters.acked, dt),
-                    rate(
-                        s.counters.nacked + s.counters.dead_lettered,
-                        p.counters.nacked + p.counters.dead_lettered,
-                        dt,
-                    ),
-                )
-            }
-            None => (0.0, 0.0, 0.0),
-        };
-        out.push(QueueSampleView {
-            at_ms: s.at_ms,
-            depth: depth_view(&s.depth, s.at_ms),
-            counters: counters_view(&s.counters),
-            sent_per_s: sent,
-            acked_per_s: acked,
-            failed_per_s: failed,
-        });
-        prev = Some(s);
-    }
+    let history = state.handle.queue_history(&name, since).await?;
+    let out = history
+        .iter()
+        .map(|p| QueueSampleView {
+            at_ms: p.sample.at_ms,
+            depth: depth_view(&p.sample.depth, p.sample.at_ms),
+            counters: counters_view(&p.sample.counters),
+            sent_per_s: p.sent_per_s,
+            acked_per_s: p.acked_per_s,
+            failed_per_s: p.failed_per_s,
+        })
+        .collect();
     Ok(Json(QueueStats { name, samples: out }))
 }
 

@@ -1,0 +1,142 @@
+//! What every engine service is given and none owns: the store, the runtime,
+//! time, randomness, and the tasks it runs.
+//!
+//! `Env` holds no mutable state of its own (the services do); it is the
+//! injection point that makes the engine testable: a test passes an
+//! in-memory store, a scripted runtime, a clock that follows tokio's paused
+//! time and a fixed random source.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use shoal_runtime::Runtime;
+use shoal_store::Backend;
+
+use crate::categories::CategoryOptions;
+use crate::clock::Clock;
+
+/// How the engine runs. Built by the binary from node configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where function code is unpacked (`functions/...`).
+    pub data_dir: PathBuf,
+    /// Extra lease time an asynchronous invocation gets beyond its timeout.
+    pub lease_margin: Duration,
+    pub categories: CategoryOptions,
+    /// How often queue statistics are sampled for their history.
+    pub sample_interval: Duration,
+    /// How long a consumer with nothing to do sleeps before it looks again
+    /// (sends wake it at once; this only bounds a missed wake-up).
+    pub idle_poll: Duration,
+    /// How long the messages of a batch whose run failed on the platform
+    /// (not in user code) wait before they are delivered again.
+    pub platform_retry: Duration,
+}
+
+impl Options {
+    pub fn new(data_dir: PathBuf) -> Options {
+        Options {
+            data_dir,
+            lease_margin: Duration::from_secs(60),
+            categories: CategoryOptions::default(),
+            sample_interval: Duration::from_secs(5),
+            idle_poll: Duration::from_secs(1),
+            platform_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A source of randomness for jitter. Injected so tests can fix it.
+pub trait Random: Send + Sync + 'static {
+    /// A number in `0..=max`, uniformly.
+    fn up_to(&self, max: u64) -> u64;
+}
+
+/// The thread-local generator of the `rand` crate.
+pub struct SystemRandom;
+
+impl Random for SystemRandom {
+    #[allow(clippy::disallowed_methods)] // the one place randomness is drawn
+    fn up_to(&self, max: u64) -> u64 {
+        use rand::Rng;
+        rand::rng().random_range(0..=max)
+    }
+}
+
+/// Every task the engine starts, stopped together at shutdown.
+///
+/// Tasks are spawned on one `TaskTracker`, so `drain` can wait for them;
+/// long-running loops select on [`Tasks::stopping`] and end when it fires.
+#[derive(Clone)]
+pub(crate) struct Tasks {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    pub(crate) fn new(shutdown: CancellationToken) -> Tasks {
+        Tasks {
+            tracker: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    /// Runs `task` as one of the engine's tasks.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        #[allow(clippy::disallowed_methods)] // the tracker owns it
+        self.tracker.spawn(task);
+    }
+
+    /// True once shutdown began: take no new work.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins.
+    pub(crate) async fn stopping(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Begins shutdown and waits up to `deadline` for every task to end.
+    /// True when they all did.
+    pub(crate) async fn stop(&self, deadline: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// The engine's dependencies, shared by every service.
+pub(crate) struct Env {
+    pub(crate) opts: Options,
+    pub(crate) backend: Backend,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) random: Arc<dyn Random>,
+    pub(crate) tasks: Tasks,
+}
+
+impl Env {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Fails with `ShuttingDown` once shutdown began.
+    pub(crate) fn accepting(&self) -> crate::Result<()> {
+        if self.tasks.is_stopping() {
+            Err(crate::Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+}

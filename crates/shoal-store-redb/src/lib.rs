@@ -100,7 +100,15 @@ const JOB_FAILURES: TableDefinition<(&str, u64), ()> = TableDefinition::new("job
 const SUB_JOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("sub_jobs");
 
 /// The layout version in `meta["format"]`.
-const LAYOUT_VERSION: u64 = 1;
+///
+/// - 1: the first release.
+/// - 2: records carry typed fields (status, mode, role and failure kind are
+///   enums). Their JSON is the same text as in layout 1 (the enums keep the
+///   strings' names), so a layout-1 database is migrated by checking that
+///   every record decodes into the typed schema — a value no enum knows
+///   fails the open, loudly, instead of a later read — and stamping 2, in
+///   one transaction. Nothing is rewritten, nothing is lost.
+const LAYOUT_VERSION: u64 = 2;
 
 fn unavailable(e: impl Display) -> Error {
     Error::Unavailable(e.to_string())
@@ -264,6 +272,34 @@ fn ready<T: Send + 'static>(result: Result<T>) -> Pending<T> {
     Box::pin(std::future::ready(result))
 }
 
+/// Layout 1 → 2: every typed record must decode (see `LAYOUT_VERSION`).
+fn migrate_from_v1(txn: &redb::WriteTransaction) -> Result<()> {
+    use redb::TableHandle;
+    fn check<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        txn: &redb::WriteTransaction,
+        table: TableDefinition<K, &[u8]>,
+    ) -> Result<u64> {
+        let what = format!("migrating {} from layout 1", table.name());
+        let t = match txn.open_table(table) {
+            Ok(t) => t,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut n = 0;
+        for row in t.iter().map_err(unavailable)? {
+            let (_, v) = row.map_err(unavailable)?;
+            decode_record::<T>(&what, v.value())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+    check::<(&str, u64), FunctionRecord>(txn, FUNCTIONS)?;
+    check::<&str, TokenRecord>(txn, TOKENS)?;
+    check::<&str, InvocationRecord>(txn, INVOCATIONS)?;
+    check::<&str, JobRecord>(txn, JOBS)?;
+    check::<(&str, u64), ChildResult>(txn, JOB_RESULTS)?;
+    Ok(())
+}
+
 /// Creates every table and checks the layout version.
 fn init_layout(db: &Database) -> Result<()> {
     let txn = writer::begin(db)?;
@@ -275,6 +311,11 @@ fn init_layout(db: &Database) -> Result<()> {
                 meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
             }
             Some(LAYOUT_VERSION) => {}
+            Some(1) => {
+                migrate_from_v1(&txn)?;
+                meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
+                tracing::info!("Database migrated from layout 1 to {LAYOUT_VERSION}.");
+            }
             Some(other) => {
                 return Err(Error::Corrupt(format!(
                     "database layout {other} is not supported by this build (expects {LAYOUT_VERSION})"

@@ -41,6 +41,23 @@ impl TestNode {
         node
     }
 
+    /// Starts a node on a copy of the data directory `fixture`.
+    pub fn start_on_copy_of(fixture: &Path) -> TestNode {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        copy_dir(fixture, &data_dir);
+        let mut node = TestNode {
+            data_dir,
+            url: String::new(),
+            token: String::new(),
+            child: None,
+            _tmp: Some(tmp),
+            extra_args: Vec::new(),
+        };
+        node.spawn();
+        node
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
         cmd.arg("serve")
@@ -165,6 +182,19 @@ pub async fn deploy(
         .deploy(shoal_client::pack_dir(dir.path()).expect("pack"))
         .await
         .expect("deploy")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let entry = entry.expect("fixture entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy fixture file");
+        }
+    }
 }
 
 pub fn repo_root() -> PathBuf {

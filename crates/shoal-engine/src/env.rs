@@ -91,7 +91,6 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        #[allow(clippy::disallowed_methods)] // the tracker owns it
         self.tracker.spawn(task);
     }
 

@@ -59,6 +59,7 @@ async fn run(path: &std::path::Path) {
     let tasks: Vec<_> = (0..N)
         .map(|i| {
             let store = store.clone();
+            #[allow(clippy::disallowed_methods)] // the benchmark awaits every handle
             tokio::spawn(async move {
                 let rec = sample_invocation(&format!("inv-{i}"), "f");
                 store.put_invocations(vec![rec]).await.unwrap();
@@ -115,6 +116,7 @@ async fn async_pipeline(store: &Arc<RedbStore>, queue: &'static str, dedup: bool
     let producers: Vec<_> = (0..N)
         .map(|i| {
             let store = store.clone();
+            #[allow(clippy::disallowed_methods)] // the benchmark awaits every handle
             tokio::spawn(async move {
                 let m = NewMessage {
                     id: format!("m-{i}"),
@@ -135,6 +137,7 @@ async fn async_pipeline(store: &Arc<RedbStore>, queue: &'static str, dedup: bool
         .map(|_| {
             let store = store.clone();
             let taken = taken.clone();
+            #[allow(clippy::disallowed_methods)] // the benchmark awaits every handle
             tokio::spawn(async move {
                 let mut handled = 0usize;
                 let mut inflight = tokio::task::JoinSet::new();
@@ -278,6 +281,7 @@ async fn paced(store: &Arc<RedbStore>, per_s: u64) {
         interval.tick().await;
         for k in 0..per_tick {
             let store = store.clone();
+            #[allow(clippy::disallowed_methods)] // the benchmark awaits every handle
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let rec = sample_invocation(&format!("paced-{tick}-{k}"), "f");

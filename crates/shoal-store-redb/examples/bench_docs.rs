@@ -196,6 +196,7 @@ async fn concurrent(store: &Arc<RedbStore>, n: usize) {
             .into_iter()
             .map(|docs| {
                 let store = store.clone();
+                #[allow(clippy::disallowed_methods)] // the benchmark awaits every handle
                 tokio::spawn(async move {
                     let t = Instant::now();
                     store.put_docs(category, docs).await.unwrap();
@@ -249,6 +250,7 @@ async fn reads(store: &Arc<RedbStore>, n: usize) {
         let tasks: Vec<_> = (0..SHARDS)
             .map(|shard| {
                 let store = store.clone();
+                #[allow(clippy::disallowed_methods)] // the benchmark awaits every handle
                 tokio::spawn(async move {
                     let mut bytes = 0;
                     scan_shard_fully(&store, category, shard, &mut bytes).await

@@ -65,6 +65,7 @@ fn crash_child() {
         for w in 0..2 {
             let store = store.clone();
             let round = round.clone();
+            #[allow(clippy::disallowed_methods)] // the test awaits every handle
             tasks.push(tokio::spawn(async move {
                 for b in 0u64.. {
                     if b >= 40 {
@@ -83,6 +84,7 @@ fn crash_child() {
         {
             let store = store.clone();
             let round = round.clone();
+            #[allow(clippy::disallowed_methods)] // the test awaits every handle
             tasks.push(tokio::spawn(async move {
                 // Each is purged in several chunks; the parent kills right
                 // after a delete is acknowledged, so mostly mid-purge.
@@ -101,6 +103,7 @@ fn crash_child() {
         for w in 0..WORKERS {
             let store = store.clone();
             let round = round.clone();
+            #[allow(clippy::disallowed_methods)] // the test awaits every handle
             tasks.push(tokio::spawn(async move {
                 for i in 0u64.. {
                     let id = format!("r{round}-w{w}-{i}");

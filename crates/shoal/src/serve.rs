@@ -161,9 +161,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     println!("Shoal listening on http://{addr}");
     info!(%addr, data_dir = %data_dir.display(), "Node started.");
 
+    #[allow(clippy::disallowed_methods)] // lives as long as the process; ends with it
     tokio::spawn(watch_signals(shutdown.clone()));
     let server =
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    #[allow(clippy::disallowed_methods)] // awaited below, after shutdown
     let server = tokio::spawn(async move { server.await });
 
     shutdown.cancelled().await;

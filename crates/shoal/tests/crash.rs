@@ -71,6 +71,7 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     .await;
     let call = {
         let c = c.clone();
+        #[allow(clippy::disallowed_methods)] // the test awaits this handle
         tokio::spawn(async move { c.invoke("slow", "{}").await })
     };
     // Let the call reach the worker, then ask the node to stop.

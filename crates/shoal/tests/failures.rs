@@ -171,6 +171,7 @@ async fn concurrent_invocations_run_in_parallel_up_to_the_limit() {
     .await;
     let calls = (0..4).map(|_| {
         let c = c.clone();
+        #[allow(clippy::disallowed_methods)] // the test awaits this handle
         tokio::spawn(async move { c.invoke("sleepy", "{}").await.unwrap().result.unwrap() })
     });
     let calls: Vec<_> = calls.collect();

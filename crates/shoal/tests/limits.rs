@@ -155,6 +155,7 @@ async fn sync_calls_over_the_limit_wait_instead_of_failing() {
         .map(|_| {
             let c = c.clone();
             let body = json!({"path": p}).to_string();
+            #[allow(clippy::disallowed_methods)] // the test awaits every handle
             tokio::spawn(async move { c.invoke("call", &body).await })
         })
         .collect();

@@ -156,14 +156,18 @@ impl Categories {
 
     pub(crate) async fn get(&self, name: &str) -> Result<Category> {
         let record = self.existing(name).await?;
-        let stats = self
-            .env
+        let stats = self.stats(name).await?;
+        Ok(Category { record, stats })
+    }
+
+    /// Per-shard statistics of an existing category.
+    async fn stats(&self, name: &str) -> Result<Vec<ShardStats>> {
+        self.env
             .backend
             .docs
             .shard_stats(name)
             .await
-            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
-        Ok(Category { record, stats })
+            .map_err(|e| Error::from_store(e, Entity::Category, name))
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<Category>> {
@@ -302,13 +306,7 @@ impl Categories {
     ) -> Result<RunningQuery> {
         let record = self.existing(name).await?;
         let d = self.functions.resolve(function)?;
-        let stats = self
-            .env
-            .backend
-            .docs
-            .shard_stats(name)
-            .await
-            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
+        let stats = self.stats(name).await?;
         let shards: Vec<QueryShard> = stats
             .iter()
             .enumerate()

@@ -27,8 +27,19 @@ impl TestNode {
     }
 
     pub fn start_with(extra: &[&str]) -> TestNode {
+        TestNode::start_in(extra, |_| {})
+    }
+
+    /// Starts a node on a copy of the data directory `fixture`.
+    pub fn start_on_copy_of(fixture: &Path) -> TestNode {
+        TestNode::start_in(&[], |data_dir| copy_dir(fixture, data_dir))
+    }
+
+    /// Starts a node on a new temporary data directory, prepared by `prepare`.
+    fn start_in(extra: &[&str], prepare: impl FnOnce(&Path)) -> TestNode {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
+        prepare(&data_dir);
         let mut node = TestNode {
             data_dir,
             url: String::new(),
@@ -36,23 +47,6 @@ impl TestNode {
             child: None,
             _tmp: Some(tmp),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        node.spawn();
-        node
-    }
-
-    /// Starts a node on a copy of the data directory `fixture`.
-    pub fn start_on_copy_of(fixture: &Path) -> TestNode {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("data");
-        copy_dir(fixture, &data_dir);
-        let mut node = TestNode {
-            data_dir,
-            url: String::new(),
-            token: String::new(),
-            child: None,
-            _tmp: Some(tmp),
-            extra_args: Vec::new(),
         };
         node.spawn();
         node

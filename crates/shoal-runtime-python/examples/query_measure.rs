@@ -322,6 +322,8 @@ async fn run(
     shards: &[QueryShard],
 ) -> (Duration, (String, u32)) {
     let (events, mut rx) = mpsc::channel(1024);
+    // Awaited below, once the query has dropped its sender.
+    #[allow(clippy::disallowed_methods)]
     let drain = tokio::spawn(async move {
         while let Some(QueryEvent::Progress { .. } | QueryEvent::Values(_)) = rx.recv().await {}
     });

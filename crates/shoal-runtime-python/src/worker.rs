@@ -6,10 +6,11 @@
 //! to fds 1 and 2. A worker in an unknown state is never reused: dropping a
 //! `Worker` kills its whole process group.
 //!
-//! Host calls (`ctx.call`) are served inside the same loop: each call's
-//! future lives in `HostCalls`, polled next to the socket, the log pipe and
-//! the deadline, and dropped with it when the invocation ends however it
-//! ends. Nothing of it is allocated until a handler makes its first call.
+//! Host calls (`ctx.call`) are served inside the same loop: each call is
+//! decoded into a `HostCall` straight from the read buffer, and its future
+//! lives in `HostCalls`, polled next to the socket, the log pipe and the
+//! deadline, and dropped with it when the invocation ends however it ends.
+//! Nothing of it is allocated until a handler makes its first call.
 
 use std::io::{self, ErrorKind};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -24,7 +25,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
-use shoal_runtime::{Host, HostError};
+use shoal_runtime::{Host, HostCall, HostError};
 use shoal_types::{Failure, FailureKind, Outcome};
 
 use crate::protocol::{self, HEADER, Reply};
@@ -184,7 +185,7 @@ impl Worker {
                 }
             };
             let duration = start.elapsed();
-            let parsed = self.parse_reply(len);
+            let parsed = self.parse_reply(len, caps);
             self.consume(len);
             let reply = match parsed {
                 Ok(reply) => reply,
@@ -199,7 +200,7 @@ impl Worker {
             match kind {
                 ReplyKind::Logs => continue,
                 ReplyKind::Host(call) => {
-                    calls.start(host, call, caps);
+                    calls.start(host, call);
                     calls.flush(&self.proto);
                     continue;
                 }
@@ -325,7 +326,7 @@ impl Worker {
         }
     }
 
-    fn parse_reply(&self, len: usize) -> Result<ParsedReply, String> {
+    fn parse_reply(&self, len: usize, caps: &Caps) -> Result<ParsedReply, String> {
         let body = &self.inbuf[HEADER..HEADER + len];
         let (reply, tail): (Reply<'_>, &[u8]) =
             protocol::split(body).map_err(|e| format!("unreadable frame from the worker: {e}"))?;
@@ -380,14 +381,24 @@ impl Worker {
                 let (Some(seq), Some(op)) = (reply.seq, reply.op) else {
                     return Err("a host call without its seq or op".into());
                 };
-                let args = reply
-                    .args
-                    .map_or_else(|| "null".into(), |a| a.get().to_owned());
+                let args = reply.args.map_or("null", |a| a.get());
+                let call = if args.len() > caps.max_result_bytes {
+                    Err(HostError::new(
+                        "too_large",
+                        format!(
+                            "the arguments of {op:?} are {} bytes of JSON; the limit is {}",
+                            args.len(),
+                            caps.max_result_bytes
+                        ),
+                    ))
+                } else {
+                    HostCall::decode(&op, args)
+                };
                 ParsedReply {
-                    kind: ReplyKind::Host(HostCall {
+                    kind: ReplyKind::Host(HostFrame {
                         seq,
                         op: op.into_owned(),
-                        args,
+                        call,
                     }),
                     outcome: None,
                     python_logs,
@@ -419,7 +430,7 @@ impl Worker {
                 .next_event(&mut pipe_logs, grace, caps, &mut no_calls)
                 .await
             {
-                let reply = self.parse_reply(len);
+                let reply = self.parse_reply(len, caps);
                 self.consume(len);
                 match reply {
                     Ok(ParsedReply {
@@ -620,15 +631,17 @@ enum ReplyKind {
     Done,
     Logs,
     /// The handler calls the host.
-    Host(HostCall),
+    Host(HostFrame),
     Rejected(String),
 }
 
-struct HostCall {
+/// A host call as the worker sent it.
+struct HostFrame {
     seq: u64,
+    /// The operation's name, as sent (for error messages).
     op: String,
-    /// JSON text.
-    args: String,
+    /// The decoded call, or why it cannot be made.
+    call: Result<HostCall, HostError>,
 }
 
 type Answer = (u64, Result<String, HostError>);
@@ -646,27 +659,16 @@ struct HostCalls {
 
 impl HostCalls {
     /// Starts a call, or queues its error reply at once.
-    fn start(&mut self, host: Option<&Arc<dyn Host>>, call: HostCall, caps: &Caps) {
-        let HostCall { seq, op, args } = call;
-        let refused = |code: &str, message: String| HostError {
-            code: code.into(),
-            message,
-        };
-        let error = match host {
-            None => refused(
+    fn start(&mut self, host: Option<&Arc<dyn Host>>, frame: HostFrame) {
+        let HostFrame { seq, op, call } = frame;
+        let error = match (host, call) {
+            (None, _) => HostError::new(
                 "no_host",
                 format!("host calls are not available here ({op:?} was called)"),
             ),
-            Some(_) if args.len() > caps.max_result_bytes => refused(
-                "too_large",
-                format!(
-                    "the arguments of {op:?} are {} bytes of JSON; the limit is {}",
-                    args.len(),
-                    caps.max_result_bytes
-                ),
-            ),
-            Some(host) => {
-                let call = host.call(&op, args);
+            (Some(_), Err(error)) => error,
+            (Some(host), Ok(call)) => {
+                let call = host.call(call);
                 self.pending
                     .get_or_insert_with(FuturesUnordered::new)
                     .push(Box::pin(async move { (seq, call.await) }));

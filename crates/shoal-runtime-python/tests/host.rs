@@ -1,6 +1,7 @@
 //! Host calls: a handler calling back into the node through `ctx.call` (and
-//! `spawn`, `map`, `send`), against a real python3 and a test `Host` that
-//! records the calls and answers from a closure.
+//! `spawn`, `map`, `send`, ...), against a real python3 and a test `Host`
+//! that records the calls (operation and re-encoded arguments) and answers
+//! from a closure.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
-use shoal_runtime::{Deployment, Host, HostError, Request, Response, Runtime};
+use shoal_runtime::{Deployment, Host, HostCall, HostError, Request, Response, Runtime};
 use shoal_types::{FailureKind, Outcome};
 
 mod common;
@@ -35,13 +36,15 @@ impl TestHost {
 
     /// Answers `{"op": op, "args": args}` at once.
     fn echo() -> Arc<TestHost> {
-        // `map` answers `{"job"}`, which ctx.map returns: the echo goes there.
+        // Where an operation's answer has the field its method returns
+        // (`ctx.map` returns `["job"]`, ...), the echo goes there.
         TestHost::new(|op, args| {
             let echo = json!({"op": op, "args": args});
-            ok(if op == "map" {
-                json!({"job": echo})
-            } else {
-                echo
+            ok(match op {
+                "map" => json!({"job": echo}),
+                "put_docs" => json!({"ids": [echo]}),
+                "get_doc" => json!({"doc": echo}),
+                _ => echo,
             })
         })
     }
@@ -52,13 +55,13 @@ impl TestHost {
 }
 
 impl Host for TestHost {
-    fn call(&self, op: &str, args: String) -> Answer {
-        let args: Value = serde_json::from_str(&args).expect("host call args are JSON");
+    fn call(&self, call: HostCall) -> Answer {
+        let args: Value = serde_json::from_str(&call.encode_args()).expect("args are JSON");
         self.calls
             .lock()
             .unwrap()
-            .push((op.to_string(), args.clone()));
-        (self.answer)(op, args)
+            .push((call.op().to_string(), args.clone()));
+        (self.answer)(call.op(), args)
     }
 }
 
@@ -141,13 +144,16 @@ def handler(event, ctx):
     return {
         "pid": os.getpid(),
         "answers": [
-            ctx.call("echo", {"n": 1, "text": "héllo ✓"}),
-            ctx.call("echo", [1, "two", None]),
-            ctx.call("echo"),
+            ctx.spawn("echo", {"n": 1, "text": "héllo ✓"}),
+            ctx.spawn("echo", [1, "two", None]),
+            ctx.spawn("echo"),
+            ctx.call("spawn", {"function": "echo"}),
             ctx.spawn("worker", {"job": 1}),
             ctx.map("worker", ({"i": i} for i in range(3)), then="collect"),
             ctx.send("orders", {"id": 7}, delay=1.5, dedup_id="o-7"),
             ctx.send("orders", "plain"),
+            ctx.put("docs", "d-1", {"x": 1.5}),
+            ctx.get("docs", "d-1"),
         ],
     }
 "#,
@@ -156,9 +162,17 @@ def handler(event, ctx):
     let response = fx.call(&dep, "null", Some(host.clone())).await;
     let value = succeeded(&response);
     let expected = [
-        ("echo", json!({"n": 1, "text": "héllo ✓"})),
-        ("echo", json!([1, "two", null])),
-        ("echo", Value::Null),
+        (
+            "spawn",
+            json!({"function": "echo", "event": {"n": 1, "text": "héllo ✓"}}),
+        ),
+        (
+            "spawn",
+            json!({"function": "echo", "event": [1, "two", null]}),
+        ),
+        ("spawn", json!({"function": "echo", "event": null})),
+        // Left out, `event` is null too.
+        ("spawn", json!({"function": "echo", "event": null})),
         ("spawn", json!({"function": "worker", "event": {"job": 1}})),
         (
             "map",
@@ -172,6 +186,11 @@ def handler(event, ctx):
             "send",
             json!({"queue": "orders", "body": "plain", "delay_ms": null, "dedup_id": null}),
         ),
+        (
+            "put_docs",
+            json!({"category": "docs", "docs": [{"id": "d-1", "doc": {"x": 1.5}}]}),
+        ),
+        ("get_doc", json!({"category": "docs", "id": "d-1"})),
     ];
     let calls = host.calls();
     assert_eq!(calls.len(), expected.len());
@@ -230,7 +249,7 @@ def handler(event, ctx):
         traceback.contains("ctx.spawn(\"nope\", None)"),
         "{traceback}"
     );
-    assert!(!traceback.contains("runner.py"), "{traceback}");
+    assert!(!traceback.contains("_shoal_runner"), "{traceback}");
     assert_eq!(host.calls().len(), 3);
     // A raised HostError is an ordinary exception: the worker stays.
     assert_eq!(fx.rt.stats()[0].idle, 1);
@@ -274,14 +293,14 @@ import os
 
 def handler(event, ctx):
     print("calling from", os.getpid())
-    return [os.getpid(), ctx.call(event, None)]
+    return [os.getpid(), ctx.spawn(event)]
 "#,
         lim,
     );
     let token = Arc::new(());
     let held = token.clone();
-    let host = TestHost::new(move |op, _| match op {
-        "hang" => never(&held),
+    let host = TestHost::new(move |_, args| match args["function"].as_str() {
+        Some("hang") => never(&held),
         _ => ok(json!("answered")),
     });
     let started = Instant::now();
@@ -315,7 +334,7 @@ import time
 def handler(event, ctx):
     if event == "too big":
         try:
-            ctx.call("echo", "x" * (7 * 1024 * 1024))
+            ctx.spawn("work", "x" * (7 * 1024 * 1024))
         except ctx.HostError as e:
             return [e.code, e.message]
     events = [{"i": i, "user": "user-%d" % i} for i in range(100000)]
@@ -362,15 +381,15 @@ async fn a_worker_that_crashes_during_a_call_is_a_crash() {
 import os
 
 def handler(event, ctx):
-    return [os.getpid(), ctx.call(event, {"pid": os.getpid()})]
+    return [os.getpid(), ctx.spawn(event, {"pid": os.getpid()})]
 "#,
     );
     let token = Arc::new(());
     let held = token.clone();
-    let host = TestHost::new(move |op, args| match op {
-        "crash" => {
+    let host = TestHost::new(move |_, args| match args["function"].as_str() {
+        Some("crash") => {
             // The worker dies while its call is pending.
-            let pid = rustix::process::Pid::from_raw(args["pid"].as_i64().unwrap() as i32);
+            let pid = rustix::process::Pid::from_raw(args["event"]["pid"].as_i64().unwrap() as i32);
             rustix::process::kill_process(pid.unwrap(), rustix::process::Signal::SEGV).unwrap();
             never(&held)
         }
@@ -394,7 +413,7 @@ async fn invocations_on_two_workers_calling_at_once_get_their_own_answers() {
 import os
 
 def handler(event, ctx):
-    return [os.getpid(), ctx.call("whoami", event)]
+    return [os.getpid(), ctx.spawn("whoami", event)]
 "#,
     );
     // Both calls must be pending at the same time for either to be answered.
@@ -405,7 +424,7 @@ def handler(event, ctx):
             let barrier = barrier.clone();
             Box::pin(async move {
                 barrier.wait().await;
-                Ok(json!({"host": name, "args": args}).to_string())
+                Ok(json!({"host": name, "args": args["event"]}).to_string())
             })
         })
     };
@@ -430,7 +449,7 @@ import os, threading
 def handler(event, ctx):
     answers = [None] * 4
     def work(i):
-        answers[i] = ctx.call("echo", i)
+        answers[i] = ctx.spawn("echo", i)
     threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 4)]
     for t in threads:
         t.start()
@@ -450,7 +469,7 @@ def handler(event, ctx):
     let host = TestHost::new(move |_, args| {
         let (barrier, turns, order) = (barrier.clone(), turns.clone(), answered.clone());
         Box::pin(async move {
-            let i = args.as_u64().unwrap() as usize;
+            let i = args["event"].as_u64().unwrap() as usize;
             barrier.wait().await;
             if i < 3 {
                 turns[i].notified().await;
@@ -467,7 +486,7 @@ def handler(event, ctx):
     assert_eq!(*order.lock().unwrap(), [3, 2, 1, 0]);
 
     // Every call finished before the handler returned: the worker stays.
-    let simple = TestHost::new(|_, args| ok(args));
+    let simple = TestHost::new(|_, args| ok(args["event"].clone()));
     let second = succeeded(&fx.call(&dep, "null", Some(simple)).await);
     assert_eq!(second[0], first[0]);
     assert_eq!(second[1], json!([0, 1, 2, 3]));
@@ -489,13 +508,13 @@ def handler(event, ctx):
         return os.getpid()
     if event == "stale":
         try:
-            kept[0].call("echo", 1)
+            kept[0].spawn("echo", 1)
         except ctx.HostError as e:
             return [os.getpid(), e.code]
     if event == "leave":
         # A thread still waits for its answer when the handler returns.
-        threading.Thread(target=ctx.call, args=("hang", None), daemon=True).start()
-        ctx.call("sync", None)
+        threading.Thread(target=ctx.spawn, args=("hang",), daemon=True).start()
+        ctx.spawn("sync")
         return ["left", os.getpid()]
     return os.getpid()
 "#,
@@ -504,12 +523,12 @@ def handler(event, ctx):
     let held = token.clone();
     let hang_arrived = Arc::new(tokio::sync::Notify::new());
     let arrived = hang_arrived.clone();
-    let host = TestHost::new(move |op, args| match op {
-        "hang" => {
+    let host = TestHost::new(move |_, args| match args["function"].as_str() {
+        Some("hang") => {
             arrived.notify_one();
             never(&held)
         }
-        "sync" => {
+        Some("sync") => {
             let arrived = arrived.clone();
             Box::pin(async move {
                 arrived.notified().await;
@@ -533,10 +552,49 @@ def handler(event, ctx):
     assert_eq!(value[1], pid, "the same worker ran it");
     assert!(logs(&left).contains("still in flight"), "{}", logs(&left));
     assert_eq!(Arc::strong_count(&token), 2, "the pending call was dropped");
-    let ops: Vec<String> = host.calls().into_iter().map(|(op, _)| op).collect();
-    let mut sorted = ops.clone();
-    sorted.sort();
-    assert_eq!(sorted, ["hang", "sync"]);
+    let mut called: Vec<Value> = host
+        .calls()
+        .into_iter()
+        .map(|(_, args)| args["function"].clone())
+        .collect();
+    called.sort_by_key(|f| f.to_string());
+    assert_eq!(called, ["hang", "sync"]);
     let next = succeeded(&fx.call(&dep, "null", Some(host)).await);
     assert_ne!(next, pid, "a fresh worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_operations_and_bad_arguments_never_reach_the_host() {
+    let fx = fixture();
+    let dep = fx.deploy(
+        "typed@1",
+        r#"
+import os
+
+def handler(event, ctx):
+    out = [os.getpid()]
+    for op, args in [("echo", {"x": 1}), ("spawn", {"fn": "x"}), ("get_doc", ["c", "id"])]:
+        try:
+            ctx.call(op, args)
+        except ctx.HostError as e:
+            out.append([e.code, e.message])
+    return out
+"#,
+    );
+    let host = TestHost::echo();
+    let value = succeeded(&fx.call(&dep, "null", Some(host.clone())).await);
+    assert_eq!(value[1][0], "unknown_op");
+    assert_eq!(
+        value[1][1],
+        "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs and get_doc"
+    );
+    assert_eq!(value[2][0], "invalid_input");
+    let message = value[2][1].as_str().unwrap();
+    assert!(message.contains("\"spawn\""), "{message}");
+    assert!(message.contains("missing field `function`"), "{message}");
+    assert_eq!(value[3][0], "invalid_input");
+    assert!(host.calls().is_empty());
+    // A refused call is an ordinary answer: the worker stays.
+    let again = succeeded(&fx.call(&dep, "null", Some(host)).await);
+    assert_eq!(again[0], value[0]);
 }

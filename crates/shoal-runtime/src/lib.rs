@@ -4,6 +4,10 @@
 //! returns `Ok(Response)` for every outcome of *user* code, including crashes
 //! and timeouts (`Outcome::Failed`); `Err` means the platform itself failed
 //! (could not spawn a process, the runtime is shutting down).
+//!
+//! Running user code calls back into the node through [`Host`] with a
+//! [`HostCall`]: the host-call protocol is defined here, once, for every
+//! runtime (see [`host`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +16,13 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use shoal_types::{Failure, Limits, Outcome};
+
+pub mod host;
+
+pub use host::{
+    DocArg, GetDocArgs, HOST_PROTOCOL_VERSION, Host, HostCall, HostError, JobArgs, JobResultsArgs,
+    MapArgs, PutDocsArgs, SendArgs, SpawnArgs,
+};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -41,25 +52,6 @@ pub struct Deployment {
     /// The environment built by `prepare`, if the function has requirements.
     pub env_dir: Option<PathBuf>,
     pub limits: Limits,
-}
-
-/// An error answer to a host call; the Python side raises it as
-/// `ctx.HostError(code, message)` (`.code`, `.message`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostError {
-    pub code: String,
-    pub message: String,
-}
-
-/// Calls from running user code back into the node: `ctx.spawn`, `ctx.map`,
-/// `ctx.send`, ... The engine implements it; the runtime only carries the
-/// calls. `args` and the answer are JSON text.
-pub trait Host: Send + Sync + 'static {
-    fn call(
-        &self,
-        op: &str,
-        args: String,
-    ) -> BoxFuture<'static, std::result::Result<String, HostError>>;
 }
 
 /// Awaited by the runtime right before a handler starts on a ready worker:

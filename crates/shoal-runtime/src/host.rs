@@ -1,0 +1,296 @@
+//! Host calls: running user code calling back into the node (`ctx.spawn`,
+//! `ctx.map`, `ctx.send`, ...), as one typed, versioned protocol.
+//!
+//! A runtime carries each call from the worker to the engine's [`Host`] as
+//! a [`HostCall`]: one variant per operation, each with its arguments as a
+//! serde struct. Event, body and document payloads stay the JSON text the
+//! worker sent ([`RawValue`]), so documents are never decoded into a tree
+//! and re-encoded on their way to the store.
+//!
+//! On the wire (Python: `crates/shoal-runtime-python`, `host.py`) a call is
+//! the operation's name and its arguments as a JSON object;
+//! [`HostCall::decode`] turns the pair into a `HostCall` or into the
+//! [`HostError`] the worker gets back (`unknown_op`, `invalid_input`). The
+//! exact frames the Python side sends, and the replies it understands, are
+//! pinned by the golden files in `tests/golden/host/` (one per operation),
+//! which tests on both sides check. [`HOST_PROTOCOL_VERSION`] names this
+//! protocol; a worker states the version it speaks before it serves, and a
+//! runtime refuses one that speaks another.
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The version of the host-call protocol: the operations, their arguments
+/// and their answers. Bump it (and the golden files, and `HOST_PROTOCOL` in
+/// the Python runner) on any change a worker of the previous version would
+/// get wrong.
+pub const HOST_PROTOCOL_VERSION: u32 = 1;
+
+/// An error answer to a host call; the Python side raises it as
+/// `ctx.HostError(code, message)` (`.code`, `.message`).
+///
+/// Codes made while decoding a call: `unknown_op` (no such operation) and
+/// `invalid_input` (its arguments do not fit). The engine's own codes name
+/// what went wrong, e.g. `function_not_found`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    pub code: String,
+    pub message: String,
+}
+
+impl HostError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> HostError {
+        HostError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Calls from running user code back into the node. The engine implements
+/// it; the runtime only carries the calls. The answer is JSON text (each
+/// operation's answer is documented on its [`HostCall`] variant).
+pub trait Host: Send + Sync + 'static {
+    fn call(&self, call: HostCall) -> BoxFuture<'static, std::result::Result<String, HostError>>;
+}
+
+/// Defines [`HostCall`] and its table of operations from one list, so that
+/// the enum, the names on the wire and the decoder cannot disagree.
+macro_rules! host_calls {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident($args:ident) = $op:literal,
+    )*) => {
+        /// One host call, decoded. See the module docs.
+        #[derive(Debug)]
+        pub enum HostCall {
+            $( $(#[$doc])* $variant($args), )*
+        }
+
+        impl HostCall {
+            /// Every operation's name on the wire, in declaration order.
+            pub const OPS: &'static [&'static str] = &[$($op),*];
+
+            /// Decodes a call from its operation's name and its arguments
+            /// (JSON text).
+            pub fn decode(op: &str, args: &str) -> std::result::Result<HostCall, HostError> {
+                match op {
+                    $( $op => decode_args(op, args).map(HostCall::$variant), )*
+                    _ => Err(unknown_op(op)),
+                }
+            }
+
+            /// The operation's name on the wire.
+            pub fn op(&self) -> &'static str {
+                match self {
+                    $( HostCall::$variant(_) => $op, )*
+                }
+            }
+
+            /// The arguments as compact JSON text, in the field order the
+            /// Python runner writes them; payloads are the text received.
+            pub fn encode_args(&self) -> String {
+                let encoded = match self {
+                    $( HostCall::$variant(args) => serde_json::to_string(args), )*
+                };
+                // Plain structs of strings, numbers and raw JSON: writing
+                // them into a string cannot fail.
+                encoded.unwrap_or_else(|e| unreachable!("encoding host call arguments: {e}"))
+            }
+        }
+    };
+}
+
+host_calls! {
+    /// `ctx.spawn(function, event)`: an asynchronous invocation. Answer
+    /// `{"id"}`.
+    Spawn(SpawnArgs) = "spawn",
+    /// `ctx.send(queue, body, delay, dedup_id)`: a message on a queue.
+    /// Answer `{"id"}` (the message's id).
+    Send(SendArgs) = "send",
+    /// `ctx.map(function, events, then)`: a job, one child per event.
+    /// Answer `{"job"}`.
+    Map(MapArgs) = "map",
+    /// `ctx.job(job)`: a job's progress. Answer `{"job", "status", "total",
+    /// "succeeded", "failed", "cancelled", "pending"}`.
+    Job(JobArgs) = "job",
+    /// `ctx.job_results(job, offset, limit)`: a page of a job's results.
+    /// Answer `{"results": [{"index", "invocation", "status", "output",
+    /// "error"}]}`.
+    JobResults(JobResultsArgs) = "job_results",
+    /// `ctx.put_docs(category, docs)` and `ctx.put`: documents, durable
+    /// when answered. Answer `{"ids"}`.
+    PutDocs(PutDocsArgs) = "put_docs",
+    /// `ctx.get(category, id)`: one document. Answer `{"doc"}`, `null` when
+    /// there is none.
+    GetDoc(GetDocArgs) = "get_doc",
+}
+
+/// Arguments of [`HostCall::Spawn`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SpawnArgs {
+    pub function: String,
+    /// The event's JSON text; `None` when the call passed `null` or none.
+    #[serde(default)]
+    pub event: Option<Box<RawValue>>,
+}
+
+/// Arguments of [`HostCall::Send`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SendArgs {
+    pub queue: String,
+    /// The message body's JSON text.
+    pub body: Box<RawValue>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub dedup_id: Option<String>,
+}
+
+/// Arguments of [`HostCall::Map`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct MapArgs {
+    pub function: String,
+    /// Each child's event, as JSON text.
+    pub events: Vec<Box<RawValue>>,
+    /// The function invoked once every child has finished.
+    #[serde(default)]
+    pub then: Option<String>,
+}
+
+/// Arguments of [`HostCall::Job`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct JobArgs {
+    pub job: String,
+}
+
+/// Arguments of [`HostCall::JobResults`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct JobResultsArgs {
+    pub job: String,
+    /// The first child index of the page.
+    #[serde(default)]
+    pub offset: u64,
+    /// Results at most; the node caps it.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Arguments of [`HostCall::PutDocs`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PutDocsArgs {
+    pub category: String,
+    pub docs: Vec<DocArg>,
+}
+
+/// One document of [`PutDocsArgs`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DocArg {
+    /// `None`: the node makes an id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The document's JSON text, stored as it is.
+    pub doc: Box<RawValue>,
+}
+
+/// Arguments of [`HostCall::GetDoc`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct GetDocArgs {
+    pub category: String,
+    pub id: String,
+}
+
+fn decode_args<'a, T: Deserialize<'a>>(op: &str, args: &'a str) -> Result<T, HostError> {
+    let invalid = |why: &dyn std::fmt::Display| {
+        HostError::new(
+            "invalid_input",
+            format!("bad arguments for the host call {op:?}: {why}"),
+        )
+    };
+    // Arguments are an object: serde would also take a struct's fields
+    // from an array, in order.
+    if !args.trim_start().starts_with('{') {
+        return Err(invalid(&"expected a JSON object"));
+    }
+    serde_json::from_str(args).map_err(|e| invalid(&e))
+}
+
+fn unknown_op(op: &str) -> HostError {
+    let (last, rest) = HostCall::OPS.split_last().unwrap_or((&"", &[]));
+    HostError::new(
+        "unknown_op",
+        format!(
+            "no host call named {op:?}; the calls are {} and {last}",
+            rest.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_decode_and_encode_back() {
+        let call = HostCall::decode(
+            "send",
+            r#"{"queue":"q","body":{"a": [1, 2.50]},"delay_ms":null,"dedup_id":"d"}"#,
+        )
+        .unwrap();
+        assert_eq!(call.op(), "send");
+        let HostCall::Send(args) = &call else {
+            panic!("{call:?}")
+        };
+        // The body stays the text that came in, spaces and all.
+        assert_eq!(args.body.get(), r#"{"a": [1, 2.50]}"#);
+        assert_eq!(
+            call.encode_args(),
+            r#"{"queue":"q","body":{"a": [1, 2.50]},"delay_ms":null,"dedup_id":"d"}"#
+        );
+    }
+
+    #[test]
+    fn options_may_be_left_out() {
+        let HostCall::JobResults(args) = HostCall::decode("job_results", r#"{"job":"j"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((args.offset, args.limit), (0, None));
+        let HostCall::Spawn(args) =
+            HostCall::decode("spawn", r#"{"function":"f","event":null}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(args.event.is_none());
+    }
+
+    #[test]
+    fn unknown_ops_and_bad_arguments_are_host_errors() {
+        let e = HostCall::decode("echo", "{}").unwrap_err();
+        assert_eq!(e.code, "unknown_op");
+        assert_eq!(
+            e.message,
+            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs and get_doc"
+        );
+        let e = HostCall::decode("map", r#"{"function":"f"}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_input");
+        assert!(e.message.contains("missing field `events`"), "{e:?}");
+        let e = HostCall::decode("get_doc", r#"["c", "id"]"#).unwrap_err();
+        assert_eq!(e.code, "invalid_input");
+        assert_eq!(
+            e.message,
+            "bad arguments for the host call \"get_doc\": expected a JSON object"
+        );
+    }
+
+    #[test]
+    fn bad_arguments_name_their_op() {
+        for op in HostCall::OPS {
+            // Each op's arguments have at least one required field.
+            let e = HostCall::decode(op, "{}").unwrap_err();
+            assert_eq!(e.code, "invalid_input", "{op}");
+            assert!(e.message.contains(&format!("{op:?}")), "{e:?}");
+        }
+    }
+}

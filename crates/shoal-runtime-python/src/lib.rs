@@ -1,5 +1,6 @@
 //! The Python runtime: warm worker pools forked from one template process per
-//! deployment, `runner.py` embedded, virtualenvs built from `requirements.txt`.
+//! deployment, the runner package (`src/_shoal_runner/`) embedded, virtualenvs
+//! built from `requirements.txt`.
 //!
 //! Queries (`map`/`map_batch` and `reduce` over a category's shards) run on
 //! query workers of their own, forked from the same template, which keep the
@@ -10,8 +11,11 @@
 //! Handlers call back into the node (`ctx.call`, `ctx.spawn`, `ctx.map`,
 //! `ctx.send`) over their worker's socket while they run: `worker.rs` hands
 //! each call to the request's `Host` and writes the answer back, inside the
-//! invocation's timeout; `protocol.rs` has the frames, `runner.py` the
-//! Python API (`ctx.HostError`). Query workers have no context, so no calls.
+//! invocation's timeout; `protocol.rs` has the frames, the runner's `host.py`
+//! the Python side, and `python/shoal/context.py` (embedded as the runner's
+//! `context.py`) the API handlers see (`Context`, `ctx.HostError`). Calls are
+//! decoded into `shoal_runtime::HostCall`s here, before the `Host` sees them.
+//! Query workers have no context, so no calls.
 //!
 //! Invariant: a misbehaving function (raises, loops, exhausts memory, crashes,
 //! forks, floods its output) fails its own invocation or query; its pool heals
@@ -32,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use sha2::{Digest, Sha256};
 
 use shoal_runtime::{
     Deployment, Error, PoolStats, Prepared, QueryOutcome, QueryRequest, Request, Response, Result,
@@ -42,8 +47,27 @@ use crate::cache::Cache;
 use crate::pool::Pool;
 use crate::venv::Venvs;
 
-/// The runner script, written to `work_dir/runner.py` by `PythonRuntime::new`.
-const RUNNER_PY: &str = include_str!("runner.py");
+/// The runner package `_shoal_runner`, file by file, written by
+/// `PythonRuntime::new` to `work_dir/runner-<hash of the files>/_shoal_runner/`
+/// (a directory per content, so bytecode Python caches there is never stale).
+/// Its `context.py` is the client package's: one definition of the API
+/// handlers see.
+const RUNNER_FILES: &[(&str, &str)] = &[
+    ("__init__.py", include_str!("_shoal_runner/__init__.py")),
+    ("__main__.py", include_str!("_shoal_runner/__main__.py")),
+    ("capture.py", include_str!("_shoal_runner/capture.py")),
+    (
+        "context.py",
+        include_str!("../../../python/shoal/context.py"),
+    ),
+    ("failures.py", include_str!("_shoal_runner/failures.py")),
+    ("host.py", include_str!("_shoal_runner/host.py")),
+    ("process.py", include_str!("_shoal_runner/process.py")),
+    ("protocol.py", include_str!("_shoal_runner/protocol.py")),
+    ("query.py", include_str!("_shoal_runner/query.py")),
+    ("template.py", include_str!("_shoal_runner/template.py")),
+    ("worker.py", include_str!("_shoal_runner/worker.py")),
+];
 
 /// How the Python runtime is set up.
 #[derive(Debug, Clone)]
@@ -52,7 +76,8 @@ pub struct Options {
     /// then resolved once to the real executable so wrappers such as pyenv
     /// shims are not paid for on every process start.
     pub python: PathBuf,
-    /// Where `runner.py` is written and virtualenvs live (`work_dir/venvs/<hash>`).
+    /// Where the runner package is written (`work_dir/runner-<hash>/`) and
+    /// virtualenvs live (`work_dir/venvs/<hash>`).
     pub work_dir: PathBuf,
     /// Workers idle this long are stopped; a template goes once it has had no
     /// workers for this long.
@@ -112,7 +137,8 @@ pub(crate) struct Config {
 }
 
 impl PythonRuntime {
-    /// Writes `runner.py` into `options.work_dir` and starts the idle reaper.
+    /// Writes the runner package into `options.work_dir` and starts the idle
+    /// reaper.
     /// Must be called inside a (multi-thread) tokio runtime.
     pub fn new(options: Options) -> Result<Arc<PythonRuntime>> {
         let handle = tokio::runtime::Handle::try_current()
@@ -120,9 +146,7 @@ impl PythonRuntime {
         let work_dir = options.work_dir.clone();
         std::fs::create_dir_all(work_dir.join("venvs"))
             .map_err(|e| Error::Platform(format!("cannot create {}: {e}", work_dir.display())))?;
-        let runner = work_dir.join("runner.py");
-        write_atomically(&runner, RUNNER_PY.as_bytes())
-            .map_err(|e| Error::Platform(format!("cannot write {}: {e}", runner.display())))?;
+        let runner = write_runner(&work_dir)?;
         let config = Arc::new(Config {
             python: options.python.clone(),
             interpreter: tokio::sync::OnceCell::new(),
@@ -286,6 +310,40 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Writes the runner package under `work_dir` and returns the path of its
+/// `__main__.py`. Runner directories of other versions are removed.
+fn write_runner(work_dir: &Path) -> Result<PathBuf> {
+    let mut hash = Sha256::new();
+    for (name, text) in RUNNER_FILES {
+        hash.update((name.len() as u64).to_be_bytes());
+        hash.update(name.as_bytes());
+        hash.update((text.len() as u64).to_be_bytes());
+        hash.update(text.as_bytes());
+    }
+    let dir_name = format!("runner-{}", &hex::encode(hash.finalize())[..16]);
+    let package = work_dir.join(&dir_name).join("_shoal_runner");
+    let failed = |path: &Path, e: std::io::Error| {
+        Error::Platform(format!("cannot write {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(&package).map_err(|e| failed(&package, e))?;
+    for (name, text) in RUNNER_FILES {
+        let path = package.join(name);
+        write_atomically(&path, text.as_bytes()).map_err(|e| failed(&path, e))?;
+    }
+    // Left by earlier versions: a runner script, runner directories.
+    let _ = std::fs::remove_file(work_dir.join("runner.py"));
+    if let Ok(entries) = std::fs::read_dir(work_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("runner-") && name != dir_name {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(package.join("__main__.py"))
+}
+
 /// Writes a file through a temporary name, so a concurrent reader never sees
 /// half of it.
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -295,4 +353,47 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runner_module_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/_shoal_runner");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".py"))
+            .collect();
+        // The API module is the client package's file.
+        on_disk.push("context.py".into());
+        on_disk.sort();
+        let embedded: Vec<&str> = RUNNER_FILES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn the_runner_is_written_once_per_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("runner.py"), "old").unwrap();
+        std::fs::create_dir_all(tmp.path().join("runner-0000000000000000/_shoal_runner")).unwrap();
+        let main = write_runner(tmp.path()).unwrap();
+        assert!(main.ends_with("_shoal_runner/__main__.py"), "{main:?}");
+        let package = main.parent().unwrap();
+        for (name, text) in RUNNER_FILES {
+            assert_eq!(std::fs::read_to_string(package.join(name)).unwrap(), *text);
+        }
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let dir = package.parent().unwrap().file_name().unwrap();
+        assert_eq!(left, [dir.to_string_lossy().into_owned()]);
+        assert_eq!(write_runner(tmp.path()).unwrap(), main);
+    }
 }

@@ -1,4 +1,5 @@
-//! The wire format between Rust and `runner.py`, both directions.
+//! The wire format between Rust and the runner (`_shoal_runner`), both
+//! directions.
 //!
 //! **Worker protocol socket** (`AF_UNIX`, `SOCK_STREAM`, one per worker): each
 //! frame is a 4-byte big-endian length, then that many bytes holding a UTF-8
@@ -15,17 +16,22 @@
 //!   may carry `"fatal":true`: the handler returned while one of its threads
 //!   was still waiting for a host call, so the worker exits after the reply.
 //!
-//! **Host calls** (while an invocation runs; `ctx.call` in Python):
+//! **Host calls** (while an invocation runs; `ctx.call` in Python), version
+//! `shoal_runtime::HOST_PROTOCOL_VERSION`, which the template states in its
+//! first message (`host_protocol`):
 //!
 //! - worker → Rust: `{"kind":"host","seq":n,"op":"...","args":<JSON>}`.
 //!   `seq` is unique within the worker; several calls may be in flight at
 //!   once (from threads of the handler). `args` is at most
 //!   `max_result_bytes` of JSON text (the worker checks before sending, Rust
-//!   again before calling the host).
+//!   again before decoding). `op` and `args` decode into a
+//!   `shoal_runtime::HostCall`, whose golden files
+//!   (`crates/shoal-runtime/tests/golden/host/`) hold the exact frames.
 //! - Rust → worker, in any order: `{"kind":"host_reply","seq":n,
 //!   "result":<JSON>}` or `{"kind":"host_reply","seq":n,"error":{"code":..,
 //!   "message":..}}`. Codes Rust makes itself: `no_host` (the request has no
-//!   `Host`), `too_large`, `bad_answer` (the host answered with invalid JSON).
+//!   `Host`), `too_large`, `bad_answer` (the host answered with invalid JSON),
+//!   `unknown_op` and `invalid_input` (the call does not decode).
 //!
 //!   Rust sends nothing else on the socket while an invocation runs, so the
 //!   worker reads only replies until its `result`/`error`. Calls still
@@ -35,8 +41,9 @@
 //! **Template control socket** (`SOCK_SEQPACKET`, the template's fd 0): one JSON
 //! object per message (same optional tail). Rust → template: `{"kind":"fork",
 //! "req":n}` with two fds attached (`SCM_RIGHTS`: the worker's protocol socket
-//! and log pipe). Template → Rust: `ready`, `load_failed` (+ import-time
-//! output), `forked {req,pid}`, `fork_failed {req,message}`, `exit {pid, code |
+//! and log pipe). Template → Rust: `ready {host_protocol,pid,handler_error,
+//! query}`, `load_failed {host_protocol,..}` (+ import-time output), `forked
+//! {req,pid}`, `fork_failed {req,message}`, `exit {pid, code |
 //! signal + signal_name, maxrss_kb}`.
 //!
 //! **Query frames** share the worker socket and its framing. Rust → worker: a
@@ -186,6 +193,9 @@ pub(crate) struct Control {
     /// `ready`: which query functions the module defines.
     #[serde(default)]
     pub query: Option<QueryFunctions>,
+    /// `ready`, `load_failed`: the host-call protocol the runner speaks.
+    #[serde(default)]
+    pub host_protocol: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -585,6 +595,63 @@ mod tests {
         );
         assert_eq!(frames[2]["error"]["code"], "bad_answer");
         assert_eq!(frames.len(), 3);
+    }
+
+    /// The golden replies of the host-call protocol (crate shoal-runtime,
+    /// `tests/golden/host/`) are exactly what `host_reply_frame` writes.
+    #[test]
+    fn host_replies_are_the_golden_ones() {
+        #[derive(Deserialize)]
+        struct Golden {
+            cases: Vec<Case>,
+        }
+        #[derive(Deserialize)]
+        struct Case {
+            reply: String,
+        }
+        #[derive(Deserialize)]
+        struct GoldenReply<'a> {
+            seq: u64,
+            #[serde(borrow, default)]
+            result: Option<&'a RawValue>,
+            #[serde(default)]
+            error: Option<GoldenError>,
+        }
+        #[derive(Deserialize)]
+        struct GoldenError {
+            code: String,
+            message: String,
+        }
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shoal-runtime/tests/golden/host");
+        let mut replies = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.path().extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let golden: Golden = serde_json::from_str(&text).unwrap();
+            for case in golden.cases {
+                let reply: GoldenReply<'_> = serde_json::from_str(&case.reply).unwrap();
+                let answer = match (reply.result, reply.error) {
+                    (Some(result), None) => Ok(result.get().to_string()),
+                    (None, Some(e)) => Err(HostError::new(e.code, e.message)),
+                    _ => panic!("{:?}: {}", entry.path(), case.reply),
+                };
+                let mut out = Vec::new();
+                host_reply_frame(&mut out, reply.seq, answer);
+                assert_eq!(frame_len(&out), Some(out.len() - HEADER));
+                assert_eq!(
+                    std::str::from_utf8(&out[HEADER..]).unwrap(),
+                    case.reply,
+                    "{:?}",
+                    entry.path()
+                );
+                replies += 1;
+            }
+        }
+        assert!(replies > 20, "{replies} golden replies");
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub(crate) async fn run(pool: Arc<Pool>, request: QueryRequest) -> Result<QueryO
         // In a task of its own: the cleanup completes even if the caller
         // stops waiting now.
         let pool = pool.clone();
+        // Awaited right here; a task only so that it is not dropped with us.
+        #[allow(clippy::disallowed_methods)]
         let _ = tokio::spawn(async move { recover(&pool, set).await }).await;
     }
     result

@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Interest};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use shoal_runtime::Error;
+use shoal_runtime::{Error, HOST_PROTOCOL_VERSION};
 use shoal_types::{Failure, FailureKind};
 
 use crate::lock;
@@ -171,6 +171,9 @@ impl Template {
         };
 
         let tail = Arc::new(Mutex::new(Vec::new()));
+        // Ends at EOF of the template's output, once the template (killed
+        // when its `Template` or this start is dropped) and its workers are gone.
+        #[allow(clippy::disallowed_methods)]
         let output = tokio::spawn(forward_output(spec.key.clone(), out_r, tail.clone()));
         let ctl = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(ours))
             .map_err(|e| platform("registering a control socket", e))?;
@@ -212,6 +215,10 @@ impl Template {
         }
         let (msg, logs): (Control, &[u8]) = protocol::split(&buf[..n])
             .map_err(|e| Error::Platform(format!("bad message from the template: {e}")))?;
+        if let Err(e) = check_protocol(&msg, &spec.runner) {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            return Err(e);
+        }
         match msg.kind.as_str() {
             "ready" => {
                 let shared = Arc::new(Shared {
@@ -222,6 +229,8 @@ impl Template {
                         ..ControlState::default()
                     }),
                 });
+                // Kept in the `Template`, which aborts it when dropped.
+                #[allow(clippy::disallowed_methods)]
                 let reader = tokio::spawn(read_control(shared.clone(), buf));
                 let handler_error = msg.handler_error.map(|e| Failure {
                     kind: FailureKind::LoadFailed,
@@ -496,6 +505,61 @@ fn passed_on(name: &std::ffi::OsStr) -> bool {
     NAMES.contains(&name) || name.starts_with("LC_")
 }
 
+/// The runner states the host-call protocol it speaks in its first message;
+/// one that speaks another version (or none: older than versions) is not
+/// used, since its host calls would be misunderstood.
+fn check_protocol(msg: &Control, runner: &std::path::Path) -> Result<(), Error> {
+    match msg.host_protocol {
+        Some(HOST_PROTOCOL_VERSION) => Ok(()),
+        spoken => Err(Error::Platform(format!(
+            "the Python runner {} speaks host protocol {}; this node speaks version {HOST_PROTOCOL_VERSION}",
+            runner.display(),
+            spoken.map_or_else(|| "of no version".to_string(), |v| format!("version {v}")),
+        ))),
+    }
+}
+
 fn platform(what: &str, e: io::Error) -> Error {
     Error::Platform(format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(text: &str) -> Control {
+        protocol::split::<Control>(text.as_bytes()).unwrap().0
+    }
+
+    #[test]
+    fn a_runner_speaking_another_host_protocol_is_refused() {
+        let runner = std::path::Path::new("/w/runner-x/_shoal_runner/__main__.py");
+        let ours = format!(r#"{{"kind":"ready","host_protocol":{HOST_PROTOCOL_VERSION},"pid":1}}"#);
+        assert!(check_protocol(&hello(&ours), runner).is_ok());
+
+        let other = format!(
+            r#"{{"kind":"ready","host_protocol":{},"pid":1}}"#,
+            HOST_PROTOCOL_VERSION + 1
+        );
+        let Err(Error::Platform(message)) = check_protocol(&hello(&other), runner) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            message,
+            format!(
+                "the Python runner /w/runner-x/_shoal_runner/__main__.py speaks host protocol version {}; this node speaks version {HOST_PROTOCOL_VERSION}",
+                HOST_PROTOCOL_VERSION + 1
+            )
+        );
+
+        let Err(Error::Platform(message)) =
+            check_protocol(&hello(r#"{"kind":"ready","pid":1}"#), runner)
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            message.contains("speaks host protocol of no version"),
+            "{message}"
+        );
+    }
 }

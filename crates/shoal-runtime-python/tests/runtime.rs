@@ -1,6 +1,9 @@
 //! Runtime tier: the Python runtime against a real python3, one test per
 //! behaviour; every failure kind must heal the pool.
 
+// Every task spawned here is awaited before the code that spawned it ends.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -208,7 +211,7 @@ def handler(event, ctx):
         "{traceback}"
     );
     assert!(
-        !traceback.contains("runner.py"),
+        !traceback.contains("_shoal_runner"),
         "runner frames are hidden: {traceback}"
     );
     assert!(logs(&response).contains("before raising"));
@@ -637,7 +640,8 @@ async fn idle_workers_and_templates_are_reaped() {
             std::fs::read(entry.path().join("cmdline"))
                 .map(|cmd| {
                     let cmd = String::from_utf8_lossy(&cmd);
-                    !(cmd.contains("runner.py") && cmd.contains(&*dep.code_dir.to_string_lossy()))
+                    !(cmd.contains("_shoal_runner")
+                        && cmd.contains(&*dep.code_dir.to_string_lossy()))
                 })
                 .unwrap_or(true)
         })
@@ -754,4 +758,72 @@ async fn a_cancelled_invocation_frees_its_worker() {
     // The only slot is free again.
     let next = fx.call(&dep, "null").await;
     assert_ne!(succeeded(&next).as_i64().unwrap(), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_modules_named_like_the_runners_own_are_imported() {
+    let fx = fixture();
+    let dep = fx.deploy(
+        "names@1",
+        r#"
+import sys
+
+SHOAL_BEFORE = "shoal" in sys.modules
+
+import capture, context, failures, host, process, protocol, query, template, worker
+import shoal  # the client package, vendored into the function's directory
+
+MODULES = (capture, context, failures, host, process, protocol, query, template, worker)
+
+def handler(event, ctx):
+    try:
+        ctx.call("spawn", {"function": "x"})
+        caught = None
+    except shoal.HostError as e:
+        caught = e.code
+    return {
+        "names": [m.NAME for m in MODULES],
+        "runner_on_path": [p for p in sys.path if "_shoal_runner" in p or "/runner-" in p],
+        "shoal_before": SHOAL_BEFORE,
+        "is_context": isinstance(ctx, shoal.Context),
+        "same_error": shoal.HostError is ctx.HostError,
+        "caught": caught,
+    }
+"#,
+    );
+    let names = [
+        "capture", "context", "failures", "host", "process", "protocol", "query", "template",
+        "worker",
+    ];
+    for name in names {
+        std::fs::write(
+            dep.code_dir.join(format!("{name}.py")),
+            format!("NAME = 'user {name}'\n"),
+        )
+        .unwrap();
+    }
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/shoal"),
+        &dep.code_dir.join("shoal"),
+    );
+    let value = succeeded(&fx.call(&dep, "null").await);
+    let expected: Vec<String> = names.iter().map(|n| format!("user {n}")).collect();
+    assert_eq!(value["names"], serde_json::json!(expected));
+    assert_eq!(value["runner_on_path"], serde_json::json!([]));
+    // The runner never imports the client package itself.
+    assert_eq!(value["shoal_before"], false);
+    // `shoal.Context` and `shoal.HostError` are the runtime's classes.
+    assert_eq!(value["is_context"], true);
+    assert_eq!(value["same_error"], true);
+    assert_eq!(value["caught"], "no_host");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name();
+        if entry.file_type().unwrap().is_file() && name.to_string_lossy().ends_with(".py") {
+            std::fs::copy(entry.path(), to.join(name)).unwrap();
+        }
+    }
 }

@@ -1,0 +1,287 @@
+"""What a function's handler receives: ``handler(event, ctx)``.
+
+``ctx`` is a :class:`Context`: who this invocation is, how much time it has
+left, and *host calls*, which call back into the node while the handler
+runs (start invocations, fan out jobs, send messages, read and write
+documents). A refused or failed call raises :class:`HostError`.
+
+Import them for type hints and tests; a function needs no import at all
+(``ctx.HostError`` is the same class)::
+
+    from shoal import Context, HostError
+
+    def handler(event: dict, ctx: Context) -> dict:
+        try:
+            ctx.send("orders", event)
+        except HostError as e:
+            return {"queued": False, "why": e.code}
+        return {"queued": True}
+
+    # A test: host calls go to a function of (op, args).
+    calls = []
+    ctx = Context(host=lambda op, args: calls.append((op, args)) or {"id": "m-1"})
+    assert handler({"n": 1}, ctx) == {"queued": True}
+    assert calls == [("send", {"queue": "orders", "body": {"n": 1},
+                               "delay_ms": None, "dedup_id": None})]
+
+This file is also the one the node's Python runtime uses: it is embedded in
+the node and copied into every worker, so the API here is the API handlers
+get, whether or not this package is installed next to the function. Inside
+a worker, ``shoal.Context`` and ``shoal.HostError`` are the runtime's own
+classes, so ``isinstance(ctx, Context)`` and ``except HostError`` hold.
+
+Standard library only, and cheap to import: nothing is imported for the
+type hints at run time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import timedelta
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+    #: Where a test context's host calls go: ``host(op, args)`` returns the
+    #: answer (any JSON value) or raises :class:`HostError`.
+    HostFunction = Callable[[str, Any], Any]
+    #: A document to write: ``(id, doc)`` (``id`` None: the node makes one),
+    #: or the document alone.
+    DocItem = Union[Tuple[Optional[str], Any], Any]
+
+__all__ = ["Context", "HostError"]
+
+
+class HostError(Exception):
+    """A host call (``ctx.call``, ``ctx.spawn``, ``ctx.map``, ``ctx.send``,
+    ...) was refused or failed.
+
+    ``code`` is a short machine-readable string, ``message`` says what
+    happened. Codes the runtime itself uses:
+
+    - ``no_host``: host calls are not available where this code runs;
+    - ``too_large``: the arguments are more JSON than the limit (the result
+      size limit, 6 MiB by default);
+    - ``invocation_ended``: the call came from a context whose invocation has
+      already returned (a context kept for later, or a leftover thread);
+    - ``unavailable``: the worker can no longer make calls (a forked process,
+      or an earlier call was interrupted while reading its reply);
+    - ``bad_answer``: the node's answer was not valid JSON;
+    - ``unknown_op``: ``ctx.call`` named an operation the node does not have;
+    - ``invalid_input``: the arguments do not fit the operation.
+
+    Every other code is the node's answer (for example
+    ``function_not_found`` or ``queue_not_found``). The class is also
+    ``ctx.HostError``, so a handler catches it without importing anything::
+
+        try:
+            ctx.send("orders", order)
+        except ctx.HostError as e:
+            print("not queued:", e.code, e.message)
+    """
+
+    # Tracebacks and reprs name it where users import it from.
+    __module__ = "shoal"
+
+    code: str
+    message: str
+
+    def __init__(self, code: str, message: str) -> None:
+        Exception.__init__(self, code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return "%s: %s" % (self.code, self.message)
+
+
+class Context:
+    """The second argument of a handler.
+
+    Attributes: ``invocation_id``, ``function_name``, ``version``,
+    ``attempt`` (1-based), ``memory_limit_mb``. Methods:
+    ``remaining_time_ms()``, and the host calls ``call``, ``spawn``, ``map``,
+    ``job``, ``job_results``, ``results``, ``send``, ``put_docs``, ``put``,
+    ``get``, which raise ``ctx.HostError``.
+
+    The node makes the contexts handlers get. Made by hand (for tests), a
+    context sends its host calls to ``host(op, args)``, which returns the
+    node's answer as a decoded JSON value or raises :class:`HostError`;
+    without ``host``, every call raises ``HostError("no_host")``.
+    """
+
+    __slots__ = ("invocation_id", "function_name", "version", "attempt", "memory_limit_mb", "_deadline", "_host")
+    __module__ = "shoal"
+
+    #: The exception host calls raise (the same class as ``shoal.HostError``).
+    HostError = HostError
+
+    invocation_id: str
+    function_name: str
+    version: int
+    attempt: int
+    memory_limit_mb: int
+
+    def __init__(
+        self,
+        *,
+        invocation_id: str = "test-invocation",
+        function_name: str = "test",
+        version: int = 1,
+        attempt: int = 1,
+        memory_limit_mb: int = 256,
+        timeout_ms: int = 30_000,
+        host: Optional[HostFunction] = None,
+    ) -> None:
+        self._deadline = time.monotonic() + timeout_ms / 1000.0
+        self.invocation_id = invocation_id
+        self.function_name = function_name
+        self.version = version
+        self.attempt = attempt
+        self.memory_limit_mb = memory_limit_mb
+        self._host = host
+
+    def remaining_time_ms(self) -> int:
+        """Milliseconds left until the invocation times out."""
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    def call(self, op: str, args: Any = None) -> Any:
+        """Calls the node: runs the host operation ``op`` with ``args`` (any
+        JSON-serializable value) and returns the node's answer, decoded from
+        JSON. The operations are ``spawn``, ``send``, ``map``, ``job``,
+        ``job_results``, ``put_docs`` and ``get_doc``; the methods of the
+        same names build their arguments.
+
+        Blocks until the node answers; the invocation's timeout keeps running
+        meanwhile. Threads of the handler may call at the same time; each
+        gets its own answer. Calls end with the invocation: a context kept
+        for later, or a thread still calling after the handler returned, gets
+        ``HostError("invocation_ended")``.
+
+        Raises ``ctx.HostError`` (``.code``, ``.message``) when the node
+        refuses or fails the call, ``TypeError`` or ``ValueError`` when
+        ``args`` cannot be encoded as JSON (NaN and infinities included).
+        """
+        host = self._host
+        if host is None:
+            raise HostError("no_host", "host calls are not available here (%r was called)" % (op,))
+        return host(op, args)
+
+    def spawn(self, function: str, event: Any = None) -> Dict[str, Any]:
+        """Starts an asynchronous invocation of ``function`` (a name) with
+        ``event``, without waiting for it; returns the node's answer
+        ``{"id": <the new invocation's id>}``. Host operation ``"spawn"``,
+        args ``{"function", "event"}``."""
+        return self.call("spawn", {"function": function, "event": event})
+
+    def map(self, function: str, events: Iterable[Any], then: Optional[str] = None) -> str:
+        """Fans out: one asynchronous invocation of ``function`` per event in
+        ``events`` (any iterable; up to 200,000 small events, within the size
+        limit of ``call``'s arguments), as one job. When every child has
+        finished (succeeded, failed after its retries, or cancelled), the node
+        invokes ``then`` (a function name), if given, once, with the event
+        ``{"job": <id>, "count": <n>}``; it reads the children's results with
+        ``ctx.results(job)``. Returns the job's id.
+
+        Called from a child of another job, the first ``map`` hands this
+        invocation's place in that job to the new one: the outer job counts
+        it finished only when the new job (and its ``then``) has, so an outer
+        fan-in waits for the whole tree. Host operation ``"map"``, args
+        ``{"function", "events", "then"}``, answer ``{"job"}``."""
+        if not isinstance(events, (list, tuple)):
+            events = list(events)
+        return self.call("map", {"function": function, "events": events, "then": then})["job"]
+
+    def job(self, job: str) -> Dict[str, Any]:
+        """A job's progress: a dict with ``status`` (``running``,
+        ``cancelling``, ``finished``, ``cancelled``), ``total``, ``pending``,
+        ``succeeded``, ``failed``, ``cancelled``. Host operation ``"job"``."""
+        return self.call("job", {"job": job})
+
+    def job_results(self, job: str, offset: int = 0, limit: int = 1000) -> List[Dict[str, Any]]:
+        """One page of a job's results in child order from index ``offset``
+        (at most ``limit``, up to 1000): dicts with ``index``, ``invocation``,
+        ``status``, ``output`` (the child's result) and ``error`` (``type``,
+        ``exception``, ``message``) for failed children. Children not finished
+        yet are skipped. Host operation ``"job_results"``."""
+        return self.call("job_results", {"job": job, "offset": offset, "limit": limit})["results"]
+
+    def results(self, job: str, page: int = 1000) -> Iterator[Dict[str, Any]]:
+        """Every finished child's result of ``job``, in child order (see
+        ``job_results``), fetched a page at a time."""
+        offset = 0
+        while True:
+            batch = self.job_results(job, offset, page)
+            for r in batch:
+                yield r
+            if len(batch) < page:
+                return
+            offset = batch[-1]["index"] + 1
+
+    def put_docs(self, category: str, docs: Iterable[DocItem]) -> List[str]:
+        """Writes documents into ``category``, atomically and durably before
+        it returns: ``docs`` is a list of ``(id, doc)`` pairs (``id`` None:
+        the node makes one) or of documents. Writing an id again replaces it.
+        Returns the ids. Host operation ``"put_docs"``, args ``{"category",
+        "docs": [{"id", "doc"}]}``."""
+        items = []
+        for d in docs:
+            if isinstance(d, tuple) and len(d) == 2:
+                items.append({"id": d[0], "doc": d[1]})
+            else:
+                items.append({"id": None, "doc": d})
+        return self.call("put_docs", {"category": category, "docs": items})["ids"]
+
+    def put(self, category: str, id: Optional[str], doc: Any) -> str:
+        """Writes one document (see ``put_docs``); returns its id."""
+        return self.put_docs(category, [(id, doc)])[0]
+
+    def get(self, category: str, id: str) -> Any:
+        """The document ``id`` of ``category``, or None when there is none.
+        Host operation ``"get_doc"``."""
+        return self.call("get_doc", {"category": category, "id": id})["doc"]
+
+    def send(
+        self,
+        queue: str,
+        body: Any,
+        delay: Union[int, float, timedelta, None] = None,
+        dedup_id: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Sends a message with ``body`` (any JSON value) to ``queue``;
+        returns the node's answer ``{"id": <the message's id>}``.
+
+        ``delay`` postpones delivery: seconds (int or float) or a
+        ``datetime.timedelta``; it goes to the node in milliseconds.
+        ``dedup_id`` makes sending the same message twice send it once. Host
+        operation ``"send"``, args ``{"queue", "body", "delay_ms",
+        "dedup_id"}`` (absent options are ``null``)."""
+        delay_ms = None
+        if delay is not None:
+            seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else delay
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise TypeError("delay must be seconds (int or float) or a timedelta, not %r" % (delay,))
+            if not seconds >= 0:
+                raise ValueError("delay must be at least 0 seconds, not %r" % (delay,))
+            delay_ms = int(round(seconds * 1000))
+        return self.call("send", {"queue": queue, "body": body, "delay_ms": delay_ms, "dedup_id": dedup_id})
+
+    def __repr__(self) -> str:
+        return "Context(invocation_id=%r, function_name=%r, version=%r, attempt=%r)" % (
+            self.invocation_id,
+            self.function_name,
+            self.version,
+            self.attempt,
+        )
+
+
+if not TYPE_CHECKING and __name__ != "_shoal_runner.context":
+    # Imported as `shoal.context` inside a Shoal worker: the runtime's copy
+    # of this file made `ctx` and raises its errors. Hand out its classes,
+    # so that `isinstance(ctx, Context)` and `except HostError` hold.
+    _runtime = sys.modules.get("_shoal_runner.context")
+    if _runtime is not None:
+        Context = _runtime.Context  # noqa: F811
+        HostError = _runtime.HostError  # noqa: F811

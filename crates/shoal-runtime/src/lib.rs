@@ -17,6 +17,8 @@ use futures_util::future::BoxFuture;
 
 use shoal_types::{Failure, Limits, Outcome};
 
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod host;
 
 pub use host::{

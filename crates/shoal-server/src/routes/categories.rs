@@ -76,6 +76,7 @@ pub(crate) async fn remove(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct WriteParams {
     /// List the written documents' ids in the answer (default true).
     return_ids: Option<bool>,
@@ -167,6 +168,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ScanParams {
     /// Documents per page (1 to 10,000; default 100).
     limit: Option<usize>,

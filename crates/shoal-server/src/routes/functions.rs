@@ -42,7 +42,14 @@ pub(crate) async fn deploy(
             ),
         ));
     }
-    let body = body?;
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            "the function archive is larger than this node accepts; leave data and environments out of it or raise --max-archive-bytes",
+        ),
+        _ => ApiError::from(r),
+    })?;
     let record = state.handle.deploy(body.to_vec()).await?;
     Ok((StatusCode::CREATED, Json(convert::function(&record))))
 }

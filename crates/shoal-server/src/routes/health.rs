@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header::CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 
-use shoal_protocol::Health;
+use shoal_protocol::{ErrorCode, Health};
 
 use crate::AppState;
+use crate::error::ApiError;
 
 /// Liveness: answers 200 while the node serves requests.
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
@@ -22,11 +23,12 @@ pub(crate) async fn healthz() -> Json<Health> {
 /// sizes, queue depth.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let Some(prom) = &state.metrics else {
-        return (
+        return ApiError::new(
             StatusCode::NOT_FOUND,
-            "metrics are not enabled on this node",
+            ErrorCode::RouteNotFound,
+            "metrics are not enabled on this node; a node started with `shoal serve` serves them",
         )
-            .into_response();
+        .into_response();
     };
     for pool in state.handle.pool_stats() {
         metrics::gauge!("shoal_pool_workers", "deployment" => pool.key.clone(), "state" => "idle")

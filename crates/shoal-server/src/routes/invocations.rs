@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::{AppState, convert};
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct InvokeParams {
     /// `sync` (default): wait for the result. `async`: queue it and answer 202.
     mode: Option<String>,

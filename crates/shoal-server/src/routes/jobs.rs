@@ -76,6 +76,7 @@ async fn view(state: &AppState, id: &str) -> Result<JobView, ApiError> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ResultsParams {
     /// The first child index (default 0).
     offset: Option<u64>,

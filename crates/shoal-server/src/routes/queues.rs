@@ -123,6 +123,7 @@ pub(crate) async fn purge(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PageParams {
     /// The `next` of the previous page.
     after: Option<String>,
@@ -199,6 +200,7 @@ pub(crate) async fn purge_dead(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct StatsParams {
     /// Samples at or after this time (ms since the epoch); default the last hour.
     since: Option<u64>,

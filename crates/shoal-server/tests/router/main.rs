@@ -1,0 +1,10 @@
+//! The router tier: every route's answers to bad and unauthorised requests,
+//! checked on the real router over a real engine (in-memory store, fake
+//! runtime) without a socket or python3. Tables, one test per table, one
+//! row per case.
+
+mod app;
+mod errors;
+mod invocations;
+mod routes;
+mod status_codes;

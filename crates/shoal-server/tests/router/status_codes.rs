@@ -1,0 +1,141 @@
+//! The one mapping from engine errors to HTTP: every `Error` variant, every
+//! `Entity` and every `Conflict` gets its status and stable code, and the
+//! message is the engine's own text.
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use shoal_engine::{Conflict, Entity, Error};
+use shoal_protocol::ErrorCode;
+use shoal_server::ApiError;
+use shoal_types::Invalid;
+
+/// The status and code `e` must map to. Written as a `match` without a
+/// wildcard, so a new variant, entity or conflict fails to compile here
+/// until its row is added.
+fn expected(e: &Error) -> (u16, ErrorCode) {
+    match e {
+        Error::NotFound { entity, .. } => (
+            404,
+            match entity {
+                Entity::Function => ErrorCode::FunctionNotFound,
+                Entity::Invocation => ErrorCode::InvocationNotFound,
+                Entity::Token => ErrorCode::TokenNotFound,
+                Entity::Category => ErrorCode::CategoryNotFound,
+                Entity::Document => ErrorCode::DocumentNotFound,
+                Entity::Queue => ErrorCode::QueueNotFound,
+                Entity::Limiter => ErrorCode::LimiterNotFound,
+                Entity::Job => ErrorCode::JobNotFound,
+            },
+        ),
+        Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
+        Error::Invalid(_) => (400, ErrorCode::InvalidInput),
+        Error::InvalidFunction(_) => (400, ErrorCode::InvalidFunction),
+        Error::DeployFailed(_) => (422, ErrorCode::DeployFailed),
+        Error::Conflict { kind, .. } => (
+            409,
+            match kind {
+                Conflict::CategoryExists => ErrorCode::CategoryExists,
+                Conflict::QueueTaken => ErrorCode::QueueTaken,
+                Conflict::LimiterInUse => ErrorCode::LimiterInUse,
+            },
+        ),
+        Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
+        Error::ShuttingDown => (503, ErrorCode::Unavailable),
+        Error::Unavailable(_) => (503, ErrorCode::Unavailable),
+    }
+}
+
+const ENTITIES: [Entity; 8] = [
+    Entity::Function,
+    Entity::Invocation,
+    Entity::Token,
+    Entity::Category,
+    Entity::Document,
+    Entity::Queue,
+    Entity::Limiter,
+    Entity::Job,
+];
+
+const CONFLICTS: [Conflict; 3] = [
+    Conflict::CategoryExists,
+    Conflict::QueueTaken,
+    Conflict::LimiterInUse,
+];
+
+/// One error of every kind the engine can return.
+fn every_error() -> Vec<Error> {
+    let mut all: Vec<Error> = ENTITIES
+        .iter()
+        .map(|&entity| Error::NotFound {
+            entity,
+            name: "nope".into(),
+        })
+        .collect();
+    for field in ["function name", "category name", "queue name", "name"] {
+        all.push(Error::Invalid(Invalid {
+            field,
+            reason: "\"Bad Name\" contains a character that is not allowed".into(),
+        }));
+    }
+    for field in ["shards", "delay", "per_second", "cursor", "names"] {
+        all.push(Error::Invalid(Invalid {
+            field,
+            reason: "is out of range".into(),
+        }));
+    }
+    all.push(Error::InvalidFunction("shoal.toml is missing".into()));
+    all.push(Error::DeployFailed(shoal_runtime::Error::Prepare(
+        "pip: no matching distribution".into(),
+    )));
+    all.extend(CONFLICTS.iter().map(|&kind| Error::Conflict {
+        kind,
+        message: "it conflicts".into(),
+    }));
+    all.push(Error::TooLarge("document 3 is too large".into()));
+    all.push(Error::ShuttingDown);
+    all.push(Error::Unavailable("disk on fire".into()));
+    all
+}
+
+#[tokio::test]
+async fn every_engine_error_has_its_status_and_code() {
+    let errors = every_error();
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 3);
+    let mut failures = Vec::new();
+    for e in errors {
+        let (status, code) = expected(&e);
+        let text = e.to_string();
+        let api = ApiError::from(e);
+        if (api.status.as_u16(), api.code) != (status, code) {
+            failures.push(format!(
+                "{text}: want {status} {code}, got {} {}",
+                api.status, api.code
+            ));
+        }
+        assert_eq!(api.message, text, "the message is the engine's text");
+        assert!(!api.message.is_empty());
+        // And on the wire: the same status, `{"error": {"code", "message"}}`.
+        let resp = api.into_response();
+        assert_eq!(resp.status(), StatusCode::from_u16(status).unwrap());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], code.to_string(), "{v}");
+        assert_eq!(v["error"]["message"], text, "{v}");
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Not-found messages name the kind of thing and the name asked for.
+#[test]
+fn not_found_messages_name_what_is_missing() {
+    for entity in ENTITIES {
+        let api = ApiError::from(Error::NotFound {
+            entity,
+            name: "nope".into(),
+        });
+        assert_eq!(api.message, format!("{} `nope` not found", entity.as_str()));
+    }
+}

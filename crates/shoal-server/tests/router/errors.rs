@@ -328,6 +328,9 @@ async fn bad_function_archives_are_400_and_change_nothing() {
         case("POST", "/v1/functions", TAR, tar_of(&[("shoal.toml", "name = \"Bad Name\""), ("main.py", "")]), 400, v, NAME_RULE),
         case("POST", "/v1/functions", TAR, tar_of(&[("shoal.toml", "name = \"x\"\nsurprise = 1"), ("main.py", "")]), 400, v, "surprise"),
         case("POST", "/v1/functions", TAR, tar_of(&[("shoal.toml", "name = \"y\"\nlimiter = \"nope\""), ("main.py", "")]), 400, v, "create it first with `shoal limiters set nope"),
+        case("POST", "/v1/functions", TAR, tar_of(&[("shoal.toml", "name = \"x\"\nconcurrency_per_key = 2"), ("main.py", "")]), 400, v, "needs concurrency_key"),
+        case("POST", "/v1/functions", TAR, tar_of(&[("shoal.toml", "name = \"x\"\nconcurrency_key = \"a..b\""), ("main.py", "")]), 400, v, "must name an event field"),
+        case("POST", "/v1/functions", TAR, tar_of(&[("shoal.toml", "name = \"x\"\nconcurrency = 2\nconcurrency_key = \"t\"\nconcurrency_per_key = 3"), ("main.py", "")]), 400, v, "between 1 and the function's concurrency"),
     ];
     run_table(&app, "bad archives", cases).await;
     // Nothing changed: the same functions, each at version 1, no code of

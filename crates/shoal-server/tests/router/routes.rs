@@ -120,7 +120,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
 /// Every route × every caller: no or a bad token is 401 `unauthorized`, a
 /// role below the route's is 403 `forbidden` naming both roles, and a role
 /// at or above it gets past authentication (whatever the route then says,
-/// never a 5xx and never an error without a JSON body).
+/// never a 5xx and never an error without a JSON body; lists answer 200).
 #[tokio::test]
 async fn every_route_by_every_caller() {
     let app = App::new().await;
@@ -166,6 +166,10 @@ async fn every_route_by_every_caller() {
                 ),
                 _ if r.status == 401 || r.status == 403 || r.status >= 500 => {
                     Err(format!("allowed caller got {} {}", r.status, r.text))
+                }
+                // Lists (GET without a path parameter) answer 200 outright.
+                Some(_) if *method == "GET" && !route.contains('{') && r.status != 200 => {
+                    Err(format!("a list answered {} {}", r.status, r.text))
                 }
                 _ if r.status >= 400 => r.error().map(|_| ()),
                 _ => Ok(()),
@@ -227,4 +231,60 @@ async fn revoked_tokens_stop_working_at_once() {
         .call("DELETE", &format!("/v1/tokens/{id}"), None, vec![])
         .await;
     check(&r, 404, "token_not_found", &id).unwrap();
+}
+
+/// Each role does what it may: an invoker invokes, a reader reads the
+/// invocation and its logs, a developer deploys, an admin lists tokens.
+#[tokio::test]
+async fn each_role_does_what_it_may() {
+    let app = App::seeded().await;
+    let r = app
+        .call_as(
+            Caller::As(Role::Invoker),
+            "POST",
+            "/v1/functions/ok/invoke",
+            crate::app::JSON,
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (200, "{}"));
+    let id = r.headers[shoal_protocol::INVOCATION_ID_HEADER]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        format!("/v1/invocations/{id}"),
+        format!("/v1/invocations/{id}/logs"),
+    ] {
+        let r = app
+            .call_as(Caller::As(Role::Reader), "GET", &path, None, vec![])
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        assert_eq!(r.json()["id"], id.as_str());
+    }
+    let archive = crate::app::tar_of(&[
+        ("shoal.toml", "name = \"g\""),
+        ("main.py", "def handler(e, c):\n    return 2\n"),
+    ]);
+    let r = app
+        .call_as(
+            Caller::As(Role::Developer),
+            "POST",
+            "/v1/functions",
+            crate::app::TAR,
+            archive,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["name"], "g");
+    let r = app
+        .call_as(Caller::As(Role::Admin), "GET", "/v1/tokens", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // One token per role, and the revoked one is gone.
+    assert_eq!(r.json()["tokens"].as_array().unwrap().len(), 4);
+    assert!(
+        !r.text.contains(app.secret(Role::Admin)),
+        "a secret is listed"
+    );
 }

@@ -1,12 +1,13 @@
-//! End to end: tokens are required, roles are enforced, revocation works, and
-//! the admin token file is private.
+//! End to end: the admin token file is private, tokens are stored hashed,
+//! and the CLI manages tokens. Which caller each route admits (401, 403,
+//! revocation) is checked without a node, in the router tier
+//! (`crates/shoal-server/tests/router`).
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{TestNode, deploy};
-use shoal_client::protocol::ErrorCode;
+use common::TestNode;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_and_roles() {
@@ -18,59 +19,13 @@ async fn tokens_and_roles() {
     assert_eq!(mode & 0o777, 0o600);
 
     let admin = node.client();
-    deploy(
-        &admin,
-        "name = \"f\"",
-        "def handler(e, ctx):\n    return 1\n",
-    )
-    .await;
-
-    // No token, a malformed header, an unknown token: 401.
-    let anon = node.client_with(None);
-    let e = anon.functions().await.unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(401), Some(ErrorCode::Unauthorized))
-    );
-    let e = node
-        .client_with(Some("shoal_nope"))
-        .functions()
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(401));
-    // /healthz needs none.
-    assert!(anon.health().await.is_ok());
-
     let mk = |role: &'static str| {
         let admin = admin.clone();
         async move { admin.create_token(role, Some(role)).await.unwrap() }
     };
-    let reader = node.client_with(Some(&mk("reader").await.token));
-    let invoker = node.client_with(Some(&mk("invoker").await.token));
+    mk("reader").await;
+    mk("invoker").await;
     let developer_tok = mk("developer").await;
-    let developer = node.client_with(Some(&developer_tok.token));
-
-    // reader reads, cannot invoke.
-    assert!(reader.functions().await.is_ok());
-    let e = reader.invoke("f", "{}").await.unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(403), Some(ErrorCode::Forbidden))
-    );
-    // invoker invokes, cannot deploy.
-    let id = invoker.invoke("f", "{}").await.unwrap().id;
-    assert!(reader.invocation(&id).await.is_ok());
-    let archive = shoal_client::pack_dir(
-        common::function_dir("name = \"g\"", "def handler(e, c):\n    return 2\n").path(),
-    )
-    .unwrap();
-    let e = invoker.deploy(archive.clone()).await.unwrap_err();
-    assert_eq!(e.status(), Some(403));
-    // developer deploys, cannot manage tokens.
-    assert_eq!(developer.deploy(archive).await.unwrap().name, "g");
-    let e = developer.create_token("admin", None).await.unwrap_err();
-    assert_eq!(e.status(), Some(403));
-    assert_eq!(developer.tokens().await.unwrap_err().status(), Some(403));
 
     // Tokens are listed without secrets, and stored hashed.
     let list = admin.tokens().await.unwrap();
@@ -80,18 +35,6 @@ async fn tokens_and_roles() {
     assert!(
         !raw.windows(needle.len()).any(|w| w == needle),
         "a token secret is stored in clear"
-    );
-
-    // Revoked tokens stop working at once.
-    admin.revoke_token(&developer_tok.id).await.unwrap();
-    assert_eq!(developer.functions().await.unwrap_err().status(), Some(401));
-    assert_eq!(
-        admin
-            .revoke_token(&developer_tok.id)
-            .await
-            .unwrap_err()
-            .status(),
-        Some(404)
     );
 
     // The CLI does the same.

@@ -182,30 +182,6 @@ async fn queue_subscribers_keep_the_per_key_limit_and_bad_settings_are_refused()
         // each at once.
         assert_eq!(peak_overlap(&got, &id), 1, "key {id}: {got:?}");
     }
-
-    // Bad manifests say what to fix.
-    for (manifest, needle) in [
-        (
-            "name = \"k\"\nconcurrency_per_key = 2",
-            "needs concurrency_key",
-        ),
-        (
-            "name = \"k\"\nconcurrency_key = \"a..b\"",
-            "must name an event field",
-        ),
-        (
-            "name = \"k\"\nconcurrency = 2\nconcurrency_key = \"t\"\nconcurrency_per_key = 3",
-            "between 1 and the function's concurrency",
-        ),
-    ] {
-        let dir = common::function_dir(manifest, "def handler(e, ctx):\n    return 1\n");
-        let err = c
-            .deploy(shoal_client::pack_dir(dir.path()).unwrap())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(needle), "{manifest}: {err}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

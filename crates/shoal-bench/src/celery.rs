@@ -19,11 +19,42 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cpu::Usage;
 use crate::functions::CELERY_BASELINE;
 use crate::node;
 
 /// How Redis is configured, for the report.
 pub const REDIS_SETTINGS: &str = "`--save '' --appendonly no` (no persistence)";
+
+/// Celery's figures (either mode), from the script's JSON.
+pub struct Run {
+    pub n: usize,
+    pub send_s: f64,
+    /// Broker alone: consuming and acking.
+    pub drain_s: Option<f64>,
+    pub total_s: f64,
+    pub version: String,
+    /// Filled in by the caller, who knows the node.
+    pub cpu: Usage,
+}
+
+impl Run {
+    pub fn per_s(&self) -> f64 {
+        self.n as f64 / self.total_s
+    }
+
+    #[cfg(test)]
+    pub fn example(n: usize, total_s: f64) -> Run {
+        Run {
+            n,
+            send_s: total_s / 2.0,
+            drain_s: Some(total_s / 2.0),
+            total_s,
+            version: "Celery 5".into(),
+            cpu: Usage::default(),
+        }
+    }
+}
 
 /// A `redis-server` started by the bench; stopped on drop.
 pub struct Redis {
@@ -81,30 +112,11 @@ impl Redis {
     fn log_tail(&self) -> String {
         node::tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 10)
     }
-
-    /// SIGTERM, then SIGKILL after 5 s.
-    pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.stop();
+        node::terminate(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -128,11 +140,48 @@ async fn ping(port: u16) -> Result<()> {
     }
 }
 
+/// Runs `n` Celery tasks (`mode` `tasks`) or kombu messages (`broker`) on
+/// `redis` and reads what the script measured.
+pub async fn run(
+    python: &Path,
+    dir: &Path,
+    mode: &str,
+    redis: &Redis,
+    n: usize,
+    limit: Duration,
+) -> Result<Run> {
+    let v = run_script(python, dir, mode, &redis.url, n, limit).await?;
+    let f = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| anyhow!("the Celery baseline's answer lacks {k}: {v}"))
+    };
+    let ran = v["n"].as_u64().unwrap_or(0) as usize;
+    if ran != n {
+        bail!("the Celery baseline ran {ran} of {n}");
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+    Ok(Run {
+        n,
+        send_s: f("send_s")?,
+        drain_s: v["drain_s"].as_f64(),
+        total_s: f("total_s")?,
+        version: format!(
+            "Celery {}, kombu {}, redis-py {}, Redis {}, Python {}",
+            s("celery"),
+            s("kombu"),
+            s("redis_py"),
+            s("redis_server"),
+            s("python")
+        ),
+        cpu: Usage::default(),
+    })
+}
+
 /// Runs `celery_baseline.py MODE --broker URL --n N` with `python`; returns
 /// the JSON line it printed. Its stderr goes to `dir/celery.log`. The script
 /// runs in its own process group (the worker it starts too), which is
 /// killed when it is done or has taken longer than `limit`.
-pub async fn run_script(
+async fn run_script(
     python: &Path,
     dir: &Path,
     mode: &str,

@@ -8,8 +8,6 @@
 //! `cstime` once reaped, and those are counted for the node's descendants
 //! and for the node itself (its children are templates and pip).
 
-use std::collections::HashMap;
-
 /// A snapshot of CPU counters.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -61,31 +59,22 @@ impl Usage {
 impl Snapshot {
     pub fn take(node_pid: u32) -> Snapshot {
         let (machine_busy, machine_total) = machine();
-        let procs = processes();
-        let client = std::process::id();
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (&pid, p) in &procs {
-            children.entry(p.ppid).or_default().push(pid);
-        }
-        let mut python = procs.get(&node_pid).map_or(0, |p| p.children);
-        let mut stack = children.get(&node_pid).cloned().unwrap_or_default();
-        while let Some(pid) = stack.pop() {
-            if let Some(p) = procs.get(&pid) {
-                python += p.ticks + p.children;
-            }
-            if let Some(kids) = children.get(&pid) {
-                stack.extend(kids);
-            }
-        }
+        let node = stat(node_pid);
+        let python = crate::rss::descendants(node_pid)
+            .into_iter()
+            .filter_map(stat)
+            .map(|p| p.ticks + p.children)
+            .sum::<u64>()
+            + node.as_ref().map_or(0, |p| p.children);
         Snapshot {
             machine_busy,
             machine_total,
-            client: procs.get(&client).map_or(0, |p| p.ticks),
+            client: stat(std::process::id()).map_or(0, |p| p.ticks),
             client_ns: std::fs::read_to_string("/proc/self/schedstat")
                 .ok()
                 .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
                 .unwrap_or(0),
-            node: procs.get(&node_pid).map_or(0, |p| p.ticks),
+            node: node.map_or(0, |p| p.ticks),
             python,
         }
     }
@@ -131,34 +120,15 @@ fn machine() -> (u64, u64) {
 }
 
 struct Proc {
-    ppid: u32,
     /// utime + stime.
     ticks: u64,
     /// cutime + cstime: reaped children.
     children: u64,
 }
 
-fn processes() -> HashMap<u32, Proc> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some(p) = parse_stat(&stat) {
-            out.insert(pid, p);
-        }
-    }
-    out
+/// `/proc/PID/stat` of a living process.
+fn stat(pid: u32) -> Option<Proc> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Parses `/proc/PID/stat`; the command name may hold spaces and parentheses,
@@ -170,7 +140,6 @@ fn parse_stat(stat: &str) -> Option<Proc> {
     // cutime 16, cstime 17.
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
     Some(Proc {
-        ppid: f.get(1)?.parse().ok()?,
         ticks: num(11)? + num(12)?,
         children: num(13)? + num(14)?,
     })
@@ -185,7 +154,6 @@ mod tests {
         let line =
             "1234 (py (worker) x) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 5 0 0";
         let p = parse_stat(line).unwrap();
-        assert_eq!(p.ppid, 77);
         assert_eq!(p.ticks, 281);
         assert_eq!(p.children, 0);
     }

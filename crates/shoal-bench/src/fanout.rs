@@ -12,64 +12,60 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::cpu::Usage;
 use crate::functions::{FANOUT_CHILD, FANOUT_FANIN, FANOUT_PARENT};
-use crate::http::invoke_path;
-use crate::phases::Ctx;
+use crate::node::Ctx;
+use crate::report::{Figure, Section};
+use crate::stats::thousands;
 
 const CHILD: &str = "bench-child";
 const FANIN: &str = "bench-fanin";
 const PARENT: &str = "bench-parent";
 const POLL: Duration = Duration::from_millis(250);
 
-pub struct Fanout {
-    pub n: usize,
-    pub child_concurrency: u32,
+struct Fanout {
+    n: usize,
+    child_concurrency: u32,
     /// Seconds from the parent's `t0`: the events were built, `ctx.map`
     /// returned, the job finished (node clock), the fan-in started.
-    pub built_s: f64,
-    pub mapped_s: f64,
-    pub finished_s: f64,
-    pub fanin_s: f64,
+    built_s: f64,
+    mapped_s: f64,
+    finished_s: f64,
+    fanin_s: f64,
     /// The parent's synchronous call as the client saw it.
-    pub parent_wall_s: f64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub fanin_count: u64,
-    pub cpu: Usage,
+    parent_wall_s: f64,
+    succeeded: u64,
+    failed: u64,
+    fanin_count: u64,
+    cpu: Usage,
 }
 
-impl Fanout {
-    /// Children per second from `ctx.map`'s return to the job's end.
-    pub fn children_per_s(&self) -> f64 {
-        self.n as f64 / (self.finished_s - self.mapped_s)
-    }
-}
-
-pub async fn run(ctx: &Ctx, n: usize, limit: Duration) -> Result<Fanout> {
+pub async fn run(ctx: &Ctx, n: usize, limit: Duration) -> Result<Section> {
     let child = FANOUT_CHILD
-        .deploy(&ctx.client, &ctx.scratch, CHILD, None)
+        .deploy(&ctx.client, &ctx.scratch, CHILD, None, &[])
         .await?;
     FANOUT_FANIN
-        .deploy(&ctx.client, &ctx.scratch, FANIN, None)
+        .deploy(&ctx.client, &ctx.scratch, FANIN, None, &[])
         .await?;
     FANOUT_PARENT
-        .deploy(&ctx.client, &ctx.scratch, PARENT, None)
+        .deploy(&ctx.client, &ctx.scratch, PARENT, None, &[])
         .await?;
-    // Start the child's and the parent's templates; not measured.
-    let mut conn = ctx.target.connect().await?;
-    conn.invoke_ok(&invoke_path(CHILD, false), b"{\"i\":-1}")
-        .await?;
+    // Start the child's template; not measured.
+    let warm = ctx.client.invoke(CHILD, r#"{"i":-1}"#).await?;
+    warm.result
+        .map_err(|f| anyhow!("the child failed: {f:?}"))?;
 
-    let event = serde_json::to_vec(&json!({"n": n, "child": CHILD, "then": FANIN}))?;
+    let event = json!({"n": n, "child": CHILD, "then": FANIN}).to_string();
     let cpu0 = ctx.cpu();
     let t = Instant::now();
-    let reply = conn.invoke_ok(&invoke_path(PARENT, false), &event).await?;
+    let parent = ctx.client.invoke(PARENT, &event).await?;
     let parent_wall_s = t.elapsed().as_secs_f64();
-    let out: Value = serde_json::from_slice(reply.body).context("reading the parent's result")?;
+    let out = parent
+        .result
+        .map_err(|f| anyhow!("the parent failed: {f:?}"))?;
     let time = |k: &str| {
         out[k]
             .as_f64()
@@ -142,7 +138,7 @@ pub async fn run(ctx: &Ctx, n: usize, limit: Duration) -> Result<Fanout> {
     let fanin_t = fo["t"]
         .as_f64()
         .with_context(|| format!("the fan-in's output lacks t: {fo}"))?;
-    Ok(Fanout {
+    Ok(section(&Fanout {
         n,
         child_concurrency: child.concurrency,
         built_s: built - t0,
@@ -154,5 +150,65 @@ pub async fn run(ctx: &Ctx, n: usize, limit: Duration) -> Result<Fanout> {
         failed: view.counts.failed + view.counts.cancelled,
         fanin_count: fo["count"].as_u64().unwrap_or(0),
         cpu,
-    })
+    }))
+}
+
+fn section(f: &Fanout) -> Section {
+    let n = thousands(f.n as f64);
+    let complete = f.failed == 0 && f.succeeded == f.n as u64 && f.fanin_count == f.n as u64;
+    let mut s = Section::new("fanout");
+    s.add(
+        Figure::new("fanout.fanin", f.fanin_s)
+            .setting(format!(
+                "{n} children, child concurrency {}",
+                f.child_concurrency
+            ))
+            .paren(format!(
+                "`ctx.map` took {:.2} s; children {}/s",
+                f.mapped_s,
+                thousands(f.n as f64 / (f.finished_s - f.mapped_s))
+            ))
+            .flaw_if(
+                !complete,
+                format!(
+                    "{} succeeded, {} failed, fan-in count {}",
+                    f.succeeded, f.failed, f.fanin_count
+                ),
+            ),
+    );
+    s.detail(format!(
+        "Fan-out, seconds after the parent's `t0` (`time.time()` in the parent and in the fan-in): \
+         events built {:.2}, `ctx.map` returned {:.2} (the job, {n} invocation records and {n} \
+         queue messages in one store write), job finished {:.2} (the node's `finished_at_ms`), \
+         fan-in started {:.2}; {} succeeded, {} failed or cancelled; the fan-in got count {}; the \
+         synchronous parent call took {:.2} s.",
+        f.built_s,
+        f.mapped_s,
+        f.finished_s,
+        f.fanin_s,
+        thousands(f.succeeded as f64),
+        thousands(f.failed as f64),
+        thousands(f.fanin_count as f64),
+        f.parent_wall_s
+    ));
+    s.cpu("fan-out", &f.cpu);
+    s
+}
+
+/// The section from fixed measurements (for the report's tests).
+#[cfg(test)]
+pub fn examples() -> Vec<Section> {
+    vec![section(&Fanout {
+        n: 100_000,
+        child_concurrency: 4,
+        built_s: 0.05,
+        mapped_s: 2.0,
+        finished_s: 15.0,
+        fanin_s: 15.2,
+        parent_wall_s: 2.1,
+        succeeded: 100_000,
+        failed: 0,
+        fanin_count: 100_000,
+        cpu: Usage::default(),
+    })]
 }

@@ -14,132 +14,46 @@ pub struct Source {
     name_line: &'static str,
 }
 
+/// A `Source` from the files of `functions/DIR`; `NAME` is the name in its
+/// `shoal.toml`.
+macro_rules! source {
+    ($dir:literal, $name:literal, [$($file:literal),+]) => {
+        Source {
+            files: &[$(($file, include_str!(concat!("../functions/", $dir, "/", $file)))),+],
+            name_line: concat!("name = \"", $name, "\""),
+        }
+    };
+}
+
 /// `def handler(event, ctx): return event`, concurrency 4.
-pub const ECHO: Source = Source {
-    files: &[
-        ("shoal.toml", include_str!("../functions/echo/shoal.toml")),
-        ("main.py", include_str!("../functions/echo/main.py")),
-    ],
-    name_line: "name = \"bench-echo\"",
-};
-
+pub const ECHO: Source = source!("echo", "bench-echo", ["shoal.toml", "main.py"]);
 /// Imports numpy at load, sleeps 300 ms per call; `requirements.txt` = numpy.
-pub const NUMPY: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/numpy-sleep/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/numpy-sleep/main.py")),
-        (
-            "requirements.txt",
-            include_str!("../functions/numpy-sleep/requirements.txt"),
-        ),
-    ],
-    name_line: "name = \"bench-numpy\"",
-};
-
+pub const NUMPY: Source = source!(
+    "numpy-sleep",
+    "bench-numpy",
+    ["shoal.toml", "main.py", "requirements.txt"]
+);
 /// `map` + `reduce`: the total of `price * qty` (query benchmarks).
-pub const QUERY_SUM: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/query-sum/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/query-sum/main.py")),
-    ],
-    name_line: "name = \"bench-sum\"",
-};
-
+pub const QUERY_SUM: Source = source!("query-sum", "bench-sum", ["shoal.toml", "main.py"]);
 /// The same total as `map_batch` (one value per document) + `reduce`.
-pub const QUERY_SUM_BATCH: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/query-sum-batch/shoal.toml"),
-        ),
-        (
-            "main.py",
-            include_str!("../functions/query-sum-batch/main.py"),
-        ),
-    ],
-    name_line: "name = \"bench-sum-batch\"",
-};
-
+pub const QUERY_SUM_BATCH: Source = source!(
+    "query-sum-batch",
+    "bench-sum-batch",
+    ["shoal.toml", "main.py"]
+);
 /// A CPU-heavy pure-Python `map` (about 1 ms per document) + `reduce`.
-pub const QUERY_CPU: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/query-cpu/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/query-cpu/main.py")),
-    ],
-    name_line: "name = \"bench-cpu\"",
-};
-
+pub const QUERY_CPU: Source = source!("query-cpu", "bench-cpu", ["shoal.toml", "main.py"]);
 /// The trivial queue consumer (`[subscribe]`, handler returns at once).
-pub const QUEUE_NOOP: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/queue-noop/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/queue-noop/main.py")),
-    ],
-    name_line: "name = \"bench-queue\"",
-};
-
+pub const QUEUE_NOOP: Source = source!("queue-noop", "bench-queue", ["shoal.toml", "main.py"]);
 /// One GET of the URL in each queue message, under the `bench-vendor` limiter.
-pub const VENDOR_CALL: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/vendor-call/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/vendor-call/main.py")),
-    ],
-    name_line: "name = \"bench-vendor\"",
-};
-
+pub const VENDOR_CALL: Source = source!("vendor-call", "bench-vendor", ["shoal.toml", "main.py"]);
 /// A fan-out child: returns its event.
-pub const FANOUT_CHILD: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/fanout-child/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/fanout-child/main.py")),
-    ],
-    name_line: "name = \"bench-child\"",
-};
-
+pub const FANOUT_CHILD: Source = source!("fanout-child", "bench-child", ["shoal.toml", "main.py"]);
 /// The fan-in: returns `time.time()` at its start and the child count.
-pub const FANOUT_FANIN: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/fanout-fanin/shoal.toml"),
-        ),
-        ("main.py", include_str!("../functions/fanout-fanin/main.py")),
-    ],
-    name_line: "name = \"bench-fanin\"",
-};
-
+pub const FANOUT_FANIN: Source = source!("fanout-fanin", "bench-fanin", ["shoal.toml", "main.py"]);
 /// The parent: one `ctx.map` with a fan-in, timed from inside.
-pub const FANOUT_PARENT: Source = Source {
-    files: &[
-        (
-            "shoal.toml",
-            include_str!("../functions/fanout-parent/shoal.toml"),
-        ),
-        (
-            "main.py",
-            include_str!("../functions/fanout-parent/main.py"),
-        ),
-    ],
-    name_line: "name = \"bench-parent\"",
-};
+pub const FANOUT_PARENT: Source =
+    source!("fanout-parent", "bench-parent", ["shoal.toml", "main.py"]);
 
 /// The Celery baseline of the queue figures (`baselines/celery_baseline.py`).
 pub const CELERY_BASELINE: (&str, &str) = (
@@ -162,15 +76,11 @@ pub const BASELINES: [(&str, &str); 3] = [
 ];
 
 impl Source {
-    /// Writes the function under `name` into `dir`; `variant` is appended to
-    /// `main.py` as a comment so that each variant is new code.
-    pub fn write(&self, dir: &Path, name: &str, variant: Option<u64>) -> Result<()> {
-        self.write_edited(dir, name, variant, &[])
-    }
-
-    /// `write`, with whole lines of `shoal.toml` replaced: each `(line,
-    /// replacement)` replaces every line equal to `line` (at least one).
-    pub fn write_edited(
+    /// Writes the function under `name` into `dir`, with whole lines of its
+    /// `shoal.toml` replaced: each `(line, replacement)` replaces every line
+    /// equal to `line` (at least one). `variant` is appended to `main.py` as
+    /// a comment, so that each variant is new code.
+    pub fn write(
         &self,
         dir: &Path,
         name: &str,
@@ -192,12 +102,8 @@ impl Source {
                         .map(str::to_string)
                         .collect();
                     for (line, replacement) in edits {
-                        let mut found = false;
-                        for l in lines.iter_mut().filter(|l| l == line) {
-                            l.clone_from(replacement);
-                            found = true;
-                        }
-                        if !found {
+                        let matching = lines.iter_mut().filter(|l| l == line);
+                        if matching.map(|l| l.clone_from(replacement)).count() == 0 {
                             bail!("{file} has no line {line:?}");
                         }
                     }
@@ -214,20 +120,8 @@ impl Source {
         Ok(())
     }
 
-    /// Writes, packs and deploys the function as `name`.
+    /// Writes (see `write`), packs and deploys the function as `name`.
     pub async fn deploy(
-        &self,
-        client: &Client,
-        scratch: &Path,
-        name: &str,
-        variant: Option<u64>,
-    ) -> Result<FunctionView> {
-        self.deploy_edited(client, scratch, name, variant, &[])
-            .await
-    }
-
-    /// `deploy` with lines of `shoal.toml` replaced (see `write_edited`).
-    pub async fn deploy_edited(
         &self,
         client: &Client,
         scratch: &Path,
@@ -239,7 +133,7 @@ impl Source {
             Some(v) => format!("{name}-{v}"),
             None => name.to_string(),
         });
-        self.write_edited(&dir, name, variant, edits)?;
+        self.write(&dir, name, variant, edits)?;
         let archive = shoal_client::pack_dir(&dir).context("packing the function")?;
         client
             .deploy(archive)
@@ -256,7 +150,7 @@ mod tests {
     fn edits_replace_every_matching_line() {
         let dir = tempfile::tempdir().unwrap();
         QUEUE_NOOP
-            .write_edited(
+            .write(
                 dir.path(),
                 "q2",
                 None,
@@ -272,7 +166,7 @@ mod tests {
         assert!(toml.contains("batch_size = 100\n"));
         assert_eq!(toml.matches("concurrency = 2\n").count(), 2, "{toml}");
         let err = QUEUE_NOOP
-            .write_edited(dir.path(), "q2", None, &[("nope", "x".into())])
+            .write(dir.path(), "q2", None, &[("nope", "x".into())])
             .unwrap_err();
         assert!(err.to_string().contains("no line"), "{err}");
     }

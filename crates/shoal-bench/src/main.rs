@@ -1,60 +1,47 @@
 //! `shoal-bench`: the benchmark driver behind `scripts/bench`.
 //!
 //! Starts a real `shoal serve` (release build) on a fresh data directory,
-//! deploys the bench functions and measures, over HTTP: warm sync latency,
-//! sync throughput, cold start, asynchronous end-to-end throughput, how
-//! fast a warm numpy function gets a new worker, queue throughput beside
+//! deploys the bench functions and measures, over HTTP, the phases of the
+//! target table (`target.rs`): invocations (`invoke.rs`), queues beside
 //! Celery (`queue.rs`), rate-limit accuracy against a strict mock vendor
-//! (`ratelimit.rs`), a 100,000-child fan-out with fan-in (`fanout.rs`), and
-//! (`queries.rs`) batched document writes and map/reduce queries over a
-//! million documents beside Python baselines (multiprocessing, Ray) on the
-//! same data. Prints a Markdown section with each figure beside its target
-//! and appends it to `docs/benchmarks.md`.
+//! (`ratelimit.rs`), a fan-out with fan-in (`fanout.rs`), and document
+//! writes and map/reduce queries beside Python baselines (`queries.rs`).
+//! Each phase renders its own section of the report (`report.rs`), which is
+//! printed and appended to `docs/benchmarks.md`.
+//!
+//! With `--compare-shoal OLD`, a second node runs OLD, and every selected
+//! phase runs on both builds, one after the other. Which build goes first
+//! alternates from phase to phase. The report shows both side by side.
 //!
 //! The client side runs on one thread (tokio `current_thread`) so that it
 //! takes as little as possible from the cores it shares with the node.
 
+mod baseline;
 mod celery;
 mod cpu;
 mod data;
 mod fanout;
 mod functions;
 mod http;
-mod http_compare;
+mod invoke;
 mod node;
-mod phases;
 mod queries;
 mod queue;
 mod ratelimit;
 mod report;
 mod rss;
 mod stats;
+mod target;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use phases::Ctx;
-use report::{Phase, Results};
-
-const PHASES: [&str; 13] = [
-    "latency",
-    "throughput",
-    "cold",
-    "numpy",
-    "async",
-    "queue",
-    "ratelimit",
-    "fanout",
-    "writes",
-    "queries",
-    "query-cpu",
-    "query-cold",
-    "query-stream",
-];
+use node::{Ctx, Node};
+use report::{Meta, Run, Section};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +58,11 @@ struct Args {
     /// query-cold, query-stream.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also run every selected phase against this `shoal` binary (an older
+    /// build), alternating with the current one, and report both side by
+    /// side.
+    #[arg(long, value_name = "PATH")]
+    compare_shoal: Option<PathBuf>,
     /// The Python interpreter with Ray installed, for baseline (b) of the
     /// query phases (`scripts/bench` installs Ray into this venv).
     #[arg(long, default_value = "target/bench-venv/bin/python")]
@@ -99,7 +91,7 @@ struct Args {
     /// Print the section without appending it.
     #[arg(long)]
     no_append: bool,
-    /// Keep the node's data directory and log after the run.
+    /// Keep the nodes' data directories and logs after the run.
     #[arg(long)]
     keep: bool,
     /// Log filter of the node (its log goes to a file in the data directory).
@@ -109,80 +101,91 @@ struct Args {
 
 /// Sizes of one run.
 struct Plan {
-    latency_n: usize,
-    latency_warmup: usize,
-    conns: Vec<usize>,
-    warm: Duration,
-    window: Duration,
-    cold_runs: usize,
-    async_m: usize,
-    async_conns: usize,
-    async_limit: Duration,
-    numpy_rounds: usize,
-    /// Celery's tasks (and kombu's messages) in the queue figures.
-    celery_n: usize,
-    /// Shoal's messages, one per invocation.
-    queue_single_n: usize,
-    /// Shoal's messages, batched invocations, and through the store alone.
-    queue_batched_n: usize,
-    queue_limit: Duration,
+    invoke: invoke::Plan,
+    queue: queue::Plan,
     ratelimit: ratelimit::Plan,
     ratelimit_limit: Duration,
     fanout_n: usize,
     fanout_limit: Duration,
+    queries: queries::Plan,
+}
+
+/// One `shoal` binary under test, with its node.
+struct Build {
+    label: String,
+    shoal: PathBuf,
+    dir: tempfile::TempDir,
+    node: Node,
+    ctx: Ctx,
 }
 
 impl Plan {
-    fn new(quick: bool) -> Plan {
-        if quick {
-            Plan {
-                latency_n: 2000,
-                latency_warmup: 200,
-                conns: vec![8, 16, 32],
-                warm: Duration::from_millis(300),
-                window: Duration::from_secs(2),
-                cold_runs: 3,
-                async_m: 5000,
-                async_conns: 16,
-                async_limit: Duration::from_secs(60),
-                numpy_rounds: 1,
-                celery_n: 5_000,
-                queue_single_n: 20_000,
-                queue_batched_n: 50_000,
-                queue_limit: Duration::from_secs(180),
-                ratelimit: ratelimit::Plan {
-                    limit: 50,
-                    seconds: 6,
-                },
-                ratelimit_limit: Duration::from_secs(60),
-                fanout_n: 20_000,
-                fanout_limit: Duration::from_secs(300),
-            }
-        } else {
-            Plan {
-                latency_n: 5000,
-                latency_warmup: 500,
-                conns: vec![8, 16, 32],
-                warm: Duration::from_millis(500),
-                window: Duration::from_secs(5),
-                cold_runs: 7,
-                async_m: 20_000,
-                async_conns: 16,
-                async_limit: Duration::from_secs(120),
-                numpy_rounds: 2,
-                celery_n: 20_000,
-                queue_single_n: 50_000,
-                queue_batched_n: 200_000,
-                queue_limit: Duration::from_secs(300),
-                ratelimit: ratelimit::Plan {
-                    limit: 50,
-                    seconds: 12,
-                },
-                ratelimit_limit: Duration::from_secs(90),
-                fanout_n: 100_000,
-                fanout_limit: Duration::from_secs(600),
-            }
+    fn new(args: &Args) -> Plan {
+        fn either<T>(quick: bool, q: T, full: T) -> T {
+            if quick { q } else { full }
         }
+        let q = args.quick;
+        let pick = |quick: usize, full: usize| either(q, quick, full);
+        let secs = |quick: u64, full: u64| Duration::from_secs(either(q, quick, full));
+        let present = |r: &Option<String>| r.clone().filter(|r| !r.trim().is_empty());
+        Plan {
+            invoke: invoke::Plan {
+                latency_n: pick(2000, 5000),
+                latency_warmup: pick(200, 500),
+                conns: vec![8, 16, 32],
+                warm: Duration::from_millis(either(q, 300, 500)),
+                window: secs(2, 5),
+                cold_runs: pick(3, 7),
+                async_m: pick(5000, 20_000),
+                async_conns: 16,
+                async_limit: secs(60, 120),
+                numpy_rounds: pick(1, 2),
+            },
+            queue: queue::Plan {
+                celery_n: pick(5_000, 20_000),
+                single_n: pick(20_000, 50_000),
+                batched_n: pick(50_000, 200_000),
+                limit: secs(180, 300),
+                python: absolute(&args.celery_python),
+                redis_server: args.redis_server.clone(),
+                celery_missing: present(&args.celery_missing),
+            },
+            ratelimit: ratelimit::Plan {
+                limit: 50,
+                seconds: either(q, 6, 12),
+            },
+            ratelimit_limit: secs(60, 90),
+            fanout_n: pick(20_000, 100_000),
+            fanout_limit: secs(300, 600),
+            queries: queries::Plan::new(q, absolute(&args.ray_python), present(&args.ray_missing)),
+        }
+    }
+}
+
+impl Build {
+    fn start(
+        label: String,
+        shoal: PathBuf,
+        primary: bool,
+        args: &Args,
+        extra: &[String],
+    ) -> Result<Build> {
+        let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
+        let node = Node::start(&shoal, dir.path(), &args.node_log, extra)?;
+        eprintln!(
+            "shoal-bench: {label}: node {} (pid {}), data in {}",
+            node.url,
+            node.pid(),
+            dir.path().display()
+        );
+        let ctx = Ctx::for_node(&node, primary)?;
+        Ok(Build {
+            label,
+            shoal,
+            dir,
+            node,
+            ctx,
+        })
     }
 }
 
@@ -208,14 +211,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    for p in &args.only {
-        if !PHASES.contains(&p.as_str()) && p != "http-client" {
-            bail!("unknown phase {p:?}; choose from {}", PHASES.join(", "));
-        }
+    let phases = target::phases();
+    if let Some(p) = args.only.iter().find(|p| !phases.contains(&p.as_str())) {
+        bail!("unknown phase {p:?}; choose from {}", phases.join(", "));
     }
     let selected = |p: &str| args.only.is_empty() || args.only.iter().any(|o| o == p);
-    let plan = Plan::new(args.quick);
-    let shoal = match &args.shoal {
+    let plan = Plan::new(&args);
+    let this = match &args.shoal {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
             .parent()
@@ -224,226 +226,78 @@ async fn run(args: Args) -> Result<()> {
     };
     let load_before = report::load_average();
     let started = Instant::now();
-
-    let mut query_plan = queries::Plan::new(args.quick, ray_python(&args.ray_python));
-    query_plan.ray_missing = args.ray_missing.clone().filter(|r| !r.trim().is_empty());
-    let query_sel = queries::Selected {
-        writes: selected("writes"),
-        queries: selected("queries"),
-        cold: selected("query-cold"),
-        cpu: selected("query-cpu"),
-        stream: selected("query-stream"),
-    };
+    let query_sel = queries::Selected::new(selected);
     let node_args = if query_sel.any() {
-        query_plan.node_args()
+        plan.queries.node_args()
     } else {
         Vec::new()
     };
 
-    let tmp = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
-    let mut node = node::Node::start(&shoal, tmp.path(), &args.node_log, &node_args)?;
-    eprintln!(
-        "shoal-bench: node {} (pid {}), data in {}",
-        node.url,
-        node.pid(),
-        tmp.path().display()
-    );
-    let ctx = Ctx::for_node(&node, tmp.path().join("functions"))?;
-
-    let echo_ready = if selected("latency")
-        || selected("throughput")
-        || args.only.iter().any(|o| o == "http-client")
-    {
-        step("deploying bench-echo");
-        phases::deploy_echo(&ctx, phases::ECHO_NAME)
-            .await
-            .map_err(|e| format!("{e:#}"))
-    } else {
-        Ok(())
-    };
-    let needs_echo = |phase: &str| -> Option<String> {
-        echo_ready
-            .as_ref()
-            .err()
-            .filter(|_| selected(phase))
-            .cloned()
-    };
-
-    if args.only.iter().any(|o| o == "http-client") {
-        step("http clients: http.rs vs shoal-client, alternating, 3 rounds");
-        let table = http_compare::run(
-            &ctx,
-            3,
-            plan.latency_n,
-            &plan.conns,
-            plan.warm,
-            plan.window,
-        )
-        .await?;
-        println!("{table}");
+    let mut builds = vec![Build::start(
+        "this build".into(),
+        this,
+        true,
+        &args,
+        &node_args,
+    )?];
+    if let Some(old) = &args.compare_shoal {
+        builds.push(Build::start(
+            label(old),
+            old.clone(),
+            false,
+            &args,
+            &node_args,
+        )?);
     }
-
-    let latency = if !selected("latency") {
-        Phase::Skipped
-    } else if let Some(e) = needs_echo("latency") {
-        Phase::Failed(e)
-    } else {
-        step(&format!(
-            "warm latency: {} sequential calls",
-            plan.latency_n
-        ));
-        outcome(phases::latency(&ctx, plan.latency_n, plan.latency_warmup).await)
-    };
-    if let Phase::Done(l) = &latency {
-        eprintln!("  p50 {:.3} ms, p99 {:.3} ms", l.p50_ms, l.p99_ms);
-    }
-
-    let throughput = if !selected("throughput") {
-        Phase::Skipped
-    } else if let Some(e) = needs_echo("throughput") {
-        Phase::Failed(e)
-    } else {
-        let mut runs = Vec::new();
-        let mut failure = None;
-        for &c in &plan.conns {
-            step(&format!(
-                "sync throughput: {c} clients for {:?}",
-                plan.window
-            ));
-            match phases::throughput(&ctx, c, plan.warm, plan.window).await {
-                Ok(t) => {
-                    eprintln!("  {:.0}/s ({} errors)", t.per_sec, t.errors);
-                    runs.push(t);
-                }
-                Err(e) => {
-                    failure = Some(format!("{c} clients: {e:#}"));
-                    break;
-                }
-            }
-        }
-        match failure {
-            Some(e) if runs.is_empty() => Phase::Failed(e),
-            _ => Phase::Done(runs),
-        }
-    };
-
-    let cold = if selected("cold") {
-        step(&format!("cold start: {} new versions", plan.cold_runs));
-        outcome(phases::cold_start(&ctx, plan.cold_runs).await)
-    } else {
-        Phase::Skipped
-    };
-    if let Phase::Done((s, _)) = &cold {
-        let wall: Vec<String> = s.iter().map(|s| format!("{:.1}", s.wall_ms)).collect();
-        eprintln!("  first calls (ms): {}", wall.join(", "));
-    }
-
-    let numpy = if selected("numpy") {
-        step("numpy: deploying (pip install numpy), then growing the pool");
-        outcome(phases::numpy(&ctx, plan.numpy_rounds).await)
-    } else {
-        Phase::Skipped
-    };
-    if let Phase::Done(n) = &numpy {
-        let (q, _) = n.new_worker_ms();
-        eprintln!("  new workers waited (ms): {q:.1?}");
-    }
-
-    let async_run = if selected("async") {
-        step("deploying bench-async");
-        match phases::deploy_echo(&ctx, phases::ASYNC_NAME).await {
-            Err(e) => Phase::Failed(format!("{e:#}")),
-            Ok(()) => {
-                step(&format!(
-                    "async end to end: {} invocations from {} clients",
-                    plan.async_m, plan.async_conns
-                ));
-                outcome(
-                    phases::async_e2e(&ctx, plan.async_m, plan.async_conns, plan.async_limit).await,
-                )
-            }
-        }
-    } else {
-        Phase::Skipped
-    };
-    if let Phase::Done(a) = &async_run {
-        eprintln!(
-            "  accepted in {:.2} s, finished in {:.2} s ({} ok, {} failed)",
-            a.accept_s, a.total_s, a.completed, a.failed
-        );
-    }
-
-    let queue = if selected("queue") {
-        let queue_plan = queue::Plan {
-            celery_n: plan.celery_n,
-            single_n: plan.queue_single_n,
-            batched_n: plan.queue_batched_n,
-            limit: plan.queue_limit,
-            python: ray_python(&args.celery_python),
-            redis_server: args.redis_server.clone(),
-            celery_missing: args.celery_missing.clone().filter(|r| !r.trim().is_empty()),
-        };
-        Phase::Done(queue::run(&ctx, &queue_plan, tmp.path()).await)
-    } else {
-        Phase::Skipped
-    };
-
-    let rate_limit = if selected("ratelimit") {
-        step(&format!(
-            "rate limit: {} messages through a {}/s limiter to a vendor allowing {}/s",
-            plan.ratelimit.messages(),
-            plan.ratelimit.limit,
-            plan.ratelimit.limit
-        ));
-        outcome(ratelimit::run(&ctx, &plan.ratelimit, plan.ratelimit_limit).await)
-    } else {
-        Phase::Skipped
-    };
-    if let Phase::Done(r) = &rate_limit {
-        eprintln!(
-            "  peak {} in 1 s, mean {:.1}/s, {} answered 429",
-            r.peak_1s, r.mean_rate, r.too_many
-        );
-    }
-
-    let fanout = if selected("fanout") {
-        step(&format!(
-            "fan-out: ctx.map of {} children with a fan-in",
-            plan.fanout_n
-        ));
-        outcome(fanout::run(&ctx, plan.fanout_n, plan.fanout_limit).await)
-    } else {
-        Phase::Skipped
-    };
-    if let Phase::Done(f) = &fanout {
-        eprintln!(
-            "  fan-in started {:.2} s after the parent (ctx.map {:.2} s)",
-            f.fanin_s, f.mapped_s
-        );
-    }
-
-    drop(ctx);
-    // Last: these restart the node.
-    let others_ran = PHASES
+    let mut sections: Vec<Vec<Section>> = builds.iter().map(|_| Vec::new()).collect();
+    let node_phases: Vec<&'static str> = phases
         .iter()
-        .take_while(|p| **p != "writes")
-        .any(|p| selected(p));
-    let query_results =
-        queries::run(&mut node, tmp.path(), &query_plan, query_sel, others_ran).await;
-
-    node.stop(Duration::from_secs(10));
-    let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
-    let warnings = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .count();
-    if warnings > 0 {
-        eprintln!(
-            "shoal-bench: the node logged {warnings} warnings or errors; the last ones:\n{}",
-            node::tail(&log, 10)
-        );
+        .copied()
+        .filter(|p| selected(p) && !queries::PHASES.contains(p))
+        .collect();
+    for (i, &phase) in node_phases.iter().enumerate() {
+        for b in order(i, builds.len()) {
+            sections[b].push(run_phase(phase, &builds[b], &plan).await);
+        }
+    }
+    if query_sel.any() {
+        // The query phases restart the node (its idle workers would count in
+        // its memory). Stop every node first, so that no other node runs
+        // while one build's queries are measured.
+        let restart = !node_phases.is_empty() || builds.len() > 1;
+        if restart {
+            for b in &mut builds {
+                b.node.stop(Duration::from_secs(10));
+            }
+        }
+        for b in order(node_phases.len(), builds.len()) {
+            let build = &mut builds[b];
+            step(&format!("query phases on {}", build.label));
+            let dir = build.dir.path();
+            let s = queries::run(
+                &mut build.node,
+                dir,
+                &plan.queries,
+                query_sel,
+                restart,
+                b == 0,
+            )
+            .await;
+            print_figures(&s);
+            sections[b].extend(s);
+            build.node.stop(Duration::from_secs(10));
+        }
     }
 
+    let mut runs = Vec::new();
+    for (b, sections) in builds.iter_mut().zip(sections) {
+        b.node.stop(Duration::from_secs(10));
+        warn_of_node_log(&b.label, &b.node.log_path);
+        runs.push(Run {
+            label: b.label.clone(),
+            sections,
+        });
+    }
     let mut command = String::from("scripts/bench");
     if args.quick {
         command.push_str(" --quick");
@@ -451,36 +305,100 @@ async fn run(args: Args) -> Result<()> {
     if !args.only.is_empty() {
         command.push_str(&format!(" --only {}", args.only.join(",")));
     }
-    let results = Results {
+    if let Some(old) = &args.compare_shoal {
+        command.push_str(&format!(" --compare-shoal {}", old.display()));
+    }
+    let meta = Meta {
         command,
         quick: args.quick,
         load_before,
-        latency,
-        throughput,
-        cold,
-        async_run,
-        numpy,
-        queue,
-        rate_limit,
-        fanout,
-        queries: query_results,
         total_s: started.elapsed().as_secs_f64(),
+        builds: if builds.len() > 1 {
+            let path = |b: &Build| b.shoal.display().to_string();
+            builds.iter().map(|b| (b.label.clone(), path(b))).collect()
+        } else {
+            Vec::new()
+        },
     };
-    let section = report::render(&results);
+    let section = report::render(&meta, &runs);
     println!("{section}");
     if !args.no_append {
         report::append(&args.output, &section)?;
         eprintln!("shoal-bench: appended to {}", args.output.display());
     }
-    if args.keep {
-        let kept = tmp.keep();
-        eprintln!("shoal-bench: kept {}", kept.display());
+    for b in builds {
+        if args.keep {
+            eprintln!("shoal-bench: kept {}", b.dir.keep().display());
+        }
     }
     Ok(())
 }
 
+/// Runs one of the phases outside `queries.rs` on one build.
+async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
+    step(&format!("{phase} on {}", b.label));
+    let (ctx, p) = (&b.ctx, &plan.invoke);
+    let r = match phase {
+        "latency" => invoke::latency(ctx, p).await,
+        "throughput" => invoke::throughput(ctx, p).await,
+        "cold" => invoke::cold(ctx, p.cold_runs).await,
+        "numpy" => invoke::numpy(ctx, p.numpy_rounds).await,
+        "async" => invoke::async_e2e(ctx, p).await,
+        "queue" => queue::run(ctx, &plan.queue, b.dir.path()).await,
+        "ratelimit" => ratelimit::run(ctx, &plan.ratelimit, plan.ratelimit_limit).await,
+        "fanout" => fanout::run(ctx, plan.fanout_n, plan.fanout_limit).await,
+        other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),
+    };
+    let s = r.unwrap_or_else(|e| Section::failed(phase, &format!("{e:#}")));
+    print_figures(std::slice::from_ref(&s));
+    s
+}
+
+/// A build's name in the report: its directory's name for `DIR/shoal`
+/// (`bench-before` for `/work/bench-before/shoal`), else its file name.
+fn label(shoal: &Path) -> String {
+    let dir = shoal.parent().and_then(Path::file_name);
+    let name = match (shoal.file_name(), dir) {
+        (Some(f), Some(d)) if f == "shoal" => d,
+        (Some(f), _) => f,
+        _ => shoal.as_os_str(),
+    };
+    name.to_string_lossy().into_owned()
+}
+
+/// The order in which the builds run the `i`-th phase: alternating.
+fn order(i: usize, builds: usize) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..builds).collect();
+    if i % 2 == 1 {
+        o.reverse();
+    }
+    o
+}
+
+fn print_figures(sections: &[Section]) {
+    for f in sections.iter().flat_map(|s| &s.figures) {
+        let (measured, verdict) = f.judged();
+        eprintln!("  {}: {measured} ({verdict:?})", f.id);
+    }
+}
+
+fn warn_of_node_log(label: &str, log: &Path) {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count();
+    if warnings > 0 {
+        eprintln!(
+            "shoal-bench: the node of {label} logged {warnings} warnings or errors; the last \
+             ones:\n{}",
+            node::tail(&log, 10)
+        );
+    }
+}
+
 /// `path` made absolute (the baselines run from another directory).
-fn ray_python(path: &std::path::Path) -> PathBuf {
+fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() || path.components().count() == 1 {
         return path.to_path_buf();
     }
@@ -489,16 +407,49 @@ fn ray_python(path: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// A progress line on stderr.
 fn step(what: &str) {
     eprintln!("shoal-bench: {what}");
 }
 
-fn outcome<T>(r: Result<T>) -> Phase<T> {
-    match r {
-        Ok(v) => Phase::Done(v),
-        Err(e) => {
-            eprintln!("  failed: {e:#}");
-            Phase::Failed(format!("{e:#}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_are_named_after_their_directory() {
+        assert_eq!(label(Path::new("/work/bench-before/shoal")), "bench-before");
+        assert_eq!(label(Path::new("/tmp/shoal-old")), "shoal-old");
+    }
+
+    #[test]
+    fn builds_take_turns_going_first() {
+        assert_eq!(order(0, 1), [0]);
+        assert_eq!(order(1, 1), [0]);
+        assert_eq!(order(0, 2), [0, 1]);
+        assert_eq!(order(1, 2), [1, 0]);
+        assert_eq!(order(2, 2), [0, 1]);
+    }
+
+    #[test]
+    fn every_phase_is_run_by_someone() {
+        // The phases of the table that `run_phase` does not know are the
+        // query phases, and those are all in the table.
+        for p in queries::PHASES {
+            assert!(target::phases().contains(&p), "{p}");
+        }
+        let known = [
+            "latency",
+            "throughput",
+            "cold",
+            "numpy",
+            "async",
+            "queue",
+            "ratelimit",
+            "fanout",
+        ];
+        for p in target::phases() {
+            assert!(known.contains(&p) || queries::PHASES.contains(&p), "{p}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Starts a real `shoal serve` on a free loopback port with a fresh data
 //! directory, the way the end-to-end tests do, and stops it on drop. The
-//! query benchmarks restart it on the same data directory.
+//! query benchmarks restart it on the same data directory. `Ctx` is what a
+//! phase gets of a running node.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,6 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use shoal_client::Client;
+
+use crate::cpu::Snapshot;
+use crate::http::Target;
 
 pub struct Node {
     pub addr: SocketAddr,
@@ -19,6 +25,37 @@ pub struct Node {
     shoal: PathBuf,
     dir: PathBuf,
     log_filter: String,
+}
+
+/// What every phase needs of a running node.
+pub struct Ctx {
+    /// For the phases that drive the node at full rate (`http.rs`).
+    pub target: Target,
+    pub client: Client,
+    pub node_pid: u32,
+    /// Where function directories are written before deploys.
+    pub scratch: PathBuf,
+    /// False for the build of `--compare-shoal`: a figure that does not
+    /// depend on the node's binary is measured on the first build only.
+    pub primary: bool,
+}
+
+impl Ctx {
+    /// A context for `node`, whose function directories go under its own
+    /// directory.
+    pub fn for_node(node: &Node, primary: bool) -> Result<Ctx> {
+        Ok(Ctx {
+            target: Target::new(node.addr, &node.token)?,
+            client: Client::new(&node.url, Some(&node.token))?,
+            node_pid: node.pid(),
+            scratch: node.dir.join("functions"),
+            primary,
+        })
+    }
+
+    pub fn cpu(&self) -> Snapshot {
+        Snapshot::take(self.node_pid)
+    }
 }
 
 impl Node {
@@ -126,22 +163,7 @@ impl Node {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. True when
     /// it exited without the SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return true;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
+        terminate(&mut self.child, grace)
     }
 }
 
@@ -151,8 +173,84 @@ impl Drop for Node {
     }
 }
 
+/// `(succeeded, not succeeded)` invocations of `function` so far, in `mode`
+/// (`async`, `queue`, ...) or any, from the node's `/metrics`.
+pub async fn invocations(
+    client: &Client,
+    function: &str,
+    mode: Option<&str>,
+) -> Result<(u64, u64)> {
+    let text = client.get_text("/metrics").await?;
+    Ok(count_invocations(&text, function, mode))
+}
+
+fn count_invocations(metrics: &str, function: &str, mode: Option<&str>) -> (u64, u64) {
+    let function = format!("function=\"{function}\"");
+    let mode = mode.map(|m| format!("mode=\"{m}\""));
+    let (mut ok, mut other) = (0, 0);
+    for line in metrics.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix("shoal_invocations_total{")
+            .and_then(|r| r.split_once('}'))
+        else {
+            continue;
+        };
+        let has = |l: &str| labels.split(',').any(|x| x == l);
+        if !has(&function) || mode.as_deref().is_some_and(|m| !has(m)) {
+            continue;
+        }
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        if has("outcome=\"succeeded\"") {
+            ok += n;
+        } else {
+            other += n;
+        }
+    }
+    (ok, other)
+}
+
+/// Stops a child process: SIGTERM, then SIGKILL if it has not exited within
+/// `grace`. True when it exited without the SIGKILL.
+pub fn terminate(child: &mut Child, grace: Duration) -> bool {
+    if let Ok(Some(_)) = child.try_wait() {
+        return true;
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_invocations_of_one_function() {
+        let text = "\
+# TYPE shoal_invocations_total counter
+shoal_invocations_total{function=\"q\",mode=\"async\",outcome=\"succeeded\"} 1500
+shoal_invocations_total{function=\"q\",mode=\"sync\",outcome=\"succeeded\"} 3
+shoal_invocations_total{function=\"q\",mode=\"async\",outcome=\"raised\"} 2
+shoal_invocations_total{function=\"q2\",mode=\"async\",outcome=\"succeeded\"} 99
+";
+        assert_eq!(count_invocations(text, "q", Some("async")), (1500, 2));
+        assert_eq!(count_invocations(text, "q", None), (1503, 2));
+        assert_eq!(count_invocations("", "q", None), (0, 0));
+    }
 }

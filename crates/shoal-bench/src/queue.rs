@@ -17,35 +17,40 @@
 //!   `n` messages on the same Redis, then consumes and acks them (no task).
 //!
 //! Both sides run in the same order on the same machine, one after the
-//! other, so they see the same background load.
+//! other, so they see the same background load. The queue alone runs the
+//! store linked into this binary, not the node's: with `--compare-shoal` it
+//! is measured on the first build only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::Value;
+use serde_json::json;
 use tokio::task::JoinSet;
 
-use shoal_client::protocol::PutQueue;
+use shoal_client::Client;
+use shoal_client::protocol::{PutQueue, QueueCountersView, SendMessage};
 use shoal_store::{NewMessage, Queues};
 use shoal_store_redb::RedbStore;
 
 use crate::celery::{self, Redis};
 use crate::cpu::Usage;
 use crate::functions::QUEUE_NOOP;
-use crate::phases::Ctx;
+use crate::node::{self, Ctx};
+use crate::report::{Figure, Section, one_line};
+use crate::stats::thousands;
 
 /// Messages per `POST /v1/queues/{name}/messages` (and per `Queues::send`).
-pub const SEND_BATCH: usize = 1000;
+const SEND_BATCH: usize = 1000;
 /// Messages per invocation in the batched variant.
-pub const BATCHED: u32 = 100;
+const BATCHED: u32 = 100;
 /// The subscriber's concurrency: invocations from the queue at once.
-pub const CONCURRENCY: u32 = 4;
+const CONCURRENCY: u32 = 4;
 /// Most messages per `lease` in the store-alone figure.
-pub const LEASE_MAX: usize = 100;
+const LEASE_MAX: usize = 100;
 /// Acks awaited at once in the store-alone figure.
-pub const ACKS_IN_FLIGHT: usize = 4;
+const ACKS_IN_FLIGHT: usize = 4;
 /// Messages (tasks) before the timed run, so that workers are up.
 const WARMUP: usize = 200;
 /// How often the queue's counters are read while waiting.
@@ -67,177 +72,253 @@ pub struct Plan {
 }
 
 /// One end-to-end run on Shoal.
-pub struct E2e {
-    pub batch_size: u32,
-    pub concurrency: u32,
-    pub n: usize,
+struct E2e {
+    batch_size: u32,
+    n: usize,
     /// Invocations of the subscriber the node counted (`/metrics`) during
     /// the timed run, and how many of them succeeded.
-    pub invocations: u64,
-    pub succeeded: u64,
-    pub send_s: f64,
-    pub total_s: f64,
-    pub acked: u64,
-    pub retried: u64,
-    pub dead: u64,
-    pub timed_out: bool,
-    pub cpu: Usage,
-}
-
-impl E2e {
-    pub fn per_s(&self) -> f64 {
-        self.acked.min(self.n as u64) as f64 / self.total_s
-    }
-}
-
-/// Celery's figures (either mode), from the script's JSON.
-pub struct CeleryRun {
-    pub n: usize,
-    pub send_s: f64,
-    /// Broker alone: consuming and acking.
-    pub drain_s: Option<f64>,
-    pub total_s: f64,
-    pub version: String,
-    pub cpu: Usage,
-}
-
-impl CeleryRun {
-    pub fn per_s(&self) -> f64 {
-        self.n as f64 / self.total_s
-    }
+    invocations: u64,
+    succeeded: u64,
+    send_s: f64,
+    total_s: f64,
+    acked: u64,
+    retried: u64,
+    dead: u64,
+    timed_out: bool,
+    cpu: Usage,
 }
 
 /// The embedded store alone, in this process.
-pub struct StoreAlone {
-    pub n: usize,
-    pub send_s: f64,
-    pub drain_s: f64,
-    pub leases: usize,
+struct StoreAlone {
+    n: usize,
+    send_s: f64,
+    drain_s: f64,
+    leases: usize,
     /// Group commits (fsyncs) over both steps.
-    pub commits: u64,
-    pub cpu: Usage,
+    commits: u64,
+    cpu: Usage,
 }
 
-impl StoreAlone {
-    pub fn total_s(&self) -> f64 {
-        self.send_s + self.drain_s
+type Measured<T> = std::result::Result<T, String>;
+
+struct QueueResults {
+    single: Measured<E2e>,
+    batched: Measured<E2e>,
+    celery: Measured<celery::Run>,
+    /// `None` on the `--compare-shoal` build.
+    alone: Option<(Measured<StoreAlone>, Measured<celery::Run>)>,
+}
+
+/// Runs every queue figure; `dir` is the bench's scratch directory.
+pub async fn run(ctx: &Ctx, plan: &Plan, dir: &Path) -> Result<Section> {
+    let n = plan.celery_n;
+    crate::step(&format!(
+        "queue end to end (Shoal): {} messages, one per invocation, concurrency {CONCURRENCY}",
+        plan.single_n
+    ));
+    let single = keep(e2e(ctx, "bench-queue", 1, plan.single_n, plan.limit).await);
+    crate::step(&format!(
+        "queue end to end (Shoal): {} messages, {BATCHED} per invocation",
+        plan.batched_n
+    ));
+    let batched = e2e(
+        ctx,
+        "bench-queue-batch",
+        BATCHED,
+        plan.batched_n,
+        plan.limit,
+    )
+    .await;
+    let batched = keep(batched);
+    let redis = match &plan.celery_missing {
+        Some(reason) => Err(format!("Celery could not be installed: {reason}")),
+        None => {
+            crate::step("starting redis-server for Celery");
+            keep(Redis::start(&plan.redis_server, &dir.join("redis")).await)
+        }
+    };
+    let celery_run = async |mode: &str| {
+        let redis = redis.as_ref().map_err(String::clone)?;
+        crate::step(&format!("Celery ({mode}): {n} of them, 2 prefork workers"));
+        let cpu0 = ctx.cpu();
+        let r = celery::run(
+            &plan.python,
+            &dir.join("celery"),
+            mode,
+            redis,
+            n,
+            plan.limit,
+        )
+        .await;
+        keep(r.map(|r| celery::Run {
+            cpu: cpu0.usage_until(&ctx.cpu()),
+            ..r
+        }))
+    };
+    let celery = celery_run("tasks").await;
+    let alone = if ctx.primary {
+        crate::step(&format!(
+            "queue alone (Shoal): {} messages through the embedded store in this process",
+            plan.batched_n
+        ));
+        let store = keep(store_alone(ctx, &dir.join("queue-alone"), plan.batched_n).await);
+        Some((store, celery_run("broker").await))
+    } else {
+        None
+    };
+    drop(redis);
+    Ok(section(&QueueResults {
+        single,
+        batched,
+        celery,
+        alone,
+    }))
+}
+
+fn section(q: &QueueResults) -> Section {
+    let mut s = Section::new("queue");
+    let celery_n = q
+        .celery
+        .as_ref()
+        .map_or("n/a".into(), |c| thousands(c.n as f64));
+    let celery = match &q.celery {
+        Ok(_) => format!("; Celery: {celery_n} tasks"),
+        Err(_) => String::new(),
+    };
+    let celery_rate = q.celery.as_ref().map(celery::Run::per_s);
+    for (id, run) in [("queue.single", &q.single), ("queue.batched", &q.batched)] {
+        let mut f = Figure::of(id, run.as_ref().map(E2e::per_s)).vs(celery_rate);
+        if let Ok(e) = run {
+            f = f
+                .setting(format!(
+                    "{} messages in batches of {}, `batch_size = {}`, subscriber concurrency \
+                     {CONCURRENCY}{celery}",
+                    thousands(e.n as f64),
+                    thousands(SEND_BATCH as f64),
+                    e.batch_size
+                ))
+                .flaw_if(
+                    e.timed_out,
+                    format!(
+                        "only {} acked before the time limit",
+                        thousands(e.acked as f64)
+                    ),
+                )
+                .flaw_if(e.dead > 0, format!("{} dead-lettered", e.dead));
+            s.detail(format!(
+                "Queue end to end, Shoal, `batch_size = {}`: {} messages sent in {:.2} s, {} acked \
+                 after {:.2} s ({}/s); {} retried, {} dead-lettered; the node counted {} \
+                 invocations of the subscriber ({} succeeded). Timed from the first send until \
+                 `GET /v1/queues/{{name}}` counts them acked (polled every 10 ms), after \
+                 {WARMUP} warm-up messages.",
+                e.batch_size,
+                thousands(e.n as f64),
+                e.send_s,
+                thousands(e.acked as f64),
+                e.total_s,
+                thousands(e.per_s()),
+                e.retried,
+                e.dead,
+                thousands(e.invocations as f64),
+                thousands(e.succeeded as f64)
+            ));
+            s.cpu(
+                format!("queue end to end, Shoal, batch_size {}", e.batch_size),
+                &e.cpu,
+            );
+        }
+        s.add(f);
     }
-
-    pub fn per_s(&self) -> f64 {
-        self.n as f64 / self.total_s()
+    match &q.celery {
+        Ok(c) => {
+            s.detail(format!(
+                "Celery ({}): {celery_n} tasks sent with `apply_async` over one producer connection \
+                 in {:.2} s, all run after {:.2} s ({}/s); worker `--pool prefork --concurrency 2`, \
+                 `task_acks_late` (acked after the task ran, as Shoal acks after the handler), \
+                 prefetch multiplier 4, results ignored; each task increments a Redis counter that \
+                 the client polls; {WARMUP} warm-up tasks first. Redis {}. Celery's processes and \
+                 Redis count as \"Other\" in the CPU table.",
+                c.version,
+                c.send_s,
+                c.total_s,
+                thousands(c.per_s()),
+                celery::REDIS_SETTINGS
+            ));
+            s.cpu("queue end to end, Celery (in Other)", &c.cpu);
+        }
+        Err(e) => s.detail(format!("Celery was not measured: {}", one_line(e))),
     }
+    let Some((store, broker)) = &q.alone else {
+        s.detail(
+            "The queue alone was not measured for this build: it runs the store linked into \
+             shoal-bench, not the node's binary."
+                .into(),
+        );
+        return s;
+    };
+    let mut f = Figure::of("queue.alone", store.as_ref().map(StoreAlone::per_s))
+        .vs(broker.as_ref().map(celery::Run::per_s));
+    if let Ok(a) = store {
+        f = f.setting(format!(
+            "{} messages sent in batches of {}, leases of ≤ {LEASE_MAX}, one ack per lease; \
+             kombu: {celery_n} messages",
+            thousands(a.n as f64),
+            thousands(SEND_BATCH as f64),
+        ));
+        s.detail(format!(
+            "Queue alone, Shoal (`RedbStore` in the bench process, a fresh file; `Queues::send` \
+             awaited per batch of {}, then `lease` ≤ {LEASE_MAX} and `ack` per lease with up to \
+             {ACKS_IN_FLIGHT} acks in flight): send {:.2} s ({}/s), lease + ack {:.2} s ({}/s) in \
+             {} leases; {} group commits (fsyncs) in all.",
+            thousands(SEND_BATCH as f64),
+            a.send_s,
+            thousands(a.n as f64 / a.send_s),
+            a.drain_s,
+            thousands(a.n as f64 / a.drain_s),
+            thousands(a.leases as f64),
+            thousands(a.commits as f64)
+        ));
+        s.cpu("queue alone, Shoal's store (in Client)", &a.cpu);
+    }
+    s.add(f);
+    match broker {
+        Ok(b) => {
+            let drain = b.drain_s.unwrap_or(f64::NAN);
+            s.detail(format!(
+                "Queue alone, Celery's broker ({}): kombu `Producer.publish` of {celery_n} \
+                 messages one by one in {:.2} s ({}/s), then a kombu `Consumer` (prefetch 100) \
+                 received and acked each in {:.2} s ({}/s).",
+                b.version,
+                b.send_s,
+                thousands(b.n as f64 / b.send_s),
+                drain,
+                thousands(b.n as f64 / drain)
+            ));
+            s.cpu("queue alone, kombu (in Other)", &b.cpu);
+        }
+        Err(e) => s.detail(format!(
+            "Celery's broker alone was not measured: {}",
+            one_line(e)
+        )),
+    }
+    s
 }
 
-pub struct QueueResults {
-    pub single: std::result::Result<E2e, String>,
-    pub batched: std::result::Result<E2e, String>,
-    pub celery: std::result::Result<CeleryRun, String>,
-    pub store: std::result::Result<StoreAlone, String>,
-    pub broker: std::result::Result<CeleryRun, String>,
-}
-
-fn step(what: &str) {
-    eprintln!("shoal-bench: {what}");
-}
-
-fn keep<T>(r: Result<T>) -> std::result::Result<T, String> {
+/// A figure's failure, kept as its reason so that the others still run.
+fn keep<T>(r: Result<T>) -> Measured<T> {
     r.map_err(|e| {
         eprintln!("  failed: {e:#}");
         format!("{e:#}")
     })
 }
 
-/// Runs every queue figure; `dir` is the bench's scratch directory.
-pub async fn run(ctx: &Ctx, plan: &Plan, dir: &Path) -> QueueResults {
-    let n = plan.celery_n;
-    step(&format!(
-        "queue end to end (Shoal): {} messages, one per invocation, concurrency {CONCURRENCY}",
-        plan.single_n
-    ));
-    let single = keep(e2e(ctx, "bench-queue", 1, plan.single_n, plan.limit).await);
-    if let Ok(r) = &single {
-        eprintln!("  {:.0}/s ({:.2} s)", r.per_s(), r.total_s);
-    }
-    step(&format!(
-        "queue end to end (Shoal): {} messages, {BATCHED} per invocation",
-        plan.batched_n
-    ));
-    let batched = keep(
-        e2e(
-            ctx,
-            "bench-queue-batch",
-            BATCHED,
-            plan.batched_n,
-            plan.limit,
-        )
-        .await,
-    );
-    if let Ok(r) = &batched {
-        eprintln!("  {:.0}/s ({:.2} s)", r.per_s(), r.total_s);
-    }
+// ------------------------------------------------------------- end to end
 
-    let redis = match &plan.celery_missing {
-        Some(reason) => Err(format!("Celery could not be installed: {reason}")),
-        None => {
-            step("starting redis-server for Celery");
-            keep(Redis::start(&plan.redis_server, &dir.join("redis")).await)
-        }
-    };
-    let celery_dir = dir.join("celery");
-    let celery = match &redis {
-        Ok(r) => {
-            step(&format!(
-                "queue end to end (Celery): {n} tasks, 2 prefork workers"
-            ));
-            keep(celery_run(ctx, plan, &celery_dir, "tasks", r).await)
-        }
-        Err(e) => Err(e.clone()),
-    };
-    if let Ok(c) = &celery {
-        eprintln!("  {:.0}/s ({:.2} s)", c.per_s(), c.total_s);
-    }
-
-    step(&format!(
-        "queue alone (Shoal): {} messages through the embedded store in this process",
-        plan.batched_n
-    ));
-    let store = keep(store_alone(ctx, &dir.join("queue-alone"), plan.batched_n).await);
-    if let Ok(s) = &store {
-        eprintln!(
-            "  {:.0}/s (send {:.2} s, lease + ack {:.2} s)",
-            s.per_s(),
-            s.send_s,
-            s.drain_s
-        );
-    }
-    let broker = match &redis {
-        Ok(r) => {
-            step(&format!(
-                "queue alone (Celery's broker): kombu, {n} messages"
-            ));
-            keep(celery_run(ctx, plan, &celery_dir, "broker", r).await)
-        }
-        Err(e) => Err(e.clone()),
-    };
-    if let Ok(b) = &broker {
-        eprintln!(
-            "  {:.0}/s (publish {:.2} s, consume + ack {:.2} s)",
-            b.per_s(),
-            b.send_s,
-            b.drain_s.unwrap_or(f64::NAN)
-        );
-    }
-    drop(redis);
-    QueueResults {
-        single,
-        batched,
-        celery,
-        store,
-        broker,
+impl E2e {
+    fn per_s(&self) -> f64 {
+        self.acked.min(self.n as u64) as f64 / self.total_s
     }
 }
-
-// ------------------------------------------------------------- end to end
 
 /// Creates `queue`, deploys the no-op subscriber of the same name with
 /// `batch_size`, warms it up, then sends `n` messages and waits until the
@@ -248,7 +329,7 @@ async fn e2e(ctx: &Ctx, queue: &str, batch_size: u32, n: usize, limit: Duration)
         .await
         .with_context(|| format!("creating the queue {queue}"))?;
     QUEUE_NOOP
-        .deploy_edited(
+        .deploy(
             &ctx.client,
             &ctx.scratch,
             queue,
@@ -261,154 +342,69 @@ async fn e2e(ctx: &Ctx, queue: &str, batch_size: u32, n: usize, limit: Duration)
             ],
         )
         .await?;
-    let mut conn = ctx.target.connect().await?;
-    let path = format!("/v1/queues/{queue}/messages");
     // Warm-up: the first invocation starts the function's template.
-    let base = send_and_wait(&mut conn, queue, &path, WARMUP, limit).await?;
-    let bodies: Vec<Vec<u8>> = (0..n.div_ceil(SEND_BATCH))
-        .map(|b| batch_body(b * SEND_BATCH, ((b + 1) * SEND_BATCH).min(n)))
+    ctx.client.send(queue, messages(0, WARMUP)).await?;
+    let (base, timed_out) =
+        wait_acked(&ctx.client, queue, WARMUP as u64, Instant::now(), limit).await?;
+    if timed_out {
+        bail!("the {WARMUP} warm-up messages were not all acked within {limit:?}");
+    }
+    let batches: Vec<Vec<SendMessage>> = (0..n.div_ceil(SEND_BATCH))
+        .map(|b| messages(b * SEND_BATCH, ((b + 1) * SEND_BATCH).min(n)))
         .collect();
-    let runs0 = invocation_counts(&mut conn, queue).await?;
+    let runs0 = node::invocations(&ctx.client, queue, None).await?;
     let cpu0 = ctx.cpu();
     let t = Instant::now();
-    for body in &bodies {
-        send(&mut conn, &path, body).await?;
+    for batch in batches {
+        ctx.client.send(queue, batch).await?;
     }
     let send_s = t.elapsed().as_secs_f64();
-    let (counters, timed_out) =
-        wait_acked(&mut conn, queue, base.acked + n as u64, t, limit).await?;
+    let (c, timed_out) = wait_acked(&ctx.client, queue, base.acked + n as u64, t, limit).await?;
     let total_s = t.elapsed().as_secs_f64();
     let cpu = cpu0.usage_until(&ctx.cpu());
-    let runs = invocation_counts(&mut conn, queue).await?;
+    let runs = node::invocations(&ctx.client, queue, None).await?;
     Ok(E2e {
         batch_size,
-        concurrency: CONCURRENCY,
         n,
-        invocations: runs.0 - runs0.0,
-        succeeded: runs.1 - runs0.1,
+        invocations: runs.0 + runs.1 - runs0.0 - runs0.1,
+        succeeded: runs.0 - runs0.0,
         send_s,
         total_s,
-        acked: counters.acked - base.acked,
-        retried: counters.retried - base.retried,
-        dead: counters.dead_lettered - base.dead_lettered,
+        acked: c.acked - base.acked,
+        retried: c.retried - base.retried,
+        dead: c.dead_lettered - base.dead_lettered,
         timed_out,
         cpu,
     })
 }
 
-/// `{"messages": [{"body": {"i": from}}, ...]}`.
-fn batch_body(from: usize, to: usize) -> Vec<u8> {
-    let mut out = String::with_capacity((to - from) * 24 + 16);
-    out.push_str("{\"messages\":[");
-    for i in from..to {
-        if i > from {
-            out.push(',');
-        }
-        out.push_str(&format!("{{\"body\":{{\"i\":{i}}}}}"));
-    }
-    out.push_str("]}");
-    out.into_bytes()
+/// Messages `{"i": from}` .. `{"i": to - 1}`.
+fn messages(from: usize, to: usize) -> Vec<SendMessage> {
+    (from..to)
+        .map(|i| SendMessage {
+            body: json!({ "i": i }),
+            delay: None,
+            dedup_id: None,
+        })
+        .collect()
 }
 
-async fn send(conn: &mut crate::http::Conn, path: &str, body: &[u8]) -> Result<()> {
-    let reply = conn.post(path, body).await?;
-    if !reply.is_success() {
-        bail!(
-            "sending answered HTTP {}: {}",
-            reply.status,
-            reply.body_text()
-        );
-    }
-    Ok(())
-}
-
-/// Sends `m` messages in one batch to a new queue and waits until they are
-/// acked.
-async fn send_and_wait(
-    conn: &mut crate::http::Conn,
-    queue: &str,
-    path: &str,
-    m: usize,
-    limit: Duration,
-) -> Result<Counters> {
-    send(conn, path, &batch_body(0, m)).await?;
-    let (c, timed_out) = wait_acked(conn, queue, m as u64, Instant::now(), limit).await?;
-    if timed_out {
-        bail!("the {m} warm-up messages were not all acked within {limit:?}");
-    }
-    Ok(c)
-}
-
-/// `(all, succeeded)` invocations of `function` from `/metrics`, any mode.
-async fn invocation_counts(conn: &mut crate::http::Conn, function: &str) -> Result<(u64, u64)> {
-    let reply = conn.get("/metrics").await?;
-    if !reply.is_success() {
-        bail!("/metrics answered HTTP {}", reply.status);
-    }
-    let text = std::str::from_utf8(reply.body).context("/metrics is not UTF-8")?;
-    Ok(parse_invocations(text, function))
-}
-
-fn parse_invocations(text: &str, function: &str) -> (u64, u64) {
-    let want = format!("function=\"{function}\"");
-    let (mut all, mut ok) = (0, 0);
-    for line in text.lines() {
-        let Some((labels, value)) = line
-            .strip_prefix("shoal_invocations_total{")
-            .and_then(|r| r.split_once('}'))
-        else {
-            continue;
-        };
-        if !labels.split(',').any(|l| l == want) {
-            continue;
-        }
-        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
-        all += v;
-        if labels.split(',').any(|l| l == "outcome=\"succeeded\"") {
-            ok += v;
-        }
-    }
-    (all, ok)
-}
-
-#[derive(Clone, Copy, Default)]
-pub struct Counters {
-    pub acked: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
-}
-
-/// The queue's counters, read through `GET /v1/queues/{name}`.
-pub async fn counters(conn: &mut crate::http::Conn, queue: &str) -> Result<Counters> {
-    let reply = conn.get(&format!("/v1/queues/{queue}")).await?;
-    if !reply.is_success() {
-        bail!(
-            "GET /v1/queues/{queue} answered HTTP {}: {}",
-            reply.status,
-            reply.body_text()
-        );
-    }
-    let v: Value = serde_json::from_slice(reply.body).context("reading the queue")?;
-    let c = &v["counters"];
-    let get = |k: &str| c[k].as_u64().unwrap_or(0);
-    Ok(Counters {
-        acked: get("acked"),
-        retried: get("retried"),
-        dead_lettered: get("dead_lettered"),
-    })
-}
-
-/// Polls the counters until `acked` (plus dead letters: they will never be
-/// acked) reaches `want`, or `limit` after `since`.
+/// Polls the queue's counters until `acked` (plus dead letters: they will
+/// never be acked) reaches `want`, or `limit` after `since`; true when the
+/// limit passed.
 pub async fn wait_acked(
-    conn: &mut crate::http::Conn,
+    client: &Client,
     queue: &str,
     want: u64,
     since: Instant,
     limit: Duration,
-) -> Result<(Counters, bool)> {
+) -> Result<(QueueCountersView, bool)> {
     loop {
-        let c = counters(conn, queue).await?;
+        let c = client
+            .queue(queue)
+            .await
+            .with_context(|| format!("reading the queue {queue}"))?
+            .counters;
         if c.acked + c.dead_lettered >= want {
             return Ok((c, false));
         }
@@ -419,53 +415,13 @@ pub async fn wait_acked(
     }
 }
 
-// ------------------------------------------------------------------ Celery
-
-async fn celery_run(
-    ctx: &Ctx,
-    plan: &Plan,
-    dir: &Path,
-    mode: &str,
-    redis: &Redis,
-) -> Result<CeleryRun> {
-    let cpu0 = ctx.cpu();
-    let v = celery::run_script(
-        &plan.python,
-        dir,
-        mode,
-        &redis.url,
-        plan.celery_n,
-        plan.limit,
-    )
-    .await?;
-    let cpu = cpu0.usage_until(&ctx.cpu());
-    let f = |k: &str| {
-        v[k].as_f64()
-            .ok_or_else(|| anyhow!("the Celery baseline's answer lacks {k}: {v}"))
-    };
-    let n = v["n"].as_u64().unwrap_or(0) as usize;
-    if n != plan.celery_n {
-        bail!("the Celery baseline ran {n} of {}", plan.celery_n);
-    }
-    let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
-    Ok(CeleryRun {
-        n,
-        send_s: f("send_s")?,
-        drain_s: v["drain_s"].as_f64(),
-        total_s: f("total_s")?,
-        version: format!(
-            "Celery {}, kombu {}, redis-py {}, Redis {}, Python {}",
-            s("celery"),
-            s("kombu"),
-            s("redis_py"),
-            s("redis_server"),
-            s("python")
-        ),
-        cpu,
-    })
-}
-
 // --------------------------------------------------------- the store alone
+
+impl StoreAlone {
+    fn per_s(&self) -> f64 {
+        self.n as f64 / (self.send_s + self.drain_s)
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -473,7 +429,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn messages(from: usize, to: usize, now: u64) -> Vec<NewMessage> {
+fn store_messages(from: usize, to: usize, now: u64) -> Vec<NewMessage> {
     (from..to)
         .map(|i| NewMessage {
             id: format!("m-{i:09}"),
@@ -490,31 +446,27 @@ fn messages(from: usize, to: usize, now: u64) -> Vec<NewMessage> {
 /// acks them all; the store is a fresh file under `dir`.
 async fn store_alone(ctx: &Ctx, dir: &Path, n: usize) -> Result<StoreAlone> {
     const QUEUE: &str = "bench-alone";
+    let err = |e: shoal_store::Error| anyhow!("{e}");
     std::fs::create_dir_all(dir)?;
     let store: Arc<RedbStore> =
         RedbStore::open(&dir.join("queue.redb")).map_err(|e| anyhow!("opening the store: {e}"))?;
     let now = now_ms();
     // Warm-up: the first commits create the tables.
     store
-        .send(QUEUE, messages(n, n + 10, now))
+        .send(QUEUE, store_messages(n, n + 10, now))
         .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let warm = store
-        .lease(QUEUE, now, 10, 60_000)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    store
-        .ack(QUEUE, warm.deliveries.into_iter().map(|d| d.id).collect())
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(err)?;
+    let warm = store.lease(QUEUE, now, 10, 60_000).await.map_err(err)?;
+    let ids = warm.deliveries.into_iter().map(|d| d.id).collect();
+    store.ack(QUEUE, ids).await.map_err(err)?;
     let batches: Vec<Vec<NewMessage>> = (0..n.div_ceil(SEND_BATCH))
-        .map(|b| messages(b * SEND_BATCH, ((b + 1) * SEND_BATCH).min(n), now))
+        .map(|b| store_messages(b * SEND_BATCH, ((b + 1) * SEND_BATCH).min(n), now))
         .collect();
     let commits0 = store.stats().commits;
     let cpu0 = ctx.cpu();
     let t = Instant::now();
     for batch in batches {
-        store.send(QUEUE, batch).await.map_err(|e| anyhow!("{e}"))?;
+        store.send(QUEUE, batch).await.map_err(err)?;
     }
     let send_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -524,7 +476,7 @@ async fn store_alone(ctx: &Ctx, dir: &Path, n: usize) -> Result<StoreAlone> {
         let got = store
             .lease(QUEUE, now_ms(), LEASE_MAX, 60_000)
             .await
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(err)?;
         if got.deliveries.is_empty() {
             bail!("the queue ran dry after {leased} of {n} messages");
         }
@@ -533,21 +485,17 @@ async fn store_alone(ctx: &Ctx, dir: &Path, n: usize) -> Result<StoreAlone> {
         let ids: Vec<String> = got.deliveries.into_iter().map(|d| d.id).collect();
         acks.spawn(store.ack(QUEUE, ids));
         while acks.len() >= ACKS_IN_FLIGHT {
-            acks.join_next()
-                .await
-                .context("no ack in flight")?
-                .context("an ack task panicked")?
-                .map_err(|e| anyhow!("{e}"))?;
+            let r = acks.join_next().await.context("no ack in flight")?;
+            r.context("an ack task panicked")?.map_err(err)?;
         }
     }
     while let Some(r) = acks.join_next().await {
-        r.context("an ack task panicked")?
-            .map_err(|e| anyhow!("{e}"))?;
+        r.context("an ack task panicked")?.map_err(err)?;
     }
     let drain_s = t.elapsed().as_secs_f64();
     let cpu = cpu0.usage_until(&ctx.cpu());
     let commits = store.stats().commits - commits0;
-    let c = store.counters(QUEUE).await.map_err(|e| anyhow!("{e}"))?;
+    let c = store.counters(QUEUE).await.map_err(err)?;
     store.close();
     if c.acked != n as u64 + 10 {
         bail!("the store counts {} acked, not {}", c.acked, n + 10);
@@ -562,24 +510,58 @@ async fn store_alone(ctx: &Ctx, dir: &Path, n: usize) -> Result<StoreAlone> {
     })
 }
 
+/// The section from fixed measurements (for the report's tests).
+#[cfg(test)]
+pub fn examples() -> Vec<Section> {
+    let e2e = |batch_size: u32, total_s: f64| E2e {
+        batch_size,
+        n: 10_000,
+        invocations: 10_000 / u64::from(batch_size),
+        succeeded: 10_000 / u64::from(batch_size),
+        send_s: 0.1,
+        total_s,
+        acked: 10_000,
+        retried: 0,
+        dead: 0,
+        timed_out: false,
+        cpu: Usage::default(),
+    };
+    let store = StoreAlone {
+        n: 10_000,
+        send_s: 0.1,
+        drain_s: 0.1,
+        leases: 100,
+        commits: 30,
+        cpu: Usage::default(),
+    };
+    vec![section(&QueueResults {
+        single: Ok(e2e(1, 2.0)),      // 5,000/s vs 1,000/s: 5×
+        batched: Ok(e2e(100, 100.0)), // 100/s: a miss
+        celery: Ok(celery::Run::example(1_000, 1.0)),
+        alone: Some((Ok(store), Err("kombu | failed".into()))),
+    })]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn counts_invocations_of_one_function() {
-        let text = "\
-shoal_invocations_total{function=\"q\",mode=\"queue\",outcome=\"succeeded\"} 40
-shoal_invocations_total{function=\"q\",mode=\"queue\",outcome=\"raised\"} 2
-shoal_invocations_total{function=\"q2\",mode=\"queue\",outcome=\"succeeded\"} 9
-";
-        assert_eq!(parse_invocations(text, "q"), (42, 40));
+    fn figures_read_as_measured() {
+        let s = &examples()[0];
+        let cell = |i: usize| s.figures[i].judged().0;
+        assert_eq!(cell(0), "Shoal 5,000/s vs Celery 1,000/s: 5.00×");
+        assert_eq!(
+            cell(2),
+            "Shoal 50,000/s; kombu not measured: kombu \\| failed"
+        );
+        assert_eq!(s.cpu.len(), 4);
     }
 
     #[test]
-    fn batch_bodies_are_json() {
-        let v: Value = serde_json::from_slice(&batch_body(5, 8)).unwrap();
-        assert_eq!(v["messages"].as_array().unwrap().len(), 3);
-        assert_eq!(v["messages"][2]["body"]["i"], 7);
+    fn message_batches_are_numbered() {
+        let m = messages(5, 8);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[2].body["i"], 7);
     }
 }

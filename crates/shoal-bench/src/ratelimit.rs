@@ -17,16 +17,18 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use shoal_client::protocol::PutQueue;
+use shoal_client::Client;
+use shoal_client::protocol::{PutQueue, SendMessage};
 
 use crate::cpu::Usage;
 use crate::functions::VENDOR_CALL;
-use crate::http::Target;
-use crate::phases::Ctx;
+use crate::node::Ctx;
 use crate::queue::wait_acked;
+use crate::report::{Figure, Section};
+use crate::stats::thousands;
 
 const NAME: &str = "bench-vendor";
 /// The vendor script, relative to the repository root.
@@ -45,28 +47,22 @@ impl Plan {
     }
 }
 
-pub struct RateLimit {
-    pub limit: u32,
-    pub messages: usize,
-    pub concurrency: u32,
+struct RateLimit {
+    limit: u32,
+    messages: usize,
+    concurrency: u32,
     /// From the send until every message was acked.
-    pub total_s: f64,
-    pub timed_out: bool,
+    total_s: f64,
+    timed_out: bool,
     /// The vendor's `/_stats`.
-    pub requests: u64,
-    pub ok: u64,
-    pub too_many: u64,
-    pub peak_1s: u64,
-    pub peak_accepted_1s: u64,
+    requests: u64,
+    ok: u64,
+    too_many: u64,
+    peak_1s: u64,
+    peak_accepted_1s: u64,
     /// Accepted requests per second between the first and the last.
-    pub mean_rate: f64,
-    pub cpu: Usage,
-}
-
-impl RateLimit {
-    pub fn share(&self) -> f64 {
-        self.mean_rate / f64::from(self.limit)
-    }
+    mean_rate: f64,
+    cpu: Usage,
 }
 
 /// Where `vendor.py` is: under the current directory (`scripts/bench` runs
@@ -121,7 +117,7 @@ async fn start_vendor(limit: u32) -> Result<Vendor> {
     })
 }
 
-pub async fn run(ctx: &Ctx, plan: &Plan, limit: Duration) -> Result<RateLimit> {
+pub async fn run(ctx: &Ctx, plan: &Plan, limit: Duration) -> Result<Section> {
     let vendor = start_vendor(plan.limit).await?;
     ctx.client
         .put_limiter(NAME, f64::from(plan.limit), Some(1))
@@ -132,26 +128,20 @@ pub async fn run(ctx: &Ctx, plan: &Plan, limit: Duration) -> Result<RateLimit> {
         .await
         .context("creating the queue")?;
     let deployed = VENDOR_CALL
-        .deploy(&ctx.client, &ctx.scratch, NAME, None)
+        .deploy(&ctx.client, &ctx.scratch, NAME, None, &[])
         .await?;
     let concurrency = deployed.concurrency;
     let m = plan.messages();
     let url = format!("http://{}/troops", vendor.addr);
-    let one = serde_json::to_string(&serde_json::json!({ "body": { "url": url } }))?;
-    let body = format!("{{\"messages\":[{}]}}", vec![one; m].join(","));
-    let mut conn = ctx.target.connect().await?;
-    let path = format!("/v1/queues/{NAME}/messages");
+    let message = SendMessage {
+        body: json!({ "url": url }),
+        delay: None,
+        dedup_id: None,
+    };
     let cpu0 = ctx.cpu();
     let t = Instant::now();
-    let reply = conn.post(&path, body.as_bytes()).await?;
-    if !reply.is_success() {
-        bail!(
-            "sending answered HTTP {}: {}",
-            reply.status,
-            reply.body_text()
-        );
-    }
-    let (counters, timed_out) = wait_acked(&mut conn, NAME, m as u64, t, limit).await?;
+    ctx.client.send(NAME, vec![message; m]).await?;
+    let (counters, timed_out) = wait_acked(&ctx.client, NAME, m as u64, t, limit).await?;
     let total_s = t.elapsed().as_secs_f64();
     let cpu = cpu0.usage_until(&ctx.cpu());
     if counters.dead_lettered > 0 {
@@ -160,14 +150,14 @@ pub async fn run(ctx: &Ctx, plan: &Plan, limit: Duration) -> Result<RateLimit> {
             counters.dead_lettered
         );
     }
-    let mut vconn = Target::new(vendor.addr, "unused")?.connect().await?;
-    let reply = vconn.get("/_stats").await?;
-    if !reply.is_success() {
-        bail!("the vendor's /_stats answered HTTP {}", reply.status);
-    }
-    let stats: Value = serde_json::from_slice(reply.body).context("reading /_stats")?;
+    let vendor = Client::new(&format!("http://{}", vendor.addr), None)?;
+    let stats = vendor
+        .get_text("/_stats")
+        .await
+        .context("the vendor's /_stats")?;
+    let stats: Value = serde_json::from_str(&stats).context("reading /_stats")?;
     let n = |k: &str| stats[k].as_u64().unwrap_or(0);
-    Ok(RateLimit {
+    Ok(section(&RateLimit {
         limit: plan.limit,
         messages: m,
         concurrency,
@@ -180,5 +170,89 @@ pub async fn run(ctx: &Ctx, plan: &Plan, limit: Duration) -> Result<RateLimit> {
         peak_accepted_1s: n("peak_accepted_1s"),
         mean_rate: stats["mean_rate"].as_f64().unwrap_or(f64::NAN),
         cpu,
-    })
+    }))
+}
+
+fn section(r: &RateLimit) -> Section {
+    let limit = f64::from(r.limit);
+    let m = thousands(r.messages as f64);
+    let late = "not all acked before the time limit";
+    let mut s = Section::new("ratelimit");
+    s.add(
+        Figure::new("ratelimit.peak", r.peak_1s as f64)
+            .vs(Ok(limit))
+            .setting(format!(
+                "it allows {}/s; limiter {}/s, burst 1; {m} queue messages, one vendor call \
+                 each, subscriber concurrency {}",
+                r.limit, r.limit, r.concurrency
+            ))
+            .flaw_if(r.timed_out, late),
+    );
+    s.add(
+        Figure::new("ratelimit.rejected", r.too_many as f64)
+            .paren(format!("of {} requests", thousands(r.requests as f64))),
+    );
+    s.add(
+        Figure::new("ratelimit.rate", r.mean_rate)
+            .vs(Ok(limit))
+            .setting(format!("{m} calls"))
+            .flaw_if(r.timed_out, late),
+    );
+    s.detail(format!(
+        "Rate limit: `examples/vendor-pipeline/vendor.py --limit {} --fail-rate 0 --broken-every \
+         0` saw {} requests ({} ok, {} × 429), at most {} in any 1 s window ({} accepted); {m} \
+         messages were sent at once and all acked {:.2} s later{}. The handler GETs the URL in \
+         its message with urllib and returns the status (a 429 is not retried, so the vendor \
+         counts each message once).",
+        r.limit,
+        thousands(r.requests as f64),
+        thousands(r.ok as f64),
+        thousands(r.too_many as f64),
+        r.peak_1s,
+        r.peak_accepted_1s,
+        r.total_s,
+        if r.timed_out {
+            " (NOT all acked before the time limit)"
+        } else {
+            ""
+        }
+    ));
+    s.cpu("rate limit", &r.cpu);
+    s
+}
+
+/// The section from fixed measurements (for the report's tests).
+#[cfg(test)]
+pub fn examples() -> Vec<Section> {
+    vec![section(&RateLimit {
+        limit: 50,
+        messages: 600,
+        concurrency: 4,
+        total_s: 12.5,
+        timed_out: false,
+        requests: 600,
+        ok: 599,
+        too_many: 1,
+        peak_1s: 51,
+        peak_accepted_1s: 50,
+        mean_rate: 47.0,
+        cpu: Usage::default(),
+    })]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn figures_read_as_measured() {
+        let s = &super::examples()[0];
+        let cells: Vec<String> = s.figures.iter().map(|f| f.judged().0).collect();
+        assert_eq!(
+            cells,
+            [
+                "Shoal 51/s vs the limit 50/s: 1.02×",
+                "1 (of 600 requests)",
+                "Shoal 47/s vs the limit 50/s: 0.94×",
+            ]
+        );
+    }
 }

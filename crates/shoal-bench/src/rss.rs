@@ -100,13 +100,8 @@ impl Drop for Sampler {
 
 /// One sample of the tree under `root`.
 pub fn sample(root: u32) -> Peak {
-    let mut seen = HashSet::new();
-    let mut stack = vec![root];
     let mut out = Peak::default();
-    while let Some(pid) = stack.pop() {
-        if !seen.insert(pid) {
-            continue;
-        }
+    for pid in std::iter::once(root).chain(descendants(root)) {
         let Some(rss) = vm_rss(pid) else {
             continue; // exited meanwhile
         };
@@ -116,9 +111,22 @@ pub fn sample(root: u32) -> Peak {
         } else {
             out.descendants += rss;
         }
-        stack.extend(children(pid));
     }
     out.total = out.root + out.descendants;
+    out
+}
+
+/// The living descendants of `root`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut seen = HashSet::from([root]);
+    let mut stack = children(root);
+    let mut out = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if seen.insert(pid) {
+            out.push(pid);
+            stack.extend(children(pid));
+        }
+    }
     out
 }
 

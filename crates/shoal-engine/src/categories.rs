@@ -259,7 +259,9 @@ impl Categories {
 
     /// One page of a category scan. The cursor is opaque to clients:
     /// `<shard>.<hex of the last id>`.
-    pub(crate) async fn scan(&self, name: &str,
+    pub(crate) async fn scan(
+        &self,
+        name: &str,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StoredDoc>, Option<String>)> {
@@ -277,7 +279,7 @@ impl Categories {
                 .docs
                 .scan_shard(name, shard, after.as_deref(), limit - out.len())
                 .await
-            .map_err(|e| Error::from_store(e, Entity::Category, name))?;
+                .map_err(|e| Error::from_store(e, Entity::Category, name))?;
             let short = page.len() < limit - out.len();
             out.extend(page);
             if short {
@@ -300,7 +302,9 @@ impl Categories {
 
     /// Starts a query: resolves the category and the function, then runs the
     /// map (and reduce) on the runtime while events stream out.
-    pub(crate) async fn query(&self, name: &str,
+    pub(crate) async fn query(
+        &self,
+        name: &str,
         function: &str,
         skip_errors: bool,
     ) -> Result<RunningQuery> {
@@ -356,7 +360,10 @@ impl Categories {
 
     async fn existing(&self, name: &str) -> Result<CategoryRecord> {
         check_category_name(name)?;
-        self.env.backend.docs.category(name)
+        self.env
+            .backend
+            .docs
+            .category(name)
             .await?
             .ok_or_else(|| Error::not_found(Entity::Category, name))
     }

@@ -189,7 +189,11 @@ impl Consumers {
     pub(crate) fn retire_if(&self, consumer: &Arc<Consumer>, still: impl FnOnce() -> bool) -> bool {
         let queue = consumer.feed.queue();
         let mut by_queue = self.by_queue.lock().unwrap();
-        if by_queue.get(&queue).is_some_and(|c| Arc::ptr_eq(c, consumer)) && still() {
+        if by_queue
+            .get(&queue)
+            .is_some_and(|c| Arc::ptr_eq(c, consumer))
+            && still()
+        {
             by_queue.remove(&queue);
             true
         } else {

@@ -163,7 +163,11 @@ impl Dispatcher {
     // ---- calls ----
 
     /// Runs a function and waits for its outcome. `event` must be JSON text.
-    pub(crate) async fn invoke_sync(self: &Arc<Self>, name: &str, event: String) -> Result<Completed> {
+    pub(crate) async fn invoke_sync(
+        self: &Arc<Self>,
+        name: &str,
+        event: String,
+    ) -> Result<Completed> {
         let d = self.functions.resolve(name)?;
         let now = self.env.now_ms();
         let mut record = new_record(&d, InvocationMode::Sync, event, now);
@@ -282,7 +286,9 @@ impl Dispatcher {
     fn ensure_feed(self: &Arc<Self>, feed: Feed, slots: u32) {
         if let Some(consumer) = self.consumers.ensure(feed, slots) {
             let me = self.clone();
-            self.env.tasks.spawn(async move { me.consume(consumer).await });
+            self.env
+                .tasks
+                .spawn(async move { me.consume(consumer).await });
         }
     }
 
@@ -352,7 +358,9 @@ impl Dispatcher {
                 .as_ref()
                 .and_then(|d| d.record.concurrency_key.as_ref())
                 .map(|ck| consumer.key_limit(ck.per_key));
-            let visibility_ms = self.visibility_ms(&consumer.feed, deployed.as_deref()).await;
+            let visibility_ms = self
+                .visibility_ms(&consumer.feed, deployed.as_deref())
+                .await;
             let leased = self
                 .env
                 .backend
@@ -545,7 +553,10 @@ impl Dispatcher {
         record.started_at_ms = Some(now);
         let lease = Lease {
             queue: queue.to_string(),
-            messages: batch.iter().map(|m| (m.id.clone(), m.failures + 1)).collect(),
+            messages: batch
+                .iter()
+                .map(|m| (m.id.clone(), m.failures + 1))
+                .collect(),
             visibility_ms: settings.visibility_ms,
         };
         let policy = RetryPolicy {
@@ -605,10 +616,19 @@ impl Dispatcher {
                 self.live.remove(&record.id);
                 if !self.env.tasks.is_stopping() {
                     warn!(queue = %lease.queue, id = %record.id, error = %e, "Runtime failed; the messages will be redelivered.");
-                    let due = self.env.now_ms() + self.env.opts.platform_retry.as_millis() as u64;
-                    for (id, _) in &lease.messages {
-                        drop(self.env.backend.queues.nack(&lease.queue, id, due));
-                    }
+                    let due_ms =
+                        self.env.now_ms() + self.env.opts.platform_retry.as_millis() as u64;
+                    let retry = lease
+                        .messages
+                        .iter()
+                        .map(|(id, _)| (id.clone(), Settlement::Retry { due_ms }))
+                        .collect();
+                    let settled = self.settle(&lease.queue, retry);
+                    self.env.tasks.spawn(async move {
+                        if let Err(e) = settled.await {
+                            warn!(error = %e, "Releasing messages after a runtime failure failed.");
+                        }
+                    });
                 }
                 None
             }
@@ -649,7 +669,13 @@ impl Dispatcher {
     }
 
     /// What becomes of a message after attempt `attempt` ended in `outcome`.
-    fn settlement(&self, outcome: &Outcome, attempt: u32, policy: RetryPolicy, now: u64) -> Settlement {
+    fn settlement(
+        &self,
+        outcome: &Outcome,
+        attempt: u32,
+        policy: RetryPolicy,
+        now: u64,
+    ) -> Settlement {
         let Outcome::Failed(f) = outcome else {
             return Settlement::Ack;
         };
@@ -669,7 +695,12 @@ impl Dispatcher {
 
     /// A record already final when its message came again: record its job
     /// slot again (idempotent), then acknowledge.
-    async fn persist_outcome_again(&self, record: InvocationRecord, queue: &str, ack: Vec<(String, Settlement)>) {
+    async fn persist_outcome_again(
+        &self,
+        record: InvocationRecord,
+        queue: &str,
+        ack: Vec<(String, Settlement)>,
+    ) {
         let finish = self.jobs.finish_slot(&record);
         let acked = self.settle(queue, ack);
         if let Some(finish) = finish {
@@ -716,16 +747,26 @@ impl Dispatcher {
     }
 
     /// Issues each message's settlement; the future resolves when all are
-    /// durable.
-    fn settle(&self, queue: &str, settlements: Vec<(String, Settlement)>) -> BoxFuture<'static, std::result::Result<(), String>> {
+    /// durable. A message put back for later wakes the queue's consumer
+    /// then, so it sleeps until that message is due rather than until its
+    /// next idle look.
+    fn settle(
+        &self,
+        queue: &str,
+        settlements: Vec<(String, Settlement)>,
+    ) -> BoxFuture<'static, std::result::Result<(), String>> {
         let queues = &self.env.backend.queues;
         let now = self.env.now_ms();
         let mut acks = Vec::new();
         let mut pending = Vec::new();
+        let mut retried = false;
         for (id, s) in settlements {
             match s {
                 Settlement::Ack => acks.push(id),
-                Settlement::Retry { due_ms } => pending.push(queues.nack(queue, &id, due_ms)),
+                Settlement::Retry { due_ms } => {
+                    retried = true;
+                    pending.push(queues.nack(queue, &id, due_ms));
+                }
                 Settlement::DeadLetter { reason } => {
                     pending.push(queues.dead_letter(queue, &id, reason, now))
                 }
@@ -734,9 +775,13 @@ impl Dispatcher {
         if !acks.is_empty() {
             pending.push(queues.ack(queue, acks));
         }
+        let wake = retried.then(|| (self.consumers.clone(), queue.to_string()));
         Box::pin(async move {
             for p in pending {
                 p.await.map_err(|e| e.to_string())?;
+            }
+            if let Some((consumers, queue)) = wake {
+                consumers.wake(&queue);
             }
             Ok(())
         })
@@ -744,7 +789,11 @@ impl Dispatcher {
 
     /// The runtime request of an invocation, and where its host calls note
     /// the job it handed its slot to.
-    fn request(self: &Arc<Self>, record: &InvocationRecord, d: &Deployed) -> (Request, Arc<Mutex<Option<String>>>) {
+    fn request(
+        self: &Arc<Self>,
+        record: &InvocationRecord,
+        d: &Deployed,
+    ) -> (Request, Arc<Mutex<Option<String>>>) {
         let handoff = Arc::new(Mutex::new(None));
         let host = crate::host::EngineHost {
             dispatcher: self.clone(),

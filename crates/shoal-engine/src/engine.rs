@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use shoal_runtime::{PoolStats, Runtime};
-use shoal_store::{Backend, ChildResult, FunctionRecord, InvocationRecord, LimiterRecord, QueueDepth};
+use shoal_store::{
+    Backend, ChildResult, FunctionRecord, InvocationRecord, LimiterRecord, QueueDepth,
+};
 use shoal_types::Role;
 
 use crate::auth::{Token, Tokens};
@@ -96,7 +98,11 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     let functions = Arc::new(Functions::new(env.clone()));
     let limiters = Arc::new(Limiters::new(env.clone()));
     let jobs = Arc::new(Jobs::new(env.clone(), functions.clone(), consumers.clone()));
-    let queues = Arc::new(Queues::new(env.clone(), functions.clone(), consumers.clone()));
+    let queues = Arc::new(Queues::new(
+        env.clone(),
+        functions.clone(),
+        consumers.clone(),
+    ));
     let categories = Arc::new(Categories::new(env.clone(), functions.clone()));
     let dispatcher = Arc::new(Dispatcher::new(
         env.clone(),
@@ -250,7 +256,10 @@ impl Handle {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<shoal_store::StoredDoc>, Option<String>)> {
-        self.dispatcher.categories.scan(category, cursor, limit).await
+        self.dispatcher
+            .categories
+            .scan(category, cursor, limit)
+            .await
     }
 
     /// Starts a map (and reduce) of `function` over a category.
@@ -300,7 +309,10 @@ impl Handle {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<shoal_store::DeadLetter>> {
-        self.dispatcher.queues.dead_letters(queue, after, limit).await
+        self.dispatcher
+            .queues
+            .dead_letters(queue, after, limit)
+            .await
     }
 
     pub async fn redrive(&self, queue: &str, ids: Option<Vec<String>>) -> Result<u64> {
@@ -316,7 +328,11 @@ impl Handle {
     }
 
     /// The queue's history since `since_ms`, with rates.
-    pub async fn queue_history(&self, queue: &str, since_ms: u64) -> Result<Vec<QueueHistoryPoint>> {
+    pub async fn queue_history(
+        &self,
+        queue: &str,
+        since_ms: u64,
+    ) -> Result<Vec<QueueHistoryPoint>> {
         self.dispatcher.queues.history(queue, since_ms).await
     }
 

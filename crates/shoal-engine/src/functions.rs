@@ -5,9 +5,9 @@
 //! recorded version always has its code and environment on disk.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -235,7 +235,14 @@ impl Functions {
 
     /// Names of the deployed functions, sorted.
     pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.registry.read().unwrap().latest.keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .registry
+            .read()
+            .unwrap()
+            .latest
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     }
@@ -247,7 +254,12 @@ impl Functions {
             .unwrap()
             .latest
             .values()
-            .find(|d| d.record.subscribe.as_ref().is_some_and(|s| s.queue == queue))
+            .find(|d| {
+                d.record
+                    .subscribe
+                    .as_ref()
+                    .is_some_and(|s| s.queue == queue)
+            })
             .cloned()
     }
 

@@ -232,7 +232,8 @@ impl Jobs {
     pub(crate) fn finish_slot(&self, record: &InvocationRecord) -> Option<BoxFuture<'static, ()>> {
         let slot = record.job.as_ref()?;
         let status = record.status;
-        if !status.is_final() || (status == InvocationStatus::Succeeded && record.handed_to.is_some())
+        if !status.is_final()
+            || (status == InvocationStatus::Succeeded && record.handed_to.is_some())
         {
             return None;
         }
@@ -310,7 +311,11 @@ impl Jobs {
     }
 
     /// The jobs below `id`, depth first, at most `budget` of them.
-    fn tree<'a>(&'a self, id: &'a str, budget: &'a mut usize) -> BoxFuture<'a, Result<Vec<JobNode>>> {
+    fn tree<'a>(
+        &'a self,
+        id: &'a str,
+        budget: &'a mut usize,
+    ) -> BoxFuture<'a, Result<Vec<JobNode>>> {
         Box::pin(async move {
             let mut out = Vec::new();
             for sub in self.env.backend.jobs.sub_jobs(id).await? {
@@ -334,7 +339,12 @@ impl Jobs {
     }
 
     /// Children's results by index from `offset`, at most `limit`.
-    pub(crate) async fn results(&self, id: &str, offset: u64, limit: usize) -> Result<Vec<ChildResult>> {
+    pub(crate) async fn results(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<ChildResult>> {
         if self.env.backend.jobs.job(id).await?.is_none() {
             return Err(Error::not_found(Entity::Job, id));
         }

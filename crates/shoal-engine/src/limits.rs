@@ -42,7 +42,12 @@ impl Limiters {
     }
 
     /// Creates or changes a limiter; takes effect at once.
-    pub(crate) async fn put(&self, name: &str, per_second: f64, burst: u32) -> Result<LimiterRecord> {
+    pub(crate) async fn put(
+        &self,
+        name: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<LimiterRecord> {
         validate_name("limiter name", name)?;
         if !(per_second > 0.0 && per_second <= 1_000_000.0) {
             return Err(Error::invalid(
@@ -78,7 +83,12 @@ impl Limiters {
     }
 
     /// See [`Rates::available`].
-    pub(crate) fn available(&self, name: &str, max: usize, now_ms: u64) -> std::result::Result<usize, Duration> {
+    pub(crate) fn available(
+        &self,
+        name: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> std::result::Result<usize, Duration> {
         self.rates.available(name, max, now_ms)
     }
 

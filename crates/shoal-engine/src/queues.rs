@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use shoal_store::{
-    DeadLetter, NewMessage, QueueCounters, QueueDepth, QueueRecord, QueueSample,
-};
+use shoal_store::{DeadLetter, NewMessage, QueueCounters, QueueDepth, QueueRecord, QueueSample};
 use shoal_types::validate_name;
 
 use crate::consumers::Consumers;
@@ -84,7 +82,11 @@ pub(crate) struct Queues {
 }
 
 impl Queues {
-    pub(crate) fn new(env: Arc<Env>, functions: Arc<Functions>, consumers: Arc<Consumers>) -> Queues {
+    pub(crate) fn new(
+        env: Arc<Env>,
+        functions: Arc<Functions>,
+        consumers: Arc<Consumers>,
+    ) -> Queues {
         Queues {
             env,
             functions,
@@ -306,7 +308,11 @@ impl Queues {
 
     /// The queue's samples since `since_ms`, each with the rates since the
     /// sample before it (zero for the first).
-    pub(crate) async fn history(&self, name: &str, since_ms: u64) -> Result<Vec<QueueHistoryPoint>> {
+    pub(crate) async fn history(
+        &self,
+        name: &str,
+        since_ms: u64,
+    ) -> Result<Vec<QueueHistoryPoint>> {
         self.record(name).await?;
         let samples = self.env.backend.queues.samples(name, since_ms).await?;
         let mut out = Vec::with_capacity(samples.len());

@@ -57,7 +57,6 @@ async fn with_no_jitter_retries_wait_half_of_it() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: a nack does not wake the consumer, so a retry due before its next idle poll (1 s) starts at that poll"]
 async fn a_fixed_jitter_lands_exactly_between_half_and_all() {
     // Half of the delay plus a quarter of the other half.
     let node = Node::with_random(Some(Arc::new(Jitter(0.25)))).await;
@@ -72,7 +71,6 @@ async fn a_fixed_jitter_lands_exactly_between_half_and_all() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: a nack does not wake the consumer, so a retry due before its next idle poll (1 s) starts at that poll"]
 async fn a_short_retry_delay_is_not_rounded_up_to_the_idle_poll() {
     // Today: [1s, 1s, 1s], each retry waiting for the consumer's next
     // 1-second idle poll instead of its own due time.

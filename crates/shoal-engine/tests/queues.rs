@@ -100,7 +100,6 @@ async fn a_failed_run_is_delivered_again_after_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: a nack does not wake the consumer, so a redelivery due before its next idle poll (1 s) starts at that poll"]
 async fn a_short_retry_delay_redelivers_on_time() {
     let node = Node::start().await;
     subscribed(

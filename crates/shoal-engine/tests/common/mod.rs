@@ -66,13 +66,18 @@ impl Node {
 
     /// An engine with this jitter; `None` for the system's generator.
     pub async fn with_random(random: Option<Arc<dyn Random>>) -> Node {
+        Node::with(random, Backend::from_adapter(Arc::new(MemoryStore::new()))).await
+    }
+
+    /// An engine on this store.
+    pub async fn with(random: Option<Arc<dyn Random>>, backend: Backend) -> Node {
         let data = tempfile::tempdir().expect("a temporary directory");
         let fake = FakeRuntime::new();
         let shutdown = CancellationToken::new();
         let t0 = Instant::now();
         let engine = shoal_engine::start_with(Parts {
             opts: Options::new(data.path().to_path_buf()),
-            backend: Backend::from_adapter(Arc::new(MemoryStore::new())),
+            backend,
             runtime: Arc::new(fake.clone()),
             clock: Arc::new(TokioClock::starting_at(BASE_MS)),
             random,

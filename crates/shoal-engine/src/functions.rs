@@ -114,13 +114,18 @@ impl Functions {
             .await
             .map_err(Error::unavailable)??;
         let code_dir = self.env.opts.data_dir.join(&unpacked.code_dir);
-        let prepared = self.env.runtime.prepare(code_dir).await?;
+        let prepared = self
+            .env
+            .runtime
+            .prepare(unpacked.staged.path(&code_dir).to_path_buf())
+            .await?;
         let env_dir = prepared.env_dir.map(|p| {
             p.strip_prefix(&self.env.opts.data_dir)
                 .map(|r| r.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| p.to_string_lossy().into_owned())
         });
         let mut record = unpacked.record(env_dir, self.env.now_ms());
+        let staged = unpacked.staged;
 
         let _rules = self.rules.lock().await;
         if let Some(l) = &record.limiter
@@ -149,6 +154,8 @@ impl Functions {
                 ),
             ));
         }
+        // The code is in place before the version that names it is recorded.
+        staged.install().map_err(io_err)?;
         record.version = self
             .env
             .backend
@@ -298,9 +305,10 @@ impl Functions {
 /// A function archive, unpacked and checked, not yet recorded.
 pub(crate) struct Unpacked {
     manifest: Manifest,
-    /// Relative to the data directory.
+    /// Relative to the data directory (where the code is once installed).
     code_dir: String,
     sha256: String,
+    staged: Staged,
 }
 
 impl Unpacked {
@@ -373,24 +381,69 @@ pub(crate) fn unpack(data_dir: &Path, archive: &[u8]) -> Result<Unpacked> {
 
     let rel = format!("functions/{}/{}", manifest.name, &sha256[..32]);
     let final_dir = data_dir.join(&rel);
-    if !final_dir.exists() {
+    let staged = if final_dir.exists() {
+        Staged::default()
+    } else {
+        // Written beside its final place and moved there only once the
+        // deploy is accepted (`Staged::install`); a refused deploy leaves
+        // nothing behind.
         let parent = final_dir.parent().expect("has a parent");
         std::fs::create_dir_all(parent).map_err(io_err)?;
         let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
-        let written = write_files(&tmp, &files).and_then(|()| {
-            std::fs::rename(&tmp, &final_dir)?;
-            std::fs::File::open(parent)?.sync_all()
-        });
-        if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(io_err(e));
-        }
-    }
+        let staged = Staged {
+            dir: Some((tmp.clone(), final_dir)),
+        };
+        write_files(&tmp, &files).map_err(io_err)?;
+        staged
+    };
     Ok(Unpacked {
         manifest,
         code_dir: rel,
         sha256,
+        staged,
     })
+}
+
+/// Function code written to a temporary directory, not yet in its place.
+/// Dropped without `install`, it is removed (and its function's directory
+/// too, when that is left empty).
+#[derive(Default)]
+pub(crate) struct Staged {
+    /// (temporary, final) directories; `None` when the code was in place
+    /// already (a deploy of the same archive).
+    dir: Option<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    /// Where the code is readable now.
+    fn path<'a>(&'a self, in_place: &'a Path) -> &'a Path {
+        self.dir.as_ref().map_or(in_place, |(tmp, _)| tmp)
+    }
+
+    /// Moves the code to its final place (durably).
+    fn install(mut self) -> std::io::Result<()> {
+        let Some((tmp, final_dir)) = self.dir.take() else {
+            return Ok(());
+        };
+        if final_dir.exists() {
+            // The same archive was deployed meanwhile: same content.
+            return std::fs::remove_dir_all(&tmp);
+        }
+        std::fs::rename(&tmp, &final_dir)?;
+        std::fs::File::open(final_dir.parent().expect("has a parent"))?.sync_all()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if let Some(parent) = tmp.parent() {
+                // Only succeeds when empty: other versions stay.
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
 }
 
 fn read_archive(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {

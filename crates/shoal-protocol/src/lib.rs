@@ -191,6 +191,7 @@ pub struct JobSlotView {
 /// `POST /v1/jobs`: one asynchronous invocation of `function` per event,
 /// then `then` (if given) once every child has finished.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StartJob {
     pub function: String,
     #[schema(value_type = Vec<Object>)]
@@ -283,6 +284,7 @@ pub struct LogsView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// `reader`, `invoker`, `developer` or `admin`.
     pub role: String,
@@ -338,6 +340,7 @@ pub const ARCHIVE_CONTENT_TYPE: &str = "application/x-tar";
 /// `POST /v1/categories`: create a category explicitly (writes create one
 /// with the node's default shard level when it does not exist).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCategory {
     pub name: String,
     /// The shard level k (1 to 1024); the node's default when absent.
@@ -402,6 +405,7 @@ pub struct DocPage {
 
 /// `POST /v1/categories/{cat}/query`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     /// A deployed function whose module defines `map` (or `map_batch`) and
     /// optionally `reduce`.

@@ -64,15 +64,13 @@ async fn a_layout_1_data_directory_keeps_everything() {
     // there to consume, functions run, documents are written next to the old.
     let inbox = &expected["/v1/queues/inbox"];
     assert_eq!(inbox["depth"]["waiting"], 2, "{inbox}");
-    let out = client.invoke("hello", r#"{"name": "again"}"#).await.unwrap();
+    let out = client
+        .invoke("hello", r#"{"name": "again"}"#)
+        .await
+        .unwrap();
     assert_eq!(out.result.unwrap(), serde_json::json!({"hello": "again"}));
     let (status, body) = client
-        .raw(
-            "GET",
-            "/v1/categories/orders/docs/o1",
-            None,
-            Vec::new(),
-        )
+        .raw("GET", "/v1/categories/orders/docs/o1", None, Vec::new())
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");

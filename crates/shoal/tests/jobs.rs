@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, deploy, until, wait_final, wait_job};
+use common::{TestNode, deploy, until, wait_async_drained, wait_final, wait_job};
 use serde_json::{Value, json};
 
 const LEAF: &str = r#"
@@ -139,7 +139,7 @@ async fn nested_dynamic_fan_out_fans_in_once_with_every_result() {
     assert_eq!(inv.status, "succeeded", "{inv:?}");
     let expected = json!({"count": 5, "groups": expected_groups(&sizes)});
     assert_eq!(inv.output, Some(expected.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_async_drained(&c, "final").await;
     assert_eq!(lines(&record), vec![expected]);
 
     // Results over HTTP, paged, in child order; a group's failures are
@@ -277,7 +277,7 @@ async fn a_cancelled_job_stops_its_children_and_never_fans_in() {
     let inv = c.invocation(&last[0].invocation).await.unwrap();
     assert_eq!(inv.status, "cancelled");
     assert_eq!(inv.attempts, 0);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_async_drained(&c, "final").await;
     assert!(lines(&record).is_empty(), "the fan-in ran");
 }
 
@@ -308,7 +308,7 @@ async fn a_job_survives_kill_9_and_fans_in_once() {
     let inv = wait_final(&c, &job.then_invocation.unwrap(), Duration::from_secs(30)).await;
     let groups: Vec<Value> = (0..400).map(|i| json!(i * 3)).collect();
     assert_eq!(inv.output, Some(json!({"count": 400, "groups": groups})));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_async_drained(&c, "final").await;
     assert_eq!(lines(&record).len(), 1, "the fan-in ran more than once");
 }
 

@@ -252,3 +252,28 @@ pub async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until nothing of `function`'s asynchronous invocations is waiting
+/// or in flight (from `/metrics`): after that, none of them can run again.
+/// This is how a test shows that something ran *once*, without sleeping.
+pub async fn wait_async_drained(c: &Client, function: &str) {
+    let label = format!("function=\"{function}\"");
+    until(
+        &format!("{function}'s asynchronous queue drained"),
+        Duration::from_secs(30),
+        async || {
+            let Ok(text) = c.get_text("/metrics").await else {
+                return false;
+            };
+            let depth = |state: &str| {
+                text.lines()
+                    .filter(|l| l.starts_with("shoal_queue_depth{"))
+                    .filter(|l| l.contains(&label) && l.contains(&format!("state=\"{state}\"")))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .next()
+            };
+            depth("waiting") == Some(0.0) && depth("in_flight") == Some(0.0)
+        },
+    )
+    .await;
+}

@@ -337,7 +337,7 @@ impl Categories {
         };
         let n = request.shards.len() as u32;
         let fut = self.env.runtime.query(&d.deployment, request);
-        let function = d.record.name.clone();
+        let function = d.record.name.to_string();
         let outcome = Box::pin(async move {
             let out = fut.await;
             let label = match &out {

@@ -218,7 +218,7 @@ impl Dispatcher {
         put.await?;
         send.await?;
         self.consumers.wake(&queue);
-        metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.clone())
+        metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.to_string())
             .increment(1);
         Ok(id)
     }
@@ -261,7 +261,7 @@ impl Dispatcher {
     pub(crate) fn start_consumers(self: &Arc<Self>, d: &Deployed) {
         self.ensure_feed(
             Feed::Async {
-                function: d.record.name.clone(),
+                function: d.record.name.to_string(),
             },
             d.record.concurrency,
         );
@@ -269,7 +269,7 @@ impl Dispatcher {
             self.ensure_feed(
                 Feed::Subscription {
                     queue: sub.queue.clone(),
-                    function: d.record.name.clone(),
+                    function: d.record.name.to_string(),
                     batch_size: sub.batch_size,
                 },
                 sub.concurrency,
@@ -805,7 +805,7 @@ impl Dispatcher {
         };
         let request = Request {
             invocation_id: record.id.clone(),
-            function: d.record.name.clone(),
+            function: d.record.name.to_string(),
             version: d.record.version,
             attempt: record.attempts,
             event: record.input.clone(),
@@ -837,7 +837,7 @@ impl Gate for TokenGate {
 }
 
 fn metrics(d: &Deployed, mode: InvocationMode, r: &Response) {
-    let function = d.record.name.clone();
+    let function = d.record.name.to_string();
     let outcome = match &r.outcome {
         Outcome::Succeeded(_) => "succeeded",
         Outcome::Failed(f) => f.kind.as_str(),

@@ -64,14 +64,14 @@ pub(crate) struct Functions {
 
 #[derive(Default)]
 struct Registry {
-    latest: HashMap<String, Arc<Deployed>>,
+    latest: HashMap<FunctionName, Arc<Deployed>>,
     versions: HashMap<(String, u64), Arc<Deployed>>,
 }
 
 impl Registry {
     fn insert_version(&mut self, d: Arc<Deployed>) {
         self.versions
-            .insert((d.record.name.clone(), d.record.version), d);
+            .insert((d.record.name.to_string(), d.record.version), d);
     }
 }
 
@@ -248,7 +248,7 @@ impl Functions {
             .unwrap()
             .latest
             .keys()
-            .cloned()
+            .map(|n| n.to_string())
             .collect();
         names.sort();
         names
@@ -284,7 +284,7 @@ impl Functions {
                 .latest
                 .values()
                 .filter(|d| d.record.limiter.as_deref() == Some(limiter))
-                .map(|d| d.record.name.clone())
+                .map(|d| d.record.name.to_string())
                 .collect();
             users.sort();
             users
@@ -316,7 +316,7 @@ impl Unpacked {
     fn record(&self, env_dir: Option<String>, now_ms: u64) -> FunctionRecord {
         let m = &self.manifest;
         FunctionRecord {
-            name: m.name.to_string(),
+            name: m.name.clone(),
             version: 0,
             runtime: m.runtime.clone(),
             handler: m.handler.clone(),

@@ -159,6 +159,7 @@ impl Jobs {
             let handed = c.handoff.lock().unwrap().is_some();
             (!handed).then(|| c.slot.clone()).flatten()
         });
+        let then_name = then_d.as_ref().map(|t| t.record.name.clone());
         let then_plan = then_d.map(|t| {
             let event = json!({"job": id, "count": total}).to_string();
             let mut record = new_record(&t, InvocationMode::Async, event, now);
@@ -195,7 +196,7 @@ impl Jobs {
         let job = JobRecord {
             id: id.clone(),
             function: d.record.name.clone(),
-            then: spec.then.clone(),
+            then: then_name,
             total,
             invocation: caller.map(|c| c.invocation.clone()),
             parent: caller.and_then(|c| c.slot.as_ref().map(|s| s.job.clone())),
@@ -217,9 +218,9 @@ impl Jobs {
             // A job without children completes as it is created.
             self.consumers.wake(&queue_name(then));
         }
-        metrics::counter!("shoal_jobs_created_total", "function" => d.record.name.clone())
+        metrics::counter!("shoal_jobs_created_total", "function" => d.record.name.to_string())
             .increment(1);
-        metrics::counter!("shoal_job_children_total", "function" => d.record.name.clone())
+        metrics::counter!("shoal_job_children_total", "function" => d.record.name.to_string())
             .increment(total);
         Ok(id)
     }

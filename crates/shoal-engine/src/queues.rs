@@ -185,7 +185,7 @@ impl Queues {
         let subscriber = self
             .functions
             .subscriber_of(&record.name)
-            .map(|d| d.record.name.clone());
+            .map(|d| d.record.name.to_string());
         Ok(QueueInfo {
             record,
             depth,

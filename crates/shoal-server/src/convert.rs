@@ -9,7 +9,7 @@ use shoal_types::Failure;
 
 pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
     FunctionView {
-        name: r.name.clone(),
+        name: r.name.to_string(),
         version: r.version,
         runtime: r.runtime.clone(),
         handler: r.handler.clone(),
@@ -26,7 +26,7 @@ pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
 pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
     InvocationView {
         id: r.id.clone(),
-        function: r.function.clone(),
+        function: r.function.to_string(),
         version: r.version,
         mode: r.mode.to_string(),
         status: r.status.to_string(),

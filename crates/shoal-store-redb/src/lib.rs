@@ -103,8 +103,8 @@ const SUB_JOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("sub_jo
 ///
 /// - 1: the first release.
 /// - 2: records carry typed fields (status, mode, role and failure kind are
-///   enums). Their JSON is the same text as in layout 1 (the enums keep the
-///   strings' names), so a layout-1 database is migrated by checking that
+///   enums, function names are checked `FunctionName`s). Their JSON is the
+///   same text as in layout 1 (the enums keep the strings' names), so a layout-1 database is migrated by checking that
 ///   every record decodes into the typed schema — a value no enum knows
 ///   fails the open, loudly, instead of a later read — and stamping 2, in
 ///   one transaction. Nothing is rewritten, nothing is lost.
@@ -1530,9 +1530,78 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert("format", 2).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", LAYOUT_VERSION + 1)
+                .unwrap();
             txn.commit().unwrap();
         }
         assert!(matches!(RedbStore::open(&path), Err(Error::Corrupt(_))));
+    }
+
+    /// A layout-1 database with one record of the given table and JSON.
+    fn layout_1_with(path: &std::path::Path, invocation_json: &str) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 1).unwrap();
+        let mut value = vec![codec::FORMAT_V1];
+        value.extend_from_slice(invocation_json.as_bytes());
+        txn.open_table(INVOCATIONS)
+            .unwrap()
+            .insert("i1", value.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn stored_layout(path: &std::path::Path) -> u64 {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .value()
+    }
+
+    const V1_INVOCATION: &str = concat!(
+        "{\"id\":\"i1\",\"function\":\"hello\",\"version\":1,\"mode\":\"async\",",
+        "\"status\":\"STATUS\",\"input\":\"{}\",\"output\":null,\"error\":null,",
+        "\"attempts\":0,\"max_attempts\":3,\"created_at_ms\":7,\"started_at_ms\":null,",
+        "\"finished_at_ms\":null,\"duration_ms\":null,\"billed_gb_s\":0.5,",
+        "\"cold_start\":false,\"next_attempt_at_ms\":null}"
+    );
+
+    #[tokio::test]
+    async fn layout_1_is_checked_and_stamped_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        layout_1_with(&path, &V1_INVOCATION.replace("STATUS", "queued"));
+        let store = RedbStore::open(&path).unwrap();
+        let record = store.invocation("i1").await.unwrap().unwrap();
+        assert_eq!(record.status, shoal_types::InvocationStatus::Queued);
+        assert_eq!(record.function, "hello");
+        drop(store);
+        assert_eq!(stored_layout(&path), LAYOUT_VERSION);
+    }
+
+    #[tokio::test]
+    async fn layout_1_with_a_record_the_schema_does_not_know_is_refused_and_left_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        layout_1_with(&path, &V1_INVOCATION.replace("STATUS", "exploded"));
+        match RedbStore::open(&path) {
+            Err(Error::Corrupt(msg)) => assert!(
+                msg.contains("migrating invocations from layout 1") && msg.contains("exploded"),
+                "{msg}"
+            ),
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok(_) => panic!("an unknown status must refuse the open"),
+        }
+        assert_eq!(
+            stored_layout(&path),
+            1,
+            "a refused migration changes nothing"
+        );
     }
 }

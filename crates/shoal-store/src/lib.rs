@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use shoal_types::{FailureKind, InvocationMode, InvocationStatus, Role};
+use shoal_types::{FailureKind, FunctionName, InvocationMode, InvocationStatus, Role};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -43,7 +43,7 @@ pub enum Error {
 /// One deployed version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionRecord {
-    pub name: String,
+    pub name: FunctionName,
     /// Assigned by `deploy_function`: 1 for the first deploy, then +1.
     pub version: u64,
     pub runtime: String,
@@ -115,7 +115,7 @@ pub struct ErrorRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationRecord {
     pub id: String,
-    pub function: String,
+    pub function: FunctionName,
     pub version: u64,
     pub mode: InvocationMode,
     pub status: InvocationStatus,
@@ -175,9 +175,9 @@ pub struct ThenPlan {
 pub struct JobRecord {
     pub id: String,
     /// The children's function.
-    pub function: String,
+    pub function: FunctionName,
     /// The fan-in function, if any.
-    pub then: Option<String>,
+    pub then: Option<FunctionName>,
     pub total: u64,
     /// The invocation whose `ctx.map` created the job, if any.
     pub invocation: Option<String>,

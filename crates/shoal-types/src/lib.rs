@@ -28,7 +28,11 @@ impl std::error::Error for Invalid {}
 
 /// A function's name: 1 to 64 characters of `a-z`, `0-9`, `-` and `_`,
 /// starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Stored records carry it too: decoding a record checks the name again, so
+/// a name in hand is valid wherever it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct FunctionName(String);
 
 impl FunctionName {
@@ -38,6 +42,52 @@ impl FunctionName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for FunctionName {
+    type Error = Invalid;
+
+    fn try_from(s: String) -> Result<FunctionName, Invalid> {
+        validate_name("function name", &s).map(|()| FunctionName(s))
+    }
+}
+
+impl From<FunctionName> for String {
+    fn from(name: FunctionName) -> String {
+        name.0
+    }
+}
+
+impl std::ops::Deref for FunctionName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for FunctionName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for FunctionName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for FunctionName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for FunctionName {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
     }
 }
 

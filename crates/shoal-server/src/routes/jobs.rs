@@ -56,8 +56,8 @@ async fn view(state: &AppState, id: &str) -> Result<JobView, ApiError> {
     Ok(JobView {
         id: r.id.clone(),
         status: v.status.to_string(),
-        function: r.function.clone(),
-        then: r.then.clone(),
+        function: r.function.to_string(),
+        then: r.then.as_ref().map(|t| t.to_string()),
         counts: counts(&v.counts),
         progress: v.progress,
         created_at_ms: r.created_at_ms,
@@ -138,7 +138,7 @@ fn node(n: &JobNode) -> JobNodeView {
     JobNodeView {
         id: n.record.id.clone(),
         status: n.status.to_string(),
-        function: n.record.function.clone(),
+        function: n.record.function.to_string(),
         counts: counts(&n.counts),
         jobs: n.sub_jobs.iter().map(node).collect(),
     }

@@ -63,7 +63,7 @@ pub async fn functions(backend: &Backend) {
     let ours: Vec<(String, u64, String)> = all
         .iter()
         .filter(|f| f.name.starts_with(&base))
-        .map(|f| (f.name.clone(), f.version, f.handler.clone()))
+        .map(|f| (f.name.to_string(), f.version, f.handler.clone()))
         .collect();
     assert_eq!(
         ours,

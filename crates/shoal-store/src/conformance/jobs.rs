@@ -9,7 +9,7 @@ use crate::{
     ThenPlan,
 };
 
-use super::{T, msg, sample_invocation, unique};
+use super::{T, msg, name, sample_invocation, unique};
 
 /// A job is created with its children atomically; each index counts once;
 /// the last result writes the fan-in's record and message exactly once.
@@ -254,7 +254,7 @@ pub async fn jobs_nested_and_cancel(b: &Backend) {
 fn job(id: &str, total: u64, then: Option<ThenPlan>) -> JobRecord {
     JobRecord {
         id: id.to_string(),
-        function: "child".into(),
+        function: name("child"),
         then: then.as_ref().map(|p| p.record.function.clone()),
         total,
         invocation: None,

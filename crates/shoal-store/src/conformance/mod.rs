@@ -136,11 +136,16 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())
 }
 
+/// A function name the suite uses (valid by construction).
+pub fn name(s: &str) -> shoal_types::FunctionName {
+    shoal_types::FunctionName::parse(s).expect("the suite uses valid function names")
+}
+
 /// A function record with plausible fields; `version` is deliberately wrong
 /// (the store must replace it).
 pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
     FunctionRecord {
-        name: name.to_string(),
+        name: self::name(name),
         version: 999,
         runtime: "python3".to_string(),
         handler: handler.to_string(),
@@ -163,7 +168,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
 pub fn sample_invocation(id: &str, function: &str) -> InvocationRecord {
     InvocationRecord {
         id: id.to_string(),
-        function: function.to_string(),
+        function: self::name(function),
         version: 1,
         mode: InvocationMode::Async,
         status: InvocationStatus::Queued,

@@ -25,11 +25,11 @@ impl Catalog for MemoryStore {
     fn deploy_function(&self, mut record: FunctionRecord) -> Pending<u64> {
         self.run(|s| {
             let c = &mut s.catalog;
-            let last = c.last_version.entry(record.name.clone()).or_insert(0);
+            let last = c.last_version.entry(record.name.to_string()).or_insert(0);
             *last += 1;
             record.version = *last;
             let version = record.version;
-            let versions = c.functions.entry(record.name.clone()).or_default();
+            let versions = c.functions.entry(record.name.to_string()).or_default();
             versions.insert(version, record);
             Ok(version)
         })

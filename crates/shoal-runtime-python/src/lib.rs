@@ -25,9 +25,12 @@ mod cache;
 mod pool;
 mod protocol;
 mod query;
+mod sandbox;
 mod template;
 mod venv;
 mod worker;
+
+pub use sandbox::Sandbox;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +68,7 @@ const RUNNER_FILES: &[(&str, &str)] = &[
     ("process.py", include_str!("_shoal_runner/process.py")),
     ("protocol.py", include_str!("_shoal_runner/protocol.py")),
     ("query.py", include_str!("_shoal_runner/query.py")),
+    ("sandbox.py", include_str!("_shoal_runner/sandbox.py")),
     ("template.py", include_str!("_shoal_runner/template.py")),
     ("worker.py", include_str!("_shoal_runner/worker.py")),
 ];
@@ -97,6 +101,9 @@ pub struct Options {
     /// Query workers per deployment: a query's shards are spread over
     /// `min(query_workers, shards)` processes that map in parallel.
     pub query_workers: usize,
+    /// The sandbox every function runs in; `None` runs functions with the
+    /// node's own rights (`--insecure-no-sandbox`).
+    pub sandbox: Option<Sandbox>,
 }
 
 impl Options {
@@ -111,6 +118,7 @@ impl Options {
             max_result_bytes: 6 * 1024 * 1024,
             query_cache_bytes: 2 << 30,
             query_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            sandbox: Some(Sandbox::standard()),
         }
     }
 }
@@ -128,6 +136,9 @@ pub(crate) struct Config {
     python: PathBuf,
     interpreter: tokio::sync::OnceCell<PathBuf>,
     pub(crate) runner: PathBuf,
+    pub(crate) sandbox: Option<Sandbox>,
+    /// Deployments' scratch directories (`work_dir/scratch/<key>`).
+    pub(crate) scratch: PathBuf,
     pub(crate) max_log_bytes: usize,
     pub(crate) max_result_bytes: usize,
     pub(crate) query_workers: usize,
@@ -147,10 +158,17 @@ impl PythonRuntime {
         std::fs::create_dir_all(work_dir.join("venvs"))
             .map_err(|e| Error::Platform(format!("cannot create {}: {e}", work_dir.display())))?;
         let runner = write_runner(&work_dir)?;
+        // Scratch left by a previous run is nobody's now.
+        let scratch = work_dir.join("scratch");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| Error::Platform(format!("cannot create {}: {e}", scratch.display())))?;
         let config = Arc::new(Config {
             python: options.python.clone(),
             interpreter: tokio::sync::OnceCell::new(),
             runner,
+            sandbox: options.sandbox.clone(),
+            scratch,
             max_log_bytes: options.max_log_bytes,
             max_result_bytes: options.max_result_bytes,
             query_workers: options.query_workers.max(1),
@@ -173,6 +191,41 @@ impl PythonRuntime {
                 reaper,
             }
         }))
+    }
+
+    /// The Landlock ABI version of this kernel, as the runner sees it; an
+    /// error says why functions cannot be sandboxed here.
+    pub async fn sandbox_support(&self) -> Result<u32> {
+        let python = self.config.interpreter().await;
+        let package_parent = self
+            .config
+            .runner
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| Error::Platform("the runner has no directory".into()))?;
+        let out = tokio::process::Command::new(&python)
+            .arg("-c")
+            .arg("from _shoal_runner import sandbox; print(sandbox.landlock_abi())")
+            .env_clear()
+            .env("PYTHONPATH", package_parent)
+            .output()
+            .await
+            .map_err(|e| Error::Platform(format!("running {}: {e}", python.display())))?;
+        let abi: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| {
+                Error::Platform(format!(
+                    "probing the sandbox failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            })?;
+        if abi == 0 {
+            return Err(Error::Platform(
+                "this kernel has no Landlock (Linux 5.13+ with landlock among its LSMs), so functions cannot be sandboxed".into(),
+            ));
+        }
+        Ok(abi)
     }
 
     fn pool(&self, deployment: &Deployment) -> Arc<Pool> {

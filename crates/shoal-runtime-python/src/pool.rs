@@ -295,10 +295,27 @@ impl Pool {
             Some(env) => env.join("bin").join("python"),
             None => self.config.interpreter().await,
         };
+        let scratch = self.config.scratch.join(&self.key);
+        let sandbox = self.config.sandbox.as_ref().map(|s| {
+            let runner_dir = self
+                .config
+                .runner
+                .parent()
+                .and_then(std::path::Path::parent)
+                .unwrap_or(&self.config.runner);
+            s.for_deployment(
+                runner_dir,
+                &self.deployment.code_dir,
+                self.deployment.env_dir.as_deref(),
+                &scratch,
+            )
+        });
         let spec = template::Spec {
             key: self.key.clone(),
             python,
             runner: self.config.runner.clone(),
+            sandbox,
+            scratch,
             code_dir: self.deployment.code_dir.clone(),
             handler: self.deployment.handler.clone(),
             memory_mb: self.limits.memory_mb,

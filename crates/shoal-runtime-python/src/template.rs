@@ -45,6 +45,11 @@ pub(crate) struct Spec {
     pub key: String,
     pub python: PathBuf,
     pub runner: PathBuf,
+    /// The sandbox the template enters (`Sandbox::for_deployment`), or
+    /// `None` to run with the node's rights.
+    pub sandbox: Option<serde_json::Value>,
+    /// The deployment's scratch directory, emptied at every start.
+    pub scratch: PathBuf,
     pub code_dir: PathBuf,
     pub handler: String,
     pub memory_mb: u32,
@@ -136,12 +141,16 @@ impl Template {
         let out_w2 = out_w
             .try_clone()
             .map_err(|e| platform("creating a pipe", e))?;
+        let _ = std::fs::remove_dir_all(&spec.scratch);
+        std::fs::create_dir_all(&spec.scratch)
+            .map_err(|e| platform("creating the scratch directory", e))?;
         let config = serde_json::json!({
             "code_dir": spec.code_dir,
             "handler": spec.handler,
             "memory_mb": spec.memory_mb,
             "max_log_bytes": spec.max_log_bytes,
             "max_result_bytes": spec.max_result_bytes,
+            "sandbox": spec.sandbox,
         })
         .to_string();
 

@@ -69,6 +69,37 @@ pub struct ServeArgs {
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "SHOAL_LOG", default_value = "info")]
     pub log: String,
+    /// Run functions WITHOUT a sandbox, with the node's own rights (they can
+    /// then read the data directory, other functions' code and the admin
+    /// token). Only for kernels without Landlock, on a node you alone use.
+    #[arg(long, env = "SHOAL_INSECURE_NO_SANDBOX")]
+    pub insecure_no_sandbox: bool,
+    /// Also let every function write under this directory (repeatable), e.g.
+    /// a shared output directory. Never give the data directory.
+    #[arg(long = "sandbox-allow-write", value_name = "DIR")]
+    pub sandbox_allow_write: Vec<PathBuf>,
+}
+
+/// The functions' sandbox from the flags; `None` with `--insecure-no-sandbox`.
+fn sandbox(args: &ServeArgs, data_dir: &Path) -> Result<Option<shoal_runtime_python::Sandbox>> {
+    if args.insecure_no_sandbox {
+        return Ok(None);
+    }
+    let mut sandbox = shoal_runtime_python::Sandbox::standard();
+    for dir in &args.sandbox_allow_write {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("--sandbox-allow-write {}", dir.display()))?;
+        if data_dir.starts_with(&dir) || dir.starts_with(data_dir) {
+            anyhow::bail!(
+                "--sandbox-allow-write {} would let functions write the data directory {}; give a directory outside it",
+                dir.display(),
+                data_dir.display()
+            );
+        }
+        sandbox = sandbox.allow_write(dir);
+    }
+    Ok(Some(sandbox))
 }
 
 fn default_query_workers() -> usize {
@@ -121,8 +152,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         max_result_bytes: args.max_body_bytes,
         query_cache_bytes: args.query_cache_mb.saturating_mul(1024 * 1024),
         query_workers: args.query_workers,
+        sandbox: sandbox(&args, &data_dir)?,
     })
     .context("starting the Python runtime")?;
+    if args.insecure_no_sandbox {
+        tracing::warn!(
+            "Functions run WITHOUT a sandbox (--insecure-no-sandbox): they can read the data directory and every other function's code."
+        );
+    } else {
+        let abi = runtime.sandbox_support().await.context(
+            "functions cannot be sandboxed on this machine; start with --insecure-no-sandbox to run them with the node's own rights (only on a node you alone use)",
+        )?;
+        tracing::info!(landlock_abi = abi, "Functions run sandboxed.");
+    }
 
     if !(1..=1024).contains(&args.shards) {
         anyhow::bail!("--shards must be between 1 and 1024");

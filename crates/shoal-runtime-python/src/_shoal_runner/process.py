@@ -17,15 +17,23 @@ def children_left():
         return False
 
 
-def limit_memory(memory_mb):
-    """Lets the address space grow by `memory_mb` from its size now."""
+def vm_size():
+    """This process's address-space size in bytes (0 when unknown). Read by
+    the template before it enters the sandbox, which hides /proc."""
     try:
-        size = 0
         with open("/proc/self/status", "rb") as f:
             for line in f:
                 if line.startswith(b"VmSize:"):
-                    size = int(line.split()[1]) * 1024
-                    break
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def limit_memory(memory_mb, size):
+    """Lets the address space grow by `memory_mb` from `size` (the
+    template's, which a freshly forked worker shares)."""
+    try:
         limit = size + memory_mb * 1024 * 1024
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
@@ -49,3 +57,22 @@ def set_subreaper():
         _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (ImportError, OSError, AttributeError):
         pass
+
+
+def clear_dir(path):
+    """Empties a directory (a worker's scratch after an invocation)."""
+    import shutil
+
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return
+    for name in entries:
+        full = os.path.join(path, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                os.unlink(full)
+        except OSError:
+            pass

@@ -18,7 +18,7 @@ import traceback
 
 from .capture import Sink, Writer
 from .failures import MAX_TEXT, describe
-from .process import set_subreaper
+from .process import set_subreaper, vm_size
 from .protocol import HOST_PROTOCOL, MAX_CONTROL, send_control
 from .worker import worker_main
 
@@ -36,6 +36,10 @@ def main():
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
+
+    config["vm_size"] = vm_size()
+    if config.get("sandbox") is not None:
+        _enter_sandbox(config["sandbox"])
 
     # The function's own modules come first (`__main__` took the runner's
     # directory off the path).
@@ -72,6 +76,28 @@ def main():
     gc.collect()
     gc.freeze()
     Template(ctl, handler, handler_error, _query_functions(module), config).run()
+
+
+def _enter_sandbox(cfg):
+    """Enters the sandbox before any user code is imported; a template that
+    cannot must not go on (its output tells the node why)."""
+    from . import sandbox
+
+    # The Python installation (and the virtualenv) it runs from: the paths
+    # it imports from now, before the function's directory is added.
+    python = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    python += [p for p in sys.path if p]
+    try:
+        sandbox.enter({
+            "read_only": list(cfg["read_only"]) + python,
+            "read_write": list(cfg["read_write"]),
+        })
+    except sandbox.SandboxError as e:
+        os.write(2, ("shoal: cannot enter the sandbox: %s\n" % e).encode())
+        os._exit(3)
+    scratch = cfg["scratch"]
+    os.environ["TMPDIR"] = scratch
+    os.environ["HOME"] = scratch
 
 
 class Template:

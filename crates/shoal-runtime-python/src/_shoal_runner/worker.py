@@ -14,7 +14,7 @@ from .capture import Sink, Writer
 from .context import Context
 from .failures import describe, text_of
 from .host import Host
-from .process import children_left, limit_memory, set_subreaper
+from .process import children_left, clear_dir, limit_memory, set_subreaper
 from .protocol import HEADER, encoder, json_bytes
 from .query import QUERY_FRAMES, Abort, Query
 
@@ -42,7 +42,17 @@ def worker_main(template, proto_fd, log_fd, memory_mb):
     os.close(log_fd)
     set_subreaper()
     config = template.config
-    limit_memory(memory_mb)
+    limit_memory(memory_mb, config.get("vm_size", 0))
+    scratch = None
+    if config.get("sandbox") is not None:
+        # A scratch directory of its own, emptied after every invocation.
+        scratch = os.path.join(config["sandbox"]["scratch"], "w%d" % os.getpid())
+        os.makedirs(scratch, exist_ok=True)
+        os.environ["TMPDIR"] = os.environ["HOME"] = scratch
+        import tempfile
+
+        tempfile.tempdir = None
+    config["worker_scratch"] = scratch
     # On a crash, a Python traceback lands in the invocation's logs.
     faulthandler.enable(file=2, all_threads=True)
     Worker(proto_fd, template.handler, template.functions, config).serve()
@@ -65,6 +75,7 @@ class Worker:
         self.sock.setblocking(True)
         self.rfile = self.sock.makefile("rb", buffering=65536)
         self.handler = handler
+        self.scratch = config.get("worker_scratch")
         self.memory_mb = config["memory_mb"]
         self.max_result = config["max_result_bytes"]
         self.lock = _thread.allocate_lock()
@@ -98,6 +109,8 @@ class Worker:
                 self.send(json_bytes({"kind": "error", "failure": "bad_event", "message": text_of(e)}))
                 continue
             self.invoke(msg)
+            if self.scratch:
+                clear_dir(self.scratch)
 
     def query_frame(self, body):
         """A frame of the query protocol: a JSON line, then an optional tail."""

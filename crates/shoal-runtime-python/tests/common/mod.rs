@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_runtime::Deployment;
-use shoal_runtime_python::{Options, PythonRuntime};
+use shoal_runtime_python::{Options, PythonRuntime, Sandbox};
 use shoal_types::Limits;
 
 pub struct Fixture {
@@ -22,6 +22,9 @@ pub fn fixture() -> Fixture {
 pub fn fixture_with(configure: impl FnOnce(&mut Options)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut options = Options::new(dir.path().join("work"));
+    // Tests record what functions did in temporary files: let them write
+    // there (tests/sandbox.rs checks the standard sandbox on its own).
+    options.sandbox = Some(Sandbox::standard().allow_write(std::env::temp_dir()));
     configure(&mut options);
     let rt = PythonRuntime::new(options).unwrap();
     Fixture { dir, rt }

@@ -36,17 +36,30 @@ impl TestNode {
     }
 
     /// Starts a node on a new temporary data directory, prepared by `prepare`.
+    ///
+    /// The data directory is outside the system's temporary directory, and
+    /// functions may write there (`--sandbox-allow-write`), as tests record
+    /// what functions did in temporary files; the data directory stays out
+    /// of their reach, as the sandbox tests check.
     fn start_in(extra: &[&str], prepare: impl FnOnce(&Path)) -> TestNode {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = tempfile::tempdir_in(data_root()).expect("tempdir");
         let data_dir = tmp.path().join("data");
         prepare(&data_dir);
+        let shared = std::env::temp_dir()
+            .canonicalize()
+            .expect("the temporary directory");
+        let mut extra_args = vec![
+            "--sandbox-allow-write".to_string(),
+            shared.display().to_string(),
+        ];
+        extra_args.extend(extra.iter().map(|s| s.to_string()));
         let mut node = TestNode {
             data_dir,
             url: String::new(),
             token: String::new(),
             child: None,
             _tmp: Some(tmp),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
         };
         node.spawn();
         node
@@ -176,6 +189,22 @@ pub async fn deploy(
         .deploy(shoal_client::pack_dir(dir.path()).expect("pack"))
         .await
         .expect("deploy")
+}
+
+/// Where test nodes keep their data: the target directory's temporary
+/// directory, unless that lies inside the system's (then a directory beside).
+fn data_root() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let system = std::env::temp_dir()
+        .canonicalize()
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let root = if target.starts_with(&system) {
+        PathBuf::from("/var/tmp/shoal-test-nodes")
+    } else {
+        target.join("nodes")
+    };
+    std::fs::create_dir_all(&root).expect("test node directory");
+    root
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -42,6 +42,10 @@ pub(crate) struct DocSplitter {
     in_str: bool,
     esc: bool,
     docs: Vec<NewDoc>,
+    /// The body's current line (1-based) and the line the value being read
+    /// started on, to name it when it is refused.
+    line: usize,
+    doc_line: usize,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +73,8 @@ impl DocSplitter {
             in_str: false,
             esc: false,
             docs: Vec::new(),
+            line: 1,
+            doc_line: 1,
         }
     }
 
@@ -78,6 +84,9 @@ impl DocSplitter {
                 self.between_values(b)?;
             } else {
                 self.in_value(b)?;
+            }
+            if b == b'\n' {
+                self.line += 1;
             }
         }
         Ok(())
@@ -155,6 +164,7 @@ impl DocSplitter {
     }
 
     fn start_value(&mut self, b: u8) -> Result<(), SplitError> {
+        self.doc_line = self.line;
         self.cur.push(b);
         match b {
             b'{' | b'[' => self.depth = 1,
@@ -221,6 +231,15 @@ impl DocSplitter {
         self.in_str = false;
         self.esc = false;
         let index = self.docs.len();
+        if let Err(why) = check_document(&body) {
+            let which = match self.mode {
+                Mode::Stream => format!("line {} (document {index})", self.doc_line),
+                _ => format!("document {index}"),
+            };
+            return Err(SplitError::Invalid(format!(
+                "{which} {why}; nothing was written"
+            )));
+        }
         let bad = |e: serde_json::Error| {
             SplitError::Invalid(format!("document {index} is not valid JSON: {e}"))
         };
@@ -244,6 +263,48 @@ impl DocSplitter {
         self.docs.push(NewDoc { id, body });
         Ok(())
     }
+}
+
+/// How deep a document may nest objects and arrays inside each other.
+pub(crate) const MAX_DOC_DEPTH: u32 = 128;
+
+/// Checks one document before it is kept: its bytes are UTF-8 and it nests
+/// at most [`MAX_DOC_DEPTH`] levels deep. The reason completes a sentence
+/// that names the document.
+pub(crate) fn check_document(body: &[u8]) -> Result<(), String> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(format!(
+            "is not valid UTF-8 (at byte {} of the document)",
+            e.valid_up_to()
+        ));
+    }
+    let (mut depth, mut in_str, mut esc) = (0u32, false, false);
+    for &b in body {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DOC_DEPTH {
+                    return Err(format!(
+                        "nests objects and arrays more than {MAX_DOC_DEPTH} levels deep"
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,6 +364,34 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn refuses_invalid_utf8_and_deep_nesting_naming_the_document() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        // 128 levels are fine, 129 are not; brackets inside strings do not count.
+        assert_eq!(split(&deep(128), 7).unwrap().len(), 1);
+        let quoted = format!("{{\"s\": \"{}\"}}", "[".repeat(500));
+        assert_eq!(split(&quoted, 7).unwrap().len(), 1);
+        let nd = format!("{{\"a\": 1}}\n\n{{\"b\":\n2}}\n{}\n", deep(129));
+        let Err(SplitError::Invalid(m)) = split(&nd, 3) else {
+            panic!("accepted 129 levels");
+        };
+        assert!(m.starts_with("line 5 (document 2) nests"), "{m}");
+        let arr = format!("[1, {}]", deep(129));
+        let Err(SplitError::Invalid(m)) = split(&arr, 3) else {
+            panic!("accepted 129 levels");
+        };
+        assert!(m.starts_with("document 1 nests"), "{m}");
+
+        let mut s = DocSplitter::new(1000);
+        let r = s.feed(b"{\"a\": \"ok\"}\n{\"a\": \"\xff\xfe\"}\n");
+        assert_eq!(
+            r,
+            Err(SplitError::Invalid(
+                "line 2 (document 1) is not valid UTF-8 (at byte 7 of the document); nothing was written".into()
+            ))
+        );
     }
 
     #[test]

@@ -6,5 +6,6 @@
 mod app;
 mod errors;
 mod invocations;
+mod limits;
 mod routes;
 mod status_codes;

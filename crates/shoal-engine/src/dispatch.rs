@@ -503,10 +503,23 @@ impl Dispatcher {
                 return;
             }
         };
+        // The attempt is stored as `running` before it starts: a crash
+        // (kill -9) mid-run leaves that record behind, so the redelivery
+        // counts on from it and the function sees attempt 2, not 1 again.
+        let before = record.clone();
         record.attempts += 1;
         record.status = InvocationStatus::Running;
         record.started_at_ms = Some(self.env.now_ms());
         record.next_attempt_at_ms = None;
+        let started = self
+            .env
+            .backend
+            .invocations
+            .put_invocations(vec![record.clone()]);
+        if let Err(e) = started.await {
+            warn!(id = %msg.id, error = %e, "Recording an attempt's start failed; it will be redelivered.");
+            return;
+        }
         let policy = RetryPolicy {
             max_attempts: record.max_attempts,
             retry_delay: Duration::from_millis(d.record.retry_delay_ms),
@@ -518,7 +531,17 @@ impl Dispatcher {
             messages: vec![(delivery.id.clone(), record.attempts)],
             ..lease
         };
-        self.run_and_finish(record, &d, lease, policy).await;
+        self.live.set(record.clone(), None);
+        match self.run_leased(&mut record, &d, &lease).await {
+            Some(response) => self.finish(record, &d, response, &lease, policy),
+            // The platform failed, not the attempt: the record waits as it
+            // did (`run_leased` released the message), unless the node is
+            // stopping, when the `running` record stays for the redelivery.
+            None if !self.env.tasks.is_stopping() => {
+                drop(self.env.backend.invocations.put_invocations(vec![before]));
+            }
+            None => {}
+        }
     }
 
     /// One batch of a user queue for its subscribed function.

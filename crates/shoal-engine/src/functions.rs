@@ -40,6 +40,7 @@ impl Deployed {
                 memory_mb: record.memory_mb,
                 concurrency: record.concurrency,
             },
+            network: record.network,
         };
         Deployed { record, deployment }
     }
@@ -337,6 +338,7 @@ impl Unpacked {
                     field: field.clone(),
                     per_key: *per_key,
                 }),
+            network: m.network,
             subscribe: m.subscribe.as_ref().map(|s| SubscriptionRecord {
                 queue: s.queue.clone(),
                 batch_size: s.batch_size,

@@ -26,6 +26,8 @@ pub struct Manifest {
     pub limiter: Option<String>,
     /// `concurrency_key` (an event field) and `concurrency_per_key`.
     pub concurrency_key: Option<(String, u32)>,
+    /// `network = "none"` isolates the function from every network.
+    pub network: shoal_types::Network,
 }
 
 /// `[subscribe]`: run the function for messages of a queue.
@@ -148,7 +150,12 @@ impl Manifest {
                 Some((field, per_key))
             }
         };
+        let network = match &raw.network {
+            None => shoal_types::Network::Host,
+            Some(n) => shoal_types::Network::parse(n).map_err(|e| format!("shoal.toml: {e}"))?,
+        };
         Ok(Manifest {
+            network,
             concurrency_key,
             limiter: raw.limiter,
             subscribe,
@@ -181,6 +188,7 @@ struct Raw {
     limiter: Option<String>,
     concurrency_key: Option<String>,
     concurrency_per_key: Option<u32>,
+    network: Option<String>,
 }
 
 #[derive(Deserialize)]

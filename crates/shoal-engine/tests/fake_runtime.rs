@@ -23,6 +23,7 @@ fn deployment(name: &str) -> Deployment {
             memory_mb: 128,
             concurrency: 2,
         },
+        network: shoal_types::Network::Host,
     }
 }
 

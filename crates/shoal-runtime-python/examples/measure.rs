@@ -219,6 +219,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str, concurrency: u32) -> D
             memory_mb: 256,
             concurrency,
         },
+        network: shoal_types::Network::Host,
     }
 }
 

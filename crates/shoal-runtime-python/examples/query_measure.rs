@@ -359,6 +359,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str) -> Deployment {
             memory_mb: 512,
             concurrency: 2,
         },
+        network: shoal_types::Network::Host,
     }
 }
 

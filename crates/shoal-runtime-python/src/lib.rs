@@ -22,6 +22,7 @@
 //! and other deployments never notice. All Python specifics live in this crate.
 
 mod cache;
+mod cgroup;
 mod pool;
 mod protocol;
 mod query;
@@ -137,6 +138,8 @@ pub(crate) struct Config {
     interpreter: tokio::sync::OnceCell<PathBuf>,
     pub(crate) runner: PathBuf,
     pub(crate) sandbox: Option<Sandbox>,
+    /// Per-worker process-tree limits, where cgroups are usable.
+    pub(crate) cgroups: Option<Arc<cgroup::Cgroups>>,
     /// Deployments' scratch directories (`work_dir/scratch/<key>`).
     pub(crate) scratch: PathBuf,
     pub(crate) max_log_bytes: usize,
@@ -167,6 +170,11 @@ impl PythonRuntime {
             python: options.python.clone(),
             interpreter: tokio::sync::OnceCell::new(),
             runner,
+            cgroups: options
+                .sandbox
+                .as_ref()
+                .and_then(|_| cgroup::Cgroups::detect())
+                .map(Arc::new),
             sandbox: options.sandbox.clone(),
             scratch,
             max_log_bytes: options.max_log_bytes,

@@ -316,6 +316,8 @@ impl Pool {
             runner: self.config.runner.clone(),
             sandbox,
             scratch,
+            cgroups: self.config.cgroups.clone(),
+            network: self.deployment.network,
             code_dir: self.deployment.code_dir.clone(),
             handler: self.deployment.handler.clone(),
             memory_mb: self.limits.memory_mb,

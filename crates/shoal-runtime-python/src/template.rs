@@ -30,6 +30,8 @@ use shoal_runtime::{Error, HOST_PROTOCOL_VERSION};
 use shoal_types::{Failure, FailureKind};
 
 use crate::lock;
+use crate::cgroup::{Cgroups, WorkerCgroup};
+use shoal_types::Network;
 use crate::protocol::{self, Control, QueryFunctions};
 
 /// Largest control message we accept; the runner stays well below it.
@@ -50,6 +52,10 @@ pub(crate) struct Spec {
     pub sandbox: Option<serde_json::Value>,
     /// The deployment's scratch directory, emptied at every start.
     pub scratch: PathBuf,
+    /// Where each worker's process tree gets its limits, if anywhere.
+    pub cgroups: Option<Arc<Cgroups>>,
+    /// `Network::Off` starts the template in an empty network namespace.
+    pub network: Network,
     pub code_dir: PathBuf,
     pub handler: String,
     pub memory_mb: u32,
@@ -76,6 +82,7 @@ pub(crate) struct Template {
     pub functions: QueryFunctions,
     shared: Arc<Shared>,
     next_req: AtomicU64,
+    cgroups: Option<Arc<Cgroups>>,
     reader: tokio::task::JoinHandle<()>,
     _child: tokio::process::Child,
 }
@@ -89,6 +96,8 @@ pub(crate) struct NewWorker {
     pub logs: OwnedFd,
     /// Fires when the template has reaped the worker.
     pub exit: oneshot::Receiver<Exit>,
+    /// Its process tree's limits, where cgroups are usable.
+    pub cgroup: Option<WorkerCgroup>,
 }
 
 /// How a worker process ended, as reported by the template that reaped it.
@@ -154,7 +163,21 @@ impl Template {
         })
         .to_string();
 
-        let mut cmd = tokio::process::Command::new(&spec.python);
+        let mut cmd = match spec.network {
+            Network::Host => tokio::process::Command::new(&spec.python),
+            Network::Off => {
+                // unshare(1) makes the namespace, then execs Python (same
+                // pid, same process group). Without root it needs a user
+                // namespace to be allowed to.
+                let mut cmd = tokio::process::Command::new("unshare");
+                cmd.arg("--net");
+                if !rustix::process::geteuid().is_root() {
+                    cmd.arg("--user").arg("--map-current-user");
+                }
+                cmd.arg("--").arg(&spec.python);
+                cmd
+            }
+        };
         cmd.arg("-u")
             .arg(&spec.runner)
             .arg("template")
@@ -253,6 +276,7 @@ impl Template {
                     functions: msg.query.unwrap_or_default(),
                     shared,
                     next_req: AtomicU64::new(1),
+                    cgroups: spec.cgroups.clone(),
                     reader,
                     _child: child,
                 }))
@@ -322,6 +346,12 @@ impl Template {
                 proto,
                 logs,
                 exit,
+                // Before it runs user code: the worker waits for its first
+                // invocation, which comes after this returns.
+                cgroup: self
+                    .cgroups
+                    .as_ref()
+                    .and_then(|c| c.attach(pid, memory_mb)),
             }),
             Ok(Ok(Err(message))) => Err(ForkError::Failed(message)),
             Ok(Err(_closed)) => Err(ForkError::Dead),

@@ -29,6 +29,7 @@ use shoal_runtime::{Host, HostCall, HostError};
 use shoal_types::{Failure, FailureKind, Outcome};
 
 use crate::protocol::{self, HEADER, Reply};
+use crate::cgroup::WorkerCgroup;
 use crate::template::{Exit, NewWorker};
 
 /// How long a timed-out worker gets to hand over its captured logs.
@@ -72,6 +73,8 @@ pub(crate) struct Worker {
     logs: pipe::Receiver,
     inbuf: Vec<u8>,
     exit: oneshot::Receiver<Exit>,
+    /// Its process tree's limits (where cgroups are usable).
+    cgroup: Option<WorkerCgroup>,
     /// When the worker last finished an invocation.
     pub last_used: Instant,
 }
@@ -105,6 +108,7 @@ impl Worker {
             logs: pipe::Receiver::from_owned_fd(new.logs)?,
             inbuf: Vec::new(),
             exit: new.exit,
+            cgroup: new.cgroup,
             last_used: Instant::now(),
         })
     }
@@ -225,6 +229,18 @@ impl Worker {
                 duration,
                 reusable: !fatal,
             };
+            if self.oom_killed() {
+                // A process of the tree (a child the handler forked) was
+                // killed for going over the memory the whole tree may use.
+                ran.outcome = Outcome::Failed(Failure::new(
+                    FailureKind::OutOfMemory,
+                    format!(
+                        "the invocation's processes used more than the limit of {} MiB together; the kernel killed one of them",
+                        caps.memory_mb
+                    ),
+                ));
+                ran.reusable = false;
+            }
             if ran.logs.len() > caps.max_log_bytes {
                 ran.logs.truncate(caps.max_log_bytes);
                 let message = format!(
@@ -463,7 +479,7 @@ impl Worker {
         self.kill();
         self.drain_now(&mut pipe_logs, caps);
         let failure = match exit {
-            Ok(Ok(exit)) => classify(&exit, caps),
+            Ok(Ok(exit)) => classify(&exit, caps, self.oom_killed()),
             _ => Failure::new(
                 FailureKind::Crashed,
                 "the worker died; its exit status is unknown",
@@ -479,9 +495,20 @@ impl Worker {
         }
     }
 
-    /// Kills the worker and everything it started (its process group).
+    /// Kills the worker and everything it started: its process group, and
+    /// where cgroups are usable every process of its tree, whatever session
+    /// or group it moved to.
     pub(crate) fn kill(&self) {
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all_but(None);
+        }
+    }
+
+    /// True when the kernel killed a process of the worker's tree for
+    /// going over its memory limit.
+    fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(WorkerCgroup::oom_killed)
     }
 
     /// Interrupts a query step (the runner raises `_Abort` in user code).
@@ -605,7 +632,7 @@ impl Worker {
         let exit = tokio::time::timeout(EXIT_NOTICE_WAIT, &mut self.exit).await;
         self.kill();
         match exit {
-            Ok(Ok(exit)) => classify(&exit, caps),
+            Ok(Ok(exit)) => classify(&exit, caps, self.oom_killed()),
             _ => Failure::new(
                 FailureKind::Crashed,
                 "the worker died; its exit status is unknown",
@@ -729,7 +756,16 @@ async fn next_answer(
 }
 
 /// Tells a crash from an exit from running out of memory.
-fn classify(exit: &Exit, caps: &Caps) -> Failure {
+fn classify(exit: &Exit, caps: &Caps, oom_killed: bool) -> Failure {
+    if oom_killed {
+        return Failure::new(
+            FailureKind::OutOfMemory,
+            format!(
+                "the worker's processes used more than the limit of {} MiB together; the kernel killed them",
+                caps.memory_mb
+            ),
+        );
+    }
     match (&exit.signal, exit.code) {
         (Some((signal, _)), _)
             if *signal == Signal::KILL.as_raw()
@@ -809,24 +845,24 @@ mod tests {
     #[test]
     fn exits_are_classified() {
         assert_eq!(
-            classify(&exit(Some(3), None, 0), &CAPS).kind,
+            classify(&exit(Some(3), None, 0), &CAPS, false).kind,
             FailureKind::Exited
         );
         assert!(
-            classify(&exit(Some(3), None, 0), &CAPS)
+            classify(&exit(Some(3), None, 0), &CAPS, false)
                 .message
                 .contains("code 3")
         );
         assert_eq!(
-            classify(&exit(None, Some(11), 0), &CAPS).kind,
+            classify(&exit(None, Some(11), 0), &CAPS, false).kind,
             FailureKind::Crashed
         );
         assert_eq!(
-            classify(&exit(None, Some(9), 1000), &CAPS).kind,
+            classify(&exit(None, Some(9), 1000), &CAPS, false).kind,
             FailureKind::Crashed
         );
         assert_eq!(
-            classify(&exit(None, Some(9), 100 * 1024), &CAPS).kind,
+            classify(&exit(None, Some(9), 100 * 1024), &CAPS, false).kind,
             FailureKind::OutOfMemory
         );
     }

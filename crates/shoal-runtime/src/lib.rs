@@ -54,6 +54,8 @@ pub struct Deployment {
     /// The environment built by `prepare`, if the function has requirements.
     pub env_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// The network its processes see.
+    pub network: shoal_types::Network,
 }
 
 /// Awaited by the runtime right before a handler starts on a ready worker:

@@ -72,6 +72,9 @@ pub struct FunctionRecord {
     /// run at once per value of this event field (`tenant`, `a.b`).
     #[serde(default)]
     pub concurrency_key: Option<ConcurrencyKey>,
+    /// The network its processes see.
+    #[serde(default)]
+    pub network: shoal_types::Network,
 }
 
 /// `concurrency_key` / `concurrency_per_key` of `shoal.toml`.

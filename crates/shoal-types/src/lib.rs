@@ -171,6 +171,32 @@ impl fmt::Display for Role {
     }
 }
 
+/// What network a function's processes see (`network` in `shoal.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Network {
+    /// The node's network (`network = "default"`).
+    #[default]
+    #[serde(rename = "default")]
+    Host,
+    /// None at all: an empty network namespace, not even loopback up
+    /// (`network = "none"`).
+    #[serde(rename = "none")]
+    Off,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Result<Network, Invalid> {
+        match s {
+            "default" => Ok(Network::Host),
+            "none" => Ok(Network::Off),
+            other => Err(Invalid {
+                field: "network",
+                reason: format!("{other:?} is not a network; use \"default\" or \"none\""),
+            }),
+        }
+    }
+}
+
 /// Per-function resource limits, taken from `shoal.toml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -76,3 +76,19 @@ def clear_dir(path):
                 os.unlink(full)
         except OSError:
             pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """This process is killed when its parent (the template) dies."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass

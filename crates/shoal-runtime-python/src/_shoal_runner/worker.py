@@ -14,7 +14,7 @@ from .capture import Sink, Writer
 from .context import Context
 from .failures import describe, text_of
 from .host import Host
-from .process import children_left, clear_dir, limit_memory, set_subreaper
+from .process import children_left, clear_dir, die_with_parent, limit_memory, set_subreaper
 from .protocol import HEADER, encoder, json_bytes
 from .query import QUERY_FRAMES, Abort, Query
 
@@ -41,6 +41,7 @@ def worker_main(template, proto_fd, log_fd, memory_mb):
     os.dup2(log_fd, 2)
     os.close(log_fd)
     set_subreaper()
+    die_with_parent()
     config = template.config
     limit_memory(memory_mb, config.get("vm_size", 0))
     scratch = None

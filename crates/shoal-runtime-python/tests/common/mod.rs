@@ -58,6 +58,7 @@ impl Fixture {
             handler: "main:handler".into(),
             env_dir: None,
             limits,
+            network: shoal_types::Network::Host,
         }
     }
 }

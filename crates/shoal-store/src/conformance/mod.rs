@@ -161,6 +161,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         subscribe: None,
         limiter: None,
         concurrency_key: None,
+        network: shoal_types::Network::Host,
     }
 }
 

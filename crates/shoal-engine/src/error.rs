@@ -79,6 +79,10 @@ pub enum Error {
     /// A part of the request (a document) is over a size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The queue holds as many messages as the node allows
+    /// (`--max-queue-messages`); a send is refused until it drains.
+    #[error("{0}")]
+    QueueFull(String),
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down; retry on another node or later")]
     ShuttingDown,

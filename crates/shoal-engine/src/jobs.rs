@@ -35,8 +35,9 @@ use crate::error::{Entity, Error, Result};
 use crate::functions::Functions;
 use crate::invocation::{Message, key_of, new_record, queue_name};
 
-/// The most children one job may have.
-pub const MAX_CHILDREN: usize = 200_000;
+/// The most children one job may have unless the node sets another cap
+/// (`Options::max_job_children`, `shoal serve --max-job-children`).
+pub const MAX_CHILDREN: usize = 100_000;
 /// Failed children listed by a job's view.
 const LISTED_FAILURES: usize = 20;
 /// Jobs shown in one job's tree.
@@ -137,16 +138,25 @@ impl Jobs {
     /// Creates a job; its children are queued when this returns.
     pub(crate) async fn start(&self, spec: JobSpec, caller: Option<&Caller>) -> Result<String> {
         self.env.accepting()?;
-        if spec.events.len() > MAX_CHILDREN {
+        let max = self.env.opts.max_job_children;
+        if spec.events.len() > max {
             return Err(Error::invalid(
                 "events",
                 format!(
-                    "a job may have at most {MAX_CHILDREN} children, not {}; split the events over several jobs",
+                    "a job may have at most {max} children on this node (--max-job-children), not {}; split the events over several jobs",
                     spec.events.len()
                 ),
             ));
         }
         let d = self.functions.resolve(&spec.function)?;
+        let queue = queue_name(&d.record.name);
+        crate::queues::check_room(
+            &self.env,
+            &queue,
+            &format!("the queue of function `{}`", d.record.name),
+            spec.events.len(),
+        )
+        .await?;
         let then_d = match &spec.then {
             Some(then) => Some(self.functions.resolve(then)?),
             None => None,
@@ -204,7 +214,6 @@ impl Jobs {
             created_at_ms: now,
             then_plan,
         };
-        let queue = queue_name(&d.record.name);
         self.env
             .backend
             .jobs

@@ -20,6 +20,7 @@ mod jobs;
 mod limits;
 pub mod manifest;
 mod queues;
+mod retention;
 
 pub use auth::{SECRET_PREFIX, Token};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};

@@ -74,6 +74,24 @@ fn check_name(name: &str) -> Result<()> {
     Ok(validate_name("queue name", name)?)
 }
 
+/// Refuses `adding` more messages to `queue` (described to the caller as
+/// `what`) when it would then hold more than the node's cap
+/// (`Options::max_queue_messages`) waiting or in flight. The count is read
+/// before the write, so concurrent senders can pass the cap by at most a
+/// batch each.
+pub(crate) async fn check_room(env: &Env, queue: &str, what: &str, adding: usize) -> Result<()> {
+    let cap = env.opts.max_queue_messages;
+    let depth = env.backend.queues.depth(queue).await?;
+    let held = depth.waiting + depth.in_flight;
+    if held.saturating_add(adding as u64) > cap {
+        return Err(Error::QueueFull(format!(
+            "{what} holds {held} messages waiting or in flight and this node keeps at most {cap} per queue \
+             (--max-queue-messages); {adding} more do not fit: send again once it has drained"
+        )));
+    }
+    Ok(())
+}
+
 /// User queues: their settings, messages, dead letters and history.
 pub(crate) struct Queues {
     env: Arc<Env>,
@@ -225,6 +243,7 @@ impl Queues {
                 format!("at most {MAX_BATCH} messages per request"),
             ));
         }
+        check_room(&self.env, name, &format!("queue `{name}`"), messages.len()).await?;
         let now = self.env.now_ms();
         let mut ids = Vec::with_capacity(messages.len());
         let mut out = Vec::with_capacity(messages.len());

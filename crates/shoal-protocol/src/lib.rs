@@ -57,6 +57,9 @@ pub enum ErrorCode {
     CategoryExists,
     /// A document is larger than the node's document limit.
     DocumentTooLarge,
+    /// The queue holds as many messages as the node allows; send again
+    /// once it drained.
+    QueueFull,
     /// The function cannot be used for a query (no `map`).
     NotAQueryFunction,
     /// A query's `map` failed on a document (see `doc_id` and `error`).

@@ -77,6 +77,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),
+        EngineError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull),
         EngineError::DeployFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed),
         EngineError::ShuttingDown | EngineError::Unavailable(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)

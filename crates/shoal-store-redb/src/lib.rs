@@ -743,6 +743,44 @@ impl Jobs for RedbStore {
     }
 }
 
+/// Among up to `scan` invocation records after `after` (in id order), the
+/// final ones that finished before `before_ms`, as (id, stored bytes); and
+/// the last id looked at when more records follow. A record that does not
+/// decode is left alone.
+#[allow(clippy::type_complexity)]
+fn old_invocations(
+    txn: &ReadTransaction,
+    before_ms: u64,
+    after: Option<&str>,
+    scan: usize,
+) -> Result<(Vec<(String, Vec<u8>)>, Option<String>)> {
+    let table = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+    let range = match after {
+        Some(a) => table.range::<&str>((Bound::Excluded(a), Bound::Unbounded)),
+        None => table.range::<&str>(..),
+    }
+    .map_err(unavailable)?;
+    let (mut seen, mut last, mut looked) = (Vec::new(), None, 0);
+    for entry in range {
+        let (key, value) = entry.map_err(unavailable)?;
+        if looked == scan {
+            return Ok((seen, last));
+        }
+        looked += 1;
+        let id = key.value().to_string();
+        let record: Result<InvocationRecord> =
+            decode_record(&format_args!("invocation {id}"), value.value());
+        if let Ok(r) = record
+            && r.status.is_final()
+            && r.finished_at_ms.is_some_and(|f| f < before_ms)
+        {
+            seen.push((id.clone(), value.value().to_vec()));
+        }
+        last = Some(id);
+    }
+    Ok((seen, None))
+}
+
 impl Invocations for RedbStore {
     fn put_invocations(&self, records: Vec<InvocationRecord>) -> Pending<()> {
         let encoded = encode_invocations(&records);
@@ -759,6 +797,39 @@ impl Invocations for RedbStore {
             stored
                 .map(|value| decode_record(&format_args!("invocation {id}"), value.value()))
                 .transpose()
+        })
+    }
+
+    fn purge_invocations(
+        &self,
+        before_ms: u64,
+        after: Option<&str>,
+        scan: usize,
+    ) -> Pending<shoal_store::Purged> {
+        let mut found = None;
+        let read = self.read(|txn| {
+            found = Some(old_invocations(txn, before_ms, after, scan));
+            Ok(())
+        });
+        let (seen, next) = match found {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => return ready(Err(e)),
+            None => {
+                return Box::pin(async move {
+                    read.await?;
+                    Err(Error::Unavailable("reading invocations failed".into()))
+                });
+            }
+        };
+        if seen.is_empty() {
+            return ready(Ok(shoal_store::Purged { deleted: 0, next }));
+        }
+        let deleted = self.submit(Command::PurgeInvocations(seen), Reply::Count);
+        Box::pin(async move {
+            Ok(shoal_store::Purged {
+                deleted: deleted.await?,
+                next,
+            })
         })
     }
 

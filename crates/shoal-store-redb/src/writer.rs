@@ -76,6 +76,9 @@ pub(crate) enum Command {
         id: String,
         value: Vec<u8>,
     },
+    /// Records to delete with their logs, each only if it is still stored
+    /// exactly as given: (id, stored bytes).
+    PurgeInvocations(Vec<(String, Vec<u8>)>),
     Send {
         queue: String,
         messages: Vec<NewMessage>,
@@ -644,6 +647,21 @@ impl Writer {
             Command::PutLogs { id, value } => {
                 t.logs.insert(id.as_str(), value.as_slice())?;
                 ok(Value::Unit, Effect::None)
+            }
+            Command::PurgeInvocations(seen) => {
+                let mut deleted = 0;
+                for (id, value) in &seen {
+                    let unchanged = t
+                        .invocations
+                        .get(id.as_str())?
+                        .is_some_and(|v| v.value() == value.as_slice());
+                    if unchanged {
+                        t.invocations.remove(id.as_str())?;
+                        t.logs.remove(id.as_str())?;
+                        deleted += 1;
+                    }
+                }
+                ok(Value::Count(deleted), Effect::None)
             }
             Command::Send { queue, messages } => {
                 self.queues.send(t, &self.shared.index, queue, messages)

@@ -489,11 +489,32 @@ pub trait Catalog: Send + Sync + 'static {
     fn remove_limiter(&self, name: &str) -> Pending<bool>;
 }
 
+/// What one step of [`Invocations::purge_invocations`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Purged {
+    /// Records deleted (with their logs).
+    pub deleted: u64,
+    /// The last id looked at, to pass as `after` to the next step; `None`
+    /// once the step reached the last record.
+    pub next: Option<String>,
+}
+
 /// Invocation records and their logs.
 pub trait Invocations: Send + Sync + 'static {
     /// Inserts or replaces records.
     fn put_invocations(&self, records: Vec<InvocationRecord>) -> Pending<()>;
     fn invocation(&self, id: &str) -> Pending<Option<InvocationRecord>>;
+    /// One step of the retention sweep: looks at up to `scan` records in
+    /// id order after `after` (from the first when `None`) and deletes,
+    /// with their logs, those whose status is final and that finished
+    /// before `before_ms`. Records still queued or running are never
+    /// deleted, however old.
+    fn purge_invocations(
+        &self,
+        before_ms: u64,
+        after: Option<&str>,
+        scan: usize,
+    ) -> Pending<Purged>;
     /// Replaces the logs of an invocation (the latest attempt's logs).
     fn put_logs(&self, id: &str, logs: Vec<u8>) -> Pending<()>;
     fn logs(&self, id: &str) -> Pending<Option<Vec<u8>>>;

@@ -89,11 +89,17 @@ impl Reply {
 impl App {
     /// A fresh node: empty store, one token per role.
     pub async fn new() -> App {
+        App::with(|_| {}).await
+    }
+
+    /// A fresh node whose engine options `set` changes first.
+    pub async fn with(set: impl FnOnce(&mut shoal_engine::Options)) -> App {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let mut opts = shoal_engine::Options::new(data_dir.path().to_path_buf());
         opts.categories.max_doc_bytes = MAX_DOC;
         // Nothing in these tests waits for a sample or a poll.
         opts.sample_interval = Duration::from_secs(3600);
+        set(&mut opts);
         let runtime = FakeRuntime::new();
         let shutdown = CancellationToken::new();
         let handle = shoal_engine::start_with(Parts {

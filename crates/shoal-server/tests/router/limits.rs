@@ -84,3 +84,47 @@ async fn documents_must_be_utf8_and_at_most_128_deep_and_a_refused_write_writes_
     let r = app.call("GET", &format!("{docs}/deep"), None, vec![]).await;
     assert_eq!((r.status, r.text.as_str()), (200, deep(128).as_str()));
 }
+
+#[tokio::test]
+async fn a_send_to_a_full_queue_is_429_queue_full_and_nothing_is_sent() {
+    let app = App::with(|o| o.max_queue_messages = 3).await;
+    let r = app
+        .call("PUT", "/v1/queues/inbox", JSON, b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let send = "/v1/queues/inbox/messages";
+    let batch = br#"{"messages": [{"body": 1}, {"body": 2}]}"#.to_vec();
+    let r = app.call("POST", send, JSON, batch.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app.call("POST", send, JSON, batch).await;
+    check(&r, 429, "queue_full", "queue `inbox` holds 2 messages").unwrap();
+    check(
+        &r,
+        429,
+        "queue_full",
+        "at most 3 per queue (--max-queue-messages)",
+    )
+    .unwrap();
+    let r = app.call("GET", "/v1/queues/inbox", None, vec![]).await;
+    assert_eq!(r.json()["depth"]["waiting"], 2, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_job_over_the_nodes_children_cap_is_400_and_says_the_cap() {
+    let app = App::with(|o| o.max_job_children = 2).await;
+    let r = app
+        .call(
+            "POST",
+            "/v1/jobs",
+            JSON,
+            br#"{"function": "nope", "events": [1, 2, 3]}"#.to_vec(),
+        )
+        .await;
+    check(
+        &r,
+        400,
+        "invalid_input",
+        "at most 2 children on this node (--max-job-children), not 3",
+    )
+    .unwrap();
+}

@@ -41,6 +41,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
+        Error::QueueFull(_) => (429, ErrorCode::QueueFull),
         Error::ShuttingDown => (503, ErrorCode::Unavailable),
         Error::Unavailable(_) => (503, ErrorCode::Unavailable),
     }
@@ -93,6 +94,7 @@ fn every_error() -> Vec<Error> {
         message: "it conflicts".into(),
     }));
     all.push(Error::TooLarge("document 3 is too large".into()));
+    all.push(Error::QueueFull("queue `q` holds 10 messages".into()));
     all.push(Error::ShuttingDown);
     all.push(Error::Unavailable("disk on fire".into()));
     all
@@ -101,7 +103,7 @@ fn every_error() -> Vec<Error> {
 #[tokio::test]
 async fn every_engine_error_has_its_status_and_code() {
     let errors = every_error();
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 3);
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 4);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

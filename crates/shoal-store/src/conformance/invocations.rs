@@ -166,3 +166,90 @@ pub async fn write_order(backend: &Backend) {
     assert_eq!(depth(backend, &q).await, depth_of(2, 0));
     backend.queues.ack(&q, strings(&["d", "e"])).await.unwrap();
 }
+
+/// The retention sweep's step: final records that finished before the
+/// cutoff go, with their logs; newer ones, and ones not final however old,
+/// stay. Walked in small steps with the cursor, as the sweep does.
+pub async fn purge_invocations(backend: &Backend) {
+    let inv = &backend.invocations;
+    let f = unique("conf-purge-fn");
+    // Times far below every other case's, so a shared store loses nothing
+    // of theirs.
+    let (created, cutoff) = (1_000, 5_000);
+    let record = |status: InvocationStatus, finished: Option<u64>| {
+        let id = unique("conf-purge");
+        InvocationRecord {
+            status,
+            created_at_ms: created,
+            finished_at_ms: finished,
+            ..sample_invocation(&id, &f)
+        }
+    };
+    let old_ok = record(InvocationStatus::Succeeded, Some(2_000));
+    let old_failed = record(InvocationStatus::Failed, Some(cutoff - 1));
+    let at_cutoff = record(InvocationStatus::TimedOut, Some(cutoff));
+    let newer = record(InvocationStatus::Succeeded, Some(9_000));
+    let still_queued = record(InvocationStatus::Queued, None);
+    let still_running = record(InvocationStatus::Running, None);
+    let all = [
+        &old_ok,
+        &old_failed,
+        &at_cutoff,
+        &newer,
+        &still_queued,
+        &still_running,
+    ];
+    inv.put_invocations(all.iter().map(|r| (*r).clone()).collect())
+        .await
+        .unwrap();
+    for r in all {
+        inv.put_logs(&r.id, format!("logs of {}", r.id).into_bytes())
+            .await
+            .unwrap();
+    }
+
+    let mut deleted = 0;
+    let mut after: Option<String> = None;
+    let mut steps = 0;
+    loop {
+        let step = inv
+            .purge_invocations(cutoff, after.as_deref(), 2)
+            .await
+            .unwrap();
+        deleted += step.deleted;
+        steps += 1;
+        assert!(step.deleted <= 2, "a step looks at `scan` records at most");
+        if let Some(next) = &step.next {
+            assert!(
+                after.as_ref().is_none_or(|a| next > a),
+                "the cursor moves on"
+            );
+        }
+        after = step.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert!(steps >= 3, "6 records in steps of 2 take 3 steps or more");
+    assert_eq!(deleted, 2);
+    for gone in [&old_ok, &old_failed] {
+        assert_eq!(inv.invocation(&gone.id).await.unwrap(), None);
+        assert_eq!(inv.logs(&gone.id).await.unwrap(), None);
+    }
+    for kept in [&at_cutoff, &newer, &still_queued, &still_running] {
+        assert_eq!(inv.invocation(&kept.id).await.unwrap().as_ref(), Some(kept));
+        assert!(inv.logs(&kept.id).await.unwrap().is_some());
+    }
+    // Nothing more to delete: a second sweep deletes nothing.
+    let again = inv
+        .purge_invocations(cutoff, None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        crate::Purged {
+            deleted: 0,
+            next: None
+        }
+    );
+}

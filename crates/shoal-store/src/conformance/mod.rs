@@ -81,6 +81,7 @@ macro_rules! __conformance_cases {
             invocations::invocations
             invocations::logs
             invocations::write_order
+            invocations::purge_invocations
             queues::queue_lease_and_ack
             queues::queue_due_order
             queues::queue_visibility_and_extend

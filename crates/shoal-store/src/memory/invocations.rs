@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::{InvocationRecord, Invocations, Pending};
+use crate::{InvocationRecord, Invocations, Pending, Purged};
 
 use super::MemoryStore;
 
@@ -33,6 +33,41 @@ impl Invocations for MemoryStore {
 
     fn invocation(&self, id: &str) -> Pending<Option<InvocationRecord>> {
         self.run(|s| Ok(s.invocations.records.get(id).cloned()))
+    }
+
+    fn purge_invocations(
+        &self,
+        before_ms: u64,
+        after: Option<&str>,
+        scan: usize,
+    ) -> Pending<Purged> {
+        let after = after.map(str::to_string);
+        self.run(move |s| {
+            let state = &mut s.invocations;
+            let mut ids: Vec<&String> = state
+                .records
+                .keys()
+                .filter(|id| after.as_deref().is_none_or(|a| id.as_str() > a))
+                .collect();
+            ids.sort();
+            let more = ids.len() > scan;
+            let looked: Vec<String> = ids.into_iter().take(scan).cloned().collect();
+            let mut deleted = 0;
+            for id in &looked {
+                let old = state.records.get(id).is_some_and(|r| {
+                    r.status.is_final() && r.finished_at_ms.is_some_and(|f| f < before_ms)
+                });
+                if old {
+                    state.records.remove(id);
+                    state.logs.remove(id);
+                    deleted += 1;
+                }
+            }
+            Ok(Purged {
+                deleted,
+                next: if more { looked.last().cloned() } else { None },
+            })
+        })
     }
 
     fn put_logs(&self, id: &str, logs: Vec<u8>) -> Pending<()> {

@@ -1,0 +1,220 @@
+//! Caps a node keeps on what it holds (issue 9, item 8): waiting messages
+//! per queue, children per job, and how long finished invocation records
+//! and their logs are kept.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{BASE_MS, Latch, Script, archive, ms, secs, within};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use shoal_engine::{
+    Entity, Error, Handle, JobSpec, Options, OutMessage, Parts, QueueSettings, TokioClock,
+};
+use shoal_runtime::fake::FakeRuntime;
+use shoal_store::Backend;
+use shoal_store::memory::MemoryStore;
+use shoal_types::InvocationStatus;
+
+struct Capped {
+    engine: Handle,
+    fake: FakeRuntime,
+    shutdown: CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Capped {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn node(set: impl FnOnce(&mut Options)) -> Capped {
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = Options::new(data.path().to_path_buf());
+    set(&mut opts);
+    let fake = FakeRuntime::new();
+    let shutdown = CancellationToken::new();
+    let engine = shoal_engine::start_with(Parts {
+        opts,
+        backend: Backend::from_adapter(Arc::new(MemoryStore::new())),
+        runtime: Arc::new(fake.clone()),
+        clock: Arc::new(TokioClock::starting_at(BASE_MS)),
+        random: None,
+        shutdown: shutdown.clone(),
+    })
+    .await
+    .unwrap();
+    Capped {
+        engine,
+        fake,
+        shutdown,
+        _data: data,
+    }
+}
+
+fn message(n: u32) -> OutMessage {
+    OutMessage {
+        body: format!("{{\"n\": {n}}}"),
+        delay: Duration::ZERO,
+        dedup_id: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_takes_no_more_than_its_cap_and_takes_again_once_drained() {
+    let node = node(|o| o.max_queue_messages = 5).await;
+    node.engine
+        .put_queue("inbox", QueueSettings::default())
+        .await
+        .unwrap();
+    node.engine
+        .send("inbox", (0..4).map(message).collect())
+        .await
+        .unwrap();
+    // 4 + 2 > 5: the whole batch is refused, and says why.
+    let e = node
+        .engine
+        .send("inbox", (4..6).map(message).collect())
+        .await
+        .unwrap_err();
+    let Error::QueueFull(text) = &e else {
+        panic!("want QueueFull, got {e:?}");
+    };
+    assert!(
+        text.contains("queue `inbox` holds 4 messages")
+            && text.contains("at most 5")
+            && text.contains("--max-queue-messages"),
+        "{text}"
+    );
+    assert_eq!(node.engine.queue("inbox").await.unwrap().depth.waiting, 4);
+    // One more fits exactly.
+    node.engine.send("inbox", vec![message(4)]).await.unwrap();
+    assert!(matches!(
+        node.engine.send("inbox", vec![message(5)]).await,
+        Err(Error::QueueFull(_))
+    ));
+    node.engine.purge_queue("inbox").await.unwrap();
+    node.engine.send("inbox", vec![message(6)]).await.unwrap();
+
+    // A function's queue of asynchronous invocations has the same cap.
+    node.engine
+        .deploy(archive("name = \"slow\"\nconcurrency = 1"))
+        .await
+        .unwrap();
+    let gate = Latch::new();
+    node.fake.script("slow", Script::ok(json!(1)).wait(&gate));
+    for _ in 0..5 {
+        node.engine.invoke_async("slow", "{}".into()).await.unwrap();
+    }
+    let e = node
+        .engine
+        .invoke_async("slow", "{}".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::QueueFull(t) if t.contains("the queue of function `slow`")),
+        "{e:?}"
+    );
+    // A job whose children do not fit is refused whole.
+    let e = node
+        .engine
+        .start_job(JobSpec {
+            function: "slow".into(),
+            events: vec!["{}".into(); 2],
+            then: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::QueueFull(_)), "{e:?}");
+    gate.open();
+    within("the queue to drain", async {
+        while node.engine.invoke_async("slow", "{}".into()).await.is_err() {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_has_at_most_the_nodes_children() {
+    let node = node(|o| o.max_job_children = 3).await;
+    node.engine
+        .deploy(archive("name = \"child\""))
+        .await
+        .unwrap();
+    node.fake.script("child", Script::ok(json!(1)));
+    let spec = |n: usize| JobSpec {
+        function: "child".into(),
+        events: vec!["{}".into(); n],
+        then: None,
+    };
+    let e = node.engine.start_job(spec(4)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    assert!(
+        text.contains("at most 3 children") && text.contains("not 4"),
+        "{text}"
+    );
+    node.engine.start_job(spec(3)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_records_and_their_logs_go_after_the_retention() {
+    let node = node(|o| {
+        o.retention = Some(secs(3600));
+        o.retention_sweep = secs(60);
+    })
+    .await;
+    node.engine
+        .deploy(archive("name = \"f\"\nconcurrency = 2"))
+        .await
+        .unwrap();
+    node.fake
+        .script("f", Script::ok(json!("done")).log("printed\n"));
+    let sync = node.engine.invoke("f", "{}".into()).await.unwrap();
+    let sync_id = sync.id.clone();
+    let async_id = node.engine.invoke_async("f", "{}".into()).await.unwrap();
+    within("the async invocation to finish", async {
+        while !node
+            .engine
+            .invocation(&async_id)
+            .await
+            .unwrap()
+            .status
+            .is_final()
+        {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(node.engine.logs(&async_id).await.unwrap(), b"printed\n");
+
+    // Within the retention: kept.
+    tokio::time::sleep(secs(3000)).await;
+    for id in [&sync_id, &async_id] {
+        let r = node.engine.invocation(id).await.unwrap();
+        assert_eq!(r.status, InvocationStatus::Succeeded);
+    }
+    // Past it (plus one sweep): gone, logs too.
+    tokio::time::sleep(secs(600 + 120)).await;
+    for id in [&sync_id, &async_id] {
+        let e = node.engine.invocation(id).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::NotFound {
+                    entity: Entity::Invocation,
+                    ..
+                }
+            ),
+            "{id}: {e:?}"
+        );
+        assert!(node.engine.logs(id).await.is_err(), "{id}: logs kept");
+    }
+    // (Records not final are never deleted, however old: the store's
+    // conformance case `purge_invocations` shows it.)
+}

@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use tracing::{debug, warn};
 
 use shoal_runtime::{Gate, Request, Response};
-use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord};
+use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord, StoreHealth};
 use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
 
 use crate::categories::Categories;
@@ -169,6 +169,9 @@ impl Dispatcher {
         event: String,
     ) -> Result<Completed> {
         let d = self.functions.resolve(name)?;
+        // The record is written behind the answer (invariant 4): with the
+        // store known to be full it would be lost, so do not run at all.
+        self.store_writable()?;
         let now = self.env.now_ms();
         let mut record = new_record(&d, InvocationMode::Sync, event, now);
         record.status = InvocationStatus::Running;
@@ -188,8 +191,21 @@ impl Dispatcher {
         let outcome = response.outcome.clone();
         apply_response(&mut record, &d, &response, self.env.now_ms());
         metrics(&d, InvocationMode::Sync, &response);
+        // The disk may have filled while it ran: then the caller gets the
+        // error, not a result whose record is lost. (The write is still
+        // tried; it may land if space comes back.)
+        let writable = self.store_writable();
         self.persist(record, response.logs, None, Vec::new());
+        writable?;
         Ok(Completed { id, outcome })
+    }
+
+    /// `StorageFull` while the store reports a full disk: a cheap flag.
+    fn store_writable(&self) -> Result<()> {
+        match self.env.backend.health() {
+            StoreHealth::Ok => Ok(()),
+            StoreHealth::Full(why) => Err(Error::StorageFull(format!("storage full: {why}"))),
+        }
     }
 
     /// Queues an invocation durably and returns its id.

@@ -392,6 +392,11 @@ impl Handle {
         self.env.now_ms()
     }
 
+    /// Whether the store takes writes (`/healthz` reports it); a flag, no I/O.
+    pub fn store_health(&self) -> shoal_store::StoreHealth {
+        self.env.backend.health()
+    }
+
     /// Runs a task the engine owns: `drain` waits for it at shutdown (the
     /// HTTP layer streams query results this way).
     pub fn spawn<F>(&self, task: F)

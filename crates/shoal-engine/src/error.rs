@@ -89,6 +89,11 @@ pub enum Error {
     /// Storage or the runtime failed; the source says how.
     #[error("{0}")]
     Unavailable(#[source] Source),
+    /// The disk under the store is full: writes are refused until the
+    /// operator frees space (then they resume without a restart). Every
+    /// write acknowledged before is kept.
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 impl Error {
@@ -127,12 +132,16 @@ impl Error {
     }
 }
 
-/// Storage failed. A store `NotFound` that reaches this conversion was not
-/// expected by the caller (those that expect one use [`Error::from_store`]),
-/// so it is a platform failure too, with the store's message kept.
+/// Storage failed. A full disk is `StorageFull`; a store `NotFound` that
+/// reaches this conversion was not expected by the caller (those that
+/// expect one use [`Error::from_store`]), so it is a platform failure too,
+/// with the store's message kept.
 impl From<shoal_store::Error> for Error {
     fn from(e: shoal_store::Error) -> Error {
-        Error::unavailable(e)
+        match e {
+            shoal_store::Error::Full(_) => Error::StorageFull(e.to_string()),
+            other => Error::unavailable(other),
+        }
     }
 }
 

@@ -128,6 +128,7 @@ fn host_error(e: Error) -> HostError {
         Error::NotFound { entity, .. } => format!("{entity}_not_found"),
         Error::Invalid(_) => "invalid_input".into(),
         Error::Unavailable(_) | Error::ShuttingDown => "unavailable".into(),
+        Error::StorageFull(_) => "insufficient_storage".into(),
         Error::QueueFull(_) => "queue_full".into(),
         Error::InvalidFunction(_)
         | Error::DeployFailed(_)

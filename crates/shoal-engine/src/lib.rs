@@ -36,5 +36,5 @@ pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
     CategoryRecord, ChildResult, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord,
     JobProgress, JobRecord, JobSlot, LimiterRecord, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, ShardStats, StoredDoc,
+    QueueSample, ShardStats, StoreHealth, StoredDoc,
 };

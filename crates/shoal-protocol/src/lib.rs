@@ -82,6 +82,9 @@ pub enum ErrorCode {
     FunctionError,
     /// The node is shutting down or storage is unavailable; retry later.
     Unavailable,
+    /// The node's disk is full: writes are refused until its operator
+    /// frees space; reads still work. Retry later.
+    InsufficientStorage,
     /// A fault inside the node.
     Internal,
 }

@@ -82,6 +82,10 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
         EngineError::ShuttingDown | EngineError::Unavailable(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
         }
+        EngineError::StorageFull(_) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::InsufficientStorage,
+        ),
     }
 }
 

@@ -50,9 +50,9 @@ use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
@@ -60,7 +60,7 @@ use shoal_store::{
     Catalog, CategoryRecord, ChildFinished, ChildResult, DeadLetter, Delivery, DocWrite, Docs,
     Error, FunctionRecord, InvocationRecord, Invocations, JobProgress, JobRecord, Jobs, KeyLimit,
     Leased, LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, Queues, Result, ShardStats, StoredDoc, TokenRecord,
+    QueueSample, Queues, Result, ShardStats, StoreHealth, StoredDoc, TokenRecord,
 };
 use tokio::sync::oneshot;
 
@@ -116,12 +116,47 @@ fn unavailable(e: impl Display) -> Error {
 
 /// What the writer thread and the callers share.
 pub(crate) struct Shared {
-    db: Database,
+    /// `None` only while the writer re-opens the file after an I/O error
+    /// and that open failed (see `writer`): reads and writes then fail
+    /// until the next attempt succeeds.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// Set while writes fail for lack of space (see `writer::Failing`).
+    full: AtomicBool,
     index: QueueIndex,
     commits: AtomicU64,
     writes: AtomicU64,
     purged_docs: AtomicU64,
     purge_backlog: AtomicU64,
+}
+
+/// A read lock on the open database; never held across an await or a
+/// write lock (the writer takes that to re-open the file).
+pub(crate) struct DbRef<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbRef<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("DbRef is made only over an open database")
+    }
+}
+
+impl Shared {
+    /// The open database, or `Unavailable` while it is being re-opened.
+    pub(crate) fn db(&self) -> Result<DbRef<'_>> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(Error::Unavailable(format!(
+                "{} is closed after an I/O error; it is re-opened with the next write",
+                self.path.display()
+            )));
+        }
+        Ok(DbRef(guard))
+    }
 }
 
 /// Group-commit counters since open.
@@ -174,14 +209,20 @@ impl RedbStore {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
-            .map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| match writer::storage_fault(e) {
+                (Error::Full(e), _) => Error::Full(format!("open {}: {e}", path.display())),
+                (e, _) => unavailable(format!("open {}: {e}", path.display())),
+            })?;
         init_layout(&db)?;
         let index = QueueIndex::default();
         let next_seq = recover_queues(&db, &index)?;
         load_totals(&db, &index)?;
         let garbage = pending_purges(&db)?;
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            cache_bytes,
+            full: AtomicBool::new(false),
             index,
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -254,9 +295,8 @@ impl RedbStore {
     fn read<T: Send + 'static>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Pending<T> {
         let result = self
             .shared
-            .db
-            .begin_read()
-            .map_err(unavailable)
+            .db()
+            .and_then(|db| db.begin_read().map_err(unavailable))
             .and_then(|txn| f(&txn));
         ready(result)
     }
@@ -350,7 +390,7 @@ fn init_layout(db: &Database) -> Result<()> {
 }
 
 /// Deleted categories whose documents the writer still has to purge.
-fn pending_purges(db: &Database) -> Result<BTreeSet<u64>> {
+pub(crate) fn pending_purges(db: &Database) -> Result<BTreeSet<u64>> {
     let txn = db.begin_read().map_err(unavailable)?;
     let table = txn.open_table(DOC_GARBAGE).map_err(unavailable)?;
     let mut out = BTreeSet::new();
@@ -853,6 +893,14 @@ impl Invocations for RedbStore {
                 .transpose()
         })
     }
+
+    fn health(&self) -> StoreHealth {
+        if self.shared.full.load(Ordering::Acquire) {
+            StoreHealth::Full(writer::full_message(&self.shared.path))
+        } else {
+            StoreHealth::Ok
+        }
+    }
 }
 
 impl Queues for RedbStore {
@@ -1235,7 +1283,7 @@ mod tests {
 
     /// Overwrites stored values behind the store's back.
     fn corrupt(store: &RedbStore) {
-        let txn = writer::begin(&store.shared.db).unwrap();
+        let txn = writer::begin(&store.shared.db().unwrap()).unwrap();
         {
             let mut t = txn.open_table(INVOCATIONS).unwrap();
             t.insert("bad", &b"\x01{not json"[..]).unwrap();
@@ -1253,13 +1301,13 @@ mod tests {
 
     fn docs_in_table(store: &RedbStore) -> u64 {
         use redb::ReadableTableMetadata;
-        let txn = store.shared.db.begin_read().unwrap();
+        let txn = store.shared.db().unwrap().begin_read().unwrap();
         txn.open_table(DOCS).unwrap().len().unwrap()
     }
 
     fn garbage_in_table(store: &RedbStore) -> u64 {
         use redb::ReadableTableMetadata;
-        let txn = store.shared.db.begin_read().unwrap();
+        let txn = store.shared.db().unwrap().begin_read().unwrap();
         txn.open_table(DOC_GARBAGE).unwrap().len().unwrap()
     }
 
@@ -1322,7 +1370,7 @@ mod tests {
         store.put_docs("big", docs(1, "z", 15_000)).await.unwrap();
         store.close();
         {
-            let txn = writer::begin(&store.shared.db).unwrap();
+            let txn = writer::begin(&store.shared.db().unwrap()).unwrap();
             {
                 let mut categories = txn.open_table(CATEGORIES).unwrap();
                 let stored = categories.remove("big").unwrap().unwrap();
@@ -1410,7 +1458,7 @@ mod tests {
         table: TableDefinition<K, V>,
     ) -> u64 {
         use redb::ReadableTableMetadata;
-        let txn = store.shared.db.begin_read().unwrap();
+        let txn = store.shared.db().unwrap().begin_read().unwrap();
         txn.open_table(table).unwrap().len().unwrap()
     }
 
@@ -1446,7 +1494,7 @@ mod tests {
             .unwrap();
         assert_eq!(keys(&store), (99, 99));
         {
-            let txn = store.shared.db.begin_read().unwrap();
+            let txn = store.shared.db().unwrap().begin_read().unwrap();
             let t = txn.open_table(DEDUP).unwrap();
             assert!(t.get(("q1", "k1")).unwrap().is_none());
             assert!(t.get(("q0", "k2")).unwrap().is_none());
@@ -1478,7 +1526,7 @@ mod tests {
                 .unwrap();
         }
         {
-            let txn = writer::begin(&store.shared.db).unwrap();
+            let txn = writer::begin(&store.shared.db().unwrap()).unwrap();
             {
                 let mut t = txn.open_table(DEAD_LETTERS).unwrap();
                 t.insert(("q", "m"), &b"\x01\x02"[..]).unwrap();
@@ -1513,7 +1561,7 @@ mod tests {
         let path = dir.path().join("shoal.redb");
         let store = RedbStore::open(&path).unwrap();
         {
-            let txn = writer::begin(&store.shared.db).unwrap();
+            let txn = writer::begin(&store.shared.db().unwrap()).unwrap();
             {
                 let mut t = txn.open_table(MESSAGES).unwrap();
                 let old = b"\x01\x21\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"seq\":9}body";

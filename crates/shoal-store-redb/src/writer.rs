@@ -9,17 +9,34 @@
 //! record, a missing category) fails alone and writes nothing; a storage
 //! error fails the whole batch.
 //!
+//! An I/O error (a full disk, typically) fails the whole batch too, and
+//! then redb refuses every later write (`PreviousIo`) until the file is
+//! re-opened. So the writer re-opens it by itself: it drops the old
+//! `Database` and opens the file again (redb recovers the last commit; with
+//! quick-repair that is quick). The failed batch never reached the file
+//! (redb writes the header that makes a commit visible only after its pages
+//! are written), and its effects never reached memory (they are applied only
+//! after a commit), so memory and disk still agree. While the disk is full
+//! (`Failing::full`, also what `Invocations::health` reports) batches fail at
+//! once with `Error::Full`; a real commit is tried again at most once per
+//! `RETRY_EVERY`, and only once the filesystem shows free space again (or
+//! after `FORCE_RETRY`, for quotas `statvfs` does not show). The first batch
+//! that commits ends it; so does free space seen while idle.
+//!
 //! A batch is also bounded by its size (`MAX_BATCH_BYTES`), so large
 //! document writes make several commits of a few MiB rather than one huge
 //! transaction. While deleted categories await their purge, every commit
 //! also deletes a chunk of their documents (a bigger chunk when idle).
 
 use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
-use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use shoal_store::{
     CategoryRecord, ChildFinished, ChildResult, DocWrite, Error, FunctionRecord, NewMessage,
     QueueSample, Result, TokenRecord,
@@ -34,7 +51,7 @@ use crate::queue_ops::{self, QueueOps};
 use crate::{
     CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_VERSIONS,
     FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META, QUEUE_TOTALS, QUEUES, SAMPLES, Shared,
-    TOKEN_SECRETS, TOKENS, unavailable,
+    TOKEN_SECRETS, TOKENS, pending_purges, unavailable,
 };
 
 /// The most operations committed in one transaction.
@@ -48,6 +65,77 @@ pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
 /// writes, and in a commit of its own when no write is waiting.
 const PURGE_BUSY: usize = 1_000;
 const PURGE_IDLE: usize = 10_000;
+
+/// While writes fail after an I/O error, a real commit is tried at most
+/// this often; the batches in between fail at once.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// While the disk is full, a commit is tried only once the filesystem has
+/// this much free, or a twentieth of its size if that is less...
+const RESUME_FREE_BYTES: u64 = 16 << 20;
+const RESUME_FREE_PART: u64 = 20;
+/// ...or this long after the last failure (a quota `statvfs` cannot see).
+const FORCE_RETRY: Duration = Duration::from_secs(30);
+
+/// Writes are failing since an I/O error.
+struct Failing {
+    /// For lack of space: the store reports itself full.
+    full: bool,
+    /// When the last commit (or re-open) failed.
+    at: Instant,
+}
+
+/// A failure of a whole batch: the error its operations get, and whether
+/// it was an I/O error, after which the file must be re-opened.
+pub(crate) type Fault = (Error, bool);
+
+/// Classifies a redb error: out of space is `Error::Full`; any I/O error
+/// means the database must be re-opened.
+pub(crate) fn storage_fault(e: impl Into<redb::Error>) -> Fault {
+    let e = e.into();
+    match &e {
+        redb::Error::Io(io) if is_full(io) => (Error::Full(e.to_string()), true),
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            (Error::Unavailable(e.to_string()), true)
+        }
+        _ => (Error::Unavailable(e.to_string()), false),
+    }
+}
+
+/// A full disk's error, told in words an operator can act on.
+fn explain(path: &Path, (e, io): Fault) -> Fault {
+    match e {
+        Error::Full(raw) => (Error::Full(format!("{} ({raw})", full_message(path))), io),
+        other => (other, io),
+    }
+}
+
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+}
+
+/// What a write is told while the disk is full, and what the store's
+/// health says.
+pub(crate) fn full_message(path: &Path) -> String {
+    format!(
+        "the disk holding {} is full; free space on that filesystem and writes \
+         resume by themselves, without a restart (every write acknowledged before is kept)",
+        path.display()
+    )
+}
+
+/// Whether the filesystem of `path` shows enough free space to try a
+/// commit again. True when it cannot tell.
+fn space_free(path: &Path) -> bool {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match rustix::fs::statvfs(dir.unwrap_or(Path::new("."))) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let size = st.f_blocks.saturating_mul(st.f_frsize);
+            free >= RESUME_FREE_BYTES.min(size / RESUME_FREE_PART)
+        }
+        Err(_) => true,
+    }
+}
 
 pub(crate) enum Msg {
     Op(Op),
@@ -393,10 +481,14 @@ impl<'txn> Tables<'txn> {
 
 /// Begins a write transaction with the durability policy: every commit is
 /// fsynced, with quick-repair (allocator state saved, 2-phase commit).
-pub(crate) fn begin(db: &redb::Database) -> Result<WriteTransaction> {
-    let mut txn = db.begin_write().map_err(unavailable)?;
+pub(crate) fn begin(db: &Database) -> Result<WriteTransaction> {
+    begin_write(db).map_err(|(e, _)| e)
+}
+
+fn begin_write(db: &Database) -> std::result::Result<WriteTransaction, Fault> {
+    let mut txn = db.begin_write().map_err(storage_fault)?;
     txn.set_durability(Durability::Immediate)
-        .map_err(unavailable)?;
+        .map_err(|e| (unavailable(e), false))?;
     txn.set_quick_repair(true);
     Ok(txn)
 }
@@ -409,6 +501,8 @@ pub(crate) struct Writer {
     /// Deleted categories (internal ids) whose documents are not all purged.
     garbage: BTreeSet<u64>,
     scratch: Scratch,
+    /// Set while writes fail after an I/O error.
+    failing: Option<Failing>,
 }
 
 impl Writer {
@@ -427,6 +521,7 @@ impl Writer {
             queues: QueueOps::new(next_seq),
             garbage,
             scratch: Scratch::default(),
+            failing: None,
         }
     }
 
@@ -436,11 +531,25 @@ impl Writer {
         let mut batch: Vec<Op> = Vec::new();
         let mut stopping = false;
         loop {
-            // With a purge pending, do not wait: purge while nothing is queued.
-            if !stopping && self.garbage.is_empty() {
-                match self.rx.recv() {
-                    Ok(Msg::Op(op)) => batch.push(op),
-                    Ok(Msg::Shutdown) | Err(_) => stopping = true,
+            // With a purge pending, do not wait: purge while nothing is
+            // queued. While writes fail, wake up to see if they may resume.
+            let purging = !self.garbage.is_empty() && self.failing.is_none();
+            if !stopping && !purging {
+                let next = if self.failing.is_some() {
+                    match self.rx.recv_timeout(RETRY_EVERY) {
+                        Ok(msg) => Some(msg),
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.retry_idle();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
+                } else {
+                    self.rx.recv().ok()
+                };
+                match next {
+                    Some(Msg::Op(op)) => batch.push(op),
+                    Some(Msg::Shutdown) | None => stopping = true,
                 }
             }
             let mut weight = batch.first().map_or(0, |op| op.command.weight());
@@ -462,7 +571,7 @@ impl Writer {
                 if stopping {
                     return;
                 }
-                if self.garbage.is_empty() {
+                if !purging {
                     continue;
                 }
             }
@@ -470,25 +579,152 @@ impl Writer {
         }
     }
 
+    /// Whether to try a commit now while writes fail.
+    fn may_try(&self, f: &Failing) -> bool {
+        let waited = f.at.elapsed();
+        waited >= RETRY_EVERY && (!f.full || waited >= FORCE_RETRY || space_free(&self.shared.path))
+    }
+
+    /// What a batch gets while writes fail and no commit is tried.
+    fn failing_error(&self, f: &Failing) -> Error {
+        if f.full {
+            Error::Full(full_message(&self.shared.path))
+        } else {
+            Error::Unavailable(format!(
+                "{}: writes are paused after an I/O error and retried within {} s",
+                self.shared.path.display(),
+                RETRY_EVERY.as_secs()
+            ))
+        }
+    }
+
+    /// Idle while writes fail: re-open the file if the last attempt could
+    /// not, and end the failure once space is free (a full disk) or after
+    /// the pause (another I/O error); the next batch then tells.
+    fn retry_idle(&mut self) {
+        let Some(f) = &self.failing else {
+            return;
+        };
+        if f.at.elapsed() < RETRY_EVERY || (f.full && !space_free(&self.shared.path)) {
+            return;
+        }
+        let closed = self
+            .shared
+            .db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        if closed && !self.reopen() {
+            if let Some(f) = &mut self.failing {
+                f.at = Instant::now();
+            }
+            return;
+        }
+        self.resumed();
+    }
+
+    /// A batch failed with an I/O error: remember it (and say the store
+    /// is full if that is why).
+    fn note_failure(&mut self, e: &Error) {
+        let full = matches!(e, Error::Full(_)) || self.failing.as_ref().is_some_and(|f| f.full);
+        self.failing = Some(Failing {
+            full,
+            at: Instant::now(),
+        });
+        if full && !self.shared.full.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                path = %self.shared.path.display(),
+                "redb: the disk is full; writes fail with `storage full` until space is freed"
+            );
+        }
+    }
+
+    /// Writes work again.
+    fn resumed(&mut self) {
+        if self.failing.take().is_some() {
+            self.shared.full.store(false, Ordering::Release);
+            tracing::info!(path = %self.shared.path.display(), "redb: writes resumed");
+        }
+    }
+
+    /// Drops the database (which refuses every write after an I/O error)
+    /// and opens the file again; redb recovers its last commit. Reloads the
+    /// purge list (a paused purge resumes). False if the open failed: the
+    /// store then has no database until a later attempt succeeds.
+    fn reopen(&mut self) -> bool {
+        let mut slot = self.shared.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.take() {
+            // After an I/O error the close reports that error; the file is
+            // left for the open below to recover.
+            if let Err(e) = old.close() {
+                tracing::debug!(error = %e, "redb: closing after an I/O error");
+            }
+        }
+        let opened = Database::builder()
+            .set_cache_size(self.shared.cache_bytes)
+            .open(&self.shared.path);
+        match opened {
+            Ok(db) => {
+                match pending_purges(&db) {
+                    Ok(garbage) => self.garbage = garbage,
+                    Err(e) => tracing::error!(error = %e, "redb: cannot read the purge list"),
+                }
+                self.shared
+                    .purge_backlog
+                    .store(self.garbage.len() as u64, Ordering::Relaxed);
+                *slot = Some(db);
+                tracing::warn!(path = %self.shared.path.display(), "redb: re-opened after an I/O error");
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    path = %self.shared.path.display(),
+                    "redb: cannot re-open after an I/O error; retrying"
+                );
+                false
+            }
+        }
+    }
+
     /// Applies and commits a batch, plus a purge step while deleted
     /// categories await one (the whole commit when `batch` is empty).
     fn commit(&mut self, batch: Vec<Op>) {
+        if let Some(f) = &self.failing
+            && !self.may_try(f)
+        {
+            let e = self.failing_error(f);
+            return fail_all(batch.into_iter().map(|op| op.reply), &e);
+        }
         let idle = batch.is_empty();
-        let txn = match begin(&self.shared.db) {
+        let begun = self
+            .shared
+            .db()
+            .map_err(|e| (e, true))
+            .and_then(|db| begin_write(&db))
+            .map_err(|f| explain(&self.shared.path, f));
+        let txn = match begun {
             Ok(txn) => txn,
-            Err(e) => {
+            Err((e, io)) => {
                 tracing::error!(error = %e, "redb: cannot begin a write transaction");
                 if idle {
                     self.pause_purge();
                 }
-                return fail_all(batch.into_iter().map(|op| op.reply), &e);
+                if io {
+                    self.note_failure(&e);
+                }
+                fail_all(batch.into_iter().map(|op| op.reply), &e);
+                if io {
+                    self.reopen();
+                }
+                return;
             }
         };
         let mut done = Vec::with_capacity(batch.len());
         let mut ops = batch.into_iter();
         let mut purged = None;
-        let fatal = match Tables::open(&txn) {
-            Err(e) => Some(unavailable(e)),
+        let fatal: Option<Fault> = match Tables::open(&txn) {
+            Err(e) => Some(storage_fault(e)),
             Ok(mut tables) => {
                 let fatal = loop {
                     let Some(op) = ops.next() else {
@@ -500,14 +736,20 @@ impl Writer {
                             outcome,
                         }),
                         Err(e) => {
-                            op.reply.fail(unavailable(&e));
-                            break Some(unavailable(e));
+                            let fault = storage_fault(e);
+                            let own = (clone_error(&fault.0), fault.1);
+                            op.reply.fail(explain(&self.shared.path, own).0);
+                            break Some(fault);
                         }
                     }
                 };
                 // The batch's queue totals, once per queue, in the same transaction.
                 let fatal = match fatal {
-                    None => self.queues.write_totals(&mut tables).err().map(unavailable),
+                    None => self
+                        .queues
+                        .write_totals(&mut tables)
+                        .err()
+                        .map(storage_fault),
                     some => some,
                 };
                 if fatal.is_none() && !self.garbage.is_empty() {
@@ -517,7 +759,7 @@ impl Writer {
                             purged = Some(p);
                             None
                         }
-                        Err(e) => Some(unavailable(format!("purge: {e}"))),
+                        Err(e) => Some(storage_fault(e)),
                     }
                 } else {
                     fatal
@@ -529,12 +771,12 @@ impl Writer {
                 let _ = txn.abort();
                 Err(e)
             }
-            None => txn
-                .commit()
-                .map_err(|e| unavailable(format!("commit: {e}"))),
-        };
+            None => txn.commit().map_err(storage_fault),
+        }
+        .map_err(|f| explain(&self.shared.path, f));
         match committed {
             Ok(()) => {
+                self.resumed();
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 let writes = done.len() as u64;
                 self.shared.writes.fetch_add(writes, Ordering::Relaxed);
@@ -553,11 +795,16 @@ impl Writer {
                     d.reply.send(outcome);
                 }
             }
-            Err(e) => {
+            Err((e, io)) => {
                 tracing::error!(error = %e, "redb: write batch failed");
+                // Nothing of the batch reached memory: its effects and
+                // totals are dropped with it.
                 self.queues.aborted();
                 if idle {
                     self.pause_purge();
+                }
+                if io {
+                    self.note_failure(&e);
                 }
                 for d in done {
                     match d.outcome {
@@ -566,6 +813,9 @@ impl Writer {
                     }
                 }
                 fail_all(ops.map(|op| op.reply), &e);
+                if io {
+                    self.reopen();
+                }
             }
         }
         self.shared
@@ -806,6 +1056,7 @@ fn remove_secret_if_owned(
 fn clone_error(e: &Error) -> Error {
     match e {
         Error::Unavailable(s) => Error::Unavailable(s.clone()),
+        Error::Full(s) => Error::Full(s.clone()),
         Error::Corrupt(s) => Error::Corrupt(s.clone()),
         Error::NotFound(s) => Error::NotFound(s.clone()),
     }

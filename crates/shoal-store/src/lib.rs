@@ -28,9 +28,14 @@ pub type Pending<T> = BoxFuture<'static, Result<T>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The backend could not do the operation (disk full, I/O error, closed).
+    /// The backend could not do the operation (I/O error, closed).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The write was refused because the disk under the store is full. No
+    /// write acknowledged before is lost; writes succeed again once space is
+    /// freed, without a restart.
+    #[error("storage full: {0}")]
+    Full(String),
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -38,6 +43,17 @@ pub enum Error {
     /// its bare name.
     #[error("{0} not found")]
     NotFound(String),
+}
+
+/// Whether the store can take writes now, as far as it knows (see
+/// [`Invocations::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    Ok,
+    /// A write failed for lack of space and the store has not seen enough
+    /// free space since: writes fail with [`Error::Full`]. Carries what the
+    /// adapter knows (the path, the free space).
+    Full(String),
 }
 
 /// One deployed version of a function.
@@ -518,6 +534,11 @@ pub trait Invocations: Send + Sync + 'static {
     /// Replaces the logs of an invocation (the latest attempt's logs).
     fn put_logs(&self, id: &str, logs: Vec<u8>) -> Pending<()>;
     fn logs(&self, id: &str) -> Pending<Option<Vec<u8>>>;
+    /// Whether the whole store (every port) takes writes now: a cheap flag,
+    /// no I/O. Writes issued while it says `Full` fail with `Error::Full`.
+    /// The engine checks it where it answers before a write is durable (a
+    /// synchronous invocation), and `/healthz` reports it.
+    fn health(&self) -> StoreHealth;
 }
 
 /// Durable queues with leases: at-least-once delivery.
@@ -637,6 +658,11 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The store's write health (see [`Invocations::health`]).
+    pub fn health(&self) -> StoreHealth {
+        self.invocations.health()
+    }
+
     /// Bundles one adapter that implements every port.
     pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs>(
         adapter: Arc<A>,

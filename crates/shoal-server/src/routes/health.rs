@@ -5,18 +5,34 @@ use axum::extract::State;
 use axum::http::{StatusCode, header::CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 
-use shoal_protocol::{ErrorCode, Health};
+use shoal_engine::StoreHealth;
+use shoal_protocol::{ErrorBody, ErrorCode, Health};
 
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Liveness: answers 200 while the node serves requests.
-#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
-pub(crate) async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    })
+/// Liveness and write health: 200 while the node serves requests and its
+/// store takes writes; 503 with an `insufficient_storage` error body while
+/// the disk is full (writes fail with 507 then; reads still work). It turns
+/// 200 again by itself once space is freed.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses(
+    (status = 200, body = Health),
+    (status = 503, body = ErrorBody, description = "The store cannot take writes: the disk is full."),
+))]
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    match state.handle.store_health() {
+        StoreHealth::Ok => Json(Health {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .into_response(),
+        StoreHealth::Full(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage,
+            format!("the store cannot take writes: {why}"),
+        )
+        .into_response(),
+    }
 }
 
 /// Prometheus metrics: invocations by function and outcome, durations, pool

@@ -44,6 +44,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
         Error::QueueFull(_) => (429, ErrorCode::QueueFull),
         Error::ShuttingDown => (503, ErrorCode::Unavailable),
         Error::Unavailable(_) => (503, ErrorCode::Unavailable),
+        Error::StorageFull(_) => (507, ErrorCode::InsufficientStorage),
     }
 }
 
@@ -97,13 +98,16 @@ fn every_error() -> Vec<Error> {
     all.push(Error::QueueFull("queue `q` holds 10 messages".into()));
     all.push(Error::ShuttingDown);
     all.push(Error::Unavailable("disk on fire".into()));
+    all.push(Error::StorageFull(
+        "storage full: the disk holding /data/shoal.redb is full; free space".into(),
+    ));
     all
 }
 
 #[tokio::test]
 async fn every_engine_error_has_its_status_and_code() {
     let errors = every_error();
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 4);
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

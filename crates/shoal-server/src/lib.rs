@@ -35,6 +35,9 @@ pub struct Options {
     pub max_archive_bytes: usize,
     /// Largest document write (one request, all its documents).
     pub max_write_bytes: usize,
+    /// Serve `/metrics` without a token (`--metrics-public`); otherwise it
+    /// needs a reader token.
+    pub metrics_public: bool,
 }
 
 impl Default for Options {
@@ -43,6 +46,7 @@ impl Default for Options {
             max_body_bytes: 6 * 1024 * 1024,
             max_archive_bytes: 64 * 1024 * 1024,
             max_write_bytes: 256 * 1024 * 1024,
+            metrics_public: false,
         }
     }
 }
@@ -51,6 +55,7 @@ impl Default for Options {
 pub struct AppState {
     pub(crate) handle: Handle,
     pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) metrics_public: bool,
     pub(crate) max_write_bytes: usize,
 }
 
@@ -79,6 +84,7 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
     let state = AppState {
         handle,
         metrics,
+        metrics_public: opts.metrics_public,
         max_write_bytes: opts.max_write_bytes,
     };
     let deploy = OpenApiRouter::new()

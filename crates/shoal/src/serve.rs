@@ -66,6 +66,22 @@ pub struct ServeArgs {
     /// How often queue statistics are sampled for their history.
     #[arg(long, env = "SHOAL_QUEUE_SAMPLE_INTERVAL", default_value = "5s", value_parser = duration)]
     pub queue_sample_interval: Duration,
+    /// Most messages one queue holds waiting or in flight (a user queue, or
+    /// a function's queue of asynchronous invocations); a send beyond it is
+    /// refused with 429 `queue_full`. Each waiting message costs ~400 bytes
+    /// of memory besides its body.
+    #[arg(long, env = "SHOAL_MAX_QUEUE_MESSAGES", default_value_t = 1_000_000)]
+    pub max_queue_messages: u64,
+    /// Most children one job may have (~2 KB of memory each while it runs).
+    #[arg(long, env = "SHOAL_MAX_JOB_CHILDREN", default_value_t = 100_000)]
+    pub max_job_children: usize,
+    /// How long finished invocation records and their logs are kept; `0s`
+    /// keeps them forever.
+    #[arg(long, env = "SHOAL_RETENTION", default_value = "7d", value_parser = retention)]
+    pub retention: Duration,
+    /// Serve `/metrics` without a token (by default it needs a reader token).
+    #[arg(long, env = "SHOAL_METRICS_PUBLIC")]
+    pub metrics_public: bool,
     /// Connections served at once; one more is answered 503 and closed.
     /// Default: half the process's file limit (raised to its hard limit at
     /// start), at most 10,000.
@@ -125,6 +141,53 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration; use e.g. 500ms, 30s, 5m"))
 }
 
+/// A retention: a duration, also in days (`7d`), at least a minute unless
+/// `0s` (keep forever).
+fn retention(s: &str) -> Result<Duration, String> {
+    let d = match s.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Duration::from_secs(days.saturating_mul(24 * 3600)),
+        _ => parse_duration(s)
+            .ok_or_else(|| format!("{s:?} is not a duration; use e.g. 7d, 12h, 30m, or 0s"))?,
+    };
+    if !d.is_zero() && d < Duration::from_secs(60) {
+        return Err(format!("{s:?} is shorter than a minute; use 1m or more, or 0s to keep records forever"));
+    }
+    Ok(d)
+}
+
+/// Keeps the node's files to its own user: from here on every file it
+/// creates is 0600 and every directory 0700 (umask 077), and what an
+/// older node created is narrowed too: the data directory, the store
+/// file, and the directories of function code.
+fn make_private(data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {} to {mode:o}", path.display()))
+    };
+    set(data_dir, 0o700)?;
+    let store = data_dir.join("shoal.redb");
+    if store.exists() {
+        set(&store, 0o600)?;
+    }
+    let functions = data_dir.join("functions");
+    if functions.is_dir() {
+        set(&functions, 0o700)?;
+        for function in std::fs::read_dir(&functions)?.flatten() {
+            if function.file_type()?.is_dir() {
+                set(&function.path(), 0o700)?;
+                for version in std::fs::read_dir(function.path())?.flatten() {
+                    if version.file_type()?.is_dir() {
+                        set(&version.path(), 0o700)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -148,6 +211,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    make_private(&data_dir)?;
 
     let store = RedbStore::open_with_cache(
         &data_dir.join("shoal.redb"),
@@ -190,6 +254,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     engine_opts.categories.default_shards = args.shards;
     engine_opts.categories.max_doc_bytes = args.max_doc_bytes;
     engine_opts.sample_interval = args.queue_sample_interval;
+    if args.max_queue_messages == 0 || args.max_job_children == 0 {
+        anyhow::bail!("--max-queue-messages and --max-job-children must be at least 1");
+    }
+    engine_opts.max_queue_messages = args.max_queue_messages;
+    engine_opts.max_job_children = args.max_job_children;
+    engine_opts.retention = (!args.retention.is_zero()).then_some(args.retention);
     let shutdown = CancellationToken::new();
     let handle = shoal_engine::start(
         engine_opts,
@@ -209,6 +279,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_archive_bytes: args.max_archive_bytes,
             max_write_bytes: args.max_write_bytes,
+            metrics_public: args.metrics_public,
         },
         Some(metrics),
     );

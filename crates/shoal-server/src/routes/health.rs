@@ -9,6 +9,7 @@ use shoal_engine::StoreHealth;
 use shoal_protocol::{ErrorBody, ErrorCode, Health};
 
 use crate::AppState;
+use crate::auth::{Auth, Reader};
 use crate::error::ApiError;
 
 /// Liveness and write health: 200 while the node serves requests and its
@@ -36,8 +37,17 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics: invocations by function and outcome, durations, pool
-/// sizes, queue depth.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+/// sizes, queue depth. Needs a reader token unless the node was started
+/// with `--metrics-public`.
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    auth: Result<Auth<Reader>, ApiError>,
+) -> Response {
+    if !state.metrics_public
+        && let Err(e) = auth
+    {
+        return e.into_response();
+    }
     let Some(prom) = &state.metrics else {
         return ApiError::new(
             StatusCode::NOT_FOUND,

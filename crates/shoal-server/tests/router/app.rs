@@ -94,6 +94,21 @@ impl App {
 
     /// A fresh node whose engine options `set` changes first.
     pub async fn with(set: impl FnOnce(&mut shoal_engine::Options)) -> App {
+        App::build(set, None, false).await
+    }
+
+    /// A fresh node that serves `/metrics` (from a recorder of its own),
+    /// behind a reader token unless `public`.
+    pub async fn with_metrics(public: bool) -> App {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        App::build(|_| {}, Some(recorder.handle()), public).await
+    }
+
+    async fn build(
+        set: impl FnOnce(&mut shoal_engine::Options),
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        metrics_public: bool,
+    ) -> App {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let mut opts = shoal_engine::Options::new(data_dir.path().to_path_buf());
         opts.categories.max_doc_bytes = MAX_DOC;
@@ -118,8 +133,9 @@ impl App {
                 max_body_bytes: MAX_BODY,
                 max_archive_bytes: MAX_ARCHIVE,
                 max_write_bytes: MAX_WRITE,
+                metrics_public,
             },
-            None,
+            metrics,
         );
         let mut secrets = Vec::new();
         for role in Role::ALL {

@@ -3,7 +3,9 @@
 //! page limits. Each refusal is a 4xx whose code and message say why, and
 //! a refused request changes nothing.
 
-use crate::app::{App, JSON, check};
+use shoal_types::Role;
+
+use crate::app::{App, Caller, JSON, check};
 
 const NDJSON: Option<&str> = Some("application/x-ndjson");
 
@@ -127,4 +129,38 @@ async fn a_job_over_the_nodes_children_cap_is_400_and_says_the_cap() {
         "at most 2 children on this node (--max-job-children), not 3",
     )
     .unwrap();
+}
+
+#[tokio::test]
+async fn metrics_need_a_reader_token_unless_the_node_makes_them_public() {
+    let app = App::with_metrics(false).await;
+    let r = app
+        .call_as(Caller::Nobody, "GET", "/metrics", None, vec![])
+        .await;
+    check(
+        &r,
+        401,
+        "unauthorized",
+        "missing `Authorization: Bearer <token>` header",
+    )
+    .unwrap();
+    let r = app
+        .call_as(Caller::Revoked, "GET", "/metrics", None, vec![])
+        .await;
+    check(&r, 401, "unauthorized", "unknown or revoked token").unwrap();
+    let r = app
+        .call_as(Caller::As(Role::Reader), "GET", "/metrics", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.content_type.starts_with("text/plain"),
+        "{}",
+        r.content_type
+    );
+
+    let public = App::with_metrics(true).await;
+    let r = public
+        .call_as(Caller::Nobody, "GET", "/metrics", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }

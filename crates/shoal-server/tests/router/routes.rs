@@ -13,7 +13,7 @@ use crate::app::{App, Caller, check};
 /// two routes outside it (the document itself and `/metrics`).
 const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/healthz", None),
-    ("GET", "/metrics", None),
+    ("GET", "/metrics", Some(Role::Reader)),
     ("GET", "/v1/openapi.json", Some(Role::Reader)),
     ("POST", "/v1/functions", Some(Role::Developer)),
     ("GET", "/v1/functions", Some(Role::Reader)),
@@ -123,7 +123,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
 /// never a 5xx and never an error without a JSON body; lists answer 200).
 #[tokio::test]
 async fn every_route_by_every_caller() {
-    let app = App::new().await;
+    let app = App::with_metrics(false).await;
     let callers = [
         (
             Caller::Nobody,

@@ -41,6 +41,7 @@ impl Deployed {
                 concurrency: record.concurrency,
             },
             network: record.network,
+            code_digest: record.code_digest.clone(),
         };
         Deployed { record, deployment }
     }
@@ -309,6 +310,8 @@ pub(crate) struct Unpacked {
     /// Relative to the data directory (where the code is once installed).
     code_dir: String,
     sha256: String,
+    /// The digest of the files (`shoal_runtime::code_digest`).
+    digest: String,
     staged: Staged,
 }
 
@@ -339,6 +342,7 @@ impl Unpacked {
                     per_key: *per_key,
                 }),
             network: m.network,
+            code_digest: Some(self.digest.clone()),
             subscribe: m.subscribe.as_ref().map(|s| SubscriptionRecord {
                 queue: s.queue.clone(),
                 batch_size: s.batch_size,
@@ -383,7 +387,16 @@ pub(crate) fn unpack(data_dir: &Path, archive: &[u8]) -> Result<Unpacked> {
 
     let rel = format!("functions/{}/{}", manifest.name, &sha256[..32]);
     let final_dir = data_dir.join(&rel);
-    let staged = if final_dir.exists() {
+    let digest = shoal_runtime::code_digest(
+        files
+            .iter()
+            .map(|(path, bytes)| (path.to_string_lossy().into_owned(), bytes.as_slice())),
+    );
+    // The same archive deployed before left this directory; it is reused
+    // only if nobody changed it since (then it is written again).
+    let intact = final_dir.exists()
+        && shoal_runtime::code_digest_of_dir(&final_dir).is_ok_and(|d| d == digest);
+    let staged = if intact {
         Staged::default()
     } else {
         // Written beside its final place and moved there only once the
@@ -402,6 +415,7 @@ pub(crate) fn unpack(data_dir: &Path, archive: &[u8]) -> Result<Unpacked> {
         manifest,
         code_dir: rel,
         sha256,
+        digest,
         staged,
     })
 }
@@ -428,8 +442,9 @@ impl Staged {
             return Ok(());
         };
         if final_dir.exists() {
-            // The same archive was deployed meanwhile: same content.
-            return std::fs::remove_dir_all(&tmp);
+            // Changed on disk since the same archive's deploy (or deployed
+            // meanwhile): replaced by what was uploaded now.
+            std::fs::remove_dir_all(&final_dir)?;
         }
         std::fs::rename(&tmp, &final_dir)?;
         std::fs::File::open(final_dir.parent().expect("has a parent"))?.sync_all()

@@ -24,6 +24,7 @@ fn deployment(name: &str) -> Deployment {
             concurrency: 2,
         },
         network: shoal_types::Network::Host,
+        code_digest: None,
     }
 }
 

@@ -220,6 +220,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str, concurrency: u32) -> D
             concurrency,
         },
         network: shoal_types::Network::Host,
+        code_digest: None,
     }
 }
 

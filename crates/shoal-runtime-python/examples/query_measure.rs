@@ -360,6 +360,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str) -> Deployment {
             concurrency: 2,
         },
         network: shoal_types::Network::Host,
+        code_digest: None,
     }
 }
 

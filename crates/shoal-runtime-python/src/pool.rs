@@ -12,7 +12,7 @@ use rustix::process::{Pid, Signal};
 use tokio::sync::Semaphore;
 
 use shoal_runtime::{Deployment, Error, PoolStats, Request, Response, Result};
-use shoal_types::{Failure, Limits, Outcome};
+use shoal_types::{Failure, FailureKind, Limits, Outcome};
 
 use crate::query::{QuerySet, QueryWorker};
 use crate::template::{self, ForkError, Started, Template};
@@ -326,6 +326,9 @@ impl Pool {
         };
         let started_at = Instant::now();
         *cold_start = true;
+        if let Some(failure) = self.changed_on_disk().await {
+            return Ok(Err((failure, Vec::new(), started_at.elapsed())));
+        }
         match Template::start(&spec, self.limits.timeout.max(MIN_LOAD_TIMEOUT)).await? {
             Started::Ready(template) => {
                 let template = Arc::new(template);
@@ -333,6 +336,32 @@ impl Pool {
                 Ok(Ok(template))
             }
             Started::LoadFailed { failure, logs } => Ok(Err((failure, logs, started_at.elapsed()))),
+        }
+    }
+
+    /// A load failure when the code on disk is not what was deployed (its
+    /// digest differs): such code is never run.
+    async fn changed_on_disk(&self) -> Option<Failure> {
+        let expected = self.deployment.code_digest.clone()?;
+        let dir = self.deployment.code_dir.clone();
+        let found = tokio::task::spawn_blocking(move || shoal_runtime::code_digest_of_dir(&dir))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match found {
+            Ok(found) if found == expected => None,
+            Ok(found) => Some(Failure::new(
+                FailureKind::LoadFailed,
+                format!(
+                    "the function's code on disk is not what was deployed (digest {}…, deployed {}…); it was not run — deploy it again",
+                    &found[..12],
+                    &expected[..12.min(expected.len())]
+                ),
+            )),
+            Err(e) => Some(Failure::new(
+                FailureKind::LoadFailed,
+                format!("the function's code could not be read to check it: {e}"),
+            )),
         }
     }
 

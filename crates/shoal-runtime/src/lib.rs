@@ -17,10 +17,12 @@ use futures_util::future::BoxFuture;
 
 use shoal_types::{Failure, Limits, Outcome};
 
+mod digest;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod host;
 
+pub use digest::{code_digest, code_digest_of_dir};
 pub use host::{
     DocArg, GetDocArgs, HOST_PROTOCOL_VERSION, Host, HostCall, HostError, JobArgs, JobResultsArgs,
     MapArgs, PutDocsArgs, SendArgs, SpawnArgs,
@@ -56,6 +58,10 @@ pub struct Deployment {
     pub limits: Limits,
     /// The network its processes see.
     pub network: shoal_types::Network,
+    /// The digest of the code as deployed (`code_digest`); the runtime
+    /// refuses to load code whose digest on disk differs. `None` for
+    /// versions deployed before digests were recorded.
+    pub code_digest: Option<String>,
 }
 
 /// Awaited by the runtime right before a handler starts on a ready worker:

@@ -91,6 +91,10 @@ pub struct FunctionRecord {
     /// The network its processes see.
     #[serde(default)]
     pub network: shoal_types::Network,
+    /// The digest of the deployed files (`shoal_runtime::code_digest`),
+    /// checked when the code is loaded. `None` for older versions.
+    #[serde(default)]
+    pub code_digest: Option<String>,
 }
 
 /// `concurrency_key` / `concurrency_per_key` of `shoal.toml`.

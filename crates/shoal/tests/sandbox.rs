@@ -305,8 +305,16 @@ def handler(event, ctx):
     assert_eq!(error.kind, "out_of_memory", "{error:?}");
     assert!(error.message.contains("128 MiB"), "{error:?}");
     // The function works again afterwards (a fresh worker).
-    deploy(&c, "name = \"hog\"\nmemory_mb = 128", "def handler(e, ctx):\n    return 1\n").await;
-    assert_eq!(c.invoke("hog", "{}").await.unwrap().result.unwrap(), json!(1));
+    deploy(
+        &c,
+        "name = \"hog\"\nmemory_mb = 128",
+        "def handler(e, ctx):\n    return 1\n",
+    )
+    .await;
+    assert_eq!(
+        c.invoke("hog", "{}").await.unwrap().result.unwrap(),
+        json!(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,4 +355,30 @@ def handler(event, ctx):
         .unwrap_err()
         .to_string();
     assert!(err.contains("use \"default\" or \"none\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_changed_on_disk_after_its_deploy_is_not_run() {
+    let node = TestNode::start();
+    let c = node.client();
+    deploy(&c, "name = \"honest\"", VICTIM).await;
+    let main = std::fs::read_dir(node.data_dir.join("functions/honest"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("main.py");
+    // Someone with access to the node's disk changes the code.
+    std::fs::write(&main, "def handler(event, ctx):\n    return 'tampered'\n").unwrap();
+    let out = c.invoke("honest", "{}").await.unwrap();
+    let error = out.result.expect_err("changed code must not run").error;
+    assert_eq!(error.kind, "load_failed", "{error:?}");
+    assert!(error.message.contains("not what was deployed"), "{error:?}");
+    // A new deploy of the function runs again.
+    deploy(&c, "name = \"honest\"", VICTIM).await;
+    assert_eq!(
+        c.invoke("honest", "{}").await.unwrap().result.unwrap(),
+        json!("untouched")
+    );
 }

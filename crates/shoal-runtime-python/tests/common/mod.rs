@@ -59,6 +59,7 @@ impl Fixture {
             env_dir: None,
             limits,
             network: shoal_types::Network::Host,
+            code_digest: None,
         }
     }
 }

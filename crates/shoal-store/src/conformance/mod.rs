@@ -163,6 +163,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         limiter: None,
         concurrency_key: None,
         network: shoal_types::Network::Host,
+        code_digest: Some("cd".repeat(32)),
     }
 }
 

@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | `meta` | `"format"` | u64 layout version (1) |
 //! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"` | u64 counters |
+//! | `meta` | `"commits"` | u64, commits so far (tells whether a commit that reported an I/O error landed) |
 //! | `functions` | (name, version) | `FunctionRecord` |
 //! | `function_last_version` | name | u64, kept after removal |
 //! | `tokens` | id | `TokenRecord` |
@@ -1577,6 +1578,33 @@ mod tests {
         assert_eq!(leased.deliveries[0].body, b"body");
         store.send("q", vec![msg("new")]).await.unwrap();
         assert_eq!(store.depth("q").await.unwrap().oldest_sent_ms, Some(5));
+    }
+
+    /// The commit count on disk follows every commit, so after an I/O
+    /// error in a commit the writer can tell whether it landed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_commit_is_counted_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let stored = |store: &RedbStore| {
+            let txn = store.shared.db().unwrap().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            meta.get("commits").unwrap().map_or(0, |g| g.value())
+        };
+        assert_eq!(stored(&store), 0);
+        for i in 0..5 {
+            store.send("q", vec![msg(&format!("m{i}"))]).await.unwrap();
+        }
+        let bad = store.put_docs("missing", docs(0, "a", 1)).await;
+        assert!(matches!(bad, Err(Error::NotFound(_))));
+        assert_eq!(stored(&store), store.stats().commits);
+        assert!(store.stats().commits >= 5);
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        let before = stored(&store);
+        store.send("q", vec![msg("again")]).await.unwrap();
+        assert_eq!(stored(&store), before + 1);
     }
 
     #[tokio::test(flavor = "current_thread")]

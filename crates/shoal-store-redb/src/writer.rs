@@ -13,10 +13,14 @@
 //! then redb refuses every later write (`PreviousIo`) until the file is
 //! re-opened. So the writer re-opens it by itself: it drops the old
 //! `Database` and opens the file again (redb recovers the last commit; with
-//! quick-repair that is quick). The failed batch never reached the file
-//! (redb writes the header that makes a commit visible only after its pages
-//! are written), and its effects never reached memory (they are applied only
-//! after a commit), so memory and disk still agree. While the disk is full
+//! quick-repair that is quick). Out of space, the failed batch never
+//! reached the file (redb writes the header that makes a commit visible only
+//! after its pages are written), and its effects never reached memory (they
+//! are applied only after a commit), so memory and disk still agree. An I/O
+//! error in the commit itself (a failed fsync) can leave the commit in the
+//! file after all: every commit also counts itself in `meta["commits"]`, and
+//! after the re-open the count says whether it landed; if it did, memory
+//! takes its effects too. Its callers are told it failed either way. While the disk is full
 //! (`Failing::full`, also what `Invocations::health` reports) batches fail at
 //! once with `Error::Full`; a real commit is tried again at most once per
 //! `RETRY_EVERY`, and only once the filesystem shows free space again (or
@@ -36,7 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use shoal_store::{
     CategoryRecord, ChildFinished, ChildResult, DocWrite, Error, FunctionRecord, NewMessage,
     QueueSample, Result, TokenRecord,
@@ -723,6 +727,7 @@ impl Writer {
         let mut done = Vec::with_capacity(batch.len());
         let mut ops = batch.into_iter();
         let mut purged = None;
+        let mut marker = None;
         let fatal: Option<Fault> = match Tables::open(&txn) {
             Err(e) => Some(storage_fault(e)),
             Ok(mut tables) => {
@@ -752,7 +757,7 @@ impl Writer {
                         .map(storage_fault),
                     some => some,
                 };
-                if fatal.is_none() && !self.garbage.is_empty() {
+                let fatal = if fatal.is_none() && !self.garbage.is_empty() {
                     let budget = if idle { PURGE_IDLE } else { PURGE_BUSY };
                     match docs::purge(&mut tables, self.garbage.iter().copied(), budget) {
                         Ok(p) => {
@@ -763,6 +768,16 @@ impl Writer {
                     }
                 } else {
                     fatal
+                };
+                match fatal {
+                    None => match mark_commit(&mut tables) {
+                        Ok(n) => {
+                            marker = Some(n);
+                            None
+                        }
+                        Err(e) => Some(storage_fault(e)),
+                    },
+                    some => some,
                 }
             }
         };
@@ -797,30 +812,53 @@ impl Writer {
             }
             Err((e, io)) => {
                 tracing::error!(error = %e, "redb: write batch failed");
-                // Nothing of the batch reached memory: its effects and
-                // totals are dropped with it.
-                self.queues.aborted();
                 if idle {
                     self.pause_purge();
                 }
                 if io {
                     self.note_failure(&e);
                 }
+                let mut effects = Vec::with_capacity(done.len());
                 for d in done {
                     match d.outcome {
-                        Ok(_) => d.reply.fail(clone_error(&e)),
+                        Ok((_, effect)) => {
+                            effects.push(effect);
+                            d.reply.fail(clone_error(&e));
+                        }
                         Err(own) => d.reply.fail(own),
                     }
                 }
                 fail_all(ops.map(|op| op.reply), &e);
-                if io {
-                    self.reopen();
+                // Out of space, the commit never reaches the file. An I/O
+                // error in the commit itself (a failed fsync) may leave it
+                // there after all: the commit count on disk tells, and
+                // memory follows the file. The callers were told it failed
+                // either way: its durability is not known.
+                let reopened = io && self.reopen();
+                let landed = reopened && marker.is_some_and(|n| self.stored_commits() == Some(n));
+                if landed {
+                    tracing::warn!("redb: a commit that reported an I/O error reached the file");
+                    self.queues.committed(&self.shared.index);
+                    for effect in effects {
+                        self.apply_effect(effect);
+                    }
+                } else {
+                    // Nothing of the batch reached memory: its effects and
+                    // totals are dropped with it.
+                    self.queues.aborted();
                 }
             }
         }
         self.shared
             .purge_backlog
             .store(self.garbage.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The commit count on disk (`meta["commits"]`), if it can be read.
+    fn stored_commits(&self) -> Option<u64> {
+        let txn = self.shared.db().ok()?.begin_read().ok()?;
+        let meta = txn.open_table(META).ok()?;
+        Some(meta.get(COMMITS).ok()?.map_or(0, |g| g.value()))
     }
 
     /// A purge alone failed: stop purging rather than retry in a tight
@@ -987,6 +1025,17 @@ impl Writer {
             Command::CancelJob { id, now_ms } => jobs::cancel(t, id, now_ms),
         }
     }
+}
+
+/// The key in `meta` counting commits.
+const COMMITS: &str = "commits";
+
+/// Counts the commit in `meta` (in its own transaction): after an I/O
+/// error in the commit itself, the count on disk tells whether it landed.
+fn mark_commit(t: &mut Tables<'_>) -> std::result::Result<u64, redb::StorageError> {
+    let next = t.meta.get(COMMITS)?.map_or(0, |g| g.value()) + 1;
+    t.meta.insert(COMMITS, next)?;
+    Ok(next)
 }
 
 /// Stores the next version of a function: one more than both the per-name

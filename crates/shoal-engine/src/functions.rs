@@ -42,6 +42,7 @@ impl Deployed {
             },
             network: record.network,
             code_digest: record.code_digest.clone(),
+            env: record.env.clone(),
         };
         Deployed { record, deployment }
     }
@@ -343,6 +344,7 @@ impl Unpacked {
                 }),
             network: m.network,
             code_digest: Some(self.digest.clone()),
+            env: m.env.clone(),
             subscribe: m.subscribe.as_ref().map(|s| SubscriptionRecord {
                 queue: s.queue.clone(),
                 batch_size: s.batch_size,

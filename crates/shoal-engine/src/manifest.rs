@@ -28,6 +28,8 @@ pub struct Manifest {
     pub concurrency_key: Option<(String, u32)>,
     /// `network = "none"` isolates the function from every network.
     pub network: shoal_types::Network,
+    /// `[env]`: environment variables of the function's processes.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// `[subscribe]`: run the function for messages of a queue.
@@ -154,7 +156,10 @@ impl Manifest {
             None => shoal_types::Network::Host,
             Some(n) => shoal_types::Network::parse(n).map_err(|e| format!("shoal.toml: {e}"))?,
         };
+        let env = raw.env.unwrap_or_default();
+        check_env(&env)?;
         Ok(Manifest {
+            env,
             network,
             concurrency_key,
             limiter: raw.limiter,
@@ -189,6 +194,7 @@ struct Raw {
     concurrency_key: Option<String>,
     concurrency_per_key: Option<u32>,
     network: Option<String>,
+    env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +203,45 @@ struct RawSubscribe {
     queue: String,
     batch_size: Option<u32>,
     concurrency: Option<u32>,
+}
+
+/// Variables a function may not set: the node sets them (the scratch
+/// directory, the interpreter's search paths) or they change how programs
+/// are loaded.
+const RESERVED_ENV: &[&str] = &["PATH", "HOME", "TMPDIR", "PWD"];
+const RESERVED_ENV_PREFIXES: &[&str] = &["PYTHON", "LD_", "SHOAL_"];
+
+fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if env.len() > 256 {
+        return Err("shoal.toml: [env] may have at most 256 variables".into());
+    }
+    let mut size = 0;
+    for (name, value) in env {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "shoal.toml: [env] {name:?} is not a variable name; use letters, digits and _, not starting with a digit"
+            ));
+        }
+        if RESERVED_ENV.contains(&name.as_str())
+            || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            return Err(format!(
+                "shoal.toml: [env] {name} is set by the node; choose another name (PATH, HOME, TMPDIR, PWD, PYTHON*, LD_* and SHOAL_* are reserved)"
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!("shoal.toml: [env] {name} contains a NUL byte"));
+        }
+        size += name.len() + value.len();
+    }
+    if size > 64 * 1024 {
+        return Err("shoal.toml: [env] is larger than 64 KiB in all".into());
+    }
+    Ok(())
 }
 
 /// A TOML error with the line it happened on, so the user sees which key.

@@ -25,6 +25,7 @@ fn deployment(name: &str) -> Deployment {
         },
         network: shoal_types::Network::Host,
         code_digest: None,
+        env: Default::default(),
     }
 }
 

@@ -361,6 +361,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str) -> Deployment {
         },
         network: shoal_types::Network::Host,
         code_digest: None,
+        env: Default::default(),
     }
 }
 

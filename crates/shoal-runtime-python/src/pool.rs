@@ -318,6 +318,7 @@ impl Pool {
             scratch,
             cgroups: self.config.cgroups.clone(),
             network: self.deployment.network,
+            env: self.deployment.env.clone(),
             code_dir: self.deployment.code_dir.clone(),
             handler: self.deployment.handler.clone(),
             memory_mb: self.limits.memory_mb,

@@ -29,10 +29,10 @@ use tracing::{debug, warn};
 use shoal_runtime::{Error, HOST_PROTOCOL_VERSION};
 use shoal_types::{Failure, FailureKind};
 
-use crate::lock;
 use crate::cgroup::{Cgroups, WorkerCgroup};
-use shoal_types::Network;
+use crate::lock;
 use crate::protocol::{self, Control, QueryFunctions};
+use shoal_types::Network;
 
 /// Largest control message we accept; the runner stays well below it.
 const CONTROL_BUF: usize = 256 * 1024;
@@ -56,6 +56,8 @@ pub(crate) struct Spec {
     pub cgroups: Option<Arc<Cgroups>>,
     /// `Network::Off` starts the template in an empty network namespace.
     pub network: Network,
+    /// The function's own variables (`[env]`).
+    pub env: std::collections::BTreeMap<String, String>,
     pub code_dir: PathBuf,
     pub handler: String,
     pub memory_mb: u32,
@@ -187,6 +189,7 @@ impl Template {
             // a program needs to find its way around are passed on.
             .env_clear()
             .envs(std::env::vars_os().filter(|(name, _)| passed_on(name)))
+            .envs(&spec.env)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(out_w2))
@@ -348,10 +351,7 @@ impl Template {
                 exit,
                 // Before it runs user code: the worker waits for its first
                 // invocation, which comes after this returns.
-                cgroup: self
-                    .cgroups
-                    .as_ref()
-                    .and_then(|c| c.attach(pid, memory_mb)),
+                cgroup: self.cgroups.as_ref().and_then(|c| c.attach(pid, memory_mb)),
             }),
             Ok(Ok(Err(message))) => Err(ForkError::Failed(message)),
             Ok(Err(_closed)) => Err(ForkError::Dead),

@@ -62,6 +62,9 @@ pub struct Deployment {
     /// refuses to load code whose digest on disk differs. `None` for
     /// versions deployed before digests were recorded.
     pub code_digest: Option<String>,
+    /// Environment variables of its processes (`[env]`), beside the few
+    /// the node sets.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// Awaited by the runtime right before a handler starts on a ready worker:

@@ -95,6 +95,9 @@ pub struct FunctionRecord {
     /// checked when the code is loaded. `None` for older versions.
     #[serde(default)]
     pub code_digest: Option<String>,
+    /// `[env]` of `shoal.toml`: its processes' environment variables.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// `concurrency_key` / `concurrency_per_key` of `shoal.toml`.

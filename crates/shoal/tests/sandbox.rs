@@ -382,3 +382,39 @@ async fn code_changed_on_disk_after_its_deploy_is_not_run() {
         json!("untouched")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_sees_its_own_env_and_none_of_the_nodes() {
+    let node = TestNode::start();
+    let c = node.client();
+    deploy(
+        &c,
+        "name = \"envy\"\n\n[env]\nGREETING = \"hello\"\nAPI_BASE = \"https://example.test/v1\"\n",
+        "import os\n\ndef handler(event, ctx):\n    return dict(os.environ)\n",
+    )
+    .await;
+    let env = c.invoke("envy", "{}").await.unwrap().result.unwrap();
+    assert_eq!(env["GREETING"], json!("hello"), "{env}");
+    assert_eq!(env["API_BASE"], json!("https://example.test/v1"), "{env}");
+    // The node runs with the test harness's variables (CARGO_*, SHOAL_LOG):
+    // none of them reaches the function.
+    let names: Vec<&String> = env.as_object().unwrap().keys().collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("CARGO") && !n.starts_with("SHOAL") && !n.starts_with("RUST")),
+        "{names:?}"
+    );
+    assert_eq!(env["HOME"], env["TMPDIR"], "HOME is the scratch directory");
+    // Reserved names are refused at deploy.
+    let dir = common::function_dir(
+        "name = \"bad-env\"\n\n[env]\nLD_PRELOAD = \"/tmp/evil.so\"\n",
+        "def handler(e, ctx):\n    return 1\n",
+    );
+    let err = c
+        .deploy(shoal_client::pack_dir(dir.path()).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("LD_PRELOAD is set by the node"), "{err}");
+}

@@ -60,6 +60,7 @@ impl Fixture {
             limits,
             network: shoal_types::Network::Host,
             code_digest: None,
+            env: Default::default(),
         }
     }
 }

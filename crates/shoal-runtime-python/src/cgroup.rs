@@ -83,7 +83,10 @@ impl Cgroups {
             std::fs::create_dir_all(&group.memory)?;
             std::fs::write(group.pids.join("pids.max"), MAX_PROCESSES.to_string())?;
             let bytes = memory_mb.saturating_mul(1024 * 1024);
-            std::fs::write(group.memory.join("memory.limit_in_bytes"), bytes.to_string())?;
+            std::fs::write(
+                group.memory.join("memory.limit_in_bytes"),
+                bytes.to_string(),
+            )?;
             let pid = pid.as_raw_pid().to_string();
             std::fs::write(group.pids.join("cgroup.procs"), &pid)?;
             std::fs::write(group.memory.join("cgroup.procs"), &pid)?;

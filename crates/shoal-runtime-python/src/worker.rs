@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use shoal_runtime::{Host, HostCall, HostError};
 use shoal_types::{Failure, FailureKind, Outcome};
 
-use crate::protocol::{self, HEADER, Reply};
 use crate::cgroup::WorkerCgroup;
+use crate::protocol::{self, HEADER, Reply};
 use crate::template::{Exit, NewWorker};
 
 /// How long a timed-out worker gets to hand over its captured logs.

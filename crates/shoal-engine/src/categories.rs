@@ -41,6 +41,8 @@ impl Default for CategoryOptions {
 }
 
 pub const MAX_SHARDS: u32 = 1024;
+/// Most documents in one page of a scan.
+pub const MAX_SCAN: usize = 10_000;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// A category and its per-shard statistics.
@@ -266,7 +268,7 @@ impl Categories {
         limit: usize,
     ) -> Result<(Vec<StoredDoc>, Option<String>)> {
         let record = self.existing(name).await?;
-        let limit = limit.clamp(1, 10_000);
+        crate::queues::check_page_limit(limit, MAX_SCAN)?;
         let (mut shard, mut after) = match cursor {
             None | Some("") => (0, None),
             Some(c) => parse_cursor(c, record.shards)?,

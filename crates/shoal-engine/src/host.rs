@@ -112,7 +112,7 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             .to_string())
         }
         HostCall::JobResults(a) => {
-            let limit = a.limit.unwrap_or(RESULTS_PAGE).min(RESULTS_PAGE);
+            let limit = a.limit.unwrap_or(RESULTS_PAGE);
             let results = engine
                 .jobs
                 .results(&a.job, a.offset, limit)

@@ -355,6 +355,7 @@ impl Jobs {
         offset: u64,
         limit: usize,
     ) -> Result<Vec<ChildResult>> {
+        crate::queues::check_page_limit(limit, crate::queues::MAX_PAGE)?;
         if self.env.backend.jobs.job(id).await?.is_none() {
             return Err(Error::not_found(Entity::Job, id));
         }

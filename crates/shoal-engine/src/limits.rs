@@ -19,6 +19,11 @@ use shoal_types::validate_name;
 use crate::env::Env;
 use crate::error::{Entity, Error, Result};
 
+/// The slowest limiter: one call in 1000 s. Slower rates are refused (a
+/// rate of 1e-300 would never let a call through).
+pub const MIN_PER_SECOND: f64 = 0.001;
+pub const MAX_PER_SECOND: f64 = 1_000_000.0;
+
 /// The limiters of a node: their settings in the store, their state here.
 pub(crate) struct Limiters {
     env: Arc<Env>,
@@ -49,10 +54,12 @@ impl Limiters {
         burst: u32,
     ) -> Result<LimiterRecord> {
         validate_name("limiter name", name)?;
-        if !(per_second > 0.0 && per_second <= 1_000_000.0) {
+        if !(MIN_PER_SECOND..=MAX_PER_SECOND).contains(&per_second) {
             return Err(Error::invalid(
                 "per_second",
-                "must be above 0 and at most 1,000,000",
+                format!(
+                    "must be above 0: at least 0.001 (one call in 1000 s) and at most 1,000,000 (it is {per_second})"
+                ),
             ));
         }
         if !(1..=1_000_000).contains(&burst) {

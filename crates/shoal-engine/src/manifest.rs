@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use shoal_types::{FunctionName, Limits};
 
+/// The shortest delay before a retry (of a function with `retries`, or of
+/// a queue's messages): a zero delay with many retries would spin.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// A validated manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -97,6 +101,11 @@ impl Manifest {
         };
         if retry_delay > Duration::from_secs(3600) {
             return Err("shoal.toml: retry_delay must be at most 1h".to_string());
+        }
+        if retries > 0 && retry_delay < MIN_RETRY_DELAY {
+            return Err(format!(
+                "shoal.toml: retry_delay must be at least 100ms when retries is above 0 (it is {retry_delay:?})"
+            ));
         }
         let subscribe = match raw.subscribe {
             None => None,
@@ -318,12 +327,12 @@ mod tests {
     #[test]
     fn full_manifest() {
         let m = Manifest::parse(
-            "name = \"a\"\nruntime = \"python\"\nhandler = \"pkg.mod:run\"\ntimeout = \"500ms\"\nmemory_mb = 128\nconcurrency = 2\nretries = 50\nretry_delay = \"10ms\"",
+            "name = \"a\"\nruntime = \"python\"\nhandler = \"pkg.mod:run\"\ntimeout = \"500ms\"\nmemory_mb = 128\nconcurrency = 2\nretries = 50\nretry_delay = \"100ms\"",
         )
         .unwrap();
         assert_eq!(m.limits.timeout, Duration::from_millis(500));
         assert_eq!(m.retries, 50);
-        assert_eq!(m.retry_delay, Duration::from_millis(10));
+        assert_eq!(m.retry_delay, Duration::from_millis(100));
         assert_eq!(m.handler, "pkg.mod:run");
     }
 
@@ -335,6 +344,15 @@ mod tests {
             ("name = \"a\"\ntimout = \"5s\"", "unknown field"),
             ("name = \"a\"\ntimeout = \"soon\"", "timeout"),
             ("name = \"a\"\nretries = 101", "retries"),
+            (
+                "name = \"a\"\nretries = 100\nretry_delay = \"0s\"",
+                "at least 100ms",
+            ),
+            (
+                "name = \"a\"\nretries = 1\nretry_delay = \"99ms\"",
+                "at least 100ms",
+            ),
+            ("name = \"a\"\nretry_delay = \"2h\"", "at most 1h"),
             ("name = \"a\"\nconcurrency = 0", "concurrency"),
             ("name = \"a\"\nmemory_mb = 1", "memory_mb"),
             ("name = \"a\"\nhandler = \"main\"", "handler"),

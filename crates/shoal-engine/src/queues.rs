@@ -64,6 +64,20 @@ pub struct QueueHistoryPoint {
 pub const MAX_ATTEMPTS: u32 = 101;
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 pub const MAX_BATCH: usize = 10_000;
+/// Most dead letters (and job results) in one page.
+pub const MAX_PAGE: usize = 1_000;
+
+/// A page's `limit` must be 1 to `max`: a larger one is refused, saying
+/// the maximum, rather than cut down without a word.
+pub(crate) fn check_page_limit(limit: usize, max: usize) -> Result<()> {
+    if !(1..=max).contains(&limit) {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be between 1 and {max} (it is {limit}); page with the cursor for more"),
+        ));
+    }
+    Ok(())
+}
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
@@ -145,6 +159,16 @@ impl Queues {
         }
         if record.retry_delay_ms > 3600 * 1000 {
             return Err(Error::invalid("retry_delay", "must be at most 1h"));
+        }
+        let min_delay = crate::manifest::MIN_RETRY_DELAY.as_millis() as u64;
+        if record.max_attempts > 1 && record.retry_delay_ms < min_delay {
+            return Err(Error::invalid(
+                "retry_delay",
+                format!(
+                    "must be at least 100ms when max_attempts is above 1 (it is {}ms)",
+                    record.retry_delay_ms
+                ),
+            ));
         }
         if record.dedup_window_ms > 24 * 3600 * 1000 {
             return Err(Error::invalid("dedup_window", "must be at most 24h"));
@@ -294,12 +318,13 @@ impl Queues {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
+        check_page_limit(limit, MAX_PAGE)?;
         self.record(name).await?;
         Ok(self
             .env
             .backend
             .queues
-            .dead_letters(name, after, limit.clamp(1, 1000))
+            .dead_letters(name, after, limit)
             .await?)
     }
 

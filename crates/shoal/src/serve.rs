@@ -150,7 +150,9 @@ fn retention(s: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("{s:?} is not a duration; use e.g. 7d, 12h, 30m, or 0s"))?,
     };
     if !d.is_zero() && d < Duration::from_secs(60) {
-        return Err(format!("{s:?} is shorter than a minute; use 1m or more, or 0s to keep records forever"));
+        return Err(format!(
+            "{s:?} is shorter than a minute; use 1m or more, or 0s to keep records forever"
+        ));
     }
     Ok(d)
 }

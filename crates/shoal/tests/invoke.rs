@@ -162,7 +162,7 @@ async fn async_retries_with_backoff_until_success() {
     // Fails on the first two attempts, succeeds on the third.
     deploy(
         &c,
-        "name = \"flaky\"\nretries = 5\nretry_delay = \"50ms\"",
+        "name = \"flaky\"\nretries = 5\nretry_delay = \"100ms\"",
         "def handler(event, ctx):\n    if ctx.attempt < 3:\n        raise RuntimeError(f'attempt {ctx.attempt} fails')\n    return ctx.attempt\n",
     )
     .await;
@@ -175,7 +175,7 @@ async fn async_retries_with_backoff_until_success() {
     // Out of retries: failed, with the last error.
     deploy(
         &c,
-        "name = \"broken\"\nretries = 2\nretry_delay = \"10ms\"",
+        "name = \"broken\"\nretries = 2\nretry_delay = \"100ms\"",
         "def handler(event, ctx):\n    raise ValueError('always')\n",
     )
     .await;

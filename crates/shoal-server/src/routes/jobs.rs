@@ -96,7 +96,7 @@ pub(crate) async fn results(
     params: Result<Query<ResultsParams>, QueryRejection>,
 ) -> Result<Json<JobResults>, ApiError> {
     let Query(p) = params?;
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = p.limit.unwrap_or(100);
     let results = state
         .handle
         .job_results(&id, p.offset.unwrap_or(0), limit)

@@ -142,7 +142,7 @@ pub(crate) async fn dead_letters(
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     let Query(p) = params?;
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = p.limit.unwrap_or(100);
     let dead = state
         .handle
         .dead_letters(&name, p.after.as_deref(), limit)

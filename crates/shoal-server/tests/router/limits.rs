@@ -5,7 +5,7 @@
 
 use shoal_types::Role;
 
-use crate::app::{App, Caller, JSON, check};
+use crate::app::{App, Caller, Case, JSON, TAR, case, check, run_table, tar_of};
 
 const NDJSON: Option<&str> = Some("application/x-ndjson");
 
@@ -161,6 +161,78 @@ async fn metrics_need_a_reader_token_unless_the_node_makes_them_public() {
     let public = App::with_metrics(true).await;
     let r = public
         .call_as(Caller::Nobody, "GET", "/metrics", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// Settings out of their range are refused saying the range, and page
+/// limits above the maximum are refused saying the maximum (never cut
+/// down without a word).
+#[tokio::test]
+async fn out_of_range_settings_and_page_limits_are_400_saying_the_range() {
+    let app = App::seeded().await;
+    let x = "invalid_input";
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        case("PUT", "/v1/limiters/slow", JSON, r#"{"per_second": 1e-300, "burst": 1}"#, 400, x, "must be above 0: at least 0.001 (one call in 1000 s) and at most 1,000,000"),
+        case("PUT", "/v1/limiters/slow", JSON, r#"{"per_second": 0.0009, "burst": 1}"#, 400, x, "at least 0.001"),
+        case("PUT", "/v1/limiters/fast", JSON, r#"{"per_second": 2e6, "burst": 1}"#, 400, x, "at most 1,000,000"),
+        case("PUT", "/v1/queues/spin", JSON, r#"{"max_attempts": 100, "retry_delay": "0s"}"#, 400, x, "must be at least 100ms when max_attempts is above 1"),
+        case("PUT", "/v1/queues/spin", JSON, r#"{"max_attempts": 2, "retry_delay": "99ms"}"#, 400, x, "at least 100ms"),
+        case("GET", "/v1/categories/cat/docs?limit=10001", None, "", 400, x, "must be between 1 and 10000 (it is 10001)"),
+        case("GET", "/v1/categories/cat/docs?limit=0", None, "", 400, x, "must be between 1 and 10000"),
+        case("GET", "/v1/queues/measured/dead-letters?limit=1001", None, "", 400, x, "must be between 1 and 1000 (it is 1001)"),
+        case("GET", "/v1/jobs/01900000-0000-7000-8000-000000000000/results?limit=5000", None, "", 400, x, "must be between 1 and 1000"),
+    ];
+    run_table(&app, "out of range", cases).await;
+    let r = app
+        .call(
+            "POST",
+            "/v1/functions",
+            TAR,
+            tar_of(&[
+                (
+                    "shoal.toml",
+                    "name = \"spin\"\nretries = 100\nretry_delay = \"0s\"",
+                ),
+                ("main.py", "def handler(e, ctx):\n    return e\n"),
+            ]),
+        )
+        .await;
+    check(
+        &r,
+        400,
+        "invalid_function",
+        "retry_delay must be at least 100ms when retries is above 0",
+    )
+    .unwrap();
+
+    // At the edges, accepted.
+    for (path, body) in [
+        ("/v1/limiters/slow", r#"{"per_second": 0.001, "burst": 1}"#),
+        (
+            "/v1/queues/spin",
+            r#"{"max_attempts": 100, "retry_delay": "100ms"}"#,
+        ),
+        (
+            "/v1/queues/once",
+            r#"{"max_attempts": 1, "retry_delay": "0s"}"#,
+        ),
+    ] {
+        let r = app.call("PUT", path, JSON, body.as_bytes().to_vec()).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    let r = app
+        .call("GET", "/v1/categories/cat/docs?limit=10000", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app
+        .call(
+            "GET",
+            "/v1/queues/measured/dead-letters?limit=1000",
+            None,
+            vec![],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }

@@ -28,6 +28,10 @@ pub struct CategoryOptions {
     pub slot_count: u32,
     /// Largest document accepted, in bytes of JSON.
     pub max_doc_bytes: usize,
+    /// Most documents in one write. A write is atomic: it holds all its
+    /// documents in memory until the store commits them, so this (with the
+    /// HTTP layer's byte limit) bounds the memory of one write.
+    pub max_write_docs: usize,
 }
 
 impl Default for CategoryOptions {
@@ -36,6 +40,7 @@ impl Default for CategoryOptions {
             default_shards: 8,
             slot_count: 256,
             max_doc_bytes: 1024 * 1024,
+            max_write_docs: 500_000,
         }
     }
 }
@@ -196,7 +201,19 @@ impl Categories {
     }
 
     /// Writes documents atomically; returns their ids in request order.
-    pub(crate) async fn write(&self, name: &str, docs: Vec<NewDoc>) -> Result<Vec<String>> {
+    ///
+    /// Memory: the documents are held once (moved, never copied) until the
+    /// store commits them; besides their JSON a write costs about 250 bytes
+    /// per document (id, generated or given, the store's write list and the
+    /// returned id), hence the cap on documents per write.
+    pub(crate) async fn write(&self, name: &str, mut docs: Vec<NewDoc>) -> Result<Vec<String>> {
+        let max_docs = self.env.opts.categories.max_write_docs;
+        if docs.len() > max_docs {
+            return Err(Error::TooLarge(format!(
+                "a write may hold at most {max_docs} documents, not {}; split it into several writes",
+                docs.len()
+            )));
+        }
         let max = self.env.opts.categories.max_doc_bytes;
         for (i, d) in docs.iter().enumerate() {
             if d.body.len() > max {
@@ -212,7 +229,13 @@ impl Categories {
         let record = self.ensure(name).await?;
         let mut ids = Vec::with_capacity(docs.len());
         let mut writes = Vec::with_capacity(docs.len());
-        for d in docs {
+        // Drained from the back and shrunk as it goes, so the request's list
+        // and the store's are not both whole at once.
+        docs.reverse();
+        while let Some(d) = docs.pop() {
+            if docs.capacity() > 1024 && docs.len() < docs.capacity() / 4 {
+                docs.shrink_to(docs.len() * 2);
+            }
             let id = d.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             writes.push(DocWrite {
                 shard: shard_of(&id, record.shards),

@@ -4,8 +4,9 @@
 //! field is taken when it is a string or an integer.
 //!
 //! Memory stays bounded by the documents themselves: the body is never held
-//! whole, and a document over the size limit is refused as soon as it grows
-//! past it.
+//! whole, each document is kept in a buffer of its exact size, a document
+//! over the size limit is refused as soon as it grows past it, and a body
+//! with more documents than the limit is refused at the first one too many.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -19,6 +20,8 @@ pub(crate) enum SplitError {
     Invalid(String),
     /// Document number `index` (0-based) is larger than the limit.
     TooLarge { index: usize, limit: usize },
+    /// More than `limit` documents.
+    TooMany { limit: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,7 @@ enum Mode {
 pub(crate) struct DocSplitter {
     mode: Mode,
     max_doc_bytes: usize,
+    max_docs: usize,
     /// Bytes of the value being read; empty between values.
     cur: Vec<u8>,
     depth: u32,
@@ -64,10 +68,11 @@ enum IdField {
 }
 
 impl DocSplitter {
-    pub(crate) fn new(max_doc_bytes: usize) -> DocSplitter {
+    pub(crate) fn new(max_doc_bytes: usize, max_docs: usize) -> DocSplitter {
         DocSplitter {
             mode: Mode::Start,
             max_doc_bytes,
+            max_docs,
             cur: Vec::new(),
             depth: 0,
             in_str: false,
@@ -108,7 +113,10 @@ impl DocSplitter {
             Mode::Array { .. } => Err(SplitError::Invalid(
                 "the JSON array is not closed with `]`".into(),
             )),
-            _ => Ok(self.docs),
+            _ => {
+                self.docs.shrink_to_fit();
+                Ok(self.docs)
+            }
         }
     }
 
@@ -226,7 +234,19 @@ impl DocSplitter {
 
     /// The current value is complete: check it and keep it.
     fn complete(&mut self) -> Result<(), SplitError> {
-        let body = std::mem::take(&mut self.cur);
+        if self.docs.len() >= self.max_docs {
+            return Err(SplitError::TooMany {
+                limit: self.max_docs,
+            });
+        }
+        // A copy of its exact size: the buffer grew by doubling, and a
+        // write keeps every document until it commits.
+        let body = self.cur.as_slice().to_vec();
+        if self.cur.capacity() > 64 * 1024 {
+            self.cur = Vec::new();
+        } else {
+            self.cur.clear();
+        }
         self.depth = 0;
         self.in_str = false;
         self.esc = false;
@@ -312,7 +332,7 @@ mod tests {
     use super::*;
 
     fn split(body: &str, chunk: usize) -> Result<Vec<(Option<String>, String)>, SplitError> {
-        let mut s = DocSplitter::new(1000);
+        let mut s = DocSplitter::new(1000, 100);
         for c in body.as_bytes().chunks(chunk.max(1)) {
             s.feed(c)?;
         }
@@ -384,7 +404,7 @@ mod tests {
         };
         assert!(m.starts_with("document 1 nests"), "{m}");
 
-        let mut s = DocSplitter::new(1000);
+        let mut s = DocSplitter::new(1000, 100);
         let r = s.feed(b"{\"a\": \"ok\"}\n{\"a\": \"\xff\xfe\"}\n");
         assert_eq!(
             r,
@@ -396,7 +416,7 @@ mod tests {
 
     #[test]
     fn refuses_oversized_documents_early() {
-        let mut s = DocSplitter::new(10);
+        let mut s = DocSplitter::new(10, 100);
         s.feed(b"[{\"a\": 1}, ").unwrap();
         let err = s.feed(b"{\"a\": \"0123456789\"}]").unwrap_err();
         assert_eq!(
@@ -406,5 +426,27 @@ mod tests {
                 limit: 10
             }
         );
+    }
+
+    #[test]
+    fn refuses_too_many_documents_at_the_first_one_over() {
+        let mut s = DocSplitter::new(100, 3);
+        s.feed(b"1\n2\n3\n").unwrap();
+        assert_eq!(
+            s.feed(b"4\n").unwrap_err(),
+            SplitError::TooMany { limit: 3 }
+        );
+        let mut s = DocSplitter::new(100, 3);
+        s.feed(b"[1, 2, 3]").unwrap();
+        assert_eq!(s.finish().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn bodies_are_kept_at_their_exact_size() {
+        let mut s = DocSplitter::new(1000, 10);
+        s.feed(b"{\"id\": \"a\", \"x\": \"0123456789012345678\"}\n")
+            .unwrap();
+        let docs = s.finish().unwrap();
+        assert_eq!(docs[0].body.capacity(), docs[0].body.len());
     }
 }

@@ -48,7 +48,7 @@ pub struct Conn {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Deploy a function directory (with shoal.toml) as a new version.
     Deploy { dir: PathBuf },
     /// Invoke a function with a JSON event (argument, `-` for stdin, default `{}`).
@@ -248,7 +248,7 @@ pub enum TokensCommand {
 pub async fn run(args: Args) -> Result<()> {
     let conn = args.conn;
     let command = match args.command {
-        Command::Serve(s) => return serve::run(s).await,
+        Command::Serve(s) => return serve::run(*s).await,
         other => other,
     };
     let client = connect(&conn)?;

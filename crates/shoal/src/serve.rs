@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// Largest document write (one request), in bytes.
     #[arg(long, env = "SHOAL_MAX_WRITE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_write_bytes: usize,
+    /// Most documents in one write (one request). A write is atomic, so the
+    /// node holds its documents until it commits (~250 bytes each besides
+    /// their JSON).
+    #[arg(long, env = "SHOAL_MAX_WRITE_DOCS", default_value_t = 500_000)]
+    pub max_write_docs: usize,
     /// Largest single document, in bytes.
     #[arg(long, env = "SHOAL_MAX_DOC_BYTES", default_value_t = 1024 * 1024)]
     pub max_doc_bytes: usize,
@@ -255,6 +260,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mut engine_opts = shoal_engine::Options::new(data_dir.clone());
     engine_opts.categories.default_shards = args.shards;
     engine_opts.categories.max_doc_bytes = args.max_doc_bytes;
+    engine_opts.categories.max_write_docs = args.max_write_docs;
     engine_opts.sample_interval = args.queue_sample_interval;
     if args.max_queue_messages == 0 || args.max_job_children == 0 {
         anyhow::bail!("--max-queue-messages and --max-job-children must be at least 1");

@@ -58,6 +58,27 @@ async fn a_30_mb_ndjson_write_keeps_the_node_small() {
     assert!(peak < 300 << 20, "peak RSS {} MiB", peak >> 20);
     let cat = c.category("big").await.unwrap();
     assert_eq!(cat.docs, lines);
+
+    // 30 MB of the smallest documents (~3.9 million): a write holds its
+    // documents until it commits, so more than --max-write-docs is refused
+    // as soon as the body passes the limit, and nothing is written.
+    let tiny = b"{\"a\":1}\n".repeat(30 * 1024 * 1024 / 8);
+    let err = c
+        .write_docs("tiny", tiny, true, false)
+        .await
+        .expect_err("3.9 million documents in one write");
+    assert_eq!(err.status(), Some(413), "{err}");
+    assert!(err.to_string().contains("500000 documents"), "{err}");
+    // A write at the limit: half a million documents.
+    let most = b"{\"a\":1}\n".repeat(500_000);
+    let written = c.write_docs("tiny", most, true, false).await.unwrap();
+    assert_eq!(written.written, 500_000);
+    let peak = peak_rss(node.pid());
+    eprintln!(
+        "then 30 MB of tiny documents (refused) and 500,000 tiny documents: node peak RSS {} MiB",
+        peak >> 20
+    );
+    assert!(peak < 300 << 20, "peak RSS {} MiB", peak >> 20);
 }
 
 fn addr(node: &TestNode) -> SocketAddr {

@@ -113,8 +113,8 @@ pub(crate) async fn write(
 
 async fn read_docs(state: &AppState, body: Body) -> Result<Vec<NewDoc>, ApiError> {
     let limit = state.max_write_bytes;
-    let max_doc = state.handle.category_options().max_doc_bytes;
-    let mut splitter = DocSplitter::new(max_doc);
+    let opts = state.handle.category_options();
+    let mut splitter = DocSplitter::new(opts.max_doc_bytes, opts.max_write_docs);
     let mut seen = 0usize;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -147,6 +147,13 @@ async fn read_docs(state: &AppState, body: Body) -> Result<Vec<NewDoc>, ApiError
 fn split_error(e: SplitError) -> ApiError {
     match e {
         SplitError::Invalid(m) => ApiError::invalid(m),
+        SplitError::TooMany { limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "a document write may hold at most {limit} documents; split it into several requests (each is atomic); nothing was written"
+            ),
+        ),
         SplitError::TooLarge { index, limit } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::DocumentTooLarge,
@@ -250,7 +257,8 @@ pub(crate) async fn put_doc(
 ) -> Result<Json<Written>, ApiError> {
     check_json_content_type(&headers)?;
     let body = body?;
-    let mut splitter = DocSplitter::new(state.handle.category_options().max_doc_bytes);
+    // The body is whole already; the splitter keeps up to all of it.
+    let mut splitter = DocSplitter::new(state.handle.category_options().max_doc_bytes, usize::MAX);
     splitter.feed(&body).map_err(split_error)?;
     let mut docs = splitter.finish().map_err(split_error)?;
     if docs.len() != 1 {

@@ -4,6 +4,7 @@
 //! row per case.
 
 mod app;
+mod edge;
 mod errors;
 mod invocations;
 mod limits;

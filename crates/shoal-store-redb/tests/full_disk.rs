@@ -4,8 +4,9 @@
 //! with `Error::Full` (fast, without touching the disk), the store reports
 //! itself full, every acknowledged document is still there, and what the
 //! store keeps in memory (queue depth and totals) matches the disk. Once the
-//! filler is deleted, writes succeed again in the same process, and a
-//! re-open finds exactly what was acknowledged.
+//! filler is deleted, the store says it is healthy again (while idle),
+//! writes succeed again in the same process, and a re-open finds exactly
+//! what was acknowledged.
 
 use std::path::Path;
 use std::process::Command;
@@ -114,9 +115,14 @@ async fn child(dir: &Path) {
     all_there(&store, acked).await;
     assert!(matches!(store.health(), StoreHealth::Full(_)));
 
-    // Free space: writes succeed again, without a restart.
+    // Free space: the store sees it while idle (no write needed to say
+    // so), and writes succeed again, without a restart.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    while store.health() != StoreHealth::Ok {
+        assert!(Instant::now() < deadline, "still full after freeing space");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     loop {
         match store.put_docs("c", batch(acked)).await {
             Ok(()) => break,

@@ -333,6 +333,15 @@ async fn a_query_whose_client_goes_away_stops_within_a_second() {
             assert!(Instant::now() < deadline, "the query never started");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // /healthz answers while the query runs.
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| raw_request(addr(&node), HEALTHZ).2)
+            .collect();
+        times.sort();
+        assert!(
+            times[2] < Duration::from_millis(50),
+            "/healthz during a query: {times:?}"
+        );
         drop(q);
         let dropped = Instant::now();
         // The trace stops growing within a second.
@@ -365,4 +374,50 @@ async fn a_query_whose_client_goes_away_stops_within_a_second() {
     let line = q.next_line().await.unwrap().expect("a line");
     let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v["done"]["result"], 2, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_query_output_read_slowly_holds_little_in_the_node() {
+    let node = TestNode::start();
+    let c = node.client();
+    // 20,000 documents, each mapped to 10 KB: 200 MB of output.
+    deploy(
+        &c,
+        "name = \"wide\"",
+        "def map(doc):\n    return 'x' * 10000\n",
+    )
+    .await;
+    let mut body = Vec::new();
+    for i in 0..20_000 {
+        body.extend_from_slice(format!("{{\"id\": \"d{i:05}\"}}\n").as_bytes());
+    }
+    c.write_docs("wide", body, true, false).await.unwrap();
+    let before = peak_rss(node.pid());
+    let mut q = c.query("wide", "wide", false, false).await.unwrap();
+    // The client stalls: the node must not buffer the output meanwhile.
+    let first = q.next_line().await.unwrap().expect("a value");
+    assert!(first.len() > 10_000);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stalled = peak_rss(node.pid());
+    // Then reads it all.
+    let mut values = 1u64;
+    let mut last = Vec::new();
+    while let Some(line) = q.next_line().await.unwrap() {
+        if line.starts_with(b"{\"value\"") {
+            values += 1;
+        } else {
+            last = line;
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(&last).unwrap();
+    assert_eq!(v["done"]["values"], 20_000, "{v}");
+    assert_eq!(values, 20_000);
+    let peak = peak_rss(node.pid());
+    eprintln!(
+        "200 MB of query output: node peak RSS {} MiB before, {} MiB while the client stalled, {} MiB after reading it all",
+        before >> 20,
+        stalled >> 20,
+        peak >> 20
+    );
+    assert!(peak < before + (100 << 20), "peak {} MiB", peak >> 20);
 }

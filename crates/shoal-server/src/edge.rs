@@ -218,6 +218,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) {
+    let _open = OpenConnection::new();
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -261,6 +262,22 @@ async fn connection(
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = state.head.notified() => {}
         }
+    }
+}
+
+/// Counts a served connection in `shoal_http_connections` while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> OpenConnection {
+        metrics::gauge!("shoal_http_connections").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("shoal_http_connections").decrement(1.0);
     }
 }
 

@@ -16,7 +16,7 @@ pub use shoal_protocol as protocol;
 use shoal_protocol::{
     ARCHIVE_CONTENT_TYPE, Accepted, CreateToken, CreatedToken, Deleted, ErrorBody, ErrorCode,
     FUNCTION_ERROR_HEADER, FunctionFailure, FunctionList, FunctionView, Health,
-    INVOCATION_ID_HEADER, InvocationView, LogsView, TokenList,
+    INVOCATION_ID_HEADER, InvocationView, LogsView, SecretList, SecretView, SetSecret, TokenList,
 };
 use shoal_protocol::{
     CategoryList, CategoryView, Count, CreateCategory, DeadLetterPage, DeadLetterSelection,
@@ -484,6 +484,37 @@ impl Client {
             path += &format!("?since={s}");
         }
         self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    // ---- secrets ----
+
+    /// Sets a secret; the answer never carries the value.
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<SecretView> {
+        let req = SetSecret {
+            value: value.to_string(),
+        };
+        self.json(
+            Method::PUT,
+            &format!("/v1/secrets/{}", seg(name)),
+            Some(&req),
+        )
+        .await
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretView>> {
+        let list: SecretList = self.json(Method::GET, "/v1/secrets", None::<&()>).await?;
+        Ok(list.secrets)
+    }
+
+    pub async fn remove_secret(&self, name: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/secrets/{}", seg(name)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
     }
 
     // ---- rate limiters ----

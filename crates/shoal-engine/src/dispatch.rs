@@ -182,7 +182,7 @@ impl Dispatcher {
         self.live.set(record.clone(), None);
         let (request, _) = self.request(&record, &d);
         let response = match self.env.runtime.invoke(&d.deployment, request).await {
-            Ok(r) => r,
+            Ok(r) => redact(&d, r),
             Err(e) => {
                 self.live.remove(&id);
                 return Err(e.into());
@@ -651,7 +651,7 @@ impl Dispatcher {
         match result {
             Ok(r) => {
                 record.handed_to = handoff.lock().unwrap().take();
-                Some(r)
+                Some(redact(d, r))
             }
             Err(e) => {
                 self.live.remove(&record.id);
@@ -875,6 +875,47 @@ impl Gate for TokenGate {
         let limiter = self.limiter.clone();
         Box::pin(async move { limiters.acquire(&limiter).await })
     }
+}
+
+/// A response with the values of the function's secrets taken out of its
+/// result, error and logs, before anything is stored or answered.
+fn redact(d: &Deployed, mut r: Response) -> Response {
+    if d.record.secrets.is_empty() {
+        return r;
+    }
+    let values: Vec<&str> = d
+        .record
+        .secrets
+        .iter()
+        .filter_map(|name| d.deployment.env.get(name).map(String::as_str))
+        .collect();
+    let hide = |text: &mut String| {
+        if let Some(clean) = crate::secrets::redact(text, &values) {
+            *text = clean;
+        }
+    };
+    match &mut r.outcome {
+        Outcome::Succeeded(json) => {
+            if let Some(clean) = crate::secrets::redact(json, &values) {
+                // Still JSON (a value inside a string), or said instead.
+                *json = if serde_json::from_str::<serde_json::Value>(&clean).is_ok() {
+                    clean
+                } else {
+                    "\"*** (the result held a secret's value and was withheld)\"".into()
+                };
+            }
+        }
+        Outcome::Failed(f) => {
+            hide(&mut f.message);
+            if let Some(t) = &mut f.traceback {
+                hide(t);
+            }
+        }
+    }
+    if let Some(clean) = crate::secrets::redact(&String::from_utf8_lossy(&r.logs), &values) {
+        r.logs = clean.into_bytes();
+    }
+    r
 }
 
 fn metrics(d: &Deployed, mode: InvocationMode, r: &Response) {

@@ -39,6 +39,7 @@ use crate::invocation::queue_name;
 use crate::jobs::{JobSpec, JobView, Jobs};
 use crate::limits::Limiters;
 use crate::queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Queues};
+use crate::secrets::{SecretInfo, Secrets};
 
 /// The engine. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
@@ -48,6 +49,7 @@ pub struct Handle {
     limiters: Arc<Limiters>,
     dispatcher: Arc<Dispatcher>,
     tokens: Arc<Tokens>,
+    secrets: Arc<Secrets>,
 }
 
 /// What the engine is built from. The binary passes the real store and
@@ -95,7 +97,8 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         tasks: Tasks::new(parts.shutdown),
     });
     let consumers = Arc::new(Consumers::default());
-    let functions = Arc::new(Functions::new(env.clone()));
+    let secrets = Arc::new(Secrets::new(env.opts.data_dir.clone()));
+    let functions = Arc::new(Functions::new(env.clone(), secrets.clone()));
     let limiters = Arc::new(Limiters::new(env.clone()));
     let jobs = Arc::new(Jobs::new(env.clone(), functions.clone(), consumers.clone()));
     let queues = Arc::new(Queues::new(
@@ -114,6 +117,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         categories,
     ));
     let handle = Handle {
+        secrets,
         tokens: Arc::new(Tokens::new(env.clone())),
         env,
         functions,
@@ -362,6 +366,32 @@ impl Handle {
     /// Cancels a job and the jobs below it.
     pub async fn cancel_job(&self, id: &str) -> Result<()> {
         self.dispatcher.jobs.cancel(id).await
+    }
+
+    // ---- secrets ----
+
+    /// Sets a secret; functions naming it get the new value from their next
+    /// cold start (their warm workers are retired now).
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<()> {
+        self.secrets.set(name, value, self.env.now_ms())?;
+        for old in self.functions.refresh_secret(name) {
+            self.env.runtime.retire(&old.deployment.key);
+        }
+        Ok(())
+    }
+
+    /// The secrets' names (never their values).
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.secrets.list()
+    }
+
+    /// Removes a secret that no function names.
+    pub async fn remove_secret(&self, name: &str) -> Result<()> {
+        crate::secrets::check_name(name)?;
+        let secrets = self.secrets.clone();
+        self.functions
+            .unless_secret_used(name, || secrets.remove(name))
+            .await
     }
 
     // ---- limiters ----

@@ -22,6 +22,7 @@ pub enum Entity {
     Queue,
     Limiter,
     Job,
+    Secret,
 }
 
 impl Entity {
@@ -35,6 +36,7 @@ impl Entity {
             Entity::Queue => "queue",
             Entity::Limiter => "limiter",
             Entity::Job => "job",
+            Entity::Secret => "secret",
         }
     }
 }
@@ -54,6 +56,8 @@ pub enum Conflict {
     QueueTaken,
     /// The limiter to remove is still named by a function.
     LimiterInUse,
+    /// The secret to remove is still named by a function.
+    SecretInUse,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

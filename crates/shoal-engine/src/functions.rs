@@ -20,6 +20,7 @@ use shoal_types::{FunctionName, Limits};
 use crate::env::Env;
 use crate::error::{Conflict, Entity, Error, Result};
 use crate::manifest::Manifest;
+use crate::secrets::Secrets;
 
 /// A function version ready to run.
 #[derive(Debug, Clone)]
@@ -61,6 +62,7 @@ impl Deployed {
 /// limiter cannot be removed while a deploy that names it is under way.
 pub(crate) struct Functions {
     env: Arc<Env>,
+    secrets: Arc<Secrets>,
     registry: RwLock<Registry>,
     rules: tokio::sync::Mutex<()>,
 }
@@ -86,9 +88,10 @@ pub(crate) struct DeployedNow {
 }
 
 impl Functions {
-    pub(crate) fn new(env: Arc<Env>) -> Functions {
+    pub(crate) fn new(env: Arc<Env>, secrets: Arc<Secrets>) -> Functions {
         Functions {
             env,
+            secrets,
             registry: RwLock::new(Registry::default()),
             rules: tokio::sync::Mutex::new(()),
         }
@@ -100,7 +103,7 @@ impl Functions {
         let mut registry = self.registry.write().unwrap();
         let mut out = Vec::with_capacity(records.len());
         for record in records {
-            let d = Arc::new(Deployed::from_record(&self.env.opts.data_dir, record));
+            let d = self.deployed(record);
             registry.insert_version(d.clone());
             registry.latest.insert(d.record.name.clone(), d.clone());
             out.push(d);
@@ -145,6 +148,15 @@ impl Functions {
                 "shoal.toml names limiter `{l}`, which does not exist; create it first with `shoal limiters set {l} --per-second N`"
             )));
         }
+        if let Some(missing) = record
+            .secrets
+            .iter()
+            .find(|s| self.secrets.values(std::slice::from_ref(*s)).is_err())
+        {
+            return Err(Error::InvalidFunction(format!(
+                "shoal.toml names secret `{missing}`, which does not exist; set it first with `shoal secrets set {missing}`"
+            )));
+        }
         if let Some(sub) = &record.subscribe
             && let Some(other) = self.subscriber_of(&sub.queue)
             && other.record.name != record.name
@@ -165,13 +177,83 @@ impl Functions {
             .catalog
             .deploy_function(record.clone())
             .await?;
-        let current = Arc::new(Deployed::from_record(&self.env.opts.data_dir, record));
+        let current = self.deployed(record);
         let mut registry = self.registry.write().unwrap();
         registry.insert_version(current.clone());
         let previous = registry
             .latest
             .insert(current.record.name.clone(), current.clone());
         Ok(DeployedNow { current, previous })
+    }
+
+    /// A version ready to run: its record, with the values of the secrets
+    /// it names in its environment.
+    fn deployed(&self, record: FunctionRecord) -> Arc<Deployed> {
+        let mut d = Deployed::from_record(&self.env.opts.data_dir, record);
+        match self.secrets.values(&d.record.secrets) {
+            Ok(values) => d.deployment.env.extend(values),
+            Err(e) => tracing::warn!(
+                function = %d.record.name,
+                error = %e,
+                "A secret the function names cannot be read; it runs without it."
+            ),
+        }
+        Arc::new(d)
+    }
+
+    /// After a secret changed: every version that names it, rebuilt with the
+    /// new value. Returns the versions replaced, to retire their workers
+    /// (which hold the old value in their environment).
+    pub(crate) fn refresh_secret(&self, name: &str) -> Vec<Arc<Deployed>> {
+        let mut registry = self.registry.write().unwrap();
+        let stale: Vec<Arc<Deployed>> = registry
+            .versions
+            .values()
+            .filter(|d| d.record.secrets.iter().any(|s| s == name))
+            .cloned()
+            .collect();
+        for old in &stale {
+            let fresh = self.deployed(old.record.clone());
+            let is_latest = registry
+                .latest
+                .get(&old.record.name)
+                .is_some_and(|l| Arc::ptr_eq(l, old));
+            registry.insert_version(fresh.clone());
+            if is_latest {
+                registry.latest.insert(fresh.record.name.clone(), fresh);
+            }
+        }
+        stale
+    }
+
+    /// Runs `remove` unless a deployed function names the secret; deploys
+    /// wait meanwhile.
+    pub(crate) async fn unless_secret_used<T>(
+        &self,
+        secret: &str,
+        remove: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let _rules = self.rules.lock().await;
+        let mut users: Vec<String> = self
+            .registry
+            .read()
+            .unwrap()
+            .latest
+            .values()
+            .filter(|d| d.record.secrets.iter().any(|s| s == secret))
+            .map(|d| d.record.name.to_string())
+            .collect();
+        users.sort();
+        if !users.is_empty() {
+            return Err(Error::conflict(
+                Conflict::SecretInUse,
+                format!(
+                    "secret `{secret}` is used by {}; change their shoal.toml first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        remove()
     }
 
     /// Removes a function and all its versions; returns the versions it had,
@@ -238,7 +320,7 @@ impl Functions {
         else {
             return Ok(None);
         };
-        let d = Arc::new(Deployed::from_record(&self.env.opts.data_dir, record));
+        let d = self.deployed(record);
         self.registry.write().unwrap().insert_version(d.clone());
         Ok(Some(d))
     }
@@ -345,6 +427,7 @@ impl Unpacked {
             network: m.network,
             code_digest: Some(self.digest.clone()),
             env: m.env.clone(),
+            secrets: m.secrets.clone(),
             subscribe: m.subscribe.as_ref().map(|s| SubscriptionRecord {
                 queue: s.queue.clone(),
                 batch_size: s.batch_size,

@@ -21,6 +21,7 @@ mod limits;
 pub mod manifest;
 mod queues;
 mod retention;
+mod secrets;
 
 pub use auth::{SECRET_PREFIX, Token};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
@@ -32,6 +33,7 @@ pub use error::{Conflict, Entity, Error, Result};
 pub use functions::Deployed;
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings};
+pub use secrets::SecretInfo;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
     CategoryRecord, ChildResult, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord,

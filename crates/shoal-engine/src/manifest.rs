@@ -34,6 +34,8 @@ pub struct Manifest {
     pub network: shoal_types::Network,
     /// `[env]`: environment variables of the function's processes.
     pub env: std::collections::BTreeMap<String, String>,
+    /// `secrets = ["NAME"]`: secrets it gets as environment variables.
+    pub secrets: Vec<String>,
 }
 
 /// `[subscribe]`: run the function for messages of a queue.
@@ -167,7 +169,22 @@ impl Manifest {
         };
         let env = raw.env.unwrap_or_default();
         check_env(&env)?;
+        let mut secrets = raw.secrets.unwrap_or_default();
+        secrets.sort();
+        secrets.dedup();
+        for s in &secrets {
+            crate::secrets::check_name(s).map_err(|e| format!("shoal.toml: secrets: {e}"))?;
+            if env.contains_key(s) {
+                return Err(format!(
+                    "shoal.toml: {s} is both in [env] and in secrets; keep one"
+                ));
+            }
+        }
+        if secrets.len() > 64 {
+            return Err("shoal.toml: a function may name at most 64 secrets".into());
+        }
         Ok(Manifest {
+            secrets,
             env,
             network,
             concurrency_key,
@@ -204,6 +221,7 @@ struct Raw {
     concurrency_per_key: Option<u32>,
     network: Option<String>,
     env: Option<std::collections::BTreeMap<String, String>>,
+    secrets: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

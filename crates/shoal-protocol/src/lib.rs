@@ -49,8 +49,11 @@ pub enum ErrorCode {
     QueueNotFound,
     LimiterNotFound,
     JobNotFound,
+    SecretNotFound,
     /// The limiter is still used by functions.
     LimiterInUse,
+    /// The secret is still named by functions.
+    SecretInUse,
     /// The queue already feeds another function.
     QueueTaken,
     /// A category with that name exists already.
@@ -649,4 +652,25 @@ pub struct LimiterView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LimiterList {
     pub limiters: Vec<LimiterView>,
+}
+
+/// `PUT /v1/secrets/{name}`: set a secret (functions naming it in
+/// `secrets = [...]` get it as an environment variable).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSecret {
+    /// The value, 1 byte to 64 KiB. Never shown again.
+    pub value: String,
+}
+
+/// A secret as listed: its name, never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretView {
+    pub name: String,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretView>,
 }

@@ -332,7 +332,7 @@ impl Pool {
         }
         match Template::start(&spec, self.limits.timeout.max(MIN_LOAD_TIMEOUT)).await? {
             Started::Ready(template) => {
-                let template = Arc::new(template);
+                let template = Arc::new(*template);
                 lock(&self.state).template = Some(template.clone());
                 Ok(Ok(template))
             }

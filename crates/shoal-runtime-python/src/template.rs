@@ -67,7 +67,7 @@ pub(crate) struct Spec {
 
 /// The outcome of starting a template.
 pub(crate) enum Started {
-    Ready(Template),
+    Ready(Box<Template>),
     /// Importing the function failed; the process is gone.
     LoadFailed {
         failure: Failure,
@@ -273,7 +273,7 @@ impl Template {
                     message: e.message,
                     traceback: e.traceback.filter(|t| !t.is_empty()),
                 });
-                Ok(Started::Ready(Template {
+                Ok(Started::Ready(Box::new(Template {
                     pid,
                     handler_error,
                     functions: msg.query.unwrap_or_default(),
@@ -282,7 +282,7 @@ impl Template {
                     cgroups: spec.cgroups.clone(),
                     reader,
                     _child: child,
-                }))
+                })))
             }
             "load_failed" => {
                 let _ = rustix::process::kill_process_group(pid, Signal::KILL);

@@ -61,6 +61,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Queue => ErrorCode::QueueNotFound,
                 Entity::Limiter => ErrorCode::LimiterNotFound,
                 Entity::Job => ErrorCode::JobNotFound,
+                Entity::Secret => ErrorCode::SecretNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {
@@ -74,6 +75,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::CategoryExists => ErrorCode::CategoryExists,
                 Conflict::QueueTaken => ErrorCode::QueueTaken,
                 Conflict::LimiterInUse => ErrorCode::LimiterInUse,
+                Conflict::SecretInUse => ErrorCode::SecretInUse,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

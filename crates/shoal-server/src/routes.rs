@@ -7,4 +7,5 @@ pub(crate) mod invocations;
 pub(crate) mod jobs;
 pub(crate) mod limiters;
 pub(crate) mod queues;
+pub(crate) mod secrets;
 pub(crate) mod tokens;

@@ -98,6 +98,9 @@ pub struct FunctionRecord {
     /// `[env]` of `shoal.toml`: its processes' environment variables.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// The secrets it gets as environment variables (names only).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// `concurrency_key` / `concurrency_per_key` of `shoal.toml`.

@@ -109,6 +109,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<LimitersCommand>,
     },
+    /// Secrets functions get as environment variables (admin): set (the
+    /// value from stdin or --file), list (names only), rm.
+    Secrets {
+        #[command(subcommand)]
+        command: Option<SecretsCommand>,
+    },
     /// Manage API tokens (admin).
     Tokens {
         #[command(subcommand)]
@@ -227,6 +233,20 @@ pub enum LimitersCommand {
         burst: Option<u32>,
     },
     /// Remove a limiter no function uses.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Set a secret. The value is read from stdin (or --file), never from
+    /// the command line, where other users could see it.
+    Set {
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Remove a secret no function names.
     Rm { name: String },
 }
 
@@ -471,6 +491,47 @@ pub async fn run(args: Args) -> Result<()> {
             client.remove_limiter(&name).await?;
             out.print(&serde_json::json!({"deleted": true}), || {
                 format!("Removed limiter {name}.")
+            });
+        }
+        Command::Secrets { command: None } => {
+            let ls = client.secrets().await?;
+            out.print(&ls, || {
+                let mut s = String::from("NAME");
+                for l in &ls {
+                    s += &format!("\n{}", l.name);
+                }
+                s
+            });
+        }
+        Command::Secrets {
+            command: Some(SecretsCommand::Set { name, file }),
+        } => {
+            let raw = match &file {
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("reading the secret from {}", path.display()))?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .context("reading the secret from stdin")?;
+                    buf
+                }
+            };
+            let value = String::from_utf8(raw)
+                .map_err(|_| anyhow::anyhow!("the secret must be UTF-8 text"))?;
+            // One trailing newline (from `echo` or an editor) is not part of it.
+            let value = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value);
+            let s = client.set_secret(&name, value).await?;
+            out.print(&s, || format!("Secret {} set.", s.name));
+        }
+        Command::Secrets {
+            command: Some(SecretsCommand::Rm { name }),
+        } => {
+            client.remove_secret(&name).await?;
+            out.print(&serde_json::json!({"deleted": true}), || {
+                format!("Removed secret {name}.")
             });
         }
         Command::Tokens { command } => match command {

@@ -60,6 +60,9 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/limiters", Some(Role::Reader)),
     ("PUT", "/v1/limiters/{name}", Some(Role::Developer)),
     ("DELETE", "/v1/limiters/{name}", Some(Role::Developer)),
+    ("GET", "/v1/secrets", Some(Role::Admin)),
+    ("PUT", "/v1/secrets/{name}", Some(Role::Admin)),
+    ("DELETE", "/v1/secrets/{name}", Some(Role::Admin)),
     ("POST", "/v1/jobs", Some(Role::Invoker)),
     ("GET", "/v1/jobs/{id}", Some(Role::Reader)),
     ("GET", "/v1/jobs/{id}/results", Some(Role::Reader)),
@@ -104,7 +107,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 38);
+    assert_eq!(listed.len(), 41);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -26,6 +26,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Queue => ErrorCode::QueueNotFound,
                 Entity::Limiter => ErrorCode::LimiterNotFound,
                 Entity::Job => ErrorCode::JobNotFound,
+                Entity::Secret => ErrorCode::SecretNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -38,6 +39,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::CategoryExists => ErrorCode::CategoryExists,
                 Conflict::QueueTaken => ErrorCode::QueueTaken,
                 Conflict::LimiterInUse => ErrorCode::LimiterInUse,
+                Conflict::SecretInUse => ErrorCode::SecretInUse,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -48,7 +50,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
     }
 }
 
-const ENTITIES: [Entity; 8] = [
+const ENTITIES: [Entity; 9] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -57,12 +59,14 @@ const ENTITIES: [Entity; 8] = [
     Entity::Queue,
     Entity::Limiter,
     Entity::Job,
+    Entity::Secret,
 ];
 
-const CONFLICTS: [Conflict; 3] = [
+const CONFLICTS: [Conflict; 4] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
+    Conflict::SecretInUse,
 ];
 
 /// One error of every kind the engine can return.
@@ -107,7 +111,8 @@ fn every_error() -> Vec<Error> {
 #[tokio::test]
 async fn every_engine_error_has_its_status_and_code() {
     let errors = every_error();
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5);
+    // + 2: the secret entity and the secret-in-use conflict.
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

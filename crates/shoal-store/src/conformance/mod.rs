@@ -165,6 +165,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         network: shoal_types::Network::Host,
         code_digest: Some("cd".repeat(32)),
         env: [("GREETING".to_string(), "héllo \"x\"".to_string())].into(),
+        secrets: vec!["API_KEY".to_string()],
     }
 }
 

@@ -74,6 +74,14 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             Ok(json!({ "job": id }).to_string())
         }
         HostCall::PutDocs(a) => {
+            for (i, d) in a.docs.iter().enumerate() {
+                crate::documents::check_document(d.doc.get().as_bytes()).map_err(|why| {
+                    HostError::new(
+                        "invalid_input",
+                        format!("document {i} {why}; nothing was written"),
+                    )
+                })?;
+            }
             let docs = a
                 .docs
                 .into_iter()

@@ -334,6 +334,10 @@ pub struct Deleted {
 pub struct Health {
     pub status: String,
     pub version: String,
+    /// How functions are isolated: `on: ...` with the layers in use, or
+    /// `off: ...` when the node runs them without a sandbox.
+    #[serde(default)]
+    pub sandbox: String,
 }
 
 /// Header carrying the invocation id on invoke answers.

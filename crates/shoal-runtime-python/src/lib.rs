@@ -201,6 +201,11 @@ impl PythonRuntime {
         }))
     }
 
+    /// True where each worker's process tree is limited (cgroups usable).
+    pub fn tree_limits(&self) -> bool {
+        self.config.cgroups.is_some()
+    }
+
     /// The Landlock ABI version of this kernel, as the runner sees it; an
     /// error says why functions cannot be sandboxed here.
     pub async fn sandbox_support(&self) -> Result<u32> {

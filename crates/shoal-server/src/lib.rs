@@ -38,6 +38,9 @@ pub struct Options {
     /// Serve `/metrics` without a token (`--metrics-public`); otherwise it
     /// needs a reader token.
     pub metrics_public: bool,
+    /// How functions are isolated on this node, as `/healthz` and `shoal
+    /// status` say it.
+    pub sandbox: String,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             max_archive_bytes: 64 * 1024 * 1024,
             max_write_bytes: 256 * 1024 * 1024,
             metrics_public: false,
+            sandbox: "unknown".into(),
         }
     }
 }
@@ -57,6 +61,7 @@ pub struct AppState {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) metrics_public: bool,
     pub(crate) max_write_bytes: usize,
+    pub(crate) sandbox: std::sync::Arc<str>,
 }
 
 #[derive(OpenApi)]
@@ -86,6 +91,7 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         metrics,
         metrics_public: opts.metrics_public,
         max_write_bytes: opts.max_write_bytes,
+        sandbox: opts.sandbox.as_str().into(),
     };
     let deploy = OpenApiRouter::new()
         .routes(routes!(routes::functions::deploy))

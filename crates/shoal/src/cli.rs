@@ -109,6 +109,8 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<LimitersCommand>,
     },
+    /// The node's health, version and how it isolates functions.
+    Status,
     /// Secrets functions get as environment variables (admin): set (the
     /// value from stdin or --file), list (names only), rm.
     Secrets {
@@ -491,6 +493,15 @@ pub async fn run(args: Args) -> Result<()> {
             client.remove_limiter(&name).await?;
             out.print(&serde_json::json!({"deleted": true}), || {
                 format!("Removed limiter {name}.")
+            });
+        }
+        Command::Status => {
+            let h = client.health().await?;
+            out.print(&h, || {
+                format!(
+                    "node:    {} ({})\nversion: {}\nsandbox: {}",
+                    h.status, conn.url, h.version, h.sandbox
+                )
             });
         }
         Command::Secrets { command: None } => {

@@ -243,16 +243,29 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         sandbox: sandbox(&args, &data_dir)?,
     })
     .context("starting the Python runtime")?;
-    if args.insecure_no_sandbox {
+    let sandbox_state = if args.insecure_no_sandbox {
         tracing::warn!(
             "Functions run WITHOUT a sandbox (--insecure-no-sandbox): they can read the data directory and every other function's code."
         );
+        "off: functions run with the node's own rights (--insecure-no-sandbox)".to_string()
     } else {
         let abi = runtime.sandbox_support().await.context(
             "functions cannot be sandboxed on this machine; start with --insecure-no-sandbox to run them with the node's own rights (only on a node you alone use)",
         )?;
-        tracing::info!(landlock_abi = abi, "Functions run sandboxed.");
-    }
+        tracing::info!(
+            landlock_abi = abi,
+            tree_limits = runtime.tree_limits(),
+            "Functions run sandboxed."
+        );
+        format!(
+            "on: Landlock ABI {abi}, seccomp, no_new_privs; {}",
+            if runtime.tree_limits() {
+                "process-tree limits (cgroups)"
+            } else {
+                "NO process-tree limits (cgroups are not writable here)"
+            }
+        )
+    };
 
     if !(1..=1024).contains(&args.shards) {
         anyhow::bail!("--shards must be between 1 and 1024");
@@ -288,6 +301,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_archive_bytes: args.max_archive_bytes,
             max_write_bytes: args.max_write_bytes,
             metrics_public: args.metrics_public,
+            sandbox: sandbox_state,
         },
         Some(metrics),
     );

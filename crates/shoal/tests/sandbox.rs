@@ -418,3 +418,23 @@ async fn a_function_sees_its_own_env_and_none_of_the_nodes() {
         .to_string();
     assert!(err.contains("LD_PRELOAD is set by the node"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shoal_status_says_whether_functions_are_sandboxed() {
+    let node = TestNode::start();
+    let out = node.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("sandbox: on: Landlock ABI"), "{text}");
+    assert!(text.contains("process-tree limits"), "{text}");
+    let insecure = TestNode::start_with(&["--insecure-no-sandbox"]);
+    let out = insecure.cli(&["status", "--json"]);
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        health["sandbox"]
+            .as_str()
+            .unwrap()
+            .starts_with("off: functions run with the node's own rights"),
+        "{health}"
+    );
+}

@@ -25,6 +25,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         StoreHealth::Ok => Json(Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            sandbox: state.sandbox.to_string(),
         })
         .into_response(),
         StoreHealth::Full(why) => ApiError::new(

@@ -134,6 +134,7 @@ impl App {
                 max_archive_bytes: MAX_ARCHIVE,
                 max_write_bytes: MAX_WRITE,
                 metrics_public,
+                sandbox: "on: the router tier's fake runtime".into(),
             },
             metrics,
         );

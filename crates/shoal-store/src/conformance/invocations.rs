@@ -2,7 +2,7 @@
 
 use shoal_types::{FailureKind, InvocationMode, InvocationStatus};
 
-use crate::{Backend, ErrorRecord, InvocationRecord};
+use crate::{Backend, ErrorRecord, InvocationRecord, StoreHealth};
 
 use super::{
     T, depth, depth_of, ids, lease, msg, sample_function, sample_invocation, strings, unique,
@@ -73,6 +73,24 @@ pub async fn logs(backend: &Backend) {
     assert_eq!(inv.logs(&id).await.unwrap(), Some(Vec::new()));
     // Logs are independent of the invocation record.
     assert_eq!(inv.invocation(&id).await.unwrap(), None);
+}
+
+/// A store with room takes writes and says so: `health` is `Ok` before and
+/// after writing (only a full disk may make it say otherwise).
+pub async fn healthy(backend: &Backend) {
+    assert_eq!(backend.health(), StoreHealth::Ok);
+    let id = unique("conf-healthy");
+    backend
+        .invocations
+        .put_invocations(vec![sample_invocation(&id, "f")])
+        .await
+        .unwrap();
+    backend
+        .invocations
+        .put_logs(&id, b"x".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(backend.invocations.health(), StoreHealth::Ok);
 }
 
 /// Writes are issued in call order at call time; a dropped future still writes.

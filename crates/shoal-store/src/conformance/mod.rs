@@ -81,6 +81,7 @@ macro_rules! __conformance_cases {
             invocations::invocations
             invocations::logs
             invocations::write_order
+            invocations::healthy
             invocations::purge_invocations
             queues::queue_lease_and_ack
             queues::queue_due_order

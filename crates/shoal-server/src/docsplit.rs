@@ -40,6 +40,8 @@ pub(crate) struct DocSplitter {
     mode: Mode,
     max_doc_bytes: usize,
     max_docs: usize,
+    /// Documents already handed out by `take_docs`.
+    taken: usize,
     /// Bytes of the value being read; empty between values.
     cur: Vec<u8>,
     depth: u32,
@@ -73,6 +75,7 @@ impl DocSplitter {
             mode: Mode::Start,
             max_doc_bytes,
             max_docs,
+            taken: 0,
             cur: Vec::new(),
             depth: 0,
             in_str: false,
@@ -95,6 +98,21 @@ impl DocSplitter {
             }
         }
         Ok(())
+    }
+
+    /// The complete documents so far (in order), handed out: the splitter
+    /// keeps no more of them. Numbering in errors goes on counting them.
+    pub(crate) fn take_docs(&mut self) -> Vec<NewDoc> {
+        self.taken += self.docs.len();
+        std::mem::take(&mut self.docs)
+    }
+
+    /// Complete documents held, and their bytes.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        (
+            self.docs.len(),
+            self.docs.iter().map(|d| d.body.len()).sum(),
+        )
     }
 
     /// Ends the body; returns the documents in order.
@@ -165,7 +183,7 @@ impl DocSplitter {
                 _ => Err(SplitError::Invalid(format!(
                     "unexpected `{}` between documents of the array (document {})",
                     b as char,
-                    self.docs.len()
+                    self.taken + self.docs.len()
                 ))),
             },
         }
@@ -224,7 +242,7 @@ impl DocSplitter {
     fn push(&mut self, b: u8) -> Result<(), SplitError> {
         if self.cur.len() >= self.max_doc_bytes {
             return Err(SplitError::TooLarge {
-                index: self.docs.len(),
+                index: self.taken + self.docs.len(),
                 limit: self.max_doc_bytes,
             });
         }
@@ -234,7 +252,7 @@ impl DocSplitter {
 
     /// The current value is complete: check it and keep it.
     fn complete(&mut self) -> Result<(), SplitError> {
-        if self.docs.len() >= self.max_docs {
+        if self.taken + self.docs.len() >= self.max_docs {
             return Err(SplitError::TooMany {
                 limit: self.max_docs,
             });
@@ -250,7 +268,7 @@ impl DocSplitter {
         self.depth = 0;
         self.in_str = false;
         self.esc = false;
-        let index = self.docs.len();
+        let index = self.taken + self.docs.len();
         if let Err(why) = check_document(&body) {
             let which = match self.mode {
                 Mode::Stream => format!("line {} (document {index})", self.doc_line),
@@ -439,6 +457,27 @@ mod tests {
         let mut s = DocSplitter::new(100, 3);
         s.feed(b"[1, 2, 3]").unwrap();
         assert_eq!(s.finish().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn documents_taken_out_keep_their_numbering() {
+        let mut s = DocSplitter::new(100, 4);
+        s.feed(b"[1, 2, ").unwrap();
+        assert_eq!(s.held(), (2, 2));
+        assert_eq!(s.take_docs().len(), 2);
+        assert_eq!(s.held(), (0, 0));
+        let Err(SplitError::Invalid(m)) = s.feed(b"3, {\"id\": []}") else {
+            panic!("accepted a bad id");
+        };
+        assert!(m.contains("document 3"), "{m}");
+        let mut s = DocSplitter::new(100, 3);
+        s.feed(b"1\n2\n").unwrap();
+        s.take_docs();
+        s.feed(b"3\n").unwrap();
+        assert_eq!(
+            s.feed(b"4\n").unwrap_err(),
+            SplitError::TooMany { limit: 3 }
+        );
     }
 
     #[test]

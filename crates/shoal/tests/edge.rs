@@ -421,3 +421,80 @@ async fn a_big_query_output_read_slowly_holds_little_in_the_node() {
     );
     assert!(peak < before + (100 << 20), "peak {} MiB", peak >> 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_with_atomic_false_holds_one_batch_at_a_time() {
+    let node = TestNode::start();
+    let c = node.client();
+    // 1.3 million tiny documents: over the atomic cap, fine in batches.
+    let tiny = b"{\"a\":1}\n".repeat(10 * 1024 * 1024 / 8);
+    let n = tiny.len() / 8;
+    let before = peak_rss(node.pid());
+    let (status, text) = c
+        .raw(
+            "POST",
+            "/v1/categories/bulk/docs?atomic=false",
+            Some("application/x-ndjson"),
+            tiny,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["written"], n as u64, "{text}");
+    assert!(v.get("ids").is_none_or(|ids| ids.is_null()), "{text}");
+    assert_eq!(c.category("bulk").await.unwrap().docs, n as u64);
+    let peak = peak_rss(node.pid());
+    eprintln!(
+        "10 MB of {n} tiny documents with atomic=false: node peak RSS {} MiB (before {} MiB)",
+        peak >> 20,
+        before >> 20
+    );
+    assert!(peak < 150 << 20, "peak RSS {} MiB", peak >> 20);
+
+    // A bad document: the batches before it stay, and the answer says so.
+    let mut body = Vec::new();
+    for i in 0..25_000 {
+        if i == 22_000 {
+            body.extend_from_slice(b"{\"id\": [1]}\n");
+        } else {
+            body.extend_from_slice(format!("{{\"id\": \"p{i}\"}}\n").as_bytes());
+        }
+    }
+    let (status, text) = c
+        .raw(
+            "POST",
+            "/v1/categories/part/docs?atomic=false",
+            Some("application/x-ndjson"),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("document 22000"), "{text}");
+    // Whole batches of at least 10,000 documents each, all before the bad one.
+    let said: u64 = text
+        .split("the first ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of written documents: {text}"));
+    assert!((20_000..22_000).contains(&said), "{text}");
+    assert_eq!(c.category("part").await.unwrap().docs, said);
+    // The same body written atomically writes nothing.
+    let (status, text) = c
+        .raw(
+            "POST",
+            "/v1/categories/whole/docs",
+            Some("application/x-ndjson"),
+            body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("nothing was written") || !text.contains("were written"),
+        "{text}"
+    );
+    assert!(c.category("whole").await.is_err());
+}

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use utoipa::IntoParams;
 
-use shoal_engine::{Category, NewDoc, QueryEvent, QueryResult, RunningQuery};
+use shoal_engine::{Category, QueryEvent, QueryResult, RunningQuery};
 use shoal_protocol::{
     CategoryList, CategoryView, CreateCategory, Deleted, DocError, DocPage, ErrorBody, ErrorCode,
     NDJSON_CONTENT_TYPE, QueryDone, QueryFailed, QueryProgress, QueryRequest, ShardView, Written,
@@ -78,12 +78,24 @@ pub(crate) async fn remove(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WriteParams {
-    /// List the written documents' ids in the answer (default true).
+    /// List the written documents' ids in the answer (default true; with
+    /// `atomic=false`, default false).
     return_ids: Option<bool>,
+    /// `false`: commit the documents in batches as the body streams in, so
+    /// the node holds one batch at a time and `max_write_docs` does not
+    /// apply. A failure keeps the batches before it, and its answer says how
+    /// many documents were written. Default true: all documents or none.
+    atomic: Option<bool>,
 }
 
+/// With `atomic=false`, a batch is committed once it holds this many
+/// documents or bytes of documents.
+const BATCH_DOCS: usize = 10_000;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// Writes documents: a JSON array (`application/json`) or NDJSON
-/// (`application/x-ndjson`), streamed. Atomic: all documents or none. An
+/// (`application/x-ndjson`), streamed. Atomic: all documents or none
+/// (unless `atomic=false`: committed in batches as they stream in). An
 /// object's `id` field (string or integer) is its id; otherwise one is
 /// generated. Creates the category with the default shard level if needed.
 #[utoipa::path(post, path = "/v1/categories/{cat}/docs", tag = "documents",
@@ -103,21 +115,105 @@ pub(crate) async fn write(
     // Check the name before reading a possibly large body.
     shoal_types::validate_name("category name", &cat)
         .map_err(|e| ApiError::from(shoal_engine::Error::from(e)))?;
-    let docs = read_docs(&state, body).await?;
-    let ids = state.handle.write_docs(&cat, docs).await?;
+    let opts = state.handle.category_options();
+    if params.atomic.unwrap_or(true) {
+        let mut reader = BodyReader::new(&state, body, opts.max_write_docs);
+        while reader.feed_next().await? {}
+        let docs = reader.splitter.finish().map_err(split_error)?;
+        let ids = state.handle.write_docs(&cat, docs).await?;
+        return Ok(Json(Written {
+            written: ids.len() as u64,
+            ids: params.return_ids.unwrap_or(true).then_some(ids),
+        }));
+    }
+    // In batches: parse up to a batch, commit it (the body waits meanwhile,
+    // so a fast client is slowed to the store's pace), go on.
+    let return_ids = params.return_ids.unwrap_or(false);
+    let mut reader = BodyReader::new(&state, body, usize::MAX);
+    let mut written = 0u64;
+    let mut ids = Vec::new();
+    loop {
+        let more = reader.feed_next().await.map_err(|e| partly(e, written))?;
+        let (docs, bytes) = reader.splitter.held();
+        if more && docs < BATCH_DOCS && bytes < BATCH_BYTES {
+            continue;
+        }
+        let batch = if more {
+            reader.splitter.take_docs()
+        } else {
+            let splitter = std::mem::replace(&mut reader.splitter, DocSplitter::new(1, 0));
+            splitter
+                .finish()
+                .map_err(|e| partly(split_error(e), written))?
+        };
+        if !batch.is_empty() {
+            let batch_ids = state
+                .handle
+                .write_docs(&cat, batch)
+                .await
+                .map_err(|e| partly(ApiError::from(e), written))?;
+            written += batch_ids.len() as u64;
+            if return_ids {
+                ids.extend(batch_ids);
+            }
+        }
+        if !more {
+            break;
+        }
+    }
     Ok(Json(Written {
-        written: ids.len() as u64,
-        ids: params.return_ids.unwrap_or(true).then_some(ids),
+        written,
+        ids: return_ids.then_some(ids),
     }))
 }
 
-async fn read_docs(state: &AppState, body: Body) -> Result<Vec<NewDoc>, ApiError> {
-    let limit = state.max_write_bytes;
-    let opts = state.handle.category_options();
-    let mut splitter = DocSplitter::new(opts.max_doc_bytes, opts.max_write_docs);
-    let mut seen = 0usize;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+/// An error of a write with `atomic=false` after some batches were written.
+fn partly(mut e: ApiError, written: u64) -> ApiError {
+    if written > 0 {
+        let m = e
+            .message
+            .trim_end_matches("; nothing was written")
+            .to_string();
+        e.message = format!(
+            "{m}; the first {written} documents were written (atomic=false), none after them"
+        );
+    }
+    e
+}
+
+/// A document write's body as it streams in, split into documents.
+struct BodyReader {
+    stream: axum::body::BodyDataStream,
+    /// What is left of the last chunk: chunks are split in small steps, so
+    /// a batch never overshoots by more than one step's documents.
+    pending: Bytes,
+    splitter: DocSplitter,
+    seen: usize,
+    limit: usize,
+}
+
+impl BodyReader {
+    fn new(state: &AppState, body: Body, max_docs: usize) -> BodyReader {
+        BodyReader {
+            stream: body.into_data_stream(),
+            pending: Bytes::new(),
+            splitter: DocSplitter::new(state.handle.category_options().max_doc_bytes, max_docs),
+            seen: 0,
+            limit: state.max_write_bytes,
+        }
+    }
+
+    /// Reads and splits the next step of the body; false at its end.
+    async fn feed_next(&mut self) -> Result<bool, ApiError> {
+        const STEP: usize = 16 * 1024;
+        if !self.pending.is_empty() {
+            let step = self.pending.split_to(self.pending.len().min(STEP));
+            self.splitter.feed(&step).map_err(split_error)?;
+            return Ok(true);
+        }
+        let Some(chunk) = self.stream.next().await else {
+            return Ok(false);
+        };
         let chunk = chunk.map_err(|e| {
             if crate::edge::is_body_timeout(&e) {
                 ApiError::new(
@@ -129,8 +225,9 @@ async fn read_docs(state: &AppState, body: Body) -> Result<Vec<NewDoc>, ApiError
                 ApiError::invalid(format!("reading the body failed: {e}"))
             }
         })?;
-        seen += chunk.len();
-        if seen > limit {
+        self.seen += chunk.len();
+        if self.seen > self.limit {
+            let limit = self.limit;
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,
@@ -139,9 +236,11 @@ async fn read_docs(state: &AppState, body: Body) -> Result<Vec<NewDoc>, ApiError
                 ),
             ));
         }
-        splitter.feed(&chunk).map_err(split_error)?;
+        self.pending = chunk;
+        let step = self.pending.split_to(self.pending.len().min(STEP));
+        self.splitter.feed(&step).map_err(split_error)?;
+        Ok(true)
     }
-    splitter.finish().map_err(split_error)
 }
 
 fn split_error(e: SplitError) -> ApiError {

@@ -330,6 +330,12 @@ impl Queues {
 
     pub(crate) async fn redrive(&self, name: &str, ids: Option<Vec<String>>) -> Result<u64> {
         self.record(name).await?;
+        // Redriven messages wait in the queue again: they must fit its cap.
+        let adding = match &ids {
+            Some(ids) => ids.len(),
+            None => self.env.backend.queues.depth(name).await?.dead as usize,
+        };
+        check_room(&self.env, name, &format!("queue `{name}`"), adding).await?;
         let n = self
             .env
             .backend

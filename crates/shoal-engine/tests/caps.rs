@@ -218,3 +218,62 @@ async fn finished_records_and_their_logs_go_after_the_retention() {
     // (Records not final are never deleted, however old: the store's
     // conformance case `purge_invocations` shows it.)
 }
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_redriven_must_fit_the_queue() {
+    let node = node(|o| o.max_queue_messages = 3).await;
+    node.engine
+        .deploy(archive("name = \"worker\"\n[subscribe]\nqueue = \"q\""))
+        .await
+        .unwrap();
+    node.engine
+        .put_queue(
+            "q",
+            QueueSettings {
+                max_attempts: Some(1),
+                ..QueueSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let held = Latch::new();
+    node.fake.script_seq(
+        "worker",
+        [
+            Script::fail(shoal_types::FailureKind::Raised),
+            Script::fail(shoal_types::FailureKind::Raised),
+            Script::fail(shoal_types::FailureKind::Raised),
+            Script::ok(json!(1)).wait(&held),
+            Script::ok(json!(1)).wait(&held),
+        ],
+    );
+    for n in 0..3 {
+        node.engine.send("q", vec![message(n)]).await.unwrap();
+        within("the message to be dead-lettered", async {
+            while node.engine.queue("q").await.unwrap().depth.dead < u64::from(n) + 1 {
+                tokio::time::sleep(ms(10)).await;
+            }
+        })
+        .await;
+    }
+    // Two more, held by the worker: the queue holds 2 of its 3.
+    node.engine
+        .send("q", vec![message(3), message(4)])
+        .await
+        .unwrap();
+    let e = node.engine.redrive("q", None).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::QueueFull(t) if t.contains("holds 2 messages") && t.contains("3 more do not fit")),
+        "{e:?}"
+    );
+    assert_eq!(node.engine.queue("q").await.unwrap().depth.dead, 3);
+    let one = node.engine.dead_letters("q", None, 1).await.unwrap();
+    assert_eq!(
+        node.engine
+            .redrive("q", Some(vec![one[0].id.clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    held.open();
+}

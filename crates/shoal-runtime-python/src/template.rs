@@ -520,7 +520,7 @@ async fn send_with_fds(
 }
 
 /// Environment variables a template inherits from the node.
-fn passed_on(name: &std::ffi::OsStr) -> bool {
+pub(crate) fn passed_on(name: &std::ffi::OsStr) -> bool {
     const NAMES: &[&str] = &[
         "PATH",
         "HOME",

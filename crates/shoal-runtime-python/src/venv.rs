@@ -124,38 +124,26 @@ async fn build(
 /// How long creating a virtualenv or installing requirements may take.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// Variables pip and venv get from the node's environment: the operator's
-/// choice of index, proxies and certificates, nothing else (no tokens or
-/// secrets of the node reach a requirements file's packages' build scripts).
-const PASSED_TO_PIP: &[&str] = &[
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_TRUSTED_HOST",
-    "PIP_CERT",
-    "PIP_FIND_LINKS",
-    "PIP_NO_INDEX",
-];
+/// Variables pip and venv get from the node's environment: what every
+/// process of a function gets (`template::passed_on`: locale, proxies,
+/// certificates), and the operator's choice of package index. No token or
+/// secret of the node reaches a package's build scripts.
+fn passed_to_pip(name: &std::ffi::OsStr) -> bool {
+    const PIP: &[&str] = &[
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_TRUSTED_HOST",
+        "PIP_CERT",
+        "PIP_FIND_LINKS",
+        "PIP_NO_INDEX",
+    ];
+    crate::template::passed_on(name) || name.to_str().is_some_and(|n| PIP.contains(&n))
+}
 
 async fn run(mut cmd: tokio::process::Command, what: &str) -> Result<()> {
     cmd.stdin(Stdio::null())
         .env_clear()
-        .envs(
-            std::env::vars_os()
-                .filter(|(name, _)| name.to_str().is_some_and(|n| PASSED_TO_PIP.contains(&n))),
-        )
+        .envs(std::env::vars_os().filter(|(name, _)| passed_to_pip(name)))
         .env("HOME", std::env::temp_dir())
         .env("PIP_NO_INPUT", "1")
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")

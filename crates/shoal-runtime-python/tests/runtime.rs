@@ -726,12 +726,7 @@ async fn prepare_reports_pip_errors() {
         "pip's own message is kept: {message}"
     );
     // A failed build leaves nothing behind to be mistaken for a venv.
-    let venvs: Vec<PathBuf> = std::fs::read_dir(fx.dir.path().join("work").join("venvs"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(venvs.is_empty(), "{venvs:?}");
+    assert_no_venv(&fx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -847,6 +842,11 @@ async fn prepare_refuses_requirements_that_pick_the_index_or_read_node_files() {
         "{message}"
     );
     // Refused before anything ran: no virtualenv was started.
+    assert_no_venv(&fx);
+}
+
+/// Nothing a failed or refused prepare could be mistaken for a virtualenv.
+fn assert_no_venv(fx: &Fixture) {
     let venvs: Vec<PathBuf> = std::fs::read_dir(fx.dir.path().join("work").join("venvs"))
         .unwrap()
         .flatten()

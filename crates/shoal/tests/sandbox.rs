@@ -186,15 +186,28 @@ fn pids_in(path: &std::path::Path) -> Vec<i64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_setsid_grandchild_does_not_outlive_its_invocation() {
+/// Runs `code` (which records the pids it starts in `event["record"]` and
+/// returns leaving them running) on a node; the invocation must fail
+/// `forked`. Returns the recorded pids.
+async fn run_leaving_processes(code: &str) -> Vec<i64> {
     let node = TestNode::start();
     let c = node.client();
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("pids");
-    deploy(
-        &c,
-        "name = \"escapee\"",
+    deploy(&c, "name = \"tree\"", code).await;
+    let event = json!({"record": record});
+    let out = c.invoke("tree", &event.to_string()).await.unwrap();
+    let error = out
+        .result
+        .expect_err("leaving processes behind fails the invocation")
+        .error;
+    assert_eq!(error.kind, "forked", "{error:?}");
+    pids_in(&record)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_grandchild_does_not_outlive_its_invocation() {
+    let pids = run_leaving_processes(
         r#"
 import os, time
 
@@ -213,27 +226,13 @@ def handler(event, ctx):
 "#,
     )
     .await;
-    let event = json!({"record": record});
-    let out = c.invoke("escapee", &event.to_string()).await.unwrap();
-    let error = out
-        .result
-        .expect_err("leaving a process behind fails the invocation")
-        .error;
-    assert_eq!(error.kind, "forked", "{error:?}");
-    let pids = pids_in(&record);
     assert_eq!(pids.len(), 1, "the grandchild recorded its pid");
     gone(pids[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_stopped_and_cleaned_up() {
-    let node = TestNode::start();
-    let c = node.client();
-    let tmp = tempfile::tempdir().unwrap();
-    let record = tmp.path().join("pids");
-    deploy(
-        &c,
-        "name = \"bomb\"",
+    let pids = run_leaving_processes(
         r#"
 import os, time
 
@@ -256,13 +255,6 @@ def handler(event, ctx):
 "#,
     )
     .await;
-    let event = json!({"record": record});
-    let out = c.invoke("bomb", &event.to_string()).await.unwrap();
-    // It returned (with children left, so the invocation fails `forked`);
-    // what it saw is in the logs-free error: read what it recorded.
-    let error = out.result.expect_err("children were left behind").error;
-    assert_eq!(error.kind, "forked", "{error:?}");
-    let pids = pids_in(&record);
     assert!(
         !pids.is_empty() && pids.len() < 200,
         "forks must stop well before 200: {} started",

@@ -46,17 +46,22 @@ def limit_memory(memory_mb, size):
 _libc = None
 
 
-def set_subreaper():
-    """Orphaned descendants are re-parented to this process, not to init."""
+def _prctl(option, arg):
+    """prctl(2), best effort: a kernel without the option leaves things as they were."""
     global _libc
     try:
         if _libc is None:
             import ctypes
 
             _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _libc.prctl(option, arg, 0, 0, 0)
     except (ImportError, OSError, AttributeError):
         pass
+
+
+def set_subreaper():
+    """Orphaned descendants are re-parented to this process, not to init."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 def clear_dir(path):
@@ -83,12 +88,4 @@ _PR_SET_PDEATHSIG = 1
 
 def die_with_parent():
     """This process is killed when its parent (the template) dies."""
-    global _libc
-    try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
-    except (ImportError, OSError, AttributeError):
-        pass
+    _prctl(_PR_SET_PDEATHSIG, 9)

@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use shoal_engine::NewDoc;
+use shoal_engine::{NewDoc, check_document};
 
 /// Why a body was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -303,48 +303,6 @@ impl DocSplitter {
     }
 }
 
-/// How deep a document may nest objects and arrays inside each other.
-pub(crate) const MAX_DOC_DEPTH: u32 = 128;
-
-/// Checks one document before it is kept: its bytes are UTF-8 and it nests
-/// at most [`MAX_DOC_DEPTH`] levels deep. The reason completes a sentence
-/// that names the document.
-pub(crate) fn check_document(body: &[u8]) -> Result<(), String> {
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(format!(
-            "is not valid UTF-8 (at byte {} of the document)",
-            e.valid_up_to()
-        ));
-    }
-    let (mut depth, mut in_str, mut esc) = (0u32, false, false);
-    for &b in body {
-        if in_str {
-            if esc {
-                esc = false;
-            } else if b == b'\\' {
-                esc = true;
-            } else if b == b'"' {
-                in_str = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DOC_DEPTH {
-                    return Err(format!(
-                        "nests objects and arrays more than {MAX_DOC_DEPTH} levels deep"
-                    ));
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,5 +445,126 @@ mod tests {
             .unwrap();
         let docs = s.finish().unwrap();
         assert_eq!(docs[0].body.capacity(), docs[0].body.len());
+    }
+
+    /// A small seeded generator (xorshift): the property tests repeat.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn value(&mut self, depth: u32) -> serde_json::Value {
+            use serde_json::Value;
+            let leaf = depth >= 4 || self.below(3) == 0;
+            match if leaf {
+                self.below(5)
+            } else {
+                5 + self.below(2)
+            } {
+                0 => Value::Null,
+                1 => Value::Bool(self.below(2) == 0),
+                2 => Value::from(self.next() as i64 >> 20),
+                3 => Value::from((self.below(1_000_000) as f64) / 8.0),
+                4 => {
+                    const PIECES: &[&str] = &[
+                        "a", "\"", "\\", "]", "[", "{", "}", ",", "\n", "é", "💡", " ", "\u{1}",
+                    ];
+                    let n = self.below(6);
+                    Value::String(
+                        (0..n)
+                            .map(|_| PIECES[self.below(PIECES.len() as u64) as usize])
+                            .collect(),
+                    )
+                }
+                5 => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1)).collect()),
+                _ => {
+                    let mut map = serde_json::Map::new();
+                    for i in 0..self.below(4) {
+                        map.insert(format!("k{i}"), self.value(depth + 1));
+                    }
+                    Value::Object(map)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_documents_split_back_to_themselves_however_the_body_is_cut() {
+        let mut g = Gen(0x5eed_2026_1204);
+        for round in 0..400 {
+            // Documents are objects (a body starting with `[` is an array
+            // of documents, so an NDJSON body cannot start with an array),
+            // some with an `id`.
+            let docs: Vec<serde_json::Value> = (0..1 + g.below(8))
+                .map(|i| {
+                    let mut doc = serde_json::Map::new();
+                    if g.below(2) == 0 {
+                        doc.insert("id".into(), serde_json::json!(format!("d{round}-{i}")));
+                    }
+                    for k in 0..g.below(4) {
+                        doc.insert(format!("f{k}"), g.value(1));
+                    }
+                    serde_json::Value::Object(doc)
+                })
+                .collect();
+            let space = |g: &mut Gen| [" ", "", "\n", "\t ", "\r\n"][g.below(5) as usize];
+            let mut array = String::from(space(&mut g));
+            array.push('[');
+            for (i, d) in docs.iter().enumerate() {
+                if i > 0 {
+                    array.push(',');
+                }
+                array += space(&mut g);
+                array += &d.to_string();
+                array += space(&mut g);
+            }
+            array.push(']');
+            let ndjson: String = docs.iter().map(|d| format!("{d}\n")).collect();
+            for body in [&array, &ndjson] {
+                let chunk = 1 + g.below(40) as usize;
+                let mut s = DocSplitter::new(1 << 20, 1000);
+                for c in body.as_bytes().chunks(chunk) {
+                    s.feed(c).unwrap_or_else(|e| {
+                        panic!("round {round}, chunk {chunk}: {e:?} in {body:?}")
+                    });
+                }
+                let got = s.finish().unwrap();
+                assert_eq!(got.len(), docs.len(), "round {round}: {body}");
+                for (d, want) in got.iter().zip(&docs) {
+                    let parsed: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+                    assert_eq!(&parsed, want, "round {round}: {body}");
+                    let id = want.get("id");
+                    assert_eq!(
+                        d.id.is_some(),
+                        id.is_some_and(|v| v.is_string() || v.is_i64() || v.is_u64())
+                    );
+                }
+            }
+            // The same bodies, damaged: never a panic, only an answer.
+            for body in [&array, &ndjson] {
+                let mut bytes = body.clone().into_bytes();
+                for _ in 0..1 + g.below(3) {
+                    let i = g.below(bytes.len() as u64) as usize;
+                    let junk = b"[]{}\",:x\xff\n";
+                    bytes[i] = junk[g.below(junk.len() as u64) as usize];
+                }
+                let mut s = DocSplitter::new(1 << 20, 1000);
+                let fed = bytes
+                    .chunks(1 + g.below(16) as usize)
+                    .try_for_each(|c| s.feed(c));
+                if fed.is_ok() {
+                    let _ = s.finish();
+                }
+            }
+        }
     }
 }

@@ -246,6 +246,10 @@ async fn connection(
         .serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
     let mut shutting_down = false;
+    // One timer for the connection's life, moved rather than made anew.
+    let timer = tokio::time::sleep(opts.idle_timeout);
+    let mut timer = std::pin::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let wake = match state.deadline(&opts) {
             Some(at) if Instant::now() >= at => return, // idle or slow head: close
@@ -253,13 +257,17 @@ async fn connection(
             // A request is in progress: look again later.
             None => Instant::now() + opts.idle_timeout.min(opts.header_timeout),
         };
+        if armed != Some(wake) {
+            timer.as_mut().reset(wake.into());
+            armed = Some(wake);
+        }
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = timer.as_mut() => { armed = None; }
             _ = state.head.notified() => {}
         }
     }
@@ -362,7 +370,9 @@ impl hyper::body::Body for Guarded {
 struct TimedBody {
     inner: Incoming,
     timeout: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Made at the first wait only: most bodies (empty, or already read
+    /// with the head) never wait, and never register a timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last poll found nothing: the silence is being timed. A handler
     /// busy elsewhere between two frames does not count as the client's.
     waiting: bool,
@@ -373,7 +383,7 @@ impl TimedBody {
         TimedBody {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
             waiting: false,
         }
     }
@@ -412,9 +422,13 @@ impl hyper::body::Body for TimedBody {
                 if !self.waiting {
                     self.waiting = true;
                     let deadline = tokio::time::Instant::now() + self.timeout;
-                    self.sleep.as_mut().reset(deadline);
+                    match &mut self.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
-                match self.sleep.as_mut().poll(cx) {
+                let sleep = self.sleep.as_mut().expect("set above");
+                match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout))))),
                     Poll::Pending => Poll::Pending,
                 }

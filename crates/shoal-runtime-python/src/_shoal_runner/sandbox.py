@@ -35,6 +35,10 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
+# seccomp(2): its number per architecture, and the filter operation's flag.
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2
 
 # Landlock system calls: the same numbers on every architecture (generic table).
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -214,6 +218,14 @@ def _seccomp():
     filt = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("=HxxxxxxQ", len(prog), ctypes.addressof(filt))
     fprog_buf = ctypes.create_string_buffer(fprog, len(fprog))
+    # seccomp(2) with SPEC_ALLOW: a filter otherwise also turns on the
+    # kernel's Speculative Store Bypass mitigation for the process, which
+    # slows Python down by a quarter. What it guards against is reading the
+    # process's own memory speculatively, and a function's process holds
+    # only the function's own data; other processes stay protected by the
+    # kernel's other mitigations.
+    if _libc.syscall(_SYS_SECCOMP[machine], _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_SPEC_ALLOW, fprog_buf) == 0:
+        return
     if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog_buf, 0, 0) != 0:
         raise SandboxError(f"seccomp: {os.strerror(ctypes.get_errno())}")
 

@@ -333,7 +333,14 @@ impl Pool {
         match Template::start(&spec, self.limits.timeout.max(MIN_LOAD_TIMEOUT)).await? {
             Started::Ready(template) => {
                 let template = Arc::new(*template);
-                lock(&self.state).template = Some(template.clone());
+                {
+                    // A new template starts its idle clock now: the pool's
+                    // quiet spell before it (which may have reaped the last
+                    // one) must not reap it while its first worker forks.
+                    let mut state = lock(&self.state);
+                    state.template = Some(template.clone());
+                    state.empty_since = None;
+                }
                 Ok(Ok(template))
             }
             Started::LoadFailed { failure, logs } => Ok(Err((failure, logs, started_at.elapsed()))),
@@ -438,6 +445,7 @@ impl Pool {
                     || state.template.as_ref().is_some_and(|t| !t.is_alive())
                 {
                     dead_template = state.template.take();
+                    state.empty_since = None;
                 }
             } else {
                 state.empty_since = None;

@@ -72,7 +72,9 @@ pub(crate) struct Worker {
     proto: UnixStream,
     logs: pipe::Receiver,
     inbuf: Vec<u8>,
-    exit: oneshot::Receiver<Exit>,
+    /// Taken once it has answered (a report, or its sender gone): a
+    /// finished receiver must not be polled again.
+    exit: Option<oneshot::Receiver<Exit>>,
     /// Its process tree's limits (where cgroups are usable).
     cgroup: Option<WorkerCgroup>,
     /// When the worker last finished an invocation.
@@ -107,7 +109,7 @@ impl Worker {
             proto: UnixStream::from_std(proto)?,
             logs: pipe::Receiver::from_owned_fd(new.logs)?,
             inbuf: Vec::new(),
-            exit: new.exit,
+            exit: Some(new.exit),
             cgroup: new.cgroup,
             last_used: Instant::now(),
         })
@@ -119,7 +121,26 @@ impl Worker {
 
     /// True when the template reported this worker dead (it died idle).
     pub(crate) fn has_exited(&mut self) -> bool {
-        self.exit.try_recv().is_ok()
+        let Some(exit) = &mut self.exit else {
+            return true;
+        };
+        match exit.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => false,
+            Ok(_) | Err(oneshot::error::TryRecvError::Closed) => {
+                self.exit = None;
+                true
+            }
+        }
+    }
+
+    /// The template's report of how this worker ended, waiting up to
+    /// `EXIT_NOTICE_WAIT` for it; `None` when there is none (any more).
+    async fn exit_report(&mut self) -> Option<Exit> {
+        let exit = self.exit.take()?;
+        tokio::time::timeout(EXIT_NOTICE_WAIT, exit)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Runs one invocation. `frame` is a complete invoke frame; the
@@ -475,11 +496,11 @@ impl Worker {
     /// The worker's socket closed mid-invocation: find out how it died.
     async fn died(&mut self, mut pipe_logs: Vec<u8>, start: Instant, caps: &Caps) -> Ran {
         let duration = start.elapsed();
-        let exit = tokio::time::timeout(EXIT_NOTICE_WAIT, &mut self.exit).await;
+        let exit = self.exit_report().await;
         self.kill();
         self.drain_now(&mut pipe_logs, caps);
         let failure = match exit {
-            Ok(Ok(exit)) => classify(&exit, caps, self.oom_killed()),
+            Some(exit) => classify(&exit, caps, self.oom_killed()),
             _ => Failure::new(
                 FailureKind::Crashed,
                 "the worker died; its exit status is unknown",
@@ -629,10 +650,10 @@ impl Worker {
 
     /// The worker's socket closed: how it died.
     pub(crate) async fn death(&mut self, caps: &Caps) -> Failure {
-        let exit = tokio::time::timeout(EXIT_NOTICE_WAIT, &mut self.exit).await;
+        let exit = self.exit_report().await;
         self.kill();
         match exit {
-            Ok(Ok(exit)) => classify(&exit, caps, self.oom_killed()),
+            Some(exit) => classify(&exit, caps, self.oom_killed()),
             _ => Failure::new(
                 FailureKind::Crashed,
                 "the worker died; its exit status is unknown",

@@ -234,26 +234,41 @@ impl Functions {
         remove: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let _rules = self.rules.lock().await;
+        self.refuse_if_named(Conflict::SecretInUse, "secret", secret, |d| {
+            d.record.secrets.iter().any(|s| s == secret)
+        })?;
+        remove()
+    }
+
+    /// A conflict naming the deployed functions for which `names` holds,
+    /// if any. The caller holds the rules lock.
+    fn refuse_if_named(
+        &self,
+        kind: Conflict,
+        what: &str,
+        name: &str,
+        names: impl Fn(&Deployed) -> bool,
+    ) -> Result<()> {
         let mut users: Vec<String> = self
             .registry
             .read()
             .unwrap()
             .latest
             .values()
-            .filter(|d| d.record.secrets.iter().any(|s| s == secret))
+            .filter(|d| names(d))
             .map(|d| d.record.name.to_string())
             .collect();
-        users.sort();
-        if !users.is_empty() {
-            return Err(Error::conflict(
-                Conflict::SecretInUse,
-                format!(
-                    "secret `{secret}` is used by {}; change their shoal.toml first",
-                    users.join(", ")
-                ),
-            ));
+        if users.is_empty() {
+            return Ok(());
         }
-        remove()
+        users.sort();
+        Err(Error::conflict(
+            kind,
+            format!(
+                "{what} `{name}` is used by {}; change their shoal.toml first",
+                users.join(", ")
+            ),
+        ))
     }
 
     /// Removes a function and all its versions; returns the versions it had,
@@ -363,26 +378,9 @@ impl Functions {
         remove: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let _rules = self.rules.lock().await;
-        let users: Vec<String> = {
-            let registry = self.registry.read().unwrap();
-            let mut users: Vec<String> = registry
-                .latest
-                .values()
-                .filter(|d| d.record.limiter.as_deref() == Some(limiter))
-                .map(|d| d.record.name.to_string())
-                .collect();
-            users.sort();
-            users
-        };
-        if !users.is_empty() {
-            return Err(Error::conflict(
-                Conflict::LimiterInUse,
-                format!(
-                    "limiter `{limiter}` is used by {}; change their shoal.toml first",
-                    users.join(", ")
-                ),
-            ));
-        }
+        self.refuse_if_named(Conflict::LimiterInUse, "limiter", limiter, |d| {
+            d.record.limiter.as_deref() == Some(limiter)
+        })?;
         remove.await
     }
 }

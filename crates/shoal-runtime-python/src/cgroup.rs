@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::process::{Pid, Signal};
 use tracing::{debug, warn};
@@ -31,6 +32,9 @@ pub(crate) struct Cgroups {
     pids: PathBuf,
     memory: PathBuf,
     next: AtomicU64,
+    /// Worker groups whose killed processes were not reaped yet when the
+    /// worker went (a group cannot be removed before): removed later.
+    leftovers: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl Cgroups {
@@ -67,16 +71,19 @@ impl Cgroups {
             pids,
             memory,
             next: AtomicU64::new(0),
+            leftovers: Arc::default(),
         })
     }
 
     /// Puts a freshly forked worker into groups of its own, limited to
     /// `MAX_PROCESSES` and `memory_mb` of added memory.
     pub(crate) fn attach(&self, pid: Pid, memory_mb: u64) -> Option<WorkerCgroup> {
+        remove_leftovers(&self.leftovers);
         let name = format!("w{}", self.next.fetch_add(1, Ordering::Relaxed));
         let group = WorkerCgroup {
             pids: self.pids.join(&name),
             memory: self.memory.join(&name),
+            leftovers: self.leftovers.clone(),
         };
         let made = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&group.pids)?;
@@ -104,6 +111,7 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
+        remove_leftovers(&self.leftovers);
         let _ = std::fs::remove_dir(&self.pids);
         let _ = std::fs::remove_dir(&self.memory);
     }
@@ -115,27 +123,13 @@ impl Drop for Cgroups {
 pub(crate) struct WorkerCgroup {
     pids: PathBuf,
     memory: PathBuf,
+    leftovers: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl WorkerCgroup {
-    /// Kills every process in the group but `keep`; returns how many were
-    /// found. Repeats until the group holds no other process (a process may
-    /// fork while we kill; `pids.max` bounds how long that can go on).
-    pub(crate) fn kill_all_but(&self, keep: Option<Pid>) -> usize {
-        let mut found = 0;
-        for _ in 0..64 {
-            let pids = self.procs();
-            let others: Vec<Pid> = pids.into_iter().filter(|p| Some(*p) != keep).collect();
-            if others.is_empty() {
-                break;
-            }
-            found += others.len();
-            for pid in others {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-            }
-            std::thread::yield_now();
-        }
-        found
+    /// Kills every process of the worker's tree.
+    pub(crate) fn kill_all(&self) {
+        kill_all_in(&self.pids);
     }
 
     /// True when the kernel killed a process of the group for exceeding its
@@ -151,31 +145,46 @@ impl WorkerCgroup {
             })
             .is_some_and(|n| n > 0)
     }
-
-    fn procs(&self) -> Vec<Pid> {
-        std::fs::read_to_string(self.pids.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .filter_map(Pid::from_raw)
-            .collect()
-    }
 }
 
 impl Drop for WorkerCgroup {
     fn drop(&mut self) {
-        self.kill_all_but(None);
-        // A group can be removed once the kernel has reaped what was killed;
-        // one left behind is removed when the node next starts.
-        for _ in 0..10 {
-            let pids = std::fs::remove_dir(&self.pids);
-            let memory = std::fs::remove_dir(&self.memory);
-            if removed(pids) && removed(memory) {
-                return;
+        self.kill_all();
+        // A group can be removed once the kernel has reaped what was killed:
+        // one still busy is removed at a later attach (no waiting here, on
+        // the async path), or when the node next starts.
+        let mut leftovers = self.leftovers.lock().unwrap_or_else(|p| p.into_inner());
+        for dir in [&self.pids, &self.memory] {
+            if !removed(std::fs::remove_dir(dir)) {
+                leftovers.push(dir.clone());
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
+}
+
+/// Kills every process in the group at `dir`, again until none is left (a
+/// process may fork while we kill; `pids.max` bounds how long that goes on).
+fn kill_all_in(dir: &Path) {
+    for _ in 0..64 {
+        let pids: Vec<Pid> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter_map(Pid::from_raw)
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn remove_leftovers(leftovers: &Mutex<Vec<PathBuf>>) {
+    let mut leftovers = leftovers.lock().unwrap_or_else(|p| p.into_inner());
+    leftovers.retain(|dir| !removed(std::fs::remove_dir(dir)));
 }
 
 fn removed(r: std::io::Result<()>) -> bool {
@@ -206,12 +215,8 @@ fn sweep_stale(parent: &Path) {
         let node = entry.path();
         if let Ok(groups) = std::fs::read_dir(&node) {
             for group in groups.flatten().filter(|g| g.path().is_dir()) {
-                let stale = WorkerCgroup {
-                    pids: group.path(),
-                    memory: group.path(),
-                };
-                stale.kill_all_but(None);
-                drop(stale);
+                kill_all_in(&group.path());
+                let _ = std::fs::remove_dir(group.path());
             }
         }
         let _ = std::fs::remove_dir(&node);

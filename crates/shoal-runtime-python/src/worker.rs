@@ -522,7 +522,7 @@ impl Worker {
     pub(crate) fn kill(&self) {
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
         if let Some(cgroup) = &self.cgroup {
-            cgroup.kill_all_but(None);
+            cgroup.kill_all();
         }
     }
 

@@ -135,7 +135,7 @@ impl Plan {
                 conns: vec![8, 16, 32],
                 warm: Duration::from_millis(either(q, 300, 500)),
                 window: secs(2, 5),
-                cold_runs: pick(3, 7),
+                cold_runs: pick(3, 21),
                 async_m: pick(5000, 20_000),
                 async_conns: 16,
                 async_limit: secs(60, 120),

@@ -140,6 +140,8 @@ pub(crate) struct Config {
     pub(crate) sandbox: Option<Sandbox>,
     /// Per-worker process-tree limits, where cgroups are usable.
     pub(crate) cgroups: Option<Arc<cgroup::Cgroups>>,
+    /// Templates start as the init of a pid namespace of their own.
+    pub(crate) pid_namespace: bool,
     /// Deployments' scratch directories (`work_dir/scratch/<key>`).
     pub(crate) scratch: PathBuf,
     pub(crate) max_log_bytes: usize,
@@ -175,6 +177,7 @@ impl PythonRuntime {
                 .as_ref()
                 .and_then(|_| cgroup::Cgroups::detect())
                 .map(Arc::new),
+            pid_namespace: options.sandbox.is_some() && template::pid_namespaces_work(),
             sandbox: options.sandbox.clone(),
             scratch,
             max_log_bytes: options.max_log_bytes,
@@ -204,6 +207,12 @@ impl PythonRuntime {
     /// True where each worker's process tree is limited (cgroups usable).
     pub fn tree_limits(&self) -> bool {
         self.config.cgroups.is_some()
+    }
+
+    /// True where templates run as the init of a pid namespace of their
+    /// own, so nothing they start outlives them.
+    pub fn pid_namespace(&self) -> bool {
+        self.config.pid_namespace
     }
 
     /// The Landlock ABI version of this kernel, as the runner sees it; an

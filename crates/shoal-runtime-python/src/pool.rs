@@ -318,6 +318,7 @@ impl Pool {
             scratch,
             cgroups: self.config.cgroups.clone(),
             network: self.deployment.network,
+            pid_namespace: self.config.pid_namespace,
             env: self.deployment.env.clone(),
             code_dir: self.deployment.code_dir.clone(),
             handler: self.deployment.handler.clone(),

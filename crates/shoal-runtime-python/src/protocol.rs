@@ -43,7 +43,8 @@
 //! "req":n}` with two fds attached (`SCM_RIGHTS`: the worker's protocol socket
 //! and log pipe). Template → Rust: `ready {host_protocol,pid,handler_error,
 //! query}`, `load_failed {host_protocol,..}` (+ import-time output), `forked
-//! {req,pid}`, `fork_failed {req,message}`, `exit {pid, code |
+//! {req,pid,ns_pid}` (sent by the new worker itself: `pid` as the node sees
+//! it, `ns_pid` as the template does), `fork_failed {req,message}`, `exit {pid, code |
 //! signal + signal_name, maxrss_kb}`.
 //!
 //! **Query frames** share the worker socket and its framing. Rust → worker: a
@@ -173,6 +174,10 @@ pub(crate) struct Control {
     pub req: Option<u64>,
     #[serde(default)]
     pub pid: Option<i32>,
+    /// `forked`: the worker's pid in the template's pid namespace (the one
+    /// its `exit` names); `pid` is the node's.
+    #[serde(default)]
+    pub ns_pid: Option<i32>,
     #[serde(default)]
     pub code: Option<i32>,
     #[serde(default)]

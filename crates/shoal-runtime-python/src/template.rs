@@ -56,6 +56,8 @@ pub(crate) struct Spec {
     pub cgroups: Option<Arc<Cgroups>>,
     /// `Network::Off` starts the template in an empty network namespace.
     pub network: Network,
+    /// Start the template as the init of a pid namespace of its own.
+    pub pid_namespace: bool,
     /// The function's own variables (`[env]`).
     pub env: std::collections::BTreeMap<String, String>,
     pub code_dir: PathBuf,
@@ -165,18 +167,11 @@ impl Template {
         })
         .to_string();
 
-        let mut cmd = match spec.network {
-            Network::Host => tokio::process::Command::new(&spec.python),
-            Network::Off => {
-                // unshare(1) makes the namespace, then execs Python (same
-                // pid, same process group). Without root it needs a user
-                // namespace to be allowed to.
+        let mut cmd = match namespaces(spec) {
+            None => tokio::process::Command::new(&spec.python),
+            Some(args) => {
                 let mut cmd = tokio::process::Command::new("unshare");
-                cmd.arg("--net");
-                if !rustix::process::geteuid().is_root() {
-                    cmd.arg("--user").arg("--map-current-user");
-                }
-                cmd.arg("--").arg(&spec.python);
+                cmd.args(args).arg("--").arg(&spec.python);
                 cmd
             }
         };
@@ -394,7 +389,9 @@ impl Shared {
                 let (tx, rx) = oneshot::channel();
                 let waiter = {
                     let mut state = lock(&self.state);
-                    state.exits.insert(pid.as_raw_pid(), tx);
+                    // `exit` names the worker as its template sees it.
+                    let ns_pid = msg.ns_pid.unwrap_or(pid.as_raw_pid());
+                    state.exits.insert(ns_pid, tx);
                     state.forks.remove(&req)
                 };
                 let delivered = waiter.is_some_and(|w| w.send(Ok((pid, rx))).is_ok());
@@ -517,6 +514,49 @@ async fn send_with_fds(
     })
     .await
     .map(|_| ())
+}
+
+/// The arguments of unshare(1) that put the template in its namespaces, or
+/// `None` when it needs none.
+///
+/// A pid namespace makes the template its init: when the template exits
+/// (its control socket closed because the node died, or killed), the kernel
+/// kills every process left in it, `setsid` or not. `--fork` makes unshare
+/// the template's parent, and `--kill-child` sets the template's parent-death
+/// signal, so killing unshare (the `Template` is dropped) ends it all too.
+/// A network namespace of its own has no interfaces but loopback. Without
+/// root, a user namespace is what allows the others.
+fn namespaces(spec: &Spec) -> Option<Vec<&'static str>> {
+    let mut args = Vec::new();
+    if spec.pid_namespace {
+        args.extend(["--pid", "--fork", "--kill-child"]);
+    }
+    if spec.network == Network::Off {
+        args.push("--net");
+    }
+    if args.is_empty() {
+        return None;
+    }
+    if !rustix::process::geteuid().is_root() {
+        args.extend(["--user", "--map-current-user"]);
+    }
+    Some(args)
+}
+
+/// True when this machine lets the node start templates in a pid namespace
+/// of their own (see `namespaces`).
+pub(crate) fn pid_namespaces_work() -> bool {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child"]);
+    if !rustix::process::geteuid().is_root() {
+        cmd.args(["--user", "--map-current-user"]);
+    }
+    cmd.args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Environment variables a template inherits from the node.

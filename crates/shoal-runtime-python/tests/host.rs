@@ -142,7 +142,7 @@ import os
 
 def handler(event, ctx):
     return {
-        "pid": os.getpid(),
+        "pid": int(os.readlink('/proc/self')),
         "answers": [
             ctx.spawn("echo", {"n": 1, "text": "héllo ✓"}),
             ctx.spawn("echo", [1, "two", None]),
@@ -292,8 +292,8 @@ async fn a_host_that_never_answers_times_out_and_the_pool_heals() {
 import os
 
 def handler(event, ctx):
-    print("calling from", os.getpid())
-    return [os.getpid(), ctx.spawn(event)]
+    print("calling from", int(os.readlink('/proc/self')))
+    return [int(os.readlink('/proc/self')), ctx.spawn(event)]
 "#,
         lim,
     );
@@ -381,7 +381,7 @@ async fn a_worker_that_crashes_during_a_call_is_a_crash() {
 import os
 
 def handler(event, ctx):
-    return [os.getpid(), ctx.spawn(event, {"pid": os.getpid()})]
+    return [int(os.readlink('/proc/self')), ctx.spawn(event, {"pid": int(os.readlink('/proc/self'))})]
 "#,
     );
     let token = Arc::new(());
@@ -413,7 +413,7 @@ async fn invocations_on_two_workers_calling_at_once_get_their_own_answers() {
 import os
 
 def handler(event, ctx):
-    return [os.getpid(), ctx.spawn("whoami", event)]
+    return [int(os.readlink('/proc/self')), ctx.spawn("whoami", event)]
 "#,
     );
     // Both calls must be pending at the same time for either to be answered.
@@ -456,7 +456,7 @@ def handler(event, ctx):
     work(0)
     for t in threads:
         t.join()
-    return [os.getpid(), answers]
+    return [int(os.readlink('/proc/self')), answers]
 "#,
     );
     // All four calls are pending before any is answered, and they are
@@ -505,18 +505,18 @@ kept = []
 def handler(event, ctx):
     if event == "keep":
         kept.append(ctx)
-        return os.getpid()
+        return int(os.readlink('/proc/self'))
     if event == "stale":
         try:
             kept[0].spawn("echo", 1)
         except ctx.HostError as e:
-            return [os.getpid(), e.code]
+            return [int(os.readlink('/proc/self')), e.code]
     if event == "leave":
         # A thread still waits for its answer when the handler returns.
         threading.Thread(target=ctx.spawn, args=("hang",), daemon=True).start()
         ctx.spawn("sync")
-        return ["left", os.getpid()]
-    return os.getpid()
+        return ["left", int(os.readlink('/proc/self'))]
+    return int(os.readlink('/proc/self'))
 "#,
     );
     let token = Arc::new(());
@@ -572,7 +572,7 @@ async fn unknown_operations_and_bad_arguments_never_reach_the_host() {
 import os
 
 def handler(event, ctx):
-    out = [os.getpid()]
+    out = [int(os.readlink('/proc/self'))]
     for op, args in [("echo", {"x": 1}), ("spawn", {"fn": "x"}), ("get_doc", ["c", "id"])]:
         try:
             ctx.call(op, args)

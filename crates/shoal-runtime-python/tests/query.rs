@@ -427,7 +427,7 @@ def reduce(a, b):
     return a + b
 
 def handler(event, ctx):
-    return os.getpid()
+    return int(os.readlink('/proc/self'))
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,7 +749,7 @@ import os, time
 def map(doc):
     if doc.get("slow"):
         time.sleep(0.01)
-    return os.getpid()
+    return int(os.readlink('/proc/self'))
 "#,
     );
     let fast = MemSource::generated(2, 100, |_, _| json!({}));
@@ -816,7 +816,7 @@ async fn queries_and_invocations_of_one_deployment_run_at_once() {
 import os
 
 def handler(event, ctx):
-    return {"pid": os.getpid(), "double": event * 2}
+    return {"pid": int(os.readlink('/proc/self')), "double": event * 2}
 
 def map(doc):
     return doc["price"] * doc["qty"]
@@ -1013,7 +1013,7 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-const PIDS: &str = "import os\n\ndef map(doc):\n    return os.getpid()\n";
+const PIDS: &str = "import os\n\ndef map(doc):\n    return int(os.readlink('/proc/self'))\n";
 
 async fn query_pids(fx: &Fixture, dep: &Deployment, source: &Arc<MemSource>) -> (Vec<i64>, u32) {
     let ran = query(&fx.rt, dep, "p@1", source, false, 64).await;

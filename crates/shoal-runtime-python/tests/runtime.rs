@@ -90,7 +90,7 @@ def handler(event, ctx):
         "version": ctx.version,
         "attempt": ctx.attempt,
         "remaining": ctx.remaining_time_ms(),
-        "pid": os.getpid(),
+        "pid": int(os.readlink('/proc/self')),
         "env": sorted(os.environ),
         "cwd": os.getcwd(),
     }
@@ -196,7 +196,7 @@ def helper(n):
 def handler(event, ctx):
     print("before raising")
     if event == "ok":
-        return os.getpid()
+        return int(os.readlink('/proc/self'))
     helper(event)
 "#,
     );
@@ -235,11 +235,11 @@ async fn timeout_kills_the_worker_and_the_pool_heals() {
 import os
 
 def handler(event, ctx):
-    print("worker", os.getpid())
+    print("worker", int(os.readlink('/proc/self')))
     if event == "spin":
         while True:
             pass
-    return os.getpid()
+    return int(os.readlink('/proc/self'))
 "#,
         lim,
     );
@@ -363,19 +363,26 @@ async fn leftover_child_process_is_forked_and_killed() {
     let dep = fx.deploy(
         "fork@1",
         r#"
-import os, subprocess, time
+import os, subprocess, sys, time
 
+# Children name their pids as the node sees them (/proc is the node's; the
+# worker may be in a pid namespace of its own).
 def handler(event, ctx):
     if event == "fork":
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.write(w, os.readlink("/proc/self").encode())
             time.sleep(60)
             os._exit(0)
-        print("child", pid)
+        print("child", os.read(r, 64).decode())
         return "forked"
     if event == "popen":
-        p = subprocess.Popen(["sleep", "60"])
-        print("child", p.pid)
+        p = subprocess.Popen(
+            [sys.executable, "-c", "import os, time; print(os.readlink('/proc/self'), flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE,
+        )
+        print("child", p.stdout.readline().decode().strip())
         return "spawned"
     # A child that is waited for is fine.
     subprocess.run(["true"], check=True)
@@ -569,7 +576,7 @@ import os, time
 def handler(event, ctx):
     start = time.time()
     time.sleep(0.5)
-    return [start, time.time(), os.getpid()]
+    return [start, time.time(), int(os.readlink('/proc/self'))]
 "#,
         lim,
     );
@@ -736,7 +743,7 @@ async fn a_cancelled_invocation_frees_its_worker() {
     lim.concurrency = 1;
     let dep = fx.deploy_with(
         "cancel@1",
-        "import os, time\ndef handler(event, ctx):\n    if event == 'slow':\n        time.sleep(60)\n    return os.getpid()\n",
+        "import os, time\ndef handler(event, ctx):\n    if event == 'slow':\n        time.sleep(60)\n    return int(os.readlink('/proc/self'))\n",
         lim,
     );
     let pid = succeeded(&fx.call(&dep, "null").await).as_i64().unwrap();

@@ -255,10 +255,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(
             landlock_abi = abi,
             tree_limits = runtime.tree_limits(),
+            pid_namespace = runtime.pid_namespace(),
             "Functions run sandboxed."
         );
         format!(
-            "on: Landlock ABI {abi}, seccomp, no_new_privs; {}",
+            "on: Landlock ABI {abi}, seccomp, no_new_privs; {}; {}",
+            if runtime.pid_namespace() {
+                "a pid namespace per template"
+            } else {
+                "NO pid namespaces (unshare --pid is refused here): a setsid child outlives a killed node until its next start"
+            },
             if runtime.tree_limits() {
                 "process-tree limits (cgroups)"
             } else {

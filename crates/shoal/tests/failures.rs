@@ -120,7 +120,7 @@ async fn a_forked_child_does_not_survive_its_invocation() {
     deploy(
         &c,
         "name = \"forker\"",
-        "import os, time\ndef handler(e, ctx):\n    pid = os.fork()\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n    with open(e['path'], 'w') as f:\n        f.write(str(pid))\n    return pid\n",
+        "import os, time\ndef handler(e, ctx):\n    r, w = os.pipe()\n    pid = os.fork()\n    if pid == 0:\n        # Its pid as the node sees it (the worker may be in a pid namespace).\n        with open(e['path'], 'w') as f:\n            f.write(os.readlink('/proc/self'))\n        os.write(w, b'.')\n        time.sleep(60)\n        os._exit(0)\n    os.read(r, 1)\n    return pid\n",
     )
     .await;
     let tmp = tempfile::tempdir().unwrap();

@@ -23,7 +23,6 @@ kernel's ABI (include/uapi/linux/landlock.h, seccomp.h, filter.h).
 
 import ctypes
 import os
-import platform
 import signal
 import struct
 
@@ -196,7 +195,7 @@ def _insn(code, jt, jf, k):
 
 
 def _seccomp():
-    machine = platform.machine()
+    machine = os.uname().machine
     if machine not in _DENIED:
         raise SandboxError(f"no seccomp filter for the {machine} architecture")
     arch, calls = _DENIED[machine]

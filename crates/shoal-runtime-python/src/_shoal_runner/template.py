@@ -179,6 +179,11 @@ class Template:
             return
         if pid == 0:
             try:
+                # The child answers the fork request itself: only it can name
+                # its pid as the node sees it (the template may be the init
+                # of a pid namespace of its own, where pids differ).
+                os.setpgid(0, 0)
+                send_control(self.ctl, {"kind": "forked", "req": req, "pid": _host_pid(), "ns_pid": os.getpid()})
                 worker_main(self, proto_fd, log_fd, memory_mb)
             except BaseException:  # noqa: BLE001
                 try:
@@ -189,14 +194,11 @@ class Template:
                 os._exit(70)
         os.close(proto_fd)
         os.close(log_fd)
-        # Also set by the child; doing it here too means the group exists
-        # before Rust learns the pid and may kill it.
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass
         self.children.add(pid)
-        send_control(self.ctl, {"kind": "forked", "req": req, "pid": pid})
 
     def reap(self):
         while True:
@@ -222,6 +224,8 @@ class Template:
             send_control(self.ctl, msg)
 
     def exit(self):
+        # In a pid namespace of its own, the kernel kills everything left
+        # when this process (its init) exits, `setsid` or not.
         for pid in self.children:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -260,6 +264,15 @@ def _query_functions(module):
             fn = None
         found[name] = fn
     return found
+
+
+def _host_pid():
+    """This process's pid in the node's pid namespace: /proc belongs to the
+    node's namespace, so its `self` link names the pid the node sees."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
 
 
 def _ignore_signal(signum, frame):

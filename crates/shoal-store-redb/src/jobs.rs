@@ -14,6 +14,7 @@ use shoal_store::{ChildFinished, ChildResult, Error, JobProgress, JobRecord, New
 use shoal_types::InvocationStatus;
 
 use crate::codec::{self, decode_record};
+use crate::invocations::{Encoded, IndexKey};
 use crate::queue::QueueIndex;
 use crate::queue_ops::{QueueOps, queue_end};
 use crate::writer::{Applied, Effect, Tables, Value, ok};
@@ -45,7 +46,7 @@ impl<'txn> JobTables<'txn> {
 pub(crate) struct NewJob {
     pub job: JobRecord,
     pub encoded: Vec<u8>,
-    pub children: Vec<(String, Vec<u8>)>,
+    pub children: Vec<Encoded>,
     pub queue: String,
     pub messages: Vec<NewMessage>,
 }
@@ -207,7 +208,11 @@ fn on_complete(
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
-        t.put_invocations(&[(plan.record.id.clone(), value)])?;
+        t.put_invocations(&[Encoded {
+            id: plan.record.id.clone(),
+            value,
+            key: IndexKey::of(&plan.record),
+        }])?;
         let message = NewMessage {
             id: plan.record.id.clone(),
             body: plan.body.clone().into_bytes(),

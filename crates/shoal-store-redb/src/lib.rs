@@ -13,7 +13,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `"format"` | u64 layout version (1) |
+//! | `meta` | `"format"` | u64 layout version (3) |
 //! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"` | u64 counters |
 //! | `meta` | `"commits"` | u64, commits so far (tells whether a commit that reported an I/O error landed) |
 //! | `functions` | (name, version) | `FunctionRecord` |
@@ -22,6 +22,11 @@
 //! | `token_by_secret_sha256` | secret sha256 | token id |
 //! | `invocations` | id | `InvocationRecord` |
 //! | `logs` | invocation id | bytes |
+//! | `invocations_by_time` | (created_at_ms, id) | u8 mode, no format byte (see `invocations`) |
+//! | `invocations_by_function` | (function, created_at_ms, id) | u8 mode |
+//! | `invocations_by_status` | (u8 status, created_at_ms, id) | u8 mode |
+//! | `invocations_by_function_status` | (function, u8 status, created_at_ms, id) | u8 mode |
+//! | `invocation_keys` | id | (function, created_at_ms, u8 status, u8 mode): what it is indexed under |
 //! | `queue_messages` | (queue, message id) | header {due_ms, failures, seq, sent_ms} + body |
 //! | `queue_dead` | (queue, message id) | header {failures, sent_ms, dead_at_ms, reason} + body |
 //! | `queue_dedup` | (queue, deduplication key) | u64 until_ms, no format byte |
@@ -42,6 +47,7 @@
 
 mod codec;
 mod docs;
+mod invocations;
 mod jobs;
 mod queue;
 mod queue_ops;
@@ -63,6 +69,7 @@ use shoal_store::{
     Leased, LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth, QueueRecord,
     QueueSample, Queues, Result, ShardStats, StoreHealth, StoredDoc, TokenRecord,
 };
+use shoal_store::{InvocationCursor, InvocationFilter, InvocationPage};
 use tokio::sync::oneshot;
 
 use crate::codec::{CategoryHead, decode_bytes, decode_message, decode_record};
@@ -109,7 +116,10 @@ const SUB_JOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("sub_jo
 ///   every record decodes into the typed schema — a value no enum knows
 ///   fails the open, loudly, instead of a later read — and stamping 2, in
 ///   one transaction. Nothing is rewritten, nothing is lost.
-const LAYOUT_VERSION: u64 = 2;
+/// - 3: the invocation indexes (`invocations`). A layout-2 database is
+///   migrated by indexing every stored record, in one transaction (a
+///   layout-1 one goes through 2 first, in the same transaction).
+const LAYOUT_VERSION: u64 = 3;
 
 fn unavailable(e: impl Display) -> Error {
     Error::Unavailable(e.to_string())
@@ -352,10 +362,16 @@ fn init_layout(db: &Database) -> Result<()> {
                 meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
             }
             Some(LAYOUT_VERSION) => {}
-            Some(1) => {
-                migrate_from_v1(&txn)?;
+            Some(from @ (1 | 2)) => {
+                if from == 1 {
+                    migrate_from_v1(&txn)?;
+                }
+                let indexed = invocations::build(&txn)?;
                 meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
-                tracing::info!("Database migrated from layout 1 to {LAYOUT_VERSION}.");
+                tracing::info!(
+                    indexed,
+                    "Database migrated from layout {from} to {LAYOUT_VERSION}."
+                );
             }
             Some(other) => {
                 return Err(Error::Corrupt(format!(
@@ -369,6 +385,7 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
         txn.open_table(INVOCATIONS).map_err(unavailable)?;
         txn.open_table(LOGS).map_err(unavailable)?;
+        invocations::create_tables(&txn)?;
         txn.open_table(MESSAGES).map_err(unavailable)?;
         txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
         txn.open_table(DEDUP).map_err(unavailable)?;
@@ -639,13 +656,17 @@ impl Catalog for RedbStore {
     }
 }
 
-fn encode_invocations(records: &[InvocationRecord]) -> Result<Vec<(String, Vec<u8>)>> {
+fn encode_invocations(records: &[InvocationRecord]) -> Result<Vec<invocations::Encoded>> {
     records
         .iter()
         .map(|r| {
             codec::check_invocation(r)?;
             let value = codec::encode_record(&format_args!("invocation {}", r.id), r)?;
-            Ok((r.id.clone(), value))
+            Ok(invocations::Encoded {
+                id: r.id.clone(),
+                value,
+                key: invocations::IndexKey::of(r),
+            })
         })
         .collect()
 }
@@ -838,6 +859,23 @@ impl Invocations for RedbStore {
             stored
                 .map(|value| decode_record(&format_args!("invocation {id}"), value.value()))
                 .transpose()
+        })
+    }
+
+    fn list_invocations(
+        &self,
+        filter: &InvocationFilter,
+        after: Option<&InvocationCursor>,
+        limit: usize,
+    ) -> Pending<InvocationPage> {
+        self.read(|txn| invocations::list(txn, filter, after, limit))
+    }
+
+    fn count_invocations(&self) -> Pending<u64> {
+        self.read(|txn| {
+            use redb::ReadableTableMetadata;
+            let table = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+            table.len().map_err(unavailable)
         })
     }
 

@@ -49,6 +49,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::{self, MessageHeader};
 use crate::docs::{self, Scratch};
+use crate::invocations::{Encoded, IndexTables};
 use crate::jobs::{self, JobTables, NewJob};
 use crate::queue::TotalsRow;
 use crate::queue_ops::{self, QueueOps};
@@ -162,8 +163,7 @@ pub(crate) enum Command {
         value: Vec<u8>,
     },
     RevokeToken(String),
-    /// (id, encoded record)
-    PutInvocations(Vec<(String, Vec<u8>)>),
+    PutInvocations(Vec<Encoded>),
     PutLogs {
         id: String,
         value: Vec<u8>,
@@ -239,7 +239,7 @@ impl Command {
     fn weight(&self) -> usize {
         const ROW: usize = 64;
         match self {
-            Command::PutInvocations(records) => records.iter().map(|(_, v)| ROW + v.len()).sum(),
+            Command::PutInvocations(records) => records.iter().map(|r| ROW + r.value.len()).sum(),
             Command::PutLogs { value, .. } => ROW + value.len(),
             Command::Send { messages, .. } => messages.iter().map(|m| ROW + m.body.len()).sum(),
             Command::RecordSamples { samples, .. } => samples.len() * ROW,
@@ -248,7 +248,7 @@ impl Command {
             }
             Command::DeleteDocs { docs, .. } => docs.len() * ROW,
             Command::CreateJob(job) => {
-                let children: usize = job.children.iter().map(|(_, v)| ROW + v.len()).sum();
+                let children: usize = job.children.iter().map(|r| ROW + r.value.len()).sum();
                 let messages: usize = job.messages.iter().map(|m| ROW + m.body.len()).sum();
                 children + messages
             }
@@ -377,6 +377,8 @@ pub(crate) struct Tables<'txn> {
     tokens: Table<'txn, &'static str, &'static [u8]>,
     token_secrets: Table<'txn, &'static str, &'static str>,
     invocations: Table<'txn, &'static str, &'static [u8]>,
+    /// The invocation indexes, changed with every record write.
+    invocation_index: IndexTables<'txn>,
     logs: Table<'txn, &'static str, &'static [u8]>,
     pub messages: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     /// Opened on first use, like `extra`.
@@ -430,13 +432,15 @@ impl<'txn> Tables<'txn> {
         Ok(self.jobs.as_mut().expect("just opened"))
     }
 
-    /// Inserts or replaces encoded invocation records.
+    /// Inserts or replaces encoded invocation records, and moves their
+    /// index entries in the same transaction.
     pub(crate) fn put_invocations(
         &mut self,
-        records: &[(String, Vec<u8>)],
+        records: &[Encoded],
     ) -> std::result::Result<(), redb::StorageError> {
-        for (id, value) in records {
-            self.invocations.insert(id.as_str(), value.as_slice())?;
+        for r in records {
+            self.invocations.insert(r.id.as_str(), r.value.as_slice())?;
+            self.invocation_index.index(&r.id, &r.key)?;
         }
         Ok(())
     }
@@ -473,6 +477,7 @@ impl<'txn> Tables<'txn> {
             tokens: txn.open_table(TOKENS)?,
             token_secrets: txn.open_table(TOKEN_SECRETS)?,
             invocations: txn.open_table(INVOCATIONS)?,
+            invocation_index: IndexTables::open(txn)?,
             logs: txn.open_table(LOGS)?,
             messages: txn.open_table(MESSAGES)?,
             totals: None,
@@ -945,6 +950,7 @@ impl Writer {
                         .is_some_and(|v| v.value() == value.as_slice());
                     if unchanged {
                         t.invocations.remove(id.as_str())?;
+                        t.invocation_index.unindex(id)?;
                         t.logs.remove(id.as_str())?;
                         deleted += 1;
                     }

@@ -525,11 +525,67 @@ pub struct Purged {
     pub next: Option<String>,
 }
 
+/// Which invocations [`Invocations::list_invocations`] returns: every field
+/// that is set narrows the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvocationFilter {
+    pub function: Option<FunctionName>,
+    /// The record's current status (it moves as the invocation runs).
+    pub status: Option<InvocationStatus>,
+    pub mode: Option<InvocationMode>,
+    /// Created at or after this time.
+    pub since_ms: Option<u64>,
+    /// Created before this time.
+    pub until_ms: Option<u64>,
+}
+
+/// A place in the newest-first order of invocations: `(created_at_ms, id)`.
+/// A page after it holds the records strictly older in that order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InvocationCursor {
+    pub created_at_ms: u64,
+    pub id: String,
+}
+
+impl InvocationCursor {
+    /// The cursor just past `record`.
+    pub fn after(record: &InvocationRecord) -> InvocationCursor {
+        InvocationCursor {
+            created_at_ms: record.created_at_ms,
+            id: record.id.clone(),
+        }
+    }
+}
+
+/// One page of [`Invocations::list_invocations`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InvocationPage {
+    /// Newest first: by `created_at_ms`, then id, both descending.
+    pub records: Vec<InvocationRecord>,
+    /// Where the next page starts; `None` when no record follows.
+    pub next: Option<InvocationCursor>,
+}
+
 /// Invocation records and their logs.
 pub trait Invocations: Send + Sync + 'static {
     /// Inserts or replaces records.
     fn put_invocations(&self, records: Vec<InvocationRecord>) -> Pending<()>;
     fn invocation(&self, id: &str) -> Pending<Option<InvocationRecord>>;
+    /// Up to `limit` records that match `filter`, newest first, strictly
+    /// after `after` in that order (from the newest when `None`). Indexed:
+    /// a page costs about `limit` record reads whatever the store holds,
+    /// except that `mode` is checked on the entries of the index the other
+    /// fields choose. Records written by jobs (children, fan-ins) are
+    /// listed like any other; a record whose status changed is found under
+    /// its new status only.
+    fn list_invocations(
+        &self,
+        filter: &InvocationFilter,
+        after: Option<&InvocationCursor>,
+        limit: usize,
+    ) -> Pending<InvocationPage>;
+    /// How many invocation records are stored (cheap: no scan).
+    fn count_invocations(&self) -> Pending<u64>;
     /// One step of the retention sweep: looks at up to `scan` records in
     /// id order after `after` (from the first when `None`) and deletes,
     /// with their logs, those whose status is final and that finished

@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod docs;
+pub mod invocation_lists;
 pub mod invocations;
 pub mod jobs;
 pub mod queue_cleanup;
@@ -83,6 +84,11 @@ macro_rules! __conformance_cases {
             invocations::write_order
             invocations::healthy
             invocations::purge_invocations
+            invocation_lists::list_invocations_filters
+            invocation_lists::list_invocations_paging
+            invocation_lists::list_invocations_follow_status
+            invocation_lists::list_invocations_of_jobs
+            invocation_lists::list_invocations_after_purge
             queues::queue_lease_and_ack
             queues::queue_due_order
             queues::queue_visibility_and_extend

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use crate::{InvocationRecord, Invocations, Pending, Purged, StoreHealth};
+use crate::{
+    InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Invocations, Pending,
+    Purged, StoreHealth,
+};
 
 use super::MemoryStore;
 
@@ -33,6 +36,36 @@ impl Invocations for MemoryStore {
 
     fn invocation(&self, id: &str) -> Pending<Option<InvocationRecord>> {
         self.run(|s| Ok(s.invocations.records.get(id).cloned()))
+    }
+
+    /// A scan of every record, sorted: the reference order, not an index.
+    fn list_invocations(
+        &self,
+        filter: &InvocationFilter,
+        after: Option<&InvocationCursor>,
+        limit: usize,
+    ) -> Pending<InvocationPage> {
+        self.run(|s| {
+            let mut found: Vec<&InvocationRecord> = s
+                .invocations
+                .records
+                .values()
+                .filter(|r| matches(filter, r))
+                .filter(|r| after.is_none_or(|a| InvocationCursor::after(r) < *a))
+                .collect();
+            found.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+            let more = found.len() > limit;
+            let records: Vec<InvocationRecord> = found.into_iter().take(limit).cloned().collect();
+            let next = match (more, records.last()) {
+                (true, Some(last)) => Some(InvocationCursor::after(last)),
+                _ => None,
+            };
+            Ok(InvocationPage { records, next })
+        })
+    }
+
+    fn count_invocations(&self) -> Pending<u64> {
+        self.run(|s| Ok(s.invocations.records.len() as u64))
     }
 
     fn purge_invocations(
@@ -85,4 +118,12 @@ impl Invocations for MemoryStore {
     fn health(&self) -> StoreHealth {
         StoreHealth::Ok
     }
+}
+
+fn matches(f: &InvocationFilter, r: &InvocationRecord) -> bool {
+    f.function.as_ref().is_none_or(|n| *n == r.function)
+        && f.status.is_none_or(|st| st == r.status)
+        && f.mode.is_none_or(|m| m == r.mode)
+        && f.since_ms.is_none_or(|t| r.created_at_ms >= t)
+        && f.until_ms.is_none_or(|t| r.created_at_ms < t)
 }

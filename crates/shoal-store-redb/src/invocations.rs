@@ -1,0 +1,312 @@
+//! The invocation indexes: newest-first lists by function, status and time.
+//!
+//! Every record has one entry in each of four index tables, keyed so that a
+//! filtered page is one reverse range scan: by time, by (function, time),
+//! by (status, time) and by (function, status, time); `time` is
+//! `created_at_ms`, and the id ends every key. Each entry's value is the
+//! mode, so a mode filter needs no record read. `invocation_keys` remembers
+//! what a record was indexed under, so a write that changes its status
+//! moves its two status entries inside the same transaction, and a purge
+//! removes all four.
+
+use std::ops::Bound;
+
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use shoal_store::{
+    Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Result,
+};
+use shoal_types::{InvocationMode, InvocationStatus};
+
+use crate::codec::decode_record;
+use crate::{INVOCATIONS, unavailable};
+
+/// (created_at_ms, id) → mode.
+pub(crate) const BY_TIME: TableDefinition<(u64, &str), u8> =
+    TableDefinition::new("invocations_by_time");
+/// (function, created_at_ms, id) → mode.
+pub(crate) const BY_FUNCTION: TableDefinition<(&str, u64, &str), u8> =
+    TableDefinition::new("invocations_by_function");
+/// (status, created_at_ms, id) → mode.
+pub(crate) const BY_STATUS: TableDefinition<(u8, u64, &str), u8> =
+    TableDefinition::new("invocations_by_status");
+/// (function, status, created_at_ms, id) → mode.
+pub(crate) const BY_FUNCTION_STATUS: TableDefinition<(&str, u8, u64, &str), u8> =
+    TableDefinition::new("invocations_by_function_status");
+/// id → (function, created_at_ms, status, mode): what the record is indexed under.
+pub(crate) const KEYS: TableDefinition<&str, (&str, u64, u8, u8)> =
+    TableDefinition::new("invocation_keys");
+
+/// What a record is indexed under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IndexKey {
+    pub function: String,
+    pub created_at_ms: u64,
+    pub status: u8,
+    pub mode: u8,
+}
+
+impl IndexKey {
+    pub(crate) fn of(record: &InvocationRecord) -> IndexKey {
+        IndexKey {
+            function: record.function.to_string(),
+            created_at_ms: record.created_at_ms,
+            status: status_code(record.status),
+            mode: mode_code(record.mode),
+        }
+    }
+}
+
+/// An invocation record ready for the writer: id, encoded value, index key.
+pub(crate) struct Encoded {
+    pub id: String,
+    pub value: Vec<u8>,
+    pub key: IndexKey,
+}
+
+/// The index tables inside a write transaction.
+pub(crate) struct IndexTables<'txn> {
+    by_time: Table<'txn, (u64, &'static str), u8>,
+    by_function: Table<'txn, (&'static str, u64, &'static str), u8>,
+    by_status: Table<'txn, (u8, u64, &'static str), u8>,
+    by_function_status: Table<'txn, (&'static str, u8, u64, &'static str), u8>,
+    keys: Table<'txn, &'static str, (&'static str, u64, u8, u8)>,
+}
+
+impl<'txn> IndexTables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
+        Ok(IndexTables {
+            by_time: txn.open_table(BY_TIME)?,
+            by_function: txn.open_table(BY_FUNCTION)?,
+            by_status: txn.open_table(BY_STATUS)?,
+            by_function_status: txn.open_table(BY_FUNCTION_STATUS)?,
+            keys: txn.open_table(KEYS)?,
+        })
+    }
+
+    /// Indexes `id` under `key`, moving whatever entries it had before.
+    /// A status change (the usual update) touches the two status tables
+    /// and the key row only.
+    pub(crate) fn index(
+        &mut self,
+        id: &str,
+        key: &IndexKey,
+    ) -> std::result::Result<(), redb::StorageError> {
+        let old = self.stored_key(id)?;
+        if old.as_ref() == Some(key) {
+            return Ok(());
+        }
+        let (f, t, s, m) = (
+            key.function.as_str(),
+            key.created_at_ms,
+            key.status,
+            key.mode,
+        );
+        match &old {
+            Some(o) if o.function == key.function && o.created_at_ms == t && o.mode == m => {
+                self.by_status.remove((o.status, t, id))?;
+                self.by_function_status.remove((f, o.status, t, id))?;
+            }
+            Some(o) => {
+                self.remove_entries(id, o)?;
+                self.by_time.insert((t, id), m)?;
+                self.by_function.insert((f, t, id), m)?;
+            }
+            None => {
+                self.by_time.insert((t, id), m)?;
+                self.by_function.insert((f, t, id), m)?;
+            }
+        }
+        self.by_status.insert((s, t, id), m)?;
+        self.by_function_status.insert((f, s, t, id), m)?;
+        self.keys.insert(id, (f, t, s, m))?;
+        Ok(())
+    }
+
+    /// Removes every index entry of `id` (a purged record).
+    pub(crate) fn unindex(&mut self, id: &str) -> std::result::Result<(), redb::StorageError> {
+        if let Some(old) = self.stored_key(id)? {
+            self.remove_entries(id, &old)?;
+            self.keys.remove(id)?;
+        }
+        Ok(())
+    }
+
+    fn stored_key(&self, id: &str) -> std::result::Result<Option<IndexKey>, redb::StorageError> {
+        Ok(self.keys.get(id)?.map(|g| {
+            let (function, created_at_ms, status, mode) = g.value();
+            IndexKey {
+                function: function.to_string(),
+                created_at_ms,
+                status,
+                mode,
+            }
+        }))
+    }
+
+    fn remove_entries(
+        &mut self,
+        id: &str,
+        o: &IndexKey,
+    ) -> std::result::Result<(), redb::StorageError> {
+        let (f, t) = (o.function.as_str(), o.created_at_ms);
+        self.by_time.remove((t, id))?;
+        self.by_function.remove((f, t, id))?;
+        self.by_status.remove((o.status, t, id))?;
+        self.by_function_status.remove((f, o.status, t, id))?;
+        Ok(())
+    }
+}
+
+/// Creates the index tables (a fresh database, or before a migration).
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<()> {
+    IndexTables::open(txn).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Layout 2 → 3: indexes every stored record, in the migration's
+/// transaction. A record that does not decode fails the open, loudly.
+pub(crate) fn build(txn: &WriteTransaction) -> Result<u64> {
+    let records = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+    let mut tables = IndexTables::open(txn).map_err(unavailable)?;
+    let mut n = 0;
+    for row in records.iter().map_err(unavailable)? {
+        let (id, value) = row.map_err(unavailable)?;
+        let id = id.value();
+        let what = format!("indexing invocation {id} (migrating to layout 3)");
+        let record: InvocationRecord = decode_record(&what, value.value())?;
+        tables
+            .index(id, &IndexKey::of(&record))
+            .map_err(unavailable)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// One page of `list_invocations`, from the index the filter chooses.
+pub(crate) fn list(
+    txn: &ReadTransaction,
+    filter: &InvocationFilter,
+    after: Option<&InvocationCursor>,
+    limit: usize,
+) -> Result<InvocationPage> {
+    if limit == 0 {
+        return Ok(InvocationPage::default());
+    }
+    let since = filter.since_ms.unwrap_or(0);
+    let until = filter.until_ms.unwrap_or(u64::MAX);
+    if since >= until {
+        return Ok(InvocationPage::default());
+    }
+    // The exclusive upper end: the cursor or `until`, whichever is lower.
+    let (hi_t, hi_id): (u64, &str) = match after {
+        Some(c) if (c.created_at_ms, c.id.as_str()) < (until, "") => {
+            (c.created_at_ms, c.id.as_str())
+        }
+        _ => (until, ""),
+    };
+    if (hi_t, hi_id) <= (since, "") {
+        return Ok(InvocationPage::default());
+    }
+    let mode = filter.mode.map(mode_code);
+    let want = limit + 1;
+    let mut ids: Vec<String> = Vec::with_capacity(want.min(1024));
+    let mut take = |id: &str, m: u8| {
+        if mode.is_none_or(|want| want == m) {
+            ids.push(id.to_string());
+        }
+        ids.len() < want
+    };
+    match (&filter.function, filter.status.map(status_code)) {
+        (Some(f), Some(s)) => {
+            let t = txn.open_table(BY_FUNCTION_STATUS).map_err(unavailable)?;
+            let f = f.as_str();
+            let range = (
+                Bound::Included((f, s, since, "")),
+                Bound::Excluded((f, s, hi_t, hi_id)),
+            );
+            for e in t.range(range).map_err(unavailable)?.rev() {
+                let (k, v) = e.map_err(unavailable)?;
+                if !take(k.value().3, v.value()) {
+                    break;
+                }
+            }
+        }
+        (Some(f), None) => {
+            let t = txn.open_table(BY_FUNCTION).map_err(unavailable)?;
+            let f = f.as_str();
+            let range = (
+                Bound::Included((f, since, "")),
+                Bound::Excluded((f, hi_t, hi_id)),
+            );
+            for e in t.range(range).map_err(unavailable)?.rev() {
+                let (k, v) = e.map_err(unavailable)?;
+                if !take(k.value().2, v.value()) {
+                    break;
+                }
+            }
+        }
+        (None, Some(s)) => {
+            let t = txn.open_table(BY_STATUS).map_err(unavailable)?;
+            let range = (
+                Bound::Included((s, since, "")),
+                Bound::Excluded((s, hi_t, hi_id)),
+            );
+            for e in t.range(range).map_err(unavailable)?.rev() {
+                let (k, v) = e.map_err(unavailable)?;
+                if !take(k.value().2, v.value()) {
+                    break;
+                }
+            }
+        }
+        (None, None) => {
+            let t = txn.open_table(BY_TIME).map_err(unavailable)?;
+            let range = (Bound::Included((since, "")), Bound::Excluded((hi_t, hi_id)));
+            for e in t.range(range).map_err(unavailable)?.rev() {
+                let (k, v) = e.map_err(unavailable)?;
+                if !take(k.value().1, v.value()) {
+                    break;
+                }
+            }
+        }
+    }
+    let more = ids.len() > limit;
+    ids.truncate(limit);
+    let table = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+    let mut records = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let Some(value) = table.get(id.as_str()).map_err(unavailable)? else {
+            return Err(Error::Corrupt(format!(
+                "invocation {id} is indexed but not stored"
+            )));
+        };
+        let record: InvocationRecord =
+            decode_record(&format_args!("invocation {id}"), value.value())?;
+        records.push(record);
+    }
+    let next = match (more, records.last()) {
+        (true, Some(last)) => Some(InvocationCursor::after(last)),
+        _ => None,
+    };
+    Ok(InvocationPage { records, next })
+}
+
+/// The stored code of a status: part of the layout, never renumbered.
+fn status_code(s: InvocationStatus) -> u8 {
+    match s {
+        InvocationStatus::Queued => 0,
+        InvocationStatus::Running => 1,
+        InvocationStatus::Succeeded => 2,
+        InvocationStatus::Failed => 3,
+        InvocationStatus::TimedOut => 4,
+        InvocationStatus::Cancelled => 5,
+    }
+}
+
+/// The stored code of a mode: part of the layout, never renumbered.
+fn mode_code(m: InvocationMode) -> u8 {
+    match m {
+        InvocationMode::Sync => 0,
+        InvocationMode::Async => 1,
+        InvocationMode::Queue => 2,
+    }
+}

@@ -29,7 +29,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The node answered with an error body.
-    #[error("{message} ({code:?}, HTTP {status})")]
+    #[error("{message} ({code}, HTTP {status})")]
     Api {
         status: u16,
         code: ErrorCode,
@@ -56,6 +56,24 @@ impl Error {
     }
 }
 
+/// Whether a removal may lose data (`?force=true` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Refused (409 `force_required`) when the thing holds data.
+    IfEmpty,
+    /// Removes it with what it holds.
+    Force,
+}
+
+impl Removal {
+    fn query(self) -> &'static str {
+        match self {
+            Removal::IfEmpty => "",
+            Removal::Force => "?force=true",
+        }
+    }
+}
+
 /// The result of a synchronous invocation.
 #[derive(Debug, Clone)]
 pub struct Invoked {
@@ -71,8 +89,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// `url` like `http://127.0.0.1:7700`; `token` is the bearer secret.
+    /// `url` like `http://127.0.0.1:7700`, `127.0.0.1:7700` or
+    /// `localhost:7700` (see [`node_url`]); `token` is the bearer secret.
     pub fn new(url: &str, token: Option<&str>) -> Result<Client> {
+        let url = node_url(url)?;
         let mut headers = HeaderMap::new();
         if let Some(t) = token {
             let v = HeaderValue::from_str(&format!("Bearer {}", t.trim())).map_err(|_| {
@@ -84,10 +104,7 @@ impl Client {
             .default_headers(headers)
             .build()
             .map_err(|e| Error::Transport(e.to_string()))?;
-        Ok(Client {
-            http,
-            base: url.trim_end_matches('/').to_string(),
-        })
+        Ok(Client { http, base: url })
     }
 
     pub fn url(&self) -> &str {
@@ -265,11 +282,18 @@ impl Client {
         .await
     }
 
+    /// Deletes an empty category (409 `force_required` when it holds
+    /// documents).
     pub async fn delete_category(&self, name: &str) -> Result<()> {
+        self.delete_category_with(name, Removal::IfEmpty).await
+    }
+
+    /// Deletes a category; with `Removal::Force`, with its documents.
+    pub async fn delete_category_with(&self, name: &str, removal: Removal) -> Result<()> {
         let _: Deleted = self
             .json(
                 Method::DELETE,
-                &format!("/v1/categories/{}", seg(name)),
+                &format!("/v1/categories/{}{}", seg(name), removal.query()),
                 None::<&()>,
             )
             .await?;
@@ -408,11 +432,18 @@ impl Client {
         .await
     }
 
+    /// Deletes a queue with no messages, dead letters or subscriber (409
+    /// `force_required` otherwise).
     pub async fn delete_queue(&self, name: &str) -> Result<()> {
+        self.delete_queue_with(name, Removal::IfEmpty).await
+    }
+
+    /// Deletes a queue; with `Removal::Force`, with what it holds.
+    pub async fn delete_queue_with(&self, name: &str, removal: Removal) -> Result<()> {
         let _: Deleted = self
             .json(
                 Method::DELETE,
-                &format!("/v1/queues/{}", seg(name)),
+                &format!("/v1/queues/{}{}", seg(name), removal.query()),
                 None::<&()>,
             )
             .await?;
@@ -467,11 +498,13 @@ impl Client {
         Ok(c.count)
     }
 
-    pub async fn purge_queue(&self, queue: &str) -> Result<u64> {
+    /// Deletes a queue's waiting messages: with `Removal::IfEmpty`, refused
+    /// (409 `force_required`) when there are any.
+    pub async fn purge_queue(&self, queue: &str, removal: Removal) -> Result<u64> {
         let c: Count = self
             .json(
                 Method::POST,
-                &format!("/v1/queues/{}/purge", seg(queue)),
+                &format!("/v1/queues/{}/purge{}", seg(queue), removal.query()),
                 None::<&()>,
             )
             .await?;
@@ -662,6 +695,33 @@ impl Lines {
             }
         }
     }
+}
+
+/// A node's base URL from what a user types: `host:port` and `localhost:port`
+/// get `http://`; `http://` and `https://` URLs are kept. No trailing slash.
+pub fn node_url(text: &str) -> Result<String> {
+    let text = text.trim();
+    let full = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let bad = |why: String| {
+        Error::Transport(format!(
+            "`{text}` is not a node address ({why}); give host:port, localhost:7700 or http(s)://host:port"
+        ))
+    };
+    let url = reqwest::Url::parse(&full).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "the scheme must be http or https, not {}",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host".to_string()));
+    }
+    Ok(full.trim_end_matches('/').to_string())
 }
 
 /// Percent-encodes one path segment.

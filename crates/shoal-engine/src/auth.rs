@@ -1,7 +1,8 @@
 //! API tokens: created with a role, stored as sha256 hashes, revoked by id.
 //!
 //! Verified tokens are cached in memory (by hash) so a request does not pay a
-//! store read; revoking clears the cache.
+//! store read; revoking clears the cache. The last admin token cannot be
+//! revoked (revokes are serialized, so two cannot both pass that check).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +14,7 @@ use shoal_store::TokenRecord;
 use shoal_types::Role;
 
 use crate::env::Env;
-use crate::error::{Entity, Error, Result};
+use crate::error::{Conflict, Entity, Error, Result};
 
 /// A token as listed (never with its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub const SECRET_PREFIX: &str = "shoal_";
 pub(crate) struct Tokens {
     env: Arc<Env>,
     by_hash: RwLock<HashMap<String, Role>>,
+    /// Held across a revoke's check-then-write.
+    revoking: tokio::sync::Mutex<()>,
 }
 
 impl Tokens {
@@ -39,6 +42,7 @@ impl Tokens {
         Tokens {
             env,
             by_hash: RwLock::new(HashMap::new()),
+            revoking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -63,14 +67,7 @@ impl Tokens {
 
     /// Creates a token; returns it with its secret (shown once).
     pub(crate) async fn create(&self, role: Role, name: &str) -> Result<(Token, String)> {
-        let (id, secret) = new_secret();
-        let record = TokenRecord {
-            id,
-            secret_sha256: hash_secret(&secret),
-            role,
-            name: name.to_string(),
-            created_at_ms: self.env.now_ms(),
-        };
+        let (record, secret) = mint(role, name, self.env.now_ms());
         self.env.backend.catalog.put_token(record.clone()).await?;
         Ok((to_token(&record), secret))
     }
@@ -81,6 +78,17 @@ impl Tokens {
     }
 
     pub(crate) async fn revoke(&self, id: &str) -> Result<()> {
+        let _one_at_a_time = self.revoking.lock().await;
+        let records = self.env.backend.catalog.tokens().await?;
+        let admins = records.iter().filter(|t| t.role == Role::Admin).count();
+        if admins == 1 && records.iter().any(|t| t.id == id && t.role == Role::Admin) {
+            return Err(Error::conflict(
+                Conflict::LastAdminToken,
+                format!(
+                    "`{id}` is the last admin token: revoking it would lock every admin out; create another admin token first (`shoal tokens create --role admin`)"
+                ),
+            ));
+        }
         let existed = self.env.backend.catalog.revoke_token(id).await?;
         self.by_hash.write().unwrap().clear();
         if existed {
@@ -89,6 +97,21 @@ impl Tokens {
             Err(Error::not_found(Entity::Token, id))
         }
     }
+}
+
+/// A new token record of `role` and its secret (shown once). For the node,
+/// and for `shoal tokens recover`, which writes one into a stopped node's
+/// store.
+pub fn mint(role: Role, name: &str, now_ms: u64) -> (TokenRecord, String) {
+    let (id, secret) = new_secret();
+    let record = TokenRecord {
+        id,
+        secret_sha256: hash_secret(&secret),
+        role,
+        name: name.to_string(),
+        created_at_ms: now_ms,
+    };
+    (record, secret)
 }
 
 fn hash_secret(secret: &str) -> String {

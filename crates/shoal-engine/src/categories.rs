@@ -16,7 +16,7 @@ use shoal_store::{CategoryRecord, DocWrite, Docs, ShardStats, StoredDoc};
 use shoal_types::{Invalid, validate_name};
 
 use crate::env::Env;
-use crate::error::{Conflict, Entity, Error, Result};
+use crate::error::{Conflict, Entity, Error, Removal, Result};
 use crate::functions::Functions;
 
 /// Settings for categories.
@@ -191,8 +191,21 @@ impl Categories {
         Ok(out)
     }
 
-    pub(crate) async fn delete(&self, name: &str) -> Result<()> {
+    /// Deletes a category; unless forced, only an empty one.
+    pub(crate) async fn delete(&self, name: &str, removal: Removal) -> Result<()> {
         check_category_name(name)?;
+        if removal == Removal::IfEmpty {
+            let docs: u64 = self.get(name).await?.stats.iter().map(|s| s.docs).sum();
+            if docs > 0 {
+                return Err(Error::conflict(
+                    Conflict::ForceRequired,
+                    format!(
+                        "category `{name}` holds {docs} document{}; delete it with ?force=true (CLI: --force) to lose them",
+                        if docs == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+        }
         if self.env.backend.docs.delete_category(name).await? {
             Ok(())
         } else {

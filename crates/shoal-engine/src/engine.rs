@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::consumers::Consumers;
 use crate::dispatch::{Completed, Dispatcher};
 use crate::env::{Env, Options, Random, SystemRandom, Tasks};
-use crate::error::Result;
+use crate::error::{Removal, Result};
 use crate::functions::Functions;
 use crate::invocation::queue_name;
 use crate::jobs::{JobSpec, JobView, Jobs};
@@ -236,8 +236,8 @@ impl Handle {
         self.dispatcher.categories.list().await
     }
 
-    pub async fn delete_category(&self, name: &str) -> Result<()> {
-        self.dispatcher.categories.delete(name).await
+    pub async fn delete_category(&self, name: &str, removal: Removal) -> Result<()> {
+        self.dispatcher.categories.delete(name, removal).await
     }
 
     /// Writes documents atomically (creating the category if needed) and
@@ -299,8 +299,8 @@ impl Handle {
         self.dispatcher.queues.list().await
     }
 
-    pub async fn delete_queue(&self, name: &str) -> Result<()> {
-        self.dispatcher.queues.delete(name).await
+    pub async fn delete_queue(&self, name: &str, removal: Removal) -> Result<()> {
+        self.dispatcher.queues.delete(name, removal).await
     }
 
     /// Sends messages durably; returns their ids.
@@ -328,8 +328,8 @@ impl Handle {
         self.dispatcher.queues.purge_dead(queue, ids).await
     }
 
-    pub async fn purge_queue(&self, queue: &str) -> Result<u64> {
-        self.dispatcher.queues.purge(queue).await
+    pub async fn purge_queue(&self, queue: &str, removal: Removal) -> Result<u64> {
+        self.dispatcher.queues.purge(queue, removal).await
     }
 
     /// The queue's history since `since_ms`, with rates.

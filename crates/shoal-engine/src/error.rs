@@ -47,6 +47,14 @@ impl fmt::Display for Entity {
     }
 }
 
+/// Whether a removal may lose data: a queue's messages or subscription, a
+/// category's documents. `IfEmpty` refuses with `Conflict::ForceRequired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    IfEmpty,
+    Force,
+}
+
 /// Why a create or remove conflicts with what exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Conflict {
@@ -58,6 +66,11 @@ pub enum Conflict {
     LimiterInUse,
     /// The secret to remove is still named by a function.
     SecretInUse,
+    /// The removal would lose data (waiting messages, documents, a
+    /// subscription) and was not asked with `force=true`.
+    ForceRequired,
+    /// The token to revoke is the last admin token.
+    LastAdminToken,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

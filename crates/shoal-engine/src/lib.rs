@@ -24,14 +24,14 @@ mod queues;
 mod retention;
 mod secrets;
 
-pub use auth::{SECRET_PREFIX, Token};
+pub use auth::{SECRET_PREFIX, Token, mint as mint_token};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use dispatch::Completed;
 pub use documents::{MAX_DOC_DEPTH, check_document};
 pub use engine::{Handle, Parts, start, start_with};
 pub use env::{Options, Random, SystemRandom};
-pub use error::{Conflict, Entity, Error, Result};
+pub use error::{Conflict, Entity, Error, Removal, Result};
 pub use functions::Deployed;
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings};

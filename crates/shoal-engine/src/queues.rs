@@ -19,7 +19,7 @@ use shoal_types::validate_name;
 
 use crate::consumers::Consumers;
 use crate::env::Env;
-use crate::error::{Entity, Error, Result};
+use crate::error::{Conflict, Entity, Error, Removal, Result};
 use crate::functions::{Deployed, Functions};
 use crate::invocation::key_of;
 
@@ -245,8 +245,33 @@ impl Queues {
     }
 
     /// Deletes a queue: its settings, waiting messages and dead letters.
-    pub(crate) async fn delete(&self, name: &str) -> Result<()> {
+    /// Unless forced, only a queue with no messages, no dead letters and no
+    /// subscribed function.
+    pub(crate) async fn delete(&self, name: &str, removal: Removal) -> Result<()> {
         check_name(name)?;
+        if removal == Removal::IfEmpty {
+            let info = self.info(name).await?;
+            let d = &info.depth;
+            let mut held = Vec::new();
+            if d.waiting + d.in_flight > 0 {
+                held.push(count(d.waiting + d.in_flight, "message", "messages"));
+            }
+            if d.dead > 0 {
+                held.push(count(d.dead, "dead letter", "dead letters"));
+            }
+            if let Some(f) = &info.subscriber {
+                held.push(format!("function `{f}` subscribed to it"));
+            }
+            if !held.is_empty() {
+                return Err(Error::conflict(
+                    Conflict::ForceRequired,
+                    format!(
+                        "queue `{name}` has {}; delete it with ?force=true (CLI: --force) to lose them",
+                        held.join(" and ")
+                    ),
+                ));
+            }
+        }
         if !self.env.backend.catalog.remove_queue(name).await? {
             return Err(Error::not_found(Entity::Queue, name));
         }
@@ -351,8 +376,22 @@ impl Queues {
         Ok(self.env.backend.queues.purge_dead(name, ids).await?)
     }
 
-    pub(crate) async fn purge(&self, name: &str) -> Result<u64> {
+    /// Deletes the waiting messages; unless forced, only when there are none
+    /// (so a purge is never a surprise).
+    pub(crate) async fn purge(&self, name: &str, removal: Removal) -> Result<u64> {
         self.record(name).await?;
+        if removal == Removal::IfEmpty {
+            let waiting = self.env.backend.queues.depth(name).await?.waiting;
+            if waiting > 0 {
+                return Err(Error::conflict(
+                    Conflict::ForceRequired,
+                    format!(
+                        "queue `{name}` has {} waiting; purge it with ?force=true (CLI: --force) to delete them",
+                        count(waiting, "message", "messages")
+                    ),
+                ));
+            }
+        }
         Ok(self.env.backend.queues.purge(name).await?)
     }
 
@@ -439,4 +478,9 @@ fn rate(now: u64, then: u64, dt: u64) -> f64 {
     } else {
         now.saturating_sub(then) as f64 * 1000.0 / dt as f64
     }
+}
+
+/// `1 message`, `3 messages`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -58,6 +58,12 @@ pub enum ErrorCode {
     QueueTaken,
     /// A category with that name exists already.
     CategoryExists,
+    /// The removal would lose data (waiting messages, documents, a
+    /// subscribed function); repeat it with `?force=true` (CLI: `--force`).
+    ForceRequired,
+    /// The last admin token cannot be revoked; create another admin token
+    /// first (or recover one: `shoal tokens recover`).
+    LastAdminToken,
     /// A document is larger than the node's document limit.
     DocumentTooLarge,
     /// The queue holds as many messages as the node allows; send again

@@ -76,6 +76,8 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::QueueTaken => ErrorCode::QueueTaken,
                 Conflict::LimiterInUse => ErrorCode::LimiterInUse,
                 Conflict::SecretInUse => ErrorCode::SecretInUse,
+                Conflict::ForceRequired => ErrorCode::ForceRequired,
+                Conflict::LastAdminToken => ErrorCode::LastAdminToken,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

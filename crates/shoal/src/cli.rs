@@ -3,15 +3,15 @@
 //! Client commands only call `shoal_client::Client` and print: human output
 //! by default, `--json` for scripts, non-zero exit with a message on failure.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 
 use shoal_client::Client;
 
+pub(crate) use crate::output::{Out, read_event};
+use crate::output::{duration, time};
 use crate::serve::{self, ServeArgs};
 
 #[derive(Parser)]
@@ -27,18 +27,17 @@ pub struct Args {
     pub command: Command,
 }
 
+// `--url` and `--token` read their environment variables in `connect`, not
+// through clap's `env`: clap puts an argument set from the environment into
+// the usage line of every error, as if it were required.
 #[derive(clap::Args)]
 pub struct Conn {
-    /// The node to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "SHOAL_URL",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub url: String,
-    /// API token (default: the admin token file in ./.shoal).
-    #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
+    /// The node to talk to: `host:port`, `localhost:7700` or an
+    /// `http(s)://` URL [env: SHOAL_URL] [default: http://127.0.0.1:7700].
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// API token [env: SHOAL_TOKEN] (default: the admin token file in ./.shoal).
+    #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
@@ -51,7 +50,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Deploy a function directory (with shoal.toml) as a new version.
     Deploy { dir: PathBuf },
-    /// Invoke a function with a JSON event (argument, `-` for stdin, default `{}`).
+    /// Invoke a function with a JSON event: the argument, `@FILE`, `-` or
+    /// piped stdin; `{}` when none is given.
     Invoke {
         name: String,
         event: Option<String>,
@@ -132,8 +132,14 @@ pub enum InvocationsCommand {
 
 #[derive(Subcommand)]
 pub enum FunctionsCommand {
-    /// Remove a function and all its versions.
-    Rm { name: String },
+    /// Remove a function and all its versions (asks first on a terminal;
+    /// `--force` otherwise).
+    Rm {
+        name: String,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,17 +150,23 @@ pub enum CategoriesCommand {
         #[arg(long)]
         shards: Option<u32>,
     },
-    /// Delete a category and all its documents.
-    Rm { name: String },
+    /// Delete a category. One that holds documents only after a yes on a
+    /// terminal, or with `--force`.
+    Rm {
+        name: String,
+        /// Delete it even with documents, without asking.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum JobsCommand {
     /// Start a job: one asynchronous invocation of FUNCTION per event of a
-    /// JSON array (the argument, `@file`, or `-` for stdin).
+    /// JSON array (the argument, `@FILE`, `-` or piped stdin).
     Start {
         function: String,
-        events: String,
+        events: Option<String>,
         /// The function to run once every child has finished.
         #[arg(long)]
         then: Option<String>,
@@ -194,12 +206,19 @@ pub enum QueuesCommand {
     },
     /// Settings, depth, counters and subscriber of a queue.
     Show { name: String },
-    /// Delete a queue with its messages and dead letters.
-    Rm { name: String },
-    /// Send a message with a JSON body (argument or `-` for stdin).
+    /// Delete a queue. One with messages, dead letters or a subscribed
+    /// function only after a yes on a terminal, or with `--force`.
+    Rm {
+        name: String,
+        /// Delete it with what it holds, without asking.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send a message with a JSON body: the argument, `@FILE`, `-` or piped
+    /// stdin.
     Send {
         name: String,
-        body: String,
+        body: Option<String>,
         #[arg(long)]
         delay: Option<String>,
         #[arg(long)]
@@ -209,11 +228,15 @@ pub enum QueuesCommand {
     Dlq { name: String },
     /// Put dead letters back on the queue (all, or the ids given).
     Redrive { name: String, ids: Vec<String> },
-    /// Delete waiting messages (or, with --dead, dead letters).
+    /// Delete waiting messages (or, with --dead, dead letters): after a yes
+    /// on a terminal, or with `--force`.
     Purge {
         name: String,
         #[arg(long)]
         dead: bool,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
     },
     /// The queue's history (depth, rates), newest last.
     Stats {
@@ -263,14 +286,28 @@ pub enum TokensCommand {
     },
     /// List tokens.
     List,
-    /// Revoke a token by id.
+    /// Revoke a token by id (not the last admin token).
     Revoke { id: String },
+    /// Lost the admin token? On the node's machine, with the node stopped,
+    /// as the owner of its data directory: write a new admin token into the
+    /// store and into DATA_DIR/admin.token. Never over the network.
+    Recover {
+        /// The node's data directory.
+        #[arg(long, default_value = ".shoal")]
+        data_dir: PathBuf,
+        /// The new token's name.
+        #[arg(long, default_value = "admin (recovered)")]
+        name: String,
+    },
 }
 
 pub async fn run(args: Args) -> Result<()> {
     let conn = args.conn;
     let command = match args.command {
         Command::Serve(s) => return serve::run(*s).await,
+        Command::Tokens {
+            command: TokensCommand::Recover { data_dir, name },
+        } => return crate::recover::run(&data_dir, &name, Out { json: conn.json }).await,
         other => other,
     };
     let client = connect(&conn)?;
@@ -309,6 +346,13 @@ pub async fn run(args: Args) -> Result<()> {
                     Err(failure) => {
                         if conn.json {
                             println!("{}", serde_json::to_string(&failure)?);
+                            return Err(crate::output::fail(
+                                shoal_client::protocol::ErrorCode::FunctionError,
+                                format!(
+                                    "the function failed ({}): {}",
+                                    failure.error.kind, failure.error.message
+                                ),
+                            ));
                         } else {
                             eprintln!("{}: {}", failure.error.kind, failure.error.message);
                             if let Some(tb) = &failure.error.traceback {
@@ -316,7 +360,10 @@ pub async fn run(args: Args) -> Result<()> {
                             }
                             eprintln!("invocation {}", failure.invocation_id);
                         }
-                        bail!("the function failed ({})", failure.error.kind);
+                        return Err(crate::output::fail(
+                            shoal_client::protocol::ErrorCode::FunctionError,
+                            format!("the function failed ({})", failure.error.kind),
+                        ));
                     }
                 }
             }
@@ -330,8 +377,21 @@ pub async fn run(args: Args) -> Result<()> {
                     "id:        {}\nfunction:  {} (version {})\nmode:      {}\nstatus:    {}\nattempts:  {}/{}\n",
                     inv.id, inv.function, inv.version, inv.mode, inv.status, inv.attempts, inv.max_attempts
                 );
+                s += &format!("created:   {}\n", time(inv.created_at_ms));
+                if let Some(t) = inv.started_at_ms {
+                    s += &format!("started:   {}\n", time(t));
+                }
+                if let Some(t) = inv.finished_at_ms {
+                    s += &format!("finished:  {}\n", time(t));
+                }
+                if let Some(q) = inv.queued_ms {
+                    s += &format!("queued:    {}\n", duration(q));
+                }
                 if let Some(d) = inv.duration_ms {
-                    s += &format!("duration:  {d:.2} ms\n");
+                    s += &format!("duration:  {}{}\n", duration(d), if inv.cold_start { " (cold start)" } else { "" });
+                }
+                if let Some(t) = inv.next_attempt_at_ms {
+                    s += &format!("next try:  {}\n", time(t));
                 }
                 s += &format!("billed:    {:.6} GB-s\n", inv.billed_gb_seconds);
                 if let Some(o) = &inv.output {
@@ -367,11 +427,11 @@ pub async fn run(args: Args) -> Result<()> {
                 );
                 for f in &fs {
                     s += &format!(
-                        "\n{:<24} {:>7}  {:<20} {:>7}s {:>5}MB {:>11}",
+                        "\n{:<24} {:>7}  {:<20} {:>8} {:>5}MB {:>11}",
                         f.name,
                         f.version,
                         f.handler,
-                        f.timeout_ms as f64 / 1000.0,
+                        duration(f.timeout_ms as f64),
                         f.memory_mb,
                         f.concurrency
                     );
@@ -380,8 +440,14 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Functions {
-            command: Some(FunctionsCommand::Rm { name }),
+            command: Some(FunctionsCommand::Rm { name, force }),
         } => {
+            // Fails here when the function does not exist, before asking.
+            client.function(&name).await?;
+            crate::output::confirm(
+                &format!("removing function `{name}` deletes every version of it"),
+                force,
+            )?;
             client.remove_function(&name).await?;
             out.print(&serde_json::json!({"deleted": true}), || {
                 format!("Removed {name}.")
@@ -436,9 +502,9 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Categories {
-            command: Some(CategoriesCommand::Rm { name }),
+            command: Some(CategoriesCommand::Rm { name, force }),
         } => {
-            client.delete_category(&name).await?;
+            crate::output::guarded(force, |r| client.delete_category_with(&name, r)).await?;
             out.print(&serde_json::json!({"deleted": true}), || {
                 format!("Deleted category {name}.")
             });
@@ -500,7 +566,10 @@ pub async fn run(args: Args) -> Result<()> {
             out.print(&h, || {
                 format!(
                     "node:    {} ({})\nversion: {}\nsandbox: {}",
-                    h.status, conn.url, h.version, h.sandbox
+                    h.status,
+                    client.url(),
+                    h.version,
+                    h.sandbox
                 )
             });
         }
@@ -559,13 +628,20 @@ pub async fn run(args: Args) -> Result<()> {
             TokensCommand::List => {
                 let list = client.tokens().await?;
                 out.print(&list, || {
-                    let mut s = format!("{:<20} {:<10} NAME", "ID", "ROLE");
+                    let mut s = format!("{:<20} {:<10} {:<23}  NAME", "ID", "ROLE", "CREATED");
                     for t in &list.tokens {
-                        s += &format!("\n{:<20} {:<10} {}", t.id, t.role, t.name);
+                        s += &format!(
+                            "\n{:<20} {:<10} {:<23}  {}",
+                            t.id,
+                            t.role,
+                            time(t.created_at_ms),
+                            t.name
+                        );
                     }
                     s
                 });
             }
+            TokensCommand::Recover { .. } => unreachable!("handled above"),
             TokensCommand::Revoke { id } => {
                 client.revoke_token(&id).await?;
                 out.print(&serde_json::json!({"deleted": true}), || {
@@ -577,26 +653,44 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-pub(crate) struct Out {
-    pub(crate) json: bool,
+/// `--listen`: `host:port` where host is an address or a name
+/// (`localhost:7700`); a name resolves to its first IPv4 address if it has
+/// one (the loopback a browser and the CLI reach first).
+pub(crate) fn parse_listen(text: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = text
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!("`{text}` is not host:port ({e}); e.g. 127.0.0.1:7700 or localhost:7700")
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
-impl Out {
-    pub(crate) fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
-        if self.json {
-            println!("{}", serde_json::to_string(value).expect("serializable"));
-        } else {
-            println!("{}", human());
-        }
-    }
+/// The node's URL: `--url`, else `SHOAL_URL`, else the default.
+pub(crate) fn node_url(conn: &Conn) -> String {
+    conn.url
+        .clone()
+        .or_else(|| std::env::var("SHOAL_URL").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
 }
+
+const DEFAULT_URL: &str = "http://127.0.0.1:7700";
 
 fn connect(conn: &Conn) -> Result<Client> {
     let token = match &conn.token {
         Some(t) => Some(t.clone()),
-        None => read_default_token(Path::new(".shoal"))?,
+        None => match std::env::var("SHOAL_TOKEN") {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => read_default_token(Path::new(".shoal"))?,
+        },
     };
-    Ok(Client::new(&conn.url, token.as_deref())?)
+    Ok(Client::new(&node_url(conn), token.as_deref())?)
 }
 
 /// The admin token file a node writes into its data directory.
@@ -607,25 +701,4 @@ fn read_default_token(data_dir: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-pub(crate) fn read_event(arg: Option<&str>) -> Result<String> {
-    let text = match arg {
-        None => return Ok("{}".to_string()),
-        Some("-") => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading the event from stdin")?;
-            s
-        }
-        Some(s) => s.to_string(),
-    };
-    serde_json::from_str::<serde_json::Value>(&text).with_context(|| {
-        format!(
-            "the event is not valid JSON: {}",
-            text.chars().take(80).collect::<String>()
-        )
-    })?;
-    Ok(text)
 }

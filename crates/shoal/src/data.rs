@@ -132,30 +132,38 @@ pub async fn query(
                 }
             }
             "value" => {
-                sink.write_all(data.as_bytes())?;
-                sink.write_all(b"\n")?;
+                // With --json on stdout, each value is a `{"value": ...}`
+                // line, as in the API's NDJSON answer; in a file, bare.
+                if json && output.is_none() {
+                    sink.write_all(b"{\"value\":")?;
+                    sink.write_all(data.as_bytes())?;
+                    sink.write_all(b"}\n")?;
+                } else {
+                    sink.write_all(data.as_bytes())?;
+                    sink.write_all(b"\n")?;
+                }
             }
             "done" => {
                 bar.finish_and_clear();
                 let done: QueryDone =
                     serde_json::from_str(data).context("reading the query's result")?;
-                if let (true, Some(result)) = (done.reduced, &done.result) {
-                    if json {
-                        writeln!(sink, "{result}")?;
-                    } else {
+                if json {
+                    // The summary (with the reduced `result`) is the last
+                    // line on stdout.
+                    sink.flush()?;
+                    drop(sink);
+                    println!("{{\"done\":{data}}}");
+                } else {
+                    if let (true, Some(result)) = (done.reduced, &done.result) {
                         writeln!(sink, "{}", serde_json::to_string_pretty(result)?)?;
                     }
-                }
-                sink.flush()?;
-                if json {
-                    eprintln!("{data}");
-                } else {
+                    sink.flush()?;
                     eprintln!(
-                        "{} documents over {} shards ({} resident) in {:.1} ms; {} values, {} errors.",
+                        "{} documents over {} shards ({} resident) in {}; {} values, {} errors.",
                         done.docs,
                         done.shards,
                         done.cached_shards,
-                        done.duration_ms,
+                        crate::output::duration(done.duration_ms),
                         done.values,
                         done.errors
                     );
@@ -170,10 +178,16 @@ pub async fn query(
                 sink.flush()?;
                 let failed: QueryFailed =
                     serde_json::from_str(data).context("reading the query's error")?;
-                if let Some(tb) = failed.error.as_ref().and_then(|e| e.traceback.as_ref()) {
+                if let (false, Some(tb)) = (
+                    json,
+                    failed.error.as_ref().and_then(|e| e.traceback.as_ref()),
+                ) {
                     eprintln!("{tb}");
                 }
-                bail!("the query failed ({}): {}", failed.code, failed.message);
+                return Err(crate::output::fail(
+                    failed.code,
+                    format!("the query failed: {}", failed.message),
+                ));
             }
             _ => {}
         }

@@ -1,11 +1,12 @@
 //! `shoal jobs ...`: fan-out jobs (client side only).
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use shoal_client::Client;
-use shoal_client::protocol::{JobNodeView, JobView};
+use shoal_client::protocol::{ErrorCode, JobNodeView, JobView};
 
-use crate::cli::{JobsCommand, Out};
+use crate::cli::JobsCommand;
+use crate::output::{Out, check_json, duration, fail, fail_hint, read_input, time};
 
 pub async fn run(client: &Client, command: JobsCommand, json: bool) -> Result<()> {
     let out = Out { json };
@@ -15,17 +16,18 @@ pub async fn run(client: &Client, command: JobsCommand, json: bool) -> Result<()
             events,
             then,
         } => {
-            let text = match events.as_str() {
-                "-" => std::io::read_to_string(std::io::stdin())
-                    .context("reading the events from stdin")?,
-                s if s.starts_with('@') => std::fs::read_to_string(&s[1..])
-                    .with_context(|| format!("reading the events from {}", &s[1..]))?,
-                s => s.to_string(),
+            let Some(text) = read_input(events.as_deref(), "the events")? else {
+                return Err(fail_hint(
+                    ErrorCode::InvalidInput,
+                    "no events given",
+                    "give a JSON array of events as an argument, as @FILE, or on stdin",
+                ));
             };
-            let serde_json::Value::Array(events) = serde_json::from_str(&text)
-                .context("the events are not valid JSON; give a JSON array of events")?
-            else {
-                bail!("the events must be a JSON array, one event per child");
+            let serde_json::Value::Array(events) = check_json(&text, "the events")? else {
+                return Err(fail(
+                    ErrorCode::InvalidInput,
+                    "the events must be a JSON array, one event per child",
+                ));
             };
             let id = client.start_job(&function, events, then.as_deref()).await?;
             out.print(&serde_json::json!({ "job": id }), || {
@@ -80,6 +82,17 @@ fn describe(j: &JobView) -> String {
         c.failed,
         c.cancelled
     );
+    s += &format!("\nstarted    {}", time(j.created_at_ms));
+    if let Some(t) = j.finished_at_ms {
+        s += &format!(
+            "\nfinished   {} (after {})",
+            time(t),
+            duration(t.saturating_sub(j.created_at_ms) as f64)
+        );
+    }
+    if let Some(t) = j.cancelled_at_ms {
+        s += &format!("\ncancelled  {}", time(t));
+    }
     if let Some(inv) = &j.then_invocation {
         s += &format!("\nfan-in     invocation {inv}");
     }

@@ -4,7 +4,9 @@
 mod cli;
 mod data;
 mod jobs;
+mod output;
 mod queues;
+mod recover;
 mod serve;
 
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    let json = args.conn.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::report(&e, json);
             ExitCode::FAILURE
         }
     }

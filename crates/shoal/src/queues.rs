@@ -3,9 +3,10 @@
 use anyhow::Result;
 
 use shoal_client::Client;
-use shoal_client::protocol::{PutQueue, QueueView, SendMessage};
+use shoal_client::protocol::{ErrorCode, PutQueue, QueueView, SendMessage};
 
-use crate::cli::{Out, QueuesCommand, read_event};
+use crate::cli::QueuesCommand;
+use crate::output::{Out, check_json, confirm, duration, fail_hint, guarded, read_input, time};
 
 pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) -> Result<()> {
     let out = Out { json };
@@ -59,8 +60,8 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
             let q = client.queue(&name).await?;
             out.print(&q, || describe(&q));
         }
-        Some(QueuesCommand::Rm { name }) => {
-            client.delete_queue(&name).await?;
+        Some(QueuesCommand::Rm { name, force }) => {
+            guarded(force, |r| client.delete_queue_with(&name, r)).await?;
             out.print(&serde_json::json!({"deleted": true}), || {
                 format!("Deleted queue {name}.")
             });
@@ -71,12 +72,19 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
             delay,
             dedup_id,
         }) => {
-            let text = read_event(Some(&body))?;
+            let Some(text) = read_input(body.as_deref(), "the message body")? else {
+                return Err(fail_hint(
+                    ErrorCode::InvalidInput,
+                    "no message body given",
+                    "give a JSON body as an argument, as @FILE, or on stdin",
+                ));
+            };
+            let body = check_json(&text, "the message body")?;
             let ids = client
                 .send(
                     &name,
                     vec![SendMessage {
-                        body: serde_json::from_str(&text)?,
+                        body,
                         delay,
                         dedup_id,
                     }],
@@ -93,8 +101,12 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
                 let mut s = String::new();
                 for d in &page.dead_letters {
                     s += &format!(
-                        "{}  attempts {}  {}\n  body: {}\n",
-                        d.id, d.attempts, d.reason, d.body
+                        "{}  attempts {}  dead since {}  {}\n  body: {}\n",
+                        d.id,
+                        d.attempts,
+                        time(d.dead_at_ms),
+                        d.reason,
+                        d.body
                     );
                 }
                 s.trim_end().to_string()
@@ -107,11 +119,21 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
                 format!("Redrove {n} messages.")
             });
         }
-        Some(QueuesCommand::Purge { name, dead }) => {
+        Some(QueuesCommand::Purge { name, dead, force }) => {
             let n = if dead {
+                let q = client.queue(&name).await?;
+                if q.depth.dead > 0 {
+                    confirm(
+                        &format!(
+                            "purging deletes the {} dead letters of queue `{name}`",
+                            q.depth.dead
+                        ),
+                        force,
+                    )?;
+                }
                 client.purge_dead(&name, None).await?
             } else {
-                client.purge_queue(&name).await?
+                guarded(force, |r| client.purge_queue(&name, r)).await?
             };
             out.print(&serde_json::json!({"count": n}), || {
                 format!("Purged {n} messages.")
@@ -125,24 +147,19 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
             let stats = client.queue_stats(&name, Some(since)).await?;
             out.print(&stats, || {
                 let mut s = format!(
-                    "{:<13} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8}",
-                    "AT (ms)",
-                    "WAITING",
-                    "IN FLIGHT",
-                    "DEAD",
-                    "OLDEST ms",
-                    "SENT/s",
-                    "ACKED/s",
-                    "FAILED/s"
+                    "{:<23} {:>8} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8}",
+                    "AT", "WAITING", "IN FLIGHT", "DEAD", "OLDEST", "SENT/s", "ACKED/s", "FAILED/s"
                 );
                 for p in &stats.samples {
                     s += &format!(
-                        "\n{:<13} {:>8} {:>9} {:>6} {:>10} {:>8.1} {:>8.1} {:>8.1}",
-                        p.at_ms,
+                        "\n{:<23} {:>8} {:>9} {:>6} {:>10} {:>8.1} {:>8.1} {:>8.1}",
+                        time(p.at_ms),
                         p.depth.waiting,
                         p.depth.in_flight,
                         p.depth.dead,
-                        p.depth.oldest_age_ms.unwrap_or(0),
+                        p.depth
+                            .oldest_age_ms
+                            .map_or("-".to_string(), |ms| duration(ms as f64)),
                         p.sent_per_s,
                         p.acked_per_s,
                         p.failed_per_s
@@ -157,12 +174,12 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
 
 fn describe(q: &QueueView) -> String {
     format!(
-        "name:         {}\nmax attempts: {}\nvisibility:   {} ms\nretry delay:  {} ms\ndedup window: {} ms\nsubscriber:   {}\nwaiting:      {}\nin flight:    {}\ndead:         {}\nsent/acked:   {}/{}",
+        "name:         {}\nmax attempts: {}\nvisibility:   {}\nretry delay:  {}\ndedup window: {}\nsubscriber:   {}\nwaiting:      {}\nin flight:    {}\ndead:         {}\nsent/acked:   {}/{}",
         q.name,
         q.max_attempts,
-        q.visibility_timeout_ms,
-        q.retry_delay_ms,
-        q.dedup_window_ms,
+        duration(q.visibility_timeout_ms as f64),
+        duration(q.retry_delay_ms as f64),
+        duration(q.dedup_window_ms as f64),
         q.subscriber.as_deref().unwrap_or("-"),
         q.depth.waiting,
         q.depth.in_flight,

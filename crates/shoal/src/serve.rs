@@ -25,7 +25,9 @@ pub const TOKEN_FILE: &str = "admin.token";
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7700")]
+    /// `host:port` with a name (`localhost:7700`) or an address.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7700",
+        value_parser = crate::cli::parse_listen)]
     pub listen: SocketAddr,
     /// Where the node keeps its data.
     #[arg(long, env = "SHOAL_DATA_DIR", default_value = ".shoal")]
@@ -443,7 +445,7 @@ async fn ensure_admin_token(handle: &shoal_engine::Handle, data_dir: &Path) -> R
     Ok(())
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

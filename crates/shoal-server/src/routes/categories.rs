@@ -62,16 +62,20 @@ pub(crate) async fn show(
     Ok(Json(view(&state.handle.category(&cat).await?)))
 }
 
-/// Deletes a category with all its documents.
+/// Deletes a category with all its documents: one that holds documents
+/// only with `?force=true` (409 `force_required` otherwise).
 #[utoipa::path(delete, path = "/v1/categories/{cat}", tag = "categories",
-    params(("cat" = String, Path)),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+    params(("cat" = String, Path), crate::routes::queues::ForceParams),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn remove(
     _: Auth<Developer>,
     State(state): State<AppState>,
     Path(cat): Path<String>,
+    params: Result<Query<crate::routes::queues::ForceParams>, QueryRejection>,
 ) -> Result<Json<Deleted>, ApiError> {
-    state.handle.delete_category(&cat).await?;
+    let Query(p) = params?;
+    state.handle.delete_category(&cat, p.removal()).await?;
     Ok(Json(Deleted { deleted: true }))
 }
 
@@ -253,11 +257,11 @@ fn split_error(e: SplitError) -> ApiError {
                 "a document write may hold at most {limit} documents; split it into several requests (each is atomic); nothing was written"
             ),
         ),
-        SplitError::TooLarge { index, limit } => ApiError::new(
+        SplitError::TooLarge { number, limit } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::DocumentTooLarge,
             format!(
-                "document {index} is larger than the {limit}-byte document limit; nothing was written"
+                "document {number} is larger than the {limit}-byte document limit; nothing was written"
             ),
         ),
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::IntoParams;
 
 use shoal_engine::manifest::parse_duration;
-use shoal_engine::{OutMessage, QueueCounters, QueueDepth, QueueInfo, QueueSettings};
+use shoal_engine::{OutMessage, QueueCounters, QueueDepth, QueueInfo, QueueSettings, Removal};
 use shoal_protocol::{
     Count, DeadLetterPage, DeadLetterSelection, DeadLetterView, Deleted, ErrorBody, PutQueue,
     QueueCountersView, QueueDepthView, QueueList, QueueSampleView, QueueStats, QueueView,
@@ -67,16 +67,39 @@ pub(crate) async fn show(
     Ok(Json(view(&info, state.handle.now_ms())))
 }
 
-/// Deletes a queue with its waiting messages and dead letters.
+/// `?force=true`: a removal that loses data (messages, documents, a
+/// subscription) is refused without it (409 `force_required`).
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForceParams {
+    /// Remove even what holds data (default false).
+    force: Option<bool>,
+}
+
+impl ForceParams {
+    pub(crate) fn removal(&self) -> Removal {
+        if self.force == Some(true) {
+            Removal::Force
+        } else {
+            Removal::IfEmpty
+        }
+    }
+}
+
+/// Deletes a queue. One with messages, dead letters or a subscribed
+/// function only with `?force=true` (409 `force_required` otherwise).
 #[utoipa::path(delete, path = "/v1/queues/{name}", tag = "queues",
-    params(("name" = String, Path)),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path), ForceParams),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn remove(
     _: Auth<Developer>,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    params: Result<Query<ForceParams>, QueryRejection>,
 ) -> Result<Json<Deleted>, ApiError> {
-    state.handle.delete_queue(&name).await?;
+    let Query(p) = params?;
+    state.handle.delete_queue(&name, p.removal()).await?;
     Ok(Json(Deleted { deleted: true }))
 }
 
@@ -108,17 +131,22 @@ pub(crate) async fn send(
     Ok(Json(Sent { ids }))
 }
 
-/// Deletes every waiting message (not those being handled, not dead letters).
+/// Deletes every waiting message (not those being handled, not dead
+/// letters); when there are any, only with `?force=true` (409
+/// `force_required` otherwise).
 #[utoipa::path(post, path = "/v1/queues/{name}/purge", tag = "queues",
-    params(("name" = String, Path)),
-    responses((status = 200, body = Count), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path), ForceParams),
+    responses((status = 200, body = Count), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn purge(
     _: Auth<Developer>,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    params: Result<Query<ForceParams>, QueryRejection>,
 ) -> Result<Json<Count>, ApiError> {
+    let Query(p) = params?;
     Ok(Json(Count {
-        count: state.handle.purge_queue(&name).await?,
+        count: state.handle.purge_queue(&name, p.removal()).await?,
     }))
 }
 

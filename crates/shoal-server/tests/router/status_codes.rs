@@ -40,6 +40,8 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::QueueTaken => ErrorCode::QueueTaken,
                 Conflict::LimiterInUse => ErrorCode::LimiterInUse,
                 Conflict::SecretInUse => ErrorCode::SecretInUse,
+                Conflict::ForceRequired => ErrorCode::ForceRequired,
+                Conflict::LastAdminToken => ErrorCode::LastAdminToken,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -62,11 +64,13 @@ const ENTITIES: [Entity; 9] = [
     Entity::Secret,
 ];
 
-const CONFLICTS: [Conflict; 4] = [
+const CONFLICTS: [Conflict; 6] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
     Conflict::SecretInUse,
+    Conflict::ForceRequired,
+    Conflict::LastAdminToken,
 ];
 
 /// One error of every kind the engine can return.

@@ -18,8 +18,8 @@ use shoal_engine::{NewDoc, check_document};
 pub(crate) enum SplitError {
     /// Not JSON, or not a sequence/array of JSON values.
     Invalid(String),
-    /// Document number `index` (0-based) is larger than the limit.
-    TooLarge { index: usize, limit: usize },
+    /// Document number `number` (1-based, as users count) is larger than the limit.
+    TooLarge { number: usize, limit: usize },
     /// More than `limit` documents.
     TooMany { limit: usize },
 }
@@ -181,8 +181,9 @@ impl DocSplitter {
                     self.start_value(b)
                 }
                 _ => Err(SplitError::Invalid(format!(
-                    "unexpected `{}` between documents of the array (document {})",
+                    "unexpected `{}` on line {} between documents of the array (after document {})",
                     b as char,
+                    self.line,
                     self.taken + self.docs.len()
                 ))),
             },
@@ -242,7 +243,7 @@ impl DocSplitter {
     fn push(&mut self, b: u8) -> Result<(), SplitError> {
         if self.cur.len() >= self.max_doc_bytes {
             return Err(SplitError::TooLarge {
-                index: self.taken + self.docs.len(),
+                number: self.taken + self.docs.len() + 1,
                 limit: self.max_doc_bytes,
             });
         }
@@ -268,18 +269,23 @@ impl DocSplitter {
         self.depth = 0;
         self.in_str = false;
         self.esc = false;
-        let index = self.taken + self.docs.len();
+        // Documents are counted from 1, as users count them.
+        let number = self.taken + self.docs.len() + 1;
+        let which = match self.mode {
+            Mode::Stream => format!("line {} (document {number})", self.doc_line),
+            _ => format!("document {number}"),
+        };
         if let Err(why) = check_document(&body) {
-            let which = match self.mode {
-                Mode::Stream => format!("line {} (document {index})", self.doc_line),
-                _ => format!("document {index}"),
-            };
             return Err(SplitError::Invalid(format!(
                 "{which} {why}; nothing was written"
             )));
         }
+        let doc_line = self.doc_line;
         let bad = |e: serde_json::Error| {
-            SplitError::Invalid(format!("document {index} is not valid JSON: {e}"))
+            SplitError::Invalid(format!(
+                "{which} is not valid JSON: {}; nothing was written",
+                json_error_in_body(&e, doc_line)
+            ))
         };
         let id = if body[0] == b'{' {
             let parsed: IdOnly = serde_json::from_slice(&body).map_err(bad)?;
@@ -290,7 +296,7 @@ impl DocSplitter {
                 Some(IdField::Uint(n)) => Some(n.to_string()),
                 Some(IdField::Other(_)) => {
                     return Err(SplitError::Invalid(format!(
-                        "document {index}: `id` must be a string or an integer"
+                        "{which}: `id` must be a string or an integer; nothing was written"
                     )));
                 }
             }
@@ -301,6 +307,22 @@ impl DocSplitter {
         self.docs.push(NewDoc { id, body });
         Ok(())
     }
+}
+
+/// A JSON error's message with its position counted in the request body:
+/// serde_json counts lines from the document's start, which for any
+/// document but the first is not where the user looks.
+fn json_error_in_body(e: &serde_json::Error, doc_line: usize) -> String {
+    let text = e.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    if e.line() == 0 {
+        return message.to_string();
+    }
+    let line = doc_line + e.line() - 1;
+    format!("{message} at line {line} column {} of the body", e.column())
 }
 
 #[cfg(test)]
@@ -363,6 +385,25 @@ mod tests {
     }
 
     #[test]
+    fn a_json_error_names_the_document_from_1_and_its_line_in_the_body() {
+        let nd = "{\"a\": 1}\n{\"b\":\n nope}\n";
+        let Err(SplitError::Invalid(m)) = split(nd, 3) else {
+            panic!("accepted bad JSON");
+        };
+        assert_eq!(
+            m,
+            "line 2 (document 2) is not valid JSON: expected ident at line 3 column 3 of the body; nothing was written"
+        );
+        let Err(SplitError::Invalid(m)) = split("[{\"id\": \"a\"}, {\"id\": 1.5}]", 3) else {
+            panic!("accepted a float id");
+        };
+        assert_eq!(
+            m,
+            "document 2: `id` must be a string or an integer; nothing was written"
+        );
+    }
+
+    #[test]
     fn refuses_invalid_utf8_and_deep_nesting_naming_the_document() {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         // 128 levels are fine, 129 are not; brackets inside strings do not count.
@@ -373,19 +414,19 @@ mod tests {
         let Err(SplitError::Invalid(m)) = split(&nd, 3) else {
             panic!("accepted 129 levels");
         };
-        assert!(m.starts_with("line 5 (document 2) nests"), "{m}");
+        assert!(m.starts_with("line 5 (document 3) nests"), "{m}");
         let arr = format!("[1, {}]", deep(129));
         let Err(SplitError::Invalid(m)) = split(&arr, 3) else {
             panic!("accepted 129 levels");
         };
-        assert!(m.starts_with("document 1 nests"), "{m}");
+        assert!(m.starts_with("document 2 nests"), "{m}");
 
         let mut s = DocSplitter::new(1000, 100);
         let r = s.feed(b"{\"a\": \"ok\"}\n{\"a\": \"\xff\xfe\"}\n");
         assert_eq!(
             r,
             Err(SplitError::Invalid(
-                "line 2 (document 1) is not valid UTF-8 (at byte 7 of the document); nothing was written".into()
+                "line 2 (document 2) is not valid UTF-8 (at byte 7 of the document); nothing was written".into()
             ))
         );
     }
@@ -398,7 +439,7 @@ mod tests {
         assert_eq!(
             err,
             SplitError::TooLarge {
-                index: 1,
+                number: 2,
                 limit: 10
             }
         );
@@ -427,7 +468,7 @@ mod tests {
         let Err(SplitError::Invalid(m)) = s.feed(b"3, {\"id\": []}") else {
             panic!("accepted a bad id");
         };
-        assert!(m.contains("document 3"), "{m}");
+        assert!(m.contains("document 4"), "{m}");
         let mut s = DocSplitter::new(100, 3);
         s.feed(b"1\n2\n").unwrap();
         s.take_docs();

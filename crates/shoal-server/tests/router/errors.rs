@@ -110,8 +110,8 @@ async fn malformed_input_is_400_invalid_input() {
         case("POST", "/v1/categories", JSON, r#"{"name": "x", "shards": 5000}"#, 400, x, "use 1 to 1024"),
         case("POST", "/v1/categories", JSON, r#"{"name": "x", "shards": "two"}"#, 400, x, "invalid JSON body"),
         case("POST", docs, JSON, r#"[{"id": "a"}, {"id": "b", "#, 400, x, "the body ends in the middle of a document"),
-        case("POST", docs, JSON, r#"[{"id": "a"}, nope]"#, 400, x, "document 1 is not valid JSON"),
-        case("POST", docs, JSON, r#"[{"id": "a"}, {"id": 1.5}]"#, 400, x, "document 1: `id` must be a string or an integer"),
+        case("POST", docs, JSON, r#"[{"id": "a"}, nope]"#, 400, x, "document 2 is not valid JSON"),
+        case("POST", docs, JSON, r#"[{"id": "a"}, {"id": 1.5}]"#, 400, x, "document 2: `id` must be a string or an integer; nothing was written"),
         case("POST", docs, JSON, r#"[{"id": "a"}, {"id": ""}]"#, 400, x, "must be 1 to 256 bytes"),
         case("POST", format!("{docs}?return_ids=maybe"), JSON, "[]", 400, x, "invalid query parameters"),
         case("POST", format!("{docs}?return_id=false"), JSON, "[]", 400, x, "unknown field `return_id`"),
@@ -223,7 +223,7 @@ async fn bodies_over_the_limits_are_413() {
         case("POST", "/v1/jobs", JSON, format!(r#"{{"function": "ok", "events": ["{}"]}}"#, "x".repeat(MAX_BODY)), 413, p, raise),
         case("PUT", "/v1/categories/cat/docs/x", JSON, format!(r#"{{"pad": "{}"}}"#, "x".repeat(MAX_BODY)), 413, p, raise),
         case("POST", "/v1/categories/cat/docs", JSON, many_docs, 413, p, "split it into several requests"),
-        case("POST", "/v1/categories/cat/docs", JSON, format!(r#"[{{"id": "a"}}, {big_doc}]"#), 413, d, "document 1 is larger than the 1000-byte document limit; nothing was written"),
+        case("POST", "/v1/categories/cat/docs", JSON, format!(r#"[{{"id": "a"}}, {big_doc}]"#), 413, d, "document 2 is larger than the 1000-byte document limit; nothing was written"),
         case("PUT", "/v1/categories/cat/docs/big", JSON, format!(r#"{{"pad": "{}"}}"#, "x".repeat(MAX_DOC)), 413, d, "document limit"),
     ];
     run_table(&app, "body limits", cases).await;

@@ -44,7 +44,7 @@ async fn documents_must_be_utf8_and_at_most_128_deep_and_a_refused_write_writes_
         &r,
         400,
         "invalid_input",
-        "line 3 (document 2) is not valid UTF-8",
+        "line 3 (document 3) is not valid UTF-8",
     )
     .unwrap();
 
@@ -54,18 +54,18 @@ async fn documents_must_be_utf8_and_at_most_128_deep_and_a_refused_write_writes_
         &r,
         400,
         "invalid_input",
-        "line 2 (document 1) nests objects and arrays more than 128 levels deep",
+        "line 2 (document 2) nests objects and arrays more than 128 levels deep",
     )
     .unwrap();
 
-    // A JSON array: the refusal names the document's index.
+    // A JSON array: the refusal names the document, counted from 1.
     let body = format!("[{{\"id\": \"a\"}}, {{\"id\": \"b\"}}, {}]", deep(129));
     let r = app.call("POST", docs, JSON, body.into_bytes()).await;
     check(
         &r,
         400,
         "invalid_input",
-        "document 2 nests objects and arrays more than 128 levels deep",
+        "document 3 nests objects and arrays more than 128 levels deep",
     )
     .unwrap();
     let r = app

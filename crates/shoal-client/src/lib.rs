@@ -128,6 +128,67 @@ impl Client {
         decode(resp).await
     }
 
+    /// Checks that a function archive loads in a real worker, without
+    /// recording or activating anything (`?dry_run=true`).
+    pub async fn deploy_dry_run(&self, archive: Vec<u8>) -> Result<FunctionView> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/functions?dry_run=true", self.base))
+            .header(CONTENT_TYPE, ARCHIVE_CONTENT_TYPE)
+            .body(archive)
+            .send()
+            .await
+            .map_err(transport)?;
+        decode(resp).await
+    }
+
+    /// A function's versions, which one is live, and its aliases.
+    pub async fn function_versions(&self, name: &str) -> Result<shoal_protocol::FunctionVersions> {
+        self.json(
+            Method::GET,
+            &format!("/v1/functions/{}/versions", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Makes `version` (by default the one before the live one) live;
+    /// returns the version now live.
+    pub async fn rollback(&self, name: &str, version: Option<u64>) -> Result<FunctionView> {
+        self.json(
+            Method::POST,
+            &format!("/v1/functions/{}/rollback", seg(name)),
+            Some(&shoal_protocol::RollbackRequest { version }),
+        )
+        .await
+    }
+
+    /// Points `alias` of a function at `version`.
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u64,
+    ) -> Result<shoal_protocol::AliasView> {
+        self.json(
+            Method::PUT,
+            &format!("/v1/functions/{}/aliases/{}", seg(name), seg(alias)),
+            Some(&shoal_protocol::AliasRequest { version }),
+        )
+        .await
+    }
+
+    pub async fn remove_alias(&self, name: &str, alias: &str) -> Result<()> {
+        let _: Deleted = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/functions/{}/aliases/{}", seg(name), seg(alias)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn functions(&self) -> Result<Vec<FunctionView>> {
         let list: FunctionList = self.json(Method::GET, "/v1/functions", None::<&()>).await?;
         Ok(list.functions)

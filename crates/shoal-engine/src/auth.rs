@@ -114,6 +114,19 @@ pub fn mint(role: Role, name: &str, now_ms: u64) -> (TokenRecord, String) {
     (record, secret)
 }
 
+impl Tokens {
+    /// The token a bearer secret belongs to (for who deployed a version).
+    pub(crate) async fn who(&self, secret: &str) -> Result<Option<Token>> {
+        let record = self
+            .env
+            .backend
+            .catalog
+            .token_by_secret_sha256(&hash_secret(secret))
+            .await?;
+        Ok(record.as_ref().map(to_token))
+    }
+}
+
 fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }

@@ -347,7 +347,7 @@ impl Categories {
         skip_errors: bool,
     ) -> Result<RunningQuery> {
         let record = self.existing(name).await?;
-        let d = self.functions.resolve(function)?;
+        let d = self.functions.resolve(function).await?;
         let stats = self.stats(name).await?;
         let shards: Vec<QueryShard> = stats
             .iter()

@@ -168,7 +168,7 @@ impl Dispatcher {
         name: &str,
         event: String,
     ) -> Result<Completed> {
-        let d = self.functions.resolve(name)?;
+        let d = self.functions.resolve(name).await?;
         // The record is written behind the answer (invariant 4): with the
         // store known to be full it would be lost, so do not run at all.
         self.store_writable()?;
@@ -210,7 +210,7 @@ impl Dispatcher {
 
     /// Queues an invocation durably and returns its id.
     pub(crate) async fn invoke_async(&self, name: &str, event: String) -> Result<String> {
-        let d = self.functions.resolve(name)?;
+        let d = self.functions.resolve(name).await?;
         let queue = queue_name(&d.record.name);
         let what = format!("the queue of function `{}`", d.record.name);
         crate::queues::check_room(&self.env, &queue, &what, 1).await?;

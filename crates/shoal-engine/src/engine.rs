@@ -34,7 +34,7 @@ use crate::consumers::Consumers;
 use crate::dispatch::{Completed, Dispatcher};
 use crate::env::{Env, Options, Random, SystemRandom, Tasks};
 use crate::error::{Removal, Result};
-use crate::functions::Functions;
+use crate::functions::{Deploy, DeployOptions, DeployedNow, Functions, Versions};
 use crate::invocation::queue_name;
 use crate::jobs::{JobSpec, JobView, Jobs};
 use crate::limits::Limiters;
@@ -63,6 +63,17 @@ pub struct Parts {
     /// Jitter; `None` for the system's generator.
     pub random: Option<Arc<dyn Random>>,
     pub shutdown: CancellationToken,
+}
+
+/// How a deploy ended.
+#[derive(Debug, Clone)]
+pub enum DeployOutcome {
+    /// A new version, now live.
+    Deployed(FunctionRecord),
+    /// The live version has the same code and `shoal.toml`: nothing changed.
+    Unchanged(FunctionRecord),
+    /// A dry run: the version loads; nothing was recorded (version 0).
+    Checked(FunctionRecord),
 }
 
 /// Starts the engine: loads deployed functions and limiters and starts the
@@ -158,32 +169,95 @@ impl Handle {
     // ---- functions ----
 
     /// Deploys a function archive (tar of a directory with `shoal.toml`) as
-    /// a new version.
+    /// a new live version (or finds it unchanged).
     pub async fn deploy(&self, archive: Vec<u8>) -> Result<FunctionRecord> {
-        let deployed = self.functions.deploy(archive).await?;
+        match self.deploy_with(archive, DeployOptions::default()).await? {
+            DeployOutcome::Deployed(r)
+            | DeployOutcome::Unchanged(r)
+            | DeployOutcome::Checked(r) => Ok(r),
+        }
+    }
+
+    /// Deploys a function archive: a new live version once it loads in a
+    /// real worker; the live version when its code is the same; only the
+    /// check with `dry_run`.
+    pub async fn deploy_with(
+        &self,
+        archive: Vec<u8>,
+        opts: DeployOptions,
+    ) -> Result<DeployOutcome> {
+        let deployed = match self.functions.deploy(archive, opts).await? {
+            Deploy::New(d) => d,
+            Deploy::Unchanged(d) => return Ok(DeployOutcome::Unchanged(d.record.clone())),
+            Deploy::Checked(r) => return Ok(DeployOutcome::Checked(r)),
+        };
+        self.went_live(&deployed).await?;
         let d = &deployed.current;
+        info!(function = %d.record.name, version = d.record.version, "Function deployed.");
+        Ok(DeployOutcome::Deployed(d.record.clone()))
+    }
+
+    /// After a version became live: its queue and consumers; the replaced
+    /// version's warm workers are no longer needed for new calls (queued
+    /// async invocations of it start a pool again if needed).
+    async fn went_live(&self, now: &DeployedNow) -> Result<()> {
+        let d = &now.current;
         self.dispatcher.queues.ensure_for_subscriber(d).await?;
         self.dispatcher.start_consumers(d);
-        // The previous version's warm workers are no longer needed for new
-        // calls; queued async invocations of it start a pool again if needed.
-        if let Some(prev) = &deployed.previous {
+        if let Some(prev) = &now.previous
+            && prev.deployment.key != d.deployment.key
+        {
             self.env.runtime.retire(&prev.deployment.key);
         }
-        info!(function = %d.record.name, version = d.record.version, "Function deployed.");
+        Ok(())
+    }
+
+    /// The token a bearer secret belongs to, if any.
+    pub async fn token_of(&self, secret: &str) -> Result<Option<Token>> {
+        self.tokens.who(secret).await
+    }
+
+    /// Every version of a function, which is live, and its aliases.
+    pub async fn function_versions(&self, name: &str) -> Result<Versions> {
+        self.functions.versions(name).await
+    }
+
+    /// Makes `to` (by default the version before the live one) the live
+    /// version; returns it.
+    pub async fn rollback(&self, name: &str, to: Option<u64>) -> Result<FunctionRecord> {
+        let rolled = self.functions.rollback(name, to).await?;
+        self.went_live(&rolled).await?;
+        let d = &rolled.current;
+        info!(function = %d.record.name, version = d.record.version, "Function rolled back.");
         Ok(d.record.clone())
     }
 
-    pub async fn functions(&self) -> Result<Vec<FunctionRecord>> {
-        Ok(self.env.backend.catalog.functions().await?)
+    /// Points an alias of a function at one of its versions.
+    pub async fn set_alias(&self, name: &str, alias: &str, version: u64) -> Result<()> {
+        self.functions.set_alias(name, alias, version).await
     }
 
+    /// Removes an alias of a function.
+    pub async fn remove_alias(&self, name: &str, alias: &str) -> Result<()> {
+        self.functions.remove_alias(name, alias).await
+    }
+
+    /// The live version of every function, sorted by name.
+    pub async fn functions(&self) -> Result<Vec<FunctionRecord>> {
+        let names = self.functions.names();
+        Ok(names
+            .iter()
+            .filter_map(|n| self.functions.latest(n))
+            .map(|d| d.record.clone())
+            .collect())
+    }
+
+    /// The live version of a function.
     pub async fn function(&self, name: &str) -> Result<FunctionRecord> {
         let name = crate::functions::parse_name(name)?;
-        self.env
-            .backend
-            .catalog
-            .function(name.as_str())
-            .await?
+        self.functions
+            .latest(name.as_str())
+            .map(|d| d.record.clone())
             .ok_or_else(|| crate::Error::not_found(crate::Entity::Function, name.as_str()))
     }
 

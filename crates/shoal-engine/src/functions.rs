@@ -1,8 +1,12 @@
-//! Functions: deploy an archive as a new immutable version, resolve, remove.
+//! Functions: deploy an archive as a new immutable version, resolve, roll
+//! back, alias, remove.
 //!
 //! A deploy unpacks the archive into a content-addressed directory, prepares
-//! it on the runtime (virtualenv), and only then records the version, so a
-//! recorded version always has its code and environment on disk.
+//! it on the runtime (virtualenv), loads it in a real worker (`check`), and
+//! only then records the version and makes it live, so a recorded version
+//! always has its code and environment on disk and a version that does not
+//! load never replaces the live one. Which version is live (after a
+//! rollback) and the aliases are stored as the function's refs.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,8 +17,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use shoal_runtime::Deployment;
-use shoal_store::{ConcurrencyKey, FunctionRecord, SubscriptionRecord};
+use shoal_runtime::{Check, Deployment};
+use shoal_store::{
+    ConcurrencyKey, DeployedBy, FunctionRecord, FunctionRefs, PinnedLive, SubscriptionRecord,
+};
 use shoal_types::{FunctionName, Limits};
 
 use crate::env::Env;
@@ -69,7 +75,13 @@ pub(crate) struct Functions {
 
 #[derive(Default)]
 struct Registry {
+    /// The live version of each function: the latest, unless a rollback
+    /// chose another.
     latest: HashMap<FunctionName, Arc<Deployed>>,
+    /// The latest version number of each function.
+    newest: HashMap<String, u64>,
+    /// Live pins and aliases, for functions that have any.
+    refs: HashMap<String, FunctionRefs>,
     versions: HashMap<(String, u64), Arc<Deployed>>,
 }
 
@@ -83,8 +95,41 @@ impl Registry {
 /// What a deploy changed.
 pub(crate) struct DeployedNow {
     pub(crate) current: Arc<Deployed>,
-    /// The version it replaced as the latest, if any.
+    /// The version it replaced as the live one, if any.
     pub(crate) previous: Option<Arc<Deployed>>,
+}
+
+/// How a deploy ended.
+pub(crate) enum Deploy {
+    /// A new version, now live.
+    New(DeployedNow),
+    /// The live version has this very code (and so this `shoal.toml`):
+    /// nothing was recorded.
+    Unchanged(Arc<Deployed>),
+    /// A dry run: the version loads; nothing was recorded or kept. Its
+    /// record has version 0.
+    Checked(FunctionRecord),
+}
+
+/// How to deploy.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// Check the version (it loads in a real worker) without recording or
+    /// activating it, and leave nothing behind.
+    pub dry_run: bool,
+    /// The token deploying it, recorded with the version.
+    pub by: Option<DeployedBy>,
+}
+
+/// A function's versions as `show` lists them.
+#[derive(Debug, Clone)]
+pub struct Versions {
+    pub name: String,
+    /// Oldest first.
+    pub versions: Vec<FunctionRecord>,
+    pub live: u64,
+    /// Alias → version, sorted.
+    pub aliases: Vec<(String, u64)>,
 }
 
 impl Functions {
@@ -99,26 +144,53 @@ impl Functions {
 
     /// Loads every deployed function from the store; returns them.
     pub(crate) async fn load(&self) -> Result<Vec<Arc<Deployed>>> {
-        let records = self.env.backend.catalog.functions().await?;
-        let mut registry = self.registry.write().unwrap();
+        let catalog = &self.env.backend.catalog;
+        let records = catalog.functions().await?;
+        let mut refs: HashMap<String, FunctionRefs> = catalog
+            .function_refs()
+            .await?
+            .into_iter()
+            .map(|r| (r.name.to_string(), r))
+            .collect();
         let mut out = Vec::with_capacity(records.len());
         for record in records {
+            let name = record.name.to_string();
+            let newest = record.version;
+            let function_refs = refs.remove(&name);
+            let live = function_refs.as_ref().map_or(newest, |r| r.live(newest));
+            let record = match live {
+                v if v == newest => record,
+                v => catalog.function_version(&name, v).await?.unwrap_or(record),
+            };
             let d = self.deployed(record);
+            let mut registry = self.registry.write().unwrap();
             registry.insert_version(d.clone());
             registry.latest.insert(d.record.name.clone(), d.clone());
+            registry.newest.insert(name.clone(), newest);
+            if let Some(r) = function_refs {
+                registry.refs.insert(name, r);
+            }
             out.push(d);
         }
         Ok(out)
     }
 
     /// Deploys a function archive (tar of a directory with `shoal.toml`)
-    /// as a new version.
-    pub(crate) async fn deploy(&self, archive: Vec<u8>) -> Result<DeployedNow> {
+    /// as a new live version, once it loads in a real worker; or, with
+    /// `dry_run`, only checks that it would.
+    pub(crate) async fn deploy(&self, archive: Vec<u8>, opts: DeployOptions) -> Result<Deploy> {
         self.env.accepting()?;
         let data_dir = self.env.opts.data_dir.clone();
         let unpacked = tokio::task::spawn_blocking(move || unpack(&data_dir, &archive))
             .await
             .map_err(Error::unavailable)??;
+        if !opts.dry_run
+            && let Some(live) = self.latest(unpacked.manifest.name.as_str())
+            && live.record.code_digest.as_deref() == Some(unpacked.digest.as_str())
+            && intact(&live).await
+        {
+            return Ok(Deploy::Unchanged(live));
+        }
         let code_dir = self.env.opts.data_dir.join(&unpacked.code_dir);
         let prepared = self
             .env
@@ -131,9 +203,39 @@ impl Functions {
                 .unwrap_or_else(|_| p.to_string_lossy().into_owned())
         });
         let mut record = unpacked.record(env_dir, self.env.now_ms());
+        record.deployed_by = opts.by;
         let staged = unpacked.staged;
 
         let _rules = self.rules.lock().await;
+        self.check_rules(&record).await?;
+        self.check_loads(&record, staged.path(&code_dir)).await?;
+        if opts.dry_run {
+            return Ok(Deploy::Checked(record));
+        }
+        // The code is in place before the version that names it is recorded.
+        staged.install().map_err(io_err)?;
+        record.version = self
+            .env
+            .backend
+            .catalog
+            .deploy_function(record.clone())
+            .await?;
+        let current = self.deployed(record);
+        let mut registry = self.registry.write().unwrap();
+        registry.insert_version(current.clone());
+        registry
+            .newest
+            .insert(current.record.name.to_string(), current.record.version);
+        let previous = registry
+            .latest
+            .insert(current.record.name.clone(), current.clone());
+        Ok(Deploy::New(DeployedNow { current, previous }))
+    }
+
+    /// The rules a version must meet to be live: the limiter and secrets
+    /// it names exist, and its queue has no other subscriber. The caller
+    /// holds the rules lock.
+    async fn check_rules(&self, record: &FunctionRecord) -> Result<()> {
         if let Some(l) = &record.limiter
             && !self
                 .env
@@ -169,21 +271,206 @@ impl Functions {
                 ),
             ));
         }
-        // The code is in place before the version that names it is recorded.
-        staged.install().map_err(io_err)?;
-        record.version = self
+        Ok(())
+    }
+
+    /// Loads the candidate version (its code in `code_dir`, not yet in its
+    /// place) in a real worker, with the environment it will run with; a
+    /// module that does not import or lacks its handler is refused with the
+    /// user's own traceback.
+    async fn check_loads(&self, record: &FunctionRecord, code_dir: &Path) -> Result<()> {
+        let mut candidate = Deployed::from_record(&self.env.opts.data_dir, record.clone());
+        if let Ok(values) = self.secrets.values(&record.secrets) {
+            candidate.deployment.env.extend(values);
+        }
+        candidate.deployment.code_dir = code_dir.to_path_buf();
+        candidate.deployment.key = format!("{}@check-{}", record.name, uuid::Uuid::now_v7());
+        match self.env.runtime.check(&candidate.deployment).await? {
+            Check::Loads => Ok(()),
+            Check::Fails { failure, logs } => {
+                let live = self
+                    .latest(record.name.as_str())
+                    .map(|d| format!("; version {} stays live", d.record.version))
+                    .unwrap_or_default();
+                let mut detail = failure
+                    .traceback
+                    .filter(|t| !t.trim().is_empty())
+                    .unwrap_or_else(|| match &failure.exception {
+                        Some(e) => format!("{e}: {}", failure.message),
+                        None => failure.message.clone(),
+                    });
+                // Paths as the user wrote them: relative to the function's
+                // directory, not the node's temporary copy.
+                let prefix = format!("{}/", code_dir.display());
+                detail = detail.replace(&prefix, "");
+                let mut message = format!(
+                    "{} does not load, so it was not deployed{live}:\n{}",
+                    record.name,
+                    detail.trim_end()
+                );
+                let logs = String::from_utf8_lossy(&logs);
+                if !logs.trim().is_empty() {
+                    message.push_str("\noutput while loading:\n");
+                    message.push_str(logs.trim_end());
+                }
+                Err(Error::InvalidFunction(message))
+            }
+        }
+    }
+
+    /// Makes `to` (by default the version before the live one) the live
+    /// version of a function; the version it replaced is returned too.
+    pub(crate) async fn rollback(&self, name: &str, to: Option<u64>) -> Result<DeployedNow> {
+        let name = parse_name(name)?;
+        self.env.accepting()?;
+        let _rules = self.rules.lock().await;
+        let live = self
+            .latest(name.as_str())
+            .ok_or_else(|| Error::not_found(Entity::Function, name.as_str()))?;
+        let versions = self
             .env
             .backend
             .catalog
-            .deploy_function(record.clone())
+            .function_versions(name.as_str())
             .await?;
-        let current = self.deployed(record);
+        let newest = versions.last().map_or(live.record.version, |v| v.version);
+        let target = match to {
+            Some(v) => versions
+                .into_iter()
+                .find(|r| r.version == v)
+                .ok_or_else(|| Error::not_found(Entity::Function, format!("{name}@{v}")))?,
+            None => versions
+                .into_iter()
+                .rev()
+                .find(|r| r.version < live.record.version)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "version",
+                        format!(
+                            "{name} has no version before version {}, the live one; name the version to make live",
+                            live.record.version
+                        ),
+                    )
+                })?,
+        };
+        if target.version == live.record.version {
+            return Ok(DeployedNow {
+                current: live.clone(),
+                previous: Some(live),
+            });
+        }
+        self.check_rules(&target).await?;
+        let mut refs = self.refs_of(&name);
+        refs.pinned = (target.version != newest).then_some(PinnedLive {
+            version: target.version,
+            latest: newest,
+        });
+        self.env
+            .backend
+            .catalog
+            .put_function_refs(refs.clone())
+            .await?;
+        let current = self.cached(target);
         let mut registry = self.registry.write().unwrap();
-        registry.insert_version(current.clone());
-        let previous = registry
-            .latest
-            .insert(current.record.name.clone(), current.clone());
+        registry.refs.insert(name.to_string(), refs);
+        let previous = registry.latest.insert(name, current.clone());
         Ok(DeployedNow { current, previous })
+    }
+
+    /// Points `alias` at `version` (moving it if it exists).
+    pub(crate) async fn set_alias(&self, name: &str, alias: &str, version: u64) -> Result<()> {
+        let name = parse_name(name)?;
+        check_alias(alias)?;
+        let _rules = self.rules.lock().await;
+        if self.latest(name.as_str()).is_none() {
+            return Err(Error::not_found(Entity::Function, name.as_str()));
+        }
+        if self.version(name.as_str(), version).await?.is_none() {
+            return Err(Error::not_found(
+                Entity::Function,
+                format!("{name}@{version}"),
+            ));
+        }
+        let mut refs = self.refs_of(&name);
+        refs.aliases.insert(alias.to_string(), version);
+        self.put_refs(refs).await
+    }
+
+    /// Removes an alias.
+    pub(crate) async fn remove_alias(&self, name: &str, alias: &str) -> Result<()> {
+        let name = parse_name(name)?;
+        let _rules = self.rules.lock().await;
+        let mut refs = self.refs_of(&name);
+        if refs.aliases.remove(alias).is_none() {
+            return Err(Error::not_found(
+                Entity::Function,
+                format!("{name}@{alias}"),
+            ));
+        }
+        self.put_refs(refs).await
+    }
+
+    /// Every version of a function, which is live, and its aliases.
+    pub(crate) async fn versions(&self, name: &str) -> Result<Versions> {
+        let name = parse_name(name)?;
+        let live = self
+            .latest(name.as_str())
+            .ok_or_else(|| Error::not_found(Entity::Function, name.as_str()))?;
+        let versions = self
+            .env
+            .backend
+            .catalog
+            .function_versions(name.as_str())
+            .await?;
+        let mut aliases: Vec<(String, u64)> = self.refs_of(&name).aliases.into_iter().collect();
+        aliases.sort();
+        Ok(Versions {
+            name: name.to_string(),
+            versions,
+            live: live.record.version,
+            aliases,
+        })
+    }
+
+    /// The function's refs as they are now (empty when it has none).
+    fn refs_of(&self, name: &FunctionName) -> FunctionRefs {
+        self.registry
+            .read()
+            .unwrap()
+            .refs
+            .get(name.as_str())
+            .cloned()
+            .unwrap_or_else(|| FunctionRefs {
+                name: name.clone(),
+                pinned: None,
+                aliases: Default::default(),
+            })
+    }
+
+    /// Stores refs, then serves them. The caller holds the rules lock.
+    async fn put_refs(&self, refs: FunctionRefs) -> Result<()> {
+        self.env
+            .backend
+            .catalog
+            .put_function_refs(refs.clone())
+            .await?;
+        self.registry
+            .write()
+            .unwrap()
+            .refs
+            .insert(refs.name.to_string(), refs);
+        Ok(())
+    }
+
+    /// A version from the registry's cache, or built from its record.
+    fn cached(&self, record: FunctionRecord) -> Arc<Deployed> {
+        let key = (record.name.to_string(), record.version);
+        if let Some(d) = self.registry.read().unwrap().versions.get(&key) {
+            return d.clone();
+        }
+        let d = self.deployed(record);
+        self.registry.write().unwrap().insert_version(d.clone());
+        d
     }
 
     /// A version ready to run: its record, with the values of the secrets
@@ -284,6 +571,8 @@ impl Functions {
             .await?;
         let mut registry = self.registry.write().unwrap();
         registry.latest.remove(name.as_str());
+        registry.newest.remove(name.as_str());
+        registry.refs.remove(name.as_str());
         let keys: Vec<_> = registry
             .versions
             .keys()
@@ -301,17 +590,41 @@ impl Functions {
         }
     }
 
-    /// The latest version of a function, if it is deployed.
+    /// The live version of a function, if it is deployed.
     pub(crate) fn latest(&self, name: &str) -> Option<Arc<Deployed>> {
         self.registry.read().unwrap().latest.get(name).cloned()
     }
 
-    /// The latest version of a function a client named, for a new call.
-    pub(crate) fn resolve(&self, name: &str) -> Result<Arc<Deployed>> {
-        let name = parse_name(name)?;
+    /// The version a client named for a new call: `NAME` is the live
+    /// version, `NAME@3` version 3, `NAME@prod` the version of alias `prod`.
+    pub(crate) async fn resolve(&self, name: &str) -> Result<Arc<Deployed>> {
+        let (base, reference) = match name.split_once('@') {
+            Some((base, r)) => (base, Some(r)),
+            None => (name, None),
+        };
+        let fname = parse_name(base)?;
         self.env.accepting()?;
-        self.latest(name.as_str())
-            .ok_or_else(|| Error::not_found(Entity::Function, name.as_str()))
+        let live = self
+            .latest(fname.as_str())
+            .ok_or_else(|| Error::not_found(Entity::Function, fname.as_str()))?;
+        let Some(reference) = reference else {
+            return Ok(live);
+        };
+        let version = match reference.parse::<u64>() {
+            Ok(v) => Some(v),
+            Err(_) => self
+                .registry
+                .read()
+                .unwrap()
+                .refs
+                .get(fname.as_str())
+                .and_then(|r| r.aliases.get(reference).copied()),
+        };
+        let found = match version {
+            Some(v) => self.version(fname.as_str(), v).await?,
+            None => None,
+        };
+        found.ok_or_else(|| Error::not_found(Entity::Function, name))
     }
 
     /// A given version of a function (queued invocations run the version
@@ -431,6 +744,7 @@ impl Unpacked {
                 batch_size: s.batch_size,
                 concurrency: s.concurrency,
             }),
+            deployed_by: None,
         }
     }
 }
@@ -618,4 +932,38 @@ fn io_err(e: std::io::Error) -> Error {
 /// Checks a function name given in a URL.
 pub(crate) fn parse_name(name: &str) -> Result<FunctionName> {
     Ok(FunctionName::parse(name)?)
+}
+
+/// An alias: 1 to 64 of `a-z 0-9 - _`, not all digits (`NAME@3` is a
+/// version).
+fn check_alias(alias: &str) -> Result<()> {
+    let ok_chars = alias
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if alias.is_empty() || alias.len() > 64 || !ok_chars {
+        return Err(Error::invalid(
+            "alias",
+            format!("alias {alias:?} must be 1 to 64 of a-z, 0-9, '-' and '_'"),
+        ));
+    }
+    if alias.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid(
+            "alias",
+            format!(
+                "alias {alias:?} is all digits, which names a version (NAME@{alias}); pick a name with a letter"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a version's code on disk is still what was deployed.
+async fn intact(d: &Deployed) -> bool {
+    let (Some(expected), dir) = (d.record.code_digest.clone(), d.deployment.code_dir.clone())
+    else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || shoal_runtime::code_digest_of_dir(&dir))
+        .await
+        .is_ok_and(|r| r.is_ok_and(|found| found == expected))
 }

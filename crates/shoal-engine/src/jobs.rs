@@ -148,7 +148,7 @@ impl Jobs {
                 ),
             ));
         }
-        let d = self.functions.resolve(&spec.function)?;
+        let d = self.functions.resolve(&spec.function).await?;
         let queue = queue_name(&d.record.name);
         crate::queues::check_room(
             &self.env,
@@ -158,7 +158,7 @@ impl Jobs {
         )
         .await?;
         let then_d = match &spec.then {
-            Some(then) => Some(self.functions.resolve(then)?),
+            Some(then) => Some(self.functions.resolve(then).await?),
             None => None,
         };
         let id = uuid::Uuid::now_v7().to_string();

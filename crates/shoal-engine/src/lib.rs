@@ -29,16 +29,16 @@ pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use dispatch::Completed;
 pub use documents::{MAX_DOC_DEPTH, check_document};
-pub use engine::{Handle, Parts, start, start_with};
+pub use engine::{DeployOutcome, Handle, Parts, start, start_with};
 pub use env::{Options, Random, SystemRandom};
 pub use error::{Conflict, Entity, Error, Removal, Result};
-pub use functions::Deployed;
+pub use functions::{DeployOptions, Deployed, Versions};
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
-    CategoryRecord, ChildResult, DeadLetter, ErrorRecord, FunctionRecord, InvocationRecord,
-    JobProgress, JobRecord, JobSlot, LimiterRecord, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, ShardStats, StoreHealth, StoredDoc,
+    CategoryRecord, ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord,
+    InvocationRecord, JobProgress, JobRecord, JobSlot, LimiterRecord, QueueCounters, QueueDepth,
+    QueueRecord, QueueSample, ShardStats, StoreHealth, StoredDoc,
 };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Node, archive};
 use shoal_engine::{Conflict, Entity, Error, FunctionRecord, LimiterRecord, QueueRecord};
 use shoal_store::memory::MemoryStore;
-use shoal_store::{Backend, Catalog, Pending, TokenRecord};
+use shoal_store::{Backend, Catalog, FunctionRefs, Pending, TokenRecord};
 
 /// The in-memory catalog with the latency of a disk: each answer arrives a
 /// millisecond after the (already issued) operation, so a racing request
@@ -39,6 +39,15 @@ impl Catalog for DiskLikeCatalog {
     }
     fn remove_function(&self, name: &str) -> Pending<bool> {
         later(self.0.remove_function(name))
+    }
+    fn function_versions(&self, name: &str) -> Pending<Vec<FunctionRecord>> {
+        later(self.0.function_versions(name))
+    }
+    fn put_function_refs(&self, refs: FunctionRefs) -> Pending<()> {
+        later(self.0.put_function_refs(refs))
+    }
+    fn function_refs(&self) -> Pending<Vec<FunctionRefs>> {
+        later(self.0.function_refs())
     }
     fn put_token(&self, token: TokenRecord) -> Pending<()> {
         later(self.0.put_token(token))

@@ -124,6 +124,75 @@ pub struct FunctionView {
     /// True when the function has a `requirements.txt` and its own virtualenv.
     pub has_requirements: bool,
     pub deployed_at_ms: u64,
+    /// The token that deployed it; absent for versions deployed before
+    /// this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_by: Option<DeployedByView>,
+    /// Answer to a deploy: the live version has this very code and
+    /// `shoal.toml`, so nothing changed (this is that version).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// Answer to `?dry_run=true`: the version loads, and nothing was
+    /// recorded (`version` is 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// Who deployed a version: the token's id and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeployedByView {
+    pub token_id: String,
+    pub token_name: String,
+}
+
+/// Answer to `GET /v1/functions/{name}/versions`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionVersions {
+    pub name: String,
+    /// The version new calls run (`NAME` without `@`).
+    pub live: u64,
+    /// Alias → version.
+    pub aliases: std::collections::BTreeMap<String, u64>,
+    /// Oldest first.
+    pub versions: Vec<VersionView>,
+}
+
+/// One version of a function, as `show` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionView {
+    pub version: u64,
+    pub deployed_at_ms: u64,
+    /// sha256 of the uploaded archive.
+    pub code_sha256: String,
+    /// Digest of the deployed files (absent for old versions).
+    pub code_digest: Option<String>,
+    pub handler: String,
+    pub deployed_by: Option<DeployedByView>,
+    pub live: bool,
+    /// Aliases pointing at this version, sorted.
+    pub aliases: Vec<String>,
+}
+
+/// Body of `POST /v1/functions/{name}/rollback` (may be empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RollbackRequest {
+    /// The version to make live; the one before the live one when absent.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// Body of `PUT /v1/functions/{name}/aliases/{alias}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AliasRequest {
+    pub version: u64,
+}
+
+/// An alias as set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AliasView {
+    pub function: String,
+    pub alias: String,
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

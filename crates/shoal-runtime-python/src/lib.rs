@@ -43,8 +43,8 @@ use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 use shoal_runtime::{
-    Deployment, Error, PoolStats, Prepared, QueryOutcome, QueryRequest, Request, Response, Result,
-    Runtime,
+    Check, Deployment, Error, PoolStats, Prepared, QueryOutcome, QueryRequest, Request, Response,
+    Result, Runtime,
 };
 
 use crate::cache::Cache;
@@ -272,6 +272,16 @@ impl Runtime for PythonRuntime {
             let python = config.interpreter().await;
             venvs.prepare(&python, &code_dir).await
         })
+    }
+
+    fn check(&self, deployment: &Deployment) -> BoxFuture<'static, Result<Check>> {
+        if self.config.is_closed() {
+            return Box::pin(async { Err(Error::ShuttingDown) });
+        }
+        // A pool of its own, never registered: no call can reach it, and
+        // dropping it leaves nothing behind.
+        let pool = Pool::new(deployment, self.config.clone());
+        Box::pin(async move { pool.check().await })
     }
 
     fn invoke(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 use tokio::sync::Semaphore;
 
-use shoal_runtime::{Deployment, Error, PoolStats, Request, Response, Result};
+use shoal_runtime::{Check, Deployment, Error, PoolStats, Request, Response, Result};
 use shoal_types::{Failure, FailureKind, Limits, Outcome};
 
 use crate::query::{QuerySet, QueryWorker};
@@ -273,6 +273,32 @@ impl Pool {
     pub(crate) async fn deliver_drops(self: Arc<Self>) {
         let mut set = self.query_set.clone().lock_owned().await;
         crate::query::deliver_drops(&self, &mut set).await;
+    }
+
+    /// Starts this (unregistered) pool's template to see whether the
+    /// deployment loads, then stops it and removes its scratch directory.
+    /// A module without its handler passes when it serves queries (defines
+    /// `map`, `map_batch` or `reduce`).
+    pub(crate) async fn check(&self) -> Result<Check> {
+        let mut cold_start = false;
+        let started = self.template(&mut cold_start).await;
+        let check = match started {
+            Ok(Ok(template)) => {
+                let q = &template.functions;
+                match &template.handler_error {
+                    Some(failure) if !(q.map || q.map_batch || q.reduce) => Check::Fails {
+                        failure: failure.clone(),
+                        logs: Vec::new(),
+                    },
+                    _ => Check::Loads,
+                }
+            }
+            Ok(Err((failure, logs, _))) => Check::Fails { failure, logs },
+            Err(e) => Err(e)?,
+        };
+        self.retire();
+        let _ = std::fs::remove_dir_all(self.config.scratch.join(&self.key));
+        Ok(check)
     }
 
     /// The live template, starting one if needed. `Err` inside is a load

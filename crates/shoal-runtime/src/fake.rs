@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use shoal_types::{Failure, FailureKind, Outcome};
 
 use crate::{
-    Deployment, Error, HostCall, HostError, PoolStats, Prepared, QueryOutcome, QueryRequest,
+    Check, Deployment, Error, HostCall, HostError, PoolStats, Prepared, QueryOutcome, QueryRequest,
     Request, Response, Result, Runtime,
 };
 
@@ -310,6 +310,10 @@ struct State {
     workers: Option<HashMap<String, Arc<Semaphore>>>,
     prepared: Vec<PathBuf>,
     retired: Vec<String>,
+    /// Handlers whose load fails (`check`), with the failure.
+    load_failures: HashMap<String, Failure>,
+    /// Keys of the deployments checked, in order.
+    checked: Vec<String>,
 }
 
 impl FakeRuntime {
@@ -322,6 +326,20 @@ impl FakeRuntime {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `check` of any deployment whose handler is `handler` fail with
+    /// `failure` (a module that does not import, a missing handler).
+    pub fn fail_load(&self, handler: &str, failure: Failure) -> &FakeRuntime {
+        self.state()
+            .load_failures
+            .insert(handler.to_string(), failure);
+        self
+    }
+
+    /// Keys of the deployments `check` was asked about, in order.
+    pub fn checked(&self) -> Vec<String> {
+        self.state().checked.clone()
     }
 
     /// Caps each deployment's running calls at its `concurrency`, as the
@@ -652,6 +670,19 @@ impl Runtime for FakeRuntime {
     fn prepare(&self, code_dir: PathBuf) -> BoxFuture<'static, Result<Prepared>> {
         self.state().prepared.push(code_dir);
         Box::pin(async { Ok(Prepared::default()) })
+    }
+
+    fn check(&self, deployment: &Deployment) -> BoxFuture<'static, Result<Check>> {
+        let mut state = self.state();
+        state.checked.push(deployment.key.clone());
+        let check = match state.load_failures.get(&deployment.handler) {
+            Some(failure) => Check::Fails {
+                failure: failure.clone(),
+                logs: Vec::new(),
+            },
+            None => Check::Loads,
+        };
+        Box::pin(async move { Ok(check) })
     }
 
     fn invoke(

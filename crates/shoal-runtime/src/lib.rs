@@ -224,10 +224,27 @@ pub struct QueryOutcome {
     pub cached_shards: u32,
 }
 
+/// What [`Runtime::check`] found when it loaded a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// The module imports, and its handler (or, for a query-only module,
+    /// one of `map`, `map_batch`, `reduce`) exists.
+    Loads,
+    /// It does not load: the user's error (kind `load_failed`, with the
+    /// user's own traceback) and what the code printed while loading.
+    Fails { failure: Failure, logs: Vec<u8> },
+}
+
 pub trait Runtime: Send + Sync + 'static {
     /// Builds what a deployment needs before it can run (a virtualenv from
     /// `requirements.txt`), reusing an identical earlier one.
     fn prepare(&self, code_dir: PathBuf) -> BoxFuture<'static, Result<Prepared>>;
+
+    /// Loads a deployment as its first worker would (starts its template
+    /// and imports the module), reports whether it can serve, and stops
+    /// what it started. Nothing of it stays running or cached; the
+    /// deployment's key need not be the one it will later run under.
+    fn check(&self, deployment: &Deployment) -> BoxFuture<'static, Result<Check>>;
 
     /// Runs one invocation on a warm worker, starting one if none is free and
     /// the deployment's concurrency allows; otherwise waits for a free one.

@@ -20,6 +20,43 @@ pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
         code_sha256: r.code_sha256.clone(),
         has_requirements: r.env_dir.is_some(),
         deployed_at_ms: r.deployed_at_ms,
+        deployed_by: r.deployed_by.as_ref().map(deployed_by),
+        unchanged: false,
+        dry_run: false,
+    }
+}
+
+pub(crate) fn deployed_by(b: &shoal_engine::DeployedBy) -> shoal_protocol::DeployedByView {
+    shoal_protocol::DeployedByView {
+        token_id: b.token_id.clone(),
+        token_name: b.token_name.clone(),
+    }
+}
+
+pub(crate) fn versions(v: &shoal_engine::Versions) -> shoal_protocol::FunctionVersions {
+    shoal_protocol::FunctionVersions {
+        name: v.name.clone(),
+        live: v.live,
+        aliases: v.aliases.iter().cloned().collect(),
+        versions: v
+            .versions
+            .iter()
+            .map(|r| shoal_protocol::VersionView {
+                version: r.version,
+                deployed_at_ms: r.deployed_at_ms,
+                code_sha256: r.code_sha256.clone(),
+                code_digest: r.code_digest.clone(),
+                handler: r.handler.clone(),
+                deployed_by: r.deployed_by.as_ref().map(deployed_by),
+                live: r.version == v.live,
+                aliases: v
+                    .aliases
+                    .iter()
+                    .filter(|(_, n)| *n == r.version)
+                    .map(|(a, _)| a.clone())
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

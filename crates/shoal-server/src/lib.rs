@@ -99,9 +99,18 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
     let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::functions::list))
         .routes(routes!(routes::functions::show, routes::functions::remove))
+        .routes(routes!(routes::functions::versions))
+        .routes(routes!(routes::functions::rollback))
+        .routes(routes!(
+            routes::functions::set_alias,
+            routes::functions::remove_alias
+        ))
         .routes(routes!(routes::invocations::invoke))
         .routes(routes!(routes::invocations::show))
         .routes(routes!(routes::invocations::logs))
+        .routes(routes!(routes::invocations::list))
+        .routes(routes!(routes::invocations::function_logs))
+        .routes(routes!(routes::health::stats))
         .routes(routes!(routes::tokens::create, routes::tokens::list))
         .routes(routes!(routes::tokens::revoke))
         .routes(routes!(routes::health::healthz))

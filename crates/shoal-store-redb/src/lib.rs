@@ -18,6 +18,7 @@
 //! | `meta` | `"commits"` | u64, commits so far (tells whether a commit that reported an I/O error landed) |
 //! | `functions` | (name, version) | `FunctionRecord` |
 //! | `function_last_version` | name | u64, kept after removal |
+//! | `function_refs` | name | `FunctionRefs` (live pin, aliases; added without a layout change: created when missing) |
 //! | `tokens` | id | `TokenRecord` |
 //! | `token_by_secret_sha256` | secret sha256 | token id |
 //! | `invocations` | id | `InvocationRecord` |
@@ -65,9 +66,9 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_store::{
     Catalog, CategoryRecord, ChildFinished, ChildResult, DeadLetter, Delivery, DocWrite, Docs,
-    Error, FunctionRecord, InvocationRecord, Invocations, JobProgress, JobRecord, Jobs, KeyLimit,
-    Leased, LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, Queues, Result, ShardStats, StoreHealth, StoredDoc, TokenRecord,
+    Error, FunctionRecord, FunctionRefs, InvocationRecord, Invocations, JobProgress, JobRecord,
+    Jobs, KeyLimit, Leased, LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth,
+    QueueRecord, QueueSample, Queues, Result, ShardStats, StoreHealth, StoredDoc, TokenRecord,
 };
 use shoal_store::{InvocationCursor, InvocationFilter, InvocationPage};
 use tokio::sync::oneshot;
@@ -80,6 +81,7 @@ use crate::writer::{Command, Msg, Named, Op, Reply, Writer};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FUNCTIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("functions");
 const FUNCTION_VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("function_last_version");
+const FUNCTION_REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("function_refs");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const TOKEN_SECRETS: TableDefinition<&str, &str> = TableDefinition::new("token_by_secret_sha256");
 const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
@@ -381,6 +383,7 @@ fn init_layout(db: &Database) -> Result<()> {
         }
         txn.open_table(FUNCTIONS).map_err(unavailable)?;
         txn.open_table(FUNCTION_VERSIONS).map_err(unavailable)?;
+        txn.open_table(FUNCTION_REFS).map_err(unavailable)?;
         txn.open_table(TOKENS).map_err(unavailable)?;
         txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
         txn.open_table(INVOCATIONS).map_err(unavailable)?;
@@ -566,6 +569,31 @@ impl Catalog for RedbStore {
 
     fn remove_function(&self, name: &str) -> Pending<bool> {
         self.submit(Command::RemoveFunction(name.to_string()), Reply::Existed)
+    }
+
+    fn function_versions(&self, name: &str) -> Pending<Vec<FunctionRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(FUNCTIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in table
+                .range((name, 0)..=(name, u64::MAX))
+                .map_err(unavailable)?
+            {
+                let (key, value) = entry.map_err(unavailable)?;
+                let what = format_args!("function {name} v{}", key.value().1);
+                out.push(decode_record(&what, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_function_refs(&self, refs: FunctionRefs) -> Pending<()> {
+        let value = codec::encode_record(&format_args!("function refs {}", refs.name), &refs);
+        self.put_named(Named::FunctionRefs, refs.name.to_string(), value)
+    }
+
+    fn function_refs(&self) -> Pending<Vec<FunctionRefs>> {
+        self.read(|txn| named_records(txn, FUNCTION_REFS, "function refs"))
     }
 
     fn put_token(&self, token: TokenRecord) -> Pending<()> {

@@ -54,9 +54,9 @@ use crate::jobs::{self, JobTables, NewJob};
 use crate::queue::TotalsRow;
 use crate::queue_ops::{self, QueueOps};
 use crate::{
-    CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_VERSIONS,
-    FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META, QUEUE_TOTALS, QUEUES, SAMPLES, Shared,
-    TOKEN_SECRETS, TOKENS, pending_purges, unavailable,
+    CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_REFS,
+    FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META, QUEUE_TOTALS,
+    QUEUES, SAMPLES, Shared, TOKEN_SECRETS, TOKENS, pending_purges, unavailable,
 };
 
 /// The most operations committed in one transaction.
@@ -262,6 +262,7 @@ impl Command {
 pub(crate) enum Named {
     Queue,
     Limiter,
+    FunctionRefs,
 }
 
 /// Where the answer goes.
@@ -398,6 +399,7 @@ pub(crate) struct QueueExtra<'txn> {
     pub samples: Table<'txn, (&'static str, u64), &'static [u8]>,
     queues: Table<'txn, &'static str, &'static [u8]>,
     limiters: Table<'txn, &'static str, &'static [u8]>,
+    function_refs: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> QueueExtra<'txn> {
@@ -409,6 +411,7 @@ impl<'txn> QueueExtra<'txn> {
             samples: txn.open_table(SAMPLES)?,
             queues: txn.open_table(QUEUES)?,
             limiters: txn.open_table(LIMITERS)?,
+            function_refs: txn.open_table(FUNCTION_REFS)?,
         })
     }
 }
@@ -908,6 +911,8 @@ impl Writer {
                 for v in &versions {
                     t.functions.remove((name.as_str(), *v))?;
                 }
+                let (_, x) = t.queue_extra()?;
+                x.function_refs.remove(name.as_str())?;
                 ok(Value::Existed(!versions.is_empty()), Effect::None)
             }
             Command::PutToken {
@@ -989,6 +994,7 @@ impl Writer {
                 let table = match which {
                     Named::Queue => &mut x.queues,
                     Named::Limiter => &mut x.limiters,
+                    Named::FunctionRefs => &mut x.function_refs,
                 };
                 table.insert(name.as_str(), value.as_slice())?;
                 ok(Value::Unit, Effect::None)
@@ -998,6 +1004,7 @@ impl Writer {
                 let table = match which {
                     Named::Queue => &mut x.queues,
                     Named::Limiter => &mut x.limiters,
+                    Named::FunctionRefs => &mut x.function_refs,
                 };
                 let existed = table.remove(name.as_str())?.is_some();
                 ok(Value::Existed(existed), Effect::None)

@@ -101,6 +101,51 @@ pub struct FunctionRecord {
     /// The secrets it gets as environment variables (names only).
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Who deployed it: the deploying token's id and name. `None` for
+    /// versions deployed before this was recorded.
+    #[serde(default)]
+    pub deployed_by: Option<DeployedBy>,
+}
+
+/// The token that deployed a function version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedBy {
+    pub token_id: String,
+    pub token_name: String,
+}
+
+/// A function's named references to its versions: which version is live
+/// when it is not the latest (after a rollback), and its aliases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRefs {
+    pub name: FunctionName,
+    /// The live version chosen by a rollback, while the latest version is
+    /// still the one it was chosen over; a later deploy makes the new
+    /// version live whatever this says.
+    #[serde(default)]
+    pub pinned: Option<PinnedLive>,
+    /// Alias → version.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, u64>,
+}
+
+/// A live version chosen over the latest one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedLive {
+    pub version: u64,
+    /// The latest version when it was chosen: the pin holds only while
+    /// this is still the latest.
+    pub latest: u64,
+}
+
+impl FunctionRefs {
+    /// The live version, given the latest one.
+    pub fn live(&self, latest: u64) -> u64 {
+        match self.pinned {
+            Some(p) if p.latest == latest => p.version,
+            _ => latest,
+        }
+    }
 }
 
 /// `concurrency_key` / `concurrency_per_key` of `shoal.toml`.
@@ -489,8 +534,15 @@ pub trait Catalog: Send + Sync + 'static {
     fn function_version(&self, name: &str, version: u64) -> Pending<Option<FunctionRecord>>;
     /// The latest version of every function, sorted by name.
     fn functions(&self) -> Pending<Vec<FunctionRecord>>;
-    /// Removes a function with all its versions. True when it existed.
+    /// Removes a function with all its versions (and its refs). True when
+    /// it existed.
     fn remove_function(&self, name: &str) -> Pending<bool>;
+    /// Every stored version of a function, oldest first.
+    fn function_versions(&self, name: &str) -> Pending<Vec<FunctionRecord>>;
+    /// Creates or replaces a function's refs (live pin and aliases).
+    fn put_function_refs(&self, refs: FunctionRefs) -> Pending<()>;
+    /// The refs of every function that has any, sorted by name.
+    fn function_refs(&self) -> Pending<Vec<FunctionRefs>>;
 
     fn put_token(&self, token: TokenRecord) -> Pending<()>;
     fn token_by_secret_sha256(&self, secret_sha256: &str) -> Pending<Option<TokenRecord>>;

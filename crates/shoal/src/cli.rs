@@ -48,8 +48,21 @@ pub struct Conn {
 pub enum Command {
     /// Run a node.
     Serve(Box<ServeArgs>),
-    /// Deploy a function directory (with shoal.toml) as a new version.
-    Deploy { dir: PathBuf },
+    /// Deploy a function directory (with shoal.toml) as a new version; it
+    /// goes live once it loads in a real worker.
+    Deploy {
+        dir: PathBuf,
+        /// Only check that it loads; deploy nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Create a function directory (shoal.toml and main.py) that deploys
+    /// and answers as it is.
+    Init {
+        name: String,
+        /// Where to create it (default: ./NAME).
+        dir: Option<PathBuf>,
+    },
     /// Invoke a function with a JSON event: the argument, `@FILE`, `-` or
     /// piped stdin; `{}` when none is given.
     Invoke {
@@ -132,6 +145,20 @@ pub enum InvocationsCommand {
 
 #[derive(Subcommand)]
 pub enum FunctionsCommand {
+    /// A function's versions: when, which code, who deployed, which is
+    /// live, the aliases.
+    Show { name: String },
+    /// Make another version live at once (default: the one before the
+    /// live one).
+    Rollback { name: String, version: Option<u64> },
+    /// Point an alias at a version: `NAME@ALIAS` then runs it.
+    Alias {
+        name: String,
+        alias: String,
+        version: u64,
+    },
+    /// Remove an alias.
+    Unalias { name: String, alias: String },
     /// Remove a function and all its versions (asks first on a terminal;
     /// `--force` otherwise).
     Rm {
@@ -305,6 +332,9 @@ pub async fn run(args: Args) -> Result<()> {
     let conn = args.conn;
     let command = match args.command {
         Command::Serve(s) => return serve::run(*s).await,
+        Command::Init { name, dir } => {
+            return crate::functions::init(&name, dir.as_deref(), Out { json: conn.json });
+        }
         Command::Tokens {
             command: TokensCommand::Recover { data_dir, name },
         } => return crate::recover::run(&data_dir, &name, Out { json: conn.json }).await,
@@ -314,14 +344,27 @@ pub async fn run(args: Args) -> Result<()> {
     let out = Out { json: conn.json };
     match command {
         Command::Serve(_) => unreachable!("handled above"),
-        Command::Deploy { dir } => {
-            let archive = shoal_client::pack_dir(&dir)
-                .with_context(|| format!("reading {}", dir.display()))?;
-            let f = client.deploy(archive).await?;
-            out.print(&f, || {
-                format!("Deployed {} version {} ({}).", f.name, f.version, f.handler)
-            });
+        Command::Init { .. } => unreachable!("handled above"),
+        Command::Deploy { dir, dry_run } => {
+            crate::functions::deploy(&client, &dir, dry_run, out).await?;
         }
+        Command::Functions {
+            command: Some(FunctionsCommand::Show { name }),
+        } => crate::functions::show(&client, &name, out).await?,
+        Command::Functions {
+            command: Some(FunctionsCommand::Rollback { name, version }),
+        } => crate::functions::rollback(&client, &name, version, out).await?,
+        Command::Functions {
+            command:
+                Some(FunctionsCommand::Alias {
+                    name,
+                    alias,
+                    version,
+                }),
+        } => crate::functions::alias(&client, &name, &alias, version, out).await?,
+        Command::Functions {
+            command: Some(FunctionsCommand::Unalias { name, alias }),
+        } => crate::functions::unalias(&client, &name, &alias, out).await?,
         Command::Invoke {
             name,
             event,

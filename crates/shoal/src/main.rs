@@ -3,6 +3,7 @@
 
 mod cli;
 mod data;
+mod functions;
 mod jobs;
 mod output;
 mod queues;

@@ -25,6 +25,39 @@ def describe(e, skip_frames=0):
     return {"exception": type(e).__name__, "message": text_of(e), "traceback": clean(text)}
 
 
+def describe_load(e):
+    """Like `describe`, for an error raised while importing the function:
+    every frame of the runner and of the import machinery (`<frozen ...>`)
+    is left out, wherever it is, so the traceback shows the user's own
+    files only."""
+    try:
+        te = traceback.TracebackException(type(e), e, e.__traceback__)
+        _keep_user_frames(te)
+        text = "".join(te.format())
+    except BaseException:  # noqa: BLE001
+        text = ""
+    return {"exception": type(e).__name__, "message": text_of(e), "traceback": clean(text)}
+
+
+def _keep_user_frames(te):
+    todo = [te]
+    seen = set()
+    while todo:
+        t = todo.pop()
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        frames = [
+            f
+            for f in t.stack
+            if not _is_runner_frame(f) and not f.filename.startswith("<frozen ")
+        ]
+        t.stack = traceback.StackSummary.from_list(frames)
+        todo.append(t.__cause__)
+        todo.append(t.__context__)
+        todo.extend(getattr(t, "exceptions", None) or ())
+
+
 def _is_runner_frame(frame):
     return os.path.dirname(frame.filename) == _RUNNER_DIR
 

@@ -17,7 +17,7 @@ import sys
 import traceback
 
 from .capture import Sink, Writer
-from .failures import MAX_TEXT, describe
+from .failures import MAX_TEXT, describe_load
 from .process import set_subreaper, vm_size
 from .protocol import HOST_PROTOCOL, MAX_CONTROL, send_control
 from .worker import worker_main
@@ -62,7 +62,7 @@ def main():
     except BaseException as e:  # noqa: BLE001 - any import failure is the user's
         sys.stdout, sys.stderr = saved
         msg = {"kind": "load_failed", "host_protocol": HOST_PROTOCOL}
-        msg.update(describe(e))
+        msg.update(describe_load(e))
         send_control(ctl, msg, sink.take())
         os._exit(0)
     sys.stdout, sys.stderr = saved
@@ -249,7 +249,7 @@ def _load(spec):
         if not callable(obj):
             raise TypeError("handler %r is not callable" % spec)
     except Exception as e:  # noqa: BLE001 - a missing handler is the user's
-        return module, None, describe(e)
+        return module, None, describe_load(e)
     return module, obj, None
 
 

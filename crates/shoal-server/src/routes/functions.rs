@@ -1,12 +1,17 @@
-//! `/v1/functions`: deploy, list, show, remove.
+//! `/v1/functions`: deploy (with its load check and dry run), list, show,
+//! versions, rollback, aliases, remove.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION, header::CONTENT_TYPE};
+use serde::Deserialize;
 
+use shoal_engine::{DeployOptions, DeployOutcome, DeployedBy};
 use shoal_protocol::{
-    ARCHIVE_CONTENT_TYPE, Deleted, ErrorBody, ErrorCode, FunctionList, FunctionView,
+    ARCHIVE_CONTENT_TYPE, AliasRequest, AliasView, Deleted, ErrorBody, ErrorCode, FunctionList,
+    FunctionVersions, FunctionView, RollbackRequest,
 };
 
 use crate::auth::{Auth, Developer, Reader};
@@ -16,10 +21,12 @@ use crate::{AppState, convert};
 /// Deploys a function: the body is a tar archive of a directory holding
 /// `shoal.toml` and the code. Each deploy makes a new immutable version.
 #[utoipa::path(post, path = "/v1/functions", tag = "functions",
+    params(DeployParams),
     request_body(content = Vec<u8>, content_type = "application/x-tar", description = "tar archive of the function directory"),
     responses(
         (status = 201, body = FunctionView, description = "Deployed"),
-        (status = 400, body = ErrorBody, description = "Invalid archive or shoal.toml"),
+        (status = 200, body = FunctionView, description = "Unchanged (`unchanged`), or checked only (`dry_run`)"),
+        (status = 400, body = ErrorBody, description = "Invalid archive or shoal.toml, or the code does not load (`invalid_function`, with the traceback)"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "pip install failed"),
     ))]
@@ -27,8 +34,10 @@ pub(crate) async fn deploy(
     _: Auth<Developer>,
     State(state): State<AppState>,
     headers: HeaderMap,
+    params: Result<Query<DeployParams>, QueryRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+    let Query(params) = params?;
     let ct = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -50,8 +59,119 @@ pub(crate) async fn deploy(
         ),
         _ => ApiError::from(r),
     })?;
-    let record = state.handle.deploy(body.to_vec()).await?;
-    Ok((StatusCode::CREATED, Json(convert::function(&record))))
+    let by = match bearer(&headers) {
+        Some(secret) => state.handle.token_of(secret).await?.map(|t| DeployedBy {
+            token_id: t.id,
+            token_name: t.name,
+        }),
+        None => None,
+    };
+    let opts = DeployOptions {
+        dry_run: params.dry_run.unwrap_or(false),
+        by,
+    };
+    Ok(match state.handle.deploy_with(body.to_vec(), opts).await? {
+        DeployOutcome::Deployed(r) => (StatusCode::CREATED, Json(convert::function(&r))),
+        DeployOutcome::Unchanged(r) => {
+            let mut view = convert::function(&r);
+            view.unchanged = true;
+            (StatusCode::OK, Json(view))
+        }
+        DeployOutcome::Checked(r) => {
+            let mut view = convert::function(&r);
+            view.dry_run = true;
+            (StatusCode::OK, Json(view))
+        }
+    })
+}
+
+/// Query of `POST /v1/functions`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct DeployParams {
+    /// Only check that the version loads; record and keep nothing.
+    dry_run: Option<bool>,
+}
+
+/// Lists a function's versions: when each was deployed, by whom, its code
+/// hash, which one is live and the aliases.
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "functions",
+    params(("name" = String, Path)),
+    responses((status = 200, body = FunctionVersions), (status = 404, body = ErrorBody)))]
+pub(crate) async fn versions(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionVersions>, ApiError> {
+    let v = state.handle.function_versions(&name).await?;
+    Ok(Json(convert::versions(&v)))
+}
+
+/// Makes another version live at once: the one named in the body, or the
+/// one before the live one. Returns the version now live.
+#[utoipa::path(post, path = "/v1/functions/{name}/rollback", tag = "functions",
+    params(("name" = String, Path)), request_body = RollbackRequest,
+    responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn rollback(
+    _: Auth<Developer>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let body = body?;
+    let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!(
+                "the body must be {{\"version\": N}} or empty ({e})"
+            ))
+        })?
+    };
+    let record = state.handle.rollback(&name, req.version).await?;
+    Ok(Json(convert::function(&record)))
+}
+
+/// Points an alias at a version (moving it when it exists): `NAME@ALIAS`
+/// then runs that version.
+#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "functions",
+    params(("name" = String, Path), ("alias" = String, Path)), request_body = AliasRequest,
+    responses((status = 200, body = AliasView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn set_alias(
+    _: Auth<Developer>,
+    State(state): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+    body: Result<Json<AliasRequest>, JsonRejection>,
+) -> Result<Json<AliasView>, ApiError> {
+    let Json(req) = body?;
+    state.handle.set_alias(&name, &alias, req.version).await?;
+    Ok(Json(AliasView {
+        function: name,
+        alias,
+        version: req.version,
+    }))
+}
+
+/// Removes an alias.
+#[utoipa::path(delete, path = "/v1/functions/{name}/aliases/{alias}", tag = "functions",
+    params(("name" = String, Path), ("alias" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove_alias(
+    _: Auth<Developer>,
+    State(state): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Json<Deleted>, ApiError> {
+    state.handle.remove_alias(&name, &alias).await?;
+    Ok(Json(Deleted { deleted: true }))
+}
+
+/// The bearer secret of a request (`Auth` has checked it already).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// Lists the latest version of every function.

@@ -1,6 +1,8 @@
 //! Catalog cases: function versions, tokens, queue and limiter records.
 
-use crate::{Backend, FunctionRecord, LimiterRecord, QueueRecord, TokenRecord};
+use crate::{
+    Backend, FunctionRecord, FunctionRefs, LimiterRecord, PinnedLive, QueueRecord, TokenRecord,
+};
 use shoal_types::Role;
 
 use super::{T, sample_function, unique};
@@ -116,6 +118,62 @@ pub async fn function_versions_after_remove(backend: &Backend) {
         assert_eq!(c.function_version(&name, old).await.unwrap(), None);
     }
     assert!(c.remove_function(&name).await.unwrap());
+}
+
+/// Every version is listed oldest first; refs (live pin, aliases) are
+/// stored per function, replaced whole, listed, and removed with the
+/// function.
+pub async fn function_refs(backend: &Backend) {
+    let c = &backend.catalog;
+    let name = unique("conf-fn-refs");
+    assert_eq!(c.function_versions(&name).await.unwrap(), Vec::new());
+    for handler in ["h1", "h2", "h3"] {
+        c.deploy_function(sample_function(&name, handler))
+            .await
+            .unwrap();
+    }
+    let versions = c.function_versions(&name).await.unwrap();
+    let seen: Vec<(u64, &str)> = versions
+        .iter()
+        .map(|v| (v.version, v.handler.as_str()))
+        .collect();
+    assert_eq!(seen, [(1, "h1"), (2, "h2"), (3, "h3")]);
+    assert_eq!(
+        versions[0].deployed_by,
+        sample_function(&name, "h1").deployed_by,
+        "who deployed is kept"
+    );
+
+    let mine = |all: Vec<FunctionRefs>| all.into_iter().find(|r| r.name.as_str() == name);
+    assert_eq!(mine(c.function_refs().await.unwrap()), None);
+    let refs = FunctionRefs {
+        name: super::name(&name),
+        pinned: Some(PinnedLive {
+            version: 2,
+            latest: 3,
+        }),
+        aliases: [("prod".to_string(), 2), ("canary".to_string(), 3)].into(),
+    };
+    c.put_function_refs(refs.clone()).await.unwrap();
+    assert_eq!(mine(c.function_refs().await.unwrap()), Some(refs.clone()));
+    assert_eq!(refs.live(3), 2, "the pin holds while 3 is the latest");
+    assert_eq!(refs.live(4), 4, "a newer deploy is live");
+
+    // Replaced whole.
+    let moved = FunctionRefs {
+        pinned: None,
+        aliases: [("prod".to_string(), 3)].into(),
+        ..refs
+    };
+    c.put_function_refs(moved.clone()).await.unwrap();
+    assert_eq!(mine(c.function_refs().await.unwrap()), Some(moved));
+    let all = c.function_refs().await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].name < w[1].name), "sorted");
+
+    // Removing the function removes its refs.
+    assert!(c.remove_function(&name).await.unwrap());
+    assert_eq!(mine(c.function_refs().await.unwrap()), None);
+    assert_eq!(c.function_versions(&name).await.unwrap(), Vec::new());
 }
 
 /// Tokens are found by the hash of their secret, listed, replaced by id and revoked.

@@ -78,6 +78,7 @@ macro_rules! __conformance_cases {
         $crate::__conformance_cases! { @$use $args [
             catalog::functions
             catalog::function_versions_after_remove
+            catalog::function_refs
             catalog::tokens
             invocations::invocations
             invocations::logs
@@ -173,6 +174,10 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         code_digest: Some("cd".repeat(32)),
         env: [("GREETING".to_string(), "héllo \"x\"".to_string())].into(),
         secrets: vec!["API_KEY".to_string()],
+        deployed_by: Some(crate::DeployedBy {
+            token_id: "tok-1".to_string(),
+            token_name: "ci".to_string(),
+        }),
     }
 }
 

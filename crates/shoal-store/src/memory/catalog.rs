@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{Catalog, FunctionRecord, LimiterRecord, Pending, QueueRecord, TokenRecord};
+use crate::{
+    Catalog, FunctionRecord, FunctionRefs, LimiterRecord, Pending, QueueRecord, TokenRecord,
+};
 
 use super::MemoryStore;
 
@@ -15,6 +17,8 @@ pub(super) struct CatalogState {
     functions: BTreeMap<String, BTreeMap<u64, FunctionRecord>>,
     /// The last version given to each name, removed functions included.
     last_version: HashMap<String, u64>,
+    /// Live pins and aliases, by function name.
+    refs: BTreeMap<String, FunctionRefs>,
     /// By id.
     tokens: BTreeMap<String, TokenRecord>,
     queues: BTreeMap<String, QueueRecord>,
@@ -51,7 +55,30 @@ impl Catalog for MemoryStore {
     }
 
     fn remove_function(&self, name: &str) -> Pending<bool> {
-        self.run(|s| Ok(s.catalog.functions.remove(name).is_some()))
+        self.run(|s| {
+            s.catalog.refs.remove(name);
+            Ok(s.catalog.functions.remove(name).is_some())
+        })
+    }
+
+    fn function_versions(&self, name: &str) -> Pending<Vec<FunctionRecord>> {
+        self.run(|s| {
+            let versions = s.catalog.functions.get(name);
+            Ok(versions
+                .map(|v| v.values().cloned().collect())
+                .unwrap_or_default())
+        })
+    }
+
+    fn put_function_refs(&self, refs: FunctionRefs) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.refs.insert(refs.name.to_string(), refs);
+            Ok(())
+        })
+    }
+
+    fn function_refs(&self) -> Pending<Vec<FunctionRefs>> {
+        self.run(|s| Ok(s.catalog.refs.values().cloned().collect()))
     }
 
     fn put_token(&self, token: TokenRecord) -> Pending<()> {

@@ -1,0 +1,177 @@
+//! `shoal deploy`, `shoal init` and the version commands of `shoal
+//! functions`: show, rollback, alias, unalias.
+//!
+//! A deploy whose code is what the live version runs says so and changes
+//! nothing; `--dry-run` only checks that the code loads.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use shoal_client::Client;
+use shoal_client::protocol::{ErrorCode, FunctionVersions};
+
+use crate::output::{Out, fail, time};
+
+/// `shoal deploy DIR [--dry-run]`.
+pub(crate) async fn deploy(client: &Client, dir: &Path, dry_run: bool, out: Out) -> Result<()> {
+    let archive =
+        shoal_client::pack_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if dry_run {
+        let f = client.deploy_dry_run(archive).await?;
+        out.print(&f, || {
+            format!(
+                "{}: checked, it loads ({}); nothing was deployed.",
+                f.name, f.handler
+            )
+        });
+        return Ok(());
+    }
+    let f = client.deploy(archive).await?;
+    out.print(&f, || {
+        if f.unchanged {
+            format!("{}: unchanged, still version {}.", f.name, f.version)
+        } else {
+            format!("Deployed {} version {} ({}).", f.name, f.version, f.handler)
+        }
+    });
+    Ok(())
+}
+
+/// `shoal functions show NAME`: the versions, which is live, the aliases.
+pub(crate) async fn show(client: &Client, name: &str, out: Out) -> Result<()> {
+    let v = client.function_versions(name).await?;
+    out.print(&v, || render(&v));
+    Ok(())
+}
+
+/// `shoal functions rollback NAME [VERSION]`.
+pub(crate) async fn rollback(
+    client: &Client,
+    name: &str,
+    version: Option<u64>,
+    out: Out,
+) -> Result<()> {
+    let f = client.rollback(name, version).await?;
+    out.print(&f, || format!("{}: version {} is live.", f.name, f.version));
+    Ok(())
+}
+
+/// `shoal functions alias NAME ALIAS VERSION`.
+pub(crate) async fn alias(
+    client: &Client,
+    name: &str,
+    alias: &str,
+    version: u64,
+    out: Out,
+) -> Result<()> {
+    let a = client.set_alias(name, alias, version).await?;
+    out.print(&a, || {
+        format!(
+            "{}@{} → version {} (invoke it as `shoal invoke {}@{}`).",
+            a.function, a.alias, a.version, a.function, a.alias
+        )
+    });
+    Ok(())
+}
+
+/// `shoal functions unalias NAME ALIAS`.
+pub(crate) async fn unalias(client: &Client, name: &str, alias: &str, out: Out) -> Result<()> {
+    client.remove_alias(name, alias).await?;
+    out.print(&serde_json::json!({"deleted": true}), || {
+        format!("Removed alias {name}@{alias}.")
+    });
+    Ok(())
+}
+
+/// `shoal init NAME [DIR]`: a function directory that deploys and answers
+/// as it is. Refuses to write over an existing file.
+pub(crate) fn init(name: &str, dir: Option<&Path>, out: Out) -> Result<()> {
+    if shoal_types::FunctionName::parse(name).is_err() {
+        return Err(fail(
+            ErrorCode::InvalidName,
+            format!(
+                "{name:?} is not a function name: use 1 to 64 of a-z, 0-9 and '-', starting with a letter"
+            ),
+        ));
+    }
+    let dir = dir.map_or_else(|| Path::new(name).to_path_buf(), Path::to_path_buf);
+    let files = [
+        ("shoal.toml", manifest(name)),
+        ("main.py", MAIN_PY.to_string()),
+    ];
+    for (file, _) in &files {
+        let path = dir.join(file);
+        if path.exists() {
+            return Err(fail(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{} exists already; pick another directory (shoal init NAME DIR)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (file, text) in &files {
+        let path = dir.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let shown = dir.display().to_string();
+    out.print(
+        &serde_json::json!({"name": name, "dir": shown}),
+        || {
+            format!(
+                "Created {shown}/shoal.toml and {shown}/main.py.\nNext: shoal deploy {shown} && shoal invoke {name} '{{\"name\": \"you\"}}'"
+            )
+        },
+    );
+    Ok(())
+}
+
+fn manifest(name: &str) -> String {
+    format!(
+        "# The function's settings; see docs/functions.md for every key.\n\
+         name = \"{name}\"\n\
+         handler = \"main:handler\"\n\
+         # timeout = \"30s\"\n\
+         # memory_mb = 256\n"
+    )
+}
+
+const MAIN_PY: &str = r#"def handler(event, ctx):
+    """Called once per invocation with the JSON event; returns JSON."""
+    name = event.get("name", "world") if isinstance(event, dict) else "world"
+    return {"hello": name}
+"#;
+
+/// The versions as a table, newest first.
+fn render(v: &FunctionVersions) -> String {
+    let mut s = format!(
+        "{}: version {} is live\n{:<4} {:>7}  {:<20} {:<14} {:<20} ALIASES",
+        v.name, v.live, "", "VERSION", "DEPLOYED", "CODE", "BY"
+    );
+    for r in v.versions.iter().rev() {
+        let code = r
+            .code_digest
+            .as_deref()
+            .unwrap_or(&r.code_sha256)
+            .chars()
+            .take(12)
+            .collect::<String>();
+        let by = r
+            .deployed_by
+            .as_ref()
+            .map_or("-".to_string(), |b| b.token_name.clone());
+        s += &format!(
+            "\n{:<4} {:>7}  {:<20} {:<14} {:<20} {}",
+            if r.live { "live" } else { "" },
+            r.version,
+            time(r.deployed_at_ms),
+            code,
+            by,
+            r.aliases.join(", ")
+        );
+    }
+    s
+}

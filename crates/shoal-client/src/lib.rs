@@ -513,15 +513,18 @@ impl Client {
 
     /// Sends messages (durable when this returns); their ids in order.
     pub async fn send(&self, queue: &str, messages: Vec<SendMessage>) -> Result<Vec<String>> {
+        Ok(self.send_messages(queue, messages).await?.ids)
+    }
+
+    /// Sends messages; the answer also says which were duplicates.
+    pub async fn send_messages(&self, queue: &str, messages: Vec<SendMessage>) -> Result<Sent> {
         let req = SendRequest::Batch { messages };
-        let sent: Sent = self
-            .json(
-                Method::POST,
-                &format!("/v1/queues/{}/messages", seg(queue)),
-                Some(&req),
-            )
-            .await?;
-        Ok(sent.ids)
+        self.json(
+            Method::POST,
+            &format!("/v1/queues/{}/messages", seg(queue)),
+            Some(&req),
+        )
+        .await
     }
 
     pub async fn dead_letters(

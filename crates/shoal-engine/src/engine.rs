@@ -382,6 +382,15 @@ impl Handle {
         self.dispatcher.queues.send(queue, messages).await
     }
 
+    /// Sends messages durably; says of each whether it was a duplicate.
+    pub async fn send_messages(
+        &self,
+        queue: &str,
+        messages: Vec<OutMessage>,
+    ) -> Result<Vec<crate::queues::Sent>> {
+        self.dispatcher.queues.send_messages(queue, messages).await
+    }
+
     pub async fn dead_letters(
         &self,
         queue: &str,

@@ -34,7 +34,7 @@ pub use env::{Options, Random, SystemRandom};
 pub use error::{Conflict, Entity, Error, Removal, Result};
 pub use functions::{DeployOptions, Deployed, Versions};
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
-pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings};
+pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{

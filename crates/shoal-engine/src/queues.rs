@@ -42,6 +42,17 @@ pub struct QueueInfo {
     pub subscriber: Option<String>,
 }
 
+/// What became of one message sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The message's id; for a duplicate, the id of the message that took
+    /// its deduplication id (empty when that message predates the store
+    /// keeping such ids).
+    pub id: String,
+    /// Dropped: its deduplication id was taken within the queue's window.
+    pub duplicate: bool,
+}
+
 /// A message to send.
 #[derive(Debug, Clone)]
 pub struct OutMessage {
@@ -280,8 +291,20 @@ impl Queues {
         Ok(())
     }
 
-    /// Sends messages; returns their ids in order. Durable when it returns.
+    /// Sends messages; returns their ids in order (a duplicate's is the id
+    /// of the message it duplicates). Durable when it returns.
     pub(crate) async fn send(&self, name: &str, messages: Vec<OutMessage>) -> Result<Vec<String>> {
+        let sent = self.send_messages(name, messages).await?;
+        Ok(sent.into_iter().map(|s| s.id).collect())
+    }
+
+    /// Sends messages; says of each whether it was stored or dropped as a
+    /// duplicate (its deduplication id was taken within the window).
+    pub(crate) async fn send_messages(
+        &self,
+        name: &str,
+        messages: Vec<OutMessage>,
+    ) -> Result<Vec<Sent>> {
         let record = self.record(name).await?;
         if messages.is_empty() {
             return Err(Error::invalid("messages", "send at least one message"));
@@ -322,9 +345,22 @@ impl Queues {
             });
             ids.push(id);
         }
-        self.env.backend.queues.send(name, out).await?;
+        let duplicates = self.env.backend.queues.send(name, out).await?;
         self.consumers.wake(name);
-        Ok(ids)
+        Ok(ids
+            .into_iter()
+            .zip(duplicates)
+            .map(|(id, duplicate_of)| match duplicate_of {
+                None => Sent {
+                    id,
+                    duplicate: false,
+                },
+                Some(first) => Sent {
+                    id: first,
+                    duplicate: true,
+                },
+            })
+            .collect())
     }
 
     async fn record(&self, name: &str) -> Result<QueueRecord> {

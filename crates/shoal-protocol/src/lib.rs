@@ -652,8 +652,17 @@ pub enum SendRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Sent {
-    /// The messages' ids, in order.
+    /// The messages' ids, in order; a duplicate's is the id of the message
+    /// it duplicates.
     pub ids: Vec<String>,
+    /// True when a message was dropped as a duplicate: its `dedup_id` was
+    /// taken within the queue's deduplication window. Nothing was sent
+    /// again for it.
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The positions (from 0) of the duplicates in a batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -31,6 +31,7 @@
 //! | `queue_messages` | (queue, message id) | header {due_ms, failures, seq, sent_ms} + body |
 //! | `queue_dead` | (queue, message id) | header {failures, sent_ms, dead_at_ms, reason} + body |
 //! | `queue_dedup` | (queue, deduplication key) | u64 until_ms, no format byte |
+//! | `queue_dedup_ids` | (queue, deduplication key) | the id of the message that took the key |
 //! | `queue_dedup_expiry` | (until_ms, queue, deduplication key) | (), to prune expired keys |
 //! | `queue_totals` | queue | (sent, acked, nacked, dead_lettered, dead), no format byte |
 //! | `queue_samples` | (queue, at_ms) | `QueueSample` minus its time (JSON) |
@@ -90,6 +91,9 @@ const MESSAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("que
 const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("queue_dead");
 /// (queue, deduplication key) → until_ms.
 const DEDUP: TableDefinition<(&str, &str), u64> = TableDefinition::new("queue_dedup");
+/// (queue, deduplication key) → the id of the message that took the key
+/// (kept and pruned with `queue_dedup`; absent for keys stored before).
+const DEDUP_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("queue_dedup_ids");
 /// (until_ms, queue, deduplication key): the keys in expiry order.
 const DEDUP_EXPIRY: TableDefinition<(u64, &str, &str), ()> =
     TableDefinition::new("queue_dedup_expiry");
@@ -393,6 +397,7 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
         txn.open_table(DEDUP).map_err(unavailable)?;
         txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?;
+        txn.open_table(DEDUP_IDS).map_err(unavailable)?;
         txn.open_table(QUEUE_TOTALS).map_err(unavailable)?;
         txn.open_table(SAMPLES).map_err(unavailable)?;
         txn.open_table(QUEUES).map_err(unavailable)?;
@@ -971,13 +976,13 @@ impl Invocations for RedbStore {
 }
 
 impl Queues for RedbStore {
-    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<()> {
+    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<Vec<Option<String>>> {
         self.submit(
             Command::Send {
                 queue: queue.to_string(),
                 messages,
             },
-            Reply::Unit,
+            Reply::Sent,
         )
     }
 
@@ -1542,7 +1547,12 @@ mod tests {
     async fn expired_dedup_keys_are_pruned_by_sends_and_sample_ticks() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
-        let keys = |store: &RedbStore| (table_len(store, DEDUP), table_len(store, DEDUP_EXPIRY));
+        // The key, its expiry entry and the id that took it go together.
+        let keys = |store: &RedbStore| {
+            let n = table_len(store, DEDUP);
+            assert_eq!(table_len(store, DEDUP_IDS), n, "queue_dedup_ids");
+            (n, table_len(store, DEDUP_EXPIRY))
+        };
         for i in 0..100u64 {
             let m = keyed(&format!("m{i}"), &format!("k{i}"), T + i, T - 1_000);
             store.send(&format!("q{}", i % 2), vec![m]).await.unwrap();

@@ -118,11 +118,13 @@ impl QueueOps {
     ) -> Applied {
         let q = queue.as_str();
         let mut sent = Vec::with_capacity(messages.len());
+        let mut duplicates = Vec::with_capacity(messages.len());
         let mut prune_budget = 0;
         let mut prune_now = 0;
         for m in messages {
             let key = (q, m.id.as_str());
             if t.messages.get(key)?.is_some() {
+                duplicates.push(None);
                 continue;
             }
             if let Some((dedup_key, until)) = &m.dedup {
@@ -131,11 +133,14 @@ impl QueueOps {
                 let held = x.dedup.get(dk)?.map(|g| g.value());
                 if let Some(held) = held {
                     if held > m.sent_ms {
+                        let first = x.dedup_ids.get(dk)?.map(|g| g.value().to_string());
+                        duplicates.push(Some(first.unwrap_or_default()));
                         continue;
                     }
                     x.dedup_expiry.remove((held, q, dedup_key.as_str()))?;
                 }
                 x.dedup.insert(dk, *until)?;
+                x.dedup_ids.insert(dk, m.id.as_str())?;
                 x.dedup_expiry.insert((*until, q, dedup_key.as_str()), ())?;
                 prune_budget += PRUNE_PER_KEY;
                 prune_now = prune_now.max(m.sent_ms);
@@ -150,6 +155,7 @@ impl QueueOps {
             let value = codec::encode_message(&header, &m.body);
             t.messages.insert(key, value.as_slice())?;
             sent.push((m.id, header));
+            duplicates.push(None);
         }
         if prune_budget > 0 {
             prune_dedup(t.queue_extra()?.1, prune_now, prune_budget)?;
@@ -157,7 +163,7 @@ impl QueueOps {
         if !sent.is_empty() {
             self.totals(index, q).counters.sent += sent.len() as u64;
         }
-        ok(Value::Unit, Effect::Sent(queue, sent))
+        ok(Value::Sent(duplicates), Effect::Sent(queue, sent))
     }
 
     pub(crate) fn ack(
@@ -467,6 +473,7 @@ fn prune_dedup(x: &mut QueueExtra<'_>, now_ms: u64, budget: usize) -> StorageRes
         let held = x.dedup.get((queue, dedup_key))?.map(|g| g.value());
         if held == Some(until) {
             x.dedup.remove((queue, dedup_key))?;
+            x.dedup_ids.remove((queue, dedup_key))?;
         }
     }
     Ok(())

@@ -54,9 +54,9 @@ use crate::jobs::{self, JobTables, NewJob};
 use crate::queue::TotalsRow;
 use crate::queue_ops::{self, QueueOps};
 use crate::{
-    CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DOC_GARBAGE, DOC_STATS, DOCS, FUNCTION_REFS,
-    FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META, QUEUE_TOTALS,
-    QUEUES, SAMPLES, Shared, TOKEN_SECRETS, TOKENS, pending_purges, unavailable,
+    CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DEDUP_IDS, DOC_GARBAGE, DOC_STATS, DOCS,
+    FUNCTION_REFS, FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META,
+    QUEUE_TOTALS, QUEUES, SAMPLES, Shared, TOKEN_SECRETS, TOKENS, pending_purges, unavailable,
 };
 
 /// The most operations committed in one transaction.
@@ -273,6 +273,8 @@ pub(crate) enum Reply {
     Count(oneshot::Sender<Result<u64>>),
     Category(oneshot::Sender<Result<(CategoryRecord, bool)>>),
     Finished(oneshot::Sender<Result<ChildFinished>>),
+    /// Per message sent: `Some(id)` of the message it duplicates.
+    Sent(oneshot::Sender<Result<Vec<Option<String>>>>),
 }
 
 pub(crate) enum Value {
@@ -283,6 +285,7 @@ pub(crate) enum Value {
     /// The record, and whether it was created now.
     Category(CategoryRecord, bool),
     Finished(ChildFinished),
+    Sent(Vec<Option<String>>),
 }
 
 impl Reply {
@@ -307,6 +310,9 @@ impl Reply {
             (Reply::Finished(tx), Ok(Value::Finished(f))) => {
                 let _ = tx.send(Ok(f));
             }
+            (Reply::Sent(tx), Ok(Value::Sent(d))) => {
+                let _ = tx.send(Ok(d));
+            }
             (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
             (reply, Err(e)) => reply.fail(e),
         }
@@ -330,6 +336,9 @@ impl Reply {
                 let _ = tx.send(Err(e));
             }
             Reply::Finished(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Sent(tx) => {
                 let _ = tx.send(Err(e));
             }
         }
@@ -396,6 +405,7 @@ pub(crate) struct QueueExtra<'txn> {
     pub dead: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub dedup: Table<'txn, (&'static str, &'static str), u64>,
     pub dedup_expiry: Table<'txn, (u64, &'static str, &'static str), ()>,
+    pub dedup_ids: Table<'txn, (&'static str, &'static str), &'static str>,
     pub samples: Table<'txn, (&'static str, u64), &'static [u8]>,
     queues: Table<'txn, &'static str, &'static [u8]>,
     limiters: Table<'txn, &'static str, &'static [u8]>,
@@ -408,6 +418,7 @@ impl<'txn> QueueExtra<'txn> {
             dead: txn.open_table(DEAD_LETTERS)?,
             dedup: txn.open_table(DEDUP)?,
             dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            dedup_ids: txn.open_table(DEDUP_IDS)?,
             samples: txn.open_table(SAMPLES)?,
             queues: txn.open_table(QUEUES)?,
             limiters: txn.open_table(LIMITERS)?,

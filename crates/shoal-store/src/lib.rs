@@ -661,7 +661,12 @@ pub trait Invocations: Send + Sync + 'static {
 
 /// Durable queues with leases: at-least-once delivery.
 pub trait Queues: Send + Sync + 'static {
-    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<()>;
+    /// Stores new messages. Answers, per message in order, `None` when it
+    /// was stored (or its id was queued already: a repeated send), or
+    /// `Some(id)` of the message holding its deduplication key, when it was
+    /// dropped as a duplicate (`Some("")` when that id is not known: a key
+    /// stored before ids were kept).
+    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<Vec<Option<String>>>;
     /// Leases up to `max` messages that are due at `now_ms`, for
     /// `visibility_ms`: expired leases first, then in due order (send order
     /// for equal due times).

@@ -80,8 +80,8 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
                 ));
             };
             let body = check_json(&text, "the message body")?;
-            let ids = client
-                .send(
+            let sent = client
+                .send_messages(
                     &name,
                     vec![SendMessage {
                         body,
@@ -90,7 +90,14 @@ pub async fn run(client: &Client, command: Option<QueuesCommand>, json: bool) ->
                     }],
                 )
                 .await?;
-            out.print(&serde_json::json!({"ids": ids}), || ids.join("\n"));
+            out.print(&sent, || {
+                let id = sent.ids.first().map(String::as_str).unwrap_or_default();
+                match (sent.duplicate, id) {
+                    (false, _) => id.to_string(),
+                    (true, "") => "duplicate: not sent again".to_string(),
+                    (true, _) => format!("duplicate of {id}: not sent again"),
+                }
+            });
         }
         Some(QueuesCommand::Dlq { name }) => {
             let page = client.dead_letters(&name, None, 1000).await?;

@@ -121,7 +121,16 @@ async fn write_read_scan_delete() {
         .map(|c| c.name)
         .collect();
     assert_eq!(names, vec!["alpha", "beta"]);
-    c.delete_category("alpha").await.unwrap();
+    // It holds documents: removed only when forced.
+    let refused = c.delete_category("alpha").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(shoal_client::protocol::ErrorCode::ForceRequired)
+    );
+    assert_eq!(c.category("alpha").await.unwrap().docs, 4);
+    c.delete_category_with("alpha", shoal_client::Removal::Force)
+        .await
+        .unwrap();
     assert_eq!(c.category("alpha").await.unwrap_err().status(), Some(404));
     assert_eq!(
         c.get_doc("alpha", "42").await.unwrap_err().status(),

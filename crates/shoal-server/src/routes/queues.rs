@@ -127,8 +127,13 @@ pub(crate) async fn send(
             dedup_id: m.dedup_id,
         });
     }
-    let ids = state.handle.send(&name, out).await?;
-    Ok(Json(Sent { ids }))
+    let sent = state.handle.send_messages(&name, out).await?;
+    let duplicates: Vec<usize> = (0..sent.len()).filter(|i| sent[*i].duplicate).collect();
+    Ok(Json(Sent {
+        ids: sent.into_iter().map(|s| s.id).collect(),
+        duplicate: !duplicates.is_empty(),
+        duplicates,
+    }))
 }
 
 /// Deletes every waiting message (not those being handled, not dead

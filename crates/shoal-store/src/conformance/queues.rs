@@ -319,13 +319,18 @@ pub async fn queue_dedup_keys(backend: &Backend) {
     let q = unique("conf-q-dkey");
     let other = format!("{q}-other");
 
-    qs.send(&q, vec![keyed("m1", "k", T + 1_000, T)])
+    let first = qs
+        .send(&q, vec![keyed("m1", "k", T + 1_000, T)])
         .await
         .unwrap();
-    // Held: dropped, and the held window is not moved by the dropped message.
-    qs.send(&q, vec![keyed("m2", "k", T + 5_000, T + 500)])
+    assert_eq!(first, vec![None], "a new key is no duplicate");
+    // Held: dropped (reported as a duplicate of the message holding the
+    // key), and the held window is not moved by the dropped message.
+    let dropped = qs
+        .send(&q, vec![keyed("m2", "k", T + 5_000, T + 500)])
         .await
         .unwrap();
+    assert_eq!(dropped, vec![Some("m1".to_string())]);
     assert_eq!(depth(backend, &q).await, depth_of(1, 0));
     let got = lease(backend, &q, T + 500, 10, 60_000).await;
     assert_eq!(ids(&got), strings(&["m1"]));
@@ -354,12 +359,20 @@ pub async fn queue_dedup_keys(backend: &Backend) {
 
     // The window ends at `until`: a message sent then is accepted and holds
     // the key for its own window.
-    qs.send(&q, vec![keyed("m5", "k", T + 3_000, T + 1_000)])
-        .await
-        .unwrap();
-    qs.send(&q, vec![keyed("m6", "k", T + 9_000, T + 2_999)])
-        .await
-        .unwrap();
+    assert_eq!(
+        qs.send(&q, vec![keyed("m5", "k", T + 3_000, T + 1_000)])
+            .await
+            .unwrap(),
+        vec![None],
+        "a key past its window is free again"
+    );
+    assert_eq!(
+        qs.send(&q, vec![keyed("m6", "k", T + 9_000, T + 2_999)])
+            .await
+            .unwrap(),
+        vec![Some("m5".to_string())],
+        "the key now names the message that took it again"
+    );
     assert_eq!(depth(backend, &q).await, depth_of(2, 0));
     qs.send(&q, vec![keyed("m7", "k", T + 9_000, T + 3_000)])
         .await
@@ -367,16 +380,18 @@ pub async fn queue_dedup_keys(backend: &Backend) {
     assert_eq!(depth(backend, &q).await, depth_of(3, 0));
 
     // Within one call, the first message with a key wins.
-    qs.send(
-        &q,
-        vec![
-            keyed("n1", "k2", T + 9_000, T + 3_000),
-            keyed("n2", "k2", T + 9_000, T + 3_000),
-            msg("n3", b"no key", T + 3_000),
-        ],
-    )
-    .await
-    .unwrap();
+    let batch = qs
+        .send(
+            &q,
+            vec![
+                keyed("n1", "k2", T + 9_000, T + 3_000),
+                keyed("n2", "k2", T + 9_000, T + 3_000),
+                msg("n3", b"no key", T + 3_000),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch, vec![None, Some("n1".to_string()), None]);
     // An id already queued is a no-op: its key is not taken.
     qs.send(&q, vec![keyed("n3", "k3", T + 9_000, T + 3_000)])
         .await

@@ -36,7 +36,8 @@ struct Queue {
     dead: BTreeMap<String, Dead>,
     /// Deduplication key → the end of its window (`until_ms`). Outlives
     /// the messages that took the keys.
-    dedup: HashMap<String, u64>,
+    /// Deduplication key → (until_ms, the id of the message that took it).
+    dedup: HashMap<String, (u64, String)>,
     counters: QueueCounters,
 }
 
@@ -67,18 +68,24 @@ impl QueueState {
     /// message whose deduplication key is held past its `sent_ms`; an
     /// accepted message takes its key until its own `until_ms`. (Also used
     /// by jobs for their children and fan-ins.)
-    pub(super) fn send(&mut self, queue: &str, messages: Vec<NewMessage>) {
+    pub(super) fn send(&mut self, queue: &str, messages: Vec<NewMessage>) -> Vec<Option<String>> {
         let q = self.queues.entry(queue.to_string()).or_default();
+        let mut out = Vec::with_capacity(messages.len());
         for m in messages {
             if q.messages.contains_key(&m.id) {
+                out.push(None);
                 continue;
             }
             if let Some((key, until_ms)) = m.dedup {
-                if q.dedup.get(&key).is_some_and(|held| *held > m.sent_ms) {
+                if let Some((held, first)) = q.dedup.get(&key)
+                    && *held > m.sent_ms
+                {
+                    out.push(Some(first.clone()));
                     continue;
                 }
-                q.dedup.insert(key, until_ms);
+                q.dedup.insert(key, (until_ms, m.id.clone()));
             }
+            out.push(None);
             self.seq += 1;
             let message = Message {
                 body: m.body,
@@ -92,6 +99,7 @@ impl QueueState {
             q.messages.insert(m.id, message);
             q.counters.sent += 1;
         }
+        out
     }
 
     fn lease(
@@ -226,7 +234,7 @@ impl QueueState {
         }
         self.samples.retain(|_, samples| !samples.is_empty());
         for q in self.queues.values_mut() {
-            q.dedup.retain(|_, until_ms| *until_ms > now_ms);
+            q.dedup.retain(|_, (until_ms, _)| *until_ms > now_ms);
         }
     }
 
@@ -236,11 +244,8 @@ impl QueueState {
 }
 
 impl Queues for MemoryStore {
-    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<()> {
-        self.run(|s| {
-            s.queues.send(queue, messages);
-            Ok(())
-        })
+    fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Pending<Vec<Option<String>>> {
+        self.run(|s| Ok(s.queues.send(queue, messages)))
     }
 
     fn lease_keyed(

@@ -28,6 +28,7 @@ use crate::consumers::{Consumer, Consumers, Feed};
 use crate::env::Env;
 use crate::error::{Entity, Error, Result};
 use crate::functions::{Deployed, Functions};
+use crate::history::{FeedSender, FinishedAttempt};
 use crate::invocation::{self, Message, apply_response, backoff, key_of, new_record, queue_name};
 use crate::jobs::{Caller, Jobs};
 use crate::limits::Limiters;
@@ -53,6 +54,8 @@ pub(crate) struct Dispatcher {
     pub(crate) queues: Arc<Queues>,
     pub(crate) categories: Arc<Categories>,
     live: Arc<Live>,
+    /// Finished attempts, sent once durable (see `history`).
+    pub(crate) feed: Arc<FeedSender>,
 }
 
 /// Invocation records whose latest state is not durable yet (running, or
@@ -157,6 +160,7 @@ impl Dispatcher {
             queues,
             categories,
             live: Arc::default(),
+            feed: Arc::default(),
         }
     }
 
@@ -764,16 +768,24 @@ impl Dispatcher {
         let id = record.id.clone();
         let entry = self.live.set(record.clone(), Some(logs.clone()));
         let backend = &self.env.backend;
+        let attempt = FinishedAttempt {
+            record: record.clone(),
+            logs: logs.clone(),
+        };
         let put_logs = (!logs.is_empty()).then(|| backend.invocations.put_logs(&id, logs));
         let put = backend.invocations.put_invocations(vec![record.clone()]);
         // The job result before the acknowledgement (see `Jobs::finish_slot`).
         let finish = self.jobs.finish_slot(&record);
         let settled = queue.map(|q| self.settle(q, settlements));
         let live = self.live.clone();
+        let feed = self.feed.clone();
         self.env.tasks.spawn(async move {
             let mut ok = put.await.map_err(|e| e.to_string());
             if let Some(f) = put_logs {
                 ok = ok.and(f.await.map_err(|e| e.to_string()));
+            }
+            if ok.is_ok() {
+                feed.send(attempt);
             }
             if let Some(f) = finish {
                 f.await;

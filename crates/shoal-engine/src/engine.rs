@@ -295,6 +295,43 @@ impl Handle {
         self.dispatcher.logs(id).await
     }
 
+    /// Durable invocation records matching `filter`, newest first, after
+    /// `after`; `limit` is at most [`MAX_LIST_LIMIT`](crate::MAX_LIST_LIMIT).
+    pub async fn list_invocations(
+        &self,
+        filter: &shoal_store::InvocationFilter,
+        after: Option<&shoal_store::InvocationCursor>,
+        limit: usize,
+    ) -> Result<shoal_store::InvocationPage> {
+        let limit = limit.min(crate::history::MAX_LIST_LIMIT);
+        Ok(self
+            .env
+            .backend
+            .invocations
+            .list_invocations(filter, after, limit)
+            .await?)
+    }
+
+    /// Every attempt that finishes from now on, once its record is durable.
+    pub fn follow_invocations(&self) -> crate::history::Feed {
+        self.dispatcher.feed.subscribe(self.env.tasks.clone())
+    }
+
+    /// The data directory's size and the number of stored invocations.
+    pub async fn stats(&self) -> Result<crate::history::NodeStats> {
+        let invocations = self.env.backend.invocations.count_invocations().await?;
+        let dir = self.env.opts.data_dir.clone();
+        // A walk of the directory: blocking I/O, off the async threads.
+        let data_dir_bytes = tokio::task::spawn_blocking(move || crate::history::dir_size(&dir))
+            .await
+            .unwrap_or(0);
+        Ok(crate::history::NodeStats {
+            data_dir_bytes,
+            invocations,
+            retention: self.env.opts.retention,
+        })
+    }
+
     // ---- categories ----
 
     /// Creates a category with a shard level (the default when `None`).

@@ -15,6 +15,7 @@ mod engine;
 mod env;
 mod error;
 mod functions;
+mod history;
 mod host;
 mod invocation;
 mod jobs;
@@ -33,12 +34,14 @@ pub use engine::{DeployOutcome, Handle, Parts, start, start_with};
 pub use env::{Options, Random, SystemRandom};
 pub use error::{Conflict, Entity, Error, Removal, Result};
 pub use functions::{DeployOptions, Deployed, Versions};
+pub use history::{Feed, FeedItem, FinishedAttempt, MAX_LIST_LIMIT, NodeStats};
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
     CategoryRecord, ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord,
-    InvocationRecord, JobProgress, JobRecord, JobSlot, LimiterRecord, QueueCounters, QueueDepth,
-    QueueRecord, QueueSample, ShardStats, StoreHealth, StoredDoc,
+    InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord,
+    JobSlot, LimiterRecord, QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats,
+    StoreHealth, StoredDoc,
 };

@@ -367,6 +367,80 @@ pub struct LogsView {
     pub logs: String,
 }
 
+/// One invocation in a list: what tells it apart, without its event or
+/// result (`GET /v1/invocations/{id}` has those).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationSummary {
+    pub id: String,
+    pub function: String,
+    pub version: u64,
+    /// `sync`, `async` or `queue`.
+    pub mode: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `timed_out` or `cancelled`.
+    pub status: String,
+    pub attempts: u32,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    /// Time the function's code ran in the last attempt.
+    pub duration_ms: Option<f64>,
+    /// The failure kind (`raised`, `timed_out`, ...) when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// The failure's message when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// `GET /v1/invocations`: a page, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationList {
+    pub invocations: Vec<InvocationSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One finished attempt's logs, in `GET /v1/functions/{name}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationLogs {
+    pub id: String,
+    pub function: String,
+    pub version: u64,
+    pub status: String,
+    /// When the attempt finished (or the record was created, for one that
+    /// has not run).
+    pub at_ms: u64,
+    pub logs: String,
+}
+
+/// `GET /v1/functions/{name}/logs` without `follow`: the latest
+/// invocations' logs, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionLogs {
+    pub entries: Vec<InvocationLogs>,
+}
+
+/// `event: lagged` of a followed log stream: this many finished attempts
+/// were dropped because the reader fell behind.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogsLagged {
+    pub missed: u64,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeStats {
+    /// Bytes of every file under the node's data directory.
+    pub data_dir_bytes: u64,
+    /// Invocation records stored (retention drops old ones).
+    pub invocations: u64,
+    /// How long finished invocations are kept, in seconds; absent when
+    /// they are kept forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_seconds: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {

@@ -1,4 +1,6 @@
-//! `/v1/functions/{name}/invoke` and `/v1/invocations/{id}`.
+//! `/v1/functions/{name}/invoke`, `/v1/invocations` (the list, one by id,
+//! its logs) and `/v1/functions/{name}/logs` (a function's logs, followed
+//! as server-sent events).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,11 +12,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
-use shoal_protocol::{
-    Accepted, ErrorBody, FUNCTION_ERROR_HEADER, FunctionFailure, INVOCATION_ID_HEADER,
-    InvocationView, LogsView,
+use shoal_engine::{
+    Feed, FeedItem, InvocationCursor, InvocationFilter, InvocationRecord, MAX_LIST_LIMIT,
 };
-use shoal_types::Outcome;
+use shoal_protocol::{
+    Accepted, ErrorBody, FUNCTION_ERROR_HEADER, FunctionFailure, FunctionLogs,
+    INVOCATION_ID_HEADER, InvocationList, InvocationLogs, InvocationSummary, InvocationView,
+    LogsLagged, LogsView,
+};
+use shoal_types::{FunctionName, InvocationMode, InvocationStatus, Outcome};
 
 use crate::auth::{Auth, Invoker, Reader};
 use crate::error::ApiError;
@@ -141,4 +147,423 @@ pub(crate) async fn logs(
         id,
         logs: String::from_utf8_lossy(&logs).into_owned(),
     }))
+}
+
+/// The filters of `GET /v1/invocations`. An empty value is no filter.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    /// Only this function's invocations.
+    function: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed`, `timed_out` or `cancelled`.
+    status: Option<String>,
+    /// `sync`, `async` or `queue`.
+    mode: Option<String>,
+    /// Created at or after: RFC 3339 (`2026-12-04T17:00:00Z`), a duration
+    /// back from now (`90s`, `15m`, `1h`, `7d`) or epoch milliseconds.
+    since: Option<String>,
+    /// Created before; the same forms as `since`.
+    until: Option<String>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Invocations per page, 1 to 1000 (default 50).
+    limit: Option<String>,
+}
+
+/// The default page size of `GET /v1/invocations`.
+const DEFAULT_LIMIT: usize = 50;
+
+/// Lists invocations, newest first (by creation time), filtered by
+/// function, status, mode and creation time, a page at a time. Every filter
+/// is indexed, so a page is fast however many records the node keeps.
+#[utoipa::path(get, path = "/v1/invocations", tag = "invocations",
+    params(ListParams),
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<InvocationList>, ApiError> {
+    let Query(p) = params?;
+    let now = state.handle.now_ms();
+    let filter = InvocationFilter {
+        function: given(&p.function).map(function_name).transpose()?,
+        status: given(&p.status).map(parse_status).transpose()?,
+        mode: given(&p.mode).map(parse_mode).transpose()?,
+        since_ms: given(&p.since)
+            .map(|s| parse_time("since", s, now))
+            .transpose()?,
+        until_ms: given(&p.until)
+            .map(|s| parse_time("until", s, now))
+            .transpose()?,
+    };
+    let after = given(&p.cursor).map(parse_cursor).transpose()?;
+    let limit = parse_limit(given(&p.limit), DEFAULT_LIMIT)?;
+    let page = state
+        .handle
+        .list_invocations(&filter, after.as_ref(), limit)
+        .await?;
+    Ok(Json(InvocationList {
+        invocations: page.records.iter().map(summary).collect(),
+        next: page.next.map(|c| format!("{}.{}", c.created_at_ms, c.id)),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FunctionLogsParams {
+    /// `true`: answer `text/event-stream`, the latest invocations' logs
+    /// then each new one as it finishes, until the client goes away.
+    follow: Option<bool>,
+    /// How many of the latest invocations, 1 to 1000 (default 20; 10 when
+    /// following).
+    limit: Option<String>,
+}
+
+/// The logs of a function's latest invocations, oldest first; with
+/// `follow=true`, a server-sent event stream: `event: invocation` with an
+/// `InvocationLogs` for each of the latest, then for every attempt that
+/// finishes, and `event: lagged` with a `LogsLagged` when the reader fell
+/// behind and attempts were skipped.
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "invocations",
+    params(("name" = String, Path), FunctionLogsParams),
+    responses(
+        (status = 200, body = FunctionLogs, description = "JSON, or text/event-stream with follow=true"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn function_logs(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<FunctionLogsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params?;
+    let function = function_name(&name)?;
+    // Unknown (or removed) functions are told so, with the engine's hints.
+    state.handle.function(function.as_str()).await?;
+    let follow = p.follow.unwrap_or(false);
+    let limit = parse_limit(given(&p.limit), if follow { 10 } else { 20 })?;
+    // Subscribe before listing, so nothing finishes unseen in between.
+    let feed = follow.then(|| state.handle.follow_invocations());
+    let filter = InvocationFilter {
+        function: Some(function.clone()),
+        ..InvocationFilter::default()
+    };
+    let page = state.handle.list_invocations(&filter, None, limit).await?;
+    let mut entries = Vec::with_capacity(page.records.len());
+    for r in page.records.iter().rev() {
+        let logs = state.handle.logs(&r.id).await.unwrap_or_default();
+        entries.push(logs_entry(r, &logs));
+    }
+    let Some(feed) = feed else {
+        return Ok(Json(FunctionLogs { entries }).into_response());
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    state.handle.spawn(follow_logs(feed, function, entries, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    Ok(resp)
+}
+
+/// Writes the first entries, then every finished attempt of `function`,
+/// until the client goes away or the node stops. A comment line every 15 s
+/// keeps idle proxies from closing the stream.
+async fn follow_logs(
+    mut feed: Feed,
+    function: FunctionName,
+    first: Vec<InvocationLogs>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for e in first {
+        seen.insert(e.id.clone());
+        if tx.send(sse_event("invocation", &e)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let item = tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {
+                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            item = feed.next() => item,
+        };
+        let bytes = match item {
+            FeedItem::Attempt(a) if a.record.function == function => {
+                // Listed at the start already (its write landed before the
+                // list was read): once is enough.
+                if seen.remove(&a.record.id) && a.record.status.is_final() {
+                    continue;
+                }
+                sse_event("invocation", &logs_entry(&a.record, &a.logs))
+            }
+            FeedItem::Attempt(_) => continue,
+            FeedItem::Lagged(missed) => sse_event("lagged", &LogsLagged { missed }),
+            FeedItem::Closed => return,
+        };
+        if tx.send(bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn sse_event<T: serde::Serialize>(name: &str, data: &T) -> Bytes {
+    let mut out = format!("event: {name}\ndata: ").into_bytes();
+    out.extend_from_slice(&serde_json::to_vec(data).expect("a view encodes"));
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+fn logs_entry(r: &InvocationRecord, logs: &[u8]) -> InvocationLogs {
+    InvocationLogs {
+        id: r.id.clone(),
+        function: r.function.to_string(),
+        version: r.version,
+        status: r.status.to_string(),
+        at_ms: r.finished_at_ms.unwrap_or(r.created_at_ms),
+        logs: String::from_utf8_lossy(logs).into_owned(),
+    }
+}
+
+fn summary(r: &InvocationRecord) -> InvocationSummary {
+    InvocationSummary {
+        id: r.id.clone(),
+        function: r.function.to_string(),
+        version: r.version,
+        mode: r.mode.to_string(),
+        status: r.status.to_string(),
+        attempts: r.attempts,
+        created_at_ms: r.created_at_ms,
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms,
+        duration_ms: r.duration_ms,
+        error_type: r.error.as_ref().map(|e| e.kind.to_string()),
+        error_message: r.error.as_ref().map(|e| e.message.clone()),
+    }
+}
+
+/// A query value that is present and not empty.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn function_name(s: &str) -> Result<FunctionName, ApiError> {
+    FunctionName::parse(s).map_err(|e| ApiError::invalid(format!("function {s:?}: {e}")))
+}
+
+fn parse_status(s: &str) -> Result<InvocationStatus, ApiError> {
+    InvocationStatus::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = InvocationStatus::ALL.iter().map(|s| s.as_str()).collect();
+        ApiError::invalid(format!(
+            "status {s:?} is not known; use one of {}",
+            all.join(", ")
+        ))
+    })
+}
+
+fn parse_mode(s: &str) -> Result<InvocationMode, ApiError> {
+    InvocationMode::ALL
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| {
+            let all: Vec<&str> = InvocationMode::ALL.iter().map(|m| m.as_str()).collect();
+            ApiError::invalid(format!(
+                "mode {s:?} is not known; use one of {}",
+                all.join(", ")
+            ))
+        })
+}
+
+fn parse_limit(s: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    let Some(s) = s else {
+        return Ok(default);
+    };
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid(format!(
+            "limit {s:?} is out of range; use a whole number from 1 to {MAX_LIST_LIMIT}"
+        ))),
+    }
+}
+
+/// `<created_at_ms>.<id>`, as `next` gives it.
+fn parse_cursor(s: &str) -> Result<InvocationCursor, ApiError> {
+    s.split_once('.')
+        .and_then(|(ms, id)| {
+            let created_at_ms = ms.parse().ok()?;
+            (!id.is_empty()).then(|| InvocationCursor {
+                created_at_ms,
+                id: id.to_string(),
+            })
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "cursor {s:?} is not one this API gave; pass the `next` of the previous page"
+            ))
+        })
+}
+
+/// A time filter: RFC 3339, a duration back from `now_ms`, or epoch ms.
+fn parse_time(what: &str, s: &str, now_ms: u64) -> Result<u64, ApiError> {
+    time_ms(s, now_ms).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "{what} {s:?} is not a time; use RFC 3339 (2026-12-04T17:00:00Z), a duration \
+             back from now (90s, 15m, 1h, 7d) or epoch milliseconds"
+        ))
+    })
+}
+
+fn time_ms(s: &str, now_ms: u64) -> Option<u64> {
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok();
+    }
+    if let Some(back) = duration_ms(s) {
+        return Some(now_ms.saturating_sub(back));
+    }
+    rfc3339_ms(s)
+}
+
+/// `500ms`, `90s`, `15m`, `1h`, `7d`, `2w`: a whole number and a unit.
+fn duration_ms(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; a space for the `T` too.
+fn rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &s[start..i.min(start + 3)];
+        millis = frac.parse::<i64>().ok()? * 10_i64.pow(3 - frac.len() as u32);
+    }
+    let offset_min = match &s[i..] {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            sign * (h * 60 + m)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_min * 60;
+    u64::try_from(secs * 1_000 + millis).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_cursor, time_ms};
+
+    const NOW: u64 = 1_764_867_600_000; // 2025-12-04T17:00:00Z
+
+    #[test]
+    fn times_in_every_form() {
+        assert_eq!(time_ms("2025-12-04T17:00:00Z", 0), Some(NOW));
+        assert_eq!(time_ms("2025-12-04 17:00:00.25Z", 0), Some(NOW + 250));
+        assert_eq!(time_ms("2025-12-04T18:30:00+01:30", 0), Some(NOW));
+        assert_eq!(
+            time_ms("2025-12-04T16:00:00.123456-01:00", 0),
+            Some(NOW + 123)
+        );
+        assert_eq!(time_ms("1970-01-01T00:00:00Z", 0), Some(0));
+        assert_eq!(time_ms("2000-02-29T00:00:00Z", 0), Some(951_782_400_000));
+        assert_eq!(time_ms("1h", NOW), Some(NOW - 3_600_000));
+        assert_eq!(time_ms("90s", NOW), Some(NOW - 90_000));
+        assert_eq!(time_ms("7d", NOW), Some(NOW - 7 * 86_400_000));
+        assert_eq!(time_ms("500ms", NOW), Some(NOW - 500));
+        assert_eq!(time_ms("1764867600000", 5), Some(NOW));
+        for bad in [
+            "yesterday",
+            "1y",
+            "h",
+            "2025-12-04",
+            "2025-13-04T17:00:00Z",
+            "2025-12-04T17:00:00",
+            "2025-12-04T17:00:00+0100",
+            "2025-12-04T17:00:00.Z",
+            "2025-12-04T24:00:00Z",
+            "１h",
+        ] {
+            assert_eq!(time_ms(bad, NOW), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_or_are_refused() {
+        let c = parse_cursor("17.0193-abc.d").ok().unwrap();
+        assert_eq!((c.created_at_ms, c.id.as_str()), (17, "0193-abc.d"));
+        for bad in ["", "17", "x.id", "17.", ".id"] {
+            assert!(parse_cursor(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -6,7 +6,9 @@
 mod app;
 mod edge;
 mod errors;
+mod invocation_lists;
 mod invocations;
 mod limits;
+mod removals;
 mod routes;
 mod status_codes;

@@ -1,6 +1,7 @@
 """Exceptions described for error frames: type, message, traceback, with
 the runner's own frames left out and the text made safe for JSON."""
 
+import importlib
 import os
 import traceback
 
@@ -9,6 +10,9 @@ MAX_TEXT = 16 * 1024
 
 # Frames in files of this directory (the runner package) are the runner's.
 _RUNNER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# `importlib.import_module`'s own frame, above the user's module.
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__))
 
 
 def describe(e, skip_frames=0):
@@ -50,7 +54,9 @@ def _keep_user_frames(te):
         frames = [
             f
             for f in t.stack
-            if not _is_runner_frame(f) and not f.filename.startswith("<frozen ")
+            if not _is_runner_frame(f)
+            and not f.filename.startswith("<frozen ")
+            and os.path.dirname(f.filename) != _IMPORTLIB_DIR
         ]
         t.stack = traceback.StackSummary.from_list(frames)
         todo.append(t.__cause__)

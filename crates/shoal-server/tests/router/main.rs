@@ -9,5 +9,6 @@ mod errors;
 mod invocation_lists;
 mod invocations;
 mod limits;
+mod removals;
 mod routes;
 mod status_codes;

@@ -115,8 +115,9 @@ fn every_error() -> Vec<Error> {
 #[tokio::test]
 async fn every_engine_error_has_its_status_and_code() {
     let errors = every_error();
-    // + 2: the secret entity and the secret-in-use conflict.
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2);
+    // + 2: the secret entity and the secret-in-use conflict; + 2: the
+    // force-required and last-admin-token conflicts.
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

@@ -7,8 +7,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Node, archive};
-use shoal_engine::{DeployOptions, DeployOutcome, Entity, Error};
+use common::{Node, archive, secs};
+use shoal_engine::{DeployOptions, DeployOutcome, Entity, Error, OutMessage, QueueSettings};
 use shoal_store::Backend;
 use shoal_store::memory::MemoryStore;
 use shoal_types::{Failure, FailureKind, Outcome};
@@ -193,5 +193,36 @@ async fn the_live_pointer_and_aliases_survive_a_restart_and_a_new_deploy_goes_li
         node.engine.function_versions("hello").await.unwrap().live,
         4
     );
+    node.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_calls_the_live_version_after_a_rollback() {
+    let node = Node::start().await;
+    node.engine
+        .put_queue("orders", QueueSettings::default())
+        .await
+        .unwrap();
+    for h in ["main:a", "main:b"] {
+        node.deploy(&format!(
+            "name = \"worker\"\nhandler = \"{h}\"\n[subscribe]\nqueue = \"orders\""
+        ))
+        .await;
+    }
+    let send = |n: u32| OutMessage {
+        body: format!("{{\"n\": {n}}}"),
+        delay: secs(0),
+        dedup_id: None,
+    };
+    node.engine.send("orders", vec![send(1)]).await.unwrap();
+    assert_eq!(node.ended("worker", 1).await[0].version, 2);
+    node.engine.rollback("worker", None).await.unwrap();
+    node.engine.send("orders", vec![send(2)]).await.unwrap();
+    let calls = node.ended("worker", 2).await;
+    assert_eq!(
+        calls[1].version, 1,
+        "the subscription follows the live version"
+    );
+    assert_eq!(calls[1].event_json()["n"], 2);
     node.stop().await;
 }

@@ -297,7 +297,7 @@ async fn unknown_routes_and_methods() {
         case("GET", "/v1/nothing-here", None, "", 404, r, doc),
         case("GET", "/", None, "", 404, r, doc),
         case("GET", "/v2/functions", None, "", 404, r, doc),
-        case("GET", "/v1/functions/ok/versions", None, "", 404, r, doc),
+        case("GET", "/v1/functions/ok/history", None, "", 404, r, doc),
         case("POST", "/v1/categories/cat/docs/x/y", JSON, "{}", 404, r, doc),
         case("PUT", "/v1/functions", None, "", 405, m, doc),
         case("PATCH", "/v1/functions/ok", JSON, "{}", 405, m, doc),

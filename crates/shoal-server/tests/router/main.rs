@@ -12,3 +12,4 @@ mod limits;
 mod removals;
 mod routes;
 mod status_codes;
+mod versions;

@@ -20,6 +20,22 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/functions/{name}", Some(Role::Reader)),
     ("DELETE", "/v1/functions/{name}", Some(Role::Developer)),
     ("POST", "/v1/functions/{name}/invoke", Some(Role::Invoker)),
+    ("GET", "/v1/functions/{name}/versions", Some(Role::Reader)),
+    (
+        "POST",
+        "/v1/functions/{name}/rollback",
+        Some(Role::Developer),
+    ),
+    (
+        "PUT",
+        "/v1/functions/{name}/aliases/{alias}",
+        Some(Role::Developer),
+    ),
+    (
+        "DELETE",
+        "/v1/functions/{name}/aliases/{alias}",
+        Some(Role::Developer),
+    ),
     ("GET", "/v1/invocations/{id}", Some(Role::Reader)),
     ("GET", "/v1/invocations/{id}/logs", Some(Role::Reader)),
     ("GET", "/v1/invocations", Some(Role::Reader)),
@@ -79,6 +95,7 @@ fn concrete(path: &str) -> String {
     path.replace("{name}", "zzz")
         .replace("{id}", "zzz")
         .replace("{cat}", "zzz")
+        .replace("{alias}", "zzz")
 }
 
 async fn documented_routes(app: &App) -> BTreeSet<String> {
@@ -110,7 +127,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 44);
+    assert_eq!(listed.len(), 48);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -73,9 +73,14 @@ pub(crate) fn create(
         }
     }
     t.put_invocations(&new.children)?;
-    let sent = ops.send(t, index, new.queue, new.messages)?;
+    // The send's answer (which messages were duplicates) is not this
+    // command's: children carry no deduplication keys.
+    let sent = match ops.send(t, index, new.queue, new.messages)? {
+        Ok((_, sent)) => sent,
+        Err(e) => return Ok(Err(e)),
+    };
     if record.total > 0 {
-        return Ok(sent);
+        return ok(Value::Unit, sent);
     }
     // No children: the job is complete as it is created.
     let progress = JobProgress {

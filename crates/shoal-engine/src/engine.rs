@@ -189,7 +189,7 @@ impl Handle {
         let deployed = match self.functions.deploy(archive, opts).await? {
             Deploy::New(d) => d,
             Deploy::Unchanged(d) => return Ok(DeployOutcome::Unchanged(d.record.clone())),
-            Deploy::Checked(r) => return Ok(DeployOutcome::Checked(r)),
+            Deploy::Checked(r) => return Ok(DeployOutcome::Checked(*r)),
         };
         self.went_live(&deployed).await?;
         let d = &deployed.current;

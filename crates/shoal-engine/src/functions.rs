@@ -108,7 +108,7 @@ pub(crate) enum Deploy {
     Unchanged(Arc<Deployed>),
     /// A dry run: the version loads; nothing was recorded or kept. Its
     /// record has version 0.
-    Checked(FunctionRecord),
+    Checked(Box<FunctionRecord>),
 }
 
 /// How to deploy.
@@ -210,7 +210,7 @@ impl Functions {
         self.check_rules(&record).await?;
         self.check_loads(&record, staged.path(&code_dir)).await?;
         if opts.dry_run {
-            return Ok(Deploy::Checked(record));
+            return Ok(Deploy::Checked(Box::new(record)));
         }
         // The code is in place before the version that names it is recorded.
         staged.install().map_err(io_err)?;

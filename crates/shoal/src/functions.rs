@@ -147,31 +147,51 @@ const MAIN_PY: &str = r#"def handler(event, ctx):
 
 /// The versions as a table, newest first.
 fn render(v: &FunctionVersions) -> String {
-    let mut s = format!(
-        "{}: version {} is live\n{:<4} {:>7}  {:<20} {:<14} {:<20} ALIASES",
-        v.name, v.live, "", "VERSION", "DEPLOYED", "CODE", "BY"
-    );
-    for r in v.versions.iter().rev() {
-        let code = r
-            .code_digest
-            .as_deref()
-            .unwrap_or(&r.code_sha256)
-            .chars()
-            .take(12)
-            .collect::<String>();
-        let by = r
-            .deployed_by
-            .as_ref()
-            .map_or("-".to_string(), |b| b.token_name.clone());
-        s += &format!(
-            "\n{:<4} {:>7}  {:<20} {:<14} {:<20} {}",
-            if r.live { "live" } else { "" },
-            r.version,
-            time(r.deployed_at_ms),
-            code,
-            by,
-            r.aliases.join(", ")
+    let rows: Vec<[String; 6]> = v
+        .versions
+        .iter()
+        .rev()
+        .map(|r| {
+            let code = r.code_digest.as_deref().unwrap_or(&r.code_sha256);
+            [
+                if r.live { "live" } else { "" }.to_string(),
+                r.version.to_string(),
+                time(r.deployed_at_ms),
+                code.chars().take(12).collect(),
+                r.deployed_by
+                    .as_ref()
+                    .map_or("-".to_string(), |b| b.token_name.clone()),
+                r.aliases.join(", "),
+            ]
+        })
+        .collect();
+    let head = ["", "VERSION", "DEPLOYED", "CODE", "BY", "ALIASES"];
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([head[i].len(), 4])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: [&str; 6]| {
+        let mut s = format!(
+            "{:<w$} {:>v$}",
+            cells[0],
+            cells[1],
+            w = widths[0],
+            v = widths[1]
         );
+        for (i, cell) in cells.iter().enumerate().skip(2) {
+            s += &format!("  {:<w$}", cell, w = widths[i]);
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = format!("{}: version {} is live\n{}", v.name, v.live, line(head));
+    for r in &rows {
+        out += "\n";
+        out += &line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
     }
-    s
+    out
 }

@@ -83,8 +83,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_MAX_JOB_CHILDREN", default_value_t = 100_000)]
     pub max_job_children: usize,
     /// How long finished invocation records and their logs are kept; `0s`
-    /// keeps them forever.
-    #[arg(long, env = "SHOAL_RETENTION", default_value = "7d", value_parser = retention)]
+    /// keeps them forever. (`--retention` is the older name.)
+    #[arg(long = "retain", visible_alias = "retention", env = "SHOAL_RETAIN",
+        default_value = "30d", value_parser = retention)]
     pub retention: Duration,
     /// Serve `/metrics` without a token (by default it needs a reader token).
     #[arg(long, env = "SHOAL_METRICS_PUBLIC")]

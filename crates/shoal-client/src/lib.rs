@@ -280,6 +280,69 @@ impl Client {
         Ok(logs.logs)
     }
 
+    /// A page of invocations, newest first. `filters` are the `(name,
+    /// value)` pairs of `GET /v1/invocations`: `function`, `status`, `mode`,
+    /// `since`, `until`, `cursor`, `limit`.
+    pub async fn list_invocations(
+        &self,
+        filters: &[(&str, &str)],
+    ) -> Result<shoal_protocol::InvocationList> {
+        let query: Vec<String> = filters
+            .iter()
+            .map(|(k, v)| format!("{}={}", seg(k), seg(v)))
+            .collect();
+        let path = if query.is_empty() {
+            "/v1/invocations".to_string()
+        } else {
+            format!("/v1/invocations?{}", query.join("&"))
+        };
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    /// The logs of a function's latest `limit` invocations, oldest first.
+    pub async fn function_logs(
+        &self,
+        name: &str,
+        limit: Option<u32>,
+    ) -> Result<shoal_protocol::FunctionLogs> {
+        let mut path = format!("/v1/functions/{}/logs", seg(name));
+        if let Some(n) = limit {
+            path += &format!("?limit={n}");
+        }
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Follows a function's logs: the SSE lines of
+    /// `GET /v1/functions/{name}/logs?follow=true` (`event: invocation`
+    /// with an `InvocationLogs`, `event: lagged` with a `LogsLagged`), as
+    /// they arrive, until the node closes the stream.
+    pub async fn follow_logs(&self, name: &str, limit: Option<u32>) -> Result<Lines> {
+        let mut url = format!("{}/v1/functions/{}/logs?follow=true", self.base, seg(name));
+        if let Some(n) = limit {
+            url += &format!("&limit={n}");
+        }
+        let resp = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(Lines {
+            resp,
+            buf: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// The data directory's size and the number of stored invocations.
+    pub async fn stats(&self) -> Result<shoal_protocol::NodeStats> {
+        self.json(Method::GET, "/v1/stats", None::<&()>).await
+    }
+
     pub async fn create_token(&self, role: &str, name: Option<&str>) -> Result<CreatedToken> {
         let req = CreateToken {
             role: role.to_string(),

@@ -72,13 +72,18 @@ pub enum Command {
         #[arg(long = "async")]
         is_async: bool,
     },
-    /// Inspect invocations.
+    /// List invocations, newest first, filtered (`--function`, `--status`,
+    /// `--mode`, `--since`, `--until`); or show one.
+    #[command(args_conflicts_with_subcommands = true)]
     Invocations {
         #[command(subcommand)]
-        command: InvocationsCommand,
+        command: Option<InvocationsCommand>,
+        #[command(flatten)]
+        list: crate::invocations::ListArgs,
     },
-    /// Print an invocation's logs.
-    Logs { id: String },
+    /// Print an invocation's logs, or (`--function F`) the logs of a
+    /// function's latest invocations, `--follow`ing new ones.
+    Logs(crate::invocations::LogsArgs),
     /// List functions, or remove one.
     Functions {
         #[command(subcommand)]
@@ -412,7 +417,12 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
         Command::Invocations {
-            command: InvocationsCommand::Show { id },
+            command: None,
+            list,
+        } => crate::invocations::list(&client, list, conn.json).await?,
+        Command::Invocations {
+            command: Some(InvocationsCommand::Show { id }),
+            ..
         } => {
             let inv = client.invocation(&id).await?;
             out.print(&inv, || {
@@ -449,14 +459,7 @@ pub async fn run(args: Args) -> Result<()> {
                 s.trim_end().to_string()
             });
         }
-        Command::Logs { id } => {
-            let logs = client.logs(&id).await?;
-            if conn.json {
-                println!("{}", serde_json::json!({"id": id, "logs": logs}));
-            } else {
-                print!("{logs}");
-            }
-        }
+        Command::Logs(args) => crate::invocations::logs(&client, args, conn.json).await?,
         Command::Functions { command: None } => {
             let fs = client.functions().await?;
             out.print(&fs, || {
@@ -606,14 +609,24 @@ pub async fn run(args: Args) -> Result<()> {
         }
         Command::Status => {
             let h = client.health().await?;
-            out.print(&h, || {
-                format!(
+            // Needs a token (reader); without one the rest still shows.
+            let stats = client.stats().await.ok();
+            let mut value = serde_json::to_value(&h)?;
+            if let Some(st) = &stats {
+                value["stats"] = serde_json::to_value(st)?;
+            }
+            out.print(&value, || {
+                let mut s = format!(
                     "node:    {} ({})\nversion: {}\nsandbox: {}",
                     h.status,
                     client.url(),
                     h.version,
                     h.sandbox
-                )
+                );
+                if let Some(st) = &stats {
+                    s += &format!("\ndata:    {}", crate::invocations::stats_line(st));
+                }
+                s
             });
         }
         Command::Secrets { command: None } => {

@@ -4,6 +4,7 @@
 mod cli;
 mod data;
 mod functions;
+mod invocations;
 mod jobs;
 mod output;
 mod queues;

@@ -1,0 +1,232 @@
+//! `shoal invocations` (the filtered list) and `shoal logs --function F
+//! [--follow]` (a function's logs, followed over server-sent events).
+//!
+//! `--json`: the list prints the API's page (`{"invocations": [...],
+//! "next"}`), one JSON value, so the cursor of the next page comes along;
+//! logs print one `InvocationLogs` per line (NDJSON), followed or not.
+
+use anyhow::Result;
+use clap::Args;
+
+use shoal_client::Client;
+use shoal_client::protocol::{InvocationLogs, InvocationSummary, LogsLagged, NodeStats};
+
+use crate::output::{Out, duration, time};
+
+/// The filters of `shoal invocations` (with no subcommand).
+#[derive(Args, Debug, Default)]
+pub struct ListArgs {
+    /// Only this function's invocations.
+    #[arg(long)]
+    function: Option<String>,
+    /// queued, running, succeeded, failed, timed_out or cancelled.
+    #[arg(long)]
+    status: Option<String>,
+    /// sync, async or queue.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Created since: a duration back from now (90s, 15m, 1h, 7d) or an
+    /// RFC 3339 time (2026-12-04T17:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before: the same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+    /// How many, newest first (1 to 1000; default 50).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Where a previous page ended (its `next`).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// `shoal logs`: one invocation's logs by id, or a function's.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The invocation whose logs to print.
+    #[arg(required_unless_present = "function", conflicts_with = "function")]
+    id: Option<String>,
+    /// Print the logs of this function's latest invocations instead.
+    #[arg(long)]
+    function: Option<String>,
+    /// With --function: keep printing the logs of invocations as they
+    /// finish, until interrupted.
+    #[arg(long, requires = "function")]
+    follow: bool,
+    /// With --function: how many of the latest invocations (default 20;
+    /// 10 with --follow).
+    #[arg(long, requires = "function")]
+    limit: Option<u32>,
+}
+
+/// Prints a page of invocations as a table (or the page as JSON).
+pub async fn list(client: &Client, args: ListArgs, json: bool) -> Result<()> {
+    let limit = args.limit.map(|n| n.to_string());
+    let pairs = [
+        ("function", args.function.as_deref()),
+        ("status", args.status.as_deref()),
+        ("mode", args.mode.as_deref()),
+        ("since", args.since.as_deref()),
+        ("until", args.until.as_deref()),
+        ("limit", limit.as_deref()),
+        ("cursor", args.cursor.as_deref()),
+    ];
+    let filters: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| (*k, v)))
+        .collect();
+    let page = client.list_invocations(&filters).await?;
+    Out { json }.print(&page, || {
+        if page.invocations.is_empty() {
+            return "No invocations match.".to_string();
+        }
+        let mut s = table(&page.invocations);
+        if let Some(next) = &page.next {
+            s += &format!("\nMore: add --cursor {next}");
+        }
+        s
+    });
+    Ok(())
+}
+
+/// `shoal logs ID` as before; `--function F` prints the latest
+/// invocations' logs, and `--follow` keeps streaming them.
+pub async fn logs(client: &Client, args: LogsArgs, json: bool) -> Result<()> {
+    let out = Out { json };
+    let Some(function) = args.function else {
+        let id = args.id.expect("clap requires an id without --function");
+        let logs = client.logs(&id).await?;
+        if json {
+            println!("{}", serde_json::json!({"id": id, "logs": logs}));
+        } else {
+            print!("{logs}");
+        }
+        return Ok(());
+    };
+    if !args.follow {
+        let got = client.function_logs(&function, args.limit).await?;
+        if got.entries.is_empty() && !json {
+            println!("No invocations of {function} yet.");
+        }
+        for e in &got.entries {
+            out.item(e, || entry(e));
+        }
+        return Ok(());
+    }
+    let mut lines = client.follow_logs(&function, args.limit).await?;
+    let mut event = String::new();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => anyhow::bail!("the node closed the log stream ({e})"),
+        };
+        let line = String::from_utf8_lossy(&line);
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            match event.as_str() {
+                "invocation" => {
+                    let e: InvocationLogs = serde_json::from_str(data)?;
+                    out.item(&e, || entry(&e));
+                }
+                "lagged" => {
+                    let l: LogsLagged = serde_json::from_str(data)?;
+                    eprintln!(
+                        "warning: {} finished invocations were skipped: this reader fell behind",
+                        l.missed
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `1.2 GiB, 4213 invocations (kept 30 days)` for `shoal status`.
+pub(crate) fn stats_line(st: &NodeStats) -> String {
+    let kept = match st.retain_seconds {
+        Some(s) if s % 86_400 == 0 => format!("kept {} days", s / 86_400),
+        Some(s) => format!("kept {}", duration(s as f64 * 1000.0)),
+        None => "kept forever".to_string(),
+    };
+    format!(
+        "{}, {} invocations ({kept})",
+        bytes(st.data_dir_bytes),
+        st.invocations
+    )
+}
+
+/// Bytes in binary units: `512 B`, `3.4 KiB`, `1.2 GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// ID, FUNCTION@VERSION, STATUS, MODE, STARTED, DURATION.
+fn table(rows: &[InvocationSummary]) -> String {
+    let mut s = format!(
+        "{:<36}  {:<24} {:<10} {:<6} {:<23} {:>9}",
+        "ID", "FUNCTION", "STATUS", "MODE", "STARTED", "DURATION"
+    );
+    for r in rows {
+        let started = r.started_at_ms.map_or_else(|| "-".to_string(), time);
+        let took = r.duration_ms.map_or_else(|| "-".to_string(), duration);
+        s += &format!(
+            "\n{:<36}  {:<24} {:<10} {:<6} {:<23} {:>9}",
+            r.id,
+            format!("{}@{}", r.function, r.version),
+            r.status,
+            r.mode,
+            started,
+            took
+        );
+    }
+    s
+}
+
+/// A header line for one attempt, then its logs.
+fn entry(e: &InvocationLogs) -> String {
+    // A finished attempt whose record went back to `queued` is retried.
+    let status = match e.status.as_str() {
+        "queued" => "failed, retrying",
+        other => other,
+    };
+    let mut s = format!(
+        "── {}  {}@{}  {status}  {}",
+        time(e.at_ms),
+        e.function,
+        e.version,
+        e.id
+    );
+    let logs = e.logs.trim_end_matches('\n');
+    if !logs.is_empty() {
+        s += "\n";
+        s += logs;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn bytes_read_well() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024 + 512 * 1024), "5.5 MiB");
+        assert_eq!(bytes(3 << 40), "3.0 TiB");
+    }
+}

@@ -227,9 +227,12 @@ class Client:
         ``bytes`` per shard). ShoalError ``category_not_found`` if missing."""
         return self._json("GET", f"/v1/categories/{_seg(name)}")
 
-    def delete_category(self, name: str) -> None:
-        """Deletes a category with all its documents."""
-        self._json("DELETE", f"/v1/categories/{_seg(name)}")
+    def delete_category(self, name: str, force: bool = False) -> None:
+        """Deletes a category. One that holds documents only with
+        ``force=True`` (ShoalError ``force_required`` otherwise, and nothing
+        is deleted)."""
+        query = "?force=true" if force else ""
+        self._json("DELETE", f"/v1/categories/{_seg(name)}{query}")
 
     # ------------------------------------------------------------------ documents
 

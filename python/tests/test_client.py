@@ -320,7 +320,11 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(view["docs"], 10)
         self.assertEqual(sum(s["docs"] for s in view["shard_stats"]), 10)
         self.assertEqual(sum(s["bytes"] for s in view["shard_stats"]), view["bytes"])
-        self.client.delete_category(name)
+        with self.assertRaises(ShoalError) as cm:
+            self.client.delete_category(name)
+        self.assertEqual((cm.exception.status, cm.exception.code), (409, "force_required"))
+        self.assertEqual(self.client.category(name)["docs"], 10)
+        self.client.delete_category(name, force=True)
         self.assertNotIn(name, [c["name"] for c in self.client.categories()])
         with self.assertRaises(ShoalError) as cm:
             self.client.category(name)
@@ -331,7 +335,7 @@ class ClientTest(unittest.TestCase):
         ids = self.client.write(name, [{"k": 1}])
         self.assertEqual(len(ids), 1)
         self.assertGreaterEqual(self.client.category(name)["shards"], 1)
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_write_get_put_delete(self) -> None:
         name = unique("docs")
@@ -360,7 +364,7 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(ShoalError) as cm:
             self.client.get(unique("no-such-category"), "a")
         self.assertEqual(cm.exception.code, "category_not_found")
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_write_generator_in_batches(self) -> None:
         name = unique("gen")
@@ -381,7 +385,7 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(n, 30)
         self.assertEqual(self.client.category(name)["docs"], 55)
         self.assertEqual(self.client.write(name, iter([])), [])
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_write_batch_is_atomic(self) -> None:
         name = unique("atomic")
@@ -397,7 +401,7 @@ class ClientTest(unittest.TestCase):
             self.client.get(name, "fine")
         with self.assertRaises(ValueError):
             self.client.write(name, [float("nan")])
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_scan(self) -> None:
         name = unique("scan")
@@ -408,7 +412,7 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(len(seen), 53)
         self.assertEqual(dict(seen), docs)
         self.assertEqual(sorted(dict(self.client.scan(name)).keys()), sorted(docs))
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_scan_missing_category(self) -> None:
         with self.assertRaises(ShoalError) as cm:
@@ -436,7 +440,7 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(stats["errors"], 0)
         self.assertEqual(stats["failures"], [])
         self.assertGreaterEqual(stats["duration_ms"], 0)
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_query_reduce_over_nothing_is_none(self) -> None:
         name = unique("empty")
@@ -446,7 +450,7 @@ class ClientTest(unittest.TestCase):
         result, stats = self.client.query(name, "py-sum", with_stats=True)
         self.assertIsNone(result)
         self.assertEqual(stats["docs"], 1)
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_query_map_only(self) -> None:
         name = unique("nums")
@@ -464,7 +468,7 @@ class ClientTest(unittest.TestCase):
         # walks the same order.
         scan_order = [doc["n"] for _, doc in self.client.scan(name) if not doc["skip"]]
         self.assertEqual([v["n"] for v in result], scan_order)
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_query_iter_streams(self) -> None:
         name = unique("stream")
@@ -487,7 +491,7 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(list(stream), [])
         self.assertEqual(stream.result, sum(range(500)))
         self.assertTrue(stream.reduced)
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_query_progress_over_sse(self) -> None:
         name = self._orders(shards=3, n=300)
@@ -499,14 +503,14 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(progress[-1]["docs_total"], 301)
         self.assertTrue(all(p["shards"] == 3 for p in progress))
         self.assertTrue(all(0 <= p["docs_done"] <= p["docs_total"] for p in progress))
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
         # Map-only values over SSE too.
         name = unique("sse-map")
         self.client.create_category(name, shards=2)
         self.client.write(name, ({"n": i} for i in range(50)))
         values = self.client.query(name, "py-only-map", on_progress=lambda p: None)
         self.assertEqual(sorted(v["n"] for v in values), list(range(50)))
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_query_failure_and_skip_errors(self) -> None:
         name = unique("fragile")
@@ -533,7 +537,7 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(sorted(f["id"] for f in stats["failures"]), ["f03", "f11"])
         self.assertEqual({f["error"]["exception"] for f in stats["failures"]}, {"KeyError"})
         self.assertEqual(stats["docs"], 20)
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
     def test_query_errors_before_start(self) -> None:
         name = self._orders(shards=1, n=3)
@@ -546,7 +550,7 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(ShoalError) as cm:
             self.client.query(name, "py-not-query")
         self.assertEqual(cm.exception.code, "not_a_query_function")
-        self.client.delete_category(name)
+        self.client.delete_category(name, force=True)
 
 
 class TransportTest(unittest.TestCase):

@@ -97,7 +97,10 @@ async fn a_queue_takes_no_more_than_its_cap_and_takes_again_once_drained() {
         node.engine.send("inbox", vec![message(5)]).await,
         Err(Error::QueueFull(_))
     ));
-    node.engine.purge_queue("inbox").await.unwrap();
+    node.engine
+        .purge_queue("inbox", shoal_engine::Removal::Force)
+        .await
+        .unwrap();
     node.engine.send("inbox", vec![message(6)]).await.unwrap();
 
     // A function's queue of asynchronous invocations has the same cap.

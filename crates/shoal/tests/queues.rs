@@ -347,7 +347,17 @@ async fn stats_history_and_bad_requests() {
         .await
         .unwrap();
     assert_eq!(q.max_attempts, 7);
-    c.delete_queue("measured").await.unwrap();
+    // Function `rec` subscribes to it: removed only when forced.
+    let refused = c.delete_queue("measured").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(shoal_client::protocol::ErrorCode::ForceRequired),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("`rec`"), "{refused}");
+    c.delete_queue_with("measured", shoal_client::Removal::Force)
+        .await
+        .unwrap();
     assert_eq!(c.queue("measured").await.unwrap_err().status(), Some(404));
 }
 

@@ -119,6 +119,14 @@ async fn rollback_aliases_and_pinned_versions() {
     }
     assert_eq!(ran(&node, "hello").await, 3);
     assert_eq!(ran(&node, "hello@1").await, 1);
+    // Queued, a pinned call runs the version it named.
+    let id = node
+        .engine
+        .invoke_async("hello@2", "{}".into())
+        .await
+        .unwrap();
+    assert_eq!(node.wait_final(&id).await.version, 2);
+    assert_eq!(node.fake.calls().last().unwrap().version, 2);
     // Rollback without a version: the one before the live one.
     let live = node.engine.rollback("hello", None).await.unwrap();
     assert_eq!(live.version, 2);

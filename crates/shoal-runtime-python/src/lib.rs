@@ -28,10 +28,13 @@ mod protocol;
 mod query;
 mod sandbox;
 mod template;
+mod tree;
 mod venv;
+mod watchdog;
 mod worker;
 
 pub use sandbox::Sandbox;
+pub use tree::TreeLimitMode;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,6 +108,8 @@ pub struct Options {
     /// The sandbox every function runs in; `None` runs functions with the
     /// node's own rights (`--insecure-no-sandbox`).
     pub sandbox: Option<Sandbox>,
+    /// How each worker's process tree is limited (with the sandbox only).
+    pub tree_limits: TreeLimitMode,
 }
 
 impl Options {
@@ -120,6 +125,7 @@ impl Options {
             query_cache_bytes: 2 << 30,
             query_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             sandbox: Some(Sandbox::standard()),
+            tree_limits: TreeLimitMode::Auto,
         }
     }
 }
@@ -138,8 +144,8 @@ pub(crate) struct Config {
     interpreter: tokio::sync::OnceCell<PathBuf>,
     pub(crate) runner: PathBuf,
     pub(crate) sandbox: Option<Sandbox>,
-    /// Per-worker process-tree limits, where cgroups are usable.
-    pub(crate) cgroups: Option<Arc<cgroup::Cgroups>>,
+    /// Per-worker process-tree limits (cgroups, or the /proc watchdog).
+    pub(crate) tree_limits: Option<Arc<tree::TreeLimits>>,
     /// Templates start as the init of a pid namespace of their own.
     pub(crate) pid_namespace: bool,
     /// Deployments' scratch directories (`work_dir/scratch/<key>`).
@@ -172,10 +178,10 @@ impl PythonRuntime {
             python: options.python.clone(),
             interpreter: tokio::sync::OnceCell::new(),
             runner,
-            cgroups: options
+            tree_limits: options
                 .sandbox
                 .as_ref()
-                .and_then(|_| cgroup::Cgroups::detect())
+                .and_then(|_| tree::TreeLimits::detect(options.tree_limits))
                 .map(Arc::new),
             pid_namespace: options.sandbox.is_some() && template::pid_namespaces_work(),
             sandbox: options.sandbox.clone(),
@@ -204,9 +210,17 @@ impl PythonRuntime {
         }))
     }
 
-    /// True where each worker's process tree is limited (cgroups usable).
+    /// How each worker's process tree is limited (`None`: it is not).
+    pub fn tree_limits_by(&self) -> Option<&'static str> {
+        self.config
+            .tree_limits
+            .as_deref()
+            .map(tree::TreeLimits::describe)
+    }
+
+    /// True where each worker's process tree is limited.
     pub fn tree_limits(&self) -> bool {
-        self.config.cgroups.is_some()
+        self.config.tree_limits.is_some()
     }
 
     /// True where templates run as the init of a pid namespace of their

@@ -342,7 +342,7 @@ impl Pool {
             runner: self.config.runner.clone(),
             sandbox,
             scratch,
-            cgroups: self.config.cgroups.clone(),
+            tree_limits: self.config.tree_limits.clone(),
             network: self.deployment.network,
             pid_namespace: self.config.pid_namespace,
             env: self.deployment.env.clone(),

@@ -29,9 +29,9 @@ use tracing::{debug, warn};
 use shoal_runtime::{Error, HOST_PROTOCOL_VERSION};
 use shoal_types::{Failure, FailureKind};
 
-use crate::cgroup::{Cgroups, WorkerCgroup};
 use crate::lock;
 use crate::protocol::{self, Control, QueryFunctions};
+use crate::tree::{TreeLimits, WorkerTree};
 use shoal_types::Network;
 
 /// Largest control message we accept; the runner stays well below it.
@@ -53,7 +53,7 @@ pub(crate) struct Spec {
     /// The deployment's scratch directory, emptied at every start.
     pub scratch: PathBuf,
     /// Where each worker's process tree gets its limits, if anywhere.
-    pub cgroups: Option<Arc<Cgroups>>,
+    pub tree_limits: Option<Arc<TreeLimits>>,
     /// `Network::Off` starts the template in an empty network namespace.
     pub network: Network,
     /// Start the template as the init of a pid namespace of its own.
@@ -86,7 +86,7 @@ pub(crate) struct Template {
     pub functions: QueryFunctions,
     shared: Arc<Shared>,
     next_req: AtomicU64,
-    cgroups: Option<Arc<Cgroups>>,
+    tree_limits: Option<Arc<TreeLimits>>,
     reader: tokio::task::JoinHandle<()>,
     _child: tokio::process::Child,
 }
@@ -100,8 +100,8 @@ pub(crate) struct NewWorker {
     pub logs: OwnedFd,
     /// Fires when the template has reaped the worker.
     pub exit: oneshot::Receiver<Exit>,
-    /// Its process tree's limits, where cgroups are usable.
-    pub cgroup: Option<WorkerCgroup>,
+    /// Its process tree's limits, where the machine has a way to limit it.
+    pub tree: Option<WorkerTree>,
 }
 
 /// How a worker process ended, as reported by the template that reaped it.
@@ -274,7 +274,7 @@ impl Template {
                     functions: msg.query.unwrap_or_default(),
                     shared,
                     next_req: AtomicU64::new(1),
-                    cgroups: spec.cgroups.clone(),
+                    tree_limits: spec.tree_limits.clone(),
                     reader,
                     _child: child,
                 })))
@@ -346,7 +346,10 @@ impl Template {
                 exit,
                 // Before it runs user code: the worker waits for its first
                 // invocation, which comes after this returns.
-                cgroup: self.cgroups.as_ref().and_then(|c| c.attach(pid, memory_mb)),
+                tree: self
+                    .tree_limits
+                    .as_ref()
+                    .and_then(|t| t.attach(pid, memory_mb)),
             }),
             Ok(Ok(Err(message))) => Err(ForkError::Failed(message)),
             Ok(Err(_closed)) => Err(ForkError::Dead),

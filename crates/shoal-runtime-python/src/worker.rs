@@ -28,9 +28,9 @@ use tokio::sync::oneshot;
 use shoal_runtime::{Host, HostCall, HostError};
 use shoal_types::{Failure, FailureKind, Outcome};
 
-use crate::cgroup::WorkerCgroup;
 use crate::protocol::{self, HEADER, Reply};
 use crate::template::{Exit, NewWorker};
+use crate::tree::WorkerTree;
 
 /// How long a timed-out worker gets to hand over its captured logs.
 const SALVAGE_GRACE: Duration = Duration::from_millis(100);
@@ -75,8 +75,8 @@ pub(crate) struct Worker {
     /// Taken once it has answered (a report, or its sender gone): a
     /// finished receiver must not be polled again.
     exit: Option<oneshot::Receiver<Exit>>,
-    /// Its process tree's limits (where cgroups are usable).
-    cgroup: Option<WorkerCgroup>,
+    /// Its process tree's limits (where the machine has a way to limit it).
+    tree: Option<WorkerTree>,
     /// When the worker last finished an invocation.
     pub last_used: Instant,
 }
@@ -110,7 +110,7 @@ impl Worker {
             logs: pipe::Receiver::from_owned_fd(new.logs)?,
             inbuf: Vec::new(),
             exit: Some(new.exit),
-            cgroup: new.cgroup,
+            tree: new.tree,
             last_used: Instant::now(),
         })
     }
@@ -256,10 +256,13 @@ impl Worker {
                 ran.outcome = Outcome::Failed(Failure::new(
                     FailureKind::OutOfMemory,
                     format!(
-                        "the invocation's processes used more than the limit of {} MiB together; the kernel killed one of them",
+                        "the invocation's processes used more than the limit of {} MiB together; they were killed",
                         caps.memory_mb
                     ),
                 ));
+                ran.reusable = false;
+            } else if self.over_processes() {
+                ran.outcome = Outcome::Failed(too_many_processes());
                 ran.reusable = false;
             }
             if ran.logs.len() > caps.max_log_bytes {
@@ -500,6 +503,7 @@ impl Worker {
         self.kill();
         self.drain_now(&mut pipe_logs, caps);
         let failure = match exit {
+            Some(_) if self.over_processes() => too_many_processes(),
             Some(exit) => classify(&exit, caps, self.oom_killed()),
             _ => Failure::new(
                 FailureKind::Crashed,
@@ -520,16 +524,24 @@ impl Worker {
     /// where cgroups are usable every process of its tree, whatever session
     /// or group it moved to.
     pub(crate) fn kill(&self) {
-        let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.kill_all();
+        // The tree first: the watchdog finds it by parent links, which the
+        // worker's death would cut.
+        if let Some(tree) = &self.tree {
+            tree.kill_all();
         }
+        let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
     }
 
     /// True when the kernel killed a process of the worker's tree for
     /// going over its memory limit.
     fn oom_killed(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(WorkerCgroup::oom_killed)
+        self.tree.as_ref().is_some_and(WorkerTree::over_memory)
+    }
+
+    /// True when the watchdog killed the worker's tree for having more
+    /// processes than allowed.
+    fn over_processes(&self) -> bool {
+        self.tree.as_ref().is_some_and(WorkerTree::over_processes)
     }
 
     /// Interrupts a query step (the runner raises `_Abort` in user code).
@@ -776,13 +788,24 @@ async fn next_answer(
     }
 }
 
+/// The watchdog killed the tree for its process count.
+fn too_many_processes() -> Failure {
+    Failure::new(
+        FailureKind::Forked,
+        format!(
+            "the invocation ran more than {} processes at once; they were all killed",
+            crate::cgroup::MAX_PROCESSES
+        ),
+    )
+}
+
 /// Tells a crash from an exit from running out of memory.
 fn classify(exit: &Exit, caps: &Caps, oom_killed: bool) -> Failure {
     if oom_killed {
         return Failure::new(
             FailureKind::OutOfMemory,
             format!(
-                "the worker's processes used more than the limit of {} MiB together; the kernel killed them",
+                "the worker's processes used more than the limit of {} MiB together; they were killed",
                 caps.memory_mb
             ),
         );

@@ -117,6 +117,21 @@ pub struct ServeArgs {
     /// a shared output directory. Never give the data directory.
     #[arg(long = "sandbox-allow-write", value_name = "DIR")]
     pub sandbox_allow_write: Vec<PathBuf>,
+    /// How each worker's process tree (processes and memory summed) is
+    /// limited: `auto` (cgroups where the node may write them, else a
+    /// watchdog reading /proc), `cgroups`, or `watchdog`.
+    #[arg(long, env = "SHOAL_TREE_LIMITS", value_name = "HOW", default_value = "auto", value_parser = parse_tree_limits)]
+    pub tree_limits: shoal_runtime_python::TreeLimitMode,
+}
+
+fn parse_tree_limits(s: &str) -> std::result::Result<shoal_runtime_python::TreeLimitMode, String> {
+    use shoal_runtime_python::TreeLimitMode;
+    match s {
+        "auto" => Ok(TreeLimitMode::Auto),
+        "cgroups" => Ok(TreeLimitMode::Cgroups),
+        "watchdog" => Ok(TreeLimitMode::Watchdog),
+        other => Err(format!("{other:?} is not one of auto, cgroups, watchdog")),
+    }
 }
 
 /// The functions' sandbox from the flags; `None` with `--insecure-no-sandbox`.
@@ -244,6 +259,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         query_cache_bytes: args.query_cache_mb.saturating_mul(1024 * 1024),
         query_workers: args.query_workers,
         sandbox: sandbox(&args, &data_dir)?,
+        tree_limits: args.tree_limits,
     })
     .context("starting the Python runtime")?;
     let sandbox_state = if args.insecure_no_sandbox {
@@ -268,10 +284,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             } else {
                 "NO pid namespaces (unshare --pid is refused here): a setsid child outlives a killed node until its next start"
             },
-            if runtime.tree_limits() {
-                "process-tree limits (cgroups)"
-            } else {
-                "NO process-tree limits (cgroups are not writable here)"
+            match runtime.tree_limits_by() {
+                Some(by) => format!("process-tree limits by {by}"),
+                None =>
+                    "NO process-tree limits (neither cgroups nor /proc are usable here)".to_string(),
             }
         )
     };

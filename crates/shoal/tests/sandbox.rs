@@ -197,8 +197,8 @@ fn pids_in(path: &std::path::Path) -> Vec<i64> {
 /// Runs `code` (which records the pids it starts in `event["record"]` and
 /// returns leaving them running) on a node; the invocation must fail
 /// `forked`. Returns the recorded pids.
-async fn run_leaving_processes(code: &str) -> Vec<i64> {
-    let node = TestNode::start();
+async fn run_leaving_processes(code: &str, node_args: &[&str]) -> Vec<i64> {
+    let node = TestNode::start_with(node_args);
     let c = node.client();
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("pids");
@@ -232,6 +232,7 @@ def handler(event, ctx):
     time.sleep(0.2)
     return "left one behind"
 "#,
+        &[],
     )
     .await;
     assert_eq!(pids.len(), 1, "the grandchild recorded its pid");
@@ -281,6 +282,21 @@ def handler(event, ctx):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_stopped_and_cleaned_up() {
+    // `pids.max` refuses the 129th process (the worker is one).
+    fork_bomb(&["--tree-limits", "cgroups"], 128).await;
+}
+
+/// Without cgroups, the /proc watchdog kills the tree once it has more than
+/// 128 processes (it cannot refuse the fork as `pids.max` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_stopped_and_cleaned_up_by_the_watchdog() {
+    // Forks come at most one per 2 ms, so one 100 ms interval of the
+    // watchdog lets at most ~50 more start.
+    fork_bomb(&["--tree-limits", "watchdog"], 128 + 60).await;
+}
+
+/// Forks up to 1,000 sleeping children, one per 2 ms; at most `most` may start.
+async fn fork_bomb(node_args: &[&str], most: usize) {
     let pids = run_leaving_processes(
         r#"
 import os, time
@@ -288,7 +304,8 @@ import os, time
 def handler(event, ctx):
     started = 0
     error = None
-    for _ in range(200):
+    for _ in range(1000):
+        time.sleep(0.002)
         try:
             pid = os.fork()
         except OSError as e:
@@ -302,11 +319,12 @@ def handler(event, ctx):
         started += 1
     return {"started": started, "error": error}
 "#,
+        node_args,
     )
     .await;
     assert!(
-        !pids.is_empty() && pids.len() < 200,
-        "forks must stop well before 200: {} started",
+        !pids.is_empty() && pids.len() <= most,
+        "forks must stop at {most}: {} started",
         pids.len()
     );
     for pid in pids {
@@ -316,13 +334,23 @@ def handler(event, ctx):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_spread_over_forks_counts_against_the_limit() {
-    let node = TestNode::start();
+    memory_over_forks(&["--tree-limits", "cgroups"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_spread_over_forks_counts_against_the_limit_with_the_watchdog() {
+    memory_over_forks(&["--tree-limits", "watchdog"]).await;
+}
+
+/// Ten children each take and hold 100 MB under `memory_mb = 128`.
+async fn memory_over_forks(node_args: &[&str]) {
+    let node = TestNode::start_with(node_args);
     let c = node.client();
     deploy(
         &c,
         "name = \"hog\"\nmemory_mb = 128",
         r#"
-import os
+import os, time
 
 def handler(event, ctx):
     kids = []
@@ -332,6 +360,7 @@ def handler(event, ctx):
             block = bytearray(100 * 1024 * 1024)
             for i in range(0, len(block), 4096):
                 block[i] = 1
+            time.sleep(3)
             os._exit(0)
         kids.append(pid)
     return [os.waitpid(pid, 0)[1] for pid in kids]
@@ -467,7 +496,7 @@ async fn shoal_status_says_whether_functions_are_sandboxed() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("sandbox: on: Landlock ABI"), "{text}");
-    assert!(text.contains("process-tree limits"), "{text}");
+    assert!(text.contains("process-tree limits by cgroups"), "{text}");
     assert!(text.contains("a pid namespace per template"), "{text}");
     let insecure = TestNode::start_with(&["--insecure-no-sandbox"]);
     let out = insecure.cli(&["status", "--json"]);

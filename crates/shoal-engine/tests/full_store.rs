@@ -39,6 +39,17 @@ impl Invocations for FillableDisk {
     fn invocation(&self, id: &str) -> Pending<Option<InvocationRecord>> {
         self.store.invocation(id)
     }
+    fn list_invocations(
+        &self,
+        filter: &shoal_store::InvocationFilter,
+        after: Option<&shoal_store::InvocationCursor>,
+        limit: usize,
+    ) -> Pending<shoal_store::InvocationPage> {
+        self.store.list_invocations(filter, after, limit)
+    }
+    fn count_invocations(&self) -> Pending<u64> {
+        self.store.count_invocations()
+    }
     fn purge_invocations(
         &self,
         before_ms: u64,

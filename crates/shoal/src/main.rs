@@ -16,7 +16,33 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        // A usage error under `--json` is a JSON error too; help and
+        // version (and usage errors for people) print as clap prints them.
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--json") => {
+            let text = e.to_string();
+            let head = text.split("\nUsage:").next().unwrap_or_default();
+            let head = head
+                .split("\nFor more information")
+                .next()
+                .unwrap_or_default();
+            let message = head
+                .trim_start_matches("error: ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            output::report(
+                &output::fail(
+                    shoal_client::protocol::ErrorCode::InvalidInput,
+                    format!("{message} (see `shoal --help`)"),
+                ),
+                true,
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let json = args.conn.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -75,6 +75,12 @@ async fn errors_are_one_line_or_json_with_the_api_codes() {
     let (code, message) = json_error(&out);
     assert_eq!(code, "invalid_input");
     assert!(message.contains("not valid JSON"), "{message}");
+    // A usage error under --json too.
+    let out = node.cli(&["--json", "invoke"]);
+    let (code, message) = json_error(&out);
+    assert_eq!(code, "invalid_input");
+    assert!(message.contains("<NAME>"), "{message}");
+    assert_eq!(out.status.code(), Some(2));
     // And a node that is not there: `unavailable`.
     let out = shoal(&["--json", "status", "--url", "127.0.0.1:9"], &[]);
     assert_eq!(json_error(&out).0, "unavailable");
@@ -276,7 +282,7 @@ async fn url_and_listen_accept_host_port_and_names() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let listening = lines
         .map(|l| l.unwrap())
         .find(|l| l.starts_with("Shoal listening on "))

@@ -476,3 +476,44 @@ async fn the_last_admin_token_stays_and_a_lost_one_is_recovered_locally() {
         "{names:?}"
     );
 }
+
+/// Runs `shoal ARGS` on a terminal (a pty from `script`), typing `answer`.
+fn on_a_terminal(node: &TestNode, args: &str, answer: &str) -> (bool, String) {
+    use std::io::Write;
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_shoal"));
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("SHOAL_URL", &node.url)
+        .env("SHOAL_TOKEN", &node.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), text(&out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_removals_ask_first() {
+    let node = TestNode::start();
+    let c = node.client();
+    let out = node.cli_with_stdin(&["write", "keep", "-"], Some(r#"[{"n": 1}, {"n": 2}]"#));
+    assert!(out.status.success());
+
+    let (ok, shown) = on_a_terminal(&node, "categories rm keep", "n\n");
+    assert!(!ok, "{shown}");
+    assert!(shown.contains("holds 2 documents"), "{shown}");
+    assert!(shown.contains("Go ahead? [y/N]"), "{shown}");
+    assert_eq!(c.category("keep").await.unwrap().docs, 2, "a no keeps it");
+
+    let (ok, shown) = on_a_terminal(&node, "categories rm keep", "y\n");
+    assert!(ok, "{shown}");
+    assert_eq!(c.category("keep").await.unwrap_err().status(), Some(404));
+}

@@ -95,13 +95,18 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> None:
     health = client.health()
     print(f"node {client.url} is {health.get('status')} (shoal {health.get('version')})")
     for d in function_dirs():
-        view = client.deploy(d)
-        print(f"registered {view['name']} version {view['version']}")
+        print(registered(client.deploy(d)))
 
 
 def cmd_add_function(client: Client, args: argparse.Namespace) -> None:
-    view = client.deploy(args.dir)
-    print(f"registered {view['name']} version {view['version']}")
+    print(registered(client.deploy(args.dir)))
+
+
+def registered(view: dict) -> str:
+    # Deploying the code a function already runs changes nothing.
+    if view.get("unchanged"):
+        return f"{view['name']} unchanged, still version {view['version']}"
+    return f"registered {view['name']} version {view['version']}"
 
 
 def read_docs(path: str) -> Iterator[Any]:

@@ -190,9 +190,28 @@ fn cli_write_add_function_and_query() {
             "{out}"
         );
     }
+    // The same code again is no new version (deploys of identical code are
+    // a no-op that says so); changed code is.
+    let revenue = functions.join("revenue");
     let out = ok(snekboop(
         &node,
-        &["add_function", functions.join("revenue").to_str().unwrap()],
+        &["add_function", revenue.to_str().unwrap()],
+    ));
+    assert_eq!(out, "revenue unchanged, still version 1\n");
+    let changed = tmp.path().join("revenue");
+    std::fs::create_dir_all(&changed).unwrap();
+    for entry in std::fs::read_dir(&revenue).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), changed.join(entry.file_name())).unwrap();
+        }
+    }
+    let main = changed.join("main.py");
+    let code = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{code}\n# changed\n")).unwrap();
+    let out = ok(snekboop(
+        &node,
+        &["add_function", changed.to_str().unwrap()],
     ));
     assert_eq!(out, "registered revenue version 2\n");
 

@@ -24,6 +24,7 @@ mod fanout;
 mod functions;
 mod http;
 mod invoke;
+mod list;
 mod node;
 mod queries;
 mod queue;
@@ -55,7 +56,7 @@ struct Args {
     quick: bool,
     /// Run only these phases (comma-separated): latency, throughput, cold,
     /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
-    /// query-cold, query-stream.
+    /// query-cold, query-stream, list.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run every selected phase against this `shoal` binary (an older
@@ -108,6 +109,7 @@ struct Plan {
     fanout_n: usize,
     fanout_limit: Duration,
     queries: queries::Plan,
+    list: list::Plan,
 }
 
 /// One `shoal` binary under test, with its node.
@@ -158,6 +160,11 @@ impl Plan {
             fanout_n: pick(20_000, 100_000),
             fanout_limit: secs(300, 600),
             queries: queries::Plan::new(q, absolute(&args.ray_python), present(&args.ray_missing)),
+            list: list::Plan {
+                records: either(q, 200_000, 1_000_000),
+                functions: 200,
+                calls: 200,
+            },
         }
     }
 }
@@ -347,6 +354,7 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "queue" => queue::run(ctx, &plan.queue, b.dir.path()).await,
         "ratelimit" => ratelimit::run(ctx, &plan.ratelimit, plan.ratelimit_limit).await,
         "fanout" => fanout::run(ctx, plan.fanout_n, plan.fanout_limit).await,
+        "list" => list::run(&b.shoal, &plan.list).await,
         other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),
     };
     let s = r.unwrap_or_else(|e| Section::failed(phase, &format!("{e:#}")));
@@ -447,6 +455,7 @@ mod tests {
             "queue",
             "ratelimit",
             "fanout",
+            "list",
         ];
         for p in target::phases() {
             assert!(known.contains(&p) || queries::PHASES.contains(&p), "{p}");

@@ -515,6 +515,7 @@ mod tests {
         all.extend(crate::ratelimit::examples());
         all.extend(crate::fanout::examples());
         all.extend(crate::queries::examples());
+        all.extend(crate::list::examples());
         all
     }
 
@@ -569,6 +570,8 @@ mod tests {
             ("query-cpu.map", Pass),
             ("query-cold.first", Info),
             ("query-stream.rss", Pass),
+            ("list.failed_p99", Pass),
+            ("list.failed_p50", Info),
         ];
         assert_eq!(verdicts, want);
     }

@@ -124,6 +124,11 @@ pub static TARGETS: &[Target] = targets! {
          baselines loading the file";
     "query-stream.rss"    3  AtMostOver("budget")    256.0  MiB
         "Query with a budget far smaller than the data: peak RSS of node + workers";
+    "list.failed_p99"    10  AtMost                   50.0  Ms
+        "List the failed invocations of one function among 1,000,000 stored records \
+         (`GET /v1/invocations?function=F&status=failed&limit=50`), p99";
+    "list.failed_p50"    10  Reported                  0.0  Ms
+        "The same list, median";
 };
 
 /// The target with this id. Ids are constants in the phases' code, and a
@@ -261,7 +266,7 @@ mod tests {
             let last = TARGETS[..i].iter().rposition(|u| u.phase() == t.phase());
             assert!(last.is_none_or(|j| j == i - 1), "{} is apart", t.id);
         }
-        assert_eq!(phases().len(), 13);
+        assert_eq!(phases().len(), 14);
         assert_eq!(phases()[0], "latency");
     }
 
@@ -278,6 +283,7 @@ mod tests {
         assert_eq!(text("queries.rss"), "≤ budget + 256 MiB");
         assert_eq!(text("fanout.fanin"), "≤ 60 s");
         assert_eq!(text("queries.ray"), "measured");
+        assert_eq!(text("list.failed_p99"), "≤ 50 ms");
     }
 
     #[test]

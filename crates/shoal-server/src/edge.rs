@@ -11,6 +11,11 @@
 //!   arrive complete within `header_timeout` of its first byte (slowloris).
 //! - **Body timeout**: a request body that sends nothing for `body_timeout`
 //!   fails (`408 request_timeout` for document writes; the read fails).
+//! - **Minimum body rate**: once a body has been waited for longer than
+//!   `body_timeout` in all, it must have averaged `min_body_rate` bytes per
+//!   second of waiting, or it fails the same way (a client trickling a byte
+//!   now and then). Only the time the node waits for the client counts, not
+//!   time the handler spends between reads (committing a batch).
 //!
 //! Requests in progress are never cut by the idle or header timeout: a long
 //! invocation or a streaming query keeps its connection.
@@ -45,6 +50,9 @@ pub struct EdgeOptions {
     pub header_timeout: Duration,
     /// Longest silence inside a request body.
     pub body_timeout: Duration,
+    /// Slowest average a body may arrive at (bytes per second of waiting),
+    /// checked once it has been waited for `body_timeout`; 0 turns it off.
+    pub min_body_rate: u64,
     /// Longest wait for the next request on an open connection.
     pub idle_timeout: Duration,
 }
@@ -55,6 +63,7 @@ impl Default for EdgeOptions {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            min_body_rate: 1024,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -228,7 +237,7 @@ async fn connection(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = svc_state.request_started();
         let router = router.clone();
-        let req = req.map(|b| Body::new(TimedBody::new(b, opts.body_timeout)));
+        let req = req.map(|b| Body::new(TimedBody::new(b, &opts)));
         async move {
             let resp = router.oneshot(req).await?;
             Ok::<_, std::convert::Infallible>(resp.map(|b| {
@@ -366,40 +375,80 @@ impl hyper::body::Body for Guarded {
     }
 }
 
-/// A request body that may not be silent for longer than its timeout.
+/// A request body that may not be silent for longer than its timeout, nor
+/// arrive slower than the minimum rate.
 struct TimedBody {
     inner: Incoming,
     timeout: Duration,
+    min_rate: u64,
     /// Made at the first wait only: most bodies (empty, or already read
     /// with the head) never wait, and never register a timer.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The last poll found nothing: the silence is being timed. A handler
+    /// Since when the node waits for the client, while it does. A handler
     /// busy elsewhere between two frames does not count as the client's.
-    waiting: bool,
+    waiting_since: Option<tokio::time::Instant>,
+    /// Time waited for the client before the current wait.
+    waited: Duration,
+    /// Bytes received so far.
+    received: u64,
 }
 
 impl TimedBody {
-    fn new(inner: Incoming, timeout: Duration) -> TimedBody {
+    fn new(inner: Incoming, opts: &EdgeOptions) -> TimedBody {
         TimedBody {
             inner,
-            timeout,
+            timeout: opts.body_timeout,
+            min_rate: opts.min_body_rate,
             sleep: None,
-            waiting: false,
+            waiting_since: None,
+            waited: Duration::ZERO,
+            received: 0,
+        }
+    }
+
+    /// When the current wait fails: at the silence timeout, or when the
+    /// waited time exceeds what the bytes received so far pay for.
+    fn deadline(&self, since: tokio::time::Instant) -> (tokio::time::Instant, BodyTimedOut) {
+        let silence = since + self.timeout;
+        if self.min_rate == 0 {
+            return (silence, BodyTimedOut::Silent(self.timeout));
+        }
+        let paid = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        let allowed = paid.max(self.timeout);
+        let rate = since + allowed.saturating_sub(self.waited);
+        if rate < silence {
+            (
+                rate,
+                BodyTimedOut::TooSlow {
+                    min_rate: self.min_rate,
+                },
+            )
+        } else {
+            (silence, BodyTimedOut::Silent(self.timeout))
         }
     }
 }
 
-/// The error of a request body that went silent (see [`EdgeOptions`]).
+/// The error of a request body that went silent or arrived too slowly
+/// (see [`EdgeOptions`]).
 #[derive(Debug)]
-pub struct BodyTimedOut(pub Duration);
+pub enum BodyTimedOut {
+    Silent(Duration),
+    TooSlow { min_rate: u64 },
+}
 
 impl std::fmt::Display for BodyTimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the request body sent nothing for {:?}; the connection is closed",
-            self.0
-        )
+        match self {
+            BodyTimedOut::Silent(d) => write!(
+                f,
+                "the request body sent nothing for {d:?}; the connection is closed"
+            ),
+            BodyTimedOut::TooSlow { min_rate } => write!(
+                f,
+                "the request body arrived slower than {min_rate} bytes per second; the connection is closed"
+            ),
+        }
     }
 }
 
@@ -415,21 +464,36 @@ impl hyper::body::Body for TimedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                self.waiting = false;
+                if let Some(since) = self.waiting_since.take() {
+                    self.waited += since.elapsed();
+                }
+                if let Some(Ok(f)) = &frame
+                    && let Some(data) = f.data_ref()
+                {
+                    self.received += data.len() as u64;
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                if !self.waiting {
-                    self.waiting = true;
-                    let deadline = tokio::time::Instant::now() + self.timeout;
-                    match &mut self.sleep {
-                        Some(sleep) => sleep.as_mut().reset(deadline),
-                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                let since = match self.waiting_since {
+                    Some(since) => since,
+                    None => {
+                        let since = tokio::time::Instant::now();
+                        self.waiting_since = Some(since);
+                        let (deadline, _) = self.deadline(since);
+                        match &mut self.sleep {
+                            Some(sleep) => sleep.as_mut().reset(deadline),
+                            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                        since
                     }
-                }
+                };
                 let sleep = self.sleep.as_mut().expect("set above");
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout))))),
+                    Poll::Ready(()) => {
+                        let (_, why) = self.deadline(since);
+                        Poll::Ready(Some(Err(Box::new(why))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

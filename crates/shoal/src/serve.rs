@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Longest silence inside a request body before the request fails.
     #[arg(long, env = "SHOAL_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub body_timeout: Duration,
+    /// Slowest average, in bytes per second of waiting, a request body may
+    /// arrive at once it has been waited for --body-timeout (0: no minimum).
+    #[arg(long, env = "SHOAL_MIN_BODY_RATE", default_value_t = 1024)]
+    pub min_body_rate: u64,
     /// Close a connection that waits this long for its next request.
     #[arg(long, env = "SHOAL_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub http_idle_timeout: Duration,
@@ -400,6 +404,7 @@ fn edge_options(args: &ServeArgs) -> Result<shoal_server::EdgeOptions> {
         max_connections,
         header_timeout: args.header_timeout,
         body_timeout: args.body_timeout,
+        min_body_rate: args.min_body_rate,
         idle_timeout: args.http_idle_timeout,
     })
 }

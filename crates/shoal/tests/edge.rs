@@ -471,7 +471,7 @@ async fn a_write_with_atomic_false_holds_one_batch_at_a_time() {
         .await
         .unwrap();
     assert_eq!(status, 400, "{text}");
-    assert!(text.contains("document 22000"), "{text}");
+    assert!(text.contains("line 22001 (document 22001)"), "{text}");
     // Whole batches of at least 10,000 documents each, all before the bad one.
     let said: u64 = text
         .split("the first ")

@@ -129,6 +129,53 @@ async fn a_silent_write_body_is_408_and_writes_nothing() {
     edge.stop().await;
 }
 
+/// A client that never goes silent but sends a byte every 50 ms (20 B/s)
+/// is cut once it has been waited for the body timeout, not after the
+/// 1000 bytes it announced (50 s).
+#[tokio::test]
+async fn a_trickling_write_body_is_408_once_below_the_minimum_rate() {
+    let app = App::new().await;
+    let edge = Edge::start(
+        &app,
+        EdgeOptions {
+            body_timeout: Duration::from_millis(300),
+            min_body_rate: 1000,
+            ..EdgeOptions::default()
+        },
+    )
+    .await;
+    let head = format!(
+        "POST /v1/categories/slow/docs HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: 1000\r\n\r\n",
+        app.secret(Role::Admin)
+    );
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = async move {
+        for _ in 0..1000 {
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out));
+    tokio::select! {
+        _ = trickle => panic!("the trickle was never cut"),
+        r = read => { r.expect("an answer within 10 s").unwrap(); }
+    }
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("arrived slower than 1000 bytes per second"),
+        "{answer}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn idle_connections_close_and_shutdown_waits_for_none() {
     let app = App::new().await;

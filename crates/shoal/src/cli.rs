@@ -746,7 +746,14 @@ fn connect(conn: &Conn) -> Result<Client> {
             _ => read_default_token(Path::new(".shoal"))?,
         },
     };
-    Ok(Client::new(&node_url(conn), token.as_deref())?)
+    // A URL that cannot be one is the user's input, not an unreachable node.
+    let url = shoal_client::node_url(&node_url(conn)).map_err(|e| {
+        crate::output::fail(
+            shoal_client::protocol::ErrorCode::InvalidInput,
+            e.to_string(),
+        )
+    })?;
+    Ok(Client::new(&url, token.as_deref())?)
 }
 
 /// The admin token file a node writes into its data directory.

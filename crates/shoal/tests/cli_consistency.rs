@@ -261,7 +261,7 @@ async fn url_and_listen_accept_host_port_and_names() {
     }
     let out = shoal(&["--json", "status", "--url", "ftp://x:1"], &[]);
     let (code, message) = json_error(&out);
-    assert_eq!(code, "unavailable");
+    assert_eq!(code, "invalid_input");
     assert!(message.contains("http or https"), "{message}");
 
     // A usage line never shows --url as if it were required.

@@ -9,9 +9,9 @@ use anyhow::Result;
 use clap::Args;
 
 use shoal_client::Client;
-use shoal_client::protocol::{InvocationLogs, InvocationSummary, LogsLagged, NodeStats};
+use shoal_client::protocol::{ErrorCode, InvocationLogs, InvocationSummary, LogsLagged, NodeStats};
 
-use crate::output::{Out, duration, time};
+use crate::output::{Out, duration, fail_hint, time};
 
 /// The filters of `shoal invocations` (with no subcommand).
 #[derive(Args, Debug, Default)]
@@ -95,7 +95,21 @@ pub async fn logs(client: &Client, args: LogsArgs, json: bool) -> Result<()> {
     let out = Out { json };
     let Some(function) = args.function else {
         let id = args.id.expect("clap requires an id without --function");
-        let logs = client.logs(&id).await?;
+        let logs = match client.logs(&id).await {
+            Ok(logs) => logs,
+            // `shoal logs hello`: a function's name where an id goes.
+            Err(e)
+                if e.code() == Some(ErrorCode::InvocationNotFound)
+                    && client.function(&id).await.is_ok() =>
+            {
+                return Err(fail_hint(
+                    ErrorCode::InvocationNotFound,
+                    format!("no invocation has the id {id:?}, but a function has that name"),
+                    format!("for its logs, run `shoal logs --function {id}`"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if json {
             println!("{}", serde_json::json!({"id": id, "logs": logs}));
         } else {

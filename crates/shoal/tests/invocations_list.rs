@@ -146,6 +146,11 @@ async fn list_filter_and_read_logs_through_http_and_the_cli() {
         .collect();
     assert_eq!(entries.len(), 3, "{nd}");
     assert_eq!(entries[2]["logs"], "hello 9\n");
+    // A function's name where an id goes: told how to get its logs.
+    let named = node.cli(&["logs", "greet"]);
+    assert!(!named.status.success());
+    let err = String::from_utf8_lossy(&named.stderr);
+    assert!(err.contains("shoal logs --function greet"), "{err}");
     let unknown = node.cli(&["logs", "--function", "nope"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nope"));

@@ -282,8 +282,8 @@ impl Pool {
     pub(crate) async fn check(&self) -> Result<Check> {
         let mut cold_start = false;
         let started = self.template(&mut cold_start).await;
-        let check = match started {
-            Ok(Ok(template)) => {
+        let check = started.map(|loaded| match loaded {
+            Ok(template) => {
                 let q = &template.functions;
                 match &template.handler_error {
                     Some(failure) if !(q.map || q.map_batch || q.reduce) => Check::Fails {
@@ -293,12 +293,11 @@ impl Pool {
                     _ => Check::Loads,
                 }
             }
-            Ok(Err((failure, logs, _))) => Check::Fails { failure, logs },
-            Err(e) => Err(e)?,
-        };
+            Err((failure, logs, _)) => Check::Fails { failure, logs },
+        });
         self.retire();
         let _ = std::fs::remove_dir_all(self.config.scratch.join(&self.key));
-        Ok(check)
+        check
     }
 
     /// The live template, starting one if needed. `Err` inside is a load

@@ -14,7 +14,10 @@ use common::{TestNode, deploy, wait_final};
 use serde_json::Value;
 
 const MAIN: &str = r#"
+import time
+
 def handler(event, ctx):
+    time.sleep(event.get("sleep", 0))
     print("hello", event.get("n"))
     if event.get("fail"):
         raise ValueError("asked to fail")
@@ -169,8 +172,18 @@ async fn logs_follow_streams_new_invocations() {
     )
     .await;
     client.invoke("greet", r#"{"n": 1}"#).await.unwrap();
+    // One still running when the follow starts: listed as running, then
+    // shown again when it finishes.
+    let slow = client
+        .invoke_async("greet", r#"{"n": 0, "sleep": 3}"#)
+        .await
+        .unwrap();
+    common::until("the slow one to run", Duration::from_secs(20), async || {
+        client.invocation(&slow).await.unwrap().status == "running"
+    })
+    .await;
     let mut follow = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["logs", "--function", "greet", "--follow", "--limit", "1"])
+        .args(["logs", "--function", "greet", "--follow", "--limit", "2"])
         .env("SHOAL_URL", &node.url)
         .env("SHOAL_TOKEN", &node.token)
         .stdout(Stdio::piped())
@@ -191,9 +204,14 @@ async fn logs_follow_streams_new_invocations() {
         rx.recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("no line for {what}"))
     };
-    // The latest one first, then what finishes from now on.
+    // The latest ones first, oldest first, then what finishes from now on.
     assert!(next("the header").starts_with("── "));
     assert_eq!(next("the first logs"), "hello 1");
+    let head = next("the running one");
+    assert!(head.contains(&slow) && head.contains("running"), "{head}");
+    let head = next("the running one, finished");
+    assert!(head.contains(&slow) && head.contains("succeeded"), "{head}");
+    assert_eq!(next("its logs"), "hello 0");
     let sync = client.invoke("greet", r#"{"n": 2}"#).await.unwrap();
     let head = next("a new invocation");
     assert!(

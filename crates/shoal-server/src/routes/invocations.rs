@@ -283,9 +283,13 @@ async fn follow_logs(
     first: Vec<InvocationLogs>,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
+    // What the first entries showed; an attempt whose write landed before
+    // the list was read comes through the feed too: once is enough. A
+    // listed invocation that was still running is shown again when it
+    // finishes.
     let mut seen = std::collections::HashSet::new();
     for e in first {
-        seen.insert(e.id.clone());
+        seen.insert((e.id.clone(), e.status.clone()));
         if tx.send(sse_event("invocation", &e)).await.is_err() {
             return;
         }
@@ -303,12 +307,11 @@ async fn follow_logs(
         };
         let bytes = match item {
             FeedItem::Attempt(a) if a.record.function == function => {
-                // Listed at the start already (its write landed before the
-                // list was read): once is enough.
-                if seen.remove(&a.record.id) && a.record.status.is_final() {
+                let entry = logs_entry(&a.record, &a.logs);
+                if seen.remove(&(entry.id.clone(), entry.status.clone())) {
                     continue;
                 }
-                sse_event("invocation", &logs_entry(&a.record, &a.logs))
+                sse_event("invocation", &entry)
             }
             FeedItem::Attempt(_) => continue,
             FeedItem::Lagged(missed) => sse_event("lagged", &LogsLagged { missed }),

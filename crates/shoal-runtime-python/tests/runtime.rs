@@ -501,6 +501,55 @@ async fn load_failures_are_reported_and_retried() {
     assert!(failure.message.contains("handler"), "{}", failure.message);
 }
 
+/// `check` loads a deployment as its first worker would and keeps nothing:
+/// no pool, no process, no scratch directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_what_does_not_load_and_keeps_nothing() {
+    let fx = fixture();
+    let cases = [
+        ("good@check", "def handler(e, c):\n    return 1\n", None),
+        ("query@check", "def map(doc):\n    return doc\n", None),
+        (
+            "nohandler@check",
+            "def other(e, c):\n    return 1\n",
+            Some("AttributeError"),
+        ),
+        (
+            "import@check",
+            "print('importing')\nimport no_such_module_anywhere\n",
+            Some("ModuleNotFoundError"),
+        ),
+        ("syntax@check", "def handler(:\n", Some("SyntaxError")),
+    ];
+    for (key, code, refused) in cases {
+        let dep = fx.deploy(key, code);
+        let check = fx.rt.check(&dep).await.unwrap();
+        match (refused, check) {
+            (None, shoal_runtime::Check::Loads) => {}
+            (Some(exception), shoal_runtime::Check::Fails { failure, logs }) => {
+                assert_eq!(failure.kind, FailureKind::LoadFailed);
+                assert_eq!(failure.exception.as_deref(), Some(exception), "{failure:?}");
+                let tb = failure.traceback.unwrap_or_default();
+                assert!(
+                    !tb.contains("_shoal_runner") && !tb.contains("<frozen"),
+                    "{tb}"
+                );
+                if key.starts_with("import") {
+                    assert!(String::from_utf8_lossy(&logs).contains("importing"));
+                }
+            }
+            (want, got) => panic!("{key}: want {want:?}, got {got:?}"),
+        }
+    }
+    assert_eq!(fx.rt.stats(), Vec::new(), "no pool kept");
+    let scratch: Vec<_> = std::fs::read_dir(fx.dir.path().join("work/scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("@check"))
+        .collect();
+    assert_eq!(scratch, Vec::<String>::new(), "scratch directories left");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_event_is_a_platform_error_and_the_worker_survives() {
     let fx = fixture();

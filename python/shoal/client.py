@@ -42,7 +42,8 @@ class Client:
     """A connection to one Shoal node.
 
     ``url`` defaults to the ``SHOAL_URL`` environment variable, else
-    ``http://127.0.0.1:7700``. ``token`` (the bearer secret) defaults to
+    ``http://127.0.0.1:7700``; ``host:port`` without a scheme means
+    ``http://host:port``. ``token`` (the bearer secret) defaults to
     ``SHOAL_TOKEN``, else the admin token file ``./.shoal/admin.token`` a
     node started in the current directory writes. ``timeout`` (seconds)
     bounds every single network operation (connect, each read); ``None``
@@ -56,6 +57,9 @@ class Client:
 
     def __init__(self, url: Optional[str] = None, token: Optional[str] = None, timeout: Optional[float] = None):
         url = url or os.environ.get("SHOAL_URL") or DEFAULT_URL
+        # As the CLI: `host:port` and `localhost:7700` mean http://.
+        if "://" not in url:
+            url = f"http://{url}"
         if token is None:
             token = _default_token()
         self._http = Transport(url, token, timeout, f"shoal-python/{__version__}")

@@ -620,7 +620,15 @@ class TransportTest(unittest.TestCase):
 
     def test_bad_url(self) -> None:
         with self.assertRaises(ValueError):
-            Client("127.0.0.1:7700", "t")
+            Client("ftp://127.0.0.1:7700", "t")
+
+    def test_url_without_a_scheme_is_http(self) -> None:
+        if not URL:
+            self.skipTest("SHOAL_URL must name a running node")
+        host_port = URL.split("://", 1)[1].rstrip("/")
+        c = Client(host_port, TOKEN)
+        self.assertEqual(c.url.split("://", 1)[0], "http")
+        self.assertEqual(c.health()["status"], "ok")
 
 
 if __name__ == "__main__":

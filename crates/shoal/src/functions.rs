@@ -87,12 +87,10 @@ pub(crate) async fn unalias(client: &Client, name: &str, alias: &str, out: Out) 
 /// `shoal init NAME [DIR]`: a function directory that deploys and answers
 /// as it is. Refuses to write over an existing file.
 pub(crate) fn init(name: &str, dir: Option<&Path>, out: Out) -> Result<()> {
-    if shoal_types::FunctionName::parse(name).is_err() {
+    if let Err(e) = shoal_types::FunctionName::parse(name) {
         return Err(fail(
             ErrorCode::InvalidName,
-            format!(
-                "{name:?} is not a function name: use 1 to 64 of a-z, 0-9 and '-', starting with a letter"
-            ),
+            format!("not a function name: {}", e.reason),
         ));
     }
     let dir = dir.map_or_else(|| Path::new(name).to_path_buf(), Path::to_path_buf);

@@ -104,6 +104,17 @@ fn describe(err: &anyhow::Error) -> (ErrorCode, String, Option<String>) {
         }
         if let Some(e) = cause.downcast_ref::<shoal_client::Error>() {
             return match e {
+                shoal_client::Error::Api {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                } => (
+                    ErrorCode::Unauthorized,
+                    message,
+                    Some(
+                        "give a token with --token or SHOAL_TOKEN (the admin's is DATA_DIR/admin.token); lost the admin token? see `shoal tokens recover --help`"
+                            .to_string(),
+                    ),
+                ),
                 shoal_client::Error::Api { code, .. } => (*code, message, None),
                 shoal_client::Error::Transport(_) => (ErrorCode::Unavailable, message, None),
             };

@@ -420,6 +420,18 @@ async fn the_last_admin_token_stays_and_a_lost_one_is_recovered_locally() {
     );
     assert!(c.tokens().await.is_ok(), "the admin token still works");
 
+    // A wrong token points at the way back.
+    let out = shoal(
+        &["tokens", "list"],
+        &[("SHOAL_URL", &node.url), ("SHOAL_TOKEN", "shoal_wrong")],
+    );
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        err.contains("\nhint: ") && err.contains("shoal tokens recover"),
+        "{err}"
+    );
+
     let data_dir = node.data_dir.display().to_string();
     // Not while the node runs: the store is locked.
     let out = shoal(&["tokens", "recover", "--data-dir", &data_dir], &[]);

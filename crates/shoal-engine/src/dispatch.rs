@@ -592,17 +592,22 @@ impl Dispatcher {
             s
         };
         let now = self.env.now_ms();
+        // The attempt is counted in the store as it begins (issued, not
+        // awaited, like an asynchronous invocation's `running` record): a
+        // node that dies during it redelivers the messages as the next
+        // attempt, and a message that keeps killing the node runs out of
+        // attempts like one that keeps failing.
+        let ids = batch.iter().map(|m| m.id.clone()).collect();
+        drop(self.env.backend.queues.started(queue, ids));
+        let prior = |m: &Delivery| m.failures.max(m.starts);
         let mut record = new_record(&d, InvocationMode::Queue, event, now);
-        record.attempts = batch.iter().map(|m| m.failures).max().unwrap_or(0) + 1;
+        record.attempts = batch.iter().map(prior).max().unwrap_or(0) + 1;
         record.max_attempts = settings.max_attempts;
         record.status = InvocationStatus::Running;
         record.started_at_ms = Some(now);
         let lease = Lease {
             queue: queue.to_string(),
-            messages: batch
-                .iter()
-                .map(|m| (m.id.clone(), m.failures + 1))
-                .collect(),
+            messages: batch.iter().map(|m| (m.id.clone(), prior(m) + 1)).collect(),
             visibility_ms: settings.visibility_ms,
         };
         let policy = RetryPolicy {

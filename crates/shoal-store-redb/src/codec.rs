@@ -97,6 +97,9 @@ fn payload<'a>(what: &dyn Display, bytes: &'a [u8]) -> Result<&'a [u8]> {
 pub(crate) struct MessageHeader {
     pub due_ms: u64,
     pub failures: u32,
+    /// Attempts begun (`started`); 0 in messages stored before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub starts: u32,
     /// Send order across all queues, so equal due times are delivered FIFO.
     pub seq: u64,
     /// When it was sent; 0 for messages stored before this field existed.
@@ -105,6 +108,10 @@ pub(crate) struct MessageHeader {
     /// The concurrency key; absent when none (and in older messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The stored state of a dead letter, next to its body.
@@ -319,6 +326,7 @@ mod tests {
         let header = MessageHeader {
             due_ms: 5,
             failures: 2,
+            starts: 0,
             seq: 9,
             sent_ms: 4,
             key: None,
@@ -342,6 +350,21 @@ mod tests {
                 },
                 &b"body"[..]
             )
+        );
+        // With attempts begun, `starts` is written; zero is left out (so
+        // the bytes above stay as they were).
+        let started = MessageHeader {
+            starts: 2,
+            ..header.clone()
+        };
+        let bytes = encode_message(&started, b"body");
+        assert_eq!(
+            bytes,
+            b"\x01\x38\x00\x00\x00{\"due_ms\":5,\"failures\":2,\"starts\":2,\"seq\":9,\"sent_ms\":4}body"
+        );
+        assert_eq!(
+            decode_message(&"m", &bytes).unwrap(),
+            (started, &b"body"[..])
         );
 
         let dead = DeadHeader {

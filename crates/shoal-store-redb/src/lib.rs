@@ -1018,10 +1018,11 @@ impl Queues for RedbStore {
                 };
                 let what = format_args!("queue {queue} message {}", p.id);
                 match decode_message(&what, value.value()) {
-                    Ok((_, body)) => deliveries.push(Delivery {
+                    Ok((header, body)) => deliveries.push(Delivery {
                         id: p.id.to_string(),
                         body: body.to_vec(),
                         failures: p.failures,
+                        starts: header.starts,
                         lease_until_ms,
                         key: (!p.key.is_empty()).then(|| p.key.to_string()),
                     }),
@@ -1058,6 +1059,16 @@ impl Queues for RedbStore {
                 queue: queue.to_string(),
                 id: id.to_string(),
                 due_ms,
+            },
+            Reply::Unit,
+        )
+    }
+
+    fn started(&self, queue: &str, ids: Vec<String>) -> Pending<()> {
+        self.submit(
+            Command::Started {
+                queue: queue.to_string(),
+                ids,
             },
             Reply::Unit,
         )

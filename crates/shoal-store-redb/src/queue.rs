@@ -389,6 +389,7 @@ mod tests {
         MessageHeader {
             due_ms,
             failures: 0,
+            starts: 0,
             seq,
             sent_ms: 1_000 - seq,
             key: None,

@@ -148,6 +148,7 @@ impl QueueOps {
             let header = MessageHeader {
                 due_ms: m.due_ms,
                 failures: 0,
+                starts: 0,
                 seq: self.seq(),
                 sent_ms: m.sent_ms,
                 key: m.key,
@@ -222,6 +223,37 @@ impl QueueOps {
             failures: header.failures,
         };
         ok(Value::Unit, effect)
+    }
+
+    /// Counts an attempt begun on each message (its header's `starts`);
+    /// the in-memory index does not change.
+    pub(crate) fn started(
+        &mut self,
+        t: &mut Tables<'_>,
+        queue: String,
+        ids: Vec<String>,
+    ) -> Applied {
+        for id in ids {
+            let key = (queue.as_str(), id.as_str());
+            let value = {
+                let Some(stored) = t.messages.get(key)? else {
+                    continue;
+                };
+                let what = format_args!("queue {queue} message {id}");
+                match codec::decode_message(&what, stored.value()) {
+                    Err(e) => return Ok(Err(e)),
+                    Ok((header, body)) => {
+                        let header = MessageHeader {
+                            starts: header.starts.saturating_add(1),
+                            ..header
+                        };
+                        codec::encode_message(&header, body)
+                    }
+                }
+            };
+            t.messages.insert(key, value.as_slice())?;
+        }
+        ok(Value::Unit, Effect::None)
     }
 
     /// Moves a message (leased or waiting) to the dead letters, in one step.
@@ -304,6 +336,7 @@ impl QueueOps {
                 let header = MessageHeader {
                     due_ms: now_ms,
                     failures: 0,
+                    starts: 0,
                     seq: self.seq(),
                     sent_ms: dead.sent_ms,
                     key: dead.key.clone(),

@@ -184,6 +184,10 @@ pub(crate) enum Command {
         id: String,
         due_ms: u64,
     },
+    Started {
+        queue: String,
+        ids: Vec<String>,
+    },
     DeadLetter {
         queue: String,
         id: String,
@@ -980,6 +984,7 @@ impl Writer {
             Command::Nack { queue, id, due_ms } => {
                 self.queues.nack(t, &self.shared.index, queue, id, due_ms)
             }
+            Command::Started { queue, ids } => self.queues.started(t, queue, ids),
             Command::DeadLetter {
                 queue,
                 id,

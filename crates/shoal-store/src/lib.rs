@@ -339,6 +339,10 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// Times the message was released with `nack` before this delivery.
     pub failures: u32,
+    /// Attempts begun on the message before this delivery (counted by
+    /// `started`): higher than `failures` when an attempt was cut short (the
+    /// node died while it ran).
+    pub starts: u32,
     pub lease_until_ms: u64,
     /// The message's concurrency key.
     pub key: Option<String>,
@@ -692,6 +696,10 @@ pub trait Queues: Send + Sync + 'static {
     /// Releases a delivered message for redelivery at `due_ms`, counting one
     /// more failure.
     fn nack(&self, queue: &str, id: &str, due_ms: u64) -> Pending<()>;
+    /// Counts, durably, that an attempt on these delivered messages begins:
+    /// the next delivery of each shows one more `starts`, even when this
+    /// one ends in no ack or nack (the node died). Unknown ids are ignored.
+    fn started(&self, queue: &str, ids: Vec<String>) -> Pending<()>;
     fn depth(&self, queue: &str) -> Pending<QueueDepth>;
     /// The queue's totals, durable, changed in the same write as the
     /// operations they count. Zero for a queue never written.

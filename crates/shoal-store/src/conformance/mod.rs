@@ -94,6 +94,7 @@ macro_rules! __conformance_cases {
             queues::queue_due_order
             queues::queue_visibility_and_extend
             queues::queue_nack
+            queues::queue_started
             queues::queue_dedup
             queues::queue_isolation
             queues::queue_bodies

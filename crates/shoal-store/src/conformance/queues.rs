@@ -216,6 +216,39 @@ pub async fn queue_nack(backend: &Backend) {
     assert_eq!(depth(backend, &q).await, depth_of(0, 0));
 }
 
+/// `started` counts attempts begun: a delivery whose lease lapses without
+/// an ack or nack (the node died) comes back with one more start; a nack
+/// keeps the starts; unknown ids are ignored.
+pub async fn queue_started(backend: &Backend) {
+    let qs = &backend.queues;
+    let q = unique("conf-q-started");
+    qs.send(&q, vec![msg("a", b"A", T), msg("b", b"B", T)])
+        .await
+        .unwrap();
+    let first = lease(backend, &q, T, 10, 1_000).await;
+    let first = by_id(&first);
+    assert_eq!((first["a"].starts, first["a"].failures), (0, 0));
+    qs.started(&q, strings(&["a", "nope"])).await.unwrap();
+
+    // The leases lapse: only `a` was started.
+    let again = lease(backend, &q, T + 1_000, 10, 1_000).await;
+    let again = by_id(&again);
+    assert_eq!((again["a"].starts, again["a"].failures), (1, 0));
+    assert_eq!((again["b"].starts, again["b"].failures), (0, 0));
+
+    qs.started(&q, strings(&["a"])).await.unwrap();
+    qs.nack(&q, "a", T + 1_000).await.unwrap();
+    let third = lease(backend, &q, T + 1_000, 10, 1_000).await;
+    let a = &by_id(&third)["a"];
+    assert_eq!((a.starts, a.failures), (2, 1));
+
+    // An unknown queue is not an error either.
+    qs.started(&unique("conf-q-none"), strings(&["a"]))
+        .await
+        .unwrap();
+    qs.ack(&q, strings(&["a", "b"])).await.unwrap();
+}
+
 /// Sending an id that is queued (waiting or leased) is a no-op; after ack it can be sent again.
 pub async fn queue_dedup(backend: &Backend) {
     let qs = &backend.queues;

@@ -47,6 +47,8 @@ struct Message {
     sent_ms: u64,
     due_ms: u64,
     failures: u32,
+    /// Attempts begun (`started`).
+    starts: u32,
     key: Option<String>,
     /// Set while leased, including after the lease has ended, until the
     /// message is leased again, released by `nack` or removed.
@@ -93,6 +95,7 @@ impl QueueState {
                 sent_ms: m.sent_ms,
                 due_ms: m.due_ms,
                 failures: 0,
+                starts: 0,
                 key: m.key,
                 lease_until_ms: None,
             };
@@ -152,6 +155,7 @@ impl QueueState {
             deliveries.push(Delivery {
                 body: m.body.clone(),
                 failures: m.failures,
+                starts: m.starts,
                 lease_until_ms,
                 key: m.key.clone(),
                 id,
@@ -207,6 +211,7 @@ impl QueueState {
                 sent_ms: dead.sent_ms,
                 due_ms: now_ms,
                 failures: 0,
+                starts: 0,
                 key: dead.key,
                 lease_until_ms: None,
             };
@@ -293,6 +298,19 @@ impl Queues for MemoryStore {
                 m.due_ms = due_ms;
                 m.failures = m.failures.saturating_add(1);
                 q.counters.nacked += 1;
+            }
+            Ok(())
+        })
+    }
+
+    fn started(&self, queue: &str, ids: Vec<String>) -> Pending<()> {
+        self.run(|s| {
+            if let Some(q) = s.queues.queue(queue) {
+                for id in ids {
+                    if let Some(m) = q.messages.get_mut(&id) {
+                        m.starts = m.starts.saturating_add(1);
+                    }
+                }
             }
             Ok(())
         })

@@ -89,8 +89,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<FunctionsCommand>,
     },
-    /// Write documents to a category from a JSON array or NDJSON file (`-` for stdin).
-    Write { category: String, file: String },
+    /// Write documents to a category from a JSON array or NDJSON file:
+    /// FILE, `@FILE`, `-` or piped stdin.
+    Write {
+        category: String,
+        file: Option<String>,
+    },
     /// Print one document.
     Get { category: String, id: String },
     /// Delete one document.
@@ -500,6 +504,17 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Write { category, file } => {
+            let file = match file.as_deref() {
+                Some(f) => f.strip_prefix('@').unwrap_or(f).to_string(),
+                None if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => "-".to_string(),
+                None => {
+                    return Err(crate::output::fail_hint(
+                        shoal_client::protocol::ErrorCode::InvalidInput,
+                        "no documents given",
+                        "give a file (FILE or @FILE), or pipe them in",
+                    ));
+                }
+            };
             let written = crate::data::write(&client, &category, &file, conn.json).await?;
             out.print(&written, || {
                 format!("Wrote {} documents to {category}.", written.written)

@@ -196,6 +196,15 @@ async fn events_come_from_an_argument_a_file_or_stdin() {
     let out = node.cli(&["--json", "queues", "send", "inbox"]);
     assert_eq!(json_error(&out).0, "invalid_input");
 
+    // ... documents to write ...
+    let docs = tmp.path().join("docs.ndjson");
+    std::fs::write(&docs, "{\"id\": \"f\"}\n").unwrap();
+    let out = node.cli(&["write", "cat", &format!("@{}", docs.display())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = node.cli_with_stdin(&["write", "cat"], Some(r#"[{"id": "p"}]"#));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(c.category("cat").await.unwrap().docs, 2);
+
     // ... and a job's events.
     let out = node.cli_with_stdin(&["--json", "jobs", "start", "echo"], Some("[{}, {}]"));
     let job = json_out(&out)["job"].as_str().unwrap().to_string();

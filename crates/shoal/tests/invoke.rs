@@ -71,7 +71,11 @@ async fn readme_tour_through_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
 
+    // Removal asks first; without a terminal it needs --force.
     let out = node.cli(&["functions", "rm", "hello"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let out = node.cli(&["functions", "rm", "hello", "--force"]);
     assert!(out.status.success());
     let out = node.cli(&["invoke", "hello"]);
     assert!(!out.status.success());

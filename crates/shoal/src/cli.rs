@@ -390,14 +390,14 @@ pub async fn run(args: Args) -> Result<()> {
                 match done.result {
                     Ok(value) => {
                         if conn.json {
-                            println!("{}", serde_json::json!({"id": done.id, "output": value}));
+                            outln!("{}", serde_json::json!({"id": done.id, "output": value}));
                         } else {
-                            println!("{}", serde_json::to_string_pretty(&value)?);
+                            outln!("{}", serde_json::to_string_pretty(&value)?);
                         }
                     }
                     Err(failure) => {
                         if conn.json {
-                            println!("{}", serde_json::to_string(&failure)?);
+                            outln!("{}", serde_json::to_string(&failure)?);
                             return Err(crate::output::fail(
                                 shoal_client::protocol::ErrorCode::FunctionError,
                                 format!(
@@ -523,9 +523,9 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Get { category, id } => {
             let doc = client.get_doc(&category, &id).await?;
             if conn.json {
-                println!("{doc}");
+                outln!("{doc}");
             } else {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                outln!("{}", serde_json::to_string_pretty(&doc)?);
             }
         }
         Command::Rm { category, id } => {

@@ -152,7 +152,7 @@ pub async fn query(
                     // line on stdout.
                     sink.flush()?;
                     drop(sink);
-                    println!("{{\"done\":{data}}}");
+                    outln!("{{\"done\":{data}}}");
                 } else {
                     if let (true, Some(result)) = (done.reduced, &done.result) {
                         writeln!(sink, "{}", serde_json::to_string_pretty(result)?)?;

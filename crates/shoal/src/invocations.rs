@@ -111,16 +111,16 @@ pub async fn logs(client: &Client, args: LogsArgs, json: bool) -> Result<()> {
             Err(e) => return Err(e.into()),
         };
         if json {
-            println!("{}", serde_json::json!({"id": id, "logs": logs}));
+            outln!("{}", serde_json::json!({"id": id, "logs": logs}));
         } else {
-            print!("{logs}");
+            out!("{logs}");
         }
         return Ok(());
     };
     if !args.follow {
         let got = client.function_logs(&function, args.limit).await?;
         if got.entries.is_empty() && !json {
-            println!("No invocations of {function} yet.");
+            outln!("No invocations of {function} yet.");
         }
         for e in &got.entries {
             out.item(e, || entry(e));

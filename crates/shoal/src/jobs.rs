@@ -46,7 +46,7 @@ pub async fn run(client: &Client, command: JobsCommand, json: bool) -> Result<()
                     .job_results(&id, offset, left.min(1000) as usize)
                     .await?;
                 for r in &page.results {
-                    println!("{}", serde_json::to_string(r)?);
+                    outln!("{}", serde_json::to_string(r)?);
                 }
                 left = left.saturating_sub(page.results.len() as u64);
                 match page.next {

@@ -1,12 +1,14 @@
 //! `shoal`: one binary for every role. `shoal serve` runs a node; every other
 //! command is an HTTP client of a node.
 
+// First: its `outln!`/`out!` macros are used by the modules below.
+#[macro_use]
+mod output;
 mod cli;
 mod data;
 mod functions;
 mod invocations;
 mod jobs;
-mod output;
 mod queues;
 mod recover;
 mod serve;

@@ -13,6 +13,35 @@ use serde::Serialize;
 use shoal_client::Removal;
 use shoal_client::protocol::ErrorCode;
 
+/// `println!` for a command's answers: when the reader went away (`shoal
+/// invocations | head`), the command ends quietly (exit 0) instead of
+/// panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for a command's answers (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
+/// Writes to stdout; a closed pipe ends the process quietly, another error
+/// with a message.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints a command's answer: `human()` by default, the value as one line of
 /// JSON with `--json`.
 #[derive(Clone, Copy)]
@@ -23,9 +52,9 @@ pub(crate) struct Out {
 impl Out {
     pub(crate) fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{}", serde_json::to_string(value).expect("serializable"));
+            outln!("{}", serde_json::to_string(value).expect("serializable"));
         } else {
-            println!("{}", human());
+            outln!("{}", human());
         }
     }
 
@@ -97,7 +126,8 @@ pub(crate) fn report(err: &anyhow::Error, json: bool) {
 /// The code, the one-line message and the hint of an error.
 fn describe(err: &anyhow::Error) -> (ErrorCode, String, Option<String>) {
     // Context added on the way up ("reading dir: ...") stays in the message.
-    let message = format!("{err:#}").replace('\n', " ");
+    // Multi-line messages (a user's traceback) keep their lines.
+    let message = format!("{err:#}");
     for cause in err.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return (f.code, message, f.hint.clone());

@@ -318,3 +318,8 @@ fn readme() {
 fn docs_categories() {
     run_doc("docs/categories.md");
 }
+
+#[test]
+fn docs_functions() {
+    run_doc("docs/functions.md");
+}

@@ -36,6 +36,9 @@ pub(crate) const BY_FUNCTION_STATUS: TableDefinition<(&str, u8, u64, &str), u8> 
 pub(crate) const KEYS: TableDefinition<&str, (&str, u64, u8, u8)> =
     TableDefinition::new("invocation_keys");
 
+/// The most index entries one page reads (see `list`).
+pub(crate) const MAX_SCAN: usize = 10_000;
+
 /// What a record is indexed under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IndexKey {
@@ -210,9 +213,21 @@ pub(crate) fn list(
     let mode = filter.mode.map(mode_code);
     let want = limit + 1;
     let mut ids: Vec<String> = Vec::with_capacity(want.min(1024));
-    let mut take = |id: &str, m: u8| {
+    // A mode filter skips entries: a rare mode would read the whole index
+    // in one call, on the caller's thread. Past `MAX_SCAN` entries the page
+    // ends short, with a cursor where the scan stopped.
+    let (mut scanned, mut stopped) = (0, None::<InvocationCursor>);
+    let mut take = |t: u64, id: &str, m: u8| {
         if mode.is_none_or(|want| want == m) {
             ids.push(id.to_string());
+        }
+        scanned += 1;
+        if ids.len() < want && scanned >= MAX_SCAN {
+            stopped = Some(InvocationCursor {
+                created_at_ms: t,
+                id: id.to_string(),
+            });
+            return false;
         }
         ids.len() < want
     };
@@ -226,7 +241,7 @@ pub(crate) fn list(
             );
             for e in t.range(range).map_err(unavailable)?.rev() {
                 let (k, v) = e.map_err(unavailable)?;
-                if !take(k.value().3, v.value()) {
+                if !take(k.value().2, k.value().3, v.value()) {
                     break;
                 }
             }
@@ -240,7 +255,7 @@ pub(crate) fn list(
             );
             for e in t.range(range).map_err(unavailable)?.rev() {
                 let (k, v) = e.map_err(unavailable)?;
-                if !take(k.value().2, v.value()) {
+                if !take(k.value().1, k.value().2, v.value()) {
                     break;
                 }
             }
@@ -253,7 +268,7 @@ pub(crate) fn list(
             );
             for e in t.range(range).map_err(unavailable)?.rev() {
                 let (k, v) = e.map_err(unavailable)?;
-                if !take(k.value().2, v.value()) {
+                if !take(k.value().1, k.value().2, v.value()) {
                     break;
                 }
             }
@@ -263,7 +278,7 @@ pub(crate) fn list(
             let range = (Bound::Included((since, "")), Bound::Excluded((hi_t, hi_id)));
             for e in t.range(range).map_err(unavailable)?.rev() {
                 let (k, v) = e.map_err(unavailable)?;
-                if !take(k.value().1, v.value()) {
+                if !take(k.value().0, k.value().1, v.value()) {
                     break;
                 }
             }
@@ -285,7 +300,7 @@ pub(crate) fn list(
     }
     let next = match (more, records.last()) {
         (true, Some(last)) => Some(InvocationCursor::after(last)),
-        _ => None,
+        _ => stopped,
     };
     Ok(InvocationPage { records, next })
 }

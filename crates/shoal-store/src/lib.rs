@@ -631,9 +631,11 @@ pub trait Invocations: Send + Sync + 'static {
     /// after `after` in that order (from the newest when `None`). Indexed:
     /// a page costs about `limit` record reads whatever the store holds,
     /// except that `mode` is checked on the entries of the index the other
-    /// fields choose. Records written by jobs (children, fan-ins) are
-    /// listed like any other; a record whose status changed is found under
-    /// its new status only.
+    /// fields choose: a store may bound how many entries one call reads
+    /// (redb: 10,000), so with a `mode` a page may hold fewer than `limit`
+    /// records while `next` is set. Records written by jobs (children,
+    /// fan-ins) are listed like any other; a record whose status changed is
+    /// found under its new status only.
     fn list_invocations(
         &self,
         filter: &InvocationFilter,

@@ -77,8 +77,15 @@ pub async fn list(client: &Client, args: ListArgs, json: bool) -> Result<()> {
         .collect();
     let page = client.list_invocations(&filters).await?;
     Out { json }.print(&page, || {
-        if page.invocations.is_empty() {
-            return "No invocations match.".to_string();
+        match (&page.invocations[..], &page.next) {
+            ([], None) => return "No invocations match.".to_string(),
+            // A rare --mode: the node stopped looking before finding one.
+            ([], Some(next)) => {
+                return format!(
+                    "None among the records looked at; look further with --cursor {next}"
+                );
+            }
+            _ => {}
         }
         let mut s = table(&page.invocations);
         if let Some(next) = &page.next {

@@ -411,6 +411,10 @@ pub struct InvocationLogs {
     /// When the attempt finished (or the record was created, for one that
     /// has not run).
     pub at_ms: u64,
+    /// When the next attempt is due: this attempt failed and the
+    /// invocation is retried (its `status` is `queued` again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
     pub logs: String,
 }
 

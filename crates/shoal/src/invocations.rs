@@ -218,10 +218,10 @@ fn table(rows: &[InvocationSummary]) -> String {
 
 /// A header line for one attempt, then its logs.
 fn entry(e: &InvocationLogs) -> String {
-    // A finished attempt whose record went back to `queued` is retried.
-    let status = match e.status.as_str() {
-        "queued" => "failed, retrying",
-        other => other,
+    // A failed attempt whose invocation is tried again.
+    let status = match e.next_attempt_at_ms {
+        Some(_) => "failed, retrying",
+        None => e.status.as_str(),
     };
     let mut s = format!(
         "── {}  {}@{}  {status}  {}",

@@ -337,6 +337,7 @@ fn logs_entry(r: &InvocationRecord, logs: &[u8]) -> InvocationLogs {
         version: r.version,
         status: r.status.to_string(),
         at_ms: r.finished_at_ms.unwrap_or(r.created_at_ms),
+        next_attempt_at_ms: r.next_attempt_at_ms,
         logs: String::from_utf8_lossy(logs).into_owned(),
     }
 }

@@ -55,6 +55,21 @@ async fn list_filter_and_read_logs_through_http_and_the_cli() {
     let queued = client.invoke_async("greet", r#"{"n": 9}"#).await.unwrap();
     wait_final(&client, &queued, Duration::from_secs(30)).await;
     client.invoke("other", "{}").await.unwrap();
+    // A sync call's record is written behind its answer.
+    common::until(
+        "the last record to be written",
+        Duration::from_secs(10),
+        async || {
+            client
+                .list_invocations(&[("function", "other")])
+                .await
+                .unwrap()
+                .invocations
+                .len()
+                == 1
+        },
+    )
+    .await;
 
     // HTTP: the failed ones of greet, newest first.
     let (status, body) = client

@@ -60,7 +60,7 @@ impl Options {
             platform_retry: Duration::from_secs(1),
             max_queue_messages: 1_000_000,
             max_job_children: 100_000,
-            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention: Some(Duration::from_secs(30 * 24 * 3600)),
             retention_sweep: Duration::from_secs(600),
         }
     }

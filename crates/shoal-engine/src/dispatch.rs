@@ -773,10 +773,11 @@ impl Dispatcher {
         let id = record.id.clone();
         let entry = self.live.set(record.clone(), Some(logs.clone()));
         let backend = &self.env.backend;
-        let attempt = FinishedAttempt {
+        // Copies of the record and logs only while someone follows.
+        let attempt = self.feed.followed().then(|| FinishedAttempt {
             record: record.clone(),
             logs: logs.clone(),
-        };
+        });
         let put_logs = (!logs.is_empty()).then(|| backend.invocations.put_logs(&id, logs));
         let put = backend.invocations.put_invocations(vec![record.clone()]);
         // The job result before the acknowledgement (see `Jobs::finish_slot`).
@@ -789,7 +790,7 @@ impl Dispatcher {
             if let Some(f) = put_logs {
                 ok = ok.and(f.await.map_err(|e| e.to_string()));
             }
-            if ok.is_ok() {
+            if let (Ok(()), Some(attempt)) = (&ok, attempt) {
                 feed.send(attempt);
             }
             if let Some(f) = finish {

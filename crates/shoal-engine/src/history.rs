@@ -38,6 +38,12 @@ impl Default for FeedSender {
 }
 
 impl FeedSender {
+    /// Whether anyone follows now (a finished attempt is copied for the
+    /// feed only then; one who starts following in between misses it).
+    pub(crate) fn followed(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
     /// Tells every follower; nobody listening is fine.
     pub(crate) fn send(&self, attempt: FinishedAttempt) {
         let _ = self.0.send(Arc::new(attempt));

@@ -167,6 +167,7 @@ pub(crate) struct ListParams {
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Invocations per page, 1 to 1000 (default 50).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
 }
 
@@ -217,6 +218,7 @@ pub(crate) struct FunctionLogsParams {
     follow: Option<bool>,
     /// How many of the latest invocations, 1 to 1000 (default 20; 10 when
     /// following).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
 }
 

@@ -172,6 +172,35 @@ class Client:
         """What an invocation printed (stdout and stderr)."""
         return self._json("GET", f"/v1/invocations/{_seg(id)}/logs")["logs"]
 
+    def invocations(
+        self,
+        function: Optional[str] = None,
+        status: Optional[str] = None,
+        mode: Optional[str] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """A page of invocations, newest first: ``{"invocations": [...],
+        "next"?}``, each a summary (id, function, version, mode, status,
+        times, and the error's type and message when it failed). Filters
+        combine; ``since``/``until`` take ``"1h"``, ``"7d"``, an RFC 3339
+        time or epoch milliseconds. Pass a page's ``next`` as ``cursor`` for
+        the page after it."""
+        given = (
+            ("function", function),
+            ("status", status),
+            ("mode", mode),
+            ("since", since),
+            ("until", until),
+            ("limit", limit),
+            ("cursor", cursor),
+        )
+        params = {k: str(v) for k, v in given if v is not None}
+        path = "/v1/invocations" + (f"?{urlencode(params)}" if params else "")
+        return self._json("GET", path)
+
     def wait(self, id: str, timeout: float = 60.0) -> Dict[str, Any]:
         """Polls an invocation until it is final (succeeded, failed or
         timed_out) and returns its record; raises ``TimeoutError`` when it is

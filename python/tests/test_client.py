@@ -296,6 +296,23 @@ class ClientTest(unittest.TestCase):
             self.client.invocation("0193f0c2-0000-7000-8000-000000000000")
         self.assertEqual(cm.exception.code, "invocation_not_found")
 
+    def test_list_invocations(self) -> None:
+        id = self.client.invoke_async("py-echo", {"x": 2})
+        self.client.wait(id, timeout=60)
+        page = self.client.invocations(function="py-echo", mode="async", since="1h", limit=1000)
+        listed = [i["id"] for i in page["invocations"]]
+        self.assertIn(id, listed)
+        self.assertTrue(all(i["function"] == "py-echo" and i["mode"] == "async" for i in page["invocations"]))
+        first = self.client.invocations(function="py-echo", limit=1)
+        self.assertEqual(len(first["invocations"]), 1)
+        if "next" in first:
+            second = self.client.invocations(function="py-echo", limit=1, cursor=first["next"])
+            self.assertNotEqual(second["invocations"][0]["id"], first["invocations"][0]["id"])
+        with self.assertRaises(ShoalError) as cm:
+            self.client.invocations(status="broken")
+        self.assertEqual(cm.exception.code, "invalid_input")
+        self.assertIn("use one of", cm.exception.message)
+
     def test_wait_for_a_failing_async_invocation(self) -> None:
         name = unique("py-boom-once")
         self.client.deploy(DIRS.make(name, BOOM, "retries = 0\n"))

@@ -173,3 +173,43 @@ async fn retention_takes_purged_records_out_of_the_lists() {
 struct Retained {
     engine: Handle,
 }
+
+/// A queue subscriber's runs are invocations too: listed with mode
+/// `queue`, failed ones under `failed`, and followed like the others.
+#[tokio::test(start_paused = true)]
+async fn a_subscribers_runs_are_listed_and_followed() {
+    let node = Node::start().await;
+    node.engine
+        .put_queue("inbox", shoal_engine::QueueSettings::default())
+        .await
+        .unwrap();
+    node.deploy("name = \"worker\"\n[subscribe]\nqueue = \"inbox\"")
+        .await;
+    node.fake.script_seq(
+        "worker",
+        vec![
+            Script::raise("ValueError", "bad message").log("first\n"),
+            Script::ok(json!(1)).log("second\n"),
+        ],
+    );
+    let mut feed = node.engine.follow_invocations();
+    let message = |n: u32| shoal_engine::OutMessage {
+        body: format!("{{\"n\": {n}}}"),
+        delay: secs(0),
+        dedup_id: None,
+    };
+    node.engine.send("inbox", vec![message(1)]).await.unwrap();
+    let got = within("the subscriber's run", feed.next()).await;
+    let FeedItem::Attempt(a) = got else {
+        panic!("want an attempt, got {got:?}");
+    };
+    assert_eq!(a.record.mode, InvocationMode::Queue);
+    assert_eq!(a.logs, b"first\n");
+    let runs = InvocationFilter {
+        mode: Some(InvocationMode::Queue),
+        ..of("worker")
+    };
+    let page = node.engine.list_invocations(&runs, None, 10).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].status, InvocationStatus::Failed);
+}

@@ -11,7 +11,7 @@
 
 use std::ops::Bound;
 
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use shoal_store::{
     Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Result,
 };
@@ -166,23 +166,47 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// Layout 2 → 3: indexes every stored record, in the migration's
-/// transaction. A record that does not decode fails the open, loudly.
-pub(crate) fn build(txn: &WriteTransaction) -> Result<u64> {
-    let records = txn.open_table(INVOCATIONS).map_err(unavailable)?;
-    let mut tables = IndexTables::open(txn).map_err(unavailable)?;
-    let mut n = 0;
-    for row in records.iter().map_err(unavailable)? {
-        let (id, value) = row.map_err(unavailable)?;
-        let id = id.value();
-        let what = format!("indexing invocation {id} (migrating to layout 3)");
-        let record: InvocationRecord = decode_record(&what, value.value())?;
-        tables
-            .index(id, &IndexKey::of(&record))
+/// Layout 2 → 3: indexes every stored record, `chunk` records per commit
+/// (one transaction over millions of records would hold all their pages in
+/// memory). Indexing is idempotent, so an open interrupted midway starts
+/// over and ends the same; the caller stamps the layout after the last
+/// chunk. A record that does not decode fails the open, loudly.
+pub(crate) fn build(db: &Database, chunk: usize) -> Result<u64> {
+    let (mut after, mut total) = (None::<String>, 0u64);
+    loop {
+        let txn = crate::writer::begin(db)?;
+        let last = {
+            let records = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+            let mut tables = IndexTables::open(&txn).map_err(unavailable)?;
+            let range = match &after {
+                Some(a) => records.range::<&str>((Bound::Excluded(a.as_str()), Bound::Unbounded)),
+                None => records.range::<&str>(..),
+            }
             .map_err(unavailable)?;
-        n += 1;
+            let (mut n, mut last) = (0, None);
+            for row in range {
+                let (id, value) = row.map_err(unavailable)?;
+                let id = id.value();
+                let what = format!("indexing invocation {id} (migrating to layout 3)");
+                let record: InvocationRecord = decode_record(&what, value.value())?;
+                tables
+                    .index(id, &IndexKey::of(&record))
+                    .map_err(unavailable)?;
+                n += 1;
+                if n == chunk {
+                    last = Some(id.to_string());
+                    break;
+                }
+            }
+            total += n as u64;
+            last
+        };
+        txn.commit().map_err(unavailable)?;
+        match last {
+            Some(id) => after = Some(id),
+            None => return Ok(total),
+        }
     }
-    Ok(n)
 }
 
 /// One page of `list_invocations`, from the index the filter chooses.
@@ -323,5 +347,43 @@ fn mode_code(m: InvocationMode) -> u8 {
         InvocationMode::Sync => 0,
         InvocationMode::Async => 1,
         InvocationMode::Queue => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+    use shoal_store::conformance::sample_invocation;
+
+    use super::*;
+
+    /// The migration indexes in chunks, each its own commit, and ends with
+    /// every record indexed once, however the chunks fall; running it again
+    /// (an open interrupted midway) changes nothing.
+    #[test]
+    fn the_migration_indexes_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(INVOCATIONS).unwrap();
+            for i in 0..23u64 {
+                let r = InvocationRecord {
+                    created_at_ms: 1_000 + i,
+                    ..sample_invocation(&format!("id-{i:02}"), "f")
+                };
+                let v = crate::codec::encode_record(&"test", &r).unwrap();
+                t.insert(r.id.as_str(), v.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        for chunk in [7, 23, 1_000] {
+            assert_eq!(build(&db, chunk).unwrap(), 23, "chunk {chunk}");
+            let txn = db.begin_read().unwrap();
+            let page = list(&txn, &InvocationFilter::default(), None, 100).unwrap();
+            let ids: Vec<String> = page.records.iter().map(|r| r.id.clone()).collect();
+            let want: Vec<String> = (0..23).rev().map(|i| format!("id-{i:02}")).collect();
+            assert_eq!(ids, want, "chunk {chunk}");
+        }
     }
 }

@@ -122,9 +122,9 @@ const SUB_JOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("sub_jo
 ///   every record decodes into the typed schema — a value no enum knows
 ///   fails the open, loudly, instead of a later read — and stamping 2, in
 ///   one transaction. Nothing is rewritten, nothing is lost.
-/// - 3: the invocation indexes (`invocations`). A layout-2 database is
-///   migrated by indexing every stored record, in one transaction (a
-///   layout-1 one goes through 2 first, in the same transaction).
+/// - 3: the invocation indexes (`invocations`). A layout-2 (or 1) database
+///   is migrated by indexing every stored record, 50,000 per commit, then
+///   (layout 1: checking every record, as above) stamping 3.
 const LAYOUT_VERSION: u64 = 3;
 
 fn unavailable(e: impl Display) -> Error {
@@ -357,8 +357,35 @@ fn migrate_from_v1(txn: &redb::WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// Invocation records indexed per commit when migrating to layout 3.
+const MIGRATION_CHUNK: usize = 50_000;
+
+/// The layout version of an existing database; `None` for a new file.
+fn layout_of(db: &Database) -> Result<Option<u64>> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    match txn.open_table(META) {
+        Ok(meta) => Ok(meta.get("format").map_err(unavailable)?.map(|g| g.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// Creates every table and checks the layout version.
 fn init_layout(db: &Database) -> Result<()> {
+    // Before layout 3 the invocation indexes are built, in commits of their
+    // own, before the layout is stamped below.
+    let indexed = match layout_of(db)? {
+        Some(from @ (1 | 2)) => {
+            if from == 1 {
+                // Every record must decode before anything is written.
+                let check = writer::begin(db)?;
+                migrate_from_v1(&check)?;
+                check.abort().map_err(unavailable)?;
+            }
+            invocations::build(db, MIGRATION_CHUNK)?
+        }
+        _ => 0,
+    };
     let txn = writer::begin(db)?;
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
@@ -369,10 +396,6 @@ fn init_layout(db: &Database) -> Result<()> {
             }
             Some(LAYOUT_VERSION) => {}
             Some(from @ (1 | 2)) => {
-                if from == 1 {
-                    migrate_from_v1(&txn)?;
-                }
-                let indexed = invocations::build(&txn)?;
                 meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
                 tracing::info!(
                     indexed,

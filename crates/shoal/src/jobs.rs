@@ -57,7 +57,14 @@ pub async fn run(client: &Client, command: JobsCommand, json: bool) -> Result<()
         }
         JobsCommand::Cancel { id } => {
             let job = client.cancel_job(&id).await?;
-            out.print(&job, || format!("Cancelled job {id}.\n{}", describe(&job)));
+            out.print(&job, || {
+                let what = if job.status == "finished" {
+                    format!("Job {id} had already finished: nothing was cancelled.")
+                } else {
+                    format!("Cancelled job {id}.")
+                };
+                format!("{what}\n{}", describe(&job))
+            });
         }
     }
     Ok(())

@@ -323,3 +323,13 @@ fn docs_categories() {
 fn docs_functions() {
     run_doc("docs/functions.md");
 }
+
+#[test]
+fn docs_queues() {
+    run_doc("docs/queues.md");
+}
+
+#[test]
+fn docs_jobs() {
+    run_doc("docs/jobs.md");
+}

@@ -179,14 +179,12 @@ impl Client {
     }
 
     pub async fn remove_alias(&self, name: &str, alias: &str) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/functions/{}/aliases/{}", seg(name), seg(alias)),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!(
+            "/v1/functions/{}/aliases/{}",
+            seg(name),
+            seg(alias)
+        ))
+        .await
     }
 
     pub async fn functions(&self) -> Result<Vec<FunctionView>> {
@@ -204,14 +202,7 @@ impl Client {
     }
 
     pub async fn remove_function(&self, name: &str) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/functions/{}", seg(name)),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/v1/functions/{}", seg(name))).await
     }
 
     /// Invokes synchronously with `event` (JSON text) and waits for the result.
@@ -356,14 +347,7 @@ impl Client {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/tokens/{}", seg(id)),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/v1/tokens/{}", seg(id))).await
     }
 
     /// A raw GET returning the body text (for `/metrics`, `/v1/openapi.json`).
@@ -414,14 +398,8 @@ impl Client {
 
     /// Deletes a category; with `Removal::Force`, with its documents.
     pub async fn delete_category_with(&self, name: &str, removal: Removal) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/categories/{}{}", seg(name), removal.query()),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/v1/categories/{}{}", seg(name), removal.query()))
+            .await
     }
 
     /// Writes documents (a JSON array or NDJSON body, possibly streamed).
@@ -472,14 +450,12 @@ impl Client {
     }
 
     pub async fn delete_doc(&self, category: &str, id: &str) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/categories/{}/docs/{}", seg(category), seg(id)),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!(
+            "/v1/categories/{}/docs/{}",
+            seg(category),
+            seg(id)
+        ))
+        .await
     }
 
     pub async fn scan(
@@ -564,14 +540,8 @@ impl Client {
 
     /// Deletes a queue; with `Removal::Force`, with what it holds.
     pub async fn delete_queue_with(&self, name: &str, removal: Removal) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/queues/{}{}", seg(name), removal.query()),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/v1/queues/{}{}", seg(name), removal.query()))
+            .await
     }
 
     /// Sends messages (durable when this returns); their ids in order.
@@ -667,14 +637,7 @@ impl Client {
     }
 
     pub async fn remove_secret(&self, name: &str) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/secrets/{}", seg(name)),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/v1/secrets/{}", seg(name))).await
     }
 
     // ---- rate limiters ----
@@ -700,14 +663,7 @@ impl Client {
     }
 
     pub async fn remove_limiter(&self, name: &str) -> Result<()> {
-        let _: Deleted = self
-            .json(
-                Method::DELETE,
-                &format!("/v1/limiters/{}", seg(name)),
-                None::<&()>,
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/v1/limiters/{}", seg(name))).await
     }
 
     /// Starts a job: one asynchronous invocation of `function` per event,
@@ -778,6 +734,12 @@ impl Client {
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().await.map_err(transport)?))
+    }
+
+    /// DELETE `path`; the answer (`{"deleted": ...}`) carries nothing more.
+    async fn delete(&self, path: &str) -> Result<()> {
+        let _: Deleted = self.json(Method::DELETE, path, None::<&()>).await?;
+        Ok(())
     }
 
     async fn json<T: DeserializeOwned, B: Serialize>(

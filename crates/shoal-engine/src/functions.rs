@@ -324,15 +324,7 @@ impl Functions {
         let name = parse_name(name)?;
         self.env.accepting()?;
         let _rules = self.rules.lock().await;
-        let live = self
-            .latest(name.as_str())
-            .ok_or_else(|| Error::not_found(Entity::Function, name.as_str()))?;
-        let versions = self
-            .env
-            .backend
-            .catalog
-            .function_versions(name.as_str())
-            .await?;
+        let (live, versions) = self.live_and_versions(&name).await?;
         let newest = versions.last().map_or(live.record.version, |v| v.version);
         let target = match to {
             Some(v) => versions
@@ -410,9 +402,11 @@ impl Functions {
         self.put_refs(refs).await
     }
 
-    /// Every version of a function, which is live, and its aliases.
-    pub(crate) async fn versions(&self, name: &str) -> Result<Versions> {
-        let name = parse_name(name)?;
+    /// A function's live version and every version it has.
+    async fn live_and_versions(
+        &self,
+        name: &FunctionName,
+    ) -> Result<(Arc<Deployed>, Vec<FunctionRecord>)> {
         let live = self
             .latest(name.as_str())
             .ok_or_else(|| Error::not_found(Entity::Function, name.as_str()))?;
@@ -422,6 +416,13 @@ impl Functions {
             .catalog
             .function_versions(name.as_str())
             .await?;
+        Ok((live, versions))
+    }
+
+    /// Every version of a function, which is live, and its aliases.
+    pub(crate) async fn versions(&self, name: &str) -> Result<Versions> {
+        let name = parse_name(name)?;
+        let (live, versions) = self.live_and_versions(&name).await?;
         let mut aliases: Vec<(String, u64)> = self.refs_of(&name).aliases.into_iter().collect();
         aliases.sort();
         Ok(Versions {

@@ -20,13 +20,7 @@ def describe(e, skip_frames=0):
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-    try:
-        te = traceback.TracebackException(type(e), e, tb)
-        _hide_runner_tails(te)
-        text = "".join(te.format())
-    except BaseException:  # noqa: BLE001
-        text = ""
-    return {"exception": type(e).__name__, "message": text_of(e), "traceback": clean(text)}
+    return _described(e, tb, _hide_runner_tails)
 
 
 def describe_load(e):
@@ -34,9 +28,14 @@ def describe_load(e):
     every frame of the runner and of the import machinery (`<frozen ...>`)
     is left out, wherever it is, so the traceback shows the user's own
     files only."""
+    return _described(e, e.__traceback__, _keep_user_frames)
+
+
+def _described(e, tb, trim):
+    """The failure dict of `e`, its traceback from `tb` trimmed by `trim`."""
     try:
-        te = traceback.TracebackException(type(e), e, e.__traceback__)
-        _keep_user_frames(te)
+        te = traceback.TracebackException(type(e), e, tb)
+        trim(te)
         text = "".join(te.format())
     except BaseException:  # noqa: BLE001
         text = ""

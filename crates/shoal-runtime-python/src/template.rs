@@ -346,10 +346,7 @@ impl Template {
                 exit,
                 // Before it runs user code: the worker waits for its first
                 // invocation, which comes after this returns.
-                tree: self
-                    .tree_limits
-                    .as_ref()
-                    .and_then(|t| t.attach(pid, memory_mb)),
+                tree: self.attach(pid, memory_mb).await,
             }),
             Ok(Ok(Err(message))) => Err(ForkError::Failed(message)),
             Ok(Err(_closed)) => Err(ForkError::Dead),
@@ -360,6 +357,19 @@ impl Template {
                 ))
             }
         }
+    }
+}
+
+impl Template {
+    /// Puts a new worker's tree under its limits. Moving a process between
+    /// cgroup v1 groups waits for an RCU grace period (~15 ms here), so it
+    /// runs on a blocking thread, not on one of the runtime's.
+    async fn attach(&self, pid: Pid, memory_mb: u64) -> Option<WorkerTree> {
+        let limits = self.tree_limits.clone()?;
+        tokio::task::spawn_blocking(move || limits.attach(pid, memory_mb))
+            .await
+            .ok()
+            .flatten()
     }
 }
 

@@ -78,34 +78,33 @@ impl Cgroups {
     /// Puts a freshly forked worker into groups of its own, limited to
     /// `MAX_PROCESSES` and `memory_mb` of added memory.
     pub(crate) fn attach(&self, pid: Pid, memory_mb: u64) -> Option<WorkerCgroup> {
+        let made = self.make().and_then(|group| {
+            group.limit(memory_mb)?;
+            group.take(pid)?;
+            Ok(group)
+        });
+        match made {
+            Ok(group) => Some(group),
+            Err(e) => {
+                warn!(error = %e, "Could not put a worker into its cgroups; its tree is not limited.");
+                None
+            }
+        }
+    }
+
+    /// New, empty groups for a worker to come.
+    pub(crate) fn make(&self) -> std::io::Result<WorkerCgroup> {
         remove_leftovers(&self.leftovers);
         let name = format!("w{}", self.next.fetch_add(1, Ordering::Relaxed));
         let group = WorkerCgroup {
             pids: self.pids.join(&name),
             memory: self.memory.join(&name),
             leftovers: self.leftovers.clone(),
+            spared: None,
         };
-        let made = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(&group.pids)?;
-            std::fs::create_dir_all(&group.memory)?;
-            std::fs::write(group.pids.join("pids.max"), MAX_PROCESSES.to_string())?;
-            let bytes = memory_mb.saturating_mul(1024 * 1024);
-            std::fs::write(
-                group.memory.join("memory.limit_in_bytes"),
-                bytes.to_string(),
-            )?;
-            let pid = pid.as_raw_pid().to_string();
-            std::fs::write(group.pids.join("cgroup.procs"), &pid)?;
-            std::fs::write(group.memory.join("cgroup.procs"), &pid)?;
-            Ok(())
-        })();
-        match made {
-            Ok(()) => Some(group),
-            Err(e) => {
-                warn!(error = %e, "Could not put a worker into its cgroups; its tree is not limited.");
-                None
-            }
-        }
+        std::fs::create_dir_all(&group.pids)?;
+        std::fs::create_dir_all(&group.memory)?;
+        Ok(group)
     }
 }
 
@@ -124,12 +123,58 @@ pub(crate) struct WorkerCgroup {
     pids: PathBuf,
     memory: PathBuf,
     leftovers: Arc<Mutex<Vec<PathBuf>>>,
+    /// A process never killed with the tree: the template, which waits in
+    /// a worker's group so that the worker is born there (see `template.rs`).
+    spared: Option<Pid>,
 }
 
 impl WorkerCgroup {
     /// Kills every process of the worker's tree.
     pub(crate) fn kill_all(&self) {
-        kill_all_in(&self.pids);
+        kill_all_in(&self.pids, self.spared);
+    }
+
+    /// Limits the group to `MAX_PROCESSES` and `memory_mb` on top of what
+    /// is in it now (a template waiting there: its process and the memory
+    /// charged while it was there).
+    pub(crate) fn limit(&self, memory_mb: u64) -> std::io::Result<()> {
+        let count = |file: &str, dir: &Path| -> u64 {
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let procs = count("pids.current", &self.pids);
+        std::fs::write(
+            self.pids.join("pids.max"),
+            (u64::from(MAX_PROCESSES) + procs).to_string(),
+        )?;
+        let bytes = count("memory.usage_in_bytes", &self.memory)
+            .saturating_add(memory_mb.saturating_mul(1024 * 1024));
+        std::fs::write(self.memory.join("memory.limit_in_bytes"), bytes.to_string())
+    }
+
+    /// Moves a process into the group (both controllers). Under cgroup v1
+    /// this waits for an RCU grace period (~15 ms on a small VM): never on
+    /// an invocation's path if it can be helped.
+    pub(crate) fn take(&self, pid: Pid) -> std::io::Result<()> {
+        let pid = pid.as_raw_pid().to_string();
+        std::fs::write(self.pids.join("cgroup.procs"), &pid)?;
+        std::fs::write(self.memory.join("cgroup.procs"), &pid)
+    }
+
+    /// Never kill `pid` with the tree.
+    pub(crate) fn spare(&mut self, pid: Pid) {
+        self.spared = Some(pid);
+    }
+
+    /// What sets the process limit back to `MAX_PROCESSES`, to call once
+    /// the spared process (the template) has left the group.
+    pub(crate) fn when_spared_left(&self) -> impl FnOnce() + Send + 'static {
+        let file = self.pids.join("pids.max");
+        move || {
+            let _ = std::fs::write(file, MAX_PROCESSES.to_string());
+        }
     }
 
     /// True when the kernel killed a process of the group for exceeding its
@@ -162,15 +207,17 @@ impl Drop for WorkerCgroup {
     }
 }
 
-/// Kills every process in the group at `dir`, again until none is left (a
-/// process may fork while we kill; `pids.max` bounds how long that goes on).
-fn kill_all_in(dir: &Path) {
+/// Kills every process in the group at `dir` but `spared`, again until none
+/// is left (a process may fork while we kill; `pids.max` bounds how long
+/// that goes on).
+fn kill_all_in(dir: &Path, spared: Option<Pid>) {
     for _ in 0..64 {
         let pids: Vec<Pid> = std::fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse::<i32>().ok())
             .filter_map(Pid::from_raw)
+            .filter(|p| Some(*p) != spared)
             .collect();
         if pids.is_empty() {
             return;
@@ -215,10 +262,52 @@ fn sweep_stale(parent: &Path) {
         let node = entry.path();
         if let Ok(groups) = std::fs::read_dir(&node) {
             for group in groups.flatten().filter(|g| g.path().is_dir()) {
-                kill_all_in(&group.path());
+                kill_all_in(&group.path(), None);
                 let _ = std::fs::remove_dir(group.path());
             }
         }
         let _ = std::fs::remove_dir(&node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_pid()))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+            .is_some_and(|r| !r.starts_with('Z'))
+    }
+
+    /// A worker's group may hold the template waiting for the next fork:
+    /// killing the group's tree spares it, and only it.
+    #[test]
+    fn killing_a_group_spares_the_spared_process() {
+        let Some(cgroups) = Cgroups::detect() else {
+            eprintln!("skipped: this machine's cgroups are not writable");
+            return;
+        };
+        let mut group = cgroups.make().unwrap();
+        let mut spared = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut doomed = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let spared_pid = Pid::from_raw(spared.id() as i32).unwrap();
+        let doomed_pid = Pid::from_raw(doomed.id() as i32).unwrap();
+        group.take(spared_pid).unwrap();
+        group.take(doomed_pid).unwrap();
+        group.spare(spared_pid);
+        group.kill_all();
+        doomed.wait().unwrap();
+        assert!(!alive(doomed_pid));
+        assert!(alive(spared_pid), "the spared process was killed");
+        let _ = spared.kill();
+        let _ = spared.wait();
     }
 }

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use shoal_runtime::{Error, HOST_PROTOCOL_VERSION};
 use shoal_types::{Failure, FailureKind};
 
+use crate::cgroup::WorkerCgroup;
 use crate::lock;
 use crate::protocol::{self, Control, QueryFunctions};
 use crate::tree::{TreeLimits, WorkerTree};
@@ -87,8 +88,21 @@ pub(crate) struct Template {
     shared: Arc<Shared>,
     next_req: AtomicU64,
     tree_limits: Option<Arc<TreeLimits>>,
+    /// With cgroups: the template process (its pid as the node sees it) and
+    /// the group it waits in, which the next worker is born in. Moving a
+    /// process into a cgroup v1 group waits for an RCU grace period (~15
+    /// ms), so the template moves ahead of time: at its start (while Python
+    /// starts up) and after each fork (before the next one is asked for),
+    /// and no worker is moved on an invocation's path. The lock is held
+    /// from a fork until the template has moved on.
+    room: Option<WaitingRoom>,
     reader: tokio::task::JoinHandle<()>,
     _child: tokio::process::Child,
+}
+
+struct WaitingRoom {
+    template: Pid,
+    group: Arc<tokio::sync::Mutex<Option<WorkerCgroup>>>,
 }
 
 /// A freshly forked worker, as the template reported it.
@@ -200,6 +214,17 @@ impl Template {
             return Err(Error::Platform("the template exited at once".into()));
         };
 
+        // The template moves into the first worker's group while Python
+        // starts up (see `Template::room`).
+        let moving = spec
+            .tree_limits
+            .clone()
+            .filter(|t| t.cgroups().is_some())
+            .map(|limits| {
+                let namespaced = spec.pid_namespace;
+                tokio::task::spawn_blocking(move || first_room(&limits, pid, namespaced))
+            });
+
         let tail = Arc::new(Mutex::new(Vec::new()));
         // Ends at EOF of the template's output, once the template (killed
         // when its `Template` or this start is dropped) and its workers are gone.
@@ -268,6 +293,10 @@ impl Template {
                     message: e.message,
                     traceback: e.traceback.filter(|t| !t.is_empty()),
                 });
+                let room = match moving {
+                    Some(moving) => moving.await.ok().flatten(),
+                    None => None,
+                };
                 Ok(Started::Ready(Box::new(Template {
                     pid,
                     handler_error,
@@ -275,6 +304,7 @@ impl Template {
                     shared,
                     next_req: AtomicU64::new(1),
                     tree_limits: spec.tree_limits.clone(),
+                    room,
                     reader,
                     _child: child,
                 })))
@@ -318,6 +348,21 @@ impl Template {
         let (logs, logs_theirs) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)
             .map_err(|e| failed("creating a log pipe", e.into()))?;
 
+        // The worker is born in the group the template waits in: limit it
+        // for the worker before the fork. Until the fork is known to have
+        // worked, the group goes back to the room whatever happens.
+        let mut born_in = match &self.room {
+            Some(r) => Some(RoomLease::take(r).await),
+            None => None,
+        };
+        if let Some(lease) = &mut born_in
+            && let Some(group) = &lease.group
+            && let Err(e) = group.limit(memory_mb)
+        {
+            warn!(error = %e, "Could not limit a worker's cgroups; moving it after the fork.");
+            lease.group = None;
+        }
+
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -339,15 +384,27 @@ impl Template {
         drop(proto_theirs);
         drop(logs_theirs);
         match tokio::time::timeout(FORK_TIMEOUT, rx).await {
-            Ok(Ok(Ok((pid, exit)))) => Ok(NewWorker {
-                pid,
-                proto,
-                logs,
-                exit,
-                // Before it runs user code: the worker waits for its first
-                // invocation, which comes after this returns.
-                tree: self.attach(pid, memory_mb).await,
-            }),
+            Ok(Ok(Ok((pid, exit)))) => {
+                let group = born_in.as_mut().and_then(|lease| lease.group.take());
+                let room = born_in.as_mut().and_then(|lease| lease.room.take());
+                let tree = match (group, room) {
+                    (Some(group), Some(room)) => {
+                        let left = group.when_spared_left();
+                        self.move_on(room, left);
+                        Some(WorkerTree::Cgroup(group))
+                    }
+                    // Before it runs user code: the worker waits for its
+                    // first invocation, which comes after this returns.
+                    _ => self.attach(pid, memory_mb).await,
+                };
+                Ok(NewWorker {
+                    pid,
+                    proto,
+                    logs,
+                    exit,
+                    tree,
+                })
+            }
             Ok(Ok(Err(message))) => Err(ForkError::Failed(message)),
             Ok(Err(_closed)) => Err(ForkError::Dead),
             Err(_elapsed) => {
@@ -361,6 +418,35 @@ impl Template {
 }
 
 impl Template {
+    /// Moves the template on into a new group for the next worker, then
+    /// releases the room (the next fork waits until then) and calls `left`.
+    fn move_on(
+        &self,
+        mut room: tokio::sync::OwnedMutexGuard<Option<WorkerCgroup>>,
+        left: impl FnOnce() + Send + 'static,
+    ) {
+        let (Some(r), Some(limits)) = (&self.room, self.tree_limits.clone()) else {
+            return;
+        };
+        let template = r.template;
+        // Ends by itself once the move is done (one grace period); it holds
+        // nothing a stopping node waits for.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move {
+            let next = tokio::task::spawn_blocking(move || {
+                let cgroups = limits.cgroups()?;
+                let group = cgroups.make().ok()?;
+                group.take(template).ok()?;
+                left();
+                Some(group)
+            })
+            .await
+            .ok()
+            .flatten();
+            *room = next;
+        });
+    }
+
     /// Puts a new worker's tree under its limits. Moving a process between
     /// cgroup v1 groups waits for an RCU grace period (~15 ms here), so it
     /// runs on a blocking thread, not on one of the runtime's.
@@ -570,6 +656,82 @@ pub(crate) fn pid_namespaces_work() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The room's group, taken out for one fork: put back when dropped unless
+/// the fork used it. The template's process is never killed with it.
+struct RoomLease {
+    room: Option<tokio::sync::OwnedMutexGuard<Option<WorkerCgroup>>>,
+    group: Option<WorkerCgroup>,
+}
+
+impl RoomLease {
+    async fn take(r: &WaitingRoom) -> RoomLease {
+        let mut room = r.group.clone().lock_owned().await;
+        let group = room.take().map(|mut g| {
+            g.spare(r.template);
+            g
+        });
+        RoomLease {
+            room: Some(room),
+            group,
+        }
+    }
+}
+
+impl Drop for RoomLease {
+    fn drop(&mut self) {
+        if let (Some(room), Some(group)) = (&mut self.room, self.group.take()) {
+            **room = Some(group);
+        }
+    }
+}
+
+/// Moves a starting template into the group its first worker will be born
+/// in. `spawned` is the process the node started: the template itself, or
+/// unshare(1) whose child it is when it has a pid namespace.
+fn first_room(limits: &TreeLimits, spawned: Pid, namespaced: bool) -> Option<WaitingRoom> {
+    let template = if namespaced {
+        child_of(spawned)?
+    } else {
+        spawned
+    };
+    let group = limits.cgroups()?.make().ok()?;
+    group.take(template).ok()?;
+    Some(WaitingRoom {
+        template,
+        group: Arc::new(tokio::sync::Mutex::new(Some(group))),
+    })
+}
+
+/// The child unshare(1) forked (it forks at once), found by its parent.
+fn child_of(parent: Pid) -> Option<Pid> {
+    let parent = parent.as_raw_pid();
+    for _ in 0..500 {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<i32>().ok());
+                if ppid == Some(parent) {
+                    return Pid::from_raw(pid);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
 }
 
 /// Environment variables a template inherits from the node.

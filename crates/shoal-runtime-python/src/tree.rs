@@ -48,6 +48,14 @@ impl TreeLimits {
         }
     }
 
+    /// The cgroups, when that is how trees are limited.
+    pub(crate) fn cgroups(&self) -> Option<&Cgroups> {
+        match self {
+            TreeLimits::Cgroups(c) => Some(c),
+            TreeLimits::Watchdog(_) => None,
+        }
+    }
+
     /// Limits a freshly forked worker's tree, before it runs user code.
     pub(crate) fn attach(&self, pid: Pid, memory_mb: u64) -> Option<WorkerTree> {
         match self {

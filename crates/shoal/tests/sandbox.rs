@@ -509,3 +509,39 @@ async fn shoal_status_says_whether_functions_are_sandboxed() {
         "{health}"
     );
 }
+
+/// The template waits in the group its next worker is born in (so no
+/// worker is moved between cgroups on an invocation's path), and moves on
+/// right after the fork; a worker that dies at once has its tree killed
+/// while the template may still be there, and the template must be spared:
+/// the next call is served by the same template (no cold start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_workers_tree_spares_the_template_waiting_in_its_group() {
+    let node = TestNode::start_with(&["--tree-limits", "cgroups"]);
+    let c = node.client();
+    deploy(
+        &c,
+        "name = \"brittle\"",
+        "import os, signal\n\ndef handler(event, ctx):\n    if event == 'die':\n        os.kill(os.getpid(), signal.SIGKILL)\n    return 'ok'\n",
+    )
+    .await;
+    // Each call forks a worker from the template's group; each dies at once.
+    for round in 0..5 {
+        let died = c.invoke("brittle", "\"die\"").await.unwrap();
+        let error = died.result.expect_err("the call dies").error;
+        assert_eq!(error.kind, "crashed", "{error:?}");
+        let cold = c.invocation(&died.id).await.unwrap().cold_start;
+        assert_eq!(
+            cold,
+            round == 0,
+            "round {round}: the template was killed before"
+        );
+    }
+    let second = c.invoke("brittle", "\"go\"").await.unwrap();
+    assert_eq!(second.result.unwrap(), json!("ok"));
+    let record = c.invocation(&second.id).await.unwrap();
+    assert!(
+        !record.cold_start,
+        "the template was killed with the worker: {record:?}"
+    );
+}

@@ -83,10 +83,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_MAX_JOB_CHILDREN", default_value_t = 100_000)]
     pub max_job_children: usize,
     /// How long finished invocation records and their logs are kept; `0s`
-    /// keeps them forever. (`--retention` is the older name.)
+    /// keeps them forever [default: 30d]. (`--retention` and
+    /// `SHOAL_RETENTION` are the older names.)
     #[arg(long = "retain", visible_alias = "retention", env = "SHOAL_RETAIN",
-        default_value = "30d", value_parser = retention)]
-    pub retention: Duration,
+        value_parser = retention)]
+    pub retention: Option<Duration>,
     /// Serve `/metrics` without a token (by default it needs a reader token).
     #[arg(long, env = "SHOAL_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -309,7 +310,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     engine_opts.max_queue_messages = args.max_queue_messages;
     engine_opts.max_job_children = args.max_job_children;
-    engine_opts.retention = (!args.retention.is_zero()).then_some(args.retention);
+    let retain = match (args.retention, std::env::var("SHOAL_RETENTION")) {
+        (Some(d), _) => d,
+        // The variable of the flag's older name still counts.
+        (None, Ok(old)) => retention(&old).map_err(|e| anyhow::anyhow!("SHOAL_RETENTION: {e}"))?,
+        (None, Err(_)) => Duration::from_secs(30 * 24 * 3600),
+    };
+    engine_opts.retention = (!retain.is_zero()).then_some(retain);
     let shutdown = CancellationToken::new();
     let handle = shoal_engine::start(
         engine_opts,

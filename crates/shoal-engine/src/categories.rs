@@ -195,7 +195,15 @@ impl Categories {
     pub(crate) async fn delete(&self, name: &str, removal: Removal) -> Result<()> {
         check_category_name(name)?;
         if removal == Removal::IfEmpty {
-            let docs: u64 = self.get(name).await?.stats.iter().map(|s| s.docs).sum();
+            // Checked and deleted in one store step: a write landing
+            // between a check and a delete would be lost.
+            let docs = match self.env.backend.docs.delete_category_if_empty(name).await {
+                Ok(docs) => docs,
+                Err(shoal_store::Error::NotFound(_)) => {
+                    return Err(Error::not_found(Entity::Category, name));
+                }
+                Err(e) => return Err(e.into()),
+            };
             if docs > 0 {
                 return Err(Error::conflict(
                     Conflict::ForceRequired,
@@ -205,6 +213,7 @@ impl Categories {
                     ),
                 ));
             }
+            return Ok(());
         }
         if self.env.backend.docs.delete_category(name).await? {
             Ok(())

@@ -124,6 +124,27 @@ pub(crate) fn delete_category(t: &mut Tables<'_>, name: &str) -> Applied {
     ok(Value::Existed(true), Effect::Garbage(head.id))
 }
 
+/// Deletes a category only while it holds no documents, in the same
+/// transaction as the check; answers how many it holds.
+pub(crate) fn delete_category_if_empty(t: &mut Tables<'_>, name: &str) -> Applied {
+    let head = match head(t, name)? {
+        Ok(head) => head,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut docs = 0u64;
+    for entry in t.doc_stats.range((head.id, 0)..=(head.id, u32::MAX))? {
+        let (_, value) = entry?;
+        docs += value.value().0;
+    }
+    if docs > 0 {
+        return ok(Value::Count(docs), Effect::None);
+    }
+    match delete_category(t, name)? {
+        Ok(_) => ok(Value::Count(0), Effect::Garbage(head.id)),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
 pub(crate) fn put_docs(
     t: &mut Tables<'_>,
     scratch: &mut Scratch,

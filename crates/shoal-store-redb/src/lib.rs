@@ -1265,6 +1265,13 @@ impl Docs for RedbStore {
         self.submit(Command::DeleteCategory(name.to_string()), Reply::Existed)
     }
 
+    fn delete_category_if_empty(&self, name: &str) -> Pending<u64> {
+        self.submit(
+            Command::DeleteCategoryIfEmpty(name.to_string()),
+            Reply::Count,
+        )
+    }
+
     fn put_docs(&self, category: &str, docs: Vec<DocWrite>) -> Pending<()> {
         self.submit(
             Command::PutDocs {

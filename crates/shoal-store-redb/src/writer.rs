@@ -218,6 +218,7 @@ pub(crate) enum Command {
         now_ms: u64,
     },
     DeleteCategory(String),
+    DeleteCategoryIfEmpty(String),
     PutDocs {
         category: String,
         docs: Vec<DocWrite>,
@@ -1032,6 +1033,7 @@ impl Writer {
                 now_ms,
             } => docs::create_category(t, &name, shards, slot_count, now_ms),
             Command::DeleteCategory(name) => docs::delete_category(t, &name),
+            Command::DeleteCategoryIfEmpty(name) => docs::delete_category_if_empty(t, &name),
             Command::PutDocs { category, docs } => {
                 docs::put_docs(t, &mut self.scratch, &category, &docs)
             }

@@ -505,6 +505,11 @@ pub trait Docs: Send + Sync + 'static {
     /// background, but are never visible again (a category created again
     /// under the name starts empty).
     fn delete_category(&self, name: &str) -> Pending<bool>;
+    /// Deletes the category only while it holds no documents, checked and
+    /// done in one step (a write cannot land in between and be lost).
+    /// Returns how many documents it holds: 0 means it was deleted. Fails
+    /// with `NotFound` when it does not exist.
+    fn delete_category_if_empty(&self, name: &str) -> Pending<u64>;
     /// Writes documents atomically: all of them or none. An id that exists is
     /// replaced; of equal ids in one call the last wins. Fails with
     /// `NotFound`, writing nothing, when the category does not exist or a

@@ -445,6 +445,30 @@ pub async fn docs_write_order(backend: &Backend) {
 
 /// Deleting a category removes its documents and stats; a category created
 /// again under its name starts empty.
+/// `delete_category_if_empty` deletes only an empty category, answering
+/// how many documents it holds; a missing one is `NotFound`.
+pub async fn delete_category_if_empty(backend: &Backend) {
+    let d = &backend.docs;
+    let cat = unique("conf-delcat-empty");
+    create(backend, &cat, 2).await;
+    d.put_docs(&cat, vec![doc(0, "a", "{}"), doc(1, "b", "{}")])
+        .await
+        .unwrap();
+    assert_eq!(d.delete_category_if_empty(&cat).await.unwrap(), 2);
+    assert!(
+        d.category(&cat).await.unwrap().is_some(),
+        "deleted while holding documents"
+    );
+    assert_eq!(get(backend, &cat, 0, "a").await.as_deref(), Some("{}"));
+
+    d.delete_docs(&cat, vec![(0, "a".into()), (1, "b".into())])
+        .await
+        .unwrap();
+    assert_eq!(d.delete_category_if_empty(&cat).await.unwrap(), 0);
+    assert_eq!(d.category(&cat).await.unwrap(), None);
+    assert!(is_not_found(d.delete_category_if_empty(&cat).await, &cat));
+}
+
 pub async fn delete_category_removes_everything(backend: &Backend) {
     let d = &backend.docs;
     let cat = unique("conf-delcat");

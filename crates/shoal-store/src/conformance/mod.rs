@@ -114,6 +114,7 @@ macro_rules! __conformance_cases {
             docs::docs_atomicity
             docs::docs_write_order
             docs::delete_category_removes_everything
+            docs::delete_category_if_empty
             docs::docs_category_isolation
             queues::queue_keys
             jobs::jobs_fan_in_once

@@ -146,6 +146,22 @@ impl Docs for MemoryStore {
         self.run(|s| Ok(s.docs.categories.remove(name).is_some()))
     }
 
+    fn delete_category_if_empty(&self, name: &str) -> Pending<u64> {
+        self.run(|s| {
+            let docs: u64 = s
+                .docs
+                .category(name)?
+                .shards
+                .iter()
+                .map(|sh| sh.docs.len() as u64)
+                .sum();
+            if docs == 0 {
+                s.docs.categories.remove(name);
+            }
+            Ok(docs)
+        })
+    }
+
     fn put_docs(&self, category: &str, docs: Vec<DocWrite>) -> Pending<()> {
         self.run(|s| s.docs.put(category, docs))
     }

@@ -286,8 +286,13 @@ impl Queues {
         if !self.env.backend.catalog.remove_queue(name).await? {
             return Err(Error::not_found(Entity::Queue, name));
         }
-        self.env.backend.queues.purge(name).await?;
-        self.env.backend.queues.purge_dead(name, None).await?;
+        // Found empty: nothing to purge, and a message sent while the queue
+        // was being removed must not be purged unseen (it waits until the
+        // queue is created again).
+        if removal == Removal::Force {
+            self.env.backend.queues.purge(name).await?;
+            self.env.backend.queues.purge_dead(name, None).await?;
+        }
         Ok(())
     }
 

@@ -6,7 +6,8 @@
 //! directory that looks like the repository root (`examples/`, `python/`,
 //! `.shoal/` is the node's data directory, `target/release/shoal` is the
 //! binary under test, also first on `PATH`), with `SHOAL_URL` and `SHOAL_TOKEN` set and
-//! `127.0.0.1:7700` replaced by the node's address.
+//! `127.0.0.1:7700` replaced by the node's address (in commands and in
+//! their expected output).
 //!
 //! Lines of the form `# text` right after a command are its expected output.
 //! They are compared with what the command printed (stdout and stderr),
@@ -261,10 +262,15 @@ fn run_doc(file: &str) {
             .trim()
             .to_string();
         let actual: Vec<String> = printed.lines().map(|l| l.trim_end().to_string()).collect();
-        let ok = if step.expected.is_empty() {
+        let expected: Vec<String> = step
+            .expected
+            .iter()
+            .map(|l| l.replace("127.0.0.1:7700", &address))
+            .collect();
+        let ok = if expected.is_empty() {
             rc == "0"
         } else {
-            output_matches(&step.expected, &actual)
+            output_matches(&expected, &actual)
         };
         if !ok {
             failures.push(format!(
@@ -332,4 +338,9 @@ fn docs_queues() {
 #[test]
 fn docs_jobs() {
     run_doc("docs/jobs.md");
+}
+
+#[test]
+fn docs_operations() {
+    run_doc("docs/operations.md");
 }

@@ -109,25 +109,51 @@ class Client:
 
     # ------------------------------------------------------------------ functions
 
-    def deploy(self, directory: PathLike) -> Dict[str, Any]:
+    def deploy(self, directory: PathLike, dry_run: bool = False) -> Dict[str, Any]:
         """Deploys the function in ``directory`` (``shoal.toml`` and code) as a
         new version; returns the version's description (the FunctionView:
         ``name``, ``version``, ``handler``, ``timeout_ms``, ``memory_mb``,
         ``concurrency``, ``retries``, ``code_sha256``, ...).
 
         Hidden files, ``__pycache__`` and ``venv`` are not uploaded. A bad
-        manifest raises ShoalError ``invalid_function``; a failed pip install
-        of ``requirements.txt`` raises ``deploy_failed``.
+        manifest, or code that does not load in a real worker, raises
+        ShoalError ``invalid_function`` (with the traceback; the live version
+        keeps serving); a failed pip install of ``requirements.txt`` raises
+        ``deploy_failed``. The same code as the live version changes nothing
+        (``"unchanged": true``). ``dry_run=True`` only checks the code.
         """
         archive = pack_dir(directory)
-        return self._open("POST", "/v1/functions", archive, "application/x-tar").json()
+        path = "/v1/functions?dry_run=true" if dry_run else "/v1/functions"
+        return self._open("POST", path, archive, "application/x-tar").json()
+
+    def versions(self, name: str) -> Dict[str, Any]:
+        """A function's versions: ``{"name", "live", "aliases": {alias:
+        version}, "versions": [...]}`` (oldest first; each with
+        ``deployed_at_ms``, ``code_sha256`` and who deployed it)."""
+        return self._json("GET", f"/v1/functions/{_seg(name)}/versions")
+
+    def rollback(self, name: str, version: Optional[int] = None) -> Dict[str, Any]:
+        """Makes ``version`` (default: the one before the live one) live at
+        once; returns its description."""
+        body = {} if version is None else {"version": version}
+        return self._json("POST", f"/v1/functions/{_seg(name)}/rollback", body)
+
+    def set_alias(self, name: str, alias: str, version: int) -> Dict[str, Any]:
+        """Points ``name@alias`` at ``version`` (moving the alias if it
+        exists); ``invoke("name@alias", ...)`` then runs it."""
+        path = f"/v1/functions/{_seg(name)}/aliases/{_seg(alias)}"
+        return self._json("PUT", path, {"version": version})
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """Removes an alias."""
+        self._json("DELETE", f"/v1/functions/{_seg(name)}/aliases/{_seg(alias)}")
 
     def functions(self) -> List[Dict[str, Any]]:
-        """The latest version of every deployed function."""
+        """The live version of every deployed function."""
         return self._json("GET", "/v1/functions")["functions"]
 
     def function(self, name: str) -> Dict[str, Any]:
-        """The latest version of one function (ShoalError ``function_not_found``)."""
+        """The live version of one function (ShoalError ``function_not_found``)."""
         return self._json("GET", f"/v1/functions/{_seg(name)}")
 
     def remove_function(self, name: str) -> None:

@@ -250,6 +250,36 @@ class ClientTest(unittest.TestCase):
             self.client.remove_function(name)
         self.assertEqual((cm.exception.status, cm.exception.code), (404, "function_not_found"))
 
+    def test_versions_rollback_aliases_and_dry_run(self) -> None:
+        name = unique("py-versions")
+        # One directory per name: each make rewrites it.
+        def code(n: int) -> str:
+            return DIRS.make(name, f"def handler(event, ctx):\n    return {n}\n")
+
+        self.assertEqual(self.client.deploy(code(1))["version"], 1)
+        self.assertEqual(self.client.deploy(code(2))["version"], 2)
+        self.assertTrue(self.client.deploy(code(2)).get("unchanged"))
+        checked = self.client.deploy(code(3), dry_run=True)
+        self.assertTrue(checked.get("dry_run"))
+        self.assertEqual(self.client.invoke(name), 2)
+
+        alias = self.client.set_alias(name, "stable", 1)
+        self.assertEqual((alias["alias"], alias["version"]), ("stable", 1))
+        self.assertEqual(self.client.invoke(f"{name}@stable"), 1)
+        self.assertEqual(self.client.invoke(f"{name}@2"), 2)
+        v = self.client.versions(name)
+        self.assertEqual((v["live"], v["aliases"]), (2, {"stable": 1}))
+        self.assertEqual([x["version"] for x in v["versions"]], [1, 2])
+
+        self.assertEqual(self.client.rollback(name)["version"], 1)
+        self.assertEqual(self.client.invoke(name), 1)
+        self.assertEqual(self.client.rollback(name, 2)["version"], 2)
+        self.client.remove_alias(name, "stable")
+        with self.assertRaises(ShoalError) as cm:
+            self.client.invoke(f"{name}@stable")
+        self.assertEqual((cm.exception.status, cm.exception.code), (404, "function_not_found"))
+        self.client.remove_function(name)
+
     def test_deploy_invalid_function(self) -> None:
         d = DIRS.make("bad-manifest", ECHO, "no_such_key = 1\n")
         with self.assertRaises(ShoalError) as cm:

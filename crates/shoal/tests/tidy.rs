@@ -9,6 +9,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("shoal-store", &["shoal-types"]),
     ("shoal-runtime", &["shoal-types"]),
     ("shoal-store-redb", &["shoal-store", "shoal-types"]),
+    ("shoal-store-redis", &["shoal-store", "shoal-types"]),
     ("shoal-runtime-python", &["shoal-runtime", "shoal-types"]),
     (
         "shoal-engine",

@@ -42,7 +42,9 @@ def _described(e, tb, trim):
     return {"exception": type(e).__name__, "message": text_of(e), "traceback": clean(text)}
 
 
-def _keep_user_frames(te):
+def _chain(te):
+    """Every exception of a TracebackException's chain (causes, contexts,
+    exception groups), each once."""
     todo = [te]
     seen = set()
     while todo:
@@ -50,6 +52,14 @@ def _keep_user_frames(te):
         if t is None or id(t) in seen:
             continue
         seen.add(id(t))
+        yield t
+        todo.append(t.__cause__)
+        todo.append(t.__context__)
+        todo.extend(getattr(t, "exceptions", None) or ())
+
+
+def _keep_user_frames(te):
+    for t in _chain(te):
         frames = [
             f
             for f in t.stack
@@ -58,9 +68,6 @@ def _keep_user_frames(te):
             and os.path.dirname(f.filename) != _IMPORTLIB_DIR
         ]
         t.stack = traceback.StackSummary.from_list(frames)
-        todo.append(t.__cause__)
-        todo.append(t.__context__)
-        todo.extend(getattr(t, "exceptions", None) or ())
 
 
 def _is_runner_frame(frame):
@@ -71,22 +78,13 @@ def _hide_runner_tails(te):
     """Drops the runner's own frames from the end of each traceback in the
     chain: a HostError is raised inside Context.call, but the user's line is
     the one that matters."""
-    todo = [te]
-    seen = set()
-    while todo:
-        t = todo.pop()
-        if t is None or id(t) in seen:
-            continue
-        seen.add(id(t))
+    for t in _chain(te):
         frames = list(t.stack)
         n = len(frames)
         while n > 1 and _is_runner_frame(frames[n - 1]):
             n -= 1
         if n < len(frames):
             t.stack = traceback.StackSummary.from_list(frames[:n])
-        todo.append(t.__cause__)
-        todo.append(t.__context__)
-        todo.extend(getattr(t, "exceptions", None) or ())
 
 
 def text_of(e):

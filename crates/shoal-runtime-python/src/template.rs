@@ -706,28 +706,9 @@ fn first_room(limits: &TreeLimits, spawned: Pid, namespaced: bool) -> Option<Wai
 
 /// The child unshare(1) forked (it forks at once), found by its parent.
 fn child_of(parent: Pid) -> Option<Pid> {
-    let parent = parent.as_raw_pid();
     for _ in 0..500 {
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<i32>().ok())
-                else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<i32>().ok());
-                if ppid == Some(parent) {
-                    return Pid::from_raw(pid);
-                }
-            }
+        if let Some(&child) = crate::watchdog::children_of(parent.as_raw_pid()).first() {
+            return Pid::from_raw(child);
         }
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -248,6 +248,14 @@ impl ProcessTable {
     }
 }
 
+/// The live children of a process, from one walk of `/proc`.
+pub(crate) fn children_of(parent: i32) -> Vec<i32> {
+    ProcessTable::read()
+        .children
+        .remove(&parent)
+        .unwrap_or_default()
+}
+
 /// The parent of a live process (`None` once gone, or for a zombie, which
 /// holds no memory and forks nothing).
 fn parent_of(pid: i32) -> Option<i32> {

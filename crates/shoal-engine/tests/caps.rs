@@ -4,57 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{BASE_MS, Latch, Script, archive, ms, secs, within};
+use common::{Latch, Node, Script, archive, ms, secs, within};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use shoal_engine::{
-    Entity, Error, Handle, JobSpec, Options, OutMessage, Parts, QueueSettings, TokioClock,
-};
-use shoal_runtime::fake::FakeRuntime;
-use shoal_store::Backend;
-use shoal_store::memory::MemoryStore;
+use shoal_engine::{Entity, Error, JobSpec, OutMessage, QueueSettings};
 use shoal_types::InvocationStatus;
-
-struct Capped {
-    engine: Handle,
-    fake: FakeRuntime,
-    shutdown: CancellationToken,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Capped {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn node(set: impl FnOnce(&mut Options)) -> Capped {
-    let data = tempfile::tempdir().unwrap();
-    let mut opts = Options::new(data.path().to_path_buf());
-    set(&mut opts);
-    let fake = FakeRuntime::new();
-    let shutdown = CancellationToken::new();
-    let engine = shoal_engine::start_with(Parts {
-        opts,
-        backend: Backend::from_adapter(Arc::new(MemoryStore::new())),
-        runtime: Arc::new(fake.clone()),
-        clock: Arc::new(TokioClock::starting_at(BASE_MS)),
-        random: None,
-        shutdown: shutdown.clone(),
-    })
-    .await
-    .unwrap();
-    Capped {
-        engine,
-        fake,
-        shutdown,
-        _data: data,
-    }
-}
 
 fn message(n: u32) -> OutMessage {
     OutMessage {
@@ -66,7 +22,7 @@ fn message(n: u32) -> OutMessage {
 
 #[tokio::test(start_paused = true)]
 async fn a_queue_takes_no_more_than_its_cap_and_takes_again_once_drained() {
-    let node = node(|o| o.max_queue_messages = 5).await;
+    let node = Node::with_options(|o| o.max_queue_messages = 5).await;
     node.engine
         .put_queue("inbox", QueueSettings::default())
         .await
@@ -144,7 +100,7 @@ async fn a_queue_takes_no_more_than_its_cap_and_takes_again_once_drained() {
 
 #[tokio::test(start_paused = true)]
 async fn a_job_has_at_most_the_nodes_children() {
-    let node = node(|o| o.max_job_children = 3).await;
+    let node = Node::with_options(|o| o.max_job_children = 3).await;
     node.engine
         .deploy(archive("name = \"child\""))
         .await
@@ -167,7 +123,7 @@ async fn a_job_has_at_most_the_nodes_children() {
 
 #[tokio::test(start_paused = true)]
 async fn finished_records_and_their_logs_go_after_the_retention() {
-    let node = node(|o| {
+    let node = Node::with_options(|o| {
         o.retention = Some(secs(3600));
         o.retention_sweep = secs(60);
     })
@@ -224,7 +180,7 @@ async fn finished_records_and_their_logs_go_after_the_retention() {
 
 #[tokio::test(start_paused = true)]
 async fn dead_letters_redriven_must_fit_the_queue() {
-    let node = node(|o| o.max_queue_messages = 3).await;
+    let node = Node::with_options(|o| o.max_queue_messages = 3).await;
     node.engine
         .deploy(archive("name = \"worker\"\n[subscribe]\nqueue = \"q\""))
         .await

@@ -4,16 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{BASE_MS, Node, Script, archive, ms, secs, within};
+use common::{Node, Script, archive, ms, secs, within};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use shoal_engine::{FeedItem, Handle, InvocationFilter, Options, Parts, TokioClock};
-use shoal_runtime::fake::FakeRuntime;
-use shoal_store::Backend;
-use shoal_store::memory::MemoryStore;
+use shoal_engine::{FeedItem, InvocationFilter};
 use shoal_types::{FunctionName, InvocationMode, InvocationStatus};
 
 fn of(function: &str) -> InvocationFilter {
@@ -121,26 +115,13 @@ async fn a_slow_follower_is_told_it_lagged() {
 /// stays listed.
 #[tokio::test(start_paused = true)]
 async fn retention_takes_purged_records_out_of_the_lists() {
-    let data = tempfile::tempdir().unwrap();
-    let mut opts = Options::new(data.path().to_path_buf());
-    opts.retention = Some(secs(3600));
-    opts.retention_sweep = secs(60);
-    let fake = FakeRuntime::new();
-    let shutdown = CancellationToken::new();
-    let engine = shoal_engine::start_with(Parts {
-        opts,
-        backend: Backend::from_adapter(Arc::new(MemoryStore::new())),
-        runtime: Arc::new(fake.clone()),
-        clock: Arc::new(TokioClock::starting_at(BASE_MS)),
-        random: None,
-        shutdown: shutdown.clone(),
+    let node = Node::with_options(|o| {
+        o.retention = Some(secs(3600));
+        o.retention_sweep = secs(60);
     })
-    .await
-    .unwrap();
-    let _stop = shutdown.drop_guard();
-    engine.deploy(archive("name = \"f\"")).await.unwrap();
-    fake.script("f", Script::raise("ValueError", "no"));
-    let node = Retained { engine };
+    .await;
+    node.engine.deploy(archive("name = \"f\"")).await.unwrap();
+    node.fake.script("f", Script::raise("ValueError", "no"));
     let old = node.engine.invoke("f", "{}".into()).await.unwrap();
     let failed = InvocationFilter {
         status: Some(InvocationStatus::Failed),
@@ -168,10 +149,6 @@ async fn retention_takes_purged_records_out_of_the_lists() {
     assert_eq!(listed(failed).await, vec![newer.id.clone()]);
     assert_eq!(listed(of("f")).await, vec![newer.id]);
     assert_eq!(node.engine.stats().await.unwrap().invocations, 1);
-}
-
-struct Retained {
-    engine: Handle,
 }
 
 /// A queue subscriber's runs are invocations too: listed with mode

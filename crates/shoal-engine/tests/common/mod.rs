@@ -71,12 +71,29 @@ impl Node {
 
     /// An engine on this store.
     pub async fn with(random: Option<Arc<dyn Random>>, backend: Backend) -> Node {
+        Node::build(random, backend, |_| {}).await
+    }
+
+    /// An engine (the system's jitter, an in-memory store) with options
+    /// changed by `set`.
+    pub async fn with_options(set: impl FnOnce(&mut Options)) -> Node {
+        let backend = Backend::from_adapter(Arc::new(MemoryStore::new()));
+        Node::build(None, backend, set).await
+    }
+
+    async fn build(
+        random: Option<Arc<dyn Random>>,
+        backend: Backend,
+        set: impl FnOnce(&mut Options),
+    ) -> Node {
         let data = tempfile::tempdir().expect("a temporary directory");
+        let mut opts = Options::new(data.path().to_path_buf());
+        set(&mut opts);
         let fake = FakeRuntime::new();
         let shutdown = CancellationToken::new();
         let t0 = Instant::now();
         let engine = shoal_engine::start_with(Parts {
-            opts: Options::new(data.path().to_path_buf()),
+            opts,
             backend,
             runtime: Arc::new(fake.clone()),
             clock: Arc::new(TokioClock::starting_at(BASE_MS)),

@@ -2,82 +2,26 @@
 //! installs it): the conformance suite's catalog cases, one test each, and
 //! the server checks a node makes before it trusts a Redis with its data.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use shoal_store::memory::MemoryStore;
 use shoal_store::{Backend, Error, conformance};
 use shoal_store_redis::{Options, RedisStore};
 
-/// A `redis-server` of this test's own, on a free loopback port with its
-/// own directory; stopped when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
+use shoal_store_redis::testing::{RedisServer, free_port};
 
-impl RedisServer {
-    fn start(extra: &[&str]) -> RedisServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--save", "", "--appendonly", "yes"])
-            .args(["--maxmemory-policy", "noeviction"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server (scripts/test installs Debian's redis-server): {e}"
-                )
-            });
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn options(&self) -> Options {
-        Options {
-            url: format!("redis://127.0.0.1:{}/0", self.port),
-            namespace: "shoal-test".into(),
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A store on `server`, connected and checked.
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.options())
+        .await
+        .expect("connect to the test's redis-server")
+        .0
 }
 
 /// A backend whose catalog is on Redis (the other ports are not there yet;
 /// the catalog cases do not use them).
 async fn backend(server: &RedisServer) -> Backend {
-    let (store, _) = RedisStore::connect(&server.options())
-        .await
-        .expect("connect");
+    let store = store(server).await;
     let memory = Arc::new(MemoryStore::new());
     Backend {
         catalog: Arc::new(store),
@@ -132,10 +76,7 @@ async fn the_append_only_file_is_reported() {
 
 #[tokio::test]
 async fn an_unreachable_redis_is_unavailable() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let options = Options {
         url: format!("redis://127.0.0.1:{port}/0"),
         namespace: "shoal-test".into(),

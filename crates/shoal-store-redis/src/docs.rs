@@ -1,0 +1,1 @@
+//! The docs port (in progress).

@@ -1,0 +1,1 @@
+//! The invocations port (in progress).

@@ -1,0 +1,1 @@
+//! The queues port (in progress).

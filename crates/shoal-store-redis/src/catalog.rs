@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
+use std::sync::LazyLock;
+
 use serde::de::DeserializeOwned;
 
 use shoal_store::{
@@ -12,7 +12,8 @@ use shoal_store::{
     TokenRecord,
 };
 
-use crate::{RedisStore, decode, encode, unavailable};
+use crate::conn::{Lua, arg};
+use crate::{RedisStore, decode, encode};
 
 /// A function's versions from its hash (version → JSON), oldest first. The
 /// version is the hash field: the stored JSON's own is not trusted.
@@ -30,36 +31,42 @@ fn versions_of(name: &str, fields: BTreeMap<String, String>) -> Result<Vec<Funct
     Ok(out)
 }
 
-/// Every value of a hash, decoded, in the order of its fields.
-async fn hash_values<T: DeserializeOwned>(
-    conn: &mut MultiplexedConnection,
-    key: &str,
-) -> Result<Vec<T>> {
-    let all: BTreeMap<String, String> = conn.hgetall(key).await.map_err(unavailable)?;
+/// Every value of a hash (field → JSON), decoded, in field order.
+fn hash_values<T: DeserializeOwned>(key: &str, all: BTreeMap<String, String>) -> Result<Vec<T>> {
     all.iter()
         .map(|(field, json)| decode(&format!("{key} {field}"), json))
         .collect()
 }
 
 /// Gives the next version of a function (never reused) and stores it.
-const DEPLOY: &str = r"
+static DEPLOY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
 local v = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HSET', KEYS[2], v, ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 return v
-";
+",
+    )
+});
 
 /// Removes every version of a function and its refs; 1 when it existed.
-const REMOVE_FUNCTION: &str = r"
+static REMOVE_FUNCTION: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return n
-";
+",
+    )
+});
 
 /// Stores a token and its secret's index entry; a token stored again with
 /// a new secret no longer answers to the old one.
-const PUT_TOKEN: &str = r"
+static PUT_TOKEN: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   local previous = cjson.decode(old).secret_sha256
@@ -68,34 +75,38 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
 return 1
-";
+",
+    )
+});
 
 /// Removes a token and its secret's index entry; 1 when it existed.
-const REVOKE_TOKEN: &str = r"
+static REVOKE_TOKEN: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
 local json = redis.call('HGET', KEYS[1], ARGV[1])
 if not json then return 0 end
 local token = cjson.decode(json)
 redis.call('HDEL', KEYS[2], token.secret_sha256)
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
-";
+",
+    )
+});
 
 impl Catalog for RedisStore {
     fn deploy_function(&self, record: FunctionRecord) -> Pending<u64> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        Box::pin(async move {
-            let name = record.name.to_string();
-            let json = encode(&record)?;
-            redis::Script::new(DEPLOY)
-                .key(keys.catalog("fn-last"))
-                .key(keys.function(&name))
-                .key(keys.catalog("fn-names"))
-                .arg(&name)
-                .arg(json)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)
-        })
+        let name = record.name.to_string();
+        let json = match encode(&record) {
+            Ok(json) => json,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let keys = vec![
+            self.keys.catalog("fn-last"),
+            self.keys.function(&name),
+            self.keys.catalog("fn-names"),
+        ];
+        self.conn
+            .script(&*DEPLOY, keys, vec![arg(&name), arg(json)])
     }
 
     fn function(&self, name: &str) -> Pending<Option<FunctionRecord>> {
@@ -104,34 +115,38 @@ impl Catalog for RedisStore {
     }
 
     fn function_version(&self, name: &str, version: u64) -> Pending<Option<FunctionRecord>> {
-        let (mut conn, keys, name) = (self.conn.clone(), self.keys.clone(), name.to_string());
+        let json = self.conn.query::<Option<String>>(
+            redis::cmd("HGET")
+                .arg(self.keys.function(name))
+                .arg(version)
+                .clone(),
+        );
+        let name = name.to_string();
         Box::pin(async move {
-            let json: Option<String> = conn
-                .hget(keys.function(&name), version)
-                .await
-                .map_err(unavailable)?;
-            let Some(json) = json else { return Ok(None) };
+            let Some(json) = json.await? else {
+                return Ok(None);
+            };
             let fields = BTreeMap::from([(version.to_string(), json)]);
             Ok(versions_of(&name, fields)?.pop())
         })
     }
 
     fn functions(&self) -> Pending<Vec<FunctionRecord>> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
+        let names = self.conn.query::<Vec<String>>(
+            redis::cmd("SMEMBERS")
+                .arg(self.keys.catalog("fn-names"))
+                .clone(),
+        );
+        let store = self.clone();
         Box::pin(async move {
-            let mut names: Vec<String> = conn
-                .smembers(keys.catalog("fn-names"))
-                .await
-                .map_err(unavailable)?;
+            let mut names = names.await?;
             names.sort();
+            // One pipeline: every function's versions asked at once.
+            let reads: Vec<_> = names.iter().map(|n| store.function_versions(n)).collect();
             let mut out = Vec::with_capacity(names.len());
-            for name in names {
-                let fields: BTreeMap<String, String> = conn
-                    .hgetall(keys.function(&name))
-                    .await
-                    .map_err(unavailable)?;
+            for read in reads {
                 // Removed between the two reads: not listed.
-                if let Some(latest) = versions_of(&name, fields)?.pop() {
+                if let Some(latest) = read.await?.pop() {
                     out.push(latest);
                 }
             }
@@ -140,81 +155,61 @@ impl Catalog for RedisStore {
     }
 
     fn remove_function(&self, name: &str) -> Pending<bool> {
-        let (mut conn, keys, name) = (self.conn.clone(), self.keys.clone(), name.to_string());
-        Box::pin(async move {
-            let removed: i64 = redis::Script::new(REMOVE_FUNCTION)
-                .key(keys.function(&name))
-                .key(keys.catalog("fn-names"))
-                .key(keys.catalog("fn-refs"))
-                .arg(&name)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(removed > 0)
-        })
+        let keys = vec![
+            self.keys.function(name),
+            self.keys.catalog("fn-names"),
+            self.keys.catalog("fn-refs"),
+        ];
+        let removed = self
+            .conn
+            .script::<i64>(&*REMOVE_FUNCTION, keys, vec![arg(name)]);
+        Box::pin(async move { Ok(removed.await? > 0) })
     }
 
     fn function_versions(&self, name: &str) -> Pending<Vec<FunctionRecord>> {
-        let (mut conn, keys, name) = (self.conn.clone(), self.keys.clone(), name.to_string());
-        Box::pin(async move {
-            let fields: BTreeMap<String, String> = conn
-                .hgetall(keys.function(&name))
-                .await
-                .map_err(unavailable)?;
-            versions_of(&name, fields)
-        })
+        let fields = self.conn.query::<BTreeMap<String, String>>(
+            redis::cmd("HGETALL").arg(self.keys.function(name)).clone(),
+        );
+        let name = name.to_string();
+        Box::pin(async move { versions_of(&name, fields.await?) })
     }
 
     fn put_function_refs(&self, refs: FunctionRefs) -> Pending<()> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        Box::pin(async move {
-            let json = encode(&refs)?;
-            let () = conn
-                .hset(keys.catalog("fn-refs"), refs.name.to_string(), json)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        self.put_record("fn-refs", refs.name.to_string(), encode(&refs))
     }
 
     fn function_refs(&self) -> Pending<Vec<FunctionRefs>> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        Box::pin(async move { hash_values(&mut conn, &keys.catalog("fn-refs")).await })
+        self.records("fn-refs")
     }
 
     fn put_token(&self, token: TokenRecord) -> Pending<()> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
+        let json = match encode(&token) {
+            Ok(json) => json,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let keys = vec![
+            self.keys.catalog("tokens"),
+            self.keys.catalog("token-secrets"),
+        ];
+        let args = vec![arg(&token.id), arg(&token.secret_sha256), arg(json)];
+        let put = self.conn.script::<i64>(&*PUT_TOKEN, keys, args);
         Box::pin(async move {
-            let json = encode(&token)?;
-            let _: i64 = redis::Script::new(PUT_TOKEN)
-                .key(keys.catalog("tokens"))
-                .key(keys.catalog("token-secrets"))
-                .arg(&token.id)
-                .arg(&token.secret_sha256)
-                .arg(json)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            put.await?;
             Ok(())
         })
     }
 
     fn token_by_secret_sha256(&self, secret_sha256: &str) -> Pending<Option<TokenRecord>> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        let sha = secret_sha256.to_string();
+        let id = self.conn.query::<Option<String>>(
+            redis::cmd("HGET")
+                .arg(self.keys.catalog("token-secrets"))
+                .arg(secret_sha256)
+                .clone(),
+        );
+        let (store, sha) = (self.clone(), secret_sha256.to_string());
         Box::pin(async move {
-            let id: Option<String> = conn
-                .hget(keys.catalog("token-secrets"), &sha)
-                .await
-                .map_err(unavailable)?;
-            let Some(id) = id else { return Ok(None) };
-            let json: Option<String> = conn
-                .hget(keys.catalog("tokens"), &id)
-                .await
-                .map_err(unavailable)?;
-            let token: Option<TokenRecord> = json
-                .map(|j| decode(&format!("token {id}"), &j))
-                .transpose()?;
+            let Some(id) = id.await? else { return Ok(None) };
+            let token: Option<TokenRecord> = store.get_record("tokens", &id).await?;
             // The index and the record are written together; a record that
             // answers to another secret is not this one's.
             Ok(token.filter(|t| t.secret_sha256 == sha))
@@ -222,22 +217,16 @@ impl Catalog for RedisStore {
     }
 
     fn tokens(&self) -> Pending<Vec<TokenRecord>> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        Box::pin(async move { hash_values(&mut conn, &keys.catalog("tokens")).await })
+        self.records("tokens")
     }
 
     fn revoke_token(&self, id: &str) -> Pending<bool> {
-        let (mut conn, keys, id) = (self.conn.clone(), self.keys.clone(), id.to_string());
-        Box::pin(async move {
-            let removed: i64 = redis::Script::new(REVOKE_TOKEN)
-                .key(keys.catalog("tokens"))
-                .key(keys.catalog("token-secrets"))
-                .arg(&id)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(removed > 0)
-        })
+        let keys = vec![
+            self.keys.catalog("tokens"),
+            self.keys.catalog("token-secrets"),
+        ];
+        let removed = self.conn.script::<i64>(&*REVOKE_TOKEN, keys, vec![arg(id)]);
+        Box::pin(async move { Ok(removed.await? > 0) })
     }
 
     fn put_queue(&self, queue: QueueRecord) -> Pending<()> {
@@ -249,8 +238,7 @@ impl Catalog for RedisStore {
     }
 
     fn queues(&self) -> Pending<Vec<QueueRecord>> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        Box::pin(async move { hash_values(&mut conn, &keys.catalog("queues")).await })
+        self.records("queues")
     }
 
     fn remove_queue(&self, name: &str) -> Pending<bool> {
@@ -262,8 +250,7 @@ impl Catalog for RedisStore {
     }
 
     fn limiters(&self) -> Pending<Vec<LimiterRecord>> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
-        Box::pin(async move { hash_values(&mut conn, &keys.catalog("limiters")).await })
+        self.records("limiters")
     }
 
     fn remove_limiter(&self, name: &str) -> Pending<bool> {
@@ -274,12 +261,19 @@ impl Catalog for RedisStore {
 impl RedisStore {
     /// Stores a named record in one of the catalog's hashes.
     fn put_record(&self, hash: &'static str, name: String, json: Result<String>) -> Pending<()> {
-        let (mut conn, keys) = (self.conn.clone(), self.keys.clone());
+        let json = match json {
+            Ok(json) => json,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let put = self.conn.query::<i64>(
+            redis::cmd("HSET")
+                .arg(self.keys.catalog(hash))
+                .arg(name)
+                .arg(json)
+                .clone(),
+        );
         Box::pin(async move {
-            let () = conn
-                .hset(keys.catalog(hash), name, json?)
-                .await
-                .map_err(unavailable)?;
+            put.await?;
             Ok(())
         })
     }
@@ -290,26 +284,37 @@ impl RedisStore {
         hash: &'static str,
         name: &str,
     ) -> Pending<Option<T>> {
-        let (mut conn, keys, name) = (self.conn.clone(), self.keys.clone(), name.to_string());
+        let json = self.conn.query::<Option<String>>(
+            redis::cmd("HGET")
+                .arg(self.keys.catalog(hash))
+                .arg(name)
+                .clone(),
+        );
+        let name = name.to_string();
         Box::pin(async move {
-            let json: Option<String> = conn
-                .hget(keys.catalog(hash), &name)
-                .await
-                .map_err(unavailable)?;
-            json.map(|j| decode(&format!("{hash} {name}"), &j))
+            json.await?
+                .map(|j| decode(&format!("{hash} {name}"), &j))
                 .transpose()
         })
     }
 
+    /// Every record of one of the catalog's hashes, in name order.
+    fn records<T: DeserializeOwned + Send + 'static>(&self, hash: &'static str) -> Pending<Vec<T>> {
+        let key = self.keys.catalog(hash);
+        let all = self
+            .conn
+            .query::<BTreeMap<String, String>>(redis::cmd("HGETALL").arg(&key).clone());
+        Box::pin(async move { hash_values(&key, all.await?) })
+    }
+
     /// Removes a named record; true when it existed.
     fn remove_record(&self, hash: &'static str, name: &str) -> Pending<bool> {
-        let (mut conn, keys, name) = (self.conn.clone(), self.keys.clone(), name.to_string());
-        Box::pin(async move {
-            let n: i64 = conn
-                .hdel(keys.catalog(hash), &name)
-                .await
-                .map_err(unavailable)?;
-            Ok(n > 0)
-        })
+        let n = self.conn.query::<i64>(
+            redis::cmd("HDEL")
+                .arg(self.keys.catalog(hash))
+                .arg(name)
+                .clone(),
+        );
+        Box::pin(async move { Ok(n.await? > 0) })
     }
 }

@@ -21,6 +21,7 @@
 //! snippets (`const &str`) the modules prepend to their own scripts.
 
 mod catalog;
+mod conn;
 mod docs;
 mod invocations;
 mod jobs;
@@ -28,7 +29,6 @@ mod queues;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -47,7 +47,7 @@ pub struct Options {
 /// there so far).
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: conn::Conn,
     pub(crate) keys: Keys,
 }
 
@@ -68,17 +68,12 @@ pub struct ServerNotes {
 }
 
 impl RedisStore {
-    /// Connects (one multiplexed connection, shared by every call) and
-    /// checks the server may hold Shoal's data.
+    /// Connects (one connection, owned by a task that pipelines every call
+    /// and reconnects by itself) and checks the server may hold Shoal's
+    /// data.
     pub async fn connect(options: &Options) -> Result<(RedisStore, ServerNotes)> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| Error::Unavailable(format!("bad Redis URL: {e}")))?;
-        let conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(unavailable)?;
         let store = RedisStore {
-            conn,
+            conn: conn::Conn::open(&options.url).await?,
             keys: Keys {
                 ns: options.namespace.clone(),
             },
@@ -89,32 +84,37 @@ impl RedisStore {
 
     /// Refuses a server that may evict keys (`maxmemory-policy` other than
     /// `noeviction`): an evicted key is lost data. Reports whether the
-    /// append-only file is on.
+    /// append-only file is on. Reads `INFO` (allowed where `CONFIG` is not,
+    /// as on managed services).
     pub async fn check_server(&self) -> Result<ServerNotes> {
-        let mut conn = self.conn.clone();
-        let policy = config_get(&mut conn, "maxmemory-policy").await?;
+        let memory = self.info("memory").await?;
+        let policy = info_field(&memory, "maxmemory_policy").unwrap_or("noeviction");
         if policy != "noeviction" {
             return Err(Error::Unavailable(format!(
                 "Redis has maxmemory-policy {policy}, which evicts keys (data would be lost); set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf)"
             )));
         }
-        let aof = config_get(&mut conn, "appendonly").await?;
+        let persistence = self.info("persistence").await?;
         Ok(ServerNotes {
-            append_only: aof == "yes",
+            append_only: info_field(&persistence, "aof_enabled") == Some("1"),
         })
+    }
+
+    /// One section of `INFO`.
+    pub async fn info(&self, section: &str) -> Result<String> {
+        self.conn
+            .query(redis::cmd("INFO").arg(section).clone())
+            .await
     }
 }
 
-async fn config_get(conn: &mut MultiplexedConnection, name: &str) -> Result<String> {
-    let pair: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(conn)
-        .await
-        .map_err(unavailable)?;
-    pair.into_iter()
-        .nth(1)
-        .ok_or_else(|| Error::Unavailable(format!("Redis did not answer CONFIG GET {name}")))
+/// A `field:value` line of an `INFO` reply.
+pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 /// Key names: `NS:{tag}:what`.
@@ -138,10 +138,6 @@ impl Keys {
     pub(crate) fn category(&self, category: &str, what: &str) -> String {
         format!("{}:{{d:{category}}}:{what}", self.ns)
     }
-}
-
-pub(crate) fn unavailable(e: redis::RedisError) -> Error {
-    Error::Unavailable(format!("redis: {e}"))
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<String> {

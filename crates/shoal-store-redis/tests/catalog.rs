@@ -86,3 +86,39 @@ async fn an_unreachable_redis_is_unavailable() {
         Err(Error::Unavailable(_))
     ));
 }
+
+/// The ports' contract: a write is issued when its method is called, in
+/// call order, even when its future is dropped unpolled.
+#[tokio::test]
+async fn a_dropped_write_still_happens_in_call_order() {
+    use shoal_store::Catalog;
+    let server = RedisServer::start(&[]);
+    let store = store(&server).await;
+    let mut record = conformance::sample_function(&conformance::unique("f"), "main:one");
+    drop(store.deploy_function(record.clone()));
+    record.handler = "main:two".into();
+    drop(store.deploy_function(record.clone()));
+    let versions = store.function_versions(record.name.as_str()).await.unwrap();
+    let handlers: Vec<&str> = versions.iter().map(|v| v.handler.as_str()).collect();
+    assert_eq!(handlers, ["main:one", "main:two"]);
+}
+
+/// Redis restarted (with its append-only file): calls made while it is down
+/// fail as unavailable; the store reconnects by itself, and what was
+/// acknowledged before is there.
+#[tokio::test]
+async fn the_store_reconnects_after_redis_restarts() {
+    use shoal_store::Catalog;
+    let mut server = RedisServer::start(&["--appendfsync", "always"]);
+    let store = store(&server).await;
+    let record = conformance::sample_function(&conformance::unique("f"), "main:run");
+    store.deploy_function(record.clone()).await.unwrap();
+    server.kill();
+    assert!(matches!(
+        store.function(record.name.as_str()).await,
+        Err(Error::Unavailable(_))
+    ));
+    server.restart();
+    let found = store.function(record.name.as_str()).await.unwrap();
+    assert_eq!(found.map(|r| r.version), Some(1));
+}

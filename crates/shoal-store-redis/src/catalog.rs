@@ -1,5 +1,19 @@
 //! The catalog port: functions and their versions and refs, tokens, queue
-//! and limiter records, all under the hash tag `{catalog}`.
+//! and limiter records, code archives and node heartbeats, all under the
+//! hash tag `{catalog}` (small: one slot holds it).
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `NS:{catalog}:fn:NAME` | hash | version → function record (JSON) |
+//! | `NS:{catalog}:fn-last` | hash | name → last version given out (kept after a remove: versions are never reused) |
+//! | `NS:{catalog}:fn-names` | set | names of deployed functions |
+//! | `NS:{catalog}:fn-refs` | hash | name → live pin and aliases (JSON) |
+//! | `NS:{catalog}:tokens` | hash | token id → record (JSON) |
+//! | `NS:{catalog}:token-secrets` | hash | secret's SHA-256 → token id |
+//! | `NS:{catalog}:queues`, `:limiters` | hash | name → record (JSON) |
+//! | `NS:{catalog}:generation` | string | bumped by every write above, in the same script: nodes poll it to notice others' changes |
+//! | `NS:{catalog}:code:SHA256` | string | a function's code archive (tar), by content |
+//! | `NS:{catalog}:nodes` | hash | node id → heartbeat record (JSON) |
 
 use std::collections::BTreeMap;
 
@@ -8,8 +22,8 @@ use std::sync::LazyLock;
 use serde::de::DeserializeOwned;
 
 use shoal_store::{
-    Catalog, Error, FunctionRecord, FunctionRefs, LimiterRecord, Pending, QueueRecord, Result,
-    TokenRecord,
+    Catalog, Error, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
+    Result, TokenRecord,
 };
 
 use crate::conn::{Lua, arg};
@@ -45,6 +59,7 @@ static DEPLOY: LazyLock<Lua> = LazyLock::new(|| {
 local v = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HSET', KEYS[2], v, ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('INCR', KEYS[4])
 return v
 ",
     )
@@ -57,6 +72,7 @@ static REMOVE_FUNCTION: LazyLock<Lua> = LazyLock::new(|| {
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('INCR', KEYS[4])
 return n
 ",
     )
@@ -74,7 +90,31 @@ if old then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('INCR', KEYS[3])
 return 1
+",
+    )
+});
+
+/// Sets a field of a catalog hash; bumps the generation.
+static SET_FIELD: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+",
+    )
+});
+
+/// Removes a field of a catalog hash; bumps the generation when it
+/// existed. 1 when it existed.
+static REMOVE_FIELD: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if n > 0 then redis.call('INCR', KEYS[2]) end
+return n
 ",
     )
 });
@@ -88,6 +128,7 @@ if not json then return 0 end
 local token = cjson.decode(json)
 redis.call('HDEL', KEYS[2], token.secret_sha256)
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[3])
 return 1
 ",
     )
@@ -104,6 +145,7 @@ impl Catalog for RedisStore {
             self.keys.catalog("fn-last"),
             self.keys.function(&name),
             self.keys.catalog("fn-names"),
+            self.keys.catalog("generation"),
         ];
         self.conn
             .script(&*DEPLOY, keys, vec![arg(&name), arg(json)])
@@ -159,6 +201,7 @@ impl Catalog for RedisStore {
             self.keys.function(name),
             self.keys.catalog("fn-names"),
             self.keys.catalog("fn-refs"),
+            self.keys.catalog("generation"),
         ];
         let removed = self
             .conn
@@ -190,6 +233,7 @@ impl Catalog for RedisStore {
         let keys = vec![
             self.keys.catalog("tokens"),
             self.keys.catalog("token-secrets"),
+            self.keys.catalog("generation"),
         ];
         let args = vec![arg(&token.id), arg(&token.secret_sha256), arg(json)];
         let put = self.conn.script::<i64>(&*PUT_TOKEN, keys, args);
@@ -224,6 +268,7 @@ impl Catalog for RedisStore {
         let keys = vec![
             self.keys.catalog("tokens"),
             self.keys.catalog("token-secrets"),
+            self.keys.catalog("generation"),
         ];
         let removed = self.conn.script::<i64>(&*REVOKE_TOKEN, keys, vec![arg(id)]);
         Box::pin(async move { Ok(removed.await? > 0) })
@@ -256,6 +301,66 @@ impl Catalog for RedisStore {
     fn remove_limiter(&self, name: &str) -> Pending<bool> {
         self.remove_record("limiters", name)
     }
+
+    fn put_code(&self, sha256: &str, archive: Vec<u8>) -> Pending<()> {
+        let put = self.conn.query::<()>(
+            redis::cmd("SET")
+                .arg(self.keys.catalog(&format!("code:{sha256}")))
+                .arg(archive)
+                .clone(),
+        );
+        Box::pin(put)
+    }
+
+    fn code(&self, sha256: &str) -> Pending<Option<Vec<u8>>> {
+        self.conn.query(
+            redis::cmd("GET")
+                .arg(self.keys.catalog(&format!("code:{sha256}")))
+                .clone(),
+        )
+    }
+
+    fn catalog_generation(&self) -> Pending<u64> {
+        let generation = self.conn.query::<Option<u64>>(
+            redis::cmd("GET")
+                .arg(self.keys.catalog("generation"))
+                .clone(),
+        );
+        Box::pin(async move { Ok(generation.await?.unwrap_or(0)) })
+    }
+
+    fn put_node(&self, node: NodeRecord) -> Pending<()> {
+        let json = match encode(&node) {
+            Ok(json) => json,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        // Not a catalog change: no generation bump.
+        let put = self.conn.query::<i64>(
+            redis::cmd("HSET")
+                .arg(self.keys.catalog("nodes"))
+                .arg(&node.id)
+                .arg(json)
+                .clone(),
+        );
+        Box::pin(async move {
+            put.await?;
+            Ok(())
+        })
+    }
+
+    fn nodes(&self) -> Pending<Vec<NodeRecord>> {
+        self.records("nodes")
+    }
+
+    fn remove_node(&self, id: &str) -> Pending<bool> {
+        let n = self.conn.query::<i64>(
+            redis::cmd("HDEL")
+                .arg(self.keys.catalog("nodes"))
+                .arg(id)
+                .clone(),
+        );
+        Box::pin(async move { Ok(n.await? > 0) })
+    }
 }
 
 impl RedisStore {
@@ -265,13 +370,10 @@ impl RedisStore {
             Ok(json) => json,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let put = self.conn.query::<i64>(
-            redis::cmd("HSET")
-                .arg(self.keys.catalog(hash))
-                .arg(name)
-                .arg(json)
-                .clone(),
-        );
+        let keys = vec![self.keys.catalog(hash), self.keys.catalog("generation")];
+        let put = self
+            .conn
+            .script::<i64>(&SET_FIELD, keys, vec![arg(name), arg(json)]);
         Box::pin(async move {
             put.await?;
             Ok(())
@@ -309,12 +411,10 @@ impl RedisStore {
 
     /// Removes a named record; true when it existed.
     fn remove_record(&self, hash: &'static str, name: &str) -> Pending<bool> {
-        let n = self.conn.query::<i64>(
-            redis::cmd("HDEL")
-                .arg(self.keys.catalog(hash))
-                .arg(name)
-                .clone(),
-        );
+        let keys = vec![self.keys.catalog(hash), self.keys.catalog("generation")];
+        let n = self
+            .conn
+            .script::<i64>(&REMOVE_FIELD, keys, vec![arg(name)]);
         Box::pin(async move { Ok(n.await? > 0) })
     }
 }

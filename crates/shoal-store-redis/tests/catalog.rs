@@ -122,3 +122,52 @@ async fn the_store_reconnects_after_redis_restarts() {
     let found = store.function(record.name.as_str()).await.unwrap();
     assert_eq!(found.map(|r| r.version), Some(1));
 }
+
+/// Nodes sharing a Redis notice each other's catalog writes by its
+/// generation; code archives and node heartbeats round-trip.
+#[tokio::test]
+async fn the_generation_moves_with_every_catalog_write() {
+    use shoal_store::{Catalog, LimiterRecord, NodeRecord};
+    let server = RedisServer::start(&[]);
+    let store = store(&server).await;
+    let mut last = store.catalog_generation().await.unwrap();
+    let mut moved = |now: u64, what: &str| {
+        assert!(now > last, "{what} did not move the generation");
+        last = now;
+    };
+    let record = conformance::sample_function(&conformance::unique("f"), "main:run");
+    store.deploy_function(record.clone()).await.unwrap();
+    moved(store.catalog_generation().await.unwrap(), "a deploy");
+    let limiter = LimiterRecord {
+        name: conformance::unique("l"),
+        per_second: 1.0,
+        burst: 1,
+        updated_at_ms: 1,
+    };
+    store.put_limiter(limiter.clone()).await.unwrap();
+    moved(store.catalog_generation().await.unwrap(), "a limiter");
+    assert!(store.remove_limiter(&limiter.name).await.unwrap());
+    moved(store.catalog_generation().await.unwrap(), "a limiter removal");
+    assert!(store.remove_function(record.name.as_str()).await.unwrap());
+    moved(store.catalog_generation().await.unwrap(), "a removal");
+
+    let archive = vec![0u8, 255, 1, 2, 3];
+    store.put_code("abc", archive.clone()).await.unwrap();
+    assert_eq!(store.code("abc").await.unwrap(), Some(archive));
+    assert_eq!(store.code("other").await.unwrap(), None);
+
+    let node = NodeRecord {
+        id: "n1".into(),
+        address: "127.0.0.1:7700".into(),
+        version: "0.1.0".into(),
+        started_at_ms: 1,
+        last_seen_ms: 2,
+        running: 3,
+        workers: 4,
+        load: Some(0.5),
+    };
+    store.put_node(node.clone()).await.unwrap();
+    assert_eq!(store.nodes().await.unwrap(), vec![node]);
+    assert!(store.remove_node("n1").await.unwrap());
+    assert!(store.nodes().await.unwrap().is_empty());
+}

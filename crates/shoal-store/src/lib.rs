@@ -574,6 +574,67 @@ pub trait Catalog: Send + Sync + 'static {
     fn limiters(&self) -> Pending<Vec<LimiterRecord>>;
     /// Removes a limiter. True when it existed.
     fn remove_limiter(&self, name: &str) -> Pending<bool>;
+
+    /// Stores a function's code archive under its SHA-256, so every node
+    /// sharing the store can fetch the code of any version it runs. A store
+    /// only one node uses need not keep it (the code is on that node's
+    /// disk): the default keeps nothing.
+    fn put_code(&self, sha256: &str, archive: Vec<u8>) -> Pending<()> {
+        let _ = (sha256, archive);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// A code archive stored with `put_code`.
+    fn code(&self, sha256: &str) -> Pending<Option<Vec<u8>>> {
+        let _ = sha256;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// A number that changes with every write above (functions, refs,
+    /// tokens, queue and limiter records), so nodes sharing the store
+    /// notice what other nodes changed. A store only one node uses may
+    /// answer 0 always (the default).
+    fn catalog_generation(&self) -> Pending<u64> {
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Creates or replaces a node's heartbeat record. A store only one node
+    /// uses need not keep them (the default keeps nothing; the node knows
+    /// itself).
+    fn put_node(&self, node: NodeRecord) -> Pending<()> {
+        let _ = node;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Every node record, sorted by id.
+    fn nodes(&self) -> Pending<Vec<NodeRecord>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Removes a node's record. True when it existed.
+    fn remove_node(&self, id: &str) -> Pending<bool> {
+        let _ = id;
+        Box::pin(std::future::ready(Ok(false)))
+    }
+}
+
+/// A node of a cluster, as its heartbeat last recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Chosen by the node when it starts (a new one each start).
+    pub id: String,
+    /// Where its HTTP API listens, as it was told (`--listen`).
+    pub address: String,
+    /// Shoal's version.
+    pub version: String,
+    pub started_at_ms: u64,
+    pub last_seen_ms: u64,
+    /// Invocations running on it now.
+    pub running: u64,
+    /// Worker processes it has (warm and busy).
+    pub workers: u64,
+    /// Its one-minute load average, when the system tells it.
+    pub load: Option<f64>,
 }
 
 /// What one step of [`Invocations::purge_invocations`] did.

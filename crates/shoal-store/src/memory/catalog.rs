@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    Catalog, FunctionRecord, FunctionRefs, LimiterRecord, Pending, QueueRecord, TokenRecord,
+    Catalog, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
+    TokenRecord,
 };
 
 use super::MemoryStore;
@@ -23,11 +24,18 @@ pub(super) struct CatalogState {
     tokens: BTreeMap<String, TokenRecord>,
     queues: BTreeMap<String, QueueRecord>,
     limiters: BTreeMap<String, LimiterRecord>,
+    /// Bumped by every write above.
+    generation: u64,
+    /// Code archives by SHA-256.
+    code: HashMap<String, Vec<u8>>,
+    /// By id.
+    nodes: BTreeMap<String, NodeRecord>,
 }
 
 impl Catalog for MemoryStore {
     fn deploy_function(&self, mut record: FunctionRecord) -> Pending<u64> {
         self.run(|s| {
+            s.catalog.generation += 1;
             let c = &mut s.catalog;
             let last = c.last_version.entry(record.name.to_string()).or_insert(0);
             *last += 1;
@@ -56,6 +64,7 @@ impl Catalog for MemoryStore {
 
     fn remove_function(&self, name: &str) -> Pending<bool> {
         self.run(|s| {
+            s.catalog.generation += 1;
             s.catalog.refs.remove(name);
             Ok(s.catalog.functions.remove(name).is_some())
         })
@@ -72,6 +81,7 @@ impl Catalog for MemoryStore {
 
     fn put_function_refs(&self, refs: FunctionRefs) -> Pending<()> {
         self.run(|s| {
+            s.catalog.generation += 1;
             s.catalog.refs.insert(refs.name.to_string(), refs);
             Ok(())
         })
@@ -83,6 +93,7 @@ impl Catalog for MemoryStore {
 
     fn put_token(&self, token: TokenRecord) -> Pending<()> {
         self.run(|s| {
+            s.catalog.generation += 1;
             s.catalog.tokens.insert(token.id.clone(), token);
             Ok(())
         })
@@ -100,11 +111,15 @@ impl Catalog for MemoryStore {
     }
 
     fn revoke_token(&self, id: &str) -> Pending<bool> {
-        self.run(|s| Ok(s.catalog.tokens.remove(id).is_some()))
+        self.run(|s| {
+            s.catalog.generation += 1;
+            Ok(s.catalog.tokens.remove(id).is_some())
+        })
     }
 
     fn put_queue(&self, queue: QueueRecord) -> Pending<()> {
         self.run(|s| {
+            s.catalog.generation += 1;
             s.catalog.queues.insert(queue.name.clone(), queue);
             Ok(())
         })
@@ -119,11 +134,15 @@ impl Catalog for MemoryStore {
     }
 
     fn remove_queue(&self, name: &str) -> Pending<bool> {
-        self.run(|s| Ok(s.catalog.queues.remove(name).is_some()))
+        self.run(|s| {
+            s.catalog.generation += 1;
+            Ok(s.catalog.queues.remove(name).is_some())
+        })
     }
 
     fn put_limiter(&self, limiter: LimiterRecord) -> Pending<()> {
         self.run(|s| {
+            s.catalog.generation += 1;
             s.catalog.limiters.insert(limiter.name.clone(), limiter);
             Ok(())
         })
@@ -133,8 +152,41 @@ impl Catalog for MemoryStore {
         self.run(|s| Ok(s.catalog.limiters.values().cloned().collect()))
     }
 
+    fn put_code(&self, sha256: &str, archive: Vec<u8>) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.code.insert(sha256.to_string(), archive);
+            Ok(())
+        })
+    }
+
+    fn code(&self, sha256: &str) -> Pending<Option<Vec<u8>>> {
+        self.run(|s| Ok(s.catalog.code.get(sha256).cloned()))
+    }
+
+    fn catalog_generation(&self) -> Pending<u64> {
+        self.run(|s| Ok(s.catalog.generation))
+    }
+
+    fn put_node(&self, node: NodeRecord) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.nodes.insert(node.id.clone(), node);
+            Ok(())
+        })
+    }
+
+    fn nodes(&self) -> Pending<Vec<NodeRecord>> {
+        self.run(|s| Ok(s.catalog.nodes.values().cloned().collect()))
+    }
+
+    fn remove_node(&self, id: &str) -> Pending<bool> {
+        self.run(|s| Ok(s.catalog.nodes.remove(id).is_some()))
+    }
+
     fn remove_limiter(&self, name: &str) -> Pending<bool> {
-        self.run(|s| Ok(s.catalog.limiters.remove(name).is_some()))
+        self.run(|s| {
+            s.catalog.generation += 1;
+            Ok(s.catalog.limiters.remove(name).is_some())
+        })
     }
 }
 

@@ -258,8 +258,10 @@ impl Invocations for RedisStore {
             return empty();
         }
         let index = match (&filter.function, filter.status) {
-            (Some(f), Some(s)) => self.keys.work(&format!("inv:fs:{f}:{}", s.as_str())),
-            (Some(f), None) => self.keys.work(&format!("inv:f:{f}")),
+            (Some(f), Some(s)) => self
+                .keys
+                .work(&format!("inv:fs:{}:{}", f.as_str(), s.as_str())),
+            (Some(f), None) => self.keys.work(&format!("inv:f:{}", f.as_str())),
             (None, Some(s)) => self.keys.work(&format!("inv:s:{}", s.as_str())),
             (None, None) => self.keys.work("inv:all"),
         };

@@ -77,6 +77,12 @@ impl Tokens {
         Ok(records.iter().map(to_token).collect())
     }
 
+    /// Forgets every verified token (another node sharing the store may
+    /// have revoked one): the next request of each is checked again.
+    pub(crate) fn forget_verified(&self) {
+        self.by_hash.write().unwrap().clear();
+    }
+
     pub(crate) async fn revoke(&self, id: &str) -> Result<()> {
         let _one_at_a_time = self.revoking.lock().await;
         let records = self.env.backend.catalog.tokens().await?;

@@ -18,8 +18,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+
+use tracing::{info, warn};
 
 use shoal_runtime::{PoolStats, Runtime};
 use shoal_store::{
@@ -30,11 +32,12 @@ use shoal_types::Role;
 use crate::auth::{Token, Tokens};
 use crate::categories::{Categories, Category, CategoryOptions, NewDoc, RunningQuery};
 use crate::clock::Clock;
+use crate::cluster::{Cluster, NodeView};
 use crate::consumers::Consumers;
 use crate::dispatch::{Completed, Dispatcher};
 use crate::env::{Env, Options, Random, SystemRandom, Tasks};
 use crate::error::{Removal, Result};
-use crate::functions::{Deploy, DeployOptions, DeployedNow, Functions, Versions};
+use crate::functions::{Deploy, DeployOptions, DeployedNow, Functions, Synced, Versions};
 use crate::invocation::queue_name;
 use crate::jobs::{JobSpec, JobView, Jobs};
 use crate::limits::Limiters;
@@ -45,6 +48,7 @@ use crate::secrets::{SecretInfo, Secrets};
 #[derive(Clone)]
 pub struct Handle {
     env: Arc<Env>,
+    cluster: Arc<Cluster>,
     functions: Arc<Functions>,
     limiters: Arc<Limiters>,
     dispatcher: Arc<Dispatcher>,
@@ -128,6 +132,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         categories,
     ));
     let handle = Handle {
+        cluster: Arc::new(Cluster::new(env.clone())),
         secrets,
         tokens: Arc::new(Tokens::new(env.clone())),
         env,
@@ -135,10 +140,19 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         limiters,
         dispatcher,
     };
+    // Read before loading: a change made meanwhile by another node moves it
+    // past this, and the sync loop picks the change up.
+    let generation = handle.env.backend.catalog.catalog_generation().await?;
+    handle
+        .functions
+        .synced_generation
+        .store(generation, std::sync::atomic::Ordering::Release);
     handle.limiters.load().await?;
     for d in handle.functions.load().await? {
         handle.dispatcher.start_consumers(&d);
     }
+    handle.env.tasks.spawn(handle.clone().sync_loop());
+    handle.env.tasks.spawn(handle.clone().heartbeat_loop());
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());
     crate::retention::start(handle.env.clone());
@@ -210,6 +224,106 @@ impl Handle {
             self.env.runtime.retire(&prev.deployment.key);
         }
         Ok(())
+    }
+
+    /// Follows changes other nodes sharing the store make to the catalog:
+    /// every `catalog_poll`, or at once after a lookup missed, compares the
+    /// catalog generation with the one last synced and, when it moved,
+    /// reloads functions (starting and stopping consumers and pools),
+    /// limiters, and forgets verified tokens.
+    async fn sync_loop(self) {
+        let poll = self.env.opts.node.catalog_poll;
+        loop {
+            tokio::select! {
+                _ = self.env.tasks.stopping() => return,
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.functions.sync_wanted.notified() => {}
+            }
+            let mut changes = self.functions.take_unapplied();
+            match self.env.backend.catalog.catalog_generation().await {
+                Ok(generation) => {
+                    let synced = self.functions.synced_generation.load(Ordering::Acquire);
+                    if generation != synced {
+                        match self.sync_catalog().await {
+                            Ok(synced) => {
+                                self.functions
+                                    .synced_generation
+                                    .store(generation, Ordering::Release);
+                                changes.push(synced);
+                            }
+                            Err(e) => warn!(error = %e, "Syncing the catalog failed; retrying."),
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "Reading the catalog generation failed; retrying."),
+            }
+            for synced in changes {
+                self.apply(synced).await;
+            }
+        }
+    }
+
+    /// Reloads what the catalog holds besides functions' consumers.
+    async fn sync_catalog(&self) -> Result<Synced> {
+        let synced = self.functions.sync().await?;
+        self.limiters.load().await?;
+        self.tokens.forget_verified();
+        Ok(synced)
+    }
+
+    /// Starts what became live through another node and stops what was
+    /// removed there.
+    async fn apply(&self, synced: Synced) {
+        for now in &synced.live {
+            let d = &now.current;
+            match self.went_live(now).await {
+                Ok(()) => {
+                    info!(function = %d.record.name, version = d.record.version, "Function version live (changed through another node).")
+                }
+                Err(e) => {
+                    warn!(function = %d.record.name, error = %e, "Starting a version another node made live failed.")
+                }
+            }
+        }
+        for (name, versions) in &synced.removed {
+            for d in versions {
+                self.env.runtime.retire(&d.deployment.key);
+            }
+            self.dispatcher.wake_async(name);
+            info!(function = %name, "Function removed (through another node).");
+        }
+    }
+
+    /// Writes this node's heartbeat into the store every `heartbeat`.
+    async fn heartbeat_loop(self) {
+        let every = self.env.opts.node.heartbeat;
+        loop {
+            if let Err(e) = self.env.backend.catalog.put_node(self.node_record()).await {
+                warn!(error = %e, "Writing the node's heartbeat failed; retrying.");
+            }
+            tokio::select! {
+                _ = self.env.tasks.stopping() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// This node's heartbeat record as of now.
+    fn node_record(&self) -> shoal_store::NodeRecord {
+        let stats = self.env.runtime.stats();
+        let busy: usize = stats.iter().map(|p| p.busy).sum();
+        let idle: usize = stats.iter().map(|p| p.idle).sum();
+        self.cluster.record(busy as u64, (busy + idle) as u64)
+    }
+
+    /// Every node sharing the store, this one first.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+        self.cluster.nodes(self.node_record()).await
+    }
+
+    /// This node's id (new at each start).
+    pub fn node_id(&self) -> &str {
+        self.cluster.id()
     }
 
     /// The token a bearer secret belongs to, if any.

@@ -47,6 +47,31 @@ pub struct Options {
     pub retention: Option<Duration>,
     /// How often the retention sweep looks for records past `retention`.
     pub retention_sweep: Duration,
+    /// This node among the nodes sharing its store.
+    pub node: NodeOptions,
+}
+
+/// How a node takes part in a cluster (nodes sharing one store).
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Where its HTTP API listens, as others should reach it (shown by
+    /// `shoal nodes`).
+    pub address: String,
+    /// How often it writes its heartbeat into the store.
+    pub heartbeat: Duration,
+    /// How often it looks whether another node changed the catalog
+    /// (functions, tokens, limiters); a lookup that misses looks at once.
+    pub catalog_poll: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> NodeOptions {
+        NodeOptions {
+            address: String::new(),
+            heartbeat: Duration::from_secs(5),
+            catalog_poll: Duration::from_millis(250),
+        }
+    }
 }
 
 impl Options {
@@ -62,6 +87,7 @@ impl Options {
             max_job_children: 100_000,
             retention: Some(Duration::from_secs(30 * 24 * 3600)),
             retention_sweep: Duration::from_secs(600),
+            node: NodeOptions::default(),
         }
     }
 }

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -71,6 +72,13 @@ pub(crate) struct Functions {
     secrets: Arc<Secrets>,
     registry: RwLock<Registry>,
     rules: tokio::sync::Mutex<()>,
+    /// The catalog generation the registry was last synced to.
+    pub(crate) synced_generation: AtomicU64,
+    /// Syncs done on a lookup miss, for the engine's sync loop to apply
+    /// (consumers, pools).
+    unapplied: Mutex<Vec<Synced>>,
+    /// Wakes the sync loop.
+    pub(crate) sync_wanted: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -97,6 +105,16 @@ pub(crate) struct DeployedNow {
     pub(crate) current: Arc<Deployed>,
     /// The version it replaced as the live one, if any.
     pub(crate) previous: Option<Arc<Deployed>>,
+}
+
+/// What a catalog sync changed on this node.
+#[derive(Default)]
+pub(crate) struct Synced {
+    /// Versions that became live.
+    pub(crate) live: Vec<DeployedNow>,
+    /// Functions removed through another node, with the versions this node
+    /// had of them.
+    pub(crate) removed: Vec<(String, Vec<Arc<Deployed>>)>,
 }
 
 /// How a deploy ended.
@@ -139,6 +157,9 @@ impl Functions {
             secrets,
             registry: RwLock::new(Registry::default()),
             rules: tokio::sync::Mutex::new(()),
+            synced_generation: AtomicU64::new(0),
+            unapplied: Mutex::new(Vec::new()),
+            sync_wanted: tokio::sync::Notify::new(),
         }
     }
 
@@ -162,7 +183,16 @@ impl Functions {
                 v if v == newest => record,
                 v => catalog.function_version(&name, v).await?.unwrap_or(record),
             };
-            let d = self.deployed(record);
+            let d = match self.fetched(record).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // One function whose code cannot be had does not keep
+                    // the node from serving the others; the next catalog
+                    // sync tries again.
+                    tracing::error!(function = %name, error = %e, "Cannot load the live version of a function; it is not served by this node.");
+                    continue;
+                }
+            };
             let mut registry = self.registry.write().unwrap();
             registry.insert_version(d.clone());
             registry.latest.insert(d.record.name.clone(), d.clone());
@@ -181,9 +211,11 @@ impl Functions {
     pub(crate) async fn deploy(&self, archive: Vec<u8>, opts: DeployOptions) -> Result<Deploy> {
         self.env.accepting()?;
         let data_dir = self.env.opts.data_dir.clone();
-        let unpacked = tokio::task::spawn_blocking(move || unpack(&data_dir, &archive))
-            .await
-            .map_err(Error::unavailable)??;
+        let (unpacked, archive) = tokio::task::spawn_blocking(move || {
+            unpack(&data_dir, &archive).map(|unpacked| (unpacked, archive))
+        })
+        .await
+        .map_err(Error::unavailable)??;
         if !opts.dry_run
             && let Some(live) = self.latest(unpacked.manifest.name.as_str())
             && live.record.code_digest.as_deref() == Some(unpacked.digest.as_str())
@@ -212,8 +244,14 @@ impl Functions {
         if opts.dry_run {
             return Ok(Deploy::Checked(Box::new(record)));
         }
-        // The code is in place before the version that names it is recorded.
+        // The code is in place (on this node's disk, and in the store for
+        // the other nodes) before the version that names it is recorded.
         staged.install().map_err(io_err)?;
+        self.env
+            .backend
+            .catalog
+            .put_code(&record.code_sha256, archive)
+            .await?;
         record.version = self
             .env
             .backend
@@ -463,6 +501,151 @@ impl Functions {
         Ok(())
     }
 
+    /// A version from the store ready to run on this node: its code is
+    /// fetched from the store by content hash when this node does not have
+    /// it (a version deployed through another node), and its environment
+    /// prepared here.
+    async fn fetched(&self, record: FunctionRecord) -> Result<Arc<Deployed>> {
+        let data_dir = self.env.opts.data_dir.clone();
+        let code_dir = data_dir.join(&record.code_dir);
+        let have_code = tokio::fs::try_exists(&code_dir).await.unwrap_or(false);
+        if !have_code {
+            let archive = self
+                .env
+                .backend
+                .catalog
+                .code(&record.code_sha256)
+                .await?
+                .ok_or_else(|| {
+                    Error::unavailable(format!(
+                        "the code of {}@{} is not on this node and the store does not have it (sha256 {})",
+                        record.name, record.version, record.code_sha256
+                    ))
+                })?;
+            let unpacked = tokio::task::spawn_blocking(move || unpack(&data_dir, &archive))
+                .await
+                .map_err(Error::unavailable)??;
+            if unpacked.code_dir != record.code_dir {
+                return Err(Error::unavailable(format!(
+                    "the stored code of {}@{} unpacks to {}, not {}",
+                    record.name, record.version, unpacked.code_dir, record.code_dir
+                )));
+            }
+            unpacked.staged.install().map_err(io_err)?;
+            tracing::info!(function = %record.name, version = record.version, "Fetched a function's code from the store.");
+        }
+        let env_ready = match &record.env_dir {
+            None => true,
+            Some(dir) => tokio::fs::try_exists(self.env.opts.data_dir.join(dir))
+                .await
+                .unwrap_or(false),
+        };
+        let mut d = Arc::unwrap_or_clone(self.deployed(record));
+        if !env_ready {
+            // Built here from the same requirements (a cache by content).
+            let prepared = self.env.runtime.prepare(code_dir).await?;
+            d.deployment.env_dir = prepared.env_dir;
+        }
+        Ok(Arc::new(d))
+    }
+
+    /// Syncs made on lookup misses, not yet applied by the engine.
+    pub(crate) fn take_unapplied(&self) -> Vec<Synced> {
+        std::mem::take(&mut *self.unapplied.lock().unwrap())
+    }
+
+    /// Brings this node's registry up to what the store holds, after other
+    /// nodes sharing it deployed, rolled back or removed functions: returns
+    /// the versions that became live here and the functions removed, for
+    /// the engine to start and stop their consumers and pools.
+    pub(crate) async fn sync(&self) -> Result<Synced> {
+        let _rules = self.rules.lock().await;
+        let catalog = &self.env.backend.catalog;
+        let records = catalog.functions().await?;
+        let mut refs: HashMap<String, FunctionRefs> = catalog
+            .function_refs()
+            .await?
+            .into_iter()
+            .map(|r| (r.name.to_string(), r))
+            .collect();
+        let mut synced = Synced::default();
+        let mut stored = std::collections::HashSet::new();
+        for record in records {
+            let name = record.name.to_string();
+            stored.insert(name.clone());
+            let newest = record.version;
+            let function_refs = refs.remove(&name);
+            let live = function_refs.as_ref().map_or(newest, |r| r.live(newest));
+            let current = self.latest(&name);
+            {
+                let mut registry = self.registry.write().unwrap();
+                registry.newest.insert(name.clone(), newest);
+                match function_refs {
+                    Some(r) => registry.refs.insert(name.clone(), r),
+                    None => registry.refs.remove(&name),
+                };
+            }
+            if current.as_ref().is_some_and(|c| c.record.version == live) {
+                continue;
+            }
+            let record = match live {
+                v if v == newest => record,
+                v => match catalog.function_version(&name, v).await? {
+                    Some(r) => r,
+                    None => record,
+                },
+            };
+            let known = self
+                .registry
+                .read()
+                .unwrap()
+                .versions
+                .get(&(name.clone(), record.version))
+                .cloned();
+            let d = match known {
+                Some(d) => d,
+                None => match self.fetched(record).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(function = %name, error = %e, "Cannot load a version another node made live; trying again at the next sync.");
+                        continue;
+                    }
+                },
+            };
+            let mut registry = self.registry.write().unwrap();
+            registry.insert_version(d.clone());
+            let previous = registry.latest.insert(d.record.name.clone(), d.clone());
+            synced.live.push(DeployedNow {
+                current: d,
+                previous,
+            });
+        }
+        let mut registry = self.registry.write().unwrap();
+        let gone: Vec<FunctionName> = registry
+            .latest
+            .keys()
+            .filter(|n| !stored.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            registry.latest.remove(&name);
+            registry.newest.remove(name.as_str());
+            registry.refs.remove(name.as_str());
+            let keys: Vec<_> = registry
+                .versions
+                .keys()
+                .filter(|(n, _)| n == name.as_str())
+                .cloned()
+                .collect();
+            let versions = keys
+                .into_iter()
+                .filter_map(|k| registry.versions.remove(&k))
+                .collect();
+            synced.removed.push((name.to_string(), versions));
+        }
+        Ok(synced)
+    }
+
     /// A version from the registry's cache, or built from its record.
     fn cached(&self, record: FunctionRecord) -> Arc<Deployed> {
         let key = (record.name.to_string(), record.version);
@@ -605,6 +788,44 @@ impl Functions {
         };
         let fname = parse_name(base)?;
         self.env.accepting()?;
+        match self.resolve_here(&fname, name, reference).await {
+            // Deployed (or aliased) through another node sharing the store
+            // since this node last synced: sync now, then look again.
+            Err(Error::NotFound { .. }) if self.sync_on_miss().await => {
+                self.resolve_here(&fname, name, reference).await
+            }
+            found => found,
+        }
+    }
+
+    /// After a miss: syncs the registry with the store, unless the
+    /// generation did not move since the last sync. True when it synced;
+    /// the changes are handed to the engine's sync loop to apply.
+    async fn sync_on_miss(&self) -> bool {
+        let Ok(generation) = self.env.backend.catalog.catalog_generation().await else {
+            return false;
+        };
+        if generation == self.synced_generation.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.sync().await {
+            Ok(synced) => {
+                self.synced_generation.store(generation, Ordering::Release);
+                self.unapplied.lock().unwrap().push(synced);
+                self.sync_wanted.notify_one();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// [`resolve`](Self::resolve) in this node's registry.
+    async fn resolve_here(
+        &self,
+        fname: &FunctionName,
+        name: &str,
+        reference: Option<&str>,
+    ) -> Result<Arc<Deployed>> {
         let live = self
             .latest(fname.as_str())
             .ok_or_else(|| Error::not_found(Entity::Function, fname.as_str()))?;
@@ -649,7 +870,7 @@ impl Functions {
         else {
             return Ok(None);
         };
-        let d = self.deployed(record);
+        let d = self.fetched(record).await?;
         self.registry.write().unwrap().insert_version(d.clone());
         Ok(Some(d))
     }

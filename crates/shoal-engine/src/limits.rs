@@ -38,9 +38,13 @@ impl Limiters {
         }
     }
 
-    /// Installs every stored limiter.
+    /// Installs every stored limiter, and drops those no longer stored
+    /// (removed through another node sharing the store).
     pub(crate) async fn load(&self) -> Result<()> {
-        for limiter in self.env.backend.catalog.limiters().await? {
+        let stored = self.env.backend.catalog.limiters().await?;
+        self.rates
+            .retain(|name| stored.iter().any(|l| l.name == name));
+        for limiter in stored {
             self.rates.set(&limiter);
         }
         Ok(())
@@ -140,6 +144,11 @@ impl Rates {
 
     pub(crate) fn remove(&self, name: &str) {
         self.state.lock().unwrap().remove(name);
+    }
+
+    /// Keeps only the limiters `keep` says yes to.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.state.lock().unwrap().retain(|name, _| keep(name));
     }
 
     /// Takes up to `want` tokens from `name` at `now_ms`. Returns how many

@@ -111,6 +111,11 @@ impl Node {
         }
     }
 
+    /// The engine's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
+    }
+
     /// Deploys a function from its `shoal.toml` text (with a `main.py`
     /// the fake runtime never runs).
     pub async fn deploy(&self, manifest: &str) -> FunctionRecord {

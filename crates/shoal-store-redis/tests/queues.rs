@@ -57,3 +57,109 @@ cases!(
     queue_cleanup::queue_redrive_and_purge_dead,
     queue_cleanup::queue_purge,
 );
+
+/// A keyed lease passes over a key at its limit in one step, however many
+/// messages the key holds: the other keys' messages behind them are taken.
+#[tokio::test]
+async fn a_busy_key_never_holds_back_the_others() {
+    use shoal_store::{KeyLimit, NewMessage};
+    let server = RedisServer::start(&[]);
+    let b = backend(&server).await;
+    let q = conformance::unique("busy");
+    let message = |id: String, key: &str, due_ms: u64| NewMessage {
+        id,
+        body: Vec::new(),
+        due_ms,
+        sent_ms: due_ms,
+        dedup: None,
+        key: Some(key.to_string()),
+    };
+    let busy: Vec<NewMessage> = (0..5_000)
+        .map(|i| message(format!("a{i:05}"), "busy", 1_000 + i))
+        .collect();
+    b.queues.send(&q, busy).await.unwrap();
+    b.queues
+        .send(&q, vec![message("b".into(), "calm", 10_000)])
+        .await
+        .unwrap();
+    let limit = KeyLimit {
+        per_key: 2,
+        running: [("busy".to_string(), 2)].into(),
+    };
+    let leased = b
+        .queues
+        .lease_keyed(&q, 20_000, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = leased.deliveries.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["b"]);
+    // Their leases lapse; the busy key has room for one: the oldest.
+    let limit = KeyLimit {
+        per_key: 1,
+        running: Default::default(),
+    };
+    let leased = b
+        .queues
+        .lease_keyed(&q, 21_000, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = leased.deliveries.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["b", "a00000"]);
+}
+
+/// Once every message is gone (acked, dead-lettered and purged), the queue
+/// leaves only its counters and deduplication keys behind: the per-key
+/// groups and heads are emptied with the messages.
+#[tokio::test]
+async fn an_emptied_queue_leaves_only_its_counters_and_dedup_keys() {
+    use shoal_store::NewMessage;
+    let server = RedisServer::start(&[]);
+    let b = backend(&server).await;
+    let q = conformance::unique("empty");
+    let message = |id: &str, key: Option<&str>, due_ms: u64| NewMessage {
+        id: id.to_string(),
+        body: id.as_bytes().to_vec(),
+        due_ms,
+        sent_ms: due_ms,
+        dedup: Some((format!("d-{id}"), 1_000_000)),
+        key: key.map(str::to_string),
+    };
+    let sent = vec![
+        message("a", Some("t1"), 10),
+        message("b", Some("t1"), 20),
+        message("c", Some("t2"), 30),
+        message("d", None, 40),
+        message("e", None, 5_000),
+        message("f", Some("t2"), 5_000),
+    ];
+    b.queues.send(&q, sent).await.unwrap();
+    let leased = b.queues.lease(&q, 100, 3, 1_000).await.unwrap();
+    assert_eq!(leased.deliveries.len(), 3);
+    b.queues.nack(&q, "a", 50).await.unwrap();
+    b.queues.ack(&q, vec!["b".into()]).await.unwrap();
+    b.queues
+        .dead_letter(&q, "c", "x".into(), 100)
+        .await
+        .unwrap();
+    b.queues
+        .dead_letter(&q, "d", "x".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!(b.queues.redrive(&q, None, 200).await.unwrap(), 2);
+    assert_eq!(b.queues.purge(&q).await.unwrap(), 5);
+    assert_eq!(b.queues.purge_dead(&q, None).await.unwrap(), 0);
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*:q:{q}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let suffixes: Vec<&str> = keys
+        .iter()
+        .map(|k| k.rsplit(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(suffixes, ["counters", "dedup"], "{keys:?}");
+}

@@ -411,8 +411,12 @@ impl Docs for RedisStore {
         let deleted = self
             .conn
             .script::<i64>(&DELETE, self.category_keys(name), Vec::new());
-        let _mark = self.mark(name);
-        Box::pin(async move { Ok(deleted.await? == 1) })
+        let mark = self.mark(name);
+        Box::pin(async move {
+            let deleted = deleted.await? == 1;
+            mark.await?;
+            Ok(deleted)
+        })
     }
 
     fn delete_category_if_empty(&self, name: &str) -> Pending<u64> {

@@ -184,12 +184,18 @@ static CANCEL: LazyLock<Lua> = LazyLock::new(|| {
 local w = KEYS[1]
 if redis.call('EXISTS', w .. 'job:' .. ARGV[1]) == 0 then return 0 end
 local todo = {ARGV[1]}
+local seen = {[ARGV[1]] = true}
 local n = 1
 while n <= #todo do
   local jk = w .. 'job:' .. todo[n]
   local f = redis.call('HMGET', jk, 'total', 'finished_at', 'cancelled_at')
   if f[1] and not f[2] and not f[3] then redis.call('HSET', jk, 'cancelled_at', ARGV[2]) end
-  for _, sub in ipairs(redis.call('ZRANGE', jk .. ':subs', 0, -1)) do todo[#todo + 1] = sub end
+  for _, sub in ipairs(redis.call('ZRANGE', jk .. ':subs', 0, -1)) do
+    if not seen[sub] then
+      seen[sub] = true
+      todo[#todo + 1] = sub
+    end
+  end
   n = n + 1
 end
 return 1

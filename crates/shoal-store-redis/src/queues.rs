@@ -219,7 +219,7 @@ if max > 0 then
   if limited then bound = max + EXPIRED_SCAN end
   local off = 0
   while #taken < max and off < bound do
-    local batch = redis.call('ZRANGE', p .. 'leased', '-inf', now, 'BYSCORE', 'LIMIT', off,
+    local batch = redis.call('ZRANGE', p .. 'leased', '-inf', ARGV[2], 'BYSCORE', 'LIMIT', off,
       math.min(100, bound - off))
     if #batch == 0 then break end
     for _, mem in ipairs(batch) do
@@ -237,7 +237,7 @@ end
 -- Then waiting messages that are due, by due time then send order.
 if #taken < max then
   if not limited then
-    local batch = redis.call('ZRANGE', p .. 'ready', '-inf', now, 'BYSCORE', 'LIMIT', 0,
+    local batch = redis.call('ZRANGE', p .. 'ready', '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0,
       max - #taken)
     for _, mem in ipairs(batch) do
       local id = string.sub(mem, 22)
@@ -265,11 +265,12 @@ if #taken < max then
   end
 end
 local out = {false, untilms}
+local lease = string.format('%d', untilms)
 for _, id in ipairs(taken) do
   local mk = p .. 'm:' .. id
   local f = redis.call('HMGET', mk, 'mem', 'body', 'failures', 'starts', 'key')
-  redis.call('ZADD', p .. 'leased', untilms, f[1])
-  redis.call('HSET', mk, 'lease', untilms)
+  redis.call('ZADD', p .. 'leased', lease, f[1])
+  redis.call('HSET', mk, 'lease', lease)
   out[#out + 1] = id
   out[#out + 1] = f[2]
   out[#out + 1] = tonumber(f[3])
@@ -514,7 +515,7 @@ for _, queue in ipairs(redis.call('SMEMBERS', w .. 'q-sampled')) do
 end
 -- Deduplication keys whose window ended by the latest time seen: no send
 -- at or after it can find them held.
-local ended = redis.call('ZRANGE', w .. 'q-dedup', '-inf', now, 'BYSCORE', 'LIMIT', 0, DEDUP_PRUNE)
+local ended = redis.call('ZRANGE', w .. 'q-dedup', '-inf', string.format('%d', now), 'BYSCORE', 'LIMIT', 0, DEDUP_PRUNE)
 for _, member in ipairs(ended) do
   local c = string.find(member, ':', 1, true)
   local len = tonumber(string.sub(member, 1, c - 1))

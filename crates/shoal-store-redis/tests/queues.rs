@@ -163,3 +163,46 @@ async fn an_emptied_queue_leaves_only_its_counters_and_dedup_keys() {
         .collect();
     assert_eq!(suffixes, ["counters", "dedup"], "{keys:?}");
 }
+
+/// `record_samples` forgets deduplication keys whose window ended by the
+/// latest time it saw (they could not hold back any later send), and only
+/// those.
+#[tokio::test]
+async fn samples_forget_ended_dedup_keys() {
+    use shoal_store::NewMessage;
+    let server = RedisServer::start(&[]);
+    let b = backend(&server).await;
+    let q = conformance::unique("prune");
+    let message = |id: &str, key: &str, until_ms: u64| NewMessage {
+        id: id.to_string(),
+        body: Vec::new(),
+        due_ms: 0,
+        sent_ms: 0,
+        dedup: Some((key.to_string(), until_ms)),
+        key: None,
+    };
+    b.queues
+        .send(
+            &q,
+            vec![message("a", "ends", 100), message("b", "stays", 300)],
+        )
+        .await
+        .unwrap();
+    b.queues.record_samples(Vec::new(), 200).await.unwrap();
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut held: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("shoal-test:{{w}}:q:{q}:dedup"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    held.sort();
+    assert_eq!(held, ["stays"]);
+    let indexed: u64 = redis::cmd("ZCARD")
+        .arg("shoal-test:{w}:q-dedup")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 1);
+}

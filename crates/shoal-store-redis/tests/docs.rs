@@ -116,7 +116,12 @@ async fn a_dropped_create_is_placed_by_the_first_read() {
     let server = RedisServer::start(&[]);
     let (a, b) = (store(&server).await, store(&server).await);
     drop(a.create_category("first", 3, 8, T));
+    // A's calls run in order: once this answers, the create has run.
+    a.info("server").await.unwrap();
+    let key = format!("{}:{{d:first}}:cat", server.options().namespace);
+    assert_eq!(cli(&server, &["HGET", &key, "start"]).trim(), "", "placed");
     let from_b = b.category("first").await.unwrap().expect("created");
+    assert_eq!(cli(&server, &["HGET", &key, "start"]).trim(), "0");
     assert_eq!(from_b.slots, [0, 1, 2]);
     assert_eq!(a.category("first").await.unwrap(), Some(from_b.clone()));
     let (again, created) = a.create_category("first", 5, 8, T).await.unwrap();

@@ -169,8 +169,8 @@ async fn a_leaf_completes_the_whole_tree_in_one_write() {
         .create_job(job(&leaf, 2, None, slot(&mid, 0)), vec![], &queue, vec![])
         .await
         .unwrap();
-    assert_eq!(b.jobs.sub_jobs(&top).await.unwrap(), [mid.clone()]);
-    assert_eq!(b.jobs.sub_jobs(&mid).await.unwrap(), [leaf.clone()]);
+    assert_eq!(b.jobs.sub_jobs(&top).await.unwrap(), vec![mid.clone()]);
+    assert_eq!(b.jobs.sub_jobs(&mid).await.unwrap(), vec![leaf.clone()]);
 
     b.jobs
         .finish_child(&top, succeeded(0), T + 1)
@@ -187,7 +187,7 @@ async fn a_leaf_completes_the_whole_tree_in_one_write() {
         .unwrap();
     assert!(f.recorded);
     assert_eq!(f.completed, [leaf.clone(), mid.clone(), top.clone()]);
-    assert_eq!(f.sent_to, [then_q.clone()]);
+    assert_eq!(f.sent_to, vec![then_q.clone()]);
 
     let filled = &b.jobs.child_results(&top, 1, 10).await.unwrap()[0];
     assert_eq!(filled.invocation, format!("{mid}-inv"));

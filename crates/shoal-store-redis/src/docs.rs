@@ -43,6 +43,11 @@
 //! between) does `PLACE` and `PATCH` itself, so the record always gets one
 //! placement and every reader agrees on it.
 //!
+//! The catalog's call comes first because the list is only ever read
+//! through the records: a name listed without a record is skipped, while a
+//! record whose name never reached the list could not be found by
+//! `categories()` at all.
+//!
 //! A delete is `DELETE` (category slot) then `MARK` (catalog: the name's
 //! entry becomes `-`, so the next create of the name advances the
 //! counter); `delete_category_if_empty` marks only once its script says it
@@ -60,7 +65,14 @@
 //! - A create on one node racing a delete on another can leave a live record
 //!   whose entry says `-`: the name is still listed, so the category is
 //!   shown; the next create of the name advances the counter once more for
-//!   nothing.
+//!   nothing (the record keeps the start it has: the record wins over the
+//!   list).
+//!
+//! Calls per operation: `category` one `HMGET` (plus `PLACE` and `PATCH`
+//! once, for a record a create did not finish placing); `put_docs` one
+//! script whatever the number of documents; `get_doc`, `delete_docs`,
+//! `scan_shard` (O(limit)), `shard_stats` (O(shards)) one script each;
+//! `categories` one `HKEYS` and one `HMGET` per listed name, pipelined.
 //!
 //! Because names are kept, the list (and `categories()`) grows with every
 //! name ever created, not only the live ones; so does the `cat` hash per

@@ -92,7 +92,7 @@ fn script(body: &str) -> Lua {
     Lua::new(text)
 }
 
-/// KEYS[1] = W. ARGV: job id, record JSON, total, parent ('' or '=' +
+/// `KEYS[1]` = W. ARGV: job id, record JSON, total, parent ('' or '=' +
 /// id), plan queue ('' or '=' + name), continues job ('' or '=' + id),
 /// continues index, invocation, fill_ok, created_at, the number of plan
 /// arguments, the plan arguments, queue, the number of children, the
@@ -139,7 +139,7 @@ return 1
     )
 });
 
-/// KEYS[1] = W. ARGV: job, index, class ('s', 'c', 'f'), result JSON, now.
+/// `KEYS[1]` = W. ARGV: job, index, class ('s', 'c', 'f'), result JSON, now.
 /// Returns {'nojob'}, {'range', total} or {'ok', recorded, n, n completed
 /// jobs, queues sent to}.
 static FINISH: LazyLock<Lua> = LazyLock::new(|| {
@@ -159,7 +159,7 @@ return job_reply(out, 1)
     )
 });
 
-/// KEYS[1] = W. ARGV: job, the index zset ('done' or 'failed'), lower
+/// `KEYS[1]` = W. ARGV: job, the index zset ('done' or 'failed'), lower
 /// score bound, limit. Returns the results' JSON in index order.
 static RESULTS: LazyLock<Lua> = LazyLock::new(|| {
     script(
@@ -177,7 +177,7 @@ return out
     )
 });
 
-/// KEYS[1] = W. ARGV: job, now. Returns 0 when the job does not exist.
+/// `KEYS[1]` = W. ARGV: job, now. Returns 0 when the job does not exist.
 static CANCEL: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"

@@ -23,12 +23,14 @@
 //! Bounds: a plain lease reads at most `max` expired leases and `max`
 //! waiting messages. A keyed lease walks the heads of the keys (one step
 //! per key), so passing over a busy key costs one step however many
-//! messages it holds: at most `max` + (keys at their limit) steps; its walk
-//! of expired leases reads at most `max + EXPIRED_SCAN` of them (further
-//! expired leases of keys at their limit wait for a later lease). `purge`,
-//! `redrive` and `purge_dead` of a whole queue touch every message they
-//! move; `record_samples` forgets at most `DEDUP_PRUNE` deduplication keys
-//! per call. Numbers in Lua are doubles: times must stay below 2^53 ms.
+//! messages it holds: at most `max` + (keys at their limit) steps, and the
+//! keys at their limit are at most those in `running` plus the `max` this
+//! lease fills (every key when `per_key` is 0). Its walk of expired leases
+//! reads at most `max + EXPIRED_SCAN` of them (further expired leases of
+//! keys at their limit wait for a later lease). `purge`, `redrive` and
+//! `purge_dead` of a whole queue touch every message they move;
+//! `record_samples` forgets at most `DEDUP_PRUNE` deduplication keys per
+//! call. Numbers in Lua are doubles: times must stay below 2^53 ms.
 //!
 //! For the other work ports, [`ENQUEUE_LUA`] is a Lua snippet defining
 //! `local function enqueue(w, queue, a, i)`: `w` is the work prefix
@@ -176,7 +178,7 @@ fn script(body: &str) -> Lua {
     Lua::new(format!("{ENQUEUE_LUA}{body}"))
 }
 
-/// KEYS[1] = W; ARGV = queue, then messages.
+/// `KEYS[1]` = W; ARGV = queue, then messages.
 static SEND: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -190,7 +192,7 @@ return out
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, now, max, visibility, per_key ('' without a
+/// `KEYS[1]` = W; ARGV = queue, now, max, visibility, per_key ('' without a
 /// limit), then running (key, count) pairs. Returns next due (or false),
 /// lease end, then id, body, failures, starts, key per delivery.
 static LEASE: LazyLock<Lua> = LazyLock::new(|| {
@@ -288,7 +290,7 @@ return out
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, id, lease end.
+/// `KEYS[1]` = W; ARGV = queue, id, lease end.
 static EXTEND: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -303,7 +305,7 @@ return 1
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, ids.
+/// `KEYS[1]` = W; ARGV = queue, ids.
 static ACK: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -323,7 +325,7 @@ return n
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, id, due.
+/// `KEYS[1]` = W; ARGV = queue, id, due.
 static NACK: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -346,7 +348,7 @@ return 1
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, ids.
+/// `KEYS[1]` = W; ARGV = queue, ids.
 static STARTED: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -360,7 +362,7 @@ return 1
     )
 });
 
-/// KEYS[1] = W; ARGV = queue. Returns waiting, in flight, dead, oldest sent.
+/// `KEYS[1]` = W; ARGV = queue. Returns waiting, in flight, dead, oldest sent.
 static DEPTH: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -374,7 +376,7 @@ return {redis.call('ZCARD', p .. 'ready'), redis.call('ZCARD', p .. 'leased'),
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, id, reason, now.
+/// `KEYS[1]` = W; ARGV = queue, id, reason, now.
 static DEAD_LETTER: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -397,7 +399,7 @@ return 1
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, lower bound ('-' or '(' + after), limit.
+/// `KEYS[1]` = W; ARGV = queue, lower bound ('-' or '(' + after), limit.
 /// Returns id, body, failures, sent, dead_at, reason per dead letter.
 static DEAD_LETTERS: LazyLock<Lua> = LazyLock::new(|| {
     script(
@@ -422,7 +424,7 @@ return out
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, now, 'all' or 'ids', ids.
+/// `KEYS[1]` = W; ARGV = queue, now, 'all' or 'ids', ids.
 static REDRIVE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -450,7 +452,7 @@ return n
     )
 });
 
-/// KEYS[1] = W; ARGV = queue, 'all' or 'ids', ids.
+/// `KEYS[1]` = W; ARGV = queue, 'all' or 'ids', ids.
 static PURGE_DEAD: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -473,7 +475,7 @@ return n
     )
 });
 
-/// KEYS[1] = W; ARGV = queue.
+/// `KEYS[1]` = W; ARGV = queue.
 static PURGE: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
@@ -494,7 +496,7 @@ return #waiting
     )
 });
 
-/// KEYS[1] = W; ARGV = keep_after, then (queue, at, member) per sample.
+/// `KEYS[1]` = W; ARGV = keep_after, then (queue, at, member) per sample.
 static RECORD_SAMPLES: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"

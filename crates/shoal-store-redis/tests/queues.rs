@@ -206,3 +206,124 @@ async fn samples_forget_ended_dedup_keys() {
         .unwrap();
     assert_eq!(indexed, 1);
 }
+
+/// Random operations on one queue, applied to Redis and to the in-memory
+/// reference store, answer the same (leases in order, depths, counters,
+/// dead letters), with ids and keys that hold `:` and non-ASCII text.
+#[tokio::test]
+async fn random_operations_answer_as_the_reference_store() {
+    use shoal_store::{KeyLimit, NewMessage, Queues};
+    let server = RedisServer::start(&[]);
+    let redis = backend(&server).await.queues;
+    let memory = MemoryStore::new();
+    let q = conformance::unique("random");
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let ids = ["a", "b:1", "c", "d:é", "e", "f", "g", "h"];
+    let keys = [None, Some("k:1"), Some("k2"), Some("")];
+    let mut now = 1_000u64;
+    let mut delivered = 0;
+    for step in 0..1_500 {
+        now += next(30);
+        let id = ids[next(ids.len() as u64) as usize].to_string();
+        match next(11) {
+            0..=2 => {
+                let m = NewMessage {
+                    id: id.clone(),
+                    body: vec![next(256) as u8, 0, 255],
+                    due_ms: now + next(50),
+                    sent_ms: now,
+                    dedup: (next(4) == 0).then(|| (format!("d{}", next(3)), now + next(100))),
+                    key: keys[next(keys.len() as u64) as usize].map(str::to_string),
+                };
+                let a = redis.send(&q, vec![m.clone()]).await.unwrap();
+                let b = memory.send(&q, vec![m]).await.unwrap();
+                assert_eq!(a, b, "send at step {step}");
+            }
+            3..=4 => {
+                let limit = (next(2) == 0).then(|| KeyLimit {
+                    per_key: next(3) as u32,
+                    running: [("k:1".to_string(), next(2) as u32)].into(),
+                });
+                let max = next(5) as usize;
+                let vis = 1 + next(100);
+                let a = redis
+                    .lease_keyed(&q, now, max, vis, limit.as_ref())
+                    .await
+                    .unwrap();
+                let b = memory
+                    .lease_keyed(&q, now, max, vis, limit.as_ref())
+                    .await
+                    .unwrap();
+                assert_eq!(a, b, "lease at step {step}");
+                delivered += a.deliveries.len();
+            }
+            5 => {
+                redis.ack(&q, vec![id.clone()]).await.unwrap();
+                memory.ack(&q, vec![id]).await.unwrap();
+            }
+            6 => {
+                let due = now + next(40);
+                redis.nack(&q, &id, due).await.unwrap();
+                memory.nack(&q, &id, due).await.unwrap();
+            }
+            7 => {
+                redis.started(&q, vec![id.clone()]).await.unwrap();
+                memory.started(&q, vec![id.clone()]).await.unwrap();
+                let until = now + next(60);
+                redis.extend(&q, &id, until).await.unwrap();
+                memory.extend(&q, &id, until).await.unwrap();
+            }
+            8 => {
+                redis.dead_letter(&q, &id, "r".into(), now).await.unwrap();
+                memory.dead_letter(&q, &id, "r".into(), now).await.unwrap();
+            }
+            9 => {
+                let which = (next(2) == 0).then(|| vec![id.clone()]);
+                let a = redis.redrive(&q, which.clone(), now).await.unwrap();
+                let b = memory.redrive(&q, which, now).await.unwrap();
+                assert_eq!(a, b, "redrive at step {step}");
+            }
+            _ => {
+                if next(8) == 0 {
+                    assert_eq!(
+                        redis.purge(&q).await.unwrap(),
+                        memory.purge(&q).await.unwrap(),
+                        "purge at step {step}"
+                    );
+                } else if next(4) == 0 {
+                    let which = (next(2) == 0).then(|| vec![id.clone()]);
+                    assert_eq!(
+                        redis.purge_dead(&q, which.clone()).await.unwrap(),
+                        memory.purge_dead(&q, which).await.unwrap(),
+                        "purge_dead at step {step}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            redis.depth(&q).await.unwrap(),
+            memory.depth(&q).await.unwrap(),
+            "depth at step {step}"
+        );
+        assert_eq!(
+            redis.counters(&q).await.unwrap(),
+            memory.counters(&q).await.unwrap(),
+            "counters at step {step}"
+        );
+        assert_eq!(
+            redis.dead_letters(&q, None, 100).await.unwrap(),
+            memory.dead_letters(&q, None, 100).await.unwrap(),
+            "dead letters at step {step}"
+        );
+    }
+    assert!(
+        delivered > 200,
+        "only {delivered} deliveries: the walk is too thin"
+    );
+}

@@ -147,8 +147,7 @@ impl Catalog for RedisStore {
             self.keys.catalog("fn-names"),
             self.keys.catalog("generation"),
         ];
-        self.conn
-            .script(&*DEPLOY, keys, vec![arg(&name), arg(json)])
+        self.conn.script(&DEPLOY, keys, vec![arg(&name), arg(json)])
     }
 
     fn function(&self, name: &str) -> Pending<Option<FunctionRecord>> {
@@ -205,7 +204,7 @@ impl Catalog for RedisStore {
         ];
         let removed = self
             .conn
-            .script::<i64>(&*REMOVE_FUNCTION, keys, vec![arg(name)]);
+            .script::<i64>(&REMOVE_FUNCTION, keys, vec![arg(name)]);
         Box::pin(async move { Ok(removed.await? > 0) })
     }
 
@@ -236,7 +235,7 @@ impl Catalog for RedisStore {
             self.keys.catalog("generation"),
         ];
         let args = vec![arg(&token.id), arg(&token.secret_sha256), arg(json)];
-        let put = self.conn.script::<i64>(&*PUT_TOKEN, keys, args);
+        let put = self.conn.script::<i64>(&PUT_TOKEN, keys, args);
         Box::pin(async move {
             put.await?;
             Ok(())
@@ -270,7 +269,7 @@ impl Catalog for RedisStore {
             self.keys.catalog("token-secrets"),
             self.keys.catalog("generation"),
         ];
-        let removed = self.conn.script::<i64>(&*REVOKE_TOKEN, keys, vec![arg(id)]);
+        let removed = self.conn.script::<i64>(&REVOKE_TOKEN, keys, vec![arg(id)]);
         Box::pin(async move { Ok(removed.await? > 0) })
     }
 

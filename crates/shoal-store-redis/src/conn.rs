@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use shoal_store::{Error, Pending, Result};
+use shoal_store::{Error, Pending};
 
 /// Calls waiting at one moment go out in one pipeline of at most this many.
 const MAX_BATCH: usize = 256;
@@ -87,11 +87,27 @@ pub(crate) struct Conn {
 impl Conn {
     /// Connects and starts the task that owns the connection. The task ends
     /// when every `Conn` is dropped.
-    pub(crate) async fn open(url: &str) -> Result<Conn> {
-        let client =
-            Client::open(url).map_err(|e| Error::Unavailable(format!("bad Redis URL: {e}")))?;
-        let first = connect(&client).await?;
+    pub(crate) async fn open(url: &str) -> std::result::Result<Conn, ConnectError> {
+        let client = Client::open(url).map_err(|e| {
+            ConnectError::Rejected(format!(
+                "bad Redis URL ({e}); use redis://[user:password@]host:port/db"
+            ))
+        })?;
+        let first = connect(&client).await.map_err(|e| {
+            if e.kind() == redis::ErrorKind::AuthenticationFailed
+                || e.code()
+                    .is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH" || c == "NOPERM")
+            {
+                ConnectError::Rejected(format!(
+                    "Redis refused the credentials ({e}); check the user and password in the URL"
+                ))
+            } else {
+                ConnectError::Unreachable(format!("cannot reach Redis: {e}"))
+            }
+        })?;
         let (tx, rx) = mpsc::unbounded_channel();
+        // Owned by the store: it ends when the last `Conn` is dropped.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(run(client, Some(first), rx));
         Ok(Conn { tx })
     }
@@ -150,14 +166,31 @@ pub(crate) fn failed(e: RedisError) -> Error {
     }
 }
 
-async fn connect(client: &Client) -> Result<MultiplexedConnection> {
+async fn connect(client: &Client) -> std::result::Result<MultiplexedConnection, RedisError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach Redis: {e}")))
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// Redis did not answer (down, or not reachable yet): worth waiting for.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Redis answered, and no wait will help: a bad URL, wrong credentials,
+    /// a server that may evict keys.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<ConnectError> for Error {
+    fn from(e: ConnectError) -> Error {
+        Error::Unavailable(e.to_string())
+    }
 }
 
 /// True when the connection itself failed (not just one command).
@@ -191,11 +224,8 @@ async fn run(
             match connect(&client).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    let message = e.to_string();
                     for op in batch {
-                        let _ = op.reply.send(Err(RedisError::from(std::io::Error::other(
-                            message.clone(),
-                        ))));
+                        let _ = op.reply.send(Err(e.clone()));
                     }
                     continue;
                 }

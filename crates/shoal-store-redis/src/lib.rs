@@ -22,6 +22,8 @@
 
 mod catalog;
 mod conn;
+
+pub use conn::ConnectError;
 mod docs;
 mod invocations;
 mod jobs;
@@ -71,14 +73,28 @@ impl RedisStore {
     /// Connects (one connection, owned by a task that pipelines every call
     /// and reconnects by itself) and checks the server may hold Shoal's
     /// data.
-    pub async fn connect(options: &Options) -> Result<(RedisStore, ServerNotes)> {
+    pub async fn connect(
+        options: &Options,
+    ) -> std::result::Result<(RedisStore, ServerNotes), ConnectError> {
         let store = RedisStore {
             conn: conn::Conn::open(&options.url).await?,
             keys: Keys {
                 ns: options.namespace.clone(),
             },
         };
-        let notes = store.check_server().await?;
+        let notes = store.check_server().await.map_err(|e| match e {
+            Error::Unavailable(m) if m.contains("maxmemory-policy") => ConnectError::Rejected(m),
+            Error::Unavailable(m)
+                if ["NOAUTH", "WRONGPASS", "NOPERM"]
+                    .iter()
+                    .any(|c| m.contains(c)) =>
+            {
+                ConnectError::Rejected(format!(
+                    "Redis refused the credentials ({m}); check the user and password in the URL"
+                ))
+            }
+            other => ConnectError::Unreachable(other.to_string()),
+        })?;
         Ok((store, notes))
     }
 

@@ -104,7 +104,12 @@ impl RedisServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if let Some(dir) = config_dir(self.port)
+            let password = self
+                .args
+                .iter()
+                .position(|a| a == "--requirepass")
+                .and_then(|i| self.args.get(i + 1));
+            if let Some(dir) = config_dir(self.port, password.map(String::as_str))
                 && dir == ours
             {
                 return true;
@@ -138,16 +143,22 @@ fn spawn(dir: &Path, port: u16, extra: &[String]) -> Child {
 }
 
 /// The `dir` of the server on `port`, asked in raw RESP (no client needed).
-fn config_dir(port: u16) -> Option<PathBuf> {
+fn config_dir(port: u16, password: Option<&str>) -> Option<PathBuf> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut lines = 5;
+    if let Some(p) = password {
+        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len());
+        stream.write_all(auth.as_bytes()).ok()?;
+        lines += 1;
+    }
     stream
         .write_all(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$3\r\ndir\r\n")
         .ok()?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
-    // *2 $3 dir $N <path>: five lines.
-    while reply.iter().filter(|&&b| b == b'\n').count() < 5 {
+    // (+OK) *2 $3 dir $N <path>: five lines after the AUTH answer.
+    while reply.iter().filter(|&&b| b == b'\n').count() < lines {
         let n = stream.read(&mut buf).ok()?;
         if n == 0 {
             return None;
@@ -155,7 +166,7 @@ fn config_dir(port: u16) -> Option<PathBuf> {
         reply.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8(reply).ok()?;
-    text.lines().nth(4).map(PathBuf::from)
+    text.lines().nth(lines - 1).map(PathBuf::from)
 }
 
 /// A port on 127.0.0.1 that nothing listened on a moment ago.

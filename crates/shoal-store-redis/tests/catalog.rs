@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use shoal_store::memory::MemoryStore;
 use shoal_store::{Backend, Error, conformance};
-use shoal_store_redis::{Options, RedisStore};
+use shoal_store_redis::{ConnectError, Options, RedisStore};
 
 use shoal_store_redis::testing::{RedisServer, free_port};
 
@@ -55,7 +55,7 @@ catalog_cases!(
 #[tokio::test]
 async fn a_redis_that_may_evict_keys_is_refused() {
     let server = RedisServer::start(&["--maxmemory-policy", "allkeys-lru"]);
-    let Err(Error::Unavailable(message)) = RedisStore::connect(&server.options()).await else {
+    let Err(ConnectError::Rejected(message)) = RedisStore::connect(&server.options()).await else {
         panic!("a Redis that evicts keys was accepted");
     };
     assert!(
@@ -83,7 +83,7 @@ async fn an_unreachable_redis_is_unavailable() {
     };
     assert!(matches!(
         RedisStore::connect(&options).await,
-        Err(Error::Unavailable(_))
+        Err(ConnectError::Unreachable(_))
     ));
 }
 
@@ -147,7 +147,10 @@ async fn the_generation_moves_with_every_catalog_write() {
     store.put_limiter(limiter.clone()).await.unwrap();
     moved(store.catalog_generation().await.unwrap(), "a limiter");
     assert!(store.remove_limiter(&limiter.name).await.unwrap());
-    moved(store.catalog_generation().await.unwrap(), "a limiter removal");
+    moved(
+        store.catalog_generation().await.unwrap(),
+        "a limiter removal",
+    );
     assert!(store.remove_function(record.name.as_str()).await.unwrap());
     moved(store.catalog_generation().await.unwrap(), "a removal");
 
@@ -170,4 +173,32 @@ async fn the_generation_moves_with_every_catalog_write() {
     assert_eq!(store.nodes().await.unwrap(), vec![node]);
     assert!(store.remove_node("n1").await.unwrap());
     assert!(store.nodes().await.unwrap().is_empty());
+}
+
+/// Wrong credentials are refused with a message that says so (waiting
+/// would not help), unlike an unreachable server.
+#[tokio::test]
+async fn wrong_credentials_are_rejected() {
+    let server = RedisServer::start(&["--requirepass", "right"]);
+    for url in [
+        format!("redis://:wrong@127.0.0.1:{}/0", server.port()),
+        format!("redis://127.0.0.1:{}/0", server.port()),
+    ] {
+        let options = Options {
+            url,
+            namespace: "shoal-test".into(),
+        };
+        match RedisStore::connect(&options).await {
+            Err(ConnectError::Rejected(message)) => {
+                assert!(message.contains("credentials"), "{message}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("connected with wrong credentials"),
+        }
+    }
+    let options = Options {
+        url: format!("redis://:right@127.0.0.1:{}/0", server.port()),
+        namespace: "shoal-test".into(),
+    };
+    assert!(RedisStore::connect(&options).await.is_ok());
 }

@@ -208,3 +208,112 @@ async fn a_leaf_completes_the_whole_tree_in_one_write() {
     let (_, p) = b.jobs.job(&leaf).await.unwrap().unwrap();
     assert_eq!(p.cancelled_at_ms, None);
 }
+
+/// Random job trees, finished in random order with repeats, indexes out of
+/// range and cancels, answer on Redis as on the in-memory reference store.
+#[tokio::test]
+async fn random_job_trees_answer_as_the_reference_store() {
+    use shoal_store::Jobs;
+    let server = RedisServer::start(&[]);
+    let redis = backend(&server).await;
+    let memory = Arc::new(MemoryStore::new());
+    let mut seed: u64 = 0x10b5;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let queue = conformance::unique("q");
+    let then_q = conformance::unique("thenq");
+    let mut completed = 0;
+    for round in 0..40 {
+        let top = format!("{}-{round}", conformance::unique("top"));
+        let total = next(4);
+        let with_plan = |id: &str, yes: bool| yes.then(|| plan(&then_q, &format!("{id}-then")));
+        let mut jobs = vec![(top.clone(), total)];
+        let mut creates = vec![job(&top, total, with_plan(&top, next(2) == 0), None)];
+        for i in 0..total {
+            if next(2) == 0 {
+                let sub = format!("{top}-sub{i}");
+                let sub_total = next(3);
+                let slot = Some(JobSlot {
+                    job: top.clone(),
+                    index: i,
+                });
+                creates.push(job(&sub, sub_total, with_plan(&sub, next(3) == 0), slot));
+                jobs.push((sub, sub_total));
+            }
+        }
+        for record in creates {
+            let (records, messages) = children(&record.id, record.total);
+            let a = redis
+                .jobs
+                .create_job(record.clone(), records.clone(), &queue, messages.clone())
+                .await;
+            let b = memory.create_job(record, records, &queue, messages).await;
+            assert_eq!(a.is_ok(), b.is_ok(), "create in round {round}");
+        }
+        for step in 0..12 {
+            let (job, total) = &jobs[next(jobs.len() as u64) as usize];
+            let now = 1_000 + step;
+            if next(6) == 0 {
+                let a = redis.jobs.cancel_job(job, now).await.unwrap();
+                let b = memory.cancel_job(job, now).await.unwrap();
+                assert_eq!(a, b, "cancel in round {round}");
+                continue;
+            }
+            let status = [
+                InvocationStatus::Succeeded,
+                InvocationStatus::Failed,
+                InvocationStatus::Cancelled,
+            ][next(3) as usize];
+            let result = ChildResult {
+                status,
+                output: (status == InvocationStatus::Succeeded).then(|| "[1]".to_string()),
+                ..succeeded(next(total + 1))
+            };
+            let a = redis.jobs.finish_child(job, result.clone(), now).await;
+            let b = memory.finish_child(job, result, now).await;
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "finish in round {round} step {step}");
+                    completed += a.completed.len();
+                }
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("round {round} step {step}: {a:?} vs {b:?}"),
+            }
+        }
+        for (job, _) in &jobs {
+            assert_eq!(
+                redis.jobs.job(job).await.unwrap(),
+                memory.job(job).await.unwrap(),
+                "{job}"
+            );
+            assert_eq!(
+                redis.jobs.child_results(job, 0, 10).await.unwrap(),
+                memory.child_results(job, 0, 10).await.unwrap(),
+                "{job}"
+            );
+            assert_eq!(
+                redis.jobs.child_failures(job, None, 10).await.unwrap(),
+                memory.child_failures(job, None, 10).await.unwrap(),
+                "{job}"
+            );
+            assert_eq!(
+                redis.jobs.sub_jobs(job).await.unwrap(),
+                memory.sub_jobs(job).await.unwrap(),
+                "{job}"
+            );
+        }
+    }
+    assert_eq!(
+        redis.queues.depth(&then_q).await.unwrap(),
+        shoal_store::Queues::depth(&*memory, &then_q).await.unwrap()
+    );
+    assert_eq!(
+        redis.queues.depth(&queue).await.unwrap(),
+        shoal_store::Queues::depth(&*memory, &queue).await.unwrap()
+    );
+    assert!(completed > 20, "only {completed} jobs completed");
+}

@@ -29,9 +29,30 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7700",
         value_parser = crate::cli::parse_listen)]
     pub listen: SocketAddr,
-    /// Where the node keeps its data.
+    /// Where the node keeps its data (with `--store redis://...`: the
+    /// code it fetched, virtualenvs, the admin token file).
     #[arg(long, env = "SHOAL_DATA_DIR", default_value = ".shoal")]
     pub data_dir: PathBuf,
+    /// Where functions, invocations, queues, documents and jobs are stored:
+    /// `embedded` (a file in the data directory; one node), or
+    /// `redis://[user:password@]host:port/db` for several nodes sharing one
+    /// Redis 7 / Valkey (AOF on, `maxmemory-policy noeviction`; see
+    /// docs/operations.md).
+    #[arg(long, env = "SHOAL_STORE", default_value = "embedded")]
+    pub store: String,
+    /// The prefix of every key Shoal writes in Redis, so several clusters
+    /// can share one server.
+    #[arg(long, env = "SHOAL_REDIS_NAMESPACE", default_value = "shoal")]
+    pub redis_namespace: String,
+    /// How other nodes and `shoal nodes` should reach this node (default:
+    /// the address it listens on).
+    #[arg(long, env = "SHOAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How long past its timeout an asynchronous invocation's lease lasts:
+    /// when a node dies (kill -9, power cut), other nodes run its leased
+    /// work again once the function's timeout plus this has passed.
+    #[arg(long, env = "SHOAL_LEASE_MARGIN", default_value = "60s", value_parser = duration)]
+    pub lease_margin: Duration,
     /// Largest request body accepted (events, JSON), in bytes.
     #[arg(long, env = "SHOAL_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -243,17 +264,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
     make_private(&data_dir)?;
 
-    let store = RedbStore::open_with_cache(
-        &data_dir.join("shoal.redb"),
-        args.store_cache_mb.saturating_mul(1024 * 1024),
-    )
-    .with_context(|| {
-        format!(
-            "opening the store in {} (is another node using it?)",
-            data_dir.display()
-        )
-    })?;
-    let backend = Backend::from_adapter(store.clone());
+    let (backend, store) = open_store(&args, &data_dir).await?;
 
     let runtime = shoal_runtime_python::PythonRuntime::new(shoal_runtime_python::Options {
         python: args.python.clone(),
@@ -317,6 +328,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         (None, Err(_)) => Duration::from_secs(30 * 24 * 3600),
     };
     engine_opts.retention = (!retain.is_zero()).then_some(retain);
+    engine_opts.lease_margin = args.lease_margin;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    engine_opts.node.address = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let shutdown = CancellationToken::new();
     let handle = shoal_engine::start(
         engine_opts,
@@ -341,10 +358,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
         Some(metrics),
     );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("Shoal listening on http://{addr}");
     info!(%addr, data_dir = %data_dir.display(), "Node started.");
@@ -373,9 +386,89 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let left = args.shutdown_deadline.saturating_sub(started.elapsed());
     handle.drain(left).await;
-    store.close();
+    if let Some(store) = store {
+        store.close();
+    }
     info!("Stopped.");
     Ok(())
+}
+
+/// Opens the store `--store` names: the embedded one (returned too, to be
+/// closed at shutdown), or Redis. A Redis that does not answer yet is
+/// waited for (and the wait logged); one that refuses (credentials, an
+/// evicting `maxmemory-policy`) stops the start with the reason.
+async fn open_store(
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> Result<(Backend, Option<Arc<RedbStore>>)> {
+    let url = args.store.as_str();
+    if url == "embedded" {
+        let store = RedbStore::open_with_cache(
+            &data_dir.join("shoal.redb"),
+            args.store_cache_mb.saturating_mul(1024 * 1024),
+        )
+        .with_context(|| {
+            format!(
+                "opening the store in {} (is another node using it?)",
+                data_dir.display()
+            )
+        })?;
+        return Ok((Backend::from_adapter(store.clone()), Some(store)));
+    }
+    if url.starts_with("rediss://") {
+        anyhow::bail!(
+            "--store rediss:// (TLS) is not supported by this build yet; reach Redis over a private network or a TLS tunnel (stunnel, spiped) and use redis://"
+        );
+    }
+    if !url.starts_with("redis://") {
+        anyhow::bail!(
+            "--store {url:?} is not a store: use `embedded` or redis://[user:password@]host:port/db"
+        );
+    }
+    let options = shoal_store_redis::Options {
+        url: url.to_string(),
+        namespace: args.redis_namespace.clone(),
+    };
+    let shown = redacted(url);
+    let mut waited = Duration::ZERO;
+    let mut pause = Duration::from_millis(200);
+    let (store, notes) = loop {
+        match shoal_store_redis::RedisStore::connect(&options).await {
+            Ok(connected) => break connected,
+            Err(shoal_store_redis::ConnectError::Rejected(why)) => {
+                anyhow::bail!("cannot use Redis at {shown}: {why}")
+            }
+            Err(shoal_store_redis::ConnectError::Unreachable(why)) => {
+                warn!(redis = %shown, waited_s = waited.as_secs(), error = %why, "Waiting for Redis.");
+                eprintln!("Waiting for Redis at {shown}: {why}");
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if !notes.append_only {
+        warn!(
+            redis = %shown,
+            "Redis keeps no append-only file (appendonly no): if Redis crashes, what it acknowledged since its last snapshot is lost. Set appendonly yes (docs/operations.md)."
+        );
+    }
+    info!(redis = %shown, namespace = %args.redis_namespace, "Using Redis as the store.");
+    Ok((Backend::from_adapter(Arc::new(store)), None))
+}
+
+/// A Redis URL with its password replaced by `***`.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Connections above this many are never served, whatever the file limit.

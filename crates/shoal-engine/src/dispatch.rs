@@ -360,7 +360,7 @@ impl Dispatcher {
             // handler starts (`TokenGate`, on a ready worker), so the limit
             // holds where the calls happen, not where they were leased.
             if let Some(l) = deployed.as_ref().and_then(|d| d.record.limiter.as_deref()) {
-                match self.limiters.available(l, want, now) {
+                match self.limiters.available(l, want, now).await {
                     Ok(n) => want = n,
                     Err(wait) => {
                         drop(permits);

@@ -6,14 +6,16 @@
 //! moves `tat` one interval on. Work over the limit waits — the consumer
 //! sleeps until the next token is due (no busy loop) and leases nothing
 //! meanwhile, so messages wait in their queue. Settings change at run time.
-//! The state is in memory: one node. Several nodes will keep `tat` in the
-//! shared store (a Redis script), behind the same `acquire`.
+//! The state is in memory on a store one node uses; nodes sharing a store
+//! that keeps limiter state (Redis) draw from one `tat` there, on the
+//! store's clock (`Catalog::take_tokens`, one round trip per admission and
+//! one per lease), so the limit holds across the cluster.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_store::LimiterRecord;
+use shoal_store::{LimiterRecord, TokenRate};
 use shoal_types::validate_name;
 
 use crate::env::Env;
@@ -93,20 +95,61 @@ impl Limiters {
         Ok(())
     }
 
-    /// See [`Rates::available`].
-    pub(crate) fn available(
+    /// How many tokens (up to `max`) could be taken now, without taking
+    /// them; or how long until one can. From the store's shared state when
+    /// it keeps one (nodes sharing a Redis), else from this node's.
+    pub(crate) async fn available(
         &self,
         name: &str,
         max: usize,
         now_ms: u64,
     ) -> std::result::Result<usize, Duration> {
-        self.rates.available(name, max, now_ms)
+        match self.shared(name, max, true).await {
+            Some(answer) => answer,
+            None => self.rates.available(name, max, now_ms),
+        }
     }
 
     /// Waits until a token of `name` is available, then takes it.
     pub(crate) async fn acquire(&self, name: &str) {
-        while let Err(wait) = self.rates.take(name, 1, self.env.now_ms()) {
-            tokio::time::sleep(wait).await;
+        loop {
+            let taken = match self.shared(name, 1, false).await {
+                Some(answer) => answer,
+                None => self.rates.take(name, 1, self.env.now_ms()),
+            };
+            match taken {
+                Ok(_) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// Asks the store's shared limiter state: `None` when the store keeps
+    /// none (or the limiter is unknown here, so it does not limit). While
+    /// the store fails, no token is granted: work waits rather than run
+    /// past a limit the store can no longer count.
+    async fn shared(
+        &self,
+        name: &str,
+        want: usize,
+        peek: bool,
+    ) -> Option<std::result::Result<usize, Duration>> {
+        let rate = self.rates.rate(name)?;
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        match self
+            .env
+            .backend
+            .catalog
+            .take_tokens(name, rate, want, peek)
+            .await
+        {
+            Ok(None) => None,
+            Ok(Some(t)) if t.granted > 0 => Some(Ok(t.granted as usize)),
+            Ok(Some(t)) => Some(Err(Duration::from_millis(t.wait_ms.max(1)))),
+            Err(e) => {
+                tracing::warn!(limiter = name, error = %e, "The store's rate limiter state is unavailable; waiting.");
+                Some(Err(Duration::from_millis(200)))
+            }
         }
     }
 }
@@ -144,6 +187,14 @@ impl Rates {
 
     pub(crate) fn remove(&self, name: &str) {
         self.state.lock().unwrap().remove(name);
+    }
+
+    /// A limiter's pace, if it is known here.
+    pub(crate) fn rate(&self, name: &str) -> Option<TokenRate> {
+        self.state.lock().unwrap().get(name).map(|g| TokenRate {
+            interval_ms: g.interval,
+            window_ms: g.window,
+        })
     }
 
     /// Keeps only the limiters `keep` says yes to.

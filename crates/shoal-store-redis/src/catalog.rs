@@ -14,6 +14,7 @@
 //! | `NS:{catalog}:generation` | string | bumped by every write above, in the same script: nodes poll it to notice others' changes |
 //! | `NS:{catalog}:code:SHA256` | string | a function's code archive (tar), by content |
 //! | `NS:{catalog}:nodes` | hash | node id → heartbeat record (JSON) |
+//! | `NS:{catalog}:gcra:NAME` | string | a rate limiter's theoretical arrival time (GCRA, on Redis's clock; expires once idle) |
 
 use std::collections::BTreeMap;
 
@@ -23,7 +24,7 @@ use serde::de::DeserializeOwned;
 
 use shoal_store::{
     Catalog, Error, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
-    Result, TokenRecord,
+    Result, TokenRate, TokenRecord, Tokens,
 };
 
 use crate::conn::{Lua, arg};
@@ -115,6 +116,35 @@ static REMOVE_FIELD: LazyLock<Lua> = LazyLock::new(|| {
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
 if n > 0 then redis.call('INCR', KEYS[2]) end
 return n
+",
+    )
+});
+
+/// GCRA on Redis's clock: KEYS[1] holds the limiter's theoretical arrival
+/// time (ms, as text with three decimals). ARGV: interval ms, window ms,
+/// tokens wanted, 1 to only count. Returns {granted, wait ms}.
+static TAKE_TOKENS: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - window > now then
+  return {0, math.ceil(tat - window - now)}
+end
+local n = math.floor((now + window - tat) / interval) + 1
+if n > want then n = want end
+if ARGV[4] ~= '1' and n > 0 then
+  local next = tat + n * interval
+  -- Forgotten once it no longer holds anything back.
+  local ttl = math.ceil(next - now) + 1000
+  redis.call('SET', KEYS[1], string.format('%.3f', next), 'PX', ttl)
+end
+return {n, 0}
 ",
     )
 });
@@ -326,6 +356,27 @@ impl Catalog for RedisStore {
                 .clone(),
         );
         Box::pin(async move { Ok(generation.await?.unwrap_or(0)) })
+    }
+
+    fn take_tokens(
+        &self,
+        limiter: &str,
+        rate: TokenRate,
+        want: u32,
+        peek: bool,
+    ) -> Pending<Option<Tokens>> {
+        let keys = vec![self.keys.catalog(&format!("gcra:{limiter}"))];
+        let args = vec![
+            arg(format!("{:.6}", rate.interval_ms)),
+            arg(format!("{:.6}", rate.window_ms)),
+            arg(want),
+            arg(if peek { "1" } else { "0" }),
+        ];
+        let taken = self.conn.script::<(u32, u64)>(&TAKE_TOKENS, keys, args);
+        Box::pin(async move {
+            let (granted, wait_ms) = taken.await?;
+            Ok(Some(Tokens { granted, wait_ms }))
+        })
     }
 
     fn put_node(&self, node: NodeRecord) -> Pending<()> {

@@ -616,6 +616,41 @@ pub trait Catalog: Send + Sync + 'static {
         let _ = id;
         Box::pin(std::future::ready(Ok(false)))
     }
+
+    /// Takes up to `want` tokens of a rate limiter whose state the store
+    /// keeps, so every node sharing the store draws from one bucket (GCRA
+    /// on the store's own clock: one token every `interval_ms`, bursts up
+    /// to `window_ms / interval_ms + 1`); with `peek`, only counts them.
+    /// `None` when the store keeps no limiter state (a store one node uses:
+    /// the engine keeps it in memory), the default.
+    fn take_tokens(
+        &self,
+        limiter: &str,
+        rate: TokenRate,
+        want: u32,
+        peek: bool,
+    ) -> Pending<Option<Tokens>> {
+        let _ = (limiter, rate, want, peek);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// A rate limiter's pace, for [`Catalog::take_tokens`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenRate {
+    /// Milliseconds between tokens.
+    pub interval_ms: f64,
+    /// How far the limiter may run ahead of now: (burst - 1) intervals.
+    pub window_ms: f64,
+}
+
+/// What [`Catalog::take_tokens`] granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    /// Tokens taken (or, when peeking, available).
+    pub granted: u32,
+    /// When none was: how long until one is, in milliseconds.
+    pub wait_ms: u64,
 }
 
 /// A node of a cluster, as its heartbeat last recorded it.

@@ -11,6 +11,7 @@
 //! | `P n`, `P k:KEY` | zset | the same, per concurrency key (`n`: messages without one) |
 //! | `P heads` | zset (lex) | the first waiting message of each key: `20-digit due:mem`, score 0 |
 //! | `P leased` | zset | leased messages (also after their lease ended): score = lease end, member `mem` |
+//! | `P kleased` | hash | concurrency key → how many of its messages are in `leased` (a key at 0 is deleted) |
 //! | `P sent` | zset | queued messages by `sent_ms` (member id), for the oldest age |
 //! | `P dedup` | hash | deduplication key → `until:id` of the message that took it |
 //! | `W q-dedup` | zset | every queue's deduplication keys by `until` (member `len(queue):queue` + key), to forget them |
@@ -20,12 +21,32 @@
 //! | `P samples` | zset | samples by `at_ms`, member `at,waiting,in_flight,dead,oldest,sent,acked,nacked,dead_lettered` |
 //! | `W q-sampled` | set | queues that have samples |
 //!
+//! Concurrency keys hold across every node sharing the queue: a
+//! [`KeyLimit`] counts, for each key, `max(running[key], kleased[key])`
+//! messages in flight. `kleased` is kept by the scripts that lease (+1 for
+//! each waiting message taken, with or without a limit), ack, nack and
+//! dead-letter a leased message (-1); `purge` and `redrive` touch only
+//! waiting messages and `extend` changes no count. A lease that ended
+//! still counts until it is taken over or acked: the work of a node that
+//! died is in flight until another node takes it. Taking it over moves it
+//! from one holder to another, so the store's count does not change and
+//! only the caller's own count (`running` and this lease's takes) must have
+//! room; taking a waiting message needs room in both. Why `max()`: on one
+//! node `running` and `kleased` count the same messages (a sum would count
+//! them twice), so the limit reads as it does on the in-memory store; across
+//! nodes `kleased` is the cluster-wide count, while `running` still covers
+//! what only the caller knows (a message it still works on whose lease
+//! another node took over or acked). Every change is inside the script that
+//! makes it, so two nodes leasing at once never pass the limit together.
+//!
 //! Bounds: a plain lease reads at most `max` expired leases and `max`
 //! waiting messages. A keyed lease walks the heads of the keys (one step
 //! per key), so passing over a busy key costs one step however many
 //! messages it holds: at most `max` + (keys at their limit) steps, and the
-//! keys at their limit are at most those in `running` plus the `max` this
-//! lease fills (every key when `per_key` is 0). Its walk of expired leases
+//! keys at their limit are at most those in `running`, those at their
+//! limit in `kleased` (at most the queue's leased messages / `per_key`)
+//! and the `max` this lease fills (every key when `per_key` is 0). It reads
+//! `kleased` once per key it meets. Its walk of expired leases
 //! reads at most `max + EXPIRED_SCAN` of them (further expired leases of
 //! keys at their limit wait for a later lease). `purge`, `redrive` and
 //! `purge_dead` of a whole queue touch every message they move;
@@ -124,12 +145,20 @@ local function q_unwait(p, mem, key)
   redis.call('ZREM', g, mem)
   q_head_sync(p, g, old)
 end
+-- Counts leased messages of a key (nothing for a message without one).
+local function q_inflight(p, key, d)
+  if not key then return end
+  if redis.call('HINCRBY', p .. 'kleased', key, d) <= 0 then
+    redis.call('HDEL', p .. 'kleased', key)
+  end
+end
 -- Takes a queued message out of the flow (waiting or leased); its hash
 -- stays for the caller to delete.
 local function q_unqueue(p, mk, id)
   local f = redis.call('HMGET', mk, 'mem', 'key', 'lease')
   if f[3] then
     redis.call('ZREM', p .. 'leased', f[1])
+    q_inflight(p, f[2], -1)
   else
     q_unwait(p, f[1], f[2])
   end
@@ -205,16 +234,37 @@ local max = tonumber(ARGV[3])
 local untilms = now + tonumber(ARGV[4])
 local limited = ARGV[5] ~= ''
 local per = tonumber(ARGV[5])
-local used = {}
-for j = 6, #ARGV, 2 do used[ARGV[j]] = tonumber(ARGV[j + 1]) end
+-- Per key: `mine` = the caller's messages in flight (`running`, then
+-- this lease's takes), `all` = the store's count of leased messages (with
+-- this lease's fresh takes), read when first needed.
+local mine = {}
+for j = 6, #ARGV, 2 do mine[ARGV[j]] = tonumber(ARGV[j + 1]) end
+local all = {}
+local function stored(key)
+  if all[key] == nil then
+    all[key] = tonumber(redis.call('HGET', p .. 'kleased', key) or 0)
+  end
+  return all[key]
+end
+-- Taking over an expired lease moves it from its holder to the caller:
+-- only the caller's count grows.
+local function room_over(key)
+  if not limited or not key then return true end
+  return (mine[key] or 0) < per
+end
+-- Taking a waiting message grows both counts.
 local function room(key)
   if not limited or not key then return true end
-  return (used[key] or 0) < per
+  return (mine[key] or 0) < per and stored(key) < per
 end
-local function took(key)
-  if limited and key then used[key] = (used[key] or 0) + 1 end
+local function took(key, fresh)
+  if limited and key then
+    mine[key] = (mine[key] or 0) + 1
+    if fresh then all[key] = stored(key) + 1 end
+  end
 end
 local taken = {}
+local fresh = {}
 -- Expired leases first, by lease end then send order.
 if max > 0 then
   local bound = max
@@ -228,8 +278,8 @@ if max > 0 then
       if #taken >= max then break end
       local id = string.sub(mem, 22)
       local key = redis.call('HGET', p .. 'm:' .. id, 'key')
-      if room(key) then
-        took(key)
+      if room_over(key) then
+        took(key, false)
         taken[#taken + 1] = id
       end
     end
@@ -245,6 +295,7 @@ if #taken < max then
       local id = string.sub(mem, 22)
       q_unwait(p, mem, redis.call('HGET', p .. 'm:' .. id, 'key'))
       taken[#taken + 1] = id
+      fresh[id] = true
     end
   else
     -- The heads of the keys in due order; taking a head makes the key's
@@ -259,9 +310,10 @@ if #taken < max then
       local id = string.sub(mem, 22)
       local key = redis.call('HGET', p .. 'm:' .. id, 'key')
       if room(key) then
-        took(key)
+        took(key, true)
         q_unwait(p, mem, key)
         taken[#taken + 1] = id
+        fresh[id] = true
       end
     end
   end
@@ -273,6 +325,7 @@ for _, id in ipairs(taken) do
   local f = redis.call('HMGET', mk, 'mem', 'body', 'failures', 'starts', 'key')
   redis.call('ZADD', p .. 'leased', lease, f[1])
   redis.call('HSET', mk, 'lease', lease)
+  if fresh[id] then q_inflight(p, f[5], 1) end
   out[#out + 1] = id
   out[#out + 1] = f[2]
   out[#out + 1] = tonumber(f[3])
@@ -336,6 +389,7 @@ if not f[1] then return 0 end
 if f[3] then
   redis.call('ZREM', p .. 'leased', f[1])
   redis.call('HDEL', mk, 'lease')
+  q_inflight(p, f[2], -1)
 else
   q_unwait(p, f[1], f[2])
 end

@@ -1,6 +1,7 @@
 //! The queues port on a real `redis-server`: the conformance suite's queue
 //! cases (delivery, stats, cleanup), one test each.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use shoal_store::memory::MemoryStore;
@@ -228,6 +229,13 @@ async fn random_operations_answer_as_the_reference_store() {
     let keys = [None, Some("k:1"), Some("k2"), Some("")];
     let mut now = 1_000u64;
     let mut delivered = 0;
+    // The leased messages (also after their lease ended) and their keys:
+    // what the store counts per key, so the walk's `running` counts at
+    // least that, as a node's would (on one node the two agree).
+    let mut leased: HashMap<String, Option<String>> = HashMap::new();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let counted = format!("shoal-test:{{w}}:q:{q}:kleased");
     for step in 0..1_500 {
         now += next(30);
         let id = ids[next(ids.len() as u64) as usize].to_string();
@@ -246,9 +254,13 @@ async fn random_operations_answer_as_the_reference_store() {
                 assert_eq!(a, b, "send at step {step}");
             }
             3..=4 => {
-                let limit = (next(2) == 0).then(|| KeyLimit {
-                    per_key: next(3) as u32,
-                    running: [("k:1".to_string(), next(2) as u32)].into(),
+                let limit = (next(2) == 0).then(|| {
+                    let mut running = in_flight(&leased);
+                    *running.entry("k:1".to_string()).or_default() += next(2) as u32;
+                    KeyLimit {
+                        per_key: next(3) as u32,
+                        running,
+                    }
                 });
                 let max = next(5) as usize;
                 let vis = 1 + next(100);
@@ -262,15 +274,20 @@ async fn random_operations_answer_as_the_reference_store() {
                     .unwrap();
                 assert_eq!(a, b, "lease at step {step}");
                 delivered += a.deliveries.len();
+                for d in a.deliveries {
+                    leased.insert(d.id, d.key);
+                }
             }
             5 => {
                 redis.ack(&q, vec![id.clone()]).await.unwrap();
-                memory.ack(&q, vec![id]).await.unwrap();
+                memory.ack(&q, vec![id.clone()]).await.unwrap();
+                leased.remove(&id);
             }
             6 => {
                 let due = now + next(40);
                 redis.nack(&q, &id, due).await.unwrap();
                 memory.nack(&q, &id, due).await.unwrap();
+                leased.remove(&id);
             }
             7 => {
                 redis.started(&q, vec![id.clone()]).await.unwrap();
@@ -282,6 +299,7 @@ async fn random_operations_answer_as_the_reference_store() {
             8 => {
                 redis.dead_letter(&q, &id, "r".into(), now).await.unwrap();
                 memory.dead_letter(&q, &id, "r".into(), now).await.unwrap();
+                leased.remove(&id);
             }
             9 => {
                 let which = (next(2) == 0).then(|| vec![id.clone()]);
@@ -321,9 +339,152 @@ async fn random_operations_answer_as_the_reference_store() {
             memory.dead_letters(&q, None, 100).await.unwrap(),
             "dead letters at step {step}"
         );
+        let stored: HashMap<String, u32> = redis::cmd("HGETALL")
+            .arg(&counted)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored, in_flight(&leased), "leased per key at step {step}");
     }
     assert!(
         delivered > 200,
         "only {delivered} deliveries: the walk is too thin"
     );
+}
+
+/// Leased messages per concurrency key.
+fn in_flight(leased: &HashMap<String, Option<String>>) -> HashMap<String, u32> {
+    let mut counts = HashMap::new();
+    for key in leased.values().flatten() {
+        *counts.entry(key.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Two nodes on one Redis, each leasing with its own empty `running`:
+/// together they never hold more than `per_key` messages of one key in
+/// flight; acks make room for the rest, in order; a lease that ended is
+/// taken over by the other node without growing the count; and every
+/// message is delivered once.
+#[tokio::test]
+async fn a_key_limit_holds_across_nodes() {
+    use shoal_store::{KeyLimit, Leased, NewMessage, Queues};
+    let server = RedisServer::start(&[]);
+    let node = || async {
+        RedisStore::connect(&server.options())
+            .await
+            .expect("connect to the test's redis-server")
+            .0
+    };
+    let nodes = [node().await, node().await];
+    let q = conformance::unique("nodes");
+    let message = |id: String, key: Option<&str>, due_ms: u64| NewMessage {
+        id,
+        body: Vec::new(),
+        due_ms,
+        sent_ms: due_ms,
+        dedup: None,
+        key: key.map(str::to_string),
+    };
+    let mut sent: Vec<NewMessage> = (0..12)
+        .map(|i| message(format!("t{i:02}"), Some("tenant"), 100 + i))
+        .collect();
+    sent.extend((0..3).map(|i| message(format!("o{i}"), Some("other"), 200 + i)));
+    sent.push(message("free".into(), None, 300));
+    nodes[0].send(&q, sent).await.unwrap();
+    let limit = KeyLimit {
+        per_key: 3,
+        running: HashMap::new(),
+    };
+    let ids = |l: &Leased| -> Vec<String> { l.deliveries.iter().map(|d| d.id.clone()).collect() };
+
+    // Both nodes lease at once: three of each key between them.
+    let (a, b) = tokio::join!(
+        nodes[0].lease_keyed(&q, 1_000, 10, 10_000, Some(&limit)),
+        nodes[1].lease_keyed(&q, 1_000, 10, 10_000, Some(&limit)),
+    );
+    let (a, b) = (ids(&a.unwrap()), ids(&b.unwrap()));
+    let mut both: Vec<String> = a.iter().chain(&b).cloned().collect();
+    both.sort();
+    assert_eq!(
+        both,
+        ["free", "o0", "o1", "o2", "t00", "t01", "t02"],
+        "node 0 took {a:?}, node 1 {b:?}"
+    );
+    // Neither takes more, whichever asks.
+    for n in &nodes {
+        let more = n.lease_keyed(&q, 1_000, 10, 10_000, Some(&limit)).await;
+        assert_eq!(ids(&more.unwrap()), Vec::<String>::new());
+    }
+
+    // Acks make room, on either node, for the next messages in order; the
+    // two never hold more than three of the tenant together.
+    let mut holding: Vec<String> = both.into_iter().filter(|id| id.starts_with('t')).collect();
+    let mut delivered = holding.clone();
+    let mut turn = 0;
+    while !holding.is_empty() {
+        let done = holding.remove(0);
+        nodes[turn % 2].ack(&q, vec![done]).await.unwrap();
+        let got = nodes[(turn + 1) % 2]
+            .lease_keyed(&q, 1_000, 10, 10_000, Some(&limit))
+            .await
+            .unwrap();
+        let got = ids(&got);
+        assert!(got.len() <= 1, "one ack, one more: {got:?}");
+        holding.extend(got.iter().cloned());
+        delivered.extend(got);
+        assert!(holding.len() <= 3, "{holding:?} in flight at once");
+        turn += 1;
+    }
+    let expected: Vec<String> = (0..12).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(delivered, expected, "each once, in order");
+
+    // A node leases three and dies: the other, with nothing running, takes
+    // no new message of the key while those leases run, then takes over
+    // the three when they end, and still no fourth.
+    let later: Vec<NewMessage> = (0..4)
+        .map(|i| message(format!("u{i}"), Some("tenant"), 2_000 + i))
+        .collect();
+    nodes[0].send(&q, later).await.unwrap();
+    let dead = nodes[0]
+        .lease_keyed(&q, 3_000, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids(&dead), ["u0", "u1", "u2"]);
+    let blocked = nodes[1]
+        .lease_keyed(&q, 3_500, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids(&blocked), Vec::<String>::new());
+    let over = nodes[1]
+        .lease_keyed(&q, 4_000, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids(&over), ["u0", "u1", "u2"]);
+    let running = KeyLimit {
+        per_key: 3,
+        running: [("tenant".to_string(), 3)].into(),
+    };
+    let full = nodes[1]
+        .lease_keyed(&q, 4_000, 10, 1_000, Some(&running))
+        .await
+        .unwrap();
+    assert_eq!(ids(&full), Vec::<String>::new());
+    // Other node, nothing running: the store's count holds it back.
+    let full = nodes[0]
+        .lease_keyed(&q, 4_000, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids(&full), Vec::<String>::new());
+    nodes[1].nack(&q, "u0", 4_000).await.unwrap();
+    nodes[1]
+        .dead_letter(&q, "u1", "x".into(), 4_000)
+        .await
+        .unwrap();
+    let rest = nodes[0]
+        .lease_keyed(&q, 4_000, 10, 1_000, Some(&limit))
+        .await
+        .unwrap();
+    // Room for two again: the older due first.
+    assert_eq!(ids(&rest), ["u3", "u0"]);
 }

@@ -107,6 +107,14 @@ class Client:
         """The node's health: ``{"status": "ok", "version": ...}`` (needs no token)."""
         return self._json("GET", "/healthz")
 
+    def nodes(self) -> List[Dict[str, Any]]:
+        """Every node sharing the node's store, the one answering first
+        (``"this": True``): ``id``, ``address``, ``version``,
+        ``started_at_ms``, ``last_seen_ms``, ``running``, ``workers``,
+        ``load`` and ``state`` (``"alive"``, or ``"lost"`` once it has missed
+        three heartbeats). Needs a reader token."""
+        return self._json("GET", "/v1/nodes")["nodes"]
+
     # ------------------------------------------------------------------ functions
 
     def deploy(self, directory: PathLike, dry_run: bool = False) -> Dict[str, Any]:

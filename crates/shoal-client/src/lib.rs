@@ -334,6 +334,14 @@ impl Client {
         self.json(Method::GET, "/v1/stats", None::<&()>).await
     }
 
+    /// Every node sharing the node's store, the node answering first
+    /// (`this`), each `alive` or `lost`.
+    pub async fn nodes(&self) -> Result<Vec<shoal_protocol::NodeView>> {
+        let list: shoal_protocol::NodeList =
+            self.json(Method::GET, "/v1/nodes", None::<&()>).await?;
+        Ok(list.nodes)
+    }
+
     pub async fn create_token(&self, role: &str, name: Option<&str>) -> Result<CreatedToken> {
         let req = CreateToken {
             role: role.to_string(),

@@ -445,6 +445,38 @@ pub struct NodeStats {
     pub retain_seconds: Option<u64>,
 }
 
+/// `GET /v1/nodes`: the nodes sharing this node's store, this one first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node, from its latest heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// Chosen by the node when it starts (a new one at each start).
+    pub id: String,
+    /// Where its HTTP API listens (`--advertise`, else the address it
+    /// listens on).
+    pub address: String,
+    /// Its Shoal version.
+    pub version: String,
+    pub started_at_ms: u64,
+    /// Its latest heartbeat (for the node answering: now).
+    pub last_seen_ms: u64,
+    /// Invocations running on it.
+    pub running: u64,
+    /// Its worker processes, warm and busy.
+    pub workers: u64,
+    /// Its one-minute load average; null when its system does not say.
+    pub load: Option<f64>,
+    /// The node that answered this request.
+    pub this: bool,
+    /// `alive`, or `lost` when it has missed three heartbeats (its leased
+    /// work goes to the others once the leases lapse).
+    pub state: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {

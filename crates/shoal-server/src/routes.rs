@@ -6,6 +6,7 @@ pub(crate) mod health;
 pub(crate) mod invocations;
 pub(crate) mod jobs;
 pub(crate) mod limiters;
+pub(crate) mod nodes;
 pub(crate) mod queues;
 pub(crate) mod secrets;
 pub(crate) mod tokens;

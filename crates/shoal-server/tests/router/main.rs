@@ -9,6 +9,7 @@ mod errors;
 mod invocation_lists;
 mod invocations;
 mod limits;
+mod nodes;
 mod removals;
 mod routes;
 mod status_codes;

@@ -41,6 +41,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/invocations", Some(Role::Reader)),
     ("GET", "/v1/functions/{name}/logs", Some(Role::Reader)),
     ("GET", "/v1/stats", Some(Role::Reader)),
+    ("GET", "/v1/nodes", Some(Role::Reader)),
     ("POST", "/v1/tokens", Some(Role::Admin)),
     ("GET", "/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/v1/tokens/{id}", Some(Role::Admin)),
@@ -127,7 +128,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 48);
+    assert_eq!(listed.len(), 49);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -49,7 +49,13 @@
 //! `kleased` once per key it meets. Its walk of expired leases
 //! reads at most `max + EXPIRED_SCAN` of them (further expired leases of
 //! keys at their limit wait for a later lease). `purge`, `redrive` and
-//! `purge_dead` of a whole queue touch every message they move;
+//! `purge_dead` of a whole queue touch every message they move, in one
+//! script. `purge` stays one script on purpose: the trait deletes the
+//! messages waiting when it is called and no others, and writes keep call
+//! order; a purge in chunks (a bounded script repeated until done) would
+//! also delete what a later call made wait (a send, or the nack of a
+//! message leased at the purge), which a sequence bound can fix for sends
+//! but not for nacks without reading every message;
 //! `record_samples` forgets at most `DEDUP_PRUNE` deduplication keys per
 //! call. Numbers in Lua are doubles: times must stay below 2^53 ms.
 //!

@@ -223,31 +223,24 @@ async fn a_limiter_holds_across_nodes() {
         .unwrap();
     assert_eq!(peek.granted, 3, "a fresh limiter offers its burst");
     let started = std::time::Instant::now();
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let store = store(&server).await;
-        let name = name.clone();
-        nodes.push(tokio::spawn(async move {
-            let mut granted = 0u32;
-            while started.elapsed() < std::time::Duration::from_millis(1000) {
-                let t = store
-                    .take_tokens(&name, rate, 2, false)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                granted += t.granted;
-                if t.granted == 0 {
-                    assert!(t.wait_ms <= 50, "{t:?}");
-                    tokio::time::sleep(std::time::Duration::from_millis(t.wait_ms)).await;
-                }
+    let node = async |store: RedisStore| {
+        let mut granted = 0u32;
+        while started.elapsed() < std::time::Duration::from_millis(1000) {
+            let t = store
+                .take_tokens(&name, rate, 2, false)
+                .await
+                .unwrap()
+                .unwrap();
+            granted += t.granted;
+            if t.granted == 0 {
+                assert!(t.wait_ms <= 50, "{t:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(t.wait_ms)).await;
             }
-            granted
-        }));
-    }
-    let mut total = 0;
-    for n in nodes {
-        total += n.await.unwrap();
-    }
+        }
+        granted
+    };
+    let (a, b) = tokio::join!(node(store(&server).await), node(store(&server).await));
+    let total = a + b;
     let elapsed_ms = started.elapsed().as_millis() as u32;
     // At most the burst plus one token per interval elapsed; and the
     // limiter did not starve them either.

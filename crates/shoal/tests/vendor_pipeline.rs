@@ -176,3 +176,68 @@ fn the_pipeline_completes_after_kill_9_of_the_node() {
     ));
     check(&s);
 }
+
+/// The same pipeline on three nodes sharing one redis-server, the node the
+/// pipeline talks to killed with `kill -9` midway: the shared limiter keeps
+/// the vendor within its limit across the nodes, every item is stored once,
+/// the fan-in runs exactly once, and a query over the stored documents on a
+/// surviving node counts every one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_completes_on_three_nodes_after_kill_9_of_one() {
+    let redis = shoal_store_redis::testing::RedisServer::start(&["--appendfsync", "always"]);
+    let args = ["--store", &redis.url(), "--lease-margin", "2s"];
+    let mut nodes: Vec<TestNode> = (0..3).map(|_| TestNode::start_with(&args)).collect();
+    let vendor = Vendor::start(&[
+        "--limit",
+        "25",
+        "--troops",
+        "4",
+        "--warriors",
+        "4",
+        "--groups",
+        "8",
+        "--fail-rate",
+        "0.03",
+        "--broken-every",
+        "10",
+    ]);
+    let out = pipeline(&nodes[0], &["setup", "--rate", "22"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = pipeline(&nodes[0], &["start", "--vendor", &vendor.url]);
+    assert!(out.status.success(), "{out:?}");
+    let job = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vendor.stats()["ok"].as_u64().unwrap() < 40 {
+        assert!(Instant::now() < deadline, "the pipeline does not advance");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes[0].kill9();
+    let s = summary(&pipeline(
+        &nodes[1],
+        &["wait", &job, "--vendor", &vendor.url, "--timeout", "180"],
+    ));
+    check(&s);
+
+    let c = nodes[2].client();
+    // The fan-in (vp-report) ran exactly once, cluster-wide.
+    let reports = c
+        .list_invocations(&[("function", "vp-report")])
+        .await
+        .unwrap();
+    assert_eq!(reports.invocations.len(), 1, "{:?}", reports.invocations);
+    // Every stored item is one document, seen alike by a query.
+    let stored = s["stored"].as_u64().unwrap();
+    common::deploy(
+        &c,
+        "name = \"vp-count\"\nhandler = \"main:map\"\n",
+        "def map(doc):\n    return 1\n\ndef reduce(a, b):\n    return a + b\n",
+    )
+    .await;
+    let mut lines = c.query("vp-data", "vp-count", false, false).await.unwrap();
+    let mut last = Value::Null;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        last = serde_json::from_slice(&line).unwrap();
+    }
+    assert_eq!(last["done"]["result"], stored, "{last}");
+    assert_eq!(last["done"]["docs"], stored, "{last}");
+}

@@ -133,6 +133,10 @@ pub enum Command {
     },
     /// The node's health, version and how it isolates functions.
     Status,
+    /// The nodes sharing the node's store (several nodes on one Redis):
+    /// address, version, start, last heartbeat, running invocations,
+    /// workers, load, alive or lost; the node answering is marked `*`.
+    Nodes,
     /// Secrets functions get as environment variables (admin): set (the
     /// value from stdin or --file), list (names only), rm.
     Secrets {
@@ -644,6 +648,7 @@ pub async fn run(args: Args) -> Result<()> {
                 s
             });
         }
+        Command::Nodes => crate::nodes::list(&client, conn.json).await?,
         Command::Secrets { command: None } => {
             let ls = client.secrets().await?;
             out.print(&ls, || {

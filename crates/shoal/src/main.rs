@@ -9,6 +9,7 @@ mod data;
 mod functions;
 mod invocations;
 mod jobs;
+mod nodes;
 mod queues;
 mod recover;
 mod serve;

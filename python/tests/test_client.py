@@ -134,6 +134,15 @@ class ClientTest(unittest.TestCase):
     def test_health(self) -> None:
         self.assertEqual(self.client.health()["status"], "ok")
 
+    def test_nodes(self) -> None:
+        nodes = self.client.nodes()
+        self.assertEqual(len(nodes), 1)
+        me = nodes[0]
+        self.assertTrue(me["this"])
+        self.assertEqual(me["state"], "alive")
+        self.assertEqual("http://" + me["address"], URL)
+        self.assertLessEqual(me["started_at_ms"], me["last_seen_ms"])
+
     def test_bad_token_is_unauthorized(self) -> None:
         with self.assertRaises(ShoalError) as cm:
             Client(URL, "not-a-token").functions()

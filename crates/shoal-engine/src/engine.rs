@@ -233,6 +233,8 @@ impl Handle {
     /// limiters, and forgets verified tokens.
     async fn sync_loop(self) {
         let poll = self.env.opts.node.catalog_poll;
+        // Said once when the store stops answering, once when it is back.
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = self.env.tasks.stopping() => return,
@@ -242,6 +244,9 @@ impl Handle {
             let mut changes = self.functions.take_unapplied();
             match self.env.backend.catalog.catalog_generation().await {
                 Ok(generation) => {
+                    if std::mem::take(&mut failing) {
+                        info!("The store answers again; following the catalog.");
+                    }
                     let synced = self.functions.synced_generation.load(Ordering::Acquire);
                     if generation != synced {
                         match self.sync_catalog().await {
@@ -255,7 +260,11 @@ impl Handle {
                         }
                     }
                 }
-                Err(e) => warn!(error = %e, "Reading the catalog generation failed; retrying."),
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(error = %e, "Reading the catalog generation failed; retrying until the store answers.");
+                    }
+                }
             }
             for synced in changes {
                 self.apply(synced).await;

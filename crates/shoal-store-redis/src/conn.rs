@@ -87,12 +87,39 @@ pub(crate) struct Conn {
 impl Conn {
     /// Connects and starts the task that owns the connection. The task ends
     /// when every `Conn` is dropped.
-    pub(crate) async fn open(url: &str) -> std::result::Result<Conn, ConnectError> {
-        let client = Client::open(url).map_err(|e| {
+    pub(crate) async fn open(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> std::result::Result<Conn, ConnectError> {
+        let bad_url = |e: RedisError| {
             ConnectError::Rejected(format!(
-                "bad Redis URL ({e}); use redis://[user:password@]host:port/db"
+                "bad Redis URL ({e}); use redis://[user:password@]host:port/db, or rediss:// for TLS"
             ))
-        })?;
+        };
+        let client = if url.starts_with("rediss://") {
+            // One crypto provider for the process (ring: small, no C
+            // toolchain beyond cc); a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let root_cert = match ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    ConnectError::Rejected(format!(
+                        "cannot read the CA file {}: {e}",
+                        path.display()
+                    ))
+                })?),
+                None => None,
+            };
+            Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert,
+                },
+            )
+            .map_err(bad_url)?
+        } else {
+            Client::open(url).map_err(bad_url)?
+        };
         let first = connect(&client).await.map_err(|e| {
             if e.kind() == redis::ErrorKind::AuthenticationFailed
                 || e.code()
@@ -100,6 +127,10 @@ impl Conn {
             {
                 ConnectError::Rejected(format!(
                     "Redis refused the credentials ({e}); check the user and password in the URL"
+                ))
+            } else if e.to_string().to_lowercase().contains("certificate") {
+                ConnectError::Rejected(format!(
+                    "Redis's TLS certificate is not trusted ({e}); pass the certificate authority that signed it with --redis-ca-file"
                 ))
             } else {
                 ConnectError::Unreachable(format!("cannot reach Redis: {e}"))

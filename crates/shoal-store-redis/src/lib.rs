@@ -39,10 +39,13 @@ use shoal_store::{Error, Result};
 /// What a Redis store needs to know.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `redis://[user:pass@]host:port/db` (or `rediss://`).
+    /// `redis://[user:pass@]host:port/db`, or `rediss://...` for TLS.
     pub url: String,
     /// The prefix of every key, so several Shoal clusters can share a Redis.
     pub namespace: String,
+    /// With `rediss://`: the PEM file of the certificate authority that
+    /// signed the server's certificate; `None` trusts the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The store ports on one Redis server (see the crate docs for what is
@@ -77,7 +80,7 @@ impl RedisStore {
         options: &Options,
     ) -> std::result::Result<(RedisStore, ServerNotes), ConnectError> {
         let store = RedisStore {
-            conn: conn::Conn::open(&options.url).await?,
+            conn: conn::Conn::open(&options.url, options.ca_file.as_deref()).await?,
             keys: Keys {
                 ns: options.namespace.clone(),
             },

@@ -17,22 +17,58 @@ pub struct RedisServer {
     port: u16,
     args: Vec<String>,
     dir: tempfile::TempDir,
+    /// Serving TLS only, with a certificate signed by `ca.crt` in `dir`.
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts a server with `extra` arguments after the defaults (a later
     /// `--appendonly no` wins).
     pub fn start(extra: &[&str]) -> RedisServer {
+        RedisServer::start_with(extra, false)
+    }
+
+    /// Starts a server that speaks only TLS (`rediss://`), with a
+    /// certificate for 127.0.0.1 signed by a certificate authority of its
+    /// own ([`ca_file`](Self::ca_file)), made with the `openssl` command.
+    pub fn start_tls(extra: &[&str]) -> RedisServer {
+        RedisServer::start_with(extra, true)
+    }
+
+    fn start_with(extra: &[&str], tls: bool) -> RedisServer {
         let mut dir = tempfile::tempdir().expect("a temporary directory");
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..20 {
             let port = free_port();
+            if tls {
+                make_certificates(dir.path());
+                let d = dir.path().display();
+                args = [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    &format!("{d}/server.crt"),
+                    "--tls-key-file",
+                    &format!("{d}/server.key"),
+                    "--tls-ca-cert-file",
+                    &format!("{d}/ca.crt"),
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(extra.iter().map(|s| s.to_string()))
+                .collect();
+            }
             let child = spawn(dir.path(), port, &args);
             let mut server = RedisServer {
                 child,
                 port,
                 args: args.clone(),
                 dir,
+                tls,
             };
             if server.wait_ready() {
                 return server;
@@ -77,9 +113,15 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The certificate authority of a TLS server.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.crt"))
     }
 
     /// The server's directory (its append-only file is under it).
@@ -92,6 +134,7 @@ impl RedisServer {
         Options {
             url: self.url(),
             namespace: "shoal-test".into(),
+            ca_file: self.ca_file(),
         }
     }
 
@@ -109,7 +152,11 @@ impl RedisServer {
                 .iter()
                 .position(|a| a == "--requirepass")
                 .and_then(|i| self.args.get(i + 1));
-            if let Some(dir) = config_dir(self.port, password.map(String::as_str))
+            if self.tls {
+                if tls_ready(self.port, self.dir.path()) {
+                    return true;
+                }
+            } else if let Some(dir) = config_dir(self.port, password.map(String::as_str))
                 && dir == ours
             {
                 return true;
@@ -167,6 +214,98 @@ fn config_dir(port: u16, password: Option<&str>) -> Option<PathBuf> {
     }
     let text = String::from_utf8(reply).ok()?;
     text.lines().nth(lines - 1).map(PathBuf::from)
+}
+
+/// Whether the TLS server on `port` answers with `dir` as its directory
+/// (asked with `redis-cli --tls`, from Debian's redis-tools).
+fn tls_ready(port: u16, dir: &Path) -> bool {
+    let Ok(out) = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "config",
+            "get",
+            "dir",
+        ])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let ours = std::fs::canonicalize(dir).unwrap_or(dir.into());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| Path::new(l.trim()) == ours)
+}
+
+/// A certificate authority (`ca.crt`) and a certificate for 127.0.0.1
+/// signed by it (`server.crt`, `server.key`), in `dir`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl (scripts/test installs it): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write san.cnf");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=shoal test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    ]);
 }
 
 /// A port on 127.0.0.1 that nothing listened on a moment ago.

@@ -80,6 +80,7 @@ async fn an_unreachable_redis_is_unavailable() {
     let options = Options {
         url: format!("redis://127.0.0.1:{port}/0"),
         namespace: "shoal-test".into(),
+        ca_file: None,
     };
     assert!(matches!(
         RedisStore::connect(&options).await,
@@ -187,6 +188,7 @@ async fn wrong_credentials_are_rejected() {
         let options = Options {
             url,
             namespace: "shoal-test".into(),
+            ca_file: None,
         };
         match RedisStore::connect(&options).await {
             Err(ConnectError::Rejected(message)) => {
@@ -199,6 +201,7 @@ async fn wrong_credentials_are_rejected() {
     let options = Options {
         url: format!("redis://:right@127.0.0.1:{}/0", server.port()),
         namespace: "shoal-test".into(),
+        ca_file: None,
     };
     assert!(RedisStore::connect(&options).await.is_ok());
 }
@@ -249,4 +252,29 @@ async fn a_limiter_holds_across_nodes() {
         "{total} in {elapsed_ms} ms"
     );
     assert!(total >= 15, "{total} in {elapsed_ms} ms");
+}
+
+/// `rediss://`: TLS to a server whose certificate a given authority
+/// signed; without that authority the server is refused as untrusted
+/// (waiting would not help).
+#[tokio::test]
+async fn tls_with_a_certificate_authority() {
+    use shoal_store::Catalog;
+    let server = RedisServer::start_tls(&[]);
+    assert!(server.url().starts_with("rediss://"));
+    let store = store(&server).await;
+    let record = conformance::sample_function(&conformance::unique("f"), "main:run");
+    assert_eq!(store.deploy_function(record).await.unwrap(), 1);
+
+    let untrusted = Options {
+        ca_file: None,
+        ..server.options()
+    };
+    match RedisStore::connect(&untrusted).await {
+        Err(ConnectError::Rejected(message)) => {
+            assert!(message.contains("--redis-ca-file"), "{message}")
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a certificate no trusted authority signed was accepted"),
+    }
 }

@@ -112,7 +112,11 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         tasks: Tasks::new(parts.shutdown),
     });
     let consumers = Arc::new(Consumers::default());
-    let secrets = Arc::new(Secrets::new(env.opts.data_dir.clone()));
+    let secrets = Arc::new(Secrets::with_store(
+        env.opts.data_dir.clone(),
+        env.opts.secrets_key_file.clone(),
+        env.backend.catalog.clone(),
+    ));
     let functions = Arc::new(Functions::new(env.clone(), secrets.clone()));
     let limiters = Arc::new(Limiters::new(env.clone()));
     let jobs = Arc::new(Jobs::new(env.clone(), functions.clone(), consumers.clone()));
@@ -148,6 +152,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         .synced_generation
         .store(generation, std::sync::atomic::Ordering::Release);
     handle.limiters.load().await?;
+    handle.secrets.start().await?;
     for d in handle.functions.load().await? {
         handle.dispatcher.start_consumers(&d);
     }
@@ -274,6 +279,7 @@ impl Handle {
 
     /// Reloads what the catalog holds besides functions' consumers.
     async fn sync_catalog(&self) -> Result<Synced> {
+        self.functions.sync_secrets().await?;
         let synced = self.functions.sync().await?;
         self.limiters.load().await?;
         self.tokens.forget_verified();
@@ -616,15 +622,14 @@ impl Handle {
     /// Sets a secret; functions naming it get the new value from their next
     /// cold start (their warm workers are retired now).
     pub async fn set_secret(&self, name: &str, value: &str) -> Result<()> {
-        self.secrets.set(name, value, self.env.now_ms())?;
-        for old in self.functions.refresh_secret(name) {
-            self.env.runtime.retire(&old.deployment.key);
-        }
+        let changed = self.secrets.set(name, value, self.env.now_ms()).await?;
+        self.functions.secrets_changed(&changed);
         Ok(())
     }
 
     /// The secrets' names (never their values).
     pub async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.functions.sync_secrets().await?;
         self.secrets.list()
     }
 
@@ -633,7 +638,7 @@ impl Handle {
         crate::secrets::check_name(name)?;
         let secrets = self.secrets.clone();
         self.functions
-            .unless_secret_used(name, || secrets.remove(name))
+            .unless_secret_used(name, async move { secrets.remove(name).await })
             .await
     }
 

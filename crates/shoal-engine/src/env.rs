@@ -49,6 +49,9 @@ pub struct Options {
     pub retention_sweep: Duration,
     /// This node among the nodes sharing its store.
     pub node: NodeOptions,
+    /// The key secrets are encrypted under; `None` for
+    /// `DATA_DIR/secrets.key`. Nodes sharing a store must use the same.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// How a node takes part in a cluster (nodes sharing one store).
@@ -88,6 +91,7 @@ impl Options {
             retention: Some(Duration::from_secs(30 * 24 * 3600)),
             retention_sweep: Duration::from_secs(600),
             node: NodeOptions::default(),
+            secrets_key_file: None,
         }
     }
 }

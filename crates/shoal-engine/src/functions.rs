@@ -34,6 +34,9 @@ use crate::secrets::Secrets;
 pub struct Deployed {
     pub record: FunctionRecord,
     pub deployment: Deployment,
+    /// Why the secrets it names could not be read on this node (its key
+    /// does not open the cluster's secrets); it is not run then.
+    pub secrets_unreadable: Option<String>,
 }
 
 impl Deployed {
@@ -52,7 +55,11 @@ impl Deployed {
             code_digest: record.code_digest.clone(),
             env: record.env.clone(),
         };
-        Deployed { record, deployment }
+        Deployed {
+            record,
+            deployment,
+            secrets_unreadable: None,
+        }
     }
 
     pub fn max_attempts(&self) -> u32 {
@@ -288,14 +295,19 @@ impl Functions {
                 "shoal.toml names limiter `{l}`, which does not exist; create it first with `shoal limiters set {l} --per-second N`"
             )));
         }
-        if let Some(missing) = record
-            .secrets
-            .iter()
-            .find(|s| self.secrets.values(std::slice::from_ref(*s)).is_err())
-        {
-            return Err(Error::InvalidFunction(format!(
-                "shoal.toml names secret `{missing}`, which does not exist; set it first with `shoal secrets set {missing}`"
-            )));
+        if !record.secrets.is_empty() {
+            // Set through another node moments ago: read them now.
+            self.sync_secrets().await?;
+            match self.secrets.values(&record.secrets) {
+                Ok(_) => {}
+                Err(Error::NotFound { name: missing, .. }) => {
+                    return Err(Error::InvalidFunction(format!(
+                        "shoal.toml names secret `{missing}`, which does not exist; set it first with `shoal secrets set {missing}`"
+                    )));
+                }
+                // This node cannot read them (another cluster key).
+                Err(e) => return Err(e),
+            }
         }
         if let Some(sub) = &record.subscribe
             && let Some(other) = self.subscriber_of(&sub.queue)
@@ -659,17 +671,52 @@ impl Functions {
 
     /// A version ready to run: its record, with the values of the secrets
     /// it names in its environment.
+    /// When they cannot be read, the version carries why, and new calls of
+    /// it are refused with that (`resolve`, `version`): it never runs
+    /// without them.
     fn deployed(&self, record: FunctionRecord) -> Arc<Deployed> {
         let mut d = Deployed::from_record(&self.env.opts.data_dir, record);
         match self.secrets.values(&d.record.secrets) {
             Ok(values) => d.deployment.env.extend(values),
-            Err(e) => tracing::warn!(
-                function = %d.record.name,
-                error = %e,
-                "A secret the function names cannot be read; it runs without it."
-            ),
+            Err(e) => {
+                tracing::error!(
+                    function = %d.record.name,
+                    error = %e,
+                    "A secret the function names cannot be read; it does not run on this node."
+                );
+                d.secrets_unreadable = Some(e.to_string());
+            }
         }
         Arc::new(d)
+    }
+
+    /// `d`, unless its secrets could not be read.
+    fn runnable(d: Arc<Deployed>) -> Result<Arc<Deployed>> {
+        match &d.secrets_unreadable {
+            None => Ok(d),
+            Some(why) => Err(Error::unavailable(std::io::Error::other(format!(
+                "function `{}` cannot run on this node: {why}",
+                d.record.name
+            )))),
+        }
+    }
+
+    /// Brings the secrets up to what the store holds when nodes share it;
+    /// versions naming a changed one are rebuilt.
+    pub(crate) async fn sync_secrets(&self) -> Result<()> {
+        let changed = self.secrets.refresh().await?;
+        self.secrets_changed(&changed);
+        Ok(())
+    }
+
+    /// After secrets changed: rebuilds the versions naming them and retires
+    /// their workers (which hold the old values in their environment).
+    pub(crate) fn secrets_changed(&self, names: &[String]) {
+        for name in names {
+            for old in self.refresh_secret(name) {
+                self.env.runtime.retire(&old.deployment.key);
+            }
+        }
     }
 
     /// After a secret changed: every version that names it, rebuilt with the
@@ -699,16 +746,18 @@ impl Functions {
 
     /// Runs `remove` unless a deployed function names the secret; deploys
     /// wait meanwhile.
-    pub(crate) async fn unless_secret_used<T>(
+    pub(crate) async fn unless_secret_used(
         &self,
         secret: &str,
-        remove: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
+        remove: impl std::future::Future<Output = Result<Vec<String>>>,
+    ) -> Result<()> {
         let _rules = self.rules.lock().await;
         self.refuse_if_named(Conflict::SecretInUse, "secret", secret, |d| {
             d.record.secrets.iter().any(|s| s == secret)
         })?;
-        remove()
+        let changed = remove.await?;
+        self.secrets_changed(&changed);
+        Ok(())
     }
 
     /// A conflict naming the deployed functions for which `names` holds,
@@ -788,14 +837,15 @@ impl Functions {
         };
         let fname = parse_name(base)?;
         self.env.accepting()?;
-        match self.resolve_here(&fname, name, reference).await {
+        let found = match self.resolve_here(&fname, name, reference).await {
             // Deployed (or aliased) through another node sharing the store
             // since this node last synced: sync now, then look again.
             Err(Error::NotFound { .. }) if self.sync_on_miss().await => {
                 self.resolve_here(&fname, name, reference).await
             }
             found => found,
-        }
+        };
+        found.and_then(Functions::runnable)
     }
 
     /// After a miss: syncs the registry with the store, unless the
@@ -807,6 +857,9 @@ impl Functions {
         };
         if generation == self.synced_generation.load(Ordering::Acquire) {
             return false;
+        }
+        if let Err(e) = self.sync_secrets().await {
+            tracing::warn!(error = %e, "Reading the secrets failed.");
         }
         match self.sync().await {
             Ok(synced) => {
@@ -855,7 +908,7 @@ impl Functions {
         {
             let registry = self.registry.read().unwrap();
             if let Some(d) = registry.versions.get(&(name.to_string(), version)) {
-                return Ok(Some(d.clone()));
+                return Functions::runnable(d.clone()).map(Some);
             }
             if !registry.latest.contains_key(name) {
                 return Ok(None);
@@ -872,7 +925,7 @@ impl Functions {
         };
         let d = self.fetched(record).await?;
         self.registry.write().unwrap().insert_version(d.clone());
-        Ok(Some(d))
+        Functions::runnable(d).map(Some)
     }
 
     /// Names of the deployed functions, sorted.

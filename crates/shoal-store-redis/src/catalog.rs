@@ -14,6 +14,7 @@
 //! | `NS:{catalog}:generation` | string | bumped by every write above, in the same script: nodes poll it to notice others' changes |
 //! | `NS:{catalog}:code:SHA256` | string | a function's code archive (tar), by content |
 //! | `NS:{catalog}:nodes` | hash | node id → heartbeat record (JSON) |
+//! | `NS:{catalog}:secrets` | hash | `version` (a counter) and `sealed` (the engine's ciphertext of every secret, opaque bytes); written only by a compare-and-set on `version` that bumps `generation` in the same script |
 //! | `NS:{catalog}:gcra:NAME` | string | a rate limiter's theoretical arrival time (GCRA, on Redis's clock; expires once idle) |
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 use shoal_store::{
     Catalog, Error, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
-    Result, TokenRate, TokenRecord, Tokens,
+    Result, SealedSecrets, TokenRate, TokenRecord, Tokens,
 };
 
 use crate::conn::{Lua, arg};
@@ -145,6 +146,21 @@ if ARGV[4] ~= '1' and n > 0 then
   redis.call('SET', KEYS[1], string.format('%.3f', next), 'PX', ttl)
 end
 return {n, 0}
+",
+    )
+});
+
+/// Replaces the sealed secrets if their version is still ARGV[1]; bumps the
+/// generation. The new version, or -1 when the version moved.
+static PUT_SECRETS: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+v = v + 1
+redis.call('HSET', KEYS[1], 'version', v, 'sealed', ARGV[2])
+redis.call('INCR', KEYS[2])
+return v
 ",
     )
 });
@@ -356,6 +372,42 @@ impl Catalog for RedisStore {
                 .clone(),
         );
         Box::pin(async move { Ok(generation.await?.unwrap_or(0)) })
+    }
+
+    fn secrets(&self) -> Pending<Option<SealedSecrets>> {
+        let read = self.conn.query::<(Option<String>, Option<Vec<u8>>)>(
+            redis::cmd("HMGET")
+                .arg(self.keys.catalog("secrets"))
+                .arg("version")
+                .arg("sealed")
+                .clone(),
+        );
+        Box::pin(async move {
+            let (version, sealed) = read.await?;
+            let version = match version {
+                None => 0,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| Error::Corrupt(format!("secrets version {v:?}")))?,
+            };
+            Ok(Some(SealedSecrets {
+                version,
+                sealed: sealed.unwrap_or_default(),
+            }))
+        })
+    }
+
+    fn put_secrets(&self, expected: u64, sealed: Vec<u8>) -> Pending<Option<u64>> {
+        let keys = vec![
+            self.keys.catalog("secrets"),
+            self.keys.catalog("generation"),
+        ];
+        let args = vec![arg(expected.to_string()), arg(sealed)];
+        let put = self.conn.script::<i64>(&PUT_SECRETS, keys, args);
+        Box::pin(async move {
+            let v = put.await?;
+            Ok(u64::try_from(v).ok())
+        })
     }
 
     fn take_tokens(

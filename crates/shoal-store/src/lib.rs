@@ -590,6 +590,30 @@ pub trait Catalog: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// The secrets every node sharing the store uses, sealed by the engine
+    /// (the store sees only ciphertext, never a name or a value). `None`
+    /// when the store keeps no secrets, the default: a store only one node
+    /// uses leaves them to that node (a file in its data directory).
+    /// Before the first [`put_secrets`](Self::put_secrets) a store that
+    /// keeps them answers version 0 with nothing sealed.
+    fn secrets(&self) -> Pending<Option<SealedSecrets>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Replaces the sealed secrets, if their version is still `expected`
+    /// (a compare-and-set: nodes read, change and write the whole map, and
+    /// a write based on a stale read must not undo another node's). Bumps
+    /// the catalog generation in the same step, so the other nodes reload
+    /// them. Returns the new version, or `None` when the version moved
+    /// (read again and retry). Only called on a store whose
+    /// [`secrets`](Self::secrets) answers `Some`; the default refuses.
+    fn put_secrets(&self, expected: u64, sealed: Vec<u8>) -> Pending<Option<u64>> {
+        let _ = (expected, sealed);
+        Box::pin(std::future::ready(Err(Error::Unavailable(
+            "this store keeps no secrets".into(),
+        ))))
+    }
+
     /// A number that changes with every write above (functions, refs,
     /// tokens, queue and limiter records), so nodes sharing the store
     /// notice what other nodes changed. A store only one node uses may
@@ -633,6 +657,16 @@ pub trait Catalog: Send + Sync + 'static {
         let _ = (limiter, rate, want, peek);
         Box::pin(std::future::ready(Ok(None)))
     }
+}
+
+/// The secrets as a store keeps them for every node sharing it
+/// ([`Catalog::secrets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealedSecrets {
+    /// 0 until the first [`Catalog::put_secrets`]; one more with each.
+    pub version: u64,
+    /// Opaque to the store (the engine's format); empty at version 0.
+    pub sealed: Vec<u8>,
 }
 
 /// A rate limiter's pace, for [`Catalog::take_tokens`].

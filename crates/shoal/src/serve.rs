@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// the address it listens on).
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
+    /// The 32-byte key secrets are encrypted under (default:
+    /// DATA_DIR/secrets.key, created on first use). Nodes sharing a store
+    /// keep the secrets in it and must all use the same key: copy the
+    /// first node's key file to the others (mode 0600).
+    #[arg(long, env = "SHOAL_SECRETS_KEY_FILE", value_name = "PATH")]
+    pub secrets_key_file: Option<PathBuf>,
     /// How long past its timeout an asynchronous invocation's lease lasts:
     /// when a node dies (kill -9, power cut), other nodes run its leased
     /// work again once the function's timeout plus this has passed.
@@ -329,6 +335,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     engine_opts.retention = (!retain.is_zero()).then_some(retain);
     engine_opts.lease_margin = args.lease_margin;
+    engine_opts.secrets_key_file = args.secrets_key_file.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

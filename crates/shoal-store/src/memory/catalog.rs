@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     Catalog, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
-    TokenRecord,
+    SealedSecrets, TokenRecord,
 };
 
 use super::MemoryStore;
@@ -30,6 +30,8 @@ pub(super) struct CatalogState {
     code: HashMap<String, Vec<u8>>,
     /// By id.
     nodes: BTreeMap<String, NodeRecord>,
+    /// The sealed secrets (writes bump `generation`).
+    secrets: SealedSecrets,
 }
 
 impl Catalog for MemoryStore {
@@ -165,6 +167,25 @@ impl Catalog for MemoryStore {
 
     fn catalog_generation(&self) -> Pending<u64> {
         self.run(|s| Ok(s.catalog.generation))
+    }
+
+    fn secrets(&self) -> Pending<Option<SealedSecrets>> {
+        self.run(|s| Ok(Some(s.catalog.secrets.clone())))
+    }
+
+    fn put_secrets(&self, expected: u64, sealed: Vec<u8>) -> Pending<Option<u64>> {
+        self.run(move |s| {
+            let c = &mut s.catalog;
+            if c.secrets.version != expected {
+                return Ok(None);
+            }
+            c.generation += 1;
+            c.secrets = SealedSecrets {
+                version: expected + 1,
+                sealed,
+            };
+            Ok(Some(expected + 1))
+        })
     }
 
     fn put_node(&self, node: NodeRecord) -> Pending<()> {

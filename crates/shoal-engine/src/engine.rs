@@ -154,7 +154,10 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     handle.limiters.load().await?;
     handle.secrets.start().await?;
     for d in handle.functions.load().await? {
-        handle.dispatcher.start_consumers(&d);
+        // Not with secrets this node cannot read: other nodes take its work.
+        if d.secrets_unreadable.is_none() {
+            handle.dispatcher.start_consumers(&d);
+        }
     }
     handle.env.tasks.spawn(handle.clone().sync_loop());
     handle.env.tasks.spawn(handle.clone().heartbeat_loop());
@@ -222,7 +225,10 @@ impl Handle {
     async fn went_live(&self, now: &DeployedNow) -> Result<()> {
         let d = &now.current;
         self.dispatcher.queues.ensure_for_subscriber(d).await?;
-        self.dispatcher.start_consumers(d);
+        // Not with secrets this node cannot read: other nodes take its work.
+        if d.secrets_unreadable.is_none() {
+            self.dispatcher.start_consumers(d);
+        }
         if let Some(prev) = &now.previous
             && prev.deployment.key != d.deployment.key
         {

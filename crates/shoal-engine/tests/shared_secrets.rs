@@ -10,11 +10,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use common::{BASE_MS, archive, ms};
-use shoal_engine::{Handle, Options, Parts, TokioClock};
+use shoal_engine::{Handle, Options, OutMessage, Parts, QueueSettings, TokioClock};
 use shoal_runtime::fake::FakeRuntime;
 use shoal_store::Backend;
 use shoal_store::memory::MemoryStore;
-use shoal_types::Outcome;
+use shoal_types::{InvocationStatus, Outcome};
 
 const VALUE: &str = "sk-live-0123456789";
 
@@ -22,6 +22,7 @@ const VALUE: &str = "sk-live-0123456789";
 /// `key` (`None`: its own, `DATA_DIR/secrets.key`).
 struct Node {
     engine: Handle,
+    fake: FakeRuntime,
     _data: tempfile::TempDir,
 }
 
@@ -29,10 +30,11 @@ async fn node(backend: Backend, key: Option<PathBuf>) -> Node {
     let data = tempfile::tempdir().unwrap();
     let mut opts = Options::new(data.path().to_path_buf());
     opts.secrets_key_file = key;
+    let fake = FakeRuntime::new();
     let engine = shoal_engine::start_with(Parts {
         opts,
         backend,
-        runtime: Arc::new(FakeRuntime::new()),
+        runtime: Arc::new(fake.clone()),
         clock: Arc::new(TokioClock::starting_at(BASE_MS)),
         random: None,
         shutdown: CancellationToken::new(),
@@ -41,6 +43,7 @@ async fn node(backend: Backend, key: Option<PathBuf>) -> Node {
     .expect("the engine starts");
     Node {
         engine,
+        fake,
         _data: data,
     }
 }
@@ -131,4 +134,33 @@ async fn a_node_with_another_key_refuses_clearly() {
     // A is untouched.
     let out = echoed(&a).await;
     assert!(out.contains("***"), "{out}");
+    // Asynchronous invocations and queue messages for functions naming a
+    // secret all run on A, none on B.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(a.engine.invoke_async("pay", "{}".into()).await.unwrap());
+    }
+    a.engine
+        .put_queue("orders", QueueSettings::default())
+        .await
+        .unwrap();
+    let worker = "name = \"worker\"\nhandler = \"main:handler\"\nsecrets = [\"API_KEY\"]\n[subscribe]\nqueue = \"orders\"\n";
+    a.engine.deploy(archive(worker)).await.unwrap();
+    tokio::time::sleep(ms(300)).await;
+    let messages = (0..6)
+        .map(|i| OutMessage {
+            body: format!("{{\"i\":{i}}}"),
+            delay: ms(0),
+            dedup_id: None,
+        })
+        .collect();
+    b.engine.send("orders", messages).await.unwrap();
+    tokio::time::sleep(ms(5_000)).await;
+    for id in &ids {
+        let record = a.engine.invocation(id).await.unwrap();
+        assert_eq!(record.status, InvocationStatus::Succeeded, "{record:?}");
+    }
+    assert_eq!(a.fake.calls_of("worker").len(), 6);
+    assert!(b.fake.calls_of("pay").is_empty());
+    assert!(b.fake.calls_of("worker").is_empty());
 }

@@ -109,3 +109,35 @@ async fn nodes_with_one_key_share_secrets_and_a_node_with_another_refuses() {
     let r = c[1].invoke("vendor", "{}").await.unwrap().result.unwrap();
     assert_eq!(r["length"], json!(ROTATED.len()), "{r}");
 }
+
+/// The Redis adapter's half: one binary-safe blob, written only by a
+/// compare-and-set on its version, each write moving the catalog
+/// generation.
+#[tokio::test]
+async fn redis_keeps_the_sealed_secrets_by_compare_and_set() {
+    use shoal_store::{Catalog, SealedSecrets};
+    let redis = RedisServer::start(&[]);
+    let (store, _) = shoal_store_redis::RedisStore::connect(&redis.options())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.secrets().await.unwrap(),
+        Some(SealedSecrets::default())
+    );
+    let sealed = vec![1u8, 0, 255, 13, 10, 0x80, b'x'];
+    let before = store.catalog_generation().await.unwrap();
+    assert_eq!(store.put_secrets(0, sealed.clone()).await.unwrap(), Some(1));
+    assert!(store.catalog_generation().await.unwrap() > before);
+    // A write based on a stale read is refused and changes nothing.
+    let after = store.catalog_generation().await.unwrap();
+    assert_eq!(store.put_secrets(0, b"stale".to_vec()).await.unwrap(), None);
+    assert_eq!(store.catalog_generation().await.unwrap(), after);
+    assert_eq!(
+        store.secrets().await.unwrap(),
+        Some(SealedSecrets { version: 1, sealed })
+    );
+    assert_eq!(
+        store.put_secrets(1, b"next".to_vec()).await.unwrap(),
+        Some(2)
+    );
+}

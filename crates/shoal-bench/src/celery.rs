@@ -60,19 +60,26 @@ impl Run {
 pub struct Redis {
     child: Child,
     pub url: String,
+    pub port: u16,
     log: PathBuf,
 }
 
 impl Redis {
     /// Starts `binary` on a free loopback port with its files in `dir`, and
-    /// waits until it answers `PING`.
+    /// waits until it answers `PING`; without persistence (`REDIS_SETTINGS`).
     pub async fn start(binary: &Path, dir: &Path) -> Result<Redis> {
+        Redis::start_with(binary, dir, &["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// `start` with these persistence settings instead (e.g. `--appendonly
+    /// yes --appendfsync everysec`).
+    pub async fn start_with(binary: &Path, dir: &Path, settings: &[&str]) -> Result<Redis> {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let log = dir.join("redis.log");
         let child = Command::new(binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(settings)
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
@@ -86,6 +93,7 @@ impl Redis {
         let mut redis = Redis {
             child,
             url: format!("redis://127.0.0.1:{port}/0"),
+            port,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -5,7 +5,8 @@
 //! target table (`target.rs`): invocations (`invoke.rs`), queues beside
 //! Celery (`queue.rs`), rate-limit accuracy against a strict mock vendor
 //! (`ratelimit.rs`), a fan-out with fan-in (`fanout.rs`), and document
-//! writes and map/reduce queries beside Python baselines (`queries.rs`).
+//! writes and map/reduce queries beside Python baselines (`queries.rs`),
+//! and several nodes on one Redis beside Celery (`cluster.rs`).
 //! Each phase renders its own section of the report (`report.rs`), which is
 //! printed and appended to `docs/benchmarks.md`.
 //!
@@ -18,6 +19,7 @@
 
 mod baseline;
 mod celery;
+mod cluster;
 mod cpu;
 mod data;
 mod fanout;
@@ -56,7 +58,7 @@ struct Args {
     quick: bool,
     /// Run only these phases (comma-separated): latency, throughput, cold,
     /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
-    /// query-cold, query-stream, list.
+    /// query-cold, query-stream, list, cluster.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run every selected phase against this `shoal` binary (an older
@@ -110,6 +112,7 @@ struct Plan {
     fanout_limit: Duration,
     queries: queries::Plan,
     list: list::Plan,
+    cluster: cluster::Plan,
 }
 
 /// One `shoal` binary under test, with its node.
@@ -165,6 +168,13 @@ impl Plan {
                 functions: 200,
                 calls: 200,
             },
+            cluster: cluster::Plan::new(
+                q,
+                absolute(&args.celery_python),
+                args.redis_server.clone(),
+                present(&args.celery_missing),
+                args.node_log.clone(),
+            ),
         }
     }
 }
@@ -355,6 +365,7 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "ratelimit" => ratelimit::run(ctx, &plan.ratelimit, plan.ratelimit_limit).await,
         "fanout" => fanout::run(ctx, plan.fanout_n, plan.fanout_limit).await,
         "list" => list::run(&b.shoal, &plan.list).await,
+        "cluster" => cluster::run(ctx, &b.shoal, b.dir.path(), &plan.cluster).await,
         other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),
     };
     let s = r.unwrap_or_else(|e| Section::failed(phase, &format!("{e:#}")));
@@ -456,6 +467,7 @@ mod tests {
             "ratelimit",
             "fanout",
             "list",
+            "cluster",
         ];
         for p in target::phases() {
             assert!(known.contains(&p) || queries::PHASES.contains(&p), "{p}");

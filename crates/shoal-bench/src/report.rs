@@ -516,6 +516,7 @@ mod tests {
         all.extend(crate::fanout::examples());
         all.extend(crate::queries::examples());
         all.extend(crate::list::examples());
+        all.extend(crate::cluster::examples());
         all
     }
 
@@ -572,6 +573,21 @@ mod tests {
             ("query-stream.rss", Pass),
             ("list.failed_p99", Pass),
             ("list.failed_p50", Info),
+            ("cluster.cmds_sync", Info),
+            ("cluster.cmds_async", Pass),
+            ("cluster.cmds_queue", Info),
+            ("cluster.cmds_doc", Miss),
+            ("cluster.cmds_shard", Info),
+            ("cluster.async_embedded", Info),
+            ("cluster.async_1", Pass),
+            ("cluster.async_2", Pass),
+            ("cluster.async_3", Miss),
+            ("cluster.async_always", Miss),
+            ("cluster.sync_embedded", Info),
+            ("cluster.sync_1", Info),
+            ("cluster.sync_2", Info),
+            ("cluster.sync_3", Info),
+            ("cluster.capacity", Info),
         ];
         assert_eq!(verdicts, want);
     }

@@ -43,6 +43,8 @@ pub enum Unit {
     DocsPerS,
     MiB,
     Count,
+    /// Redis commands per unit of work (two decimals).
+    Cmds,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +131,42 @@ pub static TARGETS: &[Target] = targets! {
          (`GET /v1/invocations?function=F&status=failed&limit=50`), p99";
     "list.failed_p50"    10  Reported                  0.0  Ms
         "The same list, median";
+    "cluster.cmds_sync"  11  Reported                  0.0  Cmds
+        "Redis commands per sync invocation: commands the node sent (an EVALSHA counts once), \
+         from a counting proxy; with the calls inside scripts, from `INFO commandstats`";
+    "cluster.cmds_async" 11  AtMost                    4.0  Cmds
+        "Redis commands per async invocation, submit to final record (as above)";
+    "cluster.cmds_queue" 11  Reported                  0.0  Cmds
+        "Redis commands per queue message, sent to a queue with a subscriber until acked (as \
+         above)";
+    "cluster.cmds_doc"   11  AtMost                    1.0  Cmds
+        "Redis commands per document written, batched NDJSON writes (as above)";
+    "cluster.cmds_shard" 11  Reported                  0.0  Cmds
+        "Redis commands per shard of a query over a category (as above)";
+    "cluster.async_embedded" 11 Reported               0.0  PerS
+        "Async invocations/s end to end, one node on the embedded store";
+    "cluster.async_1"    11  RatioAtLeast("Celery")    5.0  PerS
+        "Async invocations/s end to end, 1 node on one redis-server (AOF, `appendfsync \
+         everysec`), vs Celery (2 prefork workers) on the same kind of redis-server";
+    "cluster.async_2"    11  RatioAtLeast("Celery")    5.0  PerS
+        "The same, 2 nodes on one redis-server, clients spread round robin";
+    "cluster.async_3"    11  RatioAtLeast("Celery")    5.0  PerS
+        "The same, 3 nodes on one redis-server";
+    "cluster.async_always" 11 RatioAtLeast("Celery")   5.0  PerS
+        "Async invocations/s with `appendfsync always`, best of 1 and 3 nodes, vs Celery on \
+         redis-server with `appendfsync always`";
+    "cluster.sync_embedded" 11 Reported                0.0  PerS
+        "Sync invocations/s, concurrent keep-alive clients, one node on the embedded store";
+    "cluster.sync_1"     11  Reported                  0.0  PerS
+        "Sync invocations/s, 1 node on one redis-server (`appendfsync everysec`)";
+    "cluster.sync_2"     11  Reported                  0.0  PerS
+        "Sync invocations/s, 2 nodes on one redis-server, clients spread round robin";
+    "cluster.sync_3"     11  Reported                  0.0  PerS
+        "Sync invocations/s, 3 nodes on one redis-server";
+    "cluster.capacity"   11  Reported                  0.0  PerS
+        "Async invocations/s one redis-server carries: 1 ÷ its main thread's CPU per async \
+         invocation in the 1-node run (on paper from the commands above and redis-benchmark in \
+         the note)";
 };
 
 /// The target with this id. Ids are constants in the phases' code, and a
@@ -227,6 +265,7 @@ impl Unit {
             Ms => fmt_ms(x),
             S => format!("{x:.1} s"),
             PerS if x < 100.0 && x.fract() != 0.0 => format!("{x:.1}/s"),
+            Cmds => self.with(format!("{x:.2}")),
             _ => self.with(thousands(x)),
         }
     }
@@ -240,6 +279,7 @@ impl Unit {
             DocsPerS => format!("{n} docs/s"),
             MiB => format!("{n} MiB"),
             Count => n,
+            Cmds => format!("{n} commands"),
         }
     }
 }
@@ -266,7 +306,7 @@ mod tests {
             let last = TARGETS[..i].iter().rposition(|u| u.phase() == t.phase());
             assert!(last.is_none_or(|j| j == i - 1), "{} is apart", t.id);
         }
-        assert_eq!(phases().len(), 14);
+        assert_eq!(phases().len(), 15);
         assert_eq!(phases()[0], "latency");
     }
 

@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// can share one server.
     #[arg(long, env = "SHOAL_REDIS_NAMESPACE", default_value = "shoal")]
     pub redis_namespace: String,
+    /// With `--store rediss://...`: the PEM file of the certificate
+    /// authority that signed Redis's certificate (default: the system's
+    /// trusted roots).
+    #[arg(long, env = "SHOAL_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// How other nodes and `shoal nodes` should reach this node (default:
     /// the address it listens on).
     #[arg(long, env = "SHOAL_ADVERTISE")]
@@ -422,19 +427,15 @@ async fn open_store(
         })?;
         return Ok((Backend::from_adapter(store.clone()), Some(store)));
     }
-    if url.starts_with("rediss://") {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         anyhow::bail!(
-            "--store rediss:// (TLS) is not supported by this build yet; reach Redis over a private network or a TLS tunnel (stunnel, spiped) and use redis://"
-        );
-    }
-    if !url.starts_with("redis://") {
-        anyhow::bail!(
-            "--store {url:?} is not a store: use `embedded` or redis://[user:password@]host:port/db"
+            "--store {url:?} is not a store: use `embedded`, redis://[user:password@]host:port/db, or rediss://... for TLS"
         );
     }
     let options = shoal_store_redis::Options {
         url: url.to_string(),
         namespace: args.redis_namespace.clone(),
+        ca_file: args.redis_ca_file.clone(),
     };
     let shown = redacted(url);
     let mut waited = Duration::ZERO;

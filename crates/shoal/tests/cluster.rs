@@ -343,3 +343,19 @@ fn a_rejecting_redis_stops_the_start_with_the_reason() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_reach_redis_over_tls() {
+    let redis = RedisServer::start_tls(&[]);
+    let ca = redis.ca_file().unwrap();
+    let args = [
+        "--store",
+        &redis.url(),
+        "--redis-ca-file",
+        ca.to_str().unwrap(),
+    ];
+    let a = TestNode::start_with(&args);
+    let b = TestNode::start_with(&args);
+    deploy(&a.client(), HELLO, HELLO_PY).await;
+    assert_eq!(ran(&b.client(), "hello").await.0, 1);
+}

@@ -671,13 +671,20 @@ impl Functions {
 
     /// A version ready to run: its record, with the values of the secrets
     /// it names in its environment.
-    /// When they cannot be read, the version carries why, and new calls of
-    /// it are refused with that (`resolve`, `version`): it never runs
-    /// without them.
+    /// When they cannot be read (this node's key does not open the
+    /// cluster's secrets), the version carries why, and new calls of it are
+    /// refused with that (`resolve`, `version`): it never runs without
+    /// them. A secret removed since (allowed once no live version names
+    /// it) is only warned about: queued calls of an older version run.
     fn deployed(&self, record: FunctionRecord) -> Arc<Deployed> {
         let mut d = Deployed::from_record(&self.env.opts.data_dir, record);
         match self.secrets.values(&d.record.secrets) {
             Ok(values) => d.deployment.env.extend(values),
+            Err(e @ Error::NotFound { .. }) => tracing::warn!(
+                function = %d.record.name,
+                error = %e,
+                "A secret the function names was removed; it runs without it."
+            ),
             Err(e) => {
                 tracing::error!(
                     function = %d.record.name,

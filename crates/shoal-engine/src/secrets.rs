@@ -195,6 +195,8 @@ impl Secrets {
         let Some(catalog) = self.catalog.as_ref().filter(|_| self.shared()) else {
             return Ok(Vec::new());
         };
+        // Not across a change of this node: its read could be older.
+        let _one = self.writes.lock().await;
         let Some(sealed) = catalog.secrets().await? else {
             return Ok(Vec::new());
         };

@@ -671,6 +671,7 @@ impl Functions {
 
     /// A version ready to run: its record, with the values of the secrets
     /// it names in its environment.
+    ///
     /// When they cannot be read (this node's key does not open the
     /// cluster's secrets), the version carries why, and new calls of it are
     /// refused with that (`resolve`, `version`): it never runs without

@@ -1907,26 +1907,41 @@ fn capacity_figure(s: &mut Section, r: &Results) {
         .redis
         .iter()
         .filter_map(|c| c.async_.as_ref().ok())
-        .map(AsyncRun::per_s)
-        .fold(f64::NAN, f64::max);
+        .max_by(|a, b| a.per_s().total_cmp(&b.per_s()));
+    let (rate, busy) = best.map_or((f64::NAN, f64::NAN), |a| (a.per_s(), a.cpu.busy));
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+    let here = if busy >= 0.9 {
+        format!(
+            "the machine's {cores} cores were {:.0} % busy: on this machine the cores are the \
+             limit (client, nodes, workers and Redis share them), and more nodes on the same \
+             cores cannot raise it",
+            busy * 100.0
+        )
+    } else {
+        format!(
+            "the machine's {cores} cores were only {:.0} % busy, so neither they nor Redis were \
+             saturated: the rate is bound by latency (a guess: each async invocation is a chain \
+             of dependent Redis calls through each node's one pipelined connection, queued \
+             behind the other nodes' on Redis's one thread, and the function runs at most \
+             `concurrency = 4` at a time per node)",
+            busy * 100.0
+        )
+    };
     s.detail(format!(
         "Where the next bottleneck is: in the 1-node run a node spent {node_ms:.2} ms of CPU \
          (node process + its Python workers) per async invocation and Redis's main thread \
-         {run_us:.0} µs, so at the best rate measured here ({}/s) Redis used {:.2} of a core \
-         and the nodes {:.2} cores, with the bench client and any other work on the machine \
-         sharing its {cores} cores: on this machine the cores are the limit, and \
-         more nodes on the same cores cannot raise it. On separate machines, one Redis at \
-         {}/s keeps about {:.1} cores of nodes busy; past that, Redis's single thread is the \
-         limit, and Redis Cluster does not lift it: all work state (invocations, queues, jobs) \
-         shares the hash slot `{{w}}`, so a cluster spreads categories, not work. The levers \
-         then are fewer scripts per invocation (batching the finish scripts of a lease as the \
-         lease already is) and work slots per queue. With `appendfsync always`, Redis fsyncs \
-         the AOF before answering each event-loop batch, so the rate also follows the disk's \
-         fsync latency.",
-        thousands(best),
-        best * run_us / 1e6,
-        best * node_ms / 1e3,
+         {run_us:.0} µs. At the best rate measured here ({}/s) Redis's main thread used {:.2} of \
+         a core and the nodes {:.2} cores; {here}. On separate machines, one Redis at {}/s keeps \
+         about {:.1} cores of nodes busy; past that, Redis's single thread is the limit, and \
+         Redis Cluster does not lift it: all work state (invocations, queues, jobs) shares the \
+         hash slot `{{w}}`, so a cluster spreads categories, not work. The levers are fewer \
+         scripts and fewer index moves per async invocation (see the scripts by SHA in the \
+         by-command line above), then work slots per queue. With `appendfsync always`, Redis \
+         fsyncs the AOF before answering each event-loop batch, so the rate also follows the \
+         disk's fsync latency.",
+        thousands(rate),
+        rate * run_us / 1e6,
+        rate * node_ms / 1e3,
         thousands(carried),
         carried * node_ms / 1e3,
     ));

@@ -18,6 +18,7 @@ use shoal_types::{Invalid, validate_name};
 use crate::env::Env;
 use crate::error::{Conflict, Entity, Error, Removal, Result};
 use crate::functions::Functions;
+use crate::querydist::{QueryDist, Spread};
 
 /// Settings for categories.
 #[derive(Debug, Clone, Copy)]
@@ -104,11 +105,26 @@ pub(crate) fn check_doc_id(id: &str) -> Result<()> {
 pub(crate) struct Categories {
     env: Arc<Env>,
     functions: Arc<Functions>,
+    /// Spreads queries over the nodes when the store is shared.
+    dist: Option<Arc<QueryDist>>,
 }
 
 impl Categories {
     pub(crate) fn new(env: Arc<Env>, functions: Arc<Functions>) -> Categories {
-        Categories { env, functions }
+        let dist = QueryDist::new(env.clone(), functions.clone());
+        Categories {
+            env,
+            functions,
+            dist,
+        }
+    }
+
+    /// Starts this node's share of the queries of every node (a store
+    /// shared by several nodes only).
+    pub(crate) fn start_shared_queries(&self) {
+        if let Some(dist) = &self.dist {
+            dist.start();
+        }
     }
 
     pub(crate) async fn create(&self, name: &str, shards: Option<u32>) -> Result<Category> {
@@ -370,6 +386,38 @@ impl Categories {
             .collect();
         let docs_total = shards.iter().map(|s| s.docs).sum();
         let (tx, rx) = mpsc::channel(64);
+        if let Some(dist) = &self.dist {
+            let n = shards.len() as u32;
+            let spread = Spread {
+                category: name.to_string(),
+                dataset: format!("{}@{}", record.name, record.created_at_ms),
+                shards,
+                skip_errors,
+                events: tx,
+            };
+            let dist = dist.clone();
+            let function = d.record.name.to_string();
+            let outcome = Box::pin(async move {
+                let out = dist.run(d, spread).await;
+                let label = match &out {
+                    Ok(o) if matches!(o.result, shoal_runtime::QueryResult::Failed { .. }) => {
+                        "failed"
+                    }
+                    Ok(_) => "succeeded",
+                    Err(_) => "platform_error",
+                };
+                metrics::counter!("shoal_queries_total", "function" => function, "outcome" => label)
+                    .increment(1);
+                out
+            });
+            return Ok(RunningQuery {
+                events: rx,
+                outcome,
+                docs_total,
+                shards: n,
+                started: Instant::now(),
+            });
+        }
         let source = Arc::new(StoreSource {
             docs: self.env.backend.docs.clone(),
             category: name.to_string(),
@@ -437,9 +485,18 @@ fn parse_cursor(c: &str, shards: u32) -> Result<(u32, Option<String>)> {
 }
 
 /// Feeds a query from the store, shard by shard.
-struct StoreSource {
+pub(crate) struct StoreSource {
     docs: Arc<dyn Docs>,
     category: String,
+}
+
+impl StoreSource {
+    pub(crate) fn new(docs: Arc<dyn Docs>, category: &str) -> StoreSource {
+        StoreSource {
+            docs,
+            category: category.to_string(),
+        }
+    }
 }
 
 impl ShardSource for StoreSource {

@@ -126,6 +126,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         consumers.clone(),
     ));
     let categories = Arc::new(Categories::new(env.clone(), functions.clone()));
+    categories.start_shared_queries();
     let dispatcher = Arc::new(Dispatcher::new(
         env.clone(),
         functions.clone(),

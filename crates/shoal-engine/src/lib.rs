@@ -22,6 +22,7 @@ mod invocation;
 mod jobs;
 mod limits;
 pub mod manifest;
+mod querydist;
 mod queues;
 mod retention;
 mod secrets;

@@ -322,6 +322,18 @@ impl Runtime for PythonRuntime {
         Box::pin(query::run(pool, request))
     }
 
+    fn combine(
+        &self,
+        deployment: &Deployment,
+        partials: Vec<String>,
+    ) -> BoxFuture<'static, Result<std::result::Result<String, shoal_types::Failure>>> {
+        if self.config.is_closed() {
+            return Box::pin(async { Err(Error::ShuttingDown) });
+        }
+        let pool = self.pool(deployment);
+        Box::pin(query::combine_parts(pool, partials))
+    }
+
     fn retire(&self, key: &str) {
         let pool = lock(&self.pools).remove(key);
         if let Some(pool) = pool {

@@ -362,7 +362,7 @@ impl Session {
                     let Some(qw) = live.and_then(|i| set.slots[i].as_mut()) else {
                         return Err(Error::Platform("no query worker left".into()));
                     };
-                    let combined = combine(qw, &partials, &ctx).await;
+                    let combined = combine(qw, &partials, &pool, ctx.timeout, ctx.frame_max).await;
                     if matches!(combined, Err(Fault::Lost(_)))
                         && let Some(qw) = live.and_then(|i| set.slots[i].take())
                     {
@@ -379,6 +379,78 @@ impl Session {
             }
         };
         Ok(outcome(result, docs, done))
+    }
+}
+
+/// Reduces partial results (in document order) on the deployment's first
+/// query worker: the last step of a query whose shards ran on several nodes.
+/// `Ok(Err(_))`: the module failed (its `reduce`, or loading it).
+pub(crate) async fn combine_parts(
+    pool: Arc<Pool>,
+    partials: Vec<String>,
+) -> Result<std::result::Result<String, Failure>> {
+    let set = pool.query_set.clone().lock_owned().await;
+    let mut session = Session {
+        pool: pool.clone(),
+        set: Some(set),
+    };
+    let result = session.combine(partials).await;
+    if let Some(set) = session.set.take() {
+        let pool = pool.clone();
+        // Awaited right here; a task only so that it is not dropped with us.
+        #[allow(clippy::disallowed_methods)]
+        let _ = tokio::spawn(async move { recover(&pool, set).await }).await;
+    }
+    result
+}
+
+impl Session {
+    async fn combine(
+        &mut self,
+        partials: Vec<String>,
+    ) -> Result<std::result::Result<String, Failure>> {
+        let pool = self.pool.clone();
+        let Some(set) = self.set.as_mut() else {
+            return Err(Error::Platform("the query set is gone".into()));
+        };
+        let config = pool.config();
+        if config.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        if partials.len() < 2 {
+            return Ok(Ok(partials
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "null".into())));
+        }
+        let mut cold = false;
+        if let Err((failure, _logs, _)) = pool.template(&mut cold).await? {
+            return Ok(Err(failure));
+        }
+        if let Err(failure) = prepare_workers(&pool, set, 1).await? {
+            return Ok(Err(failure));
+        }
+        let Some(qw) = set.slots[0].as_mut() else {
+            return Err(Error::Platform("no query worker left".into()));
+        };
+        let timeout = pool.deployment().limits.timeout;
+        let frame_max = config.max_result_bytes + FRAME_SLACK;
+        let combined = combine(qw, &partials, &pool, timeout, frame_max).await;
+        if matches!(combined, Err(Fault::Lost(_)))
+            && let Some(qw) = set.slots[0].take()
+        {
+            pool.discard_query_worker(qw);
+        }
+        match combined {
+            Ok(result) => Ok(Ok(result)),
+            Err(Fault::Stop(stop) | Fault::Lost(stop)) => match stopped_result(stop)? {
+                QueryResult::Failed { failure, .. } => Ok(Err(failure)),
+                _ => Err(Error::Platform(
+                    "the reduce step ended without a result".into(),
+                )),
+            },
+            Err(Fault::Stopped) => Err(Error::Platform("the reduce step was stopped".into())),
+        }
     }
 }
 
@@ -1069,23 +1141,25 @@ fn parse(body: &[u8], skip_errors: bool) -> std::result::Result<Message, Fault> 
 async fn combine(
     qw: &mut QueryWorker,
     partials: &[String],
-    ctx: &Ctx<'_>,
+    pool: &Pool,
+    timeout: Duration,
+    frame_max: usize,
 ) -> std::result::Result<String, Fault> {
-    let caps = *ctx.pool.caps();
+    let caps = *pool.caps();
     if qw.send(&protocol::combine_frame(partials)).await.is_err() {
         return Err(lost(qw.worker.death(&caps).await));
     }
     qw.outstanding += 1;
-    let deadline = Instant::now() + ctx.timeout;
+    let deadline = Instant::now() + timeout;
     loop {
-        let len = match qw.worker.next_frame(Some(deadline), ctx.frame_max).await {
+        let len = match qw.worker.next_frame(Some(deadline), frame_max).await {
             Incoming::Frame(len) => len,
             Incoming::Eof => return Err(lost(qw.worker.death(&caps).await)),
             Incoming::Deadline => {
                 qw.worker.kill();
                 let message = format!(
                     "reduce ran past the function's timeout ({})",
-                    human(ctx.timeout)
+                    human(timeout)
                 );
                 return Err(lost(Failure::new(FailureKind::TimedOut, message)));
             }

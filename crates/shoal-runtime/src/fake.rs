@@ -15,6 +15,14 @@
 //! not cap calls at the deployment's concurrency unless asked
 //! ([`FakeRuntime::limit_workers`]), so a test sees the engine's own limits.
 //!
+//! Queries: `map` gives each document's id (a JSON string) and fails on a
+//! document whose JSON holds `"fail": true`; a function marked with
+//! [`FakeRuntime::query_reduce`] has a `reduce` that concatenates (its
+//! partials are JSON arrays of ids, in document order, so an answer shows
+//! both which documents counted and in which order).
+//! [`FakeRuntime::query_delay`] makes each shard take some time. Every
+//! shard a query ran is recorded ([`FakeRuntime::queried`]).
+//!
 //! Every call is recorded as a [`Call`] (function, version, attempt, event,
 //! when it was invoked, started and ended, its outcome and host answers),
 //! and the peak number of calls running at once is kept per function. The
@@ -314,6 +322,12 @@ struct State {
     load_failures: HashMap<String, Failure>,
     /// Keys of the deployments checked, in order.
     checked: Vec<String>,
+    /// Functions whose query module has `reduce`.
+    query_reduce: std::collections::HashSet<String>,
+    /// Time each shard of a query takes, by function.
+    query_delay: HashMap<String, Duration>,
+    /// Shards queries ran, in order: `(function, shard, finished)`.
+    queried: Vec<(String, u32, bool)>,
 }
 
 impl FakeRuntime {
@@ -454,6 +468,23 @@ impl FakeRuntime {
     /// Code directories `prepare` was called with.
     pub fn prepared(&self) -> Vec<PathBuf> {
         self.state().prepared.clone()
+    }
+
+    /// Gives `function`'s query module a `reduce` (concatenation).
+    pub fn query_reduce(&self, function: &str) -> &FakeRuntime {
+        self.state().query_reduce.insert(function.to_string());
+        self
+    }
+
+    /// Makes each shard of a query of `function` take `delay` (tokio time).
+    pub fn query_delay(&self, function: &str, delay: Duration) -> &FakeRuntime {
+        self.state().query_delay.insert(function.to_string(), delay);
+        self
+    }
+
+    /// Shards queries began, in order: `(function, shard, finished)`.
+    pub fn queried(&self) -> Vec<(String, u32, bool)> {
+        self.state().queried.clone()
     }
 
     /// Deployment keys `retire` was called with.
@@ -695,13 +726,27 @@ impl Runtime for FakeRuntime {
 
     fn query(
         &self,
-        _deployment: &Deployment,
-        _request: QueryRequest,
+        deployment: &Deployment,
+        request: QueryRequest,
     ) -> BoxFuture<'static, Result<QueryOutcome>> {
-        Box::pin(async {
-            Err(Error::Platform(
-                "the fake runtime does not run queries".into(),
-            ))
+        let function = function_of(deployment);
+        Box::pin(self.clone().run_query(function, request))
+    }
+
+    fn combine(
+        &self,
+        _deployment: &Deployment,
+        partials: Vec<String>,
+    ) -> BoxFuture<'static, Result<std::result::Result<String, Failure>>> {
+        let joined = concat_arrays(&partials);
+        Box::pin(async move {
+            match joined {
+                Some(j) => Ok(Ok(j)),
+                None => Ok(Err(Failure::new(
+                    FailureKind::Raised,
+                    "reduce got a partial that is not an array",
+                ))),
+            }
         })
     }
 
@@ -733,5 +778,134 @@ impl Runtime for FakeRuntime {
     /// the same at once.
     fn shutdown(&self) {
         self.inner.stop.send_replace(true);
+    }
+}
+
+/// The function a deployment key (`name@version`) belongs to.
+fn function_of(deployment: &Deployment) -> String {
+    let key = &deployment.key;
+    key.split('@').next().unwrap_or(key).to_string()
+}
+
+/// The fake `reduce`: JSON arrays, concatenated in order.
+fn concat_arrays(partials: &[String]) -> Option<String> {
+    let mut all = Vec::new();
+    for p in partials {
+        match serde_json::from_str::<serde_json::Value>(p).ok()? {
+            serde_json::Value::Array(items) => all.extend(items),
+            _ => return None,
+        }
+    }
+    Some(serde_json::Value::Array(all).to_string())
+}
+
+impl FakeRuntime {
+    async fn run_query(self, function: String, request: QueryRequest) -> Result<QueryOutcome> {
+        let (reduce, delay) = {
+            let state = self.state();
+            (
+                state.query_reduce.contains(&function),
+                state.query_delay.get(&function).copied(),
+            )
+        };
+        let mut stop = self.inner.stop.subscribe();
+        if *stop.borrow() {
+            return Err(Error::ShuttingDown);
+        }
+        let mut out = QueryOutcome {
+            result: crate::QueryResult::Mapped,
+            docs: 0,
+            errors: 0,
+            failures: Vec::new(),
+            cached_shards: 0,
+        };
+        let mut partials = Vec::new();
+        for shard in &request.shards {
+            let n = {
+                let mut state = self.state();
+                state.queried.push((function.clone(), shard.shard, false));
+                state.queried.len() - 1
+            };
+            if let Some(delay) = delay {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return Err(Error::ShuttingDown),
+                }
+            }
+            let mut ids = Vec::new();
+            let mut after = None;
+            let mut docs = 0;
+            loop {
+                let batch = request
+                    .source
+                    .scan(shard.shard, after.clone(), 100)
+                    .await
+                    .map_err(Error::Platform)?;
+                let Some((last, _)) = batch.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                for (id, body) in batch {
+                    docs += 1;
+                    let fails = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("fail").and_then(serde_json::Value::as_bool))
+                        .unwrap_or(false);
+                    if !fails {
+                        ids.push(serde_json::Value::String(id));
+                        continue;
+                    }
+                    let failure = Failure::new(FailureKind::Raised, format!("map failed on {id}"));
+                    if !request.skip_errors {
+                        out.docs += docs;
+                        out.result = crate::QueryResult::Failed {
+                            doc_id: Some(id),
+                            failure,
+                        };
+                        return Ok(out);
+                    }
+                    out.errors += 1;
+                    if out.failures.len() < 100 {
+                        out.failures.push(crate::DocFailure { id, failure });
+                    }
+                }
+            }
+            out.docs += docs;
+            let _ = request.events.try_send(crate::QueryEvent::Progress {
+                shard: shard.shard,
+                docs,
+            });
+            if reduce {
+                if !ids.is_empty() {
+                    partials.push(serde_json::Value::Array(ids).to_string());
+                }
+            } else if !ids.is_empty() {
+                let mut lines = Vec::new();
+                for id in ids {
+                    lines.extend_from_slice(id.to_string().as_bytes());
+                    lines.push(b'\n');
+                }
+                if request
+                    .events
+                    .send(crate::QueryEvent::Values(lines))
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Platform(
+                        "the receiver of the query's values went away".into(),
+                    ));
+                }
+            }
+            self.state().queried[n].2 = true;
+        }
+        if reduce {
+            let combined = if partials.is_empty() {
+                None
+            } else {
+                concat_arrays(&partials)
+            };
+            out.result = crate::QueryResult::Reduced(combined);
+        }
+        Ok(out)
     }
 }

@@ -263,6 +263,26 @@ pub trait Runtime: Send + Sync + 'static {
         request: QueryRequest,
     ) -> BoxFuture<'static, Result<QueryOutcome>>;
 
+    /// Reduces partial results (JSON texts, in document order) with the
+    /// deployment's `reduce` on one of its query workers, within its
+    /// timeout: the last step of a query whose shards ran on several nodes
+    /// (each a `query` of one shard). `Ok(Err(_))` is a failure of user
+    /// code (its `reduce`, or loading the module). Fewer than two partials
+    /// are returned as they are (`null` for none). The default: not
+    /// supported (a platform error).
+    fn combine(
+        &self,
+        deployment: &Deployment,
+        partials: Vec<String>,
+    ) -> BoxFuture<'static, Result<std::result::Result<String, Failure>>> {
+        let _ = (deployment, partials);
+        Box::pin(async {
+            Err(Error::Platform(
+                "this runtime does not combine partial results".into(),
+            ))
+        })
+    }
+
     /// Stops the workers of a deployment that was removed or replaced.
     fn retire(&self, key: &str);
 

@@ -553,6 +553,28 @@ impl Docs for RedisStore {
             Ok(out)
         })
     }
+
+    fn shares_queries(&self) -> bool {
+        true
+    }
+
+    fn put_query_part(
+        &self,
+        query_id: &str,
+        shard: u32,
+        part: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Pending<bool> {
+        crate::queries::put(self, query_id, shard, part, ttl_ms)
+    }
+
+    fn query_parts(&self, query_id: &str, shards: Vec<u32>) -> Pending<Vec<Option<Vec<u8>>>> {
+        crate::queries::get(self, query_id, shards)
+    }
+
+    fn drop_query_parts(&self, query_id: &str) -> Pending<()> {
+        crate::queries::drop_all(self, query_id)
+    }
 }
 
 impl RedisStore {

@@ -10,6 +10,7 @@
 //! | `{catalog}` | `catalog` | functions, versions, refs, tokens, queue and limiter records, code archives, nodes |
 //! | `{w}` | `invocations`, `queues`, `jobs` | invocation records, their indexes and logs; every queue's messages, leases, dead letters, counters, samples; jobs and their children's results |
 //! | `{d:CATEGORY}` | `docs` | one category's record, shards and documents |
+//! | `{q:QUERYID}` | `queries` | the partial results of one query spread over nodes |
 //!
 //! The work state shares one slot because one job write touches invocation
 //! records and the messages of several queues atomically; a cluster spreads
@@ -27,6 +28,7 @@ pub use conn::ConnectError;
 mod docs;
 mod invocations;
 mod jobs;
+mod queries;
 mod queues;
 #[cfg(feature = "testing")]
 pub mod testing;

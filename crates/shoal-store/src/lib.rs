@@ -530,6 +530,47 @@ pub trait Docs: Send + Sync + 'static {
     ) -> Pending<Vec<StoredDoc>>;
     /// Per-shard counts and versions, indexed by shard.
     fn shard_stats(&self, category: &str) -> Pending<Vec<ShardStats>>;
+
+    // ---- partial results of queries spread over the nodes sharing the store ----
+
+    /// True when the store keeps the partial results of queries whose
+    /// shards run on several nodes (`put_query_part` and the rest). False
+    /// (the default, a store only one node uses): a query runs wholly on the
+    /// node that received it, and the other methods fail.
+    fn shares_queries(&self) -> bool {
+        false
+    }
+    /// Stores the partial result of one shard of a query unless one is
+    /// stored for that shard already: the first write wins, so a shard run
+    /// twice (a node's lease lapsed while it ran) counts once. True when
+    /// this write was the one stored. The query's partials expire `ttl_ms`
+    /// after this write (a store may keep them longer), so an origin that
+    /// died leaves nothing behind for good.
+    fn put_query_part(
+        &self,
+        query_id: &str,
+        shard: u32,
+        part: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Pending<bool> {
+        let _ = (query_id, shard, part, ttl_ms);
+        Box::pin(std::future::ready(Err(no_shared_queries())))
+    }
+    /// The stored partials of `shards`, in the order asked; `None` for a
+    /// shard without one yet.
+    fn query_parts(&self, query_id: &str, shards: Vec<u32>) -> Pending<Vec<Option<Vec<u8>>>> {
+        let _ = (query_id, shards);
+        Box::pin(std::future::ready(Err(no_shared_queries())))
+    }
+    /// Removes every partial of the query (none stored: a no-op).
+    fn drop_query_parts(&self, query_id: &str) -> Pending<()> {
+        let _ = query_id;
+        Box::pin(std::future::ready(Err(no_shared_queries())))
+    }
+}
+
+fn no_shared_queries() -> Error {
+    Error::Unavailable("this store does not share queries between nodes".into())
 }
 
 /// Functions and tokens.

@@ -20,6 +20,8 @@ pub(super) struct DocState {
     next_slot: u64,
     /// The last shard version given out.
     version: u64,
+    /// Partial results of queries spread over engines, by query and shard.
+    query_parts: BTreeMap<String, BTreeMap<u32, Vec<u8>>>,
 }
 
 struct Category {
@@ -205,6 +207,47 @@ impl Docs for MemoryStore {
         self.run(|s| {
             let shards = &s.docs.category(category)?.shards;
             Ok(shards.iter().map(|sh| sh.stats).collect())
+        })
+    }
+
+    /// Two engines on one `MemoryStore` share queries as nodes on one
+    /// Redis do. The partials have no expiry here: nothing outlives the
+    /// store anyway.
+    fn shares_queries(&self) -> bool {
+        true
+    }
+
+    fn put_query_part(
+        &self,
+        query_id: &str,
+        shard: u32,
+        part: Vec<u8>,
+        _ttl_ms: u64,
+    ) -> Pending<bool> {
+        self.run(|s| {
+            let parts = s.docs.query_parts.entry(query_id.to_string()).or_default();
+            if parts.contains_key(&shard) {
+                return Ok(false);
+            }
+            parts.insert(shard, part);
+            Ok(true)
+        })
+    }
+
+    fn query_parts(&self, query_id: &str, shards: Vec<u32>) -> Pending<Vec<Option<Vec<u8>>>> {
+        self.run(|s| {
+            let parts = s.docs.query_parts.get(query_id);
+            Ok(shards
+                .iter()
+                .map(|shard| parts.and_then(|p| p.get(shard)).cloned())
+                .collect())
+        })
+    }
+
+    fn drop_query_parts(&self, query_id: &str) -> Pending<()> {
+        self.run(|s| {
+            s.docs.query_parts.remove(query_id);
+            Ok(())
         })
     }
 }

@@ -216,8 +216,6 @@ impl Dispatcher {
     pub(crate) async fn invoke_async(&self, name: &str, event: String) -> Result<String> {
         let d = self.functions.resolve(name).await?;
         let queue = queue_name(&d.record.name);
-        let what = format!("the queue of function `{}`", d.record.name);
-        crate::queues::check_room(&self.env, &queue, &what, 1).await?;
         let key = d
             .record
             .concurrency_key
@@ -233,12 +231,19 @@ impl Dispatcher {
             dedup: None,
             key,
         };
-        // Both writes are issued in order; the message is durable only after
-        // the record is, so a delivered message always finds its record.
-        let put = self.env.backend.invocations.put_invocations(vec![record]);
-        let send = self.env.backend.queues.send(&queue, vec![message]);
-        put.await?;
-        send.await?;
+        // The record, then the message (so a delivered message always finds
+        // its record), unless the queue is at its cap: one store step where
+        // the store has one.
+        let cap = self.env.opts.max_queue_messages;
+        let admitted = self
+            .env
+            .backend
+            .put_and_send(vec![record], &queue, vec![message], cap)
+            .await?;
+        if let shoal_store::Admitted::Full { held } = admitted {
+            let what = format!("the queue of function `{}`", d.record.name);
+            return Err(crate::queues::queue_full(&what, held, cap, 1));
+        }
         self.consumers.wake(&queue);
         metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.to_string())
             .increment(1);
@@ -778,11 +783,32 @@ impl Dispatcher {
             record: record.clone(),
             logs: logs.clone(),
         });
+        let only_acks = !settlements.is_empty()
+            && settlements
+                .iter()
+                .all(|(_, s)| matches!(s, Settlement::Ack));
+        // Writes issued in this order: logs, record, job slot, settlements.
+        // Without a job slot between the record and plain acks, the record
+        // and the acks are one store step where the store has one.
         let put_logs = (!logs.is_empty()).then(|| backend.invocations.put_logs(&id, logs));
-        let put = backend.invocations.put_invocations(vec![record.clone()]);
-        // The job result before the acknowledgement (see `Jobs::finish_slot`).
-        let finish = self.jobs.finish_slot(&record);
-        let settled = queue.map(|q| self.settle(q, settlements));
+        let (put, finish, settled) = match queue {
+            Some(q) if record.job.is_none() && only_acks => {
+                let ids = settlements.into_iter().map(|(id, _)| id).collect();
+                (
+                    backend.put_and_ack(vec![record.clone()], q, ids),
+                    None,
+                    None,
+                )
+            }
+            _ => {
+                let put = backend.invocations.put_invocations(vec![record.clone()]);
+                // The job result before the acknowledgement (see
+                // `Jobs::finish_slot`).
+                let finish = self.jobs.finish_slot(&record);
+                let settled = queue.map(|q| self.settle(q, settlements));
+                (put, finish, settled)
+            }
+        };
         let live = self.live.clone();
         let feed = self.feed.clone();
         self.env.tasks.spawn(async move {

@@ -109,12 +109,17 @@ pub(crate) async fn check_room(env: &Env, queue: &str, what: &str, adding: usize
     let depth = env.backend.queues.depth(queue).await?;
     let held = depth.waiting + depth.in_flight;
     if held.saturating_add(adding as u64) > cap {
-        return Err(Error::QueueFull(format!(
-            "{what} holds {held} messages waiting or in flight and this node keeps at most {cap} per queue \
-             (--max-queue-messages); {adding} more do not fit: send again once it has drained"
-        )));
+        return Err(queue_full(what, held, cap, adding));
     }
     Ok(())
+}
+
+/// The refusal of a send that does not fit a queue's cap.
+pub(crate) fn queue_full(what: &str, held: u64, cap: u64, adding: usize) -> Error {
+    Error::QueueFull(format!(
+        "{what} holds {held} messages waiting or in flight and this node keeps at most {cap} per queue \
+         (--max-queue-messages); {adding} more do not fit: send again once it has drained"
+    ))
 }
 
 /// User queues: their settings, messages, dead letters and history.

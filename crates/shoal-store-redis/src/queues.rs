@@ -73,12 +73,13 @@ use std::sync::LazyLock;
 use redis::Value;
 
 use shoal_store::{
-    DeadLetter, Delivery, Error, KeyLimit, Leased, NewMessage, Pending, QueueCounters, QueueDepth,
-    QueueSample, Queues, Result,
+    Admitted, DeadLetter, Delivery, Error, InvocationRecord, KeyLimit, Leased, NewMessage, Pending,
+    QueueCounters, QueueDepth, QueueSample, Queues, Result,
 };
 
 use crate::RedisStore;
 use crate::conn::{Lua, arg};
+use crate::invocations::{INVOCATION_ARGS, PUT_INVOCATION_LUA, invocation_args};
 
 /// Arguments of one message for [`ENQUEUE_LUA`]'s `enqueue`.
 pub(crate) const MESSAGE_ARGS: usize = 7;
@@ -223,6 +224,62 @@ for j = 0, n - 1 do
   out[j + 1] = enqueue(KEYS[1], ARGV[1], ARGV, 2 + j * MESSAGE_ARGS) or false
 end
 return out
+",
+    )
+});
+
+/// A queue script that also writes invocation records (the snippets of
+/// both modules, then `body`, `INVOCATION_ARGS` filled in).
+fn script_with_records(body: &str) -> Lua {
+    let text = format!("{PUT_INVOCATION_LUA}{ENQUEUE_LUA}{body}")
+        .replace("INVOCATION_ARGS", &INVOCATION_ARGS.to_string());
+    Lua::new(text)
+}
+
+/// `KEYS[1]` = W; ARGV = queue, cap, number of records, the records'
+/// groups, then the messages' groups. Writes nothing and answers
+/// `{'full', held}` when the queue's waiting and leased messages plus these
+/// exceed the cap; else writes the records, then sends the messages, and
+/// answers `{'sent', per message: false or the id holding its key}`.
+static PUT_AND_SEND: LazyLock<Lua> = LazyLock::new(|| {
+    script_with_records(
+        r"
+local queue, cap, nrec = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local p = KEYS[1] .. 'q:' .. queue .. ':'
+local first = 4 + nrec * INVOCATION_ARGS
+local n = (#ARGV - first + 1) / MESSAGE_ARGS
+local held = redis.call('ZCARD', p .. 'ready') + redis.call('ZCARD', p .. 'leased')
+if held + n > cap then return {'full', held} end
+for i = 4, first - 1, INVOCATION_ARGS do put_invocation(KEYS[1], ARGV, i) end
+local out = {'sent'}
+for j = 0, n - 1 do
+  out[j + 2] = enqueue(KEYS[1], queue, ARGV, first + j * MESSAGE_ARGS) or false
+end
+return out
+",
+    )
+});
+
+/// `KEYS[1]` = W; ARGV = queue, number of records, the records' groups,
+/// then the ids to ack (as `ACK`).
+static PUT_AND_ACK: LazyLock<Lua> = LazyLock::new(|| {
+    script_with_records(
+        r"
+local nrec = tonumber(ARGV[2])
+local first = 3 + nrec * INVOCATION_ARGS
+for i = 3, first - 1, INVOCATION_ARGS do put_invocation(KEYS[1], ARGV, i) end
+local p = KEYS[1] .. 'q:' .. ARGV[1] .. ':'
+local n = 0
+for j = first, #ARGV do
+  local mk = p .. 'm:' .. ARGV[j]
+  if redis.call('EXISTS', mk) == 1 then
+    q_unqueue(p, mk, ARGV[j])
+    redis.call('DEL', mk)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', p .. 'counters', 'acked', n) end
+return n
 ",
     )
 });
@@ -601,6 +658,55 @@ impl Queues for RedisStore {
             args.extend(message_args(m));
         }
         self.conn.script(&SEND, self.work_keys(), args)
+    }
+
+    fn put_and_send(
+        &self,
+        records: &[InvocationRecord],
+        queue: &str,
+        messages: &[NewMessage],
+        cap: u64,
+    ) -> Option<Pending<Admitted>> {
+        let mut args = vec![arg(queue), arg(cap), arg(records.len())];
+        for record in records {
+            match invocation_args(record) {
+                Ok(a) => args.extend(a),
+                Err(e) => return Some(Box::pin(async move { Err(e) })),
+            }
+        }
+        for m in messages {
+            args.extend(message_args(m));
+        }
+        let reply = self
+            .conn
+            .script::<Vec<Value>>(&PUT_AND_SEND, self.work_keys(), args);
+        Some(Box::pin(async move {
+            let mut r = Reply::new("a send", reply.await?);
+            if r.string()? == "full" {
+                return Ok(Admitted::Full { held: r.u64()? });
+            }
+            let mut out = Vec::new();
+            while !r.is_empty() {
+                out.push(r.opt_string()?);
+            }
+            Ok(Admitted::Sent(out))
+        }))
+    }
+
+    fn put_and_ack(
+        &self,
+        records: &[InvocationRecord],
+        queue: &str,
+        ids: &[String],
+    ) -> Option<Pending<()>> {
+        let mut args = vec![arg(queue), arg(records.len())];
+        for record in records {
+            match invocation_args(record) {
+                Ok(a) => args.extend(a),
+                Err(e) => return Some(Box::pin(async move { Err(e) })),
+            }
+        }
+        Some(self.unit(&PUT_AND_ACK, with_ids(args, ids)))
     }
 
     fn lease_keyed(

@@ -912,6 +912,42 @@ pub trait Queues: Send + Sync + 'static {
     ) -> Pending<()>;
     /// Samples of a queue at or after `since_ms`, oldest first.
     fn samples(&self, queue: &str, since_ms: u64) -> Pending<Vec<QueueSample>>;
+
+    /// [`Backend::put_and_send`] in one step, for a store where one call
+    /// costs less than three (Redis: one script instead of a depth read, a
+    /// records write and a send). `None`, the default: the store has no
+    /// such step, and the backend makes the separate calls.
+    fn put_and_send(
+        &self,
+        records: &[InvocationRecord],
+        queue: &str,
+        messages: &[NewMessage],
+        cap: u64,
+    ) -> Option<Pending<Admitted>> {
+        let _ = (records, queue, messages, cap);
+        None
+    }
+
+    /// [`Backend::put_and_ack`] in one step; `None` (the default) as above.
+    fn put_and_ack(
+        &self,
+        records: &[InvocationRecord],
+        queue: &str,
+        ids: &[String],
+    ) -> Option<Pending<()>> {
+        let _ = (records, queue, ids);
+        None
+    }
+}
+
+/// What [`Backend::put_and_send`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Stored: the records, then the messages (answers as `Queues::send`).
+    Sent(Vec<Option<String>>),
+    /// Nothing written: the queue holds `held` messages waiting or in
+    /// flight, and the new ones would take it past the cap.
+    Full { held: u64 },
 }
 
 /// Fan-out jobs and their children's results. A job's writes touch
@@ -967,6 +1003,57 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Writes invocation records, then sends messages on `queue` — unless
+    /// the queue's waiting and in-flight messages plus these would exceed
+    /// `cap`, in which case nothing is written. In one step where the store
+    /// has one ([`Queues::put_and_send`]); otherwise a depth read, then the
+    /// two writes issued in that order (a concurrent send may then pass the
+    /// cap by a little).
+    pub fn put_and_send(
+        &self,
+        records: Vec<InvocationRecord>,
+        queue: &str,
+        messages: Vec<NewMessage>,
+        cap: u64,
+    ) -> Pending<Admitted> {
+        if let Some(done) = self.queues.put_and_send(&records, queue, &messages, cap) {
+            return done;
+        }
+        let backend = self.clone();
+        let queue = queue.to_string();
+        Box::pin(async move {
+            let depth = backend.queues.depth(&queue).await?;
+            let held = depth.waiting + depth.in_flight;
+            if held.saturating_add(messages.len() as u64) > cap {
+                return Ok(Admitted::Full { held });
+            }
+            let put = backend.invocations.put_invocations(records);
+            let sent = backend.queues.send(&queue, messages);
+            put.await?;
+            Ok(Admitted::Sent(sent.await?))
+        })
+    }
+
+    /// Writes invocation records, then acks messages of `queue`: in one
+    /// step where the store has one ([`Queues::put_and_ack`]), else the two
+    /// writes issued in that order.
+    pub fn put_and_ack(
+        &self,
+        records: Vec<InvocationRecord>,
+        queue: &str,
+        ids: Vec<String>,
+    ) -> Pending<()> {
+        if let Some(done) = self.queues.put_and_ack(&records, queue, &ids) {
+            return done;
+        }
+        let put = self.invocations.put_invocations(records);
+        let acked = self.queues.ack(queue, ids);
+        Box::pin(async move {
+            put.await?;
+            acked.await
+        })
+    }
+
     /// The store's write health (see [`Invocations::health`]).
     pub fn health(&self) -> StoreHealth {
         self.invocations.health()

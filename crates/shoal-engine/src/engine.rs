@@ -290,6 +290,7 @@ impl Handle {
         let synced = self.functions.sync().await?;
         self.limiters.load().await?;
         self.tokens.forget_verified();
+        self.dispatcher.queues.forget_settings();
         Ok(synced)
     }
 

@@ -127,6 +127,11 @@ pub(crate) struct Queues {
     env: Arc<Env>,
     functions: Arc<Functions>,
     consumers: Arc<Consumers>,
+    /// Settings read before, by queue (the defaults for a queue without a
+    /// record): a consumer asks for them on every lease and run. Changed
+    /// with every write through this node, emptied when another node
+    /// sharing the store changed the catalog.
+    settings: std::sync::Mutex<std::collections::HashMap<String, QueueRecord>>,
 }
 
 impl Queues {
@@ -139,7 +144,21 @@ impl Queues {
             env,
             functions,
             consumers,
+            settings: Default::default(),
         }
+    }
+
+    /// Forgets every queue's settings read before (the catalog changed
+    /// through another node).
+    pub(crate) fn forget_settings(&self) {
+        self.settings.lock().unwrap().clear();
+    }
+
+    fn remember(&self, record: &QueueRecord) {
+        self.settings
+            .lock()
+            .unwrap()
+            .insert(record.name.clone(), record.clone());
     }
 
     /// Creates a queue or changes its settings (at run time, no restart).
@@ -190,6 +209,7 @@ impl Queues {
             return Err(Error::invalid("dedup_window", "must be at most 24h"));
         }
         self.env.backend.catalog.put_queue(record.clone()).await?;
+        self.remember(&record);
         self.info_of(record).await
     }
 
@@ -207,9 +227,15 @@ impl Queues {
     /// The queue's settings; the defaults when it has no record (or the
     /// store cannot be read: a consumer keeps going with the defaults).
     pub(crate) async fn settings(&self, name: &str) -> QueueRecord {
+        if let Some(known) = self.settings.lock().unwrap().get(name) {
+            return known.clone();
+        }
         match self.env.backend.catalog.queue(name).await {
-            Ok(Some(q)) => q,
-            Ok(None) => self.default_record(name),
+            Ok(found) => {
+                let record = found.unwrap_or_else(|| self.default_record(name));
+                self.remember(&record);
+                record
+            }
             Err(e) => {
                 warn!(queue = %name, error = %e, "Reading queue settings failed; using the defaults.");
                 self.default_record(name)
@@ -227,7 +253,8 @@ impl Queues {
             let mut record = self.default_record(&sub.queue);
             record.max_attempts = d.record.retries + 1;
             record.retry_delay_ms = d.record.retry_delay_ms;
-            self.env.backend.catalog.put_queue(record).await?;
+            self.env.backend.catalog.put_queue(record.clone()).await?;
+            self.remember(&record);
         }
         Ok(())
     }
@@ -288,7 +315,9 @@ impl Queues {
                 ));
             }
         }
-        if !self.env.backend.catalog.remove_queue(name).await? {
+        let removed = self.env.backend.catalog.remove_queue(name).await;
+        self.settings.lock().unwrap().remove(name);
+        if !removed? {
             return Err(Error::not_found(Entity::Queue, name));
         }
         // Found empty: nothing to purge, and a message sent while the queue

@@ -8,15 +8,17 @@
 //!    body a JSON [`Task`] (category, dataset, function version, shard and
 //!    its version, `skip_errors`, the function's timeout).
 //! 2. Every node runs one consumer of that queue ([`QueryDist::consume`]):
-//!    it leases a task for the function's timeout plus the lease margin,
-//!    extends the lease at half of that while the shard runs (as the
-//!    dispatcher's `run_leased` does), runs `Runtime::query` over that one
-//!    shard, stores the shard's partial result with
-//!    `Docs::put_query_part` (the first write wins) and acks. A node killed
-//!    mid-shard stops extending: its lease lapses, another node runs the
-//!    shard, and the first write winning makes every shard count once. A
-//!    platform failure (not user code) releases the task for another try;
-//!    the third one stores the failure.
+//!    whenever it runs no shard, it leases as many as its runtime maps at
+//!    once (`Runtime::parts_at_once`: the query workers) for the function's
+//!    timeout plus the lease margin, extends the leases at half of that
+//!    while they run (as the dispatcher's `run_leased` does), runs those of
+//!    one query together with `Runtime::query_parts` (each shard's own
+//!    result; a runtime without it: `Runtime::query` shard by shard), stores
+//!    each shard's partial with `Docs::put_query_part` (the first write
+//!    wins) and acks it. A node killed mid-shard stops extending: its lease
+//!    lapses, another node runs the shard, and the first write winning makes
+//!    every shard count once. A platform failure (not user code) releases
+//!    the task for another try; the third one stores the failure.
 //! 3. The origin polls the store for the partials it still waits for
 //!    (every [`POLL`]), reports progress as they arrive, emits mapped values
 //!    in shard order as soon as every shard before them is in, or combines
@@ -25,11 +27,15 @@
 //!    `skip_errors`) fails the query as on one node. Then it removes the
 //!    partials; they expire by themselves ([`PART_TTL`]) if it dies first.
 //!
-//! Each node runs [`PER_NODE`] shard at a time: the runtime's query
-//! workers of a deployment serve one query at a time, so a node leasing
-//! more would hold shards other nodes could run. Shards are not steered
-//! towards nodes that hold them resident; a repeated query finds a shard
-//! resident only where it happens to run again.
+//! A node leases shards only while it runs none ([`PER_NODE`] batch at a
+//! time): the runtime's query workers of a deployment serve one query at a
+//! time, so a node holding more would keep shards from idle nodes. The
+//! origin's consumer is woken as it queues, so it takes the first batch at
+//! once; the others look every [`IDLE_POLL`]: a short query may run wholly
+//! on its origin, a long one spreads. Shards are not steered towards the
+//! nodes that hold them resident; a repeated query finds a shard resident
+//! only where it happens to run again (the runtime still places it on the
+//! worker that holds it, when it lands on that node).
 //!
 //! A query abandoned by its origin (the client went away, the node died)
 //! still has its tasks run by the nodes; their partials expire.
@@ -43,7 +49,8 @@ use tokio::sync::{Notify, mpsc};
 use tracing::warn;
 
 use shoal_runtime::{
-    DocFailure, QueryEvent, QueryOutcome, QueryRequest, QueryResult, QueryShard, ShardSource,
+    DocFailure, QueryEvent, QueryOutcome, QueryRequest, QueryResult, QueryShard, ShardPart,
+    ShardSource,
 };
 use shoal_store::{Delivery, NewMessage};
 use shoal_types::{Failure, FailureKind};
@@ -62,7 +69,7 @@ const POLL: Duration = Duration::from_millis(15);
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long partials outlive their last write, should the origin die.
 const PART_TTL: Duration = Duration::from_secs(15 * 60);
-/// Shards a node runs at once.
+/// Batches of shards a node runs at once.
 const PER_NODE: usize = 1;
 /// Attempts at a shard that failed on the platform before the failure is
 /// stored as its result.
@@ -358,7 +365,8 @@ impl QueryDist {
 
     // ---- every node ----
 
-    /// Leases query shards while a slot is free and runs each in a task.
+    /// Whenever this node runs no shard, leases as many as its runtime maps
+    /// at once and runs them in a task.
     async fn consume(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(PER_NODE));
         let first_lease = self.env.opts.lease_margin.as_millis() as u64 + 30_000;
@@ -370,15 +378,16 @@ impl QueryDist {
                     Err(_) => return,
                 },
             };
+            let at_once = self.env.runtime.parts_at_once().max(1);
             let now = self.env.now_ms();
             let leased = self
                 .env
                 .backend
                 .queues
-                .lease(QUEUE, now, 1, first_lease)
+                .lease(QUEUE, now, at_once, first_lease)
                 .await;
-            let delivery = match leased {
-                Ok(mut l) if !l.deliveries.is_empty() => l.deliveries.swap_remove(0),
+            let deliveries = match leased {
+                Ok(l) if !l.deliveries.is_empty() => l.deliveries,
                 Ok(_) => {
                     drop(permit);
                     tokio::select! {
@@ -400,42 +409,106 @@ impl QueryDist {
             };
             let me = self.clone();
             self.env.tasks.spawn(async move {
-                me.run_task(delivery).await;
+                me.run_batch(deliveries).await;
                 drop(permit);
             });
         }
     }
 
-    /// Runs one leased shard and stores its partial.
-    async fn run_task(&self, delivery: Delivery) {
+    /// Runs leased shards, those of one query together, extending their
+    /// leases meanwhile. When the node stops, it drops them: nothing is
+    /// stored or acked and their leases lapse.
+    async fn run_batch(&self, deliveries: Vec<Delivery>) {
         let queues = &self.env.backend.queues;
-        let Ok(task) = serde_json::from_slice::<Task>(&delivery.body) else {
-            warn!(id = %delivery.id, "Undecodable query task dropped.");
-            drop(queues.ack(QUEUE, vec![delivery.id]));
+        let mut groups: Vec<Vec<(Delivery, Task)>> = Vec::new();
+        for delivery in deliveries {
+            let Ok(task) = serde_json::from_slice::<Task>(&delivery.body) else {
+                warn!(id = %delivery.id, "Undecodable query task dropped.");
+                drop(queues.ack(QUEUE, vec![delivery.id]));
+                continue;
+            };
+            match groups.iter_mut().find(|g| g[0].1.query == task.query) {
+                Some(group) => group.push((delivery, task)),
+                None => groups.push(vec![(delivery, task)]),
+            }
+        }
+        let Some(timeout_ms) = groups.iter().flatten().map(|(_, t)| t.timeout_ms).max() else {
             return;
         };
-        let visibility_ms = task.timeout_ms + self.env.opts.lease_margin.as_millis() as u64;
-        drop(queues.extend(QUEUE, &delivery.id, self.env.now_ms() + visibility_ms));
+        let visibility_ms = timeout_ms + self.env.opts.lease_margin.as_millis() as u64;
+        let leased: Vec<String> = groups.iter().flatten().map(|(d, _)| d.id.clone()).collect();
+        let extend = || {
+            let until = self.env.now_ms() + visibility_ms;
+            for id in &leased {
+                drop(queues.extend(QUEUE, id, until));
+            }
+        };
+        extend();
+        let work = async {
+            for group in groups {
+                self.run_group(group).await;
+            }
+        };
+        tokio::pin!(work);
+        let every = Duration::from_millis((visibility_ms / 2).max(50));
+        loop {
+            tokio::select! {
+                () = &mut work => return,
+                () = tokio::time::sleep(every) => extend(),
+                () = self.env.tasks.stopping() => return,
+            }
+        }
+    }
+
+    /// Runs shards of one query and stores their partials.
+    async fn run_group(&self, group: Vec<(Delivery, Task)>) {
+        let task = &group[0].1;
         // By `NAME@VERSION`: a version deployed through another node since
         // this one synced is found by syncing on the miss.
         let reference = format!("{}@{}", task.function, task.version);
-        let ran = match self.functions.resolve(&reference).await {
-            Ok(d) => self.run_shard(&task, &d, &delivery.id, visibility_ms).await,
-            Err(Error::NotFound { .. }) => Some(Ok(failed_part(Failure::new(
-                FailureKind::LoadFailed,
-                format!(
-                    "function {} version {} was removed during the query",
-                    task.function, task.version
-                ),
-            )))),
-            Err(Error::ShuttingDown) => None,
-            Err(e) => Some(Err(e.to_string())),
+        let ran: Vec<Ran> = match self.functions.resolve(&reference).await {
+            Ok(d) if self.env.runtime.parts_at_once() > 0 => {
+                let tasks: Vec<&Task> = group.iter().map(|(_, t)| t).collect();
+                match self.run_parts(&tasks, &d).await {
+                    Some(ran) => ran,
+                    None => return,
+                }
+            }
+            Ok(d) => {
+                let mut ran = Vec::with_capacity(group.len());
+                for (_, task) in &group {
+                    match self.run_shard(task, &d).await {
+                        Some(r) => ran.push(r),
+                        None => return,
+                    }
+                }
+                ran
+            }
+            Err(Error::NotFound { .. }) => {
+                let part = failed_part(Failure::new(
+                    FailureKind::LoadFailed,
+                    format!(
+                        "function {} version {} was removed during the query",
+                        task.function, task.version
+                    ),
+                ));
+                group.iter().map(|_| Ok(part.clone())).collect()
+            }
+            Err(Error::ShuttingDown) => return,
+            Err(e) => group.iter().map(|_| Err(e.to_string())).collect(),
         };
+        for ((delivery, task), ran) in group.into_iter().zip(ran) {
+            self.settle(delivery, &task, ran).await;
+        }
+    }
+
+    /// Stores a shard's partial and acks its task, or releases the task
+    /// for another try after a platform failure.
+    async fn settle(&self, delivery: Delivery, task: &Task, ran: Ran) {
+        let queues = &self.env.backend.queues;
         let part = match ran {
-            // Shutting down: the lease lapses and another node runs it.
-            None => return,
-            Some(Ok(part)) => part,
-            Some(Err(message)) if delivery.failures + 1 < PLATFORM_TRIES => {
+            Ok(part) => part,
+            Err(message) if delivery.failures + 1 < PLATFORM_TRIES => {
                 warn!(id = %delivery.id, error = %message, "A query shard failed on the platform; it will be tried again.");
                 let due = self.env.now_ms() + self.env.opts.platform_retry.as_millis() as u64;
                 if let Err(e) = queues.nack(QUEUE, &delivery.id, due).await {
@@ -443,7 +516,7 @@ impl QueryDist {
                 }
                 return;
             }
-            Some(Err(message)) => {
+            Err(message) => {
                 let head = PartHead {
                     result: PartResult::Platform { message },
                     docs: 0,
@@ -473,17 +546,11 @@ impl QueryDist {
         }
     }
 
-    /// Runs the shard on this node's runtime, extending the lease meanwhile.
-    /// `None`: the node is stopping (nothing is stored, the lease lapses);
-    /// `Some(Err)`: a platform failure.
-    async fn run_shard(
-        &self,
-        task: &Task,
-        d: &Deployed,
-        id: &str,
-        visibility_ms: u64,
-    ) -> Option<std::result::Result<Vec<u8>, String>> {
-        let (tx, mut rx) = mpsc::channel(64);
+    /// The request for some shards of one query; its progress events are
+    /// read and dropped by `drain`.
+    fn request(&self, tasks: &[&Task]) -> (QueryRequest, mpsc::Receiver<QueryEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let task = tasks[0];
         let source: Arc<dyn ShardSource> = Arc::new(StoreSource::new(
             self.env.backend.docs.clone(),
             &task.category,
@@ -491,72 +558,119 @@ impl QueryDist {
         let request = QueryRequest {
             query_id: format!("{}:{}", task.query, task.shard),
             dataset: task.dataset.clone(),
-            shards: vec![QueryShard {
-                shard: task.shard,
-                version: task.shard_version,
-                docs: task.docs,
-            }],
+            shards: tasks
+                .iter()
+                .map(|t| QueryShard {
+                    shard: t.shard,
+                    version: t.shard_version,
+                    docs: t.docs,
+                })
+                .collect(),
             skip_errors: task.skip_errors,
             source,
             events: tx,
         };
-        let run = self.env.runtime.query(&d.deployment, request);
-        tokio::pin!(run);
-        let every = Duration::from_millis((visibility_ms / 2).max(50));
-        let mut values = Vec::new();
-        let mut open = true;
-        let result = loop {
-            tokio::select! {
-                r = &mut run => break r,
-                ev = rx.recv(), if open => match ev {
-                    Some(QueryEvent::Values(v)) => values.extend_from_slice(&v),
-                    Some(QueryEvent::Progress { .. }) => {}
-                    None => open = false,
-                },
-                () = tokio::time::sleep(every) => {
-                    let until = self.env.now_ms() + visibility_ms;
-                    drop(self.env.backend.queues.extend(QUEUE, id, until));
-                }
-                () = self.env.tasks.stopping() => return None,
-            }
-        };
-        while let Ok(ev) = rx.try_recv() {
-            if let QueryEvent::Values(v) = ev {
-                values.extend_from_slice(&v);
-            }
-        }
-        let outcome = match result {
-            Ok(o) => o,
-            Err(shoal_runtime::Error::ShuttingDown) => return None,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let (result, body) = match outcome.result {
-            QueryResult::Reduced(value) => (
-                PartResult::Reduced,
-                value.map(String::into_bytes).unwrap_or_default(),
-            ),
-            QueryResult::Mapped => (PartResult::Mapped, values),
-            QueryResult::Failed { doc_id, failure } => (
-                PartResult::Failed {
-                    doc_id,
-                    failure: FailureJson::from(&failure),
-                },
-                Vec::new(),
-            ),
-        };
-        let head = PartHead {
-            result,
-            docs: outcome.docs,
-            errors: outcome.errors,
-            failures: outcome
-                .failures
-                .iter()
-                .map(|f| (f.id.clone(), FailureJson::from(&f.failure)))
-                .collect(),
-            cached: outcome.cached_shards > 0,
-        };
-        Some(Ok(encode_part(&head, &body)))
+        (request, rx)
     }
+
+    /// Runs shards of one query together (`Runtime::query_parts`). `None`:
+    /// the runtime is shutting down.
+    async fn run_parts(&self, tasks: &[&Task], d: &Deployed) -> Option<Vec<Ran>> {
+        let (request, mut rx) = self.request(tasks);
+        let run = self.env.runtime.query_parts(&d.deployment, request);
+        let drain = async { while rx.recv().await.is_some() {} };
+        let (result, ()) = futures_util::future::join(run, drain).await;
+        let parts = match result {
+            Ok(parts) => parts,
+            Err(shoal_runtime::Error::ShuttingDown) => return None,
+            Err(e) => return Some(tasks.iter().map(|_| Err(e.to_string())).collect()),
+        };
+        let mut by_shard: BTreeMap<u32, ShardPart> =
+            parts.into_iter().map(|p| (p.shard, p)).collect();
+        Some(
+            tasks
+                .iter()
+                .map(|t| match by_shard.remove(&t.shard) {
+                    Some(p) => Ok(encode_result(
+                        p.result,
+                        p.values,
+                        p.docs,
+                        p.errors,
+                        &p.failures,
+                        p.resident,
+                    )),
+                    None => Err(format!("the runtime gave no result for shard {}", t.shard)),
+                })
+                .collect(),
+        )
+    }
+
+    /// Runs one shard (`Runtime::query`). `None`: the runtime is shutting
+    /// down.
+    async fn run_shard(&self, task: &Task, d: &Deployed) -> Option<Ran> {
+        let (request, mut rx) = self.request(&[task]);
+        let run = self.env.runtime.query(&d.deployment, request);
+        let collect = async {
+            let mut values = Vec::new();
+            while let Some(ev) = rx.recv().await {
+                if let QueryEvent::Values(v) = ev {
+                    values.extend_from_slice(&v);
+                }
+            }
+            values
+        };
+        let (result, values) = futures_util::future::join(run, collect).await;
+        match result {
+            Ok(o) => Some(Ok(encode_result(
+                o.result,
+                values,
+                o.docs,
+                o.errors,
+                &o.failures,
+                o.cached_shards > 0,
+            ))),
+            Err(shoal_runtime::Error::ShuttingDown) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+}
+
+/// A shard's stored partial, or the platform's failure.
+type Ran = std::result::Result<Vec<u8>, String>;
+
+fn encode_result(
+    result: QueryResult,
+    values: Vec<u8>,
+    docs: u64,
+    errors: u64,
+    failures: &[DocFailure],
+    cached: bool,
+) -> Vec<u8> {
+    let (result, body) = match result {
+        QueryResult::Reduced(value) => (
+            PartResult::Reduced,
+            value.map(String::into_bytes).unwrap_or_default(),
+        ),
+        QueryResult::Mapped => (PartResult::Mapped, values),
+        QueryResult::Failed { doc_id, failure } => (
+            PartResult::Failed {
+                doc_id,
+                failure: FailureJson::from(&failure),
+            },
+            Vec::new(),
+        ),
+    };
+    let head = PartHead {
+        result,
+        docs,
+        errors,
+        failures: failures
+            .iter()
+            .map(|f| (f.id.clone(), FailureJson::from(&f.failure)))
+            .collect(),
+        cached,
+    };
+    encode_part(&head, &body)
 }
 
 /// The platform failing, as the engine's error.

@@ -86,11 +86,22 @@ fn shards_run(node: &Node) -> Vec<u32> {
 
 #[tokio::test(start_paused = true)]
 async fn a_query_runs_its_shards_on_both_nodes_and_gives_the_one_node_answer() {
+    both_nodes_give_the_one_node_answer(2).await;
+}
+
+/// A runtime without `query_parts`: each node runs its shards one by one.
+#[tokio::test(start_paused = true)]
+async fn shard_by_shard_on_a_runtime_without_parts() {
+    both_nodes_give_the_one_node_answer(0).await;
+}
+
+async fn both_nodes_give_the_one_node_answer(at_once: usize) {
     let (a, b) = two_nodes().await;
     a.deploy(&manifest("total")).await;
     a.deploy(&manifest("ids")).await;
     for node in [&a, &b] {
         node.fake
+            .query_parts_at_once(at_once)
             .query_reduce("total")
             .query_delay("total", secs(1))
             .query_delay("ids", secs(1));

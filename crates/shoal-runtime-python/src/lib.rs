@@ -322,6 +322,22 @@ impl Runtime for PythonRuntime {
         Box::pin(query::run(pool, request))
     }
 
+    fn parts_at_once(&self) -> usize {
+        self.config.query_workers
+    }
+
+    fn query_parts(
+        &self,
+        deployment: &Deployment,
+        request: QueryRequest,
+    ) -> BoxFuture<'static, Result<Vec<shoal_runtime::ShardPart>>> {
+        if self.config.is_closed() {
+            return Box::pin(async { Err(Error::ShuttingDown) });
+        }
+        let pool = self.pool(deployment);
+        Box::pin(query::run_parts(pool, request))
+    }
+
     fn combine(
         &self,
         deployment: &Deployment,

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use shoal_runtime::{
     DocBatch, DocFailure, Error, QueryEvent, QueryOutcome, QueryRequest, QueryResult, QueryShard,
-    Result,
+    Result, ShardPart,
 };
 use shoal_types::{Failure, FailureKind};
 
@@ -126,7 +126,7 @@ pub(crate) async fn run(pool: Arc<Pool>, request: QueryRequest) -> Result<QueryO
         pool: pool.clone(),
         set: Some(set),
     };
-    let result = session.run(&request).await;
+    let result = session.run(&request, false).await.map(|(out, _)| out);
     if let Some(set) = session.set.take() {
         // In a task of its own: the cleanup completes even if the caller
         // stops waiting now.
@@ -136,6 +136,42 @@ pub(crate) async fn run(pool: Arc<Pool>, request: QueryRequest) -> Result<QueryO
         let _ = tokio::spawn(async move { recover(&pool, set).await }).await;
     }
     result
+}
+
+/// Runs a query without putting its shards together: each shard's own
+/// result (`Runtime::query_parts`).
+pub(crate) async fn run_parts(pool: Arc<Pool>, request: QueryRequest) -> Result<Vec<ShardPart>> {
+    let set = pool.query_set.clone().lock_owned().await;
+    let mut session = Session {
+        pool: pool.clone(),
+        set: Some(set),
+    };
+    let result = session.run(&request, true).await;
+    if let Some(set) = session.set.take() {
+        let pool = pool.clone();
+        // Awaited right here; a task only so that it is not dropped with us.
+        #[allow(clippy::disallowed_methods)]
+        let _ = tokio::spawn(async move { recover(&pool, set).await }).await;
+    }
+    let (out, parts) = result?;
+    Ok(match (parts, out.result) {
+        (Some(parts), _) => parts,
+        // Stopped before any shard ran (the module does not load...).
+        (None, failed @ QueryResult::Failed { .. }) => request
+            .shards
+            .iter()
+            .map(|s| ShardPart {
+                shard: s.shard,
+                result: failed.clone(),
+                values: Vec::new(),
+                docs: 0,
+                errors: 0,
+                failures: Vec::new(),
+                resident: false,
+            })
+            .collect(),
+        (None, _) => Vec::new(),
+    })
 }
 
 /// Holds the query set for one query. Dropped before its end (the caller
@@ -219,6 +255,10 @@ struct Ctx<'a> {
     progress: Mutex<Vec<u64>>,
     done: Mutex<Vec<Option<UnitDone>>>,
     order: Option<Order>,
+    /// Documents processed, by unit.
+    unit_docs: Vec<AtomicU64>,
+    /// By parts without `reduce`: each unit's values, kept instead of sent.
+    collect: Option<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// Mapped values waiting for their turn (no `reduce`).
@@ -238,7 +278,14 @@ struct OrderState {
 }
 
 impl Session {
-    async fn run(&mut self, request: &QueryRequest) -> Result<QueryOutcome> {
+    /// The query's outcome; `by_parts`: each shard's own result too (then
+    /// the outcome's result is not put together), unless it stopped before
+    /// the shards ran.
+    async fn run(
+        &mut self,
+        request: &QueryRequest,
+        by_parts: bool,
+    ) -> Result<(QueryOutcome, Option<Vec<ShardPart>>)> {
         let pool = self.pool.clone();
         let Some(set) = self.set.as_mut() else {
             return Err(Error::Platform("the query set is gone".into()));
@@ -250,7 +297,7 @@ impl Session {
         let mut cold = false;
         let template = match pool.template(&mut cold).await? {
             Ok(template) => template,
-            Err((failure, _logs, _)) => return Ok(failed(None, failure)),
+            Err((failure, _logs, _)) => return Ok((failed(None, failure), None)),
         };
         let functions = template.functions;
         drop(template);
@@ -260,18 +307,21 @@ impl Session {
             let message = format!(
                 "module {module} defines neither map(doc) nor map_batch(docs); a query needs one of them"
             );
-            return Ok(failed(None, Failure::new(FailureKind::LoadFailed, message)));
+            return Ok((
+                failed(None, Failure::new(FailureKind::LoadFailed, message)),
+                None,
+            ));
         }
         let reduce = functions.reduce;
         let n = request.shards.len();
         if n == 0 {
-            return Ok(outcome(empty_result(reduce), 0, Vec::new()));
+            return Ok((outcome(empty_result(reduce), 0, Vec::new()), None));
         }
 
         // The workers: 0..W, forked as needed.
         let w = config.query_workers.clamp(1, n);
         if let Err(failure) = prepare_workers(&pool, set, w).await? {
-            return Ok(failed(None, failure));
+            return Ok((failed(None, failure), None));
         }
         let uids: Vec<u64> = set.slots[..w]
             .iter()
@@ -322,6 +372,8 @@ impl Session {
                 wake: Notify::new(),
                 drained: (0..w).map(|_| Notify::new()).collect(),
             }),
+            unit_docs: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            collect: (by_parts && !reduce).then(|| Mutex::new(vec![Vec::new(); n])),
         };
 
         let mut per_slot: Vec<Vec<&Unit>> = (0..w).map(|_| Vec::new()).collect();
@@ -335,10 +387,7 @@ impl Session {
         join(join_all(drivers), emit(&ctx, &units)).await;
 
         let stopped = lock(&ctx.stopped).take();
-        let done: Vec<UnitDone> = std::mem::take(&mut *lock(&ctx.done))
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect();
+        let done: Vec<Option<UnitDone>> = std::mem::take(&mut *lock(&ctx.done));
         let docs = ctx.docs.load(Ordering::Relaxed);
         // Progress held back while the channel was full: one last try.
         // Never waited for: a caller may read events only after the outcome.
@@ -350,6 +399,53 @@ impl Session {
                     .try_send(QueryEvent::Progress { shard, docs: *docs });
             }
         }
+        if by_parts {
+            let failed = stopped.map(stopped_result).transpose()?;
+            let mut values = ctx
+                .collect
+                .map(|c| {
+                    c.into_inner()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                })
+                .unwrap_or_default();
+            let mut parts = Vec::with_capacity(n);
+            for (i, (unit, done)) in units.iter().zip(done).enumerate() {
+                let docs = ctx.unit_docs[i].load(Ordering::Relaxed);
+                let part = match (done, &failed) {
+                    (Some(done), _) => ShardPart {
+                        shard: unit.shard.shard,
+                        result: if reduce {
+                            QueryResult::Reduced(done.partial)
+                        } else {
+                            QueryResult::Mapped
+                        },
+                        values: values.get_mut(i).map(std::mem::take).unwrap_or_default(),
+                        docs,
+                        errors: done.errors,
+                        failures: done.failures,
+                        resident: done.resident,
+                    },
+                    (None, Some(failed)) => ShardPart {
+                        shard: unit.shard.shard,
+                        result: failed.clone(),
+                        values: Vec::new(),
+                        docs,
+                        errors: 0,
+                        failures: Vec::new(),
+                        resident: false,
+                    },
+                    (None, None) => {
+                        return Err(Error::Platform(format!(
+                            "shard {} of the query did not finish",
+                            unit.shard.shard
+                        )));
+                    }
+                };
+                parts.push(part);
+            }
+            return Ok((outcome(QueryResult::Mapped, docs, Vec::new()), Some(parts)));
+        }
+        let done: Vec<UnitDone> = done.into_iter().map(Option::unwrap_or_default).collect();
         let result = match stopped {
             Some(stop) => stopped_result(stop)?,
             None if !reduce => QueryResult::Mapped,
@@ -378,7 +474,7 @@ impl Session {
                 }
             }
         };
-        Ok(outcome(result, docs, done))
+        Ok((outcome(result, docs, done), None))
     }
 }
 
@@ -548,6 +644,7 @@ impl Ctx<'_> {
             return;
         }
         self.docs.fetch_add(docs, Ordering::Relaxed);
+        self.unit_docs[unit.index].fetch_add(docs, Ordering::Relaxed);
         let mut pending = lock(&self.progress);
         let waiting = &mut pending[unit.index];
         *waiting += docs;
@@ -618,6 +715,10 @@ async fn emit(ctx: &Ctx<'_>, units: &[Unit]) {
             match next {
                 Some(Some(chunk)) => {
                     order.drained[unit.slot].notify_one();
+                    if let Some(collect) = &ctx.collect {
+                        lock(collect)[unit.index].extend_from_slice(&chunk);
+                        continue;
+                    }
                     tokio::select! {
                         sent = ctx.request.events.send(QueryEvent::Values(chunk)) => {
                             if sent.is_err() {

@@ -43,7 +43,7 @@ use shoal_types::{Failure, FailureKind, Outcome};
 
 use crate::{
     Check, Deployment, Error, HostCall, HostError, PoolStats, Prepared, QueryOutcome, QueryRequest,
-    Request, Response, Result, Runtime,
+    Request, Response, Result, Runtime, ShardPart,
 };
 
 /// What one invocation does: its steps, in the order they were added, then
@@ -328,6 +328,8 @@ struct State {
     query_delay: HashMap<String, Duration>,
     /// Shards queries ran, in order: `(function, shard, finished)`.
     queried: Vec<(String, u32, bool)>,
+    /// `Runtime::parts_at_once`; `None`: 2.
+    parts_at_once: Option<usize>,
 }
 
 impl FakeRuntime {
@@ -479,6 +481,13 @@ impl FakeRuntime {
     /// Makes each shard of a query of `function` take `delay` (tokio time).
     pub fn query_delay(&self, function: &str, delay: Duration) -> &FakeRuntime {
         self.state().query_delay.insert(function.to_string(), delay);
+        self
+    }
+
+    /// Sets how many shards `query_parts` maps at once (2 by default; 0:
+    /// not supported, callers query shard by shard).
+    pub fn query_parts_at_once(&self, n: usize) -> &FakeRuntime {
+        self.state().parts_at_once = Some(n);
         self
     }
 
@@ -731,6 +740,61 @@ impl Runtime for FakeRuntime {
     ) -> BoxFuture<'static, Result<QueryOutcome>> {
         let function = function_of(deployment);
         Box::pin(self.clone().run_query(function, request))
+    }
+
+    fn parts_at_once(&self) -> usize {
+        self.state().parts_at_once.unwrap_or(2)
+    }
+
+    /// Each shard as a query of its own, all at once.
+    fn query_parts(
+        &self,
+        deployment: &Deployment,
+        request: QueryRequest,
+    ) -> BoxFuture<'static, Result<Vec<ShardPart>>> {
+        let function = function_of(deployment);
+        let me = self.clone();
+        Box::pin(async move {
+            let runs = request.shards.iter().map(|shard| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+                let one = QueryRequest {
+                    query_id: request.query_id.clone(),
+                    dataset: request.dataset.clone(),
+                    shards: vec![*shard],
+                    skip_errors: request.skip_errors,
+                    source: request.source.clone(),
+                    events: tx,
+                };
+                let run = me.clone().run_query(function.clone(), one);
+                let events = request.events.clone();
+                async move {
+                    let collect = async {
+                        let mut values = Vec::new();
+                        while let Some(ev) = rx.recv().await {
+                            match ev {
+                                crate::QueryEvent::Values(v) => values.extend_from_slice(&v),
+                                progress => drop(events.try_send(progress)),
+                            }
+                        }
+                        values
+                    };
+                    let (out, values) = futures_util::future::join(run, collect).await;
+                    out.map(|o| ShardPart {
+                        shard: shard.shard,
+                        result: o.result,
+                        values,
+                        docs: o.docs,
+                        errors: o.errors,
+                        failures: o.failures,
+                        resident: false,
+                    })
+                }
+            });
+            futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .collect()
+        })
     }
 
     fn combine(

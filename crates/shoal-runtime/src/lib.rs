@@ -224,6 +224,26 @@ pub struct QueryOutcome {
     pub cached_shards: u32,
 }
 
+/// What one shard of a query gave, for a caller that puts the shards
+/// together itself ([`Runtime::query_parts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPart {
+    pub shard: u32,
+    /// With `reduce`: `Reduced` with the shard's partial (`None`: no
+    /// value). Without: `Mapped`, the values in `values`. Or `Failed`.
+    pub result: QueryResult,
+    /// The shard's mapped values, NDJSON, in document order.
+    pub values: Vec<u8>,
+    /// Documents processed.
+    pub docs: u64,
+    /// Documents whose `map` failed (with `skip_errors`).
+    pub errors: u64,
+    /// The first failures (at most 100), with `skip_errors`.
+    pub failures: Vec<DocFailure>,
+    /// Served from a worker's resident copy.
+    pub resident: bool,
+}
+
 /// What [`Runtime::check`] found when it loaded a deployment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Check {
@@ -262,6 +282,31 @@ pub trait Runtime: Send + Sync + 'static {
         deployment: &Deployment,
         request: QueryRequest,
     ) -> BoxFuture<'static, Result<QueryOutcome>>;
+
+    /// How many shards of one query `query_parts` maps at once on this node
+    /// (its query workers); 0, the default: `query_parts` is not supported,
+    /// and a caller spreading shards over nodes queries them one by one.
+    fn parts_at_once(&self) -> usize {
+        0
+    }
+
+    /// Like `query`, but without putting the shards together: every shard's
+    /// own result, in the order of `request.shards` (for a caller that
+    /// spreads a query's shards over nodes). `request.events` gets progress
+    /// only. A failure without `skip_errors` stops the query: every shard
+    /// that had not finished gets that failure as its result.
+    fn query_parts(
+        &self,
+        deployment: &Deployment,
+        request: QueryRequest,
+    ) -> BoxFuture<'static, Result<Vec<ShardPart>>> {
+        let _ = (deployment, request);
+        Box::pin(async {
+            Err(Error::Platform(
+                "this runtime does not query by parts".into(),
+            ))
+        })
+    }
 
     /// Reduces partial results (JSON texts, in document order) with the
     /// deployment's `reduce` on one of its query workers, within its

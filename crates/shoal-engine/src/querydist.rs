@@ -41,7 +41,7 @@
 //! still has its tasks run by the nodes; their partials expire.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,12 @@ const PER_NODE: usize = 1;
 const PLATFORM_TRIES: u32 = 3;
 /// Failed documents listed with `skip_errors`.
 const MAX_FAILURES: usize = 100;
+/// How long after it was queued a shard waits for the node that ran it last
+/// (and may hold it resident) before any node takes it. Longer than
+/// [`IDLE_POLL`], so an idle preferred node looks within it.
+const PREFER: Duration = Duration::from_millis(150);
+/// Shards whose last node a node remembers (then it starts over).
+const MAX_PLACED: usize = 100_000;
 
 /// One shard of a query, as queued.
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,6 +96,13 @@ struct Task {
     docs: u64,
     skip_errors: bool,
     timeout_ms: u64,
+    /// When the origin queued it, by its clock.
+    #[serde(default)]
+    queued_ms: u64,
+    /// The node that ran this shard at this version last (as far as the
+    /// origin knows): it may hold the shard resident.
+    #[serde(default)]
+    prefer: Option<String>,
 }
 
 /// A failure, as stored in a partial.
@@ -149,6 +162,9 @@ struct PartHead {
     errors: u64,
     failures: Vec<(String, FailureJson)>,
     cached: bool,
+    /// The node that ran the shard.
+    #[serde(default)]
+    node: String,
 }
 
 fn encode_part(head: &PartHead, body: &[u8]) -> Vec<u8> {
@@ -170,6 +186,12 @@ pub(crate) struct QueryDist {
     functions: Arc<Functions>,
     /// Wakes this node's consumer: this node queued tasks.
     wake: Notify,
+    /// Names this node in partials and preferences.
+    node: String,
+    /// Which node ran a shard of a data set last, at which version, as this
+    /// node saw in the partials of its queries: `(dataset, shard)` →
+    /// `(version, node)`.
+    placed: std::sync::Mutex<std::collections::HashMap<(String, u32), (u64, String)>>,
 }
 
 /// What the origin needs to run a query spread over the nodes.
@@ -189,6 +211,8 @@ impl QueryDist {
                 env,
                 functions,
                 wake: Notify::new(),
+                node: uuid::Uuid::now_v7().simple().to_string(),
+                placed: std::sync::Mutex::default(),
             })
         })
     }
@@ -206,7 +230,8 @@ impl QueryDist {
         let query = uuid::Uuid::now_v7().to_string();
         let now = self.env.now_ms();
         let mut messages = Vec::with_capacity(spread.shards.len());
-        for s in &spread.shards {
+        let preferred = self.preferences(&spread.dataset, &spread.shards);
+        for (s, prefer) in spread.shards.iter().zip(preferred) {
             let task = Task {
                 query: query.clone(),
                 category: spread.category.clone(),
@@ -218,6 +243,8 @@ impl QueryDist {
                 docs: s.docs,
                 skip_errors: spread.skip_errors,
                 timeout_ms: d.record.timeout_ms,
+                queued_ms: now,
+                prefer,
             };
             messages.push(NewMessage {
                 id: format!("{query}:{}", s.shard),
@@ -238,6 +265,37 @@ impl QueryDist {
             warn!(%query, error = %e, "Removing a query's partial results failed; they expire.");
         }
         result
+    }
+
+    /// The node to prefer for each shard: the one that ran it last at its
+    /// current version.
+    fn preferences(&self, dataset: &str, shards: &[QueryShard]) -> Vec<Option<String>> {
+        let placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        shards
+            .iter()
+            .map(|s| {
+                placed
+                    .get(&(dataset.to_string(), s.shard))
+                    .filter(|(version, _)| *version == s.version)
+                    .map(|(_, node)| node.clone())
+            })
+            .collect()
+    }
+
+    /// Remembers which node ran a shard (and so may hold it resident).
+    fn note_placed(&self, dataset: &str, shards: &[QueryShard], shard: u32, node: &str) {
+        let Some(version) = shards.iter().find(|s| s.shard == shard).map(|s| s.version) else {
+            return;
+        };
+        if node.is_empty() {
+            return;
+        }
+        let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (dataset.to_string(), shard);
+        if placed.len() >= MAX_PLACED && !placed.contains_key(&key) {
+            placed.clear();
+        }
+        placed.insert(key, (version, node.to_string()));
     }
 
     /// Waits for every shard's partial, in shard order.
@@ -291,6 +349,7 @@ impl QueryDist {
                     PartResult::Reduced => reduce = Some(true),
                     PartResult::Mapped => reduce = Some(false),
                 }
+                self.note_placed(&spread.dataset, &spread.shards, shard, &head.node);
                 parts.insert(shard, (head, body));
                 arrived = true;
             }
@@ -421,12 +480,22 @@ impl QueryDist {
     async fn run_batch(&self, deliveries: Vec<Delivery>) {
         let queues = &self.env.backend.queues;
         let mut groups: Vec<Vec<(Delivery, Task)>> = Vec::new();
+        let now = self.env.now_ms();
         for delivery in deliveries {
             let Ok(task) = serde_json::from_slice::<Task>(&delivery.body) else {
                 warn!(id = %delivery.id, "Undecodable query task dropped.");
                 drop(queues.ack(QUEUE, vec![delivery.id]));
                 continue;
             };
+            // Another node ran this shard last and may hold it resident:
+            // left to it until `PREFER` after it was queued (at most
+            // `PREFER` from now, whatever the clocks say), then to anyone.
+            let window = PREFER.as_millis() as u64;
+            let until = task.queued_ms.saturating_add(window).min(now + window);
+            if task.prefer.as_ref().is_some_and(|n| *n != self.node) && now < until {
+                drop(queues.extend(QUEUE, &delivery.id, until));
+                continue;
+            }
             match groups.iter_mut().find(|g| g[0].1.query == task.query) {
                 Some(group) => group.push((delivery, task)),
                 None => groups.push(vec![(delivery, task)]),
@@ -523,10 +592,14 @@ impl QueryDist {
                     errors: 0,
                     failures: Vec::new(),
                     cached: false,
+                    node: String::new(),
                 };
-                encode_part(&head, b"")
+                (head, Vec::new())
             }
         };
+        let (mut head, body) = part;
+        head.node = self.node.clone();
+        let part = encode_part(&head, &body);
         let ttl = PART_TTL.as_millis() as u64;
         match self
             .env
@@ -591,7 +664,7 @@ impl QueryDist {
             tasks
                 .iter()
                 .map(|t| match by_shard.remove(&t.shard) {
-                    Some(p) => Ok(encode_result(
+                    Some(p) => Ok(part_of(
                         p.result,
                         p.values,
                         p.docs,
@@ -621,7 +694,7 @@ impl QueryDist {
         };
         let (result, values) = futures_util::future::join(run, collect).await;
         match result {
-            Ok(o) => Some(Ok(encode_result(
+            Ok(o) => Some(Ok(part_of(
                 o.result,
                 values,
                 o.docs,
@@ -635,17 +708,17 @@ impl QueryDist {
     }
 }
 
-/// A shard's stored partial, or the platform's failure.
-type Ran = std::result::Result<Vec<u8>, String>;
+/// A shard's partial (head and body), or the platform's failure.
+type Ran = std::result::Result<(PartHead, Vec<u8>), String>;
 
-fn encode_result(
+fn part_of(
     result: QueryResult,
     values: Vec<u8>,
     docs: u64,
     errors: u64,
     failures: &[DocFailure],
     cached: bool,
-) -> Vec<u8> {
+) -> (PartHead, Vec<u8>) {
     let (result, body) = match result {
         QueryResult::Reduced(value) => (
             PartResult::Reduced,
@@ -669,8 +742,9 @@ fn encode_result(
             .map(|f| (f.id.clone(), FailureJson::from(&f.failure)))
             .collect(),
         cached,
+        node: String::new(),
     };
-    encode_part(&head, &body)
+    (head, body)
 }
 
 /// The platform failing, as the engine's error.
@@ -678,7 +752,7 @@ fn platform(message: impl Into<String>) -> Error {
     Error::unavailable(std::io::Error::other(message.into()))
 }
 
-fn failed_part(failure: Failure) -> Vec<u8> {
+fn failed_part(failure: Failure) -> (PartHead, Vec<u8>) {
     let head = PartHead {
         result: PartResult::Failed {
             doc_id: None,
@@ -688,8 +762,9 @@ fn failed_part(failure: Failure) -> Vec<u8> {
         errors: 0,
         failures: Vec::new(),
         cached: false,
+        node: String::new(),
     };
-    encode_part(&head, b"")
+    (head, Vec::new())
 }
 
 /// The counts of the partials in, in shard order.
@@ -735,6 +810,7 @@ mod tests {
                 FailureJson::from(&Failure::new(FailureKind::Raised, "x")),
             )],
             cached: true,
+            node: "n1".into(),
         };
         let bytes = encode_part(&head, b"{\"a\":1}\n2\n");
         let (back, body) = decode_part(bytes).unwrap();

@@ -219,3 +219,60 @@ async fn the_first_partial_of_a_shard_wins() {
     docs.drop_query_parts("q1").await.unwrap();
     assert_eq!(docs.query_parts("q1", vec![3]).await.unwrap(), vec![None]);
 }
+
+/// The node that ran each shard, from the shards each node began.
+fn runners(a: &Node, b: &Node, function: &str) -> Vec<(u32, char)> {
+    let mut out: Vec<(u32, char)> = Vec::new();
+    for (node, name) in [(a, 'a'), (b, 'b')] {
+        for (f, shard, _) in node.fake.queried() {
+            if f == function {
+                out.push((shard, name));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A shard goes back to the node that ran it last (which may hold it
+/// resident), even when the origin could take it at once.
+#[tokio::test(start_paused = true)]
+async fn a_repeated_query_runs_each_shard_where_it_ran_before() {
+    let (a, b) = two_nodes().await;
+    a.deploy(&manifest("total")).await;
+    a.deploy(&manifest("again")).await;
+    for node in [&a, &b] {
+        node.fake
+            .query_parts_at_once(4)
+            .query_reduce("total")
+            .query_delay("total", secs(1));
+    }
+    let ids = fill(&a, "things", 300).await;
+    let (_, first) = query(&a, "total").await;
+    let before = runners(&a, &b, "total");
+    assert_eq!(before.len(), SHARDS as usize, "{before:?}");
+    assert!(before.iter().any(|(_, n)| *n == 'a') && before.iter().any(|(_, n)| *n == 'b'));
+
+    // Now A could take every shard at once; those B ran wait for B.
+    for node in [&a, &b] {
+        node.fake.query_parts_at_once(8);
+    }
+    let (_, second) = query(&a, "total").await;
+    assert_eq!(second.result, first.result);
+    let QueryResult::Reduced(Some(value)) = &second.result else {
+        panic!("{second:?}");
+    };
+    let got: Vec<String> = serde_json::from_str::<Vec<String>>(value)
+        .unwrap()
+        .into_iter()
+        .map(|id| format!("\"{id}\""))
+        .collect();
+    assert_eq!(got, quoted(&ids));
+    // Each shard ran once more, on the node that ran it before.
+    let all = runners(&a, &b, "total");
+    assert_eq!(all.len(), 2 * SHARDS as usize, "{all:?}");
+    let moved: Vec<&(u32, char)> = all.iter().filter(|r| !before.contains(r)).collect();
+    assert!(moved.is_empty(), "shards that moved: {moved:?}");
+    a.stop().await;
+    b.stop().await;
+}

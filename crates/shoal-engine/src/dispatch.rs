@@ -388,13 +388,23 @@ impl Dispatcher {
             let visibility_ms = self
                 .visibility_ms(&consumer.feed, deployed.as_deref())
                 .await;
-            let leased = self
-                .env
-                .backend
-                .queues
-                .lease_keyed(&queue, now, want, visibility_ms, key_limit.as_ref())
-                .await;
-            let leased = match leased {
+            // Asynchronous invocations: the records come with the lease
+            // where the store can (one step instead of a read per record).
+            let queues = &self.env.backend.queues;
+            let with_records = match consumer.feed {
+                Feed::Async { .. } => {
+                    queues.lease_with_records(&queue, now, want, visibility_ms, key_limit.as_ref())
+                }
+                Feed::Subscription { .. } => None,
+            };
+            let leased = match with_records {
+                Some(leased) => leased.await,
+                None => queues
+                    .lease_keyed(&queue, now, want, visibility_ms, key_limit.as_ref())
+                    .await
+                    .map(|l| (l, Vec::new())),
+            };
+            let (leased, mut records) = match leased {
                 Ok(l) => l,
                 Err(e) => {
                     warn!(%queue, error = %e, "Leasing failed; retrying.");
@@ -432,9 +442,13 @@ impl Dispatcher {
                 continue;
             }
             let mut permits = permits.into_iter();
+            records.resize(leased.deliveries.len(), None);
+            let mut records = records.into_iter();
             let mut deliveries = leased.deliveries.into_iter().peekable();
             while deliveries.peek().is_some() {
                 let batch: Vec<Delivery> = deliveries.by_ref().take(per).collect();
+                let known: Vec<Option<InvocationRecord>> =
+                    records.by_ref().take(batch.len()).collect();
                 let permit = permits.next().expect("leased at most `per` per permit");
                 let keys = consumer.hold_keys(&batch);
                 let me = self.clone();
@@ -442,8 +456,9 @@ impl Dispatcher {
                 self.env.tasks.spawn(async move {
                     match feed {
                         Feed::Async { function } => {
-                            for delivery in batch {
-                                me.run_async(&function, delivery, visibility_ms).await;
+                            for (delivery, known) in batch.into_iter().zip(known) {
+                                me.run_async(&function, delivery, known, visibility_ms)
+                                    .await;
                             }
                         }
                         Feed::Subscription {
@@ -469,7 +484,14 @@ impl Dispatcher {
     }
 
     /// One delivery of an asynchronous invocation.
-    async fn run_async(self: &Arc<Self>, function: &str, delivery: Delivery, visibility_ms: u64) {
+    /// `known`: the record as the lease found it, if the store sent it.
+    async fn run_async(
+        self: &Arc<Self>,
+        function: &str,
+        delivery: Delivery,
+        known: Option<InvocationRecord>,
+        visibility_ms: u64,
+    ) {
         let queue = queue_name(function);
         let lease = Lease {
             queue: queue.clone(),
@@ -482,7 +504,14 @@ impl Dispatcher {
             drop(self.settle(&queue, ack));
             return;
         };
-        let mut record = match self.load(&msg.id).await {
+        // This node's own record is newer than the store's while its write
+        // is in flight (the live map); otherwise the lease's copy will do.
+        let known = known.filter(|r| r.id == msg.id && self.live.get(&msg.id).is_none());
+        let loaded = match known {
+            Some(record) => Ok(Some(record)),
+            None => self.load(&msg.id).await,
+        };
+        let mut record = match loaded {
             Ok(Some(r)) => r,
             Ok(None) => {
                 warn!(id = %msg.id, "Queued invocation has no record; dropped.");

@@ -287,9 +287,15 @@ return n
 /// `KEYS[1]` = W; ARGV = queue, now, max, visibility, per_key ('' without a
 /// limit), then running (key, count) pairs. Returns next due (or false),
 /// lease end, then id, body, failures, starts, key per delivery.
-static LEASE: LazyLock<Lua> = LazyLock::new(|| {
-    script(
-        r"
+static LEASE: LazyLock<Lua> =
+    LazyLock::new(|| script(&LEASE_BODY.replace("WITH_RECORDS", "false")));
+
+/// `LEASE`, with each delivery followed by the invocation record whose id
+/// is the message's (false when there is none).
+static LEASE_WITH_RECORDS: LazyLock<Lua> =
+    LazyLock::new(|| script(&LEASE_BODY.replace("WITH_RECORDS", "true")));
+
+const LEASE_BODY: &str = r"
 local w = KEYS[1]
 local p = w .. 'q:' .. ARGV[1] .. ':'
 local now = tonumber(ARGV[2])
@@ -394,6 +400,9 @@ for _, id in ipairs(taken) do
   out[#out + 1] = tonumber(f[3])
   out[#out + 1] = tonumber(f[4])
   out[#out + 1] = f[5]
+  if WITH_RECORDS then
+    out[#out + 1] = redis.call('HGET', w .. 'inv:r:' .. id, 'r') or false
+  end
 end
 local r = redis.call('ZRANGE', p .. 'ready', 0, 0, 'WITHSCORES')
 local l = redis.call('ZRANGE', p .. 'leased', 0, 0, 'WITHSCORES')
@@ -402,9 +411,7 @@ if r[2] then next_due = tonumber(r[2]) end
 if l[2] and (not next_due or tonumber(l[2]) < next_due) then next_due = tonumber(l[2]) end
 if next_due then out[1] = next_due end
 return out
-",
-    )
-});
+";
 
 /// `KEYS[1]` = W; ARGV = queue, id, lease end.
 static EXTEND: LazyLock<Lua> = LazyLock::new(|| {
@@ -709,6 +716,24 @@ impl Queues for RedisStore {
         Some(self.unit(&PUT_AND_ACK, with_ids(args, ids)))
     }
 
+    fn lease_with_records(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+        visibility_ms: u64,
+        limit: Option<&KeyLimit>,
+    ) -> Option<Pending<(Leased, Vec<Option<InvocationRecord>>)>> {
+        Some(self.lease_script(
+            &LEASE_WITH_RECORDS,
+            queue,
+            now_ms,
+            max,
+            visibility_ms,
+            limit,
+        ))
+    }
+
     fn lease_keyed(
         &self,
         queue: &str,
@@ -717,42 +742,8 @@ impl Queues for RedisStore {
         visibility_ms: u64,
         limit: Option<&KeyLimit>,
     ) -> Pending<Leased> {
-        // Lua numbers are doubles: a larger `max` could not be a LIMIT.
-        let max = max.min(u32::MAX as usize);
-        let mut args = vec![arg(queue), arg(now_ms), arg(max), arg(visibility_ms)];
-        match limit {
-            None => args.push(Vec::new()),
-            Some(limit) => {
-                args.push(arg(limit.per_key));
-                for (key, running) in &limit.running {
-                    args.push(arg(key));
-                    args.push(arg(*running));
-                }
-            }
-        }
-        let reply = self
-            .conn
-            .script::<Vec<Value>>(&LEASE, self.work_keys(), args);
-        Box::pin(async move {
-            let mut r = Reply::new("a lease", reply.await?);
-            let next_due_ms = r.opt_u64()?;
-            let lease_until_ms = r.u64()?;
-            let mut deliveries = Vec::new();
-            while !r.is_empty() {
-                deliveries.push(Delivery {
-                    id: r.string()?,
-                    body: r.bytes()?,
-                    failures: r.u32()?,
-                    starts: r.u32()?,
-                    key: r.opt_string()?,
-                    lease_until_ms,
-                });
-            }
-            Ok(Leased {
-                deliveries,
-                next_due_ms,
-            })
-        })
+        let leased = self.lease_script(&LEASE, queue, now_ms, max, visibility_ms, limit);
+        Box::pin(async move { Ok(leased.await?.0) })
     }
 
     fn extend(&self, queue: &str, id: &str, lease_until_ms: u64) -> Pending<()> {
@@ -891,6 +882,65 @@ impl Queues for RedisStore {
 }
 
 impl RedisStore {
+    /// A lease by `lua` (`LEASE`, or `LEASE_WITH_RECORDS`: the records come
+    /// back too).
+    fn lease_script(
+        &self,
+        lua: &'static Lua,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+        visibility_ms: u64,
+        limit: Option<&KeyLimit>,
+    ) -> Pending<(Leased, Vec<Option<InvocationRecord>>)> {
+        let with_records = std::ptr::eq(lua, &*LEASE_WITH_RECORDS);
+        // Lua numbers are doubles: a larger `max` could not be a LIMIT.
+        let max = max.min(u32::MAX as usize);
+        let mut args = vec![arg(queue), arg(now_ms), arg(max), arg(visibility_ms)];
+        match limit {
+            None => args.push(Vec::new()),
+            Some(limit) => {
+                args.push(arg(limit.per_key));
+                for (key, running) in &limit.running {
+                    args.push(arg(key));
+                    args.push(arg(*running));
+                }
+            }
+        }
+        let reply = self.conn.script::<Vec<Value>>(lua, self.work_keys(), args);
+        Box::pin(async move {
+            let mut r = Reply::new("a lease", reply.await?);
+            let next_due_ms = r.opt_u64()?;
+            let lease_until_ms = r.u64()?;
+            let mut deliveries = Vec::new();
+            let mut records = Vec::new();
+            while !r.is_empty() {
+                deliveries.push(Delivery {
+                    id: r.string()?,
+                    body: r.bytes()?,
+                    failures: r.u32()?,
+                    starts: r.u32()?,
+                    key: r.opt_string()?,
+                    lease_until_ms,
+                });
+                if with_records {
+                    let record = match r.opt_string()? {
+                        Some(json) => {
+                            Some(crate::decode::<InvocationRecord>("an invocation", &json)?)
+                        }
+                        None => None,
+                    };
+                    records.push(record);
+                }
+            }
+            let leased = Leased {
+                deliveries,
+                next_due_ms,
+            };
+            Ok((leased, records))
+        })
+    }
+
     /// The keys of a work script: the work prefix, from which it derives
     /// the rest (all in the `{w}` slot).
     pub(crate) fn work_keys(&self) -> Vec<String> {

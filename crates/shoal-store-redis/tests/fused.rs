@@ -87,3 +87,40 @@ async fn on_redis_in_one_script_each() {
 async fn on_the_memory_store_as_separate_calls() {
     check(&Backend::from_adapter(Arc::new(MemoryStore::new()))).await;
 }
+
+/// A lease of asynchronous invocations' messages brings their records
+/// along (in delivery order; `None` for a message without one).
+#[tokio::test]
+async fn a_lease_brings_the_records_along_on_redis() {
+    use shoal_store::Queues;
+    let server = RedisServer::start(&[]);
+    let (store, _) = RedisStore::connect(&server.options()).await.unwrap();
+    let backend = Backend::from_adapter(Arc::new(store.clone()));
+    let queue = unique("fused");
+    let a = sample_invocation(&unique("inv"), "f");
+    let sent = backend
+        .put_and_send(
+            vec![a.clone()],
+            &queue,
+            vec![message(&a.id), message("no-record")],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent, Admitted::Sent(vec![None, None]));
+    let (leased, records) = store
+        .lease_with_records(&queue, 10, 10, 1000, None)
+        .expect("Redis leases with records")
+        .await
+        .unwrap();
+    let ids: Vec<&str> = leased.deliveries.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, [a.id.as_str(), "no-record"]);
+    assert_eq!(records, vec![Some(a), None]);
+    // The in-memory store has no such step.
+    let memory = MemoryStore::new();
+    assert!(
+        memory
+            .lease_with_records(&queue, 10, 10, 1000, None)
+            .is_none()
+    );
+}

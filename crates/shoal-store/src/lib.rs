@@ -928,6 +928,25 @@ pub trait Queues: Send + Sync + 'static {
         None
     }
 
+    /// `lease_keyed`, answering with each delivery (in the same order) the
+    /// invocation record whose id is the message's id, or `None` where
+    /// there is none: for the queues of asynchronous invocations, whose
+    /// consumer reads each record right after the lease. One step where
+    /// the store has one; `None` (the default): it has not, and the
+    /// consumer reads the records itself.
+    #[allow(clippy::type_complexity)]
+    fn lease_with_records(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+        visibility_ms: u64,
+        limit: Option<&KeyLimit>,
+    ) -> Option<Pending<(Leased, Vec<Option<InvocationRecord>>)>> {
+        let _ = (queue, now_ms, max, visibility_ms, limit);
+        None
+    }
+
     /// [`Backend::put_and_ack`] in one step; `None` (the default) as above.
     fn put_and_ack(
         &self,

@@ -20,22 +20,30 @@
 //!    every shard count once. A platform failure (not user code) releases
 //!    the task for another try; the third one stores the failure.
 //! 3. The origin polls the store for the partials it still waits for
-//!    (every [`POLL`]), reports progress as they arrive, emits mapped values
-//!    in shard order as soon as every shard before them is in, or combines
-//!    the reduced partials in shard order with `Runtime::combine` on one of
-//!    its own query workers. A shard that failed in user code (without
-//!    `skip_errors`) fails the query as on one node. Then it removes the
-//!    partials; they expire by themselves ([`PART_TTL`]) if it dies first.
+//!    (every [`POLL`] at most; sooner after a partial arrived), reports
+//!    progress as they arrive, emits mapped values in shard order as soon
+//!    as every shard before them is in, or combines the reduced partials in
+//!    shard order with `Runtime::combine` on one of its own query workers.
+//!    A shard that failed in user code (without `skip_errors`) fails the
+//!    query as on one node. Then it removes the partials; they expire by
+//!    themselves ([`PART_TTL`]) if it dies first.
 //!
 //! A node leases shards only while it runs none ([`PER_NODE`] batch at a
 //! time): the runtime's query workers of a deployment serve one query at a
 //! time, so a node holding more would keep shards from idle nodes. The
 //! origin's consumer is woken as it queues, so it takes the first batch at
 //! once; the others look every [`IDLE_POLL`]: a short query may run wholly
-//! on its origin, a long one spreads. Shards are not steered towards the
-//! nodes that hold them resident; a repeated query finds a shard resident
-//! only where it happens to run again (the runtime still places it on the
-//! worker that holds it, when it lands on that node).
+//! on its origin, a long one spreads.
+//!
+//! **Resident shards.** A partial names the node that ran it; the origin
+//! remembers, per data set and shard, which node ran it at which version,
+//! and names that node in the next task for the shard (`prefer`). Another
+//! node that leases such a task within [`PREFER`] of its queueing leaves it
+//! (pushes its lease to the end of that window, no failure counted); then
+//! any node takes it. So a query repeated through the same origin finds its
+//! shards where they are resident; the runtime then places each on the
+//! worker that holds it. What the origin remembers is a hint: a node that
+//! evicted the shard, or died, costs the window and nothing else.
 //!
 //! A query abandoned by its origin (the client went away, the node died)
 //! still has its tasks run by the nodes; their partials expire.
@@ -62,8 +70,10 @@ use crate::functions::{Deployed, Functions};
 
 /// The internal queue of query shards.
 pub(crate) const QUEUE: &str = "_query";
-/// How often the origin looks for the partials it waits for.
-const POLL: Duration = Duration::from_millis(15);
+/// How often the origin looks for the partials it waits for: from
+/// `POLL_FIRST`, doubling while none arrives, up to `POLL`.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL: Duration = Duration::from_millis(20);
 /// How often an idle consumer looks for tasks (sends on this node wake it
 /// at once).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -305,6 +315,7 @@ impl QueryDist {
         // Mapped values go out in shard order: `emitted` shards are out.
         let mut emitted = 0;
         let mut reduce = None;
+        let mut poll = POLL_FIRST;
         loop {
             let missing: Vec<u32> = order
                 .iter()
@@ -371,12 +382,14 @@ impl QueryDist {
                 }
             }
             if arrived {
+                poll = POLL_FIRST;
                 continue;
             }
             tokio::select! {
                 () = self.env.tasks.stopping() => return Err(Error::ShuttingDown),
-                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep(poll) => {}
             }
+            poll = (poll * 2).min(POLL);
         }
         let mut out = total(&parts, &order);
         if reduce == Some(true) {

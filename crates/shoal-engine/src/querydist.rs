@@ -45,8 +45,10 @@
 //! worker that holds it. What the origin remembers is a hint: a node that
 //! evicted the shard, or died, costs the window and nothing else.
 //!
-//! A query abandoned by its origin (the client went away, the node died)
-//! still has its tasks run by the nodes; their partials expire.
+//! A query that failed, or whose client went away, has its tasks that no
+//! node finished removed from the queue (those running finish, and their
+//! partials expire). A query whose origin died still has its tasks run by
+//! the nodes; their partials expire.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError};
@@ -266,14 +268,26 @@ impl QueryDist {
                 key: None,
             });
         }
+        let mut cleanup = Cleanup {
+            env: self.env.clone(),
+            query: query.clone(),
+            tasks: messages.iter().map(|m| m.id.clone()).collect(),
+            done: false,
+        };
         if !messages.is_empty() {
             self.env.backend.queues.send(QUEUE, messages).await?;
             self.wake.notify_one();
         }
         let result = self.gather(&d, &query, spread).await;
-        if let Err(e) = self.env.backend.docs.drop_query_parts(&query).await {
-            warn!(%query, error = %e, "Removing a query's partial results failed; they expire.");
+        // Every shard is in (its task acked by the node that ran it), unless
+        // the query failed: then the shards nobody has taken are removed.
+        let unfinished =
+            !matches!(&result, Ok(o) if !matches!(o.result, QueryResult::Failed { .. }));
+        if !unfinished {
+            cleanup.tasks.clear();
         }
+        cleanup.done = true;
+        cleanup.run().await;
         result
     }
 
@@ -758,6 +772,46 @@ fn part_of(
         node: String::new(),
     };
     (head, body)
+}
+
+/// What a query leaves behind: its partials, and after a failure (or when
+/// the origin stops waiting: dropped, this runs in a task) its tasks no
+/// node has finished (removed with `ack`, leased or not; a node still
+/// running one stores a partial that expires).
+struct Cleanup {
+    env: Arc<Env>,
+    query: String,
+    tasks: Vec<String>,
+    done: bool,
+}
+
+impl Cleanup {
+    fn run(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let acked = (!self.tasks.is_empty())
+            .then(|| self.env.backend.queues.ack(QUEUE, self.tasks.clone()));
+        let dropped = self.env.backend.docs.drop_query_parts(&self.query);
+        let query = self.query.clone();
+        async move {
+            if let Some(acked) = acked
+                && let Err(e) = acked.await
+            {
+                warn!(%query, error = %e, "Removing a query's shards failed; the nodes run them.");
+            }
+            if let Err(e) = dropped.await {
+                warn!(%query, error = %e, "Removing a query's partial results failed; they expire.");
+            }
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.done || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let cleanup = self.run();
+        self.env.tasks.spawn(cleanup);
+    }
 }
 
 /// The platform failing, as the engine's error.

@@ -18,10 +18,16 @@ use shoal_store::memory::MemoryStore;
 const SHARDS: u32 = 8;
 
 async fn two_nodes() -> (Node, Node) {
+    let (a, b, _) = two_nodes_on().await;
+    (a, b)
+}
+
+/// Two engines and the store they share.
+async fn two_nodes_on() -> (Node, Node, Backend) {
     let backend = Backend::from_adapter(Arc::new(MemoryStore::new()));
     let a = Node::with(None, backend.clone()).await;
-    let b = Node::with(None, backend).await;
-    (a, b)
+    let b = Node::with(None, backend.clone()).await;
+    (a, b, backend)
 }
 
 fn manifest(name: &str) -> String {
@@ -96,7 +102,7 @@ async fn shard_by_shard_on_a_runtime_without_parts() {
 }
 
 async fn both_nodes_give_the_one_node_answer(at_once: usize) {
-    let (a, b) = two_nodes().await;
+    let (a, b, backend) = two_nodes_on().await;
     a.deploy(&manifest("total")).await;
     a.deploy(&manifest("ids")).await;
     for node in [&a, &b] {
@@ -145,6 +151,10 @@ async fn both_nodes_give_the_one_node_answer(at_once: usize) {
         panic!("{out:?}");
     };
     assert_eq!(doc_id.as_deref(), Some("doc-0007"));
+    // The shards nobody had finished were taken off the queue, and no
+    // partial is left.
+    let depth = backend.queues.depth("_query").await.unwrap();
+    assert_eq!((depth.waiting, depth.in_flight), (0, 0), "{depth:?}");
     a.stop().await;
     b.stop().await;
 }

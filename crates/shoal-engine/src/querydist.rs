@@ -92,6 +92,9 @@ const MAX_FAILURES: usize = 100;
 /// (and may hold it resident) before any node takes it. Longer than
 /// [`IDLE_POLL`], so an idle preferred node looks within it.
 const PREFER: Duration = Duration::from_millis(150);
+/// Mapped values of later shards the origin holds before it fetches only
+/// the shard whose turn it is.
+const AHEAD_BYTES: usize = 16 << 20;
 /// Shards whose last node a node remembers (then it starts over).
 const MAX_PLACED: usize = 100_000;
 
@@ -330,6 +333,8 @@ impl QueryDist {
         let mut emitted = 0;
         let mut reduce = None;
         let mut poll = POLL_FIRST;
+        // Mapped values of later shards held here, waiting for their turn.
+        let mut held = 0usize;
         loop {
             let missing: Vec<u32> = order
                 .iter()
@@ -339,6 +344,16 @@ impl QueryDist {
             if missing.is_empty() {
                 break;
             }
+            // Holding enough values already: only the shard whose turn it
+            // is (the others wait in the store).
+            let missing = match order.get(emitted) {
+                Some(next)
+                    if reduce == Some(false) && held > AHEAD_BYTES && missing.contains(next) =>
+                {
+                    vec![*next]
+                }
+                _ => missing,
+            };
             let got = self
                 .env
                 .backend
@@ -375,6 +390,7 @@ impl QueryDist {
                     PartResult::Mapped => reduce = Some(false),
                 }
                 self.note_placed(&spread.dataset, &spread.shards, shard, &head.node);
+                held += body.len();
                 parts.insert(shard, (head, body));
                 arrived = true;
             }
@@ -383,6 +399,7 @@ impl QueryDist {
                     && let Some((_, body)) = parts.get_mut(shard)
                 {
                     let values = std::mem::take(body);
+                    held -= values.len();
                     if !values.is_empty()
                         && spread
                             .events
@@ -635,7 +652,11 @@ impl QueryDist {
             .put_query_part(&task.query, task.shard, part, ttl)
             .await
         {
-            Ok(_) => {
+            Ok(stored) => {
+                // Shards this node ran; `counted` false: another node's
+                // partial for the shard was stored first.
+                let counted = if stored { "true" } else { "false" };
+                metrics::counter!("shoal_query_shards_total", "counted" => counted).increment(1);
                 if let Err(e) = queues.ack(QUEUE, vec![delivery.id.clone()]).await {
                     warn!(id = %delivery.id, error = %e, "Acknowledging a query shard failed; it may run again (it counts once).");
                 }

@@ -105,6 +105,22 @@ impl Registry {
         self.versions
             .insert((d.record.name.to_string(), d.record.version), d);
     }
+
+    /// Forgets a removed function; returns the versions it had.
+    fn forget(&mut self, name: &str) -> Vec<Arc<Deployed>> {
+        self.latest.remove(name);
+        self.newest.remove(name);
+        self.refs.remove(name);
+        let keys: Vec<_> = self
+            .versions
+            .keys()
+            .filter(|(n, _)| n == name)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.versions.remove(&k))
+            .collect()
+    }
 }
 
 /// What a deploy changed.
@@ -640,19 +656,7 @@ impl Functions {
             .cloned()
             .collect();
         for name in gone {
-            registry.latest.remove(&name);
-            registry.newest.remove(name.as_str());
-            registry.refs.remove(name.as_str());
-            let keys: Vec<_> = registry
-                .versions
-                .keys()
-                .filter(|(n, _)| n == name.as_str())
-                .cloned()
-                .collect();
-            let versions = keys
-                .into_iter()
-                .filter_map(|k| registry.versions.remove(&k))
-                .collect();
+            let versions = registry.forget(name.as_str());
             synced.removed.push((name.to_string(), versions));
         }
         Ok(synced)
@@ -810,20 +814,7 @@ impl Functions {
             .catalog
             .remove_function(name.as_str())
             .await?;
-        let mut registry = self.registry.write().unwrap();
-        registry.latest.remove(name.as_str());
-        registry.newest.remove(name.as_str());
-        registry.refs.remove(name.as_str());
-        let keys: Vec<_> = registry
-            .versions
-            .keys()
-            .filter(|(n, _)| n == name.as_str())
-            .cloned()
-            .collect();
-        let removed = keys
-            .into_iter()
-            .filter_map(|k| registry.versions.remove(&k))
-            .collect();
+        let removed = self.registry.write().unwrap().forget(name.as_str());
         if existed {
             Ok(removed)
         } else {

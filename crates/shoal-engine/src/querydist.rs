@@ -472,7 +472,7 @@ impl QueryDist {
     /// at once and runs them in a task.
     async fn consume(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(PER_NODE));
-        let first_lease = self.env.opts.lease_margin.as_millis() as u64 + 30_000;
+        let first_lease = self.first_lease_ms();
         loop {
             let permit = tokio::select! {
                 () = self.env.tasks.stopping() => return,
@@ -518,6 +518,12 @@ impl QueryDist {
         }
     }
 
+    /// How long a lease of query shards lasts before the function's
+    /// timeout is known: the lease margin plus 30 s.
+    fn first_lease_ms(&self) -> u64 {
+        self.env.opts.lease_margin.as_millis() as u64 + 30_000
+    }
+
     /// Runs leased shards, those of one query together, extending their
     /// leases meanwhile. When the node stops, it drops them: nothing is
     /// stored or acked and their leases lapse.
@@ -556,6 +562,9 @@ impl QueryDist {
                 drop(queues.extend(QUEUE, id, until));
             }
         };
+        // Leased for `first_lease_ms`; now for what the function needs, so
+        // that a node dying now gives the shards back after the function's
+        // timeout plus the lease margin.
         extend();
         let work = async {
             for group in groups {
@@ -610,60 +619,66 @@ impl QueryDist {
             Err(Error::ShuttingDown) => return,
             Err(e) => group.iter().map(|_| Err(e.to_string())).collect(),
         };
-        for ((delivery, task), ran) in group.into_iter().zip(ran) {
-            self.settle(delivery, &task, ran).await;
-        }
+        self.settle(group, ran).await;
     }
 
-    /// Stores a shard's partial and acks its task, or releases the task
-    /// for another try after a platform failure.
-    async fn settle(&self, delivery: Delivery, task: &Task, ran: Ran) {
+    /// Stores the shards' partials (the writes pipelined) and acks their
+    /// tasks in one call; releases a task for another try after a platform
+    /// failure.
+    async fn settle(&self, group: Vec<(Delivery, Task)>, ran: Vec<Ran>) {
         let queues = &self.env.backend.queues;
-        let part = match ran {
-            Ok(part) => part,
-            Err(message) if delivery.failures + 1 < PLATFORM_TRIES => {
-                warn!(id = %delivery.id, error = %message, "A query shard failed on the platform; it will be tried again.");
-                let due = self.env.now_ms() + self.env.opts.platform_retry.as_millis() as u64;
-                if let Err(e) = queues.nack(QUEUE, &delivery.id, due).await {
-                    warn!(id = %delivery.id, error = %e, "Releasing a query shard failed; its lease lapses.");
-                }
-                return;
-            }
-            Err(message) => {
-                let head = PartHead {
-                    result: PartResult::Platform { message },
-                    docs: 0,
-                    errors: 0,
-                    failures: Vec::new(),
-                    cached: false,
-                    node: String::new(),
-                };
-                (head, Vec::new())
-            }
-        };
-        let (mut head, body) = part;
-        head.node = self.node.clone();
-        let part = encode_part(&head, &body);
         let ttl = PART_TTL.as_millis() as u64;
-        match self
-            .env
-            .backend
-            .docs
-            .put_query_part(&task.query, task.shard, part, ttl)
-            .await
-        {
-            Ok(stored) => {
-                // Shards this node ran; `counted` false: another node's
-                // partial for the shard was stored first.
-                let counted = if stored { "true" } else { "false" };
-                metrics::counter!("shoal_query_shards_total", "counted" => counted).increment(1);
-                if let Err(e) = queues.ack(QUEUE, vec![delivery.id.clone()]).await {
-                    warn!(id = %delivery.id, error = %e, "Acknowledging a query shard failed; it may run again (it counts once).");
+        let mut puts = Vec::with_capacity(group.len());
+        for ((delivery, task), ran) in group.into_iter().zip(ran) {
+            let (mut head, body) = match ran {
+                Ok(part) => part,
+                Err(message) if delivery.failures + 1 < PLATFORM_TRIES => {
+                    warn!(id = %delivery.id, error = %message, "A query shard failed on the platform; it will be tried again.");
+                    let due = self.env.now_ms() + self.env.opts.platform_retry.as_millis() as u64;
+                    drop(queues.nack(QUEUE, &delivery.id, due));
+                    continue;
+                }
+                Err(message) => {
+                    let head = PartHead {
+                        result: PartResult::Platform { message },
+                        docs: 0,
+                        errors: 0,
+                        failures: Vec::new(),
+                        cached: false,
+                        node: String::new(),
+                    };
+                    (head, Vec::new())
+                }
+            };
+            head.node = self.node.clone();
+            let part = encode_part(&head, &body);
+            let put = self
+                .env
+                .backend
+                .docs
+                .put_query_part(&task.query, task.shard, part, ttl);
+            puts.push((delivery.id, put));
+        }
+        let mut acks = Vec::with_capacity(puts.len());
+        for (id, put) in puts {
+            match put.await {
+                Ok(stored) => {
+                    // Shards this node ran; `counted` false: another node's
+                    // partial for the shard was stored first.
+                    let counted = if stored { "true" } else { "false" };
+                    metrics::counter!("shoal_query_shards_total", "counted" => counted)
+                        .increment(1);
+                    acks.push(id);
+                }
+                Err(e) => {
+                    warn!(%id, error = %e, "Storing a query shard's result failed; it will run again.");
                 }
             }
-            Err(e) => {
-                warn!(id = %delivery.id, error = %e, "Storing a query shard's result failed; it will run again.");
-            }
+        }
+        if !acks.is_empty()
+            && let Err(e) = queues.ack(QUEUE, acks).await
+        {
+            warn!(error = %e, "Acknowledging query shards failed; they may run again (each counts once).");
         }
     }
 

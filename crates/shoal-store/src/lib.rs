@@ -869,7 +869,9 @@ pub trait Queues: Send + Sync + 'static {
     ) -> Pending<Leased>;
     /// Pushes the lease of a delivered message to `lease_until_ms`.
     fn extend(&self, queue: &str, id: &str, lease_until_ms: u64) -> Pending<()>;
-    /// Removes delivered messages for good.
+    /// Removes messages for good: delivered ones, and also waiting ones
+    /// (taking work off a queue before anyone leased it). Unknown ids are
+    /// ignored.
     fn ack(&self, queue: &str, ids: Vec<String>) -> Pending<()>;
     /// Releases a delivered message for redelivery at `due_ms`, counting one
     /// more failure.

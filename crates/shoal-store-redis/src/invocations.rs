@@ -66,7 +66,13 @@ local function put_invocation(w, a, i)
   local id, f, s, m, k, p, json = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6]
   local r = w .. 'inv:r:' .. id
   local old = redis.call('HMGET', r, 'f', 's', 'k')
-  if old[3] ~= k or old[1] ~= f or old[2] ~= s then
+  if old[3] == k and old[1] == f and old[2] ~= s then
+    -- Only the status moved (queued, running, final): its two indexes.
+    redis.call('ZREM', w .. 'inv:s:' .. old[2], k)
+    redis.call('ZREM', w .. 'inv:fs:' .. f .. ':' .. old[2], k)
+    redis.call('ZADD', w .. 'inv:s:' .. s, 0, k)
+    redis.call('ZADD', w .. 'inv:fs:' .. f .. ':' .. s, 0, k)
+  elseif old[3] ~= k or old[1] ~= f or old[2] ~= s then
     if old[3] then
       redis.call('ZREM', w .. 'inv:all', old[3])
       redis.call('ZREM', w .. 'inv:f:' .. old[1], old[3])

@@ -133,7 +133,12 @@ impl Conn {
                     "Redis's TLS certificate is not trusted ({e}); pass the certificate authority that signed it with --redis-ca-file"
                 ))
             } else {
-                ConnectError::Unreachable(format!("cannot reach Redis: {e}"))
+                let hint = if url.starts_with("rediss://") {
+                    " (over TLS: if the server does not speak TLS on that port, use redis://)"
+                } else {
+                    ""
+                };
+                ConnectError::Unreachable(format!("cannot reach Redis: {e}{hint}"))
             }
         })?;
         let (tx, rx) = mpsc::unbounded_channel();

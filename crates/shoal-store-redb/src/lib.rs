@@ -6,7 +6,7 @@
 //! cache takes a few microseconds, less than handing it to
 //! `spawn_blocking` (see `examples/bench.rs`). Queue leases are kept in
 //! memory (see `queue`); the messages themselves are durable. Documents are
-//! described in `docs`.
+//! described in `docs`, the key-value store in `kv`.
 //!
 //! Layout (private to this crate), every value starting with a format byte
 //! (see `codec`) unless noted:
@@ -14,7 +14,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `"format"` | u64 layout version (3) |
-//! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"` | u64 counters |
+//! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"`, `"kv_version"` | u64 counters |
 //! | `meta` | `"commits"` | u64, commits so far (tells whether a commit that reported an I/O error landed) |
 //! | `functions` | (name, version) | `FunctionRecord` |
 //! | `function_last_version` | name | u64, kept after removal |
@@ -46,11 +46,13 @@
 //! | `job_results` | (job id, child index) | `ChildResult` |
 //! | `job_failures` | (job id, child index) | (), the failed children |
 //! | `sub_jobs` | (parent job id, job id) | (), the job tree |
+//! | `kv`, `kv_expiry` | key; (expires_at_ms, key) | key-value entries and their expiry index (see `kv`; added without a layout change: created when missing) |
 
 mod codec;
 mod docs;
 mod invocations;
 mod jobs;
+mod kv;
 mod queue;
 mod queue_ops;
 mod writer;
@@ -112,6 +114,9 @@ const JOB_PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_pro
 const JOB_RESULTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("job_results");
 const JOB_FAILURES: TableDefinition<(&str, u64), ()> = TableDefinition::new("job_failures");
 const SUB_JOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("sub_jobs");
+/// Key-value entries and their expiry index (see `kv`).
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const KV_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("kv_expiry");
 
 /// The layout version in `meta["format"]`.
 ///
@@ -193,7 +198,7 @@ pub struct WriterStats {
 /// in streaming scans and decoded copies live in the query workers.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs` and `Jobs`;
+/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs`, `Jobs` and `Kv`;
 /// bundle it with `shoal_store::Backend::from_adapter`.
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -434,6 +439,7 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(JOB_RESULTS).map_err(unavailable)?;
         txn.open_table(JOB_FAILURES).map_err(unavailable)?;
         txn.open_table(SUB_JOBS).map_err(unavailable)?;
+        kv::create_tables(&txn)?;
     }
     txn.commit().map_err(unavailable)
 }

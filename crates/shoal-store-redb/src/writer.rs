@@ -51,6 +51,7 @@ use crate::codec::{self, MessageHeader};
 use crate::docs::{self, Scratch};
 use crate::invocations::{Encoded, IndexTables};
 use crate::jobs::{self, JobTables, NewJob};
+use crate::kv::{self, KvDone, KvOp, KvSender, KvTables};
 use crate::queue::TotalsRow;
 use crate::queue_ops::{self, QueueOps};
 use crate::{
@@ -237,6 +238,8 @@ pub(crate) enum Command {
         id: String,
         now_ms: u64,
     },
+    /// A key-value write (see `kv`).
+    Kv(KvOp),
 }
 
 impl Command {
@@ -257,6 +260,7 @@ impl Command {
                 let messages: usize = job.messages.iter().map(|m| ROW + m.body.len()).sum();
                 children + messages
             }
+            Command::Kv(op) => op.weight(),
             _ => ROW,
         }
     }
@@ -280,6 +284,7 @@ pub(crate) enum Reply {
     Finished(oneshot::Sender<Result<ChildFinished>>),
     /// Per message sent: `Some(id)` of the message it duplicates.
     Sent(oneshot::Sender<Result<Vec<Option<String>>>>),
+    Kv(KvSender),
 }
 
 pub(crate) enum Value {
@@ -291,6 +296,7 @@ pub(crate) enum Value {
     Category(CategoryRecord, bool),
     Finished(ChildFinished),
     Sent(Vec<Option<String>>),
+    Kv(KvDone),
 }
 
 impl Reply {
@@ -316,6 +322,9 @@ impl Reply {
                 let _ = tx.send(Ok(f));
             }
             (Reply::Sent(tx), Ok(Value::Sent(d))) => {
+                let _ = tx.send(Ok(d));
+            }
+            (Reply::Kv(tx), Ok(Value::Kv(d))) => {
                 let _ = tx.send(Ok(d));
             }
             (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
@@ -344,6 +353,9 @@ impl Reply {
                 let _ = tx.send(Err(e));
             }
             Reply::Sent(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Reply::Kv(tx) => {
                 let _ = tx.send(Err(e));
             }
         }
@@ -400,6 +412,7 @@ pub(crate) struct Tables<'txn> {
     totals: Option<Table<'txn, &'static str, TotalsRow>>,
     extra: Option<QueueExtra<'txn>>,
     jobs: Option<JobTables<'txn>>,
+    kv: Option<KvTables<'txn>>,
     txn: &'txn WriteTransaction,
 }
 
@@ -449,6 +462,14 @@ impl<'txn> Tables<'txn> {
             self.jobs = Some(JobTables::open(self.txn)?);
         }
         Ok(self.jobs.as_mut().expect("just opened"))
+    }
+
+    /// The key-value tables, opened on first use.
+    pub(crate) fn kv(&mut self) -> std::result::Result<&mut KvTables<'txn>, redb::TableError> {
+        if self.kv.is_none() {
+            self.kv = Some(KvTables::open(self.txn)?);
+        }
+        Ok(self.kv.as_mut().expect("just opened"))
     }
 
     /// Inserts or replaces encoded invocation records, and moves their
@@ -502,6 +523,7 @@ impl<'txn> Tables<'txn> {
             totals: None,
             extra: None,
             jobs: None,
+            kv: None,
             txn,
         })
     }
@@ -1054,6 +1076,7 @@ impl Writer {
                 now_ms,
             ),
             Command::CancelJob { id, now_ms } => jobs::cancel(t, id, now_ms),
+            Command::Kv(op) => kv::apply(t, op),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | `{w}` | `invocations`, `queues`, `jobs` | invocation records, their indexes and logs; every queue's messages, leases, dead letters, counters, samples; jobs and their children's results |
 //! | `{d:CATEGORY}` | `docs` | one category's record, shards and documents |
 //! | `{q:QUERYID}` | `queries` | the partial results of one query spread over nodes |
+//! | `{kv}` | `kv` | the key-value store: entries, their listing and expiry indexes, the version counter |
 //!
 //! The work state shares one slot because one job write touches invocation
 //! records and the messages of several queues atomically; a cluster spreads
@@ -28,6 +29,7 @@ pub use conn::ConnectError;
 mod docs;
 mod invocations;
 mod jobs;
+mod kv;
 mod queries;
 mod queues;
 #[cfg(feature = "testing")]
@@ -154,6 +156,10 @@ impl Keys {
     /// A key of the work state (invocations, queues, jobs): one slot.
     pub(crate) fn work(&self, what: &str) -> String {
         format!("{}:{{w}}:{what}", self.ns)
+    }
+    /// A key of the key-value store (one slot: see `kv`).
+    pub(crate) fn kv(&self, what: &str) -> String {
+        format!("{}:{{kv}}:{what}", self.ns)
     }
     /// A key of one category's slot.
     pub(crate) fn category(&self, category: &str, what: &str) -> String {

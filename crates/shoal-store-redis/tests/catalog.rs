@@ -28,7 +28,8 @@ async fn backend(server: &RedisServer) -> Backend {
         invocations: memory.clone(),
         queues: memory.clone(),
         docs: memory.clone(),
-        jobs: memory,
+        jobs: memory.clone(),
+        kv: memory,
     }
 }
 

@@ -22,7 +22,8 @@ async fn backend(server: &RedisServer) -> Backend {
         invocations: memory.clone(),
         queues: memory.clone(),
         docs: store,
-        jobs: memory,
+        jobs: memory.clone(),
+        kv: memory,
     }
 }
 

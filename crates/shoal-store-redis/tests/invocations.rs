@@ -31,7 +31,8 @@ async fn backend(server: &RedisServer) -> Backend {
         invocations: store,
         queues: memory.clone(),
         docs: memory.clone(),
-        jobs: memory,
+        jobs: memory.clone(),
+        kv: memory,
     }
 }
 

@@ -23,7 +23,8 @@ async fn backend(server: &RedisServer) -> Backend {
         invocations: store.clone(),
         queues: store.clone(),
         docs: Arc::new(MemoryStore::new()),
-        jobs: store,
+        jobs: store.clone(),
+        kv: store,
     }
 }
 

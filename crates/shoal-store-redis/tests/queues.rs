@@ -24,7 +24,8 @@ async fn backend(server: &RedisServer) -> Backend {
         invocations: memory.clone(),
         queues: store,
         docs: memory.clone(),
-        jobs: memory,
+        jobs: memory.clone(),
+        kv: memory,
     }
 }
 

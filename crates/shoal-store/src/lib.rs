@@ -1013,6 +1013,155 @@ pub trait Jobs: Send + Sync + 'static {
     fn cancel_job(&self, id: &str, now_ms: u64) -> Pending<bool>;
 }
 
+/// One entry of the key-value store ([`Kv`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    /// The value as given to `kv_set` (JSON text, by the engine's rule; the
+    /// store keeps the bytes as they are, except `kv_incr`, which writes the
+    /// decimal integer it computed).
+    pub value: Vec<u8>,
+    /// Given by the write that stored this value: taken from one store-wide
+    /// counter, so it grows with every write of the key (`kv_set`,
+    /// `kv_incr`) and is never given twice, not even to a key deleted (or
+    /// expired) and written again. Always at least 1.
+    pub version: u64,
+    /// When the entry expires (caller's clock): it is absent for every
+    /// call whose `now_ms` is at or past this time, whether or not it has
+    /// been swept. `None`: it never expires.
+    pub expires_at_ms: Option<u64>,
+    /// The `now_ms` of the write that stored this value.
+    pub updated_at_ms: u64,
+}
+
+impl KvEntry {
+    /// Whether the entry is still there at `now_ms`.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|at| now_ms < at)
+    }
+}
+
+/// When [`Kv::kv_set`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCondition {
+    /// Whatever is stored.
+    Always,
+    /// Only when the key is absent (or expired): `nx`.
+    Absent,
+    /// Only when the key is present (and not expired): `xx`.
+    Present,
+    /// Only when the key is present with exactly this version:
+    /// compare-and-set.
+    Version(u64),
+}
+
+/// What [`Kv::kv_set`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvSet {
+    /// The value was stored: the new entry.
+    Written(KvEntry),
+    /// The condition did not hold; nothing was written. `current` is the
+    /// entry as it stands (`None` when absent or expired), so a caller can
+    /// retry a compare-and-set on its version.
+    Refused { current: Option<KvEntry> },
+}
+
+/// What [`Kv::kv_incr`] did. Only `Written` wrote anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvIncr {
+    /// The new entry (its value the decimal integer, a new version).
+    Written(KvEntry),
+    /// The stored value is not a JSON integer in the range of an `i64`
+    /// (see [`kv_integer`]).
+    NotInteger { current: KvEntry },
+    /// The sum would not fit in an `i64`.
+    Overflow { current: KvEntry },
+}
+
+/// One page of [`Kv::kv_list`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KvPage {
+    /// Live entries in key order (byte order of the keys).
+    pub entries: Vec<KvEntry>,
+    /// The last key the call looked at, to pass as `after` for the next
+    /// page, when more keys with the prefix may follow; `None` once the
+    /// listing reached the end of the prefix.
+    pub next: Option<String>,
+}
+
+/// The integer value of a stored value, as `kv_incr` reads it: exactly the
+/// text of a JSON integer with no sign but `-`, no leading zero, no
+/// whitespace, no fraction or exponent (`0`, `42`, `-7`; not `-0`, `007`,
+/// `1.0`, `1e3`, ` 1`), in the range of an `i64`. Every store uses this
+/// rule (the Redis store checks the same pattern in Lua).
+pub fn kv_integer(value: &[u8]) -> Option<i64> {
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    let canonical = match digits {
+        [b'0'] => value.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// A key-value store with expiry (`ctx.kv`, `/v1/kv/{key}`). Keys are
+/// strings the engine has checked; values are bytes (JSON text). Times are
+/// the caller's `now_ms`: an entry whose `expires_at_ms` is at or before
+/// `now_ms` is absent for that call (reads leave it out, conditions see it
+/// as absent, writes replace it as if it were not there), whatever
+/// `kv_sweep` has done yet. Every write is atomic on its key.
+pub trait Kv: Send + Sync + 'static {
+    /// The live entry of `key` at `now_ms`.
+    fn kv_get(&self, key: &str, now_ms: u64) -> Pending<Option<KvEntry>>;
+    /// Stores `value` under `key` when `cond` holds, with a new version,
+    /// `updated_at_ms = now_ms` and `expires_at_ms = now_ms + ttl_ms`
+    /// (saturating; a `ttl_ms` of 0 stores an entry already expired).
+    /// Without a `ttl_ms` the entry never expires: a ttl the key had
+    /// before is cleared. When `cond` fails, nothing is written and the
+    /// current entry is answered.
+    fn kv_set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        cond: KvCondition,
+        now_ms: u64,
+    ) -> Pending<KvSet>;
+    /// Adds `by` to the integer value of `key` (see [`kv_integer`]); an
+    /// absent (or expired) key counts as 0 and is created without expiry.
+    /// A present key keeps its `expires_at_ms`. The result is stored as a
+    /// decimal integer with a new version. A value that is not an integer,
+    /// or a sum out of the range of an `i64`, writes nothing.
+    fn kv_incr(&self, key: &str, by: i64, now_ms: u64) -> Pending<KvIncr>;
+    /// Deletes the live entry of `key`, when `version` is `None` or equals
+    /// its version. True when it deleted a live entry; false when the key
+    /// was absent, expired (an expired entry may be removed all the same)
+    /// or at another version.
+    fn kv_delete(&self, key: &str, version: Option<u64>, now_ms: u64) -> Pending<bool>;
+    /// Live entries whose key starts with `prefix` (bytes), in key order,
+    /// strictly after `after` when given. Looks at no more than `limit`
+    /// stored keys, expired ones included (which are left out of the
+    /// page): a page may hold fewer than `limit` entries while `next` is
+    /// set. A `limit` of 0 is taken as 1.
+    fn kv_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Pending<KvPage>;
+    /// Removes up to `max` entries that are expired at `now_ms`, oldest
+    /// expiry first, and answers how many it removed. For stores that keep
+    /// expired entries until then (memory, redb), the engine calls it
+    /// periodically; the Redis store lets Redis expire entries and only
+    /// prunes its indexes here (an entry Redis already dropped counts as
+    /// removed). Reads never depend on it.
+    fn kv_sweep(&self, now_ms: u64, max: usize) -> Pending<u64>;
+}
+
 /// Everything a node stores, bundled. Cheap to clone.
 #[derive(Clone)]
 pub struct Backend {
@@ -1021,6 +1170,7 @@ pub struct Backend {
     pub queues: Arc<dyn Queues>,
     pub docs: Arc<dyn Docs>,
     pub jobs: Arc<dyn Jobs>,
+    pub kv: Arc<dyn Kv>,
 }
 
 impl Backend {
@@ -1081,7 +1231,7 @@ impl Backend {
     }
 
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs>(
+    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv>(
         adapter: Arc<A>,
     ) -> Backend {
         Backend {
@@ -1089,7 +1239,8 @@ impl Backend {
             invocations: adapter.clone(),
             queues: adapter.clone(),
             docs: adapter.clone(),
-            jobs: adapter,
+            jobs: adapter.clone(),
+            kv: adapter,
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A behaviour not checked here is not part of the storage contract. Each
 //! case is a `pub async fn(&Backend)` in an area module (`catalog`,
-//! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`):
+//! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`, `kv`):
 //! plain async code with `assert!`s that runs under any executor. Adapters
 //! run it with [`conformance_suite!`](crate::conformance_suite), one test per
 //! case. The suite never sleeps: the store takes times from its callers, so
@@ -16,6 +16,7 @@ pub mod docs;
 pub mod invocation_lists;
 pub mod invocations;
 pub mod jobs;
+pub mod kv;
 pub mod queue_cleanup;
 pub mod queue_stats;
 pub mod queues;
@@ -119,6 +120,16 @@ macro_rules! __conformance_cases {
             queues::queue_keys
             jobs::jobs_fan_in_once
             jobs::jobs_nested_and_cancel
+            kv::kv_get_set_versions
+            kv::kv_set_conditions
+            kv::kv_compare_and_set
+            kv::kv_ttl_expiry
+            kv::kv_set_without_ttl_clears_ttl
+            kv::kv_incr
+            kv::kv_delete
+            kv::kv_versions_never_reused
+            kv::kv_list
+            kv::kv_sweep
         ] }
     };
 }

@@ -9,12 +9,13 @@
 //! This is the reference semantics of the ports, written to be read (plain
 //! maps, scans where a real store keeps indexes), and the store of fast
 //! engine tests. One module per port: `catalog`, `invocations`, `queues`,
-//! `docs`, `jobs`.
+//! `docs`, `jobs`, `kv`.
 
 mod catalog;
 mod docs;
 mod invocations;
 mod jobs;
+mod kv;
 mod queues;
 
 use std::sync::{Mutex, PoisonError};
@@ -37,6 +38,7 @@ struct State {
     queues: queues::QueueState,
     docs: docs::DocState,
     jobs: jobs::JobState,
+    kv: kv::KvState,
 }
 
 impl MemoryStore {

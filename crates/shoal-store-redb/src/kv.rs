@@ -409,3 +409,94 @@ impl Kv for RedbStore {
 
 /// Where a key-value write's answer goes (`Reply::Kv`).
 pub(crate) type KvSender = oneshot::Sender<Result<KvDone>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer;
+
+    const T: u64 = 1_700_000_000_000;
+
+    async fn set(store: &RedbStore, key: &str, value: &str, ttl: Option<u64>) -> KvEntry {
+        match store
+            .kv_set(key, value.as_bytes().to_vec(), ttl, KvCondition::Always, T)
+            .await
+            .unwrap()
+        {
+            KvSet::Written(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Entries, expiries and the version counter survive a reopen; a file
+    /// written before the key-value tables existed opens and gets them.
+    #[tokio::test]
+    async fn survives_reopen_and_opens_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let a = set(&store, "a", "1", None).await;
+        let b = set(&store, "b", "2", Some(1_000)).await;
+        store.close();
+        drop(store);
+
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.kv_get("a", T).await.unwrap(), Some(a.clone()));
+        assert_eq!(store.kv_get("b", T).await.unwrap(), Some(b.clone()));
+        let c = set(&store, "a", "3", None).await;
+        assert!(c.version > b.version, "the counter survives a reopen");
+        assert_eq!(store.kv_sweep(T + 1_000, 10).await.unwrap(), 1);
+        store.close();
+        drop(store);
+
+        // An older file: no kv tables, no counter.
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = writer::begin(&db).unwrap();
+            txn.delete_table(KV).unwrap();
+            txn.delete_table(KV_EXPIRY).unwrap();
+            txn.open_table(crate::META)
+                .unwrap()
+                .remove(VERSION)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.kv_get("a", T).await.unwrap(), None);
+        let page = store.kv_list("", None, 10, T).await.unwrap();
+        assert_eq!(page, KvPage::default());
+        let e = set(&store, "a", "1", None).await;
+        assert_eq!(e.version, 1);
+    }
+
+    /// A stored entry that does not decode is `Corrupt`, for reads and
+    /// writes of its key alike, and nothing else is affected.
+    #[tokio::test]
+    async fn a_corrupt_entry_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+        set(&store, "ok", "1", None).await;
+        {
+            let db = store.shared.db().unwrap();
+            let txn = writer::begin(&db).unwrap();
+            txn.open_table(KV)
+                .unwrap()
+                .insert("bad", &b"\x01\x00"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(
+            store.kv_get("bad", T).await,
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.kv_incr("bad", 1, T).await,
+            Err(Error::Corrupt(_))
+        ));
+        assert!(store.kv_get("ok", T).await.unwrap().is_some());
+        let KvIncr::Written(n) = store.kv_incr("ok", 1, T).await.unwrap() else {
+            panic!("incr");
+        };
+        assert_eq!(n.value, b"2");
+    }
+}

@@ -403,3 +403,101 @@ impl Kv for RedisStore {
         Box::pin(reply)
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    const T: u64 = 1_700_000_000_000;
+
+    async fn query<T: redis::FromRedisValue + Send + 'static>(
+        store: &RedisStore,
+        cmd: &mut redis::Cmd,
+    ) -> T {
+        store.conn.query(cmd.clone()).await.unwrap()
+    }
+
+    /// Redis expires entries by itself (`PEXPIRE` of the ttl, cleared by a
+    /// set without one); index members left by Redis's expiry are pruned
+    /// by listings and by the sweep.
+    #[tokio::test]
+    async fn redis_expiry_and_index_pruning() {
+        let server = RedisServer::start(&[]);
+        let (store, _) = RedisStore::connect(&server.options()).await.unwrap();
+        let entry = |k: &str| store.kv_key(&format!("e:{k}"));
+
+        store
+            .kv_set("a", b"1".to_vec(), Some(60_000), KvCondition::Always, T)
+            .await
+            .unwrap();
+        let pttl: i64 = query(&store, redis::cmd("PTTL").arg(entry("a"))).await;
+        assert!(0 < pttl && pttl <= 60_000, "{pttl}");
+        store
+            .kv_set("a", b"2".to_vec(), None, KvCondition::Always, T)
+            .await
+            .unwrap();
+        let pttl: i64 = query(&store, redis::cmd("PTTL").arg(entry("a"))).await;
+        assert_eq!(pttl, -1, "a set without ttl clears Redis's expiry");
+        let KvIncr::Written(_) = store.kv_incr("c", 1, T).await.unwrap() else {
+            panic!("incr");
+        };
+        store
+            .kv_set("c", b"5".to_vec(), Some(60_000), KvCondition::Always, T)
+            .await
+            .unwrap();
+        let KvIncr::Written(n) = store.kv_incr("c", 1, T).await.unwrap() else {
+            panic!("incr");
+        };
+        assert_eq!(n.expires_at_ms, Some(T + 60_000));
+        let pttl: i64 = query(&store, redis::cmd("PTTL").arg(entry("c"))).await;
+        assert!(pttl > 0, "incr keeps Redis's expiry");
+
+        // As if Redis had expired them.
+        store
+            .kv_set("b", b"1".to_vec(), Some(1_000), KvCondition::Always, T)
+            .await
+            .unwrap();
+        store
+            .kv_set("d", b"1".to_vec(), Some(1_000), KvCondition::Always, T)
+            .await
+            .unwrap();
+        let _: i64 = query(&store, redis::cmd("DEL").arg(entry("b")).arg(entry("d"))).await;
+        let page = store.kv_list("", None, 10, T).await.unwrap();
+        let keys: Vec<&str> = page.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["a", "c"]);
+        let listed: Vec<String> = query(
+            &store,
+            redis::cmd("ZRANGE")
+                .arg(store.kv_key("keys"))
+                .arg(0)
+                .arg(-1),
+        )
+        .await;
+        assert_eq!(listed, ["a", "c"], "the listing pruned b and d");
+        // The listing pruned their expiry entries too; one Redis dropped
+        // that no listing met is the sweep's.
+        store
+            .kv_set("e", b"1".to_vec(), Some(1_000), KvCondition::Always, T)
+            .await
+            .unwrap();
+        let _: i64 = query(&store, redis::cmd("DEL").arg(entry("e"))).await;
+        assert_eq!(store.kv_sweep(T + 1_000, 10).await.unwrap(), 1);
+        let expiring: Vec<String> = query(
+            &store,
+            redis::cmd("ZRANGE")
+                .arg(store.kv_key("expiry"))
+                .arg(0)
+                .arg(-1),
+        )
+        .await;
+        assert_eq!(expiring, ["c"]);
+        assert_eq!(store.kv_sweep(T + 60_000, 10).await.unwrap(), 1);
+        let listed: i64 = query(&store, redis::cmd("ZCARD").arg(store.kv_key("keys"))).await;
+        assert_eq!(listed, 1, "the sweep removed c from the listing index");
+        assert!(
+            store.kv_get("c", T).await.unwrap().is_none(),
+            "and its entry"
+        );
+    }
+}

@@ -12,6 +12,8 @@
 //!   so the hot paths (every document read and write) find the category's
 //!   key prefix and shard count without parsing JSON;
 //! - documents: `[1] ++ the JSON text as given` (never re-encoded).
+//! - key-value entries: `[1] ++ a fixed binary header ++ the value as given`
+//!   (see `kv`).
 //!
 //! Document keys are `u64 BE internal category id ++ u32 BE shard ++ id
 //! bytes`: one shard is one contiguous range in id byte order, and two

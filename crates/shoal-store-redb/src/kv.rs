@@ -14,7 +14,9 @@
 //! Expired entries stay in the tables until `kv_sweep` (or a write of the
 //! key) removes them; reads compare the stored expiry with the caller's
 //! `now_ms`, so an expired entry is absent at once. A listing reads at most
-//! `limit + 1` rows of `kv`.
+//! `limit + 1` rows of `kv`. An entry that does not decode is
+//! `Error::Corrupt` for every call on its key, except a `kv_delete` without
+//! a version, which clears it (answering true).
 
 use std::ops::Bound;
 
@@ -245,6 +247,13 @@ pub(crate) fn apply(t: &mut Tables<'_>, op: KvOp) -> Applied {
         } => {
             let old = match stored(t, &key)? {
                 Ok(old) => old,
+                // An entry that does not decode can still be deleted
+                // (without a version), so it can be cleared; a stale
+                // expiry row it may leave is dropped by the sweep.
+                Err(_) if version.is_none() => {
+                    t.kv()?.entries.remove(key.as_str())?;
+                    return ok(Value::Kv(KvDone::Deleted(true)), Effect::None);
+                }
                 Err(e) => return Ok(Err(e)),
             };
             match old {
@@ -470,7 +479,8 @@ mod tests {
     }
 
     /// A stored entry that does not decode is `Corrupt`, for reads and
-    /// writes of its key alike, and nothing else is affected.
+    /// writes of its key alike, and nothing else is affected; a delete
+    /// without a version clears it.
     #[tokio::test]
     async fn a_corrupt_entry_is_reported() {
         let dir = tempfile::tempdir().unwrap();
@@ -493,10 +503,17 @@ mod tests {
             store.kv_incr("bad", 1, T).await,
             Err(Error::Corrupt(_))
         ));
+        assert!(matches!(
+            store.kv_delete("bad", Some(1), T).await,
+            Err(Error::Corrupt(_))
+        ));
         assert!(store.kv_get("ok", T).await.unwrap().is_some());
         let KvIncr::Written(n) = store.kv_incr("ok", 1, T).await.unwrap() else {
             panic!("incr");
         };
         assert_eq!(n.value, b"2");
+        // Cleared by a delete without a version.
+        assert!(store.kv_delete("bad", None, T).await.unwrap());
+        assert_eq!(store.kv_get("bad", T).await.unwrap(), None);
     }
 }

@@ -10,6 +10,7 @@
 //! | `Jobs` | fan-out jobs, their progress and once-only fan-in |
 //! | `Categories` | documents and queries |
 //! | `Tokens` | API tokens and the cache of verified ones |
+//! | `Kv` | the key-value store's rules and its sweep of expired entries |
 //!
 //! Services reach each other only through their methods; what they share
 //! and none owns (store, runtime, clock, randomness, tasks) is the `Env`.
@@ -40,6 +41,7 @@ use crate::error::{Removal, Result};
 use crate::functions::{Deploy, DeployOptions, DeployedNow, Functions, Synced, Versions};
 use crate::invocation::queue_name;
 use crate::jobs::{JobSpec, JobView, Jobs};
+use crate::kv::{Kv, KvWhen};
 use crate::limits::Limiters;
 use crate::queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Queues};
 use crate::secrets::{SecretInfo, Secrets};
@@ -54,6 +56,7 @@ pub struct Handle {
     dispatcher: Arc<Dispatcher>,
     tokens: Arc<Tokens>,
     secrets: Arc<Secrets>,
+    kv: Arc<Kv>,
 }
 
 /// What the engine is built from. The binary passes the real store and
@@ -140,6 +143,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         cluster: Arc::new(Cluster::new(env.clone())),
         secrets,
         tokens: Arc::new(Tokens::new(env.clone())),
+        kv: Arc::new(Kv::new(env.clone())),
         env,
         functions,
         limiters,
@@ -165,6 +169,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());
     crate::retention::start(handle.env.clone());
+    Kv::start_sweep(handle.env.clone());
     Ok(handle)
 }
 
@@ -648,6 +653,45 @@ impl Handle {
         self.functions
             .unless_secret_used(name, async move { secrets.remove(name).await })
             .await
+    }
+
+    // ---- key-value store ----
+
+    /// The live entry of a key.
+    pub async fn kv_get(&self, key: &str) -> Result<shoal_store::KvEntry> {
+        self.kv.get(key).await
+    }
+
+    /// Stores a JSON value under a key when `when` holds, expiring after
+    /// `ttl` when given (else never).
+    pub async fn kv_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        when: KvWhen,
+    ) -> Result<shoal_store::KvEntry> {
+        self.kv.set(key, value, ttl, when).await
+    }
+
+    /// Adds `by` to a key's integer value (an absent key counts as 0).
+    pub async fn kv_incr(&self, key: &str, by: i64) -> Result<shoal_store::KvEntry> {
+        self.kv.incr(key, by).await
+    }
+
+    /// Deletes a key, only at `version` when given.
+    pub async fn kv_delete(&self, key: &str, version: Option<u64>) -> Result<()> {
+        self.kv.delete(key, version).await
+    }
+
+    /// A page of live entries whose key starts with `prefix`.
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<shoal_store::KvPage> {
+        self.kv.list(prefix, cursor, limit).await
     }
 
     // ---- limiters ----

@@ -23,6 +23,8 @@ pub enum Entity {
     Limiter,
     Job,
     Secret,
+    /// A key of the key-value store.
+    Key,
 }
 
 impl Entity {
@@ -37,6 +39,7 @@ impl Entity {
             Entity::Limiter => "limiter",
             Entity::Job => "job",
             Entity::Secret => "secret",
+            Entity::Key => "key",
         }
     }
 }
@@ -71,6 +74,12 @@ pub enum Conflict {
     ForceRequired,
     /// The token to revoke is the last admin token.
     LastAdminToken,
+    /// A key-value write's condition (`nx`, `xx`, a version) does not
+    /// hold; the message names the key's current version.
+    KeyVersion,
+    /// `incr` of a key whose value is not an integer, or whose sum would
+    /// not fit in a 64-bit integer.
+    NotAnInteger,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

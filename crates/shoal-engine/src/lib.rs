@@ -20,6 +20,7 @@ mod history;
 mod host;
 mod invocation;
 mod jobs;
+mod kv;
 mod limits;
 pub mod manifest;
 mod querydist;
@@ -39,12 +40,15 @@ pub use error::{Conflict, Entity, Error, Removal, Result};
 pub use functions::{DeployOptions, Deployed, Versions};
 pub use history::{Feed, FeedItem, FinishedAttempt, MAX_LIST_LIMIT, NodeStats};
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
+pub use kv::{
+    KvWhen, MAX_KEY_BYTES, MAX_KV_LIST, MAX_TTL, MAX_VALUE_BYTES, check_key, check_value,
+};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
     CategoryRecord, ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord,
     InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord,
-    JobSlot, LimiterRecord, QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats,
-    StoreHealth, StoredDoc,
+    JobSlot, KvEntry, KvPage, LimiterRecord, QueueCounters, QueueDepth, QueueRecord, QueueSample,
+    ShardStats, StoreHealth, StoredDoc,
 };

@@ -50,6 +50,14 @@ pub enum ErrorCode {
     LimiterNotFound,
     JobNotFound,
     SecretNotFound,
+    /// No live entry under that key in the key-value store.
+    KeyNotFound,
+    /// A key-value write's condition (`nx`, `xx`, `version`) does not hold;
+    /// the message names the key's current version.
+    KeyConflict,
+    /// `incr` of a key whose value is not an integer (or whose sum would
+    /// not fit in 64 bits).
+    NotAnInteger,
     /// The limiter is still used by functions.
     LimiterInUse,
     /// The secret is still named by functions.
@@ -845,6 +853,32 @@ pub struct LimiterView {
     pub per_second: f64,
     pub burst: u32,
     pub updated_at_ms: u64,
+}
+
+/// One entry of the key-value store (`GET`/`PUT /v1/kv/{key}`, `POST
+/// /v1/kv/{key}/incr`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KvEntryView {
+    pub key: String,
+    /// The stored JSON value.
+    #[schema(value_type = Object)]
+    pub value: Value,
+    /// Grows with every write of any key; pass it as `version` to write or
+    /// delete only if the key has not changed since.
+    pub version: u64,
+    /// When the entry expires (ms since the epoch); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+/// A page of `GET /v1/kv`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KvList {
+    /// Live entries in key order (a page may be short while `next` is set).
+    pub entries: Vec<KvEntryView>,
+    /// Pass as `cursor` for the next page; `null` at the end.
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -62,6 +62,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Limiter => ErrorCode::LimiterNotFound,
                 Entity::Job => ErrorCode::JobNotFound,
                 Entity::Secret => ErrorCode::SecretNotFound,
+                Entity::Key => ErrorCode::KeyNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {
@@ -78,6 +79,8 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::SecretInUse => ErrorCode::SecretInUse,
                 Conflict::ForceRequired => ErrorCode::ForceRequired,
                 Conflict::LastAdminToken => ErrorCode::LastAdminToken,
+                Conflict::KeyVersion => ErrorCode::KeyConflict,
+                Conflict::NotAnInteger => ErrorCode::NotAnInteger,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

@@ -150,6 +150,13 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::jobs::show))
         .routes(routes!(routes::jobs::results))
         .routes(routes!(routes::jobs::cancel))
+        .routes(routes!(routes::kv::list))
+        .routes(routes!(
+            routes::kv::get,
+            routes::kv::set,
+            routes::kv::remove
+        ))
+        .routes(routes!(routes::kv::incr))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

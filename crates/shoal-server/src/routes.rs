@@ -5,6 +5,7 @@ pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;
 pub(crate) mod jobs;
+pub(crate) mod kv;
 pub(crate) mod limiters;
 pub(crate) mod nodes;
 pub(crate) mod queues;

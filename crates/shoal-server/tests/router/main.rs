@@ -8,6 +8,7 @@ mod edge;
 mod errors;
 mod invocation_lists;
 mod invocations;
+mod kv;
 mod limits;
 mod nodes;
 mod removals;

@@ -87,6 +87,11 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/jobs/{id}", Some(Role::Reader)),
     ("GET", "/v1/jobs/{id}/results", Some(Role::Reader)),
     ("POST", "/v1/jobs/{id}/cancel", Some(Role::Invoker)),
+    ("GET", "/v1/kv", Some(Role::Reader)),
+    ("GET", "/v1/kv/{key}", Some(Role::Reader)),
+    ("PUT", "/v1/kv/{key}", Some(Role::Invoker)),
+    ("DELETE", "/v1/kv/{key}", Some(Role::Invoker)),
+    ("POST", "/v1/kv/{key}/incr", Some(Role::Invoker)),
 ];
 
 /// Routes served but not in the document.
@@ -97,6 +102,7 @@ fn concrete(path: &str) -> String {
         .replace("{id}", "zzz")
         .replace("{cat}", "zzz")
         .replace("{alias}", "zzz")
+        .replace("{key}", "zzz")
 }
 
 async fn documented_routes(app: &App) -> BTreeSet<String> {
@@ -128,7 +134,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 49);
+    assert_eq!(listed.len(), 54);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

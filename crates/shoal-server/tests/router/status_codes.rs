@@ -27,6 +27,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Limiter => ErrorCode::LimiterNotFound,
                 Entity::Job => ErrorCode::JobNotFound,
                 Entity::Secret => ErrorCode::SecretNotFound,
+                Entity::Key => ErrorCode::KeyNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -42,6 +43,8 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::SecretInUse => ErrorCode::SecretInUse,
                 Conflict::ForceRequired => ErrorCode::ForceRequired,
                 Conflict::LastAdminToken => ErrorCode::LastAdminToken,
+                Conflict::KeyVersion => ErrorCode::KeyConflict,
+                Conflict::NotAnInteger => ErrorCode::NotAnInteger,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -52,7 +55,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
     }
 }
 
-const ENTITIES: [Entity; 9] = [
+const ENTITIES: [Entity; 10] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -62,15 +65,18 @@ const ENTITIES: [Entity; 9] = [
     Entity::Limiter,
     Entity::Job,
     Entity::Secret,
+    Entity::Key,
 ];
 
-const CONFLICTS: [Conflict; 6] = [
+const CONFLICTS: [Conflict; 8] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
     Conflict::SecretInUse,
     Conflict::ForceRequired,
     Conflict::LastAdminToken,
+    Conflict::KeyVersion,
+    Conflict::NotAnInteger,
 ];
 
 /// One error of every kind the engine can return.
@@ -116,8 +122,9 @@ fn every_error() -> Vec<Error> {
 async fn every_engine_error_has_its_status_and_code() {
     let errors = every_error();
     // + 2: the secret entity and the secret-in-use conflict; + 2: the
-    // force-required and last-admin-token conflicts.
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2);
+    // force-required and last-admin-token conflicts; + 3: the key entity
+    // and the key-version and not-an-integer conflicts.
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2 + 3);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

@@ -481,6 +481,79 @@ class Client:
         """Creates or changes a shared rate limiter (takes effect at once)."""
         return self._json("PUT", f"/v1/limiters/{_seg(name)}", {"per_second": per_second, "burst": burst})
 
+    # ------------------------------------------------------------------ key-value store
+
+    def kv_get(self, key: str) -> Dict[str, Any]:
+        """A key's entry: ``{"key", "value", "version", "updated_at_ms"}``
+        and ``"expires_at_ms"`` when it expires. An absent (or expired) key
+        raises ShoalError ``key_not_found``."""
+        return self._json("GET", f"/v1/kv/{_seg(key)}")
+
+    def kv_set(
+        self,
+        key: str,
+        value: Any,
+        ttl: Union[str, float, None] = None,
+        nx: bool = False,
+        xx: bool = False,
+        version: Optional[int] = None,
+    ) -> Dict[str, Any]:
+        """Stores ``value`` (any JSON value) under ``key``; returns the entry.
+
+        ``ttl``: a duration (``"30s"``, ``"500ms"``, or seconds as a number)
+        after which the key vanishes; without it the key never expires.
+        At most one condition: ``nx`` (only if absent), ``xx`` (only if
+        present), ``version`` (only if at that version: compare-and-set).
+        A condition that fails raises ShoalError ``key_conflict`` (status
+        409), whose message names the current version."""
+        query = []
+        if ttl is not None:
+            query.append(("ttl", ttl if isinstance(ttl, str) else f"{int(round(float(ttl) * 1000))}ms"))
+        if nx:
+            query.append(("nx", "true"))
+        if xx:
+            query.append(("xx", "true"))
+        if version is not None:
+            query.append(("version", str(int(version))))
+        path = f"/v1/kv/{_seg(key)}"
+        if query:
+            path += "?" + urlencode(query)
+        return self._open("PUT", path, dumps(value), JSON).json()
+
+    def kv_incr(self, key: str, by: int = 1) -> Dict[str, Any]:
+        """Adds ``by`` to the key's integer value (an absent key counts as
+        0); returns the entry. A value that is not an integer raises
+        ShoalError ``not_an_integer``."""
+        return self._json("POST", f"/v1/kv/{_seg(key)}/incr?by={int(by)}")
+
+    def kv_delete(self, key: str, version: Optional[int] = None) -> None:
+        """Deletes a key (only at ``version`` when given: another version
+        raises ``key_conflict``); an absent key raises ``key_not_found``."""
+        path = f"/v1/kv/{_seg(key)}"
+        if version is not None:
+            path += f"?version={int(version)}"
+        self._open("DELETE", path)
+
+    def kv_list(self, prefix: str = "", limit: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+        """Entries whose key starts with ``prefix``, in key order (at most
+        ``limit``), fetched a page at a time."""
+        left = limit
+        cursor: Optional[str] = None
+        while left is None or left > 0:
+            query = [("prefix", prefix), ("limit", str(min(left or 1000, 1000)))]
+            if cursor is not None:
+                query.append(("cursor", cursor))
+            page = self._json("GET", "/v1/kv?" + urlencode(query))
+            for e in page["entries"]:
+                if left is not None:
+                    if left <= 0:
+                        return
+                    left -= 1
+                yield e
+            cursor = page.get("next")
+            if cursor is None:
+                return
+
     # ------------------------------------------------------------------ jobs
 
     def start_job(self, function: str, events: List[Any], then: Optional[str] = None) -> str:

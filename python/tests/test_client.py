@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 import textwrap
 import threading
+import time
 import unittest
 import uuid
 
@@ -421,6 +422,51 @@ class ClientTest(unittest.TestCase):
             self.client.get(unique("no-such-category"), "a")
         self.assertEqual(cm.exception.code, "category_not_found")
         self.client.delete_category(name, force=True)
+
+    def test_kv(self) -> None:
+        k = unique("kv")
+        # The cooldown pattern: the first set(nx, ttl) wins, the second is refused.
+        first = self.client.kv_set(f"{k}/cooldown", True, ttl="30s", nx=True)
+        self.assertEqual(first["value"], True)
+        self.assertEqual(first["expires_at_ms"], first["updated_at_ms"] + 30_000)
+        with self.assertRaises(ShoalError) as cm:
+            self.client.kv_set(f"{k}/cooldown", True, ttl=30, nx=True)
+        self.assertEqual((cm.exception.status, cm.exception.code), (409, "key_conflict"))
+        self.assertIn(f"version {first['version']}", str(cm.exception))
+        # Compare-and-set, xx, get.
+        e = self.client.kv_set(f"{k}/cfg", {"a": [1, "wörld"]})
+        self.assertNotIn("expires_at_ms", e)
+        e2 = self.client.kv_set(f"{k}/cfg", {"a": 2}, version=e["version"])
+        with self.assertRaises(ShoalError) as cm:
+            self.client.kv_set(f"{k}/cfg", {"a": 3}, version=e["version"])
+        self.assertEqual(cm.exception.code, "key_conflict")
+        self.client.kv_set(f"{k}/cfg", None, xx=True)
+        self.assertIsNone(self.client.kv_get(f"{k}/cfg")["value"])
+        self.assertGreater(self.client.kv_get(f"{k}/cfg")["version"], e2["version"])
+        # incr.
+        self.assertEqual(self.client.kv_incr(f"{k}/n")["value"], 1)
+        self.assertEqual(self.client.kv_incr(f"{k}/n", by=-3)["value"], -2)
+        with self.assertRaises(ShoalError) as cm:
+            self.client.kv_incr(f"{k}/cfg")
+        self.assertEqual(cm.exception.code, "not_an_integer")
+        # list by prefix, in pages.
+        keys = [e["key"] for e in self.client.kv_list(f"{k}/")]
+        self.assertEqual(keys, [f"{k}/cfg", f"{k}/cooldown", f"{k}/n"])
+        self.assertEqual(len(list(self.client.kv_list(f"{k}/", limit=2))), 2)
+        # delete.
+        self.client.kv_delete(f"{k}/n")
+        with self.assertRaises(ShoalError) as cm:
+            self.client.kv_get(f"{k}/n")
+        self.assertEqual((cm.exception.status, cm.exception.code), (404, "key_not_found"))
+        with self.assertRaises(ShoalError) as cm:
+            self.client.kv_delete(f"{k}/cfg", version=1)
+        self.assertEqual(cm.exception.code, "key_conflict")
+        # A ttl expires on time.
+        self.client.kv_set(f"{k}/short", 1, ttl=0.2)
+        time.sleep(0.3)
+        with self.assertRaises(ShoalError) as cm:
+            self.client.kv_get(f"{k}/short")
+        self.assertEqual(cm.exception.code, "key_not_found")
 
     def test_write_generator_in_batches(self) -> None:
         name = unique("gen")

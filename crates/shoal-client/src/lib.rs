@@ -20,11 +20,25 @@ use shoal_protocol::{
 };
 use shoal_protocol::{
     CategoryList, CategoryView, Count, CreateCategory, DeadLetterPage, DeadLetterSelection,
-    DocPage, LimiterList, LimiterView, NDJSON_CONTENT_TYPE, PutLimiter, PutQueue, QueryRequest,
-    QueueList, QueueStats, QueueView, SendMessage, SendRequest, Sent, Written,
+    DocPage, KvEntryView, KvList, LimiterList, LimiterView, NDJSON_CONTENT_TYPE, PutLimiter,
+    PutQueue, QueryRequest, QueueList, QueueStats, QueueView, SendMessage, SendRequest, Sent,
+    Written,
 };
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// How [`Client::kv_set`] writes: a ttl, and at most one condition.
+#[derive(Debug, Clone, Default)]
+pub struct KvSetOptions {
+    /// Expire after this long (1 ms to 10 years); `None`: never.
+    pub ttl: Option<std::time::Duration>,
+    /// Only if the key is absent.
+    pub nx: bool,
+    /// Only if the key is present.
+    pub xx: bool,
+    /// Only if the key is at this version (compare-and-set).
+    pub version: Option<u64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -646,6 +660,85 @@ impl Client {
 
     pub async fn remove_secret(&self, name: &str) -> Result<()> {
         self.delete(&format!("/v1/secrets/{}", seg(name))).await
+    }
+
+    // ---- key-value store ----
+
+    /// The live entry of `key` (`key_not_found` when absent or expired).
+    pub async fn kv_get(&self, key: &str) -> Result<KvEntryView> {
+        self.json(Method::GET, &format!("/v1/kv/{}", seg(key)), None::<&()>)
+            .await
+    }
+
+    /// Stores `value` under `key`, when `opts`' condition holds
+    /// (`key_conflict` otherwise, naming the current version).
+    pub async fn kv_set(
+        &self,
+        key: &str,
+        value: &Value,
+        opts: &KvSetOptions,
+    ) -> Result<KvEntryView> {
+        let mut query = Vec::new();
+        if let Some(ttl) = opts.ttl {
+            query.push(format!("ttl={}ms", ttl.as_millis()));
+        }
+        if opts.nx {
+            query.push("nx=true".to_string());
+        }
+        if opts.xx {
+            query.push("xx=true".to_string());
+        }
+        if let Some(v) = opts.version {
+            query.push(format!("version={v}"));
+        }
+        let mut path = format!("/v1/kv/{}", seg(key));
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        self.json(Method::PUT, &path, Some(value)).await
+    }
+
+    /// Adds `by` to the integer value of `key` (absent counts as 0).
+    pub async fn kv_incr(&self, key: &str, by: i64) -> Result<KvEntryView> {
+        self.json(
+            Method::POST,
+            &format!("/v1/kv/{}/incr?by={by}", seg(key)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Deletes `key` (only at `version` when given).
+    pub async fn kv_delete(&self, key: &str, version: Option<u64>) -> Result<()> {
+        let mut path = format!("/v1/kv/{}", seg(key));
+        if let Some(v) = version {
+            path = format!("{path}?version={v}");
+        }
+        let resp = self
+            .http
+            .request(Method::DELETE, format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(())
+    }
+
+    /// A page of live entries whose key starts with `prefix`, after
+    /// `cursor` (the previous page's `next`).
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KvList> {
+        let mut path = format!("/v1/kv?prefix={}&limit={limit}", seg(prefix));
+        if let Some(c) = cursor {
+            path = format!("{path}&cursor={}", seg(c));
+        }
+        self.json(Method::GET, &path, None::<&()>).await
     }
 
     // ---- rate limiters ----

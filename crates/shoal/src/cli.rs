@@ -126,6 +126,12 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// The key-value store: get, set (with --ttl, --nx, --xx, --version),
+    /// incr, rm, ls by prefix.
+    Kv {
+        #[command(subcommand)]
+        command: crate::kv::KvCommand,
+    },
     /// Shared rate limiters: list, set (create or change), remove.
     Limiters {
         #[command(subcommand)]
@@ -592,6 +598,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
         Command::Queues { command } => crate::queues::run(&client, command, conn.json).await?,
         Command::Jobs { command } => crate::jobs::run(&client, command, conn.json).await?,
+        Command::Kv { command } => crate::kv::run(&client, command, conn.json).await?,
         Command::Limiters { command: None } => {
             let ls = client.limiters().await?;
             out.print(&ls, || {

@@ -9,6 +9,7 @@ mod data;
 mod functions;
 mod invocations;
 mod jobs;
+mod kv;
 mod nodes;
 mod queues;
 mod recover;

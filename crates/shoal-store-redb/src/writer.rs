@@ -847,13 +847,22 @@ impl Writer {
                         self.garbage.remove(&id);
                     }
                 }
+                // The effects on memory (the queue index) first, then the
+                // totals, then the answers: whoever sees a total counting a
+                // write (an ack) sees the index without its message.
+                let outcomes: Vec<_> = done
+                    .into_iter()
+                    .map(|d| {
+                        let outcome = d.outcome.map(|(value, effect)| {
+                            self.apply_effect(effect);
+                            value
+                        });
+                        (d.reply, outcome)
+                    })
+                    .collect();
                 self.queues.committed(&self.shared.index);
-                for d in done {
-                    let outcome = d.outcome.map(|(value, effect)| {
-                        self.apply_effect(effect);
-                        value
-                    });
-                    d.reply.send(outcome);
+                for (reply, outcome) in outcomes {
+                    reply.send(outcome);
                 }
             }
             Err((e, io)) => {
@@ -884,10 +893,10 @@ impl Writer {
                 let landed = reopened && marker.is_some_and(|n| self.stored_commits() == Some(n));
                 if landed {
                     tracing::warn!("redb: a commit that reported an I/O error reached the file");
-                    self.queues.committed(&self.shared.index);
                     for effect in effects {
                         self.apply_effect(effect);
                     }
+                    self.queues.committed(&self.shared.index);
                 } else {
                     // Nothing of the batch reached memory: its effects and
                     // totals are dropped with it.

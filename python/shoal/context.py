@@ -151,7 +151,8 @@ class Context:
         """Calls the node: runs the host operation ``op`` with ``args`` (any
         JSON-serializable value) and returns the node's answer, decoded from
         JSON. The operations are ``spawn``, ``send``, ``map``, ``job``,
-        ``job_results``, ``put_docs`` and ``get_doc``; the methods of the
+        ``job_results``, ``put_docs``, ``get_doc``, ``kv_get``, ``kv_set``,
+        ``kv_incr``, ``kv_delete`` and ``kv_list``; the methods of the
         same names build their arguments.
 
         Blocks until the node answers; the invocation's timeout keeps running
@@ -268,6 +269,84 @@ class Context:
             delay_ms = int(round(seconds * 1000))
         return self.call("send", {"queue": queue, "body": body, "delay_ms": delay_ms, "dedup_id": dedup_id})
 
+    # ---- the key-value store (docs/kv.md) ----
+
+    @property
+    def kv(self) -> "KeyValue":
+        """The node's key-value store: ``ctx.kv.get``, ``.entry``, ``.set``,
+        ``.incr``, ``.delete``, ``.list`` (the ``kv_*`` methods)."""
+        return KeyValue(self)
+
+    def kv_get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is absent or
+        expired. Host operation ``"kv_get"``, args ``{"key"}``."""
+        entry = self.kv_entry(key)
+        return default if entry is None else entry["value"]
+
+    def kv_entry(self, key: str) -> Optional[Dict[str, Any]]:
+        """The entry of ``key`` (``{"expires_at_ms", "key", "updated_at_ms",
+        "value", "version"}``), or None when it is absent or expired."""
+        return self.call("kv_get", {"key": key})["entry"]
+
+    def kv_set(
+        self,
+        key: str,
+        value: Any,
+        ttl: Union[int, float, timedelta, None] = None,
+        nx: bool = False,
+        xx: bool = False,
+        version: Optional[int] = None,
+    ) -> Optional[Dict[str, Any]]:
+        """Stores ``value`` (any JSON value) under ``key``; returns the new
+        entry, or None when the condition did not hold (nothing written).
+
+        ``ttl``: seconds (int or float) or a ``timedelta`` after which the
+        key vanishes (1 ms to 10 years); without it the key never expires.
+        At most one condition: ``nx`` (only if absent), ``xx`` (only if
+        present), ``version`` (only if at that version: compare-and-set).
+        A cooldown is ``if ctx.kv.set(key, True, ttl=60, nx=True): ...``.
+        Host operation ``"kv_set"``, args ``{"key", "value", "ttl_ms",
+        "nx", "xx", "version"}``; answer ``{"entry", "written"}``."""
+        ttl_ms = None
+        if ttl is not None:
+            seconds = ttl.total_seconds() if hasattr(ttl, "total_seconds") else ttl
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise TypeError("ttl must be seconds (int or float) or a timedelta, not %r" % (ttl,))
+            ttl_ms = int(round(seconds * 1000))
+        args = {"key": key, "value": value, "ttl_ms": ttl_ms, "nx": bool(nx), "xx": bool(xx), "version": version}
+        answer = self.call("kv_set", args)
+        return answer["entry"] if answer["written"] else None
+
+    def kv_incr(self, key: str, by: int = 1) -> int:
+        """Adds ``by`` to the integer value of ``key`` (absent counts as 0)
+        and returns the new value; a value that is not an integer raises
+        HostError ``not_an_integer``. Host operation ``"kv_incr"``."""
+        return self.call("kv_incr", {"key": key, "by": by})["entry"]["value"]
+
+    def kv_delete(self, key: str, version: Optional[int] = None) -> bool:
+        """Deletes ``key`` (only at ``version`` when given); False when it
+        was absent or at another version. Host operation ``"kv_delete"``."""
+        return self.call("kv_delete", {"key": key, "version": version})["deleted"]
+
+    def kv_list(self, prefix: str = "", limit: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+        """The entries whose key starts with ``prefix``, in key order (at
+        most ``limit``), a page at a time. Host operation ``"kv_list"``,
+        args ``{"prefix", "cursor", "limit"}``; answer ``{"entries",
+        "next"}``."""
+        left = limit
+        cursor = None
+        while left is None or left > 0:
+            page = self.call("kv_list", {"prefix": prefix, "cursor": cursor, "limit": min(left or 1000, 1000)})
+            for e in page["entries"]:
+                if left is not None:
+                    if left <= 0:
+                        return
+                    left -= 1
+                yield e
+            cursor = page["next"]
+            if cursor is None:
+                return
+
     def __repr__(self) -> str:
         return "Context(invocation_id=%r, function_name=%r, version=%r, attempt=%r)" % (
             self.invocation_id,
@@ -275,6 +354,33 @@ class Context:
             self.version,
             self.attempt,
         )
+
+
+class KeyValue:
+    """``ctx.kv``: the key-value store, as methods named after the ``kv_*``
+    methods of :class:`Context`."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._ctx.kv_get(key, default)
+
+    def entry(self, key: str) -> Optional[Dict[str, Any]]:
+        return self._ctx.kv_entry(key)
+
+    def set(self, key: str, value: Any, ttl: Union[int, float, timedelta, None] = None,
+            nx: bool = False, xx: bool = False, version: Optional[int] = None) -> Optional[Dict[str, Any]]:
+        return self._ctx.kv_set(key, value, ttl=ttl, nx=nx, xx=xx, version=version)
+
+    def incr(self, key: str, by: int = 1) -> int:
+        return self._ctx.kv_incr(key, by)
+
+    def delete(self, key: str, version: Optional[int] = None) -> bool:
+        return self._ctx.kv_delete(key, version)
+
+    def list(self, prefix: str = "", limit: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+        return self._ctx.kv_list(prefix, limit)
 
 
 if not TYPE_CHECKING and __name__ != "_shoal_runner.context":

@@ -46,7 +46,7 @@ const MAX_PERMITS_PER_LEASE: usize = 256;
 
 /// Runs invocations; owns the consumers' loops and the live records.
 pub(crate) struct Dispatcher {
-    env: Arc<Env>,
+    pub(crate) env: Arc<Env>,
     functions: Arc<Functions>,
     limiters: Arc<Limiters>,
     consumers: Arc<Consumers>,

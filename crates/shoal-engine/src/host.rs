@@ -2,7 +2,9 @@
 //! `spawn` (an asynchronous invocation of a function), `send` (messages on
 //! a queue), `map` (a job: fan-out with fan-in, see `jobs`), `job` (a job's
 //! progress), `job_results` (a page of its children's results), `put_docs`
-//! and `get_doc` (documents in categories, durable when the call returns).
+//! and `get_doc` (documents in categories, durable when the call returns),
+//! `kv_get`, `kv_set`, `kv_incr`, `kv_delete` and `kv_list` (the key-value
+//! store, see `kv`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,9 @@ use shoal_runtime::{Host, HostCall, HostError};
 
 use crate::categories::NewDoc;
 use crate::dispatch::Dispatcher;
-use crate::error::{Entity, Error};
+use crate::error::{Conflict, Entity, Error};
 use crate::jobs::{Caller, JobSpec};
+use crate::kv::{Kv, KvWhen};
 use crate::queues::OutMessage;
 
 /// Host calls of one invocation.
@@ -105,6 +108,69 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             }) => Ok("{\"doc\":null}".to_string()),
             Err(e) => Err(host_error(e)),
         },
+        HostCall::KvGet(a) => {
+            let kv = Kv::new(engine.env.clone());
+            match kv.get(&a.key).await {
+                Ok(e) => Ok(json!({ "entry": entry_json(&e)? }).to_string()),
+                Err(Error::NotFound {
+                    entity: Entity::Key,
+                    ..
+                }) => Ok(json!({ "entry": null }).to_string()),
+                Err(e) => Err(host_error(e)),
+            }
+        }
+        HostCall::KvSet(a) => {
+            let when = match (a.nx, a.xx, a.version) {
+                (false, false, None) => KvWhen::Always,
+                (true, false, None) => KvWhen::Absent,
+                (false, true, None) => KvWhen::Present,
+                (false, false, Some(v)) => KvWhen::Version(v),
+                _ => {
+                    return Err(HostError::new(
+                        "invalid_input",
+                        "nx, xx and version are exclusive: give at most one",
+                    ));
+                }
+            };
+            let ttl = a.ttl_ms.map(Duration::from_millis);
+            let kv = Kv::new(engine.env.clone());
+            let answer = match kv
+                .set_if(&a.key, a.value.get().as_bytes(), ttl, when)
+                .await
+                .map_err(host_error)?
+            {
+                Ok(e) => json!({ "entry": entry_json(&e)?, "written": true }),
+                Err(current) => json!({
+                    "entry": current.as_ref().map(entry_json).transpose()?,
+                    "written": false,
+                }),
+            };
+            Ok(answer.to_string())
+        }
+        HostCall::KvIncr(a) => {
+            let kv = Kv::new(engine.env.clone());
+            let e = kv.incr(&a.key, a.by).await.map_err(host_error)?;
+            Ok(json!({ "entry": entry_json(&e)? }).to_string())
+        }
+        HostCall::KvDelete(a) => {
+            let kv = Kv::new(engine.env.clone());
+            let deleted = kv.delete_if(&a.key, a.version).await.map_err(host_error)?;
+            Ok(json!({ "deleted": deleted }).to_string())
+        }
+        HostCall::KvList(a) => {
+            let kv = Kv::new(engine.env.clone());
+            let limit = a.limit.unwrap_or(100);
+            let page = kv
+                .list(&a.prefix, a.cursor.as_deref(), limit)
+                .await
+                .map_err(host_error)?;
+            let entries = page
+                .entries
+                .iter()
+                .map(entry_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(json!({ "entries": entries, "next": page.next }).to_string())
+        }
         HostCall::Job(a) => {
             let view = engine.jobs.view(&a.job).await.map_err(host_error)?;
             let c = &view.counts;
@@ -138,6 +204,14 @@ fn host_error(e: Error) -> HostError {
         Error::Unavailable(_) | Error::ShuttingDown => "unavailable".into(),
         Error::StorageFull(_) => "insufficient_storage".into(),
         Error::QueueFull(_) => "queue_full".into(),
+        Error::Conflict {
+            kind: Conflict::KeyVersion,
+            ..
+        } => "key_conflict".into(),
+        Error::Conflict {
+            kind: Conflict::NotAnInteger,
+            ..
+        } => "not_an_integer".into(),
         Error::InvalidFunction(_)
         | Error::DeployFailed(_)
         | Error::Conflict { .. }
@@ -147,6 +221,24 @@ fn host_error(e: Error) -> HostError {
         code,
         message: e.to_string(),
     }
+}
+
+/// A key-value entry as host calls answer it: `{"expires_at_ms", "key",
+/// "updated_at_ms", "value", "version"}`.
+fn entry_json(e: &shoal_store::KvEntry) -> Result<serde_json::Value, HostError> {
+    let value: serde_json::Value = serde_json::from_slice(&e.value).map_err(|err| {
+        HostError::new(
+            "unavailable",
+            format!("the stored value of key `{}` is not JSON: {err}", e.key),
+        )
+    })?;
+    Ok(json!({
+        "key": e.key,
+        "value": value,
+        "version": e.version,
+        "expires_at_ms": e.expires_at_ms,
+        "updated_at_ms": e.updated_at_ms,
+    }))
 }
 
 /// `{"results": [{"index", "invocation", "status", "output", "error"}]}`,

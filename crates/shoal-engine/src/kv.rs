@@ -83,6 +83,20 @@ impl Kv {
         ttl: Option<Duration>,
         when: KvWhen,
     ) -> Result<KvEntry> {
+        self.set_if(key, value, ttl, when)
+            .await?
+            .map_err(|current| refused(key, when, current.as_ref()))
+    }
+
+    /// [`Kv::set`], with a refused condition as `Ok(Err(current entry))`
+    /// (what `ctx.kv_set` answers) instead of a conflict.
+    pub(crate) async fn set_if(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        when: KvWhen,
+    ) -> Result<std::result::Result<KvEntry, Option<KvEntry>>> {
         check_key(key)?;
         let value = check_value(value)?;
         let ttl_ms = ttl.map(check_ttl).transpose()?;
@@ -94,16 +108,27 @@ impl Kv {
             KvWhen::Version(v) => KvCondition::Version(v),
         };
         let now = self.env.now_ms();
-        match self
-            .env
-            .backend
-            .kv
-            .kv_set(key, value.to_vec(), ttl_ms, cond, now)
-            .await?
-        {
-            KvSet::Written(e) => Ok(e),
-            KvSet::Refused { current } => Err(refused(key, when, current.as_ref())),
-        }
+        Ok(
+            match self
+                .env
+                .backend
+                .kv
+                .kv_set(key, value.to_vec(), ttl_ms, cond, now)
+                .await?
+            {
+                KvSet::Written(e) => Ok(e),
+                KvSet::Refused { current } => Err(current),
+            },
+        )
+    }
+
+    /// Deletes `key` when present (and at `version` when given); false
+    /// otherwise (what `ctx.kv_delete` answers).
+    pub(crate) async fn delete_if(&self, key: &str, version: Option<u64>) -> Result<bool> {
+        check_key(key)?;
+        self.env.accepting()?;
+        let now = self.env.now_ms();
+        Ok(self.env.backend.kv.kv_delete(key, version, now).await?)
     }
 
     /// Adds `by` to the integer value of `key` (absent counts as 0).

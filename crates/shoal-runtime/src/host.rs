@@ -125,6 +125,24 @@ host_calls! {
     /// `ctx.get(category, id)`: one document. Answer `{"doc"}`, `null` when
     /// there is none.
     GetDoc(GetDocArgs) = "get_doc",
+    /// `ctx.kv_get(key)` (`ctx.kv.get`, `ctx.kv.entry`): a key's entry.
+    /// Answer `{"entry"}`: `{"expires_at_ms", "key", "updated_at_ms",
+    /// "value", "version"}`, `null` when the key is absent or expired.
+    KvGet(KvGetArgs) = "kv_get",
+    /// `ctx.kv_set(key, value, ttl, nx, xx, version)`: a write, when its
+    /// condition holds. Answer `{"entry", "written"}`: the new entry, or,
+    /// when the condition did not hold, the current one (`null` if absent)
+    /// with `"written": false`.
+    KvSet(KvSetArgs) = "kv_set",
+    /// `ctx.kv_incr(key, by)`: adds to an integer value. Answer
+    /// `{"entry"}`; error `not_an_integer`.
+    KvIncr(KvIncrArgs) = "kv_incr",
+    /// `ctx.kv_delete(key, version)`. Answer `{"deleted"}`: false when the
+    /// key was absent or at another version.
+    KvDelete(KvDeleteArgs) = "kv_delete",
+    /// `ctx.kv_list(prefix, cursor, limit)`: a page of live entries by key
+    /// prefix. Answer `{"entries", "next"}`.
+    KvList(KvListArgs) = "kv_list",
 }
 
 /// Arguments of [`HostCall::Spawn`].
@@ -201,6 +219,58 @@ pub struct GetDocArgs {
     pub id: String,
 }
 
+/// Arguments of [`HostCall::KvGet`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct KvGetArgs {
+    pub key: String,
+}
+
+/// Arguments of [`HostCall::KvSet`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct KvSetArgs {
+    pub key: String,
+    /// The value's JSON text.
+    pub value: Box<RawValue>,
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    #[serde(default)]
+    pub nx: bool,
+    #[serde(default)]
+    pub xx: bool,
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// Arguments of [`HostCall::KvIncr`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct KvIncrArgs {
+    pub key: String,
+    #[serde(default = "one")]
+    pub by: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// Arguments of [`HostCall::KvDelete`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct KvDeleteArgs {
+    pub key: String,
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// Arguments of [`HostCall::KvList`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct KvListArgs {
+    pub prefix: String,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
 fn decode_args<'a, T: Deserialize<'a>>(op: &str, args: &'a str) -> Result<T, HostError> {
     let invalid = |why: &dyn std::fmt::Display| {
         HostError::new(
@@ -271,7 +341,7 @@ mod tests {
         assert_eq!(e.code, "unknown_op");
         assert_eq!(
             e.message,
-            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs and get_doc"
+            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete and kv_list"
         );
         let e = HostCall::decode("map", r#"{"function":"f"}"#).unwrap_err();
         assert_eq!(e.code, "invalid_input");

@@ -25,7 +25,8 @@ pub mod host;
 pub use digest::{code_digest, code_digest_of_dir};
 pub use host::{
     DocArg, GetDocArgs, HOST_PROTOCOL_VERSION, Host, HostCall, HostError, JobArgs, JobResultsArgs,
-    MapArgs, PutDocsArgs, SendArgs, SpawnArgs,
+    KvDeleteArgs, KvGetArgs, KvIncrArgs, KvListArgs, KvSetArgs, MapArgs, PutDocsArgs, SendArgs,
+    SpawnArgs,
 };
 
 pub type Result<T> = std::result::Result<T, Error>;

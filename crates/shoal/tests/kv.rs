@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestNode;
+use common::{TestNode, deploy};
 use serde_json::{Value, json};
 use shoal_client::protocol::ErrorCode;
 use shoal_client::{Client, KvSetOptions};
@@ -270,4 +270,97 @@ fn the_kv_cli() {
     let out = node.cli(&["--json", "kv", "get", "a/c"]);
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"]["code"], "key_not_found", "{err}");
+}
+
+const KV_PY: &str = r#"
+def handler(event, ctx):
+    op = event["op"]
+    if op == "cooldown":
+        return ctx.kv.set("cooldown:" + event["user"], True, ttl=event["ttl"], nx=True) is not None
+    if op == "incr":
+        return ctx.kv.incr("hits", event.get("by", 1))
+    if op == "get":
+        return ctx.kv.get(event["key"], "absent")
+    if op == "cas":
+        e = ctx.kv.entry("cfg")
+        stale = ctx.kv.set("cfg", {"n": 0}, version=e["version"] - 1)
+        fresh = ctx.kv.set("cfg", {"n": e["value"]["n"] + 1}, version=e["version"])
+        return [stale, fresh["value"], ctx.kv.delete("cfg", version=e["version"]), ctx.kv.delete("cfg")]
+    if op == "list":
+        return [e["key"] for e in ctx.kv.list(event["prefix"])]
+    if op == "not_int":
+        try:
+            ctx.kv.incr("cfg-text")
+        except ctx.HostError as e:
+            return e.code
+    raise ValueError(op)
+"#;
+
+/// `ctx.kv` in a function: the seed-001 cooldown, incr, get with a
+/// default, compare-and-set and delete by version, list, and the error code
+/// of an incr on a non-integer; what the function writes the API reads.
+async fn functions_use_ctx_kv(c: &Client) {
+    deploy(c, "name = \"kvf\"\nhandler = \"main:handler\"\n", KV_PY).await;
+    let call = |event: Value| async move {
+        let done = c.invoke("kvf", &event.to_string()).await.expect("invoke");
+        done.result
+            .clone()
+            .unwrap_or_else(|e| panic!("{event}: {e:?}"))
+    };
+    let cool = json!({"op": "cooldown", "user": "bob", "ttl": 0.5});
+    assert_eq!(call(cool.clone()).await, json!(true));
+    assert_eq!(call(cool.clone()).await, json!(false));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(cool).await, json!(true));
+
+    assert_eq!(call(json!({"op": "incr"})).await, json!(1));
+    assert_eq!(call(json!({"op": "incr", "by": 41})).await, json!(42));
+    assert_eq!(c.kv_get("hits").await.unwrap().value, json!(42));
+    assert_eq!(call(json!({"op": "get", "key": "hits"})).await, json!(42));
+    assert_eq!(
+        call(json!({"op": "get", "key": "nope"})).await,
+        json!("absent")
+    );
+
+    c.kv_set("cfg", &json!({"n": 1}), &KvSetOptions::default())
+        .await
+        .unwrap();
+    // A stale version is refused (None), the right one writes; deleting at
+    // the old version then fails, without one succeeds.
+    assert_eq!(
+        call(json!({"op": "cas"})).await,
+        json!([null, {"n": 2}, false, true])
+    );
+    let (status, _, _) = code(c.kv_get("cfg").await);
+    assert_eq!(status, 404);
+
+    for k in ["p:b", "p:a", "q:c"] {
+        c.kv_set(k, &json!(1), &KvSetOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        call(json!({"op": "list", "prefix": "p:"})).await,
+        json!(["p:a", "p:b"])
+    );
+    c.kv_set("cfg-text", &json!("x"), &KvSetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        call(json!({"op": "not_int"})).await,
+        json!("not_an_integer")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_use_ctx_kv_on_the_embedded_store() {
+    let node = TestNode::start();
+    functions_use_ctx_kv(&node.client()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_use_ctx_kv_on_redis() {
+    let redis = RedisServer::start(&[]);
+    let node = TestNode::start_with(&["--store", &redis.url()]);
+    functions_use_ctx_kv(&node.client()).await;
 }

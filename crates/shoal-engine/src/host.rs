@@ -111,11 +111,11 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
         HostCall::KvGet(a) => {
             let kv = Kv::new(engine.env.clone());
             match kv.get(&a.key).await {
-                Ok(e) => Ok(json!({ "entry": entry_json(&e)? }).to_string()),
+                Ok(e) => Ok(format!("{{\"entry\":{}}}", entry_json(&e)?.get())),
                 Err(Error::NotFound {
                     entity: Entity::Key,
                     ..
-                }) => Ok(json!({ "entry": null }).to_string()),
+                }) => Ok("{\"entry\":null}".to_string()),
                 Err(e) => Err(host_error(e)),
             }
         }
@@ -134,23 +134,24 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             };
             let ttl = a.ttl_ms.map(Duration::from_millis);
             let kv = Kv::new(engine.env.clone());
-            let answer = match kv
+            let (entry, written) = match kv
                 .set_if(&a.key, a.value.get().as_bytes(), ttl, when)
                 .await
                 .map_err(host_error)?
             {
-                Ok(e) => json!({ "entry": entry_json(&e)?, "written": true }),
-                Err(current) => json!({
-                    "entry": current.as_ref().map(entry_json).transpose()?,
-                    "written": false,
-                }),
+                Ok(e) => (Some(e), true),
+                Err(current) => (current, false),
             };
-            Ok(answer.to_string())
+            let entry = match &entry {
+                Some(e) => entry_json(e)?.get().to_string(),
+                None => "null".to_string(),
+            };
+            Ok(format!("{{\"entry\":{entry},\"written\":{written}}}"))
         }
         HostCall::KvIncr(a) => {
             let kv = Kv::new(engine.env.clone());
             let e = kv.incr(&a.key, a.by).await.map_err(host_error)?;
-            Ok(json!({ "entry": entry_json(&e)? }).to_string())
+            Ok(format!("{{\"entry\":{}}}", entry_json(&e)?.get()))
         }
         HostCall::KvDelete(a) => {
             let kv = Kv::new(engine.env.clone());
@@ -167,9 +168,13 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             let entries = page
                 .entries
                 .iter()
-                .map(entry_json)
+                .map(|e| entry_json(e).map(|raw| raw.get().to_string()))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(json!({ "entries": entries, "next": page.next }).to_string())
+            Ok(format!(
+                "{{\"entries\":[{}],\"next\":{}}}",
+                entries.join(","),
+                json!(page.next)
+            ))
         }
         HostCall::Job(a) => {
             let view = engine.jobs.view(&a.job).await.map_err(host_error)?;
@@ -224,21 +229,33 @@ fn host_error(e: Error) -> HostError {
 }
 
 /// A key-value entry as host calls answer it: `{"expires_at_ms", "key",
-/// "updated_at_ms", "value", "version"}`.
-fn entry_json(e: &shoal_store::KvEntry) -> Result<serde_json::Value, HostError> {
-    let value: serde_json::Value = serde_json::from_slice(&e.value).map_err(|err| {
+/// "updated_at_ms", "value", "version"}`, the value spliced in as the JSON
+/// text stored (no number changes on its way).
+#[derive(serde::Serialize)]
+struct EntryOut<'a> {
+    expires_at_ms: Option<u64>,
+    key: &'a str,
+    updated_at_ms: u64,
+    value: &'a serde_json::value::RawValue,
+    version: u64,
+}
+
+fn entry_json(e: &shoal_store::KvEntry) -> Result<Box<serde_json::value::RawValue>, HostError> {
+    let value = serde_json::from_slice(&e.value).map_err(|err| {
         HostError::new(
             "unavailable",
             format!("the stored value of key `{}` is not JSON: {err}", e.key),
         )
     })?;
-    Ok(json!({
-        "key": e.key,
-        "value": value,
-        "version": e.version,
-        "expires_at_ms": e.expires_at_ms,
-        "updated_at_ms": e.updated_at_ms,
-    }))
+    let out = EntryOut {
+        expires_at_ms: e.expires_at_ms,
+        key: &e.key,
+        updated_at_ms: e.updated_at_ms,
+        value,
+        version: e.version,
+    };
+    serde_json::value::to_raw_value(&out)
+        .map_err(|err| HostError::new("unavailable", format!("encoding key `{}`: {err}", e.key)))
 }
 
 /// `{"results": [{"index", "invocation", "status", "output", "error"}]}`,

@@ -7,7 +7,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
 use shoal_engine::manifest::parse_duration;
@@ -26,10 +28,10 @@ pub(crate) async fn get(
     _: Auth<Reader>,
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
-) -> Result<Json<KvEntryView>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(key) = key?;
     let entry = state.handle.kv_get(&key).await?;
-    Ok(Json(view(entry)?))
+    view(entry)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -61,7 +63,7 @@ pub(crate) async fn set(
     params: Result<Query<SetParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<KvEntryView>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(key) = key?;
     let Query(p) = params?;
     check_json_content_type(&headers)?;
@@ -87,7 +89,7 @@ pub(crate) async fn set(
         ));
     }
     let entry = state.handle.kv_set(&key, &body, ttl, when).await?;
-    Ok(Json(view(entry)?))
+    view(entry)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -108,11 +110,11 @@ pub(crate) async fn incr(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<IncrParams>, QueryRejection>,
-) -> Result<Json<KvEntryView>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(key) = key?;
     let Query(p) = params?;
     let entry = state.handle.kv_incr(&key, p.by.unwrap_or(1)).await?;
-    Ok(Json(view(entry)?))
+    view(entry)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -157,7 +159,7 @@ pub(crate) async fn list(
     _: Auth<Reader>,
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<KvList>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(p) = params?;
     let page = state
         .handle
@@ -167,31 +169,50 @@ pub(crate) async fn list(
             p.limit.unwrap_or(100),
         )
         .await?;
-    Ok(Json(KvList {
-        entries: page
-            .entries
-            .into_iter()
-            .map(view)
-            .collect::<Result<_, _>>()?,
+    #[derive(Serialize)]
+    struct ListOut<'a> {
+        entries: Vec<EntryOut<'a>>,
+        next: Option<String>,
+    }
+    let entries = page.entries.iter().map(out).collect::<Result<_, _>>()?;
+    Ok(Json(ListOut {
+        entries,
         next: page.next,
-    }))
+    })
+    .into_response())
 }
 
-fn view(e: KvEntry) -> Result<KvEntryView, ApiError> {
-    let value = serde_json::from_slice(&e.value).map_err(|err| {
+/// An entry as the API answers it ([`KvEntryView`]), its value spliced in
+/// as the JSON text stored, so no number is changed on its way back.
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    key: &'a str,
+    value: &'a RawValue,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
+    updated_at_ms: u64,
+}
+
+fn out(e: &KvEntry) -> Result<EntryOut<'_>, ApiError> {
+    let value = serde_json::from_slice::<&RawValue>(&e.value).map_err(|err| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             format!("the stored value of key `{}` is not JSON: {err}", e.key),
         )
     })?;
-    Ok(KvEntryView {
-        key: e.key,
+    Ok(EntryOut {
+        key: &e.key,
         value,
         version: e.version,
         expires_at_ms: e.expires_at_ms,
         updated_at_ms: e.updated_at_ms,
     })
+}
+
+fn view(e: KvEntry) -> Result<Response, ApiError> {
+    Ok(Json(out(&e)?).into_response())
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {

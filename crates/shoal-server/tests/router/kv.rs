@@ -418,3 +418,18 @@ async fn bad_input_is_a_4xx_that_says_why() {
     let r = app.call("GET", "/v1/kv/k", None, vec![]).await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
+
+/// The node never changes a value it was given: numbers beyond a double's
+/// precision, and the text of floats, come back as they were sent.
+#[tokio::test]
+async fn values_come_back_as_sent() {
+    let app = App::new().await;
+    let value = r#"{"big":123456789012345678901234567890,"f":1.50,"e":1e400}"#;
+    let r = app.call("PUT", "/v1/kv/n", JSON, value.as_bytes().to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains(&format!("\"value\":{value}")), "{}", r.text);
+    let r = app.call("GET", "/v1/kv/n", None, vec![]).await;
+    assert!(r.text.contains(&format!("\"value\":{value}")), "{}", r.text);
+    let r = app.call("GET", "/v1/kv?prefix=n", None, vec![]).await;
+    assert!(r.text.contains(&format!("\"value\":{value}")), "{}", r.text);
+}

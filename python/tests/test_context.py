@@ -71,6 +71,38 @@ def test_methods_build_the_operations_arguments():
     ]
 
 
+def test_ctx_kv_builds_the_kv_operations_arguments():
+    entry = {"expires_at_ms": None, "key": "k", "updated_at_ms": 1, "value": 5, "version": 3}
+    host = Recorder(
+        {
+            "kv_get": {"entry": entry},
+            "kv_set": {"entry": entry, "written": False},
+            "kv_incr": {"entry": dict(entry, value=6)},
+            "kv_delete": {"deleted": True},
+            "kv_list": {"entries": [entry], "next": None},
+        }
+    )
+    ctx = Context(host=host)
+    assert ctx.kv.get("k") == 5
+    assert ctx.kv.entry("k") == entry
+    # A refused condition is None, not an exception: the cooldown reads
+    # `if ctx.kv.set(...)`.
+    assert ctx.kv.set("k", True, ttl=datetime.timedelta(minutes=1), nx=True) is None
+    assert ctx.kv.incr("k") == 6
+    assert ctx.kv.delete("k", version=3) is True
+    assert list(ctx.kv.list("k")) == [entry]
+    assert host.calls == [
+        ("kv_get", {"key": "k"}),
+        ("kv_get", {"key": "k"}),
+        ("kv_set", {"key": "k", "value": True, "ttl_ms": 60000, "nx": True, "xx": False, "version": None}),
+        ("kv_incr", {"key": "k", "by": 1}),
+        ("kv_delete", {"key": "k", "version": 3}),
+        ("kv_list", {"prefix": "k", "cursor": None, "limit": 1000}),
+    ]
+    with pytest.raises(TypeError):
+        ctx.kv.set("k", 1, ttl="1h")
+
+
 def test_errors_of_the_host_reach_the_handler():
     ctx = Context(host=Recorder({"send": HostError("queue_not_found", "queue `q` not found")}))
     with pytest.raises(ctx.HostError) as raised:

@@ -425,7 +425,9 @@ async fn bad_input_is_a_4xx_that_says_why() {
 async fn values_come_back_as_sent() {
     let app = App::new().await;
     let value = r#"{"big":123456789012345678901234567890,"f":1.50,"e":1e400}"#;
-    let r = app.call("PUT", "/v1/kv/n", JSON, value.as_bytes().to_vec()).await;
+    let r = app
+        .call("PUT", "/v1/kv/n", JSON, value.as_bytes().to_vec())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.contains(&format!("\"value\":{value}")), "{}", r.text);
     let r = app.call("GET", "/v1/kv/n", None, vec![]).await;

@@ -240,5 +240,6 @@ fn record(n: u64, function: FunctionName, created: u64, failed: bool) -> Invocat
         next_attempt_at_ms: None,
         job: None,
         handed_to: None,
+        cache_hit: false,
     }
 }

@@ -23,6 +23,7 @@ use shoal_runtime::{Gate, Request, Response};
 use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord, StoreHealth};
 use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
 
+use crate::cache::ResultCache;
 use crate::categories::Categories;
 use crate::consumers::{Consumer, Consumers, Feed};
 use crate::env::Env;
@@ -56,6 +57,8 @@ pub(crate) struct Dispatcher {
     live: Arc<Live>,
     /// Finished attempts, sent once durable (see `history`).
     pub(crate) feed: Arc<FeedSender>,
+    /// Results of synchronous calls to functions with `[cache]`.
+    pub(crate) cache: ResultCache,
 }
 
 /// Invocation records whose latest state is not durable yet (running, or
@@ -161,6 +164,7 @@ impl Dispatcher {
             categories,
             live: Arc::default(),
             feed: Arc::default(),
+            cache: ResultCache::default(),
         }
     }
 
@@ -177,6 +181,20 @@ impl Dispatcher {
         // store known to be full it would be lost, so do not run at all.
         self.store_writable()?;
         let now = self.env.now_ms();
+        let cached = match d.record.cache {
+            Some(settings) => match crate::cache::canonical(&event) {
+                Some(key) => match self.cache.get(&d.deployment.key, &key, now) {
+                    Some(output) => return Ok(self.cache_hit(&d, event, output, now)),
+                    None => {
+                        metrics::counter!("shoal_cache_misses_total", "function" => d.record.name.to_string())
+                            .increment(1);
+                        Some((settings, key))
+                    }
+                },
+                None => None,
+            },
+            None => None,
+        };
         let mut record = new_record(&d, InvocationMode::Sync, event, now);
         record.status = InvocationStatus::Running;
         record.attempts = 1;
@@ -193,7 +211,12 @@ impl Dispatcher {
             }
         };
         let outcome = response.outcome.clone();
-        apply_response(&mut record, &d, &response, self.env.now_ms());
+        let finished = self.env.now_ms();
+        if let (Some((settings, key)), Outcome::Succeeded(output)) = (cached, &outcome) {
+            self.cache
+                .put(&d.deployment.key, settings, key, output.clone(), finished);
+        }
+        apply_response(&mut record, &d, &response, finished);
         metrics(&d, InvocationMode::Sync, &response);
         // The disk may have filled while it ran: then the caller gets the
         // error, not a result whose record is lost. (The write is still
@@ -202,6 +225,29 @@ impl Dispatcher {
         self.persist(record, response.logs, None, Vec::new());
         writable?;
         Ok(Completed { id, outcome })
+    }
+
+    /// Answers a synchronous call from the result cache: a new invocation
+    /// whose record (succeeded, 0 attempts, no run time, nothing billed)
+    /// is written behind the answer like any other.
+    fn cache_hit(&self, d: &Deployed, event: String, output: String, now: u64) -> Completed {
+        metrics::counter!("shoal_cache_hits_total", "function" => d.record.name.to_string())
+            .increment(1);
+        let mut record = new_record(d, InvocationMode::Sync, event, now);
+        record.status = InvocationStatus::Succeeded;
+        record.max_attempts = 1;
+        record.started_at_ms = Some(now);
+        record.finished_at_ms = Some(now);
+        record.duration_ms = Some(0.0);
+        record.queued_ms = Some(0.0);
+        record.output = Some(output.clone());
+        record.cache_hit = true;
+        let id = record.id.clone();
+        self.persist(record, Vec::new(), None, Vec::new());
+        Completed {
+            id,
+            outcome: Outcome::Succeeded(output),
+        }
     }
 
     /// `StorageFull` while the store reports a full disk: a cheap flag.

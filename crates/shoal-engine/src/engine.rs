@@ -230,6 +230,7 @@ impl Handle {
     /// async invocations of it start a pool again if needed).
     async fn went_live(&self, now: &DeployedNow) -> Result<()> {
         let d = &now.current;
+        self.dispatcher.cache.forget(d.record.name.as_str());
         self.dispatcher.queues.ensure_for_subscriber(d).await?;
         // Not with secrets this node cannot read: other nodes take its work.
         if d.secrets_unreadable.is_none() {
@@ -407,6 +408,7 @@ impl Handle {
     /// invocations fail with `load_failed`.
     pub async fn remove_function(&self, name: &str) -> Result<()> {
         let removed = self.functions.remove(name).await?;
+        self.dispatcher.cache.forget(name);
         for d in &removed {
             self.env.runtime.retire(&d.deployment.key);
         }

@@ -1019,6 +1019,10 @@ impl Unpacked {
                 concurrency: s.concurrency,
             }),
             deployed_by: None,
+            cache: m.cache.map(|c| shoal_store::CacheSettings {
+                ttl_ms: c.ttl.as_millis() as u64,
+                max_bytes: u64::from(c.max_mb) << 20,
+            }),
         }
     }
 }

@@ -68,6 +68,7 @@ pub(crate) fn new_record(
         next_attempt_at_ms: None,
         job: None,
         handed_to: None,
+        cache_hit: false,
     }
 }
 

@@ -6,6 +6,7 @@
 //! services it is made of.
 
 mod auth;
+mod cache;
 mod categories;
 mod clock;
 mod cluster;

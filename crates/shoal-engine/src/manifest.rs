@@ -36,6 +36,17 @@ pub struct Manifest {
     pub env: std::collections::BTreeMap<String, String>,
     /// `secrets = ["NAME"]`: secrets it gets as environment variables.
     pub secrets: Vec<String>,
+    /// `[cache]`: answer identical synchronous events from a result cache.
+    pub cache: Option<Cache>,
+}
+
+/// `[cache]`: the result cache of synchronous invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cache {
+    /// How long a cached result is served (1s to 1d).
+    pub ttl: Duration,
+    /// The cache's size on a node, in MiB (1 to 1024).
+    pub max_mb: u32,
 }
 
 /// `[subscribe]`: run the function for messages of a queue.
@@ -183,7 +194,25 @@ impl Manifest {
         if secrets.len() > 64 {
             return Err("shoal.toml: a function may name at most 64 secrets".into());
         }
+        let cache = match raw.cache {
+            None => None,
+            Some(c) => {
+                let ttl = match c.ttl {
+                    None => Cache::DEFAULT_TTL,
+                    Some(v) => duration_field("[cache] ttl", &v)?,
+                };
+                if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(86_400) {
+                    return Err("shoal.toml: [cache] ttl must be between 1s and 24h".into());
+                }
+                let max_mb = c.max_mb.unwrap_or(Cache::DEFAULT_MAX_MB);
+                if !(1..=1024).contains(&max_mb) {
+                    return Err("shoal.toml: [cache] max_mb must be between 1 and 1024".into());
+                }
+                Some(Cache { ttl, max_mb })
+            }
+        };
         Ok(Manifest {
+            cache,
             secrets,
             env,
             network,
@@ -222,6 +251,19 @@ struct Raw {
     network: Option<String>,
     env: Option<std::collections::BTreeMap<String, String>>,
     secrets: Option<Vec<String>>,
+    cache: Option<RawCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl: Option<toml::Value>,
+    max_mb: Option<u32>,
+}
+
+impl Cache {
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_MB: u32 = 64;
 }
 
 #[derive(Deserialize)]
@@ -340,6 +382,39 @@ mod tests {
         assert_eq!(m.limits.timeout, Duration::from_secs(30));
         assert_eq!(m.limits.concurrency, 4);
         assert_eq!(m.retries, 2);
+    }
+
+    #[test]
+    fn cache_section() {
+        let m = Manifest::parse("name = \"a\"").unwrap();
+        assert_eq!(m.cache, None);
+        let m = Manifest::parse("name = \"a\"\n[cache]").unwrap();
+        assert_eq!(
+            m.cache,
+            Some(Cache {
+                ttl: Duration::from_secs(60),
+                max_mb: 64
+            })
+        );
+        let m = Manifest::parse("name = \"a\"\n[cache]\nttl = \"5m\"\nmax_mb = 1024").unwrap();
+        assert_eq!(
+            m.cache,
+            Some(Cache {
+                ttl: Duration::from_secs(300),
+                max_mb: 1024
+            })
+        );
+        for (text, needle) in [
+            ("ttl = \"500ms\"", "[cache] ttl must be between 1s and 24h"),
+            ("ttl = \"25h\"", "[cache] ttl must be between 1s and 24h"),
+            ("ttl = \"soon\"", "[cache] ttl must be a duration"),
+            ("max_mb = 0", "[cache] max_mb must be between 1 and 1024"),
+            ("max_mb = 1025", "[cache] max_mb must be between 1 and 1024"),
+            ("size = 3", "unknown field"),
+        ] {
+            let err = Manifest::parse(&format!("name = \"a\"\n[cache]\n{text}")).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -105,6 +105,18 @@ pub struct FunctionRecord {
     /// versions deployed before this was recorded.
     #[serde(default)]
     pub deployed_by: Option<DeployedBy>,
+    /// `[cache]` of `shoal.toml`: the result cache of synchronous calls.
+    #[serde(default)]
+    pub cache: Option<CacheSettings>,
+}
+
+/// A function's result cache (`[cache]` of `shoal.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSettings {
+    /// How long a result is served, in milliseconds.
+    pub ttl_ms: u64,
+    /// The most bytes of cached results on one node.
+    pub max_bytes: u64,
 }
 
 /// The token that deployed a function version.
@@ -224,6 +236,10 @@ pub struct InvocationRecord {
     /// instead, so a parent's fan-in waits for the whole tree.
     #[serde(default)]
     pub handed_to: Option<String>,
+    /// Answered from the function's result cache (`[cache]`) without
+    /// running it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// Child `index` of job `job`.

@@ -191,6 +191,10 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
             token_id: "tok-1".to_string(),
             token_name: "ci".to_string(),
         }),
+        cache: Some(crate::CacheSettings {
+            ttl_ms: 60_000,
+            max_bytes: 64 << 20,
+        }),
     }
 }
 
@@ -217,6 +221,7 @@ pub fn sample_invocation(id: &str, function: &str) -> InvocationRecord {
         next_attempt_at_ms: None,
         job: None,
         handed_to: None,
+        cache_hit: false,
     }
 }
 

@@ -271,6 +271,10 @@ pub struct InvocationView {
     /// The job it created with `ctx.map` and handed its slot to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handed_to: Option<String>,
+    /// Answered from the function's result cache (`[cache]`) without
+    /// running it.
+    #[serde(default)]
+    pub cache_hit: bool,
 }
 
 /// Child `index` of job `job`.

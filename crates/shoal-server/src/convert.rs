@@ -88,6 +88,7 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
             index: s.index,
         }),
         handed_to: r.handed_to.clone(),
+        cache_hit: r.cache_hit,
     }
 }
 

@@ -460,6 +460,9 @@ pub async fn run(args: Args) -> Result<()> {
                 if let Some(t) = inv.next_attempt_at_ms {
                     s += &format!("next try:  {}\n", time(t));
                 }
+                if inv.cache_hit {
+                    s += "cache:     hit (answered without running)\n";
+                }
                 s += &format!("billed:    {:.6} GB-s\n", inv.billed_gb_seconds);
                 if let Some(o) = &inv.output {
                     s += &format!("output:    {o}\n");

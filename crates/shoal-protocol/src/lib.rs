@@ -272,8 +272,9 @@ pub struct InvocationView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handed_to: Option<String>,
     /// Answered from the function's result cache (`[cache]`) without
-    /// running it.
-    #[serde(default)]
+    /// running it; absent (false) otherwise, so answers about other
+    /// invocations are as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
 }
 

@@ -204,6 +204,21 @@ local function enqueue(w, queue, a, i)
   redis.call('HINCRBY', p .. 'counters', 'sent', 1)
   return nil
 end
+-- Removes the messages whose ids are a[first..] from queue prefix p,
+-- counting them as acked; returns how many there were.
+local function q_ack(p, a, first)
+  local n = 0
+  for j = first, #a do
+    local mk = p .. 'm:' .. a[j]
+    if redis.call('EXISTS', mk) == 1 then
+      q_unqueue(p, mk, a[j])
+      redis.call('DEL', mk)
+      n = n + 1
+    end
+  end
+  if n > 0 then redis.call('HINCRBY', p .. 'counters', 'acked', n) end
+  return n
+end
 ";
 
 /// A queue script: the snippet, then `body` with its bounds filled in.
@@ -268,18 +283,7 @@ static PUT_AND_ACK: LazyLock<Lua> = LazyLock::new(|| {
 local nrec = tonumber(ARGV[2])
 local first = 3 + nrec * INVOCATION_ARGS
 for i = 3, first - 1, INVOCATION_ARGS do put_invocation(KEYS[1], ARGV, i) end
-local p = KEYS[1] .. 'q:' .. ARGV[1] .. ':'
-local n = 0
-for j = first, #ARGV do
-  local mk = p .. 'm:' .. ARGV[j]
-  if redis.call('EXISTS', mk) == 1 then
-    q_unqueue(p, mk, ARGV[j])
-    redis.call('DEL', mk)
-    n = n + 1
-  end
-end
-if n > 0 then redis.call('HINCRBY', p .. 'counters', 'acked', n) end
-return n
+return q_ack(KEYS[1] .. 'q:' .. ARGV[1] .. ':', ARGV, first)
 ",
     )
 });
@@ -432,18 +436,7 @@ return 1
 static ACK: LazyLock<Lua> = LazyLock::new(|| {
     script(
         r"
-local p = KEYS[1] .. 'q:' .. ARGV[1] .. ':'
-local n = 0
-for j = 2, #ARGV do
-  local mk = p .. 'm:' .. ARGV[j]
-  if redis.call('EXISTS', mk) == 1 then
-    q_unqueue(p, mk, ARGV[j])
-    redis.call('DEL', mk)
-    n = n + 1
-  end
-end
-if n > 0 then redis.call('HINCRBY', p .. 'counters', 'acked', n) end
-return n
+return q_ack(KEYS[1] .. 'q:' .. ARGV[1] .. ':', ARGV, 2)
 ",
     )
 });

@@ -1198,22 +1198,8 @@ async fn sync_run(
     for (k, mut conn) in cs {
         let path = path.clone();
         set.spawn(async move {
-            let (mut ok, mut errors, mut first) = (0u64, 0u64, None);
-            while Instant::now() < until {
-                let r = conn.invoke_ok(&path, EVENT.as_bytes()).await.map(|_| ());
-                let done = Instant::now();
-                let counted = done >= from && done < until;
-                match r {
-                    Ok(()) => ok += u64::from(counted),
-                    Err(e) => {
-                        errors += u64::from(counted);
-                        first.get_or_insert_with(|| format!("{e:#}"));
-                        if conn.is_closed() {
-                            break;
-                        }
-                    }
-                }
-            }
+            let (ok, errors, first) =
+                crate::invoke::call_until(&mut conn, &path, from, until).await;
             (k, ok, errors, first)
         });
     }

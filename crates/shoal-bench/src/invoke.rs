@@ -144,25 +144,7 @@ async fn window(ctx: &Ctx, conns: usize, warm: Duration, window: Duration) -> Re
     let mut set = JoinSet::new();
     for mut conn in clients {
         let path = path.clone();
-        set.spawn(async move {
-            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
-            while Instant::now() < until {
-                let r = conn.invoke_ok(&path, EVENT.as_bytes()).await.map(|_| ());
-                let done = Instant::now();
-                let counted = done >= from && done < until;
-                match r {
-                    Ok(()) => ok += u64::from(counted),
-                    Err(e) => {
-                        errors += u64::from(counted);
-                        first_error.get_or_insert_with(|| format!("{e:#}"));
-                        if conn.is_closed() {
-                            break;
-                        }
-                    }
-                }
-            }
-            (ok, errors, first_error)
-        });
+        set.spawn(async move { call_until(&mut conn, &path, from, until).await });
     }
     tokio::time::sleep_until(from.into()).await;
     let cpu0 = ctx.cpu();
@@ -187,6 +169,34 @@ async fn window(ctx: &Ctx, conns: usize, warm: Duration, window: Duration) -> Re
         errors,
         cpu,
     })
+}
+
+/// Sync calls on one connection, back to back, until `until`; counts the
+/// answers that arrive in `[from, until)`: (succeeded, failed, the first
+/// failure). Stops early when the connection closes.
+pub(crate) async fn call_until(
+    conn: &mut crate::http::Conn,
+    path: &str,
+    from: Instant,
+    until: Instant,
+) -> (u64, u64, Option<String>) {
+    let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+    while Instant::now() < until {
+        let r = conn.invoke_ok(path, EVENT.as_bytes()).await.map(|_| ());
+        let done = Instant::now();
+        let counted = done >= from && done < until;
+        match r {
+            Ok(()) => ok += u64::from(counted),
+            Err(e) => {
+                errors += u64::from(counted);
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+                if conn.is_closed() {
+                    break;
+                }
+            }
+        }
+    }
+    (ok, errors, first_error)
 }
 
 fn throughput_section(runs: &[Throughput], failure: Option<String>) -> Section {

@@ -141,9 +141,10 @@ fn the_pipeline_fetches_everything_within_the_vendors_limit() {
     assert!(s["vendor"]["transient"].as_u64().unwrap() >= 5, "{s:#}");
 }
 
-#[test]
-fn the_pipeline_completes_after_kill_9_of_the_node() {
-    let mut node = TestNode::start();
+/// Sets the pipeline up and starts it through `node` against a vendor of
+/// its own; returns once the vendor has served 40 items (some stored, most
+/// not: the middle of the run), with the vendor and the job's id.
+fn start_midway(node: &TestNode) -> (Vendor, String) {
     let vendor = Vendor::start(&[
         "--limit",
         "25",
@@ -163,12 +164,19 @@ fn the_pipeline_completes_after_kill_9_of_the_node() {
     let out = pipeline(&node, &["start", "--vendor", &vendor.url]);
     assert!(out.status.success(), "{out:?}");
     let job = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    // Kill the node in the middle: some items stored, most not.
     let deadline = Instant::now() + Duration::from_secs(60);
     while vendor.stats()["ok"].as_u64().unwrap() < 40 {
         assert!(Instant::now() < deadline, "the pipeline does not advance");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (vendor, job)
+}
+
+#[test]
+fn the_pipeline_completes_after_kill_9_of_the_node() {
+    let mut node = TestNode::start();
+    let (vendor, job) = start_midway(&node);
+    // Kill the node in the middle.
     node.kill9_and_restart();
     let s = summary(&pipeline(
         &node,
@@ -187,30 +195,7 @@ async fn the_pipeline_completes_on_three_nodes_after_kill_9_of_one() {
     let redis = shoal_store_redis::testing::RedisServer::start(&["--appendfsync", "always"]);
     let args = ["--store", &redis.url(), "--lease-margin", "2s"];
     let mut nodes: Vec<TestNode> = (0..3).map(|_| TestNode::start_with(&args)).collect();
-    let vendor = Vendor::start(&[
-        "--limit",
-        "25",
-        "--troops",
-        "4",
-        "--warriors",
-        "4",
-        "--groups",
-        "8",
-        "--fail-rate",
-        "0.03",
-        "--broken-every",
-        "10",
-    ]);
-    let out = pipeline(&nodes[0], &["setup", "--rate", "22"]);
-    assert!(out.status.success(), "{out:?}");
-    let out = pipeline(&nodes[0], &["start", "--vendor", &vendor.url]);
-    assert!(out.status.success(), "{out:?}");
-    let job = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while vendor.stats()["ok"].as_u64().unwrap() < 40 {
-        assert!(Instant::now() < deadline, "the pipeline does not advance");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (vendor, job) = start_midway(&nodes[0]);
     nodes[0].kill9();
     let s = summary(&pipeline(
         &nodes[1],

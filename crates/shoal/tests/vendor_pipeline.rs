@@ -159,9 +159,9 @@ fn start_midway(node: &TestNode) -> (Vendor, String) {
         "--broken-every",
         "10",
     ]);
-    let out = pipeline(&node, &["setup", "--rate", "22"]);
+    let out = pipeline(node, &["setup", "--rate", "22"]);
     assert!(out.status.success(), "{out:?}");
-    let out = pipeline(&node, &["start", "--vendor", &vendor.url]);
+    let out = pipeline(node, &["start", "--vendor", &vendor.url]);
     assert!(out.status.success(), "{out:?}");
     let job = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -48,6 +48,7 @@
 //! | `sub_jobs` | (parent job id, job id) | (), the job tree |
 //! | `kv`, `kv_expiry` | key; (expires_at_ms, key) | key-value entries and their expiry index (see `kv`; added without a layout change: created when missing) |
 
+mod blobs;
 mod codec;
 mod docs;
 mod invocations;

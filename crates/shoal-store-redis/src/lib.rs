@@ -26,6 +26,7 @@ mod catalog;
 mod conn;
 
 pub use conn::ConnectError;
+mod blobs;
 mod docs;
 mod invocations;
 mod jobs;

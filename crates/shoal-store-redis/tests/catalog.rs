@@ -29,7 +29,8 @@ async fn backend(server: &RedisServer) -> Backend {
         queues: memory.clone(),
         docs: memory.clone(),
         jobs: memory.clone(),
-        kv: memory,
+        kv: memory.clone(),
+        blobs: memory,
     }
 }
 

@@ -23,7 +23,8 @@ async fn backend(server: &RedisServer) -> Backend {
         queues: memory.clone(),
         docs: store,
         jobs: memory.clone(),
-        kv: memory,
+        kv: memory.clone(),
+        blobs: memory,
     }
 }
 

@@ -24,7 +24,8 @@ async fn backend(server: &RedisServer) -> Backend {
         queues: store.clone(),
         docs: Arc::new(MemoryStore::new()),
         jobs: store.clone(),
-        kv: store,
+        kv: store.clone(),
+        blobs: store,
     }
 }
 

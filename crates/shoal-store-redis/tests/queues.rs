@@ -25,7 +25,8 @@ async fn backend(server: &RedisServer) -> Backend {
         queues: store,
         docs: memory.clone(),
         jobs: memory.clone(),
-        kv: memory,
+        kv: memory.clone(),
+        blobs: memory,
     }
 }
 

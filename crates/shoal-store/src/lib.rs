@@ -10,6 +10,7 @@
 //! versioned encoding. Times are milliseconds since the Unix epoch, given by
 //! the caller (the engine owns the clock).
 
+pub mod blobs;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(feature = "memory")]
@@ -17,6 +18,10 @@ pub mod memory;
 
 use std::sync::Arc;
 
+pub use blobs::{
+    Applied, BitType, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobStream, BlobUpload,
+    Blobs, Created, FilePiece, Overflow,
+};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use shoal_types::{FailureKind, FunctionName, InvocationMode, InvocationStatus, Role};
@@ -1187,6 +1192,7 @@ pub struct Backend {
     pub docs: Arc<dyn Docs>,
     pub jobs: Arc<dyn Jobs>,
     pub kv: Arc<dyn Kv>,
+    pub blobs: Arc<dyn Blobs>,
 }
 
 impl Backend {
@@ -1247,7 +1253,7 @@ impl Backend {
     }
 
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv>(
+    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs>(
         adapter: Arc<A>,
     ) -> Backend {
         Backend {
@@ -1256,7 +1262,8 @@ impl Backend {
             queues: adapter.clone(),
             docs: adapter.clone(),
             jobs: adapter.clone(),
-            kv: adapter,
+            kv: adapter.clone(),
+            blobs: adapter,
         }
     }
 }

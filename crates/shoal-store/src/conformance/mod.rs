@@ -2,7 +2,7 @@
 //!
 //! A behaviour not checked here is not part of the storage contract. Each
 //! case is a `pub async fn(&Backend)` in an area module (`catalog`,
-//! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`, `kv`):
+//! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`, `kv`, `blobs`):
 //! plain async code with `assert!`s that runs under any executor. Adapters
 //! run it with [`conformance_suite!`](crate::conformance_suite), one test per
 //! case. The suite never sleeps: the store takes times from its callers, so
@@ -11,6 +11,7 @@
 //! backend (a Redis used by other tests) and run several times against one
 //! store (see `run_all`).
 
+pub mod blobs;
 pub mod catalog;
 pub mod docs;
 pub mod invocation_lists;
@@ -130,6 +131,13 @@ macro_rules! __conformance_cases {
             kv::kv_versions_never_reused
             kv::kv_list
             kv::kv_sweep
+            blobs::blob_upload_and_read
+            blobs::blob_ranges_across_chunks
+            blobs::blob_dropped_upload_leaves_nothing
+            blobs::blob_replace_and_delete
+            blobs::blob_list
+            blobs::blob_fixed_operations
+            blobs::blob_fixed_batches_are_all_or_nothing
         ] }
     };
 }

@@ -9,8 +9,9 @@
 //! This is the reference semantics of the ports, written to be read (plain
 //! maps, scans where a real store keeps indexes), and the store of fast
 //! engine tests. One module per port: `catalog`, `invocations`, `queues`,
-//! `docs`, `jobs`, `kv`.
+//! `docs`, `jobs`, `kv`, `blobs`.
 
+mod blobs;
 mod catalog;
 mod docs;
 mod invocations;
@@ -18,7 +19,7 @@ mod jobs;
 mod kv;
 mod queues;
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{Pending, Result};
 
@@ -26,7 +27,7 @@ use crate::{Pending, Result};
 /// `Backend::from_adapter(Arc::new(MemoryStore::new()))`.
 #[derive(Default)]
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 /// Everything the store holds. Operations that span ports (a job's
@@ -39,6 +40,7 @@ struct State {
     docs: docs::DocState,
     jobs: jobs::JobState,
     kv: kv::KvState,
+    blobs: blobs::BlobState,
 }
 
 impl MemoryStore {

@@ -31,6 +31,7 @@ use shoal_store::{
 use shoal_types::Role;
 
 use crate::auth::{Token, Tokens};
+use crate::blobs::{BatchResult, Blobs};
 use crate::categories::{Categories, Category, CategoryOptions, NewDoc, RunningQuery};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, NodeView};
@@ -57,6 +58,7 @@ pub struct Handle {
     tokens: Arc<Tokens>,
     secrets: Arc<Secrets>,
     kv: Arc<Kv>,
+    blobs: Arc<Blobs>,
 }
 
 /// What the engine is built from. The binary passes the real store and
@@ -144,6 +146,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         secrets,
         tokens: Arc::new(Tokens::new(env.clone())),
         kv: Arc::new(Kv::new(env.clone())),
+        blobs: Arc::new(Blobs::new(env.clone())),
         env,
         functions,
         limiters,
@@ -170,6 +173,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     handle.env.tasks.spawn(queues.sample_loop());
     crate::retention::start(handle.env.clone());
     Kv::start_sweep(handle.env.clone());
+    Blobs::start_sweep(handle.env.clone());
     Ok(handle)
 }
 
@@ -694,6 +698,73 @@ impl Handle {
         limit: usize,
     ) -> Result<shoal_store::KvPage> {
         self.kv.list(prefix, cursor, limit).await
+    }
+
+    // ---- blobs ----
+
+    /// Streams `body` into the blob `key`, replacing it whole once the
+    /// body has ended; a body that fails midway stores nothing.
+    pub async fn blob_upload<S, E>(
+        &self,
+        key: &str,
+        content_type: Option<String>,
+        body: S,
+    ) -> Result<shoal_store::BlobMeta>
+    where
+        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.blobs.upload(key, content_type, body).await
+    }
+
+    /// A blob's metadata.
+    pub async fn blob_meta(&self, key: &str) -> Result<shoal_store::BlobMeta> {
+        self.blobs.meta(key).await
+    }
+
+    /// `len` bytes of a blob from `offset` (clamped to its end), with the
+    /// metadata of that same content.
+    pub async fn blob_read(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<shoal_store::BlobRead> {
+        self.blobs.read(key, offset, len).await
+    }
+
+    /// Deletes a blob.
+    pub async fn blob_delete(&self, key: &str) -> Result<()> {
+        self.blobs.delete(key).await
+    }
+
+    /// A page of blobs whose key starts with `prefix`.
+    pub async fn blob_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<shoal_store::BlobPage> {
+        self.blobs.list(prefix, cursor, limit).await
+    }
+
+    /// Creates a zero-filled fixed-size blob (see [`Blobs::create_fixed`]).
+    pub async fn blob_create_fixed(
+        &self,
+        key: &str,
+        size: u64,
+        replace: bool,
+    ) -> Result<std::result::Result<shoal_store::BlobMeta, shoal_store::BlobMeta>> {
+        self.blobs.create_fixed(key, size, replace).await
+    }
+
+    /// Applies a batch of bit and byte operations to a fixed-size blob.
+    pub async fn blob_apply(
+        &self,
+        key: &str,
+        ops: Vec<shoal_store::BlobOp>,
+    ) -> Result<BatchResult> {
+        self.blobs.apply(key, ops).await
     }
 
     // ---- limiters ----

@@ -25,6 +25,7 @@ pub enum Entity {
     Secret,
     /// A key of the key-value store.
     Key,
+    Blob,
 }
 
 impl Entity {
@@ -40,6 +41,7 @@ impl Entity {
             Entity::Job => "job",
             Entity::Secret => "secret",
             Entity::Key => "key",
+            Entity::Blob => "blob",
         }
     }
 }
@@ -80,6 +82,9 @@ pub enum Conflict {
     /// `incr` of a key whose value is not an integer, or whose sum would
     /// not fit in a 64-bit integer.
     NotAnInteger,
+    /// A bit or byte operation on a blob that was uploaded (operations
+    /// apply to blobs created with a fixed size).
+    NotFixedSize,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

@@ -6,6 +6,7 @@
 //! services it is made of.
 
 mod auth;
+mod blobs;
 mod cache;
 mod categories;
 mod clock;
@@ -30,6 +31,7 @@ mod retention;
 mod secrets;
 
 pub use auth::{SECRET_PREFIX, Token, mint as mint_token};
+pub use blobs::{BatchResult, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST, MAX_BLOB_OPS};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use cluster::NodeView;

@@ -58,6 +58,16 @@ pub enum ErrorCode {
     /// `incr` of a key whose value is not an integer (or whose sum would
     /// not fit in 64 bits).
     NotAnInteger,
+    /// No blob under that key.
+    BlobNotFound,
+    /// A bit or byte operation on an uploaded blob: operations apply to
+    /// blobs created with a fixed size.
+    NotFixedSize,
+    /// The `Range` asked for starts past the blob's end.
+    RangeNotSatisfiable,
+    /// A conditional request's precondition (`If-Match`, `If-None-Match: *`)
+    /// does not hold.
+    PreconditionFailed,
     /// The limiter is still used by functions.
     LimiterInUse,
     /// The secret is still named by functions.
@@ -884,6 +894,86 @@ pub struct KvList {
     pub entries: Vec<KvEntryView>,
     /// Pass as `cursor` for the next page; `null` at the end.
     pub next: Option<String>,
+}
+
+/// A blob's metadata (`PUT`/`GET /v1/blobs/{key}`, listings). The same
+/// fields come as headers on `GET`/`HEAD` (`ETag`, `Content-Length`,
+/// `Content-Type`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BlobView {
+    pub key: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of an uploaded blob; absent for a fixed-size
+    /// blob (its bytes change in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The entity tag (unquoted): the SHA-256 of an uploaded blob,
+    /// `v<version>` of a fixed-size one.
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Grows with every write of any blob; each content has its own.
+    pub version: u64,
+    /// Created with a fixed size: bit and byte operations apply to it.
+    pub fixed_size: bool,
+    pub created_at_ms: u64,
+}
+
+/// A page of `GET /v1/blobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BlobList {
+    /// Blobs in key order.
+    pub blobs: Vec<BlobView>,
+    /// Pass as `cursor` for the next page; `null` at the end.
+    pub next: Option<String>,
+}
+
+/// One operation of `POST /v1/blobs/{key}/bitfield`, like one of Redis
+/// `BITFIELD`: `{"op": "set", "type": "u4", "offset": "#12", "value": 7}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BitfieldOp {
+    /// `get`, `set`, `incrby` or `write_at`.
+    pub op: String,
+    /// `u1`..`u32` or `i1`..`i32` (not for `write_at`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// A bit offset (a number), or `"#N"`: the N-th field of this type's
+    /// width (`"#12"` of `u4` is bit 48). For `write_at`: a byte offset.
+    #[schema(value_type = Object)]
+    pub offset: Value,
+    /// `set`: the value to store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+    /// `incrby`: what to add (may be negative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<i64>,
+    /// `set`/`incrby`: `wrap` (default), `sat` or `fail` (leave the field
+    /// and answer `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<String>,
+    /// `write_at`: the bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+/// `POST /v1/blobs/{key}/bitfield`: a batch applied all or nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BitfieldRequest {
+    pub ops: Vec<BitfieldOp>,
+}
+
+/// The answer of a bitfield batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BitfieldResponse {
+    /// One per operation: `get` the value, `set` the old value, `incrby`
+    /// the new value; `null` for `write_at` and for an operation stopped
+    /// by `overflow: fail`.
+    pub results: Vec<Option<i64>>,
+    /// The blob's version and entity tag after the batch.
+    pub version: u64,
+    pub etag: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -63,6 +63,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Job => ErrorCode::JobNotFound,
                 Entity::Secret => ErrorCode::SecretNotFound,
                 Entity::Key => ErrorCode::KeyNotFound,
+                Entity::Blob => ErrorCode::BlobNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {
@@ -81,6 +82,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::LastAdminToken => ErrorCode::LastAdminToken,
                 Conflict::KeyVersion => ErrorCode::KeyConflict,
                 Conflict::NotAnInteger => ErrorCode::NotAnInteger,
+                Conflict::NotFixedSize => ErrorCode::NotFixedSize,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

@@ -157,6 +157,14 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
             routes::kv::remove
         ))
         .routes(routes!(routes::kv::incr))
+        .routes(routes!(routes::blobs::list))
+        .routes(routes!(
+            routes::blobs::put,
+            routes::blobs::get,
+            routes::blobs::head,
+            routes::blobs::remove
+        ))
+        .routes(routes!(routes::blobs::bitfield))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub(crate) mod blobs;
 pub(crate) mod categories;
 pub(crate) mod functions;
 pub(crate) mod health;

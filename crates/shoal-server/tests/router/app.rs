@@ -60,6 +60,8 @@ pub struct Reply {
     pub headers: axum::http::HeaderMap,
     pub content_type: String,
     pub text: String,
+    /// The body as it came.
+    pub bytes: Vec<u8>,
 }
 
 impl Reply {
@@ -228,6 +230,19 @@ impl App {
         ct: Option<&str>,
         body: Vec<u8>,
     ) -> Reply {
+        let headers: Vec<(&str, &str)> = ct.map(|ct| ("content-type", ct)).into_iter().collect();
+        self.call_with(caller, method, path, &headers, body).await
+    }
+
+    /// A request with any headers.
+    pub async fn call_with(
+        &self,
+        caller: Caller,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let mut req = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).expect("method"))
             .uri(path);
@@ -242,8 +257,8 @@ impl App {
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }
-        if let Some(ct) = ct {
-            req = req.header(header::CONTENT_TYPE, ct);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req.body(Body::from(body)).expect("request");
         let resp = self.router.clone().oneshot(req).await.expect("infallible");
@@ -263,6 +278,7 @@ impl App {
             headers,
             content_type,
             text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes: bytes.to_vec(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! row per case.
 
 mod app;
+mod blobs;
 mod edge;
 mod errors;
 mod invocation_lists;

@@ -28,6 +28,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Job => ErrorCode::JobNotFound,
                 Entity::Secret => ErrorCode::SecretNotFound,
                 Entity::Key => ErrorCode::KeyNotFound,
+                Entity::Blob => ErrorCode::BlobNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -45,6 +46,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::LastAdminToken => ErrorCode::LastAdminToken,
                 Conflict::KeyVersion => ErrorCode::KeyConflict,
                 Conflict::NotAnInteger => ErrorCode::NotAnInteger,
+                Conflict::NotFixedSize => ErrorCode::NotFixedSize,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -55,7 +57,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
     }
 }
 
-const ENTITIES: [Entity; 10] = [
+const ENTITIES: [Entity; 11] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -66,9 +68,10 @@ const ENTITIES: [Entity; 10] = [
     Entity::Job,
     Entity::Secret,
     Entity::Key,
+    Entity::Blob,
 ];
 
-const CONFLICTS: [Conflict; 8] = [
+const CONFLICTS: [Conflict; 9] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
@@ -77,6 +80,7 @@ const CONFLICTS: [Conflict; 8] = [
     Conflict::LastAdminToken,
     Conflict::KeyVersion,
     Conflict::NotAnInteger,
+    Conflict::NotFixedSize,
 ];
 
 /// One error of every kind the engine can return.

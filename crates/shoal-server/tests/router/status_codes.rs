@@ -127,8 +127,9 @@ async fn every_engine_error_has_its_status_and_code() {
     let errors = every_error();
     // + 2: the secret entity and the secret-in-use conflict; + 2: the
     // force-required and last-admin-token conflicts; + 3: the key entity
-    // and the key-version and not-an-integer conflicts.
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2 + 3);
+    // and the key-version and not-an-integer conflicts; + 2: the blob
+    // entity and the not-fixed-size conflict.
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2 + 3 + 2);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

@@ -1,45 +1,943 @@
-//! Blobs: not implemented on this store yet (being written); every call
-//! answers `Unavailable`.
+//! Blobs (`shoal_store::Blobs`): uploaded blobs in files next to the redb
+//! file (see `files`), fixed-size blobs in redb pages; the metadata of
+//! both in redb, written through the writer thread (group commit).
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `blobs` | key | `[1] ++ u8 kind ++ u64 LE size ++ u64 LE version ++ u64 LE created_at_ms ++` (kind 0, uploaded: `[u8; 32] sha256 ++ u8 id length ++ content id`; kind 1, fixed-size: `u64 LE pages id`) `++ u8 has content type ++ content type` |
+//! | `blob_contents` | content id | key: the content files metadata references (what the sweep keeps) |
+//! | `blob_pages` | (pages id, page index) | the page's bytes (4 KiB; the last page of a blob may be shorter); an absent page is zeros |
+//! | `meta` | `"blob_version"` | u64, the last version given out (store-wide) |
+//!
+//! The tables are created when missing at open (like `kv`): no layout change.
+//!
+//! An upload writes `blobs/tmp/<id>` as bytes arrive, hashing them; its
+//! commit fsyncs the file, renames it to `blobs/<2 hex>/<id>`, fsyncs that
+//! directory, *then* commits the metadata (durable when it resolves), then
+//! unlinks the file of the content it replaced. A kill between the rename
+//! and the metadata commit leaves a file nothing references: `blob_sweep`
+//! (and every open) removes it.
+//!
+//! A fixed-size blob's operation batch is one writer operation: it reads
+//! the pages the batch touches, validates and applies the batch, writes the
+//! changed pages and the new version, in the batch's transaction (atomic,
+//! and durable with the group's one fsync). Its pages id is the version it
+//! was created with; replacing or deleting it deletes its pages in the same
+//! transaction.
+//!
+//! A read of an uploaded blob opens the content file when called, so a
+//! replace or delete after that keeps serving the old content through the
+//! open file; a read of a fixed-size blob reads pages lazily from one read
+//! transaction (a snapshot: it never mixes two versions).
 
-use shoal_store::{
-    Applied, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobUpload, Blobs, Created, Error,
-    Pending,
+mod files;
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use redb::{
+    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
 };
+use shoal_store::blobs::{ByteWindow, apply_ops, validate_ops};
+use shoal_store::{
+    Applied, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobStream, BlobUpload, Blobs,
+    Created, Error, FilePiece, Pending, Result,
+};
+use tokio::sync::oneshot;
 
-use crate::RedbStore;
+use crate::codec::FORMAT_V1;
+use crate::writer::{self, Command, Effect, Msg, Reply, Tables, Value, ok};
+use crate::{RedbStore, Shared, unavailable};
 
-fn missing<T: Send + 'static>() -> Pending<T> {
-    Box::pin(std::future::ready(Err(Error::Unavailable(
-        "blobs are not implemented on this store yet".into(),
-    ))))
+pub(crate) use files::Files;
+use files::{Live, Sink};
+
+pub(crate) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+pub(crate) const BLOB_CONTENTS: TableDefinition<&str, &str> = TableDefinition::new("blob_contents");
+pub(crate) const BLOB_PAGES: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("blob_pages");
+
+/// The `meta` key of the version counter.
+const VERSION: &str = "blob_version";
+
+/// Bytes of a fixed-size blob per row of `blob_pages`.
+const PAGE: u64 = 4096;
+
+/// Bytes a read of a fixed-size blob hands out at a time.
+const PAGES_PIECE: u64 = 64 << 10;
+
+/// An upload buffers up to this much before writing it to its file.
+const UPLOAD_BUFFER: usize = 256 << 10;
+
+/// How often a read retries when the content file it found was replaced
+/// and removed before it could open it.
+const OPEN_ATTEMPTS: usize = 4;
+
+const KIND_FILE: u8 = 0;
+const KIND_PAGES: u8 = 1;
+
+/// A stored blob: its metadata and where its bytes are.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    size: u64,
+    version: u64,
+    created_at_ms: u64,
+    content_type: Option<String>,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// An uploaded blob: its content file and hash.
+    File { id: String, sha256: [u8; 32] },
+    /// A fixed-size blob: the first key part of its pages.
+    Pages(u64),
+}
+
+impl Stored {
+    fn meta(&self, key: &str) -> BlobMeta {
+        let (sha256, mutable) = match &self.body {
+            Body::File { sha256, .. } => (Some(hex::encode(sha256)), false),
+            Body::Pages(_) => (None, true),
+        };
+        BlobMeta {
+            key: key.to_string(),
+            size: self.size,
+            sha256,
+            content_type: self.content_type.clone(),
+            version: self.version,
+            mutable,
+            created_at_ms: self.created_at_ms,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.push(FORMAT_V1);
+        out.push(match self.body {
+            Body::File { .. } => KIND_FILE,
+            Body::Pages(_) => KIND_PAGES,
+        });
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.created_at_ms.to_le_bytes());
+        match &self.body {
+            Body::File { id, sha256 } => {
+                out.extend_from_slice(sha256);
+                out.push(id.len() as u8);
+                out.extend_from_slice(id.as_bytes());
+            }
+            Body::Pages(id) => out.extend_from_slice(&id.to_le_bytes()),
+        }
+        match &self.content_type {
+            None => out.push(0),
+            Some(ct) => {
+                out.push(1);
+                out.extend_from_slice(ct.as_bytes());
+            }
+        }
+        out
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Stored> {
+        let corrupt = |why: &str| Error::Corrupt(format!("blob {key:?}: {why}"));
+        let mut r = Reader(bytes);
+        let truncated = || corrupt("truncated");
+        let format = r.u8().ok_or_else(truncated)?;
+        if format != FORMAT_V1 {
+            return Err(corrupt(&format!("unknown format {format}")));
+        }
+        let kind = r.u8().ok_or_else(truncated)?;
+        let size = r.u64().ok_or_else(truncated)?;
+        let version = r.u64().ok_or_else(truncated)?;
+        let created_at_ms = r.u64().ok_or_else(truncated)?;
+        let body = match kind {
+            KIND_FILE => {
+                let sha: [u8; 32] = r
+                    .take(32)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(truncated)?;
+                let len = r.u8().ok_or_else(truncated)?;
+                let id = r.take(usize::from(len)).ok_or_else(truncated)?;
+                let id = std::str::from_utf8(id).map_err(|_| corrupt("content id"))?;
+                if id.len() < 2 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(corrupt("content id"));
+                }
+                Body::File {
+                    id: id.to_string(),
+                    sha256: sha,
+                }
+            }
+            KIND_PAGES => Body::Pages(r.u64().ok_or_else(truncated)?),
+            other => return Err(corrupt(&format!("unknown kind {other}"))),
+        };
+        let content_type = match r.u8().ok_or_else(truncated)? {
+            0 => None,
+            _ => Some(
+                String::from_utf8(r.0.to_vec())
+                    .map_err(|_| corrupt("content type is not UTF-8"))?,
+            ),
+        };
+        Ok(Stored {
+            size,
+            version,
+            created_at_ms,
+            content_type,
+            body,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+}
+
+/// Creates the tables (at open, when missing).
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(BLOBS).map_err(unavailable)?;
+    txn.open_table(BLOB_CONTENTS).map_err(unavailable)?;
+    txn.open_table(BLOB_PAGES).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Which of the content ids metadata references, in one read transaction.
+pub(crate) fn referenced(txn: &ReadTransaction, ids: &[String]) -> Result<Vec<bool>> {
+    let table = txn.open_table(BLOB_CONTENTS).map_err(unavailable)?;
+    ids.iter()
+        .map(|id| Ok(table.get(id.as_str()).map_err(unavailable)?.is_some()))
+        .collect()
+}
+
+/// The blob tables, opened by the first blob write of a batch.
+pub(crate) struct BlobTables<'txn> {
+    blobs: Table<'txn, &'static str, &'static [u8]>,
+    contents: Table<'txn, &'static str, &'static str>,
+    pages: Table<'txn, (u64, u64), &'static [u8]>,
+}
+
+impl<'txn> BlobTables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::TableError> {
+        Ok(BlobTables {
+            blobs: txn.open_table(BLOBS)?,
+            contents: txn.open_table(BLOB_CONTENTS)?,
+            pages: txn.open_table(BLOB_PAGES)?,
+        })
+    }
+}
+
+/// A blob write, done by the writer thread.
+pub(crate) enum BlobCmd {
+    /// An upload's content file is in place: make it the key's content.
+    Commit {
+        key: String,
+        size: u64,
+        sha256: [u8; 32],
+        id: String,
+        content_type: Option<String>,
+        now_ms: u64,
+    },
+    Delete(String),
+    CreateFixed {
+        key: String,
+        size: u64,
+        replace: bool,
+        now_ms: u64,
+    },
+    Apply {
+        key: String,
+        ops: Vec<BlobOp>,
+    },
+}
+
+impl BlobCmd {
+    /// About how many bytes it writes.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            BlobCmd::Apply { ops, .. } => ops
+                .iter()
+                .map(|op| {
+                    let (start, end) = op.byte_span();
+                    // Every page it touches is written back.
+                    64 + (end.saturating_sub(start) as usize).min(1 << 30) + PAGE as usize
+                })
+                .sum(),
+            _ => 64,
+        }
+    }
+}
+
+/// What a blob write answers; `old` is the content file the write
+/// replaced or deleted, for the caller to unlink.
+pub(crate) enum BlobDone {
+    Committed {
+        meta: BlobMeta,
+        old: Option<String>,
+    },
+    Deleted {
+        existed: bool,
+        old: Option<String>,
+    },
+    Created {
+        created: Created,
+        old: Option<String>,
+    },
+    Applied(Applied),
+}
+
+/// Where a blob write's answer goes (`Reply::Blob`), holding the content
+/// id of a commit live until the commit has resolved (see `files`).
+pub(crate) struct BlobReply {
+    tx: oneshot::Sender<Result<BlobDone>>,
+    _hold: Option<Live>,
+}
+
+impl BlobReply {
+    pub(crate) fn send(self, outcome: Result<BlobDone>) {
+        // A caller that dropped its future does not want the answer.
+        let _ = self.tx.send(outcome);
+    }
+}
+
+type Storage<T> = std::result::Result<T, redb::Error>;
+
+/// The stored blob of `key`: `Err` inside when it does not decode.
+fn stored(t: &mut Tables<'_>, key: &str) -> Storage<Result<Option<Stored>>> {
+    let tables = t.blobs()?;
+    Ok(match tables.blobs.get(key)? {
+        None => Ok(None),
+        Some(v) => Stored::decode(key, v.value()).map(Some),
+    })
+}
+
+fn next_version(t: &mut Tables<'_>) -> Storage<u64> {
+    let version = t.meta.get(VERSION)?.map_or(0, |g| g.value()) + 1;
+    t.meta.insert(VERSION, version)?;
+    Ok(version)
+}
+
+/// Removes what an old content leaves in redb (its pages, or its file's
+/// reference); answers the file to unlink.
+fn release(t: &mut Tables<'_>, old: Option<Stored>) -> Storage<Option<String>> {
+    let tables = t.blobs()?;
+    Ok(match old.map(|o| o.body) {
+        None => None,
+        Some(Body::Pages(id)) => {
+            tables
+                .pages
+                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+            None
+        }
+        Some(Body::File { id, .. }) => {
+            tables.contents.remove(id.as_str())?;
+            Some(id)
+        }
+    })
+}
+
+fn put(t: &mut Tables<'_>, key: &str, s: &Stored) -> Storage<()> {
+    let tables = t.blobs()?;
+    tables.blobs.insert(key, s.encode().as_slice())?;
+    if let Body::File { id, .. } = &s.body {
+        tables.contents.insert(id.as_str(), key)?;
+    }
+    Ok(())
+}
+
+/// Applies a blob write inside the batch's transaction.
+pub(crate) fn apply(t: &mut Tables<'_>, cmd: BlobCmd) -> writer::Applied {
+    let done = match cmd {
+        BlobCmd::Commit {
+            key,
+            size,
+            sha256,
+            id,
+            content_type,
+            now_ms,
+        } => {
+            // A corrupt old entry is replaced all the same.
+            let old = stored(t, &key)?.ok().flatten();
+            let old = release(t, old)?;
+            let s = Stored {
+                size,
+                version: next_version(t)?,
+                created_at_ms: now_ms,
+                content_type,
+                body: Body::File { id, sha256 },
+            };
+            put(t, &key, &s)?;
+            BlobDone::Committed {
+                meta: s.meta(&key),
+                old,
+            }
+        }
+        BlobCmd::Delete(key) => {
+            let old = stored(t, &key)?.ok().flatten();
+            let existed = t.blobs()?.blobs.remove(key.as_str())?.is_some();
+            let old = release(t, old)?;
+            BlobDone::Deleted { existed, old }
+        }
+        BlobCmd::CreateFixed {
+            key,
+            size,
+            replace,
+            now_ms,
+        } => {
+            let old = match stored(t, &key)? {
+                Ok(old) => old,
+                Err(_) if replace => None,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let (false, Some(old)) = (replace, &old) {
+                let created = Created::Exists(old.meta(&key));
+                return ok(
+                    Value::Blob(BlobDone::Created { created, old: None }),
+                    Effect::None,
+                );
+            }
+            let old = release(t, old)?;
+            let version = next_version(t)?;
+            let s = Stored {
+                size,
+                version,
+                created_at_ms: now_ms,
+                content_type: None,
+                body: Body::Pages(version),
+            };
+            put(t, &key, &s)?;
+            BlobDone::Created {
+                created: Created::Created(s.meta(&key)),
+                old,
+            }
+        }
+        BlobCmd::Apply { key, ops } => BlobDone::Applied(match apply_batch(t, &key, &ops)? {
+            Ok(applied) => applied,
+            Err(e) => return Ok(Err(e)),
+        }),
+    };
+    ok(Value::Blob(done), Effect::None)
+}
+
+/// Validates a batch against the stored size and applies it to the pages
+/// it touches, all in the caller's transaction.
+fn apply_batch(t: &mut Tables<'_>, key: &str, ops: &[BlobOp]) -> Storage<Result<Applied>> {
+    let mut s = match stored(t, key)? {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(Ok(Applied::NotFound)),
+        Err(e) => return Ok(Err(e)),
+    };
+    let Body::Pages(id) = s.body else {
+        return Ok(Ok(Applied::NotMutable));
+    };
+    if let Err(bad) = validate_ops(ops, s.size) {
+        return Ok(Ok(Applied::Invalid(bad)));
+    }
+    let mut touched = BTreeSet::new();
+    for op in ops {
+        let (start, end) = op.byte_span();
+        if end > start {
+            touched.extend(start / PAGE..=(end - 1) / PAGE);
+        }
+    }
+    let tables = t.blobs()?;
+    let mut window = Pages {
+        pages: Vec::with_capacity(touched.len()),
+    };
+    for index in touched {
+        let len = (s.size - index * PAGE).min(PAGE) as usize;
+        let mut bytes = vec![0u8; len];
+        if let Some(stored) = tables.pages.get((id, index))? {
+            let stored = stored.value();
+            let n = stored.len().min(len);
+            bytes[..n].copy_from_slice(&stored[..n]);
+        }
+        window.pages.push(Page {
+            index,
+            bytes,
+            dirty: false,
+        });
+    }
+    let results = apply_ops(&mut window, ops);
+    for page in window.pages.iter().filter(|p| p.dirty) {
+        tables
+            .pages
+            .insert((id, page.index), page.bytes.as_slice())?;
+    }
+    s.version = next_version(t)?;
+    t.blobs()?.blobs.insert(key, s.encode().as_slice())?;
+    Ok(Ok(Applied::Done {
+        results,
+        meta: s.meta(key),
+    }))
+}
+
+/// The pages a batch touches, sorted by index.
+struct Pages {
+    pages: Vec<Page>,
+}
+
+struct Page {
+    index: u64,
+    bytes: Vec<u8>,
+    dirty: bool,
+}
+
+impl Pages {
+    fn at(&self, at: u64) -> usize {
+        self.pages
+            .binary_search_by_key(&(at / PAGE), |p| p.index)
+            .expect("validated operations stay in the pages they touch")
+    }
+}
+
+impl ByteWindow for Pages {
+    fn byte(&self, at: u64) -> u8 {
+        self.pages[self.at(at)].bytes[(at % PAGE) as usize]
+    }
+
+    fn set_byte(&mut self, at: u64, value: u8) {
+        let i = self.at(at);
+        let page = &mut self.pages[i];
+        let slot = &mut page.bytes[(at % PAGE) as usize];
+        if *slot != value {
+            *slot = value;
+            page.dirty = true;
+        }
+    }
+}
+
+/// Issues a blob write (in call order), holding `hold` live until it has
+/// resolved.
+fn submit(tx: &Sender<Msg>, cmd: BlobCmd, hold: Option<Live>) -> Pending<BlobDone> {
+    crate::submit_to(tx, Command::Blob(cmd), |tx| {
+        Reply::Blob(BlobReply { tx, _hold: hold })
+    })
+}
+
+fn mismatched<T>() -> Result<T> {
+    Err(Error::Unavailable(
+        "internal: mismatched blob reply".to_string(),
+    ))
+}
+
+/// Unlinks a replaced content file on the blocking pool, after its
+/// metadata is gone.
+async fn unlink(files: &Arc<Files>, old: Option<String>) {
+    if let Some(id) = old {
+        let files = files.clone();
+        // Best effort: the sweep removes what this misses.
+        let _ = tokio::task::spawn_blocking(move || files.unlink(&id)).await;
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    files: &Arc<Files>,
+    what: &'static str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(files.io_error(what, e)),
+        Err(e) => Err(Error::Unavailable(format!("{what}: {e}"))),
+    }
+}
+
+/// An upload in progress: its temporary file (removed on drop unless
+/// committed), a buffer of at most `UPLOAD_BUFFER` bytes, the running hash.
+struct Upload {
+    files: Arc<Files>,
+    tx: Sender<Msg>,
+    key: String,
+    live: Option<Live>,
+    /// `None` while a write runs on the blocking pool, and for good if
+    /// that write's future was dropped or failed.
+    sink: Option<Sink>,
+    buf: Vec<u8>,
+    written: u64,
+    /// The temporary file, until it is renamed into place.
+    tmp: Option<std::path::PathBuf>,
+}
+
+impl Upload {
+    /// Writes the buffer, then `more`, to the file (hashing them).
+    async fn flush(&mut self, more: Option<Bytes>) -> Result<()> {
+        let Some(mut sink) = self.sink.take() else {
+            return Err(Error::Unavailable(
+                "the upload was interrupted by an earlier failed or cancelled write".to_string(),
+            ));
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        let (sink, buf) = blocking(&self.files, "write an upload", move || {
+            sink.put(&buf)?;
+            if let Some(more) = &more {
+                sink.put(more)?;
+            }
+            buf.clear();
+            Ok((sink, buf))
+        })
+        .await?;
+        self.sink = Some(sink);
+        self.buf = buf;
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take()
+            && let Err(e) = std::fs::remove_file(&tmp)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %tmp.display(), error = %e, "redb: cannot remove a cut upload");
+        }
+    }
+}
+
+impl BlobUpload for Upload {
+    fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let len = data.len() as u64;
+            if self.sink.is_some() && self.buf.len() + data.len() <= UPLOAD_BUFFER {
+                self.buf.extend_from_slice(&data);
+            } else {
+                self.flush(Some(data)).await?;
+            }
+            self.written += len;
+            Ok(())
+        })
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn commit(mut self: Box<Self>, content_type: Option<String>, now_ms: u64) -> Pending<BlobMeta> {
+        Box::pin(async move {
+            self.flush(None).await?;
+            let (Some(sink), Some(tmp), Some(live)) =
+                (self.sink.take(), self.tmp.clone(), self.live.take())
+            else {
+                return Err(Error::Unavailable("the upload is incomplete".to_string()));
+            };
+            let id = live.id.clone();
+            let files = self.files.clone();
+            let sha256 = blocking(&self.files, "commit an upload", move || {
+                let sha256 = sink.finish()?;
+                files.place(&tmp, &id)?;
+                Ok(sha256)
+            })
+            .await?;
+            // In place: nothing to remove on drop; until the metadata
+            // commit resolves, `live` keeps the sweep off the file.
+            self.tmp = None;
+            let cmd = BlobCmd::Commit {
+                key: self.key.clone(),
+                size: self.written,
+                sha256,
+                id: live.id.clone(),
+                content_type,
+                now_ms,
+            };
+            // On failure the file stays: if the commit landed after all
+            // (an I/O error in its fsync), the blob needs it; if not, the
+            // sweep removes it.
+            match submit(&self.tx, cmd, Some(live)).await? {
+                BlobDone::Committed { meta, old } => {
+                    unlink(&self.files, old).await;
+                    Ok(meta)
+                }
+                _ => mismatched(),
+            }
+        })
+    }
+}
+
+impl RedbStore {
+    /// The stored blob of `key` in `txn`.
+    fn stored_in(txn: &ReadTransaction, key: &str) -> Result<Option<Stored>> {
+        let table = txn.open_table(BLOBS).map_err(unavailable)?;
+        match table.get(key).map_err(unavailable)? {
+            None => Ok(None),
+            Some(v) => Stored::decode(key, v.value()).map(Some),
+        }
+    }
+
+    fn blob_write<T: Send + 'static>(
+        &self,
+        cmd: BlobCmd,
+        pick: fn(BlobDone) -> Option<(T, Option<String>)>,
+    ) -> Pending<T> {
+        let done = submit(&self.tx, cmd, None);
+        let files = self.files.clone();
+        Box::pin(async move {
+            let Some((value, old)) = pick(done.await?) else {
+                return mismatched();
+            };
+            unlink(&files, old).await;
+            Ok(value)
+        })
+    }
+}
+
+/// The byte range `[start, end)` of a read, clamped to the blob's size.
+fn clamp(size: u64, offset: u64, len: u64) -> (u64, u64) {
+    (offset.min(size), offset.saturating_add(len).min(size))
+}
+
+/// Streams `start..end` of a fixed-size blob from its pages in one read
+/// transaction, a piece at a time.
+fn pages_stream(
+    table: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    id: u64,
+    start: u64,
+    end: u64,
+) -> BlobStream {
+    let table = Arc::new(table);
+    futures_util::stream::unfold(start, move |at| {
+        let table = table.clone();
+        async move {
+            if at >= end {
+                return None;
+            }
+            let to = (at + PAGES_PIECE).min(end);
+            match read_pages(&table, id, at, to) {
+                Ok(piece) => Some((Ok(piece), to)),
+                Err(e) => Some((Err(e), end)),
+            }
+        }
+    })
+    .boxed()
+}
+
+fn read_pages(
+    table: &ReadOnlyTable<(u64, u64), &'static [u8]>,
+    id: u64,
+    at: u64,
+    to: u64,
+) -> Result<Bytes> {
+    let mut out = vec![0u8; (to - at) as usize];
+    let rows = table
+        .range((id, at / PAGE)..=(id, (to - 1) / PAGE))
+        .map_err(unavailable)?;
+    for row in rows {
+        let (k, v) = row.map_err(unavailable)?;
+        let page_start = k.value().1 * PAGE;
+        let bytes = v.value();
+        let lo = at.max(page_start);
+        let hi = to.min(page_start + bytes.len() as u64);
+        if lo < hi {
+            out[(lo - at) as usize..(hi - at) as usize]
+                .copy_from_slice(&bytes[(lo - page_start) as usize..(hi - page_start) as usize]);
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 impl Blobs for RedbStore {
-    fn blob_upload(&self, _: &str) -> Pending<Box<dyn BlobUpload>> {
-        missing()
+    fn blob_upload(&self, key: &str) -> Pending<Box<dyn BlobUpload>> {
+        let live = self.files.start();
+        let tmp = self.files.tmp_path(&live.id);
+        let mut upload = Upload {
+            files: self.files.clone(),
+            tx: self.tx.clone(),
+            key: key.to_string(),
+            live: Some(live),
+            sink: None,
+            buf: Vec::new(),
+            written: 0,
+            tmp: None,
+        };
+        Box::pin(async move {
+            let path = tmp.clone();
+            let sink = blocking(&upload.files, "start an upload", move || {
+                Sink::create(&path)
+            })
+            .await?;
+            upload.sink = Some(sink);
+            upload.tmp = Some(tmp);
+            upload.buf.reserve(UPLOAD_BUFFER);
+            Ok(Box::new(upload) as Box<dyn BlobUpload>)
+        })
     }
-    fn blob_meta(&self, _: &str) -> Pending<Option<BlobMeta>> {
-        missing()
+
+    fn blob_meta(&self, key: &str) -> Pending<Option<BlobMeta>> {
+        self.read(|txn| Ok(RedbStore::stored_in(txn, key)?.map(|s| s.meta(key))))
     }
-    fn blob_read(&self, _: &str, _: u64, _: u64) -> Pending<Option<BlobRead>> {
-        missing()
+
+    fn blob_read(&self, key: &str, offset: u64, len: u64) -> Pending<Option<BlobRead>> {
+        let snapshot = snapshot_of(&self.shared, key);
+        let (key, files, shared) = (key.to_string(), self.files.clone(), self.shared.clone());
+        Box::pin(async move {
+            let mut snapshot = snapshot?;
+            for _ in 0..OPEN_ATTEMPTS {
+                let (txn, stored) = snapshot;
+                let Some(s) = stored else {
+                    return Ok(None);
+                };
+                let meta = s.meta(&key);
+                let (start, end) = clamp(s.size, offset, len);
+                match s.body {
+                    Body::Pages(id) => {
+                        let table = txn.open_table(BLOB_PAGES).map_err(unavailable)?;
+                        let body = pages_stream(table, id, start, end);
+                        return Ok(Some(BlobRead { meta, body }));
+                    }
+                    Body::File { id, .. } => {
+                        drop(txn);
+                        let path = files.content_path(&id);
+                        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+                            .await
+                            .map_err(|e| Error::Unavailable(format!("open a blob file: {e}")))?;
+                        match opened {
+                            Ok(file) => {
+                                let body = files::file_stream(files, Arc::new(file), start, end);
+                                return Ok(Some(BlobRead { meta, body }));
+                            }
+                            // Replaced (or deleted) since: look again.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                snapshot = snapshot_of(&shared, &key)?;
+                            }
+                            Err(e) => return Err(files.io_error("open a blob file", e)),
+                        }
+                    }
+                }
+            }
+            Err(Error::Unavailable(format!(
+                "blob {key:?}: its content file keeps disappearing (replaced while being opened)"
+            )))
+        })
     }
-    fn blob_files(&self, _: &str, _: u64, _: u64) -> Option<Pending<Option<BlobFiles>>> {
-        None
+
+    fn blob_files(&self, key: &str, offset: u64, len: u64) -> Option<Pending<Option<BlobFiles>>> {
+        let found = self.read(|txn| {
+            let Some(s) = RedbStore::stored_in(txn, key)? else {
+                return Ok(None);
+            };
+            let (start, end) = clamp(s.size, offset, len);
+            let pieces = match &s.body {
+                Body::Pages(_) => None,
+                Body::File { id, .. } if end > start => Some(vec![FilePiece {
+                    path: self.files.content_path(id),
+                    file_offset: start,
+                    len: end - start,
+                }]),
+                Body::File { .. } => Some(Vec::new()),
+            };
+            Ok(Some(BlobFiles {
+                meta: s.meta(key),
+                pieces,
+            }))
+        });
+        Some(found)
     }
-    fn blob_delete(&self, _: &str) -> Pending<bool> {
-        missing()
+
+    fn blob_delete(&self, key: &str) -> Pending<bool> {
+        self.blob_write(BlobCmd::Delete(key.to_string()), |d| match d {
+            BlobDone::Deleted { existed, old } => Some((existed, old)),
+            _ => None,
+        })
     }
-    fn blob_list(&self, _: &str, _: Option<&str>, _: usize) -> Pending<BlobPage> {
-        missing()
+
+    fn blob_list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Pending<BlobPage> {
+        self.read(|txn| {
+            let limit = limit.max(1);
+            let table = txn.open_table(BLOBS).map_err(unavailable)?;
+            let start = match after {
+                Some(a) if a >= prefix => Bound::Excluded(a),
+                _ => Bound::Included(prefix),
+            };
+            let mut page = BlobPage::default();
+            let rows = table
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(unavailable)?;
+            for row in rows {
+                let (k, v) = row.map_err(unavailable)?;
+                let key = k.value();
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                if page.blobs.len() == limit {
+                    page.next = page.blobs.last().map(|m| m.key.clone());
+                    return Ok(page);
+                }
+                page.blobs.push(Stored::decode(key, v.value())?.meta(key));
+            }
+            Ok(page)
+        })
     }
-    fn blob_create_fixed(&self, _: &str, _: u64, _: bool, _: u64) -> Pending<Created> {
-        missing()
+
+    fn blob_create_fixed(
+        &self,
+        key: &str,
+        size: u64,
+        replace: bool,
+        now_ms: u64,
+    ) -> Pending<Created> {
+        let cmd = BlobCmd::CreateFixed {
+            key: key.to_string(),
+            size,
+            replace,
+            now_ms,
+        };
+        self.blob_write(cmd, |d| match d {
+            BlobDone::Created { created, old } => Some((created, old)),
+            _ => None,
+        })
     }
-    fn blob_apply(&self, _: &str, _: Vec<BlobOp>) -> Pending<Applied> {
-        missing()
+
+    fn blob_apply(&self, key: &str, ops: Vec<BlobOp>) -> Pending<Applied> {
+        let cmd = BlobCmd::Apply {
+            key: key.to_string(),
+            ops,
+        };
+        self.blob_write(cmd, |d| match d {
+            BlobDone::Applied(a) => Some((a, None)),
+            _ => None,
+        })
     }
-    fn blob_sweep(&self, _: u64) -> Pending<u64> {
-        missing()
+
+    fn blob_sweep(&self, older_than_ms: u64) -> Pending<u64> {
+        let (files, shared) = (self.files.clone(), self.shared.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                files.sweep(older_than_ms, &|ids| referenced_now(&shared, ids))
+            })
+            .await
+            .map_err(|e| Error::Unavailable(format!("blob sweep: {e}")))?
+        })
     }
+}
+
+/// A read transaction and the stored blob of `key` in it.
+fn snapshot_of(shared: &Shared, key: &str) -> Result<(ReadTransaction, Option<Stored>)> {
+    let txn = shared.db()?.begin_read().map_err(unavailable)?;
+    let stored = RedbStore::stored_in(&txn, key)?;
+    Ok((txn, stored))
+}
+
+/// `referenced` in a read transaction begun now.
+pub(crate) fn referenced_now(shared: &Shared, ids: &[String]) -> Result<Vec<bool>> {
+    let txn = shared.db()?.begin_read().map_err(unavailable)?;
+    referenced(&txn, ids)
 }

@@ -6,7 +6,8 @@
 //! cache takes a few microseconds, less than handing it to
 //! `spawn_blocking` (see `examples/bench.rs`). Queue leases are kept in
 //! memory (see `queue`); the messages themselves are durable. Documents are
-//! described in `docs`, the key-value store in `kv`.
+//! described in `docs`, the key-value store in `kv`, blobs in `blobs`
+//! (uploaded ones are files in `blobs/` next to the database file).
 //!
 //! Layout (private to this crate), every value starting with a format byte
 //! (see `codec`) unless noted:
@@ -14,7 +15,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `"format"` | u64 layout version (3) |
-//! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"`, `"kv_version"` | u64 counters |
+//! | `meta` | `"category_next_id"`, `"category_round_robin"`, `"doc_version"`, `"kv_version"`, `"blob_version"` | u64 counters |
 //! | `meta` | `"commits"` | u64, commits so far (tells whether a commit that reported an I/O error landed) |
 //! | `functions` | (name, version) | `FunctionRecord` |
 //! | `function_last_version` | name | u64, kept after removal |
@@ -47,6 +48,7 @@
 //! | `job_failures` | (job id, child index) | (), the failed children |
 //! | `sub_jobs` | (parent job id, job id) | (), the job tree |
 //! | `kv`, `kv_expiry` | key; (expires_at_ms, key) | key-value entries and their expiry index (see `kv`; added without a layout change: created when missing) |
+//! | `blobs`, `blob_contents`, `blob_pages` | key; content id; (pages id, page index) | blob metadata, the content files it references, fixed-size blobs' 4 KiB pages (see `blobs`; added without a layout change: created when missing) |
 
 mod blobs;
 mod codec;
@@ -199,13 +201,15 @@ pub struct WriterStats {
 /// in streaming scans and decoded copies live in the query workers.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs`, `Jobs` and `Kv`;
+/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs`, `Jobs`, `Kv` and `Blobs`;
 /// bundle it with `shoal_store::Backend::from_adapter`.
 pub struct RedbStore {
     shared: Arc<Shared>,
     tx: Sender<Msg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
+    /// Uploaded blobs' files (see `blobs`).
+    files: Arc<blobs::Files>,
 }
 
 impl RedbStore {
@@ -237,6 +241,12 @@ impl RedbStore {
                 (e, _) => unavailable(format!("open {}: {e}", path.display())),
             })?;
         init_layout(&db)?;
+        // Removes what a crash left in `blobs/` (uploads in progress, files
+        // whose metadata never committed).
+        let files = blobs::Files::open(path, &|ids| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            blobs::referenced(&txn, ids)
+        })?;
         let index = QueueIndex::default();
         let next_seq = recover_queues(&db, &index)?;
         load_totals(&db, &index)?;
@@ -263,6 +273,7 @@ impl RedbStore {
             tx,
             writer: Mutex::new(Some(handle)),
             path: path.to_path_buf(),
+            files,
         }))
     }
 
@@ -301,17 +312,7 @@ impl RedbStore {
         command: Command,
         reply: impl FnOnce(oneshot::Sender<Result<T>>) -> Reply,
     ) -> Pending<T> {
-        let (tx, rx) = oneshot::channel();
-        // If the writer has stopped, the op comes back inside the error and
-        // is dropped with its reply sender, which the future reports.
-        let _ = self.tx.send(Msg::Op(Op {
-            command,
-            reply: reply(tx),
-        }));
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(Error::Unavailable("the store is closed".to_string())))
-        })
+        submit_to(&self.tx, command, reply)
     }
 
     /// Runs a read now, in its own read transaction.
@@ -329,6 +330,25 @@ impl Drop for RedbStore {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Issues a write on the writer's channel: it is queued now, in call order.
+fn submit_to<T: Send + 'static>(
+    writer: &Sender<Msg>,
+    command: Command,
+    reply: impl FnOnce(oneshot::Sender<Result<T>>) -> Reply,
+) -> Pending<T> {
+    let (tx, rx) = oneshot::channel();
+    // If the writer has stopped, the op comes back inside the error and
+    // is dropped with its reply sender, which the future reports.
+    let _ = writer.send(Msg::Op(Op {
+        command,
+        reply: reply(tx),
+    }));
+    Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Unavailable("the store is closed".to_string())))
+    })
 }
 
 fn ready<T: Send + 'static>(result: Result<T>) -> Pending<T> {
@@ -441,6 +461,7 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(JOB_FAILURES).map_err(unavailable)?;
         txn.open_table(SUB_JOBS).map_err(unavailable)?;
         kv::create_tables(&txn)?;
+        blobs::create_tables(&txn)?;
     }
     txn.commit().map_err(unavailable)
 }

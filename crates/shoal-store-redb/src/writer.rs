@@ -47,6 +47,7 @@ use shoal_store::{
 };
 use tokio::sync::oneshot;
 
+use crate::blobs::{self, BlobCmd, BlobDone, BlobReply, BlobTables};
 use crate::codec::{self, MessageHeader};
 use crate::docs::{self, Scratch};
 use crate::invocations::{Encoded, IndexTables};
@@ -115,7 +116,7 @@ fn explain(path: &Path, (e, io): Fault) -> Fault {
     }
 }
 
-fn is_full(e: &std::io::Error) -> bool {
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
 }
 
@@ -240,6 +241,8 @@ pub(crate) enum Command {
     },
     /// A key-value write (see `kv`).
     Kv(KvOp),
+    /// A blob write (see `blobs`).
+    Blob(BlobCmd),
 }
 
 impl Command {
@@ -261,6 +264,7 @@ impl Command {
                 children + messages
             }
             Command::Kv(op) => op.weight(),
+            Command::Blob(cmd) => cmd.weight(),
             _ => ROW,
         }
     }
@@ -285,6 +289,7 @@ pub(crate) enum Reply {
     /// Per message sent: `Some(id)` of the message it duplicates.
     Sent(oneshot::Sender<Result<Vec<Option<String>>>>),
     Kv(KvSender),
+    Blob(BlobReply),
 }
 
 pub(crate) enum Value {
@@ -297,6 +302,7 @@ pub(crate) enum Value {
     Finished(ChildFinished),
     Sent(Vec<Option<String>>),
     Kv(KvDone),
+    Blob(BlobDone),
 }
 
 impl Reply {
@@ -327,6 +333,7 @@ impl Reply {
             (Reply::Kv(tx), Ok(Value::Kv(d))) => {
                 let _ = tx.send(Ok(d));
             }
+            (Reply::Blob(r), Ok(Value::Blob(d))) => r.send(Ok(d)),
             (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
             (reply, Err(e)) => reply.fail(e),
         }
@@ -358,6 +365,7 @@ impl Reply {
             Reply::Kv(tx) => {
                 let _ = tx.send(Err(e));
             }
+            Reply::Blob(r) => r.send(Err(e)),
         }
     }
 }
@@ -413,6 +421,7 @@ pub(crate) struct Tables<'txn> {
     extra: Option<QueueExtra<'txn>>,
     jobs: Option<JobTables<'txn>>,
     kv: Option<KvTables<'txn>>,
+    blobs: Option<BlobTables<'txn>>,
     txn: &'txn WriteTransaction,
 }
 
@@ -472,6 +481,14 @@ impl<'txn> Tables<'txn> {
         Ok(self.kv.as_mut().expect("just opened"))
     }
 
+    /// The blob tables, opened on first use.
+    pub(crate) fn blobs(&mut self) -> std::result::Result<&mut BlobTables<'txn>, redb::TableError> {
+        if self.blobs.is_none() {
+            self.blobs = Some(BlobTables::open(self.txn)?);
+        }
+        Ok(self.blobs.as_mut().expect("just opened"))
+    }
+
     /// Inserts or replaces encoded invocation records, and moves their
     /// index entries in the same transaction.
     pub(crate) fn put_invocations(
@@ -524,6 +541,7 @@ impl<'txn> Tables<'txn> {
             extra: None,
             jobs: None,
             kv: None,
+            blobs: None,
             txn,
         })
     }
@@ -1086,6 +1104,7 @@ impl Writer {
             ),
             Command::CancelJob { id, now_ms } => jobs::cancel(t, id, now_ms),
             Command::Kv(op) => kv::apply(t, op),
+            Command::Blob(cmd) => blobs::apply(t, cmd),
         }
     }
 }

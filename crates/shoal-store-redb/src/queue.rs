@@ -292,7 +292,7 @@ impl QueueIndex {
             Some(l) => {
                 let running = l.running.get(key).copied().unwrap_or(0);
                 let now = taken.get(key).copied().unwrap_or(0);
-                running + now < l.per_key
+                running + now < l.of(key)
             }
         };
         let mut taken = Vec::new();

@@ -321,14 +321,21 @@ local function stored(key)
 end
 -- Taking over an expired lease moves it from its holder to the caller:
 -- only the caller's count grows.
+-- A key may carry its own limit: NUL, decimal digits, NUL, the rest.
+local function per_of(key)
+  local own = string.match(key, '^%z([1-9]%d*)%z')
+  if own and #own <= 10 and tonumber(own) <= 4294967295 then return tonumber(own) end
+  return per
+end
 local function room_over(key)
   if not limited or not key then return true end
-  return (mine[key] or 0) < per
+  return (mine[key] or 0) < per_of(key)
 end
 -- Taking a waiting message grows both counts.
 local function room(key)
   if not limited or not key then return true end
-  return (mine[key] or 0) < per and stored(key) < per
+  local lim = per_of(key)
+  return (mine[key] or 0) < lim and stored(key) < lim
 end
 local function took(key, fresh)
   if limited and key then

@@ -113,6 +113,10 @@ pub struct FunctionRecord {
     /// `[cache]` of `shoal.toml`: the result cache of synchronous calls.
     #[serde(default)]
     pub cache: Option<CacheSettings>,
+    /// `max_invocations_per_worker` of `shoal.toml`: a worker is replaced
+    /// after serving this many invocations. `None`: never.
+    #[serde(default)]
+    pub max_invocations_per_worker: Option<u32>,
 }
 
 /// A function's result cache (`[cache]` of `shoal.toml`).
@@ -372,11 +376,33 @@ pub struct Delivery {
 /// Which keyed messages a lease may take: at most `per_key` of one key are
 /// out at once, counting `running` (messages of the key the caller still
 /// works on) and those taken by this lease. Messages without a key are not
-/// limited.
+/// limited. A key that carries its own limit (see [`own_key_limit`]) is
+/// limited by that instead of `per_key`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyLimit {
     pub per_key: u32,
     pub running: std::collections::HashMap<String, u32>,
+}
+
+impl KeyLimit {
+    /// How many messages of `key` may be out at once under this limit.
+    pub fn of(&self, key: &str) -> u32 {
+        own_key_limit(key).unwrap_or(self.per_key)
+    }
+}
+
+/// The limit a concurrency key carries itself: a key of the form
+/// `"\0" <decimal 1..=u32::MAX> "\0" <anything>` (a job's children under
+/// `max_in_flight`) is limited by that number whatever `per_key` a lease
+/// gives. The engine never makes another key start with a NUL byte.
+/// (The Redis store checks the same pattern in Lua.)
+pub fn own_key_limit(key: &str) -> Option<u32> {
+    let rest = key.strip_prefix('\0')?;
+    let (digits, _) = rest.split_once('\0')?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The result of a `lease` call.

@@ -119,6 +119,7 @@ macro_rules! __conformance_cases {
             docs::delete_category_if_empty
             docs::docs_category_isolation
             queues::queue_keys
+            queues::queue_keys_with_own_limits
             jobs::jobs_fan_in_once
             jobs::jobs_nested_and_cancel
             kv::kv_get_set_versions
@@ -203,6 +204,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
             ttl_ms: 60_000,
             max_bytes: 64 << 20,
         }),
+        max_invocations_per_worker: Some(1000),
     }
 }
 

@@ -592,3 +592,52 @@ fn keyed_msg(id: &str, key: Option<&str>, due_ms: u64) -> NewMessage {
 fn ids_of(leased: &Leased) -> Vec<String> {
     leased.deliveries.iter().map(|d| d.id.clone()).collect()
 }
+
+/// A key that carries its own limit (`"\0K\0..."`, a job's children under
+/// `max_in_flight`) is limited by it under any `per_key`, and other keys
+/// keep `per_key`.
+pub async fn queue_keys_with_own_limits(b: &Backend) {
+    let q = unique("ownlimit");
+    let job = "\u{0}3\u{0}job-1";
+    let mut messages: Vec<NewMessage> = (0..6)
+        .map(|i| keyed_msg(&format!("j{i}"), Some(job), T + i))
+        .collect();
+    messages.push(keyed_msg("t0", Some("tenant"), T + 10));
+    messages.push(keyed_msg("t1", Some("tenant"), T + 11));
+    // Not a limit: a zero, no closing NUL.
+    messages.push(keyed_msg("z0", Some("\u{0}0\u{0}x"), T + 12));
+    messages.push(keyed_msg("z1", Some("\u{0}0\u{0}x"), T + 13));
+    b.queues.send(&q, messages).await.unwrap();
+    let mut limit = KeyLimit {
+        per_key: u32::MAX,
+        running: Default::default(),
+    };
+    let now = T + 100;
+    let first = b
+        .queues
+        .lease_keyed(&q, now, 20, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&first), ["j0", "j1", "j2", "t0", "t1", "z0", "z1"]);
+    assert_eq!(first.deliveries[0].key.as_deref(), Some(job));
+    // Three of the job out: no more of it, whatever per_key says.
+    limit.running.insert(job.into(), 3);
+    let none = b
+        .queues
+        .lease_keyed(&q, now, 20, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert!(none.deliveries.is_empty());
+    b.queues
+        .ack(&q, vec!["j0".into(), "j1".into()])
+        .await
+        .unwrap();
+    limit.running.insert(job.into(), 1);
+    limit.per_key = 1;
+    let next = b
+        .queues
+        .lease_keyed(&q, now, 20, 1000, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&next), ["j3", "j4"]);
+}

@@ -140,7 +140,7 @@ impl QueueState {
             if let (Some(limit), Some(key)) = (limit, q.messages[id].key.as_deref()) {
                 let running = limit.running.get(key).copied().unwrap_or(0);
                 let of_key = taken_of_key.entry(key).or_default();
-                if running + *of_key >= limit.per_key {
+                if running + *of_key >= limit.of(key) {
                     continue;
                 }
                 *of_key += 1;

@@ -232,6 +232,127 @@ impl BlobOp {
     }
 }
 
+/// One operation as clients write it (HTTP `POST /v1/blobs/{key}/bitfield`
+/// and `ctx.blob_apply`), like one of Redis `BITFIELD`:
+/// `{"op": "set", "type": "u4", "offset": "#12", "value": 7}`. Turned into a
+/// [`BlobOp`] by [`OpSpec::parse`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpSpec {
+    /// `get`, `set`, `incrby` or `write_at`.
+    pub op: String,
+    /// `u1`..`u32` or `i1`..`i32` (not for `write_at`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// A bit offset (a number), or `"#N"`: the N-th field of the type's
+    /// width. For `write_at`: a byte offset.
+    pub offset: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<i64>,
+    /// `wrap` (default), `sat` or `fail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<String>,
+    /// `write_at`: the bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+impl OpSpec {
+    /// The operation, or what is wrong with it.
+    pub fn parse(&self) -> std::result::Result<BlobOp, String> {
+        use base64::Engine as _;
+        let op = self;
+        let unexpected = |field: &str| format!("{} takes no `{field}`", op.op);
+        let refuse = |given: &[(bool, &str)]| match given.iter().find(|(g, _)| *g) {
+            Some((_, name)) => Err(unexpected(name)),
+            None => Ok(()),
+        };
+        if op.op == "write_at" {
+            refuse(&[
+                (op.ty.is_some(), "type"),
+                (op.value.is_some(), "value"),
+                (op.by.is_some(), "by"),
+                (op.overflow.is_some(), "overflow"),
+            ])?;
+            let data = op
+                .data_base64
+                .as_deref()
+                .ok_or("write_at needs `data_base64`")?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| format!("`data_base64` is not base64: {e}"))?;
+            let offset = op
+                .offset
+                .as_u64()
+                .ok_or("`offset` must be a byte offset (a non-negative integer)")?;
+            return Ok(BlobOp::WriteAt { offset, data });
+        }
+        refuse(&[(op.data_base64.is_some(), "data_base64")])?;
+        let ty = op
+            .ty
+            .as_deref()
+            .ok_or("needs a `type` (u1..u32 or i1..i32)")?;
+        let ty = BitType::parse(ty)
+            .ok_or_else(|| format!("type {ty:?} is not one of u1..u32, i1..i32"))?;
+        let offset = match &op.offset {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .ok_or("`offset` must be a non-negative integer")?,
+            serde_json::Value::String(s) => {
+                let index: u64 = s
+                    .strip_prefix('#')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        format!("offset {s:?} must be a bit offset or \"#N\" (the N-th field)")
+                    })?;
+                index
+                    .checked_mul(u64::from(ty.bits))
+                    .ok_or("`offset` is too large")?
+            }
+            _ => return Err("`offset` must be a bit offset or \"#N\" (the N-th field)".to_string()),
+        };
+        let overflow = match op.overflow.as_deref() {
+            None | Some("wrap") => Overflow::Wrap,
+            Some("sat") => Overflow::Sat,
+            Some("fail") => Overflow::Fail,
+            Some(other) => return Err(format!("overflow {other:?} is not wrap, sat or fail")),
+        };
+        match op.op.as_str() {
+            "get" => {
+                refuse(&[
+                    (op.value.is_some(), "value"),
+                    (op.by.is_some(), "by"),
+                    (op.overflow.is_some(), "overflow"),
+                ])?;
+                Ok(BlobOp::Get { ty, offset })
+            }
+            "set" => {
+                refuse(&[(op.by.is_some(), "by")])?;
+                let value = op.value.ok_or("set needs a `value`")?;
+                Ok(BlobOp::Set {
+                    ty,
+                    offset,
+                    value,
+                    overflow,
+                })
+            }
+            "incrby" => {
+                refuse(&[(op.value.is_some(), "value")])?;
+                let by = op.by.ok_or("incrby needs `by`")?;
+                Ok(BlobOp::IncrBy {
+                    ty,
+                    offset,
+                    by,
+                    overflow,
+                })
+            }
+            other => Err(format!("op {other:?} is not get, set, incrby or write_at")),
+        }
+    }
+}
+
 /// Why [`validate_ops`] refused a batch: the index of the first bad
 /// operation and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -519,6 +640,37 @@ mod tests {
                 ]
             ),
             vec![Some(0), Some(-7)]
+        );
+    }
+
+    #[test]
+    fn specs_parse() {
+        let op = |v: serde_json::Value| serde_json::from_value::<OpSpec>(v).unwrap().parse();
+        assert_eq!(
+            op(serde_json::json!({"op": "set", "type": "u4", "offset": "#3", "value": 5})),
+            Ok(BlobOp::Set {
+                ty: u(4),
+                offset: 12,
+                value: 5,
+                overflow: Overflow::Wrap
+            })
+        );
+        assert!(
+            op(serde_json::json!({"op": "get", "type": "u4", "offset": 1, "value": 5})).is_err()
+        );
+        assert!(
+            op(serde_json::json!({"op": "set", "type": "u64", "offset": 1, "value": 5})).is_err()
+        );
+        assert!(
+            op(serde_json::json!({"op": "write_at", "offset": 1, "data_base64": "!!"})).is_err()
+        );
+        assert!(op(serde_json::json!({"op": "get", "type": "u4", "offset": -1})).is_err());
+        assert_eq!(
+            op(serde_json::json!({"op": "write_at", "offset": 2, "data_base64": "AQI="})),
+            Ok(BlobOp::WriteAt {
+                offset: 2,
+                data: vec![1, 2]
+            })
         );
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use blobs::{
     Applied, BitType, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobStream, BlobUpload,
-    Blobs, Created, FilePiece, Overflow,
+    Blobs, Created, FilePiece, OpSpec, Overflow,
 };
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

@@ -18,15 +18,13 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::IntoParams;
 
 use shoal_protocol::{
     BitfieldOp, BitfieldRequest, BitfieldResponse, BlobList, BlobView, ErrorBody, ErrorCode,
 };
-use shoal_store::{BitType, BlobMeta, BlobOp, Overflow};
+use shoal_store::{BlobMeta, BlobOp, OpSpec};
 
 use crate::AppState;
 use crate::auth::{Auth, Invoker, Reader};
@@ -386,107 +384,17 @@ pub(crate) async fn list(
 }
 
 /// Turns one API operation into the store's, or says what is wrong with it.
-pub(crate) fn parse_op(op: &BitfieldOp) -> Result<BlobOp, String> {
-    let unexpected = |field: &str| format!("{} takes no `{field}`", op.op);
-    let byte_offset = || -> Result<u64, String> {
-        op.offset
-            .as_u64()
-            .ok_or_else(|| "`offset` must be a byte offset (a non-negative integer)".to_string())
-    };
-    if op.op == "write_at" {
-        for (given, name) in [
-            (op.ty.is_some(), "type"),
-            (op.value.is_some(), "value"),
-            (op.by.is_some(), "by"),
-            (op.overflow.is_some(), "overflow"),
-        ] {
-            if given {
-                return Err(unexpected(name));
-            }
-        }
-        let data = op
-            .data_base64
-            .as_deref()
-            .ok_or("write_at needs `data_base64`")?;
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .map_err(|e| format!("`data_base64` is not base64: {e}"))?;
-        return Ok(BlobOp::WriteAt {
-            offset: byte_offset()?,
-            data,
-        });
+fn parse_op(op: &BitfieldOp) -> Result<BlobOp, String> {
+    OpSpec {
+        op: op.op.clone(),
+        ty: op.ty.clone(),
+        offset: op.offset.clone(),
+        value: op.value,
+        by: op.by,
+        overflow: op.overflow.clone(),
+        data_base64: op.data_base64.clone(),
     }
-    if op.data_base64.is_some() {
-        return Err(unexpected("data_base64"));
-    }
-    let ty = op
-        .ty
-        .as_deref()
-        .ok_or("needs a `type` (u1..u32 or i1..i32)")?;
-    let ty =
-        BitType::parse(ty).ok_or_else(|| format!("type {ty:?} is not one of u1..u32, i1..i32"))?;
-    let offset = match &op.offset {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or("`offset` must be a non-negative integer")?,
-        Value::String(s) => {
-            let index: u64 = s
-                .strip_prefix('#')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    format!("offset {s:?} must be a bit offset or \"#N\" (the N-th field)")
-                })?;
-            index
-                .checked_mul(u64::from(ty.bits))
-                .ok_or("`offset` is too large")?
-        }
-        _ => return Err("`offset` must be a bit offset or \"#N\" (the N-th field)".to_string()),
-    };
-    let overflow = match op.overflow.as_deref() {
-        None | Some("wrap") => Overflow::Wrap,
-        Some("sat") => Overflow::Sat,
-        Some("fail") => Overflow::Fail,
-        Some(other) => return Err(format!("overflow {other:?} is not wrap, sat or fail")),
-    };
-    match op.op.as_str() {
-        "get" => {
-            for (given, name) in [
-                (op.value.is_some(), "value"),
-                (op.by.is_some(), "by"),
-                (op.overflow.is_some(), "overflow"),
-            ] {
-                if given {
-                    return Err(unexpected(name));
-                }
-            }
-            Ok(BlobOp::Get { ty, offset })
-        }
-        "set" => {
-            if op.by.is_some() {
-                return Err(unexpected("by"));
-            }
-            let value = op.value.ok_or("set needs a `value`")?;
-            Ok(BlobOp::Set {
-                ty,
-                offset,
-                value,
-                overflow,
-            })
-        }
-        "incrby" => {
-            if op.value.is_some() {
-                return Err(unexpected("value"));
-            }
-            let by = op.by.ok_or("incrby needs `by`")?;
-            Ok(BlobOp::IncrBy {
-                ty,
-                offset,
-                by,
-                overflow,
-            })
-        }
-        other => Err(format!("op {other:?} is not get, set, incrby or write_at")),
-    }
+    .parse()
 }
 
 /// Applies a batch of bit and byte operations to a fixed-size blob, all or
@@ -560,35 +468,5 @@ mod tests {
         assert!(!tag_listed("W/\"abc\"", "abc", false));
         assert!(tag_listed("*", "abc", true));
         assert!(!tag_listed("\"abd\"", "abc", true));
-    }
-
-    #[test]
-    fn ops() {
-        let op = |v: Value| parse_op(&serde_json::from_value(v).unwrap());
-        assert_eq!(
-            op(serde_json::json!({"op": "set", "type": "u4", "offset": "#3", "value": 5})),
-            Ok(BlobOp::Set {
-                ty: BitType::parse("u4").unwrap(),
-                offset: 12,
-                value: 5,
-                overflow: Overflow::Wrap
-            })
-        );
-        assert!(
-            op(serde_json::json!({"op": "get", "type": "u4", "offset": 1, "value": 5})).is_err()
-        );
-        assert!(
-            op(serde_json::json!({"op": "set", "type": "u64", "offset": 1, "value": 5})).is_err()
-        );
-        assert!(
-            op(serde_json::json!({"op": "write_at", "offset": 1, "data_base64": "!!"})).is_err()
-        );
-        assert_eq!(
-            op(serde_json::json!({"op": "write_at", "offset": 2, "data_base64": "AQI="})),
-            Ok(BlobOp::WriteAt {
-                offset: 2,
-                data: vec![1, 2]
-            })
-        );
     }
 }

@@ -12,6 +12,8 @@
 //! | `{d:CATEGORY}` | `docs` | one category's record, shards and documents |
 //! | `{q:QUERYID}` | `queries` | the partial results of one query spread over nodes |
 //! | `{kv}` | `kv` | the key-value store: entries, their listing and expiry indexes, the version counter |
+//! | `{blobs}` | `blobs` | blob metadata, their listing index, the version counter, uploads in progress, garbage; fixed-size blobs' chunks |
+//! | `{bc:CID}` | `blobs` | the chunks of one uploaded content |
 //!
 //! The work state shares one slot because one job write touches invocation
 //! records and the messages of several queues atomically; a cluster spreads
@@ -51,7 +53,17 @@ pub struct Options {
     /// With `rediss://`: the PEM file of the certificate authority that
     /// signed the server's certificate; `None` trusts the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// A directory on this node's disk for its cache of blob chunks (see
+    /// the `blobs` module); `None`: no cache (`blob_files` answers `None`).
+    /// Chunk files an earlier run left in it are deleted at connect.
+    pub blob_cache_dir: Option<std::path::PathBuf>,
+    /// The most bytes the blob chunk cache holds (at least one 1 MiB chunk
+    /// is kept whatever the cap).
+    pub blob_cache_bytes: u64,
 }
+
+/// The default `Options::blob_cache_bytes`: 1 GiB.
+pub const DEFAULT_BLOB_CACHE_BYTES: u64 = 1 << 30;
 
 /// The store ports on one Redis server (see the crate docs for what is
 /// there so far).
@@ -59,6 +71,7 @@ pub struct Options {
 pub struct RedisStore {
     pub(crate) conn: conn::Conn,
     pub(crate) keys: Keys,
+    pub(crate) blob_cache: Option<std::sync::Arc<blobs::ChunkCache>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -88,6 +101,17 @@ impl RedisStore {
             conn: conn::Conn::open(&options.url, options.ca_file.as_deref()).await?,
             keys: Keys {
                 ns: options.namespace.clone(),
+            },
+            blob_cache: match &options.blob_cache_dir {
+                Some(dir) => Some(std::sync::Arc::new(
+                    blobs::ChunkCache::open(dir, options.blob_cache_bytes).map_err(|e| {
+                        ConnectError::Rejected(format!(
+                            "cannot use the blob cache directory {}: {e}",
+                            dir.display()
+                        ))
+                    })?,
+                )),
+                None => None,
             },
         };
         let notes = store.check_server().await.map_err(|e| match e {
@@ -161,6 +185,15 @@ impl Keys {
     /// A key of the key-value store (one slot: see `kv`).
     pub(crate) fn kv(&self, what: &str) -> String {
         format!("{}:{{kv}}:{what}", self.ns)
+    }
+    /// A key of the blobs' slot (metadata, index, bookkeeping, fixed-size
+    /// chunks: see `blobs`).
+    pub(crate) fn blobs(&self, what: &str) -> String {
+        format!("{}:{{blobs}}:{what}", self.ns)
+    }
+    /// Chunk `index` of an uploaded content, in the content's own slot.
+    pub(crate) fn blob_chunk(&self, cid: &str, index: u64) -> String {
+        format!("{}:{{bc:{cid}}}:{index}", self.ns)
     }
     /// A key of one category's slot.
     pub(crate) fn category(&self, category: &str, what: &str) -> String {

@@ -135,6 +135,8 @@ impl RedisServer {
             url: self.url(),
             namespace: "shoal-test".into(),
             ca_file: self.ca_file(),
+            blob_cache_dir: None,
+            blob_cache_bytes: crate::DEFAULT_BLOB_CACHE_BYTES,
         }
     }
 

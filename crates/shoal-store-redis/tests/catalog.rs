@@ -83,6 +83,8 @@ async fn an_unreachable_redis_is_unavailable() {
         url: format!("redis://127.0.0.1:{port}/0"),
         namespace: "shoal-test".into(),
         ca_file: None,
+        blob_cache_dir: None,
+        blob_cache_bytes: shoal_store_redis::DEFAULT_BLOB_CACHE_BYTES,
     };
     assert!(matches!(
         RedisStore::connect(&options).await,
@@ -191,6 +193,8 @@ async fn wrong_credentials_are_rejected() {
             url,
             namespace: "shoal-test".into(),
             ca_file: None,
+            blob_cache_dir: None,
+            blob_cache_bytes: shoal_store_redis::DEFAULT_BLOB_CACHE_BYTES,
         };
         match RedisStore::connect(&options).await {
             Err(ConnectError::Rejected(message)) => {
@@ -204,6 +208,8 @@ async fn wrong_credentials_are_rejected() {
         url: format!("redis://:right@127.0.0.1:{}/0", server.port()),
         namespace: "shoal-test".into(),
         ca_file: None,
+        blob_cache_dir: None,
+        blob_cache_bytes: shoal_store_redis::DEFAULT_BLOB_CACHE_BYTES,
     };
     assert!(RedisStore::connect(&options).await.is_ok());
 }

@@ -436,6 +436,8 @@ async fn open_store(
         url: url.to_string(),
         namespace: args.redis_namespace.clone(),
         ca_file: args.redis_ca_file.clone(),
+        blob_cache_dir: None,
+        blob_cache_bytes: shoal_store_redis::DEFAULT_BLOB_CACHE_BYTES,
     };
     let shown = redacted(url);
     let mut waited = Duration::ZERO;

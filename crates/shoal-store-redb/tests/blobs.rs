@@ -1,0 +1,321 @@
+//! Blobs on the embedded store, beyond the conformance cases: what is on
+//! disk under `blobs/` (no file left by a cut upload, a crash's orphans
+//! swept, replaced content unlinked), reopening, readers that keep the
+//! content they opened, and concurrent operation batches sharing commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use shoal_store::{Applied, BitType, BlobMeta, BlobOp, BlobRead, Blobs, Created, Overflow};
+use shoal_store_redb::RedbStore;
+
+const T: u64 = 1_700_000_000_000;
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed))
+        .collect()
+}
+
+async fn upload(store: &RedbStore, key: &str, data: &[u8]) -> BlobMeta {
+    let mut up = store.blob_upload(key).await.unwrap();
+    for part in data.chunks(100_000) {
+        up.write(Bytes::copy_from_slice(part)).await.unwrap();
+    }
+    up.commit(None, T).await.unwrap()
+}
+
+async fn collect(read: BlobRead) -> Vec<u8> {
+    let mut body = read.body;
+    let mut out = Vec::new();
+    while let Some(piece) = body.next().await {
+        out.extend_from_slice(&piece.unwrap());
+    }
+    out
+}
+
+async fn read_all(store: &RedbStore, key: &str) -> Option<Vec<u8>> {
+    let read = store.blob_read(key, 0, u64::MAX).await.unwrap()?;
+    Some(collect(read).await)
+}
+
+/// Every file (not directory) under `dir`, recursively, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The content file of an uploaded blob.
+async fn file_of(store: &RedbStore, key: &str) -> PathBuf {
+    let files = store.blob_files(key, 0, u64::MAX).unwrap().await.unwrap();
+    let pieces = files.expect("the blob exists").pieces.expect("in a file");
+    assert_eq!(pieces.len(), 1);
+    pieces[0].path.clone()
+}
+
+fn u(bits: u8) -> BitType {
+    BitType {
+        signed: false,
+        bits,
+    }
+}
+
+fn set(offset: u64, value: i64) -> BlobOp {
+    BlobOp::Set {
+        ty: u(8),
+        offset,
+        value,
+        overflow: Overflow::Wrap,
+    }
+}
+
+async fn apply(store: &RedbStore, key: &str, ops: Vec<BlobOp>) -> (Vec<Option<i64>>, BlobMeta) {
+    match store.blob_apply(key, ops).await.unwrap() {
+        Applied::Done { results, meta } => (results, meta),
+        other => panic!("apply: {other:?}"),
+    }
+}
+
+/// Uploaded and fixed-size blobs, their metadata and the version counter
+/// survive a reopen.
+#[tokio::test]
+async fn blobs_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shoal.redb");
+    let store = RedbStore::open(&path).unwrap();
+    let data = content(300_000, 9);
+    let up = upload(&store, "files/a", &data).await;
+    store
+        .blob_create_fixed("board", 10_000, false, T)
+        .await
+        .unwrap();
+    let (_, board) = apply(&store, "board", vec![set(0, 7), set(9_999 * 8, 9)]).await;
+    store.close();
+    drop(store);
+
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.blob_meta("files/a").await.unwrap(), Some(up.clone()));
+    assert_eq!(read_all(&store, "files/a").await.unwrap(), data);
+    assert_eq!(store.blob_meta("board").await.unwrap(), Some(board.clone()));
+    let bytes = read_all(&store, "board").await.unwrap();
+    assert_eq!((bytes.len(), bytes[0], bytes[9_999]), (10_000, 7, 9));
+    assert!(bytes[1..9_999].iter().all(|b| *b == 0));
+    let page = store.blob_list("", None, 10).await.unwrap();
+    assert_eq!(page.blobs, vec![board.clone(), up.clone()]);
+    let again = upload(&store, "files/b", b"b").await;
+    assert!(again.version > board.version && board.version > up.version);
+}
+
+/// A cut upload leaves no file under `blobs/`, and an upload in progress
+/// is never swept.
+#[tokio::test]
+async fn dropped_upload_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+    let blobs = dir.path().join("blobs");
+    let mut up = store.blob_upload("cut").await.unwrap();
+    for _ in 0..5 {
+        up.write(Bytes::from(content(200_000, 1))).await.unwrap();
+    }
+    let tmp = files_under(&blobs);
+    assert_eq!(tmp.len(), 1, "the upload's temporary file: {tmp:?}");
+    assert!(tmp[0].starts_with(blobs.join("tmp")));
+    // A sweep of everything leaves the live upload alone.
+    assert_eq!(store.blob_sweep(u64::MAX).await.unwrap(), 0);
+    assert_eq!(files_under(&blobs), tmp);
+    drop(up);
+    assert_eq!(files_under(&blobs), Vec::<PathBuf>::new());
+    assert_eq!(store.blob_meta("cut").await.unwrap(), None);
+
+    // Once committed, the same sweep keeps it.
+    let mut up = store.blob_upload("kept").await.unwrap();
+    up.write(Bytes::from_static(b"kept")).await.unwrap();
+    store.blob_sweep(u64::MAX).await.unwrap();
+    up.commit(None, T).await.unwrap();
+    assert_eq!(store.blob_sweep(u64::MAX).await.unwrap(), 0);
+    assert_eq!(read_all(&store, "kept").await.unwrap(), b"kept");
+}
+
+/// Files a crash leaves (a content file whose metadata never committed, an
+/// abandoned temporary file) are removed by the sweep and by reopening;
+/// referenced files stay.
+#[tokio::test]
+async fn orphaned_files_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shoal.redb");
+    let blobs = dir.path().join("blobs");
+    let store = RedbStore::open(&path).unwrap();
+    upload(&store, "kept", b"kept").await;
+    let kept = file_of(&store, "kept").await;
+
+    let orphan = |id: &str| {
+        let dir = blobs.join(&id[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(id), b"a crash's leftover").unwrap();
+        dir.join(id)
+    };
+    let first = orphan("ab0123456789abcdef0123456789abcd");
+    let tmp = blobs.join("tmp/cd0123456789abcdef0123456789abcd");
+    std::fs::write(&tmp, b"half an upload").unwrap();
+    // Temporary files go only once older than asked; orphans at once.
+    assert_eq!(store.blob_sweep(0).await.unwrap(), 1);
+    assert!(!first.exists() && tmp.exists() && kept.exists());
+    assert_eq!(store.blob_sweep(u64::MAX).await.unwrap(), 1);
+    assert!(!tmp.exists());
+    assert_eq!(files_under(&blobs), vec![kept.clone()]);
+
+    // Reopening sweeps too.
+    let second = orphan("ef0123456789abcdef0123456789abcd");
+    std::fs::write(&tmp, b"half an upload").unwrap();
+    store.close();
+    drop(store);
+    let store = RedbStore::open(&path).unwrap();
+    assert!(!second.exists() && !tmp.exists());
+    assert_eq!(files_under(&blobs), vec![kept]);
+    assert_eq!(read_all(&store, "kept").await.unwrap(), b"kept");
+}
+
+/// Replacing or deleting an uploaded blob removes its old file.
+#[tokio::test]
+async fn replaced_content_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+    let blobs = dir.path().join("blobs");
+    upload(&store, "k", b"one").await;
+    let one = file_of(&store, "k").await;
+    upload(&store, "k", b"two").await;
+    let two = file_of(&store, "k").await;
+    assert_ne!(one, two);
+    assert!(!one.exists());
+    assert_eq!(std::fs::read(&two).unwrap(), b"two");
+    assert_eq!(files_under(&blobs), vec![two.clone()]);
+
+    // Replaced by a fixed-size blob: its file goes; its pages stay in redb.
+    let created = store.blob_create_fixed("k", 8, true, T).await.unwrap();
+    assert!(matches!(created, Created::Created(_)));
+    assert!(!two.exists());
+    let files = store.blob_files("k", 0, 8).unwrap().await.unwrap().unwrap();
+    assert_eq!(files.pieces, None);
+
+    upload(&store, "k", b"three").await;
+    let three = file_of(&store, "k").await;
+    assert!(store.blob_delete("k").await.unwrap());
+    assert!(!three.exists());
+    assert_eq!(files_under(&blobs), Vec::<PathBuf>::new());
+}
+
+/// A read keeps the content it opened: an uploaded blob's through its open
+/// file, a fixed-size blob's through its read transaction.
+#[tokio::test]
+async fn readers_keep_the_content_they_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+    let old = content(700_000, 3);
+    upload(&store, "k", &old).await;
+    let reader = store.blob_read("k", 1, u64::MAX).await.unwrap().unwrap();
+    let ranged = store.blob_read("k", 500_000, 10).await.unwrap().unwrap();
+    upload(&store, "k", b"new").await;
+    assert_eq!(collect(reader).await, old[1..]);
+    let deleted = store.blob_read("k", 0, u64::MAX).await.unwrap().unwrap();
+    assert!(store.blob_delete("k").await.unwrap());
+    assert_eq!(collect(ranged).await, old[500_000..500_010]);
+    assert_eq!(collect(deleted).await, b"new");
+
+    store
+        .blob_create_fixed("board", 200_000, false, T)
+        .await
+        .unwrap();
+    apply(&store, "board", vec![set(0, 1), set(150_000 * 8, 1)]).await;
+    let before = store
+        .blob_read("board", 0, u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.meta.size, 200_000);
+    apply(&store, "board", vec![set(0, 2), set(150_000 * 8, 2)]).await;
+    let bytes = collect(before).await;
+    assert_eq!((bytes[0], bytes[150_000]), (1, 1), "one snapshot");
+    let after = read_all(&store, "board").await.unwrap();
+    assert_eq!((after[0], after[150_000]), (2, 2));
+}
+
+/// Batches issued at once from many tasks all land, and share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_all_land_in_shared_commits() {
+    const TASKS: u64 = 32;
+    const BATCHES: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+    // A shared counter in the first 4 bytes, then one u16 per task (on
+    // several pages).
+    let size = 4 + TASKS * 2 * 1000;
+    store
+        .blob_create_fixed("counts", size, false, T)
+        .await
+        .unwrap();
+    let before = store.stats();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let store: Arc<RedbStore> = store.clone();
+        tasks.spawn(async move {
+            let incr = |ty, offset| BlobOp::IncrBy {
+                ty,
+                offset,
+                by: 1,
+                overflow: Overflow::Wrap,
+            };
+            let own = (4 + task * 2000) * 8;
+            // Issued all at once: each call is queued when made.
+            let batches: Vec<_> = (0..BATCHES)
+                .map(|_| store.blob_apply("counts", vec![incr(u(32), 0), incr(u(16), own)]))
+                .collect();
+            let mut versions = Vec::new();
+            for done in join_all(batches).await {
+                match done.unwrap() {
+                    Applied::Done { meta, .. } => versions.push(meta.version),
+                    other => panic!("{other:?}"),
+                }
+            }
+            versions
+        });
+    }
+    let mut versions: Vec<u64> = Vec::new();
+    while let Some(task) = tasks.join_next().await {
+        versions.extend(task.unwrap());
+    }
+    let total = TASKS * BATCHES;
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len() as u64, total, "every batch has its version");
+
+    let bytes = read_all(&store, "counts").await.unwrap();
+    let counter = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+    assert_eq!(u64::from(counter), total);
+    for task in 0..TASKS {
+        let at = (4 + task * 2000) as usize;
+        let own = u16::from_be_bytes(bytes[at..at + 2].try_into().unwrap());
+        assert_eq!(u64::from(own), BATCHES, "task {task}");
+    }
+    let after = store.stats();
+    let (commits, writes) = (after.commits - before.commits, after.writes - before.writes);
+    assert_eq!(writes, total);
+    assert!(
+        commits * 4 <= total,
+        "{commits} commits for {total} batches"
+    );
+}

@@ -923,9 +923,9 @@ impl ChunkCache {
     }
 
     /// Chunks one `blob_files` call may bring in (more would evict its own
-    /// first pieces): a quarter of the cap.
+    /// first pieces): half the cap, at least one.
     fn max_chunks_per_call(&self) -> u64 {
-        self.cap / CHUNK / 4
+        (self.cap / CHUNK / 2).max(1)
     }
 }
 

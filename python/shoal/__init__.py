@@ -11,9 +11,10 @@
 6
 
 Functions use ``Context`` and ``HostError`` (the handler's ``ctx`` and the
-error of its host calls) for type hints and tests::
+error of its host calls) for type hints and tests, and return a
+``Response`` for a result that is bytes (an image, a file)::
 
-    from shoal import Context, HostError
+    from shoal import Context, HostError, Response
 
 Importing those does not import the HTTP client: the client's modules load
 on first use of ``Client`` and the other names below.
@@ -22,6 +23,7 @@ on first use of ``Client`` and the other names below.
 __version__ = "0.1.0"
 
 from .context import Context, HostError  # noqa: E402
+from .response import Response  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ __all__ = [
     "pack_dir",
     "Context",
     "HostError",
+    "Response",
     "__version__",
 ]
 

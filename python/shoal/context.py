@@ -39,6 +39,8 @@ from __future__ import annotations
 import sys
 import time
 
+from .response import Response
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -117,6 +119,9 @@ class Context:
 
     #: The exception host calls raise (the same class as ``shoal.HostError``).
     HostError = HostError
+    #: A binary result to return (the same class as ``shoal.Response``):
+    #: ``return ctx.Response(png, content_type="image/png")``.
+    Response = Response
 
     invocation_id: str
     function_name: str

@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tracing::{debug, warn};
 
+use shoal_runtime::response::BinaryResult;
 use shoal_runtime::{Gate, Request, Response};
 use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord, StoreHealth};
 use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
@@ -204,7 +205,7 @@ impl Dispatcher {
         self.live.set(record.clone(), None);
         let (request, _) = self.request(&record, &d);
         let response = match self.env.runtime.invoke(&d.deployment, request).await {
-            Ok(r) => redact(&d, r),
+            Ok(r) => cleaned(&d, r),
             Err(e) => {
                 self.live.remove(&id);
                 return Err(e.into());
@@ -741,7 +742,7 @@ impl Dispatcher {
         match result {
             Ok(r) => {
                 record.handed_to = handoff.lock().unwrap().take();
-                Some(redact(d, r))
+                Some(cleaned(d, r))
             }
             Err(e) => {
                 self.live.remove(&record.id);
@@ -999,6 +1000,15 @@ impl Gate for TokenGate {
 
 /// A response with the values of the function's secrets taken out of its
 /// result, error and logs, before anything is stored or answered.
+/// The runtime's answer made fit to keep and to answer: secrets redacted,
+/// and a `Response` envelope that breaks its rules turned into a
+/// `bad_result` failure (so no record holds one that cannot be answered).
+fn cleaned(d: &Deployed, r: Response) -> Response {
+    let mut r = redact(d, r);
+    shoal_runtime::response::check_outcome(&mut r.outcome);
+    r
+}
+
 fn redact(d: &Deployed, mut r: Response) -> Response {
     if d.record.secrets.is_empty() {
         return r;
@@ -1016,7 +1026,12 @@ fn redact(d: &Deployed, mut r: Response) -> Response {
     };
     match &mut r.outcome {
         Outcome::Succeeded(json) => {
-            if let Some(clean) = crate::secrets::redact(json, &values) {
+            if let Some(Ok(mut binary)) = BinaryResult::parse(json) {
+                // Redacted field by field: the body's bytes, not its base64.
+                if redact_binary(&mut binary, &values) {
+                    *json = binary.to_json();
+                }
+            } else if let Some(clean) = crate::secrets::redact(json, &values) {
                 // Still JSON (a value inside a string), or said instead.
                 *json = if serde_json::from_str::<serde_json::Value>(&clean).is_ok() {
                     clean
@@ -1036,6 +1051,38 @@ fn redact(d: &Deployed, mut r: Response) -> Response {
         r.logs = clean.into_bytes();
     }
     r
+}
+
+/// Hides secret values in a `Response`'s content type, headers and body;
+/// true when something changed.
+fn redact_binary(r: &mut BinaryResult, values: &[&str]) -> bool {
+    let mut changed = false;
+    let mut hide = |text: &mut String| {
+        if let Some(clean) = crate::secrets::redact(text, values) {
+            *text = clean;
+            changed = true;
+        }
+    };
+    hide(&mut r.content_type);
+    for value in r.headers.values_mut() {
+        hide(value);
+    }
+    for v in values.iter().filter(|v| v.len() >= 4) {
+        let v = v.as_bytes();
+        if r.body.windows(v.len()).any(|w| w == v) {
+            let mut out = Vec::with_capacity(r.body.len());
+            let mut rest = &r.body[..];
+            while let Some(at) = rest.windows(v.len()).position(|w| w == v) {
+                out.extend_from_slice(&rest[..at]);
+                out.extend_from_slice(b"***");
+                rest = &rest[at + v.len()..];
+            }
+            out.extend_from_slice(rest);
+            r.body = out;
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn metrics(d: &Deployed, mode: InvocationMode, r: &Response) {

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
+use std::num::NonZeroU32;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,6 +55,7 @@ impl Deployed {
             network: record.network,
             code_digest: record.code_digest.clone(),
             env: record.env.clone(),
+            max_invocations_per_worker: record.max_invocations_per_worker.and_then(NonZeroU32::new),
         };
         Deployed {
             record,
@@ -1023,6 +1025,7 @@ impl Unpacked {
                 ttl_ms: c.ttl.as_millis() as u64,
                 max_bytes: u64::from(c.max_mb) << 20,
             }),
+            max_invocations_per_worker: m.max_invocations_per_worker.map(NonZeroU32::get),
         }
     }
 }

@@ -48,6 +48,7 @@ pub use kv::{
 };
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use secrets::SecretInfo;
+pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
     CategoryRecord, ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord,

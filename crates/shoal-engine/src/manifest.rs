@@ -38,6 +38,9 @@ pub struct Manifest {
     pub secrets: Vec<String>,
     /// `[cache]`: answer identical synchronous events from a result cache.
     pub cache: Option<Cache>,
+    /// `max_invocations_per_worker`: a worker that has served this many
+    /// invocations is replaced by a fresh one (containing leaks).
+    pub max_invocations_per_worker: Option<std::num::NonZeroU32>,
 }
 
 /// `[cache]`: the result cache of synchronous invocations.
@@ -211,7 +214,14 @@ impl Manifest {
                 Some(Cache { ttl, max_mb })
             }
         };
+        let max_invocations_per_worker = match raw.max_invocations_per_worker {
+            None => None,
+            Some(n) => Some(std::num::NonZeroU32::new(n).ok_or(
+                "shoal.toml: max_invocations_per_worker must be at least 1 (leave it out to keep workers)",
+            )?),
+        };
         Ok(Manifest {
+            max_invocations_per_worker,
             cache,
             secrets,
             env,
@@ -252,6 +262,7 @@ struct Raw {
     env: Option<std::collections::BTreeMap<String, String>>,
     secrets: Option<Vec<String>>,
     cache: Option<RawCache>,
+    max_invocations_per_worker: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +393,21 @@ mod tests {
         assert_eq!(m.limits.timeout, Duration::from_secs(30));
         assert_eq!(m.limits.concurrency, 4);
         assert_eq!(m.retries, 2);
+    }
+
+    #[test]
+    fn max_invocations_per_worker() {
+        let m = Manifest::parse("name = \"a\"").unwrap();
+        assert_eq!(m.max_invocations_per_worker, None);
+        let m = Manifest::parse("name = \"a\"\nmax_invocations_per_worker = 3").unwrap();
+        assert_eq!(m.max_invocations_per_worker.map(|n| n.get()), Some(3));
+        let err = Manifest::parse("name = \"a\"\nmax_invocations_per_worker = 0").unwrap_err();
+        assert!(
+            err.contains("max_invocations_per_worker must be at least 1"),
+            "{err}"
+        );
+        let err = Manifest::parse("name = \"a\"\nmax_invocations_per_worker = -1").unwrap_err();
+        assert!(err.contains("max_invocations_per_worker"), "{err}");
     }
 
     #[test]

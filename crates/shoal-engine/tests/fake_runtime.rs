@@ -26,6 +26,7 @@ fn deployment(name: &str) -> Deployment {
         network: shoal_types::Network::Host,
         code_digest: None,
         env: Default::default(),
+        max_invocations_per_worker: None,
     }
 }
 

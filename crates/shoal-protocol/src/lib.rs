@@ -553,6 +553,10 @@ pub const INVOCATION_ID_HEADER: &str = "shoal-invocation-id";
 /// Header present on a synchronous invoke answer when the function failed; its
 /// value is the error type.
 pub const FUNCTION_ERROR_HEADER: &str = "shoal-function-error";
+/// Header present, with the value `response`, on a synchronous invoke answer
+/// that is a `shoal.Response` the function returned: the body, status,
+/// content type and headers are the function's own, not JSON.
+pub const RESULT_HEADER: &str = "shoal-result";
 /// Content type of a function upload: a tar archive of the function directory.
 pub const ARCHIVE_CONTENT_TYPE: &str = "application/x-tar";
 

@@ -222,6 +222,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str, concurrency: u32) -> D
         network: shoal_types::Network::Host,
         code_digest: None,
         env: Default::default(),
+        max_invocations_per_worker: None,
     }
 }
 

@@ -362,6 +362,7 @@ fn deploy(dir: &tempfile::TempDir, key: &str, code: &str) -> Deployment {
         network: shoal_types::Network::Host,
         code_digest: None,
         env: Default::default(),
+        max_invocations_per_worker: None,
     }
 }
 

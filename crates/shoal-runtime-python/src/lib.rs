@@ -57,11 +57,12 @@ use crate::venv::Venvs;
 /// The runner package `_shoal_runner`, file by file, written by
 /// `PythonRuntime::new` to `work_dir/runner-<hash of the files>/_shoal_runner/`
 /// (a directory per content, so bytecode Python caches there is never stale).
-/// Its `context.py` is the client package's: one definition of the API
-/// handlers see.
+/// Its `context.py`, `blobs.py` and `response.py` are the client package's: one
+/// definition of the API handlers see.
 const RUNNER_FILES: &[(&str, &str)] = &[
     ("__init__.py", include_str!("_shoal_runner/__init__.py")),
     ("__main__.py", include_str!("_shoal_runner/__main__.py")),
+    ("blobs.py", include_str!("../../../python/shoal/blobs.py")),
     ("capture.py", include_str!("_shoal_runner/capture.py")),
     (
         "context.py",
@@ -72,6 +73,10 @@ const RUNNER_FILES: &[(&str, &str)] = &[
     ("process.py", include_str!("_shoal_runner/process.py")),
     ("protocol.py", include_str!("_shoal_runner/protocol.py")),
     ("query.py", include_str!("_shoal_runner/query.py")),
+    (
+        "response.py",
+        include_str!("../../../python/shoal/response.py"),
+    ),
     ("sandbox.py", include_str!("_shoal_runner/sandbox.py")),
     ("template.py", include_str!("_shoal_runner/template.py")),
     ("worker.py", include_str!("_shoal_runner/worker.py")),
@@ -495,8 +500,10 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".py"))
             .collect();
-        // The API module is the client package's file.
+        // The API modules are the client package's files.
+        on_disk.push("blobs.py".into());
         on_disk.push("context.py".into());
+        on_disk.push("response.py".into());
         on_disk.sort();
         let embedded: Vec<&str> = RUNNER_FILES.iter().map(|(name, _)| *name).collect();
         assert_eq!(on_disk, embedded);

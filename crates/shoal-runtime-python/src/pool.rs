@@ -3,7 +3,10 @@
 //!
 //! At most `limits.concurrency` workers exist; an invocation takes the most
 //! recently used idle worker, forks a new one when under the limit, or waits.
-//! Only healthy workers return to the idle list.
+//! Only healthy workers return to the idle list. With
+//! `max_invocations_per_worker`, a worker that has served that many is
+//! retired once its invocation has finished (gracefully: it exits at the
+//! end of its socket) instead, and the next invocation forks a fresh one.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,11 +26,15 @@ use crate::{Config, lock, protocol};
 const MIN_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Workers that die before an invocation reaches them are replaced this often.
 const ATTEMPTS: usize = 3;
+/// How long a retired worker gets to exit on its own before it is killed.
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) struct Pool {
     key: String,
     deployment: Deployment,
     limits: Limits,
+    /// Invocations after which a worker is replaced.
+    recycle_after: Option<std::num::NonZeroU32>,
     caps: Caps,
     config: Arc<Config>,
     permits: Arc<Semaphore>,
@@ -44,6 +51,10 @@ struct State {
     /// Oldest first; invocations take from the end.
     idle: Vec<Worker>,
     busy: Vec<Pid>,
+    /// Workers retired after `max_invocations_per_worker`, exiting on
+    /// their own; dropped (killed) once they have, or after
+    /// `RETIRE_GRACE`.
+    retiring: Vec<Worker>,
     template: Option<Arc<Template>>,
     retired: bool,
     /// Since when the pool has had no workers (template reaping).
@@ -72,6 +83,7 @@ impl Pool {
             key: deployment.key.clone(),
             deployment: deployment.clone(),
             limits,
+            recycle_after: deployment.max_invocations_per_worker,
             caps: Caps {
                 max_log_bytes: config.max_log_bytes,
                 max_result_bytes: config.max_result_bytes,
@@ -134,7 +146,17 @@ impl Pool {
             drop(busy);
             match ran {
                 Ok(ran) => {
-                    if ran.reusable {
+                    worker.served = worker.served.saturating_add(1);
+                    let worn_out = self.recycle_after.is_some_and(|n| worker.served >= n.get());
+                    if ran.reusable && worn_out {
+                        let pid = worker.pid().as_raw_nonzero().get();
+                        tracing::debug!(
+                            deployment = %self.key, pid, served = worker.served,
+                            "Retiring a worker that served its invocations."
+                        );
+                        worker.close_input();
+                        self.retiring(worker);
+                    } else if ran.reusable {
                         self.put_back(worker);
                     } else {
                         drop(worker);
@@ -179,6 +201,19 @@ impl Pool {
         drop(state);
         drop(stale);
         found
+    }
+
+    /// Keeps a retired worker (its input closed) until it has exited, and
+    /// lets go of those that have.
+    fn retiring(&self, mut worker: Worker) {
+        worker.last_used = Instant::now();
+        let gone = {
+            let mut state = lock(&self.state);
+            let gone = take_exited(&mut state.retiring, worker.last_used);
+            state.retiring.push(worker);
+            gone
+        };
+        drop(gone);
     }
 
     fn put_back(&self, mut worker: Worker) {
@@ -465,6 +500,7 @@ impl Pool {
                     i += 1;
                 }
             }
+            dead.extend(take_exited(&mut state.retiring, now));
             if state.idle.is_empty() && state.busy.is_empty() && queries_idle {
                 let since = *state.empty_since.get_or_insert(now);
                 if now.saturating_duration_since(since) >= idle_timeout
@@ -500,12 +536,17 @@ impl Pool {
     /// Stops the template and idle workers; busy ones stop when they finish
     /// (query workers when their query ends).
     pub(crate) fn retire(&self) {
-        let (idle, template) = {
+        let (idle, retiring, template) = {
             let mut state = lock(&self.state);
             state.retired = true;
-            (std::mem::take(&mut state.idle), state.template.take())
+            (
+                std::mem::take(&mut state.idle),
+                std::mem::take(&mut state.retiring),
+                state.template.take(),
+            )
         };
         drop(idle);
+        drop(retiring);
         drop(template);
         if let Ok(mut set) = self.query_set.try_lock() {
             for worker in set.slots.iter_mut().filter_map(Option::take) {
@@ -526,6 +567,21 @@ impl Pool {
         }
         self.retire();
     }
+}
+
+/// The retired workers that have exited, or have had `RETIRE_GRACE`.
+fn take_exited(retiring: &mut Vec<Worker>, now: Instant) -> Vec<Worker> {
+    let mut gone = Vec::new();
+    let mut i = 0;
+    while i < retiring.len() {
+        let late = now.saturating_duration_since(retiring[i].last_used) >= RETIRE_GRACE;
+        if late || retiring[i].has_exited() {
+            gone.push(retiring.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    gone
 }
 
 impl<'a> Busy<'a> {

@@ -79,6 +79,8 @@ pub(crate) struct Worker {
     tree: Option<WorkerTree>,
     /// When the worker last finished an invocation.
     pub last_used: Instant,
+    /// Invocations it has finished (for `max_invocations_per_worker`).
+    pub served: u32,
 }
 
 /// What a query exchange waits for.
@@ -112,11 +114,21 @@ impl Worker {
             exit: Some(new.exit),
             tree: new.tree,
             last_used: Instant::now(),
+            served: 0,
         })
     }
 
     pub(crate) fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// Lets an idle worker go gracefully: its socket's write side is shut,
+    /// so the runner finishes what it does after an invocation (emptying
+    /// its scratch directory) and exits at the end of the stream. The
+    /// caller keeps the `Worker` until [`Worker::has_exited`] (dropping it
+    /// kills the process group, as always).
+    pub(crate) fn close_input(&self) {
+        let _ = rustix::net::shutdown(&self.proto, rustix::net::Shutdown::Write);
     }
 
     /// True when the template reported this worker dead (it died idle).
@@ -291,7 +303,9 @@ impl Worker {
         caps: &Caps,
         calls: &mut HostCalls,
     ) -> Event {
-        let frame_max = caps.max_result_bytes + caps.max_log_bytes + FRAME_SLACK;
+        // A `shoal.Response`'s body may take the whole result limit; it
+        // travels as base64 (4 bytes per 3).
+        let frame_max = caps.max_result_bytes.div_ceil(3) * 4 + caps.max_log_bytes + FRAME_SLACK;
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::pin!(sleep);
         let mut logs_open = true;

@@ -21,6 +21,7 @@ mod digest;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod host;
+pub mod response;
 
 pub use digest::{code_digest, code_digest_of_dir};
 pub use host::{
@@ -66,6 +67,11 @@ pub struct Deployment {
     /// Environment variables of its processes (`[env]`), beside the few
     /// the node sets.
     pub env: std::collections::BTreeMap<String, String>,
+    /// A worker that has served this many invocations is retired after
+    /// its last one (never during it) and a fresh one takes its place, so
+    /// whatever a handler leaks goes with it. `None`: workers serve until
+    /// they go idle or fail.
+    pub max_invocations_per_worker: Option<std::num::NonZeroU32>,
 }
 
 /// Awaited by the runtime right before a handler starts on a ready worker:
@@ -106,6 +112,9 @@ impl std::fmt::Debug for Request {
 }
 
 /// What an invocation produced.
+///
+/// A successful outcome's result is JSON text; a handler's binary result
+/// (`shoal.Response`) is the envelope of [`response`].
 #[derive(Debug, Clone)]
 pub struct Response {
     pub outcome: Outcome,

@@ -18,6 +18,8 @@ Modules:
 - `host`: host calls (`ctx.call`) over the worker's socket;
 - `context`: `Context` and `HostError`, the API a handler sees; the very file
   the `shoal` client package ships (`python/shoal/context.py`);
+- `response`: `Response`, a handler's binary result; also the client
+  package's file (`python/shoal/response.py`);
 - `query`: map/reduce over shards, with resident documents;
 - `protocol`: frames, control messages, the host-protocol version;
 - `failures`: exceptions described for error frames;

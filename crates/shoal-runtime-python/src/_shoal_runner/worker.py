@@ -17,6 +17,7 @@ from .host import Host
 from .process import children_left, clear_dir, die_with_parent, limit_memory, set_subreaper
 from .protocol import HEADER, encoder, json_bytes
 from .query import QUERY_FRAMES, Abort, Query
+from .response import Response, is_response_json
 
 # Sent by Rust when an invocation times out: hand over the logs captured so far.
 _LOGS_SIGNAL = signal.SIGUSR2
@@ -185,7 +186,22 @@ class Worker:
             if fatal:
                 os._exit(0)
             return
+        # A Response travels as its JSON form (see response.py); its body
+        # counts against the result limit, not its base64.
+        binary = isinstance(result, Response)
+        refused = None
+        if binary and len(result.body) > self.max_result:
+            refused = ("output_limit", "the response body is %d bytes; the limit is %d" % (len(result.body), self.max_result))
+        elif not binary and is_response_json(result):
+            refused = ("bad_result", "a result whose only key is '$response' is reserved for shoal.Response; return ctx.Response(body, content_type=...) instead")
+        if refused is not None:
+            self.fail(refused[0], None, refused[1], sink.take(), retire)
+            if retire:
+                os._exit(0)
+            return
         try:
+            if binary:
+                result = result.to_json()
             body = self.encode(result).encode("utf-8")
         except MemoryError as e:
             self.fail("out_of_memory", e, "the worker ran out of memory encoding the result", sink.take(), True)
@@ -195,7 +211,7 @@ class Worker:
             if retire:
                 os._exit(0)
             return
-        if len(body) > self.max_result:
+        if not binary and len(body) > self.max_result:
             message = "the result is %d bytes; the limit is %d" % (len(body), self.max_result)
             self.fail("output_limit", None, message, sink.take(), retire)
             if retire:

@@ -61,6 +61,7 @@ impl Fixture {
             network: shoal_types::Network::Host,
             code_digest: None,
             env: Default::default(),
+            max_invocations_per_worker: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 """Unit tests of the runner package (`src/_shoal_runner/`), with pytest.
 
 The package is assembled the way the Rust runtime writes it (its modules,
-plus the client package's `context.py`) into a temporary directory that is
+plus the client package's `context.py`, `blobs.py` and `response.py`) into a temporary directory that is
 put on `sys.path`, so `import _shoal_runner.host` imports what workers run.
 """
 
@@ -30,7 +30,8 @@ def _assemble():
     for name in os.listdir(source):
         if name.endswith(".py"):
             shutil.copy(os.path.join(source, name), package)
-    shutil.copy(os.path.join(REPO, "python", "shoal", "context.py"), package)
+    for name in ("blobs.py", "context.py", "response.py"):
+        shutil.copy(os.path.join(REPO, "python", "shoal", name), package)
     sys.path.insert(0, root)
 
 

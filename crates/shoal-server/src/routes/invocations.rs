@@ -6,19 +6,20 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header::CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
 use shoal_engine::{
-    Feed, FeedItem, InvocationCursor, InvocationFilter, InvocationRecord, MAX_LIST_LIMIT,
+    BinaryResult, Feed, FeedItem, InvocationCursor, InvocationFilter, InvocationRecord,
+    MAX_LIST_LIMIT,
 };
 use shoal_protocol::{
     Accepted, ErrorBody, FUNCTION_ERROR_HEADER, FunctionFailure, FunctionLogs,
     INVOCATION_ID_HEADER, InvocationList, InvocationLogs, InvocationSummary, InvocationView,
-    LogsLagged, LogsView,
+    LogsLagged, LogsView, RESULT_HEADER,
 };
 use shoal_types::{FunctionName, InvocationMode, InvocationStatus, Outcome};
 
@@ -38,7 +39,9 @@ pub(crate) struct InvokeParams {
 /// Synchronous calls answer 200 with the function's return value. When the
 /// function fails, the answer is still 200 (the call worked) with the
 /// `Shoal-Function-Error` header set to the error type and a
-/// `FunctionFailure` body.
+/// `FunctionFailure` body. A function that returned a `shoal.Response` is
+/// answered with its status, content type, headers and bytes, and the
+/// header `Shoal-Result: response`.
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invocations",
     params(("name" = String, Path), InvokeParams),
     request_body(content = Object, content_type = "application/json", description = "the event"),
@@ -81,6 +84,9 @@ pub(crate) async fn invoke(
     }
     let done = state.handle.invoke(&name, event).await?;
     let mut resp = match &done.outcome {
+        Outcome::Succeeded(json) if let Some(Ok(binary)) = BinaryResult::parse(json) => {
+            binary_answer(binary)
+        }
         Outcome::Succeeded(json) => {
             let mut r = json.clone().into_response();
             r.headers_mut()
@@ -99,6 +105,34 @@ pub(crate) async fn invoke(
     };
     set_header(&mut resp, INVOCATION_ID_HEADER, &done.id);
     Ok(resp)
+}
+
+/// A `shoal.Response` the function returned, answered as it is: its status,
+/// content type, headers and body bytes (checked by the engine, so every
+/// name and value is a legal header), marked with `Shoal-Result: response`.
+fn binary_answer(binary: BinaryResult) -> Response {
+    let BinaryResult {
+        status,
+        content_type,
+        headers,
+        body,
+    } = binary;
+    let mut r = Response::new(axum::body::Body::from(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let map = r.headers_mut();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            map.insert(name, value);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        map.insert(CONTENT_TYPE, v);
+    }
+    map.insert(RESULT_HEADER, HeaderValue::from_static("response"));
+    r
 }
 
 /// An empty body is the event `{}`; anything else must be one JSON value.

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     #: Where a test context's host calls go: ``host(op, args)`` returns the
     #: answer (any JSON value) or raises :class:`HostError`.
     HostFunction = Callable[[str, Any], Any]
+    from .blobs import Blob, Job
     #: A document to write: ``(id, doc)`` (``id`` None: the node makes one),
     #: or the document alone.
     DocItem = Union[Tuple[Optional[str], Any], Any]
@@ -351,6 +352,117 @@ class Context:
             cursor = page["next"]
             if cursor is None:
                 return
+
+    # ---- blobs and byte ranges (docs/blobs.md) ----
+
+    def blob(self, key: str) -> "Blob":
+        """Blob ``key`` as it is now: ``.size``, ``.etag``, ``.read(offset,
+        length)``, ``.open()`` (a read-only file), ``.bitfield(ops)`` and
+        ``.write_at(offset, data)`` (fixed-size blobs). Reads come straight
+        from the node's disk where it has the bytes in files. Raises
+        ``HostError("blob_not_found")``."""
+        from .blobs import Blob
+
+        info = self.blob_open(key, 0, 0)["blob"]
+        if info is None:
+            raise HostError("blob_not_found", "blob `%s` not found" % key)
+        return Blob(self, info)
+
+    def blob_open(self, key: str, offset: int = 0, length: Optional[int] = None) -> Dict[str, Any]:
+        """A blob's metadata and the files on this node holding ``length``
+        bytes from ``offset``. Host operation ``"blob_open"``, args
+        ``{"key", "offset", "length"}``, answer ``{"blob", "pieces"}``
+        (``blob`` None when absent; ``pieces`` ``[{"length", "offset",
+        "path"}]``, or None when the bytes are not in files here)."""
+        return self.call("blob_open", {"key": key, "offset": offset, "length": length})
+
+    def blob_read(self, key: str, offset: int, length: int, etag: Optional[str] = None) -> bytes:
+        """Up to ``length`` (at most 4 MiB) bytes of a blob through the
+        node, of the content ``etag`` when given (else ``HostError
+        ("blob_changed")``). Host operation ``"blob_read"``, answer
+        ``{"data", "etag"}`` (``data`` base64)."""
+        import base64
+
+        answer = self.call("blob_read", {"key": key, "offset": offset, "length": length, "etag": etag})
+        return base64.b64decode(answer["data"])
+
+    def blob_apply(self, key: str, ops: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Applies bit and byte operations to a fixed-size blob, all or
+        nothing (see ``Blob.bitfield``). Host operation ``"blob_apply"``,
+        answer ``{"etag", "results", "version"}``."""
+        return self.call("blob_apply", {"key": key, "ops": list(ops)})
+
+    def blob_create(self, key: str, size: int, if_absent: bool = False) -> Dict[str, Any]:
+        """Creates a zero-filled fixed-size blob of ``size`` bytes (with
+        ``if_absent``, keeps one that exists) and returns its metadata.
+        Host operation ``"blob_create"``, answer ``{"blob", "created"}``."""
+        return self.call("blob_create", {"key": key, "size": size, "if_absent": if_absent})["blob"]
+
+    def blob_put(self, key: str, data: bytes, content_type: Optional[str] = None) -> Dict[str, Any]:
+        """Stores ``data`` (within the size limit of a host call) as blob
+        ``key``, replacing it whole; returns its metadata. Host operation
+        ``"blob_put"``, args ``{"key", "data", "content_type"}`` (``data``
+        base64), answer ``{"blob"}``."""
+        import base64
+
+        encoded = base64.b64encode(bytes(data)).decode("ascii")
+        return self.call("blob_put", {"key": key, "data": encoded, "content_type": content_type})["blob"]
+
+    def map_ranges(
+        self,
+        key: str,
+        function: str,
+        chunk_bytes: int = 8 << 20,
+        records: Union[int, str] = "lines",
+        then: Optional[str] = None,
+        max_in_flight: Optional[int] = None,
+        args: Any = None,
+    ) -> "Job":
+        """Fans out over blob ``key``: one child of ``function`` per range
+        of about ``chunk_bytes``, aligned to ``records`` (a record size in
+        bytes, or ``"lines"``), so every record is read by exactly one
+        child. A child's event is ``{"key", "offset", "length", "records",
+        "size", "etag", "index", "args"}``; it reads its records with
+        ``ctx.range_records(event)`` (or ``ctx.range_bytes(event)``). At
+        most ``max_in_flight`` children run at once. ``then`` runs once
+        after every child, like ``map``'s. Returns the job's id (a ``str``)
+        with ``.wait(timeout)``, which returns ``then``'s result. Host
+        operation ``"map_ranges"``, answer ``{"children", "job"}``."""
+        from .blobs import Job
+
+        answer = self.call("map_ranges", {
+            "key": key, "function": function, "chunk_bytes": chunk_bytes, "records": records,
+            "then": then, "max_in_flight": max_in_flight, "args": args,
+        })
+        return Job(answer["job"], self)
+
+    def job_wait(self, job: str, timeout: Union[int, float, None] = None) -> Any:
+        """Waits until ``job`` and its fan-in have finished (at most
+        ``timeout`` seconds) and returns the fan-in's result (None without
+        one). Raises ``HostError("job_failed")`` when the fan-in failed,
+        ``HostError("timeout")``. Host operation ``"job_wait"``, args
+        ``{"job", "timeout_ms"}``, answer ``{"error", "job", "output",
+        "status"}``."""
+        timeout_ms = None if timeout is None else int(timeout * 1000)
+        answer = self.call("job_wait", {"job": str(job), "timeout_ms": timeout_ms})
+        if answer["status"] in ("succeeded", "finished"):
+            return answer["output"]
+        error = answer.get("error") or {}
+        raise HostError("job_failed", "job %s ended %s: %s" % (job, answer["status"], error.get("message", "")))
+
+    def range_bytes(self, event: Dict[str, Any]):
+        """The bytes of a ``map_ranges`` child's range (bytes-like)."""
+        from .blobs import range_bytes
+
+        return range_bytes(self, event)
+
+    def range_records(self, event: Dict[str, Any]) -> Iterator[bytes]:
+        """The records a ``map_ranges`` child owns, each read once: its
+        fixed-size records, or the lines starting in its range (without
+        their newline)."""
+        from .blobs import range_records
+
+        return range_records(self, event)
 
     def __repr__(self) -> str:
         return "Context(invocation_id=%r, function_name=%r, version=%r, attempt=%r)" % (

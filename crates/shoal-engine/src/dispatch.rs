@@ -428,10 +428,16 @@ impl Dispatcher {
             // With a concurrency key, the lease passes over keys that have
             // `per_key` batches running: their messages wait in the queue, in
             // order, while other keys' messages go ahead.
-            let key_limit = deployed
+            // Asynchronous invocations always lease keyed: a job's children
+            // under `max_in_flight` carry a key with its own limit.
+            let ck = deployed
                 .as_ref()
-                .and_then(|d| d.record.concurrency_key.as_ref())
-                .map(|ck| consumer.key_limit(ck.per_key));
+                .and_then(|d| d.record.concurrency_key.as_ref());
+            let key_limit = match (ck, &consumer.feed) {
+                (Some(ck), _) => Some(consumer.key_limit(ck.per_key)),
+                (None, Feed::Async { .. }) => Some(consumer.key_limit(u32::MAX)),
+                (None, Feed::Subscription { .. }) => None,
+            };
             let visibility_ms = self
                 .visibility_ms(&consumer.feed, deployed.as_deref())
                 .await;

@@ -4,7 +4,9 @@
 //! progress), `job_results` (a page of its children's results), `put_docs`
 //! and `get_doc` (documents in categories, durable when the call returns),
 //! `kv_get`, `kv_set`, `kv_incr`, `kv_delete` and `kv_list` (the key-value
-//! store, see `kv`).
+//! store, see `kv`), `blob_open`, `blob_read`, `blob_apply`, `blob_create`
+//! and `blob_put` (blobs, see `blobs`), `map_ranges` and `job_wait` (see
+//! `ranges`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +16,14 @@ use serde_json::json;
 
 use shoal_runtime::{Host, HostCall, HostError};
 
+use crate::blobs::Blobs;
 use crate::categories::NewDoc;
 use crate::dispatch::Dispatcher;
 use crate::error::{Conflict, Entity, Error};
 use crate::jobs::{Caller, JobSpec};
 use crate::kv::{Kv, KvWhen};
 use crate::queues::OutMessage;
+use crate::ranges::{RangeJob, Records};
 
 /// Host calls of one invocation.
 pub(crate) struct EngineHost {
@@ -29,6 +33,8 @@ pub(crate) struct EngineHost {
 
 /// Results per `job_results` call at most (and by default).
 const RESULTS_PAGE: usize = 1000;
+/// Bytes one `blob_read` answers at most.
+pub const MAX_BLOB_READ: u64 = 4 << 20;
 
 impl Host for EngineHost {
     fn call(&self, call: HostCall) -> BoxFuture<'static, Result<String, HostError>> {
@@ -68,6 +74,7 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
                 function: a.function,
                 events: a.events.into_iter().map(|e| e.get().to_string()).collect(),
                 then: a.then,
+                max_in_flight: None,
             };
             let id = engine
                 .jobs
@@ -190,6 +197,169 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             })
             .to_string())
         }
+        HostCall::BlobOpen(a) => {
+            let blobs = Blobs::new(engine.env.clone());
+            let length = a.length.unwrap_or(u64::MAX);
+            match blobs.files(&a.key, a.offset, length).await {
+                Ok(Some(files)) => {
+                    let pieces = files.pieces.map(|ps| {
+                        ps.iter()
+                            .map(|p| json!({"length": p.len, "offset": p.file_offset, "path": p.path}))
+                            .collect::<Vec<_>>()
+                    });
+                    Ok(json!({"blob": blob_json(&files.meta), "pieces": pieces}).to_string())
+                }
+                Ok(None) => match blobs.meta(&a.key).await {
+                    Ok(meta) => Ok(json!({"blob": blob_json(&meta), "pieces": null}).to_string()),
+                    Err(Error::NotFound {
+                        entity: Entity::Blob,
+                        ..
+                    }) => Ok("{\"blob\":null,\"pieces\":null}".to_string()),
+                    Err(e) => Err(host_error(e)),
+                },
+                Err(Error::NotFound {
+                    entity: Entity::Blob,
+                    ..
+                }) => Ok("{\"blob\":null,\"pieces\":null}".to_string()),
+                Err(e) => Err(host_error(e)),
+            }
+        }
+        HostCall::BlobRead(a) => {
+            use base64::Engine as _;
+            use futures_util::StreamExt;
+            if a.length > MAX_BLOB_READ {
+                return Err(HostError::new(
+                    "invalid_input",
+                    format!(
+                        "a blob_read answers at most {MAX_BLOB_READ} bytes, not {}; read in pieces",
+                        a.length
+                    ),
+                ));
+            }
+            let read = Blobs::new(engine.env.clone())
+                .read(&a.key, a.offset, a.length)
+                .await
+                .map_err(host_error)?;
+            let etag = read.meta.etag();
+            if a.etag.as_ref().is_some_and(|want| *want != etag) {
+                return Err(blob_changed(&a.key));
+            }
+            let mut data = Vec::new();
+            let mut body = read.body;
+            while let Some(piece) = body.next().await {
+                data.extend_from_slice(&piece.map_err(|e| host_error(e.into()))?);
+            }
+            let data = base64::engine::general_purpose::STANDARD.encode(&data);
+            Ok(json!({"data": data, "etag": etag}).to_string())
+        }
+        HostCall::BlobApply(a) => {
+            let mut ops = Vec::with_capacity(a.ops.len());
+            for (i, raw) in a.ops.iter().enumerate() {
+                let op = serde_json::from_str::<shoal_store::OpSpec>(raw.get())
+                    .map_err(|e| e.to_string())
+                    .and_then(|spec| spec.parse())
+                    .map_err(|why| {
+                        HostError::new(
+                            "invalid_input",
+                            format!("ops[{i}]: {why}; nothing was changed"),
+                        )
+                    })?;
+                ops.push(op);
+            }
+            let done = Blobs::new(engine.env.clone())
+                .apply(&a.key, ops)
+                .await
+                .map_err(host_error)?;
+            Ok(json!({"etag": done.meta.etag(), "results": done.results, "version": done.meta.version}).to_string())
+        }
+        HostCall::BlobCreate(a) => {
+            let created = Blobs::new(engine.env.clone())
+                .create_fixed(&a.key, a.size, !a.if_absent)
+                .await
+                .map_err(host_error)?;
+            let (meta, created) = match created {
+                Ok(meta) => (meta, true),
+                Err(meta) => (meta, false),
+            };
+            Ok(json!({"blob": blob_json(&meta), "created": created}).to_string())
+        }
+        HostCall::BlobPut(a) => {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&a.data)
+                .map_err(|e| {
+                    HostError::new("invalid_input", format!("`data` is not base64: {e}"))
+                })?;
+            let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                bytes::Bytes::from(data),
+            )]);
+            let meta = Blobs::new(engine.env.clone())
+                .upload(&a.key, a.content_type, body)
+                .await
+                .map_err(host_error)?;
+            Ok(json!({"blob": blob_json(&meta)}).to_string())
+        }
+        HostCall::MapRanges(a) => {
+            let records = match serde_json::from_str::<serde_json::Value>(a.records.get()) {
+                Ok(serde_json::Value::String(s)) if s == "lines" => Records::Lines,
+                Ok(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
+                    Records::Fixed(n.as_u64().unwrap_or(0))
+                }
+                _ => {
+                    return Err(HostError::new(
+                        "invalid_input",
+                        format!(
+                            "records must be a record size in bytes or \"lines\", not {}",
+                            a.records.get()
+                        ),
+                    ));
+                }
+            };
+            let spec = RangeJob {
+                key: a.key,
+                function: a.function,
+                chunk_bytes: a.chunk_bytes,
+                records,
+                then: a.then,
+                max_in_flight: a.max_in_flight,
+                args: a.args.map(|r| r.get().to_string()),
+            };
+            let (job, children) = crate::ranges::start(engine, spec, Some(caller))
+                .await
+                .map_err(host_error)?;
+            Ok(json!({"children": children, "job": job}).to_string())
+        }
+        HostCall::JobWait(a) => {
+            // At most a day: the invocation's own timeout ends it sooner.
+            let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(86_400_000).min(86_400_000));
+            match crate::ranges::wait(engine, &a.job, timeout)
+                .await
+                .map_err(host_error)?
+            {
+                Some(w) => {
+                    let output = w.output.as_deref().unwrap_or("null");
+                    let raw = serde_json::value::RawValue::from_string(output.to_string())
+                        .map_err(|e| {
+                            HostError::new(
+                                "unavailable",
+                                format!("the fan-in's output is not JSON: {e}"),
+                            )
+                        })?;
+                    Ok(
+                        json!({"error": w.error, "job": a.job, "output": raw, "status": w.status})
+                            .to_string(),
+                    )
+                }
+                None => Err(HostError::new(
+                    "timeout",
+                    format!(
+                        "job {} did not finish within {} ms",
+                        a.job,
+                        timeout.as_millis()
+                    ),
+                )),
+            }
+        }
         HostCall::JobResults(a) => {
             let limit = a.limit.unwrap_or(RESULTS_PAGE);
             let results = engine
@@ -217,6 +387,10 @@ fn host_error(e: Error) -> HostError {
             kind: Conflict::NotAnInteger,
             ..
         } => "not_an_integer".into(),
+        Error::Conflict {
+            kind: Conflict::NotFixedSize,
+            ..
+        } => "not_fixed_size".into(),
         Error::InvalidFunction(_)
         | Error::DeployFailed(_)
         | Error::Conflict { .. }
@@ -226,6 +400,25 @@ fn host_error(e: Error) -> HostError {
         code,
         message: e.to_string(),
     }
+}
+
+/// A blob's metadata as host calls answer it.
+fn blob_json(m: &shoal_store::BlobMeta) -> serde_json::Value {
+    json!({
+        "content_type": m.content_type,
+        "etag": m.etag(),
+        "fixed_size": m.mutable,
+        "key": m.key,
+        "size": m.size,
+        "version": m.version,
+    })
+}
+
+fn blob_changed(key: &str) -> HostError {
+    HostError::new(
+        "blob_changed",
+        format!("blob `{key}` was replaced while it was being read; read it again from the start"),
+    )
 }
 
 /// A key-value entry as host calls answer it: `{"expires_at_ms", "key",

@@ -123,6 +123,9 @@ pub(crate) fn key_of(ck: &ConcurrencyKey, event: &str) -> Option<String> {
     }
     match v {
         serde_json::Value::Null => None,
+        // A key starting with NUL gets a second one, so that no event makes
+        // a key that carries its own limit (`shoal_store::own_key_limit`).
+        serde_json::Value::String(s) if s.starts_with('\0') => Some(format!("\0{s}")),
         serde_json::Value::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
     }
@@ -140,6 +143,9 @@ mod tests {
         };
         let event = r#"{"tenant":"acme","n":7,"ok":true,"c":{"id":"x-1"},"z":null,"l":[1]}"#;
         assert_eq!(key_of(&ck("tenant"), event).as_deref(), Some("acme"));
+        let sneaky = r#"{"tenant":"\u00009\u0000x"}"#;
+        let key = key_of(&ck("tenant"), sneaky).unwrap();
+        assert_eq!(shoal_store::own_key_limit(&key), None);
         assert_eq!(key_of(&ck("n"), event).as_deref(), Some("7"));
         assert_eq!(key_of(&ck("ok"), event).as_deref(), Some("true"));
         assert_eq!(key_of(&ck("c.id"), event).as_deref(), Some("x-1"));

@@ -50,6 +50,9 @@ pub struct JobSpec {
     /// Each child's event, as JSON text.
     pub events: Vec<String>,
     pub then: Option<String>,
+    /// At most this many children of the job run at once (across nodes);
+    /// `None`: as many as the function's concurrency allows.
+    pub max_in_flight: Option<u32>,
 }
 
 /// The invocation calling `ctx.map`, if any.
@@ -161,9 +164,27 @@ impl Jobs {
             Some(then) => Some(self.functions.resolve(then).await?),
             None => None,
         };
+        if spec.max_in_flight == Some(0) {
+            return Err(Error::invalid(
+                "max_in_flight",
+                "is 0; give at least 1 (or none for no limit)".to_string(),
+            ));
+        }
+        if spec.max_in_flight.is_some() && d.record.concurrency_key.is_some() {
+            return Err(Error::invalid(
+                "max_in_flight",
+                format!(
+                    "cannot be combined with the concurrency_key of function `{}`; deploy the child function without one, or drop max_in_flight",
+                    d.record.name
+                ),
+            ));
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let now = self.env.now_ms();
         let total = spec.events.len() as u64;
+        // Children under max_in_flight share a key that carries the limit
+        // (`shoal_store::own_key_limit`): every store's lease holds it.
+        let job_key = spec.max_in_flight.map(|k| format!("\0{k}\0{id}"));
         // The caller's slot goes to its first job.
         let continues = caller.and_then(|c| {
             let handed = c.handoff.lock().unwrap().is_some();
@@ -195,11 +216,12 @@ impl Jobs {
                 due_ms: 0,
                 sent_ms: now,
                 dedup: None,
-                key: d
-                    .record
-                    .concurrency_key
-                    .as_ref()
-                    .and_then(|ck| key_of(ck, &record.input)),
+                key: job_key.clone().or_else(|| {
+                    d.record
+                        .concurrency_key
+                        .as_ref()
+                        .and_then(|ck| key_of(ck, &record.input))
+                }),
             });
             children.push(record);
         }

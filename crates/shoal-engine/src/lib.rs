@@ -27,6 +27,7 @@ mod limits;
 pub mod manifest;
 mod querydist;
 mod queues;
+mod ranges;
 mod retention;
 mod secrets;
 

@@ -85,6 +85,7 @@ async fn a_queue_takes_no_more_than_its_cap_and_takes_again_once_drained() {
             function: "slow".into(),
             events: vec!["{}".into(); 2],
             then: None,
+            max_in_flight: None,
         })
         .await
         .unwrap_err();
@@ -110,6 +111,7 @@ async fn a_job_has_at_most_the_nodes_children() {
         function: "child".into(),
         events: vec!["{}".into(); n],
         then: None,
+        max_in_flight: None,
     };
     let e = node.engine.start_job(spec(4)).await.unwrap_err();
     let text = e.to_string();

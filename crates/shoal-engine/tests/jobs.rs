@@ -39,6 +39,7 @@ async fn the_fan_in_starts_once_with_the_job_and_its_count() {
             function: "child".into(),
             events: events((0..10).map(|n| json!(n))),
             then: Some("total".into()),
+            max_in_flight: None,
         })
         .await
         .unwrap();
@@ -104,6 +105,7 @@ async fn the_fan_in_waits_for_retries_and_runs_when_every_child_failed() {
             function: "child".into(),
             events: events((0..5).map(|n| json!(n))),
             then: Some("total".into()),
+            max_in_flight: None,
         })
         .await
         .unwrap();
@@ -139,6 +141,7 @@ async fn a_job_without_children_fans_in_at_once() {
             function: "child".into(),
             events: Vec::new(),
             then: Some("total".into()),
+            max_in_flight: None,
         })
         .await
         .unwrap();
@@ -159,6 +162,7 @@ fn map(function: &str, events: &[Value], then: &str) -> HostCall {
             .map(|e| RawValue::from_string(e.to_string()).unwrap())
             .collect(),
         then: Some(then.into()),
+        max_in_flight: None,
     })
 }
 
@@ -189,6 +193,7 @@ async fn nested_jobs_make_the_outer_fan_in_wait_for_the_whole_tree() {
             function: "group".into(),
             events: events(sizes.iter().map(|s| json!(s))),
             then: Some("final".into()),
+            max_in_flight: None,
         })
         .await
         .unwrap();
@@ -265,6 +270,7 @@ async fn cancelling_a_job_cancels_its_undelivered_children() {
             function: "child".into(),
             events: events((0..20).map(|n| json!(n))),
             then: Some("total".into()),
+            max_in_flight: None,
         })
         .await
         .unwrap();

@@ -305,6 +305,10 @@ pub struct StartJob {
     pub events: Vec<Value>,
     #[serde(default)]
     pub then: Option<String>,
+    /// At most this many children run at once (across nodes). Not with a
+    /// function that has a `concurrency_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

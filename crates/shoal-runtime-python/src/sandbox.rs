@@ -66,6 +66,12 @@ impl Sandbox {
         }
     }
 
+    /// Also lets every function read (not write) under `path`.
+    pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.read_only.push(path.into());
+        self
+    }
+
     /// Also lets every function write under `path`.
     pub fn allow_write(mut self, path: impl Into<PathBuf>) -> Sandbox {
         self.read_write.push(path.into());

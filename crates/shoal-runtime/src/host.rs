@@ -143,6 +143,39 @@ host_calls! {
     /// `ctx.kv_list(prefix, cursor, limit)`: a page of live entries by key
     /// prefix. Answer `{"entries", "next"}`.
     KvList(KvListArgs) = "kv_list",
+    /// `ctx.blob_open(key, offset, length)` (`ctx.blob(key)`): a blob's
+    /// metadata and where this node's disk holds the range (the worker
+    /// reads those files itself). Answer `{"blob", "pieces"}`: `blob` is
+    /// `{"content_type", "etag", "fixed_size", "key", "size", "version"}` or
+    /// `null` when absent; `pieces` is `[{"length", "offset", "path"}]`, or
+    /// `null` when the bytes are not in files here (read them with
+    /// `blob_read`).
+    BlobOpen(BlobOpenArgs) = "blob_open",
+    /// `ctx.blob_read(key, offset, length, etag)`: bytes of a blob through
+    /// the node, at most 4 MiB a call. Answer `{"data", "etag"}` (`data`
+    /// base64); error `blob_changed` when `etag` is given and the blob's
+    /// content is another by now.
+    BlobRead(BlobReadArgs) = "blob_read",
+    /// `ctx.blob_apply(key, ops)`: a batch of bit and byte operations on a
+    /// fixed-size blob, all or nothing (the ops of `POST
+    /// /v1/blobs/{key}/bitfield`). Answer `{"etag", "results", "version"}`.
+    BlobApply(BlobApplyArgs) = "blob_apply",
+    /// `ctx.blob_create(key, size, if_absent)`: a zero-filled fixed-size
+    /// blob. Answer `{"blob", "created"}` (with `if_absent` and a blob
+    /// already there: that blob and `false`).
+    BlobCreate(BlobCreateArgs) = "blob_create",
+    /// `ctx.blob_put(key, data, content_type)`: a whole blob from a handler
+    /// (base64 `data`, within the host call's size limit). Answer `{"blob"}`.
+    BlobPut(BlobPutArgs) = "blob_put",
+    /// `ctx.map_ranges(key, function, chunk_bytes, records, then,
+    /// max_in_flight, args)`: a job with one child per byte range of a blob,
+    /// aligned to records. Answer `{"children", "job"}`.
+    MapRanges(MapRangesArgs) = "map_ranges",
+    /// `ctx.job_wait(job, timeout)`: waits until the job and its fan-in
+    /// have finished. Answer `{"error", "job", "output", "status"}`: the
+    /// fan-in invocation's status, output and error (the job's own status,
+    /// and null output, for a job without one); error `timeout`.
+    JobWait(JobWaitArgs) = "job_wait",
 }
 
 /// Arguments of [`HostCall::Spawn`].
@@ -271,6 +304,83 @@ pub struct KvListArgs {
     pub limit: Option<usize>,
 }
 
+/// Arguments of [`HostCall::BlobOpen`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BlobOpenArgs {
+    pub key: String,
+    #[serde(default)]
+    pub offset: u64,
+    /// `None`: to the end.
+    #[serde(default)]
+    pub length: Option<u64>,
+}
+
+/// Arguments of [`HostCall::BlobRead`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BlobReadArgs {
+    pub key: String,
+    pub offset: u64,
+    pub length: u64,
+    /// The content the caller is reading (from `blob_open`).
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+/// Arguments of [`HostCall::BlobApply`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BlobApplyArgs {
+    pub key: String,
+    /// The operations' JSON objects (see `shoal_store::OpSpec`).
+    pub ops: Vec<Box<RawValue>>,
+}
+
+/// Arguments of [`HostCall::BlobCreate`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BlobCreateArgs {
+    pub key: String,
+    pub size: u64,
+    #[serde(default)]
+    pub if_absent: bool,
+}
+
+/// Arguments of [`HostCall::BlobPut`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BlobPutArgs {
+    pub key: String,
+    /// The bytes, base64.
+    pub data: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// Arguments of [`HostCall::MapRanges`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct MapRangesArgs {
+    pub key: String,
+    pub function: String,
+    /// Bytes per child (rounded down to whole records).
+    pub chunk_bytes: u64,
+    /// A record size in bytes (a number) or `"lines"`.
+    pub records: Box<RawValue>,
+    #[serde(default)]
+    pub then: Option<String>,
+    /// At most this many children of the job run at once.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// JSON given to every child as `args`.
+    #[serde(default)]
+    pub args: Option<Box<RawValue>>,
+}
+
+/// Arguments of [`HostCall::JobWait`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct JobWaitArgs {
+    pub job: String,
+    /// How long to wait at most; `None`: as long as the invocation may run.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
 fn decode_args<'a, T: Deserialize<'a>>(op: &str, args: &'a str) -> Result<T, HostError> {
     let invalid = |why: &dyn std::fmt::Display| {
         HostError::new(
@@ -341,7 +451,7 @@ mod tests {
         assert_eq!(e.code, "unknown_op");
         assert_eq!(
             e.message,
-            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete and kv_list"
+            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete, kv_list, blob_open, blob_read, blob_apply, blob_create, blob_put, map_ranges and job_wait"
         );
         let e = HostCall::decode("map", r#"{"function":"f"}"#).unwrap_err();
         assert_eq!(e.code, "invalid_input");

@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Memory for the embedded store's page cache, in MiB.
     #[arg(long, env = "SHOAL_STORE_CACHE_MB", default_value_t = 64)]
     pub store_cache_mb: usize,
+    /// Local disk for the Redis store's cache of blob chunks
+    /// (`DATA_DIR/blob-cache`), in MiB; 0 turns the cache off.
+    #[arg(long, env = "SHOAL_BLOB_CACHE_MB", default_value_t = 1024)]
+    pub blob_cache_mb: u64,
     /// Worker processes a query runs on, per function (default: the number of CPUs).
     #[arg(long, env = "SHOAL_QUERY_WORKERS", default_value_t = default_query_workers())]
     pub query_workers: usize,
@@ -171,12 +175,22 @@ fn parse_tree_limits(s: &str) -> std::result::Result<shoal_runtime_python::TreeL
     }
 }
 
+/// Where the embedded store keeps blob files (next to `shoal.redb`).
+const BLOB_DIR: &str = "blobs";
+/// Where the Redis store caches blob chunks.
+const BLOB_CACHE_DIR: &str = "blob-cache";
+
 /// The functions' sandbox from the flags; `None` with `--insecure-no-sandbox`.
 fn sandbox(args: &ServeArgs, data_dir: &Path) -> Result<Option<shoal_runtime_python::Sandbox>> {
     if args.insecure_no_sandbox {
         return Ok(None);
     }
-    let mut sandbox = shoal_runtime_python::Sandbox::standard();
+    // Handlers read blob bytes straight from the node's files (`ctx.blob`):
+    // the embedded store's blob files and the Redis store's chunk cache,
+    // read-only.
+    let mut sandbox = shoal_runtime_python::Sandbox::standard()
+        .allow_read(data_dir.join(BLOB_DIR))
+        .allow_read(data_dir.join(BLOB_CACHE_DIR));
     for dir in &args.sandbox_allow_write {
         let dir = dir
             .canonicalize()
@@ -274,6 +288,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
     make_private(&data_dir)?;
+    // The sandbox grants reads of these; Landlock needs them to exist.
+    for dir in [BLOB_DIR, BLOB_CACHE_DIR] {
+        std::fs::create_dir_all(data_dir.join(dir))
+            .with_context(|| format!("creating {}", data_dir.join(dir).display()))?;
+    }
 
     let (backend, store) = open_store(&args, &data_dir).await?;
 
@@ -436,8 +455,8 @@ async fn open_store(
         url: url.to_string(),
         namespace: args.redis_namespace.clone(),
         ca_file: args.redis_ca_file.clone(),
-        blob_cache_dir: None,
-        blob_cache_bytes: shoal_store_redis::DEFAULT_BLOB_CACHE_BYTES,
+        blob_cache_dir: (args.blob_cache_mb > 0).then(|| data_dir.join(BLOB_CACHE_DIR)),
+        blob_cache_bytes: args.blob_cache_mb.saturating_mul(1024 * 1024),
     };
     let shown = redacted(url);
     let mut waited = Duration::ZERO;

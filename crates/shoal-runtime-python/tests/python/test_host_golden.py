@@ -29,7 +29,8 @@ def _cases():
 
 def _python_value(v):
     """A case's argument: JSON, with the few Python-only values spelled
-    `{"$tuple": [...]}`, `{"$timedelta": seconds}`, `{"$iter": [...]}`."""
+    `{"$tuple": [...]}`, `{"$timedelta": seconds}`, `{"$iter": [...]}`,
+    `{"$bytes_hex": "00ff"}`."""
     if isinstance(v, list):
         return [_python_value(x) for x in v]
     if isinstance(v, dict):
@@ -41,6 +42,8 @@ def _python_value(v):
                 return datetime.timedelta(seconds=inner)
             if key == "$iter":
                 return iter([_python_value(x) for x in inner])
+            if key == "$bytes_hex":
+                return bytes.fromhex(inner)
         return {k: _python_value(x) for k, x in v.items()}
     return v
 
@@ -69,7 +72,7 @@ def test_calls_send_the_golden_frame_and_read_the_golden_reply(golden, case):
             assert raised.value.code == case["raises"]["code"]
             assert raised.value.message == case["raises"]["message"]
         else:
-            assert _finish(method(*args, **kwargs)) == case["returns"]
+            assert _finish(method(*args, **kwargs)) == _python_value(case["returns"])
         assert channel.sent() == case["frame"].encode("utf-8")
     finally:
         channel.close()

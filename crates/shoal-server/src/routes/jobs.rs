@@ -32,6 +32,7 @@ pub(crate) async fn start(
         function: req.function,
         events: req.events.iter().map(|e| e.to_string()).collect(),
         then: req.then,
+        max_in_flight: req.max_in_flight,
     };
     let job = state.handle.start_job(spec).await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(JobStarted { job })))

@@ -779,6 +779,7 @@ impl Client {
             function: function.to_string(),
             events,
             then: then.map(str::to_string),
+            max_in_flight: None,
         };
         let started: shoal_protocol::JobStarted =
             self.json(Method::POST, "/v1/jobs", Some(&req)).await?;

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `blobs` | key | `[1] ++ u8 kind ++ u64 LE size ++ u64 LE version ++ u64 LE created_at_ms ++` (kind 0, uploaded: `[u8; 32] sha256 ++ u8 id length ++ content id`; kind 1, fixed-size: `u64 LE pages id`) `++ u8 has content type ++ content type` |
 //! | `blob_contents` | content id | key: the content files metadata references (what the sweep keeps) |
-//! | `blob_pages` | (pages id, page index) | the page's bytes (4 KiB; the last page of a blob may be shorter); an absent page is zeros |
+//! | `blob_pages` | (pages id, page index) | the page's bytes (`pages::PAGE` = 4000 bytes, so a row fits one 4 KiB redb page; the last page of a blob may be shorter); an absent page is zeros |
 //! | `meta` | `"blob_version"` | u64, the last version given out (store-wide) |
 //!
 //! The tables are created when missing at open (like `kv`): no layout change.
@@ -31,23 +31,20 @@
 //! transaction (a snapshot: it never mixes two versions).
 
 mod files;
+mod pages;
+mod upload;
 
-use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use redb::{
-    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
+    ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
-use shoal_store::blobs::{ByteWindow, apply_ops, validate_ops};
+use shoal_store::blobs::{apply_ops, validate_ops};
 use shoal_store::{
-    Applied, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobStream, BlobUpload, Blobs,
-    Created, Error, FilePiece, Pending, Result,
+    Applied, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobUpload, Blobs, Created, Error,
+    FilePiece, Pending, Result,
 };
 use tokio::sync::oneshot;
 
@@ -56,7 +53,9 @@ use crate::writer::{self, Command, Effect, Msg, Reply, Tables, Value, ok};
 use crate::{RedbStore, Shared, unavailable};
 
 pub(crate) use files::Files;
-use files::{Live, Sink};
+use files::Live;
+use pages::Window;
+use upload::Upload;
 
 pub(crate) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 pub(crate) const BLOB_CONTENTS: TableDefinition<&str, &str> = TableDefinition::new("blob_contents");
@@ -65,15 +64,6 @@ pub(crate) const BLOB_PAGES: TableDefinition<(u64, u64), &[u8]> =
 
 /// The `meta` key of the version counter.
 const VERSION: &str = "blob_version";
-
-/// Bytes of a fixed-size blob per row of `blob_pages`.
-const PAGE: u64 = 4096;
-
-/// Bytes a read of a fixed-size blob hands out at a time.
-const PAGES_PIECE: u64 = 64 << 10;
-
-/// An upload buffers up to this much before writing it to its file.
-const UPLOAD_BUFFER: usize = 256 << 10;
 
 /// How often a read retries when the content file it found was replaced
 /// and removed before it could open it.
@@ -279,8 +269,7 @@ impl BlobCmd {
                 .iter()
                 .map(|op| {
                     let (start, end) = op.byte_span();
-                    // Every page it touches is written back.
-                    64 + (end.saturating_sub(start) as usize).min(1 << 30) + PAGE as usize
+                    64 + (end.saturating_sub(start) as usize).min(1 << 30)
                 })
                 .sum(),
             _ => 64,
@@ -344,9 +333,7 @@ fn release(t: &mut Tables<'_>, old: Option<Stored>) -> Storage<Option<String>> {
     Ok(match old.map(|o| o.body) {
         None => None,
         Some(Body::Pages(id)) => {
-            tables
-                .pages
-                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+            pages::delete(&mut tables.pages, id)?;
             None
         }
         Some(Body::File { id, .. }) => {
@@ -453,78 +440,16 @@ fn apply_batch(t: &mut Tables<'_>, key: &str, ops: &[BlobOp]) -> Storage<Result<
     if let Err(bad) = validate_ops(ops, s.size) {
         return Ok(Ok(Applied::Invalid(bad)));
     }
-    let mut touched = BTreeSet::new();
-    for op in ops {
-        let (start, end) = op.byte_span();
-        if end > start {
-            touched.extend(start / PAGE..=(end - 1) / PAGE);
-        }
-    }
     let tables = t.blobs()?;
-    let mut window = Pages {
-        pages: Vec::with_capacity(touched.len()),
-    };
-    for index in touched {
-        let len = (s.size - index * PAGE).min(PAGE) as usize;
-        let mut bytes = vec![0u8; len];
-        if let Some(stored) = tables.pages.get((id, index))? {
-            let stored = stored.value();
-            let n = stored.len().min(len);
-            bytes[..n].copy_from_slice(&stored[..n]);
-        }
-        window.pages.push(Page {
-            index,
-            bytes,
-            dirty: false,
-        });
-    }
+    let mut window = Window::load(&tables.pages, id, s.size, ops)?;
     let results = apply_ops(&mut window, ops);
-    for page in window.pages.iter().filter(|p| p.dirty) {
-        tables
-            .pages
-            .insert((id, page.index), page.bytes.as_slice())?;
-    }
+    window.store(&mut tables.pages, id)?;
     s.version = next_version(t)?;
     t.blobs()?.blobs.insert(key, s.encode().as_slice())?;
     Ok(Ok(Applied::Done {
         results,
         meta: s.meta(key),
     }))
-}
-
-/// The pages a batch touches, sorted by index.
-struct Pages {
-    pages: Vec<Page>,
-}
-
-struct Page {
-    index: u64,
-    bytes: Vec<u8>,
-    dirty: bool,
-}
-
-impl Pages {
-    fn at(&self, at: u64) -> usize {
-        self.pages
-            .binary_search_by_key(&(at / PAGE), |p| p.index)
-            .expect("validated operations stay in the pages they touch")
-    }
-}
-
-impl ByteWindow for Pages {
-    fn byte(&self, at: u64) -> u8 {
-        self.pages[self.at(at)].bytes[(at % PAGE) as usize]
-    }
-
-    fn set_byte(&mut self, at: u64, value: u8) {
-        let i = self.at(at);
-        let page = &mut self.pages[i];
-        let slot = &mut page.bytes[(at % PAGE) as usize];
-        if *slot != value {
-            *slot = value;
-            page.dirty = true;
-        }
-    }
 }
 
 /// Issues a blob write (in call order), holding `hold` live until it has
@@ -563,116 +488,6 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// An upload in progress: its temporary file (removed on drop unless
-/// committed), a buffer of at most `UPLOAD_BUFFER` bytes, the running hash.
-struct Upload {
-    files: Arc<Files>,
-    tx: Sender<Msg>,
-    key: String,
-    live: Option<Live>,
-    /// `None` while a write runs on the blocking pool, and for good if
-    /// that write's future was dropped or failed.
-    sink: Option<Sink>,
-    buf: Vec<u8>,
-    written: u64,
-    /// The temporary file, until it is renamed into place.
-    tmp: Option<std::path::PathBuf>,
-}
-
-impl Upload {
-    /// Writes the buffer, then `more`, to the file (hashing them).
-    async fn flush(&mut self, more: Option<Bytes>) -> Result<()> {
-        let Some(mut sink) = self.sink.take() else {
-            return Err(Error::Unavailable(
-                "the upload was interrupted by an earlier failed or cancelled write".to_string(),
-            ));
-        };
-        let mut buf = std::mem::take(&mut self.buf);
-        let (sink, buf) = blocking(&self.files, "write an upload", move || {
-            sink.put(&buf)?;
-            if let Some(more) = &more {
-                sink.put(more)?;
-            }
-            buf.clear();
-            Ok((sink, buf))
-        })
-        .await?;
-        self.sink = Some(sink);
-        self.buf = buf;
-        Ok(())
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if let Some(tmp) = self.tmp.take()
-            && let Err(e) = std::fs::remove_file(&tmp)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %tmp.display(), error = %e, "redb: cannot remove a cut upload");
-        }
-    }
-}
-
-impl BlobUpload for Upload {
-    fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let len = data.len() as u64;
-            if self.sink.is_some() && self.buf.len() + data.len() <= UPLOAD_BUFFER {
-                self.buf.extend_from_slice(&data);
-            } else {
-                self.flush(Some(data)).await?;
-            }
-            self.written += len;
-            Ok(())
-        })
-    }
-
-    fn written(&self) -> u64 {
-        self.written
-    }
-
-    fn commit(mut self: Box<Self>, content_type: Option<String>, now_ms: u64) -> Pending<BlobMeta> {
-        Box::pin(async move {
-            self.flush(None).await?;
-            let (Some(sink), Some(tmp), Some(live)) =
-                (self.sink.take(), self.tmp.clone(), self.live.take())
-            else {
-                return Err(Error::Unavailable("the upload is incomplete".to_string()));
-            };
-            let id = live.id.clone();
-            let files = self.files.clone();
-            let sha256 = blocking(&self.files, "commit an upload", move || {
-                let sha256 = sink.finish()?;
-                files.place(&tmp, &id)?;
-                Ok(sha256)
-            })
-            .await?;
-            // In place: nothing to remove on drop; until the metadata
-            // commit resolves, `live` keeps the sweep off the file.
-            self.tmp = None;
-            let cmd = BlobCmd::Commit {
-                key: self.key.clone(),
-                size: self.written,
-                sha256,
-                id: live.id.clone(),
-                content_type,
-                now_ms,
-            };
-            // On failure the file stays: if the commit landed after all
-            // (an I/O error in its fsync), the blob needs it; if not, the
-            // sweep removes it.
-            match submit(&self.tx, cmd, Some(live)).await? {
-                BlobDone::Committed { meta, old } => {
-                    unlink(&self.files, old).await;
-                    Ok(meta)
-                }
-                _ => mismatched(),
-            }
-        })
-    }
-}
-
 impl RedbStore {
     /// The stored blob of `key` in `txn`.
     fn stored_in(txn: &ReadTransaction, key: &str) -> Result<Option<Stored>> {
@@ -705,80 +520,10 @@ fn clamp(size: u64, offset: u64, len: u64) -> (u64, u64) {
     (offset.min(size), offset.saturating_add(len).min(size))
 }
 
-/// Streams `start..end` of a fixed-size blob from its pages in one read
-/// transaction, a piece at a time.
-fn pages_stream(
-    table: ReadOnlyTable<(u64, u64), &'static [u8]>,
-    id: u64,
-    start: u64,
-    end: u64,
-) -> BlobStream {
-    let table = Arc::new(table);
-    futures_util::stream::unfold(start, move |at| {
-        let table = table.clone();
-        async move {
-            if at >= end {
-                return None;
-            }
-            let to = (at + PAGES_PIECE).min(end);
-            match read_pages(&table, id, at, to) {
-                Ok(piece) => Some((Ok(piece), to)),
-                Err(e) => Some((Err(e), end)),
-            }
-        }
-    })
-    .boxed()
-}
-
-fn read_pages(
-    table: &ReadOnlyTable<(u64, u64), &'static [u8]>,
-    id: u64,
-    at: u64,
-    to: u64,
-) -> Result<Bytes> {
-    let mut out = vec![0u8; (to - at) as usize];
-    let rows = table
-        .range((id, at / PAGE)..=(id, (to - 1) / PAGE))
-        .map_err(unavailable)?;
-    for row in rows {
-        let (k, v) = row.map_err(unavailable)?;
-        let page_start = k.value().1 * PAGE;
-        let bytes = v.value();
-        let lo = at.max(page_start);
-        let hi = to.min(page_start + bytes.len() as u64);
-        if lo < hi {
-            out[(lo - at) as usize..(hi - at) as usize]
-                .copy_from_slice(&bytes[(lo - page_start) as usize..(hi - page_start) as usize]);
-        }
-    }
-    Ok(Bytes::from(out))
-}
-
 impl Blobs for RedbStore {
     fn blob_upload(&self, key: &str) -> Pending<Box<dyn BlobUpload>> {
-        let live = self.files.start();
-        let tmp = self.files.tmp_path(&live.id);
-        let mut upload = Upload {
-            files: self.files.clone(),
-            tx: self.tx.clone(),
-            key: key.to_string(),
-            live: Some(live),
-            sink: None,
-            buf: Vec::new(),
-            written: 0,
-            tmp: None,
-        };
-        Box::pin(async move {
-            let path = tmp.clone();
-            let sink = blocking(&upload.files, "start an upload", move || {
-                Sink::create(&path)
-            })
-            .await?;
-            upload.sink = Some(sink);
-            upload.tmp = Some(tmp);
-            upload.buf.reserve(UPLOAD_BUFFER);
-            Ok(Box::new(upload) as Box<dyn BlobUpload>)
-        })
+        let start = Upload::start(self.files.clone(), self.tx.clone(), key.to_string());
+        Box::pin(async move { Ok(Box::new(start.await?) as Box<dyn BlobUpload>) })
     }
 
     fn blob_meta(&self, key: &str) -> Pending<Option<BlobMeta>> {
@@ -800,7 +545,7 @@ impl Blobs for RedbStore {
                 match s.body {
                     Body::Pages(id) => {
                         let table = txn.open_table(BLOB_PAGES).map_err(unavailable)?;
-                        let body = pages_stream(table, id, start, end);
+                        let body = pages::stream(table, id, start, end);
                         return Ok(Some(BlobRead { meta, body }));
                     }
                     Body::File { id, .. } => {

@@ -48,7 +48,7 @@
 //! | `job_failures` | (job id, child index) | (), the failed children |
 //! | `sub_jobs` | (parent job id, job id) | (), the job tree |
 //! | `kv`, `kv_expiry` | key; (expires_at_ms, key) | key-value entries and their expiry index (see `kv`; added without a layout change: created when missing) |
-//! | `blobs`, `blob_contents`, `blob_pages` | key; content id; (pages id, page index) | blob metadata, the content files it references, fixed-size blobs' 4 KiB pages (see `blobs`; added without a layout change: created when missing) |
+//! | `blobs`, `blob_contents`, `blob_pages` | key; content id; (pages id, page index) | blob metadata, the content files it references, fixed-size blobs' pages of 4000 bytes (see `blobs`; added without a layout change: created when missing) |
 
 mod blobs;
 mod codec;

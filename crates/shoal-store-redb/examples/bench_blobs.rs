@@ -1,0 +1,100 @@
+//! A quick throughput check of the redb adapter's fixed-size blobs (no
+//! criterion): single-pixel `set` batches from many concurrent callers,
+//! each durable when it resolves (group commit), and the file's growth per
+//! page written. Prints, does not assert. Run with
+//! `cargo run -p shoal-store-redb --release --example bench_blobs [DIR]`
+//! (DIR defaults to a temp dir; put it on the disk the node will use, since
+//! the numbers are bound by fsync).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_store::{BitType, BlobOp, Blobs, Overflow};
+use shoal_store_redb::RedbStore;
+
+/// Concurrent callers, each awaiting its batch before sending the next.
+const CALLERS: u64 = 256;
+const PER_CALLER: u64 = 200;
+/// A 1000×1000 board of 4-bit pixels.
+const BOARD_BYTES: u64 = 500_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::args()
+        .nth(1)
+        .map(Into::into)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let path = dir.join(format!("bench-blobs-{}.redb", std::process::id()));
+    rt.block_on(run(&path));
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn run(path: &std::path::Path) {
+    let store = RedbStore::open(path).unwrap();
+    store
+        .blob_create_fixed("board", BOARD_BYTES, true, 1)
+        .await
+        .unwrap();
+    let pixels = BOARD_BYTES * 2;
+    let before = store.stats();
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..CALLERS {
+        let store: Arc<RedbStore> = store.clone();
+        callers.spawn(async move {
+            for i in 0..PER_CALLER {
+                // Spread over the board, as users clicking around would.
+                let pixel = (caller * 7919 + i * 104_729) % pixels;
+                let op = BlobOp::Set {
+                    ty: BitType {
+                        signed: false,
+                        bits: 4,
+                    },
+                    offset: pixel * 4,
+                    value: (i % 16) as i64,
+                    overflow: Overflow::Wrap,
+                };
+                store.blob_apply("board", vec![op]).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = callers.join_next().await {
+        done.unwrap();
+    }
+    let took = started.elapsed();
+    let after = store.stats();
+    let n = CALLERS * PER_CALLER;
+    let commits = after.commits - before.commits;
+    println!(
+        "single-pixel sets, {CALLERS} callers: {:>8.0} ops/s ({n} in {:.0} ms, {commits} commits, {:.0} per commit)",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64() * 1e3,
+        n as f64 / commits.max(1) as f64,
+    );
+
+    // The file's growth per page of a fixed-size blob written whole.
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let start = size(path);
+    let bytes = 16u64 << 20;
+    store
+        .blob_create_fixed("filled", bytes, true, 1)
+        .await
+        .unwrap();
+    for at in (0..bytes).step_by(1 << 20) {
+        let op = BlobOp::WriteAt {
+            offset: at,
+            data: vec![0xAB; 1 << 20],
+        };
+        store.blob_apply("filled", vec![op]).await.unwrap();
+    }
+    println!(
+        "a {} MiB blob written whole grows the file by {:.2}× its size",
+        bytes >> 20,
+        size(path).saturating_sub(start) as f64 / bytes as f64
+    );
+}

@@ -1276,23 +1276,45 @@ impl Blobs for RedisStore {
                     pieces: None,
                 }));
             }
-            let mut pieces = Vec::with_capacity(count as usize);
+            // Chunks already cached, and fetches of the others issued
+            // `READ_AHEAD` at a time.
+            let mut plan = Vec::with_capacity(count as usize);
             let mut pos = start;
             while pos < end {
                 let index = pos / CHUNK;
                 let base = index * CHUNK;
                 let to = (base + CHUNK).min(end);
-                let path = match cache.lookup(&stored.cid, index) {
-                    Some(path) => path,
-                    None => {
-                        let data = store
-                            .fetch_chunk(&stored.cid, index)
-                            .await?
-                            .ok_or_else(|| gone(&key))?;
-                        if data.len() as u64 != CHUNK.min(size - base) {
+                plan.push((
+                    index,
+                    pos - base,
+                    to - pos,
+                    cache.lookup(&stored.cid, index),
+                ));
+                pos = to;
+            }
+            let mut fetches = VecDeque::new();
+            let mut issued = 0;
+            let mut pieces = Vec::with_capacity(plan.len());
+            for i in 0..plan.len() {
+                while issued < plan.len() && issued < i + READ_AHEAD {
+                    let (index, _, _, cached) = &plan[issued];
+                    fetches.push_back(
+                        cached
+                            .is_none()
+                            .then(|| store.fetch_chunk(&stored.cid, *index)),
+                    );
+                    issued += 1;
+                }
+                let (index, file_offset, len, cached) = &plan[i];
+                let path = match (fetches.pop_front().flatten(), cached) {
+                    (None, Some(path)) => path.clone(),
+                    (fetch, _) => {
+                        let fetch = fetch.unwrap_or_else(|| store.fetch_chunk(&stored.cid, *index));
+                        let data = fetch.await?.ok_or_else(|| gone(&key))?;
+                        if data.len() as u64 != CHUNK.min(size - index * CHUNK) {
                             return Err(gone(&key));
                         }
-                        match cache.insert(&stored.cid, index, Bytes::from(data)).await {
+                        match cache.insert(&stored.cid, *index, Bytes::from(data)).await {
                             Ok(path) => path,
                             Err(e) => {
                                 tracing::warn!(error = %e, "Could not write a blob chunk to the cache.");
@@ -1306,10 +1328,9 @@ impl Blobs for RedisStore {
                 };
                 pieces.push(FilePiece {
                     path,
-                    file_offset: pos - base,
-                    len: to - pos,
+                    file_offset: *file_offset,
+                    len: *len,
                 });
-                pos = to;
             }
             Ok(Some(BlobFiles {
                 meta: stored.meta,

@@ -359,6 +359,40 @@ async fn the_chunk_cache_fills_serves_and_evicts() {
     assert!(plain.blob_files("board", 0, 10).is_none());
 }
 
+/// `blob_files` over chunks some of which are cached already.
+#[tokio::test]
+async fn files_over_cached_and_fetched_chunks() {
+    let server = RedisServer::start(&[]);
+    let dir = server.dir().join("blob-cache");
+    let store = cached_store(&server, &dir, 8 * MIB as u64).await;
+    let data = content(5 * MIB, 6);
+    upload(&store, "five", &data).await;
+    read(&store, "five", MIB as u64 + 5, 10).await.unwrap();
+    assert_eq!(chunk_files(&dir).len(), 1);
+    let files = store
+        .blob_files("five", 7, 4 * MIB as u64 - 7)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    let pieces = files.pieces.expect("four chunks fit half the cap");
+    assert_eq!(pieces.len(), 4);
+    let mut got = Vec::new();
+    for p in &pieces {
+        let bytes = std::fs::read(&p.path).unwrap();
+        got.extend_from_slice(&bytes[p.file_offset as usize..(p.file_offset + p.len) as usize]);
+    }
+    assert!(got == data[7..4 * MIB]);
+    assert_eq!(chunk_files(&dir).len(), 4);
+    let all = store
+        .blob_files("five", 0, u64::MAX)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.pieces, None, "five chunks are more than half the cap");
+}
+
 #[tokio::test]
 async fn cut_and_abandoned_uploads_leave_no_chunks() {
     let server = RedisServer::start(&[]);
@@ -577,3 +611,70 @@ cached_conformance!(
     blob_fixed_operations,
     blob_fixed_batches_are_all_or_nothing,
 );
+
+/// Rough figures (run with `--run-ignored only`; a debug build's are
+/// pessimistic): single-pixel batches issued many at a time, and a 64 MiB
+/// upload and download.
+#[tokio::test]
+#[ignore]
+async fn rough_throughput() {
+    let server = RedisServer::start(&[]);
+    let store = store(&server).await;
+    store
+        .blob_create_fixed("board", 500_000, false, T)
+        .await
+        .unwrap();
+    let n = 20_000u64;
+    let started = std::time::Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let op = BlobOp::Set {
+            ty: u(4),
+            offset: (i * 7919 % 1_000_000) * 4,
+            value: (i % 16) as i64,
+            overflow: Overflow::Wrap,
+        };
+        pending.push_back(store.blob_apply("board", vec![op]));
+        if pending.len() >= 256 {
+            pending.pop_front().unwrap().await.unwrap();
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("single-op batches: {:.0}/s", n as f64 / secs);
+    let stats = store.info("commandstats").await.unwrap();
+    for line in stats
+        .lines()
+        .filter(|l| l.contains("evalsha") || l.contains("cmdstat_eval:"))
+    {
+        eprintln!("{line}");
+    }
+
+    let data = content(64 * MIB, 3);
+    let started = std::time::Instant::now();
+    {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&data);
+        let _ = h.finalize();
+    }
+    eprintln!(
+        "sha256 alone: {:.0} MB/s",
+        64.0 / started.elapsed().as_secs_f64()
+    );
+    let started = std::time::Instant::now();
+    let mut up = store.blob_upload("big").await.unwrap();
+    for part in data.chunks(64 << 10) {
+        up.write(Bytes::copy_from_slice(part)).await.unwrap();
+    }
+    up.commit(None, T).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("upload: {:.0} MB/s", 64.0 / secs);
+    let started = std::time::Instant::now();
+    let got = read(&store, "big", 0, u64::MAX).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(got == data);
+    eprintln!("download: {:.0} MB/s", 64.0 / secs);
+}

@@ -319,3 +319,78 @@ async fn concurrent_batches_all_land_in_shared_commits() {
         "{commits} commits for {total} batches"
     );
 }
+
+const FULL_DISK_ENV: &str = "SHOAL_REDB_BLOBS_FULL_DISK_DIR";
+
+/// The child of `a_full_disk_fails_uploads_with_full`: does nothing unless
+/// started by it, inside its namespace with a 16 MiB tmpfs at the dir.
+#[test]
+fn full_disk_child() {
+    let Ok(dir) = std::env::var(FULL_DISK_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(full_disk(Path::new(&dir)));
+}
+
+async fn full_disk(dir: &Path) {
+    let filler = dir.join("filler");
+    std::fs::write(&filler, vec![7u8; 4 << 20]).unwrap();
+    let store = RedbStore::open(&dir.join("data/shoal.redb")).unwrap();
+    let blobs = dir.join("data/blobs");
+    upload(&store, "small", b"small").await;
+    let small = file_of(&store, "small").await;
+
+    // An upload that fills the disk fails with `Full`, not `Unavailable`.
+    let mut up = store.blob_upload("big").await.unwrap();
+    let mut written = 0;
+    let message = loop {
+        match up.write(Bytes::from(vec![1u8; 1 << 20])).await {
+            Ok(()) => written += 1,
+            Err(shoal_store::Error::Full(message)) => break message,
+            Err(other) => panic!("after {written} MiB: expected Error::Full, got {other}"),
+        }
+        assert!(written < 32, "the 16 MiB disk never filled");
+    };
+    assert!(message.contains("free space"), "{message}");
+    // Dropping it frees its space: another upload fits again.
+    drop(up);
+    assert_eq!(files_under(&blobs), vec![small]);
+    let data = content(2 << 20, 5);
+    upload(&store, "after", &data).await;
+    assert_eq!(read_all(&store, "after").await.unwrap(), data);
+    assert_eq!(read_all(&store, "small").await.unwrap(), b"small");
+    assert_eq!(store.blob_meta("big").await.unwrap(), None);
+    println!("BLOBS_FULL_DISK_CHILD_OK");
+}
+
+/// A full disk fails an upload with `Error::Full`, and the cut upload's
+/// space comes back when it is dropped (see `full_disk.rs` for the setup).
+#[test]
+fn a_full_disk_fails_uploads_with_full() {
+    if std::env::var(FULL_DISK_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=16m tmpfs "$0" && exec "$1" --exact full_disk_child --nocapture --test-threads 1"#)
+        .arg(dir.path())
+        .arg(&exe)
+        .env(FULL_DISK_ENV, dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `unshare` (util-linux): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("BLOBS_FULL_DISK_CHILD_OK"),
+        "the full-disk child failed ({}); it needs unprivileged user and mount namespaces.\n\
+         stdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+}

@@ -678,3 +678,42 @@ async fn rough_throughput() {
     assert!(got == data);
     eprintln!("download: {:.0} MB/s", 64.0 / secs);
 }
+
+/// This process's resident memory, in bytes (Linux).
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// An upload holds a bounded amount of memory whatever its size (run with
+/// `--run-ignored only`: 256 MiB through a debug build's SHA-256 is slow).
+#[tokio::test]
+#[ignore]
+async fn upload_memory_is_bounded() {
+    let server = RedisServer::start(&[]);
+    let store = store(&server).await;
+    let piece = Bytes::from(content(64 << 10, 1));
+    let mut up = store.blob_upload("big").await.unwrap();
+    up.write(piece.clone()).await.unwrap();
+    let baseline = rss();
+    let mut peak = baseline;
+    for i in 1..4096 {
+        up.write(piece.clone()).await.unwrap();
+        if i % 64 == 0 {
+            peak = peak.max(rss());
+        }
+    }
+    let meta = up.commit(None, T).await.unwrap();
+    assert_eq!(meta.size, 256 * MIB as u64);
+    eprintln!("peak growth: {} KiB", (peak - baseline) >> 10);
+    assert!(
+        peak - baseline < 32 * MIB as u64,
+        "{} KiB",
+        (peak - baseline) >> 10
+    );
+}

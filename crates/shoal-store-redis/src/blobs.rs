@@ -22,8 +22,10 @@
 //!
 //! Uploads write their chunks (each a `SET` in the content's own slot, at
 //! most two awaiting Redis's reply, so memory is bounded and a slow Redis
-//! holds the client back) while registered in `pending`; the commit is one
-//! script that checks the upload is still registered, writes the
+//! holds the client back) while registered in `pending`; the commit, issued
+//! once every chunk write is acknowledged (a failed write must not become
+//! part of a blob), is one script that checks the upload is still
+//! registered, writes the
 //! metadata and the index, and queues the replaced content in `garbage`;
 //! the committer then `UNLINK`s those chunks and drops the garbage entry.
 //! A dropped upload moves itself to `garbage` and unlinks its chunks at

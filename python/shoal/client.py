@@ -13,6 +13,7 @@ from ._http import Answer, Transport, dumps
 from .archive import PathLike, pack_dir
 from .errors import FunctionError, ShoalError
 from .query import ProgressCallback, QueryStream
+from .response import Response
 
 DEFAULT_URL = "http://127.0.0.1:7700"
 NDJSON = "application/x-ndjson"
@@ -20,6 +21,21 @@ JSON = "application/json"
 
 #: Invocation statuses after which nothing changes any more.
 FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+
+
+# Headers of an invoke answer that are the node's, not the function's.
+_NODE_HEADERS = frozenset(("content-type", "content-length", "date", "connection", "keep-alive", "transfer-encoding"))
+
+
+def _response_of(answer: Answer) -> Response:
+    """The ``Response`` a function returned, from the node's answer."""
+    headers = {}
+    for name, value in answer.resp.getheaders():
+        lower = name.lower()
+        if lower not in _NODE_HEADERS and not lower.startswith("shoal-"):
+            headers[lower] = value
+    content_type = answer.header("Content-Type") or "application/octet-stream"
+    return Response(answer.read(), content_type=content_type, status=answer.status, headers=headers)
 
 
 def _seg(s: Union[str, int]) -> str:
@@ -178,9 +194,18 @@ class Client:
         body, which the function receives as ``{}``). When the function
         fails, raises :class:`~shoal.FunctionError` with its ``type``,
         ``exception``, ``message``, ``traceback`` and ``invocation_id``.
+        A function that returned a :class:`~shoal.Response` gives a
+        ``Response``: its ``body`` (bytes), ``content_type``, ``status``
+        (whatever it is, 404 included) and ``headers`` (its own, in
+        lowercase, without the node's ``date``, ``content-length`` and
+        ``shoal-*``).
         """
         body = b"" if event is None else dumps(event)
-        answer = self._open("POST", f"/v1/functions/{_seg(name)}/invoke", body, JSON)
+        answer = self._http.open("POST", f"/v1/functions/{_seg(name)}/invoke", body, JSON)
+        if answer.header("Shoal-Result") == "response":
+            return _response_of(answer)
+        if not answer.ok:
+            raise answer.error()
         failed = answer.header("Shoal-Function-Error")
         value = answer.json()
         if failed is not None:

@@ -3,8 +3,10 @@
 //! Used by the CLI, the tests and the examples; nothing else hand-rolls HTTP.
 
 mod archive;
+mod invoke;
 
 pub use archive::pack_dir;
+pub use invoke::{Answer, Binary};
 pub use reqwest::Body;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -15,8 +17,8 @@ use serde_json::Value;
 pub use shoal_protocol as protocol;
 use shoal_protocol::{
     ARCHIVE_CONTENT_TYPE, Accepted, CreateToken, CreatedToken, Deleted, ErrorBody, ErrorCode,
-    FUNCTION_ERROR_HEADER, FunctionFailure, FunctionList, FunctionView, Health,
-    INVOCATION_ID_HEADER, InvocationView, LogsView, SecretList, SecretView, SetSecret, TokenList,
+    FunctionFailure, FunctionList, FunctionView, Health, InvocationView, LogsView, SecretList,
+    SecretView, SetSecret, TokenList,
 };
 use shoal_protocol::{
     CategoryList, CategoryView, Count, CreateCategory, DeadLetterPage, DeadLetterSelection,
@@ -219,23 +221,17 @@ impl Client {
         self.delete(&format!("/v1/functions/{}", seg(name))).await
     }
 
-    /// Invokes synchronously with `event` (JSON text) and waits for the result.
+    /// Invokes synchronously with `event` (JSON text) and waits for the
+    /// result. A `shoal.Response` the function returned comes as its JSON
+    /// form (`{"$response": ..}`); [`Client::invoke_answer`] gives its bytes.
     pub async fn invoke(&self, name: &str, event: &str) -> Result<Invoked> {
-        let resp = self.post_event(name, event, false).await?;
-        let id = header(&resp, INVOCATION_ID_HEADER);
-        let failed = resp.headers().contains_key(FUNCTION_ERROR_HEADER);
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
+        match self.invoke_answer(name, event).await? {
+            Answer::Value(invoked) => Ok(invoked),
+            Answer::Binary(binary) => Ok(Invoked {
+                id: binary.id.clone(),
+                result: Ok(binary.to_json()),
+            }),
         }
-        let bytes = resp.bytes().await.map_err(transport)?;
-        let result = if failed {
-            Err(serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Transport(format!("bad failure body: {e}")))?)
-        } else {
-            Ok(serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Transport(format!("bad result body: {e}")))?)
-        };
-        Ok(Invoked { id, result })
     }
 
     /// Queues an invocation; returns its id.

@@ -71,6 +71,10 @@ pub enum Command {
         /// Queue the invocation and print its id instead of waiting.
         #[arg(long = "async")]
         is_async: bool,
+        /// Write the result to FILE instead of stdout (for a function that
+        /// returns a `shoal.Response`: its bytes as they are).
+        #[arg(long, short = 'o', value_name = "FILE", conflicts_with = "is_async")]
+        output: Option<PathBuf>,
     },
     /// List invocations, newest first, filtered (`--function`, `--status`,
     /// `--mode`, `--since`, `--until`); or show one.
@@ -388,6 +392,7 @@ pub async fn run(args: Args) -> Result<()> {
             name,
             event,
             is_async,
+            output,
         } => {
             let event = read_event(event.as_deref())?;
             if is_async {
@@ -396,10 +401,18 @@ pub async fn run(args: Args) -> Result<()> {
                     id.clone()
                 });
             } else {
-                let done = client.invoke(&name, &event).await?;
+                let done = match client.invoke_answer(&name, &event).await? {
+                    shoal_client::Answer::Value(done) => done,
+                    shoal_client::Answer::Binary(binary) => {
+                        return crate::invocations::binary_answer(&binary, output.as_deref(), out);
+                    }
+                };
                 match done.result {
                     Ok(value) => {
-                        if conn.json {
+                        if let Some(path) = &output {
+                            let text = serde_json::to_string_pretty(&value)? + "\n";
+                            crate::invocations::write_output(path, text.as_bytes())?;
+                        } else if conn.json {
                             outln!("{}", serde_json::json!({"id": done.id, "output": value}));
                         } else {
                             outln!("{}", serde_json::to_string_pretty(&value)?);

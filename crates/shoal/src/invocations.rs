@@ -4,8 +4,14 @@
 //! `--json`: the list prints the API's page (`{"invocations": [...],
 //! "next"}`), one JSON value, so the cursor of the next page comes along;
 //! logs print one `InvocationLogs` per line (NDJSON), followed or not.
+//!
+//! Also what `shoal invoke` does with a function's `shoal.Response`: its
+//! bytes go to stdout or `--output FILE` as they are.
 
-use anyhow::Result;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use clap::Args;
 
 use shoal_client::Client;
@@ -236,6 +242,73 @@ fn entry(e: &InvocationLogs) -> String {
         s += logs;
     }
     s
+}
+
+/// Writes a function's `shoal.Response` (its bytes as they are) to `path`,
+/// or to stdout; with `--json` and no file, its JSON form instead. Binary
+/// bytes are not written to a terminal.
+pub(crate) fn binary_answer(
+    binary: &shoal_client::Binary,
+    path: Option<&Path>,
+    out: Out,
+) -> Result<()> {
+    if !(200..300).contains(&binary.status) {
+        eprintln!("the function answered with status {}", binary.status);
+    }
+    match path {
+        Some(path) => {
+            write_output(path, &binary.body)?;
+            out.print(
+                &serde_json::json!({
+                    "id": binary.id,
+                    "status": binary.status,
+                    "content_type": binary.content_type,
+                    "bytes": binary.body.len(),
+                    "file": path.display().to_string(),
+                }),
+                || {
+                    format!(
+                        "wrote {} bytes of {} to {}",
+                        binary.body.len(),
+                        binary.content_type,
+                        path.display()
+                    )
+                },
+            );
+        }
+        None if out.json => {
+            outln!(
+                "{}",
+                serde_json::json!({"id": binary.id, "output": binary.to_json()})
+            );
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            if stdout.is_terminal() && std::str::from_utf8(&binary.body).is_err() {
+                return Err(fail_hint(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "the function answered {} bytes of {}, which would garble the terminal",
+                        binary.body.len(),
+                        binary.content_type
+                    ),
+                    "write them to a file with --output FILE, or pipe them on",
+                ));
+            }
+            if let Err(e) = stdout.write_all(&binary.body).and_then(|()| stdout.flush()) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e).context("writing the result to stdout");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a result to the file `path` (created or replaced).
+pub(crate) fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

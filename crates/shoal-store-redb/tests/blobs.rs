@@ -236,22 +236,28 @@ async fn readers_keep_the_content_they_opened() {
     assert_eq!(collect(ranged).await, old[500_000..500_010]);
     assert_eq!(collect(deleted).await, b"new");
 
-    store
-        .blob_create_fixed("board", 200_000, false, T)
-        .await
-        .unwrap();
-    apply(&store, "board", vec![set(0, 1), set(150_000 * 8, 1)]).await;
-    let before = store
-        .blob_read("board", 0, u64::MAX)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(before.meta.size, 200_000);
-    apply(&store, "board", vec![set(0, 2), set(150_000 * 8, 2)]).await;
-    let bytes = collect(before).await;
-    assert_eq!((bytes[0], bytes[150_000]), (1, 1), "one snapshot");
-    let after = read_all(&store, "board").await.unwrap();
-    assert_eq!((after[0], after[150_000]), (2, 2));
+    // Small boards are copied when the read starts, large ones read
+    // lazily from the read's snapshot: both keep what they started with.
+    for size in [200_000u64, 3_000_000] {
+        let last = size - 1;
+        store
+            .blob_create_fixed("board", size, true, T)
+            .await
+            .unwrap();
+        apply(&store, "board", vec![set(0, 1), set(last * 8, 1)]).await;
+        let before = store
+            .blob_read("board", 0, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(before.meta.size, size);
+        apply(&store, "board", vec![set(0, 2), set(last * 8, 2)]).await;
+        let bytes = collect(before).await;
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!((bytes[0], bytes[last as usize]), (1, 1), "one snapshot");
+        let after = read_all(&store, "board").await.unwrap();
+        assert_eq!((after[0], after[last as usize]), (2, 2));
+    }
 }
 
 /// Batches issued at once from many tasks all land, and share commits.

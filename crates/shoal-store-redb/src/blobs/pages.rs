@@ -1,8 +1,11 @@
 //! Fixed-size blobs' bytes in `blob_pages`: rows of `PAGE` bytes keyed by
 //! (pages id, page index), an absent row being zeros. A batch reads the
 //! rows it touches into a `Window`, applies its operations there and
-//! writes back the rows it changed, in the writer's transaction; a read
-//! streams rows lazily from one read transaction.
+//! writes back the rows it changed, in the writer's transaction. A read
+//! takes its bytes from one read transaction: a range of up to `EAGER`
+//! bytes is copied at once and the transaction let go; a larger one is read
+//! lazily, keeping the transaction (and the pages redb may not reuse while
+//! it lives) until the stream ends.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +24,11 @@ pub(super) const PAGE: u64 = 4000;
 
 /// Bytes a read hands out at a time.
 const PIECE: u64 = 64 << 10;
+
+/// A read of at most this many bytes is copied when it starts (a 1000×1000
+/// board of 4-bit pixels is 500 KB), so a slow consumer does not hold a
+/// read transaction while writes go on.
+const EAGER: u64 = 1 << 20;
 
 pub(super) type PageTable<'txn> = Table<'txn, (u64, u64), &'static [u8]>;
 pub(super) type ReadPages = ReadOnlyTable<(u64, u64), &'static [u8]>;
@@ -113,6 +121,22 @@ pub(super) fn delete(table: &mut PageTable<'_>, id: u64) -> std::result::Result<
 /// Streams `start..end` of a blob from its rows in one read transaction
 /// (the table keeps it open), a piece at a time.
 pub(super) fn stream(table: ReadPages, id: u64, start: u64, end: u64) -> BlobStream {
+    if end.saturating_sub(start) <= EAGER {
+        let read = if end > start {
+            read(&table, id, start, end)
+        } else {
+            Ok(Bytes::new())
+        };
+        drop(table);
+        let pieces: Vec<Result<Bytes>> = match read {
+            Ok(all) => (0..all.len())
+                .step_by(PIECE as usize)
+                .map(|at| Ok(all.slice(at..(at + PIECE as usize).min(all.len()))))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        return futures_util::stream::iter(pieces).boxed();
+    }
     let table = Arc::new(table);
     futures_util::stream::unfold(start, move |at| {
         let table = table.clone();

@@ -27,8 +27,9 @@
 //!
 //! A read of an uploaded blob opens the content file when called, so a
 //! replace or delete after that keeps serving the old content through the
-//! open file; a read of a fixed-size blob reads pages lazily from one read
-//! transaction (a snapshot: it never mixes two versions).
+//! open file; a read of a fixed-size blob takes its pages from one read
+//! transaction (a snapshot: it never mixes two versions), copied at once up
+//! to 1 MiB, lazily beyond (see `pages`).
 
 mod files;
 mod pages;

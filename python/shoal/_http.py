@@ -95,21 +95,30 @@ class Transport:
         self,
         method: str,
         path: str,
-        body: Optional[bytes] = None,
+        body: Any = None,
         content_type: Optional[str] = None,
         accept: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
     ) -> "Answer":
-        """Sends a request and returns the answer with its body unread."""
+        """Sends a request and returns the answer with its body unread.
+
+        ``body`` may also be an iterable of bytes (sent chunked, as it is
+        consumed); such a request is sent on a new connection, since it
+        could not be sent again on a kept-alive one the node had closed."""
+        extra = headers
         headers = dict(self._headers)
         if content_type:
             headers["Content-Type"] = content_type
         if accept:
             headers["Accept"] = accept
+        if extra:
+            headers.update(extra)
         if body is None and method in ("POST", "PUT"):
             body = b""
+        replayable = body is None or isinstance(body, (bytes, bytearray, memoryview))
         target = self._prefix + path
         while True:
-            conn, reused = self._take()
+            conn, reused = self._take() if replayable else (self._new(), False)
             try:
                 conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -214,6 +223,28 @@ class Answer:
                     done = True
                     break
                 yield line.rstrip(b"\r\n")
+        finally:
+            if done:
+                self._finish()
+            else:
+                self.close()
+
+    def pieces(self, size: int = 256 << 10) -> Iterator[bytes]:
+        """The body in pieces of at most ``size`` bytes, streamed. Closing
+        the generator early closes the connection."""
+        done = False
+        try:
+            while True:
+                try:
+                    piece = self.resp.read(size)
+                except socket.timeout:
+                    raise self._transport._timed_out() from None
+                except (OSError, http.client.HTTPException) as e:
+                    raise ShoalError(None, "unreachable", f"the connection broke while reading the answer: {e!r}") from None
+                if not piece:
+                    done = True
+                    break
+                yield piece
         finally:
             if done:
                 self._finish()

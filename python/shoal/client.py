@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -41,6 +42,31 @@ def _response_of(answer: Answer) -> Response:
 def _seg(s: Union[str, int]) -> str:
     """Percent-encodes one path segment."""
     return quote(str(s), safe="")
+
+
+def _pieces(f: Any, size: int = 256 << 10) -> Iterator[bytes]:
+    """A binary file's bytes in pieces of at most ``size`` (a text file is refused)."""
+    while True:
+        piece = f.read(size)
+        if not piece:
+            return
+        if isinstance(piece, str):
+            raise TypeError("the file is open in text mode; open it with 'rb'")
+        yield piece
+
+
+def _range_header(start: Optional[int], end: Optional[int]) -> Optional[Dict[str, str]]:
+    """The ``Range`` header of ``data[start:end]`` (see ``Client.get_blob``)."""
+    if start is None and end is None:
+        return None
+    if end is None:
+        start = int(start)  # type: ignore[arg-type]
+        return {"Range": f"bytes={start}-" if start >= 0 else f"bytes=-{-start}"}
+    start = 0 if start is None else int(start)
+    end = int(end)
+    if start < 0 or end <= start:
+        raise ValueError(f"the range [{start}:{end}] is empty or negative; give 0 <= start < end")
+    return {"Range": f"bytes={start}-{end - 1}"}
 
 
 def _default_token() -> Optional[str]:
@@ -104,11 +130,12 @@ class Client:
         self,
         method: str,
         path: str,
-        body: Optional[bytes] = None,
+        body: Any = None,
         content_type: Optional[str] = None,
         accept: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
     ) -> Answer:
-        answer = self._http.open(method, path, body, content_type, accept)
+        answer = self._http.open(method, path, body, content_type, accept, headers)
         if not answer.ok:
             raise answer.error()
         return answer
@@ -578,6 +605,135 @@ class Client:
             cursor = page.get("next")
             if cursor is None:
                 return
+
+    # ------------------------------------------------------------------ blobs
+
+    def put_blob(self, key: str, data: Any, content_type: Optional[str] = None) -> Dict[str, Any]:
+        """Uploads a blob, replacing any blob under ``key``; returns its
+        metadata (``key``, ``size``, ``sha256``, ``etag``, ``version``...).
+
+        ``data`` is ``bytes``, a path (``str`` or ``os.PathLike``), a binary
+        file object, or an iterable of ``bytes``: files and iterables are
+        streamed (sent chunked as they are read, never held whole), so any
+        size uploads in constant memory. The node stores the blob once all
+        of it has arrived, or not at all."""
+        path = f"/v1/blobs/{_seg(key)}"
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return self._open("PUT", path, bytes(data), content_type).json()
+        if isinstance(data, (str, os.PathLike)):
+            with open(data, "rb") as f:
+                return self._open("PUT", path, _pieces(f), content_type).json()
+        if hasattr(data, "read"):
+            return self._open("PUT", path, _pieces(data), content_type).json()
+        if isinstance(data, Iterable):
+            return self._open("PUT", path, (bytes(p) for p in data if p), content_type).json()
+        raise TypeError(f"data must be bytes, a path, a binary file or an iterable of bytes, not {type(data).__name__}")
+
+    def get_blob(self, key: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+        """A blob's bytes, or those of ``data[start:end]`` (``end``
+        excluded, as in slicing); a negative ``start`` without ``end`` is
+        the last ``-start`` bytes. Only the range travels. A ``start`` at
+        or past the end raises ShoalError ``range_not_satisfiable`` (416);
+        a missing blob ``blob_not_found``."""
+        answer = self._open("GET", f"/v1/blobs/{_seg(key)}", headers=_range_header(start, end))
+        return answer.read()
+
+    def download_blob(self, key: str, path: PathLike, start: Optional[int] = None, end: Optional[int] = None) -> int:
+        """Streams a blob (or ``data[start:end]``, see ``get_blob``) into the
+        file at ``path`` and returns the number of bytes written. The file
+        is written beside as ``path.part`` and renamed into place once
+        complete, so a failed download leaves ``path`` as it was."""
+        answer = self._open("GET", f"/v1/blobs/{_seg(key)}", headers=_range_header(start, end))
+        target = os.fspath(path)
+        part = target + ".part"
+        written = 0
+        try:
+            with open(part, "wb") as f:
+                for piece in answer.pieces():
+                    f.write(piece)
+                    written += len(piece)
+                f.flush()
+                os.fsync(f.fileno())
+            expected = answer.header("Content-Length")
+            if expected is not None and int(expected) != written:
+                raise ShoalError(None, "unreachable", f"the download ended after {written} of {expected} bytes")
+            os.replace(part, target)
+        except BaseException:
+            answer.close()
+            try:
+                os.unlink(part)
+            except OSError:
+                pass
+            raise
+        return written
+
+    def blob_meta(self, key: str) -> Dict[str, Any]:
+        """A blob's metadata: ``key``, ``size``, ``etag``, ``version``,
+        ``fixed_size``, ``created_at_ms``, and ``sha256``/``content_type``
+        when it has them. A missing blob raises ShoalError
+        ``blob_not_found``."""
+        page = self._json("GET", "/v1/blobs?" + urlencode([("prefix", key), ("limit", "1")]))
+        for b in page["blobs"]:
+            if b["key"] == key:
+                return b
+        raise ShoalError(404, "blob_not_found", f"blob `{key}` not found")
+
+    def list_blobs(self, prefix: str = "", limit: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+        """Blobs whose key starts with ``prefix``, in key order (at most
+        ``limit``), each as ``blob_meta`` gives it, fetched a page at a
+        time."""
+        left = limit
+        cursor: Optional[str] = None
+        while left is None or left > 0:
+            query = [("prefix", prefix), ("limit", str(min(left or 1000, 1000)))]
+            if cursor is not None:
+                query.append(("cursor", cursor))
+            page = self._json("GET", "/v1/blobs?" + urlencode(query))
+            for b in page["blobs"]:
+                if left is not None:
+                    if left <= 0:
+                        return
+                    left -= 1
+                yield b
+            cursor = page.get("next")
+            if cursor is None:
+                return
+
+    def delete_blob(self, key: str) -> None:
+        """Deletes a blob; a missing one raises ShoalError ``blob_not_found``."""
+        self._open("DELETE", f"/v1/blobs/{_seg(key)}").read()
+
+    def create_fixed_blob(self, key: str, size: int, if_absent: bool = False) -> Dict[str, Any]:
+        """Creates a zero-filled blob of ``size`` bytes (1 B to 256 MiB) that
+        ``bitfield`` can change, replacing any blob under ``key``; with
+        ``if_absent``, an existing blob is kept and ShoalError
+        ``precondition_failed`` (412) is raised."""
+        headers = {"If-None-Match": "*"} if if_absent else None
+        path = f"/v1/blobs/{_seg(key)}?fixed_size={int(size)}"
+        return self._open("PUT", path, b"", headers=headers).json()
+
+    def bitfield(self, key: str, ops: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+        """Applies a batch of operations to a fixed-size blob, all or
+        nothing, like Redis ``BITFIELD``; returns ``{"results", "version",
+        "etag"}`` with one result per operation (``get``: the value,
+        ``set``: the old value, ``incrby``: the new value, ``None`` for
+        ``write_at`` and an ``overflow: "fail"`` that stopped).
+
+        Operations are the API's dicts: ``{"op": "set", "type": "u4",
+        "offset": "#12", "value": 7, "overflow": "sat"}`` (``"#N"`` is the
+        N-th field of the type's width, a number a bit offset), ``{"op":
+        "incrby", ..., "by": -1}``, ``{"op": "get", ...}``; for
+        ``write_at``, ``{"op": "write_at", "offset": BYTE_OFFSET, "data":
+        b"..."}`` (``data`` bytes are sent as ``data_base64``). An invalid
+        operation raises ShoalError ``invalid_input`` and changes nothing."""
+        wire = []
+        for op in ops:
+            op = dict(op)
+            data = op.pop("data", None)
+            if data is not None:
+                op["data_base64"] = base64.b64encode(bytes(data)).decode("ascii")
+            wire.append(op)
+        return self._json("POST", f"/v1/blobs/{_seg(key)}/bitfield", {"ops": wire})
 
     # ------------------------------------------------------------------ jobs
 

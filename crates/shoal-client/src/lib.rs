@@ -3,9 +3,11 @@
 //! Used by the CLI, the tests and the examples; nothing else hand-rolls HTTP.
 
 mod archive;
+mod blobs;
 mod invoke;
 
 pub use archive::pack_dir;
+pub use blobs::{BlobDownload, BlobHead, ByteRange, Progress, UPLOAD_PIECE};
 pub use invoke::{Answer, Binary};
 pub use reqwest::Body;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};

@@ -136,6 +136,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::kv::KvCommand,
     },
+    /// Blobs: put and get (whole or a byte range, streamed), ls, stat,
+    /// rm; fixed-size blobs (create) and their bitfield batches.
+    Blobs {
+        #[command(subcommand)]
+        command: crate::blobs::BlobsCommand,
+    },
     /// Shared rate limiters: list, set (create or change), remove.
     Limiters {
         #[command(subcommand)]
@@ -615,6 +621,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Queues { command } => crate::queues::run(&client, command, conn.json).await?,
         Command::Jobs { command } => crate::jobs::run(&client, command, conn.json).await?,
         Command::Kv { command } => crate::kv::run(&client, command, conn.json).await?,
+        Command::Blobs { command } => crate::blobs::run(&client, command, conn.json).await?,
         Command::Limiters { command: None } => {
             let ls = client.limiters().await?;
             out.print(&ls, || {

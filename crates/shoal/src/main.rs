@@ -4,6 +4,7 @@
 // First: its `outln!`/`out!` macros are used by the modules below.
 #[macro_use]
 mod output;
+mod blobs;
 mod cli;
 mod data;
 mod functions;

@@ -282,6 +282,14 @@ impl RedbStore {
         &self.path
     }
 
+    /// The directory of uploaded blobs' files (`blobs/` beside the database
+    /// file; one store per directory, since the sweep removes files its
+    /// metadata does not reference). Whoever reads the paths of
+    /// `Blobs::blob_files` (a sandboxed worker) needs read access to it.
+    pub fn blob_dir(&self) -> &Path {
+        self.files.root()
+    }
+
     /// Group-commit and purge counters, for metrics.
     pub fn stats(&self) -> WriterStats {
         WriterStats {

@@ -128,6 +128,7 @@ async fn dropped_upload_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
     let blobs = dir.path().join("blobs");
+    assert_eq!(store.blob_dir(), blobs);
     let mut up = store.blob_upload("cut").await.unwrap();
     for _ in 0..5 {
         up.write(Bytes::from(content(200_000, 1))).await.unwrap();

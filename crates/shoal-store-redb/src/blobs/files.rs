@@ -80,6 +80,10 @@ impl Files {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// A fresh content id, registered as live.
     pub(crate) fn start(self: &Arc<Self>) -> Live {
         loop {

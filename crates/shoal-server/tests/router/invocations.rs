@@ -1,7 +1,7 @@
 //! Answers that need user code to run (on the fake runtime): the empty
 //! event, a function's failure, the record of a call.
 
-use shoal_protocol::{FUNCTION_ERROR_HEADER, INVOCATION_ID_HEADER};
+use shoal_protocol::{FUNCTION_ERROR_HEADER, INVOCATION_ID_HEADER, RESULT_HEADER};
 use shoal_runtime::fake::Script;
 
 use crate::app::{App, JSON, check};
@@ -88,4 +88,75 @@ async fn a_platform_failure_is_503() {
         .call("POST", "/v1/functions/ok/invoke", JSON, "{}".into())
         .await;
     check(&r, 503, "unavailable", "spawn failed").unwrap();
+}
+
+/// A function's `shoal.Response` is answered as it is: its bytes, status,
+/// content type and headers, marked `Shoal-Result: response`; its record
+/// holds the JSON form.
+#[tokio::test]
+async fn a_response_is_answered_as_its_bytes() {
+    let app = App::seeded().await;
+    let tile = shoal_engine::BinaryResult {
+        status: 201,
+        content_type: "image/png".into(),
+        headers: [("x-tile".to_string(), "3/4".to_string())].into(),
+        body: b"\x89PNG\r\n\x1a\n\x00\xff".to_vec(),
+    };
+    app.runtime.script("ok", Script::ok_raw(tile.to_json()));
+    let r = app
+        .call("POST", "/v1/functions/ok/invoke", JSON, "{}".into())
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.bytes, tile.body);
+    assert_eq!(r.content_type, "image/png");
+    assert_eq!(r.headers["x-tile"], "3/4");
+    assert_eq!(r.headers[RESULT_HEADER], "response");
+    assert!(!r.headers.contains_key(FUNCTION_ERROR_HEADER));
+    let id = r.headers[INVOCATION_ID_HEADER].to_str().unwrap();
+    let inv = app
+        .call("GET", &format!("/v1/invocations/{id}"), None, vec![])
+        .await
+        .json();
+    assert_eq!(
+        inv["output"],
+        serde_json::from_str::<serde_json::Value>(&tile.to_json()).unwrap()
+    );
+
+    // A JSON result carries no such mark.
+    app.runtime.script("ok", Script::ok(serde_json::json!(1)));
+    let r = app
+        .call("POST", "/v1/functions/ok/invoke", JSON, "{}".into())
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (200, "1"));
+    assert!(!r.headers.contains_key(RESULT_HEADER));
+}
+
+/// A `Response` that breaks the rules (a hop-by-hop header, a status out of
+/// range) fails the invocation as `bad_result`: an answer like any failure,
+/// never a 500.
+#[tokio::test]
+async fn a_broken_response_is_a_failure_not_a_500() {
+    let app = App::seeded().await;
+    for (json, says) in [
+        (
+            r#"{"$response":{"status":200,"content_type":"a/b","headers":{"connection":"close"},"body_base64":""}}"#,
+            "connection",
+        ),
+        (
+            r#"{"$response":{"status":99,"content_type":"a/b","headers":{},"body_base64":""}}"#,
+            "status 99",
+        ),
+    ] {
+        app.runtime.script("ok", Script::ok_raw(json));
+        let r = app
+            .call("POST", "/v1/functions/ok/invoke", JSON, "{}".into())
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.headers[FUNCTION_ERROR_HEADER], "bad_result");
+        let body = r.json();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
 }

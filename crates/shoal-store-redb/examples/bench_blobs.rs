@@ -1,7 +1,7 @@
-//! A quick throughput check of the redb adapter's fixed-size blobs (no
-//! criterion): single-pixel `set` batches from many concurrent callers,
-//! each durable when it resolves (group commit), and the file's growth per
-//! page written. Prints, does not assert. Run with
+//! A quick throughput check of the redb adapter's blobs (no criterion):
+//! single-pixel `set` batches from many concurrent callers, each durable
+//! when it resolves (group commit), the file's growth per page written, and
+//! an upload and a read of `UPLOAD_MIB`. Prints, does not assert. Run with
 //! `cargo run -p shoal-store-redb --release --example bench_blobs [DIR]`
 //! (DIR defaults to a temp dir; put it on the disk the node will use, since
 //! the numbers are bound by fsync).
@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use futures_util::StreamExt;
 use shoal_store::{BitType, BlobOp, Blobs, Overflow};
 use shoal_store_redb::RedbStore;
 
@@ -17,6 +19,8 @@ const CALLERS: u64 = 256;
 const PER_CALLER: u64 = 200;
 /// A 1000×1000 board of 4-bit pixels.
 const BOARD_BYTES: u64 = 500_000;
+/// The uploaded blob, written 64 KiB at a time (an HTTP body's frames).
+const UPLOAD_MIB: usize = 256;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -96,5 +100,36 @@ async fn run(path: &std::path::Path) {
         "a {} MiB blob written whole grows the file by {:.2}× its size",
         bytes >> 20,
         size(path).saturating_sub(start) as f64 / bytes as f64
+    );
+
+    // An upload, then a read of it whole.
+    let piece = Bytes::from(vec![0x5Au8; 64 << 10]);
+    let started = Instant::now();
+    let mut up = store.blob_upload("upload").await.unwrap();
+    for _ in 0..UPLOAD_MIB * 16 {
+        up.write(piece.clone()).await.unwrap();
+    }
+    up.commit(None, 1).await.unwrap();
+    let took = started.elapsed();
+    println!(
+        "upload: {:>6.0} MB/s ({UPLOAD_MIB} MiB, hashed, fsynced)",
+        (UPLOAD_MIB << 20) as f64 / took.as_secs_f64() / 1e6
+    );
+    let started = Instant::now();
+    let read = store
+        .blob_read("upload", 0, u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = read.body;
+    let mut n = 0;
+    while let Some(piece) = body.next().await {
+        n += piece.unwrap().len();
+    }
+    let took = started.elapsed();
+    println!(
+        "read:   {:>6.0} MB/s ({} MiB)",
+        n as f64 / took.as_secs_f64() / 1e6,
+        n >> 20
     );
 }

@@ -237,6 +237,66 @@ async fn cached_responses_are_answered_byte_for_byte() {
     assert!(c.invocation(&second.id).await.unwrap().cache_hit);
 }
 
+/// Gathers its job's children's Responses (their JSON form) into one.
+const COLLECT_PY: &str = r#"
+def handler(event, ctx):
+    parts = [ctx.Response.from_json(r["output"]) for r in ctx.results(event["job"])]
+    return ctx.Response(b"|".join(p.body for p in parts), headers={"x-parts": str(len(parts))})
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_children_results_are_json_forms() {
+    let node = TestNode::start();
+    let c = node.client();
+    deploy(&c, "name = \"tile\"\n", TILE_PY).await;
+    deploy(&c, "name = \"collect\"\n", COLLECT_PY).await;
+    let job = c
+        .start_job(
+            "tile",
+            vec![json!({"kind": "text"}), json!({"kind": "missing"})],
+            Some("collect"),
+        )
+        .await
+        .unwrap();
+    common::wait_job(&c, &job, Duration::from_secs(30)).await;
+    let results = c.job_results(&job, 0, 10).await.unwrap();
+    let outputs: Vec<_> = results
+        .results
+        .iter()
+        .map(|r| r.output.clone().unwrap())
+        .collect();
+    assert_eq!(outputs[0]["$response"]["body_base64"], "aMOpbGxvIOKckw==");
+    assert_eq!(outputs[1]["$response"]["status"], 404);
+    assert_eq!(outputs[1]["$response"]["body_base64"], "bm8gc3VjaCB0aWxl");
+
+    // The fan-in read them back as Responses and returned one.
+    let mut fan_in = None;
+    common::until(
+        "the fan-in to finish",
+        Duration::from_secs(30),
+        async || {
+            let page = c
+                .list_invocations(&[("function", "collect"), ("status", "succeeded")])
+                .await
+                .unwrap();
+            fan_in = page.invocations.first().map(|i| i.id.clone());
+            fan_in.is_some()
+        },
+    )
+    .await;
+    let record = c.invocation(&fan_in.unwrap()).await.unwrap();
+    assert_eq!(
+        record.output,
+        Some(json!({"$response": {
+            "status": 200,
+            "content_type": "application/octet-stream",
+            "headers": {"x-parts": "2"},
+            // "héllo ✓|no such tile"
+            "body_base64": "aMOpbGxvIOKck3xubyBzdWNoIHRpbGU=",
+        }}))
+    );
+}
+
 const PID_PY: &str = r#"
 import os
 

@@ -162,7 +162,6 @@ fn map(function: &str, events: &[Value], then: &str) -> HostCall {
             .map(|e| RawValue::from_string(e.to_string()).unwrap())
             .collect(),
         then: Some(then.into()),
-        max_in_flight: None,
     })
 }
 

@@ -197,14 +197,8 @@ pub async fn blob_list(backend: &Backend) {
         upload(backend, key, key.as_bytes(), 100).await;
     }
     // Neighbours outside the prefix.
-    upload(
-        backend,
-        &format!("{}", &prefix[..prefix.len() - 1]),
-        b"x",
-        1,
-    )
-    .await;
-    upload(backend, &format!("{prefix}"), b"the prefix itself", 100).await;
+    upload(backend, &prefix[..prefix.len() - 1], b"x", 1).await;
+    upload(backend, &prefix, b"the prefix itself", 100).await;
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -36,7 +36,7 @@ def _response_of(answer: Answer) -> Response:
         if lower not in _NODE_HEADERS and not lower.startswith("shoal-"):
             headers[lower] = value
     content_type = answer.header("Content-Type") or "application/octet-stream"
-    return Response(answer.read(), content_type=content_type, status=answer.status, headers=headers)
+    return Response._answered(answer.read(), content_type, answer.status, headers)
 
 
 def _seg(s: Union[str, int]) -> str:

@@ -166,6 +166,14 @@ class Response:
         self.status: int = status
         self.headers: Dict[str, str] = checked
 
+    @classmethod
+    def _answered(cls, body: bytes, content_type: str, status: int, headers: Dict[str, str]) -> "Response":
+        """A ``Response`` as a node answered it (the client's side): taken as
+        it came, unchecked (the node checked it; a proxy may add more)."""
+        r = cls.__new__(cls)
+        r.body, r.content_type, r.status, r.headers = body, content_type, status, headers
+        return r
+
     @property
     def text(self) -> str:
         """The body decoded as UTF-8."""

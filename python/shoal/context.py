@@ -417,6 +417,7 @@ class Context:
         then: Optional[str] = None,
         max_in_flight: Optional[int] = None,
         args: Any = None,
+        windows: Optional[List[Tuple[int, int]]] = None,
     ) -> "Job":
         """Fans out over blob ``key``: one child of ``function`` per range
         of about ``chunk_bytes``, aligned to ``records`` (a record size in
@@ -426,13 +427,17 @@ class Context:
         ``ctx.range_records(event)`` (or ``ctx.range_bytes(event)``). At
         most ``max_in_flight`` children run at once. ``then`` runs once
         after every child, like ``map``'s. Returns the job's id (a ``str``)
-        with ``.wait(timeout)``, which returns ``then``'s result. Host
-        operation ``"map_ranges"``, answer ``{"children", "job"}``."""
+        with ``.wait(timeout)``, which returns ``then``'s result. With
+        ``windows`` (``[(offset, length), ...]``), only those parts of the
+        blob are cut into ranges, each on its own (for fixed-size records
+        each must start and end on a record edge). Host operation
+        ``"map_ranges"``, answer ``{"children", "job"}``."""
         from .blobs import Job
 
         answer = self.call("map_ranges", {
             "key": key, "function": function, "chunk_bytes": chunk_bytes, "records": records,
             "then": then, "max_in_flight": max_in_flight, "args": args,
+            "windows": None if windows is None else [[int(o), int(n)] for o, n in windows],
         })
         return Job(answer["job"], self)
 

@@ -323,6 +323,7 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
                 then: a.then,
                 max_in_flight: a.max_in_flight,
                 args: a.args.map(|r| r.get().to_string()),
+                windows: a.windows,
             };
             let (job, children) = crate::ranges::start(engine, spec, Some(caller))
                 .await

@@ -61,6 +61,59 @@ pub struct RangeJob {
     pub max_in_flight: Option<u32>,
     /// JSON text given to every child as `args`.
     pub args: Option<String>,
+    /// Only these byte windows `(offset, length)`, each cut on its own
+    /// (for fixed-size records each must start and end on a record edge);
+    /// `None`: the whole blob.
+    pub windows: Option<Vec<(u64, u64)>>,
+}
+
+/// The most windows one `map_ranges` takes.
+pub const MAX_WINDOWS: usize = 10_000;
+
+/// The ranges of the windows (in the order given) of a blob of `size`
+/// bytes; `None`: the whole blob.
+pub(crate) fn plan_windows(
+    size: u64,
+    chunk_bytes: u64,
+    records: Records,
+    windows: Option<&[(u64, u64)]>,
+) -> Result<Vec<(u64, u64)>> {
+    let Some(windows) = windows else {
+        return plan(size, chunk_bytes, records);
+    };
+    if windows.len() > MAX_WINDOWS {
+        return Err(Error::invalid(
+            "windows",
+            format!("has {} windows; give at most {MAX_WINDOWS}", windows.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, &(offset, length)) in windows.iter().enumerate() {
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "windows",
+                    format!("window {i} ({offset}+{length}) ends past the blob's {size} bytes"),
+                )
+            })?;
+        if let Records::Fixed(n) = records
+            && n > 0
+            && (offset % n != 0 || end % n != 0)
+        {
+            return Err(Error::invalid(
+                "windows",
+                format!(
+                    "window {i} ({offset}+{length}) does not start and end on a {n}-byte record edge"
+                ),
+            ));
+        }
+        // Within a window: the plan of a blob of its length, moved.
+        let ranges = plan(length, chunk_bytes, records)?;
+        out.extend(ranges.into_iter().map(|(o, l)| (offset + o, l)));
+    }
+    Ok(out)
 }
 
 /// The ranges `(offset, length)` of a blob of `size` bytes.
@@ -109,7 +162,12 @@ pub(crate) async fn start(
 ) -> Result<(String, u64)> {
     let meta: BlobMeta = Blobs::new(engine.env.clone()).meta(&spec.key).await?;
     let max = engine.env.opts.max_job_children as u64;
-    let ranges = plan(meta.size, spec.chunk_bytes, spec.records)?;
+    let ranges = plan_windows(
+        meta.size,
+        spec.chunk_bytes,
+        spec.records,
+        spec.windows.as_deref(),
+    )?;
     if ranges.len() as u64 > max {
         return Err(Error::invalid(
             "chunk_bytes",
@@ -240,5 +298,19 @@ mod tests {
             plan(25, 10, Records::Lines).unwrap(),
             vec![(0, 10), (10, 10), (20, 5)]
         );
+    }
+
+    #[test]
+    fn windows_are_cut_on_their_own() {
+        let w = |ws: &[(u64, u64)]| plan_windows(96, 30, Records::Fixed(12), Some(ws));
+        assert_eq!(
+            w(&[(24, 36), (84, 12)]).unwrap(),
+            vec![(24, 24), (48, 12), (84, 12)]
+        );
+        assert!(w(&[(5, 12)]).is_err());
+        assert!(w(&[(84, 24)]).is_err());
+        assert_eq!(w(&[]).unwrap(), vec![]);
+        let lines = plan_windows(100, 10, Records::Lines, Some(&[(95, 5), (3, 12)])).unwrap();
+        assert_eq!(lines, vec![(95, 5), (3, 10), (13, 2)]);
     }
 }

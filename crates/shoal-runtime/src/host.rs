@@ -168,8 +168,9 @@ host_calls! {
     /// (base64 `data`, within the host call's size limit). Answer `{"blob"}`.
     BlobPut(BlobPutArgs) = "blob_put",
     /// `ctx.map_ranges(key, function, chunk_bytes, records, then,
-    /// max_in_flight, args)`: a job with one child per byte range of a blob,
-    /// aligned to records. Answer `{"children", "job"}`.
+    /// max_in_flight, args, windows)`: a job with one child per byte range
+    /// of a blob (or of some windows of it), aligned to records. Answer
+    /// `{"children", "job"}`.
     MapRanges(MapRangesArgs) = "map_ranges",
     /// `ctx.job_wait(job, timeout)`: waits until the job and its fan-in
     /// have finished. Answer `{"error", "job", "output", "status"}`: the
@@ -370,6 +371,10 @@ pub struct MapRangesArgs {
     /// JSON given to every child as `args`.
     #[serde(default)]
     pub args: Option<Box<RawValue>>,
+    /// Only these byte windows `[offset, length]` of the blob, each cut into
+    /// ranges on its own; `None`: the whole blob.
+    #[serde(default)]
+    pub windows: Option<Vec<(u64, u64)>>,
 }
 
 /// Arguments of [`HostCall::JobWait`].

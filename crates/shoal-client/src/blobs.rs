@@ -143,6 +143,36 @@ impl BlobDownload {
         Ok(written)
     }
 
+    /// Streams the bytes into the file at `path` (see
+    /// [`write_to`](Self::write_to)), written beside as `path.part` and
+    /// renamed into place once complete and synced: a failed download
+    /// leaves `path` as it was.
+    pub async fn write_file(self, path: &Path, progress: Option<Progress>) -> Result<u64> {
+        let mut part = path.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let io = |what: &str, e: std::io::Error| {
+            Error::Transport(format!("cannot {what} {}: {e}", part.display()))
+        };
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| io("create", e))?;
+        let written = match self.write_to(&mut file, progress).await {
+            Ok(n) => n,
+            Err(e) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(e);
+            }
+        };
+        file.sync_all().await.map_err(|e| io("sync", e))?;
+        drop(file);
+        tokio::fs::rename(&part, path)
+            .await
+            .map_err(|e| io("rename", e))?;
+        Ok(written)
+    }
+
     /// The bytes, in memory.
     pub async fn bytes(self) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.length.min(64 << 20) as usize);
@@ -273,8 +303,8 @@ impl Client {
     }
 
     /// Downloads the blob `key` (or one range) into the file at `path`,
-    /// streamed. The file is written beside as `path.part` and renamed into
-    /// place once complete: a failed download leaves `path` as it was.
+    /// streamed (see [`BlobDownload::write_file`]); returns the bytes
+    /// written.
     pub async fn download_blob(
         &self,
         key: &str,
@@ -282,30 +312,10 @@ impl Client {
         path: &Path,
         progress: Option<Progress>,
     ) -> Result<u64> {
-        let download = self.get_blob(key, range).await?;
-        let mut part = path.as_os_str().to_owned();
-        part.push(".part");
-        let part = std::path::PathBuf::from(part);
-        let io = |what: &str, e: std::io::Error| {
-            Error::Transport(format!("cannot {what} {}: {e}", part.display()))
-        };
-        let mut file = tokio::fs::File::create(&part)
+        self.get_blob(key, range)
+            .await?
+            .write_file(path, progress)
             .await
-            .map_err(|e| io("create", e))?;
-        let written = match download.write_to(&mut file, progress).await {
-            Ok(n) => n,
-            Err(e) => {
-                drop(file);
-                let _ = tokio::fs::remove_file(&part).await;
-                return Err(e);
-            }
-        };
-        file.sync_all().await.map_err(|e| io("sync", e))?;
-        drop(file);
-        tokio::fs::rename(&part, path)
-            .await
-            .map_err(|e| io("rename", e))?;
-        Ok(written)
     }
 
     /// A blob's size, entity tag and content type (`HEAD`).

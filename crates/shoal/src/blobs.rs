@@ -313,7 +313,7 @@ async fn get(
         download.etag.clone(),
     );
     let bar = bar(Some(length), json);
-    let result = write_file(download, &path, progress(&bar)).await;
+    let result = download.write_file(&path, progress(&bar)).await;
     bar.finish_and_clear();
     let written = result?;
     let v = json!({
@@ -329,37 +329,6 @@ async fn get(
         None => format!("Wrote {key} ({}) to {file}.", bytes(written)),
     });
     Ok(())
-}
-
-/// Streams a download into `path.part`, renamed to `path` once complete.
-async fn write_file(
-    download: shoal_client::BlobDownload,
-    path: &Path,
-    progress: Option<Progress>,
-) -> Result<u64> {
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
-    let mut f = tokio::fs::File::create(&part)
-        .await
-        .with_context(|| format!("creating {}", part.display()))?;
-    match download.write_to(&mut f, progress).await {
-        Ok(n) => {
-            f.sync_all()
-                .await
-                .with_context(|| format!("writing {}", part.display()))?;
-            drop(f);
-            tokio::fs::rename(&part, path)
-                .await
-                .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
-            Ok(n)
-        }
-        Err(e) => {
-            drop(f);
-            let _ = tokio::fs::remove_file(&part).await;
-            Err(e.into())
-        }
-    }
 }
 
 /// A byte progress bar on stderr, shown only on a terminal for a known

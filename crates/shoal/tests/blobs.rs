@@ -468,6 +468,24 @@ async fn uploads_and_ranges(node: &TestNode) {
     assert!(std::fs::read(&part).unwrap() == big[(mib - 7) as usize..=(4 * mib + 7) as usize]);
     let whole = ok(&node.cli(&["blobs", "get", "big/data.bin"]));
     assert!(whole == big, "get to stdout: the whole blob");
+    // A reader that goes away early (`| head -c 10`): exit 0, quietly.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["blobs", "get", "big/data.bin"])
+        .env("SHOAL_URL", &node.url)
+        .env("SHOAL_TOKEN", &node.token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let mut first = [0u8; 10];
+    let mut reader = child.stdout.take().expect("stdout");
+    reader.read_exact(&mut first).expect("the first bytes");
+    drop(reader);
+    let out = child.wait_with_output().expect("shoal output");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+    assert!(first[..] == big[..10]);
     let piece = ok(&node.cli(&[
         "blobs",
         "get",

@@ -1,7 +1,7 @@
 //! A quick throughput check of the redb adapter's blobs (no criterion):
 //! single-pixel `set` batches from many concurrent callers, each durable
-//! when it resolves (group commit), the file's growth per page written, and
-//! an upload and a read of `UPLOAD_MIB`. Prints, does not assert. Run with
+//! when it resolves (group commit), and an upload and a read of
+//! `UPLOAD_MIB`. Prints, does not assert. Run with
 //! `cargo run -p shoal-store-redb --release --example bench_blobs [DIR]`
 //! (DIR defaults to a temp dir; put it on the disk the node will use, since
 //! the numbers are bound by fsync).
@@ -79,27 +79,6 @@ async fn run(path: &std::path::Path) {
         n as f64 / took.as_secs_f64(),
         took.as_secs_f64() * 1e3,
         n as f64 / commits.max(1) as f64,
-    );
-
-    // The file's growth per page of a fixed-size blob written whole.
-    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
-    let start = size(path);
-    let bytes = 16u64 << 20;
-    store
-        .blob_create_fixed("filled", bytes, true, 1)
-        .await
-        .unwrap();
-    for at in (0..bytes).step_by(1 << 20) {
-        let op = BlobOp::WriteAt {
-            offset: at,
-            data: vec![0xAB; 1 << 20],
-        };
-        store.blob_apply("filled", vec![op]).await.unwrap();
-    }
-    println!(
-        "a {} MiB blob written whole grows the file by {:.2}× its size",
-        bytes >> 20,
-        size(path).saturating_sub(start) as f64 / bytes as f64
     );
 
     // An upload, then a read of it whole.

@@ -206,4 +206,33 @@ mod tests {
         want.extend(vec![3; 10]);
         assert_eq!(got.as_ref(), want.as_slice());
     }
+
+    /// Space a table of `n` full rows of `len` bytes takes, per stored byte.
+    fn overhead(len: usize) -> f64 {
+        use redb::ReadableTableMetadata;
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        const T: redb::TableDefinition<(u64, u64), &[u8]> = redb::TableDefinition::new("p");
+        let txn = db.begin_write().unwrap();
+        let stats = {
+            let mut t = txn.open_table(T).unwrap();
+            for i in 0..512 {
+                t.insert((3, i), vec![7u8; len].as_slice()).unwrap();
+            }
+            t.stats().unwrap()
+        };
+        txn.commit().unwrap();
+        let total = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        total as f64 / stats.stored_bytes() as f64
+    }
+
+    /// Why `PAGE` is not 4096: such a row and its key overflow a 4 KiB
+    /// redb page, and each takes two.
+    #[test]
+    fn a_row_fits_one_redb_page() {
+        let (ours, power_of_two) = (overhead(PAGE as usize), overhead(4096));
+        println!("space per stored byte: {ours:.3} ({PAGE}-byte rows), {power_of_two:.3} (4096)");
+        assert!(ours < 1.1, "{ours}");
+        assert!(power_of_two > 1.8, "{power_of_two}");
+    }
 }

@@ -4,7 +4,8 @@
 //! the end, malformed), uploads cut mid-stream and a `kill -9` mid-upload
 //! leave no blob (nor, on the embedded store, a leftover file), fixed-size
 //! blobs and bitfield batches (a failing batch changes nothing), listing
-//! and deleting with the CLI, and the Python client's blob methods.
+//! and deleting with the CLI, the CLI's memory while it streams, and the
+//! Python client's blob methods.
 
 mod common;
 
@@ -962,6 +963,87 @@ fn python_client(node: &TestNode) {
     assert!(!stderr.contains("skipped"), "tests were skipped\n{shown}");
 }
 
+/// The peak resident memory of a running process, in bytes (`VmHWM`);
+/// `None` once it has exited.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// `shoal blobs put KEY -` and `shoal blobs get KEY` move 128 MiB through
+/// pipes while the CLI's memory stays far below that.
+fn the_cli_streams(node: &TestNode) {
+    const TOTAL: usize = 128 << 20;
+    const BOUND: u64 = 64 << 20;
+    let piece = data(1 << 20, 8);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--json", "blobs", "put", "stream/big", "-"])
+        .env("SHOAL_URL", &node.url)
+        .env("SHOAL_TOKEN", &node.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("stdin");
+    let mut peak = 0;
+    let mut sha = Sha256::new();
+    for _ in 0..TOTAL / piece.len() {
+        input.write_all(&piece).expect("feed the upload");
+        sha.update(&piece);
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
+    }
+    drop(input);
+    peak = peak.max(peak_rss(pid).unwrap_or(0));
+    let out = child.wait_with_output().expect("shoal output");
+    let v = ok_json(&out);
+    assert_eq!(v["size"], TOTAL as u64);
+    assert_eq!(v["sha256"], hex::encode(sha.finalize()));
+    assert!(peak > 0, "no reading of the CLI's memory");
+    assert!(peak < BOUND, "the upload's CLI peaked at {peak} bytes");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["blobs", "get", "stream/big"])
+        .env("SHOAL_URL", &node.url)
+        .env("SHOAL_TOKEN", &node.token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let pid = child.id();
+    let mut output = child.stdout.take().expect("stdout");
+    let (mut got, mut peak) = (0usize, 0);
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = output.read(&mut buf).expect("read the download");
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        got += n;
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
+    }
+    let out = child.wait_with_output().expect("shoal output");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(got, TOTAL);
+    assert_eq!(hex::encode(sha.finalize()), v["sha256"].as_str().unwrap());
+    assert!(
+        peak > 0 && peak < BOUND,
+        "the download's CLI peaked at {peak} bytes"
+    );
+}
+
 // ---- the tests: each scenario on both stores ----
 
 #[tokio::test(flavor = "multi_thread")]
@@ -981,6 +1063,12 @@ async fn uploads_ranges_bitfields_and_the_cli_on_redis() {
     fixed_size_over_http(&node.client()).await;
     fixed_size_over_the_cli(&node);
     list_and_delete(&node).await;
+}
+
+#[test]
+fn the_cli_streams_in_constant_memory() {
+    let node = TestNode::start();
+    the_cli_streams(&node);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,9 @@
 //! An upload in progress: bytes go to `blobs/tmp/<id>` on the blocking
-//! pool, through a buffer of at most `BUFFER` bytes, hashed as they go; the
-//! commit makes the file durable, renames it into place, then commits the
-//! metadata. Dropped before its commit, it removes its temporary file.
+//! pool, hashed as they go, through two buffers of `BUFFER` bytes: one
+//! filling while the other is written (so receiving, hashing and writing
+//! overlap, and an upload holds at most two buffers and the write in hand).
+//! The commit makes the file durable, renames it into place, then commits
+//! the metadata. Dropped before its commit, it removes its temporary file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,16 +20,23 @@ use crate::writer::Msg;
 /// An upload writes its buffer to its file once it holds this much.
 const BUFFER: usize = 256 << 10;
 
+/// A buffer being written: gives back the file and the buffer, emptied.
+type Flushing = tokio::task::JoinHandle<std::io::Result<(Sink, Vec<u8>)>>;
+
 pub(super) struct Upload {
     files: Arc<Files>,
     tx: Sender<Msg>,
     key: String,
     /// The content id, kept off the sweep until the commit resolves.
     live: Option<Live>,
-    /// `None` while a write runs on the blocking pool, and for good if
-    /// that write's future was dropped or failed.
+    /// The file, while no write is in flight; `None` for good once a
+    /// write failed or its future was dropped mid-way.
     sink: Option<Sink>,
+    /// The write in flight, which holds the file.
+    flushing: Option<Flushing>,
+    /// The buffer filling, and the one given back by the last write.
     buf: Vec<u8>,
+    spare: Vec<u8>,
     written: u64,
     /// The temporary file, until it is renamed into place.
     tmp: Option<PathBuf>,
@@ -44,7 +53,9 @@ impl Upload {
             key,
             live: Some(live),
             sink: None,
+            flushing: None,
             buf: Vec::new(),
+            spare: Vec::new(),
             written: 0,
             tmp: None,
         };
@@ -61,26 +72,46 @@ impl Upload {
         Ok(upload)
     }
 
-    /// Writes the buffer, then `more`, to the file (hashing them).
+    /// Waits for the write in flight, if any: the file is then in `sink`.
+    async fn settle(&mut self) -> Result<()> {
+        let Some(flushing) = self.flushing.take() else {
+            return Ok(());
+        };
+        match flushing.await {
+            Ok(Ok((sink, spare))) => {
+                self.sink = Some(sink);
+                self.spare = spare;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.files.io_error("write an upload", e)),
+            Err(e) => Err(Error::Unavailable(format!("write an upload: {e}"))),
+        }
+    }
+
+    /// Hands the buffer, then `more`, to the blocking pool to be hashed and
+    /// written, once the write before it is done.
     async fn flush(&mut self, more: Option<Bytes>) -> Result<()> {
+        self.settle().await?;
         let Some(mut sink) = self.sink.take() else {
             return Err(Error::Unavailable(
                 "the upload was interrupted by an earlier failed or cancelled write".to_string(),
             ));
         };
-        let mut buf = std::mem::take(&mut self.buf);
-        let (sink, buf) = blocking(&self.files, "write an upload", move || {
+        let spare = std::mem::take(&mut self.spare);
+        let mut buf = std::mem::replace(&mut self.buf, spare);
+        self.flushing = Some(tokio::task::spawn_blocking(move || {
             sink.put(&buf)?;
             if let Some(more) = &more {
                 sink.put(more)?;
             }
             buf.clear();
             Ok((sink, buf))
-        })
-        .await?;
-        self.sink = Some(sink);
-        self.buf = buf;
+        }));
         Ok(())
+    }
+
+    fn usable(&self) -> bool {
+        self.sink.is_some() || self.flushing.is_some()
     }
 }
 
@@ -99,7 +130,7 @@ impl BlobUpload for Upload {
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let len = data.len() as u64;
-            if self.sink.is_some() && self.buf.len() + data.len() <= BUFFER {
+            if self.usable() && self.buf.len() + data.len() <= BUFFER {
                 self.buf.extend_from_slice(&data);
             } else {
                 self.flush(Some(data)).await?;
@@ -116,6 +147,7 @@ impl BlobUpload for Upload {
     fn commit(mut self: Box<Self>, content_type: Option<String>, now_ms: u64) -> Pending<BlobMeta> {
         Box::pin(async move {
             self.flush(None).await?;
+            self.settle().await?;
             let (Some(sink), Some(tmp), Some(live)) =
                 (self.sink.take(), self.tmp.clone(), self.live.take())
             else {

@@ -4,6 +4,7 @@
 //! everything else shows its JSON form; a bad header fails the invocation
 //! cleanly; cached Responses are answered byte for byte. And
 //! `max_invocations_per_worker`: workers are replaced after N invocations.
+//! On the embedded store, and all of it again on Redis.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use common::{TestNode, deploy, repo_root, wait_final};
 use serde_json::json;
 use shoal_client::{Answer, Binary, Client};
+use shoal_store_redis::testing::RedisServer;
 
 const TILE_PY: &str = r#"
 import os
@@ -66,9 +68,7 @@ fn header<'a>(b: &'a Binary, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn responses_are_answered_as_they_are() {
-    let node = TestNode::start();
+async fn answered_as_they_are(node: &TestNode) {
     let c = node.client();
     deploy(&c, "name = \"tile\"\nretries = 0\n", TILE_PY).await;
 
@@ -118,9 +118,7 @@ async fn responses_are_answered_as_they_are() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn everywhere_else_a_response_is_its_json_form() {
-    let node = TestNode::start();
+async fn json_forms_elsewhere(node: &TestNode) {
     let c = node.client();
     deploy(&c, "name = \"tile\"\n", TILE_PY).await;
     let expected = json!({"$response": {
@@ -207,9 +205,7 @@ print("ok")
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cached_responses_are_answered_byte_for_byte() {
-    let node = TestNode::start();
+async fn cached_byte_for_byte(node: &TestNode) {
     let c = node.client();
     let tmp = tempfile::tempdir().unwrap();
     let runs_file = tmp.path().canonicalize().unwrap().join("runs");
@@ -244,9 +240,7 @@ def handler(event, ctx):
     return ctx.Response(b"|".join(p.body for p in parts), headers={"x-parts": str(len(parts))})
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn job_children_results_are_json_forms() {
-    let node = TestNode::start();
+async fn json_forms_in_jobs(node: &TestNode) {
     let c = node.client();
     deploy(&c, "name = \"tile\"\n", TILE_PY).await;
     deploy(&c, "name = \"collect\"\n", COLLECT_PY).await;
@@ -304,9 +298,7 @@ def handler(event, ctx):
     return os.getpid()
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_are_replaced_after_max_invocations() {
-    let node = TestNode::start();
+async fn replaced_after_max_invocations(node: &TestNode) {
     let c = node.client();
     deploy(
         &c,
@@ -336,4 +328,40 @@ async fn workers_are_replaced_after_max_invocations() {
         pids.insert(done.result.unwrap().as_u64().unwrap());
     }
     assert_eq!(pids.len(), 1, "{pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_are_answered_as_they_are() {
+    answered_as_they_are(&TestNode::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn everywhere_else_a_response_is_its_json_form() {
+    json_forms_elsewhere(&TestNode::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_responses_are_answered_byte_for_byte() {
+    cached_byte_for_byte(&TestNode::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_children_results_are_json_forms() {
+    json_forms_in_jobs(&TestNode::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_are_replaced_after_max_invocations() {
+    replaced_after_max_invocations(&TestNode::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_of_it_on_redis() {
+    let redis = RedisServer::start(&[]);
+    let node = TestNode::start_with(&["--store", &redis.url()]);
+    answered_as_they_are(&node).await;
+    json_forms_elsewhere(&node).await;
+    cached_byte_for_byte(&node).await;
+    json_forms_in_jobs(&node).await;
+    replaced_after_max_invocations(&node).await;
 }

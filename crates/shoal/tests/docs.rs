@@ -341,6 +341,11 @@ fn docs_jobs() {
 }
 
 #[test]
+fn docs_blobs() {
+    run_doc("docs/blobs.md");
+}
+
+#[test]
 fn docs_operations() {
     run_doc("docs/operations.md");
 }

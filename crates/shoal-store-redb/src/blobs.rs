@@ -4,7 +4,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `blobs` | key | `[1] ++ u8 kind ++ u64 LE size ++ u64 LE version ++ u64 LE created_at_ms ++` (kind 0, uploaded: `[u8; 32] sha256 ++ u8 id length ++ content id`; kind 1, fixed-size: `u64 LE pages id`) `++ u8 has content type ++ content type` |
+//! | `blobs` | key | `[1] ++ u8 kind ++ u64 LE size ++ u64 LE version ++ u64 LE created_at_ms ++` (kind 0, uploaded: `[u8; 32] sha256 ++ u8 id length ++ content id`; kind 1, fixed-size: `u64 LE pages id`) `++ u8 has content type ++ u32 LE length ++ content type` |
 //! | `blob_contents` | content id | key: the content files metadata references (what the sweep keeps) |
 //! | `blob_pages` | (pages id, page index) | the page's bytes (`pages::PAGE` = 4000 bytes, so a row fits one 4 KiB redb page; the last page of a blob may be shorter); an absent page is zeros |
 //! | `meta` | `"blob_version"` | u64, the last version given out (store-wide) |
@@ -130,6 +130,7 @@ impl Stored {
             None => out.push(0),
             Some(ct) => {
                 out.push(1);
+                out.extend_from_slice(&(ct.len() as u32).to_le_bytes());
                 out.extend_from_slice(ct.as_bytes());
             }
         }
@@ -170,11 +171,16 @@ impl Stored {
         };
         let content_type = match r.u8().ok_or_else(truncated)? {
             0 => None,
-            _ => Some(
-                String::from_utf8(r.0.to_vec())
-                    .map_err(|_| corrupt("content type is not UTF-8"))?,
-            ),
+            _ => {
+                let len = r.u32().ok_or_else(truncated)?;
+                let ct = r.take(len as usize).ok_or_else(truncated)?;
+                let ct = std::str::from_utf8(ct).map_err(|_| corrupt("content type"))?;
+                Some(ct.to_string())
+            }
         };
+        if !r.0.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
         Ok(Stored {
             size,
             version,
@@ -198,6 +204,10 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Option<u64> {
         self.take(8)
@@ -687,3 +697,6 @@ pub(crate) fn referenced_now(shared: &Shared, ids: &[String]) -> Result<Vec<bool
     let txn = shared.db()?.begin_read().map_err(unavailable)?;
     referenced(&txn, ids)
 }
+
+#[cfg(test)]
+mod tests;

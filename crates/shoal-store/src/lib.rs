@@ -114,8 +114,9 @@ pub struct FunctionRecord {
     #[serde(default)]
     pub cache: Option<CacheSettings>,
     /// `max_invocations_per_worker` of `shoal.toml`: a worker is replaced
-    /// after serving this many invocations. `None`: never.
-    #[serde(default)]
+    /// after serving this many invocations. `None`: never (and not written,
+    /// so records without it are stored as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_invocations_per_worker: Option<u32>,
 }
 

@@ -115,6 +115,23 @@ async fn responses_travel_as_their_json_form() {
     assert_eq!(BinaryResult::parse(output(&plain)), None);
 }
 
+/// With the default limit (6 MiB), a body of the whole limit travels (8 MiB
+/// of base64 in its frame) and one byte more is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_may_take_the_whole_result_limit() {
+    let fx = fixture();
+    let dep = fx.deploy("big@1", RESPONSES);
+    let limit = 6 * 1024 * 1024;
+    let event = format!(r#"{{"kind":"big","n":{limit}}}"#);
+    let r = fx.rt.invoke(&dep, request(&event)).await.unwrap();
+    let body = BinaryResult::parse(output(&r)).unwrap().unwrap().body;
+    assert_eq!(body.len(), limit);
+    assert!(body.iter().all(|b| *b == 0));
+    let event = format!(r#"{{"kind":"big","n":{}}}"#, limit + 1);
+    let r = fx.rt.invoke(&dep, request(&event)).await.unwrap();
+    failure(&r, FailureKind::OutputLimit);
+}
+
 /// The pids the handler reports, one invocation after another.
 const PID: &str = r#"
 import os, time

@@ -401,3 +401,171 @@ fn a_full_disk_fails_uploads_with_full() {
         output.status
     );
 }
+
+const CRASH_ENV: &str = "SHOAL_REDB_BLOBS_CRASH_DIR";
+const CRASH_ROUND_ENV: &str = "SHOAL_REDB_BLOBS_CRASH_ROUND";
+const UPLOADERS: u64 = 4;
+
+/// An uploaded key names its content: `up/<round>-<task>-<n>/<size>/<seed>`.
+fn crash_key(round: &str, task: u64, n: u64) -> (String, Vec<u8>) {
+    let size = 50_000 + ((task * 7 + n * 13) % 10) * 60_000;
+    let seed = (task * 31 + n) as u8;
+    (
+        format!("up/{round}-{task}-{n}/{size}/{seed}"),
+        content(size as usize, seed),
+    )
+}
+
+/// The child of `sigkill_mid_upload_leaves_no_partial_blob`: uploads and
+/// applies batches until killed, printing every acknowledged write.
+#[test]
+fn blob_crash_child() {
+    let Ok(dir) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let round = std::env::var(CRASH_ROUND_ENV).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let store = RedbStore::open(&Path::new(&dir).join("shoal.redb")).unwrap();
+        store
+            .blob_create_fixed("board", 64, false, T)
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..UPLOADERS {
+            let (store, round) = (store.clone(), round.clone());
+            tasks.spawn(async move {
+                for n in 0.. {
+                    let (key, data) = crash_key(&round, task, n);
+                    let mut up = store.blob_upload(&key).await.unwrap();
+                    for part in data.chunks(64 << 10) {
+                        up.write(Bytes::copy_from_slice(part)).await.unwrap();
+                    }
+                    up.commit(None, T).await.unwrap();
+                    println!("ACK upload {key}");
+                    // A key replaced over and over: its old files go.
+                    let same = upload(&store, "same", &data[..1000]).await;
+                    println!("ACK same {}", same.version);
+                }
+            });
+        }
+        tasks.spawn(async move {
+            loop {
+                let incr = BlobOp::IncrBy {
+                    ty: u(32),
+                    offset: 0,
+                    by: 1,
+                    overflow: Overflow::Wrap,
+                };
+                let (results, _) = apply(&store, "board", vec![incr]).await;
+                println!("ACK board {}", results[0].unwrap());
+            }
+        });
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    });
+}
+
+#[test]
+fn sigkill_mid_upload_leaves_no_partial_blob() {
+    if std::env::var(CRASH_ENV).is_ok() {
+        return;
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut acked: Vec<String> = Vec::new();
+    let mut board = 0u64;
+    // Temporary files of uploads cut by the kills.
+    let mut cut = 0;
+    for round in 0..3 {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "blob_crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CRASH_ENV, dir.path())
+            .env(CRASH_ROUND_ENV, round.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut uploads = 0;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            let mut words = line.split(' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("ACK"), Some("upload"), Some(key)) => {
+                    acked.push(key.to_string());
+                    uploads += 1;
+                }
+                (Some("ACK"), Some("board"), Some(n)) => board = n.parse().unwrap(),
+                _ => {}
+            }
+            // Killed while uploads are in flight (4 tasks, each mid-way
+            // through its next one).
+            if uploads == 6 + round * 3 {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        cut += files_under(&dir.path().join("blobs/tmp")).len();
+
+        rt.block_on(async {
+            let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
+            let mut listed = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = store.blob_list("", after.as_deref(), 100).await.unwrap();
+                listed.extend(page.blobs);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            // Every listed upload is whole (acknowledged or not).
+            let mut files = Vec::new();
+            for meta in listed.iter().filter(|m| !m.mutable) {
+                let data = read_all(&store, &meta.key).await.unwrap();
+                if let Some(rest) = meta.key.strip_prefix("up/") {
+                    let mut parts = rest.split('/').skip(1);
+                    let size: usize = parts.next().unwrap().parse().unwrap();
+                    let seed: u8 = parts.next().unwrap().parse().unwrap();
+                    assert!(data == content(size, seed), "{} is not whole", meta.key);
+                }
+                assert_eq!(data.len() as u64, meta.size);
+                files.push(file_of(&store, &meta.key).await);
+            }
+            let keys: Vec<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+            for key in &acked {
+                assert!(keys.contains(&key.as_str()), "acknowledged {key} lost");
+            }
+            // The counter holds every acknowledged batch (and perhaps one
+            // committed but not yet printed).
+            let counts = read_all(&store, "board").await.unwrap();
+            let count = u32::from_be_bytes(counts[..4].try_into().unwrap());
+            assert!(u64::from(count) >= board, "{count} < {board}");
+            // On disk: exactly the referenced files (the open swept the
+            // temporary files of cut uploads and any unreferenced file).
+            files.sort();
+            assert_eq!(files_under(&dir.path().join("blobs")), files);
+            store.close();
+        });
+    }
+    assert!(acked.len() >= 6 + 9 + 12);
+    assert!(cut > 0, "no kill landed mid-upload");
+}

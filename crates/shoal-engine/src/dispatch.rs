@@ -333,6 +333,9 @@ impl Dispatcher {
     /// Starts the consumers a function version needs: its asynchronous
     /// invocations' and its subscription's.
     pub(crate) fn start_consumers(self: &Arc<Self>, d: &Deployed) {
+        if d.record.max_jobs_in_flight.is_some() {
+            self.jobs.ensure_gate(&d.record.name);
+        }
         self.ensure_feed(
             Feed::Async {
                 function: d.record.name.to_string(),

@@ -1026,6 +1026,7 @@ impl Unpacked {
                 max_bytes: u64::from(c.max_mb) << 20,
             }),
             max_invocations_per_worker: m.max_invocations_per_worker.map(NonZeroU32::get),
+            max_jobs_in_flight: m.max_jobs_in_flight.map(NonZeroU32::get),
         }
     }
 }

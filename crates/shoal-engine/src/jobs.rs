@@ -124,9 +124,12 @@ fn counts(r: &JobRecord, p: &JobProgress) -> JobCounts {
 
 /// Fan-out jobs with fan-in.
 pub(crate) struct Jobs {
-    env: Arc<Env>,
-    functions: Arc<Functions>,
-    consumers: Arc<Consumers>,
+    pub(crate) env: Arc<Env>,
+    pub(crate) functions: Arc<Functions>,
+    pub(crate) consumers: Arc<Consumers>,
+    /// The gates of functions with `max_jobs_in_flight` this node runs
+    /// (see `jobgate`).
+    pub(crate) gates: crate::jobgate::Gates,
 }
 
 impl Jobs {
@@ -135,6 +138,7 @@ impl Jobs {
             env,
             functions,
             consumers,
+            gates: Default::default(),
         }
     }
 
@@ -236,11 +240,24 @@ impl Jobs {
             created_at_ms: now,
             then_plan,
         };
+        // Under `max_jobs_in_flight`, the children's messages wait in one
+        // gate message until the job's turn (see `jobgate`).
+        let (send_to, messages) = match d.record.max_jobs_in_flight {
+            Some(limit) => {
+                let gate =
+                    crate::jobgate::gate_message(&id, &d.record.name, limit, &queue, messages, now);
+                (crate::jobgate::gate_queue(&d.record.name), vec![gate])
+            }
+            None => (queue.clone(), messages),
+        };
         self.env
             .backend
             .jobs
-            .create_job(job, children, &queue, messages)
+            .create_job(job, children, &send_to, messages)
             .await?;
+        if send_to != queue {
+            self.wake_gate(&d.record.name);
+        }
         if let (Some(c), Some(_)) = (caller, &continues) {
             *c.handoff.lock().unwrap() = Some(id.clone());
         }

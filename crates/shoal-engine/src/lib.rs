@@ -21,6 +21,7 @@ mod functions;
 mod history;
 mod host;
 mod invocation;
+mod jobgate;
 mod jobs;
 mod kv;
 mod limits;

@@ -41,7 +41,13 @@ pub struct Manifest {
     /// `max_invocations_per_worker`: a worker that has served this many
     /// invocations is replaced by a fresh one (containing leaks).
     pub max_invocations_per_worker: Option<std::num::NonZeroU32>,
+    /// `max_jobs_in_flight`: at most this many of its jobs have children
+    /// out at once; later ones wait in order.
+    pub max_jobs_in_flight: Option<std::num::NonZeroU32>,
 }
+
+/// The largest `max_jobs_in_flight`.
+pub const MAX_JOBS_IN_FLIGHT: u32 = 100_000;
 
 /// `[cache]`: the result cache of synchronous invocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,8 +226,20 @@ impl Manifest {
                 "shoal.toml: max_invocations_per_worker must be at least 1 (leave it out to keep workers)",
             )?),
         };
+        let max_jobs_in_flight = match raw.max_jobs_in_flight {
+            None => None,
+            Some(n) if n > MAX_JOBS_IN_FLIGHT => {
+                return Err(format!(
+                    "shoal.toml: max_jobs_in_flight must be between 1 and {MAX_JOBS_IN_FLIGHT}"
+                ));
+            }
+            Some(n) => Some(std::num::NonZeroU32::new(n).ok_or(
+                "shoal.toml: max_jobs_in_flight must be at least 1 (leave it out for no bound)",
+            )?),
+        };
         Ok(Manifest {
             max_invocations_per_worker,
+            max_jobs_in_flight,
             cache,
             secrets,
             env,
@@ -263,6 +281,7 @@ struct Raw {
     secrets: Option<Vec<String>>,
     cache: Option<RawCache>,
     max_invocations_per_worker: Option<u32>,
+    max_jobs_in_flight: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -393,6 +412,19 @@ mod tests {
         assert_eq!(m.limits.timeout, Duration::from_secs(30));
         assert_eq!(m.limits.concurrency, 4);
         assert_eq!(m.retries, 2);
+    }
+
+    #[test]
+    fn max_jobs_in_flight() {
+        let m = Manifest::parse("name = \"a\"").unwrap();
+        assert_eq!(m.max_jobs_in_flight, None);
+        let m = Manifest::parse("name = \"a\"\nmax_jobs_in_flight = 2").unwrap();
+        assert_eq!(m.max_jobs_in_flight.map(|n| n.get()), Some(2));
+        for bad in ["0", "100001", "-1", "\"2\""] {
+            let err =
+                Manifest::parse(&format!("name = \"a\"\nmax_jobs_in_flight = {bad}")).unwrap_err();
+            assert!(err.contains("max_jobs_in_flight"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -118,6 +118,11 @@ pub struct FunctionRecord {
     /// so records without it are stored as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_invocations_per_worker: Option<u32>,
+    /// `max_jobs_in_flight` of `shoal.toml`: at most this many of the
+    /// function's jobs have their children out at once (across nodes);
+    /// later ones wait, in creation order. `None`: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs_in_flight: Option<u32>,
 }
 
 /// A function's result cache (`[cache]` of `shoal.toml`).

@@ -327,3 +327,91 @@ async fn map_ranges_on_redis() {
     run_ranges(&c).await;
     run_blob_user(&c).await;
 }
+
+/// A child of the `max_jobs_in_flight` test: logs its job's label when it
+/// starts and ends.
+fn gated_py(log: &Path) -> String {
+    format!(
+        r#"
+import time
+
+def handler(event, ctx):
+    with open({log:?}, "a") as f:
+        f.write("start %s %d\n" % (event["job"], time.monotonic_ns()))
+    time.sleep(0.1)
+    with open({log:?}, "a") as f:
+        f.write("end %s %d\n" % (event["job"], time.monotonic_ns()))
+    return 1
+"#,
+        log = log.to_str().unwrap()
+    )
+}
+
+/// `max_jobs_in_flight = 1`: three jobs sent at once run one after the
+/// other, in the order they were made, each with its children in parallel.
+async fn run_gated_jobs(c: &Client) {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("gated.log");
+    deploy(
+        c,
+        "name = \"gated\"\nconcurrency = 4\nretries = 0\nmax_jobs_in_flight = 1",
+        &gated_py(&log),
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for label in ["A", "B", "C"] {
+        let events = (0..4).map(|i| json!({"job": label, "i": i})).collect();
+        jobs.push(
+            c.start_job("gated", events, None)
+                .await
+                .expect("start a job"),
+        );
+    }
+    for job in &jobs {
+        let view = common::wait_job(c, job, std::time::Duration::from_secs(60)).await;
+        assert_eq!(view.counts.succeeded, 4, "{view:?}");
+    }
+    let text = std::fs::read_to_string(&log).expect("the log");
+    // (first start, last end, most at once) per job.
+    let mut spans: BTreeMap<String, (u128, u128)> = BTreeMap::new();
+    let mut events: Vec<(u128, i32)> = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let at: u128 = parts[2].parse().unwrap();
+        let span = spans.entry(parts[1].to_string()).or_insert((u128::MAX, 0));
+        if parts[0] == "start" {
+            span.0 = span.0.min(at);
+            events.push((at, 1));
+        } else {
+            span.1 = span.1.max(at);
+            events.push((at, -1));
+        }
+    }
+    let (a, b, cc) = (spans["A"], spans["B"], spans["C"]);
+    assert!(a.1 <= b.0, "job B started before job A finished: {spans:?}");
+    assert!(
+        b.1 <= cc.0,
+        "job C started before job B finished: {spans:?}"
+    );
+    // The children of one job still ran side by side.
+    events.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    assert!(most >= 2, "children of a job never overlapped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_in_flight_are_bounded_on_the_embedded_store() {
+    let node = TestNode::start();
+    run_gated_jobs(&node.client()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_in_flight_are_bounded_on_redis() {
+    let redis = RedisServer::start(&[]);
+    let node = TestNode::start_with(&["--store", &redis.url()]);
+    run_gated_jobs(&node.client()).await;
+}

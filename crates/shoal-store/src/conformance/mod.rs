@@ -205,6 +205,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
             max_bytes: 64 << 20,
         }),
         max_invocations_per_worker: Some(1000),
+        max_jobs_in_flight: Some(2),
     }
 }
 

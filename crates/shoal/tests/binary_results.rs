@@ -42,6 +42,8 @@ def handler(event, ctx):
         return r
     if kind == "json":
         return {"plain": True}
+    if kind == "big":
+        return ctx.Response(bytes(range(256)) * (event["n"] // 256))
     raise ValueError(kind)
 "#;
 
@@ -84,6 +86,24 @@ async fn answered_as_they_are(node: &TestNode) {
     assert_eq!(text.body.as_ref(), "héllo ✓".as_bytes());
     assert_eq!(text.content_type, "text/html; charset=utf-8");
     assert_eq!(text.status, 200);
+
+    // A body of the whole result limit (6 MiB) comes back whole, and its
+    // record (8 MiB of base64) is stored.
+    let n = 6 * 1024 * 1024;
+    let big = binary(&c, &format!(r#"{{"kind":"big","n":{n}}}"#)).await;
+    assert_eq!(big.body.len(), n);
+    assert!(
+        big.body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 256) as u8)
+    );
+    let record = wait_final(&c, &big.id, Duration::from_secs(30)).await;
+    let stored = record.output.unwrap()["$response"]["body_base64"]
+        .as_str()
+        .unwrap()
+        .len();
+    assert_eq!(stored, n.div_ceil(3) * 4);
 
     // A status the function chose is its answer, not an error of the node.
     let missing = binary(&c, r#"{"kind":"missing"}"#).await;

@@ -55,10 +55,37 @@ pub const FANOUT_FANIN: Source = source!("fanout-fanin", "bench-fanin", ["shoal.
 pub const FANOUT_PARENT: Source =
     source!("fanout-parent", "bench-parent", ["shoal.toml", "main.py"]);
 
+/// Applies `batches` batches of single-pixel `set u4` ops with
+/// `ctx.blob_apply` (the bitfield figure from a function).
+pub const BITFIELD_APPLY: Source = source!(
+    "bitfield-apply",
+    "bench-bitfield",
+    ["shoal.toml", "main.py"]
+);
+/// An echo with `[cache] ttl = "60s"` (the cache figure).
+pub const CACHED: Source = source!("cached", "bench-cached", ["shoal.toml", "main.py"]);
+/// A ranged-scan child: numpy sum of the value column of its range.
+pub const SCAN_PART: Source = source!(
+    "scan-part",
+    "bench-scan-part",
+    ["shoal.toml", "main.py", "requirements.txt"]
+);
+/// The ranged scan's fan-in: the total of the children's sums.
+pub const SCAN_SUM: Source = source!("scan-sum", "bench-scan-sum", ["shoal.toml", "main.py"]);
+/// The ranged scan: `ctx.map_ranges(...).wait()` from a sync call.
+pub const SCAN_PARENT: Source = source!("scan-parent", "bench-scan", ["shoal.toml", "main.py"]);
+
 /// The Celery baseline of the queue figures (`baselines/celery_baseline.py`).
 pub const CELERY_BASELINE: (&str, &str) = (
     "celery_baseline.py",
     include_str!("../baselines/celery_baseline.py"),
+);
+
+/// The baselines of the ranged scan (`baselines/scan_baseline.py`): the
+/// limit (2 processes over a memmap), Dask and Ray.
+pub const SCAN_BASELINE: (&str, &str) = (
+    "scan_baseline.py",
+    include_str!("../baselines/scan_baseline.py"),
 );
 
 /// The Python baselines of the query benchmarks (`baselines/`), written out

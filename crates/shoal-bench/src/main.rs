@@ -6,7 +6,10 @@
 //! Celery (`queue.rs`), rate-limit accuracy against a strict mock vendor
 //! (`ratelimit.rs`), a fan-out with fan-in (`fanout.rs`), and document
 //! writes and map/reduce queries beside Python baselines (`queries.rs`),
-//! and several nodes on one Redis beside Celery (`cluster.rs`).
+//! and several nodes on one Redis beside Celery (`cluster.rs`), blob
+//! transfers beside `dd` (`blobs.rs`), bitfield batches (`bitfield.rs`),
+//! result-cache hits (`cache.rs`) and a ranged scan beside the memmap limit,
+//! Dask and Ray (`scan.rs`).
 //! Each phase renders its own section of the report (`report.rs`), which is
 //! printed and appended to `docs/benchmarks.md`.
 //!
@@ -18,6 +21,9 @@
 //! takes as little as possible from the cores it shares with the node.
 
 mod baseline;
+mod bitfield;
+mod blobs;
+mod cache;
 mod celery;
 mod cluster;
 mod cpu;
@@ -33,6 +39,7 @@ mod queue;
 mod ratelimit;
 mod report;
 mod rss;
+mod scan;
 mod stats;
 mod target;
 
@@ -58,7 +65,7 @@ struct Args {
     quick: bool,
     /// Run only these phases (comma-separated): latency, throughput, cold,
     /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
-    /// query-cold, query-stream, list, cluster.
+    /// query-cold, query-stream, list, cluster, blobs, bitfield, cache, scan.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run every selected phase against this `shoal` binary (an older
@@ -113,6 +120,10 @@ struct Plan {
     queries: queries::Plan,
     list: list::Plan,
     cluster: cluster::Plan,
+    blobs: blobs::Plan,
+    bitfield: bitfield::Plan,
+    cache: cache::Plan,
+    scan: scan::Plan,
 }
 
 /// One `shoal` binary under test, with its node.
@@ -175,6 +186,31 @@ impl Plan {
                 present(&args.celery_missing),
                 args.node_log.clone(),
             ),
+            blobs: blobs::Plan {
+                bytes: either(q, 512, 4096) << 20,
+                range: 16 << 20,
+                in_flight: 4,
+            },
+            bitfield: bitfield::Plan {
+                batch: 1000,
+                clients: 4,
+                window: secs(3, 5),
+                calls: 4,
+                batches: pick(15, 50),
+            },
+            cache: cache::Plan {
+                n: pick(2000, 5000),
+                warmup: 200,
+            },
+            scan: scan::Plan {
+                bytes: either(q, 256, 2048) << 20,
+                chunk: 64 << 20,
+                warm: pick(3, 5),
+                cold: pick(1, 3),
+                python: absolute(&args.ray_python),
+                ray_missing: present(&args.ray_missing),
+                limit: secs(300, 600),
+            },
         }
     }
 }
@@ -366,6 +402,10 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "fanout" => fanout::run(ctx, plan.fanout_n, plan.fanout_limit).await,
         "list" => list::run(&b.shoal, &plan.list).await,
         "cluster" => cluster::run(ctx, &b.shoal, b.dir.path(), &plan.cluster).await,
+        "blobs" => blobs::run(ctx, &plan.blobs, b.dir.path()).await,
+        "bitfield" => bitfield::run(ctx, &plan.bitfield).await,
+        "cache" => cache::run(ctx, &plan.cache).await,
+        "scan" => scan::run(ctx, &plan.scan, b.dir.path()).await,
         other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),
     };
     let s = r.unwrap_or_else(|e| Section::failed(phase, &format!("{e:#}")));
@@ -468,6 +508,10 @@ mod tests {
             "fanout",
             "list",
             "cluster",
+            "blobs",
+            "bitfield",
+            "cache",
+            "scan",
         ];
         for p in target::phases() {
             assert!(known.contains(&p) || queries::PHASES.contains(&p), "{p}");

@@ -517,6 +517,10 @@ mod tests {
         all.extend(crate::queries::examples());
         all.extend(crate::list::examples());
         all.extend(crate::cluster::examples());
+        all.extend(crate::blobs::examples());
+        all.extend(crate::bitfield::examples());
+        all.extend(crate::cache::examples());
+        all.extend(crate::scan::examples());
         all
     }
 
@@ -588,6 +592,18 @@ mod tests {
             ("cluster.sync_2", Info),
             ("cluster.sync_3", Info),
             ("cluster.capacity", Info),
+            ("blobs.upload", Pass),      // 341 vs 546 MiB/s: 0.63×
+            ("blobs.download", Pass),    // 585 vs 683 MiB/s
+            ("blobs.ranges", Miss),      // 315 vs 683 MiB/s: 0.46×
+            ("blobs.rss", Pass),         // +20 MiB
+            ("bitfield.http", Pass),     // 120,000/s
+            ("bitfield.function", Miss), // the version moved by one less
+            ("cache.hit_p50", Pass),
+            ("cache.hit_p99", Info),
+            ("scan.warm", Miss), // 2.5×
+            ("scan.cold", Pass), // 1.03×
+            ("scan.dask", Pass), // 0.83×
+            ("scan.ray", Miss),  // not installed
         ];
         assert_eq!(verdicts, want);
     }

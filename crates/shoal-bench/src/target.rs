@@ -45,6 +45,10 @@ pub enum Unit {
     Count,
     /// Redis commands per unit of work (two decimals).
     Cmds,
+    /// Throughput of bytes, MiB (2^20 bytes) per second.
+    MiBPerS,
+    /// Operations per second.
+    OpsPerS,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +171,42 @@ pub static TARGETS: &[Target] = targets! {
         "Async invocations/s one redis-server carries: 1 ÷ its main thread's CPU per async \
          invocation in the 1-node run (on paper from the commands above and redis-benchmark in \
          the note)";
+    "blobs.upload"       12  RatioAtLeast("dd")        0.5  MiBPerS
+        "Blob upload over loopback (`PUT /v1/blobs/{key}`, a streamed chunked body read from a \
+         file in the page cache, answered once stored and fsynced) vs `dd bs=4M conv=fsync` \
+         copying the same file on the same disk";
+    "blobs.download"     12  RatioAtLeast("dd")        0.5  MiBPerS
+        "Blob download over loopback, whole, the blob's file not in the page cache, vs `dd \
+         bs=4M` reading the same file to /dev/null, not in the page cache either";
+    "blobs.ranges"       12  RatioAtLeast("dd")        0.5  MiBPerS
+        "Blob download by ranges (`Range: bytes=...`, 4 requests in flight) over the whole \
+         blob, not in the page cache, vs the same `dd` read";
+    "blobs.rss"          12  AtMostOver("idle")       64.0  MiB
+        "Peak RSS of the node process during the upload";
+    "bitfield.http"      12  AtLeast               50000.0  OpsPerS
+        "Single-pixel `set u4` ops/s through `POST /v1/blobs/{key}/bitfield`, durable (each \
+         batch committed before its answer)";
+    "bitfield.function"  12  AtLeast               50000.0  OpsPerS
+        "Single-pixel `set u4` ops/s from a Python function (`ctx.blob_apply` in batches), \
+         durable, concurrent sync invocations";
+    "cache.hit_p50"      12  AtMost                    1.0  Ms
+        "Result-cache hit over HTTP (`[cache] ttl = \"60s\"`, identical sync calls on one \
+         keep-alive connection), p50";
+    "cache.hit_p99"      12  Reported                  0.0  Ms
+        "The same, p99";
+    "scan.warm"          12  RatioAtMost("the limit")  1.3  S
+        "Ranged scan, warm page cache: the sum of a float column of fixed-size 16-byte records \
+         over a blob, `ctx.map_ranges(..., chunk_bytes=64 MiB, then=...).wait()` from one sync \
+         call, vs the limit: 2 processes each `numpy.memmap`-ing half of the same file, medians";
+    "scan.cold"          12  RatioAtMost("the limit")  1.3  S
+        "The same scan with the file dropped from the page cache before each run (Shoal: the \
+         blob's file; the limit: the source file), medians";
+    "scan.dask"          12  RatioAtMost("Dask")       1.0  S
+        "The same scan, warm: Shoal vs Dask (`dask.array` over a `numpy.memmap` of the file, \
+         64 MiB chunks, threaded scheduler, 2 workers), medians";
+    "scan.ray"           12  RatioAtMost("Ray")        1.0  S
+        "The same scan, warm: Shoal vs Ray (a local instance with 2 CPUs, one task per 64 MiB \
+         block `numpy.memmap`-ing it), medians";
 };
 
 /// The target with this id. Ids are constants in the phases' code, and a
@@ -263,6 +303,7 @@ impl Unit {
         }
         match self {
             Ms => fmt_ms(x),
+            S if x < 10.0 => format!("{x:.2} s"),
             S => format!("{x:.1} s"),
             PerS if x < 100.0 && x.fract() != 0.0 => format!("{x:.1}/s"),
             Cmds => self.with(format!("{x:.2}")),
@@ -280,6 +321,8 @@ impl Unit {
             MiB => format!("{n} MiB"),
             Count => n,
             Cmds => format!("{n} commands"),
+            MiBPerS => format!("{n} MiB/s"),
+            OpsPerS => format!("{n} ops/s"),
         }
     }
 }
@@ -306,7 +349,7 @@ mod tests {
             let last = TARGETS[..i].iter().rposition(|u| u.phase() == t.phase());
             assert!(last.is_none_or(|j| j == i - 1), "{} is apart", t.id);
         }
-        assert_eq!(phases().len(), 15);
+        assert_eq!(phases().len(), 19);
         assert_eq!(phases()[0], "latency");
     }
 

@@ -137,7 +137,7 @@ pub async fn run(ctx: &Ctx, plan: &Plan, dir: &Path) -> Result<Section> {
 }
 
 async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path) -> Result<Scan> {
-    if plan.bytes % plan.chunk != 0 || plan.chunk % RECORD != 0 {
+    if !plan.bytes.is_multiple_of(plan.chunk) || !plan.chunk.is_multiple_of(RECORD) {
         bail!("the scan's size must be a multiple of its chunk, and the chunk of 16");
     }
     crate::step(&format!(
@@ -314,7 +314,10 @@ async fn run_baseline(
         .with_context(|| format!("starting {}", plan.python.display()))?;
     let stdout = child.stdout.take().context("piped stdout")?;
     let mut stderr = child.stderr.take().context("piped stderr")?;
-    let err_task = tokio::spawn(async move {
+    // Always awaited below (the child's stderr ends when it exits or is
+    // killed).
+    let mut err_task = tokio::task::JoinSet::new();
+    err_task.spawn(async move {
         let mut text = String::new();
         let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
         text
@@ -359,7 +362,10 @@ async fn run_baseline(
             Ok(child.wait().await)
         }
     };
-    let err = err_task.await.unwrap_or_default();
+    let err = match err_task.join_next().await {
+        Some(Ok(text)) => text,
+        _ => String::new(),
+    };
     let tail = || one_line(&crate::node::tail(&err, 5));
     match r {
         Err(_) => bail!(

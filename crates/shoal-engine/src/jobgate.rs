@@ -174,10 +174,8 @@ impl Jobs {
     /// finished.
     async fn hold(self: Arc<Self>, queue: &str, d: Delivery, gate: Arc<Gate>) {
         let done = self.release_and_wait(queue, &d).await;
-        if done {
-            if let Err(e) = self.env.backend.queues.ack(queue, vec![d.id.clone()]).await {
-                warn!(%queue, job = %d.id, error = %e, "Acknowledging a finished job's gate failed; its lease will run out and the next holder finds the job finished.");
-            }
+        if done && let Err(e) = self.env.backend.queues.ack(queue, vec![d.id.clone()]).await {
+            warn!(%queue, job = %d.id, error = %e, "Acknowledging a finished job's gate failed; its lease will run out and the next holder finds the job finished.");
         }
         if let Some(key) = &d.key {
             let mut held = gate.held.lock().unwrap();

@@ -100,7 +100,7 @@ pub(crate) fn plan_windows(
             })?;
         if let Records::Fixed(n) = records
             && n > 0
-            && (offset % n != 0 || end % n != 0)
+            && (!offset.is_multiple_of(n) || !end.is_multiple_of(n))
         {
             return Err(Error::invalid(
                 "windows",
@@ -132,7 +132,7 @@ pub(crate) fn plan(size: u64, chunk_bytes: u64, records: Records) -> Result<Vec<
             ));
         }
         Records::Fixed(n) => {
-            if size % n != 0 {
+            if !size.is_multiple_of(n) {
                 return Err(Error::invalid(
                     "records",
                     format!(

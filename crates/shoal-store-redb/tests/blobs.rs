@@ -486,7 +486,9 @@ fn sigkill_mid_upload_leaves_no_partial_blob() {
         .unwrap();
     let mut acked: Vec<String> = Vec::new();
     let mut board = 0u64;
-    // Temporary files of uploads cut by the kills.
+    // Files the reopens removed: temporary files of cut uploads, content
+    // files renamed into place whose metadata never committed, replaced
+    // files not unlinked yet.
     let mut cut = 0;
     for round in 0..3 {
         let mut child = std::process::Command::new(&exe)
@@ -523,7 +525,7 @@ fn sigkill_mid_upload_leaves_no_partial_blob() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        cut += files_under(&dir.path().join("blobs/tmp")).len();
+        let left = files_under(&dir.path().join("blobs")).len();
 
         rt.block_on(async {
             let store = RedbStore::open(&dir.path().join("shoal.redb")).unwrap();
@@ -563,9 +565,14 @@ fn sigkill_mid_upload_leaves_no_partial_blob() {
             // temporary files of cut uploads and any unreferenced file).
             files.sort();
             assert_eq!(files_under(&dir.path().join("blobs")), files);
+            println!(
+                "round {round}: {left} files before the reopen, {} after",
+                files.len()
+            );
+            cut += left - files.len();
             store.close();
         });
     }
     assert!(acked.len() >= 6 + 9 + 12);
-    assert!(cut > 0, "no kill landed mid-upload");
+    assert!(cut > 0, "no kill left a file to clean up");
 }

@@ -11,9 +11,13 @@
 //!     `ctx.blob_apply` (a host call per batch); timed from the first call
 //!     sent to the last answer.
 //!
+//! Both on the bench's node (embedded store) and on a node on a
+//! `redis-server` (`redis_node.rs`).
+//!
 //! Every applied batch gives the blob a new version, so the version moves
 //! by exactly the number of batches: checked for both.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::cpu::Usage;
 use crate::functions::BITFIELD_APPLY;
 use crate::node::Ctx;
+use crate::redis_node::{RedisNode, Spec};
 use crate::report::{Figure, Section};
 use crate::stats::{fmt_ms, median, percentile, thousands};
 
@@ -58,7 +63,20 @@ struct Bitfield {
     cpu_fn: Usage,
 }
 
-pub async fn run(ctx: &Ctx, plan: &Plan) -> Result<Section> {
+/// Measures on the bench's node (embedded store), then on a node on a
+/// `redis-server` (`redis_node.rs`).
+pub async fn run(ctx: &Ctx, plan: &Plan, spec: &Spec, dir: &Path) -> Result<Section> {
+    let embedded = measure(ctx, plan).await?;
+    crate::step("bitfield: the same on the Redis store");
+    let redis = match RedisNode::start(spec, &dir.join("bitfield-redis")).await {
+        Ok(r) => measure(&r.ctx, plan).await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| format!("{e:#}"));
+    Ok(section(&embedded, &redis))
+}
+
+async fn measure(ctx: &Ctx, plan: &Plan) -> Result<Bitfield> {
     let client = &ctx.client;
     client
         .create_fixed_blob(BOARD, PIXELS / 2, false)
@@ -166,7 +184,7 @@ pub async fn run(ctx: &Ctx, plan: &Plan) -> Result<Section> {
         );
     }
     let _ = client.delete_blob(BOARD).await;
-    Ok(section(&Bitfield {
+    Ok(Bitfield {
         batch: plan.batch,
         clients: plan.clients,
         http_batches: http_ms.len() as u64,
@@ -180,7 +198,7 @@ pub async fn run(ctx: &Ctx, plan: &Plan) -> Result<Section> {
         fn_versions: v3 - v2,
         cpu_http,
         cpu_fn,
-    }))
+    })
 }
 
 /// A JSON body of `n` single-pixel `set u4` ops at random pixels.
@@ -201,74 +219,111 @@ fn body(rng: &mut u64, n: usize) -> Vec<u8> {
     format!(r#"{{"ops":[{}]}}"#, ops.join(",")).into_bytes()
 }
 
-fn section(b: &Bitfield) -> Section {
+fn section(embedded: &Bitfield, redis: &Result<Bitfield, String>) -> Section {
     let mut s = Section::new("bitfield");
-    let http_ops = b.http_batches as f64 * b.batch as f64;
-    s.add(
-        Figure::new("bitfield.http", http_ops / b.http_s)
-            .setting(format!(
-                "batches of {}, {} connections, embedded store",
-                thousands(b.batch as f64),
-                b.clients
-            ))
-            .paren(format!(
-                "{} batches in {:.1} s; a batch p50 {}, p99 {}",
-                thousands(b.http_batches as f64),
-                b.http_s,
-                fmt_ms(percentile(&b.http_ms, 0.5)),
-                fmt_ms(percentile(&b.http_ms, 0.99))
-            ))
-            .flaw_if(
-                b.http_versions != b.http_batches,
-                format!(
-                    "the blob's version moved by {}, not by the {} batches",
-                    b.http_versions, b.http_batches
-                ),
-            ),
+    let [http, func] = figures(
+        embedded,
+        "embedded store",
+        ["bitfield.http", "bitfield.function"],
     );
-    let fn_ops = b.fn_batches as f64 * b.batch as f64;
-    s.add(
-        Figure::new("bitfield.function", fn_ops / b.fn_s)
-            .setting(format!(
-                "{} invocations × {} batches of {}, embedded store",
-                b.calls,
-                b.fn_batches / b.calls.max(1) as u64,
-                thousands(b.batch as f64)
-            ))
-            .paren(format!(
-                "{} ops in {:.1} s from the first call sent to the last answer; inside the \
-                 handlers the `blob_apply` calls took {:.1} s (median)",
-                thousands(fn_ops),
-                b.fn_s,
-                median(&b.fn_inner_s)
-            ))
-            .flaw_if(
-                b.fn_versions != b.fn_batches,
-                format!(
-                    "the blob's version moved by {}, not by the {} batches",
-                    b.fn_versions, b.fn_batches
-                ),
-            ),
-    );
+    s.add(http);
+    s.add(func);
+    let ids = ["bitfield.http_redis", "bitfield.function_redis"];
+    match redis {
+        Ok(r) => {
+            let [http, func] = figures(r, "Redis store (AOF, `appendfsync everysec`)", ids);
+            s.add(http);
+            s.add(func);
+        }
+        Err(e) => {
+            for id in ids {
+                s.add(Figure::unmeasured(id, e));
+            }
+        }
+    }
+    let versions = |b: &Bitfield| {
+        format!(
+            "{} over HTTP, {} from the function",
+            thousands(b.http_versions as f64),
+            thousands(b.fn_versions as f64)
+        )
+    };
     s.detail(format!(
         "Bitfield: a fixed-size blob of 500,000 bytes (1000 × 1000 pixels of 4 bits); every op \
          is `{{\"op\": \"set\", \"type\": \"u4\", \"offset\": \"#N\", \"value\": C}}` at a random \
          pixel, a batch of {} such ops is one request (HTTP) or one `ctx.blob_apply` host call \
-         (function), applied all or nothing and committed durably before its answer; the blob's \
-         version moved by exactly the number of batches ({} over HTTP, {} from the function).",
-        thousands(b.batch as f64),
-        thousands(b.http_versions as f64),
-        thousands(b.fn_versions as f64)
+         (function), applied all or nothing and committed before its answer (embedded: a redb \
+         commit, group-committed with the batches beside it; Redis: one Lua script per batch, \
+         in the AOF, fsynced every second); the blob's version moved by exactly the number of \
+         batches (embedded: {}{}).",
+        thousands(embedded.batch as f64),
+        versions(embedded),
+        match redis {
+            Ok(r) => format!("; Redis: {}", versions(r)),
+            Err(_) => String::new(),
+        }
     ));
-    s.cpu("bitfield: HTTP batches", &b.cpu_http);
-    s.cpu("bitfield: from a function", &b.cpu_fn);
+    s.cpu("bitfield: HTTP batches, embedded", &embedded.cpu_http);
+    s.cpu("bitfield: from a function, embedded", &embedded.cpu_fn);
+    if let Ok(r) = redis {
+        s.cpu("bitfield: HTTP batches, Redis (in Other)", &r.cpu_http);
+        s.cpu("bitfield: from a function, Redis (in Other)", &r.cpu_fn);
+    }
     s
+}
+
+/// The HTTP and the function figure of one store.
+fn figures(b: &Bitfield, store: &str, ids: [&'static str; 2]) -> [Figure; 2] {
+    let http_ops = b.http_batches as f64 * b.batch as f64;
+    let http = Figure::new(ids[0], http_ops / b.http_s)
+        .setting(format!(
+            "batches of {}, {} connections, {store}",
+            thousands(b.batch as f64),
+            b.clients
+        ))
+        .paren(format!(
+            "{} batches in {:.1} s; a batch p50 {}, p99 {}",
+            thousands(b.http_batches as f64),
+            b.http_s,
+            fmt_ms(percentile(&b.http_ms, 0.5)),
+            fmt_ms(percentile(&b.http_ms, 0.99))
+        ))
+        .flaw_if(
+            b.http_versions != b.http_batches,
+            format!(
+                "the blob's version moved by {}, not by the {} batches",
+                b.http_versions, b.http_batches
+            ),
+        );
+    let fn_ops = b.fn_batches as f64 * b.batch as f64;
+    let func = Figure::new(ids[1], fn_ops / b.fn_s)
+        .setting(format!(
+            "{} invocations × {} batches of {}, {store}",
+            b.calls,
+            b.fn_batches / b.calls.max(1) as u64,
+            thousands(b.batch as f64)
+        ))
+        .paren(format!(
+            "{} ops in {:.1} s from the first call sent to the last answer; inside the \
+             handlers the `blob_apply` calls took {:.1} s (median)",
+            thousands(fn_ops),
+            b.fn_s,
+            median(&b.fn_inner_s)
+        ))
+        .flaw_if(
+            b.fn_versions != b.fn_batches,
+            format!(
+                "the blob's version moved by {}, not by the {} batches",
+                b.fn_versions, b.fn_batches
+            ),
+        );
+    [http, func]
 }
 
 /// The section from fixed measurements (for the report's tests).
 #[cfg(test)]
 pub fn examples() -> Vec<Section> {
-    vec![section(&Bitfield {
+    let b = |fn_versions| Bitfield {
         batch: 1000,
         clients: 4,
         http_batches: 600,
@@ -279,10 +334,11 @@ pub fn examples() -> Vec<Section> {
         fn_batches: 200,
         fn_s: 10.0,
         fn_inner_s: vec![9.0],
-        fn_versions: 199,
+        fn_versions,
         cpu_http: Usage::default(),
         cpu_fn: Usage::default(),
-    })]
+    };
+    vec![section(&b(199), &Ok(b(200)))]
 }
 
 #[cfg(test)]

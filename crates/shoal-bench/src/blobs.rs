@@ -18,6 +18,9 @@
 //!    `range` bytes with `in_flight` requests at a time. Then the same reads
 //!    warm (from the page cache), reported beside them. `dd iflag=direct`
 //!    (O_DIRECT, no page cache at all) is reported too.
+//! 5. The same upload (smaller: Redis keeps blobs in memory), downloads and
+//!    RSS on a second node on a `redis-server` (`redis_node.rs`), against
+//!    the same dd figures.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ use shoal_client::{ByteRange, Client};
 
 use crate::cpu::Usage;
 use crate::node::Ctx;
+use crate::redis_node::{RedisNode, Spec};
 use crate::report::{Figure, Section};
 use crate::rss::{self, Sampler};
 use crate::stats::thousands;
@@ -40,6 +44,8 @@ const KEY: &str = "bench-blob";
 /// Sizes of the blob phase.
 pub struct Plan {
     pub bytes: u64,
+    /// The size of the blob on the Redis store (Redis holds it in memory).
+    pub redis_bytes: u64,
     /// Bytes per ranged request.
     pub range: u64,
     pub in_flight: usize,
@@ -78,14 +84,83 @@ struct Blobs {
     cpu_download: Usage,
 }
 
-pub async fn run(ctx: &Ctx, plan: &Plan, dir: &Path) -> Result<Section> {
+/// What the node on Redis did with a smaller blob.
+struct OnRedis {
+    bytes: u64,
+    upload: Took,
+    idle_rss: u64,
+    peak_rss: u64,
+    rss_samples: u64,
+    /// The first whole download after the upload, then a second one.
+    download_first: Took,
+    download_second: Took,
+    ranges: Took,
+    cpu_upload: Usage,
+}
+
+pub async fn run(ctx: &Ctx, plan: &Plan, spec: &Spec, dir: &Path) -> Result<Section> {
     let src = dir.join("blob-source.bin");
     let copy = dir.join("dd-copy.bin");
     let result = measure(ctx, plan, dir, &src, &copy).await;
     let _ = std::fs::remove_file(&src);
     let _ = std::fs::remove_file(&copy);
     let _ = ctx.client.delete_blob(KEY).await;
-    Ok(section(&result?))
+    let embedded = result?;
+    crate::step("blobs: the Redis store");
+    let src = dir.join("blob-source-redis.bin");
+    let redis = on_redis(plan, spec, dir, &src)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let _ = std::fs::remove_file(&src);
+    Ok(section(&embedded, &redis))
+}
+
+async fn on_redis(plan: &Plan, spec: &Spec, dir: &Path, src: &Path) -> Result<OnRedis> {
+    let r = RedisNode::start(spec, &dir.join("blobs-redis")).await?;
+    let ctx = &r.ctx;
+    let bytes = plan.redis_bytes;
+    let sha = write_random(src, bytes)?;
+    let mut idle_rss = 0;
+    for _ in 0..10 {
+        idle_rss = idle_rss.max(rss::sample(ctx.node_pid).root);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sampler = Sampler::start(ctx.node_pid, Duration::from_millis(20));
+    let cpu0 = ctx.cpu();
+    let t = Instant::now();
+    let view = ctx
+        .client
+        .put_blob_file(KEY, src, Some("application/octet-stream"), None)
+        .await
+        .context("uploading the blob to the node on Redis")?;
+    let upload = Took {
+        bytes,
+        s: t.elapsed().as_secs_f64(),
+    };
+    let cpu_upload = cpu0.usage_until(&ctx.cpu());
+    let peak = sampler.finish();
+    if view.size != bytes || view.sha256.as_deref() != Some(sha.as_str()) {
+        bail!(
+            "the node on Redis stored {} bytes with SHA-256 {:?}; the file has {bytes} and {sha}",
+            view.size,
+            view.sha256
+        );
+    }
+    let download_first = download(&ctx.client, bytes).await?;
+    let download_second = download(&ctx.client, bytes).await?;
+    let ranges = ranges(&ctx.client, bytes, plan.range, plan.in_flight).await?;
+    let _ = ctx.client.delete_blob(KEY).await;
+    Ok(OnRedis {
+        bytes,
+        upload,
+        idle_rss,
+        peak_rss: peak.root,
+        rss_samples: peak.samples,
+        download_first,
+        download_second,
+        ranges,
+        cpu_upload,
+    })
 }
 
 async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path, copy: &Path) -> Result<Blobs> {
@@ -140,12 +215,12 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path, copy: &Path) ->
     drop_cache(&blob_file)?;
     let download_cold = download(&ctx.client, plan.bytes).await?;
     drop_cache(&blob_file)?;
-    let ranges_cold = ranges(&ctx.client, plan).await?;
+    let ranges_cold = ranges(&ctx.client, plan.bytes, plan.range, plan.in_flight).await?;
     let cpu_download = cpu0.usage_until(&ctx.cpu());
     crate::step("blobs: reads, warm page cache");
     let dd_read_warm = dd_read(src, plan.bytes, false)?;
     let download_warm = download(&ctx.client, plan.bytes).await?;
-    let ranges_warm = ranges(&ctx.client, plan).await?;
+    let ranges_warm = ranges(&ctx.client, plan.bytes, plan.range, plan.in_flight).await?;
     Ok(Blobs {
         bytes: plan.bytes,
         range: plan.range,
@@ -291,16 +366,16 @@ async fn download(client: &Client, bytes: u64) -> Result<Took> {
     Ok(Took { bytes, s })
 }
 
-/// The whole blob as ranges of `plan.range` bytes, `plan.in_flight` at a
+/// The whole blob (`bytes`) as ranges of `range` bytes, `in_flight` at a
 /// time, each into a sink; each answer must be the range asked for.
-async fn ranges(client: &Client, plan: &Plan) -> Result<Took> {
+async fn ranges(client: &Client, bytes: u64, range: u64, in_flight: usize) -> Result<Took> {
     let t = Instant::now();
     let mut next = 0u64;
     let mut set: JoinSet<Result<u64>> = JoinSet::new();
     let mut done = 0u64;
     loop {
-        while set.len() < plan.in_flight && next < plan.bytes {
-            let (start, len) = (next, plan.range.min(plan.bytes - next));
+        while set.len() < in_flight && next < bytes {
+            let (start, len) = (next, range.min(bytes - next));
             next += len;
             let client = client.clone();
             set.spawn(async move {
@@ -322,16 +397,13 @@ async fn ranges(client: &Client, plan: &Plan) -> Result<Took> {
         }
     }
     let s = t.elapsed().as_secs_f64();
-    if done != plan.bytes {
-        bail!("the ranges brought {done} bytes of {}", plan.bytes);
+    if done != bytes {
+        bail!("the ranges brought {done} bytes of {bytes}");
     }
-    Ok(Took {
-        bytes: plan.bytes,
-        s,
-    })
+    Ok(Took { bytes, s })
 }
 
-fn section(b: &Blobs) -> Section {
+fn section(b: &Blobs, redis: &Result<OnRedis, String>) -> Section {
     let mut s = Section::new("blobs");
     let size = format!("{} MiB", thousands(rss::mib(b.bytes)));
     let rate = |t: Took| format!("{} MiB/s", thousands(t.mib_s()));
@@ -408,6 +480,66 @@ fn section(b: &Blobs) -> Section {
     ));
     s.cpu("blobs: upload", &b.cpu_upload);
     s.cpu("blobs: cold downloads", &b.cpu_download);
+    let ids = [
+        "blobs.upload_redis",
+        "blobs.download_redis",
+        "blobs.ranges_redis",
+        "blobs.rss_redis",
+    ];
+    let r = match redis {
+        Ok(r) => r,
+        Err(e) => {
+            for id in ids {
+                s.add(Figure::unmeasured(id, e));
+            }
+            return s;
+        }
+    };
+    let size = format!("{} MiB", thousands(rss::mib(r.bytes)));
+    s.add(
+        Figure::new(ids[0], r.upload.mib_s())
+            .setting(size.clone())
+            .vs(Ok(dd_write.mib_s()))
+            .note(format!("{:.1} s", r.upload.s)),
+    );
+    s.add(
+        Figure::new(ids[1], r.download_first.mib_s())
+            .setting(size.clone())
+            .vs(Ok(b.dd_read_cold.mib_s()))
+            .note(format!("a second download: {}", rate(r.download_second))),
+    );
+    s.add(
+        Figure::new(ids[2], r.ranges.mib_s())
+            .setting(format!(
+                "{} MiB ranges, {} in flight, after the whole downloads",
+                thousands(rss::mib(b.range)),
+                b.in_flight
+            ))
+            .vs(Ok(b.dd_read_cold.mib_s())),
+    );
+    s.add(
+        Figure::new(ids[3], rss::mib(r.peak_rss))
+            .setting(format!("{size} upload"))
+            .vs(Ok(rss::mib(r.idle_rss)))
+            .note(format!(
+                "+{} MiB; {} samples",
+                thousands(rss::mib(r.peak_rss.saturating_sub(r.idle_rss))),
+                r.rss_samples
+            )),
+    );
+    s.detail(format!(
+        "Blobs on Redis: a second node on a redis-server of its own (`--appendonly yes \
+         --appendfsync everysec`, as in the cluster phase), a {size} blob (Redis holds blobs in \
+         memory, in 1 MiB chunks); the references are the dd figures above (the same disk); \
+         the first download after the upload took {:.1} s, the second {:.1} s (its chunks then \
+         in the node's local chunk cache); the node's RSS was {} MiB idle and {} MiB at most \
+         during the upload.",
+        r.download_first.s,
+        r.download_second.s,
+        thousands(rss::mib(r.idle_rss)),
+        thousands(rss::mib(r.peak_rss)),
+    ));
+    s.cpu("blobs: upload, Redis (in Other)", &r.cpu_upload);
     s
 }
 
@@ -416,25 +548,51 @@ fn section(b: &Blobs) -> Section {
 pub fn examples() -> Vec<Section> {
     let gib = 4u64 << 30;
     let took = |s| Took { bytes: gib, s };
-    vec![section(&Blobs {
-        bytes: gib,
-        range: 16 << 20,
-        in_flight: 4,
-        dd_write: vec![took(8.0), took(7.5)],
-        upload: took(12.0),
+    let redis = OnRedis {
+        bytes: 1 << 30,
+        upload: Took {
+            bytes: 1 << 30,
+            s: 4.0,
+        },
         idle_rss: 40 << 20,
-        peak_rss: 60 << 20,
-        rss_samples: 600,
-        dd_read_cold: took(6.0),
-        dd_read_direct: took(3.0),
-        dd_read_warm: took(0.6),
-        download_cold: took(7.0),
-        download_warm: took(2.0),
-        ranges_cold: took(13.0),
-        ranges_warm: took(2.5),
+        peak_rss: 200 << 20,
+        rss_samples: 200,
+        download_first: Took {
+            bytes: 1 << 30,
+            s: 2.0,
+        },
+        download_second: Took {
+            bytes: 1 << 30,
+            s: 1.0,
+        },
+        ranges: Took {
+            bytes: 1 << 30,
+            s: 1.0,
+        },
         cpu_upload: Usage::default(),
-        cpu_download: Usage::default(),
-    })]
+    };
+    vec![section(
+        &Blobs {
+            bytes: gib,
+            range: 16 << 20,
+            in_flight: 4,
+            dd_write: vec![took(8.0), took(7.5)],
+            upload: took(12.0),
+            idle_rss: 40 << 20,
+            peak_rss: 60 << 20,
+            rss_samples: 600,
+            dd_read_cold: took(6.0),
+            dd_read_direct: took(3.0),
+            dd_read_warm: took(0.6),
+            download_cold: took(7.0),
+            download_warm: took(2.0),
+            ranges_cold: took(13.0),
+            ranges_warm: took(2.5),
+            cpu_upload: Usage::default(),
+            cpu_download: Usage::default(),
+        },
+        &Ok(redis),
+    )]
 }
 
 #[cfg(test)]

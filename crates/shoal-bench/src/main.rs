@@ -37,6 +37,7 @@ mod node;
 mod queries;
 mod queue;
 mod ratelimit;
+mod redis_node;
 mod report;
 mod rss;
 mod scan;
@@ -124,6 +125,9 @@ struct Plan {
     bitfield: bitfield::Plan,
     cache: cache::Plan,
     scan: scan::Plan,
+    redis_server: PathBuf,
+    redis_missing: Option<String>,
+    node_log: String,
 }
 
 /// One `shoal` binary under test, with its node.
@@ -188,6 +192,7 @@ impl Plan {
             ),
             blobs: blobs::Plan {
                 bytes: either(q, 512, 4096) << 20,
+                redis_bytes: either(q, 256, 1024) << 20,
                 range: 16 << 20,
                 in_flight: 4,
             },
@@ -211,6 +216,21 @@ impl Plan {
                 ray_missing: present(&args.ray_missing),
                 limit: secs(300, 600),
             },
+            redis_server: args.redis_server.clone(),
+            redis_missing: present(&args.celery_missing),
+            node_log: args.node_log.clone(),
+        }
+    }
+}
+
+impl Plan {
+    /// How a phase starts its node on Redis, for `build`.
+    fn redis(&self, build: &Build) -> redis_node::Spec {
+        redis_node::Spec {
+            shoal: build.shoal.clone(),
+            redis_server: self.redis_server.clone(),
+            missing: self.redis_missing.clone(),
+            node_log: self.node_log.clone(),
         }
     }
 }
@@ -402,8 +422,8 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "fanout" => fanout::run(ctx, plan.fanout_n, plan.fanout_limit).await,
         "list" => list::run(&b.shoal, &plan.list).await,
         "cluster" => cluster::run(ctx, &b.shoal, b.dir.path(), &plan.cluster).await,
-        "blobs" => blobs::run(ctx, &plan.blobs, b.dir.path()).await,
-        "bitfield" => bitfield::run(ctx, &plan.bitfield).await,
+        "blobs" => blobs::run(ctx, &plan.blobs, &plan.redis(b), b.dir.path()).await,
+        "bitfield" => bitfield::run(ctx, &plan.bitfield, &plan.redis(b), b.dir.path()).await,
         "cache" => cache::run(ctx, &plan.cache).await,
         "scan" => scan::run(ctx, &plan.scan, b.dir.path()).await,
         other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),

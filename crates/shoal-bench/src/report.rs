@@ -592,12 +592,18 @@ mod tests {
             ("cluster.sync_2", Info),
             ("cluster.sync_3", Info),
             ("cluster.capacity", Info),
-            ("blobs.upload", Pass),      // 341 vs 546 MiB/s: 0.63×
-            ("blobs.download", Pass),    // 585 vs 683 MiB/s
-            ("blobs.ranges", Miss),      // 315 vs 683 MiB/s: 0.46×
-            ("blobs.rss", Pass),         // +20 MiB
+            ("blobs.upload", Pass),       // 341 vs 546 MiB/s: 0.63×
+            ("blobs.download", Pass),     // 585 vs 683 MiB/s
+            ("blobs.ranges", Miss),       // 315 vs 683 MiB/s: 0.46×
+            ("blobs.rss", Pass),          // +20 MiB
+            ("blobs.upload_redis", Miss), // 256 vs 546 MiB/s: 0.47×
+            ("blobs.download_redis", Pass),
+            ("blobs.ranges_redis", Pass),
+            ("blobs.rss_redis", Miss),   // +160 MiB
             ("bitfield.http", Pass),     // 120,000/s
             ("bitfield.function", Miss), // the version moved by one less
+            ("bitfield.http_redis", Pass),
+            ("bitfield.function_redis", Miss), // 20,000/s
             ("cache.hit_p50", Pass),
             ("cache.hit_p99", Info),
             ("scan.warm", Miss), // 2.5×

@@ -183,12 +183,24 @@ pub static TARGETS: &[Target] = targets! {
          blob, not in the page cache, vs the same `dd` read";
     "blobs.rss"          12  AtMostOver("idle")       64.0  MiB
         "Peak RSS of the node process during the upload";
+    "blobs.upload_redis" 12  RatioAtLeast("dd")        0.5  MiBPerS
+        "The same upload on the Redis store (AOF, `appendfsync everysec`) vs the same dd copy";
+    "blobs.download_redis" 12 RatioAtLeast("dd")       0.5  MiBPerS
+        "The first whole download after it, on the Redis store, vs the same cold dd read";
+    "blobs.ranges_redis" 12  RatioAtLeast("dd")        0.5  MiBPerS
+        "Download by ranges on the Redis store vs the same cold dd read";
+    "blobs.rss_redis"    12  AtMostOver("idle")       64.0  MiB
+        "Peak RSS of the node process on Redis during its upload";
     "bitfield.http"      12  AtLeast               50000.0  OpsPerS
         "Single-pixel `set u4` ops/s through `POST /v1/blobs/{key}/bitfield`, durable (each \
          batch committed before its answer)";
     "bitfield.function"  12  AtLeast               50000.0  OpsPerS
         "Single-pixel `set u4` ops/s from a Python function (`ctx.blob_apply` in batches), \
          durable, concurrent sync invocations";
+    "bitfield.http_redis" 12 AtLeast              50000.0  OpsPerS
+        "The same HTTP batches on the Redis store";
+    "bitfield.function_redis" 12 AtLeast          50000.0  OpsPerS
+        "The same function on the Redis store";
     "cache.hit_p50"      12  AtMost                    1.0  Ms
         "Result-cache hit over HTTP (`[cache] ttl = \"60s\"`, identical sync calls on one \
          keep-alive connection), p50";

@@ -178,22 +178,25 @@ async fn run_ranges(c: &Client) {
     )
     .await;
 
-    // Lines, 4 KiB ranges: ~60 ranges, many lines cut by their edges.
-    let (data, sum) = lines_blob(20_000);
-    let lines = 20_000;
+    // Lines in ranges of 40,000 bytes: many lines cut by range edges, and
+    // (the blob being over 2 MiB) ranges across the Redis store's 1 MiB
+    // chunk edges.
+    let lines = 120_000;
+    let (data, sum) = lines_blob(lines);
+    assert!(data.len() > 2 << 20);
     c.put_blob("scan/lines.txt", data.clone(), Some("text/plain"))
         .await
         .expect("upload");
     let got = c
         .invoke(
             "start",
-            &json!({"key": "scan/lines.txt", "chunk": 4096, "records": "lines"}).to_string(),
+            &json!({"key": "scan/lines.txt", "chunk": 40_000, "records": "lines"}).to_string(),
         )
         .await
         .expect("invoke")
         .result
         .expect("the fan-in's result");
-    let children = data.len().div_ceil(4096) as u64;
+    let children = data.len().div_ceil(40_000) as u64;
     assert_eq!(
         got,
         json!({"children": children, "count": lines, "sum": sum})

@@ -8,13 +8,15 @@
 //! with a straight numpy computation over the whole file (every cell, every
 //! pixel, and the pixel sums); a request reads only the tiles its region
 //! touches; an identical request is a cache hit; and a subtask whose worker
-//! is SIGKILLed mid-request is retried, the answer still exact.
+//! is SIGKILLed mid-request (by itself, the example's failure drill, or by
+//! this test from outside, by pid) is retried, the answer still exact.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{TestNode, repo_root};
 use serde_json::{Value, json};
@@ -113,6 +115,63 @@ else:
     report["lit_pixels"] = int((lv > 0).sum())
 print(json.dumps(report))
 "#;
+
+/// Attempts of heatmap-part that crashed (killed by a signal), from
+/// `/metrics`.
+async fn part_crashes(c: &Client) -> u64 {
+    let text = c.get_text("/metrics").await.expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with("shoal_invocations_total{"))
+        .filter(|l| l.contains("function=\"heatmap-part\"") && l.contains("outcome=\"crashed\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The pids of `function`'s warm workers on `node`: python processes
+/// forked from its template, whose command line names the function's code
+/// directory (`DATA_DIR/functions/NAME/...`); the template itself (and the
+/// `unshare` above it) is left alone.
+fn workers_of(node: &TestNode, function: &str) -> Vec<u32> {
+    let marker = format!(
+        "{}/",
+        node.data_dir.join("functions").join(function).display()
+    );
+    // pid -> (parent pid, is python)
+    let mut ours: HashMap<u32, (u32, bool)> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(stat)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read_to_string(entry.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a == "template") || !args.iter().any(|a| a.contains(&marker)) {
+            continue;
+        }
+        // `pid (comm) state ppid ...`: the parent is the second field after `)`.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let python = Path::new(&args[0])
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("python"));
+        ours.insert(pid, (ppid, python));
+    }
+    ours.iter()
+        .filter(|(_, (ppid, python))| *python && ours.get(ppid).is_some_and(|p| p.1))
+        .map(|(pid, _)| *pid)
+        .collect()
+}
 
 fn example() -> PathBuf {
     repo_root().join("examples/heatmap")
@@ -439,6 +498,74 @@ async fn the_heatmap_example_renders_what_numpy_computes() {
     assert_eq!(
         record.attempts, 2,
         "the killed subtask ran again: {record:?}"
+    );
+
+    // A worker killed from outside: while a request over the whole file
+    // runs, the test SIGKILLs heatmap-part's workers (by pid) until one of
+    // them dies in the middle of a subtask; that subtask runs again on a
+    // new worker and the answer is still exact.
+    let crashed_before = part_crashes(&c).await;
+    let region = json!([0, 0, 1024, 1024]);
+    let event = json!({"region": region, "width": 64, "height": 48, "format": "grid",
+                       "chunk_bytes": 2400, "max_in_flight": 2});
+    let request = tokio::spawn({
+        let c = c.clone();
+        async move { grid(&c, event).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed = 0;
+    'kill: while !request.is_finished() {
+        assert!(Instant::now() < deadline, "the request does not finish");
+        for pid in workers_of(&node, "heatmap-part") {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            killed += 1;
+        }
+        // Did one die mid-subtask? Its attempt is counted as crashed.
+        let until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < until && !request.is_finished() {
+            if part_crashes(&c).await > crashed_before {
+                break 'kill;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let got = request.await.expect("the request");
+    eprintln!("killed {killed} heatmap-part workers");
+    assert!(killed > 0, "no worker of heatmap-part found to kill");
+    assert!(part_crashes(&c).await > crashed_before, "no crash counted");
+    let r = check(
+        &py,
+        work.path(),
+        "grid",
+        json!({"data": data_path, "region": region, "width": 64, "height": 48,
+               "weight": "count", "got": got["grid"], "tiles": 16, "domain": DOMAIN}),
+    );
+    assert_eq!(r["exact"], true, "{r}");
+    assert_eq!(got["points"], POINTS);
+    assert_eq!(got["bytes_read"], POINTS * RECORD);
+    let job = got["job"].as_str().expect("the job's id");
+    let mut retried = 0;
+    let mut children = 0;
+    let mut offset = Some(0);
+    while let Some(at) = offset {
+        let page = c.job_results(job, at, 1000).await.unwrap();
+        for child in page.results {
+            assert_eq!(child.status, "succeeded", "{child:?}");
+            children += 1;
+            let record = c.invocation(&child.invocation).await.unwrap();
+            if record.attempts >= 2 {
+                retried += 1;
+            }
+        }
+        offset = page.next;
+    }
+    assert_eq!(children, got["subtasks"].as_u64().unwrap());
+    eprintln!("{children} subtasks, {retried} retried after {killed} kills");
+    assert!(
+        retried >= 1,
+        "no subtask was killed mid-run ({killed} kills)"
     );
 
     // Outside the data: nothing read, an empty grid; a bad request is a 400.

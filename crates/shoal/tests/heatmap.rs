@@ -508,6 +508,7 @@ async fn the_heatmap_example_renders_what_numpy_computes() {
     let region = json!([0, 0, 1024, 1024]);
     let event = json!({"region": region, "width": 64, "height": 48, "format": "grid",
                        "chunk_bytes": 2400, "max_in_flight": 2});
+    #[allow(clippy::disallowed_methods)] // the test awaits this handle
     let request = tokio::spawn({
         let c = c.clone();
         async move { grid(&c, event).await }

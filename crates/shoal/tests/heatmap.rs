@@ -1,4 +1,5 @@
-//! `examples/heatmap` (seed 004 on Shoal) end to end: a real `shoal serve`
+//! `examples/heatmap` (seed 004 on Shoal) end to end, on the embedded store
+//! and on a real `redis-server`: a real `shoal serve`
 //! with the example's three functions deployed from their directories as
 //! they are (their `requirements.txt` installs numpy and Pillow from PyPI
 //! into one virtualenv, which this test then also uses for its own python
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use common::{TestNode, repo_root};
 use serde_json::{Value, json};
 use shoal_client::{Answer, Binary, Client};
+use shoal_store_redis::testing::RedisServer;
 
 const POINTS: u64 = 200_000;
 const RECORD: u64 = 12;
@@ -296,8 +298,20 @@ fn check_windows(got: &Value, report: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_heatmap_example_renders_what_numpy_computes() {
-    let node = TestNode::start();
+async fn the_heatmap_example_on_the_embedded_store() {
+    run_example(&TestNode::start()).await;
+}
+
+/// On Redis the records are fixed-size chunks in Redis, and the subtasks
+/// read them from the node's local chunk cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heatmap_example_on_redis() {
+    let redis = RedisServer::start(&[]);
+    run_example(&TestNode::start_with(&["--store", &redis.url()])).await;
+}
+
+/// The whole example on `node`: deploy, generate, upload, then every check.
+async fn run_example(node: &TestNode) {
     let c = node.client();
     // The example's functions, from their directories as they are (the
     // first deploy builds the venv: pip installs numpy and Pillow).
@@ -310,7 +324,7 @@ async fn the_heatmap_example_renders_what_numpy_computes() {
             .unwrap_or_else(|e| panic!("deploy {name}: {e:?}"));
         assert_eq!(view.name, name);
     }
-    let py = venv_python(&node);
+    let py = venv_python(node);
 
     // The dataset, made by the example's generator, uploaded with the CLI.
     let work = tempfile::tempdir().expect("tempdir");
@@ -517,7 +531,7 @@ async fn the_heatmap_example_renders_what_numpy_computes() {
     let mut killed = 0;
     'kill: while !request.is_finished() {
         assert!(Instant::now() < deadline, "the request does not finish");
-        for pid in workers_of(&node, "heatmap-part") {
+        for pid in workers_of(node, "heatmap-part") {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();

@@ -1,16 +1,16 @@
 //! `examples/heatmap` (seed 004 on Shoal) end to end, on the embedded store
-//! and on a real `redis-server`: a real `shoal serve`
-//! with the example's three functions deployed from their directories as
-//! they are (their `requirements.txt` installs numpy and Pillow from PyPI
-//! into one virtualenv, which this test then also uses for its own python
-//! work). The example's `generate.py` writes 200,000 points sorted by tile
-//! (16×16 tiles); the CLI uploads them and their index as blobs; requests
-//! for regions come back as density grids and PNG heatmaps, each compared
-//! with a straight numpy computation over the whole file (every cell, every
-//! pixel, and the pixel sums); a request reads only the tiles its region
-//! touches; an identical request is a cache hit; and a subtask whose worker
-//! is SIGKILLed mid-request (by itself, the example's failure drill, or by
-//! this test from outside, by pid) is retried, the answer still exact.
+//! and on a real `redis-server`: a real `shoal serve` with the example's
+//! three functions deployed from their directories as they are (their
+//! `requirements.txt` installs numpy and Pillow from PyPI into one
+//! virtualenv, which this test then also uses for its own python work). The
+//! example's `generate.py` writes 200,000 points sorted by tile (16×16
+//! tiles); the CLI uploads them and their index as blobs; requests for
+//! regions come back as density grids and PNG heatmaps, each compared with a
+//! straight numpy computation over the whole file (every cell, every pixel,
+//! and the pixel sums); a request reads only the tiles its region touches;
+//! an identical request is a cache hit; and a subtask whose worker is
+//! SIGKILLed mid-request (by itself, the example's failure drill, or by this
+//! test from outside, by pid) is retried, the answer still exact.
 
 mod common;
 

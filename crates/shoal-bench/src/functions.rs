@@ -70,6 +70,13 @@ pub const SCAN_PART: Source = source!(
     "bench-scan-part",
     ["shoal.toml", "main.py", "requirements.txt"]
 );
+/// The same child mapping its range of the blob's file (`mmap`) instead
+/// of copying it (where the scan's time goes).
+pub const SCAN_PART_MMAP: Source = source!(
+    "scan-part-mmap",
+    "bench-scan-part-mmap",
+    ["shoal.toml", "main.py", "requirements.txt"]
+);
 /// The ranged scan's fan-in: the total of the children's sums.
 pub const SCAN_SUM: Source = source!("scan-sum", "bench-scan-sum", ["shoal.toml", "main.py"]);
 /// The ranged scan: `ctx.map_ranges(...).wait()` from a sync call.

@@ -25,7 +25,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::blobs::{blob_file, drop_cache};
 use crate::cpu::Usage;
-use crate::functions::{SCAN_BASELINE, SCAN_PARENT, SCAN_PART, SCAN_SUM};
+use crate::functions::{SCAN_BASELINE, SCAN_PARENT, SCAN_PART, SCAN_PART_MMAP, SCAN_SUM};
 use crate::node::Ctx;
 use crate::report::{Figure, Section, one_line, secs};
 use crate::stats::{median, thousands};
@@ -33,6 +33,7 @@ use crate::stats::{median, thousands};
 const KEY: &str = "bench-scan-data";
 const PARENT: &str = "bench-scan";
 const PART: &str = "bench-scan-part";
+const PART_MMAP: &str = "bench-scan-part-mmap";
 const SUM: &str = "bench-scan-sum";
 const RECORD: u64 = 16;
 
@@ -121,6 +122,9 @@ struct Scan {
     shoal: Passes,
     /// Where the time of a warm pass went (medians).
     parts: Breakdown,
+    /// The same scan with children that map their range (`mmap`).
+    mapped: Passes,
+    mapped_parts: Breakdown,
     limit: Result<Passes, String>,
     dask: Result<Passes, String>,
     ray: Result<Passes, String>,
@@ -163,9 +167,15 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path) -> Result<Scan>
     SCAN_PARENT
         .deploy(&ctx.client, &ctx.scratch, PARENT, None, &[])
         .await?;
-    let event = json!({"key": KEY, "part": PART, "then": SUM, "chunk_bytes": plan.chunk,
-                       "timeout": plan.limit.as_secs()})
-    .to_string();
+    SCAN_PART_MMAP
+        .deploy(&ctx.client, &ctx.scratch, PART_MMAP, None, &[])
+        .await?;
+    let event_of = |part: &str| {
+        json!({"key": KEY, "part": part, "then": SUM, "chunk_bytes": plan.chunk,
+               "timeout": plan.limit.as_secs()})
+        .to_string()
+    };
+    let event = event_of(PART);
     let children = plan.bytes / plan.chunk;
     let call = || scan_once(ctx, &event, expected, children);
 
@@ -189,6 +199,20 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path) -> Result<Scan>
     eprintln!(
         "  Shoal: warm {:?} s, cold {:?} s ({warm_wall:?} for the warm passes)",
         shoal.warm, shoal.cold
+    );
+    // Where the time goes: the same scan with children that map their range.
+    let event = event_of(PART_MMAP);
+    let mut mapped = Passes::default();
+    let mut mapped_parts = Vec::new();
+    scan_once(ctx, &event, expected, children).await?; // warm-up
+    for _ in 0..plan.warm {
+        let (s, out) = scan_once(ctx, &event, expected, children).await?;
+        mapped.warm.push(s);
+        mapped_parts.push(Breakdown::of(&out));
+    }
+    eprintln!(
+        "  Shoal, children mapping their range: warm {:?} s",
+        mapped.warm
     );
 
     let script = dir.join(SCAN_BASELINE.0);
@@ -226,6 +250,8 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path) -> Result<Scan>
         upload_s,
         shoal,
         parts: Breakdown::median(&parts),
+        mapped,
+        mapped_parts: Breakdown::median(&mapped_parts),
         limit,
         dask,
         ray,
@@ -408,11 +434,16 @@ fn section(s: &Scan) -> Section {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    out.add(
-        Figure::new("scan.warm", s.shoal.warm_s())
-            .setting(setting)
-            .vs(warm(&s.limit).as_ref().copied()),
-    );
+    let mut warm_figure = Figure::new("scan.warm", s.shoal.warm_s())
+        .setting(setting)
+        .vs(warm(&s.limit).as_ref().copied());
+    if !s.mapped.warm.is_empty() {
+        warm_figure = warm_figure.note(format!(
+            "children mapping their range (`mmap`) instead of `ctx.range_bytes`: {}",
+            secs(s.mapped.warm_s())
+        ));
+    }
+    out.add(warm_figure);
     out.add(Figure::new("scan.cold", s.shoal.cold_s()).vs(cold(&s.limit).as_ref().copied()));
     let other_cold = |p: &Result<Passes, String>, name: &str| match cold(p) {
         Ok(c) => format!(
@@ -456,7 +487,10 @@ fn section(s: &Scan) -> Section {
          s in all reading their ranges (`ctx.range_bytes`: the host call and a `pread` of 64 \
          MiB into a new `bytes`) and {:.3} s summing (2 run at once); the fan-in ran from \
          {:.3} to {:.3}, and `.wait()` returned at {:.3} (it polls the job at intervals \
-         growing from 10 ms to 200 ms). Baselines on \
+         growing from 10 ms to 200 ms). The same scan with children that map their range of the \
+         blob's file read-only (`mmap` of the piece `ctx.blob_open` names, no copy; \
+         `bench-scan-part-mmap`): warm [{}] s, the children's reads {:.3} s and sums {:.3} s in \
+         all, the last child ended at {:.3}. Baselines on \
          the source file (same disk), each after one warm-up pass: {}; {}; {}. Cold: the file \
          dropped from the page cache before each pass (`posix_fadvise(DONTNEED)`).",
         thousands((s.bytes / RECORD) as f64),
@@ -473,6 +507,10 @@ fn section(s: &Scan) -> Section {
         s.parts.fanin_start,
         s.parts.fanin_end,
         s.parts.waited,
+        list(&s.mapped.warm),
+        s.mapped_parts.read_s,
+        s.mapped_parts.np_s,
+        s.mapped_parts.last_end,
         describe("the limit (2 processes, a memmap of half each)", &s.limit),
         describe("Dask", &s.dask),
         describe("Ray", &s.ray),
@@ -500,6 +538,8 @@ pub fn examples() -> Vec<Section> {
         upload_s: 5.0,
         shoal: passes(0.5, 3.0),
         parts: Breakdown::default(),
+        mapped: passes(0.3, 0.0),
+        mapped_parts: Breakdown::default(),
         limit: Ok(passes(0.2, 2.9)),
         dask: Ok(passes(0.6, 3.5)),
         ray: Err("pip install ray failed".into()),

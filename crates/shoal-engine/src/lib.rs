@@ -53,8 +53,8 @@ pub use secrets::SecretInfo;
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
-    CategoryRecord, ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord,
-    InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord,
-    JobSlot, KvEntry, KvPage, LimiterRecord, QueueCounters, QueueDepth, QueueRecord, QueueSample,
-    ShardStats, StoreHealth, StoredDoc,
+    BlobMeta, BlobOp, BlobPage, BlobRead, CategoryRecord, ChildResult, DeadLetter, DeployedBy,
+    ErrorRecord, FunctionRecord, InvocationCursor, InvocationFilter, InvocationPage,
+    InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry, KvPage, LimiterRecord, OpSpec,
+    QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats, StoreHealth, StoredDoc,
 };

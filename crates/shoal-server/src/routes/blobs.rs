@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use shoal_engine::{BlobMeta, BlobOp, OpSpec};
 use shoal_protocol::{
     BitfieldOp, BitfieldRequest, BitfieldResponse, BlobList, BlobView, ErrorBody, ErrorCode,
 };
-use shoal_store::{BlobMeta, BlobOp, OpSpec};
 
 use crate::AppState;
 use crate::auth::{Auth, Invoker, Reader};

@@ -125,6 +125,10 @@ struct Scan {
     /// The same scan with children that map their range (`mmap`).
     mapped: Passes,
     mapped_parts: Breakdown,
+    /// Bytes of the blob's file in the page cache (`fincore`) before the
+    /// cold passes and after them.
+    resident_warm: Option<u64>,
+    resident_cold: Option<u64>,
     limit: Result<Passes, String>,
     dask: Result<Passes, String>,
     ray: Result<Passes, String>,
@@ -192,27 +196,28 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path) -> Result<Scan>
     }
     let cpu_shoal = cpu0.usage_until(&ctx.cpu());
     let warm_wall = t.elapsed();
+    // Where the time goes: the same scan with children that map their range
+    // (warm too: before the cold passes).
+    let event_mmap = event_of(PART_MMAP);
+    let mut mapped = Passes::default();
+    let mut mapped_parts = Vec::new();
+    scan_once(ctx, &event_mmap, expected, children).await?; // warm-up
+    for _ in 0..plan.warm {
+        let (s, out) = scan_once(ctx, &event_mmap, expected, children).await?;
+        mapped.warm.push(s);
+        mapped_parts.push(Breakdown::of(&out));
+    }
+    let resident_warm = resident(&blob);
     for _ in 0..plan.cold {
         drop_cache(&blob)?;
         shoal.cold.push(call().await?.0);
     }
+    let resident_cold = resident(&blob);
     eprintln!(
-        "  Shoal: warm {:?} s, cold {:?} s ({warm_wall:?} for the warm passes)",
-        shoal.warm, shoal.cold
-    );
-    // Where the time goes: the same scan with children that map their range.
-    let event = event_of(PART_MMAP);
-    let mut mapped = Passes::default();
-    let mut mapped_parts = Vec::new();
-    scan_once(ctx, &event, expected, children).await?; // warm-up
-    for _ in 0..plan.warm {
-        let (s, out) = scan_once(ctx, &event, expected, children).await?;
-        mapped.warm.push(s);
-        mapped_parts.push(Breakdown::of(&out));
-    }
-    eprintln!(
-        "  Shoal, children mapping their range: warm {:?} s",
-        mapped.warm
+        "  Shoal: warm {:?} s, cold {:?} s ({warm_wall:?} for the warm passes); children \
+         mapping their range: warm {:?} s; the blob's pages in the page cache: {resident_warm:?} \
+         bytes before the cold passes, {resident_cold:?} after",
+        shoal.warm, shoal.cold, mapped.warm
     );
 
     let script = dir.join(SCAN_BASELINE.0);
@@ -252,12 +257,24 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path) -> Result<Scan>
         parts: Breakdown::median(&parts),
         mapped,
         mapped_parts: Breakdown::median(&mapped_parts),
+        resident_warm,
+        resident_cold,
         limit,
         dask,
         ray,
         cpu_shoal,
         cpu_limit,
     })
+}
+
+/// Bytes of `path` in the page cache, from util-linux's `fincore`.
+fn resident(path: &Path) -> Option<u64> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// One synchronous scan, timed by the client; checks its sum and children.
@@ -417,6 +434,31 @@ async fn run_baseline(
     Ok(p)
 }
 
+/// What `fincore` said of the blob's file around the cold passes.
+fn residency(s: &Scan) -> String {
+    let mib = |b: u64| thousands(crate::rss::mib(b));
+    match (s.resident_warm, s.resident_cold) {
+        (Some(w), Some(c)) => {
+            let mut text = format!(
+                "Of the blob's {} MiB, {} MiB were in the page cache before the cold passes and \
+                 {} MiB after them (`fincore`).",
+                mib(s.bytes),
+                mib(w),
+                mib(c)
+            );
+            if (c as f64) < 0.9 * s.bytes as f64 && (w as f64) >= 0.9 * s.bytes as f64 {
+                text.push_str(
+                    " So a blob read cold by the workers did not become warm again (a likely \
+                     cause: the pages a worker reads in are charged to its memory cgroup, capped \
+                     at `memory_mb`, which evicts them).",
+                );
+            }
+            text
+        }
+        _ => String::new(),
+    }
+}
+
 fn section(s: &Scan) -> Section {
     let mut out = Section::new("scan");
     let mib = |b: u64| thousands(crate::rss::mib(b));
@@ -490,7 +532,7 @@ fn section(s: &Scan) -> Section {
          growing from 10 ms to 200 ms). The same scan with children that map their range of the \
          blob's file read-only (`mmap` of the piece `ctx.blob_open` names, no copy; \
          `bench-scan-part-mmap`): warm [{}] s, the children's reads {:.3} s and sums {:.3} s in \
-         all, the last child ended at {:.3}. Baselines on \
+         all, the last child ended at {:.3}. {} Baselines on \
          the source file (same disk), each after one warm-up pass: {}; {}; {}. Cold: the file \
          dropped from the page cache before each pass (`posix_fadvise(DONTNEED)`).",
         thousands((s.bytes / RECORD) as f64),
@@ -511,6 +553,7 @@ fn section(s: &Scan) -> Section {
         s.mapped_parts.read_s,
         s.mapped_parts.np_s,
         s.mapped_parts.last_end,
+        residency(s),
         describe("the limit (2 processes, a memmap of half each)", &s.limit),
         describe("Dask", &s.dask),
         describe("Ray", &s.ray),
@@ -540,6 +583,8 @@ pub fn examples() -> Vec<Section> {
         parts: Breakdown::default(),
         mapped: passes(0.3, 0.0),
         mapped_parts: Breakdown::default(),
+        resident_warm: Some(2 << 30),
+        resident_cold: Some(900 << 20),
         limit: Ok(passes(0.2, 2.9)),
         dask: Ok(passes(0.6, 3.5)),
         ray: Err("pip install ray failed".into()),

@@ -128,6 +128,12 @@ impl Jobs {
     async fn gate_loop(self: Arc<Self>, function: &str, gate: Arc<Gate>) {
         let queue = gate_queue(function);
         loop {
+            // A gate leased while the node stops would release its job's
+            // children and then let its lease lapse: the next job could
+            // then start on another node while this one still runs.
+            if self.env.tasks.is_stopping() {
+                return;
+            }
             if self.functions.latest(function).is_none() {
                 // Removed: its jobs' children would have nothing to run.
                 self.gates.running.lock().unwrap().remove(function);
@@ -147,6 +153,8 @@ impl Jobs {
                 .lease_keyed(&queue, now, 64, GATE_LEASE.as_millis() as u64, Some(&limit))
                 .await;
             match leased {
+                // Stopping meanwhile: the gates just leased lapse untouched.
+                Ok(_) if self.env.tasks.is_stopping() => return,
                 Ok(l) => {
                     for d in l.deliveries {
                         if let Some(key) = &d.key {

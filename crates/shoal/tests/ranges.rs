@@ -418,3 +418,82 @@ async fn jobs_in_flight_are_bounded_on_redis() {
     let node = TestNode::start_with(&["--store", &redis.url()]);
     run_gated_jobs(&node.client()).await;
 }
+
+/// A child that hangs on its first attempt of job `a` (so the node running
+/// it can be killed mid-job), logging its job's label when it starts and
+/// ends, on every node alike.
+fn hanging_py(log: &Path) -> String {
+    format!(
+        r#"
+import time
+
+def handler(event, ctx):
+    with open({log:?}, "a") as f:
+        f.write("start %s %d\n" % (event["job"], time.monotonic_ns()))
+    if event["job"] == "a" and ctx.attempt == 1:
+        time.sleep(60)
+    time.sleep(0.1)
+    with open({log:?}, "a") as f:
+        f.write("end %s %d\n" % (event["job"], time.monotonic_ns()))
+    return 1
+"#,
+        log = log.to_str().unwrap()
+    )
+}
+
+/// Two nodes on one Redis, `max_jobs_in_flight = 1`: the node the jobs were
+/// made on (which takes the first job's gate) is killed with SIGKILL while
+/// that job's children hang. Its leases lapse, the other node takes over
+/// the gate and the children, and the second job still starts only after
+/// the first has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_gate_outlives_the_node_holding_it() {
+    let redis = RedisServer::start(&["--appendfsync", "always"]);
+    let node = || TestNode::start_with(&["--store", &redis.url(), "--lease-margin", "2s"]);
+    let mut first = node();
+    let second = node();
+    let (c1, c2) = (first.client(), second.client());
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("gated.log");
+    deploy(
+        &c1,
+        "name = \"gated\"\nconcurrency = 4\nretries = 2\nretry_delay = \"1s\"\ntimeout = \"5s\"\nmax_jobs_in_flight = 1",
+        &hanging_py(&log),
+    )
+    .await;
+    let spec = |label: &str| (0..4).map(|i| json!({"job": label, "i": i})).collect();
+    let a = c1.start_job("gated", spec("a"), None).await.expect("job a");
+    let b = c1.start_job("gated", spec("b"), None).await.expect("job b");
+    // Job a's children are running (and hanging) somewhere: kill the node
+    // that made both jobs.
+    common::until(
+        "job a's children to start",
+        std::time::Duration::from_secs(30),
+        async || {
+            std::fs::read_to_string(&log)
+                .map(|t| t.lines().filter(|l| l.starts_with("start a")).count() >= 4)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    first.kill9();
+    for job in [&a, &b] {
+        let view = common::wait_job(&c2, job, std::time::Duration::from_secs(90)).await;
+        assert_eq!(view.counts.succeeded, 4, "{view:?}");
+    }
+    let text = std::fs::read_to_string(&log).expect("the log");
+    let times = |what: &str| -> Vec<u128> {
+        text.lines()
+            .filter(|l| l.starts_with(what))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let a_end = times("end a").into_iter().max().expect("job a ended");
+    let b_start = times("start b").into_iter().min().expect("job b started");
+    assert_eq!(
+        times("end a").len(),
+        4,
+        "each of a's children finished once"
+    );
+    assert!(a_end <= b_start, "job b started before job a finished");
+}

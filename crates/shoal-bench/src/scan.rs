@@ -448,9 +448,9 @@ fn residency(s: &Scan) -> String {
             );
             if (c as f64) < 0.9 * s.bytes as f64 && (w as f64) >= 0.9 * s.bytes as f64 {
                 text.push_str(
-                    " So a blob read cold by the workers did not become warm again (a likely \
-                     cause: the pages a worker reads in are charged to its memory cgroup, capped \
-                     at `memory_mb`, which evicts them).",
+                    " So a blob read cold by the workers did not become warm again: the pages a \
+                     worker reads in are charged to its memory cgroup, capped at `memory_mb`, \
+                     which evicts them (seen in the workers' `memory.stat`, docs/benchmarks.md).",
                 );
             }
             text

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import mmap
 import os
 
 TYPE_CHECKING = False
@@ -34,16 +35,22 @@ __all__ = ["Blob", "BlobFile", "Job"]
 READ_CALL = 4 << 20
 #: Bytes read ahead at a time while finishing a line past a range's end.
 LINE_WINDOW = 1 << 20
+#: Ranges at least this long are mapped instead of copied by
+#: ``range_bytes`` (a copy of a 64 MiB range costs ~30 ms; a map, nothing
+#: until the bytes are touched).
+MAP_AT_LEAST = 1 << 20
 
 
 def _changed(ctx, key):
     return ctx.HostError("blob_changed", "blob `%s` was replaced while it was being read; read it again" % key)
 
 
-def read_range(ctx, key, offset, length, etag=None):
+def read_range(ctx, key, offset, length, etag=None, mapped=False):
     """``length`` bytes of blob ``key`` from ``offset`` (fewer at its end),
     of the content ``etag`` when given. Returns ``bytes`` (one file piece)
-    or a ``bytearray``."""
+    or a ``bytearray``; with ``mapped``, a range in one file piece of at
+    least ``MAP_AT_LEAST`` bytes comes as a read-only ``memoryview`` of a
+    memory map of the file instead (no copy)."""
     answer = ctx.blob_open(key, offset, length)
     blob = answer["blob"]
     if blob is None:
@@ -53,6 +60,9 @@ def read_range(ctx, key, offset, length, etag=None):
     pieces = answer["pieces"]
     if pieces is not None:
         try:
+            if mapped and len(pieces) == 1 and pieces[0]["length"] >= MAP_AT_LEAST:
+                p = pieces[0]
+                return _map_piece(p["path"], p["length"], p["offset"])
             return _read_files(pieces)
         except FileNotFoundError:
             # Replaced or evicted since: ask again, through the node this time.
@@ -66,6 +76,19 @@ def read_range(ctx, key, offset, length, etag=None):
         out += ctx.blob_read(key, pos, n, etag=blob["etag"])
         pos += n
     return out
+
+
+def _map_piece(path, length, offset):
+    # A map starts on an allocation boundary; the view starts at `offset`.
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        m = mmap.mmap(fd, length + (offset - start), offset=start, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    # The view keeps the map alive; the map stays valid if the file is
+    # removed meanwhile (a blob replaced or evicted from a cache).
+    return memoryview(m)[offset - start:]
 
 
 def _read_files(pieces):
@@ -229,8 +252,10 @@ class Job(str):
 
 def range_bytes(ctx, event: Dict[str, Any]):
     """The bytes of a ``map_ranges`` child's range (whole records for
-    fixed-size records)."""
-    return read_range(ctx, event["key"], event["offset"], event["length"], event["etag"])
+    fixed-size records): bytes-like, and for a range of 1 MiB or more in a
+    file on this node a read-only ``memoryview`` of a memory map of it (no
+    copy: ``numpy.frombuffer`` reads the page cache directly)."""
+    return read_range(ctx, event["key"], event["offset"], event["length"], event["etag"], mapped=True)
 
 
 def range_records(ctx, event: Dict[str, Any]) -> Iterator[bytes]:

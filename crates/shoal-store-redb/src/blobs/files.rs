@@ -27,7 +27,10 @@ use shoal_store::{BlobStream, Error, Result};
 use crate::writer;
 
 /// Bytes a read of a content file hands out at a time.
-const FILE_PIECE: u64 = 128 << 10;
+const FILE_PIECE: u64 = 512 << 10;
+/// Pieces read ahead of the one being sent (each on the blocking pool), so
+/// the disk and the socket work at the same time.
+const READ_AHEAD: usize = 2;
 
 /// The directory of uploads in progress, under the blobs root.
 const TMP: &str = "tmp";
@@ -265,27 +268,32 @@ impl Sink {
 /// Streams `start..end` of an open content file, a piece at a time, each
 /// read on the blocking pool.
 pub(crate) fn file_stream(files: Arc<Files>, file: Arc<File>, start: u64, end: u64) -> BlobStream {
-    futures_util::stream::unfold(start, move |at| {
-        let (files, file) = (files.clone(), file.clone());
-        async move {
-            if at >= end {
-                return None;
+    let pieces = (start < end).then(|| (start..end).step_by(FILE_PIECE as usize));
+    futures_util::stream::iter(pieces.into_iter().flatten())
+        .map(move |at| {
+            let (files, file) = (files.clone(), file.clone());
+            async move {
+                let len = (end - at).min(FILE_PIECE);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, at).map(|()| buf)
+                })
+                .await;
+                match read {
+                    Ok(Ok(buf)) => Ok(Bytes::from(buf)),
+                    Ok(Err(e)) => Err(files.io_error("read a blob file", e)),
+                    Err(e) => Err(Error::Unavailable(format!("read a blob file: {e}"))),
+                }
             }
-            let len = (end - at).min(FILE_PIECE);
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, at).map(|()| buf)
-            })
-            .await;
-            match read {
-                Ok(Ok(buf)) => Some((Ok(Bytes::from(buf)), at + len)),
-                Ok(Err(e)) => Some((Err(files.io_error("read a blob file", e)), end)),
-                Err(e) => Some((
-                    Err(Error::Unavailable(format!("read a blob file: {e}"))),
-                    end,
-                )),
+        })
+        .buffered(READ_AHEAD)
+        // The first error ends the stream.
+        .scan(false, |failed, piece| {
+            if *failed {
+                return std::future::ready(None);
             }
-        }
-    })
-    .boxed()
+            *failed = piece.is_err();
+            std::future::ready(Some(piece))
+        })
+        .boxed()
 }

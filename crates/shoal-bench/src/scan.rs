@@ -528,8 +528,8 @@ fn section(s: &Scan) -> Section {
          the first child started at {:.3}, the last ended at {:.3}; the children spent {:.3} \
          s in all reading their ranges (`ctx.range_bytes`: the host call that names the file \
          piece, and its read or memory map) and {:.3} s summing (2 run at once); the fan-in ran from \
-         {:.3} to {:.3}, and `.wait()` returned at {:.3} (it polls the job at intervals \
-         growing from 10 ms to 200 ms). The same scan with children that map their range of the \
+         {:.3} to {:.3}, and `.wait()` returned at {:.3} (it polls the job at growing \
+         intervals). The same scan with children that map their range of the \
          blob's file read-only (`mmap` of the piece `ctx.blob_open` names, no copy; \
          `bench-scan-part-mmap`): warm [{}] s, the children's reads {:.3} s and sums {:.3} s in \
          all, the last child ended at {:.3}. {} Baselines on \

@@ -1,11 +1,13 @@
 //! The blob phase (issue 12): a large blob uploaded and downloaded over
 //! loopback beside `dd` copying and reading the same file on the same disk.
 //!
-//! 1. A source file of pseudo-random bytes is written into the bench's
-//!    directory (the same file system as the node's data directory) and
-//!    hashed (SHA-256) as it is written; it stays in the page cache.
-//! 2. `dd if=SRC of=COPY bs=4M conv=fsync`, the disk's write limit, before
-//!    and after the upload; the faster of the two is the reference.
+//! 1. A source file of pseudo-random bytes is written into memory
+//!    (`/dev/shm` where there is one, so that the disk holds one large copy
+//!    at a time) and hashed (SHA-256) as it is written.
+//! 2. `dd if=SRC of=COPY bs=4M conv=fsync` onto the disk of the node's data
+//!    directory, the disk's write limit, before the upload and after it
+//!    (the blob deleted); the faster of the two is the reference. dd's reads
+//!    (step 4) are of its first copy.
 //! 3. The upload: `Client::put_blob_file`, a chunked body streamed from the
 //!    source, answered once the node has stored, fsynced and committed it.
 //!    The node's own RSS (the `shoal serve` process, not its Python
@@ -13,7 +15,7 @@
 //!    before. The answer's SHA-256 must be the source's.
 //! 4. Reads with the files dropped from the page cache first
 //!    (`posix_fadvise(DONTNEED)` on the blob's file in the data directory,
-//!    and on the source for `dd`): `dd if=SRC of=/dev/null bs=4M`, the whole
+//!    and on dd's copy): `dd if=SRC of=/dev/null bs=4M`, the whole
 //!    blob downloaded into a sink, and the whole blob again as ranges of
 //!    `range` bytes with `in_flight` requests at a time. Then the same reads
 //!    warm (from the page cache), reported beside them. `dd iflag=direct`
@@ -98,8 +100,20 @@ struct OnRedis {
     cpu_upload: Usage,
 }
 
+/// Where the source files go: memory (`/dev/shm`) where there is one, so
+/// that the disk holds one copy at a time (dd's, then the blob), else `dir`.
+fn source_dir(dir: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
 pub async fn run(ctx: &Ctx, plan: &Plan, spec: &Spec, dir: &Path) -> Result<Section> {
-    let src = dir.join("blob-source.bin");
+    let pid = std::process::id();
+    let src = source_dir(dir).join(format!("shoal-bench-{pid}-blob-source.bin"));
     let copy = dir.join("dd-copy.bin");
     let result = measure(ctx, plan, dir, &src, &copy).await;
     let _ = std::fs::remove_file(&src);
@@ -107,7 +121,7 @@ pub async fn run(ctx: &Ctx, plan: &Plan, spec: &Spec, dir: &Path) -> Result<Sect
     let _ = ctx.client.delete_blob(KEY).await;
     let embedded = result?;
     crate::step("blobs: the Redis store");
-    let src = dir.join("blob-source-redis.bin");
+    let src = source_dir(dir).join(format!("shoal-bench-{pid}-blob-source-redis.bin"));
     let redis = on_redis(plan, spec, dir, &src)
         .await
         .map_err(|e| format!("{e:#}"));
@@ -170,7 +184,12 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path, copy: &Path) ->
     ));
     let sha = write_random(src, plan.bytes)?;
 
+    // dd copies the source onto the disk; its reads are of that copy.
     let mut dd_write = vec![dd_copy(src, copy)?];
+    drop_cache(copy)?;
+    let dd_read_cold = dd_read(copy, plan.bytes, false)?;
+    let dd_read_direct = dd_read(copy, plan.bytes, true)?;
+    let dd_read_warm = dd_read(copy, plan.bytes, false)?;
     std::fs::remove_file(copy)?;
 
     // The node's idle RSS: the largest of a few samples a second before.
@@ -203,14 +222,9 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path, copy: &Path) ->
             view.sha256
         );
     }
-    dd_write.push(dd_copy(src, copy)?);
-    std::fs::remove_file(copy)?;
 
     let blob_file = blob_file(dir, plan.bytes)?;
     crate::step("blobs: reads, cold page cache");
-    drop_cache(src)?;
-    let dd_read_cold = dd_read(src, plan.bytes, false)?;
-    let dd_read_direct = dd_read(src, plan.bytes, true)?;
     let cpu0 = ctx.cpu();
     drop_cache(&blob_file)?;
     let download_cold = download(&ctx.client, plan.bytes).await?;
@@ -218,9 +232,12 @@ async fn measure(ctx: &Ctx, plan: &Plan, dir: &Path, src: &Path, copy: &Path) ->
     let ranges_cold = ranges(&ctx.client, plan.bytes, plan.range, plan.in_flight).await?;
     let cpu_download = cpu0.usage_until(&ctx.cpu());
     crate::step("blobs: reads, warm page cache");
-    let dd_read_warm = dd_read(src, plan.bytes, false)?;
     let download_warm = download(&ctx.client, plan.bytes).await?;
     let ranges_warm = ranges(&ctx.client, plan.bytes, plan.range, plan.in_flight).await?;
+    // The second dd copy once the blob is gone (one copy on the disk at a time).
+    ctx.client.delete_blob(KEY).await?;
+    dd_write.push(dd_copy(src, copy)?);
+    std::fs::remove_file(copy)?;
     Ok(Blobs {
         bytes: plan.bytes,
         range: plan.range,
@@ -460,14 +477,15 @@ fn section(b: &Blobs, redis: &Result<OnRedis, String>) -> Section {
             )),
     );
     s.detail(format!(
-        "Blobs: a {size} file of pseudo-random bytes in the bench's directory, on the same file \
-         system as the node's data directory; the upload streams it (256 KiB pieces of a chunked \
-         body, the file in the page cache) and is timed until the node's 201, which comes after \
-         the node hashed, wrote, fsynced and committed it (SHA-256 checked against the file's). \
-         `dd bs=4M conv=fsync` copied the file in {:.1} s before and {:.1} s after the upload. \
-         Reads: each file dropped from the page cache first with `posix_fadvise(DONTNEED)` (the \
-         source for dd, the blob's file in the data directory for Shoal), then read \
-         once more warm; dd reads to /dev/null, downloads go into a sink in the bench; cold: dd \
+        "Blobs: a {size} file of pseudo-random bytes in memory (`/dev/shm`, so that the disk \
+         holds one copy at a time); the upload streams it (256 KiB pieces of a chunked body) \
+         and is timed until the node's 201, which comes after the node hashed, wrote, fsynced \
+         and committed it (SHA-256 checked against the file's). `dd bs=4M conv=fsync` copied \
+         the file onto the disk of the node's data directory in {:.1} s before and {:.1} s \
+         after the upload (the blob deleted by then). Reads: each file dropped from the page \
+         cache first with `posix_fadvise(DONTNEED)` (dd's copy for dd, the blob's file in the \
+         data directory for Shoal), then read once more warm; dd reads to /dev/null, \
+         downloads go into a sink in the bench; cold: dd \
          {:.1} s, whole download {:.1} s, ranges {:.1} s. The node's RSS (its own process, \
          sampled every 20 ms) was {} MiB idle and {} MiB at most during the upload.",
         b.dd_write.first().map_or(f64::NAN, |t| t.s),

@@ -376,16 +376,8 @@ impl Client {
 
     /// Deletes the blob `key` (`blob_not_found` when absent).
     pub async fn delete_blob(&self, key: &str) -> Result<()> {
-        let resp = self
-            .http
-            .delete(format!("{}/v1/blobs/{}", self.base, seg(key)))
-            .send()
+        self.delete_no_content(&format!("/v1/blobs/{}", seg(key)))
             .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        Ok(())
     }
 
     /// Creates a zero-filled blob of `size` bytes that bitfield batches

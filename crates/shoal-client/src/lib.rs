@@ -712,16 +712,7 @@ impl Client {
         if let Some(v) = version {
             path = format!("{path}?version={v}");
         }
-        let resp = self
-            .http
-            .request(Method::DELETE, format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        Ok(())
+        self.delete_no_content(&path).await
     }
 
     /// A page of live entries whose key starts with `prefix`, after
@@ -839,6 +830,20 @@ impl Client {
     /// DELETE `path`; the answer (`{"deleted": ...}`) carries nothing more.
     async fn delete(&self, path: &str) -> Result<()> {
         let _: Deleted = self.json(Method::DELETE, path, None::<&()>).await?;
+        Ok(())
+    }
+
+    /// DELETE `path` of a route that answers 204 without a body.
+    pub(crate) async fn delete_no_content(&self, path: &str) -> Result<()> {
+        let resp = self
+            .http
+            .request(Method::DELETE, format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
         Ok(())
     }
 

@@ -148,23 +148,7 @@ impl Blobs {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<BlobPage> {
-        if prefix.len() > MAX_BLOB_KEY_BYTES {
-            return Err(Error::invalid(
-                "prefix",
-                format!("is {} bytes; at most {MAX_BLOB_KEY_BYTES}", prefix.len()),
-            ));
-        }
-        if let Some(c) = cursor {
-            check_key(c).map_err(|_| {
-                Error::invalid("cursor", "is not a cursor this listing gave".to_string())
-            })?;
-        }
-        if limit == 0 || limit > MAX_BLOB_LIST {
-            return Err(Error::invalid(
-                "limit",
-                format!("is {limit}; use 1 to {MAX_BLOB_LIST}"),
-            ));
-        }
+        crate::kv::check_listing(prefix, cursor, limit, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST)?;
         Ok(self
             .env
             .backend
@@ -254,21 +238,10 @@ impl Blobs {
     }
 }
 
-/// Checks a blob key (see the module docs).
+/// Checks a blob key (see the module docs): the key-value store's rule,
+/// with longer keys.
 pub(crate) fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_BLOB_KEY_BYTES {
-        return Err(Error::invalid(
-            "key",
-            format!("is {} bytes; use 1 to {MAX_BLOB_KEY_BYTES}", key.len()),
-        ));
-    }
-    if key.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "key",
-            "has a control character; use printable characters (`/` is fine)".to_string(),
-        ));
-    }
-    Ok(())
+    crate::kv::check_key_within(key, MAX_BLOB_KEY_BYTES)
 }
 
 fn check_content_type(ct: &str) -> Result<()> {

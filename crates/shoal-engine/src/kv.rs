@@ -184,23 +184,7 @@ impl Kv {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<KvPage> {
-        if prefix.len() > MAX_KEY_BYTES {
-            return Err(Error::invalid(
-                "prefix",
-                format!("is {} bytes; at most {MAX_KEY_BYTES}", prefix.len()),
-            ));
-        }
-        if let Some(c) = cursor {
-            check_key(c).map_err(|_| {
-                Error::invalid("cursor", "is not a cursor this listing gave".to_string())
-            })?;
-        }
-        if limit == 0 || limit > MAX_KV_LIST {
-            return Err(Error::invalid(
-                "limit",
-                format!("is {limit}; use 1 to {MAX_KV_LIST}"),
-            ));
-        }
+        check_listing(prefix, cursor, limit, MAX_KEY_BYTES, MAX_KV_LIST)?;
         let now = self.env.now_ms();
         Ok(self
             .env
@@ -264,13 +248,51 @@ fn refused(key: &str, when: KvWhen, current: Option<&KvEntry>) -> Error {
 
 /// Checks a key: 1 to [`MAX_KEY_BYTES`] bytes, no control characters.
 pub fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::invalid("key", "is empty; a key is 1 to 512 bytes"));
+    check_key_within(key, MAX_KEY_BYTES)
+}
+
+/// The arguments of a listing by key prefix (key-value entries, blobs):
+/// a prefix no longer than a key, a cursor that is a key, 1 to `max_list`.
+pub(crate) fn check_listing(
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: usize,
+    max_key: usize,
+    max_list: usize,
+) -> Result<()> {
+    if prefix.len() > max_key {
+        return Err(Error::invalid(
+            "prefix",
+            format!("is {} bytes; at most {max_key}", prefix.len()),
+        ));
     }
-    if key.len() > MAX_KEY_BYTES {
+    if let Some(c) = cursor {
+        check_key_within(c, max_key).map_err(|_| {
+            Error::invalid("cursor", "is not a cursor this listing gave".to_string())
+        })?;
+    }
+    if limit == 0 || limit > max_list {
+        return Err(Error::invalid(
+            "limit",
+            format!("is {limit}; use 1 to {max_list}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The key rule of the key-value store and of blobs: 1 to `max` bytes of
+/// UTF-8 with no control characters.
+pub(crate) fn check_key_within(key: &str, max: usize) -> Result<()> {
+    if key.is_empty() {
         return Err(Error::invalid(
             "key",
-            format!("is {} bytes; a key is at most {MAX_KEY_BYTES}", key.len()),
+            format!("is empty; a key is 1 to {max} bytes"),
+        ));
+    }
+    if key.len() > max {
+        return Err(Error::invalid(
+            "key",
+            format!("is {} bytes; a key is at most {max}", key.len()),
         ));
     }
     if let Some(c) = key.chars().find(|c| c.is_control()) {

@@ -200,23 +200,21 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
         HostCall::BlobOpen(a) => {
             let blobs = Blobs::new(engine.env.clone());
             let length = a.length.unwrap_or(u64::MAX);
-            match blobs.files(&a.key, a.offset, length).await {
-                Ok(Some(files)) => {
-                    let pieces = files.pieces.map(|ps| {
+            // A store without files answers the metadata alone.
+            let found = match blobs.files(&a.key, a.offset, length).await {
+                Ok(Some(files)) => Ok((files.meta, files.pieces)),
+                Ok(None) => blobs.meta(&a.key).await.map(|meta| (meta, None)),
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok((meta, pieces)) => {
+                    let pieces = pieces.map(|ps| {
                         ps.iter()
                             .map(|p| json!({"length": p.len, "offset": p.file_offset, "path": p.path}))
                             .collect::<Vec<_>>()
                     });
-                    Ok(json!({"blob": blob_json(&files.meta), "pieces": pieces}).to_string())
+                    Ok(json!({"blob": blob_json(&meta), "pieces": pieces}).to_string())
                 }
-                Ok(None) => match blobs.meta(&a.key).await {
-                    Ok(meta) => Ok(json!({"blob": blob_json(&meta), "pieces": null}).to_string()),
-                    Err(Error::NotFound {
-                        entity: Entity::Blob,
-                        ..
-                    }) => Ok("{\"blob\":null,\"pieces\":null}".to_string()),
-                    Err(e) => Err(host_error(e)),
-                },
                 Err(Error::NotFound {
                     entity: Entity::Blob,
                     ..

@@ -87,6 +87,28 @@ fn cli_bytes(node: &TestNode, args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// Waits until the node is streaming an upload into its store: over a MiB
+/// more in Redis than `baseline` (its `used_memory` before), or a temporary
+/// file of a MiB or more on the embedded store.
+fn wait_until_streaming(node: &TestNode, redis: Option<&RedisServer>, baseline: Option<u64>) {
+    match (redis, baseline) {
+        (Some(r), Some(b)) => wait_for(
+            "the upload's first chunks in Redis",
+            Duration::from_secs(30),
+            || redis_used_memory(r) > b + (1 << 20),
+        ),
+        _ => wait_for(
+            "the upload's temporary file",
+            Duration::from_secs(30),
+            || {
+                files_under(&tmp_dir(node))
+                    .iter()
+                    .any(|(_, n)| *n >= 1 << 20)
+            },
+        ),
+    }
+}
+
 fn api_error<T: std::fmt::Debug>(r: shoal_client::Result<T>) -> (u16, ErrorCode, String) {
     match r {
         Err(shoal_client::Error::Api {
@@ -586,22 +608,7 @@ async fn cut_uploads_store_nothing(node: &TestNode, redis: Option<&RedisServer>)
             up.send(&piece);
         }
         // The node is streaming it into the store (3 MiB sent).
-        match (redis, baseline) {
-            (Some(r), Some(b)) => wait_for(
-                "the upload's first chunks in Redis",
-                Duration::from_secs(30),
-                || redis_used_memory(r) > b + (1 << 20),
-            ),
-            _ => wait_for(
-                "the upload's temporary file",
-                Duration::from_secs(30),
-                || {
-                    files_under(&tmp_dir(node))
-                        .iter()
-                        .any(|(_, n)| *n >= 1 << 20)
-                },
-            ),
-        }
+        wait_until_streaming(node, redis, baseline);
         up.cut();
         // The node drops the upload, and what it wrote goes with it.
         match (redis, baseline) {
@@ -658,22 +665,7 @@ async fn kill9_mid_upload(node: &mut TestNode, redis: Option<&RedisServer>) {
     for _ in 0..12 {
         up.send(&piece);
     }
-    match (redis, baseline) {
-        (Some(r), Some(b)) => wait_for(
-            "the upload's first chunks in Redis",
-            Duration::from_secs(30),
-            || redis_used_memory(r) > b + (1 << 20),
-        ),
-        _ => wait_for(
-            "the upload's temporary file",
-            Duration::from_secs(30),
-            || {
-                files_under(&tmp_dir(node))
-                    .iter()
-                    .any(|(_, n)| *n >= 1 << 20)
-            },
-        ),
-    }
+    wait_until_streaming(node, redis, baseline);
     node.kill9_and_restart();
     drop(up);
     let c = node.client();

@@ -11,4 +11,5 @@ pub(crate) mod limiters;
 pub(crate) mod nodes;
 pub(crate) mod queues;
 pub(crate) mod secrets;
+pub(crate) mod sites;
 pub(crate) mod tokens;

@@ -51,6 +51,7 @@
 //! | `blobs`, `blob_contents`, `blob_pages` | key; content id; (pages id, page index) | blob metadata, the content files it references, fixed-size blobs' pages of 4000 bytes (see `blobs`; added without a layout change: created when missing) |
 
 mod blobs;
+mod channels;
 mod codec;
 mod docs;
 mod invocations;

@@ -29,6 +29,7 @@ mod conn;
 
 pub use conn::ConnectError;
 mod blobs;
+mod channels;
 mod docs;
 mod invocations;
 mod jobs;

@@ -30,7 +30,8 @@ async fn backend(server: &RedisServer) -> Backend {
         docs: memory.clone(),
         jobs: memory.clone(),
         kv: memory.clone(),
-        blobs: memory,
+        blobs: memory.clone(),
+        channels: memory,
     }
 }
 

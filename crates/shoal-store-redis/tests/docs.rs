@@ -24,7 +24,8 @@ async fn backend(server: &RedisServer) -> Backend {
         docs: store,
         jobs: memory.clone(),
         kv: memory.clone(),
-        blobs: memory,
+        blobs: memory.clone(),
+        channels: memory,
     }
 }
 

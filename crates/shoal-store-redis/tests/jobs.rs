@@ -25,7 +25,8 @@ async fn backend(server: &RedisServer) -> Backend {
         docs: Arc::new(MemoryStore::new()),
         jobs: store.clone(),
         kv: store.clone(),
-        blobs: store,
+        blobs: store.clone(),
+        channels: store,
     }
 }
 

@@ -11,6 +11,7 @@
 //! the caller (the engine owns the clock).
 
 pub mod blobs;
+pub mod channels;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(feature = "memory")]
@@ -21,6 +22,10 @@ use std::sync::Arc;
 pub use blobs::{
     Applied, BitType, BlobFiles, BlobMeta, BlobOp, BlobPage, BlobRead, BlobStream, BlobUpload,
     Blobs, Created, FilePiece, OpSpec, Overflow,
+};
+pub use channels::{
+    BlobWrite, ChannelInfo, ChannelMessage, ChannelRead, ChannelSettings, Channels,
+    NewChannelMessage, Published,
 };
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -1225,6 +1230,7 @@ pub struct Backend {
     pub jobs: Arc<dyn Jobs>,
     pub kv: Arc<dyn Kv>,
     pub blobs: Arc<dyn Blobs>,
+    pub channels: Arc<dyn Channels>,
 }
 
 impl Backend {
@@ -1285,7 +1291,8 @@ impl Backend {
     }
 
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs>(
+    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs + Channels,
+    >(
         adapter: Arc<A>,
     ) -> Backend {
         Backend {
@@ -1295,7 +1302,8 @@ impl Backend {
             docs: adapter.clone(),
             jobs: adapter.clone(),
             kv: adapter.clone(),
-            blobs: adapter,
+            blobs: adapter.clone(),
+            channels: adapter,
         }
     }
 }

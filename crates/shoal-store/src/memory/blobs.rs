@@ -29,6 +29,26 @@ pub(super) struct BlobState {
 }
 
 impl BlobState {
+    /// Validates and applies a batch to a fixed-size blob, all or nothing.
+    pub(super) fn apply(&mut self, key: &str, ops: &[BlobOp]) -> Applied {
+        let version = self.version + 1;
+        let Some((meta, data)) = self.blobs.get_mut(key) else {
+            return Applied::NotFound;
+        };
+        if !meta.mutable {
+            return Applied::NotMutable;
+        }
+        if let Err(bad) = validate_ops(ops, meta.size) {
+            return Applied::Invalid(bad);
+        }
+        // Copy on write: a reader of the old content keeps it.
+        let results = apply_ops(Arc::make_mut(data), ops);
+        meta.version = version;
+        let meta = meta.clone();
+        self.version = version;
+        Applied::Done { results, meta }
+    }
+
     fn next_version(&mut self) -> u64 {
         self.version += 1;
         self.version
@@ -168,24 +188,7 @@ impl Blobs for MemoryStore {
     }
 
     fn blob_apply(&self, key: &str, ops: Vec<BlobOp>) -> Pending<Applied> {
-        self.run(|s| {
-            let version = s.blobs.version + 1;
-            let Some((meta, data)) = s.blobs.blobs.get_mut(key) else {
-                return Ok(Applied::NotFound);
-            };
-            if !meta.mutable {
-                return Ok(Applied::NotMutable);
-            }
-            if let Err(bad) = validate_ops(&ops, meta.size) {
-                return Ok(Applied::Invalid(bad));
-            }
-            // Copy on write: a reader of the old content keeps it.
-            let results = apply_ops(Arc::make_mut(data), &ops);
-            meta.version = version;
-            let meta = meta.clone();
-            s.blobs.version = version;
-            Ok(Applied::Done { results, meta })
-        })
+        self.run(|s| Ok(s.blobs.apply(key, &ops)))
     }
 
     fn blob_sweep(&self, _older_than_ms: u64) -> Pending<u64> {

@@ -9,10 +9,11 @@
 //! This is the reference semantics of the ports, written to be read (plain
 //! maps, scans where a real store keeps indexes), and the store of fast
 //! engine tests. One module per port: `catalog`, `invocations`, `queues`,
-//! `docs`, `jobs`, `kv`, `blobs`.
+//! `docs`, `jobs`, `kv`, `blobs`, `channels`.
 
 mod blobs;
 mod catalog;
+mod channels;
 mod docs;
 mod invocations;
 mod jobs;
@@ -41,6 +42,7 @@ struct State {
     jobs: jobs::JobState,
     kv: kv::KvState,
     blobs: blobs::BlobState,
+    channels: channels::ChannelState,
 }
 
 impl MemoryStore {

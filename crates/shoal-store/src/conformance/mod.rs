@@ -2,7 +2,8 @@
 //!
 //! A behaviour not checked here is not part of the storage contract. Each
 //! case is a `pub async fn(&Backend)` in an area module (`catalog`,
-//! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`, `kv`, `blobs`):
+//! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`, `kv`, `blobs`,
+//! `channels`):
 //! plain async code with `assert!`s that runs under any executor. Adapters
 //! run it with [`conformance_suite!`](crate::conformance_suite), one test per
 //! case. The suite never sleeps: the store takes times from its callers, so
@@ -13,6 +14,7 @@
 
 pub mod blobs;
 pub mod catalog;
+pub mod channels;
 pub mod docs;
 pub mod invocation_lists;
 pub mod invocations;
@@ -139,6 +141,13 @@ macro_rules! __conformance_cases {
             blobs::blob_list
             blobs::blob_fixed_operations
             blobs::blob_fixed_batches_are_all_or_nothing
+            channels::channel_offsets_and_epoch
+            channels::channel_concurrent_publishes
+            channels::channel_history_bounds
+            channels::channel_settings_apply
+            channels::channel_list
+            channels::channel_binary_payloads
+            channels::channel_publish_with_blob
         ] }
     };
 }

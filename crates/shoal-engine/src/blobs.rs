@@ -149,12 +149,14 @@ impl Blobs {
         limit: usize,
     ) -> Result<BlobPage> {
         crate::kv::check_listing(prefix, cursor, limit, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST)?;
-        Ok(self
+        let mut page = self
             .env
             .backend
             .blobs
-            .blob_list(prefix, cursor, limit)
-            .await?)
+            .blob_list(prefix, crate::user_cursor(prefix, cursor), limit)
+            .await?;
+        page.blobs.retain(|e| !crate::is_internal_key(&e.key));
+        Ok(page)
     }
 
     /// Creates a zero-filled fixed-size blob; with `replace` false, a blob
@@ -190,30 +192,11 @@ impl Blobs {
 
     /// Applies a batch of operations to a fixed-size blob, all or nothing.
     pub(crate) async fn apply(&self, key: &str, ops: Vec<BlobOp>) -> Result<BatchResult> {
-        check_key(key)?;
-        if ops.is_empty() || ops.len() > MAX_BLOB_OPS {
-            return Err(Error::invalid(
-                "ops",
-                format!("has {} operations; send 1 to {MAX_BLOB_OPS}", ops.len()),
-            ));
-        }
+        check_batch(key, &ops)?;
         self.env.accepting()?;
         match self.env.backend.blobs.blob_apply(key, ops).await? {
             Applied::Done { results, meta } => Ok(BatchResult { results, meta }),
-            Applied::NotFound => Err(Error::not_found(Entity::Blob, key)),
-            Applied::NotMutable => Err(Error::conflict(
-                Conflict::NotFixedSize,
-                format!(
-                    "blob `{key}` was uploaded; bit and byte operations apply to blobs created with a fixed size (PUT /v1/blobs/{{key}}?fixed_size=N)"
-                ),
-            )),
-            Applied::Invalid(bad) => Err(Error::invalid(
-                "ops",
-                format!(
-                    "operation {} {}; nothing was changed",
-                    bad.index, bad.reason
-                ),
-            )),
+            refusal => Err(refused(key, refusal)),
         }
     }
 
@@ -240,6 +223,42 @@ impl Blobs {
 
 /// Checks a blob key (see the module docs): the key-value store's rule,
 /// with longer keys.
+/// Checks an operation batch's key and size (its ops are checked against
+/// the blob by the store).
+pub(crate) fn check_batch(key: &str, ops: &[BlobOp]) -> Result<()> {
+    check_key(key)?;
+    if ops.is_empty() || ops.len() > MAX_BLOB_OPS {
+        return Err(Error::invalid(
+            "ops",
+            format!("has {} operations; send 1 to {MAX_BLOB_OPS}", ops.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The error of a batch the store refused (any [`Applied`] but `Done`).
+pub(crate) fn refused(key: &str, refusal: Applied) -> Error {
+    match refusal {
+        Applied::NotFound => Error::not_found(Entity::Blob, key),
+        Applied::NotMutable => Error::conflict(
+            Conflict::NotFixedSize,
+            format!(
+                "blob `{key}` was uploaded; bit and byte operations apply to blobs created with a fixed size (PUT /v1/blobs/{{key}}?fixed_size=N)"
+            ),
+        ),
+        Applied::Invalid(bad) => Error::invalid(
+            "ops",
+            format!(
+                "operation {} {}; nothing was changed",
+                bad.index, bad.reason
+            ),
+        ),
+        Applied::Done { .. } => {
+            Error::unavailable("the store answered a refusal that applied the batch".to_string())
+        }
+    }
+}
+
 pub(crate) fn check_key(key: &str) -> Result<()> {
     crate::kv::check_key_within(key, MAX_BLOB_KEY_BYTES)
 }

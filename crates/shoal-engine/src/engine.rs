@@ -32,6 +32,7 @@ use shoal_types::Role;
 
 use crate::auth::{Token, Tokens};
 use crate::blobs::{BatchResult, Blobs};
+use crate::channels::{ChannelView, Channels, Position, PublishResult, Subscription};
 use crate::categories::{Categories, Category, CategoryOptions, NewDoc, RunningQuery};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, NodeView};
@@ -59,6 +60,7 @@ pub struct Handle {
     secrets: Arc<Secrets>,
     kv: Arc<Kv>,
     blobs: Arc<Blobs>,
+    channels: Arc<Channels>,
 }
 
 /// What the engine is built from. The binary passes the real store and
@@ -147,6 +149,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         tokens: Arc::new(Tokens::new(env.clone())),
         kv: Arc::new(Kv::new(env.clone())),
         blobs: Arc::new(Blobs::new(env.clone())),
+        channels: Channels::new(env.clone()),
         env,
         functions,
         limiters,
@@ -765,6 +768,53 @@ impl Handle {
         ops: Vec<shoal_store::BlobOp>,
     ) -> Result<BatchResult> {
         self.blobs.apply(key, ops).await
+    }
+
+    // ---- channels ----
+
+    /// Stores a channel's settings (history, public, coalescing).
+    pub async fn configure_channel(
+        &self,
+        name: &str,
+        settings: shoal_store::ChannelSettings,
+    ) -> Result<()> {
+        self.channels.configure(name, settings).await
+    }
+
+    /// A channel's settings, position and presence.
+    pub async fn channel(&self, name: &str) -> Result<ChannelView> {
+        self.channels.view(name).await
+    }
+
+    /// Channels whose name starts with `prefix`, after `cursor`.
+    pub async fn list_channels(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChannelView>> {
+        self.channels.list(prefix, cursor, limit).await
+    }
+
+    /// The position of a channel's last message.
+    pub async fn channel_position(&self, name: &str) -> Result<Position> {
+        self.channels.position(name).await
+    }
+
+    /// Publishes messages on a user channel, with blob operations applied
+    /// in the same atomic step when given.
+    pub async fn publish(
+        &self,
+        name: &str,
+        messages: Vec<shoal_store::NewChannelMessage>,
+        blob: Option<(String, Vec<shoal_store::BlobOp>)>,
+    ) -> Result<PublishResult> {
+        self.channels.publish(name, messages, blob).await
+    }
+
+    /// Subscribes to a channel, resuming after `since` when given.
+    pub async fn subscribe(&self, name: &str, since: Option<Position>) -> Result<Subscription> {
+        self.channels.subscribe(name, since).await
     }
 
     // ---- limiters ----

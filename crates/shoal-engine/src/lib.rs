@@ -9,6 +9,7 @@ mod auth;
 mod blobs;
 mod cache;
 mod categories;
+mod channels;
 mod clock;
 mod cluster;
 mod consumers;
@@ -34,6 +35,10 @@ mod secrets;
 
 pub use auth::{SECRET_PREFIX, Token, mint as mint_token};
 pub use blobs::{BatchResult, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST, MAX_BLOB_OPS};
+pub use channels::{
+    ChannelView, Event as ChannelEvent, MAX_CHANNEL_NAME, MAX_MESSAGE_BYTES, Position,
+    PublishResult, Subscription, check_name as check_channel_name, is_feed,
+};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use cluster::NodeView;

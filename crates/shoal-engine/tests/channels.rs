@@ -1,0 +1,349 @@
+//! Channels on the in-memory store and a paused clock: offsets in order,
+//! resume without gaps, the explicit reset past the history, a slow
+//! subscriber that fell out of the broadcast buffer catching up from the
+//! store, coalescing, publishes atomic with blob operations, presence
+//! (end to end over SSE/WebSocket and Redis in `crates/shoal/tests/channels.rs`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Node;
+use shoal_engine::{ChannelEvent, Position, Subscription};
+use shoal_store::{ChannelSettings, NewChannelMessage, OpSpec};
+
+fn msg(n: u64) -> NewChannelMessage {
+    NewChannelMessage {
+        binary: false,
+        data: n.to_string().into_bytes(),
+    }
+}
+
+async fn publish(node: &Node, channel: &str, values: std::ops::RangeInclusive<u64>) -> u64 {
+    let mut last = 0;
+    for n in values {
+        last = node
+            .engine
+            .publish(channel, vec![msg(n)], None)
+            .await
+            .expect("publish")
+            .last;
+    }
+    last
+}
+
+/// Next event, failing the test when none comes within a (virtual) second.
+async fn next(sub: &mut Subscription) -> ChannelEvent {
+    tokio::time::timeout(Duration::from_secs(1), sub.next())
+        .await
+        .expect("an event within a second")
+        .expect("the subscription is open")
+}
+
+/// Collects message payloads (as numbers) until `count` arrived, checking
+/// their offsets are consecutive from `after + 1`.
+async fn take(sub: &mut Subscription, after: u64, count: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    let mut offset = after;
+    while got.len() < count {
+        match next(sub).await {
+            ChannelEvent::Messages { messages, .. } => {
+                for m in messages.iter() {
+                    assert_eq!(m.offset, offset + 1, "offsets are consecutive");
+                    offset = m.offset;
+                    got.push(String::from_utf8(m.data.clone()).unwrap().parse().unwrap());
+                }
+            }
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_subscriber_gets_every_message_in_order() {
+    let node = Node::start().await;
+    publish(&node, "board", 1..=3).await;
+    let mut sub = node.engine.subscribe("board", None).await.unwrap();
+    let ChannelEvent::Ready { epoch, offset } = next(&mut sub).await else {
+        panic!("ready first")
+    };
+    assert_eq!(offset, 3, "live from the head");
+    assert!(!epoch.is_empty());
+    publish(&node, "board", 4..=200).await;
+    assert_eq!(take(&mut sub, 3, 197).await, (4..=200).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_answers_every_missed_message_then_goes_live() {
+    let node = Node::start().await;
+    publish(&node, "c", 1..=2500).await;
+    let position = node.engine.channel_position("c").await.unwrap();
+    let mut sub = node
+        .engine
+        .subscribe(
+            "c",
+            Some(Position {
+                epoch: position.epoch.clone(),
+                offset: 10,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut sub).await,
+        ChannelEvent::Ready {
+            epoch: position.epoch,
+            offset: 10
+        }
+    );
+    // More than one page of history, then live ones.
+    let publisher = {
+        let engine = node.engine.clone();
+        tokio::spawn(async move {
+            for n in 2501..=2600 {
+                engine.publish("c", vec![msg(n)], None).await.unwrap();
+            }
+        })
+    };
+    assert_eq!(
+        take(&mut sub, 10, 2590).await,
+        (11..=2600).collect::<Vec<_>>()
+    );
+    publisher.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_past_the_history_is_an_explicit_reset() {
+    let node = Node::start().await;
+    node.engine
+        .configure_channel(
+            "short",
+            ChannelSettings {
+                history_len: 5,
+                ..ChannelSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    publish(&node, "short", 1..=20).await;
+    let epoch = node.engine.channel_position("short").await.unwrap().epoch;
+    let mut sub = node
+        .engine
+        .subscribe(
+            "short",
+            Some(Position {
+                epoch: epoch.clone(),
+                offset: 3,
+            }),
+        )
+        .await
+        .unwrap();
+    match next(&mut sub).await {
+        ChannelEvent::Reset {
+            offset,
+            epoch: e,
+            reason,
+        } => {
+            assert_eq!((offset, e), (20, epoch.clone()));
+            assert!(
+                reason.contains("no longer in the channel's history"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    publish(&node, "short", 21..=22).await;
+    assert_eq!(take(&mut sub, 20, 2).await, vec![21, 22]);
+
+    // Within the history: no reset.
+    let mut sub = node
+        .engine
+        .subscribe(
+            "short",
+            Some(Position {
+                epoch: epoch.clone(),
+                offset: 18,
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut sub).await,
+        ChannelEvent::Ready { offset: 18, .. }
+    ));
+    assert_eq!(take(&mut sub, 18, 4).await, vec![19, 20, 21, 22]);
+
+    // Another epoch: a reset too.
+    let mut sub = node
+        .engine
+        .subscribe(
+            "short",
+            Some(Position {
+                epoch: "other".into(),
+                offset: 21,
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut sub).await,
+        ChannelEvent::Reset { offset: 22, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_behind_the_broadcast_buffer_catches_up_from_the_store() {
+    let node = Node::start().await;
+    let mut slow = node.engine.subscribe("fast", None).await.unwrap();
+    assert!(matches!(
+        next(&mut slow).await,
+        ChannelEvent::Ready { offset: 0, .. }
+    ));
+    // Far more frames than the hub buffers, while `slow` reads nothing.
+    publish(&node, "fast", 1..=6000).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        take(&mut slow, 0, 6000).await,
+        (1..=6000).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_publishers_are_delivered_in_offset_order() {
+    let node = Node::start().await;
+    let mut sub = node.engine.subscribe("many", None).await.unwrap();
+    next(&mut sub).await;
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let engine = node.engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                engine
+                    .publish("many", vec![msg(t * 1000 + n)], None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // `take` checks the offsets are consecutive; every value arrives once.
+    let mut got = take(&mut sub, 0, 400).await;
+    got.sort();
+    let mut want: Vec<u64> = (0..8u64)
+        .flat_map(|t| (0..50).map(move |n| t * 1000 + n))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalescing_gathers_a_burst_into_one_frame() {
+    let node = Node::start().await;
+    node.engine
+        .configure_channel(
+            "burst",
+            ChannelSettings {
+                coalesce_ms: 50,
+                ..ChannelSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut sub = node.engine.subscribe("burst", None).await.unwrap();
+    next(&mut sub).await;
+    publish(&node, "burst", 1..=30).await;
+    match next(&mut sub).await {
+        ChannelEvent::Messages { messages, .. } => assert_eq!(messages.len(), 30, "one frame"),
+        other => panic!("expected messages, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publish_with_blob_operations_is_one_step() {
+    let node = Node::start().await;
+    node.engine
+        .blob_create_fixed("px", 8, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let set = |offset: &str, value: i64| {
+        serde_json::from_value::<OpSpec>(serde_json::json!(
+            {"op": "set", "type": "u4", "offset": offset, "value": value}
+        ))
+        .unwrap()
+        .parse()
+        .unwrap()
+    };
+    let done = node
+        .engine
+        .publish(
+            "pixels",
+            vec![msg(1)],
+            Some(("px".into(), vec![set("#3", 9)])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.first, 1);
+    assert_eq!(done.applied.unwrap().results, vec![Some(0)]);
+    // Refused ops publish nothing and use no offset.
+    let err = node
+        .engine
+        .publish(
+            "pixels",
+            vec![msg(2)],
+            Some(("px".into(), vec![set("#99", 1)])),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    let err = node
+        .engine
+        .publish(
+            "pixels",
+            vec![msg(2)],
+            Some(("absent".into(), vec![set("#0", 1)])),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, shoal_engine::Error::NotFound { .. }), "{err}");
+    assert_eq!(
+        node.engine.channel_position("pixels").await.unwrap().offset,
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn names_and_feeds_are_checked() {
+    let node = Node::start().await;
+    for bad in ["", "a b", "é", &"x".repeat(201)] {
+        assert!(
+            node.engine.publish(bad, vec![msg(1)], None).await.is_err(),
+            "{bad:?}"
+        );
+    }
+    let err = node
+        .engine
+        .publish("_docs.x", vec![msg(1)], None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("feeds"), "{err}");
+    assert!(node.engine.subscribe("_docs.x", None).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_counts_this_nodes_subscribers() {
+    let node = Node::start().await;
+    let a = node.engine.subscribe("room", None).await.unwrap();
+    let b = node.engine.subscribe("room", None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(node.engine.channel("room").await.unwrap().presence, 2);
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(node.engine.channel("room").await.unwrap().presence, 1);
+    drop(b);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(node.engine.channel("room").await.unwrap().presence, 0);
+}

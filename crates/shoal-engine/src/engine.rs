@@ -47,6 +47,7 @@ use crate::kv::{Kv, KvWhen};
 use crate::limits::Limiters;
 use crate::queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Queues};
 use crate::secrets::{SecretInfo, Secrets};
+use crate::sites::{SiteDeployed, SiteLookup, SiteOptions, SiteRecord, Sites};
 
 /// The engine. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
@@ -60,6 +61,7 @@ pub struct Handle {
     secrets: Arc<Secrets>,
     kv: Arc<Kv>,
     blobs: Arc<Blobs>,
+    sites: Arc<Sites>,
     channels: Arc<Channels>,
 }
 
@@ -149,6 +151,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         tokens: Arc::new(Tokens::new(env.clone())),
         kv: Arc::new(Kv::new(env.clone())),
         blobs: Arc::new(Blobs::new(env.clone())),
+        sites: Arc::new(Sites::new(env.clone())),
         channels: Channels::new(env.clone()),
         env,
         functions,
@@ -177,6 +180,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     crate::retention::start(handle.env.clone());
     Kv::start_sweep(handle.env.clone());
     Blobs::start_sweep(handle.env.clone());
+    handle.sites.start().await?;
     Ok(handle)
 }
 
@@ -815,6 +819,51 @@ impl Handle {
     /// Subscribes to a channel, resuming after `since` when given.
     pub async fn subscribe(&self, name: &str, since: Option<Position>) -> Result<Subscription> {
         self.channels.subscribe(name, since).await
+    }
+
+    // ---- static sites ----
+
+    /// Deploys a tar archive of a directory as a new version of a static
+    /// site, live at once (see `sites.rs`).
+    pub async fn site_deploy<S, E>(
+        &self,
+        name: &str,
+        opts: SiteOptions,
+        body: S,
+    ) -> Result<SiteDeployed>
+    where
+        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.sites.deploy(name, opts, body).await
+    }
+
+    pub async fn sites(&self) -> Result<Vec<SiteRecord>> {
+        self.sites.list().await
+    }
+
+    pub async fn site(&self, name: &str) -> Result<SiteRecord> {
+        self.sites.get(name).await
+    }
+
+    /// Makes a version live (the one before the live one when `None`).
+    pub async fn site_rollback(&self, name: &str, version: Option<u64>) -> Result<SiteRecord> {
+        self.sites.rollback(name, version).await
+    }
+
+    pub async fn remove_site(&self, name: &str) -> Result<()> {
+        self.sites.remove(name).await
+    }
+
+    /// What a request path is in the site mounted on its longest prefix
+    /// (from memory: no store read); `None` when no site covers it.
+    pub fn site_lookup(&self, path: &str) -> Option<SiteLookup> {
+        self.sites.lookup(path)
+    }
+
+    /// The bytes of a site's file, by its sha256.
+    pub async fn site_read(&self, sha256: &str) -> Result<shoal_store::BlobRead> {
+        self.sites.read(sha256).await
     }
 
     // ---- limiters ----

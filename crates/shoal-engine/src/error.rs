@@ -26,6 +26,8 @@ pub enum Entity {
     /// A key of the key-value store.
     Key,
     Blob,
+    /// A static site.
+    Site,
 }
 
 impl Entity {
@@ -42,6 +44,7 @@ impl Entity {
             Entity::Secret => "secret",
             Entity::Key => "key",
             Entity::Blob => "blob",
+            Entity::Site => "site",
         }
     }
 }
@@ -85,6 +88,8 @@ pub enum Conflict {
     /// A bit or byte operation on a blob that was uploaded (operations
     /// apply to blobs created with a fixed size).
     NotFixedSize,
+    /// Another static site is mounted on the path.
+    SitePathTaken,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

@@ -186,12 +186,14 @@ impl Kv {
     ) -> Result<KvPage> {
         check_listing(prefix, cursor, limit, MAX_KEY_BYTES, MAX_KV_LIST)?;
         let now = self.env.now_ms();
-        Ok(self
+        let mut page = self
             .env
             .backend
             .kv
-            .kv_list(prefix, cursor, limit, now)
-            .await?)
+            .kv_list(prefix, crate::user_cursor(prefix, cursor), limit, now)
+            .await?;
+        page.entries.retain(|e| !crate::is_internal_key(&e.key));
+        Ok(page)
     }
 
     /// Starts the sweep of expired entries on the engine's tasks.

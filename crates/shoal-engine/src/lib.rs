@@ -32,6 +32,23 @@ mod queues;
 mod ranges;
 mod retention;
 mod secrets;
+mod sites;
+
+/// Keys of the key-value store and blobs starting with `\0` are the
+/// node's own (static sites, channel presence): a user's key has no control
+/// characters, so none is one, and user listings leave them out.
+pub(crate) fn is_internal_key(key: &str) -> bool {
+    key.starts_with('\0')
+}
+
+/// Where a user listing starts: past the node's own keys (which sort
+/// first) when it lists every key from the beginning.
+pub(crate) fn user_cursor<'a>(prefix: &str, cursor: Option<&'a str>) -> Option<&'a str> {
+    match cursor {
+        None if prefix.is_empty() => Some("\u{1}"),
+        other => other,
+    }
+}
 
 pub use auth::{SECRET_PREFIX, Token, mint as mint_token};
 pub use blobs::{BatchResult, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST, MAX_BLOB_OPS};
@@ -55,6 +72,10 @@ pub use kv::{
 };
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use secrets::SecretInfo;
+pub use sites::{
+    MAX_SITE_FILES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions, SiteRecord,
+    SiteVersion,
+};
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod sites;
+pub use sites::{SiteList, SiteVersionView, SiteVersions, SiteView};
+
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -60,6 +63,10 @@ pub enum ErrorCode {
     NotAnInteger,
     /// No blob under that key.
     BlobNotFound,
+    /// No static site of that name.
+    SiteNotFound,
+    /// Another static site is mounted on that path.
+    SitePathTaken,
     /// A bit or byte operation on an uploaded blob: operations apply to
     /// blobs created with a fixed size.
     NotFixedSize,

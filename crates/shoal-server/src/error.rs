@@ -64,6 +64,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Secret => ErrorCode::SecretNotFound,
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
+                Entity::Site => ErrorCode::SiteNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {
@@ -83,6 +84,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::KeyVersion => ErrorCode::KeyConflict,
                 Conflict::NotAnInteger => ErrorCode::NotAnInteger,
                 Conflict::NotFixedSize => ErrorCode::NotFixedSize,
+                Conflict::SitePathTaken => ErrorCode::SitePathTaken,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

@@ -35,6 +35,8 @@ pub struct Options {
     pub max_archive_bytes: usize,
     /// Largest document write (one request, all its documents).
     pub max_write_bytes: usize,
+    /// Most bytes of files in one static site deploy; more gets 413.
+    pub max_site_bytes: u64,
     /// Serve `/metrics` without a token (`--metrics-public`); otherwise it
     /// needs a reader token.
     pub metrics_public: bool,
@@ -49,6 +51,7 @@ impl Default for Options {
             max_body_bytes: 6 * 1024 * 1024,
             max_archive_bytes: 64 * 1024 * 1024,
             max_write_bytes: 256 * 1024 * 1024,
+            max_site_bytes: 1024 * 1024 * 1024,
             metrics_public: false,
             sandbox: "unknown".into(),
         }
@@ -61,6 +64,7 @@ pub struct AppState {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) metrics_public: bool,
     pub(crate) max_write_bytes: usize,
+    pub(crate) max_site_bytes: u64,
     pub(crate) sandbox: std::sync::Arc<str>,
 }
 
@@ -91,6 +95,7 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         metrics,
         metrics_public: opts.metrics_public,
         max_write_bytes: opts.max_write_bytes,
+        max_site_bytes: opts.max_site_bytes,
         sandbox: opts.sandbox.as_str().into(),
     };
     let deploy = OpenApiRouter::new()
@@ -165,6 +170,14 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
             routes::blobs::remove
         ))
         .routes(routes!(routes::blobs::bitfield))
+        .routes(routes!(routes::sites::list))
+        .routes(routes!(
+            routes::sites::deploy,
+            routes::sites::show,
+            routes::sites::remove
+        ))
+        .routes(routes!(routes::sites::versions))
+        .routes(routes!(routes::sites::rollback))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Largest document write (one request), in bytes.
     #[arg(long, env = "SHOAL_MAX_WRITE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_write_bytes: usize,
+    /// Most bytes of files one static site deploy may hold (`shoal sites
+    /// deploy`); each file is held in memory while it is stored.
+    #[arg(long, env = "SHOAL_MAX_SITE_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_site_bytes: u64,
     /// Most documents in one write (one request). A write is atomic, so the
     /// node holds its documents until it commits (~250 bytes each besides
     /// their JSON).
@@ -384,6 +388,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_archive_bytes: args.max_archive_bytes,
             max_write_bytes: args.max_write_bytes,
+            max_site_bytes: args.max_site_bytes,
             metrics_public: args.metrics_public,
             sandbox: sandbox_state,
         },

@@ -135,6 +135,7 @@ impl App {
                 max_body_bytes: MAX_BODY,
                 max_archive_bytes: MAX_ARCHIVE,
                 max_write_bytes: MAX_WRITE,
+                max_site_bytes: 1024 * 1024,
                 metrics_public,
                 sandbox: "on: the router tier's fake runtime".into(),
             },

@@ -29,6 +29,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Secret => ErrorCode::SecretNotFound,
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
+                Entity::Site => ErrorCode::SiteNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -47,6 +48,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::KeyVersion => ErrorCode::KeyConflict,
                 Conflict::NotAnInteger => ErrorCode::NotAnInteger,
                 Conflict::NotFixedSize => ErrorCode::NotFixedSize,
+                Conflict::SitePathTaken => ErrorCode::SitePathTaken,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -57,7 +59,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
     }
 }
 
-const ENTITIES: [Entity; 11] = [
+const ENTITIES: [Entity; 12] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -69,9 +71,10 @@ const ENTITIES: [Entity; 11] = [
     Entity::Secret,
     Entity::Key,
     Entity::Blob,
+    Entity::Site,
 ];
 
-const CONFLICTS: [Conflict; 9] = [
+const CONFLICTS: [Conflict; 10] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
@@ -81,6 +84,7 @@ const CONFLICTS: [Conflict; 9] = [
     Conflict::KeyVersion,
     Conflict::NotAnInteger,
     Conflict::NotFixedSize,
+    Conflict::SitePathTaken,
 ];
 
 /// One error of every kind the engine can return.

@@ -438,8 +438,13 @@ pub(crate) fn apply(t: &mut Tables<'_>, cmd: BlobCmd) -> writer::Applied {
 }
 
 /// Validates a batch against the stored size and applies it to the pages
-/// it touches, all in the caller's transaction.
-fn apply_batch(t: &mut Tables<'_>, key: &str, ops: &[BlobOp]) -> Storage<Result<Applied>> {
+/// it touches, all in the caller's transaction (a blob write's, or a
+/// channel publish's: see `channels`). A refusal writes nothing.
+pub(crate) fn apply_batch(
+    t: &mut Tables<'_>,
+    key: &str,
+    ops: &[BlobOp],
+) -> Storage<Result<Applied>> {
     let mut s = match stored(t, key)? {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(Ok(Applied::NotFound)),

@@ -7,7 +7,8 @@
 //! `spawn_blocking` (see `examples/bench.rs`). Queue leases are kept in
 //! memory (see `queue`); the messages themselves are durable. Documents are
 //! described in `docs`, the key-value store in `kv`, blobs in `blobs`
-//! (uploaded ones are files in `blobs/` next to the database file).
+//! (uploaded ones are files in `blobs/` next to the database file),
+//! channels in `channels`.
 //!
 //! Layout (private to this crate), every value starting with a format byte
 //! (see `codec`) unless noted:
@@ -49,6 +50,7 @@
 //! | `sub_jobs` | (parent job id, job id) | (), the job tree |
 //! | `kv`, `kv_expiry` | key; (expires_at_ms, key) | key-value entries and their expiry index (see `kv`; added without a layout change: created when missing) |
 //! | `blobs`, `blob_contents`, `blob_pages` | key; content id; (pages id, page index) | blob metadata, the content files it references, fixed-size blobs' pages of 4000 bytes (see `blobs`; added without a layout change: created when missing) |
+//! | `channels`, `channel_messages` | name; (name, offset) | a channel's epoch, head and settings; its kept messages (see `channels`; added without a layout change: created when missing) |
 
 mod blobs;
 mod channels;
@@ -202,7 +204,8 @@ pub struct WriterStats {
 /// in streaming scans and decoded copies live in the query workers.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs`, `Jobs`, `Kv` and `Blobs`;
+/// The embedded store. Implements `Catalog`, `Invocations`, `Queues`, `Docs`, `Jobs`, `Kv`, `Blobs`
+/// and `Channels`;
 /// bundle it with `shoal_store::Backend::from_adapter`.
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -471,6 +474,7 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(SUB_JOBS).map_err(unavailable)?;
         kv::create_tables(&txn)?;
         blobs::create_tables(&txn)?;
+        channels::create_tables(&txn)?;
     }
     txn.commit().map_err(unavailable)
 }

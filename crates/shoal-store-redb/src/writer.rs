@@ -48,6 +48,7 @@ use shoal_store::{
 use tokio::sync::oneshot;
 
 use crate::blobs::{self, BlobCmd, BlobDone, BlobReply, BlobTables};
+use crate::channels::{self, ChannelCmd, ChannelDone, ChannelSender, ChannelTables};
 use crate::codec::{self, MessageHeader};
 use crate::docs::{self, Scratch};
 use crate::invocations::{Encoded, IndexTables};
@@ -243,6 +244,8 @@ pub(crate) enum Command {
     Kv(KvOp),
     /// A blob write (see `blobs`).
     Blob(BlobCmd),
+    /// A channel write (see `channels`).
+    Channel(ChannelCmd),
 }
 
 impl Command {
@@ -265,6 +268,7 @@ impl Command {
             }
             Command::Kv(op) => op.weight(),
             Command::Blob(cmd) => cmd.weight(),
+            Command::Channel(cmd) => cmd.weight(),
             _ => ROW,
         }
     }
@@ -290,6 +294,7 @@ pub(crate) enum Reply {
     Sent(oneshot::Sender<Result<Vec<Option<String>>>>),
     Kv(KvSender),
     Blob(BlobReply),
+    Channel(ChannelSender),
 }
 
 pub(crate) enum Value {
@@ -303,6 +308,7 @@ pub(crate) enum Value {
     Sent(Vec<Option<String>>),
     Kv(KvDone),
     Blob(BlobDone),
+    Channel(ChannelDone),
 }
 
 impl Reply {
@@ -334,6 +340,9 @@ impl Reply {
                 let _ = tx.send(Ok(d));
             }
             (Reply::Blob(r), Ok(Value::Blob(d))) => r.send(Ok(d)),
+            (Reply::Channel(tx), Ok(Value::Channel(d))) => {
+                let _ = tx.send(Ok(d));
+            }
             (reply, Ok(_)) => reply.fail(Error::Unavailable("internal: mismatched reply".into())),
             (reply, Err(e)) => reply.fail(e),
         }
@@ -366,6 +375,9 @@ impl Reply {
                 let _ = tx.send(Err(e));
             }
             Reply::Blob(r) => r.send(Err(e)),
+            Reply::Channel(tx) => {
+                let _ = tx.send(Err(e));
+            }
         }
     }
 }
@@ -422,6 +434,7 @@ pub(crate) struct Tables<'txn> {
     jobs: Option<JobTables<'txn>>,
     kv: Option<KvTables<'txn>>,
     blobs: Option<BlobTables<'txn>>,
+    channels: Option<ChannelTables<'txn>>,
     txn: &'txn WriteTransaction,
 }
 
@@ -489,6 +502,16 @@ impl<'txn> Tables<'txn> {
         Ok(self.blobs.as_mut().expect("just opened"))
     }
 
+    /// The channel tables, opened on first use.
+    pub(crate) fn channels(
+        &mut self,
+    ) -> std::result::Result<&mut ChannelTables<'txn>, redb::TableError> {
+        if self.channels.is_none() {
+            self.channels = Some(ChannelTables::open(self.txn)?);
+        }
+        Ok(self.channels.as_mut().expect("just opened"))
+    }
+
     /// Inserts or replaces encoded invocation records, and moves their
     /// index entries in the same transaction.
     pub(crate) fn put_invocations(
@@ -542,6 +565,7 @@ impl<'txn> Tables<'txn> {
             jobs: None,
             kv: None,
             blobs: None,
+            channels: None,
             txn,
         })
     }
@@ -1105,6 +1129,7 @@ impl Writer {
             Command::CancelJob { id, now_ms } => jobs::cancel(t, id, now_ms),
             Command::Kv(op) => kv::apply(t, op),
             Command::Blob(cmd) => blobs::apply(t, cmd),
+            Command::Channel(cmd) => channels::apply(t, cmd),
         }
     }
 }

@@ -5,10 +5,12 @@
 mod archive;
 mod blobs;
 mod invoke;
+mod sites;
 
 pub use archive::pack_dir;
 pub use blobs::{BlobDownload, BlobHead, ByteRange, Progress, UPLOAD_PIECE};
 pub use invoke::{Answer, Binary};
+pub use sites::{SiteDeploy, pack_site};
 pub use reqwest::Body;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};

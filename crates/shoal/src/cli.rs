@@ -142,6 +142,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::blobs::BlobsCommand,
     },
+    /// Static sites: deploy a directory (--path, --spa, --cache-control),
+    /// ls, versions, rollback, rm.
+    Sites {
+        #[command(subcommand)]
+        command: crate::sites::SitesCommand,
+    },
     /// Shared rate limiters: list, set (create or change), remove.
     Limiters {
         #[command(subcommand)]
@@ -622,6 +628,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Jobs { command } => crate::jobs::run(&client, command, conn.json).await?,
         Command::Kv { command } => crate::kv::run(&client, command, conn.json).await?,
         Command::Blobs { command } => crate::blobs::run(&client, command, conn.json).await?,
+        Command::Sites { command } => crate::sites::run(&client, command, conn.json).await?,
         Command::Limiters { command: None } => {
             let ls = client.limiters().await?;
             out.print(&ls, || {

@@ -15,6 +15,7 @@ mod nodes;
 mod queues;
 mod recover;
 mod serve;
+mod sites;
 
 use std::process::ExitCode;
 

@@ -158,7 +158,7 @@ class Context:
         JSON-serializable value) and returns the node's answer, decoded from
         JSON. The operations are ``spawn``, ``send``, ``map``, ``job``,
         ``job_results``, ``put_docs``, ``get_doc``, ``kv_get``, ``kv_set``,
-        ``kv_incr``, ``kv_delete`` and ``kv_list``; the methods of the
+        ``kv_incr``, ``kv_delete``, ``kv_list``, ``publish`` and ``channel_position``; the methods of the
         same names build their arguments.
 
         Blocks until the node answers; the invocation's timeout keeps running
@@ -391,6 +391,37 @@ class Context:
         nothing (see ``Blob.bitfield``). Host operation ``"blob_apply"``,
         answer ``{"etag", "results", "version"}``."""
         return self.call("blob_apply", {"key": key, "ops": list(ops)})
+
+    def publish(
+        self,
+        channel: str,
+        data: Any,
+        blob: Optional[str] = None,
+        ops: Optional[List[Dict[str, Any]]] = None,
+    ) -> Dict[str, Any]:
+        """Publishes ``data`` (any JSON value) on ``channel``; every
+        subscriber gets it, in order, with its offset. With ``blob`` and
+        ``ops`` (the operations of ``Blob.bitfield``), the operations are
+        applied to that fixed-size blob in the same atomic, durable step:
+        both happen or neither, and messages of concurrent publishes on one
+        blob are in the order their operations were applied. Host operation
+        ``"publish"``, answer ``{"epoch", "offset"}`` plus ``"results"``
+        (one per op) with ops."""
+        if (blob is None) != (ops is None):
+            raise ValueError("pass blob and ops together, or neither")
+        args: Dict[str, Any] = {"channel": channel, "data": data}
+        if blob is not None:
+            args["blob"] = blob
+            args["ops"] = list(ops or [])
+        return self.call("publish", args)
+
+    def channel_position(self, channel: str) -> Dict[str, Any]:
+        """The epoch and offset of the last message on ``channel`` (offset
+        0 when none). Read it before a snapshot (a blob, a KV value) that
+        publishes keep up to date: the snapshot then holds every message up
+        to that offset, and a client applies only later ones. Host
+        operation ``"channel_position"``, answer ``{"epoch", "offset"}``."""
+        return self.call("channel_position", {"channel": channel})
 
     def blob_create(self, key: str, size: int, if_absent: bool = False) -> Dict[str, Any]:
         """Creates a zero-filled fixed-size blob of ``size`` bytes (with

@@ -357,9 +357,20 @@ impl Client {
     }
 
     pub async fn create_token(&self, role: &str, name: Option<&str>) -> Result<CreatedToken> {
+        self.create_scoped_token(role, name, Vec::new()).await
+    }
+
+    /// Creates a token limited to channel scopes (`subscribe:board.*`).
+    pub async fn create_scoped_token(
+        &self,
+        role: &str,
+        name: Option<&str>,
+        channels: Vec<String>,
+    ) -> Result<CreatedToken> {
         let req = CreateToken {
             role: role.to_string(),
             name: name.map(str::to_string),
+            channels,
         };
         self.json(Method::POST, "/v1/tokens", Some(&req)).await
     }

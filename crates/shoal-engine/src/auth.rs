@@ -23,6 +23,64 @@ pub struct Token {
     pub role: Role,
     pub name: String,
     pub created_at_ms: u64,
+    /// Channel scopes; empty for an ordinary token.
+    pub channels: Vec<String>,
+}
+
+/// Who a bearer secret belongs to, as requests are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    /// Channel scopes (`subscribe:PATTERN`, `publish:PATTERN`): when any,
+    /// the token may do only those channel actions.
+    pub channels: Arc<[String]>,
+}
+
+impl Caller {
+    /// True when the token is limited to channel scopes.
+    pub fn scoped(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// True when a scope allows `action` (`subscribe` or `publish`) on
+    /// `channel`. A pattern is a name, or a prefix ending in `*`.
+    pub fn scope_allows(&self, action: &str, channel: &str) -> bool {
+        self.channels.iter().any(|scope| {
+            let Some((a, pattern)) = scope.split_once(':') else {
+                return false;
+            };
+            a == action
+                && match pattern.strip_suffix('*') {
+                    Some(prefix) => channel.starts_with(prefix),
+                    None => channel == pattern,
+                }
+        })
+    }
+}
+
+/// Checks channel scopes as given to `create`.
+pub fn check_scopes(scopes: &[String]) -> Result<()> {
+    for scope in scopes {
+        let ok = scope.split_once(':').is_some_and(|(action, pattern)| {
+            matches!(action, "subscribe" | "publish")
+                && !pattern.is_empty()
+                && pattern.len() <= crate::channels::MAX_CHANNEL_NAME + 1
+                && pattern
+                    .strip_suffix('*')
+                    .unwrap_or(pattern)
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        });
+        if !ok {
+            return Err(Error::invalid(
+                "channels",
+                format!(
+                    "`{scope}` is not a channel scope; write `subscribe:PATTERN` or `publish:PATTERN`, where PATTERN is a channel name or a prefix ending in `*` (`subscribe:board.*`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Secrets look like `shoal_` + 64 hex digits.
@@ -32,7 +90,7 @@ pub const SECRET_PREFIX: &str = "shoal_";
 /// roles of secrets already verified.
 pub(crate) struct Tokens {
     env: Arc<Env>,
-    by_hash: RwLock<HashMap<String, Role>>,
+    by_hash: RwLock<HashMap<String, Caller>>,
     /// Held across a revoke's check-then-write.
     revoking: tokio::sync::Mutex<()>,
 }
@@ -46,11 +104,12 @@ impl Tokens {
         }
     }
 
-    /// The role of a bearer secret, or `None` when it is unknown or revoked.
-    pub(crate) async fn verify(&self, secret: &str) -> Result<Option<Role>> {
+    /// Who a bearer secret belongs to, or `None` when it is unknown or
+    /// revoked.
+    pub(crate) async fn verify(&self, secret: &str) -> Result<Option<Caller>> {
         let hash = hash_secret(secret);
-        if let Some(role) = self.by_hash.read().unwrap().get(&hash) {
-            return Ok(Some(*role));
+        if let Some(caller) = self.by_hash.read().unwrap().get(&hash) {
+            return Ok(Some(caller.clone()));
         }
         let Some(record) = self
             .env
@@ -61,13 +120,24 @@ impl Tokens {
         else {
             return Ok(None);
         };
-        self.by_hash.write().unwrap().insert(hash, record.role);
-        Ok(Some(record.role))
+        let caller = Caller {
+            role: record.role,
+            channels: record.channels.into(),
+        };
+        self.by_hash.write().unwrap().insert(hash, caller.clone());
+        Ok(Some(caller))
     }
 
     /// Creates a token; returns it with its secret (shown once).
-    pub(crate) async fn create(&self, role: Role, name: &str) -> Result<(Token, String)> {
-        let (record, secret) = mint(role, name, self.env.now_ms());
+    pub(crate) async fn create(
+        &self,
+        role: Role,
+        name: &str,
+        channels: Vec<String>,
+    ) -> Result<(Token, String)> {
+        check_scopes(&channels)?;
+        let (mut record, secret) = mint(role, name, self.env.now_ms());
+        record.channels = channels;
         self.env.backend.catalog.put_token(record.clone()).await?;
         Ok((to_token(&record), secret))
     }
@@ -116,6 +186,7 @@ pub fn mint(role: Role, name: &str, now_ms: u64) -> (TokenRecord, String) {
         role,
         name: name.to_string(),
         created_at_ms: now_ms,
+        channels: Vec::new(),
     };
     (record, secret)
 }
@@ -157,6 +228,7 @@ fn to_token(record: &TokenRecord) -> Token {
         role: record.role,
         name: record.name.clone(),
         created_at_ms: record.created_at_ms,
+        channels: record.channels.clone(),
     }
 }
 

@@ -24,6 +24,7 @@ use shoal_runtime::{Gate, Request, Response};
 use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord, StoreHealth};
 use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
 
+use crate::channels::Channels;
 use crate::cache::ResultCache;
 use crate::categories::Categories;
 use crate::consumers::{Consumer, Consumers, Feed};
@@ -55,6 +56,8 @@ pub(crate) struct Dispatcher {
     pub(crate) jobs: Arc<Jobs>,
     pub(crate) queues: Arc<Queues>,
     pub(crate) categories: Arc<Categories>,
+    /// Channels (`ctx.publish`) and the feeds of finished invocations.
+    pub(crate) channels: Arc<Channels>,
     live: Arc<Live>,
     /// Finished attempts, sent once durable (see `history`).
     pub(crate) feed: Arc<FeedSender>,
@@ -154,9 +157,11 @@ impl Dispatcher {
         jobs: Arc<Jobs>,
         queues: Arc<Queues>,
         categories: Arc<Categories>,
+        channels: Arc<Channels>,
     ) -> Dispatcher {
         Dispatcher {
             env,
+            channels,
             functions,
             limiters,
             consumers,

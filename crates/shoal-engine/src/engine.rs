@@ -32,8 +32,8 @@ use shoal_types::Role;
 
 use crate::auth::{Token, Tokens};
 use crate::blobs::{BatchResult, Blobs};
-use crate::channels::{ChannelView, Channels, Position, PublishResult, Subscription};
 use crate::categories::{Categories, Category, CategoryOptions, NewDoc, RunningQuery};
+use crate::channels::{ChannelView, Channels, Position, PublishResult, Subscription};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, NodeView};
 use crate::consumers::Consumers;
@@ -61,8 +61,8 @@ pub struct Handle {
     secrets: Arc<Secrets>,
     kv: Arc<Kv>,
     blobs: Arc<Blobs>,
-    sites: Arc<Sites>,
     channels: Arc<Channels>,
+    sites: Arc<Sites>,
 }
 
 /// What the engine is built from. The binary passes the real store and
@@ -135,6 +135,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         consumers.clone(),
     ));
     let categories = Arc::new(Categories::new(env.clone(), functions.clone()));
+    let channels = Channels::new(env.clone());
     categories.start_shared_queries();
     let dispatcher = Arc::new(Dispatcher::new(
         env.clone(),
@@ -144,6 +145,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         jobs,
         queues,
         categories,
+        channels.clone(),
     ));
     let handle = Handle {
         cluster: Arc::new(Cluster::new(env.clone())),
@@ -151,8 +153,8 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         tokens: Arc::new(Tokens::new(env.clone())),
         kv: Arc::new(Kv::new(env.clone())),
         blobs: Arc::new(Blobs::new(env.clone())),
+        channels,
         sites: Arc::new(Sites::new(env.clone())),
-        channels: Channels::new(env.clone()),
         env,
         functions,
         limiters,
@@ -187,14 +189,31 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
 impl Handle {
     // ---- tokens ----
 
-    /// The role of a bearer secret, or `None` when it is unknown or revoked.
+    /// The role of a bearer secret, or `None` when it is unknown or revoked
+    /// — or limited to channel scopes, which admit no other request.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Role>> {
+        Ok(self
+            .tokens
+            .verify(secret)
+            .await?
+            .filter(|c| !c.scoped())
+            .map(|c| c.role))
+    }
+
+    /// Who a bearer secret belongs to, channel scopes included.
+    pub async fn caller(&self, secret: &str) -> Result<Option<crate::auth::Caller>> {
         self.tokens.verify(secret).await
     }
 
-    /// Creates a token; returns it with its secret (shown once).
-    pub async fn create_token(&self, role: Role, name: &str) -> Result<(Token, String)> {
-        self.tokens.create(role, name).await
+    /// Creates a token, limited to channel scopes when `channels` has any;
+    /// returns it with its secret (shown once).
+    pub async fn create_token(
+        &self,
+        role: Role,
+        name: &str,
+        channels: Vec<String>,
+    ) -> Result<(Token, String)> {
+        self.tokens.create(role, name, channels).await
     }
 
     pub async fn tokens(&self) -> Result<Vec<Token>> {
@@ -774,6 +793,51 @@ impl Handle {
         self.blobs.apply(key, ops).await
     }
 
+    // ---- static sites ----
+
+    /// Deploys a tar archive of a directory as a new version of a static
+    /// site, live at once (see `sites.rs`).
+    pub async fn site_deploy<S, E>(
+        &self,
+        name: &str,
+        opts: SiteOptions,
+        body: S,
+    ) -> Result<SiteDeployed>
+    where
+        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.sites.deploy(name, opts, body).await
+    }
+
+    pub async fn sites(&self) -> Result<Vec<SiteRecord>> {
+        self.sites.list().await
+    }
+
+    pub async fn site(&self, name: &str) -> Result<SiteRecord> {
+        self.sites.get(name).await
+    }
+
+    /// Makes a version live (the one before the live one when `None`).
+    pub async fn site_rollback(&self, name: &str, version: Option<u64>) -> Result<SiteRecord> {
+        self.sites.rollback(name, version).await
+    }
+
+    pub async fn remove_site(&self, name: &str) -> Result<()> {
+        self.sites.remove(name).await
+    }
+
+    /// What a request path is in the site mounted on its longest prefix
+    /// (from memory: no store read); `None` when no site covers it.
+    pub fn site_lookup(&self, path: &str) -> Option<SiteLookup> {
+        self.sites.lookup(path)
+    }
+
+    /// The bytes of a site's file, by its sha256.
+    pub async fn site_read(&self, sha256: &str) -> Result<shoal_store::BlobRead> {
+        self.sites.read(sha256).await
+    }
+
     // ---- channels ----
 
     /// Stores a channel's settings (history, public, coalescing).
@@ -819,51 +883,6 @@ impl Handle {
     /// Subscribes to a channel, resuming after `since` when given.
     pub async fn subscribe(&self, name: &str, since: Option<Position>) -> Result<Subscription> {
         self.channels.subscribe(name, since).await
-    }
-
-    // ---- static sites ----
-
-    /// Deploys a tar archive of a directory as a new version of a static
-    /// site, live at once (see `sites.rs`).
-    pub async fn site_deploy<S, E>(
-        &self,
-        name: &str,
-        opts: SiteOptions,
-        body: S,
-    ) -> Result<SiteDeployed>
-    where
-        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        self.sites.deploy(name, opts, body).await
-    }
-
-    pub async fn sites(&self) -> Result<Vec<SiteRecord>> {
-        self.sites.list().await
-    }
-
-    pub async fn site(&self, name: &str) -> Result<SiteRecord> {
-        self.sites.get(name).await
-    }
-
-    /// Makes a version live (the one before the live one when `None`).
-    pub async fn site_rollback(&self, name: &str, version: Option<u64>) -> Result<SiteRecord> {
-        self.sites.rollback(name, version).await
-    }
-
-    pub async fn remove_site(&self, name: &str) -> Result<()> {
-        self.sites.remove(name).await
-    }
-
-    /// What a request path is in the site mounted on its longest prefix
-    /// (from memory: no store read); `None` when no site covers it.
-    pub fn site_lookup(&self, path: &str) -> Option<SiteLookup> {
-        self.sites.lookup(path)
-    }
-
-    /// The bytes of a site's file, by its sha256.
-    pub async fn site_read(&self, sha256: &str) -> Result<shoal_store::BlobRead> {
-        self.sites.read(sha256).await
     }
 
     // ---- limiters ----

@@ -44,6 +44,25 @@ impl Host for EngineHost {
     }
 }
 
+/// Operation specs as sent by a worker, parsed; the first bad one fails the
+/// call, which changes nothing.
+fn parse_ops(raw: &[Box<serde_json::value::RawValue>]) -> Result<Vec<shoal_store::BlobOp>, HostError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            serde_json::from_str::<shoal_store::OpSpec>(raw.get())
+                .map_err(|e| e.to_string())
+                .and_then(|spec| spec.parse())
+                .map_err(|why| {
+                    HostError::new(
+                        "invalid_input",
+                        format!("ops[{i}]: {why}; nothing was changed"),
+                    )
+                })
+        })
+        .collect()
+}
+
 async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<String, HostError> {
     match call {
         HostCall::Spawn(a) => {
@@ -251,24 +270,46 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             Ok(json!({"data": data, "etag": etag}).to_string())
         }
         HostCall::BlobApply(a) => {
-            let mut ops = Vec::with_capacity(a.ops.len());
-            for (i, raw) in a.ops.iter().enumerate() {
-                let op = serde_json::from_str::<shoal_store::OpSpec>(raw.get())
-                    .map_err(|e| e.to_string())
-                    .and_then(|spec| spec.parse())
-                    .map_err(|why| {
-                        HostError::new(
-                            "invalid_input",
-                            format!("ops[{i}]: {why}; nothing was changed"),
-                        )
-                    })?;
-                ops.push(op);
-            }
+            let ops = parse_ops(&a.ops)?;
             let done = Blobs::new(engine.env.clone())
                 .apply(&a.key, ops)
                 .await
                 .map_err(host_error)?;
             Ok(json!({"etag": done.meta.etag(), "results": done.results, "version": done.meta.version}).to_string())
+        }
+        HostCall::Publish(a) => {
+            let blob = match (a.blob, a.ops) {
+                (Some(key), Some(ops)) => Some((key, parse_ops(&ops)?)),
+                (None, None) => None,
+                _ => {
+                    return Err(HostError::new(
+                        "invalid_input",
+                        "pass `blob` and `ops` together, or neither; nothing was published",
+                    ));
+                }
+            };
+            let message = shoal_store::NewChannelMessage {
+                binary: false,
+                data: a.data.get().as_bytes().to_vec(),
+            };
+            let done = engine
+                .channels
+                .publish(&a.channel, vec![message], blob)
+                .await
+                .map_err(host_error)?;
+            let mut answer = json!({"epoch": done.epoch, "offset": done.last});
+            if let Some(applied) = done.applied {
+                answer["results"] = json!(applied.results);
+            }
+            Ok(answer.to_string())
+        }
+        HostCall::ChannelPosition(a) => {
+            let at = engine
+                .channels
+                .position(&a.channel)
+                .await
+                .map_err(host_error)?;
+            Ok(json!({"epoch": at.epoch, "offset": at.offset}).to_string())
         }
         HostCall::BlobCreate(a) => {
             let created = Blobs::new(engine.env.clone())

@@ -50,13 +50,13 @@ pub(crate) fn user_cursor<'a>(prefix: &str, cursor: Option<&'a str>) -> Option<&
     }
 }
 
-pub use auth::{SECRET_PREFIX, Token, mint as mint_token};
+pub use auth::{Caller, SECRET_PREFIX, Token, check_scopes, mint as mint_token};
 pub use blobs::{BatchResult, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST, MAX_BLOB_OPS};
+pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use channels::{
     ChannelView, Event as ChannelEvent, MAX_CHANNEL_NAME, MAX_MESSAGE_BYTES, Position,
     PublishResult, Subscription, check_name as check_channel_name, is_feed,
 };
-pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use cluster::NodeView;
 pub use dispatch::Completed;
@@ -79,6 +79,7 @@ pub use sites::{
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
+    ChannelMessage, ChannelSettings, NewChannelMessage,
     BlobMeta, BlobOp, BlobPage, BlobRead, CategoryRecord, ChildResult, DeadLetter, DeployedBy,
     ErrorRecord, FunctionRecord, InvocationCursor, InvocationFilter, InvocationPage,
     InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry, KvPage, LimiterRecord, OpSpec,

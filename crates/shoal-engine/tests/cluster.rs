@@ -94,8 +94,16 @@ async fn async_work_sent_on_one_node_runs_on_either() {
 #[tokio::test(start_paused = true)]
 async fn a_token_revoked_on_one_node_stops_working_on_the_others() {
     let (a, b) = two_nodes().await;
-    let (_keep, _) = a.engine.create_token(Role::Admin, "keep").await.unwrap();
-    let (token, secret) = a.engine.create_token(Role::Invoker, "ci").await.unwrap();
+    let (_keep, _) = a
+        .engine
+        .create_token(Role::Admin, "keep", Vec::new())
+        .await
+        .unwrap();
+    let (token, secret) = a
+        .engine
+        .create_token(Role::Invoker, "ci", Vec::new())
+        .await
+        .unwrap();
     assert_eq!(
         b.engine.authenticate(&secret).await.unwrap(),
         Some(Role::Invoker)

@@ -12,12 +12,12 @@ async fn only_the_last_admin_token_is_kept() {
     let node = Node::start().await;
     let (admin, _) = node
         .engine
-        .create_token(Role::Admin, "admin")
+        .create_token(Role::Admin, "admin", Vec::new())
         .await
         .unwrap();
     let (dev, _) = node
         .engine
-        .create_token(Role::Developer, "dev")
+        .create_token(Role::Developer, "dev", Vec::new())
         .await
         .unwrap();
     node.engine.revoke_token(&dev.id).await.unwrap();

@@ -519,6 +519,10 @@ pub struct CreateToken {
     /// A label to recognise the token by.
     #[serde(default)]
     pub name: Option<String>,
+    /// Channel scopes (`subscribe:board.*`, `publish:chat`): the token may
+    /// do only these channel actions and nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -527,6 +531,8 @@ pub struct TokenView {
     pub role: String,
     pub name: String,
     pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 /// Answer to `POST /v1/tokens`: the only time the secret is shown.
@@ -1015,4 +1021,56 @@ pub struct SecretView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SecretList {
     pub secrets: Vec<SecretView>,
+}
+
+/// `PUT /v1/channels/{name}`: a channel's settings (every field optional;
+/// an absent one keeps its default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettingsBody {
+    /// Subscribing needs no token (publishing always does). Default false.
+    #[serde(default)]
+    pub public: Option<bool>,
+    /// Messages kept for resuming subscribers (1 to 1,000,000; default 10,000).
+    #[serde(default)]
+    pub history_len: Option<u64>,
+    /// Messages older than this many seconds leave the history (0: no age
+    /// bound; default 86,400).
+    #[serde(default)]
+    pub history_age_s: Option<u64>,
+    /// Gather deliveries into one frame per this many milliseconds (0 to
+    /// 10,000; default 0: each message at once).
+    #[serde(default)]
+    pub coalesce_ms: Option<u32>,
+}
+
+/// A channel: settings, position and presence.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelInfoView {
+    pub name: String,
+    pub public: bool,
+    pub history_len: u64,
+    pub history_age_s: u64,
+    pub coalesce_ms: u32,
+    /// The history's epoch (empty before the first message).
+    pub epoch: String,
+    /// The offset of the last message (0: none yet).
+    pub offset: u64,
+    /// Subscribers connected on every node.
+    pub presence: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelList {
+    pub channels: Vec<ChannelInfoView>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Answer to a publish: where the message is in the channel.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PublishedView {
+    pub epoch: String,
+    pub offset: u64,
 }

@@ -160,6 +160,14 @@ host_calls! {
     /// fixed-size blob, all or nothing (the ops of `POST
     /// /v1/blobs/{key}/bitfield`). Answer `{"etag", "results", "version"}`.
     BlobApply(BlobApplyArgs) = "blob_apply",
+    /// `ctx.publish(channel, data, blob, ops)`: one message on a channel;
+    /// with `blob` and `ops`, the blob's operations applied in the same
+    /// atomic step (both or neither). Answer `{"epoch", "offset"}`, plus
+    /// `"results"` (one per op) with ops.
+    Publish(PublishArgs) = "publish",
+    /// `ctx.channel_position(channel)`: the epoch and offset of the
+    /// channel's last message (0 when none). Answer `{"epoch", "offset"}`.
+    ChannelPosition(ChannelPositionArgs) = "channel_position",
     /// `ctx.blob_create(key, size, if_absent)`: a zero-filled fixed-size
     /// blob. Answer `{"blob", "created"}` (with `if_absent` and a blob
     /// already there: that blob and `false`).
@@ -335,6 +343,26 @@ pub struct BlobApplyArgs {
     pub ops: Vec<Box<RawValue>>,
 }
 
+/// Arguments of [`HostCall::Publish`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PublishArgs {
+    pub channel: String,
+    /// The message: any JSON value.
+    pub data: Box<RawValue>,
+    /// A fixed-size blob to apply `ops` to in the same step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// The operations' JSON objects (see `shoal_store::OpSpec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<Box<RawValue>>>,
+}
+
+/// Arguments of [`HostCall::ChannelPosition`].
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ChannelPositionArgs {
+    pub channel: String,
+}
+
 /// Arguments of [`HostCall::BlobCreate`].
 #[derive(Debug, Deserialize, Serialize)]
 pub struct BlobCreateArgs {
@@ -456,7 +484,7 @@ mod tests {
         assert_eq!(e.code, "unknown_op");
         assert_eq!(
             e.message,
-            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete, kv_list, blob_open, blob_read, blob_apply, blob_create, blob_put, map_ranges and job_wait"
+            "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete, kv_list, blob_open, blob_read, blob_apply, publish, channel_position, blob_create, blob_put, map_ranges and job_wait"
         );
         let e = HostCall::decode("map", r#"{"function":"f"}"#).unwrap_err();
         assert_eq!(e.code, "invalid_input");

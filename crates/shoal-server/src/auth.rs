@@ -64,11 +64,22 @@ impl<R: Needs> FromRequestParts<AppState> for Auth<R> {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let role = state
+        let caller = state
             .handle
-            .authenticate(secret)
+            .caller(secret)
             .await?
             .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+        if caller.scoped() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!(
+                    "this token is limited to the channel scopes {:?}; use an ordinary token here",
+                    caller.channels
+                ),
+            ));
+        }
+        let role = caller.role;
         if !role.allows(R::ROLE) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

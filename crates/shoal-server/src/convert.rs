@@ -116,5 +116,6 @@ pub(crate) fn token(t: &Token) -> TokenView {
         role: t.role.as_str().to_string(),
         name: t.name.clone(),
         created_at_ms: t.created_at_ms,
+        channels: t.channels.clone(),
     }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod blobs;
 pub(crate) mod categories;
+pub(crate) mod channels;
 pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;

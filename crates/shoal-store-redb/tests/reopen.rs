@@ -45,6 +45,7 @@ fn token() -> TokenRecord {
         role: shoal_types::Role::Admin,
         name: "ci".to_string(),
         created_at_ms: T,
+        channels: Vec::new(),
     }
 }
 

@@ -206,6 +206,11 @@ pub struct TokenRecord {
     pub role: Role,
     pub name: String,
     pub created_at_ms: u64,
+    /// Channel scopes (`subscribe:board.*`, `publish:chat`): a token with
+    /// any is limited to those channel actions and refused everywhere else.
+    /// Empty (and not written) for ordinary tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 /// A failure of user code, as stored.
@@ -1291,8 +1296,7 @@ impl Backend {
     }
 
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs + Channels,
-    >(
+    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs + Channels>(
         adapter: Arc<A>,
     ) -> Backend {
         Backend {

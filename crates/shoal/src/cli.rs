@@ -345,6 +345,11 @@ pub enum TokensCommand {
         role: String,
         #[arg(long)]
         name: Option<String>,
+        /// Limit the token to a channel action, e.g. `subscribe:board.*`
+        /// or `publish:chat` (repeatable). A token with any is refused
+        /// everywhere else.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
     },
     /// List tokens.
     List,
@@ -728,8 +733,14 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Tokens { command } => match command {
-            TokensCommand::Create { role, name } => {
-                let t = client.create_token(&role, name.as_deref()).await?;
+            TokensCommand::Create {
+                role,
+                name,
+                channels,
+            } => {
+                let t = client
+                    .create_scoped_token(&role, name.as_deref(), channels)
+                    .await?;
                 out.print(&t, || t.token.clone());
                 if !conn.json {
                     eprintln!(

@@ -593,7 +593,7 @@ async fn ensure_admin_token(handle: &shoal_engine::Handle, data_dir: &Path) -> R
         return Ok(());
     }
     let (token, secret) = handle
-        .create_token(Role::Admin, "admin (created at first start)")
+        .create_token(Role::Admin, "admin (created at first start)", Vec::new())
         .await
         .context("creating the admin token")?;
     write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;

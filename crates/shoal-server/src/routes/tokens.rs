@@ -27,7 +27,7 @@ pub(crate) async fn create(
     if name.len() > 200 {
         return Err(ApiError::invalid("token name must be at most 200 bytes"));
     }
-    let (token, secret) = state.handle.create_token(role, &name).await?;
+    let (token, secret) = state.handle.create_token(role, &name, req.channels).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {

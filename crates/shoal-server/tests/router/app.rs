@@ -143,10 +143,16 @@ impl App {
         );
         let mut secrets = Vec::new();
         for role in Role::ALL {
-            let (_, secret) = handle.create_token(role, role.as_str()).await.unwrap();
+            let (_, secret) = handle
+                .create_token(role, role.as_str(), Vec::new())
+                .await
+                .unwrap();
             secrets.push((role, secret));
         }
-        let (gone, revoked) = handle.create_token(Role::Admin, "gone").await.unwrap();
+        let (gone, revoked) = handle
+            .create_token(Role::Admin, "gone", Vec::new())
+            .await
+            .unwrap();
         handle.revoke_token(&gone.id).await.unwrap();
         App {
             router,

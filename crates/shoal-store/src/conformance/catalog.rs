@@ -312,6 +312,7 @@ fn sample_token(id: &str, secret_sha256: &str) -> TokenRecord {
         role: Role::Admin,
         name: format!("token {id}"),
         created_at_ms: T,
+        channels: vec!["subscribe:board.*".to_string()],
     }
 }
 

@@ -105,16 +105,23 @@ pub(crate) fn check_doc_id(id: &str) -> Result<()> {
 pub(crate) struct Categories {
     env: Arc<Env>,
     functions: Arc<Functions>,
+    /// `_docs.<category>` feeds.
+    channels: Arc<crate::channels::Channels>,
     /// Spreads queries over the nodes when the store is shared.
     dist: Option<Arc<QueryDist>>,
 }
 
 impl Categories {
-    pub(crate) fn new(env: Arc<Env>, functions: Arc<Functions>) -> Categories {
+    pub(crate) fn new(
+        env: Arc<Env>,
+        functions: Arc<Functions>,
+        channels: Arc<crate::channels::Channels>,
+    ) -> Categories {
         let dist = QueryDist::new(env.clone(), functions.clone());
         Categories {
             env,
             functions,
+            channels,
             dist,
         }
     }
@@ -286,7 +293,10 @@ impl Categories {
             return Ok(ids);
         }
         match self.env.backend.docs.put_docs(name, writes).await {
-            Ok(()) => Ok(ids),
+            Ok(()) => {
+                self.channels.feeds.docs(name, &ids, false);
+                Ok(ids)
+            }
             // Deleted between `ensure` and the write.
             Err(e) => Err(Error::from_store(e, Entity::Category, name)),
         }
@@ -317,6 +327,7 @@ impl Categories {
         if n == 0 {
             return Err(Error::not_found(Entity::Document, id));
         }
+        self.channels.feeds.docs(name, &[id.to_string()], true);
         Ok(())
     }
 

@@ -178,17 +178,22 @@ pub(crate) struct Channels {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
     /// This process's presence tag.
     node_tag: String,
+    pub(crate) feeds: Feeds,
 }
 
 impl Channels {
     pub(crate) fn new(env: Arc<Env>) -> Arc<Channels> {
         let node_tag = format!("{:x}", env.random.up_to(u64::MAX));
+        let (feeds, feed_rx) = Feeds::new();
         let channels = Arc::new(Channels {
             env: env.clone(),
             hubs: Mutex::new(HashMap::new()),
             node_tag,
+            feeds,
         });
         let me = Arc::downgrade(&channels);
+        env.tasks
+            .spawn(record_feeds(env.clone(), me.clone(), feed_rx));
         env.tasks.spawn(presence(env.clone(), me.clone()));
         env.tasks.spawn(follow(env.clone(), me));
         channels
@@ -419,6 +424,24 @@ impl Channels {
     ) -> Result<Subscription> {
         check_name(name)?;
         self.env.accepting()?;
+        if is_feed(name) {
+            // A feed is recorded from its first subscriber on.
+            if self
+                .env
+                .backend
+                .channels
+                .channel_settings(name)
+                .await?
+                .is_none()
+            {
+                self.env
+                    .backend
+                    .channels
+                    .channel_configure(name, ChannelSettings::default())
+                    .await?;
+            }
+            self.feeds.want(name);
+        }
         let hub = self.hub(name).await?;
         hub.subscribers.fetch_add(1, Ordering::Relaxed);
         let mut sub = Subscription {
@@ -960,5 +983,188 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.channels.release(&self.name, &self.hub);
+    }
+}
+
+/// Feed messages waiting to be recorded, at most (more are dropped with a
+/// warning: a feed is a view of the node's state, its source of truth is
+/// the state itself).
+const FEED_BACKLOG: usize = 65_536;
+/// How often the set of wanted feeds is read again from the store.
+const FEEDS_REFRESH: Duration = Duration::from_secs(2);
+
+/// The node's feeds: messages about its own state on `_…` channels —
+/// `_invocations.<function>` (each finished invocation) and
+/// `_docs.<category>` (each document written or deleted). A feed is
+/// recorded once it is *wanted*: it has stored settings, which its first
+/// subscriber (on any node) stores. Until then nothing is written for it.
+pub(crate) struct Feeds {
+    wanted: std::sync::RwLock<std::collections::HashSet<String>>,
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+}
+
+impl Feeds {
+    fn new() -> (Feeds, mpsc::Receiver<(String, Vec<u8>)>) {
+        let (tx, rx) = mpsc::channel(FEED_BACKLOG);
+        let feeds = Feeds {
+            wanted: Default::default(),
+            tx,
+        };
+        (feeds, rx)
+    }
+
+    fn want(&self, channel: &str) {
+        self.wanted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(channel.to_string());
+    }
+
+    fn wants(&self, channel: &str) -> bool {
+        self.wanted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(channel)
+    }
+
+    /// True when some wanted feed starts with `prefix`.
+    pub(crate) fn wants_any(&self, prefix: &str) -> bool {
+        self.wanted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|c| c.starts_with(prefix))
+    }
+
+    /// Queues `data` (JSON) for the feed `channel` if it is wanted.
+    pub(crate) fn note(&self, channel: String, data: serde_json::Value) {
+        if !self.wants(&channel) {
+            return;
+        }
+        let data = data.to_string().into_bytes();
+        if self.tx.try_send((channel, data)).is_err() {
+            warn!("The node's feeds are behind by {FEED_BACKLOG} messages; dropping one.");
+        }
+    }
+
+    /// Documents written (or deleted, `deleted`) in `category`.
+    pub(crate) fn docs(&self, category: &str, ids: &[String], deleted: bool) {
+        let channel = format!("_docs.{category}");
+        if !self.wants(&channel) {
+            return;
+        }
+        let op = if deleted { "delete" } else { "put" };
+        for id in ids {
+            self.note(channel.clone(), serde_json::json!({"op": op, "id": id}));
+        }
+    }
+}
+
+/// Records queued feed messages, a batch per channel, and keeps the set of
+/// wanted feeds current.
+async fn record_feeds(
+    env: Arc<Env>,
+    channels: std::sync::Weak<Channels>,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let mut refresh = tokio::time::interval(FEEDS_REFRESH);
+    loop {
+        tokio::select! {
+            first = rx.recv() => {
+                let Some(first) = first else { return };
+                let mut batch: BTreeMap<String, Vec<NewChannelMessage>> = BTreeMap::new();
+                let mut next = Some(first);
+                while let Some((channel, data)) = next {
+                    batch.entry(channel).or_default().push(NewChannelMessage { binary: false, data });
+                    next = rx.try_recv().ok();
+                }
+                for (channel, messages) in batch {
+                    for chunk in messages.chunks(READ_PAGE) {
+                        let Some(channels) = channels.upgrade() else { return };
+                        if let Err(e) = channels.publish_any(&channel, chunk.to_vec(), None).await {
+                            warn!(channel = %channel, error = %e, "Recording a feed message failed.");
+                        }
+                    }
+                }
+            }
+            _ = refresh.tick() => {
+                let Some(channels) = channels.upgrade() else { return };
+                match env.backend.channels.channel_list("_", None, 10_000).await {
+                    Ok(infos) => {
+                        let wanted = infos
+                            .into_iter()
+                            .filter(|i| i.settings.is_some())
+                            .map(|i| i.name)
+                            .collect();
+                        *channels.feeds.wanted.write().unwrap_or_else(PoisonError::into_inner) = wanted;
+                    }
+                    Err(e) => warn!(error = %e, "Reading which feeds are wanted failed; trying again."),
+                }
+            }
+            _ = env.tasks.stopping() => return,
+        }
+    }
+}
+
+/// Feeds `_invocations.<function>` from the node's finished attempts while
+/// some such feed is wanted (following costs a copy of each attempt).
+pub(crate) async fn invocation_feed(
+    env: Arc<Env>,
+    channels: std::sync::Weak<Channels>,
+    follow: impl Fn() -> crate::history::Feed + Send + 'static,
+) {
+    use crate::history::FeedItem;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FEEDS_REFRESH) => {}
+            _ = env.tasks.stopping() => return,
+        }
+        let wanted = |channels: &std::sync::Weak<Channels>| {
+            channels
+                .upgrade()
+                .map(|c| c.feeds.wants_any("_invocations."))
+        };
+        match wanted(&channels) {
+            None => return,
+            Some(false) => continue,
+            Some(true) => {}
+        }
+        let mut feed = follow();
+        let mut check = tokio::time::interval(FEEDS_REFRESH);
+        loop {
+            let item = tokio::select! {
+                item = feed.next() => item,
+                _ = check.tick() => {
+                    if wanted(&channels) != Some(true) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let attempt = match item {
+                FeedItem::Attempt(a) => a,
+                FeedItem::Lagged(n) => {
+                    warn!(
+                        dropped = n,
+                        "The invocations feed fell behind the node's finished attempts."
+                    );
+                    continue;
+                }
+                FeedItem::Closed => return,
+            };
+            let Some(me) = channels.upgrade() else { return };
+            let r = &attempt.record;
+            me.feeds.note(
+                format!("_invocations.{}", r.function),
+                serde_json::json!({
+                    "id": r.id,
+                    "function": r.function.to_string(),
+                    "status": r.status,
+                    "attempt": r.attempts,
+                    "duration_ms": r.duration_ms,
+                    "finished_at_ms": r.finished_at_ms,
+                }),
+            );
+        }
     }
 }

@@ -134,8 +134,12 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         functions.clone(),
         consumers.clone(),
     ));
-    let categories = Arc::new(Categories::new(env.clone(), functions.clone()));
     let channels = Channels::new(env.clone());
+    let categories = Arc::new(Categories::new(
+        env.clone(),
+        functions.clone(),
+        channels.clone(),
+    ));
     categories.start_shared_queries();
     let dispatcher = Arc::new(Dispatcher::new(
         env.clone(),
@@ -177,6 +181,15 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     }
     handle.env.tasks.spawn(handle.clone().sync_loop());
     handle.env.tasks.spawn(handle.clone().heartbeat_loop());
+    {
+        let dispatcher = handle.dispatcher.clone();
+        let tasks = handle.env.tasks.clone();
+        handle.env.tasks.spawn(crate::channels::invocation_feed(
+            handle.env.clone(),
+            Arc::downgrade(&handle.channels),
+            move || dispatcher.feed.subscribe(tasks.clone()),
+        ));
+    }
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());
     crate::retention::start(handle.env.clone());

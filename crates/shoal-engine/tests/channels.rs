@@ -347,3 +347,79 @@ async fn presence_counts_this_nodes_subscribers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(node.engine.channel("room").await.unwrap().presence, 0);
 }
+
+/// Next messages' payloads as JSON, skipping nothing.
+async fn json_messages(sub: &mut Subscription, count: usize) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match next(sub).await {
+            ChannelEvent::Messages { messages, .. } => got.extend(
+                messages
+                    .iter()
+                    .map(|m| serde_json::from_slice(&m.data).unwrap()),
+            ),
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_docs_feed_tells_writes_and_deletes_once_wanted() {
+    let node = Node::start().await;
+    node.engine.create_category("orders", None).await.unwrap();
+    // Not wanted yet: nothing is recorded.
+    let doc = |id: &str| shoal_engine::NewDoc {
+        id: Some(id.to_string()),
+        body: b"{\"n\":1}".to_vec(),
+    };
+    node.engine
+        .write_docs("orders", vec![doc("before")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        node.engine
+            .channel_position("_docs.orders")
+            .await
+            .unwrap()
+            .offset,
+        0
+    );
+
+    let mut sub = node.engine.subscribe("_docs.orders", None).await.unwrap();
+    assert!(matches!(
+        next(&mut sub).await,
+        ChannelEvent::Ready { offset: 0, .. }
+    ));
+    node.engine
+        .write_docs("orders", vec![doc("a"), doc("b")])
+        .await
+        .unwrap();
+    node.engine.delete_doc("orders", "a").await.unwrap();
+    assert_eq!(
+        json_messages(&mut sub, 3).await,
+        vec![
+            serde_json::json!({"op": "put", "id": "a"}),
+            serde_json::json!({"op": "put", "id": "b"}),
+            serde_json::json!({"op": "delete", "id": "a"}),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_invocations_feed_tells_each_finished_invocation() {
+    let node = Node::start().await;
+    node.deploy("name = \"f\"\nretries = 0").await;
+    node.fake
+        .script("f", common::Script::ok(serde_json::json!(1)));
+    let mut sub = node.engine.subscribe("_invocations.f", None).await.unwrap();
+    next(&mut sub).await;
+    // The feed follows the node's attempts once its wanting is seen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let done = node.engine.invoke("f", "{}".to_string()).await.unwrap();
+    let got = json_messages(&mut sub, 1).await;
+    assert_eq!(got[0]["id"], serde_json::json!(done.id));
+    assert_eq!(got[0]["function"], "f");
+    assert_eq!(got[0]["status"], "succeeded");
+}

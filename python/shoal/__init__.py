@@ -23,7 +23,7 @@ on first use of ``Client`` and the other names below.
 __version__ = "0.1.0"
 
 from .context import Context, HostError  # noqa: E402
-from .response import Response  # noqa: E402
+from .response import Response, cookie  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "Context",
     "HostError",
     "Response",
+    "cookie",
     "__version__",
 ]
 

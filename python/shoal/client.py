@@ -31,12 +31,15 @@ _NODE_HEADERS = frozenset(("content-type", "content-length", "date", "connection
 def _response_of(answer: Answer) -> Response:
     """The ``Response`` a function returned, from the node's answer."""
     headers = {}
+    cookies = []
     for name, value in answer.resp.getheaders():
         lower = name.lower()
-        if lower not in _NODE_HEADERS and not lower.startswith("shoal-"):
+        if lower == "set-cookie":
+            cookies.append(value)
+        elif lower not in _NODE_HEADERS and not lower.startswith("shoal-"):
             headers[lower] = value
     content_type = answer.header("Content-Type") or "application/octet-stream"
-    return Response._answered(answer.read(), content_type, answer.status, headers)
+    return Response._answered(answer.read(), content_type, answer.status, headers, cookies)
 
 
 def _seg(s: Union[str, int]) -> str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .response import Response
+from .response import Response, cookie
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -123,6 +123,9 @@ class Context:
     #: A binary result to return (the same class as ``shoal.Response``):
     #: ``return ctx.Response(png, content_type="image/png")``.
     Response = Response
+    #: A ``Set-Cookie`` value for ``Response(..., cookies=[...])`` (the same
+    #: function as ``shoal.cookie``): ``ctx.cookie("sid", token, max_age=3600)``.
+    cookie = staticmethod(cookie)
 
     invocation_id: str
     function_name: str

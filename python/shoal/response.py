@@ -1,5 +1,5 @@
 """A result that is not JSON: bytes (an image, a file, a page) with a
-content type, a status and headers.
+content type, a status, headers and cookies.
 
 A handler returns one to answer a synchronous invoke with exactly these
 bytes::
@@ -10,14 +10,18 @@ bytes::
         png = render(event)
         return Response(png, content_type="image/png", headers={"cache-control": "max-age=60"})
 
-``POST /v1/functions/NAME/invoke`` then answers with the body as it is, the
-status, the content type and the headers, and ``Shoal-Result: response``.
+``POST /v1/functions/NAME/invoke`` (and a function's ``[[route]]``) then
+answers with the body as it is, the status, the content type, the headers
+and one ``Set-Cookie`` header per cookie (``cookies=[cookie("sid", v)]``),
+and ``Shoal-Result: response``.
 Everywhere else a result is JSON (asynchronous invocations, job results,
 ``GET /v1/invocations/ID``), and a ``Response`` is the object::
 
     {"$response": {"status": 200, "content_type": "image/png",
                    "headers": {"cache-control": "max-age=60"},
                    "body_base64": "iVBORw0KGgo..."}}
+
+with ``"cookies": [...]`` added when it sets cookies.
 
 (:meth:`Response.to_json` and :meth:`Response.from_json` convert). The
 client's :meth:`shoal.Client.invoke` returns a ``Response`` for such an
@@ -35,15 +39,16 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Mapping, Optional, Union
+    from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-__all__ = ["Response"]
+__all__ = ["Response", "cookie"]
 
 #: The key of the JSON object a ``Response`` is everywhere but the HTTP answer.
 RESPONSE_KEY = "$response"
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 8 * 1024
 MAX_HEADERS_TOTAL = 64 * 1024
+MAX_COOKIES = 64
 
 # Hop-by-hop headers and the framing the node sets; content-type is the
 # `content_type` argument.
@@ -100,6 +105,67 @@ def _check_name(name: Any) -> str:
     return lower
 
 
+def _check_cookie(value: Any) -> str:
+    """A ``Set-Cookie`` value: ``NAME=VALUE`` and attributes after ``;``."""
+    _check_value("a cookie", value)
+    pair = value.split(";", 1)[0]
+    name = pair.split("=", 1)[0].strip() if "=" in pair else ""
+    if not name or not all(c in _TOKEN for c in name):
+        raise ValueError(f"{value!r} is not a Set-Cookie value (NAME=VALUE, then attributes after ';'); shoal.cookie() builds one")
+    return value
+
+
+# The characters a cookie's value may hold as it is (RFC 6265's cookie-octet).
+_COOKIE_OCTETS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset('",;\\')
+
+
+def cookie(
+    name: str,
+    value: str,
+    max_age: Optional[int] = None,
+    path: Optional[str] = "/",
+    http_only: bool = True,
+    secure: bool = False,
+    same_site: Optional[str] = "Lax",
+) -> str:
+    """One ``Set-Cookie`` value, for ``Response(..., cookies=[...])``.
+
+    ``value`` must be cookie characters (visible ASCII but ``"``, ``,``,
+    ``;`` and ``\\``): encode anything else yourself (base64url, hex).
+    ``max_age`` in seconds (0 deletes the cookie; ``None``: a session
+    cookie); ``same_site``: ``"Strict"``, ``"Lax"``, ``"None"`` (which
+    needs ``secure=True``) or ``None`` to leave it out.
+    """
+    if not isinstance(name, str) or not name or not all(c in _TOKEN for c in name):
+        raise ValueError(f"{name!r} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)")
+    if not isinstance(value, str):
+        raise TypeError(f"a cookie's value must be a str, not {type(value).__name__}")
+    bad = next((c for c in value if c not in _COOKIE_OCTETS), None)
+    if bad is not None:
+        raise ValueError(f"a cookie's value may not hold {bad!r}; encode it first (base64url or hex)")
+    parts = [f"{name}={value}"]
+    if max_age is not None:
+        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
+            raise ValueError(f"max_age must be a number of seconds (0 or more), not {max_age!r}")
+        parts.append(f"Max-Age={max_age}")
+    if path is not None:
+        _check_value("the cookie's path", path)
+        if ";" in path:
+            raise ValueError("the cookie's path may not hold ';'")
+        parts.append(f"Path={path}")
+    if http_only:
+        parts.append("HttpOnly")
+    if secure:
+        parts.append("Secure")
+    if same_site is not None:
+        if same_site not in ("Strict", "Lax", "None"):
+            raise ValueError(f"same_site must be 'Strict', 'Lax', 'None' or None, not {same_site!r}")
+        if same_site == "None" and not secure:
+            raise ValueError("same_site='None' needs secure=True (browsers refuse it otherwise)")
+        parts.append(f"SameSite={same_site}")
+    return "; ".join(parts)
+
+
 class Response:
     """Bytes with a content type, a status and headers, answered as they are.
 
@@ -110,14 +176,15 @@ class Response:
     charset=utf-8`` for a str. ``status``: 200 to 599 (204, 205 and 304
     carry no body). ``headers``: names to str values; names are kept in
     lowercase; hop-by-hop headers, ``content-length``, ``content-type``
-    and ``shoal-*`` are refused. A bad argument raises ``ValueError`` or
-    ``TypeError`` here, where it was made.
+    and ``shoal-*`` are refused. ``cookies``: ``Set-Cookie`` values, each
+    answered as its own header (:func:`cookie` builds one). A bad argument
+    raises ``ValueError`` or ``TypeError`` here, where it was made.
 
     The body counts against the node's result size limit (6 MiB by
     default) as JSON results do.
     """
 
-    __slots__ = ("body", "content_type", "status", "headers")
+    __slots__ = ("body", "content_type", "status", "headers", "cookies")
 
     def __init__(
         self,
@@ -125,6 +192,7 @@ class Response:
         content_type: Optional[str] = None,
         status: int = 200,
         headers: Optional[Mapping[str, str]] = None,
+        cookies: Optional[Iterable[str]] = None,
     ) -> None:
         if content_type is not None and not isinstance(content_type, str):
             raise TypeError(f"the content type must be a str, not {type(content_type).__name__}")
@@ -159,19 +227,29 @@ class Response:
             total += len(lower) + len(value)
         if len(checked) > MAX_HEADERS:
             raise ValueError(f"a Response may set at most {MAX_HEADERS} headers, not {len(checked)}")
+        if isinstance(cookies, str):
+            raise TypeError("cookies must be a list of Set-Cookie values, not one str")
+        cookie_list = [_check_cookie(c) for c in (cookies or ())]
+        if len(cookie_list) > MAX_COOKIES:
+            raise ValueError(f"a Response may set at most {MAX_COOKIES} cookies, not {len(cookie_list)}")
+        total += sum(len("set-cookie") + len(c) for c in cookie_list)
         if total > MAX_HEADERS_TOTAL:
             raise ValueError(f"the headers take {total} bytes; at most {MAX_HEADERS_TOTAL} are allowed")
         self.body: bytes = data
         self.content_type: str = content_type
         self.status: int = status
         self.headers: Dict[str, str] = checked
+        self.cookies: List[str] = cookie_list
 
     @classmethod
-    def _answered(cls, body: bytes, content_type: str, status: int, headers: Dict[str, str]) -> "Response":
+    def _answered(
+        cls, body: bytes, content_type: str, status: int, headers: Dict[str, str], cookies: Optional[List[str]] = None
+    ) -> "Response":
         """A ``Response`` as a node answered it (the client's side): taken as
         it came, unchecked (the node checked it; a proxy may add more)."""
         r = cls.__new__(cls)
         r.body, r.content_type, r.status, r.headers = body, content_type, status, headers
+        r.cookies = list(cookies or [])
         return r
 
     @property
@@ -181,15 +259,16 @@ class Response:
 
     def to_json(self) -> Dict[str, Any]:
         """The JSON form: ``{"$response": {"status", "content_type",
-        "headers", "body_base64"}}``."""
-        return {
-            RESPONSE_KEY: {
-                "status": self.status,
-                "content_type": self.content_type,
-                "headers": dict(self.headers),
-                "body_base64": base64.b64encode(self.body).decode("ascii"),
-            }
+        "headers", "body_base64"}}``, and ``"cookies"`` when it sets any."""
+        inner: Dict[str, Any] = {
+            "status": self.status,
+            "content_type": self.content_type,
+            "headers": dict(self.headers),
+            "body_base64": base64.b64encode(self.body).decode("ascii"),
         }
+        if self.cookies:
+            inner["cookies"] = list(self.cookies)
+        return {RESPONSE_KEY: inner}
 
     @classmethod
     def from_json(cls, value: Any) -> "Response":
@@ -202,24 +281,26 @@ class Response:
             raise ValueError("the '$response' member is not an object")
         try:
             body = base64.b64decode(inner["body_base64"], validate=True)
-            return cls(body, inner["content_type"], inner["status"], inner.get("headers") or {})
+            return cls(body, inner["content_type"], inner["status"], inner.get("headers") or {}, inner.get("cookies") or [])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"a malformed Response: {e}") from None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Response):
             return NotImplemented
-        return (self.body, self.content_type, self.status, self.headers) == (
+        return (self.body, self.content_type, self.status, self.headers, self.cookies) == (
             other.body,
             other.content_type,
             other.status,
             other.headers,
+            other.cookies,
         )
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Response(<{len(self.body)} bytes>, content_type={self.content_type!r}, status={self.status}, headers={self.headers!r})"
+        cookies = f", cookies={self.cookies!r}" if self.cookies else ""
+        return f"Response(<{len(self.body)} bytes>, content_type={self.content_type!r}, status={self.status}, headers={self.headers!r}{cookies})"
 
 
 def is_response_json(value: Any) -> bool:
@@ -235,3 +316,4 @@ if not TYPE_CHECKING and __name__ != "_shoal_runner.response":
     if _runtime is not None:
         Response = _runtime.Response  # noqa: F811
         is_response_json = _runtime.is_response_json  # noqa: F811
+        cookie = _runtime.cookie  # noqa: F811

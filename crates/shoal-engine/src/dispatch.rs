@@ -1081,6 +1081,9 @@ fn redact_binary(r: &mut BinaryResult, values: &[&str]) -> bool {
     for value in r.headers.values_mut() {
         hide(value);
     }
+    for cookie in &mut r.cookies {
+        hide(cookie);
+    }
     for v in values.iter().filter(|v| v.len() >= 4) {
         let v = v.as_bytes();
         if r.body.windows(v.len()).any(|w| w == v) {

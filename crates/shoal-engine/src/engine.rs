@@ -460,6 +460,22 @@ impl Handle {
         Ok(())
     }
 
+    /// The live function route serving `method` `path` (`[[route]]` of
+    /// `shoal.toml`), with its parameters and settings.
+    pub fn match_route(&self, method: &str, path: &str) -> crate::RouteMatch {
+        self.functions.match_route(method, path)
+    }
+
+    /// Takes one call of a route's per-client rate limit (in memory on
+    /// this node) for `client`; or how long until it may call again.
+    pub fn admit_route(
+        &self,
+        hit: &crate::RouteHit,
+        client: &str,
+    ) -> std::result::Result<(), Duration> {
+        self.functions.admit_route(hit, client)
+    }
+
     // ---- invocations ----
 
     /// Runs a function and waits for its outcome. `event` must be JSON text.

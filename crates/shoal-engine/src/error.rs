@@ -90,6 +90,8 @@ pub enum Conflict {
     NotFixedSize,
     /// Another static site is mounted on the path.
     SitePathTaken,
+    /// A `[[route]]` overlaps a live route of another function.
+    RouteTaken,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

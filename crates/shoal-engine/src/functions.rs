@@ -28,6 +28,7 @@ use shoal_types::{FunctionName, Limits};
 use crate::env::Env;
 use crate::error::{Conflict, Entity, Error, Result};
 use crate::manifest::Manifest;
+use crate::routes::{RouteHit, RouteLimits, RouteMatch, RouteTable};
 use crate::secrets::Secrets;
 
 /// A function version ready to run.
@@ -88,6 +89,9 @@ pub(crate) struct Functions {
     unapplied: Mutex<Vec<Synced>>,
     /// Wakes the sync loop.
     pub(crate) sync_wanted: tokio::sync::Notify,
+    /// The live versions' `[[route]]`s, rebuilt whenever they change.
+    routes: RwLock<Arc<RouteTable>>,
+    route_limits: RouteLimits,
 }
 
 #[derive(Default)]
@@ -185,6 +189,8 @@ impl Functions {
             synced_generation: AtomicU64::new(0),
             unapplied: Mutex::new(Vec::new()),
             sync_wanted: tokio::sync::Notify::new(),
+            routes: RwLock::new(Arc::new(RouteTable::default())),
+            route_limits: RouteLimits::new(crate::routes::MAX_LIMIT_ENTRIES),
         }
     }
 
@@ -227,6 +233,7 @@ impl Functions {
             }
             out.push(d);
         }
+        self.rebuild_routes();
         Ok(out)
     }
 
@@ -292,6 +299,8 @@ impl Functions {
         let previous = registry
             .latest
             .insert(current.record.name.clone(), current.clone());
+        drop(registry);
+        self.rebuild_routes();
         Ok(Deploy::New(DeployedNow { current, previous }))
     }
 
@@ -327,6 +336,7 @@ impl Functions {
                 Err(e) => return Err(e),
             }
         }
+        self.check_routes(record)?;
         if let Some(sub) = &record.subscribe
             && let Some(other) = self.subscriber_of(&sub.queue)
             && other.record.name != record.name
@@ -434,6 +444,8 @@ impl Functions {
         let mut registry = self.registry.write().unwrap();
         registry.refs.insert(name.to_string(), refs);
         let previous = registry.latest.insert(name, current.clone());
+        drop(registry);
+        self.rebuild_routes();
         Ok(DeployedNow { current, previous })
     }
 
@@ -661,6 +673,8 @@ impl Functions {
             let versions = registry.forget(name.as_str());
             synced.removed.push((name.to_string(), versions));
         }
+        drop(registry);
+        self.rebuild_routes();
         Ok(synced)
     }
 
@@ -817,11 +831,93 @@ impl Functions {
             .remove_function(name.as_str())
             .await?;
         let removed = self.registry.write().unwrap().forget(name.as_str());
+        self.rebuild_routes();
         if existed {
             Ok(removed)
         } else {
             Err(Error::not_found(Entity::Function, name.as_str()))
         }
+    }
+
+    /// The live route serving `method` `path` (`[[route]]`).
+    pub(crate) fn match_route(&self, method: &str, path: &str) -> RouteMatch {
+        let table = self.routes.read().unwrap().clone();
+        table.find(method, path)
+    }
+
+    /// Takes a call of a route's per-client rate limit for `client`; or
+    /// how long until the client may call again. A route without a limit
+    /// always admits.
+    pub(crate) fn admit_route(
+        &self,
+        hit: &RouteHit,
+        client: &str,
+    ) -> std::result::Result<(), Duration> {
+        let Some(rate) = hit.route.rate_limit else {
+            return Ok(());
+        };
+        let key = format!(
+            "{}\0{}\0{}\0{client}",
+            hit.function, hit.route.method, hit.route.path
+        );
+        self.route_limits.take(&key, rate, self.env.now_ms())
+    }
+
+    /// The version's routes overlap no live route of another function.
+    /// The caller holds the rules lock.
+    fn check_routes(&self, record: &FunctionRecord) -> Result<()> {
+        if record.routes.is_empty() {
+            return Ok(());
+        }
+        let others = self.live_by_age();
+        let (table, _) = RouteTable::build(
+            others
+                .iter()
+                .filter(|d| d.record.name != record.name)
+                .map(|d| (d.record.name.as_str(), d.record.routes.as_slice())),
+        );
+        match table.overlap(record.name.as_str(), &record.routes) {
+            None => Ok(()),
+            Some(o) => Err(Error::conflict(
+                Conflict::RouteTaken,
+                format!(
+                    "route {} {} overlaps route {} {} of function `{}`; change the path, or remove that route (or function) first",
+                    o.method, o.path, o.method, o.other_path, o.function
+                ),
+            )),
+        }
+    }
+
+    /// Builds the route table again from the live versions. Routes that
+    /// overlap (two nodes deployed them at once) are served first come,
+    /// first served: the older version's.
+    fn rebuild_routes(&self) {
+        let live = self.live_by_age();
+        let (table, left_out) = RouteTable::build(
+            live.iter()
+                .map(|d| (d.record.name.as_str(), d.record.routes.as_slice())),
+        );
+        for o in left_out {
+            tracing::warn!(route = %format!("{} {}", o.method, o.path), other = %o.function, "A route overlaps a live route of another function; it is not served.");
+        }
+        *self.routes.write().unwrap() = Arc::new(table);
+    }
+
+    /// The live versions, oldest deploy first.
+    fn live_by_age(&self) -> Vec<Arc<Deployed>> {
+        let mut live: Vec<Arc<Deployed>> = self
+            .registry
+            .read()
+            .unwrap()
+            .latest
+            .values()
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| {
+            (a.record.deployed_at_ms, a.record.name.as_str())
+                .cmp(&(b.record.deployed_at_ms, b.record.name.as_str()))
+        });
+        live
     }
 
     /// The live version of a function, if it is deployed.
@@ -1027,6 +1123,7 @@ impl Unpacked {
             }),
             max_invocations_per_worker: m.max_invocations_per_worker.map(NonZeroU32::get),
             max_jobs_in_flight: m.max_jobs_in_flight.map(NonZeroU32::get),
+            routes: m.routes.clone(),
         }
     }
 }

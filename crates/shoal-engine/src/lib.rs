@@ -31,6 +31,7 @@ mod querydist;
 mod queues;
 mod ranges;
 mod retention;
+mod routes;
 mod secrets;
 mod sites;
 
@@ -71,17 +72,18 @@ pub use kv::{
     KvWhen, MAX_KEY_BYTES, MAX_KV_LIST, MAX_TTL, MAX_VALUE_BYTES, check_key, check_value,
 };
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
+pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
 pub use secrets::SecretInfo;
-pub use sites::{
-    MAX_SITE_FILES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions, SiteRecord,
-    SiteVersion,
-};
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
 pub use shoal_store::{
-    ChannelMessage, ChannelSettings, NewChannelMessage,
-    BlobMeta, BlobOp, BlobPage, BlobRead, CategoryRecord, ChildResult, DeadLetter, DeployedBy,
-    ErrorRecord, FunctionRecord, InvocationCursor, InvocationFilter, InvocationPage,
-    InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry, KvPage, LimiterRecord, OpSpec,
-    QueueCounters, QueueDepth, QueueRecord, QueueSample, ShardStats, StoreHealth, StoredDoc,
+    BlobMeta, BlobOp, BlobPage, BlobRead, CategoryRecord, ChannelMessage, ChannelSettings,
+    ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord, InvocationCursor,
+    InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry,
+    KvPage, LimiterRecord, NewChannelMessage, OpSpec, QueueCounters, QueueDepth, QueueRecord,
+    QueueSample, RouteCors, RouteRate, RouteRecord, ShardStats, StoreHealth, StoredDoc,
+};
+pub use sites::{
+    MAX_SITE_FILES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions, SiteRecord,
+    SiteVersion,
 };

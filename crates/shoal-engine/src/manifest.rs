@@ -44,6 +44,8 @@ pub struct Manifest {
     /// `max_jobs_in_flight`: at most this many of its jobs have children
     /// out at once; later ones wait in order.
     pub max_jobs_in_flight: Option<std::num::NonZeroU32>,
+    /// `[[route]]`: the HTTP routes the function serves (`routes.rs`).
+    pub routes: Vec<shoal_store::RouteRecord>,
 }
 
 /// The largest `max_jobs_in_flight`.
@@ -237,7 +239,10 @@ impl Manifest {
                 "shoal.toml: max_jobs_in_flight must be at least 1 (leave it out for no bound)",
             )?),
         };
+        let routes = crate::routes::parse(raw.route.unwrap_or_default())
+            .map_err(|e| format!("shoal.toml: {e}"))?;
         Ok(Manifest {
+            routes,
             max_invocations_per_worker,
             max_jobs_in_flight,
             cache,
@@ -282,6 +287,7 @@ struct Raw {
     cache: Option<RawCache>,
     max_invocations_per_worker: Option<u32>,
     max_jobs_in_flight: Option<u32>,
+    route: Option<Vec<crate::routes::RawRoute>>,
 }
 
 #[derive(Deserialize)]

@@ -19,6 +19,7 @@ fn png(headers: &[(&str, &str)], body: &[u8]) -> BinaryResult {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         body: body.to_vec(),
+        cookies: vec![],
     }
 }
 

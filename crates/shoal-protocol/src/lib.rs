@@ -81,6 +81,12 @@ pub enum ErrorCode {
     SecretInUse,
     /// The queue already feeds another function.
     QueueTaken,
+    /// A function's `[[route]]` overlaps a live route of another function.
+    RouteTaken,
+    /// A route's per-client rate limit: call again after `Retry-After`.
+    RateLimited,
+    /// A route's function ran past its timeout.
+    FunctionTimedOut,
     /// A category with that name exists already.
     CategoryExists,
     /// The removal would lose data (waiting messages, documents, a
@@ -161,6 +167,40 @@ pub struct FunctionView {
     /// recorded (`version` is 0).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Its `[[route]]`s (absent when it has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteView>,
+}
+
+/// One `[[route]]` of a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteView {
+    /// `GET`, `POST`, ... or `*` (any method).
+    pub method: String,
+    pub path: String,
+    /// `public` or `token`.
+    pub auth: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RouteRateView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<RouteCorsView>,
+}
+
+/// A route's per-client rate limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteRateView {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// A route's CORS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RouteCorsView {
+    pub origins: Vec<String>,
+    pub methods: Vec<String>,
+    pub headers: Vec<String>,
+    pub credentials: bool,
+    pub max_age_s: u32,
 }
 
 /// Who deployed a version: the token's id and name.
@@ -180,6 +220,9 @@ pub struct FunctionVersions {
     pub aliases: std::collections::BTreeMap<String, u64>,
     /// Oldest first.
     pub versions: Vec<VersionView>,
+    /// The live version's `[[route]]`s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteView>,
 }
 
 /// One version of a function, as `show` lists it.

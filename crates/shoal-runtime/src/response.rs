@@ -1,12 +1,15 @@
 //! Binary results: what a handler's `shoal.Response(body, content_type=..,
-//! status=.., headers=..)` becomes.
+//! status=.., headers=.., cookies=..)` becomes.
 //!
 //! A result is JSON text everywhere (`Outcome::Succeeded`): records, job
 //! results, the cache. A `Response` is the JSON object whose only member is
-//! `$response` (the *envelope*), every field present:
+//! `$response` (the *envelope*), every field present but `cookies`, which
+//! is there only when the response sets cookies (a list of `Set-Cookie`
+//! values, each its own header in the HTTP answer):
 //!
 //! ```json
 //! {"$response":{"status":200,"content_type":"image/png","headers":{"x-tile":"3"},"body_base64":"iVBORw0K"}}
+//! {"$response":{"status":200,"content_type":"text/plain","headers":{},"body_base64":"","cookies":["sid=1; Path=/"]}}
 //! ```
 //!
 //! The runner never produces that shape from a plain value (a handler's
@@ -34,8 +37,10 @@ pub const RESPONSE_KEY: &str = "$response";
 pub const MAX_HEADERS: usize = 64;
 /// Most bytes of one header's name or value (and of the content type).
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
-/// Most bytes of all header names and values together.
+/// Most bytes of all header names and values together (cookies count).
 pub const MAX_HEADERS_TOTAL: usize = 64 * 1024;
+/// Most cookies a response may set.
+pub const MAX_COOKIES: usize = 64;
 
 /// Headers a function may not set: hop-by-hop ones, the framing the server
 /// owns, and `content-type` (the `content_type` field sets it).
@@ -63,6 +68,8 @@ pub struct BinaryResult {
     /// Names in lowercase.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// `Set-Cookie` values, in order; one header each.
+    pub cookies: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,6 +79,8 @@ struct Fields {
     content_type: String,
     headers: BTreeMap<String, String>,
     body_base64: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -126,6 +135,7 @@ impl BinaryResult {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
             body,
+            cookies: fields.cookies,
         };
         result.check()?;
         Ok(result)
@@ -138,6 +148,7 @@ impl BinaryResult {
             content_type: self.content_type.clone(),
             headers: self.headers.clone(),
             body_base64: STANDARD.encode(&self.body),
+            cookies: self.cookies.clone(),
         };
         serde_json::to_string(&Envelope { response: &fields })
             .expect("strings and maps always encode")
@@ -178,6 +189,23 @@ impl BinaryResult {
             check_name(name)?;
             check_value(&format!("header {name:?}"), value)?;
             total += name.len() + value.len();
+        }
+        if self.cookies.len() > MAX_COOKIES {
+            return Err(format!(
+                "the response sets {} cookies; at most {MAX_COOKIES} are allowed",
+                self.cookies.len()
+            ));
+        }
+        for cookie in &self.cookies {
+            check_value("a cookie", cookie)?;
+            let name = cookie.split(';').next().and_then(|c| c.split_once('='));
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if !name.is_some_and(|(n, _)| !n.trim().is_empty() && n.trim().bytes().all(token)) {
+                return Err(format!(
+                    "the response's cookie {cookie:?} is not a Set-Cookie value (NAME=VALUE, then attributes after ';')"
+                ));
+            }
+            total += "set-cookie".len() + cookie.len();
         }
         if total > MAX_HEADERS_TOTAL {
             return Err(format!(
@@ -250,6 +278,7 @@ mod tests {
             content_type: "image/png".into(),
             headers: [("x-tile".to_string(), "3/4".to_string())].into(),
             body: b"\x89PNG\r\n\x1a\n\x00\xff".to_vec(),
+            cookies: vec![],
         }
     }
 
@@ -268,6 +297,19 @@ mod tests {
             BinaryResult::parse(&upper).unwrap().unwrap().headers["x-tile"],
             "3/4"
         );
+    }
+
+    #[test]
+    fn cookies_travel_only_when_set() {
+        let mut r = png();
+        r.cookies = vec!["sid=abc; Path=/; HttpOnly".into(), "theme=dark".into()];
+        let json = r.to_json();
+        assert!(
+            json.ends_with(r#""cookies":["sid=abc; Path=/; HttpOnly","theme=dark"]}}"#),
+            "{json}"
+        );
+        assert_eq!(BinaryResult::parse(&json), Some(Ok(r)));
+        assert!(!png().to_json().contains("cookies"));
     }
 
     #[test]
@@ -399,6 +441,19 @@ mod tests {
                 }
             },
             "headers take",
+        );
+        breaks(
+            |r| r.cookies = vec!["no-equals".into()],
+            "not a Set-Cookie value",
+        );
+        breaks(|r| r.cookies = vec!["=v".into()], "not a Set-Cookie value");
+        breaks(
+            |r| r.cookies = vec!["a=b\r\nx: y".into()],
+            "only visible ASCII",
+        );
+        breaks(
+            |r| r.cookies = (0..=MAX_COOKIES).map(|i| format!("c{i}=1")).collect(),
+            "cookies; at most 64",
         );
         let mut empty = png();
         empty.status = 204;

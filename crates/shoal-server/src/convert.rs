@@ -23,7 +23,31 @@ pub(crate) fn function(r: &FunctionRecord) -> FunctionView {
         deployed_by: r.deployed_by.as_ref().map(deployed_by),
         unchanged: false,
         dry_run: false,
+        routes: routes(&r.routes),
     }
+}
+
+/// A function's `[[route]]`s as the API shows them.
+pub(crate) fn routes(routes: &[shoal_engine::RouteRecord]) -> Vec<shoal_protocol::RouteView> {
+    routes
+        .iter()
+        .map(|r| shoal_protocol::RouteView {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            auth: if r.public { "public" } else { "token" }.to_string(),
+            rate_limit: r.rate_limit.map(|l| shoal_protocol::RouteRateView {
+                per_second: l.per_second,
+                burst: l.burst,
+            }),
+            cors: r.cors.as_ref().map(|c| shoal_protocol::RouteCorsView {
+                origins: c.origins.clone(),
+                methods: c.methods.clone(),
+                headers: c.headers.clone(),
+                credentials: c.credentials,
+                max_age_s: c.max_age_s,
+            }),
+        })
+        .collect()
 }
 
 pub(crate) fn deployed_by(b: &shoal_engine::DeployedBy) -> shoal_protocol::DeployedByView {
@@ -57,6 +81,12 @@ pub(crate) fn versions(v: &shoal_engine::Versions) -> shoal_protocol::FunctionVe
                     .collect(),
             })
             .collect(),
+        routes: v
+            .versions
+            .iter()
+            .find(|r| r.version == v.live)
+            .map(|r| routes(&r.routes))
+            .unwrap_or_default(),
     }
 }
 

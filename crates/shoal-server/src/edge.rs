@@ -91,10 +91,10 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     if let Ok(permit) = slots.clone().try_acquire_owned() {
-                        conns.spawn(connection(stream, router.clone(), opts, permit, shutdown.clone()));
+                        conns.spawn(connection(stream, peer, router.clone(), opts, permit, shutdown.clone()));
                     } else if let Ok(permit) = overflow.clone().try_acquire_owned() {
                         metrics::counter!("shoal_http_connections_refused_total").increment(1);
                         conns.spawn(refuse(stream, opts.max_connections, permit));
@@ -222,6 +222,7 @@ impl Drop for InFlight {
 
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     opts: EdgeOptions,
     _permit: OwnedSemaphorePermit,
@@ -237,7 +238,10 @@ async fn connection(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = svc_state.request_started();
         let router = router.clone();
-        let req = req.map(|b| Body::new(TimedBody::new(b, &opts)));
+        let mut req = req.map(|b| Body::new(TimedBody::new(b, &opts)));
+        // The client's address, for function routes' per-client limits.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         async move {
             let resp = router.oneshot(req).await?;
             Ok::<_, std::convert::Infallible>(resp.map(|b| {

@@ -85,6 +85,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::NotAnInteger => ErrorCode::NotAnInteger,
                 Conflict::NotFixedSize => ErrorCode::NotFixedSize,
                 Conflict::SitePathTaken => ErrorCode::SitePathTaken,
+                Conflict::RouteTaken => ErrorCode::RouteTaken,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

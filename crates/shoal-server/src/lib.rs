@@ -192,13 +192,9 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
             }),
         )
         .route("/metrics", get(routes::health::metrics))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::RouteNotFound,
-                "no such route; see /v1/openapi.json",
-            )
-        })
+        // Function routes, then static sites; the API's 404 under its own
+        // prefixes.
+        .fallback(routes::user_routes::serve.layer(DefaultBodyLimit::max(opts.max_body_bytes)))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -14,3 +14,4 @@ pub(crate) mod queues;
 pub(crate) mod secrets;
 pub(crate) mod sites;
 pub(crate) mod tokens;
+pub(crate) mod user_routes;

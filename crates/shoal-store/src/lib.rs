@@ -128,6 +128,54 @@ pub struct FunctionRecord {
     /// later ones wait, in creation order. `None`: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_jobs_in_flight: Option<u32>,
+    /// `[[route]]` of `shoal.toml`: the HTTP routes the function serves.
+    /// Empty (and not written) for functions without routes, so records
+    /// stored before routes existed load as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteRecord>,
+}
+
+/// One `[[route]]` of a function: requests to `method path` outside the
+/// node's reserved prefixes run the function with the request as its event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD`, `OPTIONS`, or `*`
+    /// (any of them).
+    pub method: String,
+    /// The path pattern (matchit syntax: `/a/{id}`, `/files/{*rest}`).
+    pub path: String,
+    /// `auth = "public"`: anyone may call it; otherwise a token with invoke
+    /// rights is needed.
+    pub public: bool,
+    /// The per-client-address rate limit, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RouteRate>,
+    /// The CORS settings, if cross-origin calls are allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<RouteCors>,
+}
+
+/// `rate_limit = { per_second, burst }` of a route: GCRA per client
+/// address, kept in memory by each node.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RouteRate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// `cors = { ... }` of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteCors {
+    /// Allowed origins (`https://example.com`), or `*` for any.
+    pub origins: Vec<String>,
+    /// Methods a preflight allows, uppercase.
+    pub methods: Vec<String>,
+    /// Request headers a preflight allows, lowercase.
+    pub headers: Vec<String>,
+    /// `Access-Control-Allow-Credentials: true` (cookies, auth headers).
+    pub credentials: bool,
+    /// How long a browser may cache a preflight's answer, in seconds.
+    pub max_age_s: u32,
 }
 
 /// A function's result cache (`[cache]` of `shoal.toml`).

@@ -191,5 +191,17 @@ fn render(v: &FunctionVersions) -> String {
         out += "\n";
         out += &line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
     }
+    if !v.routes.is_empty() {
+        out += "\nroutes:";
+        for r in &v.routes {
+            out += &format!("\n  {:<7} {}  {}", r.method, r.path, r.auth);
+            if let Some(l) = &r.rate_limit {
+                out += &format!(", {}/s per client (burst {})", l.per_second, l.burst);
+            }
+            if let Some(c) = &r.cors {
+                out += &format!(", cors {}", c.origins.join(" "));
+            }
+        }
+    }
     out
 }

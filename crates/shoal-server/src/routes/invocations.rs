@@ -108,14 +108,16 @@ pub(crate) async fn invoke(
 }
 
 /// A `shoal.Response` the function returned, answered as it is: its status,
-/// content type, headers and body bytes (checked by the engine, so every
-/// name and value is a legal header), marked with `Shoal-Result: response`.
-fn binary_answer(binary: BinaryResult) -> Response {
+/// content type, headers, one `Set-Cookie` per cookie and body bytes
+/// (checked by the engine, so every name and value is a legal header),
+/// marked with `Shoal-Result: response`.
+pub(crate) fn binary_answer(binary: BinaryResult) -> Response {
     let BinaryResult {
         status,
         content_type,
         headers,
         body,
+        cookies,
     } = binary;
     let mut r = Response::new(axum::body::Body::from(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -126,6 +128,11 @@ fn binary_answer(binary: BinaryResult) -> Response {
             HeaderValue::from_str(&value),
         ) {
             map.insert(name, value);
+        }
+    }
+    for cookie in cookies {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            map.append(axum::http::header::SET_COOKIE, v);
         }
     }
     if let Ok(v) = HeaderValue::from_str(&content_type) {

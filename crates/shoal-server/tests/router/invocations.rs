@@ -101,6 +101,7 @@ async fn a_response_is_answered_as_its_bytes() {
         content_type: "image/png".into(),
         headers: [("x-tile".to_string(), "3/4".to_string())].into(),
         body: b"\x89PNG\r\n\x1a\n\x00\xff".to_vec(),
+        cookies: vec![],
     };
     app.runtime.script("ok", Script::ok_raw(tile.to_json()));
     let r = app

@@ -15,4 +15,5 @@ mod nodes;
 mod removals;
 mod routes;
 mod status_codes;
+mod user_routes;
 mod versions;

@@ -49,6 +49,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::NotAnInteger => ErrorCode::NotAnInteger,
                 Conflict::NotFixedSize => ErrorCode::NotFixedSize,
                 Conflict::SitePathTaken => ErrorCode::SitePathTaken,
+                Conflict::RouteTaken => ErrorCode::RouteTaken,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -74,7 +75,7 @@ const ENTITIES: [Entity; 12] = [
     Entity::Site,
 ];
 
-const CONFLICTS: [Conflict; 10] = [
+const CONFLICTS: [Conflict; 11] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
@@ -85,6 +86,7 @@ const CONFLICTS: [Conflict; 10] = [
     Conflict::NotAnInteger,
     Conflict::NotFixedSize,
     Conflict::SitePathTaken,
+    Conflict::RouteTaken,
 ];
 
 /// One error of every kind the engine can return.
@@ -132,8 +134,9 @@ async fn every_engine_error_has_its_status_and_code() {
     // + 2: the secret entity and the secret-in-use conflict; + 2: the
     // force-required and last-admin-token conflicts; + 3: the key entity
     // and the key-version and not-an-integer conflicts; + 2: the blob
-    // entity and the not-fixed-size conflict.
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2 + 3 + 2);
+    // entity and the not-fixed-size conflict; + 2: the site entity and the
+    // site-path-taken conflict; + 1: the route-taken conflict.
+    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2 + 3 + 2 + 2 + 1);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

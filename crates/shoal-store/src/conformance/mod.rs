@@ -215,6 +215,22 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         }),
         max_invocations_per_worker: Some(1000),
         max_jobs_in_flight: Some(2),
+        routes: vec![crate::RouteRecord {
+            method: "POST".to_string(),
+            path: "/api/pixel/{id}".to_string(),
+            public: true,
+            rate_limit: Some(crate::RouteRate {
+                per_second: 2.5,
+                burst: 5,
+            }),
+            cors: Some(crate::RouteCors {
+                origins: vec!["*".to_string()],
+                methods: vec!["GET".to_string(), "POST".to_string()],
+                headers: vec!["content-type".to_string()],
+                credentials: false,
+                max_age_s: 600,
+            }),
+        }],
     }
 }
 

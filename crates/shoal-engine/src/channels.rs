@@ -1168,3 +1168,120 @@ pub(crate) async fn invocation_feed(
         }
     }
 }
+
+/// How often state feeds (`_jobs.*`, `_queues.*`) look at their state.
+const STATE_FEED_EVERY: Duration = Duration::from_millis(500);
+/// The reserved key-value prefix of state feeds' publisher leases.
+const STATE_FEED_LEASE: &str = "\0F\0";
+
+/// What a state feed reads: the state of `id` as a JSON message and
+/// whether it is final (a finished job), or `None` when `id` is unknown.
+pub(crate) type StateRead = Box<
+    dyn Fn(
+            String,
+        )
+            -> futures_util::future::BoxFuture<'static, Result<Option<(serde_json::Value, bool)>>>
+        + Send
+        + Sync,
+>;
+
+/// Publishes the state behind each wanted feed `<prefix><id>` whenever it
+/// changes (looked at every [`STATE_FEED_EVERY`]), until it is final. Where
+/// several nodes share the store, one publishes each feed: the holder of a
+/// short lease in the key-value store.
+pub(crate) async fn state_feed(
+    env: Arc<Env>,
+    channels: std::sync::Weak<Channels>,
+    prefix: &'static str,
+    read: StateRead,
+) {
+    let mut last: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut finished: std::collections::HashSet<String> = Default::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STATE_FEED_EVERY) => {}
+            _ = env.tasks.stopping() => return,
+        }
+        let Some(me) = channels.upgrade() else { return };
+        let wanted: Vec<String> = me
+            .feeds
+            .wanted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|c| c.starts_with(prefix) && !finished.contains(*c))
+            .cloned()
+            .collect();
+        last.retain(|c, _| wanted.contains(c));
+        for channel in wanted {
+            if !me.hold_state_lease(&channel).await {
+                last.remove(&channel);
+                continue;
+            }
+            let id = channel[prefix.len()..].to_string();
+            let state = match read(id).await {
+                Ok(Some(state)) => state,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(channel = %channel, error = %e, "Reading a feed's state failed; trying again.");
+                    continue;
+                }
+            };
+            let (message, is_final) = state;
+            if last.get(&channel) == Some(&message) {
+                continue;
+            }
+            let data = message.to_string().into_bytes();
+            match me
+                .publish_any(
+                    &channel,
+                    vec![NewChannelMessage {
+                        binary: false,
+                        data,
+                    }],
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    last.insert(channel.clone(), message);
+                    if is_final {
+                        finished.insert(channel);
+                    }
+                }
+                Err(e) => warn!(channel = %channel, error = %e, "Recording a feed message failed."),
+            }
+        }
+    }
+}
+
+impl Channels {
+    /// True when this node publishes the state feed `channel` (it holds,
+    /// or just took, its lease).
+    async fn hold_state_lease(&self, channel: &str) -> bool {
+        let key = format!("{STATE_FEED_LEASE}{channel}");
+        let now = self.env.now_ms();
+        let kv = &self.env.backend.kv;
+        let holder = match kv.kv_get(&key, now).await {
+            Ok(entry) => entry.map(|e| e.value),
+            Err(_) => return false,
+        };
+        let cond = match holder {
+            Some(h) if h != self.node_tag.as_bytes() => return false,
+            Some(_) => KvCondition::Always,
+            // Two nodes may try at once: one takes it.
+            None => KvCondition::Absent,
+        };
+        matches!(
+            kv.kv_set(
+                &key,
+                self.node_tag.clone().into_bytes(),
+                Some(5_000),
+                cond,
+                now
+            )
+            .await,
+            Ok(shoal_store::KvSet::Written(_))
+        )
+    }
+}

@@ -189,6 +189,64 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
             Arc::downgrade(&handle.channels),
             move || dispatcher.feed.subscribe(tasks.clone()),
         ));
+        let jobs = handle.dispatcher.jobs.clone();
+        handle.env.tasks.spawn(crate::channels::state_feed(
+            handle.env.clone(),
+            Arc::downgrade(&handle.channels),
+            "_jobs.",
+            Box::new(move |id| {
+                let jobs = jobs.clone();
+                Box::pin(async move {
+                    let view = match jobs.view(&id).await {
+                        Ok(view) => view,
+                        Err(crate::Error::NotFound { .. }) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let c = &view.counts;
+                    let done = view.finished_at_ms.is_some();
+                    Ok(Some((
+                        serde_json::json!({
+                            "job": id,
+                            "status": view.status,
+                            "progress": view.progress,
+                            "total": c.total,
+                            "pending": c.pending,
+                            "succeeded": c.succeeded,
+                            "failed": c.failed,
+                            "cancelled": c.cancelled,
+                            "then_invocation": view.then_invocation,
+                        }),
+                        done,
+                    )))
+                })
+            }),
+        ));
+        let queues = handle.dispatcher.queues.clone();
+        handle.env.tasks.spawn(crate::channels::state_feed(
+            handle.env.clone(),
+            Arc::downgrade(&handle.channels),
+            "_queues.",
+            Box::new(move |name| {
+                let queues = queues.clone();
+                Box::pin(async move {
+                    let info = match queues.info(&name).await {
+                        Ok(info) => info,
+                        Err(crate::Error::NotFound { .. }) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let d = &info.depth;
+                    Ok(Some((
+                        serde_json::json!({
+                            "queue": name,
+                            "waiting": d.waiting,
+                            "in_flight": d.in_flight,
+                            "dead": d.dead,
+                        }),
+                        false,
+                    )))
+                })
+            }),
+        ));
     }
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());

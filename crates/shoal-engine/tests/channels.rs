@@ -423,3 +423,78 @@ async fn the_invocations_feed_tells_each_finished_invocation() {
     assert_eq!(got[0]["function"], "f");
     assert_eq!(got[0]["status"], "succeeded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_job_feed_tells_progress_until_the_job_is_done() {
+    let node = Node::start().await;
+    node.deploy("name = \"child\"\nretries = 0\nconcurrency = 1")
+        .await;
+    node.fake.script(
+        "child",
+        common::Script::ok(serde_json::json!(1)).sleep(common::ms(300)),
+    );
+    let job = node
+        .engine
+        .start_job(shoal_engine::JobSpec {
+            function: "child".into(),
+            events: (0..3).map(|n| n.to_string()).collect(),
+            then: None,
+            max_in_flight: None,
+        })
+        .await
+        .unwrap();
+    let mut sub = node
+        .engine
+        .subscribe(&format!("_jobs.{job}"), None)
+        .await
+        .unwrap();
+    next(&mut sub).await;
+    // One message per change of the counts, the last one the finished job.
+    let mut seen = Vec::new();
+    loop {
+        let m = json_messages(&mut sub, 1).await.remove(0);
+        seen.push(m["succeeded"].as_u64().unwrap());
+        if m["status"] == "finished" {
+            assert_eq!(m["total"], 3);
+            assert_eq!(m["pending"], 0);
+            break;
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {seen:?}"
+    );
+    assert!(seen.len() >= 2, "progress came in steps: {seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_feed_tells_the_depth_when_it_changes() {
+    let node = Node::start().await;
+    node.engine
+        .put_queue("inbox", shoal_engine::QueueSettings::default())
+        .await
+        .unwrap();
+    let mut sub = node.engine.subscribe("_queues.inbox", None).await.unwrap();
+    next(&mut sub).await;
+    let first = json_messages(&mut sub, 1).await.remove(0);
+    assert_eq!(first["waiting"], 0);
+    let out = |n: u32| shoal_engine::OutMessage {
+        body: n.to_string(),
+        delay: Duration::ZERO,
+        dedup_id: None,
+    };
+    node.engine
+        .send("inbox", vec![out(1), out(2)])
+        .await
+        .unwrap();
+    let second = json_messages(&mut sub, 1).await.remove(0);
+    assert_eq!(second["waiting"], 2, "{second}");
+    // Unchanged: nothing more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), sub.next())
+            .await
+            .is_err(),
+        "no message while the depth stays"
+    );
+}

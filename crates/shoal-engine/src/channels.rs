@@ -443,7 +443,6 @@ impl Channels {
             self.feeds.want(name);
         }
         let hub = self.hub(name).await?;
-        hub.subscribers.fetch_add(1, Ordering::Relaxed);
         let mut sub = Subscription {
             channels: self.clone(),
             name: name.to_string(),
@@ -507,21 +506,27 @@ impl Channels {
     }
 
     /// The channel's hub, started if it has none.
+    /// The caller is counted as one of its subscribers (under the map's
+    /// lock, so a hub being released is never handed out).
     async fn hub(self: &Arc<Self>, name: &str) -> Result<Arc<Hub>> {
+        let counted = |hub: &Arc<Hub>| {
+            hub.subscribers.fetch_add(1, Ordering::AcqRel);
+            hub.clone()
+        };
         if let Some(hub) = self.hubs().get(name) {
-            return Ok(hub.clone());
+            return Ok(counted(hub));
         }
         let head = self.head(name).await?;
         let settings = self.settings(name).await?;
         let mut hubs = self.hubs();
         if let Some(hub) = hubs.get(name) {
-            return Ok(hub.clone());
+            return Ok(counted(hub));
         }
         let (input, inbox) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             frames: broadcast::channel(BROADCAST_FRAMES).0,
             input,
-            subscribers: AtomicUsize::new(0),
+            subscribers: AtomicUsize::new(1),
             released: tokio_util::sync::CancellationToken::new(),
             delivered: Mutex::new((head.epoch, head.head)),
         });
@@ -539,11 +544,8 @@ impl Channels {
 
     /// Drops the hub of `name` when its last subscriber left.
     fn release(&self, name: &str, hub: &Arc<Hub>) {
-        if hub.subscribers.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
         let mut hubs = self.hubs();
-        if hub.subscribers.load(Ordering::Acquire) == 0
+        if hub.subscribers.fetch_sub(1, Ordering::AcqRel) == 1
             && hubs.get(name).is_some_and(|h| Arc::ptr_eq(h, hub))
         {
             hubs.remove(name);
@@ -889,7 +891,12 @@ impl Subscription {
                 }
                 continue;
             }
-            match self.frames.recv().await {
+            let received = tokio::select! {
+                received = self.frames.recv() => received,
+                // The hub ends with the node: so does the subscription.
+                _ = self.channels.env.tasks.stopping() => return None,
+            };
+            match received {
                 Ok(frame) => self.take_frame(&frame),
                 Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
                 Err(broadcast::error::RecvError::Closed) => return None,

@@ -106,7 +106,7 @@ const FIELDS: [&str; 7] = ["cid", "size", "sha", "ct", "ver", "mut", "at"];
 /// chunks are unlinked here (at most 256), an uploaded one is queued in
 /// `garbage` (answers its member, or '' when there is nothing to queue).
 /// `bump(k)`: the next version, as exact text.
-const BLOB_LUA: &str = r"
+pub(crate) const BLOB_LUA: &str = r"
 local CHUNK = 1048576
 local function meta(k)
   local m = redis.call('HMGET', k, 'cid', 'size', 'sha', 'ct', 'ver', 'mut', 'at')
@@ -232,99 +232,107 @@ return {{'created', v, g, cid}}
     ))
 });
 
+/// `apply_ops(meta key, version key, scratch key, fixed chunk prefix, base,
+/// n)`: a batch of `n` operations whose arguments are five each from
+/// `ARGV[base]`: kind, type, offset, argument, overflow. Kinds: `g` get,
+/// `s` set (argument already fitted: never overflows), `n` a set that
+/// fails (answers nil), `i` incrby, `w` write bytes (offset in bytes,
+/// argument the bytes), `x` invalid whatever the size. Returns `{'nf'}`,
+/// `{'nm'}` (not mutable), `{'inv', size}` (nothing changed; Rust names
+/// the bad operation), or `{'ok', FIELDS after the batch, answer...}` with
+/// nil for no answer. Everything that refuses comes before the first
+/// write, so a script may go on to other writes only after `'ok'` (the
+/// channels' publish does). Needs `BLOB_LUA` before it.
+pub(crate) const APPLY_LUA: &str = r"
+local function apply_ops(mkey, vkey, scratch, fprefix, base, n)
+  local m = meta(mkey)
+  if not m then return {'nf'} end
+  if m[6] ~= '1' then return {'nm'} end
+  local size = tonumber(m[2])
+  local function span(b)
+    local kind, off = ARGV[b], tonumber(ARGV[b + 2])
+    if kind == 'w' then return off, off + #ARGV[b + 3] end
+    local bits = tonumber(string.sub(ARGV[b + 1], 2))
+    return math.floor(off / 8), math.floor((off + bits + 7) / 8)
+  end
+  for i = 0, n - 1 do
+    local b = base + i * 5
+    if ARGV[b] == 'x' then return {'inv', m[2]} end
+    local s, e = span(b)
+    if e > size then return {'inv', m[2]} end
+  end
+  local fp = fprefix .. m[1] .. ':'
+  local function pad(s, len)
+    if #s < len then return s .. string.rep('\0', len - #s) end
+    return s
+  end
+  local out = {'ok'}
+  for j = 1, 7 do out[1 + j] = m[j] end
+  for i = 0, n - 1 do
+    local b = base + i * 5
+    local kind, ty, off, val, ovf = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+    local r = false
+    if kind == 'w' then
+      local pos, done = off, 0
+      while done < #val do
+        local c = math.floor(pos / CHUNK)
+        local at = pos - c * CHUNK
+        local take = math.min(CHUNK - at, #val - done)
+        redis.call('SETRANGE', fp .. c, at, string.sub(val, done + 1, done + take))
+        done = done + take
+        pos = pos + take
+      end
+    elseif kind ~= 'n' then
+      local op = 'GET'
+      if kind == 's' then op = 'SET' elseif kind == 'i' then op = 'INCRBY' end
+      local sb, eb = span(b)
+      local c, c2 = math.floor(sb / CHUNK), math.floor((eb - 1) / CHUNK)
+      if c == c2 then
+        local bit = off - c * CHUNK * 8
+        local rs
+        if op == 'GET' then
+          rs = redis.call('BITFIELD', fp .. c, 'GET', ty, bit)
+        else
+          rs = redis.call('BITFIELD', fp .. c, 'OVERFLOW', ovf, op, ty, bit, val)
+        end
+        r = rs[1]
+      else
+        local k1, k2 = fp .. c, fp .. c2
+        local at1 = sb - c * CHUNK
+        local len1, len2 = CHUNK - at1, eb - c2 * CHUNK
+        local s1 = pad(redis.call('GETRANGE', k1, at1, CHUNK - 1), len1)
+        local s2 = pad(redis.call('GETRANGE', k2, 0, len2 - 1), len2)
+        redis.call('SET', scratch, s1 .. s2)
+        local bit = off - sb * 8
+        local rs
+        if op == 'GET' then
+          rs = redis.call('BITFIELD', scratch, 'GET', ty, bit)
+        else
+          rs = redis.call('BITFIELD', scratch, 'OVERFLOW', ovf, op, ty, bit, val)
+        end
+        r = rs[1]
+        if op ~= 'GET' and r then
+          local w = redis.call('GET', scratch)
+          redis.call('SETRANGE', k1, at1, string.sub(w, 1, len1))
+          redis.call('SETRANGE', k2, 0, string.sub(w, len1 + 1))
+        end
+        redis.call('DEL', scratch)
+      end
+    end
+    out[9 + i] = r
+  end
+  local v = bump(vkey)
+  redis.call('HSET', mkey, 'ver', v)
+  out[6] = v
+  return out
+end
+";
+
 /// KEYS: meta, version, scratch. ARGV: fixed chunk prefix, then five per
-/// operation: kind, type, offset, argument, overflow. Kinds: `g` get, `s`
-/// set (argument already fitted: never overflows), `n` a set that fails
-/// (answers nil), `i` incrby, `w` write bytes (offset in bytes, argument
-/// the bytes), `x` invalid whatever the size. Returns `{'nf'}`, `{'nm'}`
-/// (not mutable), `{'inv', size}` (nothing changed; Rust names the bad
-/// operation), or `{'ok', FIELDS after the batch, answer...}` with nil
-/// for no answer.
+/// operation (see `APPLY_LUA`).
 static APPLY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(format!(
-        r"{BLOB_LUA}
-local m = meta(KEYS[1])
-if not m then return {{'nf'}} end
-if m[6] ~= '1' then return {{'nm'}} end
-local size = tonumber(m[2])
-local n = (#ARGV - 1) / 5
-local function span(b)
-  local kind, off = ARGV[b], tonumber(ARGV[b + 2])
-  if kind == 'w' then return off, off + #ARGV[b + 3] end
-  local bits = tonumber(string.sub(ARGV[b + 1], 2))
-  return math.floor(off / 8), math.floor((off + bits + 7) / 8)
-end
-for i = 0, n - 1 do
-  local b = 2 + i * 5
-  if ARGV[b] == 'x' then return {{'inv', m[2]}} end
-  local s, e = span(b)
-  if e > size then return {{'inv', m[2]}} end
-end
-local fp = ARGV[1] .. m[1] .. ':'
-local function pad(s, len)
-  if #s < len then return s .. string.rep('\0', len - #s) end
-  return s
-end
-local out = {{'ok'}}
-for j = 1, 7 do out[1 + j] = m[j] end
-for i = 0, n - 1 do
-  local b = 2 + i * 5
-  local kind, ty, off, val, ovf = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
-  local r = false
-  if kind == 'w' then
-    local pos, done = off, 0
-    while done < #val do
-      local c = math.floor(pos / CHUNK)
-      local at = pos - c * CHUNK
-      local take = math.min(CHUNK - at, #val - done)
-      redis.call('SETRANGE', fp .. c, at, string.sub(val, done + 1, done + take))
-      done = done + take
-      pos = pos + take
-    end
-  elseif kind ~= 'n' then
-    local op = 'GET'
-    if kind == 's' then op = 'SET' elseif kind == 'i' then op = 'INCRBY' end
-    local sb, eb = span(b)
-    local c, c2 = math.floor(sb / CHUNK), math.floor((eb - 1) / CHUNK)
-    if c == c2 then
-      local bit = off - c * CHUNK * 8
-      local rs
-      if op == 'GET' then
-        rs = redis.call('BITFIELD', fp .. c, 'GET', ty, bit)
-      else
-        rs = redis.call('BITFIELD', fp .. c, 'OVERFLOW', ovf, op, ty, bit, val)
-      end
-      r = rs[1]
-    else
-      local k1, k2 = fp .. c, fp .. c2
-      local at1 = sb - c * CHUNK
-      local len1, len2 = CHUNK - at1, eb - c2 * CHUNK
-      local s1 = pad(redis.call('GETRANGE', k1, at1, CHUNK - 1), len1)
-      local s2 = pad(redis.call('GETRANGE', k2, 0, len2 - 1), len2)
-      redis.call('SET', KEYS[3], s1 .. s2)
-      local bit = off - sb * 8
-      local rs
-      if op == 'GET' then
-        rs = redis.call('BITFIELD', KEYS[3], 'GET', ty, bit)
-      else
-        rs = redis.call('BITFIELD', KEYS[3], 'OVERFLOW', ovf, op, ty, bit, val)
-      end
-      r = rs[1]
-      if op ~= 'GET' and r then
-        local w = redis.call('GET', KEYS[3])
-        redis.call('SETRANGE', k1, at1, string.sub(w, 1, len1))
-        redis.call('SETRANGE', k2, 0, string.sub(w, len1 + 1))
-      end
-      redis.call('DEL', KEYS[3])
-    end
-  end
-  out[9 + i] = r
-end
-local v = bump(KEYS[2])
-redis.call('HSET', KEYS[1], 'ver', v)
-out[6] = v
-return out
-"
+        "{BLOB_LUA}{APPLY_LUA}return apply_ops(KEYS[1], KEYS[2], KEYS[3], ARGV[1], 2, (#ARGV - 1) / 5)\n"
     ))
 });
 
@@ -473,8 +481,17 @@ impl RedisStore {
     fn blob_meta_key(&self, key: &str) -> String {
         self.blob_key(&format!("m:{key}"))
     }
+    /// The keys of `apply_ops` for the blob `key`: meta, version, scratch.
+    pub(crate) fn blob_apply_keys(&self, key: &str) -> Vec<String> {
+        vec![
+            self.blob_meta_key(key),
+            self.blob_key("version"),
+            self.blob_key("scratch"),
+        ]
+    }
+
     /// The prefix of a fixed-size content's chunk keys (`CID:I` follows).
-    fn blob_fixed_prefix(&self) -> String {
+    pub(crate) fn blob_fixed_prefix(&self) -> String {
         self.blob_key("f:")
     }
 
@@ -1119,7 +1136,7 @@ impl Drop for RedisUpload {
 
 /// The arguments of one operation for `APPLY` (kind, type, offset,
 /// argument, overflow).
-fn op_args(op: &BlobOp, out: &mut Vec<Vec<u8>>) {
+pub(crate) fn op_args(op: &BlobOp, out: &mut Vec<Vec<u8>>) {
     // Anything past this is past every fixed-size blob; in Lua's doubles
     // it stays exact.
     const FAR: u64 = 1 << 50;
@@ -1187,6 +1204,53 @@ fn fit(ty: BitType, value: i64, overflow: Overflow) -> Option<i64> {
             }
             Some(wrapped as i64)
         }
+    }
+}
+
+/// What `apply_ops` (`APPLY_LUA`) answered for `ops` on `key`.
+pub(crate) fn applied(key: &str, ops: &[BlobOp], reply: &[redis::Value]) -> Result<Applied> {
+    let bulk = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(b.clone()),
+        redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    };
+    let Some(what) = reply.first().and_then(bulk) else {
+        return Err(corrupt(key, "unexpected reply to a batch"));
+    };
+    match what.as_slice() {
+        b"nf" => Ok(Applied::NotFound),
+        b"nm" => Ok(Applied::NotMutable),
+        b"inv" => {
+            let size = reply
+                .get(1)
+                .and_then(bulk)
+                .ok_or_else(|| corrupt(key, "unexpected reply to a batch"))?;
+            match validate_ops(ops, number(key, "size", &size)?) {
+                Err(bad) => Ok(Applied::Invalid(bad)),
+                Ok(()) => Err(corrupt(key, "Redis refused a batch Shoal finds valid")),
+            }
+        }
+        b"ok" if reply.len() == 8 + ops.len() => {
+            let fields: Vec<Option<Vec<u8>>> = reply[1..8].iter().map(bulk).collect();
+            let meta = stored(key, &fields)?
+                .ok_or_else(|| corrupt(key, "unexpected reply to a batch"))?
+                .meta;
+            let mut results = Vec::with_capacity(ops.len());
+            for answer in &reply[8..] {
+                results.push(match answer {
+                    redis::Value::Int(n) => Some(*n),
+                    redis::Value::Nil => None,
+                    other => {
+                        return Err(corrupt(
+                            key,
+                            &format!("unexpected answer to an operation: {other:?}"),
+                        ));
+                    }
+                });
+            }
+            Ok(Applied::Done { results, meta })
+        }
+        _ => Err(corrupt(key, "unexpected reply to a batch")),
     }
 }
 
@@ -1467,59 +1531,10 @@ impl Blobs for RedisStore {
         for op in &ops {
             op_args(op, &mut args);
         }
-        let keys = vec![
-            self.blob_meta_key(key),
-            self.blob_key("version"),
-            self.blob_key("scratch"),
-        ];
+        let keys = self.blob_apply_keys(key);
         let reply = self.conn.script::<Vec<redis::Value>>(&APPLY, keys, args);
         let key = key.to_string();
-        Box::pin(async move {
-            let reply = reply.await?;
-            let bulk = |v: &redis::Value| match v {
-                redis::Value::BulkString(b) => Some(b.clone()),
-                redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
-                _ => None,
-            };
-            let Some(what) = reply.first().and_then(bulk) else {
-                return Err(corrupt(&key, "unexpected reply to a batch"));
-            };
-            match what.as_slice() {
-                b"nf" => Ok(Applied::NotFound),
-                b"nm" => Ok(Applied::NotMutable),
-                b"inv" => {
-                    let size = reply
-                        .get(1)
-                        .and_then(bulk)
-                        .ok_or_else(|| corrupt(&key, "unexpected reply to a batch"))?;
-                    match validate_ops(&ops, number(&key, "size", &size)?) {
-                        Err(bad) => Ok(Applied::Invalid(bad)),
-                        Ok(()) => Err(corrupt(&key, "Redis refused a batch Shoal finds valid")),
-                    }
-                }
-                b"ok" if reply.len() == 8 + ops.len() => {
-                    let fields: Vec<Option<Vec<u8>>> = reply[1..8].iter().map(bulk).collect();
-                    let meta = stored(&key, &fields)?
-                        .ok_or_else(|| corrupt(&key, "unexpected reply to a batch"))?
-                        .meta;
-                    let mut results = Vec::with_capacity(ops.len());
-                    for answer in &reply[8..] {
-                        results.push(match answer {
-                            redis::Value::Int(n) => Some(*n),
-                            redis::Value::Nil => None,
-                            other => {
-                                return Err(corrupt(
-                                    &key,
-                                    &format!("unexpected answer to an operation: {other:?}"),
-                                ));
-                            }
-                        });
-                    }
-                    Ok(Applied::Done { results, meta })
-                }
-                _ => Err(corrupt(&key, "unexpected reply to a batch")),
-            }
-        })
+        Box::pin(async move { applied(&key, &ops, &reply.await?) })
     }
 
     fn blob_sweep(&self, older_than_ms: u64) -> Pending<u64> {

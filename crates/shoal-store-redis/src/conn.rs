@@ -82,6 +82,8 @@ struct Op {
 #[derive(Clone)]
 pub(crate) struct Conn {
     tx: mpsc::UnboundedSender<Op>,
+    /// For connections of their own (a blocking `XREAD`: see `channels`).
+    client: Arc<Client>,
 }
 
 impl Conn {
@@ -142,10 +144,23 @@ impl Conn {
             }
         })?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let client = Arc::new(client);
         // Owned by the store: it ends when the last `Conn` is dropped.
         #[allow(clippy::disallowed_methods)]
-        tokio::spawn(run(client, Some(first), rx));
-        Ok(Conn { tx })
+        tokio::spawn(run(client.clone(), Some(first), rx));
+        Ok(Conn { tx, client })
+    }
+
+    /// A new connection of its own, without a response timeout (for calls
+    /// that block on the server, which must not hold up the shared one).
+    pub(crate) async fn dedicated(&self) -> Result<MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(failed)
     }
 
     /// Issues one command now; its reply, decoded.
@@ -239,11 +254,10 @@ fn broken(e: &RedisError) -> bool {
 }
 
 async fn run(
-    client: Client,
+    client: Arc<Client>,
     first: Option<MultiplexedConnection>,
     mut rx: mpsc::UnboundedReceiver<Op>,
 ) {
-    let client = Arc::new(client);
     let mut conn = first;
     // Scripts this connection's server has seen (sent whole once).
     let mut loaded: HashSet<String> = HashSet::new();

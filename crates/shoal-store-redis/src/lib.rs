@@ -12,7 +12,7 @@
 //! | `{d:CATEGORY}` | `docs` | one category's record, shards and documents |
 //! | `{q:QUERYID}` | `queries` | the partial results of one query spread over nodes |
 //! | `{kv}` | `kv` | the key-value store: entries, their listing and expiry indexes, the version counter |
-//! | `{blobs}` | `blobs` | blob metadata, their listing index, the version counter, uploads in progress, garbage; fixed-size blobs' chunks |
+//! | `{blobs}` | `blobs`, `channels` | blob metadata, their listing index, the version counter, uploads in progress, garbage; fixed-size blobs' chunks; channels' streams and hashes (a publish may change a fixed-size blob in the same script) |
 //! | `{bc:CID}` | `blobs` | the chunks of one uploaded content |
 //!
 //! The work state shares one slot because one job write touches invocation
@@ -73,6 +73,8 @@ pub struct RedisStore {
     pub(crate) conn: conn::Conn,
     pub(crate) keys: Keys,
     pub(crate) blob_cache: Option<std::sync::Arc<blobs::ChunkCache>>,
+    /// Connections of `channel_wait`'s blocking reads (see `channels`).
+    pub(crate) waiters: std::sync::Arc<channels::Waiters>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -114,6 +116,7 @@ impl RedisStore {
                 )),
                 None => None,
             },
+            waiters: Default::default(),
         };
         let notes = store.check_server().await.map_err(|e| match e {
             Error::Unavailable(m) if m.contains("maxmemory-policy") => ConnectError::Rejected(m),

@@ -346,6 +346,11 @@ fn docs_blobs() {
 }
 
 #[test]
+fn docs_routes() {
+    run_doc("docs/routes.md");
+}
+
+#[test]
 fn docs_operations() {
     run_doc("docs/operations.md");
 }

@@ -4,19 +4,21 @@
 
 mod archive;
 mod blobs;
+mod channels;
 mod invoke;
 mod sites;
 
 pub use archive::pack_dir;
 pub use blobs::{BlobDownload, BlobHead, ByteRange, Progress, UPLOAD_PIECE};
+pub use channels::{ChannelEvent, ChannelEvents};
 pub use invoke::{Answer, Binary};
-pub use sites::{SiteDeploy, pack_site};
 pub use reqwest::Body;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+pub use sites::{SiteDeploy, pack_site};
 
 pub use shoal_protocol as protocol;
 use shoal_protocol::{

@@ -142,6 +142,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::blobs::BlobsCommand,
     },
+    /// Channels: set (public, history, coalescing), show, ls, publish,
+    /// tail (follow the messages, resuming with --since).
+    Channels {
+        #[command(subcommand)]
+        command: crate::channels::ChannelsCommand,
+    },
     /// Static sites: deploy a directory (--path, --spa, --cache-control),
     /// ls, versions, rollback, rm.
     Sites {
@@ -634,6 +640,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Kv { command } => crate::kv::run(&client, command, conn.json).await?,
         Command::Blobs { command } => crate::blobs::run(&client, command, conn.json).await?,
         Command::Sites { command } => crate::sites::run(&client, command, conn.json).await?,
+        Command::Channels { command } => crate::channels::run(&client, command, conn.json).await?,
         Command::Limiters { command: None } => {
             let ls = client.limiters().await?;
             out.print(&ls, || {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod output;
 mod blobs;
+mod channels;
 mod cli;
 mod data;
 mod functions;

@@ -172,10 +172,14 @@ async fn admit(
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`".into()))?
             .to_string(),
         None => query_token.map(str::to_string).ok_or_else(|| {
-            unauthorized(format!(
-                "channel `{name}` is not public: to {} pass a token (`Authorization: Bearer <token>`, or `?token=` where headers cannot be set)",
-                action.as_str()
-            ))
+            unauthorized(match action {
+                Action::Subscribe => format!(
+                    "channel `{name}` is not public: to subscribe pass a token (`Authorization: Bearer <token>`, or `?token=` where headers cannot be set)"
+                ),
+                Action::Publish => format!(
+                    "publishing on `{name}` needs a token (`Authorization: Bearer <token>`) with invoker rights or a `publish:` channel scope"
+                ),
+            })
         })?,
     };
     let caller = state
@@ -312,7 +316,14 @@ pub(crate) async fn events(
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
     let Query(params) = params?;
-    admit(&state, &headers, params.token.as_deref(), Action::Subscribe, &name).await?;
+    admit(
+        &state,
+        &headers,
+        params.token.as_deref(),
+        Action::Subscribe,
+        &name,
+    )
+    .await?;
     let since = since(&state, &name, &headers, params.since.as_deref()).await?;
     let sub = state.handle.subscribe(&name, since).await?;
     let first = Some(Bytes::from_static(b"retry: 1000\n\n"));
@@ -402,7 +413,14 @@ pub(crate) async fn ws(
             "{e}; connect with a WebSocket client, or use /v1/channels/{name}/events for Server-Sent Events"
         ))
     })?;
-    admit(&state, &headers, params.token.as_deref(), Action::Subscribe, &name).await?;
+    admit(
+        &state,
+        &headers,
+        params.token.as_deref(),
+        Action::Subscribe,
+        &name,
+    )
+    .await?;
     let since = since(&state, &name, &headers, params.since.as_deref()).await?;
     let sub = state.handle.subscribe(&name, since).await?;
     Ok(upgrade

@@ -24,9 +24,9 @@ use shoal_runtime::{Gate, Request, Response};
 use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord, StoreHealth};
 use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
 
-use crate::channels::Channels;
 use crate::cache::ResultCache;
 use crate::categories::Categories;
+use crate::channels::Channels;
 use crate::consumers::{Consumer, Consumers, Feed};
 use crate::env::Env;
 use crate::error::{Entity, Error, Result};

@@ -46,7 +46,9 @@ impl Host for EngineHost {
 
 /// Operation specs as sent by a worker, parsed; the first bad one fails the
 /// call, which changes nothing.
-fn parse_ops(raw: &[Box<serde_json::value::RawValue>]) -> Result<Vec<shoal_store::BlobOp>, HostError> {
+fn parse_ops(
+    raw: &[Box<serde_json::value::RawValue>],
+) -> Result<Vec<shoal_store::BlobOp>, HostError> {
     raw.iter()
         .enumerate()
         .map(|(i, raw)| {

@@ -179,6 +179,11 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         ))
         .routes(routes!(routes::sites::versions))
         .routes(routes!(routes::sites::rollback))
+        .routes(routes!(routes::channels::list))
+        .routes(routes!(routes::channels::show, routes::channels::configure))
+        .routes(routes!(routes::channels::publish))
+        .routes(routes!(routes::channels::events))
+        .routes(routes!(routes::channels::ws))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .merge(deploy);
     let (router, openapi) = api.split_for_parts();

@@ -45,6 +45,9 @@ pub enum ChannelsCommand {
         /// `0` replays the whole history).
         #[arg(long)]
         since: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
     },
 }
 
@@ -135,9 +138,14 @@ pub async fn run(client: &Client, command: ChannelsCommand, json: bool) -> Resul
                 )
             });
         }
-        ChannelsCommand::Tail { name, since } => {
+        ChannelsCommand::Tail { name, since, count } => {
             let mut events = client.follow_channel(&name, since.as_deref()).await?;
-            while let Some(e) = events.next().await? {
+            let mut left = count;
+            while left != Some(0) {
+                let Some(e) = events.next().await? else { break };
+                if matches!(e.kind.as_str(), "message" | "binary") {
+                    left = left.map(|n| n - 1);
+                }
                 let view = serde_json::json!({"event": e.kind, "id": e.id, "data": e.data});
                 out.item(&view, || match e.kind.as_str() {
                     "message" | "binary" => e.data.clone(),

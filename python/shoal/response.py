@@ -316,4 +316,4 @@ if not TYPE_CHECKING and __name__ != "_shoal_runner.response":
     if _runtime is not None:
         Response = _runtime.Response  # noqa: F811
         is_response_json = _runtime.is_response_json  # noqa: F811
-        cookie = _runtime.cookie  # noqa: F811
+        cookie = getattr(_runtime, "cookie", cookie)  # noqa: F811

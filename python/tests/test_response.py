@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from shoal import Context, Response
+from shoal import Context, Response, cookie
 from shoal.response import is_response_json
 
 
@@ -78,6 +78,45 @@ def test_json_form_round_trips():
         Response.from_json({"a": 1})
     with pytest.raises(ValueError):
         Response.from_json({"$response": {"status": 200}})
+
+
+def test_cookies_are_set_cookie_values():
+    assert cookie("sid", "abc") == "sid=abc; Path=/; HttpOnly; SameSite=Lax"
+    assert (
+        cookie("sid", "a.b-c_1", max_age=0, path="/app", http_only=False, secure=True, same_site="None")
+        == "sid=a.b-c_1; Max-Age=0; Path=/app; Secure; SameSite=None"
+    )
+    assert cookie("t", "", path=None, http_only=False, same_site=None) == "t="
+    assert Context.cookie("a", "b") == cookie("a", "b")
+    r = Response("hi", cookies=[cookie("sid", "1"), "theme=dark"])
+    assert r.cookies == ["sid=1; Path=/; HttpOnly; SameSite=Lax", "theme=dark"]
+    form = r.to_json()
+    assert form["$response"]["cookies"] == r.cookies
+    assert Response.from_json(form) == r
+    # Without cookies the JSON form is as before.
+    assert "cookies" not in Response("hi").to_json()["$response"]
+    assert Response("hi") != r
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: cookie("a b", "x"), "not a cookie name"),
+        (lambda: cookie("a", "x;y"), "may not hold ';'"),
+        (lambda: cookie("a", "é"), "may not hold"),
+        (lambda: cookie("a", 3), "must be a str"),
+        (lambda: cookie("a", "b", max_age=-1), "max_age"),
+        (lambda: cookie("a", "b", same_site="Loose"), "same_site"),
+        (lambda: cookie("a", "b", same_site="None"), "secure=True"),
+        (lambda: Response("", cookies="a=b"), "a list"),
+        (lambda: Response("", cookies=["nope"]), "not a Set-Cookie value"),
+        (lambda: Response("", cookies=["a=b\r\nx: y"]), "visible ASCII"),
+        (lambda: Response("", cookies=["c%d=1" % i for i in range(65)]), "at most 64 cookies"),
+    ],
+)
+def test_bad_cookies_are_refused_where_made(make, error):
+    with pytest.raises((ValueError, TypeError), match=error):
+        make()
 
 
 def test_inside_a_worker_the_runtimes_class_is_handed_out():

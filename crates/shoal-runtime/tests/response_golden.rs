@@ -30,6 +30,8 @@ struct Args {
     status: Option<u16>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    cookies: Vec<String>,
 }
 
 #[test]
@@ -59,6 +61,7 @@ fn golden_responses_decode_and_encode_back() {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
         assert_eq!(decoded.headers, headers, "{name}");
+        assert_eq!(decoded.cookies, case.args.cookies, "{name}");
         match &case.args.content_type {
             // A str body's text type gains a charset; the runner's to say.
             Some(given) => assert!(decoded.content_type.starts_with(given.as_str()), "{name}"),

@@ -43,6 +43,9 @@ pub const MAX_SITE_PATH: usize = 1024;
 pub const MAX_SITE_VERSIONS: usize = 100;
 /// How often the live sites are read again from the store.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Unused files younger than this are kept (another node's deploy may be
+/// storing them before it names them).
+const GARBAGE_AGE: Duration = Duration::from_secs(600);
 /// The key-value prefix of the sites' entries.
 const SITE_KEY: &str = "\0site\0";
 /// The blob prefix of files and manifests.
@@ -180,6 +183,10 @@ pub(crate) struct Sites {
     live: RwLock<Arc<LiveSites>>,
     /// Deploys, rollbacks and removals of this node, one at a time.
     rules: tokio::sync::Mutex<()>,
+    /// Held shared by every deploy of this node from its first upload to
+    /// its entry's write, and exclusively by the removal of unused files:
+    /// a file a deploy found stored (and so did not upload) stays.
+    uploads: tokio::sync::RwLock<()>,
 }
 
 impl Sites {
@@ -188,6 +195,7 @@ impl Sites {
             env,
             live: RwLock::new(Arc::new(LiveSites::default())),
             rules: tokio::sync::Mutex::new(()),
+            uploads: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -218,6 +226,7 @@ impl Sites {
             check_cache_control(cc)?;
         }
         self.env.accepting()?;
+        let uploading = self.uploads.read().await;
         let (files, bytes) = self.unpack(body, opts.max_bytes).await?;
         let manifest = serde_json::to_vec(&files).map_err(Error::unavailable)?;
         let manifest_sha = hex::encode(Sha256::digest(&manifest));
@@ -226,7 +235,7 @@ impl Sites {
             Bytes::from(manifest),
         )
         .await?;
-        let _rules = self.rules.lock().await;
+        let rules = self.rules.lock().await;
         let (record, entry_version) = match self.record(name).await? {
             Some((r, v)) => (Some(r), Some(v)),
             None => (None, None),
@@ -270,6 +279,7 @@ impl Sites {
         if let Some(v) = record.live_version() {
             self.install(live_site(&record, v, written, files));
         }
+        drop((rules, uploading));
         if forgotten {
             self.collect_garbage().await;
         }
@@ -339,7 +349,7 @@ impl Sites {
     pub(crate) async fn remove(&self, name: &str) -> Result<()> {
         check_name(name)?;
         self.env.accepting()?;
-        let _rules = self.rules.lock().await;
+        let rules = self.rules.lock().await;
         let (_, entry_version) = self
             .record(name)
             .await?
@@ -358,6 +368,7 @@ impl Sites {
         self.replace(|sites| {
             sites.remove(name);
         });
+        drop(rules);
         self.collect_garbage().await;
         Ok(())
     }
@@ -687,8 +698,10 @@ impl Sites {
     }
 
     /// Deletes stored files and manifests no version of any site names.
-    /// Runs under the rules lock; a file another node is deploying right
-    /// now and not yet named is spared by its age.
+    /// Waits for this node's deploys to be written (and holds the next
+    /// off); a file another node is deploying right now and has not named
+    /// yet is spared by its age ([`GARBAGE_AGE`]). Called without the
+    /// rules lock (a deploy waiting for it holds `uploads`).
     async fn collect_garbage(&self) {
         if let Err(e) = self.try_collect_garbage().await {
             warn!(error = %e, "Removing unused static site files failed; they stay until the next removal.");
@@ -705,7 +718,11 @@ impl Sites {
                 }
             }
         }
-        let young = self.env.now_ms().saturating_sub(3_600_000);
+        let _no_uploads = self.uploads.write().await;
+        let young = self
+            .env
+            .now_ms()
+            .saturating_sub(GARBAGE_AGE.as_millis() as u64);
         let mut after: Option<String> = None;
         loop {
             let page = self

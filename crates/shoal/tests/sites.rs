@@ -559,7 +559,7 @@ fn a_redeploy_switches_every_file_at_once_and_rolls_back() {
 
 #[test]
 fn removal_bad_archives_and_the_size_limit() {
-    let node = TestNode::start_with(&["--max-site-bytes", "100000"]);
+    let mut node = TestNode::start_with(&["--max-site-bytes", "100000"]);
     let dir = site_dir(&[("index.html", b"hello"), ("x.txt", b"x")]);
     deploy(&node, "gone", dir.path(), &["--path", "/gone"]);
     assert_eq!(get(&node, "/gone/").text(), "hello");
@@ -656,6 +656,11 @@ fn removal_bad_archives_and_the_size_limit() {
     let v = deploy(&node, "gone", dir.path(), &["--path", "/gone"]);
     assert_eq!(v["live"], 1);
     assert_eq!(get(&node, "/gone/x.txt").text(), "x");
+
+    // The sites are served again after a kill -9.
+    node.kill9_and_restart();
+    assert_eq!(get(&node, "/gone/x.txt").text(), "x");
+    assert_eq!(get(&node, "/page.html").text(), "<p>");
 }
 
 fn request_unauthorized(node: &TestNode) -> (u16, String, Value) {

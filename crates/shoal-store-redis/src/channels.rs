@@ -39,7 +39,7 @@ use redis::aio::MultiplexedConnection;
 use sha2::{Digest, Sha256};
 use shoal_store::channels::{
     BlobWrite, ChannelInfo, ChannelMessage, ChannelRead, ChannelSettings, Channels,
-    NewChannelMessage, Published,
+    MAX_HISTORY_LEN, NewChannelMessage, Published,
 };
 use shoal_store::{Applied, Error, Pending, Result};
 
@@ -471,7 +471,9 @@ impl Channels for RedisStore {
     ) -> Pending<ChannelRead> {
         let keys = vec![self.channel_hash(name), self.channel_stream(name)];
         let from = after.saturating_add(1);
-        let args = vec![arg(from.to_string()), arg(limit.max(1).to_string())];
+        // Never more than a history holds (and a count Redis takes).
+        let count = limit.clamp(1, MAX_HISTORY_LEN as usize);
+        let args = vec![arg(from.to_string()), arg(count.to_string())];
         let reply = self.conn.script::<Vec<Value>>(&READ, keys, args);
         let name = name.to_string();
         Box::pin(async move {
@@ -544,7 +546,7 @@ impl Channels for RedisStore {
             arg(self.channel_hash("")),
             min,
             max,
-            arg(limit.max(1).to_string()),
+            arg(limit.clamp(1, i32::MAX as usize).to_string()),
         ];
         let reply = self
             .conn

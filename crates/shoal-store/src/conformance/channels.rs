@@ -137,6 +137,9 @@ pub async fn channel_offsets_and_epoch(backend: &Backend) {
     assert_eq!(all.messages[3].at_ms, T + 1);
     assert_eq!(all.messages[5].data, b"6");
 
+    // Any limit is fine (at least one message is answered).
+    assert_eq!(read(backend, &name, 0, usize::MAX, T + 3).await, all);
+    assert_eq!(offsets(&read(backend, &name, 0, 0, T + 3).await), vec![1]);
     let page = read(backend, &name, 2, 2, T + 3).await;
     assert_eq!(offsets(&page), vec![3, 4]);
     assert!(!page.gap && page.head == 6);
@@ -403,6 +406,12 @@ pub async fn channel_list(backend: &Backend) {
             assert_eq!(info.settings, Some(settings(i as u64, 0)));
         }
     }
+    let all = backend
+        .channels
+        .channel_list(&prefix, None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(all, seen);
     let page = backend
         .channels
         .channel_list(&prefix, Some(&names[5]), 10)

@@ -351,6 +351,11 @@ fn docs_routes() {
 }
 
 #[test]
+fn docs_sites() {
+    run_doc("docs/sites.md");
+}
+
+#[test]
 fn docs_operations() {
     run_doc("docs/operations.md");
 }

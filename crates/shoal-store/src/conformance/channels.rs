@@ -155,6 +155,16 @@ pub async fn channel_offsets_and_epoch(backend: &Backend) {
     );
     assert_eq!((past.epoch.as_str(), past.head), (epoch.as_str(), 6));
 
+    // The position alone: after the last possible offset.
+    let position = read(backend, &name, u64::MAX, 1, T + 3).await;
+    assert_eq!(
+        (position.epoch.as_str(), position.head, position.gap),
+        (epoch.as_str(), 6, true)
+    );
+    assert!(position.messages.is_empty());
+    let unknown = read(backend, &unique("ch.offsets"), u64::MAX, 1, T).await;
+    assert_eq!((unknown.epoch.as_str(), unknown.head), ("", 0));
+
     // Another channel has its own offsets.
     let other = unique("ch.offsets");
     let (_, first, last) = publish(backend, &other, jsons(&["x"]), T).await;

@@ -454,8 +454,10 @@ impl Sites {
     }
 
     /// Loads the live sites, then keeps them fresh on the engine's tasks.
-    pub(crate) async fn start(self: &Arc<Self>) -> Result<()> {
-        self.refresh().await?;
+    pub(crate) async fn start(self: &Arc<Self>) {
+        if let Err(e) = self.refresh().await {
+            warn!(error = %e, "Reading the static sites failed; they are served once a later try succeeds.");
+        }
         let sites = self.clone();
         let env = self.env.clone();
         env.tasks.clone().spawn(async move {
@@ -469,7 +471,6 @@ impl Sites {
                 }
             }
         });
-        Ok(())
     }
 
     /// Reads every site's entry and loads the manifests that changed.
@@ -637,6 +638,12 @@ impl Sites {
 
     /// Every site's entry with its store version.
     async fn entries(&self) -> Result<Vec<(SiteRecord, u64)>> {
+        self.read_entries(false).await
+    }
+
+    /// [`Sites::entries`]; `strict`: an unreadable entry is an error (not
+    /// skipped with a warning).
+    async fn read_entries(&self, strict: bool) -> Result<Vec<(SiteRecord, u64)>> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -648,7 +655,12 @@ impl Sites {
                 .kv_list(SITE_KEY, after.as_deref(), 1000, now)
                 .await?;
             for entry in page.entries {
-                out.push((decode(&entry.key, &entry.value)?, entry.version));
+                match decode(&entry.key, &entry.value) {
+                    Ok(record) => out.push((record, entry.version)),
+                    Err(e) if strict => return Err(e),
+                    // One unreadable entry does not hide the others.
+                    Err(e) => warn!(error = %e, "Skipping a static site."),
+                }
             }
             match page.next {
                 Some(next) => after = Some(next),
@@ -710,7 +722,7 @@ impl Sites {
 
     async fn try_collect_garbage(&self) -> Result<()> {
         let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for (record, _) in self.entries().await? {
+        for (record, _) in self.read_entries(true).await? {
             for v in &record.versions {
                 keep.insert(format!("{MANIFEST_KEY}{}", v.manifest));
                 for f in manifest(&self.env, &v.manifest).await?.values() {

@@ -112,7 +112,7 @@ async fn call(
                 "too many calls of {} {} from {client}; retry in {} ms",
                 hit.route.method,
                 hit.route.path,
-                wait.as_millis()
+                wait.as_micros().div_ceil(1000)
             ),
         )
         .into_response();

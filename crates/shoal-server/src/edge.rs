@@ -256,7 +256,10 @@ async fn connection(
         .keep_alive(true)
         // The watchdog below times heads; hyper's own timer stays off.
         .header_read_timeout(None)
-        .serve_connection(io, svc);
+        .serve_connection(io, svc)
+        // WebSocket (channel subscriptions): the connection is handed over
+        // to the upgrade once the 101 answer is written.
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let mut shutting_down = false;
     // One timer for the connection's life, moved rather than made anew.

@@ -819,10 +819,23 @@ async fn presence(env: Arc<Env>, channels: std::sync::Weak<Channels>) {
 /// Where several nodes share the store: wakes this node's hubs when
 /// another node published on their channels.
 async fn follow(env: Arc<Env>, channels: std::sync::Weak<Channels>) {
+    // Heads the store answered, which hubs may not have caught up with yet:
+    // waiting from a hub's older position would answer at once, again and
+    // again, until it does.
+    let mut seen: HashMap<String, (String, u64)> = HashMap::new();
     loop {
         let Some(me) = channels.upgrade() else { return };
-        let positions = me.positions();
+        let mut positions = me.positions();
         drop(me);
+        seen.retain(|name, _| positions.iter().any(|(n, _, _)| n == name));
+        for (name, epoch, offset) in &mut positions {
+            if let Some((e, head)) = seen.get(name.as_str())
+                && (e != epoch || *head > *offset)
+            {
+                *epoch = e.clone();
+                *offset = *head;
+            }
+        }
         if positions.is_empty() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -840,8 +853,9 @@ async fn follow(env: Arc<Env>, channels: std::sync::Weak<Channels>) {
         match changed {
             Ok(changed) => {
                 let Some(me) = channels.upgrade() else { return };
-                for (name, _, _) in changed {
+                for (name, epoch, head) in changed {
                     me.look(&name);
+                    seen.insert(name, (epoch, head));
                 }
             }
             Err(e) => {

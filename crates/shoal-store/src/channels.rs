@@ -16,8 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::{Applied, BlobMeta, BlobOp};
 use crate::Pending;
+use crate::blobs::{Applied, BlobMeta, BlobOp};
 
 /// A channel's settings. Absent settings are [`ChannelSettings::default`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,8 +144,13 @@ pub trait Channels: Send + Sync + 'static {
     ) -> Pending<Published>;
     /// Up to `limit` messages after offset `after` (0: from the first ever;
     /// 0 is taken as 1), see [`ChannelRead`].
-    fn channel_read(&self, name: &str, after: u64, limit: usize, now_ms: u64)
-    -> Pending<ChannelRead>;
+    fn channel_read(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Pending<ChannelRead>;
     /// Channels with a message or settings whose name starts with
     /// `prefix`, in name order, strictly after `after`, at most `limit`.
     fn channel_list(

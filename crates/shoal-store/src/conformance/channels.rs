@@ -404,6 +404,19 @@ pub async fn channel_list(backend: &Backend) {
         seen.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         want
     );
+    // An `after` that sorts before the prefix starts at the prefix.
+    let from_before = backend
+        .channels
+        .channel_list(&prefix, Some(&prefix[..prefix.len() - 1]), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        from_before
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>(),
+        want
+    );
     for (i, info) in seen[1..].iter().enumerate() {
         if i % 2 == 0 {
             assert!(!info.epoch.is_empty());

@@ -3,14 +3,14 @@
 //! Trimming by length happens at publish; age is compared at every read,
 //! so an old message is gone at once whatever was trimmed.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
+use crate::Pending;
 use crate::blobs::Applied;
 use crate::channels::{
     BlobWrite, ChannelInfo, ChannelMessage, ChannelRead, ChannelSettings, Channels,
     NewChannelMessage, Published,
 };
-use crate::Pending;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 
 use super::{MemoryStore, State};
 
@@ -80,7 +80,11 @@ fn publish(
             refused => return Published::BlobRefused(refused),
         },
     };
-    let needs_epoch = s.channels.channels.get(name).is_none_or(|c| c.epoch.is_empty());
+    let needs_epoch = s
+        .channels
+        .channels
+        .get(name)
+        .is_none_or(|c| c.epoch.is_empty());
     let epoch = needs_epoch.then(|| s.channels.new_epoch());
     let channel = s.channels.channels.entry(name.to_string()).or_default();
     if let Some(epoch) = epoch {
@@ -116,7 +120,12 @@ impl Channels for MemoryStore {
     }
 
     fn channel_settings(&self, name: &str) -> Pending<Option<ChannelSettings>> {
-        self.run(|s| Ok(s.channels.channels.get(name).and_then(|c| c.settings.clone())))
+        self.run(|s| {
+            Ok(s.channels
+                .channels
+                .get(name)
+                .and_then(|c| c.settings.clone()))
+        })
     }
 
     fn channel_publish(
@@ -173,9 +182,10 @@ impl Channels for MemoryStore {
         limit: usize,
     ) -> Pending<Vec<ChannelInfo>> {
         self.run(|s| {
+            // From the prefix, or past `after` when that is further on.
             let start = match after {
-                Some(after) => Bound::Excluded(after.to_string()),
-                None => Bound::Included(prefix.to_string()),
+                Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+                _ => Bound::Included(prefix.to_string()),
             };
             Ok(s.channels
                 .channels

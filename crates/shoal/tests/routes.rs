@@ -5,8 +5,9 @@
 //! CORS preflights and headers; `shoal.Response` with cookies (also binary);
 //! failures (502, 504); overlapping routes refused at deploy (409) until a
 //! removal frees the path, also for a rollback; reserved prefixes refused;
-//! `shoal functions show` listing the routes. And a route deployed through
-//! one node is served by another sharing its Redis.
+//! `shoal functions show` listing the routes; a route winning over a
+//! static site on its path. And a route deployed through one node is served
+//! by another sharing its Redis.
 
 mod common;
 
@@ -405,4 +406,40 @@ async fn routes_follow_the_catalog_across_nodes() {
         async || send(h.get(&on_b)).await.0 == 404,
     )
     .await;
+}
+
+/// Precedence on the same node: a function route wins over a static site
+/// mounted on its path; the site answers every other path under its mount.
+#[tokio::test]
+async fn a_route_wins_over_a_site_on_its_path() {
+    let node = TestNode::start();
+    let c = node.client();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>site</p>").unwrap();
+    std::fs::create_dir(site.path().join("api")).unwrap();
+    std::fs::write(site.path().join("api/1"), "a file").unwrap();
+    let out = node.cli(&[
+        "sites",
+        "deploy",
+        "web",
+        site.path().to_str().unwrap(),
+        "--path",
+        "/",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    deploy(&c, &routed("api", "GET", "/api/{x}"), ROUTE_PY).await;
+    let h = http();
+    let get = |p: &str| h.get(format!("{}{p}", node.url));
+    let (status, _, body) = send(get("/api/1")).await;
+    assert_eq!((status, json_of(&body)), (200, json!("/api/{x}")));
+    let (status, _, body) = send(get("/index.html")).await;
+    assert_eq!((status, body.as_slice()), (200, b"<p>site</p>".as_slice()));
+    // Removing the function uncovers the site's file.
+    c.remove_function("api").await.unwrap();
+    let (status, _, body) = send(get("/api/1")).await;
+    assert_eq!((status, body.as_slice()), (200, b"a file".as_slice()));
 }

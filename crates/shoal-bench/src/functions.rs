@@ -62,6 +62,9 @@ pub const BITFIELD_APPLY: Source = source!(
     "bench-bitfield",
     ["shoal.toml", "main.py"]
 );
+/// One pixel placement: `ctx.publish` with one bitfield op, behind a public
+/// route (the live phase).
+pub const LIVE_PIXEL: Source = source!("live-pixel", "bench-live", ["shoal.toml", "main.py"]);
 /// An echo with `[cache] ttl = "60s"` (the cache figure).
 pub const CACHED: Source = source!("cached", "bench-cached", ["shoal.toml", "main.py"]);
 /// A ranged-scan child: numpy sum of the value column of its range.

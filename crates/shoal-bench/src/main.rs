@@ -9,7 +9,8 @@
 //! and several nodes on one Redis beside Celery (`cluster.rs`), blob
 //! transfers beside `dd` (`blobs.rs`), bitfield batches (`bitfield.rs`),
 //! result-cache hits (`cache.rs`) and a ranged scan beside the memmap limit,
-//! Dask and Ray (`scan.rs`).
+//! Dask and Ray (`scan.rs`), and pixel placements fanned out to live
+//! subscribers beside idle subscribers' memory (`live.rs`).
 //! Each phase renders its own section of the report (`report.rs`), which is
 //! printed and appended to `docs/benchmarks.md`.
 //!
@@ -33,6 +34,7 @@ mod functions;
 mod http;
 mod invoke;
 mod list;
+mod live;
 mod node;
 mod queries;
 mod queue;
@@ -66,7 +68,8 @@ struct Args {
     quick: bool,
     /// Run only these phases (comma-separated): latency, throughput, cold,
     /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
-    /// query-cold, query-stream, list, cluster, blobs, bitfield, cache, scan.
+    /// query-cold, query-stream, list, cluster, blobs, bitfield, cache, scan,
+    /// live.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run every selected phase against this `shoal` binary (an older
@@ -125,6 +128,7 @@ struct Plan {
     bitfield: bitfield::Plan,
     cache: cache::Plan,
     scan: scan::Plan,
+    live: live::Plan,
     redis_server: PathBuf,
     redis_missing: Option<String>,
     node_log: String,
@@ -215,6 +219,17 @@ impl Plan {
                 python: absolute(&args.ray_python),
                 ray_missing: present(&args.ray_missing),
                 limit: secs(300, 600),
+            },
+            live: live::Plan {
+                subscribers: 1000,
+                reconnecting: 100,
+                away: Duration::from_millis(300),
+                publishers: 32,
+                window: secs(2, 3),
+                paced_rate: 2000.0,
+                paced_window: secs(2, 4),
+                idle: 10_000,
+                concurrency: 8,
             },
             redis_server: args.redis_server.clone(),
             redis_missing: present(&args.celery_missing),
@@ -426,6 +441,7 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "bitfield" => bitfield::run(ctx, &plan.bitfield, &plan.redis(b), b.dir.path()).await,
         "cache" => cache::run(ctx, &plan.cache).await,
         "scan" => scan::run(ctx, &plan.scan, b.dir.path()).await,
+        "live" => live::run(ctx, &plan.live, &b.shoal, b.dir.path(), &plan.node_log).await,
         other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),
     };
     let s = r.unwrap_or_else(|e| Section::failed(phase, &format!("{e:#}")));
@@ -532,6 +548,7 @@ mod tests {
             "bitfield",
             "cache",
             "scan",
+            "live",
         ];
         for p in target::phases() {
             assert!(known.contains(&p) || queries::PHASES.contains(&p), "{p}");

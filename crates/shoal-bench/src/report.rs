@@ -521,6 +521,7 @@ mod tests {
         all.extend(crate::bitfield::examples());
         all.extend(crate::cache::examples());
         all.extend(crate::scan::examples());
+        all.extend(crate::live::examples());
         all
     }
 
@@ -606,10 +607,16 @@ mod tests {
             ("bitfield.function_redis", Miss), // 20,000/s
             ("cache.hit_p50", Pass),
             ("cache.hit_p99", Info),
-            ("scan.warm", Miss), // 2.5×
-            ("scan.cold", Pass), // 1.03×
-            ("scan.dask", Pass), // 0.83×
-            ("scan.ray", Miss),  // not installed
+            ("scan.warm", Miss),         // 2.5×
+            ("scan.cold", Pass),         // 1.03×
+            ("scan.dask", Pass),         // 0.83×
+            ("scan.ray", Miss),          // not installed
+            ("live.placements", Miss),   // 4,000/s
+            ("live.delivery_p99", Miss), // 150 ms
+            ("live.delivery_p50", Info),
+            ("live.lost", Pass),
+            ("live.idle_sse", Pass), // 4.9 KiB
+            ("live.idle_ws", Miss),  // 19.5 KiB
         ];
         assert_eq!(verdicts, want);
     }

@@ -49,6 +49,8 @@ pub enum Unit {
     MiBPerS,
     /// Operations per second.
     OpsPerS,
+    /// KiB (1,024 bytes), one decimal.
+    KiB,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +221,21 @@ pub static TARGETS: &[Target] = targets! {
     "scan.ray"           12  RatioAtMost("Ray")        1.0  S
         "The same scan, warm: Shoal vs Ray (a local instance with 2 CPUs, one task per 64 MiB \
          block `numpy.memmap`-ing it), medians";
+    "live.placements"    13  AtLeast                5000.0  PerS
+        "Pixel placements/s, durable (each one `ctx.publish` of a bitfield op and a channel \
+         message, committed before its answer), with 1,000 live SSE subscribers connected";
+    "live.delivery_p99"  13  AtMost                  100.0  Ms
+        "Placement-to-delivery latency at every subscriber, placements at a paced 2,000/s, p99";
+    "live.delivery_p50"  13  Reported                  0.0  Ms
+        "The same, p50";
+    "live.lost"          13  AtMost                    0.0  Count
+        "Subscribers whose board (every message applied to a local copy) differs from the \
+         server's at the end, subscribers that dropped and resumed included";
+    "live.idle_sse"      13  AtMost                   10.0  KiB
+        "Node memory per idle SSE subscriber: RSS growth over 10,000 idle connections ÷ 10,000 \
+         (Centrifugo reports about 30 KB)";
+    "live.idle_ws"       13  AtMost                   10.0  KiB
+        "The same over WebSocket";
 };
 
 /// The target with this id. Ids are constants in the phases' code, and a
@@ -319,6 +336,7 @@ impl Unit {
             S => format!("{x:.1} s"),
             PerS if x < 100.0 && x.fract() != 0.0 => format!("{x:.1}/s"),
             Cmds => self.with(format!("{x:.2}")),
+            KiB => self.with(format!("{x:.1}")),
             _ => self.with(thousands(x)),
         }
     }
@@ -335,6 +353,7 @@ impl Unit {
             Cmds => format!("{n} commands"),
             MiBPerS => format!("{n} MiB/s"),
             OpsPerS => format!("{n} ops/s"),
+            KiB => format!("{n} KiB"),
         }
     }
 }
@@ -361,7 +380,7 @@ mod tests {
             let last = TARGETS[..i].iter().rposition(|u| u.phase() == t.phase());
             assert!(last.is_none_or(|j| j == i - 1), "{} is apart", t.id);
         }
-        assert_eq!(phases().len(), 19);
+        assert_eq!(phases().len(), 20);
         assert_eq!(phases()[0], "latency");
     }
 

@@ -241,22 +241,17 @@ async fn a_site_keeps_its_last_100_versions() {
 #[tokio::test(start_paused = true)]
 async fn deploys_of_one_site_at_once_make_one_version_each() {
     let (node, _) = node_and_store().await;
-    let n = Arc::new(node);
-    let mut tasks = Vec::new();
-    for i in 0..5u32 {
-        let n = n.clone();
-        tasks.push(tokio::spawn(async move {
-            let text = format!("v{i}");
-            deploy(&n, "race", "/", &[("index.html", text.as_bytes())]).await
-        }));
-    }
-    let mut lives = Vec::new();
-    for t in tasks {
-        lives.push(t.await.unwrap());
-    }
+    let texts: Vec<String> = (0..5).map(|i| format!("v{i}")).collect();
+    let mut lives = futures_util::future::join_all(
+        texts
+            .iter()
+            .map(|t| deploy(&node, "race", "/", &[("index.html", t.as_bytes())]))
+            .collect::<Vec<_>>(),
+    )
+    .await;
     lives.sort();
     assert_eq!(lives, [1, 2, 3, 4, 5]);
-    assert_eq!(n.engine.site("race").await.unwrap().versions.len(), 5);
+    assert_eq!(node.engine.site("race").await.unwrap().versions.len(), 5);
 }
 
 #[tokio::test(start_paused = true)]

@@ -245,7 +245,10 @@ async fn deploys_of_one_site_at_once_make_one_version_each() {
     let mut lives = futures_util::future::join_all(
         texts
             .iter()
-            .map(|t| deploy(&node, "race", "/", &[("index.html", t.as_bytes())]))
+            .map(|t| {
+                let node = &node;
+                async move { deploy(node, "race", "/", &[("index.html", t.as_bytes())]).await }
+            })
             .collect::<Vec<_>>(),
     )
     .await;

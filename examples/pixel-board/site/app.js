@@ -122,7 +122,7 @@
   }
 
   function parsePosition(text) {
-    const m = /^(.+):(\d+)$/.exec(text || "");
+    const m = /^(.*):(\d+)$/.exec(text || ""); // a channel never published to has epoch ""
     return m ? { epoch: m[1], offset: Number(m[2]) } : null;
   }
 

@@ -569,17 +569,13 @@ impl State {
         self.gaps += offset - self.last - 1;
         self.last = offset;
         self.messages += 1;
-        let field = |k: &[u8]| {
-            number(data, k).with_context(|| {
-                format!(
-                    "no {} in {}",
-                    String::from_utf8_lossy(k),
-                    String::from_utf8_lossy(data)
-                )
-            })
-        };
-        let (x, y, c) = (field(b"\"x\":")?, field(b"\"y\":")?, field(b"\"c\":")?);
-        let (t, m) = (field(b"\"t\":")?, field(b"\"m\":")? as usize);
+        let [c, m, t, x, y] = fields(data).with_context(|| {
+            format!(
+                "a message without x, y, c, t and m: {}",
+                String::from_utf8_lossy(data)
+            )
+        })?;
+        let m = m as usize;
         if offset > self.skip_through {
             self.set(y * WIDTH + x, c as u8);
         }
@@ -671,19 +667,9 @@ impl Sub {
     async fn events(&mut self, st: &mut State, buf: &mut Vec<u8>) -> Result<()> {
         let now_us = self.base.elapsed().as_micros() as u64;
         let mut start = 0;
-        while let Some(end) = find_blank(buf, start) {
-            let block = &buf[start..end];
-            start = end + 2;
-            let (mut id, mut kind, mut data): (&[u8], &[u8], &[u8]) = (b"", b"message", b"");
-            for line in block.split(|&b| b == b'\n') {
-                if let Some(v) = line.strip_prefix(b"id: ") {
-                    id = v;
-                } else if let Some(v) = line.strip_prefix(b"event: ") {
-                    kind = v;
-                } else if let Some(v) = line.strip_prefix(b"data: ") {
-                    data = v;
-                }
-            }
+        while let Some((event, next)) = next_event(buf, start) {
+            start = next;
+            let Event { id, kind, data } = event;
             if id.is_empty() && data.is_empty() {
                 continue; // retry: or a keep-alive comment
             }
@@ -749,22 +735,69 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     )
 }
 
-/// Where the blank line ending the event that starts at `from` is.
-fn find_blank(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i + 1 < buf.len() {
-        match buf[i + 1..].iter().position(|&b| b == b'\n') {
-            Some(k) => {
-                let nl = i + 1 + k;
-                if buf[nl - 1] == b'\n' {
-                    return Some(nl - 1);
-                }
-                i = nl;
-            }
-            None => return None,
+/// One server-sent event's fields.
+struct Event<'a> {
+    id: &'a [u8],
+    kind: &'a [u8],
+    data: &'a [u8],
+}
+
+/// The next whole event in `buf` from `from` (one pass over its lines),
+/// and where the one after it starts.
+fn next_event(buf: &[u8], mut from: usize) -> Option<(Event<'_>, usize)> {
+    let mut e = Event {
+        id: b"",
+        kind: b"message",
+        data: b"",
+    };
+    loop {
+        let nl = from + buf[from..].iter().position(|&b| b == b'\n')?;
+        let line = &buf[from..nl];
+        from = nl + 1;
+        if line.is_empty() {
+            return Some((e, from));
+        }
+        if let Some(v) = line.strip_prefix(b"data: ") {
+            e.data = v;
+        } else if let Some(v) = line.strip_prefix(b"id: ") {
+            e.id = v;
+        } else if let Some(v) = line.strip_prefix(b"event: ") {
+            e.kind = v;
         }
     }
-    None
+}
+
+/// `[c, m, t, x, y]` of a message `{"c": .., "m": .., "t": .., "x": ..,
+/// "y": ..}` (any order), in one pass.
+fn fields(data: &[u8]) -> Option<[u64; 5]> {
+    let mut out = [None; 5];
+    let mut i = 0;
+    while i + 3 < data.len() {
+        if !(data[i] == b'"' && data[i + 2] == b'"' && data[i + 3] == b':') {
+            i += 1;
+            continue;
+        }
+        let slot = match data[i + 1] {
+            b'c' => 0,
+            b'm' => 1,
+            b't' => 2,
+            b'x' => 3,
+            b'y' => 4,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        i += 4;
+        while data.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        let digits = data[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        out[slot] = Some(parse_u64(&data[i..i + digits])?);
+        i += digits;
+    }
+    let [c, m, t, x, y] = out;
+    Some([c?, m?, t?, x?, y?])
 }
 
 /// A decoder of an HTTP/1.1 chunked body.
@@ -1315,11 +1348,23 @@ mod tests {
     }
 
     #[test]
-    fn reads_sse_blocks_and_numbers() {
+    fn reads_sse_events_and_numbers() {
         let buf = b"retry: 1000\n\nid: e:1\nevent: ready\ndata: {}\n\nid: e:2\nev";
-        assert_eq!(find_blank(buf, 0), Some(11));
-        assert_eq!(find_blank(buf, 13), Some(42));
-        assert_eq!(find_blank(buf, 44), None);
+        let (e, next) = next_event(buf, 0).unwrap();
+        assert_eq!(
+            (e.id, e.kind, e.data, next),
+            (&b""[..], &b"message"[..], &b""[..], 13)
+        );
+        let (e, next) = next_event(buf, next).unwrap();
+        assert_eq!(
+            (e.id, e.kind, e.data, next),
+            (&b"e:1"[..], &b"ready"[..], &b"{}"[..], 44)
+        );
+        assert!(next_event(buf, next).is_none());
+        let data = br#"{"c":7,"m":1,"t":123456789,"x":999,"y": 0}"#;
+        assert_eq!(fields(data), Some([7, 1, 123456789, 999, 0]));
+        assert_eq!(fields(br#"{"c":7,"m":1,"t":1,"x":9}"#), None);
+        assert_eq!(fields(br#"{"c":"a","m":1,"t":1,"x":9,"y":1}"#), None);
         assert_eq!(offset_of(b"ab:cd:42"), Some(42));
         assert_eq!(offset_of(b"42"), None);
         assert_eq!(number(br#"{"offset": 17,"x":3}"#, b"\"offset\":"), Some(17));

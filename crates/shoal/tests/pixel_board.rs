@@ -160,7 +160,7 @@ fn deploy_example(node: &FixedPortNode) {
 fn pixel(board: &[u8], x: u64, y: u64) -> u64 {
     let i = (y * 1000 + x) as usize;
     let b = board[i / 2];
-    u64::from(if i % 2 == 0 { b >> 4 } else { b & 0x0f })
+    u64::from(if i.is_multiple_of(2) { b >> 4 } else { b & 0x0f })
 }
 
 /// CRC-32 (IEEE, zlib's), as the page and `GET /api/checksum` compute it.

@@ -355,10 +355,10 @@ fn parse_one(r: RawRoute) -> Result<RouteRecord, String> {
     }
     if let Some(c) = path
         .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '%'))
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#' | '%'))
     {
         return Err(format!(
-            "path may not hold {c:?} (the query is passed to the handler apart; write characters as they are, not percent-encoded)"
+            "path may not hold {c:?}: it is matched against the path as sent, so use visible ASCII without '?', '#' or '%' (the query reaches the handler apart; other characters arrive percent-encoded: match them with a {{param}}, which the handler gets decoded)"
         ));
     }
     if is_reserved(&path) {

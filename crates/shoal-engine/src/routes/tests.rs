@@ -57,6 +57,8 @@ fn bad_routes_say_what_to_fix() {
             "prefix the node serves",
         ),
         ("method = \"GET\"\npath = \"/a?b=1\"", "may not hold '?'"),
+        ("method = \"GET\"\npath = \"/café\"", "may not hold 'é'"),
+        ("method = \"GET\"\npath = \"/a b\"", "may not hold ' '"),
         (
             "method = \"GET\"\npath = \"/a/{*r}/b\"",
             "not a valid pattern",

@@ -519,6 +519,8 @@ struct State {
     resets: u64,
     lat: [Vec<u32>; 2],
     first_load: Option<Instant>,
+    /// Dropped and resumed once.
+    resumed: bool,
 }
 
 struct SubResult {
@@ -546,6 +548,7 @@ impl State {
             resets: 0,
             lat: [Vec::new(), Vec::new()],
             first_load: None,
+            resumed: false,
         }
     }
 
@@ -582,7 +585,10 @@ impl State {
         if m == LOAD && self.first_load.is_none() {
             self.first_load = Some(Instant::now());
         }
-        if let Some(lat) = self.lat.get_mut(m) {
+        // A resumed subscriber's catch-up is not the load's delivery time.
+        if let Some(lat) = self.lat.get_mut(m)
+            && !(m == LOAD && self.resumed)
+        {
             lat.push(now_us.saturating_sub(t).min(u64::from(u32::MAX)) as u32);
         }
         Ok(())
@@ -659,6 +665,7 @@ impl Sub {
             drop(stream);
             self.drop_after = None;
             *reconnects += 1;
+            st.resumed = true;
             tokio::time::sleep(self.away).await;
         }
     }
@@ -1239,7 +1246,8 @@ fn load_detail(l: &Load) -> String {
          process on raw keep-alive connections, each start from the snapshot (the channel's \
          position, then the blob), resume with `Last-Event-ID` and apply every message to a \
          board of their own; {} of them dropped their connection once during the placements \
-         and resumed {} ms later. Latency: each message carries the time its placement was \
+         and resumed {} ms later (what they received after that is left out of the latencies \
+         of the placements back to back: a catch-up is not a delivery time). Latency: each message carries the time its placement was \
          sent (µs, the bench's clock), each subscriber notes when the read that brought it \
          returned. After the paced run, the last subscriber reached the channel's last offset \
          {:.1} s after the last placement's answer; then every board's SHA-256 was compared \

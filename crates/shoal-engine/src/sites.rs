@@ -908,6 +908,8 @@ struct TarReader<S> {
     body: std::pin::Pin<Box<S>>,
     buf: BytesMut,
     ended: bool,
+    /// Entries read (files, directories, long names, pax headers).
+    entries: usize,
 }
 
 impl<S, E> TarReader<S>
@@ -920,6 +922,7 @@ where
             body: Box::pin(body),
             buf: BytesMut::new(),
             ended: false,
+            entries: 0,
         }
     }
 
@@ -972,6 +975,16 @@ where
             let header = self.buf.split_to(512).freeze();
             if header.iter().all(|b| *b == 0) {
                 return Ok(None);
+            }
+            self.entries += 1;
+            if self.entries > 4 * MAX_SITE_FILES {
+                return Err(Error::invalid(
+                    "archive",
+                    format!(
+                        "has more than {} entries; a site has at most {MAX_SITE_FILES} files",
+                        4 * MAX_SITE_FILES
+                    ),
+                ));
             }
             check_checksum(&header)?;
             let size = octal(&header[124..136])?;

@@ -174,10 +174,10 @@ async fn admit(
         None => query_token.map(str::to_string).ok_or_else(|| {
             unauthorized(match action {
                 Action::Subscribe => format!(
-                    "channel `{name}` is not public: to subscribe pass a token (`Authorization: Bearer <token>`, or `?token=` where headers cannot be set)"
+                    "missing `Authorization: Bearer <token>` header: channel `{name}` is not public, so subscribing needs a token (in the header, or in `?token=` where headers cannot be set)"
                 ),
                 Action::Publish => format!(
-                    "publishing on `{name}` needs a token (`Authorization: Bearer <token>`) with invoker rights or a `publish:` channel scope"
+                    "missing `Authorization: Bearer <token>` header: publishing on `{name}` needs a token with invoker rights or a `publish:` channel scope"
                 ),
             })
         })?,
@@ -206,9 +206,9 @@ async fn admit(
         Ok(())
     } else {
         Err(forbidden(format!(
-            "to {} this needs a {needs} token; yours is {}",
-            action.as_str(),
-            caller.role
+            "this needs a {needs} token; yours is {} (to {} on a channel)",
+            caller.role,
+            action.as_str()
         )))
     }
 }
@@ -408,11 +408,6 @@ pub(crate) async fn ws(
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
     let Query(params) = params?;
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::invalid(format!(
-            "{e}; connect with a WebSocket client, or use /v1/channels/{name}/events for Server-Sent Events"
-        ))
-    })?;
     admit(
         &state,
         &headers,
@@ -421,6 +416,11 @@ pub(crate) async fn ws(
         &name,
     )
     .await?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::invalid(format!(
+            "{e}; connect with a WebSocket client, or use /v1/channels/{name}/events for Server-Sent Events"
+        ))
+    })?;
     let since = since(&state, &name, &headers, params.since.as_deref()).await?;
     let sub = state.handle.subscribe(&name, since).await?;
     Ok(upgrade

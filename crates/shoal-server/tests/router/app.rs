@@ -277,9 +277,14 @@ impl App {
             .unwrap_or("")
             .to_string();
         let headers = resp.headers().clone();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .expect("body");
+        // An event stream stays open: its body is not read.
+        let bytes = if content_type == "text/event-stream" {
+            axum::body::Bytes::new()
+        } else {
+            axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .expect("body")
+        };
         Reply {
             status,
             headers,

@@ -675,6 +675,10 @@ async fn run_hub(
             match fill(&env, &name, &epoch, last).await {
                 Ok(Fill::Run(frames)) => {
                     for frame in frames {
+                        if !epoch.is_empty() && *frame.epoch != *epoch {
+                            // A new history: what waits is of the old one.
+                            ahead.clear();
+                        }
                         epoch = frame.epoch.to_string();
                         last = frame.last();
                         out.push(frame);
@@ -735,18 +739,19 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 enum Fill {
-    /// The messages after the hub's last one, in frames.
+    /// The messages after the hub's last one, in frames; when the store
+    /// started a new epoch, the new epoch's from its first message.
     Run(Vec<Arc<Frame>>),
-    /// The hub cannot continue its run (another epoch, or the run left the
-    /// history): it goes on from the channel's head; subscribers behind it
-    /// read the store and get a reset.
+    /// The hub cannot continue its run (the run left the history): it goes
+    /// on from the channel's head; subscribers behind it read the store and
+    /// get a reset.
     Jump { epoch: String, head: u64 },
 }
 
 /// Reads every message after `last` of `epoch` from the store (`epoch`
 /// empty and `last` 0: a channel that had no message yet).
 async fn fill(env: &Env, name: &str, epoch: &str, mut last: u64) -> Result<Fill> {
-    let fresh = epoch.is_empty() && last == 0;
+    let mut epoch = epoch.to_string();
     let mut frames = Vec::new();
     loop {
         let now = env.now_ms();
@@ -755,12 +760,25 @@ async fn fill(env: &Env, name: &str, epoch: &str, mut last: u64) -> Result<Fill>
             .channels
             .channel_read(name, last, READ_PAGE, now)
             .await?;
-        if read.gap || (read.epoch != epoch && !fresh) {
+        let fresh = epoch.is_empty() && last == 0;
+        if read.epoch != epoch && !fresh {
+            // The store started the history over (it lost the old one):
+            // hand over the new one from its first message, which every
+            // subscriber takes as a reset to offset 0 of the new epoch.
+            // Jumping to its head instead would tell no one until the
+            // next publish, and never deliver the messages before it.
+            epoch = read.epoch;
+            last = 0;
+            continue;
+        }
+        if read.gap {
             return Ok(Fill::Jump {
                 epoch: read.epoch,
                 head: read.head,
             });
         }
+        // The next page continues this epoch (a fresh hub learns it here).
+        epoch.clone_from(&read.epoch);
         let full = read.messages.len() == READ_PAGE;
         if let Some(m) = read.messages.last() {
             last = m.offset;

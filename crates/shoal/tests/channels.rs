@@ -1450,3 +1450,255 @@ async fn two_nodes_on_redis_deliver_each_others_messages() {
         vec![json!("from a"), json!("from b")]
     );
 }
+
+/// `history_age_s`: a message older than that has left the history, so a
+/// resume needing it is a reset; `coalesce_ms`: a burst still arrives as
+/// every message, each with its own id, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_age_and_coalescing() {
+    let node = TestNode::start();
+    let shown = configure(&node, "aging", json!({"history_age_s": 1})).await;
+    assert_eq!(shown["history_age_s"], 1, "{shown}");
+    let mut epoch = String::new();
+    for v in numbered(1..=3) {
+        epoch = publish(&node, "aging", &v).await.0;
+    }
+    let mut young = sse(&node, "aging", From::Since("0")).await;
+    assert_eq!(young.ready().await, (epoch.clone(), 0));
+    assert_eq!(young.messages(&epoch, 0, 3).await, numbered(1..=3));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut old = sse(&node, "aging", From::Since("0")).await;
+    let e = old.next().await;
+    assert_eq!(e.event, "reset", "messages older than history_age_s: {e:?}");
+    assert_eq!(e.json()["offset"], 3, "{e:?}");
+    // A newer one is kept: resuming right before it is whole.
+    publish(&node, "aging", &json!({"n": 4})).await;
+    let since = format!("{epoch}:3");
+    let mut fresh = sse(&node, "aging", From::Since(&since)).await;
+    assert_eq!(fresh.ready().await, (epoch.clone(), 3));
+    assert_eq!(fresh.messages(&epoch, 3, 1).await, numbered(4..=4));
+    assert_eq!(old.messages(&epoch, 3, 1).await, numbered(4..=4));
+
+    configure(&node, "burst", json!({"coalesce_ms": 200})).await;
+    let mut sub = sse(&node, "burst", From::Live).await;
+    sub.ready().await;
+    let mut ws = ws_connect(&ws_url(&node.url, "burst", ""), Some(&node.token)).await;
+    ws_text(&mut ws).await;
+    let mut tasks = Vec::new();
+    for p in 0..2u64 {
+        let (url, token) = (node.url.clone(), node.token.clone());
+        tasks.push(spawn(async move {
+            let mut stored = Vec::new();
+            for i in 0..25u64 {
+                let v = json!({"p": p, "i": i});
+                let (e, offset) = publish_at(&url, &token, "burst", &v).await;
+                stored.push((e, offset, v));
+            }
+            stored
+        }));
+    }
+    let mut by_offset = BTreeMap::new();
+    let mut burst_epoch = String::new();
+    for t in tasks {
+        for (e, offset, v) in t.await.expect("a publisher") {
+            burst_epoch = e;
+            by_offset.insert(offset, v);
+        }
+    }
+    let want: Vec<Value> = by_offset.into_values().collect();
+    assert_eq!(want.len(), 50);
+    assert_eq!(sub.messages(&burst_epoch, 0, 50).await, want);
+    assert_eq!(ws_messages(&mut ws, &burst_epoch, 0, 50).await, want);
+    sub.quiet().await;
+}
+
+const COUNTER: &str = "name = \"counter\"\nhandler = \"main:handler\"\n";
+const COUNTER_PY: &str = r##"
+def handler(event, ctx):
+    return ctx.publish("counted", {"who": event["who"]}, blob="ctr",
+                       ops=[{"op": "incrby", "type": "u32", "offset": "#0", "by": 1}])
+"##;
+
+/// Concurrent `ctx.publish` calls with ops on one blob, through `nodes`:
+/// messages are stored in the order their ops were applied, so the k-th
+/// message saw the counter go to k; the blob ends at the count; a
+/// subscriber on each node gets them all in order.
+async fn concurrent_function_publishes_keep_op_order(nodes: &[&TestNode]) {
+    let got = answer(
+        http()
+            .put(format!("{}/v1/blobs/ctr?fixed_size=4", nodes[0].url))
+            .bearer_auth(&nodes[0].token)
+            .body(Vec::new())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        got.0 == 200 || got.0 == 201,
+        "creating blob ctr: {} {}",
+        got.0,
+        got.1
+    );
+    deploy(&nodes[0].client(), COUNTER, COUNTER_PY).await;
+    let mut subs = Vec::new();
+    for node in nodes {
+        let mut s = sse(node, "counted", From::Live).await;
+        s.ready().await;
+        subs.push(s);
+    }
+    const EACH: u64 = 12;
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for t in 0..2 {
+            let client = node.client();
+            let who = format!("{n}.{t}");
+            tasks.push(spawn(async move {
+                // The function may still be arriving on another node.
+                let mut out = Vec::new();
+                for i in 0..EACH {
+                    let event = json!({ "who": format!("{who}.{i}") });
+                    let done = loop {
+                        match client.invoke("counter", &event.to_string()).await {
+                            Ok(done) => break done,
+                            Err(e) if e.status() == Some(404) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(e) => panic!("invoke counter: {e}"),
+                        }
+                    };
+                    let r = done
+                        .result
+                        .unwrap_or_else(|e| panic!("counter failed: {e:?}"));
+                    out.push((event, r));
+                }
+                out
+            }));
+        }
+    }
+    let mut by_offset = BTreeMap::new();
+    let mut epoch = None;
+    for t in tasks {
+        for (event, r) in t.await.expect("an invoker") {
+            let (e, offset) = position_of(&r);
+            assert_eq!(epoch.get_or_insert(e.clone()), &e);
+            // The op's answer is the counter after it: its place in order.
+            assert_eq!(
+                r["results"],
+                json!([offset]),
+                "ops applied out of message order: {r}"
+            );
+            assert!(
+                by_offset.insert(offset, event).is_none(),
+                "offset {offset} twice"
+            );
+        }
+    }
+    let total = EACH * 2 * nodes.len() as u64;
+    assert_eq!(
+        by_offset.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
+    let bytes = nodes[0].client().blob_bytes("ctr", None).await.unwrap();
+    assert_eq!(bytes, (total as u32).to_be_bytes().to_vec());
+    let epoch = epoch.unwrap();
+    let want: Vec<Value> = by_offset.into_values().collect();
+    for s in &mut subs {
+        assert_eq!(s.messages(&epoch, 0, total).await, want);
+        s.quiet().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_function_publishes_keep_op_order_embedded() {
+    let node = TestNode::start();
+    concurrent_function_publishes_keep_op_order(&[&node]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_function_publishes_keep_op_order_on_redis() {
+    let redis = RedisServer::start(&[]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    concurrent_function_publishes_keep_op_order(&[&a, &b]).await;
+}
+
+/// Runs `redis-cli` against `redis`; answers its output.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(redis.port().to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("redis-cli output")
+}
+
+/// Redis lost a channel's history (its keys deleted, as a flush or a
+/// partial restore would): the next publish starts a new epoch at offset
+/// 1, live subscribers on both nodes are told with a `reset` of the new
+/// epoch without waiting for a further message, and resuming from the old
+/// epoch is a reset too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_redis_history_is_a_new_epoch_and_an_explicit_reset() {
+    let redis = RedisServer::start(&[]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    let mut subs = vec![
+        sse(&a, "lost", From::Live).await,
+        sse(&b, "lost", From::Live).await,
+    ];
+    for s in &mut subs {
+        s.ready().await;
+    }
+    let mut old = String::new();
+    for v in numbered(1..=5) {
+        old = publish(&a, "lost", &v).await.0;
+    }
+    for s in &mut subs {
+        assert_eq!(s.messages(&old, 0, 5).await, numbered(1..=5));
+    }
+
+    let keys = redis_cli(&redis, &["--scan", "--pattern", "*ch:*:lost"]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys.len(), 2, "the channel's hash and stream: {keys:?}");
+    let mut del = vec!["DEL"];
+    del.extend(&keys);
+    assert_eq!(redis_cli(&redis, &del).trim(), "2");
+
+    let (new, offset) = publish(&b, "lost", &json!({"after": "the loss"})).await;
+    assert_ne!(new, old, "a lost history must start a new epoch");
+    assert_eq!(offset, 1);
+    for (s, node) in subs.iter_mut().zip(["a", "b"]) {
+        let e = s.next().await;
+        assert_eq!(e.event, "reset", "on node {node}: {e:?}");
+        let v = e.json();
+        assert_eq!(v["epoch"], new.as_str(), "on node {node}: {v}");
+        match v["offset"].as_u64() {
+            // Reset to before the new history: its first message follows.
+            Some(0) => {
+                assert_eq!(
+                    s.messages(&new, 0, 1).await,
+                    vec![json!({"after": "the loss"})]
+                );
+            }
+            // Reset to the head: a snapshot taken now has the message.
+            Some(1) => {}
+            other => panic!("on node {node}: reset to {other:?}: {v}"),
+        }
+        s.quiet().await;
+    }
+    for node in [&a, &b] {
+        let id = format!("{old}:5");
+        let mut s = sse(node, "lost", From::LastEventId(&id)).await;
+        let e = s.next().await;
+        assert_eq!(e.event, "reset", "{e:?}");
+        assert_eq!(e.json()["epoch"], new.as_str());
+        assert_eq!(e.json()["offset"], 1);
+    }
+    publish(&a, "lost", &json!("two")).await;
+    for s in &mut subs {
+        assert_eq!(s.messages(&new, 1, 1).await, vec![json!("two")]);
+    }
+}

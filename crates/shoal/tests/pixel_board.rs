@@ -3,8 +3,9 @@
 //! Chromium pages driven by `fixtures/pixel_board_browser.py` (selenium).
 //! Pixels placed in one page show in the other within a second; the node is
 //! killed with `kill -9` and restarted on the same data directory and port
-//! while both pages stay open; both pages end with the server's board
-//! (checksums equal). This test then checks the board's blob itself: every
+//! while both pages stay open; pixels placed as it comes back reach both
+//! pages from the channel's history (no reset: it survives the kill); both
+//! pages end with the server's board (checksums equal). This test then checks the board's blob itself: every
 //! pixel the script placed, in its last colour, and the same CRC-32.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` and the `selenium` Python
@@ -160,7 +161,11 @@ fn deploy_example(node: &FixedPortNode) {
 fn pixel(board: &[u8], x: u64, y: u64) -> u64 {
     let i = (y * 1000 + x) as usize;
     let b = board[i / 2];
-    u64::from(if i.is_multiple_of(2) { b >> 4 } else { b & 0x0f })
+    u64::from(if i.is_multiple_of(2) {
+        b >> 4
+    } else {
+        b & 0x0f
+    })
 }
 
 /// CRC-32 (IEEE, zlib's), as the page and `GET /api/checksum` compute it.

@@ -138,7 +138,7 @@
   async function resync(attempt = 0) {
     closeStream();
     const generation = state.generation;
-    setConn(attempt === 0 && state.epoch !== null ? "resyncing" : state.epoch === null ? "connecting" : "resyncing");
+    setConn(state.epoch === null ? "connecting" : "resyncing");
     try {
       const r = await fetch("/api/board", { cache: "no-store", credentials: "same-origin" });
       if (!r.ok) throw new Error("GET /api/board: " + r.status);

@@ -39,6 +39,7 @@
     es: null,
     paused: false,
     snapshots: 0, // boards fetched: 1 at the start, +1 per resync
+    resets: 0, // `reset` events received
     seen: 0,
     placed: 0,
     colour: 5,
@@ -185,7 +186,10 @@
       state.seen++;
       showOffset();
     }));
-    es.addEventListener("reset", mine(() => resync()));
+    es.addEventListener("reset", mine(() => {
+      state.resets++;
+      resync();
+    }));
     es.onerror = mine(() => {
       // CONNECTING: the browser retries by itself, with Last-Event-ID.
       // CLOSED (an HTTP error answer, e.g. while the node restarts): it
@@ -423,6 +427,7 @@
     epoch: state.epoch,
     offset: state.offset,
     snapshots: state.snapshots,
+    resets: state.resets,
     seen: state.seen,
     placed: state.placed,
     user: state.user,

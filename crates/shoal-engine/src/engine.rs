@@ -920,9 +920,9 @@ impl Handle {
         self.sites.lookup(path)
     }
 
-    /// The bytes of a site's file, by its sha256.
-    pub async fn site_read(&self, sha256: &str) -> Result<shoal_store::BlobRead> {
-        self.sites.read(sha256).await
+    /// The bytes of a site's file (one a lookup answered).
+    pub async fn site_read(&self, body: &crate::SiteBody) -> Result<shoal_store::BlobRead> {
+        self.sites.read(body).await
     }
 
     // ---- channels ----

@@ -84,6 +84,6 @@ pub use shoal_store::{
     QueueSample, RouteCors, RouteRate, RouteRecord, ShardStats, StoreHealth, StoredDoc,
 };
 pub use sites::{
-    MAX_SITE_FILES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions, SiteRecord,
-    SiteVersion,
+    MAX_SITE_FILES, SITE_INLINE_BYTES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions,
+    SiteRecord, SiteVersion,
 };

@@ -51,6 +51,11 @@ const SITE_KEY: &str = "\0site\0";
 /// The blob prefix of files and manifests.
 const FILE_KEY: &str = "\0site\0f\0";
 const MANIFEST_KEY: &str = "\0site\0m\0";
+/// The blob prefix of files streamed in (over [`SITE_INLINE_BYTES`]).
+const BIG_KEY: &str = "\0site\0b\0";
+/// Files up to this size are read whole, hashed, then stored under their
+/// hash; larger ones are streamed into a blob of their own.
+pub const SITE_INLINE_BYTES: u64 = 8 * 1024 * 1024;
 /// Uploads of one deploy running at once, and the bytes they may hold.
 const UPLOADS_IN_FLIGHT: usize = 8;
 const UPLOAD_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
@@ -112,12 +117,27 @@ pub struct SiteDeployed {
 pub struct SiteBody {
     pub sha256: String,
     pub size: u64,
+    /// The blob holding it when that is not the one named by its hash (a
+    /// file over [`SITE_INLINE_BYTES`] is streamed in before its hash is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl SiteBody {
+    fn blob_key(&self) -> String {
+        match &self.key {
+            Some(k) => k.clone(),
+            None => format!("{FILE_KEY}{}", self.sha256),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ManifestFile {
     sha256: String,
     size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gz: Option<SiteBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,6 +430,7 @@ impl Sites {
                 body: SiteBody {
                     sha256: f.sha256.clone(),
                     size: f.size,
+                    key: f.key.clone(),
                 },
                 gz: f.gz.clone(),
                 br: f.br.clone(),
@@ -442,15 +463,14 @@ impl Sites {
         })
     }
 
-    /// The bytes of a stored file (by its sha256).
-    pub(crate) async fn read(&self, sha256: &str) -> Result<BlobRead> {
-        let key = format!("{FILE_KEY}{sha256}");
+    /// The bytes of a stored file.
+    pub(crate) async fn read(&self, body: &SiteBody) -> Result<BlobRead> {
         self.env
             .backend
             .blobs
-            .blob_read(&key, 0, u64::MAX)
+            .blob_read(&body.blob_key(), 0, body.size)
             .await?
-            .ok_or_else(|| Error::not_found(Entity::Blob, sha256))
+            .ok_or_else(|| Error::not_found(Entity::Blob, &body.sha256))
     }
 
     /// Loads the live sites, then keeps them fresh on the engine's tasks.
@@ -553,19 +573,25 @@ impl Sites {
                     format!("has more than {MAX_SITE_FILES} files; a site has at most that many"),
                 ));
             }
-            let data = reader.read_data(entry.size).await?;
-            let sha = hex::encode(Sha256::digest(&data));
             if found.contains_key(&entry.path) {
                 return Err(Error::invalid(
                     "archive",
                     format!("holds `{}` twice", entry.path),
                 ));
             }
+            if entry.size > SITE_INLINE_BYTES {
+                let body = self.stream_in(&mut reader, entry.size).await?;
+                found.insert(entry.path, body);
+                continue;
+            }
+            let data = reader.read_data(entry.size).await?;
+            let sha = hex::encode(Sha256::digest(&data));
             found.insert(
                 entry.path,
                 SiteBody {
                     sha256: sha.clone(),
                     size: entry.size,
+                    key: None,
                 },
             );
             while uploads.len() >= UPLOADS_IN_FLIGHT
@@ -600,6 +626,7 @@ impl Sites {
                     ManifestFile {
                         sha256: body.sha256.clone(),
                         size: body.size,
+                        key: body.key.clone(),
                         gz: sibling("gz"),
                         br: sibling("br"),
                     },
@@ -607,6 +634,70 @@ impl Sites {
             })
             .collect();
         Ok((files, total))
+    }
+
+    /// Streams a file over [`SITE_INLINE_BYTES`] into a blob of its own piece by
+    /// piece, hashing it on the way; when a blob named by that hash exists
+    /// already, that one is used and the new one deleted.
+    async fn stream_in<S, E>(&self, reader: &mut TarReader<S>, size: u64) -> Result<SiteBody>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let key = format!("{BIG_KEY}{}", uuid::Uuid::now_v7().simple());
+        let mut upload = self.env.backend.blobs.blob_upload(&key).await?;
+        let mut hasher = Sha256::new();
+        let mut left = size;
+        while left > 0 {
+            let piece = reader.read_some(left).await?;
+            left -= piece.len() as u64;
+            hasher.update(&piece);
+            upload.write(piece).await?;
+        }
+        reader.skip_padding(size).await?;
+        upload.commit(None, self.env.now_ms()).await?;
+        let sha256 = hex::encode(hasher.finalize());
+        // The same content stored already: under its hash, or streamed in
+        // for a live version (a redeploy of an unchanged big file).
+        let mut stored = vec![None];
+        stored.extend(self.streamed_as(&sha256).into_iter().map(Some));
+        for existing in stored {
+            let body = SiteBody {
+                sha256: sha256.clone(),
+                size,
+                key: existing,
+            };
+            if self
+                .env
+                .backend
+                .blobs
+                .blob_meta(&body.blob_key())
+                .await?
+                .is_some_and(|m| m.sha256.as_deref() == Some(sha256.as_str()))
+            {
+                self.env.backend.blobs.blob_delete(&key).await?;
+                return Ok(body);
+            }
+        }
+        Ok(SiteBody {
+            sha256,
+            size,
+            key: Some(key),
+        })
+    }
+
+    /// The blobs live versions hold streamed-in content with this hash in.
+    fn streamed_as(&self, sha256: &str) -> Vec<String> {
+        let live = self.snapshot();
+        let mut keys: Vec<String> = live
+            .mounts
+            .iter()
+            .flat_map(|site| site.files.values())
+            .filter(|f| f.sha256 == sha256)
+            .filter_map(|f| f.key.clone())
+            .collect();
+        keys.dedup();
+        keys
     }
 
     /// Stores `data` under `key` unless a blob is there already (a key
@@ -726,7 +817,17 @@ impl Sites {
             for v in &record.versions {
                 keep.insert(format!("{MANIFEST_KEY}{}", v.manifest));
                 for f in manifest(&self.env, &v.manifest).await?.values() {
-                    keep.insert(format!("{FILE_KEY}{}", f.sha256));
+                    let main = SiteBody {
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                        key: f.key.clone(),
+                    };
+                    for body in [Some(&main), f.gz.as_ref(), f.br.as_ref()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        keep.insert(body.blob_key());
+                    }
                 }
             }
         }
@@ -951,6 +1052,24 @@ where
             return Err(not_tar("ends in the middle of an entry"));
         }
         Ok(self.buf.split_to(n).freeze())
+    }
+
+    /// Up to `most` bytes (at least one) of the entry being read.
+    async fn read_some(&mut self, most: u64) -> Result<Bytes> {
+        if !self.fill(1).await? {
+            return Err(not_tar("ends in the middle of an entry"));
+        }
+        let n = usize::try_from(most)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        Ok(self.buf.split_to(n).freeze())
+    }
+
+    /// Skips the padding after an entry's `size` bytes of data.
+    async fn skip_padding(&mut self, size: u64) -> Result<()> {
+        let pad = ((512 - size % 512) % 512) as usize;
+        self.take(pad).await?;
+        Ok(())
     }
 
     /// The data of the entry just read, without its padding.

@@ -229,7 +229,7 @@ async fn a_site_keeps_its_last_100_versions() {
         Some(SiteLookup::File(f)) => f,
         other => panic!("{other:?}"),
     };
-    let read = node.engine.site_read(&f.body.sha256).await.unwrap();
+    let read = node.engine.site_read(&f.body).await.unwrap();
     let bytes: Vec<u8> = futures_util::StreamExt::collect::<Vec<_>>(read.body)
         .await
         .into_iter()
@@ -273,4 +273,74 @@ async fn the_nodes_own_keys_stay_out_of_user_listings() {
     assert!(blobs.blobs.is_empty(), "{:?}", blobs.blobs);
     let blobs = node.engine.blob_list("\0site", None, 100).await.unwrap();
     assert!(blobs.blobs.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn big_files_are_streamed_in_and_stored_once() {
+    let (node, backend) = node_and_store().await;
+    let big: Vec<u8> = (0..(shoal_engine::SITE_INLINE_BYTES as usize + 123_457))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let small = b"small".as_slice();
+    deploy(
+        &node,
+        "big",
+        "/big",
+        &[("index.html", small), ("video.bin", &big)],
+    )
+    .await;
+    // The small file and the big one, and the manifest.
+    assert_eq!(stored(&backend).await, 3);
+    let f = match node.engine.site_lookup("/big/video.bin") {
+        Some(SiteLookup::File(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(f.body.size, big.len() as u64);
+    assert_eq!(
+        f.body.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big))
+    );
+    let read = node.engine.site_read(&f.body).await.unwrap();
+    let mut got = Vec::new();
+    let mut pieces = read.body;
+    while let Some(p) = futures_util::StreamExt::next(&mut pieces).await {
+        got.extend_from_slice(&p.unwrap());
+    }
+    assert!(got == big, "the big file reads back whole");
+    // Deployed again unchanged: nothing new is stored, no new version.
+    let again = node
+        .engine
+        .site_deploy(
+            "big",
+            opts("/big"),
+            body(tar_of(&[("index.html", small), ("video.bin", &big)])),
+        )
+        .await
+        .unwrap();
+    assert!(again.unchanged);
+    assert_eq!(stored(&backend).await, 3);
+    // The same big file in another site is stored once; removing the first
+    // site keeps what the second names.
+    deploy(
+        &node,
+        "again",
+        "/again",
+        &[("index.html", small), ("video.bin", &big)],
+    )
+    .await;
+    assert_eq!(
+        stored(&backend).await,
+        3,
+        "the same files: the same blobs and the same manifest"
+    );
+    node.pass(secs(11 * 60)).await;
+    node.engine.remove_site("big").await.unwrap();
+    let f = match node.engine.site_lookup("/again/video.bin") {
+        Some(SiteLookup::File(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    let read = node.engine.site_read(&f.body).await.unwrap();
+    assert_eq!(read.meta.size, big.len() as u64);
+    // Left: again's small file, its big file, its manifest.
+    assert_eq!(stored(&backend).await, 3);
 }

@@ -322,7 +322,7 @@ async fn respond(
     if head {
         return (status, h).into_response();
     }
-    match state.handle.site_read(&body.sha256).await {
+    match state.handle.site_read(body).await {
         Ok(read) => (status, h, Body::from_stream(read.body)).into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -74,7 +74,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_MAX_WRITE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_write_bytes: usize,
     /// Most bytes of files one static site deploy may hold (`shoal sites
-    /// deploy`); each file is held in memory while it is stored.
+    /// deploy`). Files up to 8 MiB are held in memory while they are
+    /// stored; larger ones are streamed.
     #[arg(long, env = "SHOAL_MAX_SITE_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub max_site_bytes: u64,
     /// Most documents in one write (one request). A write is atomic, so the

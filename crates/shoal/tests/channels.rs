@@ -462,6 +462,9 @@ async fn sse_delivers_in_order_and_resumes_exactly_the_missed_messages() {
     let (epoch0, head0) = live.ready().await;
     assert_eq!(head0, 0, "a channel never published on");
     assert_eq!(epoch0, "", "a channel never published on has no epoch yet");
+    // A browser that got only that `ready` (id `:0`) resumes with it.
+    let mut first_id = sse(&node, "news", From::LastEventId(":0")).await;
+    assert_eq!(first_id.ready().await, (String::new(), 0));
 
     let mut epoch = String::new();
     for (i, v) in numbered(1..=10).iter().enumerate() {
@@ -476,6 +479,12 @@ async fn sse_delivers_in_order_and_resumes_exactly_the_missed_messages() {
     assert_eq!(live.messages(&epoch, 0, 10).await, numbered(1..=10));
     live.quiet().await;
     drop(live);
+    assert_eq!(first_id.messages(&epoch, 0, 10).await, numbered(1..=10));
+    drop(first_id);
+    let mut from_empty = sse(&node, "news", From::LastEventId(":0")).await;
+    assert_eq!(from_empty.ready().await, (epoch.clone(), 0));
+    assert_eq!(from_empty.messages(&epoch, 0, 10).await, numbered(1..=10));
+    drop(from_empty);
 
     // Missed while away: 11..=20.
     for v in numbered(11..=20) {
@@ -992,6 +1001,10 @@ async fn tokens_scopes_public_channels_and_bad_input() {
             &format!("publishing on `{name}`"),
         );
     }
+    // A message over 1 MiB: 413, and not stored.
+    let big = json!("x".repeat(1 << 20));
+    let got = try_publish(url, Some(&node.token), "chat", &big).await;
+    refused(got, 413, "a message over 1 MiB");
     let ok = "a".repeat(200);
     assert_eq!(
         try_publish(url, Some(&node.token), &ok, &json!(1)).await.0,
@@ -1701,4 +1714,194 @@ async fn a_lost_redis_history_is_a_new_epoch_and_an_explicit_reset() {
     for s in &mut subs {
         assert_eq!(s.messages(&new, 1, 1).await, vec![json!("two")]);
     }
+}
+
+/// A node stopping (SIGTERM) ends its subscriptions, SSE and WebSocket, so
+/// a graceful shutdown is not held up by them until its deadline (which
+/// would also leave no time to drain invocations).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_shutdown_ends_subscriptions_at_once() {
+    let node = TestNode::start();
+    let mut s = sse(&node, "open", From::Live).await;
+    s.ready().await;
+    let mut ws = ws_connect(&ws_url(&node.url, "open", ""), Some(&node.token)).await;
+    assert_eq!(ws_text(&mut ws).await["type"], "ready");
+    let pid = node.pid();
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    // The SSE stream ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.resp.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the SSE stream still open 10 s after SIGTERM"
+    );
+    // The WebSocket closes.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(_) = m {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the WebSocket still open 10 s after SIGTERM"
+    );
+    // The process exits (a zombie until the node is dropped).
+    until("the node exits", Duration::from_secs(10), async || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+    })
+    .await;
+    eprintln!("the node exited {:?} after SIGTERM", started.elapsed());
+}
+
+/// Checks a subscriber's events up to offset `last`: each message is the
+/// next offset with the data stored there, except right after a `reset`,
+/// which may skip ahead (never back). Answers how many resets came.
+async fn follow_to(s: &mut Sse, epoch: &str, last: u64, stored: &BTreeMap<u64, Value>) -> usize {
+    let mut next = 1;
+    let mut resets = 0;
+    while next <= last {
+        let e = s.next().await;
+        match e.event.as_str() {
+            "message" => {
+                assert_eq!(
+                    e.offset_in(epoch),
+                    next,
+                    "a gap or a repeat without a reset"
+                );
+                assert_eq!(&e.json(), &stored[&next], "offset {next}");
+                next += 1;
+            }
+            "reset" => {
+                let v = e.json();
+                assert_eq!(v["epoch"], epoch, "{v}");
+                let head = v["offset"].as_u64().expect("reset offset");
+                assert!(head + 1 >= next, "a reset back to {head} when at {next}");
+                next = head + 1;
+                resets += 1;
+            }
+            other => panic!("unexpected {other} event: {e:?}"),
+        }
+    }
+    resets
+}
+
+/// A subscriber that reads nothing while thousands of large messages go by
+/// falls behind the node's buffer (and the short history): reading again,
+/// it gets messages in order, an explicit reset, then the rest — never a
+/// silent gap. One that kept up got every message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_left_behind_gets_a_reset_never_a_gap() {
+    let node = TestNode::start();
+    configure(&node, "flood", json!({"history_len": 50})).await;
+    let mut slow = sse(&node, "flood", From::Live).await;
+    assert_eq!(slow.ready().await.1, 0);
+    let mut keeping_up = sse(&node, "flood", From::Live).await;
+    keeping_up.ready().await;
+    const TOTAL: u64 = 5600;
+    const TASKS: u64 = 8;
+    let pad = "x".repeat(16 * 1024);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..TASKS {
+        let (url, token, pad) = (node.url.clone(), node.token.clone(), pad.clone());
+        tasks.push(spawn(async move {
+            let mut stored = Vec::new();
+            for i in 0..TOTAL / TASKS {
+                let v = json!({"p": p, "i": i, "pad": pad});
+                let (e, offset) = publish_at(&url, &token, "flood", &v).await;
+                stored.push((e, offset, v));
+            }
+            stored
+        }));
+    }
+    // The one keeping up reads as the messages come.
+    let mut kept = Vec::new();
+    let mut epoch = String::new();
+    while (kept.len() as u64) < TOTAL {
+        let e = keeping_up.next().await;
+        assert_eq!(e.event, "message", "{e:?}");
+        if epoch.is_empty() {
+            epoch =
+                e.id.clone()
+                    .unwrap()
+                    .rsplit_once(':')
+                    .unwrap()
+                    .0
+                    .to_string();
+        }
+        assert_eq!(e.offset_in(&epoch), kept.len() as u64 + 1);
+        kept.push(e.json());
+    }
+    let mut stored = BTreeMap::new();
+    for t in tasks {
+        for (e, offset, v) in t.await.expect("a publisher") {
+            assert_eq!(e, epoch);
+            stored.insert(offset, v);
+        }
+    }
+    eprintln!("published {TOTAL} messages in {:?}", started.elapsed());
+    assert_eq!(kept, stored.values().cloned().collect::<Vec<_>>());
+    let resets = follow_to(&mut slow, &epoch, TOTAL, &stored).await;
+    eprintln!("the slow subscriber got {resets} reset(s)");
+    assert!(
+        resets >= 1,
+        "the slow subscriber never fell behind: the test needs more messages"
+    );
+    slow.quiet().await;
+}
+
+/// Redis restarting (killed, its append-only file fsynced on every write)
+/// under two nodes: the channel keeps its epoch and offsets, and a
+/// subscriber on one node gets the other's publishes from before and after
+/// the restart, in order, with no reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restart_keeps_the_epoch_and_delivery_goes_on() {
+    let mut redis = RedisServer::start(&["--appendfsync", "always"]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    let mut sub = sse(&a, "steady", From::Live).await;
+    sub.ready().await;
+    let mut epoch = String::new();
+    for v in numbered(1..=10) {
+        epoch = publish(&b, "steady", &v).await.0;
+    }
+    assert_eq!(sub.messages(&epoch, 0, 10).await, numbered(1..=10));
+
+    redis.restart();
+    // Wait until B reads the store again, then publish once each.
+    until(
+        "node b reads Redis again",
+        Duration::from_secs(30),
+        async || {
+            let got = http()
+                .get(format!("{}/v1/channels/steady", b.url))
+                .bearer_auth(&b.token)
+                .send()
+                .await;
+            got.is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    for (i, v) in numbered(11..=20).iter().enumerate() {
+        let (e, offset) = publish(&b, "steady", v).await;
+        assert_eq!((e.as_str(), offset), (epoch.as_str(), 11 + i as u64));
+    }
+    assert_eq!(sub.messages(&epoch, 10, 10).await, numbered(11..=20));
+    sub.quiet().await;
 }

@@ -723,6 +723,13 @@ fn a_deploy_on_one_node_is_served_by_another_over_redis() {
         }
     };
     until(&b, "one");
+    // The site's keys and files are the node's own: not in user listings.
+    for what in ["kv", "blobs"] {
+        let out = b.cli(&["--json", what, "ls"]);
+        assert!(out.status.success(), "{what} ls");
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(listed, serde_json::json!([]), "{what} ls on Redis");
+    }
     let v2 = site_dir(&[("index.html", b"two")]);
     deploy(&b, "shared", v2.path(), &["--path", "/shared"]);
     assert_eq!(get(&b, "/shared/").text(), "two");

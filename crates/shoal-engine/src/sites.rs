@@ -46,6 +46,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Unused files younger than this are kept (another node's deploy may be
 /// storing them before it names them).
 const GARBAGE_AGE: Duration = Duration::from_secs(600);
+/// How often unused files are removed besides after removals.
+const COLLECT_EVERY: Duration = Duration::from_secs(3600);
 /// The key-value prefix of the sites' entries.
 const SITE_KEY: &str = "\0site\0";
 /// The blob prefix of files and manifests.
@@ -481,6 +483,7 @@ impl Sites {
         let sites = self.clone();
         let env = self.env.clone();
         env.tasks.clone().spawn(async move {
+            let mut since_collected = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(REFRESH_EVERY) => {}
@@ -488,6 +491,13 @@ impl Sites {
                 }
                 if let Err(e) = sites.refresh().await {
                     warn!(error = %e, "Reading the static sites failed; the sites served stay as they were until the next try.");
+                }
+                // Files of deploys that failed halfway are named by no
+                // version: removed in time even when no site is removed.
+                since_collected += REFRESH_EVERY;
+                if since_collected >= COLLECT_EVERY {
+                    since_collected = Duration::ZERO;
+                    sites.collect_garbage().await;
                 }
             }
         });

@@ -344,3 +344,30 @@ async fn big_files_are_streamed_in_and_stored_once() {
     // Left: again's small file, its big file, its manifest.
     assert_eq!(stored(&backend).await, 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn files_of_a_failed_deploy_are_removed_within_the_hour() {
+    let (node, backend) = node_and_store().await;
+    deploy(&node, "kept", "/", &[("index.html", b"kept")]).await;
+    // A deploy refused after its files were stored (the path is taken).
+    let refused = node
+        .engine
+        .site_deploy("late", opts("/"), body(tar_of(&[("orphan.html", b"o")])))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        stored(&backend).await,
+        4,
+        "kept's file and manifest, the orphan's"
+    );
+    node.pass(secs(3700)).await;
+    assert_eq!(
+        stored(&backend).await,
+        2,
+        "only what a version names is left"
+    );
+    assert_eq!(file(node.engine.site_lookup("/index.html")), "index.html");
+}

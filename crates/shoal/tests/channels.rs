@@ -800,6 +800,37 @@ async fn websocket_frames_and_resume() {
         "{v}"
     );
 
+    // The largest messages (1 MiB) go through both transports.
+    let mut big_ws = ws_connect(&ws_url(&node.url, "big", ""), Some(&node.token)).await;
+    ws_text(&mut big_ws).await;
+    let mut big_sse = sse(&node, "big", From::Live).await;
+    big_sse.ready().await;
+    let text = json!("y".repeat((1 << 20) - 2));
+    let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (big, _) = publish(&node, "big", &text).await;
+    publish_bytes(&node, "big", &bytes).await;
+    assert_eq!(
+        ws_messages(&mut big_ws, &big, 0, 1).await,
+        vec![text.clone()]
+    );
+    match ws_next(&mut big_ws).await {
+        Frame::Binary(b) => {
+            assert_eq!(b[..8], 2u64.to_be_bytes());
+            assert!(b[8..] == bytes[..], "the 1 MiB binary frame differs");
+        }
+        other => panic!(
+            "expected a binary frame, got {:?}",
+            std::mem::discriminant(&other)
+        ),
+    }
+    assert_eq!(big_sse.messages(&big, 0, 1).await, vec![text]);
+    let e = big_sse.next().await;
+    assert_eq!(e.event, "binary");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&e.data)
+        .unwrap();
+    assert!(decoded == bytes, "the 1 MiB binary event differs");
+
     // A plain GET on the WebSocket route: 400 with a JSON error.
     let got = answer(
         http()
@@ -1904,4 +1935,123 @@ async fn a_redis_restart_keeps_the_epoch_and_delivery_goes_on() {
     }
     assert_eq!(sub.messages(&epoch, 10, 10).await, numbered(11..=20));
     sub.quiet().await;
+}
+
+const HELLO: &str = "name = \"hello\"\nhandler = \"main:handler\"\n";
+const HELLO_PY: &str = "def handler(event, ctx):\n    return {'ok': True}\n";
+
+/// The node's feeds across two Redis nodes: a subscriber on A to
+/// `_invocations.hello` hears of each invocation finished on either node,
+/// and to `_docs.orders` of each document put or deleted through either.
+#[tokio::test(flavor = "multi_thread")]
+async fn feeds_tell_invocations_and_documents_from_every_node() {
+    let redis = RedisServer::start(&[]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    deploy(&a.client(), HELLO, HELLO_PY).await;
+    let (ca, cb) = (a.client(), b.client());
+    let reader = ca.create_token("reader", None).await.unwrap().token;
+    let mut inv = sse_with(
+        &a.url,
+        "_invocations.hello",
+        Auth::Bearer(&reader),
+        From::Live,
+    )
+    .await;
+    inv.ready().await;
+
+    // A feed is recorded once every node knows it is wanted: call until
+    // one message comes, then let any stragglers arrive.
+    let mut first = None;
+    for _ in 0..40 {
+        let done = loop {
+            match cb.invoke("hello", "{}").await {
+                Ok(done) => break done,
+                Err(e) if e.status() == Some(404) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("invoke hello on b: {e}"),
+            }
+        };
+        assert!(done.result.is_ok());
+        if let Some(e) = inv.next_within(Duration::from_millis(300)).await {
+            first = Some(e);
+            break;
+        }
+    }
+    let first = first.expect("no _invocations.hello message within 40 calls");
+    assert_eq!(first.event, "message", "{first:?}");
+    let v = first.json();
+    assert_eq!(v["function"], "hello", "{v}");
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(v["id"].is_string() && v["duration_ms"].is_number(), "{v}");
+    let epoch = first
+        .id
+        .as_deref()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_string();
+    let mut next = first.offset_in(&epoch) + 1;
+    while let Some(e) = inv.next_within(Duration::from_secs(3)).await {
+        assert_eq!(e.offset_in(&epoch), next, "{e:?}");
+        next += 1;
+    }
+
+    // From now on every call is told, whichever node ran it.
+    let mut ids = std::collections::BTreeSet::new();
+    for c in [&ca, &cb, &ca, &cb, &cb] {
+        ids.insert(c.invoke("hello", "{}").await.unwrap().id);
+    }
+    let told: std::collections::BTreeSet<String> = inv
+        .messages(&epoch, next - 1, 5)
+        .await
+        .into_iter()
+        .map(|v| {
+            assert_eq!(v["status"], "succeeded", "{v}");
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(told, ids);
+    inv.quiet().await;
+
+    // Documents.
+    ca.create_category("orders", None).await.unwrap();
+    let mut docs = sse_with(&a.url, "_docs.orders", Auth::Bearer(&reader), From::Live).await;
+    docs.ready().await;
+    let mut got = None;
+    for i in 0..40 {
+        cb.put_doc("orders", &format!("w{i}"), &json!({"i": i}))
+            .await
+            .unwrap();
+        if let Some(e) = docs.next_within(Duration::from_millis(300)).await {
+            got = Some(e);
+            break;
+        }
+    }
+    let got = got.expect("no _docs.orders message within 40 puts");
+    assert_eq!(got.json()["op"], "put", "{got:?}");
+    let epoch = got
+        .id
+        .as_deref()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_string();
+    let mut next = got.offset_in(&epoch) + 1;
+    while let Some(e) = docs.next_within(Duration::from_secs(3)).await {
+        assert_eq!(e.offset_in(&epoch), next, "{e:?}");
+        next += 1;
+    }
+    ca.put_doc("orders", "o1", &json!({"x": 1})).await.unwrap();
+    cb.delete_doc("orders", "o1").await.unwrap();
+    assert_eq!(
+        docs.messages(&epoch, next - 1, 2).await,
+        vec![
+            json!({"op": "put", "id": "o1"}),
+            json!({"op": "delete", "id": "o1"})
+        ]
+    );
 }

@@ -19,7 +19,7 @@
 //! kept in memory ([`LiveSites`]), updated at once by this node's changes
 //! and every [`REFRESH_EVERY`] from the store (another node's changes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -565,6 +565,8 @@ impl Sites {
         E: std::fmt::Display,
     {
         let mut reader = TarReader::new(body);
+        let live = self.live_hashes();
+        let mut storing: HashSet<String> = HashSet::new();
         let mut found: BTreeMap<String, SiteBody> = BTreeMap::new();
         let mut total = 0u64;
         let mut uploads = FuturesUnordered::new();
@@ -596,6 +598,9 @@ impl Sites {
             }
             let data = reader.read_data(entry.size).await?;
             let sha = hex::encode(Sha256::digest(&data));
+            // Named by a live version (a redeploy's unchanged file), or
+            // stored by this deploy already: nothing to store.
+            let stored = live.contains(&sha) || !storing.insert(sha.clone());
             found.insert(
                 entry.path,
                 SiteBody {
@@ -604,6 +609,9 @@ impl Sites {
                     key: None,
                 },
             );
+            if stored {
+                continue;
+            }
             while uploads.len() >= UPLOADS_IN_FLIGHT
                 || (in_flight_bytes + entry.size > UPLOAD_BYTES_IN_FLIGHT && !uploads.is_empty())
             {
@@ -614,7 +622,10 @@ impl Sites {
             in_flight_bytes += entry.size;
             let key = format!("{FILE_KEY}{sha}");
             uploads.push(async move {
-                self.put_blob_once(&key, data).await?;
+                // Stored again even when present: an unnamed file may be
+                // old enough for the removal of unused files, which a
+                // fresh write holds off (GARBAGE_AGE).
+                self.put_blob(&key, data).await?;
                 Ok::<u64, Error>(entry.size)
             });
         }
@@ -710,13 +721,15 @@ impl Sites {
         keys
     }
 
-    /// Stores `data` under `key` unless a blob is there already (a key
-    /// named by its content's hash has one content).
-    async fn put_blob_once(&self, key: &str, data: Bytes) -> Result<()> {
-        if self.env.backend.blobs.blob_meta(key).await?.is_some() {
-            return Ok(());
-        }
-        self.put_blob(key, data).await
+    /// The hashes of the files live versions name (stored under them).
+    fn live_hashes(&self) -> HashSet<String> {
+        self.snapshot()
+            .mounts
+            .iter()
+            .flat_map(|site| site.files.values())
+            .filter(|f| f.key.is_none())
+            .map(|f| f.sha256.clone())
+            .collect()
     }
 
     async fn put_blob(&self, key: &str, data: Bytes) -> Result<()> {
@@ -822,7 +835,7 @@ impl Sites {
     }
 
     async fn try_collect_garbage(&self) -> Result<()> {
-        let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut keep: HashSet<String> = HashSet::new();
         for (record, _) in self.read_entries(true).await? {
             for v in &record.versions {
                 keep.insert(format!("{MANIFEST_KEY}{}", v.manifest));

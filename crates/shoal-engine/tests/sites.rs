@@ -371,3 +371,40 @@ async fn files_of_a_failed_deploy_are_removed_within_the_hour() {
     );
     assert_eq!(file(node.engine.site_lookup("/index.html")), "index.html");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_redeploy_stores_only_what_changed() {
+    let (node, backend) = node_and_store().await;
+    let version_of = |key: String| {
+        let backend = backend.clone();
+        async move {
+            backend
+                .blobs
+                .blob_meta(&key)
+                .await
+                .unwrap()
+                .unwrap()
+                .version
+        }
+    };
+    let css = b"body{}".as_slice();
+    let css_key = format!(
+        "\0site\0f\0{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(css))
+    );
+    deploy(&node, "s", "/", &[("a.css", css), ("index.html", b"v1")]).await;
+    let before = version_of(css_key.clone()).await;
+    node.pass(secs(60)).await;
+    deploy(&node, "s", "/", &[("a.css", css), ("index.html", b"v2")]).await;
+    assert_eq!(
+        version_of(css_key.clone()).await,
+        before,
+        "the unchanged file was not written again"
+    );
+    // Two files, two manifests, the unchanged file once.
+    assert_eq!(stored(&backend).await, 5);
+    // A file no live version names is written again (its age starts over).
+    node.engine.remove_site("s").await.unwrap();
+    deploy(&node, "t", "/", &[("a.css", css)]).await;
+    assert!(version_of(css_key).await > before);
+}

@@ -4,7 +4,10 @@
 //! Storage, with no port of its own (keys users cannot write: theirs have
 //! no control characters):
 //! - every file is a blob under `\0site\0f\0<sha256>` (content-addressed:
-//!   a file shared by versions or sites is stored once);
+//!   a file shared by versions or sites is stored once; a redeploy skips
+//!   the files a live version names); a file over [`SITE_INLINE_BYTES`]
+//!   is streamed into a blob of its own, `\0site\0b\0<id>`, before its
+//!   hash is known, and its manifest entry names that blob;
 //! - a version's manifest (path → sha256, size, `.gz`/`.br` siblings) is a
 //!   blob under `\0site\0m\0<sha256 of the manifest>`;
 //! - a site is one key-value entry `\0site\0<name>` holding its versions
@@ -18,6 +21,12 @@
 //! Serving reads no key-value entry: the live version of every site is
 //! kept in memory ([`LiveSites`]), updated at once by this node's changes
 //! and every [`REFRESH_EVERY`] from the store (another node's changes).
+//!
+//! Files no version of any site names are removed after a removal, after a
+//! deploy that forgot its oldest version, and every [`COLLECT_EVERY`];
+//! those younger than [`GARBAGE_AGE`] are kept (another node may be
+//! deploying them), and this node's deploys hold the removal off until
+//! their entry is written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};

@@ -1036,6 +1036,19 @@ async fn tokens_scopes_public_channels_and_bad_input() {
     let big = json!("x".repeat(1 << 20));
     let got = try_publish(url, Some(&node.token), "chat", &big).await;
     refused(got, 413, "a message over 1 MiB");
+    // Every allowed character, through both transports.
+    let odd = "Aa0_.:-z";
+    let mut odd_sse = sse(&node, odd, From::Live).await;
+    odd_sse.ready().await;
+    let mut odd_ws = ws_connect(&ws_url(url, odd, ""), Some(&node.token)).await;
+    ws_text(&mut odd_ws).await;
+    let (e, n) = publish(&node, odd, &json!("odd")).await;
+    assert_eq!(odd_sse.messages(&e, n - 1, 1).await, vec![json!("odd")]);
+    assert_eq!(
+        ws_messages(&mut odd_ws, &e, n - 1, 1).await,
+        vec![json!("odd")]
+    );
+    assert_eq!(channel(&node, odd).await["name"], odd);
     let ok = "a".repeat(200);
     assert_eq!(
         try_publish(url, Some(&node.token), &ok, &json!(1)).await.0,
@@ -1396,7 +1409,7 @@ fn node_on(redis: &RedisServer) -> TestNode {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_on_redis_deliver_each_others_messages() {
     let redis = RedisServer::start(&[]);
-    let a = node_on(&redis);
+    let mut a = node_on(&redis);
     let b = node_on(&redis);
     configure(&a, "shared", json!({"history_len": 1000})).await;
     assert_eq!(channel(&b, "shared").await["history_len"], 1000);
@@ -1493,6 +1506,19 @@ async fn two_nodes_on_redis_deliver_each_others_messages() {
         resumed.messages(&epoch, 81, 2).await,
         vec![json!("from a"), json!("from b")]
     );
+
+    // A is killed: its subscriber comes back on B from its last id and
+    // gets what B published meanwhile.
+    a.kill9();
+    drop((on_a, ws_a));
+    for v in numbered(84..=90) {
+        publish(&b, "shared", &v).await;
+    }
+    let id = format!("{epoch}:83");
+    let mut moved = sse(&b, "shared", From::LastEventId(&id)).await;
+    assert_eq!(moved.ready().await, (epoch.clone(), 83));
+    assert_eq!(moved.messages(&epoch, 83, 7).await, numbered(84..=90));
+    moved.quiet().await;
 }
 
 /// `history_age_s`: a message older than that has left the history, so a
@@ -2054,4 +2080,37 @@ async fn feeds_tell_invocations_and_documents_from_every_node() {
             json!({"op": "delete", "id": "o1"})
         ]
     );
+}
+
+/// Many subscribers at once on one channel (SSE and WebSocket): each gets
+/// every message, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_subscribers_each_get_every_message() {
+    let node = TestNode::start();
+    let mut sses = Vec::new();
+    for _ in 0..100 {
+        let mut s = sse(&node, "crowd", From::Live).await;
+        s.ready().await;
+        sses.push(s);
+    }
+    let mut wss = Vec::new();
+    for _ in 0..30 {
+        let mut ws = ws_connect(&ws_url(&node.url, "crowd", ""), Some(&node.token)).await;
+        ws_text(&mut ws).await;
+        wss.push(ws);
+    }
+    until("presence 130", Duration::from_secs(10), async || {
+        channel(&node, "crowd").await["presence"] == 130
+    })
+    .await;
+    let mut epoch = String::new();
+    for v in numbered(1..=40) {
+        epoch = publish(&node, "crowd", &v).await.0;
+    }
+    for s in &mut sses {
+        assert_eq!(s.messages(&epoch, 0, 40).await, numbered(1..=40));
+    }
+    for ws in &mut wss {
+        assert_eq!(ws_messages(ws, &epoch, 0, 40).await, numbered(1..=40));
+    }
 }

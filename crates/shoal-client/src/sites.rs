@@ -9,7 +9,9 @@ use reqwest::header::CONTENT_TYPE;
 
 use shoal_protocol::{ARCHIVE_CONTENT_TYPE, RollbackRequest, SiteList, SiteVersions, SiteView};
 
-use crate::{Client, Result, decode, seg, transport};
+use bytes::Bytes;
+
+use crate::{Client, Error, Result, decode, seg, transport};
 
 /// How a deploy serves the site.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +28,14 @@ pub struct SiteDeploy {
 /// (links to files followed), sorted, without timestamps or owners;
 /// `.git` folders are left out.
 pub fn pack_site(dir: &Path) -> io::Result<Vec<u8>> {
+    let files = site_files(dir)?;
+    let mut out = Vec::new();
+    pack_into(dir, &files, &mut out)?;
+    Ok(out)
+}
+
+/// The files of a site's directory, relative to it, sorted.
+fn site_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -35,18 +45,7 @@ pub fn pack_site(dir: &Path) -> io::Result<Vec<u8>> {
     let mut files = Vec::new();
     collect(dir, Path::new(""), &mut files)?;
     files.sort();
-    let mut builder = tar::Builder::new(Vec::new());
-    for rel in files {
-        let data = std::fs::read(dir.join(&rel))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        let name = rel.to_string_lossy().replace('\\', "/");
-        builder.append_data(&mut header, name, data.as_slice())?;
-    }
-    builder.into_inner()
+    Ok(files)
 }
 
 fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
@@ -68,13 +67,144 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
+/// A `Write` that hands what is written to a channel in pieces of
+/// [`PIECE`] bytes (from a plain thread: it blocks while the channel is full).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+const PIECE: usize = 256 << 10;
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// A file's bytes, exactly `left` of them: a file that shrinks while it is
+/// read is an error, not a broken archive.
+struct Exact<R> {
+    inner: io::Take<R>,
+    left: u64,
+    path: PathBuf,
+}
+
+impl<R: io::Read> io::Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} changed while it was read", self.path.display()),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes the tar archive of `files` (relative to `dir`) into `out`.
+fn pack_into(dir: &Path, files: &[PathBuf], out: impl io::Write) -> io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    for rel in files {
+        let full = dir.join(rel);
+        let file = std::fs::File::open(&full)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", full.display())))?;
+        let size = file.metadata()?.len();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        let name = rel.to_string_lossy().replace('\\', "/");
+        let data = Exact {
+            inner: io::Read::take(file, size),
+            left: size,
+            path: full,
+        };
+        builder.append_data(&mut header, name, data)?;
+    }
+    builder.into_inner()?.flush()
+}
+
 impl Client {
+    /// Deploys the directory `dir` as a new version of site `name`,
+    /// streaming its tar archive as it is read (memory stays small whatever
+    /// the site's size). The files are listed before anything is sent.
+    pub async fn deploy_site_dir(
+        &self,
+        name: &str,
+        dir: &Path,
+        opts: &SiteDeploy,
+    ) -> Result<SiteView> {
+        let files =
+            site_files(dir).map_err(|e| Error::Transport(format!("{}: {e}", dir.display())))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        let root = dir.to_path_buf();
+        let packer = std::thread::spawn(move || {
+            let mut out = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(PIECE),
+            };
+            let done = pack_into(&root, &files, &mut out);
+            if let Err(e) = &done {
+                let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            done
+        });
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let sent = self
+            .send_site(name, reqwest::Body::wrap_stream(body), opts)
+            .await;
+        let packed = packer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("packing the site panicked")));
+        match (sent, packed) {
+            // The packer's own words say best why the upload stopped.
+            (Err(Error::Transport(_)), Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => {
+                Err(Error::Transport(e.to_string()))
+            }
+            (sent, _) => sent,
+        }
+    }
+
     /// Deploys a site from a tar archive (see [`pack_site`]): a new
     /// version, live at once.
     pub async fn deploy_site(
         &self,
         name: &str,
         archive: Vec<u8>,
+        opts: &SiteDeploy,
+    ) -> Result<SiteView> {
+        self.send_site(name, reqwest::Body::from(archive), opts)
+            .await
+    }
+
+    async fn send_site(
+        &self,
+        name: &str,
+        body: reqwest::Body,
         opts: &SiteDeploy,
     ) -> Result<SiteView> {
         let mut query: Vec<String> = Vec::new();
@@ -96,7 +226,7 @@ impl Client {
             .http
             .put(format!("{}/v1/sites/{}{query}", self.base, seg(name)))
             .header(CONTENT_TYPE, ARCHIVE_CONTENT_TYPE)
-            .body(archive)
+            .body(body)
             .send()
             .await
             .map_err(transport)?;

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 
-use shoal_client::protocol::{SiteVersions, SiteView};
+use shoal_client::protocol::{ErrorCode, SiteVersions, SiteView};
 use shoal_client::{Client, SiteDeploy};
 
-use crate::output::{Out, time};
+use crate::output::{Out, fail, time};
 
 #[derive(Subcommand)]
 pub enum SitesCommand {
@@ -53,14 +53,18 @@ pub async fn run(client: &Client, command: SitesCommand, json: bool) -> Result<(
             spa,
             cache_control,
         } => {
-            let archive = shoal_client::pack_site(&dir)
-                .with_context(|| format!("reading {}", dir.display()))?;
+            if !dir.is_dir() {
+                return Err(fail(
+                    ErrorCode::InvalidInput,
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
             let opts = SiteDeploy {
                 path: Some(path),
                 spa,
                 cache_control,
             };
-            let s = client.deploy_site(&name, archive, &opts).await?;
+            let s = client.deploy_site_dir(&name, &dir, &opts).await?;
             out.print(&s, || {
                 if s.unchanged {
                     format!(

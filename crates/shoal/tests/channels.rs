@@ -2114,3 +2114,45 @@ async fn many_subscribers_each_get_every_message() {
         assert_eq!(ws_messages(ws, &epoch, 0, 40).await, numbered(1..=40));
     }
 }
+
+/// On Redis, a shorter `history_len` (set through one node) applies at once
+/// to the messages already kept, seen from the other node: a resume
+/// needing a message beyond it is a reset; one within it is whole. An age
+/// bound likewise.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_history_bounds_apply_to_kept_messages_at_once() {
+    let redis = RedisServer::start(&[]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    let mut epoch = String::new();
+    for v in numbered(1..=20) {
+        epoch = publish(&a, "bounded", &v).await.0;
+    }
+    let since = format!("{epoch}:10");
+    let mut whole = sse(&b, "bounded", From::Since(&since)).await;
+    assert_eq!(whole.ready().await, (epoch.clone(), 10));
+    assert_eq!(whole.messages(&epoch, 10, 10).await, numbered(11..=20));
+
+    configure(&a, "bounded", json!({"history_len": 5})).await;
+    let mut cut = sse(&b, "bounded", From::Since(&since)).await;
+    let e = cut.next().await;
+    assert_eq!(e.event, "reset", "history_len 5 keeps 16..=20: {e:?}");
+    assert_eq!(e.json()["offset"], 20);
+    let since = format!("{epoch}:15");
+    let mut kept = sse(&b, "bounded", From::Since(&since)).await;
+    assert_eq!(kept.ready().await, (epoch.clone(), 15));
+    assert_eq!(kept.messages(&epoch, 15, 5).await, numbered(16..=20));
+
+    configure(&b, "bounded", json!({"history_age_s": 1})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut aged = sse(&a, "bounded", From::Since(&since)).await;
+    let e = aged.next().await;
+    assert_eq!(
+        e.event, "reset",
+        "every kept message is over 1 s old: {e:?}"
+    );
+    assert_eq!(e.json()["offset"], 20);
+    // The live stream after the reset goes on.
+    publish(&b, "bounded", &json!("new")).await;
+    assert_eq!(aged.messages(&epoch, 20, 1).await, vec![json!("new")]);
+}

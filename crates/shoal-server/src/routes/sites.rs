@@ -257,12 +257,13 @@ pub(crate) async fn serve(
                 to.push_str(q);
             }
             match HeaderValue::from_str(&to) {
-                Ok(location) => (
+                // `//host/` would send the browser to another host.
+                Ok(location) if !to.starts_with("//") => (
                     StatusCode::MOVED_PERMANENTLY,
                     [(header::LOCATION, location)],
                 )
                     .into_response(),
-                Err(_) => StatusCode::NOT_FOUND.into_response(),
+                _ => StatusCode::NOT_FOUND.into_response(),
             }
         }
     })

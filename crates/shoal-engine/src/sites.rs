@@ -430,7 +430,7 @@ impl Sites {
         let live = self.snapshot();
         let site = live.mounts.iter().find(|s| covers(&s.mount, path))?;
         let rel = if site.mount == "/" {
-            &path[1..]
+            path.strip_prefix('/').unwrap_or(path)
         } else {
             path[site.mount.len()..].trim_start_matches('/')
         };

@@ -56,6 +56,9 @@ const GAP_WAIT: Duration = Duration::from_millis(40);
 const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// How often presence counts are written.
 const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+/// How often, where several nodes share the store, hubs' settings are
+/// read again (another node may have changed them).
+const SETTINGS_EVERY: Duration = Duration::from_secs(2);
 /// The reserved key-value prefix of presence counts.
 const PRESENCE_PREFIX: &str = "\0P\0";
 
@@ -574,6 +577,27 @@ impl Channels {
             .collect()
     }
 
+    /// Reads every hub's settings again and hands them over.
+    async fn refresh_settings(&self) {
+        let hubs: Vec<(String, Arc<Hub>)> = self
+            .hubs()
+            .iter()
+            .map(|(name, hub)| (name.clone(), hub.clone()))
+            .collect();
+        for (name, hub) in hubs {
+            match self.env.backend.channels.channel_settings(&name).await {
+                Ok(settings) => {
+                    let _ = hub
+                        .input
+                        .send(HubInput::Settings(settings.unwrap_or_default()));
+                }
+                Err(e) => {
+                    warn!(channel = %name, error = %e, "Reading a channel's settings failed; keeping the ones known.");
+                }
+            }
+        }
+    }
+
     fn look(&self, name: &str) {
         if let Some(hub) = self.hubs().get(name) {
             let _ = hub.input.send(HubInput::Look);
@@ -637,7 +661,15 @@ async fn run_hub(
                     }
                 }
                 Some(HubInput::Look) => look = true,
-                Some(HubInput::Settings(s)) => settings = s,
+                Some(HubInput::Settings(s)) => {
+                    // A shorter hold applies to what is held already.
+                    if let Some(at) = flush_at {
+                        let sooner = tokio::time::Instant::now()
+                            + Duration::from_millis(s.coalesce_ms.into());
+                        flush_at = Some(at.min(sooner));
+                    }
+                    settings = s;
+                }
             },
             _ = sleep_until(gap_since.map(|t| t + GAP_WAIT)) => look = true,
             _ = sleep_until(flush_at) => {
@@ -841,9 +873,16 @@ async fn follow(env: Arc<Env>, channels: std::sync::Weak<Channels>) {
     // waiting from a hub's older position would answer at once, again and
     // again, until it does.
     let mut seen: HashMap<String, (String, u64)> = HashMap::new();
+    let mut settings_read = tokio::time::Instant::now();
     loop {
         let Some(me) = channels.upgrade() else { return };
         let mut positions = me.positions();
+        if !positions.is_empty() && settings_read.elapsed() >= SETTINGS_EVERY {
+            // Settings changed through another node reach this node's hubs
+            // (a node's own changes are handed to them at once).
+            settings_read = tokio::time::Instant::now();
+            me.refresh_settings().await;
+        }
         drop(me);
         seen.retain(|name, _| positions.iter().any(|(n, _, _)| n == name));
         for (name, epoch, offset) in &mut positions {

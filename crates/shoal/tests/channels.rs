@@ -2156,3 +2156,27 @@ async fn redis_history_bounds_apply_to_kept_messages_at_once() {
     publish(&b, "bounded", &json!("new")).await;
     assert_eq!(aged.messages(&epoch, 20, 1).await, vec![json!("new")]);
 }
+
+/// Settings changed through one node reach the other node's deliveries
+/// (hubs read them again every 2 s): with `coalesce_ms` lowered from 5 s
+/// to 0 through A, a subscriber that was already on B gets B's next
+/// message without the old 5 s hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_changed_on_one_node_apply_on_the_other() {
+    let redis = RedisServer::start(&[]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    configure(&a, "held", json!({"coalesce_ms": 5000})).await;
+    let mut on_b = sse(&b, "held", From::Live).await;
+    on_b.ready().await;
+    configure(&a, "held", json!({"coalesce_ms": 0})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    let (epoch, _) = publish(&b, "held", &json!("now")).await;
+    assert_eq!(on_b.messages(&epoch, 0, 1).await, vec![json!("now")]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "delivered after {took:?}: node B still holds messages for the coalesce_ms set before"
+    );
+}

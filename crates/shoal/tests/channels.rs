@@ -2180,3 +2180,24 @@ async fn settings_changed_on_one_node_apply_on_the_other() {
         "delivered after {took:?}: node B still holds messages for the coalesce_ms set before"
     );
 }
+
+/// Subscriptions outlive the node's HTTP idle and header timeouts: a
+/// subscriber quiet for longer than both still gets the next message.
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_subscriptions_outlive_http_timeouts() {
+    let node = TestNode::start_with(&["--http-idle-timeout", "1s", "--header-timeout", "1s"]);
+    let mut s = sse(&node, "quiet", From::Live).await;
+    s.ready().await;
+    let mut ws = ws_connect(&ws_url(&node.url, "quiet", ""), Some(&node.token)).await;
+    ws_text(&mut ws).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (epoch, n) = publish(&node, "quiet", &json!("still here")).await;
+    assert_eq!(
+        s.messages(&epoch, n - 1, 1).await,
+        vec![json!("still here")]
+    );
+    assert_eq!(
+        ws_messages(&mut ws, &epoch, n - 1, 1).await,
+        vec![json!("still here")]
+    );
+}

@@ -2201,3 +2201,65 @@ async fn quiet_subscriptions_outlive_http_timeouts() {
         vec![json!("still here")]
     );
 }
+
+/// `_queues.<name>` across two Redis nodes: a subscriber on A sees the
+/// depth of messages sent through B, each state once (one node publishes
+/// a feed at a time), ending at the true depth.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_feed_tells_the_depth_once_per_change() {
+    use shoal_client::protocol::{PutQueue, SendMessage};
+    let redis = RedisServer::start(&[]);
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    a.client()
+        .put_queue("work", &PutQueue::default())
+        .await
+        .unwrap();
+    let mut feed = sse(&a, "_queues.work", From::Live).await;
+    feed.ready().await;
+    let mut seen: Vec<Value> = Vec::new();
+    let mut epoch = String::new();
+    for i in 0..5 {
+        b.client()
+            .send(
+                "work",
+                vec![SendMessage {
+                    body: json!({ "i": i }),
+                    delay: None,
+                    dedup_id: None,
+                }],
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    while let Some(e) = feed.next_within(Duration::from_secs(4)).await {
+        assert_eq!(e.event, "message", "{e:?}");
+        if epoch.is_empty() {
+            epoch =
+                e.id.as_deref()
+                    .unwrap()
+                    .rsplit_once(':')
+                    .unwrap()
+                    .0
+                    .to_string();
+        }
+        let v = e.json();
+        assert_eq!(v["queue"], "work", "{v}");
+        assert_ne!(seen.last(), Some(&v), "the same state twice: {seen:?}");
+        seen.push(v);
+        if seen.last().unwrap()["waiting"] == 5 {
+            break;
+        }
+    }
+    let last = seen
+        .last()
+        .unwrap_or_else(|| panic!("no _queues.work message"));
+    assert_eq!(last["waiting"], 5, "{seen:?}");
+    let waiting: Vec<u64> = seen
+        .iter()
+        .map(|v| v["waiting"].as_u64().unwrap())
+        .collect();
+    assert!(waiting.windows(2).all(|w| w[0] < w[1]), "{waiting:?}");
+    feed.quiet().await;
+}

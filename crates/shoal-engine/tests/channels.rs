@@ -98,19 +98,20 @@ async fn a_resume_answers_every_missed_message_then_goes_live() {
         }
     );
     // More than one page of history, then live ones.
-    let publisher = {
+    let mut publisher = tokio::task::JoinSet::new();
+    {
         let engine = node.engine.clone();
-        tokio::spawn(async move {
+        publisher.spawn(async move {
             for n in 2501..=2600 {
                 engine.publish("c", vec![msg(n)], None).await.unwrap();
             }
-        })
-    };
+        });
+    }
     assert_eq!(
         take(&mut sub, 10, 2590).await,
         (11..=2600).collect::<Vec<_>>()
     );
-    publisher.await.unwrap();
+    publisher.join_next().await.unwrap().unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -214,20 +215,20 @@ async fn concurrent_publishers_are_delivered_in_offset_order() {
     let node = Node::start().await;
     let mut sub = node.engine.subscribe("many", None).await.unwrap();
     next(&mut sub).await;
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for t in 0..8u64 {
         let engine = node.engine.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             for n in 0..50 {
                 engine
                     .publish("many", vec![msg(t * 1000 + n)], None)
                     .await
                     .unwrap();
             }
-        }));
+        });
     }
-    for t in tasks {
-        t.await.unwrap();
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
     }
     // `take` checks the offsets are consecutive; every value arrives once.
     let mut got = take(&mut sub, 0, 400).await;

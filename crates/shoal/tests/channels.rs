@@ -2263,3 +2263,74 @@ async fn the_queue_feed_tells_the_depth_once_per_change() {
     assert!(waiting.windows(2).all(|w| w[0] < w[1]), "{waiting:?}");
     feed.quiet().await;
 }
+
+/// `kill -9` while functions publish with blob operations: after the
+/// restart the blob and the channel agree — the counter the ops raised
+/// equals the channel's head (each publish raised it by one), every
+/// acknowledged publish is there, and the history reads whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_with_blob_ops_stay_atomic_through_kill_9() {
+    let mut node = TestNode::start();
+    let got = answer(
+        http()
+            .put(format!("{}/v1/blobs/ctr?fixed_size=4", node.url))
+            .bearer_auth(&node.token)
+            .body(Vec::new())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        got.0 == 200 || got.0 == 201,
+        "creating blob ctr: {} {}",
+        got.0,
+        got.1
+    );
+    deploy(&node.client(), COUNTER, COUNTER_PY).await;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (client, acked) = (node.client(), acked.clone());
+        tasks.push(spawn(async move {
+            for i in 0u64.. {
+                let event = json!({ "who": format!("{t}.{i}") });
+                let Ok(done) = client.invoke("counter", &event.to_string()).await else {
+                    return;
+                };
+                let Ok(r) = done.result else { return };
+                let (_, offset) = position_of(&r);
+                acked.lock().unwrap().insert(offset, event);
+            }
+        }));
+    }
+    until("some publishes", Duration::from_secs(20), async || {
+        acked.lock().unwrap().len() >= 20
+    })
+    .await;
+    node.kill9();
+    for t in tasks {
+        let _ = t.await;
+    }
+    node.kill9_and_restart();
+
+    let info = channel(&node, "counted").await;
+    let head = info["offset"].as_u64().unwrap();
+    let epoch = info["epoch"].as_str().unwrap().to_string();
+    let bytes = node.client().blob_bytes("ctr", None).await.unwrap();
+    let counter = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+    assert_eq!(
+        u64::from(counter),
+        head,
+        "the blob and the channel disagree"
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert!(head >= *acked.keys().last().unwrap());
+    let mut all = sse(&node, "counted", From::Since("0")).await;
+    assert_eq!(all.ready().await, (epoch.clone(), 0));
+    let messages = all.messages(&epoch, 0, head).await;
+    for (offset, event) in &acked {
+        assert_eq!(&messages[(*offset - 1) as usize], event, "offset {offset}");
+    }
+    all.quiet().await;
+}

@@ -18,8 +18,9 @@
 //!    drop their connection once each, stay away `away`, and resume with
 //!    `Last-Event-ID`.
 //! 2. Delivery latency: placements at a paced `paced_rate` for
-//!    `paced_window`; each message carries its send time, and every
-//!    subscriber notes when the message reached it.
+//!    `paced_window` (after the same at a gentler `slow_rate`, for
+//!    reference); each message carries its send time, and every subscriber
+//!    notes when the message reached it.
 //! 3. Lost updates: once the channel's last offset has reached every
 //!    subscriber, each local board's SHA-256 is compared with the server's
 //!    board (the blob).
@@ -61,6 +62,8 @@ const IDLE_CHANNEL: &str = "bench-idle";
 /// Message modes (`m`): placed as fast as possible, or paced.
 const LOAD: usize = 0;
 const PACED: usize = 1;
+/// Paced at a gentler rate, for reference.
+const SLOW: usize = 2;
 
 /// Sizes of the live phase.
 pub struct Plan {
@@ -72,21 +75,29 @@ pub struct Plan {
     pub publishers: usize,
     pub window: Duration,
     pub paced_rate: f64,
+    /// The gentler pace measured first, for reference.
+    pub slow_rate: f64,
     pub paced_window: Duration,
     /// Idle connections of the memory figures.
     pub idle: usize,
     /// The function's `concurrency` (Python workers).
     pub concurrency: u32,
+    /// The channel's `coalesce_ms` of each run of the load; the figures are
+    /// the last run's, the others are in the details.
+    pub coalesce_ms: Vec<u32>,
 }
 
 /// How the placements reached the function.
+#[derive(Clone)]
 enum Via {
     Route,
     /// Through the invoke API, and why not the route.
     Invoke(String),
 }
 
+#[derive(Clone)]
 struct Load {
+    coalesce_ms: u32,
     via: Via,
     subscribers: usize,
     publishers: usize,
@@ -96,14 +107,14 @@ struct Load {
     place_errors: u64,
     /// Sorted request latencies of the placements, ms.
     place_ms: Vec<f64>,
+    /// Placements/s back to back before any subscriber was connected.
+    alone_rate: f64,
     away_ms: u128,
-    paced_rate: f64,
     paced_window: Duration,
-    paced_placed: u64,
-    paced_s: f64,
-    paced_errors: u64,
+    slow: Paced,
+    fast: Paced,
     /// Sorted delivery latencies at every subscriber, µs.
-    lat: [Vec<u32>; 2],
+    lat: [Vec<u32>; 3],
     /// Placements answered 200 vs how far the channel's offset moved.
     acked: u64,
     moved: u64,
@@ -154,9 +165,15 @@ pub async fn run(
     let ws = idle(shoal, &dir.join("live-idle-ws"), node_log, plan.idle, true)
         .await
         .map_err(|e| format!("{e:#}"));
-    crate::step("live: placements with live subscribers");
-    let load = load(ctx, plan).await.map_err(|e| format!("{e:#}"));
-    Ok(section(&load, &sse, &ws, limit))
+    let mut loads = Vec::new();
+    for &coalesce_ms in &plan.coalesce_ms {
+        crate::step(&format!(
+            "live: placements with live subscribers, coalesce_ms = {coalesce_ms}"
+        ));
+        let l = load(ctx, plan, coalesce_ms).await;
+        loads.push(l.map_err(|e| format!("coalesce_ms = {coalesce_ms}: {e:#}")));
+    }
+    Ok(section(&loads, &sse, &ws, limit))
 }
 
 /// Raises this process's soft limit on open files to the hard limit
@@ -175,10 +192,10 @@ fn raise_file_limit() -> u64 {
 
 // ------------------------------------------------------------------ load
 
-async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
+async fn load(ctx: &Ctx, plan: &Plan, coalesce_ms: u32) -> Result<Load> {
     let client = &ctx.client;
     let settings = format!(
-        r#"{{"public": true, "history_len": {}, "history_age_s": 3600}}"#,
+        r#"{{"public": true, "history_len": {}, "history_age_s": 3600, "coalesce_ms": {coalesce_ms}}}"#,
         1_000_000
     );
     let (status, text) = client
@@ -192,10 +209,13 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
     if status != 200 {
         bail!("PUT /v1/channels/{CHANNEL} answered HTTP {status}: {text}");
     }
-    client
-        .create_fixed_blob(BOARD, BOARD_BYTES as u64, false)
-        .await
-        .context("creating the board")?;
+    // Kept from an earlier run of the load.
+    if client.blob_meta(BOARD).await.is_err() {
+        client
+            .create_fixed_blob(BOARD, BOARD_BYTES as u64, false)
+            .await
+            .context("creating the board")?;
+    }
     let via = deploy(ctx, plan.concurrency).await?;
     let path = match via {
         Via::Route => ROUTE.to_string(),
@@ -217,6 +237,12 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
     while let Some(r) = warm.join_next().await {
         r??;
     }
+
+    // The same placements without subscribers, for reference.
+    let t = Instant::now();
+    let (alone, _, _) =
+        back_to_back(ctx, &path, plan.publishers, t + plan.window / 2, base, 2).await?;
+    let alone_rate = alone as f64 / t.elapsed().as_secs_f64();
 
     // The snapshot every subscriber starts from: position, then board.
     let (epoch, h0) = position(client).await?;
@@ -258,77 +284,21 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
     crate::step("live: placements back to back");
     let cpu0 = ctx.cpu();
     let t = Instant::now();
-    let until = t + plan.window;
-    let mut set = JoinSet::new();
-    for i in 0..plan.publishers {
-        let (target, path) = (ctx.target.clone(), path.clone());
-        set.spawn(async move {
-            let mut c = target.connect().await?;
-            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((i as u64 + 1) * 0x1000_0001);
-            let (mut ok, mut errors, mut ms) = (0u64, 0u64, Vec::new());
-            while Instant::now() < until {
-                let (p, col) = random_pixel(&mut rng);
-                let t = Instant::now();
-                if place(&mut c, &path, p, col, base, LOAD).await? {
-                    ok += 1;
-                    ms.push(t.elapsed().as_secs_f64() * 1000.0);
-                } else {
-                    errors += 1;
-                }
-            }
-            anyhow::Ok((ok, errors, ms))
-        });
-    }
-    let (mut placed, mut place_errors, mut place_ms) = (0, 0, Vec::new());
-    while let Some(r) = set.join_next().await {
-        let (ok, errors, ms) = r??;
-        placed += ok;
-        place_errors += errors;
-        place_ms.extend(ms);
-    }
+    let (placed, place_errors, place_ms) =
+        back_to_back(ctx, &path, plan.publishers, t + plan.window, base, 1).await?;
     let place_s = t.elapsed().as_secs_f64();
     let cpu_load = cpu0.usage_until(&ctx.cpu());
-    place_ms.sort_by(f64::total_cmp);
 
     // Let the dropped subscribers come back and catch up before the pace.
     tokio::time::sleep(plan.away + Duration::from_millis(500)).await;
 
-    // 2. Paced.
+    // 2. Paced: first at a gentler pace (for reference), then the target's.
     crate::step("live: paced placements");
-    let total = (plan.paced_rate * plan.paced_window.as_secs_f64()).round() as u64;
-    let conns = (plan.publishers as u64).max(1);
+    let slow = paced(ctx, &path, plan, plan.slow_rate, base, SLOW).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = ctx.cpu();
-    let start = Instant::now() + Duration::from_millis(20);
-    let mut set = JoinSet::new();
-    for j in 0..conns {
-        let (target, path, rate) = (ctx.target.clone(), path.clone(), plan.paced_rate);
-        set.spawn(async move {
-            let mut c = target.connect().await?;
-            let mut rng = 0xD1B5_4A32_D192_ED03u64 ^ ((j + 1) * 0x3000_0007);
-            let (mut ok, mut errors) = (0u64, 0u64);
-            let mut i = j;
-            while i < total {
-                let at = start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(at.into()).await;
-                let (p, col) = random_pixel(&mut rng);
-                if place(&mut c, &path, p, col, base, PACED).await? {
-                    ok += 1;
-                } else {
-                    errors += 1;
-                }
-                i += conns;
-            }
-            anyhow::Ok((ok, errors))
-        });
-    }
-    let (mut paced_placed, mut paced_errors) = (0, 0);
-    while let Some(r) = set.join_next().await {
-        let (ok, errors) = r??;
-        paced_placed += ok;
-        paced_errors += errors;
-    }
+    let fast = paced(ctx, &path, plan, plan.paced_rate, base, PACED).await?;
     let last_answer = Instant::now();
-    let paced_s = last_answer.duration_since(start).as_secs_f64();
     let cpu_paced = cpu0.usage_until(&ctx.cpu());
 
     // 3. Every subscriber up to the channel's last offset, then the boards.
@@ -355,7 +325,7 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
     }
     let drain_s = last_answer.elapsed().as_secs_f64();
     let server = Sha256::digest(client.blob_bytes(BOARD, None).await?);
-    let mut lat: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+    let mut lat: [Vec<u32>; 3] = Default::default();
     let (mut reconnects, mut gaps, mut duplicates, mut resets, mut messages) = (0, 0, 0, 0, 0);
     let (mut mismatched, mut unfinished, mut failed) = (0, 0, Vec::new());
     for r in results {
@@ -364,9 +334,9 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
         duplicates += r.duplicates;
         resets += r.resets;
         messages += r.messages;
-        let [a, b] = r.lat;
-        lat[LOAD].extend(a);
-        lat[PACED].extend(b);
+        for (all, one) in lat.iter_mut().zip(r.lat) {
+            all.extend(one);
+        }
         if let Some(e) = r.error {
             failed.push(e);
         }
@@ -381,6 +351,7 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
         l.sort_unstable();
     }
     Ok(Load {
+        coalesce_ms,
         via,
         subscribers: plan.subscribers,
         publishers: plan.publishers,
@@ -389,14 +360,13 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
         place_s,
         place_errors,
         place_ms,
+        alone_rate,
         away_ms: plan.away.as_millis(),
-        paced_rate: plan.paced_rate,
         paced_window: plan.paced_window,
-        paced_placed,
-        paced_s,
-        paced_errors,
+        slow,
+        fast,
         lat,
-        acked: placed + paced_placed,
+        acked: placed + slow.placed + fast.placed,
         moved: h1 - h0,
         reconnects,
         gaps,
@@ -410,6 +380,121 @@ async fn load(ctx: &Ctx, plan: &Plan) -> Result<Load> {
         cpu_load,
         cpu_paced,
     })
+}
+
+/// What a paced run placed.
+#[derive(Clone, Copy)]
+struct Paced {
+    rate: f64,
+    placed: u64,
+    failed: u64,
+    /// Placements due at the pace (some given up when far behind it).
+    due: u64,
+    /// From the first placement due to the last answer.
+    s: f64,
+}
+
+impl Paced {
+    fn held(&self) -> f64 {
+        self.placed as f64 / self.s
+    }
+}
+
+/// Placements at `rate` for the plan's paced window, spread over the plan's
+/// publishers' connections; a connection more than 3 s behind its schedule
+/// gives up the rest.
+async fn paced(
+    ctx: &Ctx,
+    path: &str,
+    plan: &Plan,
+    rate: f64,
+    base: Instant,
+    mode: usize,
+) -> Result<Paced> {
+    let total = (rate * plan.paced_window.as_secs_f64()).round() as u64;
+    let conns = (plan.publishers as u64).max(1);
+    let start = Instant::now() + Duration::from_millis(20);
+    let give_up = start + plan.paced_window + Duration::from_secs(3);
+    let mut set = JoinSet::new();
+    for j in 0..conns {
+        let (target, path) = (ctx.target.clone(), path.to_string());
+        set.spawn(async move {
+            let mut c = target.connect().await?;
+            let mut rng =
+                0xD1B5_4A32_D192_ED03u64 ^ ((mode as u64) << 40) ^ ((j + 1) * 0x3000_0007);
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let mut i = j;
+            while i < total {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                if Instant::now() > give_up {
+                    break; // far behind the pace: the figure says so
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let (p, col) = random_pixel(&mut rng);
+                if place(&mut c, &path, p, col, base, mode).await? {
+                    ok += 1;
+                } else {
+                    errors += 1;
+                }
+                i += conns;
+            }
+            anyhow::Ok((ok, errors))
+        });
+    }
+    let (mut placed, mut failed) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        let (ok, errors) = r??;
+        placed += ok;
+        failed += errors;
+    }
+    Ok(Paced {
+        rate,
+        placed,
+        failed,
+        due: total,
+        s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Placements on `conns` keep-alive connections, each one after the other
+/// until `until`: `(answered 200, failed, sorted answer times in ms)`.
+async fn back_to_back(
+    ctx: &Ctx,
+    path: &str,
+    conns: usize,
+    until: Instant,
+    base: Instant,
+    seed: u64,
+) -> Result<(u64, u64, Vec<f64>)> {
+    let mut set = JoinSet::new();
+    for i in 0..conns as u64 {
+        let (target, path) = (ctx.target.clone(), path.to_string());
+        set.spawn(async move {
+            let mut c = target.connect().await?;
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((seed << 32) + (i + 1) * 0x1000_0001);
+            let (mut ok, mut errors, mut ms) = (0u64, 0u64, Vec::new());
+            while Instant::now() < until {
+                let (p, col) = random_pixel(&mut rng);
+                let t = Instant::now();
+                if place(&mut c, &path, p, col, base, LOAD).await? {
+                    ok += 1;
+                    ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((ok, errors, ms))
+        });
+    }
+    let (mut placed, mut failed, mut all) = (0, 0, Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (ok, errors, ms) = r??;
+        placed += ok;
+        failed += errors;
+        all.extend(ms);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok((placed, failed, all))
 }
 
 /// Deploys the placement function with its route, or without it when the
@@ -517,7 +602,7 @@ struct State {
     gaps: u64,
     duplicates: u64,
     resets: u64,
-    lat: [Vec<u32>; 2],
+    lat: [Vec<u32>; 3],
     first_load: Option<Instant>,
     /// Dropped and resumed once.
     resumed: bool,
@@ -531,7 +616,7 @@ struct SubResult {
     duplicates: u64,
     resets: u64,
     reconnects: u64,
-    lat: [Vec<u32>; 2],
+    lat: [Vec<u32>; 3],
     error: Option<String>,
 }
 
@@ -546,7 +631,7 @@ impl State {
             gaps: 0,
             duplicates: 0,
             resets: 0,
-            lat: [Vec::new(), Vec::new()],
+            lat: Default::default(),
             first_load: None,
             resumed: false,
         }
@@ -1054,20 +1139,37 @@ fn first_frame(buf: &[u8]) -> Result<Option<String>> {
 // ---------------------------------------------------------------- report
 
 fn section(
-    load: &Result<Load, String>,
+    loads: &[Result<Load, String>],
     sse: &Result<Idle, String>,
     ws: &Result<Idle, String>,
     limit: u64,
 ) -> Section {
     let mut s = Section::new("live");
-    match load {
+    let Some((headline, others)) = loads.split_last() else {
+        return Section::failed("live", "no run of the load planned");
+    };
+    for l in loads.iter().flatten() {
+        let label = format!("coalesce_ms = {}", l.coalesce_ms);
+        s.cpu(
+            format!("live: placements back to back, {label}"),
+            &l.cpu_load,
+        );
+        s.cpu(format!("live: paced placements, {label}"), &l.cpu_paced);
+    }
+    match headline {
         Ok(l) => {
-            for f in load_figures(l) {
+            let mut figures = load_figures(l);
+            // Updates lost in another run are lost too.
+            let lost_elsewhere: usize = others.iter().flatten().map(|o| o.mismatched).sum();
+            let last = figures.pop().expect("the lost figure").flaw_if(
+                lost_elsewhere > 0,
+                format!("{lost_elsewhere} boards differed in the other runs (details)"),
+            );
+            figures.push(last);
+            for f in figures {
                 s.add(f);
             }
             s.detail(load_detail(l));
-            s.cpu("live: placements back to back", &l.cpu_load);
-            s.cpu("live: paced placements", &l.cpu_paced);
         }
         Err(e) => {
             for id in [
@@ -1079,6 +1181,12 @@ fn section(
                 s.add(Figure::unmeasured(id, e));
             }
         }
+    }
+    for o in others {
+        s.detail(match o {
+            Ok(l) => other_run(l),
+            Err(e) => format!("Another run of the load failed: {}", one_line(e)),
+        });
     }
     for (id, idle, name) in [
         ("live.idle_sse", sse, "SSE"),
@@ -1136,53 +1244,69 @@ fn load_figures(l: &Load) -> Vec<Figure> {
     let rate = l.placed as f64 / l.place_s;
     let placements = Figure::new("live.placements", rate)
         .setting(format!(
-            "{} subscribers, {} connections placing, {via}, {} Python workers",
+            "{} subscribers, {} connections placing, {via}, {} Python workers, the channel's \
+             `coalesce_ms = {}`",
             thousands(l.subscribers as f64),
             l.publishers,
-            l.concurrency
+            l.concurrency,
+            l.coalesce_ms
         ))
         .paren(format!(
             "{} placements in {:.1} s; a placement's answer p50 {}, p99 {}; delivered at the \
-             subscribers p50 {}, p99 {}",
+             subscribers p50 {}, p99 {}; without subscribers {}/s",
             thousands(l.placed as f64),
             l.place_s,
             fmt_ms(percentile(&l.place_ms, 0.5)),
             fmt_ms(percentile(&l.place_ms, 0.99)),
             fmt_us(&l.lat[LOAD], 0.5),
-            fmt_us(&l.lat[LOAD], 0.99)
+            fmt_us(&l.lat[LOAD], 0.99),
+            thousands(l.alone_rate)
         ))
         .flaw_if(
             l.place_errors > 0,
             format!("{} placements failed", l.place_errors),
         );
-    let held = l.paced_placed as f64 / l.paced_s;
+    let f = &l.fast;
     let paced = |id, q| {
         Figure::new(id, percentile_us(&l.lat[PACED], q))
             .setting(format!(
-                "{} placements/s for {:.1} s, {} subscribers",
-                thousands(l.paced_rate),
+                "{} placements/s for {:.1} s, {} subscribers, `coalesce_ms = {}`",
+                thousands(f.rate),
                 l.paced_window.as_secs_f64(),
-                thousands(l.subscribers as f64)
+                thousands(l.subscribers as f64),
+                l.coalesce_ms
             ))
             .paren(format!(
                 "{} deliveries; {} placements at {}/s, the last answered {:.1} s after the first \
-                 was due",
+                 was due; at a gentler {}/s: p50 {}, p99 {}{}",
                 thousands(l.lat[PACED].len() as f64),
-                thousands(l.paced_placed as f64),
-                thousands(held),
-                l.paced_s
+                thousands(f.placed as f64),
+                thousands(f.held()),
+                f.s,
+                thousands(l.slow.rate),
+                fmt_us(&l.lat[SLOW], 0.5),
+                fmt_us(&l.lat[SLOW], 0.99),
+                if l.slow.held() < 0.95 * l.slow.rate {
+                    format!(" (held {}/s)", thousands(l.slow.held()))
+                } else {
+                    String::new()
+                }
             ))
             .flaw_if(
-                held < 0.95 * l.paced_rate,
+                f.held() < 0.95 * f.rate,
                 format!(
                     "the pace was not held: {}/s of {}/s",
-                    thousands(held),
-                    thousands(l.paced_rate)
+                    thousands(f.held()),
+                    thousands(f.rate)
                 ),
             )
+            .flaw_if(f.failed > 0, format!("{} placements failed", f.failed))
             .flaw_if(
-                l.paced_errors > 0,
-                format!("{} placements failed", l.paced_errors),
+                f.placed + f.failed < f.due,
+                format!(
+                    "{} placements given up, 3 s behind the pace",
+                    f.due - f.placed - f.failed
+                ),
             )
     };
     let lost = Figure::new("live.lost", l.mismatched as f64)
@@ -1231,6 +1355,32 @@ fn load_figures(l: &Load) -> Vec<Figure> {
     ]
 }
 
+/// A run of the load other than the headline one, in one line.
+fn other_run(l: &Load) -> String {
+    format!(
+        "The same load with `coalesce_ms = {}`: {}/s placed back to back ({}/s without \
+         subscribers; answers p50 {}, p99 \
+         {}; delivered p50 {}, p99 {}); paced at {}/s for {:.0} s: {}/s held, delivered p50 {}, \
+         p99 {}; {} of {} boards equal to the server's (gaps {}, {} reconnections).",
+        l.coalesce_ms,
+        thousands(l.placed as f64 / l.place_s),
+        thousands(l.alone_rate),
+        fmt_ms(percentile(&l.place_ms, 0.5)),
+        fmt_ms(percentile(&l.place_ms, 0.99)),
+        fmt_us(&l.lat[LOAD], 0.5),
+        fmt_us(&l.lat[LOAD], 0.99),
+        thousands(l.fast.rate),
+        l.paced_window.as_secs_f64(),
+        thousands(l.fast.held()),
+        fmt_us(&l.lat[PACED], 0.5),
+        fmt_us(&l.lat[PACED], 0.99),
+        thousands((l.subscribers - l.mismatched) as f64),
+        thousands(l.subscribers as f64),
+        l.gaps,
+        l.reconnects
+    )
+}
+
 fn load_detail(l: &Load) -> String {
     let via = match &l.via {
         Via::Route => format!("its public route `POST {ROUTE}`"),
@@ -1276,6 +1426,7 @@ fn fmt_us(sorted: &[u32], q: f64) -> String {
 #[cfg(test)]
 pub fn examples() -> Vec<Section> {
     let load = Load {
+        coalesce_ms: 10,
         via: Via::Route,
         subscribers: 1000,
         publishers: 32,
@@ -1284,13 +1435,28 @@ pub fn examples() -> Vec<Section> {
         place_s: 3.0,
         place_errors: 0,
         place_ms: vec![4.0, 9.0],
+        alone_rate: 6000.0,
         away_ms: 300,
-        paced_rate: 2000.0,
         paced_window: Duration::from_secs(4),
-        paced_placed: 8000,
-        paced_s: 4.0,
-        paced_errors: 0,
-        lat: [vec![1000, 50_000], vec![2000, 30_000, 150_000]],
+        slow: Paced {
+            rate: 500.0,
+            placed: 2000,
+            failed: 0,
+            due: 2000,
+            s: 4.0,
+        },
+        fast: Paced {
+            rate: 2000.0,
+            placed: 8000,
+            failed: 0,
+            due: 8000,
+            s: 4.0,
+        },
+        lat: [
+            vec![1000, 50_000],
+            vec![2000, 30_000, 150_000],
+            vec![1500, 20_000],
+        ],
         acked: 20_000,
         moved: 20_000,
         reconnects: 100,
@@ -1312,8 +1478,13 @@ pub fn examples() -> Vec<Section> {
         open_s: 2.0,
         presence: Some(10_001),
     };
+    let other = Load {
+        coalesce_ms: 0,
+        mismatched: 0,
+        ..load.clone()
+    };
     vec![section(
-        &Ok(load),
+        &[Ok(other), Ok(load)],
         &Ok(idle((20 << 20) + 50_000_000)),
         &Ok(idle((20 << 20) + 200_000_000)),
         20_000,
@@ -1351,7 +1522,7 @@ mod tests {
         st.message(b"e:14", data, 3500).unwrap();
         assert_eq!(st.board[1001], 0xF7); // pixel 2002: even, the high nibble
         assert_eq!((st.last, st.gaps, st.messages), (14, 2, 2));
-        assert_eq!(st.lat, [vec![2500], vec![2500]]);
+        assert_eq!(st.lat, [vec![2500], vec![2500], vec![]]);
         assert!(st.message(b"e:15", br#"{"c":1}"#, 0).is_err());
     }
 

@@ -25,6 +25,12 @@
 //!    subscriber, each local board's SHA-256 is compared with the server's
 //!    board (the blob).
 //!
+//! The load runs once per `coalesce_ms` of the plan (the channel's setting:
+//! its messages delivered in one frame every N ms); the figures are the last
+//! run's (the default, 0), the others are in the details. Before the
+//! subscribers connect, the same placements run back to back without them,
+//! for reference.
+//!
 //! Idle subscribers, each on a fresh node of its own (nothing of the load
 //! left in its allocator): the node's RSS before and after `idle` SSE (then
 //! WebSocket) connections have each received their `ready` event; the
@@ -514,15 +520,15 @@ async fn deploy(ctx: &Ctx, concurrency: u32) -> Result<Via> {
         Ok(_) => {
             let mut c = ctx.target.connect().await?;
             let body = br#"{"p":0,"c":0,"t":0,"m":0}"#;
-            let r = c.post(ROUTE, body).await?;
-            if r.status == 200 {
-                return Ok(Via::Route);
+            match c.post(ROUTE, body).await {
+                Ok(r) if r.status == 200 => return Ok(Via::Route),
+                Ok(r) => format!(
+                    "`POST {ROUTE}` answered HTTP {}: {}",
+                    r.status,
+                    one_line(&r.body_text())
+                ),
+                Err(e) => format!("`POST {ROUTE}` failed: {e:#}"),
             }
-            format!(
-                "`POST {ROUTE}` answered HTTP {}: {}",
-                r.status,
-                one_line(&r.body_text())
-            )
         }
         Err(e) => format!("the deploy with `[[route]]` was refused: {e:#}"),
     };

@@ -231,7 +231,7 @@ impl Plan {
                 paced_window: secs(2, 4),
                 idle: 10_000,
                 concurrency: 64,
-                coalesce_ms: vec![0, 10],
+                coalesce_ms: vec![10, 0],
             },
             redis_server: args.redis_server.clone(),
             redis_missing: present(&args.celery_missing),

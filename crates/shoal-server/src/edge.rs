@@ -225,10 +225,12 @@ async fn connection(
     peer: std::net::SocketAddr,
     router: Router,
     opts: EdgeOptions,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) {
-    let _open = OpenConnection::new();
+    // Held by the connection, and by a WebSocket it is upgraded to: an
+    // upgraded connection still counts against the cap and the gauge.
+    let slot = ConnSlot(Arc::new((permit, OpenConnection::new())));
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -242,6 +244,7 @@ async fn connection(
         // The client's address, for function routes' per-client limits.
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
+        req.extensions_mut().insert(slot.clone());
         async move {
             let resp = router.oneshot(req).await?;
             Ok::<_, std::convert::Infallible>(resp.map(|b| {
@@ -288,6 +291,12 @@ async fn connection(
         }
     }
 }
+
+/// A served connection's place under the connection cap (and in the
+/// gauge), as long as any clone lives. Requests carry one, so a handler
+/// that takes the connection over (a WebSocket) keeps the place.
+#[derive(Clone)]
+pub(crate) struct ConnSlot(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, OpenConnection)>);
 
 /// Counts a served connection in `shoal_http_connections` while it lives.
 struct OpenConnection;

@@ -2334,3 +2334,51 @@ async fn publishes_with_blob_ops_stay_atomic_through_kill_9() {
     }
     all.quiet().await;
 }
+
+/// Revoking a token ends the subscriptions opened with it (SSE and
+/// WebSocket) within the recheck period; a reconnect is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_token_ends_its_subscriptions() {
+    let node = TestNode::start();
+    let url = node.url.as_str();
+    let created = node
+        .client()
+        .create_scoped_token("reader", Some("viewer"), vec!["subscribe:room".into()])
+        .await
+        .expect("a scoped token");
+    let mut sse = sse_with(url, "room", Auth::Query(&created.token), From::Live).await;
+    sse.ready().await;
+    let mut ws = ws_connect(&ws_url(url, "room", ""), Some(&created.token)).await;
+    assert_eq!(ws_text(&mut ws).await["type"], "ready");
+    publish(&node, "room", &json!("before")).await;
+    assert_eq!(sse.next().await.json(), json!("before"));
+    assert_eq!(ws_text(&mut ws).await["data"], json!("before"));
+
+    node.client()
+        .revoke_token(&created.id)
+        .await
+        .expect("revoke");
+    // The SSE stream ends; the WebSocket is closed with 1008.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = sse.resp.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived its revoked token");
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket outlived its revoked token");
+    assert_eq!(closed, Some(1008));
+    refused(
+        sse_refused(url, "room", Auth::Query(&created.token)).await,
+        401,
+        "a revoked token",
+    );
+}

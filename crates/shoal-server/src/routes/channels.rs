@@ -145,20 +145,61 @@ impl Action {
     }
 }
 
-/// Admits `action` on channel `name`, or says why not.
+/// How often an open subscription checks its token is still valid.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// A subscription's token, checked again every [`RECHECK`]: revoking a
+/// token ends the subscriptions opened with it.
+struct TokenWatch {
+    state: AppState,
+    /// `None` on a public channel.
+    secret: Option<String>,
+    next: tokio::time::Instant,
+}
+
+impl TokenWatch {
+    fn new(state: &AppState, secret: Option<String>) -> TokenWatch {
+        TokenWatch {
+            state: state.clone(),
+            secret,
+            next: tokio::time::Instant::now() + RECHECK,
+        }
+    }
+
+    /// Resolves when a check is due (never on a public channel).
+    async fn due(&self) {
+        match self.secret {
+            Some(_) => tokio::time::sleep_until(self.next).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// False once the token is unknown or revoked (a store that cannot
+    /// answer keeps the subscription: it is checked again later).
+    async fn still_valid(&mut self) -> bool {
+        self.next = tokio::time::Instant::now() + RECHECK;
+        let Some(secret) = &self.secret else {
+            return true;
+        };
+        !matches!(self.state.handle.caller(secret).await, Ok(None))
+    }
+}
+
+/// Admits `action` on channel `name`, or says why not; answers the token
+/// it was admitted with (`None` on a public channel).
 async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     query_token: Option<&str>,
     action: Action,
     name: &str,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     shoal_engine::check_channel_name(name)?;
     if action == Action::Subscribe
         && !shoal_engine::is_feed(name)
         && state.handle.channel(name).await?.settings.public
     {
-        return Ok(());
+        return Ok(None);
     }
     let unauthorized =
         |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m);
@@ -190,7 +231,7 @@ async fn admit(
     let forbidden = |m: String| ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, m);
     if caller.scoped() {
         if caller.scope_allows(action.as_str(), name) {
-            return Ok(());
+            return Ok(Some(secret));
         }
         return Err(forbidden(format!(
             "this token's channel scopes {:?} do not allow {} on `{name}`",
@@ -203,7 +244,7 @@ async fn admit(
         Action::Publish => Role::Invoker,
     };
     if caller.role.allows(needs) {
-        Ok(())
+        Ok(Some(secret))
     } else {
         Err(forbidden(format!(
             "this needs a {needs} token; yours is {} (to {} on a channel)",
@@ -316,7 +357,7 @@ pub(crate) async fn events(
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
     let Query(params) = params?;
-    admit(
+    let secret = admit(
         &state,
         &headers,
         params.token.as_deref(),
@@ -326,19 +367,35 @@ pub(crate) async fn events(
     .await?;
     let since = since(&state, &name, &headers, params.since.as_deref()).await?;
     let sub = state.handle.subscribe(&name, since).await?;
+    let watch = TokenWatch::new(&state, secret);
     let first = Some(Bytes::from_static(b"retry: 1000\n\n"));
-    let stream = futures_util::stream::unfold((sub, first), |(mut sub, first)| async move {
-        if let Some(first) = first {
-            return Some((Ok::<_, std::convert::Infallible>(first), (sub, None)));
-        }
-        let event = tokio::select! {
-            event = sub.next() => event?,
-            _ = tokio::time::sleep(KEEP_ALIVE) => {
-                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (sub, None)));
+    let stream = futures_util::stream::unfold(
+        (sub, watch, first),
+        |(mut sub, mut watch, first)| async move {
+            if let Some(first) = first {
+                return Some((Ok::<_, std::convert::Infallible>(first), (sub, watch, None)));
             }
-        };
-        Some((Ok(sse(&event)), (sub, None)))
-    });
+            let keep_alive = tokio::time::sleep(KEEP_ALIVE);
+            tokio::pin!(keep_alive);
+            loop {
+                tokio::select! {
+                    event = sub.next() => {
+                        let event = event?;
+                        return Some((Ok(sse(&event)), (sub, watch, None)));
+                    }
+                    _ = &mut keep_alive => {
+                        return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (sub, watch, None)));
+                    }
+                    _ = watch.due() => {
+                        if !watch.still_valid().await {
+                            // Revoked: the stream ends (a reconnect gets 401).
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    );
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -404,11 +461,12 @@ pub(crate) async fn ws(
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<SubscribeParams>, QueryRejection>,
     headers: HeaderMap,
+    slot: Option<axum::Extension<crate::edge::ConnSlot>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
     let Query(params) = params?;
-    admit(
+    let secret = admit(
         &state,
         &headers,
         params.token.as_deref(),
@@ -423,18 +481,34 @@ pub(crate) async fn ws(
     })?;
     let since = since(&state, &name, &headers, params.since.as_deref()).await?;
     let sub = state.handle.subscribe(&name, since).await?;
+    let watch = TokenWatch::new(&state, secret);
     Ok(upgrade
         .read_buffer_size(4096)
         .write_buffer_size(4096)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| follow(socket, sub))
+        .on_upgrade(move |socket| async move {
+            // The connection keeps its place under the node's cap.
+            let _slot = slot;
+            follow(socket, sub, watch).await
+        })
         .into_response())
 }
 
 /// Sends a subscription's events until either side ends.
-async fn follow(mut socket: WebSocket, mut sub: Subscription) {
+async fn follow(mut socket: WebSocket, mut sub: Subscription, mut watch: TokenWatch) {
     loop {
         tokio::select! {
+            _ = watch.due() => {
+                if !watch.still_valid().await {
+                    // Revoked: 1008, policy violation.
+                    let close = axum::extract::ws::CloseFrame {
+                        code: 1008,
+                        reason: "the token was revoked".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    return;
+                }
+            }
             event = sub.next() => {
                 let Some(event) = event else { break };
                 for frame in ws_frames(&event) {

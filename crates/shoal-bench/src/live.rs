@@ -1273,16 +1273,22 @@ fn load_figures(l: &Load) -> Vec<Figure> {
             format!("{} placements failed", l.place_errors),
         );
     let f = &l.fast;
-    let paced = |id, q| {
-        Figure::new(id, percentile_us(&l.lat[PACED], q))
-            .setting(format!(
-                "{} placements/s for {:.1} s, {} subscribers, `coalesce_ms = {}`",
-                thousands(f.rate),
-                l.paced_window.as_secs_f64(),
-                thousands(l.subscribers as f64),
-                l.coalesce_ms
+    let paced = |id, q, full: bool| {
+        let fig = Figure::new(id, percentile_us(&l.lat[PACED], q)).setting(format!(
+            "{} placements/s for {:.1} s, {} subscribers, `coalesce_ms = {}`",
+            thousands(f.rate),
+            l.paced_window.as_secs_f64(),
+            thousands(l.subscribers as f64),
+            l.coalesce_ms
+        ));
+        let fig = if !full {
+            fig.paren(format!(
+                "the run of the row above; at {}/s: {}",
+                thousands(l.slow.rate),
+                fmt_us(&l.lat[SLOW], 0.5)
             ))
-            .paren(format!(
+        } else {
+            fig.paren(format!(
                 "{} deliveries; {} placements at {}/s, the last answered {:.1} s after the first \
                  was due; at a gentler {}/s: p50 {}, p99 {}{}",
                 thousands(l.lat[PACED].len() as f64),
@@ -1298,22 +1304,23 @@ fn load_figures(l: &Load) -> Vec<Figure> {
                     String::new()
                 }
             ))
-            .flaw_if(
-                f.held() < 0.95 * f.rate,
-                format!(
-                    "the pace was not held: {}/s of {}/s",
-                    thousands(f.held()),
-                    thousands(f.rate)
-                ),
-            )
-            .flaw_if(f.failed > 0, format!("{} placements failed", f.failed))
-            .flaw_if(
-                f.placed + f.failed < f.due,
-                format!(
-                    "{} placements given up, 3 s behind the pace",
-                    f.due - f.placed - f.failed
-                ),
-            )
+        };
+        fig.flaw_if(
+            f.held() < 0.95 * f.rate,
+            format!(
+                "the pace was not held: {}/s of {}/s",
+                thousands(f.held()),
+                thousands(f.rate)
+            ),
+        )
+        .flaw_if(f.failed > 0, format!("{} placements failed", f.failed))
+        .flaw_if(
+            f.placed + f.failed < f.due,
+            format!(
+                "{} placements given up, 3 s behind the pace",
+                f.due - f.placed - f.failed
+            ),
+        )
     };
     let lost = Figure::new("live.lost", l.mismatched as f64)
         .setting(format!(
@@ -1355,8 +1362,8 @@ fn load_figures(l: &Load) -> Vec<Figure> {
         .flaw_if(l.gaps > 0, format!("{} messages never arrived", l.gaps));
     vec![
         placements,
-        paced("live.delivery_p99", 0.99),
-        paced("live.delivery_p50", 0.5),
+        paced("live.delivery_p99", 0.99, true),
+        paced("live.delivery_p50", 0.5, false),
         lost,
     ]
 }

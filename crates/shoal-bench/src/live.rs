@@ -34,7 +34,8 @@
 //! Idle subscribers, each on a fresh node of its own (nothing of the load
 //! left in its allocator): the node's RSS before and after `idle` SSE (then
 //! WebSocket) connections have each received their `ready` event; the
-//! growth ÷ `idle`.
+//! growth ÷ `idle`; the same for keep-alive HTTP connections that made one
+//! `GET /healthz`, for comparison (the connection's part of the cost).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -157,20 +158,17 @@ pub async fn run(
     node_log: &str,
 ) -> Result<Section> {
     let limit = raise_file_limit();
-    crate::step("live: idle SSE subscribers on a fresh node");
-    let sse = idle(
-        shoal,
-        &dir.join("live-idle-sse"),
-        node_log,
-        plan.idle,
-        false,
-    )
-    .await
-    .map_err(|e| format!("{e:#}"));
-    crate::step("live: idle WebSocket subscribers on a fresh node");
-    let ws = idle(shoal, &dir.join("live-idle-ws"), node_log, plan.idle, true)
-        .await
-        .map_err(|e| format!("{e:#}"));
+    let mut idles = Vec::new();
+    for kind in [Kind::Sse, Kind::Ws, Kind::Plain] {
+        crate::step(&format!("live: idle {} on a fresh node", kind.name()));
+        let dir = dir.join(format!("live-idle-{}", kind.dir()));
+        idles.push(
+            idle(shoal, &dir, node_log, plan.idle, kind)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        );
+    }
+    let [sse, ws, plain] = <[_; 3]>::try_from(idles).ok().expect("three kinds");
     let mut loads = Vec::new();
     for &coalesce_ms in &plan.coalesce_ms {
         crate::step(&format!(
@@ -179,7 +177,35 @@ pub async fn run(
         let l = load(ctx, plan, coalesce_ms).await;
         loads.push(l.map_err(|e| format!("coalesce_ms = {coalesce_ms}: {e:#}")));
     }
-    Ok(section(&loads, &sse, &ws, limit))
+    Ok(section(&loads, &sse, &ws, &plain, limit))
+}
+
+/// What an idle connection is.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Sse,
+    Ws,
+    /// A keep-alive HTTP connection after one `GET /healthz` (the part of
+    /// a subscriber's cost that is the connection's).
+    Plain,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Sse => "SSE subscribers",
+            Kind::Ws => "WebSocket subscribers",
+            Kind::Plain => "keep-alive HTTP connections",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Sse => "sse",
+            Kind::Ws => "ws",
+            Kind::Plain => "http",
+        }
+    }
 }
 
 /// Raises this process's soft limit on open files to the hard limit
@@ -951,9 +977,17 @@ impl Dechunk {
     }
 }
 
-/// Sends `req` and reads the answer's head; returns the status, whether it
-/// is chunked, and the bytes read after the head.
-async fn request(stream: &mut TcpStream, req: &str) -> Result<(u16, bool, Vec<u8>)> {
+/// An answer's head.
+struct Head {
+    status: u16,
+    chunked: bool,
+    length: Option<usize>,
+    /// The bytes read after the head.
+    rest: Vec<u8>,
+}
+
+/// Sends `req` and reads the answer's head.
+async fn request(stream: &mut TcpStream, req: &str) -> Result<Head> {
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
@@ -973,7 +1007,17 @@ async fn request(stream: &mut TcpStream, req: &str) -> Result<(u16, bool, Vec<u8
                 h.name.eq_ignore_ascii_case("transfer-encoding")
                     && h.value.eq_ignore_ascii_case(b"chunked")
             });
-            return Ok((resp.code.unwrap_or(0), chunked, buf[len..].to_vec()));
+            let length = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+            return Ok(Head {
+                status: resp.code.unwrap_or(0),
+                chunked,
+                length,
+                rest: buf[len..].to_vec(),
+            });
         }
         if buf.len() > 64 * 1024 {
             bail!("the answer's head is larger than 64 KiB");
@@ -992,7 +1036,12 @@ async fn open_sse(
     let req = format!(
         "GET /v1/channels/{channel}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}\r\n"
     );
-    let (status, chunked, rest) = request(&mut stream, &req).await?;
+    let Head {
+        status,
+        chunked,
+        rest,
+        ..
+    } = request(&mut stream, &req).await?;
     if status != 200 {
         bail!(
             "the subscription answered HTTP {status}: {}",
@@ -1008,7 +1057,7 @@ async fn open_sse(
 // ------------------------------------------------------------------ idle
 
 /// Opens `n` idle subscriptions on a fresh node and measures its RSS.
-async fn idle(shoal: &Path, dir: &Path, log: &str, n: usize, ws: bool) -> Result<Idle> {
+async fn idle(shoal: &Path, dir: &Path, log: &str, n: usize, kind: Kind) -> Result<Idle> {
     std::fs::create_dir_all(dir)?;
     // The default cap is 10,000 connections.
     let cap = ["--max-connections".to_string(), (n + 1000).to_string()];
@@ -1028,7 +1077,7 @@ async fn idle(shoal: &Path, dir: &Path, log: &str, n: usize, ws: bool) -> Result
     let target = Target::new(node.addr, &node.token)?;
     let addr = target.addr;
     // The first subscriber starts the channel's hub; not counted.
-    let mut open = vec![open_idle(addr, ws).await?];
+    let mut open = vec![open_idle(addr, kind).await?];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = node.pid();
     let before = settled_rss(pid).await;
@@ -1037,7 +1086,7 @@ async fn idle(shoal: &Path, dir: &Path, log: &str, n: usize, ws: bool) -> Result
         let wave = (n + 1 - open.len()).min(500);
         let mut set = JoinSet::new();
         for _ in 0..wave {
-            set.spawn(open_idle(addr, ws));
+            set.spawn(open_idle(addr, kind));
         }
         while let Some(r) = set.join_next().await {
             open.push(r??);
@@ -1081,8 +1130,32 @@ async fn settled_rss(pid: u32) -> u64 {
 }
 
 /// One subscription, open once its `ready` event (or frame) has arrived.
-async fn open_idle(addr: std::net::SocketAddr, ws: bool) -> Result<TcpStream> {
-    if !ws {
+async fn open_idle(addr: std::net::SocketAddr, kind: Kind) -> Result<TcpStream> {
+    if kind == Kind::Plain {
+        let mut stream = TcpStream::connect(addr).await.context("connecting")?;
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let Head {
+            status,
+            length,
+            mut rest,
+            ..
+        } = request(&mut stream, &req).await?;
+        if status != 200 {
+            bail!("GET /healthz answered HTTP {status}");
+        }
+        // The whole answer, so that the node is done with it.
+        let length = length.context("an answer without Content-Length")?;
+        let mut tmp = [0u8; 1024];
+        while rest.len() < length {
+            let n = stream.read(&mut tmp).await?;
+            if n == 0 {
+                bail!("the node closed the connection");
+            }
+            rest.extend_from_slice(&tmp[..n]);
+        }
+        return Ok(stream);
+    }
+    if kind == Kind::Sse {
         let (mut stream, mut rest) = open_sse(addr, IDLE_CHANNEL, None).await?;
         let mut tmp = [0u8; 1024];
         while !rest.windows(12).any(|w| w == b"event: ready") {
@@ -1100,7 +1173,9 @@ async fn open_idle(addr: std::net::SocketAddr, ws: bool) -> Result<TcpStream> {
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
-    let (status, _, mut rest) = request(&mut stream, &req).await?;
+    let Head {
+        status, mut rest, ..
+    } = request(&mut stream, &req).await?;
     if status != 101 {
         bail!(
             "the WebSocket upgrade answered HTTP {status}: {}",
@@ -1148,6 +1223,7 @@ fn section(
     loads: &[Result<Load, String>],
     sse: &Result<Idle, String>,
     ws: &Result<Idle, String>,
+    plain: &Result<Idle, String>,
     limit: u64,
 ) -> Section {
     let mut s = Section::new("live");
@@ -1200,7 +1276,7 @@ fn section(
     ] {
         match idle {
             Ok(i) => {
-                let per = (i.after as f64 - i.before as f64) / i.n as f64 / 1024.0;
+                let per = per_kib(i);
                 s.add(
                     Figure::new(id, per)
                         .setting(format!("{} {name} connections", thousands(i.n as f64)))
@@ -1234,12 +1310,32 @@ fn section(
          the node's own RSS (median of 5 samples 100 ms apart) before and 2.5 s after the \
          others were all open — each counted once its `ready` event (SSE) or frame (WebSocket) \
          had arrived; the bench process's limit on open files {}. The channel's presence then: \
-         SSE {}, WebSocket {} (one more than counted: the first).",
+         SSE {}, WebSocket {} (one more than counted: the first). For comparison, {}.",
         thousands(limit as f64),
         presence(sse),
-        presence(ws)
+        presence(ws),
+        match plain {
+            Ok(i) => format!(
+                "{} idle keep-alive HTTP connections that had each made one `GET /healthz` took \
+                 {:.1} KiB each the same way (node RSS {} → {} MiB): the part of a subscriber's \
+                 cost that is its HTTP connection",
+                thousands(i.n as f64),
+                per_kib(i),
+                thousands(rss::mib(i.before)),
+                thousands(rss::mib(i.after))
+            ),
+            Err(e) => format!(
+                "idle keep-alive HTTP connections could not be measured: {}",
+                one_line(e)
+            ),
+        }
     ));
     s
+}
+
+/// RSS growth per connection, KiB.
+fn per_kib(i: &Idle) -> f64 {
+    (i.after as f64 - i.before as f64) / i.n as f64 / 1024.0
 }
 
 fn load_figures(l: &Load) -> Vec<Figure> {
@@ -1500,6 +1596,7 @@ pub fn examples() -> Vec<Section> {
         &[Ok(other), Ok(load)],
         &Ok(idle((20 << 20) + 50_000_000)),
         &Ok(idle((20 << 20) + 200_000_000)),
+        &Ok(idle((20 << 20) + 40_000_000)),
         20_000,
     )]
 }

@@ -309,13 +309,18 @@ class Client:
 
     # ------------------------------------------------------------------ tokens
 
-    def create_token(self, role: str, name: Optional[str] = None) -> Dict[str, Any]:
+    def create_token(
+        self, role: str, name: Optional[str] = None, channels: Optional[List[str]] = None
+    ) -> Dict[str, Any]:
         """Creates an API token (admin only): ``role`` is ``reader``,
-        ``invoker``, ``developer`` or ``admin``. The answer's ``token`` is the
-        secret, shown only this once."""
+        ``invoker``, ``developer`` or ``admin``. ``channels`` (e.g.
+        ``["subscribe:board.*"]``) limits it to those channel actions. The
+        answer's ``token`` is the secret, shown only this once."""
         body: Dict[str, Any] = {"role": role}
         if name is not None:
             body["name"] = name
+        if channels:
+            body["channels"] = list(channels)
         return self._json("POST", "/v1/tokens", body)
 
     def tokens(self) -> List[Dict[str, Any]]:
@@ -325,6 +330,63 @@ class Client:
     def revoke_token(self, id: str) -> None:
         """Revokes a token (admin only)."""
         self._json("DELETE", f"/v1/tokens/{_seg(id)}")
+
+    # ------------------------------------------------------------------ channels
+
+    def configure_channel(self, name: str, **settings: Any) -> Dict[str, Any]:
+        """Changes a channel's settings (admin): ``public``, ``history_len``,
+        ``history_age_s``, ``coalesce_ms``; those not given keep their
+        values. Returns the channel (settings, ``epoch``, ``offset``,
+        ``presence``)."""
+        return self._json("PUT", f"/v1/channels/{_seg(name)}", settings)
+
+    def channel(self, name: str) -> Dict[str, Any]:
+        """A channel's settings, position (``epoch``, ``offset``) and presence."""
+        return self._json("GET", f"/v1/channels/{_seg(name)}")
+
+    def publish(self, channel: str, data: Any) -> Dict[str, Any]:
+        """Publishes ``data`` (any JSON value; ``bytes`` are sent as a binary
+        message) on ``channel``. Returns ``{"epoch", "offset"}``."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            answer = self._open(
+                "POST", f"/v1/channels/{_seg(channel)}/messages", bytes(data), "application/octet-stream"
+            )
+            return answer.json()
+        return self._json("POST", f"/v1/channels/{_seg(channel)}/messages", data)
+
+    def subscribe(self, channel: str, since: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """Follows a channel's events, resuming after ``since`` (an event's
+        ``id``, ``"EPOCH:OFFSET"``; or a bare offset, ``"0"`` for the whole
+        history). Yields ``{"event", "id", "data"}``: ``event`` is
+        ``"ready"``, ``"message"``, ``"binary"`` or ``"reset"``; ``data`` is
+        the decoded JSON (bytes for ``"binary"``). After a ``"reset"``,
+        reload your state: the messages between are not in the history.
+        Close the generator to stop; the client's timeout should exceed 15 s
+        (the node's keep-alive interval)."""
+        path = f"/v1/channels/{_seg(channel)}/events"
+        if since is not None:
+            path += "?" + urlencode({"since": since})
+        answer = self._open("GET", path, accept="text/event-stream")
+        event: Dict[str, Any] = {}
+        data: List[str] = []
+        for raw in answer.lines():
+            line = raw.decode("utf-8")
+            if not line:
+                if data:
+                    kind = event.get("event", "message")
+                    text = "\n".join(data)
+                    value = base64.b64decode(text) if kind == "binary" else json.loads(text)
+                    yield {"event": kind, "id": event.get("id"), "data": value}
+                event, data = {}, []
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field in ("event", "id"):
+                event[field] = value
 
     # ------------------------------------------------------------------ categories
 

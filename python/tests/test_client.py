@@ -641,6 +641,40 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(stats["docs"], 20)
         self.client.delete_category(name, force=True)
 
+    # ------------------------------------------------------------ channels
+
+    def test_channels_publish_subscribe_resume_and_reset(self) -> None:
+        name = unique("room")
+        info = self.client.configure_channel(name, history_len=3)
+        self.assertEqual((info["history_len"], info["offset"]), (3, 0))
+        first = self.client.publish(name, {"n": 1})
+        self.assertEqual(first["offset"], 1)
+        self.client.publish(name, {"n": 2})
+        self.assertEqual(self.client.publish(name, b"\x00\xff")["offset"], 3)
+        events = self.client.subscribe(name, since=f"{first['epoch']}:1")
+        got = [next(events) for _ in range(3)]
+        events.close()
+        self.assertEqual(got[0], {"event": "ready", "id": f"{first['epoch']}:1", "data": {"epoch": first["epoch"], "offset": 1}})
+        self.assertEqual((got[1]["event"], got[1]["data"], got[1]["id"]), ("message", {"n": 2}, f"{first['epoch']}:2"))
+        self.assertEqual((got[2]["event"], got[2]["data"]), ("binary", b"\x00\xff"))
+        # Past the history of 3: an explicit reset at the head.
+        self.client.publish(name, {"n": 4})
+        self.client.publish(name, {"n": 5})
+        events = self.client.subscribe(name, since="1")
+        reset = next(events)
+        events.close()
+        self.assertEqual(reset["event"], "reset")
+        self.assertEqual(reset["data"]["offset"], 5)
+        self.assertEqual(self.client.channel(name)["offset"], 5)
+        with self.assertRaises(ShoalError) as cm:
+            self.client.publish("_docs.x", 1)
+        self.assertEqual(cm.exception.status, 400)
+        scoped = self.client.create_token("reader", "viewer", channels=[f"subscribe:{name}"])
+        self.assertEqual(scoped["role"], "reader")
+        with self.assertRaises(ShoalError) as cm:
+            Client(URL, scoped["token"]).functions()
+        self.assertEqual(cm.exception.status, 403)
+
     def test_query_errors_before_start(self) -> None:
         name = self._orders(shards=1, n=3)
         with self.assertRaises(ShoalError) as cm:

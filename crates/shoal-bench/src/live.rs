@@ -10,8 +10,9 @@
 //! when the node does not serve the route (the report says which).
 //! `subscribers` SSE streams (`GET /v1/channels/{name}/events`), tasks of
 //! this process, each keep a local copy of the board: they start from a
-//! snapshot (the channel's position, then the blob) and apply every message
-//! after it, checking that the offsets follow one another.
+//! snapshot (the channel's position, then the blob) and keep every message
+//! after it in order, checking that the offsets follow one another; the
+//! messages are applied to their boards at the end.
 //!
 //! 1. Placements/s: `publishers` keep-alive connections place pixels back
 //!    to back for `window`. Meanwhile `reconnecting` of the subscribers

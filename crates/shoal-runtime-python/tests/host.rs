@@ -586,7 +586,7 @@ def handler(event, ctx):
     assert_eq!(value[1][0], "unknown_op");
     assert_eq!(
         value[1][1],
-        "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete, kv_list, blob_open, blob_read, blob_apply, blob_create, blob_put, map_ranges and job_wait"
+        "no host call named \"echo\"; the calls are spawn, send, map, job, job_results, put_docs, get_doc, kv_get, kv_set, kv_incr, kv_delete, kv_list, blob_open, blob_read, blob_apply, publish, channel_position, blob_create, blob_put, map_ranges and job_wait"
     );
     assert_eq!(value[2][0], "invalid_input");
     let message = value[2][1].as_str().unwrap();

@@ -102,6 +102,9 @@ pub enum Event {
     Messages {
         epoch: Arc<str>,
         messages: Arc<[ChannelMessage]>,
+        /// The run's wire form, encoded once for every subscriber that
+        /// gets the same run (see [`Encoded`]).
+        encoded: Encoded,
     },
     /// The messages between the resume point and `offset` cannot be
     /// answered: resync from a snapshot; the stream goes on after `offset`.
@@ -110,6 +113,37 @@ pub enum Event {
         offset: u64,
         reason: String,
     },
+}
+
+/// A cache of a run's wire form (the SSE bytes): the first subscriber
+/// that sends a whole frame encodes it, the others reuse the bytes. A run
+/// cut for one subscriber (or read from the store) has no cache. Equal to
+/// any other: it never changes what an event says.
+#[derive(Clone, Default)]
+pub struct Encoded(Option<Arc<std::sync::OnceLock<bytes::Bytes>>>);
+
+impl Encoded {
+    /// The cached bytes, or `encode()`'s (cached when shared).
+    pub fn get_or_init(&self, encode: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        match &self.0 {
+            Some(cache) => cache.get_or_init(encode).clone(),
+            None => encode(),
+        }
+    }
+}
+
+impl PartialEq for Encoded {
+    fn eq(&self, _: &Encoded) -> bool {
+        true
+    }
+}
+
+impl Eq for Encoded {}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encoded")
+    }
 }
 
 /// A channel's position: the offset of its last message in its epoch.
@@ -144,9 +178,18 @@ pub struct ChannelView {
 struct Frame {
     epoch: Arc<str>,
     messages: Arc<[ChannelMessage]>,
+    encoded: Arc<std::sync::OnceLock<bytes::Bytes>>,
 }
 
 impl Frame {
+    fn new(epoch: Arc<str>, messages: Arc<[ChannelMessage]>) -> Frame {
+        Frame {
+            epoch,
+            messages,
+            encoded: Arc::default(),
+        }
+    }
+
     fn first(&self) -> u64 {
         self.messages.first().map_or(0, |m| m.offset)
     }
@@ -413,10 +456,10 @@ impl Channels {
                 data: m.data,
             })
             .collect();
-        let _ = hub.input.send(HubInput::Published(Arc::new(Frame {
-            epoch: epoch.into(),
+        let _ = hub.input.send(HubInput::Published(Arc::new(Frame::new(
+            epoch.into(),
             messages,
-        })));
+        ))));
     }
 
     /// Opens a subscription resuming after `since` (`None`: live from now).
@@ -676,7 +719,7 @@ async fn run_hub(
                 flush_at = None;
                 if !held.is_empty() {
                     let messages: Arc<[ChannelMessage]> = std::mem::take(&mut held).into();
-                    let _ = hub.frames.send(Arc::new(Frame { epoch: held_epoch.clone(), messages }));
+                    let _ = hub.frames.send(Arc::new(Frame::new(held_epoch.clone(), messages)));
                 }
             }
             _ = hub.released.cancelled() => return,
@@ -694,10 +737,7 @@ async fn run_hub(
                 let skip = (last + 1 - frame.first()) as usize;
                 let messages: Arc<[ChannelMessage]> = frame.messages[skip..].into();
                 last = frame.last();
-                out.push(Arc::new(Frame {
-                    epoch: frame.epoch.clone(),
-                    messages,
-                }));
+                out.push(Arc::new(Frame::new(frame.epoch.clone(), messages)));
             } else {
                 break;
             }
@@ -745,10 +785,9 @@ async fn run_hub(
             for frame in out {
                 if *held_epoch != *frame.epoch && !held.is_empty() {
                     let messages: Arc<[ChannelMessage]> = std::mem::take(&mut held).into();
-                    let _ = hub.frames.send(Arc::new(Frame {
-                        epoch: held_epoch.clone(),
-                        messages,
-                    }));
+                    let _ = hub
+                        .frames
+                        .send(Arc::new(Frame::new(held_epoch.clone(), messages)));
                 }
                 held_epoch = frame.epoch.clone();
                 held.extend(frame.messages.iter().cloned());
@@ -814,10 +853,10 @@ async fn fill(env: &Env, name: &str, epoch: &str, mut last: u64) -> Result<Fill>
         let full = read.messages.len() == READ_PAGE;
         if let Some(m) = read.messages.last() {
             last = m.offset;
-            frames.push(Arc::new(Frame {
-                epoch: read.epoch.as_str().into(),
-                messages: read.messages.into(),
-            }));
+            frames.push(Arc::new(Frame::new(
+                read.epoch.as_str().into(),
+                read.messages.into(),
+            )));
         }
         if !full {
             return Ok(Fill::Run(frames));
@@ -975,6 +1014,27 @@ impl Subscription {
         }
     }
 
+    /// The next event if one is ready now (without waiting or reading the
+    /// store): lets a transport write a burst in one go.
+    pub fn try_next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            if self.catching_up {
+                return None;
+            }
+            match self.frames.try_recv() {
+                Ok(frame) => self.take_frame(&frame),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     fn take_frame(&mut self, frame: &Frame) {
         if self.epoch.is_empty() && self.offset == 0 {
             // The channel had no message when this subscriber came.
@@ -1002,15 +1062,16 @@ impl Subscription {
             return;
         }
         let skip = (self.offset + 1 - frame.first()) as usize;
-        let messages: Arc<[ChannelMessage]> = if skip == 0 {
-            frame.messages.clone()
+        let (messages, encoded): (Arc<[ChannelMessage]>, Encoded) = if skip == 0 {
+            (frame.messages.clone(), Encoded(Some(frame.encoded.clone())))
         } else {
-            frame.messages[skip..].into()
+            (frame.messages[skip..].into(), Encoded::default())
         };
         self.offset = frame.last();
         self.queue.push_back(Event::Messages {
             epoch: frame.epoch.clone(),
             messages,
+            encoded,
         });
     }
 
@@ -1021,6 +1082,7 @@ impl Subscription {
             self.queue.push_back(Event::Messages {
                 epoch: self.epoch.as_str().into(),
                 messages: messages.into(),
+                encoded: Encoded::default(),
             });
         }
         self.catching_up = full;

@@ -499,3 +499,29 @@ async fn the_queue_feed_tells_the_depth_when_it_changes() {
         "no message while the depth stays"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_is_encoded_once_for_all_its_subscribers_and_bursts_are_ready_at_once() {
+    let node = Node::start().await;
+    let mut a = node.engine.subscribe("wide", None).await.unwrap();
+    let mut b = node.engine.subscribe("wide", None).await.unwrap();
+    next(&mut a).await;
+    next(&mut b).await;
+    publish(&node, "wide", 1..=1).await;
+    let encoded = |e: ChannelEvent| match e {
+        ChannelEvent::Messages { encoded, .. } => encoded,
+        other => panic!("expected messages, got {other:?}"),
+    };
+    let first = encoded(next(&mut a).await).get_or_init(|| bytes::Bytes::from_static(b"once"));
+    assert_eq!(first, "once");
+    let again = encoded(next(&mut b).await).get_or_init(|| panic!("encoded a second time"));
+    assert_eq!(again, "once");
+    // Several runs handed over while nobody read: all ready without waiting.
+    publish(&node, "wide", 2..=5).await;
+    let _ = next(&mut a).await;
+    let mut ready = 0;
+    while a.try_next().is_some() {
+        ready += 1;
+    }
+    assert_eq!(ready, 3, "the rest of the burst is ready at once");
+}

@@ -381,7 +381,7 @@ pub(crate) async fn events(
                 tokio::select! {
                     event = sub.next() => {
                         let event = event?;
-                        return Some((Ok(sse(&event)), (sub, watch, None)));
+                        return Some((Ok(sse_burst(&event, &mut sub)), (sub, watch, None)));
                     }
                     _ = &mut keep_alive => {
                         return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (sub, watch, None)));
@@ -404,8 +404,40 @@ pub(crate) async fn events(
     Ok(response)
 }
 
-/// One event (or a run of messages) in the SSE wire form.
+/// Events a subscriber has ready are written together, up to this many
+/// bytes: under load a subscriber writes a burst in one go, not one write
+/// per message.
+const BURST_BYTES: usize = 64 << 10;
+
+/// `first` and whatever else the subscription has ready, in the SSE wire
+/// form.
+fn sse_burst(first: &ChannelEvent, sub: &mut Subscription) -> Bytes {
+    let first = sse(first);
+    if first.len() >= BURST_BYTES {
+        return first;
+    }
+    let Some(next) = sub.try_next() else {
+        return first;
+    };
+    let mut out = bytes::BytesMut::from(&first[..]);
+    out.extend_from_slice(&sse(&next));
+    while out.len() < BURST_BYTES {
+        let Some(next) = sub.try_next() else { break };
+        out.extend_from_slice(&sse(&next));
+    }
+    out.freeze()
+}
+
+/// One event (or a run of messages) in the SSE wire form; a run shared by
+/// several subscribers is encoded once.
 fn sse(event: &ChannelEvent) -> Bytes {
+    if let ChannelEvent::Messages { encoded, .. } = event {
+        return encoded.get_or_init(|| sse_text(event));
+    }
+    sse_text(event)
+}
+
+fn sse_text(event: &ChannelEvent) -> Bytes {
     let mut out = String::new();
     match event {
         ChannelEvent::Ready { epoch, offset } => {
@@ -424,7 +456,9 @@ fn sse(event: &ChannelEvent) -> Bytes {
                 serde_json::json!({"epoch": epoch, "offset": offset, "reason": reason})
             ));
         }
-        ChannelEvent::Messages { epoch, messages } => {
+        ChannelEvent::Messages {
+            epoch, messages, ..
+        } => {
             for m in messages.iter() {
                 let (kind, data) = payload(m);
                 out.push_str(&format!("id: {epoch}:{}\nevent: {kind}\ndata: ", m.offset));
@@ -543,7 +577,9 @@ fn ws_frames(event: &ChannelEvent) -> Vec<Message> {
                 .to_string()
                 .into(),
         )],
-        ChannelEvent::Messages { epoch, messages } => messages
+        ChannelEvent::Messages {
+            epoch, messages, ..
+        } => messages
             .iter()
             .map(|m| {
                 if m.binary {

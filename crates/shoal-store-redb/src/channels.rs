@@ -34,6 +34,7 @@ use shoal_store::channels::{
 use shoal_store::{Applied, Error, Pending, Result};
 use tokio::sync::oneshot;
 
+use crate::blobs::Reader;
 use crate::codec::FORMAT_V1;
 use crate::writer::{self, Command, Effect, Reply, Tables, Value, ok};
 use crate::{RedbStore, blobs, unavailable};
@@ -146,30 +147,6 @@ impl Meta {
             head: self.head,
             settings: self.settings,
         }
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 }
 

@@ -1432,17 +1432,7 @@ impl Blobs for RedisStore {
 
     fn blob_list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Pending<BlobPage> {
         let limit = limit.max(1);
-        let min: Vec<u8> = match after {
-            Some(a) if a >= prefix => [b"(", a.as_bytes()].concat(),
-            _ if prefix.is_empty() => b"-".to_vec(),
-            _ => [b"[", prefix.as_bytes()].concat(),
-        };
-        // Keys are UTF-8, which never holds the byte 0xff.
-        let max: Vec<u8> = if prefix.is_empty() {
-            b"+".to_vec()
-        } else {
-            [b"(", prefix.as_bytes(), &[0xff]].concat()
-        };
+        let (min, max) = crate::lex_range(prefix, after);
         let args = vec![
             arg(self.blob_meta_key("")),
             min,

@@ -531,17 +531,7 @@ impl Channels for RedisStore {
         after: Option<&str>,
         limit: usize,
     ) -> Pending<Vec<ChannelInfo>> {
-        let min: Vec<u8> = match after {
-            Some(a) if a >= prefix => [b"(", a.as_bytes()].concat(),
-            _ if prefix.is_empty() => b"-".to_vec(),
-            _ => [b"[", prefix.as_bytes()].concat(),
-        };
-        // Names are ASCII, which never holds the byte 0xff.
-        let max: Vec<u8> = if prefix.is_empty() {
-            b"+".to_vec()
-        } else {
-            [b"(", prefix.as_bytes(), &[0xff]].concat()
-        };
+        let (min, max) = crate::lex_range(prefix, after);
         let args = vec![
             arg(self.channel_hash("")),
             min,

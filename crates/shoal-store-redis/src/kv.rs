@@ -343,18 +343,7 @@ impl Kv for RedisStore {
         now_ms: u64,
     ) -> Pending<KvPage> {
         let limit = limit.max(1);
-        let min: Vec<u8> = match after {
-            Some(a) if a >= prefix => [b"(", a.as_bytes()].concat(),
-            _ if prefix.is_empty() => b"-".to_vec(),
-            _ => [b"[", prefix.as_bytes()].concat(),
-        };
-        // Keys are UTF-8, which never holds the byte 0xff: every key with
-        // the prefix sorts before prefix ++ 0xff, and no other key between.
-        let max: Vec<u8> = if prefix.is_empty() {
-            b"+".to_vec()
-        } else {
-            [b"(", prefix.as_bytes(), &[0xff]].concat()
-        };
+        let (min, max) = crate::lex_range(prefix, after);
         let keys = vec![self.kv_key("keys"), self.kv_key("expiry")];
         let args = vec![
             arg(self.kv_key("e:")),

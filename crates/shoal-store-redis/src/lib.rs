@@ -205,6 +205,25 @@ impl Keys {
     }
 }
 
+/// The `ZRANGEBYLEX` bounds of the members starting with `prefix`,
+/// strictly after `after` when that sorts at or past the prefix. Members
+/// are UTF-8 (keys, blob keys, channel names), which never holds the byte
+/// 0xff: every member with the prefix sorts before prefix ++ 0xff, and no
+/// other member between.
+pub(crate) fn lex_range(prefix: &str, after: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let min = match after {
+        Some(a) if a >= prefix => [b"(", a.as_bytes()].concat(),
+        _ if prefix.is_empty() => b"-".to_vec(),
+        _ => [b"[", prefix.as_bytes()].concat(),
+    };
+    let max = if prefix.is_empty() {
+        b"+".to_vec()
+    } else {
+        [b"(", prefix.as_bytes(), &[0xff]].concat()
+    };
+    (min, max)
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Corrupt(format!("encoding a record: {e}")))
 }

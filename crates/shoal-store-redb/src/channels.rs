@@ -86,8 +86,7 @@ impl Meta {
 
     /// The lowest offset the history length still keeps.
     fn first_kept(&self) -> u64 {
-        let len = self.settings().history_len.max(1);
-        self.head.saturating_sub(len) + 1
+        self.settings().first_kept(self.head)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -180,10 +179,6 @@ fn at_ms_of(bytes: &[u8]) -> Option<u64> {
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
-fn live(age_ms: u64, at_ms: u64, now_ms: u64) -> bool {
-    age_ms == 0 || at_ms.saturating_add(age_ms) > now_ms
-}
-
 /// A new epoch: 16 random hex digits.
 fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -249,7 +244,7 @@ fn stored(t: &mut Tables<'_>, name: &str) -> Storage<Result<Option<Meta>>> {
 fn trim(t: &mut Tables<'_>, name: &str, meta: &Meta, now_ms: u64) -> Storage<()> {
     let tables = t.channels()?;
     let first_kept = meta.first_kept();
-    let age = meta.settings().history_age_ms;
+    let settings = meta.settings();
     let mut gone = Vec::new();
     for row in tables.messages.range((name, 0)..=(name, meta.head))? {
         if gone.len() == TRIM_MAX {
@@ -257,7 +252,7 @@ fn trim(t: &mut Tables<'_>, name: &str, meta: &Meta, now_ms: u64) -> Storage<()>
         }
         let (k, v) = row?;
         let offset = k.value().1;
-        if offset >= first_kept && at_ms_of(v.value()).is_none_or(|at| live(age, at, now_ms)) {
+        if offset >= first_kept && at_ms_of(v.value()).is_none_or(|at| settings.young(at, now_ms)) {
             break;
         }
         gone.push(offset);
@@ -419,7 +414,7 @@ impl Channels for RedbStore {
                 read.gap = true;
                 return Ok(read);
             }
-            let age = meta.settings().history_age_ms;
+            let settings = meta.settings();
             let table = txn.open_table(CHANNEL_MESSAGES).map_err(unavailable)?;
             let rows = table
                 .range((name, from)..=(name, meta.head))
@@ -428,16 +423,9 @@ impl Channels for RedbStore {
                 let (k, v) = row.map_err(unavailable)?;
                 let offset = k.value().1;
                 let m = decode_message(name, offset, v.value())?;
-                // The first asked message must be there and young enough;
-                // the run after it must be whole.
-                let expected = from + read.messages.len() as u64;
-                let gone = offset != expected || (offset == from && !live(age, m.at_ms, now_ms));
-                if gone {
-                    read.messages.clear();
-                    read.gap = true;
+                if !read.take_next(from, &settings, now_ms, m) {
                     return Ok(read);
                 }
-                read.messages.push(m);
             }
             if read.messages.is_empty() {
                 read.gap = true;

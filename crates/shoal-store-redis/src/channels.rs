@@ -282,10 +282,6 @@ fn message(name: &str, entry: &Value) -> Result<ChannelMessage> {
     Ok(m)
 }
 
-fn live(age_ms: u64, at_ms: u64, now_ms: u64) -> bool {
-    age_ms == 0 || at_ms.saturating_add(age_ms) > now_ms
-}
-
 /// A new epoch: 16 hex digits, different on every call in every process.
 fn new_epoch() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -499,24 +495,15 @@ impl Channels for RedisStore {
                 return Ok(read);
             }
             let settings = meta.settings();
-            let first_kept = meta.head.saturating_sub(settings.history_len.max(1)) + 1;
-            if from < first_kept {
+            if from < settings.first_kept(meta.head) {
                 read.gap = true;
                 return Ok(read);
             }
             for entry in array(&name, entries)? {
                 let m = message(&name, entry)?;
-                // The first asked message must be there and young enough;
-                // the run after it whole.
-                let expected = from + read.messages.len() as u64;
-                let gone = m.offset != expected
-                    || (m.offset == from && !live(settings.history_age_ms, m.at_ms, now_ms));
-                if gone {
-                    read.messages.clear();
-                    read.gap = true;
+                if !read.take_next(from, &settings, now_ms, m) {
                     return Ok(read);
                 }
-                read.messages.push(m);
             }
             if read.messages.is_empty() {
                 read.gap = true;

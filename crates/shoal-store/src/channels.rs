@@ -45,6 +45,20 @@ impl Default for ChannelSettings {
     }
 }
 
+impl ChannelSettings {
+    /// The lowest offset the history length keeps when the last message is
+    /// `head`.
+    pub fn first_kept(&self, head: u64) -> u64 {
+        head.saturating_sub(self.history_len.max(1)) + 1
+    }
+
+    /// True when a message stored at `at_ms` is still young enough for the
+    /// history at `now_ms`.
+    pub fn young(&self, at_ms: u64, now_ms: u64) -> bool {
+        self.history_age_ms == 0 || at_ms.saturating_add(self.history_age_ms) > now_ms
+    }
+}
+
 /// Most messages a history may keep.
 pub const MAX_HISTORY_LEN: u64 = 1_000_000;
 
@@ -107,6 +121,31 @@ pub struct ChannelRead {
     /// asked offset is past `head`): the run cannot be answered whole, and
     /// no message is answered.
     pub gap: bool,
+}
+
+impl ChannelRead {
+    /// Adds the next stored message of a read asked from offset `from`:
+    /// the first must be `from` itself and young enough, each next one
+    /// follow the one before. One that does not makes the read a gap (no
+    /// messages) and answers false: stop reading.
+    pub fn take_next(
+        &mut self,
+        from: u64,
+        settings: &ChannelSettings,
+        now_ms: u64,
+        message: ChannelMessage,
+    ) -> bool {
+        let expected = from + self.messages.len() as u64;
+        let whole = message.offset == expected
+            && (message.offset != from || settings.young(message.at_ms, now_ms));
+        if whole {
+            self.messages.push(message);
+        } else {
+            self.messages.clear();
+            self.gap = true;
+        }
+        whole
+    }
 }
 
 /// One channel in a listing.

@@ -46,10 +46,10 @@ impl Channel {
 
     /// The first offset a read may still answer at `now_ms`.
     fn oldest(&self, now_ms: u64) -> u64 {
-        let age = self.settings().history_age_ms;
+        let settings = self.settings();
         self.kept
             .iter()
-            .find(|m| age == 0 || m.at_ms.saturating_add(age) > now_ms)
+            .find(|m| settings.young(m.at_ms, now_ms))
             .map_or(self.head + 1, |m| m.offset)
     }
 }

@@ -342,6 +342,20 @@ async fn since(
     }
 }
 
+/// Opens an admitted subscriber's subscription at its resume point, with
+/// the watch of the token it was admitted with.
+async fn open(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    since_query: Option<&str>,
+    secret: Option<String>,
+) -> Result<(Subscription, TokenWatch), ApiError> {
+    let since = since(state, name, headers, since_query).await?;
+    let sub = state.handle.subscribe(name, since).await?;
+    Ok((sub, TokenWatch::new(state, secret)))
+}
+
 /// Subscribes over Server-Sent Events: `ready`, then `message` (or
 /// `binary`, base64) events with `id: EPOCH:OFFSET`, and `reset` when a
 /// resume cannot be answered whole.
@@ -365,9 +379,7 @@ pub(crate) async fn events(
         &name,
     )
     .await?;
-    let since = since(&state, &name, &headers, params.since.as_deref()).await?;
-    let sub = state.handle.subscribe(&name, since).await?;
-    let watch = TokenWatch::new(&state, secret);
+    let (sub, watch) = open(&state, &name, &headers, params.since.as_deref(), secret).await?;
     let first = Some(Bytes::from_static(b"retry: 1000\n\n"));
     let stream = futures_util::stream::unfold(
         (sub, watch, first),
@@ -513,9 +525,7 @@ pub(crate) async fn ws(
             "{e}; connect with a WebSocket client, or use /v1/channels/{name}/events for Server-Sent Events"
         ))
     })?;
-    let since = since(&state, &name, &headers, params.since.as_deref()).await?;
-    let sub = state.handle.subscribe(&name, since).await?;
-    let watch = TokenWatch::new(&state, secret);
+    let (sub, watch) = open(&state, &name, &headers, params.since.as_deref(), secret).await?;
     Ok(upgrade
         .read_buffer_size(4096)
         .write_buffer_size(4096)

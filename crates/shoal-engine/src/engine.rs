@@ -936,6 +936,11 @@ impl Handle {
         self.channels.configure(name, settings).await
     }
 
+    /// A channel's settings (the defaults when it has none stored).
+    pub async fn channel_settings(&self, name: &str) -> Result<shoal_store::ChannelSettings> {
+        self.channels.settings(name).await
+    }
+
     /// A channel's settings, position and presence.
     pub async fn channel(&self, name: &str) -> Result<ChannelView> {
         self.channels.view(name).await

@@ -64,7 +64,7 @@ pub(crate) async fn configure(
 ) -> Result<Json<ChannelInfoView>, ApiError> {
     let Path(name) = name?;
     let Json(body) = body?;
-    let current = state.handle.channel(&name).await?.settings;
+    let current = state.handle.channel_settings(&name).await?;
     let settings = ChannelSettings {
         public: body.public.unwrap_or(current.public),
         history_len: body.history_len.unwrap_or(current.history_len),
@@ -197,7 +197,7 @@ async fn admit(
     shoal_engine::check_channel_name(name)?;
     if action == Action::Subscribe
         && !shoal_engine::is_feed(name)
-        && state.handle.channel(name).await?.settings.public
+        && state.handle.channel_settings(name).await?.public
     {
         return Ok(None);
     }

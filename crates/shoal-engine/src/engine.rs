@@ -250,6 +250,14 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     }
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());
+    handle.env.tasks.spawn(
+        crate::schedules::Schedules::new(
+            handle.env.clone(),
+            handle.functions.clone(),
+            handle.dispatcher.clone(),
+        )
+        .run(),
+    );
     crate::retention::start(handle.env.clone());
     Kv::start_sweep(handle.env.clone());
     Blobs::start_sweep(handle.env.clone());

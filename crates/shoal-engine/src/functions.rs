@@ -1124,6 +1124,7 @@ impl Unpacked {
             max_invocations_per_worker: m.max_invocations_per_worker.map(NonZeroU32::get),
             max_jobs_in_flight: m.max_jobs_in_flight.map(NonZeroU32::get),
             routes: m.routes.clone(),
+            schedules: m.schedules.clone(),
         }
     }
 }

@@ -1,0 +1,357 @@
+//! Schedules: `[[schedule]]` of `shoal.toml` (parsed and checked here) and
+//! the service that fires them.
+//!
+//! Each node follows the schedules of every live version. At a tick it
+//! claims the tick with a KV write that only succeeds when the key is
+//! absent (`"\0T\0<function>\0<index>\0<tick ms>"`); the node whose write
+//! succeeds fires, so a tick fires once across nodes and restarts. Firing
+//! is an ordinary asynchronous invocation with the schedule's event.
+//!
+//! When a schedule is first seen (a deploy, a node start), ticks before
+//! now are skipped, unless `missed = "catch_up"`: then the ticks since the
+//! last claimed one (at most [`MAX_CATCH_UP`], none before the version was
+//! deployed) fire late. Cron expressions are read in UTC only for now.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tracing::warn;
+
+use shoal_store::{KvCondition, MAX_CATCH_UP, ScheduleRecord};
+
+use crate::dispatch::Dispatcher;
+use crate::env::Env;
+use crate::functions::Functions;
+
+/// Most schedules one function may declare.
+pub const MAX_SCHEDULES: usize = 20;
+/// The shortest `every`.
+pub const MIN_EVERY: Duration = Duration::from_secs(1);
+/// The largest event of a schedule, as JSON text.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The prefix of the keys that claim ticks.
+const TICK_KEY: &str = "\0T\0";
+/// How often the service looks for new or changed schedules when no tick
+/// is due sooner.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// `[[schedule]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSchedule {
+    every: Option<toml::Value>,
+    cron: Option<String>,
+    timezone: Option<String>,
+    event: Option<toml::Value>,
+    missed: Option<String>,
+}
+
+/// Checks `[[schedule]]` entries; an error says which one and what to fix.
+pub(crate) fn parse(raw: Vec<RawSchedule>) -> Result<Vec<ScheduleRecord>, String> {
+    if raw.len() > MAX_SCHEDULES {
+        return Err(format!(
+            "a function may have at most {MAX_SCHEDULES} [[schedule]] entries"
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| parse_one(r).map_err(|e| format!("[[schedule]] {}: {e}", i + 1)))
+        .collect()
+}
+
+fn parse_one(r: RawSchedule) -> Result<ScheduleRecord, String> {
+    let (every_ms, cron) = match (r.every, r.cron) {
+        (Some(_), Some(_)) => return Err("set either `every` or `cron`, not both".into()),
+        (None, None) => {
+            return Err(
+                "set `every = \"30s\"` or `cron = \"*/5 * * * * *\"` (with seconds)".into(),
+            );
+        }
+        (Some(v), None) => {
+            let bad = || "`every` must be a duration such as \"30s\", \"5m\" or \"1h\"".to_string();
+            let d = match &v {
+                toml::Value::Integer(n) if *n > 0 => Duration::from_secs(*n as u64),
+                toml::Value::String(s) => crate::manifest::parse_duration(s).ok_or_else(bad)?,
+                _ => return Err(bad()),
+            };
+            if d < MIN_EVERY {
+                return Err("`every` must be at least 1s".into());
+            }
+            if d.subsec_nanos() % 1_000_000 != 0 {
+                return Err("`every` must be a whole number of milliseconds".into());
+            }
+            (Some(d.as_millis() as u64), None)
+        }
+        (None, Some(c)) => {
+            parse_cron(&c)?;
+            (None, Some(c))
+        }
+    };
+    match r.timezone.as_deref() {
+        None | Some("UTC") => {}
+        Some(tz) => {
+            return Err(format!(
+                "timezone {tz:?} is not supported yet: schedules run in UTC (leave `timezone` out or set \"UTC\")"
+            ));
+        }
+    }
+    let event = match r.event {
+        None => "{}".to_string(),
+        Some(v) => serde_json::to_string(&v).map_err(|e| format!("`event`: {e}"))?,
+    };
+    if event.len() > MAX_EVENT_BYTES {
+        return Err(format!(
+            "`event` is {} bytes as JSON; at most {MAX_EVENT_BYTES}",
+            event.len()
+        ));
+    }
+    let catch_up = match r.missed.as_deref() {
+        None | Some("skip") => false,
+        Some("catch_up") => true,
+        Some(other) => {
+            return Err(format!(
+                "`missed` is {other:?}; it must be \"skip\" or \"catch_up\""
+            ));
+        }
+    };
+    Ok(ScheduleRecord {
+        every_ms,
+        cron,
+        event,
+        catch_up,
+    })
+}
+
+/// Parses a cron expression with seconds (six fields: second, minute,
+/// hour, day of month, month, day of week).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(format!(
+            "cron {expr:?} must have six fields, seconds first: \"sec min hour day month weekday\" (such as \"0 */5 * * * *\")"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("cron {expr:?}: {e}"))
+}
+
+/// A schedule ready to compute ticks.
+#[derive(Clone)]
+pub(crate) enum Ticks {
+    Every(u64),
+    Cron(Box<croner::Cron>),
+}
+
+impl Ticks {
+    pub(crate) fn of(s: &ScheduleRecord) -> Option<Ticks> {
+        match (&s.every_ms, &s.cron) {
+            (Some(p), _) if *p > 0 => Some(Ticks::Every(*p)),
+            (_, Some(c)) => parse_cron(c).ok().map(|c| Ticks::Cron(Box::new(c))),
+            _ => None,
+        }
+    }
+
+    /// The first tick after `t` (ms since the epoch).
+    pub(crate) fn next_after(&self, t: u64) -> Option<u64> {
+        match self {
+            Ticks::Every(p) => Some((t / p + 1) * p),
+            Ticks::Cron(c) => {
+                let z = zoned(t)?;
+                let next = c.find_next_occurrence(&z, false).ok()?;
+                u64::try_from(next.timestamp().as_millisecond()).ok()
+            }
+        }
+    }
+
+    /// The last tick at or before `t`.
+    pub(crate) fn at_or_before(&self, t: u64) -> Option<u64> {
+        match self {
+            Ticks::Every(p) => Some(t / p * p),
+            Ticks::Cron(c) => {
+                // Cron ticks are whole seconds.
+                let z = zoned(t / 1000 * 1000)?;
+                let prev = c.find_previous_occurrence(&z, true).ok()?;
+                u64::try_from(prev.timestamp().as_millisecond()).ok()
+            }
+        }
+    }
+}
+
+fn zoned(t: u64) -> Option<jiff::Zoned> {
+    let ts = jiff::Timestamp::from_millisecond(i64::try_from(t).ok()?).ok()?;
+    Some(ts.to_zoned(jiff::tz::TimeZone::UTC))
+}
+
+/// The key that claims a tick.
+pub(crate) fn tick_key(function: &str, index: usize, tick_ms: u64) -> String {
+    format!("{TICK_KEY}{function}\0{index}\0{tick_ms}")
+}
+
+/// One followed schedule.
+struct Followed {
+    spec: ScheduleRecord,
+    ticks: Ticks,
+    next: u64,
+}
+
+/// The service firing the schedules of live versions.
+pub(crate) struct Schedules {
+    env: Arc<Env>,
+    functions: Arc<Functions>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Schedules {
+    pub(crate) fn new(
+        env: Arc<Env>,
+        functions: Arc<Functions>,
+        dispatcher: Arc<Dispatcher>,
+    ) -> Schedules {
+        Schedules {
+            env,
+            functions,
+            dispatcher,
+        }
+    }
+
+    /// Runs until the engine stops.
+    pub(crate) async fn run(self) {
+        let mut followed: HashMap<(String, usize), Followed> = HashMap::new();
+        loop {
+            let now = self.env.now_ms();
+            let mut seen = HashSet::new();
+            for name in self.functions.names() {
+                let Some(d) = self.functions.latest(&name) else {
+                    continue;
+                };
+                for (i, s) in d.record.schedules.iter().enumerate() {
+                    let key = (name.clone(), i);
+                    seen.insert(key.clone());
+                    if followed.get(&key).is_some_and(|f| f.spec == *s) {
+                        continue;
+                    }
+                    let Some(ticks) = Ticks::of(s) else {
+                        continue;
+                    };
+                    if s.catch_up {
+                        self.catch_up(&name, i, s, &ticks, now, d.record.deployed_at_ms)
+                            .await;
+                    }
+                    // Ticks from now on (one exactly now included).
+                    let Some(next) = ticks.next_after(now.saturating_sub(1)) else {
+                        continue;
+                    };
+                    followed.insert(
+                        key,
+                        Followed {
+                            spec: s.clone(),
+                            ticks,
+                            next,
+                        },
+                    );
+                }
+            }
+            followed.retain(|k, _| seen.contains(k));
+            for ((name, i), f) in followed.iter_mut() {
+                while f.next <= now {
+                    self.fire(name, *i, &f.spec, &f.ticks, f.next).await;
+                    match f.ticks.next_after(f.next) {
+                        Some(n) => f.next = n,
+                        None => {
+                            f.next = u64::MAX;
+                            break;
+                        }
+                    }
+                }
+            }
+            let soonest = followed.values().map(|f| f.next).min().unwrap_or(u64::MAX);
+            let wait = Duration::from_millis(soonest.saturating_sub(now)).min(RESCAN);
+            tokio::select! {
+                _ = self.env.tasks.stopping() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Fires the ticks missed since the last claimed one, at most
+    /// [`MAX_CATCH_UP`] and none before `since_ms`.
+    async fn catch_up(
+        &self,
+        name: &str,
+        index: usize,
+        s: &ScheduleRecord,
+        ticks: &Ticks,
+        now: u64,
+        since_ms: u64,
+    ) {
+        let mut missed = Vec::new();
+        let mut t = now.saturating_sub(1);
+        while missed.len() < MAX_CATCH_UP {
+            let Some(tick) = ticks.at_or_before(t) else {
+                break;
+            };
+            if tick < since_ms {
+                break;
+            }
+            match self
+                .env
+                .backend
+                .kv
+                .kv_get(&tick_key(name, index, tick), now)
+                .await
+            {
+                Ok(Some(_)) => break,
+                Ok(None) => missed.push(tick),
+                Err(e) => {
+                    warn!(function = %name, error = %e, "Reading a schedule's claimed ticks failed; not catching up.");
+                    return;
+                }
+            }
+            if tick == 0 {
+                break;
+            }
+            t = tick - 1;
+        }
+        for tick in missed.into_iter().rev() {
+            self.fire(name, index, s, ticks, tick).await;
+        }
+    }
+
+    /// Claims a tick and, when this node got it, runs the function.
+    async fn fire(&self, name: &str, index: usize, s: &ScheduleRecord, ticks: &Ticks, tick: u64) {
+        let now = self.env.now_ms();
+        // Kept long enough for catching up to see it (past the last
+        // MAX_CATCH_UP ticks), and at least an hour.
+        let period = ticks.next_after(tick).map_or(0, |n| n - tick);
+        let ttl = period
+            .saturating_mul(MAX_CATCH_UP as u64 + 1)
+            .max(3_600_000);
+        let claimed = self
+            .env
+            .backend
+            .kv
+            .kv_set(
+                &tick_key(name, index, tick),
+                self.env.opts.node.address.clone().into_bytes(),
+                Some(ttl),
+                KvCondition::Absent,
+                now,
+            )
+            .await;
+        match claimed {
+            Ok(shoal_store::KvSet::Written(_)) => {}
+            Ok(_) => return,
+            Err(e) => {
+                warn!(function = %name, tick, error = %e, "Claiming a schedule's tick failed; another node may fire it.");
+                return;
+            }
+        }
+        if let Err(e) = self.dispatcher.invoke_async(name, s.event.clone()).await {
+            warn!(function = %name, tick, error = %e, "A scheduled run could not be queued; the tick is lost.");
+        }
+    }
+}

@@ -542,6 +542,12 @@ impl Handle {
         self.functions.admit_route(hit, client)
     }
 
+    /// The schedules of every live version, by function and index, each
+    /// with its next fire times.
+    pub fn schedules(&self) -> Vec<crate::ScheduleView> {
+        crate::schedules::views(&self.functions, self.env.now_ms())
+    }
+
     // ---- invocations ----
 
     /// Runs a function and waits for its outcome. `event` must be JSON text.

@@ -74,7 +74,7 @@ pub use kv::{
 };
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
-pub use schedules::{MAX_SCHEDULES, parse_cron};
+pub use schedules::{MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, parse_cron};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};

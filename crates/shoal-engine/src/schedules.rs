@@ -191,6 +191,51 @@ pub(crate) fn tick_key(function: &str, index: usize, tick_ms: u64) -> String {
     format!("{TICK_KEY}{function}\0{index}\0{tick_ms}")
 }
 
+/// How many next fire times [`views`] gives per schedule.
+pub const NEXT_SHOWN: usize = 5;
+
+/// A schedule of a live version, with its next fire times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleView {
+    pub function: String,
+    /// The live version whose `shoal.toml` declares it.
+    pub version: u64,
+    /// Its place among the function's `[[schedule]]` entries, from 0.
+    pub index: usize,
+    pub schedule: ScheduleRecord,
+    /// The next [`NEXT_SHOWN`] ticks after `now` (ms since the epoch).
+    pub next_ms: Vec<u64>,
+}
+
+/// The schedules of every live version, by function and index.
+pub(crate) fn views(functions: &Functions, now: u64) -> Vec<ScheduleView> {
+    let mut out = Vec::new();
+    for name in functions.names() {
+        let Some(d) = functions.latest(&name) else {
+            continue;
+        };
+        for (index, s) in d.record.schedules.iter().enumerate() {
+            let mut next_ms = Vec::new();
+            if let Some(ticks) = Ticks::of(s) {
+                let mut t = now;
+                while next_ms.len() < NEXT_SHOWN {
+                    let Some(n) = ticks.next_after(t) else { break };
+                    next_ms.push(n);
+                    t = n;
+                }
+            }
+            out.push(ScheduleView {
+                function: name.clone(),
+                version: d.record.version,
+                index,
+                schedule: s.clone(),
+                next_ms,
+            });
+        }
+    }
+    out
+}
+
 /// One followed schedule.
 struct Followed {
     spec: ScheduleRecord,

@@ -44,6 +44,13 @@ async fn every_second_fires_once_per_tick_with_its_event() {
         let event: serde_json::Value = serde_json::from_str(&c.event).unwrap();
         assert_eq!(event, serde_json::json!({"kind": "beat", "n": 1}));
     }
+    // Listed, with its next fire times.
+    let listed = node.engine.schedules();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].function.as_str(), listed[0].index), ("tick", 0));
+    let now = BASE_MS + 10_500;
+    let want: Vec<u64> = (11..=15).map(|s| BASE_MS + s * 1000).collect();
+    assert_eq!(listed[0].next_ms, want, "now {now}");
     // Ordinary async invocations: recorded, and succeeded.
     let record = node.wait_final(&calls[0].invocation_id).await;
     assert_eq!(record.function, "tick");

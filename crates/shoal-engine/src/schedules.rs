@@ -7,7 +7,7 @@
 //! succeeds fires, so a tick fires once across nodes and restarts. Firing
 //! is an ordinary asynchronous invocation with the schedule's event.
 //!
-//! When a schedule is first seen (a deploy, a node start), ticks before
+//! When a schedule is first seen (a deploy, a node start), ticks up to
 //! now are skipped, unless `missed = "catch_up"`: then the ticks since the
 //! last claimed one (at most [`MAX_CATCH_UP`], none before the version was
 //! deployed) fire late. Cron expressions are read in UTC only for now.
@@ -34,7 +34,8 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// The prefix of the keys that claim ticks.
 const TICK_KEY: &str = "\0T\0";
 /// How often the service looks for new or changed schedules when no tick
-/// is due sooner.
+/// is due sooner (it looks at once when this node changes the live
+/// versions, itself or by following the catalog).
 const RESCAN: Duration = Duration::from_secs(1);
 
 /// `[[schedule]]` as written.
@@ -286,8 +287,9 @@ impl Schedules {
                         self.catch_up(&name, i, s, &ticks, now, d.record.deployed_at_ms)
                             .await;
                     }
-                    // Ticks from now on (one exactly now included).
-                    let Some(next) = ticks.next_after(now.saturating_sub(1)) else {
+                    // Ticks after now; those up to now were skipped or
+                    // caught up.
+                    let Some(next) = ticks.next_after(now) else {
                         continue;
                     };
                     followed.insert(
@@ -318,6 +320,7 @@ impl Schedules {
             tokio::select! {
                 _ = self.env.tasks.stopping() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.functions.live_changed.notified() => {}
             }
         }
     }
@@ -334,7 +337,7 @@ impl Schedules {
         since_ms: u64,
     ) {
         let mut missed = Vec::new();
-        let mut t = now.saturating_sub(1);
+        let mut t = now;
         while missed.len() < MAX_CATCH_UP {
             let Some(tick) = ticks.at_or_before(t) else {
                 break;

@@ -38,7 +38,7 @@ async fn every_second_fires_once_per_tick_with_its_event() {
     .await;
     node.pass(ms(10_500)).await;
     let calls = node.fake.calls_of("tick");
-    // The schedule is seen within a second of the deploy: ticks 1 to 10.
+    // The schedule is followed from the deploy on (t = 0): ticks 1 to 10.
     assert_eq!(seconds_of(&[&node], "tick"), (1..=10).collect::<Vec<_>>());
     for c in &calls {
         let event: serde_json::Value = serde_json::from_str(&c.event).unwrap();
@@ -204,4 +204,26 @@ fn cron_expressions_need_six_fields() {
     assert!(shoal_engine::parse_cron("0 */5 * * *").is_err());
     assert!(shoal_engine::parse_cron("* * * * * * *").is_err());
     assert!(shoal_engine::parse_cron("x * * * * *").is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_version_or_a_removal_changes_what_fires_at_once() {
+    let node = Node::start().await;
+    node.deploy("name = \"tick\"\nhandler = \"main:handler\"\n[[schedule]]\nevery = \"1s\"\n")
+        .await;
+    node.pass(ms(3_500)).await;
+    assert_eq!(seconds_of(&[&node], "tick"), vec![1, 2, 3]);
+    // Every 2 s from now on (ticks 4, 6, 8).
+    node.deploy("name = \"tick\"\nhandler = \"main:handler\"\n[[schedule]]\nevery = \"2s\"\n")
+        .await;
+    node.pass(ms(5_000)).await;
+    assert_eq!(seconds_of(&[&node], "tick"), vec![1, 2, 3, 4, 6, 8]);
+    node.engine.remove_function("tick").await.unwrap();
+    node.pass(ms(5_000)).await;
+    assert_eq!(
+        seconds_of(&[&node], "tick").len(),
+        6,
+        "none after the removal"
+    );
+    assert!(node.engine.schedules().is_empty());
 }

@@ -1,5 +1,6 @@
 //! End to end: a schedule on a real `shoal serve` (python3) fires each tick
-//! once, an ordinary async invocation, across a `kill -9` and a restart.
+//! once, an ordinary async invocation, across a `kill -9` and a restart;
+//! `shoal schedules` lists it.
 
 mod common;
 
@@ -37,6 +38,25 @@ async fn each_tick_fires_once_across_a_kill9_and_restart() {
         "def handler(e, ctx):\n    return e['n']\n",
     )
     .await;
+    // `shoal schedules` lists it, with its next fire time.
+    let out = node.cli(&["schedules"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("FUNCTION  #  WHEN"), "{text}");
+    assert!(text.contains("tick      0  every 1s  skip"), "{text}");
+    let out = node.cli(&["schedules", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schedules"][0]["every_ms"], 1000, "{v}");
+    assert_eq!(
+        v["schedules"][0]["event"],
+        serde_json::json!({"n": 1}),
+        "{v}"
+    );
+
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     let before = fired(&c).await;
     assert!(before.len() >= 2, "{before:?}");

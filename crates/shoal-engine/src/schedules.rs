@@ -10,7 +10,8 @@
 //! When a schedule is first seen (a deploy, a node start), ticks up to
 //! now are skipped, unless `missed = "catch_up"`: then the ticks since the
 //! last claimed one (at most [`MAX_CATCH_UP`], none before the version was
-//! deployed) fire late. Cron expressions are read in UTC only for now.
+//! deployed) fire late. Cron expressions are read in their `timezone`
+//! (UTC by default), from the system's time zone database.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -90,14 +91,19 @@ fn parse_one(r: RawSchedule) -> Result<ScheduleRecord, String> {
             (None, Some(c))
         }
     };
-    match r.timezone.as_deref() {
-        None | Some("UTC") => {}
-        Some(tz) => {
+    let timezone = match r.timezone {
+        None => None,
+        Some(tz) if cron.is_none() => {
             return Err(format!(
-                "timezone {tz:?} is not supported yet: schedules run in UTC (leave `timezone` out or set \"UTC\")"
+                "`timezone = {tz:?}` is for `cron`; `every` ticks at multiples of its period since the epoch, the same in every time zone"
             ));
         }
-    }
+        Some(tz) if tz == "UTC" => None,
+        Some(tz) => {
+            time_zone(&tz)?;
+            Some(tz)
+        }
+    };
     let event = match r.event {
         None => "{}".to_string(),
         Some(v) => serde_json::to_string(&v).map_err(|e| format!("`event`: {e}"))?,
@@ -120,6 +126,7 @@ fn parse_one(r: RawSchedule) -> Result<ScheduleRecord, String> {
     Ok(ScheduleRecord {
         every_ms,
         cron,
+        timezone,
         event,
         catch_up,
     })
@@ -140,18 +147,32 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("cron {expr:?}: {e}"))
 }
 
+/// The time zone of this IANA name (`Europe/Paris`), from the system's
+/// time zone database.
+pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(name).map_err(|_| {
+        format!("timezone {name:?} is not a known time zone; use an IANA name such as \"Europe/Paris\" or \"UTC\"")
+    })
+}
+
 /// A schedule ready to compute ticks.
 #[derive(Clone)]
 pub(crate) enum Ticks {
     Every(u64),
-    Cron(Box<croner::Cron>),
+    Cron(Box<croner::Cron>, jiff::tz::TimeZone),
 }
 
 impl Ticks {
     pub(crate) fn of(s: &ScheduleRecord) -> Option<Ticks> {
         match (&s.every_ms, &s.cron) {
             (Some(p), _) if *p > 0 => Some(Ticks::Every(*p)),
-            (_, Some(c)) => parse_cron(c).ok().map(|c| Ticks::Cron(Box::new(c))),
+            (_, Some(c)) => {
+                let tz = match &s.timezone {
+                    None => jiff::tz::TimeZone::UTC,
+                    Some(name) => time_zone(name).ok()?,
+                };
+                parse_cron(c).ok().map(|c| Ticks::Cron(Box::new(c), tz))
+            }
             _ => None,
         }
     }
@@ -160,8 +181,8 @@ impl Ticks {
     pub(crate) fn next_after(&self, t: u64) -> Option<u64> {
         match self {
             Ticks::Every(p) => Some((t / p + 1) * p),
-            Ticks::Cron(c) => {
-                let z = zoned(t)?;
+            Ticks::Cron(c, tz) => {
+                let z = zoned(t, tz)?;
                 let next = c.find_next_occurrence(&z, false).ok()?;
                 u64::try_from(next.timestamp().as_millisecond()).ok()
             }
@@ -172,9 +193,9 @@ impl Ticks {
     pub(crate) fn at_or_before(&self, t: u64) -> Option<u64> {
         match self {
             Ticks::Every(p) => Some(t / p * p),
-            Ticks::Cron(c) => {
+            Ticks::Cron(c, tz) => {
                 // Cron ticks are whole seconds.
-                let z = zoned(t / 1000 * 1000)?;
+                let z = zoned(t / 1000 * 1000, tz)?;
                 let prev = c.find_previous_occurrence(&z, true).ok()?;
                 u64::try_from(prev.timestamp().as_millisecond()).ok()
             }
@@ -182,9 +203,9 @@ impl Ticks {
     }
 }
 
-fn zoned(t: u64) -> Option<jiff::Zoned> {
+fn zoned(t: u64, tz: &jiff::tz::TimeZone) -> Option<jiff::Zoned> {
     let ts = jiff::Timestamp::from_millisecond(i64::try_from(t).ok()?).ok()?;
-    Some(ts.to_zoned(jiff::tz::TimeZone::UTC))
+    Some(ts.to_zoned(tz.clone()))
 }
 
 /// The key that claims a tick.

@@ -178,7 +178,11 @@ async fn a_bad_schedule_is_refused_saying_what_to_fix() {
         ("cron = \"61 * * * * *\"", "cron \"61 * * * * *\""),
         (
             "every = \"1s\"\ntimezone = \"Europe/Paris\"",
-            "schedules run in UTC",
+            "`timezone = \"Europe/Paris\"` is for `cron`",
+        ),
+        (
+            "cron = \"0 0 9 * * *\"\ntimezone = \"Mars/Olympus\"",
+            "not a known time zone",
         ),
         (
             "every = \"1s\"\nmissed = \"later\"",
@@ -195,6 +199,28 @@ async fn a_bad_schedule_is_refused_saying_what_to_fix() {
         );
     }
     assert!(node.engine.function("bad").await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn cron_follows_its_time_zone() {
+    let node = Node::start().await;
+    node.deploy(
+        "name = \"paris\"\nhandler = \"main:handler\"\n\
+         [[schedule]]\ncron = \"0 0 9 * * *\"\ntimezone = \"Europe/Paris\"\n\
+         [[schedule]]\ncron = \"0 0 9 * * *\"\n",
+    )
+    .await;
+    let listed = node.engine.schedules();
+    // BASE_MS is 2025-06-15 15:06:40 UTC; 09:00 in Paris (summer time) is
+    // 07:00 UTC.
+    let paris_next = 1_750_057_200_000;
+    assert_eq!(
+        listed[0].next_ms[..2],
+        [paris_next, paris_next + 86_400_000]
+    );
+    assert_eq!(listed[1].next_ms[0], paris_next + 2 * 3_600_000, "UTC");
+    assert_eq!(listed[0].schedule.timezone.as_deref(), Some("Europe/Paris"));
+    assert_eq!(listed[1].schedule.timezone, None);
 }
 
 #[test]

@@ -1139,7 +1139,7 @@ pub struct ScheduleView {
     /// `cron`, with seconds (absent for an `every` schedule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// The time zone of `cron`: `UTC` (the only one for now).
+    /// The time zone of `cron` (an IANA name), `UTC` by default.
     pub timezone: String,
     /// The event of each run.
     #[schema(value_type = Object)]

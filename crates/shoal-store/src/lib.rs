@@ -148,9 +148,13 @@ pub struct ScheduleRecord {
     /// the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every_ms: Option<u64>,
-    /// `cron`: the expression, with seconds (six fields), in UTC.
+    /// `cron`: the expression, with seconds (six fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// `timezone` of a cron schedule (an IANA name such as
+    /// `Europe/Paris`); `None`: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// The event of each run, as JSON text.
     pub event: String,
     /// `missed = "catch_up"`: ticks missed while no node ran (at most the

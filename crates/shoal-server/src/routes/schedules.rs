@@ -10,7 +10,7 @@ use crate::auth::{Auth, Reader};
 use crate::error::ApiError;
 
 /// Every `[[schedule]]` of every live version, by function and index: its
-/// interval or cron expression (UTC), event, missed-tick policy and next
+/// interval or cron expression and time zone, event, missed-tick policy and next
 /// five fire times.
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
     responses((status = 200, body = ScheduleList)))]
@@ -31,7 +31,7 @@ fn view(v: shoal_engine::ScheduleView) -> ScheduleView {
         index: v.index as u64,
         every_ms: s.every_ms,
         cron: s.cron,
-        timezone: "UTC".to_string(),
+        timezone: s.timezone.unwrap_or_else(|| "UTC".to_string()),
         event: serde_json::from_str(&s.event).unwrap_or_default(),
         missed: if s.catch_up { "catch_up" } else { "skip" }.to_string(),
         next_ms: v.next_ms,

@@ -51,6 +51,9 @@ async fn every_second_fires_once_per_tick_with_its_event() {
     let now = BASE_MS + 10_500;
     let want: Vec<u64> = (11..=15).map(|s| BASE_MS + s * 1000).collect();
     assert_eq!(listed[0].next_ms, want, "now {now}");
+    // The claimed ticks are the node's own keys: a user's listing has none.
+    let page = node.engine.kv_list("", None, 100).await.unwrap();
+    assert!(page.entries.is_empty(), "{:?}", page.entries);
     // Ordinary async invocations: recorded, and succeeded.
     let record = node.wait_final(&calls[0].invocation_id).await;
     assert_eq!(record.function, "tick");

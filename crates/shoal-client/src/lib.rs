@@ -358,6 +358,13 @@ impl Client {
         Ok(list.nodes)
     }
 
+    /// Every `[[schedule]]` of the live versions, with its next fire times.
+    pub async fn schedules(&self) -> Result<Vec<shoal_protocol::ScheduleView>> {
+        let list: shoal_protocol::ScheduleList =
+            self.json(Method::GET, "/v1/schedules", None::<&()>).await?;
+        Ok(list.schedules)
+    }
+
     pub async fn create_token(&self, role: &str, name: Option<&str>) -> Result<CreatedToken> {
         self.create_scoped_token(role, name, Vec::new()).await
     }

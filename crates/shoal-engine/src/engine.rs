@@ -250,6 +250,14 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     }
     let queues = handle.dispatcher.queues.clone();
     handle.env.tasks.spawn(queues.sample_loop());
+    handle.env.tasks.spawn(
+        crate::schedules::Schedules::new(
+            handle.env.clone(),
+            handle.functions.clone(),
+            handle.dispatcher.clone(),
+        )
+        .run(),
+    );
     crate::retention::start(handle.env.clone());
     Kv::start_sweep(handle.env.clone());
     Blobs::start_sweep(handle.env.clone());
@@ -532,6 +540,12 @@ impl Handle {
         client: &str,
     ) -> std::result::Result<(), Duration> {
         self.functions.admit_route(hit, client)
+    }
+
+    /// The schedules of every live version, by function and index, each
+    /// with its next fire times.
+    pub fn schedules(&self) -> Vec<crate::ScheduleView> {
+        crate::schedules::views(&self.functions, self.env.now_ms())
     }
 
     // ---- invocations ----

@@ -89,6 +89,8 @@ pub(crate) struct Functions {
     unapplied: Mutex<Vec<Synced>>,
     /// Wakes the sync loop.
     pub(crate) sync_wanted: tokio::sync::Notify,
+    /// Wakes the schedules loop: the live versions changed.
+    pub(crate) live_changed: tokio::sync::Notify,
     /// The live versions' `[[route]]`s, rebuilt whenever they change.
     routes: RwLock<Arc<RouteTable>>,
     route_limits: RouteLimits,
@@ -189,6 +191,7 @@ impl Functions {
             synced_generation: AtomicU64::new(0),
             unapplied: Mutex::new(Vec::new()),
             sync_wanted: tokio::sync::Notify::new(),
+            live_changed: tokio::sync::Notify::new(),
             routes: RwLock::new(Arc::new(RouteTable::default())),
             route_limits: RouteLimits::new(crate::routes::MAX_LIMIT_ENTRIES),
         }
@@ -890,7 +893,7 @@ impl Functions {
 
     /// Builds the route table again from the live versions. Routes that
     /// overlap (two nodes deployed them at once) are served first come,
-    /// first served: the older version's.
+    /// first served: the older version's. Wakes the schedules loop.
     fn rebuild_routes(&self) {
         let live = self.live_by_age();
         let (table, left_out) = RouteTable::build(
@@ -901,6 +904,7 @@ impl Functions {
             tracing::warn!(route = %format!("{} {}", o.method, o.path), other = %o.function, "A route overlaps a live route of another function; it is not served.");
         }
         *self.routes.write().unwrap() = Arc::new(table);
+        self.live_changed.notify_one();
     }
 
     /// The live versions, oldest deploy first.
@@ -1124,6 +1128,7 @@ impl Unpacked {
             max_invocations_per_worker: m.max_invocations_per_worker.map(NonZeroU32::get),
             max_jobs_in_flight: m.max_jobs_in_flight.map(NonZeroU32::get),
             routes: m.routes.clone(),
+            schedules: m.schedules.clone(),
         }
     }
 }

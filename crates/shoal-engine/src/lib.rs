@@ -32,6 +32,7 @@ mod queues;
 mod ranges;
 mod retention;
 mod routes;
+mod schedules;
 mod secrets;
 mod sites;
 
@@ -73,6 +74,7 @@ pub use kv::{
 };
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
+pub use schedules::{MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, parse_cron};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
@@ -81,7 +83,8 @@ pub use shoal_store::{
     ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord, InvocationCursor,
     InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry,
     KvPage, LimiterRecord, NewChannelMessage, OpSpec, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, RouteCors, RouteRate, RouteRecord, ShardStats, StoreHealth, StoredDoc,
+    QueueSample, RouteCors, RouteRate, RouteRecord, ScheduleRecord, ShardStats, StoreHealth,
+    StoredDoc,
 };
 pub use sites::{
     MAX_SITE_FILES, SITE_INLINE_BYTES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions,

@@ -46,6 +46,8 @@ pub struct Manifest {
     pub max_jobs_in_flight: Option<std::num::NonZeroU32>,
     /// `[[route]]`: the HTTP routes the function serves (`routes.rs`).
     pub routes: Vec<shoal_store::RouteRecord>,
+    /// `[[schedule]]`: when the function runs by itself (`schedules.rs`).
+    pub schedules: Vec<shoal_store::ScheduleRecord>,
 }
 
 /// The largest `max_jobs_in_flight`.
@@ -241,8 +243,11 @@ impl Manifest {
         };
         let routes = crate::routes::parse(raw.route.unwrap_or_default())
             .map_err(|e| format!("shoal.toml: {e}"))?;
+        let schedules = crate::schedules::parse(raw.schedule.unwrap_or_default())
+            .map_err(|e| format!("shoal.toml: {e}"))?;
         Ok(Manifest {
             routes,
+            schedules,
             max_invocations_per_worker,
             max_jobs_in_flight,
             cache,
@@ -288,6 +293,7 @@ struct Raw {
     max_invocations_per_worker: Option<u32>,
     max_jobs_in_flight: Option<u32>,
     route: Option<Vec<crate::routes::RawRoute>>,
+    schedule: Option<Vec<crate::schedules::RawSchedule>>,
 }
 
 #[derive(Deserialize)]

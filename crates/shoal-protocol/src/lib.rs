@@ -1117,3 +1117,35 @@ pub struct PublishedView {
     pub epoch: String,
     pub offset: u64,
 }
+
+/// `GET /v1/schedules`: the schedules of every live version, by function
+/// and index, each with its next fire times.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// One `[[schedule]]` of a live version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    pub function: String,
+    /// The live version declaring it.
+    pub version: u64,
+    /// Its place among the function's `[[schedule]]` entries, from 0.
+    pub index: u64,
+    /// `every`, in ms (absent for a cron schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// `cron`, with seconds (absent for an `every` schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The time zone of `cron` (an IANA name), `UTC` by default.
+    pub timezone: String,
+    /// The event of each run.
+    #[schema(value_type = Object)]
+    pub event: Value,
+    /// `skip` or `catch_up`.
+    pub missed: String,
+    /// The next fire times, in ms since the epoch (the next five).
+    pub next_ms: Vec<u64>,
+}

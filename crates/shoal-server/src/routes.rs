@@ -11,6 +11,7 @@ pub(crate) mod kv;
 pub(crate) mod limiters;
 pub(crate) mod nodes;
 pub(crate) mod queues;
+pub(crate) mod schedules;
 pub(crate) mod secrets;
 pub(crate) mod sites;
 pub(crate) mod tokens;

@@ -133,7 +133,38 @@ pub struct FunctionRecord {
     /// stored before routes existed load as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteRecord>,
+    /// `[[schedule]]` of `shoal.toml`: when the function runs by itself.
+    /// Empty (and not written) for functions without schedules, so records
+    /// stored before schedules existed load as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleRecord>,
 }
+
+/// One `[[schedule]]` of a function: at each tick an asynchronous
+/// invocation of its live version, with `event`, fired once across nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// `every`: the period in ms; the ticks are the multiples of it since
+    /// the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// `cron`: the expression, with seconds (six fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// `timezone` of a cron schedule (an IANA name such as
+    /// `Europe/Paris`); `None`: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The event of each run, as JSON text.
+    pub event: String,
+    /// `missed = "catch_up"`: ticks missed while no node ran (at most the
+    /// last [`MAX_CATCH_UP`] of them) fire late; otherwise they are skipped.
+    #[serde(default)]
+    pub catch_up: bool,
+}
+
+/// The most missed ticks of one schedule fired when catching up.
+pub const MAX_CATCH_UP: usize = 10;
 
 /// One `[[route]]` of a function: requests to `method path` outside the
 /// node's reserved prefixes run the function with the request as its event.

@@ -165,6 +165,10 @@ pub enum Command {
     /// address, version, start, last heartbeat, running invocations,
     /// workers, load, alive or lost; the node answering is marked `*`.
     Nodes,
+    /// The schedules (`[[schedule]]`) of the live versions: function,
+    /// index, interval or cron expression, missed-tick policy, next fire
+    /// time.
+    Schedules,
     /// Secrets functions get as environment variables (admin): set (the
     /// value from stdin or --file), list (names only), rm.
     Secrets {
@@ -698,6 +702,7 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Nodes => crate::nodes::list(&client, conn.json).await?,
+        Command::Schedules => crate::schedules::list(&client, conn.json).await?,
         Command::Secrets { command: None } => {
             let ls = client.secrets().await?;
             out.print(&ls, || {

@@ -15,6 +15,7 @@ mod kv;
 mod nodes;
 mod queues;
 mod recover;
+mod schedules;
 mod serve;
 mod sites;
 

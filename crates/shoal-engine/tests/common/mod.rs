@@ -71,19 +71,28 @@ impl Node {
 
     /// An engine on this store.
     pub async fn with(random: Option<Arc<dyn Random>>, backend: Backend) -> Node {
-        Node::build(random, backend, |_| {}).await
+        Node::build(random, backend, BASE_MS, |_| {}).await
+    }
+
+    /// An engine on this store (jitter as [`Node::start`]) whose clock
+    /// reads `base_ms` now: a node
+    /// started later than others on the same store (a restart) with a
+    /// clock that agrees with theirs.
+    pub async fn with_clock_at(base_ms: u64, backend: Backend) -> Node {
+        Node::build(Some(Arc::new(Jitter(1.0))), backend, base_ms, |_| {}).await
     }
 
     /// An engine (the system's jitter, an in-memory store) with options
     /// changed by `set`.
     pub async fn with_options(set: impl FnOnce(&mut Options)) -> Node {
         let backend = Backend::from_adapter(Arc::new(MemoryStore::new()));
-        Node::build(None, backend, set).await
+        Node::build(None, backend, BASE_MS, set).await
     }
 
     async fn build(
         random: Option<Arc<dyn Random>>,
         backend: Backend,
+        base_ms: u64,
         set: impl FnOnce(&mut Options),
     ) -> Node {
         let data = tempfile::tempdir().expect("a temporary directory");
@@ -96,7 +105,7 @@ impl Node {
             opts,
             backend,
             runtime: Arc::new(fake.clone()),
-            clock: Arc::new(TokioClock::starting_at(BASE_MS)),
+            clock: Arc::new(TokioClock::starting_at(base_ms)),
             random,
             shutdown: shutdown.clone(),
         })

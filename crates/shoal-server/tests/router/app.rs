@@ -199,7 +199,7 @@ impl App {
         app
     }
 
-    async fn deploy_ok(&self, manifest: &str) {
+    pub async fn deploy_ok(&self, manifest: &str) {
         let r = self
             .call(
                 "POST",

@@ -14,6 +14,7 @@ mod limits;
 mod nodes;
 mod removals;
 mod routes;
+mod schedules;
 mod sites;
 mod status_codes;
 mod user_routes;

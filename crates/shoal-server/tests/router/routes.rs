@@ -42,6 +42,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/functions/{name}/logs", Some(Role::Reader)),
     ("GET", "/v1/stats", Some(Role::Reader)),
     ("GET", "/v1/nodes", Some(Role::Reader)),
+    ("GET", "/v1/schedules", Some(Role::Reader)),
     ("POST", "/v1/tokens", Some(Role::Admin)),
     ("GET", "/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/v1/tokens/{id}", Some(Role::Admin)),
@@ -153,7 +154,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 72);
+    assert_eq!(listed.len(), 73);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -231,6 +231,13 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
                 max_age_s: 600,
             }),
         }],
+        schedules: vec![crate::ScheduleRecord {
+            every_ms: None,
+            cron: Some("*/5 * * * * *".to_string()),
+            timezone: Some("Europe/Paris".to_string()),
+            event: r#"{"kind":"tick"}"#.to_string(),
+            catch_up: true,
+        }],
     }
 }
 

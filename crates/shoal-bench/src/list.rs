@@ -241,5 +241,7 @@ fn record(n: u64, function: FunctionName, created: u64, failed: bool) -> Invocat
         job: None,
         handed_to: None,
         cache_hit: false,
+        token: None,
+        user: None,
     }
 }

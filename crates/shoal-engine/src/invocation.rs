@@ -69,6 +69,8 @@ pub(crate) fn new_record(
         job: None,
         handed_to: None,
         cache_hit: false,
+        token: None,
+        user: None,
     }
 }
 

@@ -344,6 +344,14 @@ pub struct InvocationRecord {
     /// running it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
+    /// The id of the token that started it (a child, retry, fan-in or
+    /// trigger inherits its origin's); None for the node's own work
+    /// (schedules) and records written before round 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The user that token belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Child `index` of job `job`.

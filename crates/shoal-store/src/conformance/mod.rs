@@ -265,6 +265,8 @@ pub fn sample_invocation(id: &str, function: &str) -> InvocationRecord {
         job: None,
         handed_to: None,
         cache_hit: false,
+        token: None,
+        user: None,
     }
 }
 

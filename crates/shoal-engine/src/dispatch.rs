@@ -35,6 +35,7 @@ use crate::history::{FeedSender, FinishedAttempt};
 use crate::invocation::{self, Message, apply_response, backoff, key_of, new_record, queue_name};
 use crate::jobs::{Caller, Jobs};
 use crate::limits::Limiters;
+use crate::outcomes::Outcomes;
 use crate::queues::Queues;
 
 /// A finished synchronous invocation.
@@ -63,6 +64,8 @@ pub(crate) struct Dispatcher {
     pub(crate) feed: Arc<FeedSender>,
     /// Results of synchronous calls to functions with `[cache]`.
     pub(crate) cache: ResultCache,
+    /// What follows finished invocations (destinations, notifications).
+    pub(crate) outcomes: Arc<Outcomes>,
 }
 
 /// Invocation records whose latest state is not durable yet (running, or
@@ -171,6 +174,7 @@ impl Dispatcher {
             live: Arc::default(),
             feed: Arc::default(),
             cache: ResultCache::default(),
+            outcomes: Arc::default(),
         }
     }
 
@@ -840,7 +844,8 @@ impl Dispatcher {
     }
 
     /// A record already final when its message came again: record its job
-    /// slot again (idempotent), then acknowledge.
+    /// slot and hand it to the outcome sinks again (both idempotent), then
+    /// acknowledge.
     async fn persist_outcome_again(
         &self,
         record: InvocationRecord,
@@ -848,15 +853,19 @@ impl Dispatcher {
         ack: Vec<(String, Settlement)>,
     ) {
         let finish = self.jobs.finish_slot(&record);
+        let caused = self.outcomes.finished(&record);
         let acked = self.settle(queue, ack);
         if let Some(finish) = finish {
             finish.await;
         }
+        if let Some(Err(e)) = futures_util::future::OptionFuture::from(caused).await {
+            warn!(id = %record.id, error = %e, "Recording what an outcome causes failed.");
+        }
         drop(acked);
     }
 
-    /// Issues the record (and logs) write, the job slot, then the messages'
-    /// settlements, and keeps the record readable from memory until the
+    /// Issues the record (and logs) write, the job slot, what its outcome
+    /// causes (`Outcomes`), then the messages' settlements, and keeps the record readable from memory until the
     /// write is durable.
     fn persist(
         &self,
@@ -877,15 +886,18 @@ impl Dispatcher {
             && settlements
                 .iter()
                 .all(|(_, s)| matches!(s, Settlement::Ack));
-        // Writes issued in this order: logs, record, job slot, settlements.
-        // Without a job slot between the record and plain acks, the record
-        // and the acks are one store step where the store has one.
+        // Writes issued in this order: logs, record, job slot, what the
+        // outcome causes, settlements. With none of the middle two between
+        // the record and plain acks, the record and the acks are one store
+        // step where the store has one.
         let put_logs = (!logs.is_empty()).then(|| backend.invocations.put_logs(&id, logs));
-        let (put, finish, settled) = match queue {
-            Some(q) if record.job.is_none() && only_acks => {
+        let followed = record.status.is_final() && self.outcomes.any();
+        let (put, finish, caused, settled) = match queue {
+            Some(q) if record.job.is_none() && only_acks && !followed => {
                 let ids = settlements.into_iter().map(|(id, _)| id).collect();
                 (
                     backend.put_and_ack(vec![record.clone()], q, ids),
+                    None,
                     None,
                     None,
                 )
@@ -895,8 +907,9 @@ impl Dispatcher {
                 // The job result before the acknowledgement (see
                 // `Jobs::finish_slot`).
                 let finish = self.jobs.finish_slot(&record);
+                let caused = self.outcomes.finished(&record);
                 let settled = queue.map(|q| self.settle(q, settlements));
-                (put, finish, settled)
+                (put, finish, caused, settled)
             }
         };
         let live = self.live.clone();
@@ -911,6 +924,9 @@ impl Dispatcher {
             }
             if let Some(f) = finish {
                 f.await;
+            }
+            if let Some(f) = caused {
+                ok = ok.and(f.await);
             }
             if let Some(f) = settled {
                 ok = ok.and(f.await);

@@ -266,6 +266,12 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
 }
 
 impl Handle {
+    /// The sinks that follow finished invocations (destinations,
+    /// notifications; tests register their own).
+    pub fn outcomes(&self) -> &crate::outcomes::Outcomes {
+        &self.dispatcher.outcomes
+    }
+
     // ---- tokens ----
 
     /// The role of a bearer secret, or `None` when it is unknown or revoked

@@ -27,6 +27,7 @@ mod jobs;
 mod kv;
 mod limits;
 pub mod manifest;
+mod outcomes;
 mod querydist;
 mod queues;
 mod ranges;
@@ -72,6 +73,7 @@ pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use kv::{
     KvWhen, MAX_KEY_BYTES, MAX_KV_LIST, MAX_TTL, MAX_VALUE_BYTES, check_key, check_value,
 };
+pub use outcomes::{OutcomeSink, Outcomes};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
 pub use schedules::{MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, parse_cron};

@@ -1,0 +1,82 @@
+//! What a finished invocation causes beyond its own record: the sinks that
+//! follow outcomes (destinations, notifications) register here, and the
+//! dispatcher hands every record that reaches a final status to them.
+//!
+//! Ordering and durability: `Dispatcher::persist` calls [`Outcomes::finished`]
+//! after issuing the record's write and before issuing its messages'
+//! settlements, and `persist_outcome_again` (a message redelivered after a
+//! crash, whose record is already final) calls it again. A sink issues its
+//! store writes when called (the store ports keep call order), so a crash
+//! before the acknowledgement redelivers the message and the sink is asked
+//! again: every sink must be idempotent by invocation id (a queue send
+//! deduplicated by a key made from it). A synchronous invocation has no
+//! message: its outcome is handed over once, after its record's write is
+//! issued, and a crash in that moment loses what its sinks would have done.
+
+use std::sync::{Arc, RwLock};
+
+use futures_util::future::{BoxFuture, join_all};
+use shoal_store::InvocationRecord;
+
+/// Something that follows finished invocations.
+pub trait OutcomeSink: Send + Sync + 'static {
+    /// Issues, in call order, whatever this outcome causes; the future
+    /// resolves when that is durable (`Err` says what failed). Called only
+    /// for records whose status is final, possibly more than once for one
+    /// invocation (see the module docs).
+    fn finished(&self, record: &InvocationRecord)
+    -> Option<BoxFuture<'static, Result<(), String>>>;
+}
+
+/// The registered sinks.
+#[derive(Default)]
+pub struct Outcomes {
+    sinks: RwLock<Vec<Arc<dyn OutcomeSink>>>,
+}
+
+impl Outcomes {
+    /// Adds a sink; it sees outcomes from now on.
+    pub fn register(&self, sink: Arc<dyn OutcomeSink>) {
+        self.sinks
+            .write()
+            .expect("outcome sinks lock poisoned")
+            .push(sink);
+    }
+
+    /// True when any sink is registered.
+    pub(crate) fn any(&self) -> bool {
+        !self
+            .sinks
+            .read()
+            .expect("outcome sinks lock poisoned")
+            .is_empty()
+    }
+
+    /// Hands a final record to every sink; `None` when none had anything
+    /// to do. Records that are not final are ignored.
+    pub(crate) fn finished(
+        &self,
+        record: &InvocationRecord,
+    ) -> Option<BoxFuture<'static, Result<(), String>>> {
+        if !record.status.is_final() {
+            return None;
+        }
+        let pending: Vec<_> = self
+            .sinks
+            .read()
+            .expect("outcome sinks lock poisoned")
+            .iter()
+            .filter_map(|s| s.finished(record))
+            .collect();
+        if pending.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            join_all(pending)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, String>>()
+                .map(drop)
+        }))
+    }
+}

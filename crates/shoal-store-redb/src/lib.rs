@@ -78,6 +78,7 @@ use shoal_store::{
     Error, FunctionRecord, FunctionRefs, InvocationRecord, Invocations, JobProgress, JobRecord,
     Jobs, KeyLimit, Leased, LimiterRecord, NewMessage, Pending, QueueCounters, QueueDepth,
     QueueRecord, QueueSample, Queues, Result, ShardStats, StoreHealth, StoredDoc, TokenRecord,
+    UserRecord,
 };
 use shoal_store::{InvocationCursor, InvocationFilter, InvocationPage};
 use tokio::sync::oneshot;
@@ -110,6 +111,9 @@ const QUEUE_TOTALS: TableDefinition<&str, TotalsRow> = TableDefinition::new("que
 const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue_samples");
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const LIMITERS: TableDefinition<&str, &[u8]> = TableDefinition::new("limiters");
+/// name → user record. Created at start when missing (no layout change:
+/// a file without it simply has no users).
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const CATEGORIES: TableDefinition<&str, &[u8]> = TableDefinition::new("categories");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 /// (category id, shard) → (docs, bytes, version).
@@ -463,6 +467,7 @@ fn init_layout(db: &Database) -> Result<()> {
         txn.open_table(SAMPLES).map_err(unavailable)?;
         txn.open_table(QUEUES).map_err(unavailable)?;
         txn.open_table(LIMITERS).map_err(unavailable)?;
+        txn.open_table(USERS).map_err(unavailable)?;
         txn.open_table(CATEGORIES).map_err(unavailable)?;
         txn.open_table(DOCS).map_err(unavailable)?;
         txn.open_table(DOC_STATS).map_err(unavailable)?;
@@ -712,6 +717,26 @@ impl Catalog for RedbStore {
 
     fn revoke_token(&self, id: &str) -> Pending<bool> {
         self.submit(Command::RevokeToken(id.to_string()), Reply::Existed)
+    }
+
+    fn put_user(&self, user: UserRecord) -> Pending<()> {
+        let value = codec::encode_record(&format_args!("user {}", user.name), &user);
+        self.put_named(Named::User, user.name, value)
+    }
+
+    fn user(&self, name: &str) -> Pending<Option<UserRecord>> {
+        self.read(|txn| named_record(txn, USERS, "user", name))
+    }
+
+    fn users(&self) -> Pending<Vec<UserRecord>> {
+        self.read(|txn| named_records(txn, USERS, "user"))
+    }
+
+    fn delete_user(&self, name: &str) -> Pending<bool> {
+        self.submit(
+            Command::RemoveNamed(Named::User, name.to_string()),
+            Reply::Existed,
+        )
     }
 
     fn put_queue(&self, queue: QueueRecord) -> Pending<()> {

@@ -59,7 +59,8 @@ use crate::queue_ops::{self, QueueOps};
 use crate::{
     CATEGORIES, DEAD_LETTERS, DEDUP, DEDUP_EXPIRY, DEDUP_IDS, DOC_GARBAGE, DOC_STATS, DOCS,
     FUNCTION_REFS, FUNCTION_VERSIONS, FUNCTIONS, INVOCATIONS, LIMITERS, LOGS, MESSAGES, META,
-    QUEUE_TOTALS, QUEUES, SAMPLES, Shared, TOKEN_SECRETS, TOKENS, pending_purges, unavailable,
+    QUEUE_TOTALS, QUEUES, SAMPLES, Shared, TOKEN_SECRETS, TOKENS, USERS, pending_purges,
+    unavailable,
 };
 
 /// The most operations committed in one transaction.
@@ -280,6 +281,7 @@ pub(crate) enum Named {
     Queue,
     Limiter,
     FunctionRefs,
+    User,
 }
 
 /// Where the answer goes.
@@ -450,6 +452,7 @@ pub(crate) struct QueueExtra<'txn> {
     queues: Table<'txn, &'static str, &'static [u8]>,
     limiters: Table<'txn, &'static str, &'static [u8]>,
     function_refs: Table<'txn, &'static str, &'static [u8]>,
+    users: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> QueueExtra<'txn> {
@@ -463,6 +466,7 @@ impl<'txn> QueueExtra<'txn> {
             queues: txn.open_table(QUEUES)?,
             limiters: txn.open_table(LIMITERS)?,
             function_refs: txn.open_table(FUNCTION_REFS)?,
+            users: txn.open_table(USERS)?,
         })
     }
 }
@@ -1085,6 +1089,7 @@ impl Writer {
                     Named::Queue => &mut x.queues,
                     Named::Limiter => &mut x.limiters,
                     Named::FunctionRefs => &mut x.function_refs,
+                    Named::User => &mut x.users,
                 };
                 table.insert(name.as_str(), value.as_slice())?;
                 ok(Value::Unit, Effect::None)
@@ -1095,6 +1100,7 @@ impl Writer {
                     Named::Queue => &mut x.queues,
                     Named::Limiter => &mut x.limiters,
                     Named::FunctionRefs => &mut x.function_refs,
+                    Named::User => &mut x.users,
                 };
                 let existed = table.remove(name.as_str())?.is_some();
                 ok(Value::Existed(existed), Effect::None)

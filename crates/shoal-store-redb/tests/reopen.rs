@@ -46,6 +46,8 @@ fn token() -> TokenRecord {
         name: "ci".to_string(),
         created_at_ms: T,
         channels: Vec::new(),
+        user: None,
+        scopes: Vec::new(),
     }
 }
 

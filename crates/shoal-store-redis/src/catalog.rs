@@ -10,7 +10,7 @@
 //! | `NS:{catalog}:fn-refs` | hash | name → live pin and aliases (JSON) |
 //! | `NS:{catalog}:tokens` | hash | token id → record (JSON) |
 //! | `NS:{catalog}:token-secrets` | hash | secret's SHA-256 → token id |
-//! | `NS:{catalog}:queues`, `:limiters` | hash | name → record (JSON) |
+//! | `NS:{catalog}:queues`, `:limiters`, `:users` | hash | name → record (JSON) |
 //! | `NS:{catalog}:generation` | string | bumped by every write above, in the same script: nodes poll it to notice others' changes |
 //! | `NS:{catalog}:code:SHA256` | string | a function's code archive (tar), by content |
 //! | `NS:{catalog}:nodes` | hash | node id → heartbeat record (JSON) |
@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 use shoal_store::{
     Catalog, Error, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
-    Result, SealedSecrets, TokenRate, TokenRecord, Tokens,
+    Result, SealedSecrets, TokenRate, TokenRecord, Tokens, UserRecord,
 };
 
 use crate::conn::{Lua, arg};
@@ -317,6 +317,22 @@ impl Catalog for RedisStore {
         ];
         let removed = self.conn.script::<i64>(&REVOKE_TOKEN, keys, vec![arg(id)]);
         Box::pin(async move { Ok(removed.await? > 0) })
+    }
+
+    fn put_user(&self, user: UserRecord) -> Pending<()> {
+        self.put_record("users", user.name.clone(), encode(&user))
+    }
+
+    fn user(&self, name: &str) -> Pending<Option<UserRecord>> {
+        self.get_record("users", name)
+    }
+
+    fn users(&self) -> Pending<Vec<UserRecord>> {
+        self.records("users")
+    }
+
+    fn delete_user(&self, name: &str) -> Pending<bool> {
+        self.remove_record("users", name)
     }
 
     fn put_queue(&self, queue: QueueRecord) -> Pending<()> {

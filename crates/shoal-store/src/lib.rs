@@ -223,6 +223,9 @@ pub struct CacheSettings {
 pub struct DeployedBy {
     pub token_id: String,
     pub token_name: String,
+    /// The user the token belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A function's named references to its versions: which version is live
@@ -290,6 +293,25 @@ pub struct TokenRecord {
     /// Empty (and not written) for ordinary tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// The user this token belongs to; `None` for a token of no user (the
+    /// node's first admin token, tokens made before users existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Resource scopes (`function:resize-*`, `category:photos`,
+    /// `queue:jobs.*`): with any (or any channel scope) the token may act
+    /// only on the resources they name. Empty (and not written) for
+    /// ordinary tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+/// A named user: a role, and the tokens that name it (`TokenRecord::user`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    /// The highest role any of its tokens may have.
+    pub role: Role,
+    pub created_at_ms: u64,
 }
 
 /// A failure of user code, as stored.
@@ -749,6 +771,33 @@ pub trait Catalog: Send + Sync + 'static {
     fn tokens(&self) -> Pending<Vec<TokenRecord>>;
     /// Deletes a token by id. True when it existed.
     fn revoke_token(&self, id: &str) -> Pending<bool>;
+
+    /// Creates or replaces a user (by name). Bumps the catalog generation.
+    /// The default (a store that keeps no users) refuses.
+    fn put_user(&self, user: UserRecord) -> Pending<()> {
+        let _ = user;
+        Box::pin(std::future::ready(Err(Error::Unavailable(
+            "this store keeps no users".into(),
+        ))))
+    }
+
+    /// A user by name.
+    fn user(&self, name: &str) -> Pending<Option<UserRecord>> {
+        let _ = name;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Every user, sorted by name.
+    fn users(&self) -> Pending<Vec<UserRecord>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Deletes a user by name (not its tokens: the engine revokes them).
+    /// True when it existed. Bumps the catalog generation.
+    fn delete_user(&self, name: &str) -> Pending<bool> {
+        let _ = name;
+        Box::pin(std::future::ready(Ok(false)))
+    }
 
     /// Creates or replaces a queue's settings.
     fn put_queue(&self, queue: QueueRecord) -> Pending<()>;

@@ -313,6 +313,8 @@ fn sample_token(id: &str, secret_sha256: &str) -> TokenRecord {
         name: format!("token {id}"),
         created_at_ms: T,
         channels: vec!["subscribe:board.*".to_string()],
+        user: None,
+        scopes: Vec::new(),
     }
 }
 

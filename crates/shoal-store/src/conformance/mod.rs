@@ -3,7 +3,7 @@
 //! A behaviour not checked here is not part of the storage contract. Each
 //! case is a `pub async fn(&Backend)` in an area module (`catalog`,
 //! `invocations`, `queues`, `queue_stats`, `queue_cleanup`, `docs`, `jobs`, `kv`, `blobs`,
-//! `channels`):
+//! `channels`, `users`):
 //! plain async code with `assert!`s that runs under any executor. Adapters
 //! run it with [`conformance_suite!`](crate::conformance_suite), one test per
 //! case. The suite never sleeps: the store takes times from its callers, so
@@ -23,6 +23,7 @@ pub mod kv;
 pub mod queue_cleanup;
 pub mod queue_stats;
 pub mod queues;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +85,8 @@ macro_rules! __conformance_cases {
             catalog::function_versions_after_remove
             catalog::function_refs
             catalog::tokens
+            users::users
+            users::tokens_with_users_and_scopes
             invocations::invocations
             invocations::logs
             invocations::write_order
@@ -208,6 +211,7 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
         deployed_by: Some(crate::DeployedBy {
             token_id: "tok-1".to_string(),
             token_name: "ci".to_string(),
+            user: Some("ana".to_string()),
         }),
         cache: Some(crate::CacheSettings {
             ttl_ms: 60_000,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     Catalog, FunctionRecord, FunctionRefs, LimiterRecord, NodeRecord, Pending, QueueRecord,
-    SealedSecrets, TokenRecord,
+    SealedSecrets, TokenRecord, UserRecord,
 };
 
 use super::MemoryStore;
@@ -22,6 +22,8 @@ pub(super) struct CatalogState {
     refs: BTreeMap<String, FunctionRefs>,
     /// By id.
     tokens: BTreeMap<String, TokenRecord>,
+    /// By name.
+    users: BTreeMap<String, UserRecord>,
     queues: BTreeMap<String, QueueRecord>,
     limiters: BTreeMap<String, LimiterRecord>,
     /// Bumped by every write above.
@@ -116,6 +118,32 @@ impl Catalog for MemoryStore {
         self.run(|s| {
             s.catalog.generation += 1;
             Ok(s.catalog.tokens.remove(id).is_some())
+        })
+    }
+
+    fn put_user(&self, user: UserRecord) -> Pending<()> {
+        self.run(|s| {
+            s.catalog.generation += 1;
+            s.catalog.users.insert(user.name.clone(), user);
+            Ok(())
+        })
+    }
+
+    fn user(&self, name: &str) -> Pending<Option<UserRecord>> {
+        self.run(|s| Ok(s.catalog.users.get(name).cloned()))
+    }
+
+    fn users(&self) -> Pending<Vec<UserRecord>> {
+        self.run(|s| Ok(s.catalog.users.values().cloned().collect()))
+    }
+
+    fn delete_user(&self, name: &str) -> Pending<bool> {
+        self.run(|s| {
+            let existed = s.catalog.users.remove(name).is_some();
+            if existed {
+                s.catalog.generation += 1;
+            }
+            Ok(existed)
         })
     }
 

@@ -12,13 +12,14 @@
 use std::ops::Bound;
 
 use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use shoal_store::usage::{Grain, Rollup, RollupQuery, RollupRow, Usage, UsageDelta};
 use shoal_store::{
-    Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Result,
+    Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Pending, Result,
 };
 use shoal_types::{InvocationMode, InvocationStatus};
 
 use crate::codec::decode_record;
-use crate::{INVOCATIONS, unavailable};
+use crate::{INVOCATIONS, RedbStore, unavailable};
 
 /// (created_at_ms, id) → mode.
 pub(crate) const BY_TIME: TableDefinition<(u64, &str), u8> =
@@ -35,6 +36,12 @@ pub(crate) const BY_FUNCTION_STATUS: TableDefinition<(&str, u8, u64, &str), u8> 
 /// id → (function, created_at_ms, status, mode): what the record is indexed under.
 pub(crate) const KEYS: TableDefinition<&str, (&str, u64, u8, u8)> =
     TableDefinition::new("invocation_keys");
+
+/// (grain, bucket start, function, token) → usage rollup
+/// ([`Rollup::to_bytes`]), changed in the transaction that makes a record
+/// final (see `shoal_store::usage`). Created on first write: no layout change.
+pub(crate) const USAGE: TableDefinition<(u8, u64, &str, &str), &[u8]> =
+    TableDefinition::new("usage_rollups");
 
 /// The most index entries one page reads (see `list`).
 pub(crate) const MAX_SCAN: usize = 10_000;
@@ -59,11 +66,24 @@ impl IndexKey {
     }
 }
 
-/// An invocation record ready for the writer: id, encoded value, index key.
+/// An invocation record ready for the writer: id, encoded value, index
+/// key, and what it adds to the usage rollups if it becomes final here.
 pub(crate) struct Encoded {
     pub id: String,
     pub value: Vec<u8>,
     pub key: IndexKey,
+    pub usage: Option<UsageDelta>,
+}
+
+impl Encoded {
+    pub(crate) fn of(record: &InvocationRecord, value: Vec<u8>) -> Encoded {
+        Encoded {
+            id: record.id.clone(),
+            value,
+            key: IndexKey::of(record),
+            usage: shoal_store::usage::delta(record),
+        }
+    }
 }
 
 /// The index tables inside a write transaction.
@@ -73,6 +93,7 @@ pub(crate) struct IndexTables<'txn> {
     by_status: Table<'txn, (u8, u64, &'static str), u8>,
     by_function_status: Table<'txn, (&'static str, u8, u64, &'static str), u8>,
     keys: Table<'txn, &'static str, (&'static str, u64, u8, u8)>,
+    usage: Table<'txn, (u8, u64, &'static str, &'static str), &'static [u8]>,
 }
 
 impl<'txn> IndexTables<'txn> {
@@ -83,20 +104,50 @@ impl<'txn> IndexTables<'txn> {
             by_status: txn.open_table(BY_STATUS)?,
             by_function_status: txn.open_table(BY_FUNCTION_STATUS)?,
             keys: txn.open_table(KEYS)?,
+            usage: txn.open_table(USAGE)?,
         })
+    }
+
+    /// Indexes a record being written and, when it becomes final here (the
+    /// stored one was absent or not final), adds its usage to the rollups.
+    pub(crate) fn put(&mut self, e: &Encoded) -> std::result::Result<(), redb::StorageError> {
+        let old = self.index(&e.id, &e.key)?;
+        let Some(delta) = &e.usage else {
+            return Ok(());
+        };
+        if old.is_some_and(is_final_code) {
+            return Ok(());
+        }
+        let add = delta.rollup();
+        for (grain, start) in delta.buckets() {
+            let key = (
+                grain_code(grain),
+                start,
+                delta.function.as_str(),
+                delta.token.as_str(),
+            );
+            let mut row = match self.usage.get(key)? {
+                Some(v) => Rollup::from_bytes(v.value()),
+                None => Rollup::default(),
+            };
+            row.add(&add);
+            self.usage.insert(key, row.to_bytes().as_slice())?;
+        }
+        Ok(())
     }
 
     /// Indexes `id` under `key`, moving whatever entries it had before.
     /// A status change (the usual update) touches the two status tables
-    /// and the key row only.
+    /// and the key row only. Answers the status code it had before.
     pub(crate) fn index(
         &mut self,
         id: &str,
         key: &IndexKey,
-    ) -> std::result::Result<(), redb::StorageError> {
+    ) -> std::result::Result<Option<u8>, redb::StorageError> {
         let old = self.stored_key(id)?;
+        let was = old.as_ref().map(|o| o.status);
         if old.as_ref() == Some(key) {
-            return Ok(());
+            return Ok(was);
         }
         let (f, t, s, m) = (
             key.function.as_str(),
@@ -122,7 +173,7 @@ impl<'txn> IndexTables<'txn> {
         self.by_status.insert((s, t, id), m)?;
         self.by_function_status.insert((f, s, t, id), m)?;
         self.keys.insert(id, (f, t, s, m))?;
-        Ok(())
+        Ok(was)
     }
 
     /// Removes every index entry of `id` (a purged record).
@@ -327,6 +378,101 @@ pub(crate) fn list(
         _ => stopped,
     };
     Ok(InvocationPage { records, next })
+}
+
+/// The rollup rows of `q` (an absent table: none yet).
+pub(crate) fn rollups(txn: &ReadTransaction, q: &RollupQuery) -> Result<Vec<RollupRow>> {
+    let table = match txn.open_table(USAGE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(unavailable(e)),
+    };
+    if q.since_ms >= q.until_ms {
+        return Ok(Vec::new());
+    }
+    let g = grain_code(q.grain);
+    let range = (
+        Bound::Included((g, q.since_ms, "", "")),
+        Bound::Excluded((g, q.until_ms, "", "")),
+    );
+    let mut rows = Vec::new();
+    for e in table.range(range).map_err(unavailable)? {
+        let (k, v) = e.map_err(unavailable)?;
+        let (_, start, function, token) = k.value();
+        if q.function.as_deref().is_some_and(|w| w != function)
+            || q.token.as_deref().is_some_and(|w| w != token)
+        {
+            continue;
+        }
+        rows.push(RollupRow {
+            start_ms: start,
+            function: function.to_string(),
+            token: token.to_string(),
+            rollup: Rollup::from_bytes(v.value()),
+        });
+    }
+    Ok(rows)
+}
+
+/// How many records `filter` matches (mode ignored), counted on the
+/// index its other fields choose, reading no record.
+pub(crate) fn count(txn: &ReadTransaction, filter: &InvocationFilter) -> Result<u64> {
+    let since = filter.since_ms.unwrap_or(0);
+    let until = filter.until_ms.unwrap_or(u64::MAX);
+    if since >= until {
+        return Ok(0);
+    }
+    let n = match (&filter.function, filter.status.map(status_code)) {
+        (Some(f), Some(s)) => {
+            let t = txn.open_table(BY_FUNCTION_STATUS).map_err(unavailable)?;
+            let f = f.as_str();
+            let range = t.range((f, s, since, "")..(f, s, until, ""));
+            range.map_err(unavailable)?.count()
+        }
+        (Some(f), None) => {
+            let t = txn.open_table(BY_FUNCTION).map_err(unavailable)?;
+            let f = f.as_str();
+            t.range((f, since, "")..(f, until, ""))
+                .map_err(unavailable)?
+                .count()
+        }
+        (None, Some(s)) => {
+            let t = txn.open_table(BY_STATUS).map_err(unavailable)?;
+            t.range((s, since, "")..(s, until, ""))
+                .map_err(unavailable)?
+                .count()
+        }
+        (None, None) => {
+            let t = txn.open_table(BY_TIME).map_err(unavailable)?;
+            t.range((since, "")..(until, ""))
+                .map_err(unavailable)?
+                .count()
+        }
+    };
+    Ok(n as u64)
+}
+
+fn grain_code(g: Grain) -> u8 {
+    match g {
+        Grain::Minute => 0,
+        Grain::Day => 1,
+    }
+}
+
+/// Whether a stored status code is final (succeeded, failed, timed out,
+/// cancelled).
+fn is_final_code(code: u8) -> bool {
+    (2..=5).contains(&code)
+}
+
+impl Usage for RedbStore {
+    fn rollups(&self, query: &RollupQuery) -> Pending<Vec<RollupRow>> {
+        self.read(|txn| rollups(txn, query))
+    }
+
+    fn count_indexed(&self, filter: &InvocationFilter) -> Pending<u64> {
+        self.read(|txn| count(txn, filter))
+    }
 }
 
 /// The stored code of a status: part of the layout, never renumbered.

@@ -14,7 +14,7 @@ use shoal_store::{ChildFinished, ChildResult, Error, JobProgress, JobRecord, New
 use shoal_types::InvocationStatus;
 
 use crate::codec::{self, decode_record};
-use crate::invocations::{Encoded, IndexKey};
+use crate::invocations::Encoded;
 use crate::queue::QueueIndex;
 use crate::queue_ops::{QueueOps, queue_end};
 use crate::writer::{Applied, Effect, Tables, Value, ok};
@@ -213,11 +213,7 @@ fn on_complete(
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
-        t.put_invocations(&[Encoded {
-            id: plan.record.id.clone(),
-            value,
-            key: IndexKey::of(&plan.record),
-        }])?;
+        t.put_invocations(&[Encoded::of(&plan.record, value)])?;
         let message = NewMessage {
             id: plan.record.id.clone(),
             body: plan.body.clone().into_bytes(),

@@ -784,11 +784,7 @@ fn encode_invocations(records: &[InvocationRecord]) -> Result<Vec<invocations::E
         .map(|r| {
             codec::check_invocation(r)?;
             let value = codec::encode_record(&format_args!("invocation {}", r.id), r)?;
-            Ok(invocations::Encoded {
-                id: r.id.clone(),
-                value,
-                key: invocations::IndexKey::of(r),
-            })
+            Ok(invocations::Encoded::of(r, value))
         })
         .collect()
 }

@@ -524,7 +524,7 @@ impl<'txn> Tables<'txn> {
     ) -> std::result::Result<(), redb::StorageError> {
         for r in records {
             self.invocations.insert(r.id.as_str(), r.value.as_slice())?;
-            self.invocation_index.index(&r.id, &r.key)?;
+            self.invocation_index.put(r)?;
         }
         Ok(())
     }

@@ -40,6 +40,7 @@
 
 use std::sync::LazyLock;
 
+use shoal_store::usage::{Rollup, RollupQuery, RollupRow, Usage};
 use shoal_store::{
     Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Invocations,
     Pending, Purged, Result, StoreHealth,
@@ -56,16 +57,33 @@ pub(crate) const MAX_SCAN: usize = 10_000;
 pub(crate) const MAX_PURGE_SCAN: usize = 10_000;
 
 /// How many ARGV entries one record takes in [`PUT_INVOCATION_LUA`].
-pub(crate) const INVOCATION_ARGS: usize = 7;
+pub(crate) const INVOCATION_ARGS: usize = 8;
 
 /// Defines `put_invocation(w, a, i)`: writes the record whose
 /// [`INVOCATION_ARGS`] entries start at `a[i]` (id, function, status,
-/// mode, index member, purge time, JSON) and moves its index entries.
+/// mode, index member, purge time, JSON, usage delta) and moves its index
+/// entries; when the record becomes final here (the stored one is absent
+/// or not final), adds its usage delta ([`usage_arg`]) to the rollups:
+/// `use:m:START` / `use:d:START` hashes of `FUNCTION\x1fTOKEN\x1fFIELD`
+/// counters, their starts in the sorted sets `use:m` / `use:d`.
 pub(crate) const PUT_INVOCATION_LUA: &str = r"
+local final_status = {succeeded = true, failed = true, timed_out = true, cancelled = true}
+local function add_usage(w, u)
+  local p = {}
+  for x in string.gmatch(u, '[^\t]+') do p[#p + 1] = x end
+  for _, b in ipairs({{'m', p[1]}, {'d', p[2]}}) do
+    local key = w .. 'use:' .. b[1] .. ':' .. b[2]
+    for j = 4, #p, 2 do
+      redis.call('HINCRBY', key, p[3] .. p[j], p[j + 1])
+    end
+    redis.call('ZADD', w .. 'use:' .. b[1], b[2], b[2])
+  end
+end
 local function put_invocation(w, a, i)
-  local id, f, s, m, k, p, json = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6]
+  local id, f, s, m, k, p, json, u = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], a[i + 7]
   local r = w .. 'inv:r:' .. id
   local old = redis.call('HMGET', r, 'f', 's', 'k')
+  if u ~= '' and not (old[2] and final_status[old[2]]) then add_usage(w, u) end
   if old[3] == k and old[1] == f and old[2] ~= s then
     -- Only the status moved (queued, running, final): its two indexes.
     redis.call('ZREM', w .. 'inv:s:' .. old[2], k)
@@ -111,7 +129,126 @@ pub(crate) fn invocation_args(record: &InvocationRecord) -> Result<Vec<Vec<u8>>>
         arg(member(record.created_at_ms, &record.id)),
         arg(purge_at),
         arg(encode(record)?),
+        arg(usage_arg(record)),
     ])
+}
+
+/// The usage delta of a final record for [`PUT_INVOCATION_LUA`]
+/// (`MINUTE\tDAY\tFUNCTION\x1fTOKEN\x1f\tFIELD\tN...`), empty while not final.
+pub(crate) fn usage_arg(record: &InvocationRecord) -> String {
+    let Some(d) = shoal_store::usage::delta(record) else {
+        return String::new();
+    };
+    let mut out = format!(
+        "{}\t{}\t{}\x1f{}\x1f",
+        d.minute_ms, d.day_ms, d.function, d.token
+    );
+    for (field, n) in d.fields {
+        out.push_str(&format!("\t{field}\t{n}"));
+    }
+    out
+}
+
+/// The rollup rows of one grain starting in `[ARGV[1], ARGV[2])`, flat:
+/// `{start, n, field, value, ... (n pairs), start, n, ...}`.
+static ROLLUPS: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local w, g = KEYS[1], ARGV[3]
+local out = {}
+for _, start in ipairs(redis.call('ZRANGEBYSCORE', w .. 'use:' .. g, ARGV[1], '(' .. ARGV[2])) do
+  local h = redis.call('HGETALL', w .. 'use:' .. g .. ':' .. start)
+  out[#out + 1] = start
+  out[#out + 1] = tostring(#h / 2)
+  for _, x in ipairs(h) do out[#out + 1] = x end
+end
+return out
+",
+    )
+});
+
+impl Usage for RedisStore {
+    fn rollups(&self, q: &RollupQuery) -> Pending<Vec<RollupRow>> {
+        if q.since_ms >= q.until_ms {
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        let reply = self.conn.script::<Vec<String>>(
+            &ROLLUPS,
+            vec![work_prefix(&self.keys)],
+            vec![arg(q.since_ms), arg(q.until_ms), arg(q.grain.tag())],
+        );
+        let q = q.clone();
+        Box::pin(async move { rollup_rows(&reply.await?, &q) })
+    }
+
+    fn count_indexed(&self, filter: &InvocationFilter) -> Pending<u64> {
+        let since = filter.since_ms.unwrap_or(0);
+        let until = filter.until_ms.unwrap_or(u64::MAX);
+        if since >= until {
+            return Box::pin(async { Ok(0) });
+        }
+        let index = match (&filter.function, filter.status) {
+            (Some(f), Some(s)) => self
+                .keys
+                .work(&format!("inv:fs:{}:{}", f.as_str(), s.as_str())),
+            (Some(f), None) => self.keys.work(&format!("inv:f:{}", f.as_str())),
+            (None, Some(s)) => self.keys.work(&format!("inv:s:{}", s.as_str())),
+            (None, None) => self.keys.work("inv:all"),
+        };
+        self.conn.query(
+            redis::cmd("ZLEXCOUNT")
+                .arg(index)
+                .arg(format!("[{}", member(since, "")))
+                .arg(format!("({}", member(until, "")))
+                .clone(),
+        )
+    }
+}
+
+/// Decodes [`ROLLUPS`]' answer into rows, filtered by `q`.
+fn rollup_rows(flat: &[String], q: &RollupQuery) -> Result<Vec<RollupRow>> {
+    let bad = || Error::Corrupt("a usage rollup hash is malformed".to_string());
+    let mut rows: std::collections::BTreeMap<(u64, String, String), Rollup> = Default::default();
+    let mut i = 0;
+    while i + 1 < flat.len() {
+        let start: u64 = flat[i].parse().map_err(|_| bad())?;
+        let n: usize = flat[i + 1].parse().map_err(|_| bad())?;
+        i += 2;
+        for _ in 0..n {
+            let (field, value) = (
+                flat.get(i).ok_or_else(bad)?,
+                flat.get(i + 1).ok_or_else(bad)?,
+            );
+            i += 2;
+            let mut parts = field.split('\x1f');
+            let (Some(function), Some(token), Some(idx)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            if q.function.as_deref().is_some_and(|w| w != function)
+                || q.token.as_deref().is_some_and(|w| w != token)
+            {
+                continue;
+            }
+            let idx: usize = idx.parse().map_err(|_| bad())?;
+            let value: u64 = value.parse().map_err(|_| bad())?;
+            if idx < shoal_store::usage::FIELDS {
+                rows.entry((start, function.to_string(), token.to_string()))
+                    .or_default()
+                    .bump(idx, value);
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|((start_ms, function, token), rollup)| RollupRow {
+            start_ms,
+            function,
+            token,
+            rollup,
+        })
+        .collect())
 }
 
 /// Writes every record given (groups of ARGV) and their indexes.

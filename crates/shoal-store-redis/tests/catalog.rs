@@ -31,7 +31,8 @@ async fn backend(server: &RedisServer) -> Backend {
         jobs: memory.clone(),
         kv: memory.clone(),
         blobs: memory.clone(),
-        channels: memory,
+        channels: memory.clone(),
+        usage: memory,
     }
 }
 

@@ -28,13 +28,14 @@ async fn backend(server: &RedisServer) -> Backend {
     let memory = Arc::new(MemoryStore::new());
     Backend {
         catalog: store.clone(),
-        invocations: store,
+        invocations: store.clone(),
         queues: memory.clone(),
         docs: memory.clone(),
         jobs: memory.clone(),
         kv: memory.clone(),
         blobs: memory.clone(),
-        channels: memory,
+        channels: memory.clone(),
+        usage: store,
     }
 }
 

@@ -26,7 +26,8 @@ async fn backend(server: &RedisServer) -> Backend {
         jobs: store.clone(),
         kv: store.clone(),
         blobs: store.clone(),
-        channels: store,
+        channels: store.clone(),
+        usage: store,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod channels;
 pub mod conformance;
 #[cfg(feature = "memory")]
 pub mod memory;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub use channels::{
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use shoal_types::{FailureKind, FunctionName, InvocationMode, InvocationStatus, Role};
+pub use usage::{Grain, Rollup, RollupQuery, RollupRow, Usage};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -1372,6 +1374,8 @@ pub struct Backend {
     pub kv: Arc<dyn Kv>,
     pub blobs: Arc<dyn Blobs>,
     pub channels: Arc<dyn Channels>,
+    /// Usage rollups kept with the invocation records (`usage.rs`).
+    pub usage: Arc<dyn Usage>,
 }
 
 impl Backend {
@@ -1432,7 +1436,9 @@ impl Backend {
     }
 
     /// Bundles one adapter that implements every port.
-    pub fn from_adapter<A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs + Channels>(
+    pub fn from_adapter<
+        A: Catalog + Invocations + Queues + Docs + Jobs + Kv + Blobs + Channels + Usage,
+    >(
         adapter: Arc<A>,
     ) -> Backend {
         Backend {
@@ -1443,7 +1449,8 @@ impl Backend {
             jobs: adapter.clone(),
             kv: adapter.clone(),
             blobs: adapter.clone(),
-            channels: adapter,
+            channels: adapter.clone(),
+            usage: adapter,
         }
     }
 }

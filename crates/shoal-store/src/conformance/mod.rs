@@ -23,6 +23,7 @@ pub mod kv;
 pub mod queue_cleanup;
 pub mod queue_stats;
 pub mod queues;
+pub mod usage;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -151,6 +152,9 @@ macro_rules! __conformance_cases {
             channels::channel_list
             channels::channel_binary_payloads
             channels::channel_publish_with_blob
+            usage::usage_rollups_once_per_final_record
+            usage::usage_rollups_of_combined_writes
+            usage::usage_count_indexed
         ] }
     };
 }

@@ -1,8 +1,9 @@
 //! Invocation records and their logs, each by invocation id. Logs are kept
 //! apart from records: either may exist without the other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use crate::usage::{self, Grain, Rollup, RollupQuery, RollupRow, Usage};
 use crate::{
     InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Invocations, Pending,
     Purged, StoreHealth,
@@ -14,13 +15,63 @@ use super::MemoryStore;
 pub(super) struct InvocationState {
     records: HashMap<String, InvocationRecord>,
     logs: HashMap<String, Vec<u8>>,
+    /// (grain, bucket start, function, token) → usage rollup.
+    rollups: BTreeMap<(Grain, u64, String, String), Rollup>,
 }
 
 impl InvocationState {
     /// Inserts or replaces a record (also used by jobs for their children
-    /// and fan-ins).
+    /// and fan-ins), adding to the usage rollups when it becomes final.
     pub(super) fn put(&mut self, record: InvocationRecord) {
+        let was_final = self
+            .records
+            .get(&record.id)
+            .is_some_and(|old| old.status.is_final());
+        if let Some(delta) = usage::delta(&record).filter(|_| !was_final) {
+            let add = delta.rollup();
+            for (grain, start) in delta.buckets() {
+                let key = (grain, start, delta.function.clone(), delta.token.clone());
+                self.rollups.entry(key).or_default().add(&add);
+            }
+        }
         self.records.insert(record.id.clone(), record);
+    }
+}
+
+impl Usage for MemoryStore {
+    fn rollups(&self, q: &RollupQuery) -> Pending<Vec<RollupRow>> {
+        self.run(|s| {
+            let from = (q.grain, q.since_ms, String::new(), String::new());
+            Ok(s.invocations
+                .rollups
+                .range(from..)
+                .take_while(|((g, start, _, _), _)| *g == q.grain && *start < q.until_ms)
+                .filter(|((_, _, f, t), _)| {
+                    q.function.as_ref().is_none_or(|w| w == f)
+                        && q.token.as_ref().is_none_or(|w| w == t)
+                })
+                .map(|((_, start, function, token), rollup)| RollupRow {
+                    start_ms: *start,
+                    function: function.clone(),
+                    token: token.clone(),
+                    rollup: rollup.clone(),
+                })
+                .collect())
+        })
+    }
+
+    fn count_indexed(&self, filter: &InvocationFilter) -> Pending<u64> {
+        let filter = InvocationFilter {
+            mode: None,
+            ..filter.clone()
+        };
+        self.run(|s| {
+            Ok(s.invocations
+                .records
+                .values()
+                .filter(|r| matches(&filter, r))
+                .count() as u64)
+        })
     }
 }
 

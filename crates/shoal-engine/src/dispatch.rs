@@ -24,6 +24,7 @@ use shoal_runtime::{Gate, Request, Response};
 use shoal_store::{Delivery, InvocationRecord, NewMessage, QueueRecord, StoreHealth};
 use shoal_types::{Failure, FailureKind, InvocationMode, InvocationStatus, Outcome};
 
+use crate::auth::Origin;
 use crate::cache::ResultCache;
 use crate::categories::Categories;
 use crate::channels::Channels;
@@ -180,9 +181,21 @@ impl Dispatcher {
 
     // ---- calls ----
 
-    /// Runs a function and waits for its outcome. `event` must be JSON text.
+    /// Runs a function and waits for its outcome. `event` must be JSON
+    /// text. Started by no token (see [`invoke_sync_by`](Self::invoke_sync_by)).
     pub(crate) async fn invoke_sync(
         self: &Arc<Self>,
+        name: &str,
+        event: String,
+    ) -> Result<Completed> {
+        self.invoke_sync_by(&Origin::default(), name, event).await
+    }
+
+    /// Runs a function for `origin` (the token and user its record names)
+    /// and waits for its outcome.
+    pub(crate) async fn invoke_sync_by(
+        self: &Arc<Self>,
+        origin: &Origin,
         name: &str,
         event: String,
     ) -> Result<Completed> {
@@ -194,7 +207,7 @@ impl Dispatcher {
         let cached = match d.record.cache {
             Some(settings) => match crate::cache::canonical(&event) {
                 Some(key) => match self.cache.get(&d.deployment.key, &key, now) {
-                    Some(output) => return Ok(self.cache_hit(&d, event, output, now)),
+                    Some(output) => return Ok(self.cache_hit(&d, origin, event, output, now)),
                     None => {
                         metrics::counter!("shoal_cache_misses_total", "function" => d.record.name.to_string())
                             .increment(1);
@@ -206,6 +219,7 @@ impl Dispatcher {
             None => None,
         };
         let mut record = new_record(&d, InvocationMode::Sync, event, now);
+        origin.stamp(&mut record);
         record.status = InvocationStatus::Running;
         record.attempts = 1;
         record.started_at_ms = Some(now);
@@ -240,10 +254,18 @@ impl Dispatcher {
     /// Answers a synchronous call from the result cache: a new invocation
     /// whose record (succeeded, 0 attempts, no run time, nothing billed)
     /// is written behind the answer like any other.
-    fn cache_hit(&self, d: &Deployed, event: String, output: String, now: u64) -> Completed {
+    fn cache_hit(
+        &self,
+        d: &Deployed,
+        origin: &Origin,
+        event: String,
+        output: String,
+        now: u64,
+    ) -> Completed {
         metrics::counter!("shoal_cache_hits_total", "function" => d.record.name.to_string())
             .increment(1);
         let mut record = new_record(d, InvocationMode::Sync, event, now);
+        origin.stamp(&mut record);
         record.status = InvocationStatus::Succeeded;
         record.max_attempts = 1;
         record.started_at_ms = Some(now);
@@ -268,8 +290,20 @@ impl Dispatcher {
         }
     }
 
-    /// Queues an invocation durably and returns its id.
+    /// Queues an invocation durably and returns its id. Started by no
+    /// token (see [`invoke_async_by`](Self::invoke_async_by)).
     pub(crate) async fn invoke_async(&self, name: &str, event: String) -> Result<String> {
+        self.invoke_async_by(&Origin::default(), name, event).await
+    }
+
+    /// Queues an invocation for `origin` (the token and user its record
+    /// names) durably and returns its id.
+    pub(crate) async fn invoke_async_by(
+        &self,
+        origin: &Origin,
+        name: &str,
+        event: String,
+    ) -> Result<String> {
         let d = self.functions.resolve(name).await?;
         let queue = queue_name(&d.record.name);
         let key = d
@@ -277,7 +311,8 @@ impl Dispatcher {
             .concurrency_key
             .as_ref()
             .and_then(|ck| key_of(ck, &event));
-        let record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
+        let mut record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
+        origin.stamp(&mut record);
         let id = record.id.clone();
         let message = NewMessage {
             id: id.clone(),
@@ -993,6 +1028,7 @@ impl Dispatcher {
                 invocation: record.id.clone(),
                 slot: record.job.clone(),
                 handoff: handoff.clone(),
+                origin: Origin::of(record),
             },
         };
         let request = Request {

@@ -298,7 +298,45 @@ impl Handle {
         name: &str,
         channels: Vec<String>,
     ) -> Result<(Token, String)> {
-        self.tokens.create(role, name, channels).await
+        self.tokens.create(role, name, None, channels).await
+    }
+
+    /// Creates a token of a user (its role at most the user's), limited to
+    /// `scopes` when there are any (`function:P`, `category:P`, `queue:P`,
+    /// `channel:subscribe:P`, `channel:publish:P`); returns it with its
+    /// secret (shown once).
+    pub async fn create_user_token(
+        &self,
+        role: Role,
+        name: &str,
+        user: Option<String>,
+        scopes: Vec<String>,
+    ) -> Result<(Token, String)> {
+        self.tokens.create(role, name, user, scopes).await
+    }
+
+    // ---- users ----
+
+    pub async fn create_user(&self, name: &str, role: Role) -> Result<shoal_store::UserRecord> {
+        self.tokens.create_user(name, role).await
+    }
+
+    /// Every user with its tokens, sorted by name.
+    pub async fn users(&self) -> Result<Vec<(shoal_store::UserRecord, Vec<Token>)>> {
+        self.tokens.users().await
+    }
+
+    pub async fn user(&self, name: &str) -> Result<(shoal_store::UserRecord, Vec<Token>)> {
+        self.tokens.user(name).await
+    }
+
+    pub async fn set_user_role(&self, name: &str, role: Role) -> Result<shoal_store::UserRecord> {
+        self.tokens.set_user_role(name, role).await
+    }
+
+    /// Deletes a user and revokes its tokens; returns their ids.
+    pub async fn delete_user(&self, name: &str) -> Result<Vec<String>> {
+        self.tokens.delete_user(name).await
     }
 
     pub async fn tokens(&self) -> Result<Vec<Token>> {
@@ -566,6 +604,27 @@ impl Handle {
         self.dispatcher.invoke_async(name, event).await
     }
 
+    /// [`invoke`](Self::invoke) for `origin`: its record names the token
+    /// and user that started it (see [`Caller::origin`](crate::Caller::origin)).
+    pub async fn invoke_by(
+        &self,
+        origin: &crate::auth::Origin,
+        name: &str,
+        event: String,
+    ) -> Result<Completed> {
+        self.dispatcher.invoke_sync_by(origin, name, event).await
+    }
+
+    /// [`invoke_async`](Self::invoke_async) for `origin`.
+    pub async fn invoke_async_by(
+        &self,
+        origin: &crate::auth::Origin,
+        name: &str,
+        event: String,
+    ) -> Result<String> {
+        self.dispatcher.invoke_async_by(origin, name, event).await
+    }
+
     pub async fn invocation(&self, id: &str) -> Result<InvocationRecord> {
         self.dispatcher.invocation(id).await
     }
@@ -747,7 +806,18 @@ impl Handle {
     /// Starts a job: one asynchronous invocation of `spec.function` per
     /// event, then `spec.then` once all have finished. Returns its id.
     pub async fn start_job(&self, spec: JobSpec) -> Result<String> {
-        self.dispatcher.jobs.start(spec, None).await
+        self.start_job_by(&crate::auth::Origin::default(), spec)
+            .await
+    }
+
+    /// [`start_job`](Self::start_job) for `origin`: its children and
+    /// fan-in record the token and user that started it.
+    pub async fn start_job_by(
+        &self,
+        origin: &crate::auth::Origin,
+        spec: JobSpec,
+    ) -> Result<String> {
+        self.dispatcher.jobs.start(spec, None, origin).await
     }
 
     pub async fn job(&self, id: &str) -> Result<JobView> {

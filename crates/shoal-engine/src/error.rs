@@ -28,6 +28,8 @@ pub enum Entity {
     Blob,
     /// A static site.
     Site,
+    /// A named user (issue 14).
+    User,
 }
 
 impl Entity {
@@ -45,6 +47,7 @@ impl Entity {
             Entity::Key => "key",
             Entity::Blob => "blob",
             Entity::Site => "site",
+            Entity::User => "user",
         }
     }
 }
@@ -92,6 +95,8 @@ pub enum Conflict {
     SitePathTaken,
     /// A `[[route]]` overlaps a live route of another function.
     RouteTaken,
+    /// The user to create exists already.
+    UserExists,
 }
 
 /// A failure of the platform underneath (storage, runtime, task).

@@ -72,7 +72,7 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
                 .event
                 .map_or_else(|| "{}".to_string(), |e| e.get().to_string());
             let id = engine
-                .invoke_async(&a.function, event)
+                .invoke_async_by(&caller.origin, &a.function, event)
                 .await
                 .map_err(host_error)?;
             Ok(json!({ "id": id }).to_string())
@@ -99,7 +99,7 @@ async fn answer(engine: &Dispatcher, caller: &Caller, call: HostCall) -> Result<
             };
             let id = engine
                 .jobs
-                .start(spec, Some(caller))
+                .start(spec, Some(caller), &caller.origin)
                 .await
                 .map_err(host_error)?;
             Ok(json!({ "job": id }).to_string())

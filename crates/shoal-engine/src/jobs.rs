@@ -62,6 +62,9 @@ pub(crate) struct Caller {
     pub(crate) slot: Option<JobSlot>,
     /// The job this invocation handed its slot to (set by its first map).
     pub(crate) handoff: Arc<Mutex<Option<String>>>,
+    /// Who started the calling invocation: its children and fan-in carry
+    /// the same token and user.
+    pub(crate) origin: crate::auth::Origin,
 }
 
 /// Children of a job by state.
@@ -143,7 +146,14 @@ impl Jobs {
     }
 
     /// Creates a job; its children are queued when this returns.
-    pub(crate) async fn start(&self, spec: JobSpec, caller: Option<&Caller>) -> Result<String> {
+    /// Starts a job; its children and fan-in record `origin` (the
+    /// caller's, when a function maps).
+    pub(crate) async fn start(
+        &self,
+        spec: JobSpec,
+        caller: Option<&Caller>,
+        origin: &crate::auth::Origin,
+    ) -> Result<String> {
         self.env.accepting()?;
         let max = self.env.opts.max_job_children;
         if spec.events.len() > max {
@@ -198,6 +208,7 @@ impl Jobs {
         let then_plan = then_d.map(|t| {
             let event = json!({"job": id, "count": total}).to_string();
             let mut record = new_record(&t, InvocationMode::Async, event, now);
+            origin.stamp(&mut record);
             record.job = continues.clone();
             let body = Message::new(&record.id, t.record.version).encode();
             ThenPlan {
@@ -210,6 +221,7 @@ impl Jobs {
         let mut messages = Vec::with_capacity(spec.events.len());
         for (index, event) in spec.events.into_iter().enumerate() {
             let mut record = new_record(&d, InvocationMode::Async, event, now);
+            origin.stamp(&mut record);
             record.job = Some(JobSlot {
                 job: id.clone(),
                 index: index as u64,

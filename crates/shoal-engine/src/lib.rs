@@ -53,7 +53,10 @@ pub(crate) fn user_cursor<'a>(prefix: &str, cursor: Option<&'a str>) -> Option<&
     }
 }
 
-pub use auth::{Caller, SECRET_PREFIX, Token, check_scopes, mint as mint_token};
+pub use auth::{
+    Caller, Origin, Resource, SECRET_PREFIX, ScopeKind, Token, check_scopes, check_user_name,
+    mint as mint_token, split_scopes,
+};
 pub use blobs::{BatchResult, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST, MAX_BLOB_OPS};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
 pub use channels::{

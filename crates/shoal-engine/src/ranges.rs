@@ -212,7 +212,8 @@ pub(crate) async fn start(
         then: spec.then,
         max_in_flight: spec.max_in_flight,
     };
-    let id = engine.jobs.start(job, caller).await?;
+    let origin = caller.map(|c| c.origin.clone()).unwrap_or_default();
+    let id = engine.jobs.start(job, caller, &origin).await?;
     Ok((id, children))
 }
 

@@ -107,6 +107,10 @@ pub enum ErrorCode {
     /// A query failed outside `map` (its `reduce`, or a worker).
     QueryFailed,
     TokenNotFound,
+    /// No user of that name (`/v1/users/{name}`).
+    UserNotFound,
+    /// A user of that name exists already.
+    UserExists,
     RouteNotFound,
     MethodNotAllowed,
     /// The body is larger than the node's limit.

@@ -65,6 +65,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
                 Entity::Site => ErrorCode::SiteNotFound,
+                Entity::User => ErrorCode::UserNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {
@@ -86,6 +87,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Conflict::NotFixedSize => ErrorCode::NotFixedSize,
                 Conflict::SitePathTaken => ErrorCode::SitePathTaken,
                 Conflict::RouteTaken => ErrorCode::RouteTaken,
+                Conflict::UserExists => ErrorCode::UserExists,
             },
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),

@@ -30,6 +30,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
                 Entity::Site => ErrorCode::SiteNotFound,
+                Entity::User => ErrorCode::UserNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -50,6 +51,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Conflict::NotFixedSize => ErrorCode::NotFixedSize,
                 Conflict::SitePathTaken => ErrorCode::SitePathTaken,
                 Conflict::RouteTaken => ErrorCode::RouteTaken,
+                Conflict::UserExists => ErrorCode::UserExists,
             },
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
@@ -60,7 +62,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
     }
 }
 
-const ENTITIES: [Entity; 12] = [
+const ENTITIES: [Entity; 13] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -73,9 +75,10 @@ const ENTITIES: [Entity; 12] = [
     Entity::Key,
     Entity::Blob,
     Entity::Site,
+    Entity::User,
 ];
 
-const CONFLICTS: [Conflict; 11] = [
+const CONFLICTS: [Conflict; 12] = [
     Conflict::CategoryExists,
     Conflict::QueueTaken,
     Conflict::LimiterInUse,
@@ -87,6 +90,7 @@ const CONFLICTS: [Conflict; 11] = [
     Conflict::NotFixedSize,
     Conflict::SitePathTaken,
     Conflict::RouteTaken,
+    Conflict::UserExists,
 ];
 
 /// One error of every kind the engine can return.

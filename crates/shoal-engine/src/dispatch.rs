@@ -67,6 +67,8 @@ pub(crate) struct Dispatcher {
     pub(crate) cache: ResultCache,
     /// What follows finished invocations (destinations, notifications).
     pub(crate) outcomes: Arc<Outcomes>,
+    /// Usage, prices and budgets; `admit` where new work starts.
+    pub(crate) usage: Arc<crate::usage::UsageService>,
 }
 
 /// Invocation records whose latest state is not durable yet (running, or
@@ -164,7 +166,6 @@ impl Dispatcher {
         channels: Arc<Channels>,
     ) -> Dispatcher {
         Dispatcher {
-            env,
             channels,
             functions,
             limiters,
@@ -176,6 +177,8 @@ impl Dispatcher {
             feed: Arc::default(),
             cache: ResultCache::default(),
             outcomes: Arc::default(),
+            usage: Arc::new(crate::usage::UsageService::new(env.clone())),
+            env,
         }
     }
 

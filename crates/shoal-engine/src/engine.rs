@@ -672,6 +672,22 @@ impl Handle {
         })
     }
 
+    // ---- usage ----
+
+    /// Usage, prices, budgets and invocation counts (`usage.rs`).
+    pub fn usage(&self) -> &crate::usage::UsageService {
+        &self.dispatcher.usage
+    }
+
+    /// What 1,000 calls of a function's live version cost.
+    pub async fn estimate(&self, name: &str) -> Result<crate::usage::Estimate> {
+        let f = self.function(name).await?;
+        self.dispatcher
+            .usage
+            .estimate(f.name.as_str(), f.memory_mb)
+            .await
+    }
+
     // ---- categories ----
 
     /// Creates a category with a shard level (the default when `None`).

@@ -30,6 +30,8 @@ pub enum Entity {
     Site,
     /// A named user (issue 14).
     User,
+    /// A token's budget (`/v1/tokens/{id}/budget`).
+    Budget,
 }
 
 impl Entity {
@@ -48,6 +50,7 @@ impl Entity {
             Entity::Blob => "blob",
             Entity::Site => "site",
             Entity::User => "user",
+            Entity::Budget => "budget",
         }
     }
 }
@@ -137,6 +140,10 @@ pub enum Error {
     /// write acknowledged before is kept.
     #[error("{0}")]
     StorageFull(String),
+    /// The token that starts the work is past its enforced budget; the
+    /// message names the budget and when it resets.
+    #[error("{0}")]
+    BudgetExceeded(String),
 }
 
 impl Error {

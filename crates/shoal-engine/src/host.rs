@@ -421,6 +421,7 @@ fn host_error(e: Error) -> HostError {
         Error::Unavailable(_) | Error::ShuttingDown => "unavailable".into(),
         Error::StorageFull(_) => "insufficient_storage".into(),
         Error::QueueFull(_) => "queue_full".into(),
+        Error::BudgetExceeded(_) => "budget_exceeded".into(),
         Error::Conflict {
             kind: Conflict::KeyVersion,
             ..

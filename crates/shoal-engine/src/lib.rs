@@ -36,6 +36,7 @@ mod routes;
 mod schedules;
 mod secrets;
 mod sites;
+pub mod usage;
 
 /// Keys of the key-value store and blobs starting with `\0` are the
 /// node's own (static sites, channel presence): a user's key has no control

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod schedules;
 mod sites;
+mod triggers;
+pub use schedules::{ScheduleHistory, ScheduleLastTick, ScheduleTick};
 pub use sites::{SiteList, SiteVersionView, SiteVersions, SiteView};
+pub use triggers::{TriggerList, TriggerView};
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -65,6 +69,8 @@ pub enum ErrorCode {
     BlobNotFound,
     /// No static site of that name.
     SiteNotFound,
+    /// The function's live version has no `[[schedule]]` at that index.
+    ScheduleNotFound,
     /// Another static site is mounted on that path.
     SitePathTaken,
     /// A bit or byte operation on an uploaded blob: operations apply to
@@ -1152,4 +1158,11 @@ pub struct ScheduleView {
     pub missed: String,
     /// The next fire times, in ms since the epoch (the next five).
     pub next_ms: Vec<u64>,
+    /// Paused (`POST /v1/schedules/{function}/{index}/pause`): its ticks
+    /// are skipped on every node.
+    #[serde(default)]
+    pub paused: bool,
+    /// The last tick that fired, while the store remembers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ScheduleLastTick>,
 }

@@ -66,6 +66,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Blob => ErrorCode::BlobNotFound,
                 Entity::Site => ErrorCode::SiteNotFound,
                 Entity::User => ErrorCode::UserNotFound,
+                Entity::Budget => ErrorCode::BudgetNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {
@@ -92,6 +93,9 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
         ),
         EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::DocumentTooLarge),
         EngineError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull),
+        EngineError::BudgetExceeded(_) => {
+            (StatusCode::TOO_MANY_REQUESTS, ErrorCode::BudgetExceeded)
+        }
         EngineError::DeployFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::DeployFailed),
         EngineError::ShuttingDown | EngineError::Unavailable(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)

@@ -67,6 +67,8 @@ pub(crate) struct Dispatcher {
     pub(crate) cache: ResultCache,
     /// What follows finished invocations (destinations, notifications).
     pub(crate) outcomes: Arc<Outcomes>,
+    /// Told about dead-lettered messages (set once at start).
+    pub(crate) notifications: std::sync::OnceLock<Arc<crate::notifications::Notifications>>,
     /// Usage, prices and budgets; `admit` where new work starts.
     pub(crate) usage: Arc<crate::usage::UsageService>,
 }
@@ -177,6 +179,7 @@ impl Dispatcher {
             feed: Arc::default(),
             cache: ResultCache::default(),
             outcomes: Arc::default(),
+            notifications: std::sync::OnceLock::new(),
             usage: Arc::new(crate::usage::UsageService::new(env.clone())),
             env,
         }
@@ -946,6 +949,14 @@ impl Dispatcher {
                 // `Jobs::finish_slot`).
                 let finish = self.jobs.finish_slot(&record);
                 let caused = self.outcomes.finished(&record);
+                let caused = match (caused, self.dead_lettered(queue, &record, &settlements)) {
+                    (Some(a), Some(b)) => Some(Box::pin(async move {
+                        let a = a.await;
+                        a.and(b.await)
+                    })
+                        as BoxFuture<'static, std::result::Result<(), String>>),
+                    (a, b) => a.or(b),
+                };
                 let settled = queue.map(|q| self.settle(q, settlements));
                 (put, finish, caused, settled)
             }
@@ -974,6 +985,30 @@ impl Dispatcher {
             }
             live.remove_entry(&entry);
         });
+    }
+
+    /// Tells notifications about the messages `settlements` dead-letter
+    /// (issued before the dead letters: a crash in between retries the
+    /// message, and the event is deduplicated).
+    fn dead_lettered(
+        &self,
+        queue: Option<&str>,
+        record: &InvocationRecord,
+        settlements: &[(String, Settlement)],
+    ) -> Option<BoxFuture<'static, std::result::Result<(), String>>> {
+        let letters: Vec<(String, String)> = settlements
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Settlement::DeadLetter { reason } => Some((id.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect();
+        if letters.is_empty() {
+            return None;
+        }
+        self.notifications
+            .get()?
+            .dead_lettered(queue?, record, &letters)
     }
 
     /// Issues each message's settlement; the future resolves when all are

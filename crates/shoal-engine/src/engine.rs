@@ -63,6 +63,7 @@ pub struct Handle {
     blobs: Arc<Blobs>,
     channels: Arc<Channels>,
     sites: Arc<Sites>,
+    notifications: Arc<crate::notifications::Notifications>,
 }
 
 /// What the engine is built from. The binary passes the real store and
@@ -76,6 +77,9 @@ pub struct Parts {
     /// Jitter; `None` for the system's generator.
     pub random: Option<Arc<dyn Random>>,
     pub shutdown: CancellationToken,
+    /// How notifications are sent (HTTP in the binary, a fake in tests);
+    /// `None`: deliveries are queued and wait for a node that has one.
+    pub webhook: Option<Arc<dyn crate::notifications::Webhook>>,
 }
 
 /// How a deploy ended.
@@ -106,6 +110,7 @@ pub async fn start(
         clock,
         random: None,
         shutdown,
+        webhook: None,
     })
     .await
 }
@@ -151,8 +156,15 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         categories,
         channels.clone(),
     ));
+    let notifications = crate::notifications::Notifications::new(
+        env.clone(),
+        secrets.clone(),
+        channels.clone(),
+        parts.webhook,
+    );
     let handle = Handle {
         cluster: Arc::new(Cluster::new(env.clone())),
+        notifications,
         secrets,
         tokens: Arc::new(Tokens::new(env.clone())),
         kv: Arc::new(Kv::new(env.clone())),
@@ -173,6 +185,22 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         .store(generation, std::sync::atomic::Ordering::Release);
     handle.limiters.load().await?;
     handle.secrets.start().await?;
+    // Notifications: their settings, the deliverer, and the events they
+    // follow (outcomes, dead letters, finished jobs).
+    handle.notifications.start().await?;
+    handle
+        .dispatcher
+        .outcomes
+        .register(handle.notifications.clone());
+    let _ = handle
+        .dispatcher
+        .notifications
+        .set(handle.notifications.clone());
+    let _ = handle
+        .dispatcher
+        .jobs
+        .notifications
+        .set(handle.notifications.clone());
     for d in handle.functions.load().await? {
         // Not with secrets this node cannot read: other nodes take its work.
         if d.secrets_unreadable.is_none() {
@@ -266,6 +294,45 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
 }
 
 impl Handle {
+    // ---- notifications ----
+
+    /// The notifications service (`emit` for events other services find,
+    /// such as `budget.reached`).
+    pub fn notifications(&self) -> &Arc<crate::notifications::Notifications> {
+        &self.notifications
+    }
+
+    /// Creates or replaces a notification; answers it and its secret when
+    /// the secret was generated (shown this once).
+    pub async fn put_notification(
+        &self,
+        name: &str,
+        spec: crate::notifications::NotificationSpec,
+    ) -> Result<(crate::notifications::Notification, Option<String>)> {
+        self.notifications.put(name, spec).await
+    }
+
+    pub async fn notification_list(&self) -> Result<Vec<crate::notifications::Notification>> {
+        self.notifications.list().await
+    }
+
+    pub async fn remove_notification(&self, name: &str) -> Result<()> {
+        self.notifications.remove(name).await
+    }
+
+    /// A page of the delivery log, newest first.
+    pub async fn notification_deliveries(
+        &self,
+        name: Option<&str>,
+        status: Option<crate::notifications::DeliveryStatus>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::notifications::DeliveryPage> {
+        self.notifications
+            .deliveries(name, status, cursor, limit)
+            .await
+    }
+
     /// The sinks that follow finished invocations (destinations,
     /// notifications; tests register their own).
     pub fn outcomes(&self) -> &crate::outcomes::Outcomes {

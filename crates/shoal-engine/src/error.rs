@@ -32,6 +32,8 @@ pub enum Entity {
     User,
     /// A token's budget (`/v1/tokens/{id}/budget`).
     Budget,
+    /// A webhook notification (`/v1/notifications/{name}`).
+    Notification,
 }
 
 impl Entity {
@@ -51,6 +53,7 @@ impl Entity {
             Entity::Site => "site",
             Entity::User => "user",
             Entity::Budget => "budget",
+            Entity::Notification => "notification",
         }
     }
 }

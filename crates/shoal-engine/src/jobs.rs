@@ -133,6 +133,8 @@ pub(crate) struct Jobs {
     /// The gates of functions with `max_jobs_in_flight` this node runs
     /// (see `jobgate`).
     pub(crate) gates: crate::jobgate::Gates,
+    /// Told about finished jobs (set once at start).
+    pub(crate) notifications: std::sync::OnceLock<Arc<crate::notifications::Notifications>>,
 }
 
 impl Jobs {
@@ -142,6 +144,7 @@ impl Jobs {
             functions,
             consumers,
             gates: Default::default(),
+            notifications: std::sync::OnceLock::new(),
         }
     }
 
@@ -310,6 +313,8 @@ impl Jobs {
         let pending = self.env.backend.jobs.finish_child(&slot.job, result, now);
         let consumers = self.consumers.clone();
         let job = slot.job.clone();
+        let notifications = self.notifications.get().cloned();
+        let store = self.env.backend.jobs.clone();
         Some(Box::pin(async move {
             match pending.await {
                 Ok(finished) => {
@@ -318,6 +323,18 @@ impl Jobs {
                     }
                     for _ in &finished.completed {
                         metrics::counter!("shoal_jobs_completed_total").increment(1);
+                    }
+                    // `job.finished`, after the write that completed the
+                    // job (a crash right after it loses the event).
+                    if let Some(n) = &notifications {
+                        for done in &finished.completed {
+                            if let Ok(Some((record, progress))) = store.job(done).await
+                                && let Some(f) = n.job_finished(&record, &progress)
+                                && let Err(e) = f.await
+                            {
+                                warn!(job = %done, error = %e, "Notifying a finished job failed.");
+                            }
+                        }
                     }
                 }
                 Err(e) => warn!(%job, error = %e, "Recording a job child's result failed."),

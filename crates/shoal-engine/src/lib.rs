@@ -27,6 +27,7 @@ mod jobs;
 mod kv;
 mod limits;
 pub mod manifest;
+pub mod notifications;
 mod outcomes;
 mod querydist;
 mod queues;
@@ -76,6 +77,10 @@ pub use history::{Feed, FeedItem, FinishedAttempt, MAX_LIST_LIMIT, NodeStats};
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use kv::{
     KvWhen, MAX_KEY_BYTES, MAX_KV_LIST, MAX_TTL, MAX_VALUE_BYTES, check_key, check_value,
+};
+pub use notifications::{
+    DeliveryLog, DeliveryPage, DeliveryStatus, Event as NotificationEvent, Notification,
+    NotificationSpec, Notifications, RecordingWebhook, Webhook, WebhookRequest,
 };
 pub use outcomes::{OutcomeSink, Outcomes};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};

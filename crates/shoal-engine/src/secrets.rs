@@ -440,6 +440,39 @@ impl Secrets {
         Ok(out)
     }
 
+    /// Seals one value (a notification's signing secret) under the same
+    /// key as the secrets: a format byte, a random nonce, the ciphertext.
+    pub(crate) fn seal_value(&self, plain: &[u8]) -> Result<Vec<u8>> {
+        let shared = self.shared().then(|| self.state.lock().unwrap().version);
+        let cipher = ChaCha20Poly1305::new(&self.key(shared)?);
+        let mut nonce = [0u8; 12];
+        fill_random(&mut nonce);
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), plain)
+            .map_err(|_| unavailable("encrypting a value failed".into()))?;
+        let mut out = Vec::with_capacity(1 + 12 + sealed.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a value [`seal_value`](Self::seal_value) sealed.
+    pub(crate) fn open_value(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        if bytes.len() < 1 + 12 || bytes[0] != FORMAT_V1 {
+            return Err(unavailable("a sealed value has an unknown format".into()));
+        }
+        let shared = self.shared().then(|| self.state.lock().unwrap().version);
+        ChaCha20Poly1305::new(&self.key(shared)?)
+            .decrypt(Nonce::from_slice(&bytes[1..13]), &bytes[13..])
+            .map_err(|_| {
+                unavailable(format!(
+                    "a sealed value does not decrypt with {}; nodes sharing a store must use the same --secrets-key-file",
+                    self.key_file.display()
+                ))
+            })
+    }
+
     fn save_file(&self, stored: &Stored) -> Result<()> {
         let out = self.seal(stored, None)?;
         write_private(&self.dir.join("secrets.enc"), &out)

@@ -38,6 +38,7 @@ async fn node(backend: Backend, key: Option<PathBuf>) -> Node {
         clock: Arc::new(TokioClock::starting_at(BASE_MS)),
         random: None,
         shutdown: CancellationToken::new(),
+        webhook: None,
     })
     .await
     .expect("the engine starts");

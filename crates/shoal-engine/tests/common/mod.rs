@@ -108,6 +108,7 @@ impl Node {
             clock: Arc::new(TokioClock::starting_at(base_ms)),
             random,
             shutdown: shutdown.clone(),
+            webhook: None,
         })
         .await
         .expect("the engine starts");

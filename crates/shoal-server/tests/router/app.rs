@@ -126,6 +126,7 @@ impl App {
             clock: Arc::new(TokioClock::starting_at(1_700_000_000_000)),
             random: None,
             shutdown: shutdown.clone(),
+            webhook: None,
         })
         .await
         .expect("engine starts");

@@ -365,6 +365,49 @@ impl Client {
         Ok(list.schedules)
     }
 
+    /// Pauses (`paused`) or resumes schedule `index` of `function`, on
+    /// every node; answers the schedule.
+    pub async fn pause_schedule(
+        &self,
+        function: &str,
+        index: u64,
+        paused: bool,
+    ) -> Result<shoal_protocol::ScheduleView> {
+        let action = if paused { "pause" } else { "resume" };
+        self.json(
+            Method::POST,
+            &format!("/v1/schedules/{}/{index}/{action}", seg(function)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// A page of a schedule's fired ticks, newest first (`cursor`: the
+    /// previous page's).
+    pub async fn schedule_history(
+        &self,
+        function: &str,
+        index: u64,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<shoal_protocol::ScheduleHistory> {
+        let mut path = format!(
+            "/v1/schedules/{}/{index}/history?limit={limit}",
+            seg(function)
+        );
+        if let Some(c) = cursor {
+            path += &format!("&cursor={}", seg(c));
+        }
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Every `[[trigger]]` of the live versions.
+    pub async fn triggers(&self) -> Result<Vec<shoal_protocol::TriggerView>> {
+        let list: shoal_protocol::TriggerList =
+            self.json(Method::GET, "/v1/triggers", None::<&()>).await?;
+        Ok(list.items)
+    }
+
     pub async fn create_token(&self, role: &str, name: Option<&str>) -> Result<CreatedToken> {
         self.create_scoped_token(role, name, Vec::new()).await
     }

@@ -46,6 +46,28 @@ pub struct Completed {
     pub outcome: Outcome,
 }
 
+/// Who starts an asynchronous invocation of [`Dispatcher::invoke_async_as`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AsyncStart {
+    /// The invocation's id (see [`derived_id`]); a new UUIDv7 when `None`.
+    pub(crate) id: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) user: Option<String>,
+}
+
+/// An invocation id made from what caused it, so that doing the same thing
+/// twice names the same invocation: UUIDv7-shaped, its time `ms`, its other
+/// bits from the SHA-256 of `seed`.
+pub(crate) fn derived_id(ms: u64, seed: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(seed);
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&hash[..10]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes)
+        .into_uuid()
+        .to_string()
+}
+
 /// Most slots a consumer fills in one lease.
 const MAX_PERMITS_PER_LEASE: usize = 256;
 
@@ -331,6 +353,63 @@ impl Dispatcher {
         // The record, then the message (so a delivered message always finds
         // its record), unless the queue is at its cap: one store step where
         // the store has one.
+        let cap = self.env.opts.max_queue_messages;
+        let admitted = self
+            .env
+            .backend
+            .put_and_send(vec![record], &queue, vec![message], cap)
+            .await?;
+        if let shoal_store::Admitted::Full { held } = admitted {
+            let what = format!("the queue of function `{}`", d.record.name);
+            return Err(crate::queues::queue_full(&what, held, cap, 1));
+        }
+        self.consumers.wake(&queue);
+        metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.to_string())
+            .increment(1);
+        Ok(id)
+    }
+
+    /// Queues an invocation as [`Dispatcher::invoke_async`] does, with the
+    /// id, token and user given (schedules, triggers, destinations). With
+    /// an id, it is idempotent: nothing is written when a record with that
+    /// id exists, and the message is deduplicated by the id for 7 days.
+    pub(crate) async fn invoke_async_as(
+        &self,
+        name: &str,
+        event: String,
+        start: AsyncStart,
+    ) -> Result<String> {
+        let d = self.functions.resolve(name).await?;
+        if let Some(id) = &start.id
+            && self.load(id).await?.is_some()
+        {
+            return Ok(id.clone());
+        }
+        let queue = queue_name(&d.record.name);
+        let key = d
+            .record
+            .concurrency_key
+            .as_ref()
+            .and_then(|ck| key_of(ck, &event));
+        let mut record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
+        let dedup = start
+            .id
+            .as_ref()
+            .map(|id| (id.clone(), record.created_at_ms + 7 * 24 * 3_600_000));
+        if let Some(id) = start.id {
+            record.id = id;
+        }
+        record.token = start.token;
+        record.user = start.user;
+        let id = record.id.clone();
+        let message = NewMessage {
+            id: id.clone(),
+            body: Message::new(&id, d.record.version).encode(),
+            due_ms: 0,
+            sent_ms: record.created_at_ms,
+            dedup,
+            key,
+        };
         let cap = self.env.opts.max_queue_messages;
         let admitted = self
             .env

@@ -655,8 +655,40 @@ impl Handle {
 
     /// The schedules of every live version, by function and index, each
     /// with its next fire times.
-    pub fn schedules(&self) -> Vec<crate::ScheduleView> {
-        crate::schedules::views(&self.functions, self.env.now_ms())
+    pub async fn schedules(&self) -> Result<Vec<crate::ScheduleView>> {
+        crate::schedules::listed(&self.env, &self.functions).await
+    }
+
+    /// Pauses (`paused`) or resumes a schedule of a live version, on every
+    /// node; answers it as [`Handle::schedules`] lists it.
+    pub async fn pause_schedule(
+        &self,
+        function: &str,
+        index: usize,
+        paused: bool,
+    ) -> Result<crate::ScheduleView> {
+        crate::schedules::set_paused(&self.env, &self.functions, function, index, paused).await
+    }
+
+    /// A page of a schedule's fired ticks, newest first, older than the
+    /// tick `before` when given; with the next page's `before`.
+    pub async fn schedule_history(
+        &self,
+        function: &str,
+        index: usize,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<crate::TickRecord>, Option<u64>)> {
+        crate::schedules::history(
+            &self.env,
+            &self.dispatcher,
+            &self.functions,
+            function,
+            index,
+            before,
+            limit,
+        )
+        .await
     }
 
     // ---- invocations ----

@@ -28,6 +28,8 @@ pub enum Entity {
     Blob,
     /// A static site.
     Site,
+    /// A `[[schedule]]` of a function (`name[index]`).
+    Schedule,
     /// A named user (issue 14).
     User,
     /// A token's budget (`/v1/tokens/{id}/budget`).
@@ -51,6 +53,7 @@ impl Entity {
             Entity::Key => "key",
             Entity::Blob => "blob",
             Entity::Site => "site",
+            Entity::Schedule => "schedule",
             Entity::User => "user",
             Entity::Budget => "budget",
             Entity::Notification => "notification",

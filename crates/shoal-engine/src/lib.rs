@@ -85,7 +85,9 @@ pub use notifications::{
 pub use outcomes::{OutcomeSink, Outcomes};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
-pub use schedules::{MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, parse_cron};
+pub use schedules::{
+    LastTick, MAX_HISTORY_PAGE, MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, TickRecord, parse_cron,
+};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};

@@ -45,7 +45,7 @@ async fn every_second_fires_once_per_tick_with_its_event() {
         assert_eq!(event, serde_json::json!({"kind": "beat", "n": 1}));
     }
     // Listed, with its next fire times.
-    let listed = node.engine.schedules();
+    let listed = node.engine.schedules().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].function.as_str(), listed[0].index), ("tick", 0));
     let now = BASE_MS + 10_500;
@@ -213,7 +213,7 @@ async fn cron_follows_its_time_zone() {
          [[schedule]]\ncron = \"0 0 9 * * *\"\n",
     )
     .await;
-    let listed = node.engine.schedules();
+    let listed = node.engine.schedules().await.unwrap();
     // BASE_MS is 2025-06-15 15:06:40 UTC; 09:00 in Paris (summer time) is
     // 07:00 UTC.
     let paris_next = 1_750_057_200_000;
@@ -254,5 +254,229 @@ async fn a_new_version_or_a_removal_changes_what_fires_at_once() {
         6,
         "none after the removal"
     );
-    assert!(node.engine.schedules().is_empty());
+    assert!(node.engine.schedules().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_schedule_skips_its_ticks_on_every_node_until_resumed() {
+    let backend = Backend::from_adapter(Arc::new(MemoryStore::new()));
+    let a = Node::with_clock_at(BASE_MS, backend.clone()).await;
+    let b = Node::with(None, backend).await;
+    a.deploy("name = \"tick\"\nhandler = \"main:handler\"\n[[schedule]]\nevery = \"1s\"\n")
+        .await;
+    a.pass(ms(3_500)).await;
+    assert_eq!(seconds_of(&[&a, &b], "tick"), vec![1, 2, 3]);
+    // Paused on A: no node fires (B's next pass sees the mark).
+    let v = a.engine.pause_schedule("tick", 0, true).await.unwrap();
+    assert!(v.paused);
+    let listed = b.engine.schedules().await.unwrap();
+    assert!(listed[0].paused, "seen by the other node");
+    a.pass(ms(5_000)).await;
+    assert_eq!(seconds_of(&[&a, &b], "tick"), vec![1, 2, 3]);
+    // Pausing twice is the same; resumed on B: the paused ticks are not
+    // run (missed = "skip"), the next ones are.
+    assert!(
+        a.engine
+            .pause_schedule("tick", 0, true)
+            .await
+            .unwrap()
+            .paused
+    );
+    let v = b.engine.pause_schedule("tick", 0, false).await.unwrap();
+    assert!(!v.paused);
+    a.pass(ms(3_000)).await;
+    assert_eq!(seconds_of(&[&a, &b], "tick"), vec![1, 2, 3, 9, 10, 11]);
+    // Kept across a deploy of the function while the index stays.
+    a.engine.pause_schedule("tick", 0, true).await.unwrap();
+    a.deploy(
+        "name = \"tick\"\nhandler = \"main:handler\"\n[[schedule]]\nevery = \"1s\"\nevent = { v = 2 }\n",
+    )
+    .await;
+    a.pass(ms(3_000)).await;
+    assert_eq!(seconds_of(&[&a, &b], "tick").len(), 6);
+    assert!(a.engine.schedules().await.unwrap()[0].paused);
+    // Unknown ones are not found, naming what is missing.
+    let e = a.engine.pause_schedule("tick", 1, true).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            shoal_engine::Error::NotFound {
+                entity: shoal_engine::Entity::Schedule,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = a.engine.pause_schedule("nope", 0, true).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            shoal_engine::Error::NotFound {
+                entity: shoal_engine::Entity::Function,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_a_catch_up_schedule_runs_the_last_ten_paused_ticks() {
+    let node = Node::start().await;
+    node.deploy(
+        "name = \"tick\"\nhandler = \"main:handler\"\n\
+         [[schedule]]\nevery = \"1s\"\nmissed = \"catch_up\"\n",
+    )
+    .await;
+    node.pass(ms(2_500)).await;
+    // The deploy's tick (0), 1 and 2.
+    assert_eq!(node.fake.calls_of("tick").len(), 3);
+    node.engine.pause_schedule("tick", 0, true).await.unwrap();
+    node.pass(ms(30_000)).await;
+    assert_eq!(node.fake.calls_of("tick").len(), 3, "none while paused");
+    node.engine.pause_schedule("tick", 0, false).await.unwrap();
+    node.pass(ms(600)).await;
+    // The last 10 of the 30 paused ticks (23..=32), late, once.
+    assert_eq!(
+        seconds_of(&[&node], "tick").len(),
+        13,
+        "{:?}",
+        seconds_of(&[&node], "tick")
+    );
+    node.pass(ms(2_000)).await;
+    assert_eq!(seconds_of(&[&node], "tick").len(), 15);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_history_lists_fired_ticks_newest_first_with_their_invocations() {
+    let node = Node::start().await;
+    node.deploy("name = \"tick\"\nhandler = \"main:handler\"\n[[schedule]]\nevery = \"1s\"\n")
+        .await;
+    let none = node.engine.schedules().await.unwrap();
+    assert_eq!(none[0].last, None);
+    node.pass(ms(5_500)).await;
+    let calls = node.fake.calls_of("tick");
+    assert_eq!(calls.len(), 5);
+    for c in &calls {
+        node.wait_final(&c.invocation_id).await;
+    }
+    let tick = |s: u64| (BASE_MS / 1000 + s) * 1000;
+    let (page, cursor) = node
+        .engine
+        .schedule_history("tick", 0, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|t| t.tick_ms).collect::<Vec<_>>(),
+        vec![tick(5), tick(4)]
+    );
+    assert_eq!(cursor, Some(tick(4)));
+    let (rest, end) = node
+        .engine
+        .schedule_history("tick", 0, cursor, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|t| t.tick_ms).collect::<Vec<_>>(),
+        vec![tick(3), tick(2), tick(1)]
+    );
+    assert_eq!(end, None);
+    // Each names its invocation (the one that ran), the node, the status.
+    let mut listed: Vec<String> = page
+        .iter()
+        .chain(&rest)
+        .map(|t| t.invocation.clone())
+        .collect();
+    let mut ran: Vec<String> = calls.iter().map(|c| c.invocation_id.clone()).collect();
+    listed.sort();
+    ran.sort();
+    assert_eq!(listed, ran);
+    for t in page.iter().chain(&rest) {
+        assert_eq!(t.status, Some(shoal_types::InvocationStatus::Succeeded));
+        assert!(t.fired_at_ms >= t.tick_ms && t.fired_at_ms < t.tick_ms + 1000);
+    }
+    // The listing's `last` is the newest.
+    let listed = node.engine.schedules().await.unwrap();
+    let last = listed[0].last.clone().expect("a last tick");
+    assert_eq!(last.tick_ms, tick(5));
+    assert_eq!(last.invocation, page[0].invocation);
+    // Limits are checked.
+    assert!(
+        node.engine
+            .schedule_history("tick", 0, None, 0)
+            .await
+            .is_err()
+    );
+    assert!(
+        node.engine
+            .schedule_history("tick", 0, None, 1001)
+            .await
+            .is_err()
+    );
+}
+
+/// The next fire times of `cron` in Paris, listed at `now_ms`, as UTC
+/// RFC 3339 texts.
+async fn paris_next(cron: &str, now_ms: u64) -> Vec<String> {
+    let node =
+        Node::with_clock_at(now_ms, Backend::from_adapter(Arc::new(MemoryStore::new()))).await;
+    node.deploy(&format!(
+        "name = \"dst\"\nhandler = \"main:handler\"\n\
+         [[schedule]]\ncron = \"{cron}\"\ntimezone = \"Europe/Paris\"\n"
+    ))
+    .await;
+    let listed = node.engine.schedules().await.unwrap();
+    listed[0]
+        .next_ms
+        .iter()
+        .map(|t| {
+            jiff::Timestamp::from_millisecond(*t as i64)
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cron_in_a_time_zone_across_daylight_saving_changes() {
+    // 2025-03-29 23:30 UTC (00:30 in Paris): that night 02:00 CET becomes
+    // 03:00 CEST, so 02:30 does not exist on the 30th.
+    let spring = 1_743_291_000_000;
+    // A time in the skipped hour fires once, at the end of the gap (03:00
+    // CEST = 01:00 UTC); the days after at 02:30 CEST.
+    assert_eq!(
+        paris_next("0 30 2 * * *", spring).await[..3],
+        [
+            "2025-03-30T01:00:00Z",
+            "2025-03-31T00:30:00Z",
+            "2025-04-01T00:30:00Z"
+        ]
+    );
+    // Hourly: once per real hour, none for the hour that does not exist.
+    assert_eq!(
+        paris_next("0 0 * * * *", spring).await[..3],
+        [
+            "2025-03-30T00:00:00Z",
+            "2025-03-30T01:00:00Z",
+            "2025-03-30T02:00:00Z"
+        ]
+    );
+    // 2025-10-25 23:30 UTC (01:30 CEST): at 03:00 CEST the clocks go back to
+    // 02:00 CET, so 02:00 to 03:00 happens twice.
+    let autumn = 1_761_435_000_000;
+    // A time in the repeated hour fires once, at its first occurrence
+    // (02:30 CEST = 00:30 UTC), not again an hour later.
+    assert_eq!(
+        paris_next("0 30 2 * * *", autumn).await[..2],
+        ["2025-10-26T00:30:00Z", "2025-10-27T01:30:00Z"]
+    );
+    // Hourly: every real hour, so both 02:00s.
+    assert_eq!(
+        paris_next("0 0 * * * *", autumn).await[..3],
+        [
+            "2025-10-26T00:00:00Z",
+            "2025-10-26T01:00:00Z",
+            "2025-10-26T02:00:00Z"
+        ]
+    );
 }

@@ -65,6 +65,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
                 Entity::Site => ErrorCode::SiteNotFound,
+                Entity::Schedule => ErrorCode::ScheduleNotFound,
                 Entity::User => ErrorCode::UserNotFound,
                 Entity::Budget => ErrorCode::BudgetNotFound,
             },

@@ -167,8 +167,11 @@ pub enum Command {
     Nodes,
     /// The schedules (`[[schedule]]`) of the live versions: function,
     /// index, interval or cron expression, missed-tick policy, next fire
-    /// time.
-    Schedules,
+    /// time, paused; `pause`, `resume` and `history` of one schedule.
+    Schedules {
+        #[command(subcommand)]
+        command: Option<crate::schedules::SchedulesCommand>,
+    },
     /// Secrets functions get as environment variables (admin): set (the
     /// value from stdin or --file), list (names only), rm.
     Secrets {
@@ -702,7 +705,9 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Nodes => crate::nodes::list(&client, conn.json).await?,
-        Command::Schedules => crate::schedules::list(&client, conn.json).await?,
+        Command::Schedules { command } => {
+            crate::schedules::run(&client, command, conn.json).await?
+        }
         Command::Secrets { command: None } => {
             let ls = client.secrets().await?;
             out.print(&ls, || {

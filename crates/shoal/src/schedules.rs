@@ -1,14 +1,134 @@
 //! `shoal schedules`: the schedules of the live versions and their next
-//! fire times.
+//! fire times; `pause`, `resume` and `history` of one of them.
 //!
-//! `--json` prints the API's answer, `{"schedules": [...]}`.
+//! `--json` prints the API's answer (`{"schedules": [...]}`, the schedule,
+//! or `{"items": [...], "cursor"}`).
 
 use anyhow::Result;
+use clap::Subcommand;
 
 use shoal_client::Client;
-use shoal_client::protocol::{ScheduleList, ScheduleView};
+use shoal_client::protocol::{ScheduleHistory, ScheduleList, ScheduleTick, ScheduleView};
 
 use crate::output::{Out, time};
+
+#[derive(Subcommand)]
+pub enum SchedulesCommand {
+    /// Pause a schedule on every node: its ticks are skipped until resumed.
+    Pause {
+        function: String,
+        /// Which of the function's [[schedule]] entries, from 0.
+        #[arg(default_value_t = 0)]
+        index: u64,
+    },
+    /// Resume a paused schedule (skipped ticks are not run, except the
+    /// last 10 with missed = "catch_up").
+    Resume {
+        function: String,
+        #[arg(default_value_t = 0)]
+        index: u64,
+    },
+    /// The ticks that fired, newest first: tick, when, node, invocation
+    /// and its status.
+    History {
+        function: String,
+        #[arg(default_value_t = 0)]
+        index: u64,
+        /// Most ticks shown (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start after this cursor (printed at the end of a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// Runs `shoal schedules [pause|resume|history]`.
+pub async fn run(client: &Client, command: Option<SchedulesCommand>, json: bool) -> Result<()> {
+    let out = Out { json };
+    match command {
+        None => list(client, json).await?,
+        Some(SchedulesCommand::Pause { function, index }) => {
+            let s = client.pause_schedule(&function, index, true).await?;
+            out.print(&s, || format!("Paused {function} schedule {index}."));
+        }
+        Some(SchedulesCommand::Resume { function, index }) => {
+            let s = client.pause_schedule(&function, index, false).await?;
+            out.print(&s, || {
+                let next = s
+                    .next_ms
+                    .first()
+                    .map_or_else(|| "-".to_string(), |t| time(*t));
+                format!("Resumed {function} schedule {index}; next tick {next}.")
+            });
+        }
+        Some(SchedulesCommand::History {
+            function,
+            index,
+            limit,
+            cursor,
+        }) => {
+            let h = client
+                .schedule_history(&function, index, limit, cursor.as_deref())
+                .await?;
+            out.print(&h, || history_table(&h));
+        }
+    }
+    Ok(())
+}
+
+/// TICK, FIRED, NODE, INVOCATION, STATUS; the cursor after a full page.
+fn history_table(h: &ScheduleHistory) -> String {
+    if h.items.is_empty() {
+        return "No ticks fired yet (or none kept).".to_string();
+    }
+    let rows: Vec<[String; 5]> = h.items.iter().map(tick_row).collect();
+    let mut s = columns(["TICK", "FIRED", "NODE", "INVOCATION", "STATUS"], &rows);
+    if let Some(c) = &h.cursor {
+        s += &format!("\nMore: --cursor {c}");
+    }
+    s
+}
+
+fn tick_row(t: &ScheduleTick) -> [String; 5] {
+    [
+        time(t.tick_ms),
+        time(t.fired_at_ms),
+        if t.node.is_empty() {
+            "-".to_string()
+        } else {
+            t.node.clone()
+        },
+        t.invocation.clone(),
+        t.status.clone().unwrap_or_else(|| "-".to_string()),
+    ]
+}
+
+/// Left-aligned columns, two spaces apart.
+fn columns(header: [&str; 5], rows: &[[String; 5]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                s += "  ";
+            }
+            s += &format!("{cell:<w$}", w = widths[i]);
+        }
+        s.trim_end().to_string()
+    };
+    let mut s = line(header);
+    for row in rows {
+        s += "\n";
+        s += &line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    s
+}
 
 /// Prints the schedules as a table (or the API's list as JSON).
 pub async fn list(client: &Client, json: bool) -> Result<()> {
@@ -38,9 +158,13 @@ fn table(schedules: &[ScheduleView]) -> String {
                 s.index.to_string(),
                 when,
                 s.missed.clone(),
-                s.next_ms
-                    .first()
-                    .map_or_else(|| "-".to_string(), |t| time(*t)),
+                if s.paused {
+                    "paused".to_string()
+                } else {
+                    s.next_ms
+                        .first()
+                        .map_or_else(|| "-".to_string(), |t| time(*t))
+                },
             ]
         })
         .collect();
@@ -93,6 +217,8 @@ mod tests {
             event: serde_json::json!({}),
             missed: "skip".to_string(),
             next_ms: vec![next],
+            paused: false,
+            last: None,
         }
     }
 

@@ -43,6 +43,21 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/stats", Some(Role::Reader)),
     ("GET", "/v1/nodes", Some(Role::Reader)),
     ("GET", "/v1/schedules", Some(Role::Reader)),
+    (
+        "POST",
+        "/v1/schedules/{function}/{index}/pause",
+        Some(Role::Developer),
+    ),
+    (
+        "POST",
+        "/v1/schedules/{function}/{index}/resume",
+        Some(Role::Developer),
+    ),
+    (
+        "GET",
+        "/v1/schedules/{function}/{index}/history",
+        Some(Role::Reader),
+    ),
     ("POST", "/v1/tokens", Some(Role::Admin)),
     ("GET", "/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/v1/tokens/{id}", Some(Role::Admin)),
@@ -123,6 +138,8 @@ fn concrete(path: &str) -> String {
         .replace("{cat}", "zzz")
         .replace("{alias}", "zzz")
         .replace("{key}", "zzz")
+        .replace("{function}", "zzz")
+        .replace("{index}", "0")
 }
 
 async fn documented_routes(app: &App) -> BTreeSet<String> {
@@ -154,7 +171,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 73);
+    assert_eq!(listed.len(), 76);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

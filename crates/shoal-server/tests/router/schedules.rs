@@ -59,3 +59,95 @@ async fn schedules_are_listed_with_their_next_fire_times() {
     assert!(next.windows(2).all(|w| w[1] - w[0] == 300_000), "{next:?}");
     assert!(next.iter().all(|n| n % 300_000 == 0), "{next:?}");
 }
+
+#[tokio::test]
+async fn a_schedule_is_paused_resumed_and_its_history_listed() {
+    let app = App::new().await;
+    app.deploy_ok(
+        "name = \"beat\"\nhandler = \"main:handler\"\n\
+         [[schedule]]\nevery = \"1h\"\n",
+    )
+    .await;
+    let dev = Caller::As(Role::Developer);
+    let r = app
+        .call_as(dev, "POST", "/v1/schedules/beat/0/pause", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["function"], "beat");
+    assert_eq!(v["paused"], true, "{v}");
+    assert!(v.get("last").is_none(), "nothing fired yet: {v}");
+    let r = app
+        .call_as(
+            Caller::As(Role::Reader),
+            "GET",
+            "/v1/schedules",
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(r.json()["schedules"][0]["paused"], true);
+    let r = app
+        .call_as(dev, "POST", "/v1/schedules/beat/0/resume", None, vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["paused"], false);
+
+    // History: empty (an hourly schedule just deployed), then its errors.
+    let r = app
+        .call_as(
+            Caller::As(Role::Reader),
+            "GET",
+            "/v1/schedules/beat/0/history?limit=10",
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), serde_json::json!({"items": []}));
+    let cases = [
+        (
+            "POST",
+            "/v1/schedules/beat/1/pause",
+            404,
+            "schedule_not_found",
+        ),
+        (
+            "POST",
+            "/v1/schedules/nope/0/resume",
+            404,
+            "function_not_found",
+        ),
+        (
+            "GET",
+            "/v1/schedules/beat/7/history",
+            404,
+            "schedule_not_found",
+        ),
+        ("POST", "/v1/schedules/beat/x/pause", 400, "invalid_input"),
+        (
+            "GET",
+            "/v1/schedules/beat/0/history?limit=0",
+            400,
+            "invalid_input",
+        ),
+        (
+            "GET",
+            "/v1/schedules/beat/0/history?cursor=z",
+            400,
+            "invalid_input",
+        ),
+        (
+            "GET",
+            "/v1/schedules/beat/0/history?lmit=2",
+            400,
+            "invalid_input",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let r = app.call_as(dev, method, path, None, vec![]).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text);
+        let (got, _) = r.error().unwrap();
+        assert_eq!(got, code, "{method} {path}: {}", r.text);
+    }
+}

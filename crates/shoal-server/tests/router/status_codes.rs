@@ -30,6 +30,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
                 Entity::Site => ErrorCode::SiteNotFound,
+                Entity::Schedule => ErrorCode::ScheduleNotFound,
                 Entity::User => ErrorCode::UserNotFound,
             },
         ),

@@ -580,6 +580,15 @@ impl Handle {
         self.tokens.who(secret).await
     }
 
+    /// The files of a version of a function (the live one by default).
+    pub async fn function_files(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<crate::functions::FunctionFiles> {
+        self.functions.files(name, version).await
+    }
+
     /// Every version of a function, which is live, and its aliases.
     pub async fn function_versions(&self, name: &str) -> Result<Versions> {
         self.functions.versions(name).await

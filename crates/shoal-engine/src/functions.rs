@@ -516,6 +516,53 @@ impl Functions {
         })
     }
 
+    /// The files of one version (the live one by default) as deployed,
+    /// from the code the store keeps by content hash: for the dashboard's
+    /// editor. Files that are not UTF-8 text (or larger than
+    /// [`MAX_SHOWN_FILE_BYTES`]) come without their text.
+    pub(crate) async fn files(&self, name: &str, version: Option<u64>) -> Result<FunctionFiles> {
+        let name = parse_name(name)?;
+        let (live, versions) = self.live_and_versions(&name).await?;
+        let record = match version {
+            None => live.record.clone(),
+            Some(v) => versions
+                .into_iter()
+                .find(|r| r.version == v)
+                .ok_or_else(|| Error::not_found(Entity::Function, format!("{name}@{v}")))?,
+        };
+        let archive = self
+            .env
+            .backend
+            .catalog
+            .code(&record.code_sha256)
+            .await?
+            .ok_or_else(|| {
+                Error::unavailable(format!(
+                    "the store does not have the code of {}@{} (sha256 {})",
+                    record.name, record.version, record.code_sha256
+                ))
+            })?;
+        let files = tokio::task::spawn_blocking(move || read_archive(&archive))
+            .await
+            .map_err(Error::unavailable)??;
+        let mut files: Vec<FunctionFile> = files
+            .into_iter()
+            .map(|(path, data)| {
+                let size = data.len() as u64;
+                let text = (data.len() <= MAX_SHOWN_FILE_BYTES)
+                    .then(|| String::from_utf8(data).ok())
+                    .flatten();
+                FunctionFile {
+                    path: path.to_string_lossy().replace('\\', "/"),
+                    size,
+                    text,
+                }
+            })
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(FunctionFiles { record, files })
+    }
+
     /// The function's refs as they are now (empty when it has none).
     fn refs_of(&self, name: &FunctionName) -> FunctionRefs {
         self.registry
@@ -1072,6 +1119,27 @@ impl Functions {
         })?;
         remove.await
     }
+}
+
+/// Largest file whose text [`Functions::files`] answers.
+pub const MAX_SHOWN_FILE_BYTES: usize = 1024 * 1024;
+
+/// A version's files, as deployed.
+#[derive(Debug, Clone)]
+pub struct FunctionFiles {
+    pub record: FunctionRecord,
+    /// By path.
+    pub files: Vec<FunctionFile>,
+}
+
+/// One file of a version.
+#[derive(Debug, Clone)]
+pub struct FunctionFile {
+    /// Relative to the function's directory, with `/`.
+    pub path: String,
+    pub size: u64,
+    /// The text; `None` for a binary or too large file.
+    pub text: Option<String>,
 }
 
 /// A function archive, unpacked and checked, not yet recorded.

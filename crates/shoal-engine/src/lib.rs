@@ -72,7 +72,9 @@ pub use documents::{MAX_DOC_DEPTH, check_document};
 pub use engine::{DeployOutcome, Handle, Parts, start, start_with};
 pub use env::{NodeOptions, Options, Random, SystemRandom};
 pub use error::{Conflict, Entity, Error, Removal, Result};
-pub use functions::{DeployOptions, Deployed, Versions};
+pub use functions::{
+    DeployOptions, Deployed, FunctionFile, FunctionFiles, MAX_SHOWN_FILE_BYTES, Versions,
+};
 pub use history::{Feed, FeedItem, FinishedAttempt, MAX_LIST_LIMIT, NodeStats};
 pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
 pub use kv::{

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod function_files;
 mod schedules;
 mod sites;
 mod triggers;
+pub use function_files::{FunctionFileView, FunctionFilesView};
 pub use schedules::{ScheduleHistory, ScheduleLastTick, ScheduleTick};
 pub use sites::{SiteList, SiteVersionView, SiteVersions, SiteView};
 pub use triggers::{TriggerList, TriggerView};

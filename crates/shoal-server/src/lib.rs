@@ -106,6 +106,7 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::functions::list))
         .routes(routes!(routes::functions::show, routes::functions::remove))
         .routes(routes!(routes::functions::versions))
+        .routes(routes!(routes::functions::files))
         .routes(routes!(routes::functions::rollback))
         .routes(routes!(
             routes::functions::set_alias,
@@ -201,6 +202,10 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
             }),
         )
         .route("/metrics", get(routes::health::metrics))
+        // The dashboard (docs/dashboard.md).
+        .route("/ui", get(routes::ui::redirect))
+        .route("/ui/", get(routes::ui::index))
+        .route("/ui/{*path}", get(routes::ui::asset))
         // Function routes, then static sites; the API's 404 under its own
         // prefixes.
         .fallback(routes::user_routes::serve.layer(DefaultBodyLimit::max(opts.max_body_bytes)))

@@ -15,4 +15,5 @@ pub(crate) mod schedules;
 pub(crate) mod secrets;
 pub(crate) mod sites;
 pub(crate) mod tokens;
+pub(crate) mod ui;
 pub(crate) mod user_routes;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use shoal_engine::{DeployOptions, DeployOutcome, DeployedBy};
 use shoal_protocol::{
-    ARCHIVE_CONTENT_TYPE, AliasRequest, AliasView, Deleted, ErrorBody, ErrorCode, FunctionList,
-    FunctionVersions, FunctionView, RollbackRequest,
+    ARCHIVE_CONTENT_TYPE, AliasRequest, AliasView, Deleted, ErrorBody, ErrorCode, FunctionFileView,
+    FunctionFilesView, FunctionList, FunctionVersions, FunctionView, RollbackRequest,
 };
 
 use crate::auth::{Auth, Developer, Reader};
@@ -104,6 +104,42 @@ pub(crate) async fn versions(
 ) -> Result<Json<FunctionVersions>, ApiError> {
     let v = state.handle.function_versions(&name).await?;
     Ok(Json(convert::versions(&v)))
+}
+
+/// A version's files as deployed (the live one, or `?version=N`): the
+/// text of each UTF-8 file up to 1 MiB, the size of every file.
+#[utoipa::path(get, path = "/v1/functions/{name}/files", tag = "functions",
+    params(("name" = String, Path), FilesParams),
+    responses((status = 200, body = FunctionFilesView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn files(
+    _: Auth<Reader>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<FilesParams>, QueryRejection>,
+) -> Result<Json<FunctionFilesView>, ApiError> {
+    let Query(params) = params?;
+    let f = state.handle.function_files(&name, params.version).await?;
+    Ok(Json(FunctionFilesView {
+        name: f.record.name.to_string(),
+        version: f.record.version,
+        code_sha256: f.record.code_sha256.clone(),
+        files: f
+            .files
+            .into_iter()
+            .map(|f| FunctionFileView {
+                path: f.path,
+                size: f.size,
+                text: f.text,
+            })
+            .collect(),
+    }))
+}
+
+/// Query of `GET /v1/functions/{name}/files`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct FilesParams {
+    /// The version (default: the live one).
+    version: Option<u64>,
 }
 
 /// Makes another version live at once: the one named in the body, or the

@@ -77,6 +77,10 @@ pub(crate) async fn serve(State(state): State<AppState>, req: axum::extract::Req
         RouteMatch::None => {
             return match site(&state, &req).await {
                 Some(r) => r,
+                // Nothing of the user's at the root: the dashboard is there.
+                None if path == "/" && matches!(method, Method::GET | Method::HEAD) => {
+                    axum::response::Redirect::to("/ui/").into_response()
+                }
                 None => not_found(&format!(
                     "no function route or site serves {path}; the API is under /v1 (see /v1/openapi.json)"
                 )),

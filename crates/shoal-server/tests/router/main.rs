@@ -17,5 +17,6 @@ mod routes;
 mod schedules;
 mod sites;
 mod status_codes;
+mod ui;
 mod user_routes;
 mod versions;

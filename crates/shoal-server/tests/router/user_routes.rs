@@ -401,7 +401,13 @@ async fn the_api_keeps_its_paths_and_unknown_paths_are_404() {
     // The catch-all takes any path but the reserved ones.
     let r = get(&app, "/some/page", &[]).await;
     assert_eq!(r.json()["params"], json!({"rest": "some/page"}));
-    for path in ["/v1/nothing-here", "/v1", "/healthz/x", "/ui", "/metrics/x"] {
+    for path in [
+        "/v1/nothing-here",
+        "/v1",
+        "/healthz/x",
+        "/ui/x",
+        "/metrics/x",
+    ] {
         let r = get(&app, path, &[]).await;
         check(&r, 404, "route_not_found", "see /v1/openapi.json")
             .unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -306,6 +306,20 @@ impl Client {
         self.json(Method::GET, &path, None::<&()>).await
     }
 
+    /// Runs invocation `id` again as a new asynchronous invocation (of the
+    /// live version, or of the one that ran it); returns the new id.
+    pub async fn replay(&self, id: &str, same_version: bool) -> Result<String> {
+        let q = if same_version { "?version=same" } else { "" };
+        let accepted: Accepted = self
+            .json(
+                Method::POST,
+                &format!("/v1/invocations/{}/replay{q}", seg(id)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(accepted.id)
+    }
+
     /// The logs of a function's latest `limit` invocations, oldest first.
     pub async fn function_logs(
         &self,

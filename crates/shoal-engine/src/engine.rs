@@ -760,6 +760,32 @@ impl Handle {
             .await?)
     }
 
+    /// Queues a new asynchronous invocation with the event of invocation
+    /// `id`: of the function's live version, or with `same_version` of the
+    /// version that ran it. Returns the new invocation's id.
+    pub async fn replay(&self, id: &str, same_version: bool) -> Result<String> {
+        let r = self.dispatcher.invocation(id).await?;
+        let target = if same_version {
+            format!("{}@{}", r.function, r.version)
+        } else {
+            r.function.to_string()
+        };
+        self.dispatcher.invoke_async(&target, r.input).await
+    }
+
+    /// Invocations the list's indexes cannot answer alone: failed or timed
+    /// out, or with a text in their logs, event, output or error (a
+    /// bounded scan; see `search.rs`).
+    pub async fn search_invocations(
+        &self,
+        search: &crate::search::Search,
+        after: Option<&shoal_store::InvocationCursor>,
+        limit: usize,
+    ) -> Result<crate::search::Found> {
+        let limit = limit.min(crate::history::MAX_LIST_LIMIT);
+        crate::search::search(&self.env.backend, search, after, limit).await
+    }
+
     /// Every attempt that finishes from now on, once its record is durable.
     pub fn follow_invocations(&self) -> crate::history::Feed {
         self.dispatcher.feed.subscribe(self.env.tasks.clone())

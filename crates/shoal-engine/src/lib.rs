@@ -35,6 +35,7 @@ mod ranges;
 mod retention;
 mod routes;
 mod schedules;
+mod search;
 mod secrets;
 mod sites;
 pub mod usage;
@@ -87,6 +88,7 @@ pub use notifications::{
 pub use outcomes::{OutcomeSink, Outcomes};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
+pub use search::{FAILED_STATUSES, Found, MAX_SCAN, Search};
 pub use schedules::{
     LastTick, MAX_HISTORY_PAGE, MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, TickRecord, parse_cron,
 };

@@ -488,6 +488,9 @@ pub struct InvocationList {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// With `q`: how many records this page's scan looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<u64>,
 }
 
 /// One finished attempt's logs, in `GET /v1/functions/{name}/logs`.

@@ -77,7 +77,8 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// List invocations, newest first, filtered (`--function`, `--status`,
-    /// `--mode`, `--since`, `--until`); or show one.
+    /// `--failed`, `--mode`, `--since`, `--until`, `--grep TEXT`); show
+    /// one; replay one.
     #[command(args_conflicts_with_subcommands = true)]
     Invocations {
         #[command(subcommand)]
@@ -189,6 +190,13 @@ pub enum Command {
 pub enum InvocationsCommand {
     /// Show an invocation's status, result or error, timings and billing.
     Show { id: String },
+    /// Run an invocation again: a new asynchronous invocation with its
+    /// event, of the live version (or `--same-version`).
+    Replay {
+        id: String,
+        #[arg(long)]
+        same_version: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -477,6 +485,17 @@ pub async fn run(args: Args) -> Result<()> {
             command: None,
             list,
         } => crate::invocations::list(&client, list, conn.json).await?,
+        Command::Invocations {
+            command: Some(InvocationsCommand::Replay { id, same_version }),
+            ..
+        } => {
+            let new_id = client.replay(&id, same_version).await?;
+            if conn.json {
+                outln!("{}", serde_json::json!({"id": new_id, "status": "queued"}));
+            } else {
+                outln!("{new_id}");
+            }
+        }
         Command::Invocations {
             command: Some(InvocationsCommand::Show { id }),
             ..

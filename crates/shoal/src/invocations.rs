@@ -38,6 +38,16 @@ pub struct ListArgs {
     /// Created before: the same forms as --since.
     #[arg(long)]
     until: Option<String>,
+    /// Only those that failed or timed out.
+    #[arg(long, conflicts_with = "status")]
+    failed: bool,
+    /// Text to find (case-insensitive) in the logs, event, output or error;
+    /// a bounded scan (--scan records), continued with --cursor.
+    #[arg(long, value_name = "TEXT")]
+    grep: Option<String>,
+    /// With --grep: records to look at, at most (1 to 10000; default 2000).
+    #[arg(long, requires = "grep")]
+    scan: Option<u32>,
     /// How many, newest first (1 to 1000; default 50).
     #[arg(long)]
     limit: Option<u32>,
@@ -68,7 +78,11 @@ pub struct LogsArgs {
 /// Prints a page of invocations as a table (or the page as JSON).
 pub async fn list(client: &Client, args: ListArgs, json: bool) -> Result<()> {
     let limit = args.limit.map(|n| n.to_string());
+    let scan = args.scan.map(|n| n.to_string());
     let pairs = [
+        ("failed", args.failed.then_some("true")),
+        ("q", args.grep.as_deref()),
+        ("scan", scan.as_deref()),
         ("function", args.function.as_deref()),
         ("status", args.status.as_deref()),
         ("mode", args.mode.as_deref()),
@@ -94,6 +108,9 @@ pub async fn list(client: &Client, args: ListArgs, json: bool) -> Result<()> {
             _ => {}
         }
         let mut s = table(&page.invocations);
+        if let Some(n) = page.scanned {
+            s += &format!("\n(looked at {n} records)");
+        }
         if let Some(next) = &page.next {
             s += &format!("\nMore: add --cursor {next}");
         }

@@ -333,3 +333,87 @@ async fn an_old_data_directory_is_indexed() {
     assert!(hello.invocations.iter().all(|i| i.function == "hello"));
     assert!(!hello.invocations.is_empty());
 }
+
+/// `--failed` (failed and timed out), `--grep TEXT` (text in the logs, the
+/// event, the output or the error, a bounded scan) and `shoal invocations
+/// replay` on a real node with python3 workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_only_text_search_and_replay_through_the_cli() {
+    let node = TestNode::start();
+    let client = node.client();
+    deploy(
+        &client,
+        "name = \"greet\"\nretries = 0\ntimeout = \"1s\"",
+        MAIN,
+    )
+    .await;
+    let ok = client.invoke("greet", r#"{"n": 1}"#).await.unwrap().id;
+    let raised = client
+        .invoke("greet", r#"{"n": 2, "fail": true}"#)
+        .await
+        .unwrap()
+        .id;
+    let slow = client
+        .invoke("greet", r#"{"n": 3, "sleep": 5}"#)
+        .await
+        .unwrap()
+        .id;
+    let marked = client
+        .invoke("greet", r#"{"n": "needle-42"}"#)
+        .await
+        .unwrap()
+        .id;
+    common::until(
+        "four records written",
+        Duration::from_secs(10),
+        async || {
+            client
+                .list_invocations(&[("function", "greet")])
+                .await
+                .unwrap()
+                .invocations
+                .len()
+                == 4
+        },
+    )
+    .await;
+
+    let json = stdout(&node.cli(&["--json", "invocations", "--failed"]));
+    let page: Value = serde_json::from_str(&json).unwrap();
+    let ids: Vec<&str> = page["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [slow.as_str(), raised.as_str()], "{json}");
+    assert_eq!(page["invocations"][0]["status"], "timed_out");
+
+    // In the logs (print) of one invocation only; then in an error.
+    let table = stdout(&node.cli(&["invocations", "--grep", "HELLO NEEDLE-42"]));
+    assert!(table.contains(&marked), "{table}");
+    assert!(!table.contains(&ok), "{table}");
+    assert!(table.contains("looked at 4 records"), "{table}");
+    let table = stdout(&node.cli(&["invocations", "--grep", "asked to fail"]));
+    assert!(
+        table.contains(&raised) && !table.contains(&marked),
+        "{table}"
+    );
+    let bad = node.cli(&["invocations", "--grep", "x", "--scan", "0"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("from 1 to 10000"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // Replay: a new async invocation with the same event.
+    let again = stdout(&node.cli(&["invocations", "replay", &marked]))
+        .trim()
+        .to_string();
+    assert_ne!(again, marked);
+    let r = wait_final(&client, &again, Duration::from_secs(30)).await;
+    assert_eq!(r.status, "succeeded", "{r:?}");
+    assert_eq!(r.mode, "async");
+    assert_eq!(r.output, Some(serde_json::json!({"n": "needle-42"})));
+}

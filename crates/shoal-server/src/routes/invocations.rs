@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 
 use shoal_engine::{
     BinaryResult, Feed, FeedItem, InvocationCursor, InvocationFilter, InvocationRecord,
-    MAX_LIST_LIMIT,
+    MAX_LIST_LIMIT, MAX_SCAN, Resource, Search,
 };
 use shoal_protocol::{
     Accepted, ErrorBody, FUNCTION_ERROR_HEADER, FunctionFailure, FunctionLogs,
@@ -174,6 +174,49 @@ pub(crate) async fn show(
     )))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayParams {
+    /// `live` (default): the function's live version. `same`: the version
+    /// that ran the original.
+    version: Option<String>,
+}
+
+/// Runs an invocation again: a new asynchronous invocation of the same
+/// function with the same event (answer 202 with its id).
+#[utoipa::path(post, path = "/v1/invocations/{id}/replay", tag = "invocations",
+    params(("id" = String, Path), ReplayParams),
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn replay(
+    _: Auth<Invoker>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<ReplayParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params?;
+    let same = match p.version.as_deref() {
+        None | Some("live") => false,
+        Some("same") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "version={other:?} is not known; use live or same"
+            )));
+        }
+    };
+    let new_id = state.handle.replay(&id, same).await?;
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id: new_id.clone(),
+            status: "queued".into(),
+        }),
+    )
+        .into_response();
+    set_header(&mut resp, INVOCATION_ID_HEADER, &new_id);
+    Ok(resp)
+}
+
 /// The logs (stdout and stderr) of an invocation's latest attempt.
 #[utoipa::path(get, path = "/v1/invocations/{id}/logs", tag = "invocations",
     params(("id" = String, Path)),
@@ -205,6 +248,16 @@ pub(crate) struct ListParams {
     since: Option<String>,
     /// Created before; the same forms as `since`.
     until: Option<String>,
+    /// `true`: only invocations that failed or timed out (not with `status`).
+    #[param(value_type = Option<bool>)]
+    failed: Option<String>,
+    /// Text to find, case-insensitive, in the logs, event, output or error.
+    /// A bounded scan: it looks at `scan` records at most, and `next`
+    /// continues it where it stopped.
+    q: Option<String>,
+    /// With `q`: records to look at, at most, 1 to 10000 (default 2000).
+    #[param(value_type = Option<u32>)]
+    scan: Option<String>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Invocations per page, 1 to 1000 (default 50).
@@ -215,9 +268,16 @@ pub(crate) struct ListParams {
 /// The default page size of `GET /v1/invocations`.
 const DEFAULT_LIMIT: usize = 50;
 
+/// Records a text search looks at by default.
+const DEFAULT_SCAN: usize = 2_000;
+
 /// Lists invocations, newest first (by creation time), filtered by
-/// function, status, mode and creation time, a page at a time. Every filter
-/// is indexed, so a page is fast however many records the node keeps.
+/// function, status (or `failed=true`: failed and timed out), mode and
+/// creation time, a page at a time. Those filters are indexed, so a page is
+/// fast however many records the node keeps. `q` finds text in the logs,
+/// event, output or error by scanning at most `scan` records from the
+/// cursor: a page may then hold fewer matches than `limit` while `next`
+/// is set, and `scanned` says how many records it looked at.
 #[utoipa::path(get, path = "/v1/invocations", tag = "invocations",
     params(ListParams),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody)))]
@@ -239,15 +299,57 @@ pub(crate) async fn list(
             .map(|s| parse_time("until", s, now))
             .transpose()?,
     };
+    let failed = match given(&p.failed) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "failed={other:?} is not a boolean; use true or false"
+            )));
+        }
+    };
+    if failed && filter.status.is_some() {
+        return Err(ApiError::invalid(
+            "failed=true already picks the statuses failed and timed_out; leave out status",
+        ));
+    }
+    let scan = match given(&p.scan) {
+        None => DEFAULT_SCAN,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_SCAN).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(format!("scan must be a number from 1 to {MAX_SCAN}"))
+            })?,
+    };
     let after = given(&p.cursor).map(parse_cursor).transpose()?;
     let limit = parse_limit(given(&p.limit), DEFAULT_LIMIT)?;
-    let page = state
+    let search = Search {
+        filter,
+        failed,
+        text: given(&p.q).map(str::to_string),
+        scan,
+    };
+    let found = state
         .handle
-        .list_invocations(&filter, after.as_ref(), limit)
+        .search_invocations(&search, after.as_ref(), limit)
         .await?;
     Ok(Json(InvocationList {
-        invocations: page.records.iter().map(summary).collect(),
-        next: page.next.map(|c| format!("{}.{}", c.created_at_ms, c.id)),
+        // A scoped token sees its functions' invocations only (a page may
+        // then hold fewer than `limit`; the cursor goes on as usual).
+        invocations: found
+            .page
+            .records
+            .iter()
+            .filter(|r| auth.allows(Resource::Function(r.function.as_str())))
+            .map(summary)
+            .collect(),
+        next: found
+            .page
+            .next
+            .map(|c| format!("{}.{}", c.created_at_ms, c.id)),
+        scanned: found.scanned.map(|n| n as u64),
     }))
 }
 

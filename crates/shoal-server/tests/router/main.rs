@@ -8,6 +8,7 @@ mod blobs;
 mod edge;
 mod errors;
 mod invocation_lists;
+mod invocation_search;
 mod invocations;
 mod kv;
 mod limits;

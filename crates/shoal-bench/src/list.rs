@@ -92,6 +92,25 @@ pub async fn run(shoal: &Path, plan: &Plan) -> Result<Section> {
     let t = Instant::now();
     client.list_invocations(&[("limit", "50")]).await?;
     let unfiltered_ms = ms(t.elapsed());
+    // `failed=true` (two status indexes merged) and a text search that
+    // finds nothing, so it scans its whole budget (2,000 records and
+    // their logs): the median of 20 calls each.
+    let failed_only_ms = median_of(
+        &client,
+        &[("function", FUNCTION), ("failed", "true"), ("limit", "50")],
+        50,
+    )
+    .await?;
+    let grep_ms = median_of(
+        &client,
+        &[
+            ("function", FUNCTION),
+            ("q", "no such text"),
+            ("scan", "2000"),
+        ],
+        0,
+    )
+    .await?;
     let stats = client.stats().await?;
     node.stop(Duration::from_secs(10));
 
@@ -107,7 +126,27 @@ pub async fn run(shoal: &Path, plan: &Plan) -> Result<Section> {
         second_ms,
         second_len: second.invocations.len(),
         unfiltered_ms,
+        failed_only_ms,
+        grep_ms,
     }))
+}
+
+/// The median time of 20 calls of one list, each answering `want` entries.
+async fn median_of(client: &Client, filters: &[(&str, &str)], want: usize) -> Result<f64> {
+    let mut times = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let page = client.list_invocations(filters).await?;
+        times.push(ms(t.elapsed()));
+        if page.invocations.len() != want {
+            bail!(
+                "{filters:?}: {} invocations, want {want}",
+                page.invocations.len()
+            );
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(median(&times))
 }
 
 /// What the phase measured.
@@ -123,6 +162,10 @@ struct Listed {
     second_ms: f64,
     second_len: usize,
     unfiltered_ms: f64,
+    /// `failed=true` of one function, a page of 50.
+    failed_only_ms: f64,
+    /// `q` matching nothing: a scan of 2,000 records.
+    grep_ms: f64,
 }
 
 fn section(l: &Listed) -> Section {
@@ -150,6 +193,12 @@ fn section(l: &Listed) -> Section {
          without filters: {:.2} ms.",
         l.second_ms, l.second_len, l.unfiltered_ms
     ));
+    s.detail(format!(
+        "`failed=true` of {FUNCTION} (failed and timed_out merged), a page of 50: {:.2} ms \
+         (median of 20); text search `q` matching nothing, scanning its budget of 2,000 \
+         records of {FUNCTION} with their logs: {:.1} ms (median of 20).",
+        l.failed_only_ms, l.grep_ms
+    ));
     s
 }
 
@@ -166,6 +215,8 @@ pub fn examples() -> Vec<Section> {
         second_ms: 2.5,
         second_len: 50,
         unfiltered_ms: 2.0,
+        failed_only_ms: 3.0,
+        grep_ms: 40.0,
     })]
 }
 

@@ -11,10 +11,15 @@ mod function_files;
 mod schedules;
 mod sites;
 mod triggers;
+mod usage;
 pub use function_files::{FunctionFileView, FunctionFilesView};
 pub use schedules::{ScheduleHistory, ScheduleLastTick, ScheduleTick};
 pub use sites::{SiteList, SiteVersionView, SiteVersions, SiteView};
 pub use triggers::{TriggerList, TriggerView};
+pub use usage::{
+    BudgetPeriod, BudgetSpec, BudgetUnit, BudgetView, Estimate, EstimateBasis, EstimateCost,
+    InvocationCount, Prices, Stats, StatsPoint, StoredUsage, UsageLine, UsageReport,
+};
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

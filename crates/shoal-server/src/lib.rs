@@ -118,7 +118,16 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::invocations::replay))
         .routes(routes!(routes::invocations::list))
         .routes(routes!(routes::invocations::function_logs))
-        .routes(routes!(routes::health::stats))
+        .routes(routes!(routes::usage::stats))
+        .routes(routes!(routes::usage::usage))
+        .routes(routes!(routes::usage::get_prices, routes::usage::put_prices))
+        .routes(routes!(routes::usage::estimate))
+        .routes(routes!(
+            routes::usage::get_budget,
+            routes::usage::put_budget,
+            routes::usage::remove_budget
+        ))
+        .routes(routes!(routes::usage::count))
         .routes(routes!(routes::nodes::list))
         .routes(routes!(routes::schedules::list))
         .routes(routes!(routes::schedules::pause))

@@ -16,4 +16,5 @@ pub(crate) mod secrets;
 pub(crate) mod sites;
 pub(crate) mod tokens;
 pub(crate) mod ui;
+pub(crate) mod usage;
 pub(crate) mod user_routes;

@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header::CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 
 use shoal_engine::StoreHealth;
-use shoal_protocol::{ErrorBody, ErrorCode, Health, NodeStats};
+use shoal_protocol::{ErrorBody, ErrorCode, Health};
 
 use crate::AppState;
 use crate::auth::{Auth, Reader};
@@ -35,22 +35,6 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         )
         .into_response(),
     }
-}
-
-/// What the node keeps: the data directory's size in bytes (store, code,
-/// virtualenvs) and how many invocation records it holds.
-#[utoipa::path(get, path = "/v1/stats", tag = "health",
-    responses((status = 200, body = NodeStats)))]
-pub(crate) async fn stats(
-    _: Auth<Reader>,
-    State(state): State<AppState>,
-) -> Result<Json<NodeStats>, ApiError> {
-    let s = state.handle.stats().await?;
-    Ok(Json(NodeStats {
-        data_dir_bytes: s.data_dir_bytes,
-        invocations: s.invocations,
-        retain_seconds: s.retention.map(|d| d.as_secs()),
-    }))
 }
 
 /// Prometheus metrics: invocations by function and outcome, durations, pool

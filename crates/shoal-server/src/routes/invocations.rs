@@ -566,7 +566,7 @@ fn parse_cursor(s: &str) -> Result<InvocationCursor, ApiError> {
 }
 
 /// A time filter: RFC 3339, a duration back from `now_ms`, or epoch ms.
-fn parse_time(what: &str, s: &str, now_ms: u64) -> Result<u64, ApiError> {
+pub(crate) fn parse_time(what: &str, s: &str, now_ms: u64) -> Result<u64, ApiError> {
     time_ms(s, now_ms).ok_or_else(|| {
         ApiError::invalid(format!(
             "{what} {s:?} is not a time; use RFC 3339 (2026-12-04T17:00:00Z), a duration \

@@ -19,5 +19,6 @@ mod schedules;
 mod sites;
 mod status_codes;
 mod ui;
+mod usage;
 mod user_routes;
 mod versions;

@@ -32,6 +32,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Site => ErrorCode::SiteNotFound,
                 Entity::Schedule => ErrorCode::ScheduleNotFound,
                 Entity::User => ErrorCode::UserNotFound,
+                Entity::Budget => ErrorCode::BudgetNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -57,13 +58,14 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
         ),
         Error::TooLarge(_) => (413, ErrorCode::DocumentTooLarge),
         Error::QueueFull(_) => (429, ErrorCode::QueueFull),
+        Error::BudgetExceeded(_) => (429, ErrorCode::BudgetExceeded),
         Error::ShuttingDown => (503, ErrorCode::Unavailable),
         Error::Unavailable(_) => (503, ErrorCode::Unavailable),
         Error::StorageFull(_) => (507, ErrorCode::InsufficientStorage),
     }
 }
 
-const ENTITIES: [Entity; 13] = [
+const ENTITIES: [Entity; 14] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -77,6 +79,7 @@ const ENTITIES: [Entity; 13] = [
     Entity::Blob,
     Entity::Site,
     Entity::User,
+    Entity::Budget,
 ];
 
 const CONFLICTS: [Conflict; 12] = [
@@ -125,6 +128,9 @@ fn every_error() -> Vec<Error> {
     }));
     all.push(Error::TooLarge("document 3 is too large".into()));
     all.push(Error::QueueFull("queue `q` holds 10 messages".into()));
+    all.push(Error::BudgetExceeded(
+        "token tok_1 is past its daily budget: spent 2 of 1 GB-s".into(),
+    ));
     all.push(Error::ShuttingDown);
     all.push(Error::Unavailable("disk on fire".into()));
     all.push(Error::StorageFull(
@@ -141,7 +147,10 @@ async fn every_engine_error_has_its_status_and_code() {
     // and the key-version and not-an-integer conflicts; + 2: the blob
     // entity and the not-fixed-size conflict; + 2: the site entity and the
     // site-path-taken conflict; + 1: the route-taken conflict.
-    assert_eq!(errors.len(), 8 + 4 + 5 + 2 + 3 + 5 + 2 + 2 + 3 + 2 + 2 + 1);
+    // Every entity, 9 invalid inputs, 2 bad functions, every conflict and
+    // 6 others (too large, queue full, budget exceeded, shutting down,
+    // unavailable, storage full).
+    assert_eq!(errors.len(), ENTITIES.len() + 9 + 2 + CONFLICTS.len() + 6);
     let mut failures = Vec::new();
     for e in errors {
         let (status, code) = expected(&e);

@@ -739,6 +739,66 @@ impl Client {
         self.delete(&format!("/v1/secrets/{}", seg(name))).await
     }
 
+    // ---- notifications ----
+
+    /// Creates or replaces a notification; the answer carries its secret
+    /// only when the node generated it (shown this once).
+    pub async fn put_notification(
+        &self,
+        name: &str,
+        req: &shoal_protocol::PutNotification,
+    ) -> Result<shoal_protocol::NotificationView> {
+        self.json(
+            Method::PUT,
+            &format!("/v1/notifications/{}", seg(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn notifications(&self) -> Result<Vec<shoal_protocol::NotificationView>> {
+        let list: shoal_protocol::NotificationList = self
+            .json(Method::GET, "/v1/notifications", None::<&()>)
+            .await?;
+        Ok(list.items)
+    }
+
+    pub async fn notification(&self, name: &str) -> Result<shoal_protocol::NotificationView> {
+        self.json(
+            Method::GET,
+            &format!("/v1/notifications/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn remove_notification(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/v1/notifications/{}", seg(name)))
+            .await
+    }
+
+    /// A page of the delivery log, newest first, of one notification
+    /// and/or with one status (`pending`, `delivered`, `failed`).
+    pub async fn notification_deliveries(
+        &self,
+        name: Option<&str>,
+        status: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<shoal_protocol::DeliveryList> {
+        let mut path = format!("/v1/notifications/deliveries?limit={limit}");
+        if let Some(n) = name {
+            path += &format!("&name={}", seg(n));
+        }
+        if let Some(s) = status {
+            path += &format!("&status={}", seg(s));
+        }
+        if let Some(c) = cursor {
+            path += &format!("&cursor={}", seg(c));
+        }
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
     // ---- key-value store ----
 
     /// The live entry of `key` (`key_not_found` when absent or expired).

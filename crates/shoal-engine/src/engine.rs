@@ -316,6 +316,10 @@ impl Handle {
         self.notifications.list().await
     }
 
+    pub async fn notification(&self, name: &str) -> Result<crate::notifications::Notification> {
+        self.notifications.get(name).await
+    }
+
     pub async fn remove_notification(&self, name: &str) -> Result<()> {
         self.notifications.remove(name).await
     }

@@ -385,6 +385,12 @@ impl Notifications {
         spec: NotificationSpec,
     ) -> Result<(Notification, Option<String>)> {
         shoal_types::validate_name("notification name", name)?;
+        if name == "deliveries" {
+            return Err(Error::invalid(
+                "name",
+                "\"deliveries\" is taken by /v1/notifications/deliveries",
+            ));
+        }
         check_url(&spec.url)?;
         let events = match spec.events {
             None => EVENT_TYPES.iter().map(|s| s.to_string()).collect(),
@@ -476,6 +482,24 @@ impl Notifications {
         let mut all: Vec<Notification> = self.current().iter().map(Stored::view).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
+    }
+
+    /// One notification.
+    pub async fn get(&self, name: &str) -> Result<Notification> {
+        shoal_types::validate_name("notification name", name)?;
+        let entry = self
+            .env
+            .backend
+            .kv
+            .kv_get(&cfg_key(name), self.env.now_ms())
+            .await?;
+        entry
+            .and_then(|e| serde_json::from_slice::<Stored>(&e.value).ok())
+            .map(|s| s.view())
+            .ok_or_else(|| Error::NotFound {
+                entity: Entity::Notification,
+                name: name.to_string(),
+            })
     }
 
     /// Removes a notification; its pending deliveries end as `failed`.

@@ -8,11 +8,15 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 mod function_files;
+mod notifications;
 mod schedules;
 mod sites;
 mod triggers;
 mod usage;
 pub use function_files::{FunctionFileView, FunctionFilesView};
+pub use notifications::{
+    DeliveryList, DeliveryView, NotificationList, NotificationView, PutNotification,
+};
 pub use schedules::{ScheduleHistory, ScheduleLastTick, ScheduleTick};
 pub use sites::{SiteList, SiteVersionView, SiteVersions, SiteView};
 pub use triggers::{TriggerList, TriggerView};
@@ -124,6 +128,8 @@ pub enum ErrorCode {
     UserNotFound,
     /// A user of that name exists already.
     UserExists,
+    /// No notification of that name (`/v1/notifications/{name}`).
+    NotificationNotFound,
     RouteNotFound,
     MethodNotAllowed,
     /// The body is larger than the node's limit.

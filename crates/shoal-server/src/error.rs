@@ -68,6 +68,7 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Schedule => ErrorCode::ScheduleNotFound,
                 Entity::User => ErrorCode::UserNotFound,
                 Entity::Budget => ErrorCode::BudgetNotFound,
+                Entity::Notification => ErrorCode::NotificationNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {

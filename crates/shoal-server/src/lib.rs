@@ -165,6 +165,13 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::queues::stats))
         .routes(routes!(routes::limiters::list))
         .routes(routes!(routes::limiters::put, routes::limiters::remove))
+        .routes(routes!(routes::notifications::list))
+        .routes(routes!(routes::notifications::deliveries))
+        .routes(routes!(
+            routes::notifications::put,
+            routes::notifications::show,
+            routes::notifications::remove
+        ))
         .routes(routes!(routes::secrets::list))
         .routes(routes!(routes::secrets::set, routes::secrets::remove))
         .routes(routes!(routes::jobs::start))

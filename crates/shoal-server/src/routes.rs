@@ -10,6 +10,7 @@ pub(crate) mod jobs;
 pub(crate) mod kv;
 pub(crate) mod limiters;
 pub(crate) mod nodes;
+pub(crate) mod notifications;
 pub(crate) mod queues;
 pub(crate) mod schedules;
 pub(crate) mod secrets;

@@ -166,6 +166,12 @@ pub enum Command {
     /// address, version, start, last heartbeat, running invocations,
     /// workers, load, alive or lost; the node answering is marked `*`.
     Nodes,
+    /// Webhooks told about events (admin): set NAME URL [--event E]
+    /// [--function F] [--secret S], ls, rm NAME, deliveries (the log).
+    Notifications {
+        #[command(subcommand)]
+        command: Option<crate::notifications::NotificationsCommand>,
+    },
     /// The schedules (`[[schedule]]`) of the live versions: function,
     /// index, interval or cron expression, missed-tick policy, next fire
     /// time, paused; `pause`, `resume` and `history` of one schedule.
@@ -724,6 +730,9 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         Command::Nodes => crate::nodes::list(&client, conn.json).await?,
+        Command::Notifications { command } => {
+            crate::notifications::run(&client, command, conn.json).await?
+        }
         Command::Schedules { command } => {
             crate::schedules::run(&client, command, conn.json).await?
         }

@@ -13,6 +13,7 @@ mod invocations;
 mod jobs;
 mod kv;
 mod nodes;
+mod notifications;
 mod queues;
 mod recover;
 mod schedules;

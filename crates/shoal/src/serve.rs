@@ -371,13 +371,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     engine_opts.node.address = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let shutdown = CancellationToken::new();
-    let handle = shoal_engine::start(
-        engine_opts,
+    let handle = shoal_engine::start_with(shoal_engine::Parts {
+        opts: engine_opts,
         backend,
         runtime,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-    )
+        clock: Arc::new(SystemClock),
+        random: None,
+        shutdown: shutdown.clone(),
+        webhook: Some(Arc::new(crate::notifications::HttpWebhook::new()?)),
+    })
     .await
     .context("starting the engine")?;
 

@@ -13,6 +13,7 @@ mod invocations;
 mod kv;
 mod limits;
 mod nodes;
+mod notifications;
 mod removals;
 mod routes;
 mod schedules;

@@ -104,6 +104,11 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/v1/limiters", Some(Role::Reader)),
     ("PUT", "/v1/limiters/{name}", Some(Role::Developer)),
     ("DELETE", "/v1/limiters/{name}", Some(Role::Developer)),
+    ("GET", "/v1/notifications", Some(Role::Admin)),
+    ("GET", "/v1/notifications/deliveries", Some(Role::Admin)),
+    ("PUT", "/v1/notifications/{name}", Some(Role::Admin)),
+    ("GET", "/v1/notifications/{name}", Some(Role::Admin)),
+    ("DELETE", "/v1/notifications/{name}", Some(Role::Admin)),
     ("GET", "/v1/secrets", Some(Role::Admin)),
     ("PUT", "/v1/secrets/{name}", Some(Role::Admin)),
     ("DELETE", "/v1/secrets/{name}", Some(Role::Admin)),
@@ -179,7 +184,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 76);
+    assert_eq!(listed.len(), 81);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -33,6 +33,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
                 Entity::Schedule => ErrorCode::ScheduleNotFound,
                 Entity::User => ErrorCode::UserNotFound,
                 Entity::Budget => ErrorCode::BudgetNotFound,
+                Entity::Notification => ErrorCode::NotificationNotFound,
             },
         ),
         Error::Invalid(inv) if inv.field.ends_with("name") => (400, ErrorCode::InvalidName),
@@ -65,7 +66,7 @@ fn expected(e: &Error) -> (u16, ErrorCode) {
     }
 }
 
-const ENTITIES: [Entity; 14] = [
+const ENTITIES: [Entity; 15] = [
     Entity::Function,
     Entity::Invocation,
     Entity::Token,
@@ -80,6 +81,7 @@ const ENTITIES: [Entity; 14] = [
     Entity::Site,
     Entity::User,
     Entity::Budget,
+    Entity::Notification,
 ];
 
 const CONFLICTS: [Conflict; 12] = [

@@ -227,6 +227,7 @@ impl Dispatcher {
         name: &str,
         event: String,
     ) -> Result<Completed> {
+        self.usage.admit(origin.token.as_deref()).await?;
         let d = self.functions.resolve(name).await?;
         // The record is written behind the answer (invariant 4): with the
         // store known to be full it would be lost, so do not run at all.
@@ -332,6 +333,7 @@ impl Dispatcher {
         name: &str,
         event: String,
     ) -> Result<String> {
+        self.usage.admit(origin.token.as_deref()).await?;
         let d = self.functions.resolve(name).await?;
         let queue = queue_name(&d.record.name);
         let key = d

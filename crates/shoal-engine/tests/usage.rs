@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{BASE_MS, Node};
 
 use shoal_engine::usage::{Budget, BudgetPeriod, BudgetUnit, GroupBy, Prices, UsageQuery};
-use shoal_engine::{Entity, Error};
+use shoal_engine::{Entity, Error, Origin};
 use shoal_store::memory::MemoryStore;
 use shoal_store::{Backend, InvocationFilter, InvocationRecord};
 use shoal_types::{FunctionName, InvocationMode, InvocationStatus, Role};
@@ -340,5 +340,75 @@ async fn prices_are_checked_and_kept() {
     };
     usage.set_prices(p.clone()).await.unwrap();
     assert_eq!(usage.prices().await.unwrap(), p);
+    node.stop().await;
+}
+
+/// The entry points that start new work check the budget of the token
+/// that starts it: sync and async invocations are refused past an enforced
+/// limit; work of no token, or of another token, goes on.
+#[tokio::test(start_paused = true)]
+async fn invocations_of_a_token_past_its_budget_are_refused() {
+    let backend = memory();
+    let node = Node::with(None, backend.clone()).await;
+    node.deploy("name = \"f\"\n").await;
+    let (token, _) = node
+        .engine
+        .create_token(Role::Invoker, "ci", Vec::new())
+        .await
+        .unwrap();
+    let origin = Origin {
+        token: Some(token.id.clone()),
+        user: None,
+    };
+    let budget = Budget {
+        period: BudgetPeriod::Day,
+        limit: 1.0,
+        unit: BudgetUnit::GbS,
+        notify_at: None,
+        enforce: true,
+    };
+    node.engine
+        .usage()
+        .set_budget(&token.id, budget.clone())
+        .await
+        .unwrap();
+    node.engine
+        .invoke_by(&origin, "f", "{}".to_string())
+        .await
+        .unwrap();
+    let mut r = record("big", "f", InvocationStatus::Succeeded, BASE_MS);
+    r.token = Some(token.id.clone());
+    r.billed_gb_s = 1.5;
+    backend.invocations.put_invocations(vec![r]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let err = node
+        .engine
+        .invoke_by(&origin, "f", "{}".to_string())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BudgetExceeded(_)), "{err}");
+    let err = node
+        .engine
+        .invoke_async_by(&origin, "f", "{}".to_string())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BudgetExceeded(_)), "{err}");
+    node.engine.invoke("f", "{}".to_string()).await.unwrap();
+    // Raised: the token's work runs again.
+    node.engine
+        .usage()
+        .set_budget(
+            &token.id,
+            Budget {
+                limit: 5.0,
+                ..budget
+            },
+        )
+        .await
+        .unwrap();
+    node.engine
+        .invoke_by(&origin, "f", "{}".to_string())
+        .await
+        .unwrap();
     node.stop().await;
 }

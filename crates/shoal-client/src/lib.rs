@@ -32,6 +32,7 @@ use shoal_protocol::{
     PutQueue, QueryRequest, QueueList, QueueStats, QueueView, SendMessage, SendRequest, Sent,
     Written,
 };
+use shoal_protocol::{CreateUser, DeletedUser, PatchUser, UserList, UserView};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -437,8 +438,77 @@ impl Client {
             role: role.to_string(),
             name: name.map(str::to_string),
             channels,
+            user: None,
+            scopes: Vec::new(),
         };
         self.json(Method::POST, "/v1/tokens", Some(&req)).await
+    }
+
+    /// Creates a token of `user` (or of no user) limited to `scopes`
+    /// (`function:resize-*`, `category:photos`, `queue:jobs`,
+    /// `channel:subscribe:board.*`; none = everything its role allows).
+    pub async fn create_user_token(
+        &self,
+        role: &str,
+        name: Option<&str>,
+        user: Option<&str>,
+        scopes: Vec<String>,
+    ) -> Result<CreatedToken> {
+        let req = CreateToken {
+            role: role.to_string(),
+            name: name.map(str::to_string),
+            channels: Vec::new(),
+            user: user.map(str::to_string),
+            scopes,
+        };
+        self.json(Method::POST, "/v1/tokens", Some(&req)).await
+    }
+
+    // ---- users ----
+
+    /// Creates a user with a role (`reader`, `invoker`, `developer`, `admin`).
+    pub async fn create_user(&self, name: &str, role: &str) -> Result<UserView> {
+        let req = CreateUser {
+            name: name.to_string(),
+            role: role.to_string(),
+        };
+        self.json(Method::POST, "/v1/users", Some(&req)).await
+    }
+
+    pub async fn users(&self) -> Result<UserList> {
+        self.json(Method::GET, "/v1/users", None::<&()>).await
+    }
+
+    pub async fn user(&self, name: &str) -> Result<UserView> {
+        self.json(
+            Method::GET,
+            &format!("/v1/users/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Changes a user's role; its tokens act with at most the new one.
+    pub async fn set_user_role(&self, name: &str, role: &str) -> Result<UserView> {
+        let req = PatchUser {
+            role: role.to_string(),
+        };
+        self.json(
+            Method::PATCH,
+            &format!("/v1/users/{}", seg(name)),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// Deletes a user and revokes its tokens.
+    pub async fn delete_user(&self, name: &str) -> Result<DeletedUser> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/users/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
     }
 
     pub async fn tokens(&self) -> Result<TokenList> {

@@ -214,6 +214,23 @@ fn pattern_ok(pattern: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-' | '/'))
 }
 
+/// The function an archive would deploy (its `shoal.toml`'s `name`), so a
+/// scoped token's deploy is checked before anything is unpacked or run.
+pub fn archive_function_name(archive: &[u8]) -> Result<String> {
+    let files = crate::functions::read_archive(archive)?;
+    let text = files
+        .iter()
+        .find(|(p, _)| p == std::path::Path::new("shoal.toml"))
+        .and_then(|(_, data)| std::str::from_utf8(data).ok())
+        .ok_or_else(|| {
+            Error::InvalidFunction(
+                "the archive has no shoal.toml (UTF-8) at its top level; deploy a directory that holds shoal.toml".into(),
+            )
+        })?;
+    let manifest = crate::manifest::Manifest::parse(text).map_err(Error::InvalidFunction)?;
+    Ok(manifest.name.to_string())
+}
+
 /// Checks channel scopes as given to `create`.
 pub fn check_scopes(scopes: &[String]) -> Result<()> {
     split_scopes(scopes).map(|_| ())

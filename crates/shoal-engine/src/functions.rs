@@ -1312,7 +1312,7 @@ impl Drop for Staged {
     }
 }
 
-fn read_archive(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+pub(crate) fn read_archive(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let bad = |msg: String| Error::InvalidFunction(format!("invalid function archive: {msg}"));
     let mut files = Vec::new();
     let mut ar = tar::Archive::new(archive);

@@ -57,8 +57,8 @@ pub(crate) fn user_cursor<'a>(prefix: &str, cursor: Option<&'a str>) -> Option<&
 }
 
 pub use auth::{
-    Caller, Origin, Resource, SECRET_PREFIX, ScopeKind, Token, check_scopes, check_user_name,
-    mint as mint_token, split_scopes,
+    Caller, Origin, Resource, SECRET_PREFIX, ScopeKind, Token, archive_function_name, check_scopes,
+    check_user_name, mint as mint_token, split_scopes,
 };
 pub use blobs::{BatchResult, MAX_BLOB_KEY_BYTES, MAX_BLOB_LIST, MAX_BLOB_OPS};
 pub use categories::{Category, CategoryOptions, NewDoc, RunningQuery, shard_of};
@@ -95,6 +95,7 @@ pub use schedules::{
 pub use secrets::SecretInfo;
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
+pub use shoal_store::UserRecord;
 pub use shoal_store::{
     BlobMeta, BlobOp, BlobPage, BlobRead, CategoryRecord, ChannelMessage, ChannelSettings,
     ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord, InvocationCursor,

@@ -13,6 +13,7 @@ mod schedules;
 mod sites;
 mod triggers;
 mod usage;
+mod users;
 pub use function_files::{FunctionFileView, FunctionFilesView};
 pub use notifications::{
     DeliveryList, DeliveryView, NotificationList, NotificationView, PutNotification,
@@ -24,6 +25,7 @@ pub use usage::{
     BudgetPeriod, BudgetSpec, BudgetUnit, BudgetView, Estimate, EstimateBasis, EstimateCost,
     InvocationCount, Prices, Stats, StatsPoint, StoredUsage, UsageLine, UsageReport,
 };
+pub use users::{CreateUser, DeletedUser, PatchUser, UserList, UserView};
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -231,6 +233,8 @@ pub struct RouteCorsView {
 pub struct DeployedByView {
     pub token_id: String,
     pub token_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Answer to `GET /v1/functions/{name}/versions`.
@@ -359,6 +363,14 @@ pub struct InvocationView {
     /// invocations are as they were.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
+    /// The id of the token that started it (or its origin: a child, retry
+    /// or fan-in carries its origin's); absent when no token did
+    /// (schedules, queue messages, public routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// That token's user, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Child `index` of job `job`.
@@ -490,6 +502,12 @@ pub struct InvocationSummary {
     /// The failure's message when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
+    /// The token that started it (or its origin), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// That token's user, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// `GET /v1/invocations`: a page, newest first.
@@ -588,10 +606,20 @@ pub struct CreateToken {
     /// A label to recognise the token by.
     #[serde(default)]
     pub name: Option<String>,
-    /// Channel scopes (`subscribe:board.*`, `publish:chat`): the token may
-    /// do only these channel actions and nothing else.
+    /// Channel scopes (`subscribe:board.*`, `publish:chat`); the older
+    /// field, the same as giving them in `scopes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// The user the token belongs to (see `/v1/users`); its role may be at
+    /// most the user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Scopes: `function:PATTERN`, `category:PATTERN`, `queue:PATTERN`,
+    /// `channel:subscribe:PATTERN`, `channel:publish:PATTERN` (PATTERN a
+    /// name or a prefix ending in `*`). With any, the token may act only
+    /// on the resources they name; see docs/users.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -602,6 +630,11 @@ pub struct TokenView {
     pub created_at_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Resource scopes (`function:`, `category:`, `queue:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 /// Answer to `POST /v1/tokens`: the only time the secret is shown.

@@ -54,6 +54,7 @@ pub(crate) fn deployed_by(b: &shoal_engine::DeployedBy) -> shoal_protocol::Deplo
     shoal_protocol::DeployedByView {
         token_id: b.token_id.clone(),
         token_name: b.token_name.clone(),
+        user: b.user.clone(),
     }
 }
 
@@ -119,6 +120,8 @@ pub(crate) fn invocation(r: &InvocationRecord) -> InvocationView {
         }),
         handed_to: r.handed_to.clone(),
         cache_hit: r.cache_hit,
+        token: r.token.clone(),
+        user: r.user.clone(),
     }
 }
 
@@ -147,5 +150,7 @@ pub(crate) fn token(t: &Token) -> TokenView {
         name: t.name.clone(),
         created_at_ms: t.created_at_ms,
         channels: t.channels.clone(),
+        user: t.user.clone(),
+        scopes: t.scopes.clone(),
     }
 }

@@ -135,6 +135,12 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::schedules::history))
         .routes(routes!(routes::tokens::create, routes::tokens::list))
         .routes(routes!(routes::tokens::revoke))
+        .routes(routes!(routes::users::create, routes::users::list))
+        .routes(routes!(
+            routes::users::show,
+            routes::users::update,
+            routes::users::remove
+        ))
         .routes(routes!(routes::health::healthz))
         .routes(routes!(
             routes::categories::create,

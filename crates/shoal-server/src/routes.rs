@@ -19,3 +19,4 @@ pub(crate) mod tokens;
 pub(crate) mod ui;
 pub(crate) mod usage;
 pub(crate) mod user_routes;
+pub(crate) mod users;

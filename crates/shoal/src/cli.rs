@@ -190,6 +190,12 @@ pub enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Named users with a role and several tokens each (admin): add, ls,
+    /// show, set-role, rm (revokes its tokens).
+    Users {
+        #[command(subcommand)]
+        command: crate::users::UsersCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,10 +379,20 @@ pub enum TokensCommand {
         #[arg(long)]
         name: Option<String>,
         /// Limit the token to a channel action, e.g. `subscribe:board.*`
-        /// or `publish:chat` (repeatable). A token with any is refused
-        /// everywhere else.
+        /// or `publish:chat` (repeatable); the same as `--scope
+        /// channel:subscribe:board.*`.
         #[arg(long = "channel")]
         channels: Vec<String>,
+        /// The user the token belongs to (`shoal users add`); its role may
+        /// be at most the user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Limit the token to resources (repeatable): `function:resize-*`,
+        /// `category:photos`, `queue:jobs`, `channel:subscribe:board.*`,
+        /// `channel:publish:chat`. A token with any scope may act only on
+        /// what its scopes name.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
     },
     /// List tokens.
     List,
@@ -736,6 +752,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Schedules { command } => {
             crate::schedules::run(&client, command, conn.json).await?
         }
+        Command::Users { command } => crate::users::run(&client, command, conn.json).await?,
         Command::Secrets { command: None } => {
             let ls = client.secrets().await?;
             out.print(&ls, || {
@@ -782,9 +799,13 @@ pub async fn run(args: Args) -> Result<()> {
                 role,
                 name,
                 channels,
+                user,
+                scopes,
             } => {
+                let mut scopes = scopes;
+                scopes.extend(channels.into_iter().map(|c| format!("channel:{c}")));
                 let t = client
-                    .create_scoped_token(&role, name.as_deref(), channels)
+                    .create_user_token(&role, name.as_deref(), user.as_deref(), scopes)
                     .await?;
                 out.print(&t, || t.token.clone());
                 if !conn.json {
@@ -797,14 +818,25 @@ pub async fn run(args: Args) -> Result<()> {
             TokensCommand::List => {
                 let list = client.tokens().await?;
                 out.print(&list, || {
-                    let mut s = format!("{:<20} {:<10} {:<23}  NAME", "ID", "ROLE", "CREATED");
+                    let mut s = format!(
+                        "{:<20} {:<10} {:<23}  {:<16} {:<16} SCOPES",
+                        "ID", "ROLE", "CREATED", "USER", "NAME"
+                    );
                     for t in &list.tokens {
+                        let mut scopes = t.scopes.clone();
+                        scopes.extend(t.channels.iter().map(|c| format!("channel:{c}")));
                         s += &format!(
-                            "\n{:<20} {:<10} {:<23}  {}",
+                            "\n{:<20} {:<10} {:<23}  {:<16} {:<16} {}",
                             t.id,
                             t.role,
                             time(t.created_at_ms),
-                            t.name
+                            t.user.as_deref().unwrap_or("-"),
+                            t.name,
+                            if scopes.is_empty() {
+                                "-".to_string()
+                            } else {
+                                scopes.join(",")
+                            }
                         );
                     }
                     s

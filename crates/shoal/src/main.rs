@@ -19,6 +19,7 @@ mod recover;
 mod schedules;
 mod serve;
 mod sites;
+mod users;
 
 use std::process::ExitCode;
 

@@ -23,17 +23,19 @@ use crate::auth::{Auth, Developer, Invoker, Reader};
 use crate::docsplit::{DocSplitter, SplitError};
 use crate::error::ApiError;
 use crate::{AppState, convert};
+use shoal_engine::Resource;
 
 /// Creates a category with a shard level.
 #[utoipa::path(post, path = "/v1/categories", tag = "categories",
     request_body = CreateCategory,
     responses((status = 201, body = CategoryView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create(
-    _: Auth<Developer>,
+    auth: Auth<Developer>,
     State(state): State<AppState>,
     body: Result<Json<CreateCategory>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CategoryView>), ApiError> {
     let Json(req) = body?;
+    auth.check(Resource::Category(&req.name))?;
     let cat = state.handle.create_category(&req.name, req.shards).await?;
     Ok((StatusCode::CREATED, Json(view(&cat))))
 }
@@ -41,12 +43,16 @@ pub(crate) async fn create(
 /// Lists categories with their statistics.
 #[utoipa::path(get, path = "/v1/categories", tag = "categories", responses((status = 200, body = CategoryList)))]
 pub(crate) async fn list(
-    _: Auth<Reader>,
+    auth: Auth<Reader>,
     State(state): State<AppState>,
 ) -> Result<Json<CategoryList>, ApiError> {
     let cats = state.handle.categories().await?;
     Ok(Json(CategoryList {
-        categories: cats.iter().map(view).collect(),
+        categories: cats
+            .iter()
+            .filter(|c| auth.allows(Resource::Category(&c.record.name)))
+            .map(view)
+            .collect(),
     }))
 }
 
@@ -414,13 +420,15 @@ pub(crate) async fn delete_doc(
         (status = 200, content_type = "application/x-ndjson", body = QueryDone, description = "value lines, then a done or error line"),
         (status = 404, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub(crate) async fn query(
-    _: Auth<Invoker>,
+    auth: Auth<Invoker>,
     State(state): State<AppState>,
     Path(cat): Path<String>,
     headers: HeaderMap,
     body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
+    // The query runs a function: a scoped token needs it too.
+    auth.check(Resource::Function(&req.function))?;
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION, header::CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 use serde::Deserialize;
 
 use shoal_engine::{DeployOptions, DeployOutcome, DeployedBy};
@@ -31,7 +31,7 @@ use crate::{AppState, convert};
         (status = 422, body = ErrorBody, description = "pip install failed"),
     ))]
 pub(crate) async fn deploy(
-    _: Auth<Developer>,
+    auth: Auth<Developer>,
     State(state): State<AppState>,
     headers: HeaderMap,
     params: Result<Query<DeployParams>, QueryRejection>,
@@ -59,13 +59,16 @@ pub(crate) async fn deploy(
         ),
         _ => ApiError::from(r),
     })?;
-    let by = match bearer(&headers) {
-        Some(secret) => state.handle.token_of(secret).await?.map(|t| DeployedBy {
-            token_id: t.id,
-            token_name: t.name,
-        }),
-        None => None,
-    };
+    if auth.caller.scoped() {
+        // A scoped token deploys only the functions its scopes name.
+        let name = shoal_engine::archive_function_name(&body)?;
+        auth.check(shoal_engine::Resource::Function(&name))?;
+    }
+    let by = Some(DeployedBy {
+        token_id: auth.caller.token_id.clone(),
+        token_name: auth.caller.token_name.clone(),
+        user: auth.caller.user.clone(),
+    });
     let opts = DeployOptions {
         dry_run: params.dry_run.unwrap_or(false),
         by,
@@ -200,26 +203,20 @@ pub(crate) async fn remove_alias(
     Ok(Json(Deleted { deleted: true }))
 }
 
-/// The bearer secret of a request (`Auth` has checked it already).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 /// Lists the latest version of every function.
 #[utoipa::path(get, path = "/v1/functions", tag = "functions",
     responses((status = 200, body = FunctionList)))]
 pub(crate) async fn list(
-    _: Auth<Reader>,
+    auth: Auth<Reader>,
     State(state): State<AppState>,
 ) -> Result<Json<FunctionList>, ApiError> {
     let functions = state.handle.functions().await?;
     Ok(Json(FunctionList {
-        functions: functions.iter().map(convert::function).collect(),
+        functions: functions
+            .iter()
+            .filter(|f| auth.allows(shoal_engine::Resource::Function(f.name.as_str())))
+            .map(convert::function)
+            .collect(),
     }))
 }
 

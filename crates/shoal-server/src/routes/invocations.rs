@@ -51,7 +51,7 @@ pub(crate) struct InvokeParams {
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
     ))]
 pub(crate) async fn invoke(
-    _: Auth<Invoker>,
+    auth: Auth<Invoker>,
     State(state): State<AppState>,
     Path(name): Path<String>,
     params: Result<Query<InvokeParams>, QueryRejection>,
@@ -70,7 +70,10 @@ pub(crate) async fn invoke(
     let body = body?;
     let event = event_text(&body)?;
     if is_async {
-        let id = state.handle.invoke_async(&name, event).await?;
+        let id = state
+            .handle
+            .invoke_async_by(&auth.origin(), &name, event)
+            .await?;
         let mut resp = (
             StatusCode::ACCEPTED,
             Json(Accepted {
@@ -82,7 +85,7 @@ pub(crate) async fn invoke(
         set_header(&mut resp, INVOCATION_ID_HEADER, &id);
         return Ok(resp);
     }
-    let done = state.handle.invoke(&name, event).await?;
+    let done = state.handle.invoke_by(&auth.origin(), &name, event).await?;
     let mut resp = match &done.outcome {
         Outcome::Succeeded(json) if let Some(Ok(binary)) = BinaryResult::parse(json) => {
             binary_answer(binary)
@@ -282,11 +285,14 @@ const DEFAULT_SCAN: usize = 2_000;
     params(ListParams),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list(
-    _: Auth<Reader>,
+    auth: Auth<Reader>,
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<InvocationList>, ApiError> {
     let Query(p) = params?;
+    if let Some(f) = given(&p.function) {
+        auth.check(Resource::Function(f))?;
+    }
     let now = state.handle.now_ms();
     let filter = InvocationFilter {
         function: given(&p.function).map(function_name).transpose()?,
@@ -501,6 +507,8 @@ fn summary(r: &InvocationRecord) -> InvocationSummary {
         duration_ms: r.duration_ms,
         error_type: r.error.as_ref().map(|e| e.kind.to_string()),
         error_message: r.error.as_ref().map(|e| e.message.clone()),
+        token: r.token.clone(),
+        user: r.user.clone(),
     }
 }
 

@@ -23,18 +23,22 @@ use crate::error::ApiError;
     responses((status = 202, body = JobStarted), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn start(
-    _: Auth<Invoker>,
+    auth: Auth<Invoker>,
     State(state): State<AppState>,
     body: Result<Json<StartJob>, JsonRejection>,
 ) -> Result<(axum::http::StatusCode, Json<JobStarted>), ApiError> {
     let Json(req) = body?;
+    auth.check(shoal_engine::Resource::Function(&req.function))?;
+    if let Some(then) = &req.then {
+        auth.check(shoal_engine::Resource::Function(then))?;
+    }
     let spec = JobSpec {
         function: req.function,
         events: req.events.iter().map(|e| e.to_string()).collect(),
         then: req.then,
         max_in_flight: req.max_in_flight,
     };
-    let job = state.handle.start_job(spec).await?;
+    let job = state.handle.start_job_by(&auth.origin(), spec).await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(JobStarted { job })))
 }
 

@@ -44,13 +44,17 @@ pub(crate) async fn put(
 /// Lists queues with their depth and counters.
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueueList)))]
 pub(crate) async fn list(
-    _: Auth<Reader>,
+    auth: Auth<Reader>,
     State(state): State<AppState>,
 ) -> Result<Json<QueueList>, ApiError> {
     let now = state.handle.now_ms();
     let queues = state.handle.queues().await?;
     Ok(Json(QueueList {
-        queues: queues.iter().map(|q| view(q, now)).collect(),
+        queues: queues
+            .iter()
+            .filter(|q| auth.allows(shoal_engine::Resource::Queue(&q.record.name)))
+            .map(|q| view(q, now))
+            .collect(),
     }))
 }
 

@@ -12,7 +12,9 @@ use crate::auth::{Admin, Auth};
 use crate::error::ApiError;
 use crate::{AppState, convert};
 
-/// Creates a token with a role. The secret is shown only in this answer.
+/// Creates a token with a role, of a user (its role at most the user's)
+/// and limited to scopes when given. The secret is shown only in this
+/// answer.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
     request_body = CreateToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -27,7 +29,12 @@ pub(crate) async fn create(
     if name.len() > 200 {
         return Err(ApiError::invalid("token name must be at most 200 bytes"));
     }
-    let (token, secret) = state.handle.create_token(role, &name, req.channels).await?;
+    let mut scopes = req.channels;
+    scopes.extend(req.scopes);
+    let (token, secret) = state
+        .handle
+        .create_user_token(role, &name, req.user, scopes)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {

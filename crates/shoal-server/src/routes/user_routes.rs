@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequest, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -124,13 +124,23 @@ async fn call(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return Ok(r);
     }
-    if !hit.route.public {
-        Auth::<Invoker>::from_request_parts(&mut parts, state).await?;
-    }
+    // A token's call (a scoped one needs the function's scope) records
+    // who made it; a public route's call records no one.
+    let origin = if hit.route.public {
+        shoal_engine::Origin::default()
+    } else {
+        let resource = shoal_engine::Resource::Function(hit.function.as_str());
+        Auth::<Invoker>::for_resource(&mut parts, state, resource)
+            .await?
+            .origin()
+    };
     let req = axum::extract::Request::from_parts(parts.clone(), body);
     let bytes = Bytes::from_request(req, state).await?;
     let event = event(&parts, hit, &client, &bytes)?;
-    let done = state.handle.invoke(&hit.function, event).await?;
+    let done = state
+        .handle
+        .invoke_by(&origin, &hit.function, event)
+        .await?;
     let mut resp = match &done.outcome {
         Outcome::Succeeded(json) if let Some(Ok(binary)) = BinaryResult::parse(json) => {
             let mut r = crate::routes::invocations::binary_answer(binary);

@@ -22,4 +22,5 @@ mod status_codes;
 mod ui;
 mod usage;
 mod user_routes;
+mod users;
 mod versions;

@@ -69,6 +69,11 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("POST", "/v1/tokens", Some(Role::Admin)),
     ("GET", "/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/v1/tokens/{id}", Some(Role::Admin)),
+    ("POST", "/v1/users", Some(Role::Admin)),
+    ("GET", "/v1/users", Some(Role::Admin)),
+    ("GET", "/v1/users/{name}", Some(Role::Admin)),
+    ("PATCH", "/v1/users/{name}", Some(Role::Admin)),
+    ("DELETE", "/v1/users/{name}", Some(Role::Admin)),
     ("POST", "/v1/categories", Some(Role::Developer)),
     ("GET", "/v1/categories", Some(Role::Reader)),
     ("GET", "/v1/categories/{cat}", Some(Role::Reader)),
@@ -184,7 +189,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 81);
+    assert_eq!(listed.len(), 86);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -88,7 +88,17 @@ impl Blobs {
             }
         }
         let now = self.env.now_ms();
-        Ok(upload.commit(content_type, now).await?)
+        let meta = upload.commit(content_type, now).await?;
+        self.created(&meta).await;
+        Ok(meta)
+    }
+
+    /// Runs the `blob` triggers of a blob just created (queued before the
+    /// upload is answered).
+    async fn created(&self, meta: &BlobMeta) {
+        if let Some(t) = self.env.triggers() {
+            t.blob_event(true, &meta.key, Some(meta.size)).await;
+        }
     }
 
     /// The blob's metadata.
@@ -136,6 +146,9 @@ impl Blobs {
         check_key(key)?;
         self.env.accepting()?;
         if self.env.backend.blobs.blob_delete(key).await? {
+            if let Some(t) = self.env.triggers() {
+                t.blob_event(false, key, None).await;
+            }
             Ok(())
         } else {
             Err(Error::not_found(Entity::Blob, key))
@@ -184,7 +197,10 @@ impl Blobs {
                 .blob_create_fixed(key, size, replace, now)
                 .await?
             {
-                Created::Created(meta) => Ok(meta),
+                Created::Created(meta) => {
+                    self.created(&meta).await;
+                    Ok(meta)
+                }
                 Created::Exists(meta) => Err(meta),
             },
         )

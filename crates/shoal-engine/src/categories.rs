@@ -272,6 +272,10 @@ impl Categories {
             }
         }
         let record = self.ensure(name).await?;
+        // A trigger following the category gets the documents' text: kept
+        // only then.
+        let triggers = self.env.triggers().filter(|t| t.wants_docs(name));
+        let mut changes = triggers.as_ref().map(|_| Vec::with_capacity(docs.len()));
         let mut ids = Vec::with_capacity(docs.len());
         let mut writes = Vec::with_capacity(docs.len());
         // Drained from the back and shrunk as it goes, so the request's list
@@ -282,6 +286,9 @@ impl Categories {
                 docs.shrink_to(docs.len() * 2);
             }
             let id = d.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            if let Some(changes) = &mut changes {
+                changes.push(crate::triggers::Change::Put(id.clone(), d.body.clone()));
+            }
             writes.push(DocWrite {
                 shard: shard_of(&id, record.shards),
                 id: id.clone(),
@@ -295,6 +302,10 @@ impl Categories {
         match self.env.backend.docs.put_docs(name, writes).await {
             Ok(()) => {
                 self.channels.feeds.docs(name, &ids, false);
+                // Durable before the write is answered (docs/triggers.md).
+                if let (Some(t), Some(changes)) = (triggers, changes) {
+                    t.docs_changed(name, changes).await;
+                }
                 Ok(ids)
             }
             // Deleted between `ensure` and the write.
@@ -328,6 +339,10 @@ impl Categories {
             return Err(Error::not_found(Entity::Document, id));
         }
         self.channels.feeds.docs(name, &[id.to_string()], true);
+        if let Some(t) = self.env.triggers() {
+            t.docs_changed(name, vec![crate::triggers::Change::Delete(id.to_string())])
+                .await;
+        }
         Ok(())
     }
 

@@ -124,6 +124,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         clock: parts.clock,
         random: parts.random.unwrap_or_else(|| Arc::new(SystemRandom)),
         tasks: Tasks::new(parts.shutdown),
+        triggers: std::sync::OnceLock::new(),
     });
     let consumers = Arc::new(Consumers::default());
     let secrets = Arc::new(Secrets::with_store(
@@ -286,6 +287,24 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         )
         .run(),
     );
+    {
+        // Owned by its loop (a task until the engine stops); the Env holds
+        // it weakly for the document and blob paths.
+        let triggers = Arc::new(crate::triggers::Triggers::new(
+            handle.env.clone(),
+            handle.functions.clone(),
+            handle.dispatcher.clone(),
+        ));
+        let _ = handle.env.triggers.set(Arc::downgrade(&triggers));
+        handle
+            .dispatcher
+            .outcomes
+            .register(Arc::new(crate::triggers::Destinations::new(
+                handle.functions.clone(),
+                Arc::downgrade(&handle.dispatcher),
+            )));
+        handle.env.tasks.spawn(triggers.run());
+    }
     crate::retention::start(handle.env.clone());
     Kv::start_sweep(handle.env.clone());
     Blobs::start_sweep(handle.env.clone());
@@ -670,6 +689,11 @@ impl Handle {
     /// with its next fire times.
     pub async fn schedules(&self) -> Result<Vec<crate::ScheduleView>> {
         crate::schedules::listed(&self.env, &self.functions).await
+    }
+
+    /// Every `[[trigger]]` of the live versions, by function and index.
+    pub fn triggers(&self) -> Vec<crate::TriggerView> {
+        crate::triggers::views(&self.functions)
     }
 
     /// Pauses (`paused`) or resumes a schedule of a live version, on every

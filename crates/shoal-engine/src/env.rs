@@ -168,11 +168,19 @@ pub(crate) struct Env {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) random: Arc<dyn Random>,
     pub(crate) tasks: Tasks,
+    /// The trigger service (set once at start), for the document and blob
+    /// paths that run triggers, wherever they are reached from.
+    pub(crate) triggers: std::sync::OnceLock<std::sync::Weak<crate::triggers::Triggers>>,
 }
 
 impl Env {
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The trigger service, once started.
+    pub(crate) fn triggers(&self) -> Option<Arc<crate::triggers::Triggers>> {
+        self.triggers.get()?.upgrade()
     }
 
     /// Fails with `ShuttingDown` once shutdown began.

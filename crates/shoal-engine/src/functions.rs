@@ -1197,6 +1197,7 @@ impl Unpacked {
             max_jobs_in_flight: m.max_jobs_in_flight.map(NonZeroU32::get),
             routes: m.routes.clone(),
             schedules: m.schedules.clone(),
+            triggers: m.triggers.clone(),
         }
     }
 }

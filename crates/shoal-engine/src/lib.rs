@@ -38,6 +38,7 @@ mod schedules;
 mod search;
 mod secrets;
 mod sites;
+mod triggers;
 pub mod usage;
 
 /// Keys of the key-value store and blobs starting with `\0` are the
@@ -101,8 +102,12 @@ pub use shoal_store::{
     ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord, InvocationCursor,
     InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry,
     KvPage, LimiterRecord, NewChannelMessage, OpSpec, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, RouteCors, RouteRate, RouteRecord, ScheduleRecord, ShardStats, StoreHealth,
+    QueueSample, RouteCors, RouteRate, RouteRecord, ScheduleRecord, TriggerRecord, OutcomeWhen, ShardStats, StoreHealth,
     StoredDoc,
+};
+pub use triggers::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WINDOW_MS, MAX_BATCH_SIZE, MAX_BATCH_WINDOW_MS, MAX_TRIGGERS,
+    TriggerView,
 };
 pub use sites::{
     MAX_SITE_FILES, SITE_INLINE_BYTES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions,

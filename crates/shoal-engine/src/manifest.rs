@@ -48,6 +48,8 @@ pub struct Manifest {
     pub routes: Vec<shoal_store::RouteRecord>,
     /// `[[schedule]]`: when the function runs by itself (`schedules.rs`).
     pub schedules: Vec<shoal_store::ScheduleRecord>,
+    /// `[[trigger]]`: what else runs the function (`triggers.rs`).
+    pub triggers: Vec<shoal_store::TriggerRecord>,
 }
 
 /// The largest `max_jobs_in_flight`.
@@ -245,7 +247,10 @@ impl Manifest {
             .map_err(|e| format!("shoal.toml: {e}"))?;
         let schedules = crate::schedules::parse(raw.schedule.unwrap_or_default())
             .map_err(|e| format!("shoal.toml: {e}"))?;
+        let triggers = crate::triggers::parse(raw.trigger.unwrap_or_default(), name.as_str())
+            .map_err(|e| format!("shoal.toml: {e}"))?;
         Ok(Manifest {
+            triggers,
             routes,
             schedules,
             max_invocations_per_worker,
@@ -294,6 +299,7 @@ struct Raw {
     max_jobs_in_flight: Option<u32>,
     route: Option<Vec<crate::routes::RawRoute>>,
     schedule: Option<Vec<crate::schedules::RawSchedule>>,
+    trigger: Option<Vec<crate::triggers::RawTrigger>>,
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ pub(crate) mod schedules;
 pub(crate) mod secrets;
 pub(crate) mod sites;
 pub(crate) mod tokens;
+pub(crate) mod triggers;
 pub(crate) mod ui;
 pub(crate) mod usage;
 pub(crate) mod user_routes;

@@ -140,6 +140,46 @@ pub struct FunctionRecord {
     /// stored before schedules existed load as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<ScheduleRecord>,
+    /// `[[trigger]]` of `shoal.toml`: what else runs the function
+    /// (document changes, blob events, another function's outcome). Empty
+    /// (and not written) for functions without triggers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerRecord>,
+}
+
+/// One `[[trigger]]` of a function: its runs are asynchronous invocations
+/// with an event describing what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "on", rename_all = "snake_case")]
+pub enum TriggerRecord {
+    /// Document writes and deletes in `category`, in batches of at most
+    /// `batch_size` changes, waiting up to `batch_window_ms` to fill one.
+    Docs {
+        category: String,
+        batch_size: u32,
+        batch_window_ms: u64,
+    },
+    /// Blobs created (uploaded) or deleted under a key prefix.
+    Blob {
+        prefix: String,
+        created: bool,
+        deleted: bool,
+    },
+    /// The final status of asynchronous invocations of `function`
+    /// (Lambda's destinations).
+    Outcome { function: String, when: OutcomeWhen },
+}
+
+/// Which outcomes of its source an `outcome` trigger follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeWhen {
+    /// Succeeded.
+    Success,
+    /// Failed or timed out (not cancelled).
+    Failure,
+    /// Either.
+    Any,
 }
 
 /// One `[[schedule]]` of a function: at each tick an asynchronous

@@ -19,6 +19,7 @@ mod routes;
 mod schedules;
 mod sites;
 mod status_codes;
+mod triggers;
 mod ui;
 mod usage;
 mod user_routes;

@@ -66,6 +66,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
         "/v1/schedules/{function}/{index}/history",
         Some(Role::Reader),
     ),
+    ("GET", "/v1/triggers", Some(Role::Reader)),
     ("POST", "/v1/tokens", Some(Role::Admin)),
     ("GET", "/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/v1/tokens/{id}", Some(Role::Admin)),
@@ -189,7 +190,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 86);
+    assert_eq!(listed.len(), 87);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -246,6 +246,17 @@ pub fn sample_function(name: &str, handler: &str) -> FunctionRecord {
             event: r#"{"kind":"tick"}"#.to_string(),
             catch_up: true,
         }],
+        triggers: vec![
+            crate::TriggerRecord::Docs {
+                category: "photos".to_string(),
+                batch_size: 100,
+                batch_window_ms: 500,
+            },
+            crate::TriggerRecord::Outcome {
+                function: "resize".to_string(),
+                when: crate::OutcomeWhen::Failure,
+            },
+        ],
     }
 }
 

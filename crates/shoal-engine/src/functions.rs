@@ -530,21 +530,21 @@ impl Functions {
                 .find(|r| r.version == v)
                 .ok_or_else(|| Error::not_found(Entity::Function, format!("{name}@{v}")))?,
         };
-        let archive = self
-            .env
-            .backend
-            .catalog
-            .code(&record.code_sha256)
-            .await?
-            .ok_or_else(|| {
+        // The store keeps the archive (Redis) or this node has it unpacked
+        // (the embedded store keeps code in the data directory only).
+        let archive = self.env.backend.catalog.code(&record.code_sha256).await?;
+        let dir = self.env.opts.data_dir.join(&record.code_dir);
+        let what = format!("{}@{}", record.name, record.version);
+        let files = tokio::task::spawn_blocking(move || match archive {
+            Some(archive) => read_archive(&archive),
+            None => read_code_dir(&dir).map_err(|e| {
                 Error::unavailable(format!(
-                    "the store does not have the code of {}@{} (sha256 {})",
-                    record.name, record.version, record.code_sha256
+                    "the code of {what} is neither in the store nor readable on this node ({e})"
                 ))
-            })?;
-        let files = tokio::task::spawn_blocking(move || read_archive(&archive))
-            .await
-            .map_err(Error::unavailable)??;
+            }),
+        })
+        .await
+        .map_err(Error::unavailable)??;
         let mut files: Vec<FunctionFile> = files
             .into_iter()
             .map(|(path, data)| {
@@ -1119,6 +1119,33 @@ impl Functions {
         })?;
         remove.await
     }
+}
+
+/// The files under an unpacked version's directory (`__pycache__` left
+/// out), relative to it.
+fn read_code_dir(root: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        for entry in std::fs::read_dir(root.join(&rel))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "__pycache__" {
+                continue;
+            }
+            let path = rel.join(&name);
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if kind.is_file() {
+                if out.len() >= MAX_FILES {
+                    break;
+                }
+                out.push((path.clone(), std::fs::read(root.join(&path))?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Largest file whose text [`Functions::files`] answers.

@@ -365,7 +365,7 @@ views.overview = async (main, ctx) => {
     h("div", { class: "panel" }, h("h2", {}, "Invocations and errors per minute, last hour"), h("div", { class: "chart", id: "chart-rate" })),
     h("div", { class: "panel" }, h("h2", {}, "Duration p50 / p99 (ms) per minute"), h("div", { class: "chart", id: "chart-duration" })));
   const dot = liveDot();
-  const recent = h("tbody", {});
+  const recent = h("tbody", { id: "overview-live" });
   const source = h("p", { class: "note" });
   add(main, cards, charts,
     h("div", { class: "panel" }, h("h2", {}, dot.el, "Finishing now"),
@@ -377,24 +377,27 @@ views.overview = async (main, ctx) => {
   const now = Date.now();
   const hourAgo = now - 3600_000;
   const today = new Date(); today.setHours(0, 0, 0, 0);
-  const minutes = Array.from({ length: 60 }, (_, i) => Math.floor(hourAgo / 60000) * 60000 + (i + 1) * 60000);
+  // The last hour's minutes (their starts), the current one last.
+  const minutes = Array.from({ length: 60 }, (_, i) => Math.floor(now / 60000) * 60000 - (59 - i) * 60000);
   let m = null;
 
   // GET /v1/stats?since&step_s answers points once the usage part is on
   // the node (contract section 5); until then this view computes the same
   // figures from pages of GET /v1/invocations (at most 10,000 records:
   // a busier node shows a lower bound, and says so).
-  const stats = await api("GET", "/v1/stats" + qs({ since: hourAgo, step_s: 60 })).catch(() => null);
+  const stats = await api("GET", "/v1/stats" + qs({ since: minutes[0], step_s: 60 })).catch(() => null);
   if (stats && Array.isArray(stats.points)) {
     const day = await api("GET", "/v1/stats" + qs({ since: today.getTime(), step_s: 86400 })).catch(() => null);
-    const pts = stats.points;
+    // The points are the minutes that have invocations: spread on the grid.
+    const at = new Map(stats.points.map((p) => [p.t_ms, p]));
+    const pts = minutes.map((t) => at.get(t) || { t_ms: t, invocations: 0, failed: 0, p50_ms: null, p99_ms: null });
     const tot = stats.total || {};
     m = {
-      t: pts.map((p) => p.t_ms), count: pts.map((p) => p.invocations), failed: pts.map((p) => p.failed),
+      t: minutes, count: pts.map((p) => p.invocations), failed: pts.map((p) => p.failed),
       p50: pts.map((p) => p.p50_ms), p99: pts.map((p) => p.p99_ms),
       hour: tot.invocations ?? pts.reduce((a, p) => a + p.invocations, 0),
       hourFailed: tot.failed ?? pts.reduce((a, p) => a + p.failed, 0),
-      last5: pts.slice(-5).reduce((a, p) => a + p.invocations, 0),
+      last5: stats.points.filter((p) => p.t_ms >= now - 300_000).reduce((a, p) => a + p.invocations, 0),
       p50all: tot.p50_ms, p99all: tot.p99_ms,
       gbs: day && day.total ? day.total.gb_s : null, capped: false,
     };
@@ -415,7 +418,8 @@ views.overview = async (main, ctx) => {
       const done = r.finished_at_ms || r.created_at_ms;
       if (r.duration_ms != null && r.created_at_ms >= today.getTime()) gbs += (r.duration_ms / 1000) * ((memory[r.function] || 128) / 1024);
       if (r.created_at_ms < hourAgo) continue;
-      const b = byMinute.get(Math.floor(done / 60000) * 60000 + 60000) || byMinute.get(minutes[minutes.length - 1]);
+      const b = byMinute.get(Math.floor(done / 60000) * 60000);
+      if (!b) continue;
       b.n++;
       if (["failed", "timed_out"].includes(r.status)) b.f++;
       if (r.duration_ms != null) { b.d.push(r.duration_ms); all.push(r.duration_ms); }
@@ -425,7 +429,7 @@ views.overview = async (main, ctx) => {
       t: minutes, count: bs.map((b) => b.n), failed: bs.map((b) => b.f),
       p50: bs.map((b) => pct(b.d, 0.5)), p99: bs.map((b) => pct(b.d, 0.99)),
       hour: bs.reduce((a, b) => a + b.n, 0), hourFailed: bs.reduce((a, b) => a + b.f, 0),
-      last5: bs.slice(-5).reduce((a, b) => a + b.n, 0), p50all: pct(all, 0.5), p99all: pct(all, 0.99), gbs, capped: !!cursor,
+      last5: rows.filter((r) => (r.finished_at_ms || r.created_at_ms) >= now - 300_000).length, p50all: pct(all, 0.5), p99all: pct(all, 0.99), gbs, capped: !!cursor,
     };
     source.textContent = "Computed in the page from GET /v1/invocations (" + num(rows.length) + " records" + (cursor ? ", capped: a lower bound" : "") +
       "); GB-s from each function's live memory. The node's rollups (GET /v1/stats points) replace this when they are there.";
@@ -951,12 +955,13 @@ views.users = async (main) => {
   try {
     const users = await api("GET", "/v1/users");
     const list = users.items || users.users || [];
-    const name = h("input", { placeholder: "name" });
-    const role = roleSelect();
+    const name = h("input", { placeholder: "name", id: "user-name" });
+    const role = roleSelect("user-role");
     const out = h("span", {});
-    add(main, h("h2", {}, "Users"), table(["name", "role", "created", ""], list.map((u) => h("tr", {}, h("td", {}, u.name), h("td", {}, u.role), h("td", {}, when(u.created_at_ms)),
+    add(main, h("h2", {}, "Users"), table(["name", "role", "tokens", "created", ""], list.map((u) => h("tr", { "data-user": u.name }, h("td", {}, u.name), h("td", {}, u.role),
+      h("td", {}, (u.tokens || []).map((t) => t.name || t.id).join(", ") || "—"), h("td", {}, when(u.created_at_ms)),
       h("td", {}, h("button", { class: "link", onclick: async () => { try { await api("DELETE", "/v1/users/" + encodeURIComponent(u.name)); route(); } catch (e) { fill(out, errorBox(e)); } } }, "Remove"))))),
-    h("div", { class: "toolbar" }, name, role, h("button", { onclick: async () => { try { await api("POST", "/v1/users", { name: name.value.trim(), role: role.value }); route(); } catch (e) { fill(out, errorBox(e)); } } }, "Add user"), out));
+    h("div", { class: "toolbar" }, name, role, h("button", { id: "add-user", onclick: async () => { try { await api("POST", "/v1/users", { name: name.value.trim(), role: role.value }); route(); } catch (e) { fill(out, errorBox(e)); } } }, "Add user"), out));
   } catch (e) {
     if (!missing(e) && e.status !== 403) throw e;
     add(main, h("p", { class: "note" }, e.status === 403 ? "Users: an admin's token lists them." : "This node has no named users yet (GET /v1/users); tokens below."));
@@ -970,28 +975,29 @@ views.users = async (main) => {
   }
   const created = h("div", { id: "token-created" });
   const name = h("input", { placeholder: "name", id: "token-name" });
-  const role = roleSelect();
-  const user = h("input", { placeholder: "user (optional)" });
-  const scopes = h("input", { placeholder: "scopes, comma separated", size: 30 });
+  const role = roleSelect("token-role");
+  const user = h("input", { placeholder: "user (optional)", id: "token-user" });
+  const scopes = h("input", { placeholder: "scopes, comma separated", size: 30, id: "token-scopes" });
   add(main, h("h2", {}, "Tokens"), table(["id", "name", "role", "user", "scopes", "created", ""], (tokens.tokens || tokens.items || []).map((t) => h("tr", {},
     h("td", { class: "mono" }, t.id), h("td", {}, t.name), h("td", {}, t.role), h("td", {}, t.user || "—"), h("td", {}, [...(t.scopes || []), ...(t.channels || [])].join(", ") || "—"),
     h("td", {}, when(t.created_at_ms)), h("td", {}, h("button", { class: "link", onclick: async () => {
       try { await api("DELETE", "/v1/tokens/" + encodeURIComponent(t.id)); route(); } catch (e) { fill(created, errorBox(e)); }
     } }, "Revoke"))))),
-  h("div", { class: "toolbar" }, name, role, user, scopes, h("button", { onclick: async () => {
+  h("div", { class: "toolbar" }, name, role, user, scopes, h("button", { id: "create-token", onclick: async () => {
     const body = { name: name.value.trim() || undefined, role: role.value };
     if (user.value.trim()) body.user = user.value.trim();
     const sc = scopes.value.split(",").map((s) => s.trim()).filter(Boolean);
     if (sc.length) body.scopes = sc;
     try {
       const t = await api("POST", "/v1/tokens", body);
-      fill(created, h("p", {}, "New token (shown once): ", h("code", {}, t.token)));
+      fill(created, h("p", { id: "token-secret" }, "New token for ", t.name || t.id, " (shown once): ", h("code", {}, t.token)));
+      dash.last.token = t;
     } catch (e) { fill(created, errorBox(e)); }
   } }, "Create token")), created);
 };
 
-function roleSelect() {
-  return h("select", {}, ["reader", "invoker", "developer", "admin"].map((r) => h("option", { value: r }, r)));
+function roleSelect(id) {
+  return h("select", { id }, ["reader", "invoker", "developer", "admin"].map((r) => h("option", { value: r }, r)));
 }
 
 // ---------- notifications ----------
@@ -1004,28 +1010,29 @@ views.notifications = async (main, ctx) => {
     const list = await api("GET", "/v1/notifications");
     const items = list.items || list.notifications || [];
     const out = h("div", {});
-    add(main, table(["name", "url", "events", "functions", ""], items.map((n) => h("tr", {}, h("td", {}, n.name), h("td", { class: "mono" }, n.url),
+    add(main, table(["name", "url", "events", "functions", ""], items.map((n) => h("tr", { "data-webhook": n.name }, h("td", {}, n.name), h("td", { class: "mono" }, n.url),
       h("td", {}, (n.events || []).join(", ")), h("td", {}, (n.functions || []).join(", ") || "all"),
       h("td", {}, h("button", { class: "link", onclick: async () => { try { await api("DELETE", "/v1/notifications/" + encodeURIComponent(n.name)); route(); } catch (e) { fill(out, errorBox(e)); } } }, "Remove")))),
     "No webhook yet."));
-    const name = h("input", { placeholder: "name" });
-    const url = h("input", { placeholder: "https://…", size: 34 });
-    const evs = h("input", { value: "invocation.failed, dead_letter", size: 34 });
-    const fns = h("input", { placeholder: "functions (patterns, optional)" });
-    add(main, h("div", { class: "toolbar" }, name, url, evs, fns, h("button", { onclick: async () => {
+    const name = h("input", { placeholder: "name", id: "notify-name" });
+    const url = h("input", { placeholder: "https://…", size: 34, id: "notify-url" });
+    const evs = h("input", { value: "invocation.failed, dead_letter", size: 34, id: "notify-events" });
+    const fns = h("input", { placeholder: "functions (patterns, optional)", id: "notify-functions" });
+    add(main, h("div", { class: "toolbar" }, name, url, evs, fns, h("button", { id: "save-webhook", onclick: async () => {
       const body = { url: url.value.trim(), events: evs.value.split(",").map((s) => s.trim()).filter(Boolean) };
       const f = fns.value.split(",").map((s) => s.trim()).filter(Boolean);
       if (f.length) body.functions = f;
       try {
         const r = await api("PUT", "/v1/notifications/" + encodeURIComponent(name.value.trim()), body);
-        fill(out, r.secret ? h("p", {}, "Signing secret (shown once): ", h("code", {}, r.secret)) : "saved");
+        dash.last.webhook = r;
+        fill(out, h("p", { id: "webhook-saved" }, `Saved ${r.name}. `, r.secret ? ["Signing secret (shown once): ", h("code", {}, r.secret)] : ""));
       } catch (e) { fill(out, errorBox(e)); }
     } }, "Save webhook")), out);
     add(main, h("h2", {}, "Deliveries"));
     const p = pager(async (cursor) => {
       const page = await api("GET", "/v1/notifications/deliveries" + qs({ limit: 50, cursor }));
       return { rows: page.items, next: page.cursor };
-    }, (page) => table(["id", "webhook", "event", "status", "attempts", "last answer", "created", "delivered"], page.rows.map((d) => h("tr", {},
+    }, (page) => table(["id", "webhook", "event", "status", "attempts", "last answer", "created", "delivered"], page.rows.map((d) => h("tr", { class: "delivery" },
       h("td", { class: "mono" }, d.id), h("td", {}, d.name), h("td", {}, d.event), h("td", {}, status(d.status)), h("td", { class: "num" }, d.attempts),
       h("td", {}, d.last_status_code || d.last_error || "—"), h("td", {}, when(d.created_at_ms)), h("td", {}, when(d.delivered_at_ms)))), "No delivery yet."));
     add(main, p.el);

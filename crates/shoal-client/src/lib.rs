@@ -7,6 +7,7 @@ mod blobs;
 mod channels;
 mod invoke;
 mod sites;
+mod usage;
 
 pub use archive::pack_dir;
 pub use blobs::{BlobDownload, BlobHead, ByteRange, Progress, UPLOAD_PIECE};

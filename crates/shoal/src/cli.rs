@@ -196,6 +196,17 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::users::UsersCommand,
     },
+    /// Usage and cost: finished invocations, GB-seconds and money per
+    /// function, token or day (`--group-by`, `--since`, `--until`);
+    /// `prices [set]`, `estimate FUNCTION`, `budget TOKEN [set|rm]`,
+    /// `count` (exact invocation counts).
+    #[command(args_conflicts_with_subcommands = true)]
+    Usage {
+        #[command(flatten)]
+        args: crate::usage::UsageArgs,
+        #[command(subcommand)]
+        command: Option<crate::usage::UsageCommand>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -753,6 +764,9 @@ pub async fn run(args: Args) -> Result<()> {
             crate::schedules::run(&client, command, conn.json).await?
         }
         Command::Users { command } => crate::users::run(&client, command, conn.json).await?,
+        Command::Usage { args, command } => {
+            crate::usage::run(&client, args, command, conn.json).await?
+        }
         Command::Secrets { command: None } => {
             let ls = client.secrets().await?;
             out.print(&ls, || {

@@ -280,6 +280,13 @@ async fn an_outcome_handed_over_twice_notifies_once() {
     node.fake.script("f", Script::ok(json!(1)));
     let done = node.engine.invoke("f", "{}".into()).await.unwrap();
     node.requests(2).await;
+    // Both delivered and acknowledged: the queue no longer holds them, so
+    // only the deduplication key can stop a second delivery.
+    node.log_until("both delivered", |l| {
+        l.len() == 2 && l.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    tokio::time::sleep(secs(5)).await;
     let record = node.engine.invocation(&done.id).await.unwrap();
     assert_eq!(record.status, InvocationStatus::Succeeded);
     // The dispatcher hands a redelivered message's final record over again.
@@ -429,4 +436,54 @@ async fn a_removed_notifications_pending_delivery_ends_failed() {
         Some("the notification was removed")
     );
     assert_eq!(node.hook.requests().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_are_published_on_the_events_channel_with_or_without_notifications() {
+    let node = node().await;
+    node.deploy("name = \"f\"").await;
+    node.fake.script("f", Script::ok(json!(1)));
+    let mut sub = node
+        .engine
+        .subscribe(notifications::EVENTS_CHANNEL, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut sub).await,
+        shoal_engine::ChannelEvent::Ready { .. }
+    ));
+    // The feed is recorded once its wanting is seen (every 2 s).
+    tokio::time::sleep(secs(3)).await;
+    let done = node.engine.invoke("f", "{}".into()).await.unwrap();
+    node.engine
+        .notifications()
+        .emit(NotificationEvent::new(
+            "budget.reached",
+            json!({"token": "t"}),
+        ))
+        .await
+        .unwrap();
+    let mut got: Vec<Value> = Vec::new();
+    while got.len() < 2 {
+        match next_event(&mut sub).await {
+            shoal_engine::ChannelEvent::Messages { messages, .. } => got.extend(
+                messages
+                    .iter()
+                    .map(|m| serde_json::from_slice::<Value>(&m.data).unwrap()),
+            ),
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    assert_eq!(got[0]["type"], "invocation.succeeded");
+    assert_eq!(got[0]["data"]["invocation"], done.id.as_str());
+    assert_eq!(got[1]["type"], "budget.reached");
+    assert_eq!(got[1]["data"]["token"], "t");
+    assert!(node.hook.requests().is_empty(), "no notification asked");
+}
+
+async fn next_event(sub: &mut shoal_engine::Subscription) -> shoal_engine::ChannelEvent {
+    tokio::time::timeout(secs(5), sub.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
 }

@@ -89,8 +89,6 @@ pub(crate) struct Dispatcher {
     pub(crate) cache: ResultCache,
     /// What follows finished invocations (destinations, notifications).
     pub(crate) outcomes: Arc<Outcomes>,
-    /// Told about dead-lettered messages (set once at start).
-    pub(crate) notifications: std::sync::OnceLock<Arc<crate::notifications::Notifications>>,
     /// Usage, prices and budgets; `admit` where new work starts.
     pub(crate) usage: Arc<crate::usage::UsageService>,
 }
@@ -201,7 +199,6 @@ impl Dispatcher {
             feed: Arc::default(),
             cache: ResultCache::default(),
             outcomes: Arc::default(),
-            notifications: std::sync::OnceLock::new(),
             usage: Arc::new(crate::usage::UsageService::new(env.clone())),
             env,
         }
@@ -1087,8 +1084,8 @@ impl Dispatcher {
         if letters.is_empty() {
             return None;
         }
-        self.notifications
-            .get()?
+        self.env
+            .notifications()?
             .dead_lettered(queue?, record, &letters)
     }
 

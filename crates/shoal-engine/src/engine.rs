@@ -125,6 +125,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
         random: parts.random.unwrap_or_else(|| Arc::new(SystemRandom)),
         tasks: Tasks::new(parts.shutdown),
         triggers: std::sync::OnceLock::new(),
+        notifications: std::sync::OnceLock::new(),
     });
     let consumers = Arc::new(Consumers::default());
     let secrets = Arc::new(Secrets::with_store(
@@ -189,19 +190,14 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     // Notifications: their settings, the deliverer, and the events they
     // follow (outcomes, dead letters, finished jobs).
     handle.notifications.start().await?;
+    let _ = handle
+        .env
+        .notifications
+        .set(Arc::downgrade(&handle.notifications));
     handle
         .dispatcher
         .outcomes
         .register(handle.notifications.clone());
-    let _ = handle
-        .dispatcher
-        .notifications
-        .set(handle.notifications.clone());
-    let _ = handle
-        .dispatcher
-        .jobs
-        .notifications
-        .set(handle.notifications.clone());
     for d in handle.functions.load().await? {
         // Not with secrets this node cannot read: other nodes take its work.
         if d.secrets_unreadable.is_none() {

@@ -171,6 +171,10 @@ pub(crate) struct Env {
     /// The trigger service (set once at start), for the document and blob
     /// paths that run triggers, wherever they are reached from.
     pub(crate) triggers: std::sync::OnceLock<std::sync::Weak<crate::triggers::Triggers>>,
+    /// The notifications service (set once at start), for services that
+    /// emit events (`budget.reached`): `env.notifications()?.emit(..)`.
+    pub(crate) notifications:
+        std::sync::OnceLock<std::sync::Weak<crate::notifications::Notifications>>,
 }
 
 impl Env {
@@ -181,6 +185,11 @@ impl Env {
     /// The trigger service, once started.
     pub(crate) fn triggers(&self) -> Option<Arc<crate::triggers::Triggers>> {
         self.triggers.get()?.upgrade()
+    }
+
+    /// The notifications service, once started.
+    pub(crate) fn notifications(&self) -> Option<Arc<crate::notifications::Notifications>> {
+        self.notifications.get()?.upgrade()
     }
 
     /// Fails with `ShuttingDown` once shutdown began.

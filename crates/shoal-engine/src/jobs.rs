@@ -133,8 +133,6 @@ pub(crate) struct Jobs {
     /// The gates of functions with `max_jobs_in_flight` this node runs
     /// (see `jobgate`).
     pub(crate) gates: crate::jobgate::Gates,
-    /// Told about finished jobs (set once at start).
-    pub(crate) notifications: std::sync::OnceLock<Arc<crate::notifications::Notifications>>,
 }
 
 impl Jobs {
@@ -144,7 +142,6 @@ impl Jobs {
             functions,
             consumers,
             gates: Default::default(),
-            notifications: std::sync::OnceLock::new(),
         }
     }
 
@@ -313,7 +310,7 @@ impl Jobs {
         let pending = self.env.backend.jobs.finish_child(&slot.job, result, now);
         let consumers = self.consumers.clone();
         let job = slot.job.clone();
-        let notifications = self.notifications.get().cloned();
+        let notifications = self.env.notifications();
         let store = self.env.backend.jobs.clone();
         Some(Box::pin(async move {
             match pending.await {

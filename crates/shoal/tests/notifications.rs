@@ -328,3 +328,67 @@ async fn a_pending_delivery_is_sent_after_a_kill_9_and_restart() {
     .await;
     assert_eq!(receiver.requests().len(), 1, "delivered once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_redis_share_the_settings_and_deliver_each_event_once() {
+    let redis = shoal_store_redis::testing::RedisServer::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("cluster.key");
+    let node = || {
+        TestNode::start_with(&[
+            "--store",
+            &redis.url(),
+            "--redis-namespace",
+            "e2e",
+            "--secrets-key-file",
+            key.to_str().unwrap(),
+        ])
+    };
+    let nodes = [node(), node()];
+    let c: Vec<_> = nodes.iter().map(|n| n.client()).collect();
+    let receiver = Receiver::start(TcpListener::bind("127.0.0.1:0").unwrap(), &[503]);
+    // Set on node 0; node 1 reads it from the store.
+    let set = c[0]
+        .put_notification(
+            "ops",
+            &shoal_client::protocol::PutNotification {
+                url: receiver.url.clone(),
+                events: Some(vec!["invocation.failed".into()]),
+                functions: vec![],
+                secret: None,
+            },
+        )
+        .await
+        .unwrap();
+    let secret = set.secret.expect("generated");
+    assert_eq!(c[1].notifications().await.unwrap().len(), 1);
+    deploy(&c[0], "name = \"boom\"\nretries = 0\n", FAILING).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(c[i % 2].invoke_async("boom", "{}").await.unwrap());
+    }
+    until(
+        "every delivery delivered",
+        Duration::from_secs(60),
+        async || {
+            let page = c[1]
+                .notification_deliveries(Some("ops"), Some("delivered"), 100, None)
+                .await
+                .unwrap();
+            page.items.len() == 4
+        },
+    )
+    .await;
+    let got = receiver.requests();
+    // Four events, one delivery each; one of them was answered 503 first.
+    assert_eq!(got.len(), 5, "{got:?}");
+    let mut delivered: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["data"]["invocation"].as_str().unwrap().to_string())
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    ids.sort();
+    assert_eq!(delivered, ids);
+    verify_with_documented_python(&secret, &got);
+}

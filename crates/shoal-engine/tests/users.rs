@@ -192,3 +192,35 @@ async fn invocations_name_the_token_and_user_that_started_them_and_their_childre
     assert_eq!(child.user.as_deref(), Some("ana"));
     node.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_invocation_keeps_its_token_and_user() {
+    let node = Node::start().await;
+    node.deploy("name = \"flaky\"\nretries = 1\nretry_delay = \"1s\"")
+        .await;
+    node.fake.script_seq(
+        "flaky",
+        [
+            Script::fail(shoal_types::FailureKind::Crashed),
+            Script::ok(serde_json::json!("done")),
+        ],
+    );
+    let e = &node.engine;
+    e.create_user("ana", Role::Invoker).await.unwrap();
+    let (token, secret) = e
+        .create_user_token(Role::Invoker, "ci", Some("ana".into()), Vec::new())
+        .await
+        .unwrap();
+    let origin = e.caller(&secret).await.unwrap().unwrap().origin();
+    let id = e
+        .invoke_async_by(&origin, "flaky", "{}".into())
+        .await
+        .unwrap();
+    let r = node.wait_final(&id).await;
+    assert_eq!(r.attempts, 2, "{r:?}");
+    assert_eq!(
+        (r.token.as_deref(), r.user.as_deref()),
+        (Some(token.id.as_str()), Some("ana"))
+    );
+    node.stop().await;
+}

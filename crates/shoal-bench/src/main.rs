@@ -10,7 +10,8 @@
 //! transfers beside `dd` (`blobs.rs`), bitfield batches (`bitfield.rs`),
 //! result-cache hits (`cache.rs`) and a ranged scan beside the memmap limit,
 //! Dask and Ray (`scan.rs`), and pixel placements fanned out to live
-//! subscribers beside idle subscribers' memory (`live.rs`).
+//! subscribers beside idle subscribers' memory (`live.rs`), and the
+//! dashboard's first load in headless Chromium (`ui.rs`).
 //! Each phase renders its own section of the report (`report.rs`), which is
 //! printed and appended to `docs/benchmarks.md`.
 //!
@@ -45,6 +46,7 @@ mod rss;
 mod scan;
 mod stats;
 mod target;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,7 +71,7 @@ struct Args {
     /// Run only these phases (comma-separated): latency, throughput, cold,
     /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
     /// query-cold, query-stream, list, cluster, blobs, bitfield, cache, scan,
-    /// live.
+    /// live, ui.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run every selected phase against this `shoal` binary (an older
@@ -129,6 +131,7 @@ struct Plan {
     cache: cache::Plan,
     scan: scan::Plan,
     live: live::Plan,
+    ui: ui::Plan,
     redis_server: PathBuf,
     redis_missing: Option<String>,
     node_log: String,
@@ -232,6 +235,10 @@ impl Plan {
                 idle: 10_000,
                 concurrency: 64,
                 coalesce_ms: vec![10, 0],
+            },
+            ui: ui::Plan {
+                records: pick(1000, 5000),
+                runs: pick(3, 7),
             },
             redis_server: args.redis_server.clone(),
             redis_missing: present(&args.celery_missing),
@@ -444,6 +451,7 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "cache" => cache::run(ctx, &plan.cache).await,
         "scan" => scan::run(ctx, &plan.scan, b.dir.path()).await,
         "live" => live::run(ctx, &plan.live, &b.shoal, b.dir.path(), &plan.node_log).await,
+        "ui" => ui::run(ctx, &b.node.url, &b.node.token, &plan.ui).await,
         other => Err(anyhow::anyhow!("no phase {other} outside the query phases")),
     };
     let s = r.unwrap_or_else(|e| Section::failed(phase, &format!("{e:#}")));

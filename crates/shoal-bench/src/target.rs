@@ -236,6 +236,13 @@ pub static TARGETS: &[Target] = targets! {
          (Centrifugo reports about 30 KB)";
     "live.idle_ws"       13  AtMost                   10.0  KiB
         "The same over WebSocket";
+    "ui.first_load"      14  Measured                  0.0  Ms
+        "The dashboard's first load in headless Chromium, signed in, empty cache: from the \
+         navigation's start to the overview rendered (figures and charts), median";
+    "ui.first_bytes"     14  Measured                  0.0  KiB
+        "The same load's page and assets as they crossed the wire (gzip, headers included)";
+    "ui.warm_load"       14  Measured                  0.0  Ms
+        "The same page loaded again in the same tab, cache warm, median";
 };
 
 /// The target with this id. Ids are constants in the phases' code, and a

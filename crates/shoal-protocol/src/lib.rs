@@ -228,7 +228,7 @@ pub struct RouteCorsView {
     pub max_age_s: u32,
 }
 
-/// Who deployed a version: the token's id and name.
+/// Who deployed a version: the token's id and name, and its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeployedByView {
     pub token_id: String,

@@ -149,3 +149,89 @@ async fn each_trigger_kind_runs_its_function_with_the_documented_event() {
         "{e}"
     );
 }
+
+/// The ids of the document changes `on_docs` got, with how often each.
+async fn changed_ids(c: &Client) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in seen(c, "on_docs").await {
+        for ch in e["changes"].as_array().unwrap() {
+            *out.entry(ch["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Changes answered before a `kill -9` (the node dies while their batch
+/// waits for its window) run once after the restart: never lost, not
+/// repeated.
+#[tokio::test(flavor = "multi_thread")]
+async fn document_changes_answered_before_a_kill9_run_once_after_the_restart() {
+    let mut node = TestNode::start();
+    let c = node.client();
+    deploy(
+        &c,
+        "name = \"on_docs\"\n[[trigger]]\non = \"docs\"\ncategory = \"photos\"\nbatch_window_ms = 3000\n",
+        RECORD,
+    )
+    .await;
+    for id in ["a", "b", "c"] {
+        c.put_doc("photos", id, &json!({"id": id})).await.unwrap();
+    }
+    // The batch is open (its window runs 3 s): the node dies under it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(seen(&c, "on_docs").await.is_empty());
+    node.kill9_and_restart();
+    let c = node.client();
+    wait_seen(&c, "on_docs", 1).await;
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let ids = changed_ids(&c).await;
+    assert_eq!(
+        ids.into_iter().collect::<Vec<_>>(),
+        vec![("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
+    );
+}
+
+/// Two nodes on one redis-server: writes on either node run the trigger,
+/// each change once, in batches run on one node each.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_on_redis_run_each_document_change_once() {
+    let redis = shoal_store_redis::testing::RedisServer::start(&[]);
+    let on = |redis: &shoal_store_redis::testing::RedisServer| {
+        TestNode::start_with(&["--store", &redis.url(), "--redis-namespace", "trig"])
+    };
+    let a = on(&redis);
+    let b = on(&redis);
+    let (ca, cb) = (a.client(), b.client());
+    deploy(
+        &ca,
+        "name = \"on_docs\"\n[[trigger]]\non = \"docs\"\ncategory = \"photos\"\nbatch_size = 5\nbatch_window_ms = 200\n",
+        RECORD,
+    )
+    .await;
+    // B follows the deploy within its catalog poll.
+    until("B has on_docs", Duration::from_secs(10), async || {
+        cb.triggers().await.map(|t| !t.is_empty()).unwrap_or(false)
+    })
+    .await;
+    for i in 0..30 {
+        let c = if i % 2 == 0 { &ca } else { &cb };
+        c.put_doc("photos", &format!("d{i:02}"), &json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    until("every change ran", Duration::from_secs(30), async || {
+        changed_ids(&ca).await.len() == 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let ids = changed_ids(&cb).await;
+    assert_eq!(ids.len(), 30);
+    assert!(ids.values().all(|n| *n == 1), "a change ran twice: {ids:?}");
+    let runs = seen(&ca, "on_docs").await;
+    assert!(
+        runs.iter()
+            .all(|e| e["changes"].as_array().unwrap().len() <= 5),
+        "{runs:?}"
+    );
+}

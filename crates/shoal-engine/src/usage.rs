@@ -332,7 +332,8 @@ impl UsageService {
     // ---- rollups ----
 
     /// The rows of `[since, until)` rounded out to whole minutes: day rows
-    /// for the whole days inside, minute rows for the rest.
+    /// for the whole days inside, hour rows for the whole hours left, minute
+    /// rows for the rest.
     async fn gather(
         &self,
         since_ms: u64,
@@ -340,22 +341,15 @@ impl UsageService {
         function: Option<&str>,
         token: Option<&str>,
     ) -> Result<Vec<RollupRow>> {
-        let lo = floor(since_ms, MINUTE);
-        let hi = ceil(until_ms, MINUTE);
         let mut spans = Vec::new();
-        let (d_lo, d_hi) = (ceil(lo, DAY), floor(hi, DAY));
-        if d_lo < d_hi {
-            spans.push((Grain::Minute, lo, d_lo));
-            spans.push((Grain::Day, d_lo, d_hi));
-            spans.push((Grain::Minute, d_hi, hi));
-        } else {
-            spans.push((Grain::Minute, lo, hi));
-        }
+        split(
+            floor(since_ms, MINUTE),
+            ceil(until_ms, MINUTE),
+            &Grain::ALL,
+            &mut spans,
+        );
         let mut rows = Vec::new();
         for (grain, a, b) in spans {
-            if a >= b {
-                continue;
-            }
             let q = RollupQuery {
                 grain,
                 since_ms: a,
@@ -466,12 +460,11 @@ impl UsageService {
                 format!("at most {MAX_POINTS} points: take a larger step or a shorter range"),
             ));
         }
-        // Whole-day steps aligned on days read the day rows.
-        let grain = if step % DAY == 0 && since % DAY == 0 {
-            Grain::Day
-        } else {
-            Grain::Minute
-        };
+        // Steps of whole days or hours, aligned on them, read those rows.
+        let grain = [Grain::Day, Grain::Hour]
+            .into_iter()
+            .find(|g| step % g.ms() == 0 && since % g.ms() == 0 && until % g.ms() == 0)
+            .unwrap_or(Grain::Minute);
         let q = RollupQuery {
             grain,
             since_ms: since,
@@ -762,6 +755,29 @@ fn emit_budget_reached(_env: &Env, v: &BudgetView) {
     tracing::warn!(event = "budget.reached", %data, "a token reached its budget threshold");
 }
 
+/// Splits `[lo, hi)` (whole minutes) into spans of the coarsest grains
+/// that fit: `grains` from fine to coarse.
+fn split(lo: u64, hi: u64, grains: &[Grain], out: &mut Vec<(Grain, u64, u64)>) {
+    if lo >= hi {
+        return;
+    }
+    let Some((&coarse, finer)) = grains.split_last() else {
+        return;
+    };
+    let (a, b) = (ceil(lo, coarse.ms()), floor(hi, coarse.ms()));
+    if finer.is_empty() || a < b {
+        if finer.is_empty() {
+            out.push((coarse, lo, hi));
+            return;
+        }
+        split(lo, a, finer, out);
+        out.push((coarse, a, b));
+        split(b, hi, finer, out);
+    } else {
+        split(lo, hi, finer, out);
+    }
+}
+
 fn budget_key(token: &str) -> String {
     format!("{BUDGET_KEY}{token}")
 }
@@ -863,6 +879,34 @@ mod tests {
             ("2000-02-01T00:00:00Z".into(), "2000-03-01T00:00:00Z".into())
         );
         assert_eq!(day_label(t), "2026-12-05");
+    }
+
+    #[test]
+    fn ranges_split_into_the_coarsest_rows() {
+        let h = 3_600_000;
+        let mut out = Vec::new();
+        // 23:58 of day 0 to 02:03 of day 2.
+        split(
+            DAY - 2 * MINUTE,
+            2 * DAY + 2 * h + 3 * MINUTE,
+            &Grain::ALL,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                (Grain::Minute, DAY - 2 * MINUTE, DAY),
+                (Grain::Day, DAY, 2 * DAY),
+                (Grain::Hour, 2 * DAY, 2 * DAY + 2 * h),
+                (Grain::Minute, 2 * DAY + 2 * h, 2 * DAY + 2 * h + 3 * MINUTE),
+            ]
+        );
+        out.clear();
+        split(10 * MINUTE, 20 * MINUTE, &Grain::ALL, &mut out);
+        assert_eq!(out, vec![(Grain::Minute, 10 * MINUTE, 20 * MINUTE)]);
+        out.clear();
+        split(0, u64::MAX - u64::MAX % MINUTE, &Grain::ALL, &mut out);
+        assert_eq!(out[0], (Grain::Day, 0, u64::MAX - u64::MAX % DAY));
     }
 
     #[test]

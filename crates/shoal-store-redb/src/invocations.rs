@@ -456,6 +456,7 @@ fn grain_code(g: Grain) -> u8 {
     match g {
         Grain::Minute => 0,
         Grain::Day => 1,
+        Grain::Hour => 2,
     }
 }
 

@@ -64,17 +64,17 @@ pub(crate) const INVOCATION_ARGS: usize = 8;
 /// mode, index member, purge time, JSON, usage delta) and moves its index
 /// entries; when the record becomes final here (the stored one is absent
 /// or not final), adds its usage delta ([`usage_arg`]) to the rollups:
-/// `use:m:START` / `use:d:START` hashes of `FUNCTION\x1fTOKEN\x1fFIELD`
-/// counters, their starts in the sorted sets `use:m` / `use:d`.
+/// `use:m:START` / `use:h:START` / `use:d:START` hashes of `FUNCTION\x1fTOKEN\x1fFIELD`
+/// counters, their starts in the sorted sets `use:m` / `use:h` / `use:d`.
 pub(crate) const PUT_INVOCATION_LUA: &str = r"
 local final_status = {succeeded = true, failed = true, timed_out = true, cancelled = true}
 local function add_usage(w, u)
   local p = {}
   for x in string.gmatch(u, '[^\t]+') do p[#p + 1] = x end
-  for _, b in ipairs({{'m', p[1]}, {'d', p[2]}}) do
+  for _, b in ipairs({{'m', p[1]}, {'h', p[2]}, {'d', p[3]}}) do
     local key = w .. 'use:' .. b[1] .. ':' .. b[2]
-    for j = 4, #p, 2 do
-      redis.call('HINCRBY', key, p[3] .. p[j], p[j + 1])
+    for j = 5, #p, 2 do
+      redis.call('HINCRBY', key, p[4] .. p[j], p[j + 1])
     end
     redis.call('ZADD', w .. 'use:' .. b[1], b[2], b[2])
   end
@@ -134,15 +134,13 @@ pub(crate) fn invocation_args(record: &InvocationRecord) -> Result<Vec<Vec<u8>>>
 }
 
 /// The usage delta of a final record for [`PUT_INVOCATION_LUA`]
-/// (`MINUTE\tDAY\tFUNCTION\x1fTOKEN\x1f\tFIELD\tN...`), empty while not final.
+/// (`MINUTE\tHOUR\tDAY\tFUNCTION\x1fTOKEN\x1f\tFIELD\tN...`), empty while not final.
 pub(crate) fn usage_arg(record: &InvocationRecord) -> String {
     let Some(d) = shoal_store::usage::delta(record) else {
         return String::new();
     };
-    let mut out = format!(
-        "{}\t{}\t{}\x1f{}\x1f",
-        d.minute_ms, d.day_ms, d.function, d.token
-    );
+    let [(_, minute), (_, hour), (_, day)] = d.buckets();
+    let mut out = format!("{minute}\t{hour}\t{day}\t{}\x1f{}\x1f", d.function, d.token);
     for (field, n) in d.fields {
         out.push_str(&format!("\t{field}\t{n}"));
     }

@@ -4,7 +4,8 @@
 //! the invocations *created* in that bucket whose record is final: counts
 //! by final status, cold starts, GB-seconds (in whole nano GB-seconds, so
 //! sums are exact integers in every store) and a histogram of durations.
-//! Two grains: minutes and UTC days. A rollup changes in the same atomic
+//! Three grains: minutes, hours and UTC days (a long range reads the
+//! coarse rows, its edges the fine ones). A rollup changes in the same atomic
 //! write as the record write that makes an invocation final, and only when
 //! the record stored before was not final (or absent): a redelivered or
 //! repeated final write adds nothing, and a crash loses both or neither.
@@ -39,16 +40,18 @@ pub const GB_NS: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Grain {
     Minute,
+    Hour,
     Day,
 }
 
 impl Grain {
-    pub const ALL: [Grain; 2] = [Grain::Minute, Grain::Day];
+    pub const ALL: [Grain; 3] = [Grain::Minute, Grain::Hour, Grain::Day];
 
     /// The bucket's length in milliseconds.
     pub fn ms(self) -> u64 {
         match self {
             Grain::Minute => 60_000,
+            Grain::Hour => 3_600_000,
             Grain::Day => 86_400_000,
         }
     }
@@ -62,6 +65,7 @@ impl Grain {
     pub fn tag(self) -> &'static str {
         match self {
             Grain::Minute => "m",
+            Grain::Hour => "h",
             Grain::Day => "d",
         }
     }
@@ -140,17 +144,46 @@ impl Rollup {
         Some(bucket_middle_ms(HISTOGRAM - 1))
     }
 
-    /// Little-endian integers, `FIELDS × 8` bytes (redb values).
+    /// The fields that are not 0, each as its index (one byte) and its
+    /// value (LEB128): a row is mostly zeros (redb values).
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.fields.iter().flat_map(|f| f.to_le_bytes()).collect()
+        let mut out = Vec::with_capacity(32);
+        for (i, &v) in self.fields.iter().enumerate() {
+            if v == 0 {
+                continue;
+            }
+            out.push(i as u8);
+            let mut v = v;
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        out
     }
 
-    /// The inverse of [`Rollup::to_bytes`]; a shorter value (an older
-    /// layout with fewer fields) reads the missing ones as 0.
+    /// The inverse of [`Rollup::to_bytes`]; fields it does not know (a
+    /// later layout) are skipped.
     pub fn from_bytes(bytes: &[u8]) -> Rollup {
         let mut r = Rollup::default();
-        for (i, chunk) in bytes.chunks_exact(8).take(FIELDS).enumerate() {
-            r.fields[i] = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+        let mut i = 0;
+        while i < bytes.len() {
+            let field = bytes[i] as usize;
+            i += 1;
+            let (mut v, mut shift) = (0u64, 0);
+            while i < bytes.len() {
+                let b = bytes[i];
+                i += 1;
+                v |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            if field < FIELDS {
+                r.fields[field] = v;
+            }
         }
         r
     }
@@ -185,14 +218,15 @@ pub fn bucket_middle_ms(i: usize) -> f64 {
 }
 
 /// What one record that became final adds: the same increments to its
-/// minute row and its day row, both keyed by `function` and `token`.
+/// minute, hour and day rows, keyed by `function` and `token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub function: String,
     /// The token id, or `""` for work no token started.
     pub token: String,
-    pub minute_ms: u64,
-    pub day_ms: u64,
+    /// When the record was created; its buckets start at its minute,
+    /// hour and day.
+    pub created_at_ms: u64,
     /// (field, increment) pairs, each field once, increments above 0.
     pub fields: Vec<(usize, u64)>,
 }
@@ -207,9 +241,9 @@ impl UsageDelta {
         r
     }
 
-    /// (grain, bucket start) of both rows it changes.
-    pub fn buckets(&self) -> [(Grain, u64); 2] {
-        [(Grain::Minute, self.minute_ms), (Grain::Day, self.day_ms)]
+    /// (grain, bucket start) of the rows it changes, one per grain.
+    pub fn buckets(&self) -> [(Grain, u64); 3] {
+        Grain::ALL.map(|g| (g, g.start(self.created_at_ms)))
     }
 }
 
@@ -231,8 +265,7 @@ pub fn delta(record: &InvocationRecord) -> Option<UsageDelta> {
     Some(UsageDelta {
         function: record.function.to_string(),
         token: record.token.clone().unwrap_or_default(),
-        minute_ms: Grain::Minute.start(record.created_at_ms),
-        day_ms: Grain::Day.start(record.created_at_ms),
+        created_at_ms: record.created_at_ms,
         fields,
     })
 }
@@ -308,5 +341,8 @@ mod tests {
         assert!((800.0..1200.0).contains(&p99), "{p99}");
         assert_eq!(Rollup::default().quantile_ms(0.5), None);
         assert_eq!(Rollup::from_bytes(&r.to_bytes()), r);
+        r.bump(GB_NS, u64::MAX - 5);
+        assert_eq!(Rollup::from_bytes(&r.to_bytes()), r);
+        assert!(Rollup::default().to_bytes().is_empty());
     }
 }

@@ -109,6 +109,10 @@ pub async fn usage_rollups_once_per_final_record(backend: &Backend) {
             (m0 + 60_000, "tok-a", 1, 0, 1),
         ]
     );
+    let hour = rows(backend, Grain::Hour, &f, Some("tok-a")).await;
+    assert_eq!(hour.len(), 1);
+    assert_eq!(hour[0].start_ms, Grain::Hour.start(t0));
+    assert_eq!(hour[0].rollup.invocations(), 2);
     let day = rows(backend, Grain::Day, &f, Some("tok-a")).await;
     assert_eq!(day.len(), 1);
     assert_eq!(day[0].start_ms, Grain::Day.start(t0));

@@ -487,3 +487,41 @@ async fn next_event(sub: &mut shoal_engine::Subscription) -> shoal_engine::Chann
         .expect("an event in time")
         .expect("open")
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_log_pages_newest_first_with_a_cursor_and_filters() {
+    let node = node().await;
+    node.notify("a", &["budget.reached"], &[]).await;
+    node.notify("b", &["budget.reached"], &[]).await;
+    for i in 0..3 {
+        node.engine
+            .notifications()
+            .emit(NotificationEvent::new("budget.reached", json!({"n": i})))
+            .await
+            .unwrap();
+        tokio::time::sleep(secs(1)).await;
+    }
+    node.requests(6).await;
+    node.log_until("six entries", |l| l.len() == 6).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = node
+            .engine
+            .notification_deliveries(Some("a"), None, cursor.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|d| (d.created_at_ms, d.name.clone())));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|(_, n)| n == "a"));
+    assert!(
+        seen.windows(2).all(|w| w[0].0 > w[1].0),
+        "newest first: {seen:?}"
+    );
+}

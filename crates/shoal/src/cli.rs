@@ -179,6 +179,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<crate::schedules::SchedulesCommand>,
     },
+    /// The triggers (`[[trigger]]`) of the live versions: function, index,
+    /// kind (docs, blob, outcome) and what runs it.
+    Triggers,
     /// Secrets functions get as environment variables (admin): set (the
     /// value from stdin or --file), list (names only), rm.
     Secrets {
@@ -763,6 +766,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Schedules { command } => {
             crate::schedules::run(&client, command, conn.json).await?
         }
+        Command::Triggers => crate::triggers::list(&client, conn.json).await?,
         Command::Users { command } => crate::users::run(&client, command, conn.json).await?,
         Command::Usage { args, command } => {
             crate::usage::run(&client, args, command, conn.json).await?

@@ -19,6 +19,7 @@ mod recover;
 mod schedules;
 mod serve;
 mod sites;
+mod triggers;
 mod usage;
 mod users;
 

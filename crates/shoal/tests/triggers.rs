@@ -78,6 +78,17 @@ async fn each_trigger_kind_runs_its_function_with_the_documented_event() {
         ],
         "{listed:?}"
     );
+    let out = node.cli(&["triggers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("FUNCTION"), "{text}");
+    assert!(text.contains("photos, batches of 10, 300 ms"), "{text}");
+    assert!(text.contains("uploads/* created,deleted"), "{text}");
+    assert!(text.contains("resize on failure"), "{text}");
 
     // Documents: two writes and a delete within the window are one run.
     c.put_doc("photos", "a", &json!({"title": "sea"}))

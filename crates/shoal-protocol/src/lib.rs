@@ -119,6 +119,11 @@ pub enum ErrorCode {
     /// The queue holds as many messages as the node allows; send again
     /// once it drained.
     QueueFull,
+    /// The token's budget is spent and enforced: no new work until the
+    /// period resets or the limit is raised (the message says which).
+    BudgetExceeded,
+    /// The token has no budget (`/v1/tokens/{id}/budget`).
+    BudgetNotFound,
     /// The function cannot be used for a query (no `map`).
     NotAQueryFunction,
     /// A query's `map` failed on a document (see `doc_id` and `error`).

@@ -205,8 +205,8 @@ function pager(load, render) {
     const next = h("button", { class: "secondary", "data-next": "1", disabled: !page.next, onclick: () => { stack.push(cursor); cursor = page.next; show(); } }, "Next →");
     fill(box, render(page), h("div", { class: "pager" }, prev, next, h("span", { class: "note" }, page.note || "")));
   }
-  show();
-  return { el: box, reload: () => show(), first: () => { stack.length = 0; cursor = null; return show(); } };
+  const loaded = show();
+  return { el: box, loaded, reload: () => show(), first: () => { stack.length = 0; cursor = null; return show(); } };
 }
 
 // ---------- charts ----------
@@ -702,6 +702,7 @@ views.invocations = async (main, ctx) => {
       h("td", {}, status(r.status)), h("td", { class: "num" }, r.attempts), h("td", { class: "num" }, dur(r.duration_ms)), h("td", {}, when(r.created_at_ms)),
       h("td", {}, r.error_message ? (r.error_type ? r.error_type + ": " : "") + r.error_message.slice(0, 120) : ""))), "No invocation matches."));
   add(main, form, list.el);
+  await list.loaded;
 };
 
 async function invocationView(main, id) {
@@ -753,7 +754,7 @@ async function queueView(main, ctx, name) {
   const depth = h("div", { class: "cards" });
   const showDepth = (d) => fill(depth, card("Waiting", num(d.waiting), "", "q-waiting"), card("In flight", num(d.in_flight), "", "q-in-flight"), card("Dead letters", num(d.dead), "", "q-dead"));
   showDepth(q.depth);
-  add(main, h("h1", {}, "Queue ", name), h("p", { class: "note" }, `subscriber ${q.subscriber || "none"} · ${q.max_attempts} attempts · visibility ${dur(q.visibility_timeout_ms)} · retry delay ${dur(q.retry_delay_ms)}`),
+  add(main, h("h1", {}, "Queue ", name), h("p", { class: "note" }, `subscriber ${q.subscriber || "none"} · ${q.max_attempts} attempt${q.max_attempts === 1 ? "" : "s"} · visibility ${dur(q.visibility_timeout_ms)} · retry delay ${dur(q.retry_delay_ms)}`),
     depth, h("div", { class: "panel" }, h("h2", {}, dot.el, "Depth over time"), h("div", { class: "chart", id: "chart-queue" })));
   // The node's sampled history, then the live feed's changes.
   const data = [[], [], [], []];
@@ -803,6 +804,7 @@ async function queueView(main, ctx, name) {
   add(main, h("div", { class: "panel" }, h("h2", {}, "Dead letters"),
     h("div", { class: "toolbar" }, h("button", { id: "redrive", onclick: act("redrive") }, "Redrive selected (or all)"), h("button", { class: "danger", onclick: act("purge") }, "Purge selected (or all)"), outcome),
     dead.el));
+  await dead.loaded;
 }
 
 // ---------- jobs ----------
@@ -1036,6 +1038,7 @@ views.notifications = async (main, ctx) => {
       h("td", { class: "mono" }, d.id), h("td", {}, d.name), h("td", {}, d.event), h("td", {}, status(d.status)), h("td", { class: "num" }, d.attempts),
       h("td", {}, d.last_status_code || d.last_error || "—"), h("td", {}, when(d.created_at_ms)), h("td", {}, when(d.delivered_at_ms)))), "No delivery yet."));
     add(main, p.el);
+    await p.loaded;
   } catch (e) {
     if (!missing(e) && e.status !== 403) throw e;
     add(main, h("p", { class: "note" }, e.status === 403 ? "Webhooks: an admin's token lists them." : "This node has no webhooks yet (GET /v1/notifications); the events it publishes show below."));

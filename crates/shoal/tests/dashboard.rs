@@ -3,9 +3,12 @@
 //! a long job and a schedule; then headless Chromium driven by
 //! `fixtures/dashboard_browser.py` (selenium) signs in with the admin token
 //! and, through the page only, deploys a function by editing its code,
-//! invokes it, finds the invocation by filter and reads its logs, watches a
-//! queue's depth chart move as messages arrive, redrives a dead letter,
-//! cancels a job and pauses a schedule. Each of these is then checked here
+//! invokes it, deploys a second version and rolls back, finds the
+//! invocation by filter, reads its logs and replays it, pages through a
+//! list with the API's cursor, watches a queue's depth chart move as
+//! messages arrive, redrives a dead letter, cancels a job, pauses a
+//! schedule, adds a user and a token, saves a webhook and sees its delivery
+//! logged, and sees invocations finish live on the overview. Each of these is then checked here
 //! against the node's API, independently of the page. A screenshot of each
 //! view goes to `docs/screenshots/dashboard-<view>.png`.
 //!
@@ -181,6 +184,16 @@ async fn the_dashboard_runs_the_platform_from_a_browser() {
         main["text"]
     );
 
+    // Version 2 deployed from the page, then version 1 made live again.
+    let versions: Value = serde_json::from_str(
+        &c.get_text(&format!("/v1/functions/{name}/versions"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(versions["live"], 1, "{versions}");
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+
     // Invoked from the page, found by the filter, its logs read there.
     let id = result["invocation"].as_str().expect("invocation id");
     let inv = c.invocation(id).await.expect("the page's invocation");
@@ -194,6 +207,14 @@ async fn the_dashboard_runs_the_platform_from_a_browser() {
         "{}",
         result["page_logs"]
     );
+
+    // Replayed from the page: a new asynchronous run with the same event.
+    let replay = result["replay"].as_str().expect("replay id");
+    let again = common::wait_final(&c, replay, Duration::from_secs(30)).await;
+    assert_eq!(again.function, name);
+    assert_eq!(again.mode, "async");
+    assert_eq!(again.input, inv.input);
+    assert_eq!(again.status, "succeeded");
 
     // The depth chart moved with the backlog the script sent.
     let sent = result["backlog_sent"].as_u64().unwrap();

@@ -158,7 +158,9 @@ impl Caller {
         }
         let (kind, name) = match resource {
             Resource::Channel { action, name } => return self.scope_allows(action, name),
-            Resource::Function(n) => ("function", n),
+            // A version or alias (`resize@3`, `resize@live`) is of its
+            // function.
+            Resource::Function(n) => ("function", n.split_once('@').map_or(n, |(f, _)| f)),
             Resource::Category(n) => ("category", n),
             Resource::Queue(n) => ("queue", n),
         };
@@ -622,6 +624,8 @@ mod tests {
         assert!(c.allows(Resource::Function("resize-")));
         assert!(c.allows(Resource::Function("resize-png")));
         assert!(!c.allows(Resource::Function("resize")));
+        assert!(c.allows(Resource::Function("resize-png@3")));
+        assert!(!c.allows(Resource::Function("billing@resize-x")));
         assert!(!c.allows(Resource::Function("billing")));
         assert!(c.allows(Resource::Queue("jobs")));
         assert!(!c.allows(Resource::Queue("jobs2")));

@@ -396,6 +396,27 @@ async fn scopes_enforced_on_every_route() {
         .to_str()
         .unwrap()
         .to_string();
+    // A version of an allowed function is allowed; of another, not.
+    let r = call_bearer(
+        &app,
+        &scoped,
+        "POST",
+        "/v1/functions/resize-png@1/invoke",
+        JSON,
+        b"{}".to_vec(),
+    )
+    .await;
+    ok(&r, "invoke resize-png@1");
+    let r = call_bearer(
+        &app,
+        &scoped,
+        "POST",
+        "/v1/functions/billing@1/invoke",
+        JSON,
+        b"{}".to_vec(),
+    )
+    .await;
+    check(&r, 403, "forbidden", "function:billing").unwrap();
     ok(
         &call_bearer(
             &app,
@@ -455,13 +476,16 @@ async fn scopes_enforced_on_every_route() {
     let list = call_bearer(&app, &scoped, "GET", "/v1/invocations", None, vec![])
         .await
         .json();
-    let ids: Vec<&str> = list["invocations"]
+    // Its two calls of resize-png; not the admin's call of billing.
+    let seen: Vec<(&str, &str)> = list["invocations"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["id"].as_str().unwrap())
+        .map(|i| (i["id"].as_str().unwrap(), i["function"].as_str().unwrap()))
         .collect();
-    assert_eq!(ids, [own_call.as_str()]);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|(_, f)| *f == "resize-png"), "{seen:?}");
+    assert!(seen.iter().any(|(id, _)| *id == own_call), "{seen:?}");
 
     // A token with channel scopes only: refused on function lists.
     let (_, channel_only) = token(

@@ -34,6 +34,7 @@ mod fanout;
 mod functions;
 mod http;
 mod invoke;
+mod counts;
 mod list;
 mod live;
 mod node;
@@ -70,7 +71,7 @@ struct Args {
     quick: bool,
     /// Run only these phases (comma-separated): latency, throughput, cold,
     /// numpy, async, queue, ratelimit, fanout, writes, queries, query-cpu,
-    /// query-cold, query-stream, list, cluster, blobs, bitfield, cache, scan,
+    /// query-cold, query-stream, list, stats, cluster, blobs, bitfield, cache, scan,
     /// live, ui.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -125,6 +126,7 @@ struct Plan {
     fanout_limit: Duration,
     queries: queries::Plan,
     list: list::Plan,
+    counts: counts::Plan,
     cluster: cluster::Plan,
     blobs: blobs::Plan,
     bitfield: bitfield::Plan,
@@ -189,6 +191,11 @@ impl Plan {
                 records: either(q, 200_000, 1_000_000),
                 functions: 200,
                 calls: 200,
+            },
+            counts: counts::Plan {
+                records: either(q, 200_000, 1_000_000),
+                functions: 200,
+                calls: either(q, 20, 100),
             },
             cluster: cluster::Plan::new(
                 q,
@@ -445,6 +452,7 @@ async fn run_phase(phase: &'static str, b: &Build, plan: &Plan) -> Section {
         "ratelimit" => ratelimit::run(ctx, &plan.ratelimit, plan.ratelimit_limit).await,
         "fanout" => fanout::run(ctx, plan.fanout_n, plan.fanout_limit).await,
         "list" => list::run(&b.shoal, &plan.list).await,
+        "stats" => counts::run(&b.shoal, &plan.counts).await,
         "cluster" => cluster::run(ctx, &b.shoal, b.dir.path(), &plan.cluster).await,
         "blobs" => blobs::run(ctx, &plan.blobs, &plan.redis(b), b.dir.path()).await,
         "bitfield" => bitfield::run(ctx, &plan.bitfield, &plan.redis(b), b.dir.path()).await,
@@ -553,6 +561,7 @@ mod tests {
             "ratelimit",
             "fanout",
             "list",
+            "stats",
             "cluster",
             "blobs",
             "bitfield",

@@ -516,6 +516,7 @@ mod tests {
         all.extend(crate::fanout::examples());
         all.extend(crate::queries::examples());
         all.extend(crate::list::examples());
+        all.extend(crate::counts::examples());
         all.extend(crate::cluster::examples());
         all.extend(crate::blobs::examples());
         all.extend(crate::bitfield::examples());
@@ -578,6 +579,8 @@ mod tests {
             ("query-stream.rss", Pass),
             ("list.failed_p99", Pass),
             ("list.failed_p50", Info),
+            ("stats.count_p99", Pass),
+            ("stats.stats_p99", Pass),
             ("cluster.cmds_sync", Info),
             ("cluster.cmds_async", Pass),
             ("cluster.cmds_queue", Info),

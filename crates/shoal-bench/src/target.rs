@@ -137,6 +137,13 @@ pub static TARGETS: &[Target] = targets! {
          (`GET /v1/invocations?function=F&status=failed&limit=50`), p99";
     "list.failed_p50"    10  Reported                  0.0  Ms
         "The same list, median";
+    "stats.count_p99"    14  AtMost                  200.0  Ms
+        "Count invocations among 1,000,000 stored records (`GET /v1/invocations/count`: all, \
+         failed, one function, a range off minute edges, failed of one function in it), the \
+         slowest variant's p99";
+    "stats.stats_p99"    14  AtMost                  200.0  Ms
+        "Invocation stats over the same records (`GET /v1/stats`: a day in 5-minute steps, a \
+         week in hours), the slower one's p99";
     "cluster.cmds_sync"  11  Reported                  0.0  Cmds
         "Redis commands per sync invocation: commands the node sent (an EVALSHA counts once), \
          from a counting proxy; with the calls inside scripts, from `INFO commandstats`";
@@ -387,7 +394,7 @@ mod tests {
             let last = TARGETS[..i].iter().rposition(|u| u.phase() == t.phase());
             assert!(last.is_none_or(|j| j == i - 1), "{} is apart", t.id);
         }
-        assert_eq!(phases().len(), 20);
+        assert_eq!(phases().len(), 21);
         assert_eq!(phases()[0], "latency");
     }
 
@@ -405,6 +412,7 @@ mod tests {
         assert_eq!(text("fanout.fanin"), "≤ 60 s");
         assert_eq!(text("queries.ray"), "measured");
         assert_eq!(text("list.failed_p99"), "≤ 50 ms");
+        assert_eq!(text("stats.count_p99"), "≤ 200 ms");
     }
 
     #[test]

@@ -38,6 +38,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ),
     ("GET", "/v1/invocations/{id}", Some(Role::Reader)),
     ("GET", "/v1/invocations/{id}/logs", Some(Role::Reader)),
+    ("POST", "/v1/invocations/{id}/replay", Some(Role::Invoker)),
     ("GET", "/v1/invocations", Some(Role::Reader)),
     ("GET", "/v1/functions/{name}/logs", Some(Role::Reader)),
     ("GET", "/v1/stats", Some(Role::Reader)),
@@ -190,7 +191,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 87);
+    assert_eq!(listed.len(), 88);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

@@ -788,13 +788,27 @@ impl Handle {
     /// `id`: of the function's live version, or with `same_version` of the
     /// version that ran it. Returns the new invocation's id.
     pub async fn replay(&self, id: &str, same_version: bool) -> Result<String> {
+        self.replay_by(&crate::auth::Origin::default(), id, same_version)
+            .await
+    }
+
+    /// [`replay`](Self::replay) for `origin`: the new invocation names the
+    /// token and user that replayed it (not the original's).
+    pub async fn replay_by(
+        &self,
+        origin: &crate::auth::Origin,
+        id: &str,
+        same_version: bool,
+    ) -> Result<String> {
         let r = self.dispatcher.invocation(id).await?;
         let target = if same_version {
             format!("{}@{}", r.function, r.version)
         } else {
             r.function.to_string()
         };
-        self.dispatcher.invoke_async(&target, r.input).await
+        self.dispatcher
+            .invoke_async_by(origin, &target, r.input)
+            .await
     }
 
     /// Invocations the list's indexes cannot answer alone: failed or timed

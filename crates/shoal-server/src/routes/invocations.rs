@@ -192,7 +192,7 @@ pub(crate) struct ReplayParams {
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn replay(
-    _: Auth<Invoker>,
+    auth: Auth<Invoker>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     params: Result<Query<ReplayParams>, QueryRejection>,
@@ -207,7 +207,7 @@ pub(crate) async fn replay(
             )));
         }
     };
-    let new_id = state.handle.replay(&id, same).await?;
+    let new_id = state.handle.replay_by(&auth.origin(), &id, same).await?;
     let mut resp = (
         StatusCode::ACCEPTED,
         Json(Accepted {

@@ -552,4 +552,23 @@ async fn deploys_and_invocations_name_their_token_and_user() {
         .json();
     assert_eq!(list["invocations"][0]["user"], "ana");
     assert_eq!(list["invocations"][0]["token"], tid.as_str());
+
+    // A replay names who replayed it: here the admin's token, of no user.
+    let r = app
+        .call(
+            "POST",
+            &format!("/v1/invocations/{id}/replay"),
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let again = r.json()["id"].as_str().unwrap().to_string();
+    let shown = app
+        .call("GET", &format!("/v1/invocations/{again}"), None, vec![])
+        .await
+        .json();
+    assert!(shown["token"].is_string(), "{shown}");
+    assert_ne!(shown["token"], tid.as_str());
+    assert_eq!(shown.get("user"), None, "{shown}");
 }

@@ -1010,7 +1010,7 @@ impl Dispatcher {
         // the record and plain acks, the record and the acks are one store
         // step where the store has one.
         let put_logs = (!logs.is_empty()).then(|| backend.invocations.put_logs(&id, logs));
-        let followed = record.status.is_final() && self.outcomes.any();
+        let followed = self.outcomes.follow(&record);
         let (put, finish, caused, settled) = match queue {
             Some(q) if record.job.is_none() && only_acks && !followed => {
                 let ids = settlements.into_iter().map(|(id, _)| id).collect();

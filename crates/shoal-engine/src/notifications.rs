@@ -957,16 +957,32 @@ impl Notifications {
     }
 }
 
+/// The event an invocation's final status is, if any.
+fn outcome_kind(status: InvocationStatus) -> Option<&'static str> {
+    match status {
+        InvocationStatus::Succeeded => Some("invocation.succeeded"),
+        InvocationStatus::Failed | InvocationStatus::TimedOut => Some("invocation.failed"),
+        _ => None,
+    }
+}
+
 impl OutcomeSink for Notifications {
+    fn follows(&self, record: &InvocationRecord) -> bool {
+        let Some(kind) = outcome_kind(record.status) else {
+            return false;
+        };
+        self.channels.feeds.wants_any(EVENTS_CHANNEL)
+            || self
+                .current()
+                .iter()
+                .any(|s| s.wants(kind, Some(record.function.as_str())))
+    }
+
     fn finished(
         &self,
         record: &InvocationRecord,
     ) -> Option<BoxFuture<'static, std::result::Result<(), String>>> {
-        let kind = match record.status {
-            InvocationStatus::Succeeded => "invocation.succeeded",
-            InvocationStatus::Failed | InvocationStatus::TimedOut => "invocation.failed",
-            _ => return None,
-        };
+        let kind = outcome_kind(record.status)?;
         let at = record.finished_at_ms.unwrap_or(record.created_at_ms);
         let error = record.error.as_ref().map(|e| {
             serde_json::json!({

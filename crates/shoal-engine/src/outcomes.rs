@@ -20,6 +20,14 @@ use shoal_store::InvocationRecord;
 
 /// Something that follows finished invocations.
 pub trait OutcomeSink: Send + Sync + 'static {
+    /// Whether this sink would do anything for `record` (a cheap look at
+    /// its settings in memory, no I/O). When no sink follows a record, its
+    /// write and its messages' acknowledgement stay one store step.
+    fn follows(&self, record: &InvocationRecord) -> bool {
+        let _ = record;
+        true
+    }
+
     /// Issues, in call order, whatever this outcome causes; the future
     /// resolves when that is durable (`Err` says what failed). Called only
     /// for records whose status is final, possibly more than once for one
@@ -43,13 +51,15 @@ impl Outcomes {
             .push(sink);
     }
 
-    /// True when any sink is registered.
-    pub(crate) fn any(&self) -> bool {
-        !self
-            .sinks
-            .read()
-            .expect("outcome sinks lock poisoned")
-            .is_empty()
+    /// True when `record` is final and a sink follows it.
+    pub(crate) fn follow(&self, record: &InvocationRecord) -> bool {
+        record.status.is_final()
+            && self
+                .sinks
+                .read()
+                .expect("outcome sinks lock poisoned")
+                .iter()
+                .any(|s| s.follows(record))
     }
 
     /// Hands a final record to every sink; `None` when none had anything

@@ -295,7 +295,8 @@ async fn unknown_routes_and_methods() {
     #[rustfmt::skip]
     let cases: Vec<Case> = vec![
         case("GET", "/v1/nothing-here", None, "", 404, r, doc),
-        case("GET", "/", None, "", 404, r, doc),
+        // (GET / redirects to the dashboard: ui.rs.)
+        case("POST", "/", None, "", 404, r, doc),
         case("GET", "/v2/functions", None, "", 404, r, doc),
         case("GET", "/v1/functions/ok/history", None, "", 404, r, doc),
         case("POST", "/v1/categories/cat/docs/x/y", JSON, "{}", 404, r, doc),

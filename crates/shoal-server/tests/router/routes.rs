@@ -21,6 +21,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("DELETE", "/v1/functions/{name}", Some(Role::Developer)),
     ("POST", "/v1/functions/{name}/invoke", Some(Role::Invoker)),
     ("GET", "/v1/functions/{name}/versions", Some(Role::Reader)),
+    ("GET", "/v1/functions/{name}/files", Some(Role::Reader)),
     (
         "POST",
         "/v1/functions/{name}/rollback",
@@ -191,7 +192,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 88);
+    assert_eq!(listed.len(), 97);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

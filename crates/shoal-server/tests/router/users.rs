@@ -572,3 +572,34 @@ async fn deploys_and_invocations_name_their_token_and_user() {
     assert_ne!(shown["token"], tid.as_str());
     assert_eq!(shown.get("user"), None, "{shown}");
 }
+
+/// A function's own `[[route]]` admits a scoped token only when its scopes
+/// name the function, and the call records the token.
+#[tokio::test]
+async fn function_routes_check_scopes_and_record_the_caller() {
+    let app = App::new().await;
+    for name in ["resize-png", "billing"] {
+        let manifest =
+            format!("name = \"{name}\"\n[[route]]\nmethod = \"POST\"\npath = \"/{name}\"\n");
+        app.deploy_ok(&manifest).await;
+    }
+    let (tid, scoped) = token(
+        &app,
+        json!({"role": "invoker", "scopes": ["function:resize-*"]}),
+    )
+    .await;
+    let r = call_bearer(&app, &scoped, "POST", "/resize-png", JSON, b"{}".to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.headers["shoal-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let shown = app
+        .call("GET", &format!("/v1/invocations/{id}"), None, vec![])
+        .await
+        .json();
+    assert_eq!(shown["token"], tid.as_str());
+    let r = call_bearer(&app, &scoped, "POST", "/billing", JSON, b"{}".to_vec()).await;
+    check(&r, 403, "forbidden", "function:billing").unwrap();
+    assert!(app.runtime.calls_of("billing").is_empty());
+}

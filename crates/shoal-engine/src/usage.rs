@@ -12,8 +12,8 @@
 //!   refuses with [`Error::BudgetExceeded`]. A token's spend is cached for
 //!   a second per node, so work admitted in that second (and work already
 //!   running) may pass the limit by a little. At `notify_at` × limit the
-//!   `budget.reached` event is emitted once per period (an absent-only KV
-//!   write decides which node emits it).
+//!   `budget.reached` event is emitted through `Notifications::emit` once
+//!   per period (an absent-only KV write decides which node emits it).
 //! - Counts: exact, from the rollups for the whole minutes of the range and
 //!   the invocation indexes for its edge minutes and for records not final
 //!   yet. Records removed by the retention sweep stay counted (rollups
@@ -728,14 +728,12 @@ impl UsageService {
             .kv_set(&key, b"1".to_vec(), Some(ttl), KvCondition::Absent, now)
             .await;
         if let Ok(shoal_store::KvSet::Written(_)) = claimed {
-            emit_budget_reached(&self.env, v);
+            emit_budget_reached(&self.env, v).await;
         }
     }
 }
 
-/// The `budget.reached` event. Notifications (issue 14's NOTIFY part) are
-/// not wired here yet: the event is logged, and the data is built so
-/// that wiring it is one call.
+/// The data of a `budget.reached` event.
 pub(crate) fn budget_event(v: &BudgetView) -> serde_json::Value {
     serde_json::json!({
         "token": v.token,
@@ -750,9 +748,23 @@ pub(crate) fn budget_event(v: &BudgetView) -> serde_json::Value {
     })
 }
 
-fn emit_budget_reached(_env: &Env, v: &BudgetView) {
+/// Emits `budget.reached` through the notifications (webhooks and the
+/// `_events` channel), keyed by token and period so it notifies once.
+async fn emit_budget_reached(env: &Env, v: &BudgetView) {
     let data = budget_event(v);
-    tracing::warn!(event = "budget.reached", %data, "a token reached its budget threshold");
+    tracing::info!(event = "budget.reached", %data, "a token reached its budget threshold");
+    let Some(notifications) = env.notifications() else {
+        return;
+    };
+    let event = crate::notifications::Event {
+        kind: "budget.reached".to_string(),
+        data,
+        function: None,
+        key: Some(format!("budget.reached:{}:{}", v.token, v.period_start_ms)),
+    };
+    if let Err(e) = notifications.emit(event).await {
+        tracing::warn!(token = %v.token, error = %e, "budget.reached was not emitted");
+    }
 }
 
 /// Splits `[lo, hi)` (whole minutes) into spans of the coarsest grains
@@ -764,12 +776,12 @@ fn split(lo: u64, hi: u64, grains: &[Grain], out: &mut Vec<(Grain, u64, u64)>) {
     let Some((&coarse, finer)) = grains.split_last() else {
         return;
     };
+    if finer.is_empty() {
+        out.push((coarse, lo, hi));
+        return;
+    }
     let (a, b) = (ceil(lo, coarse.ms()), floor(hi, coarse.ms()));
-    if finer.is_empty() || a < b {
-        if finer.is_empty() {
-            out.push((coarse, lo, hi));
-            return;
-        }
+    if a < b {
         split(lo, a, finer, out);
         out.push((coarse, a, b));
         split(b, hi, finer, out);

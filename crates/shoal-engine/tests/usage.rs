@@ -412,3 +412,76 @@ async fn invocations_of_a_token_past_its_budget_are_refused() {
         .unwrap();
     node.stop().await;
 }
+
+/// At `notify_at` × limit, `budget.reached` goes out once per period
+/// through the notifications (a webhook here).
+#[tokio::test(start_paused = true)]
+async fn the_threshold_notifies_once_per_period() {
+    let data = tempfile::tempdir().unwrap();
+    let backend = memory();
+    let hook = shoal_engine::RecordingWebhook::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let engine = shoal_engine::start_with(shoal_engine::Parts {
+        opts: shoal_engine::Options::new(data.path().to_path_buf()),
+        backend: backend.clone(),
+        runtime: Arc::new(shoal_runtime::fake::FakeRuntime::new()),
+        clock: Arc::new(shoal_engine::TokioClock::starting_at(BASE_MS)),
+        random: None,
+        shutdown: shutdown.clone(),
+        webhook: Some(Arc::new(hook.clone())),
+    })
+    .await
+    .unwrap();
+    engine
+        .put_notification(
+            "ops",
+            shoal_engine::NotificationSpec {
+                url: "http://hooks.test/ops".to_string(),
+                events: Some(vec!["budget.reached".to_string()]),
+                functions: Vec::new(),
+                secret: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (token, _) = engine
+        .create_token(Role::Invoker, "ci", Vec::new())
+        .await
+        .unwrap();
+    let budget = Budget {
+        period: BudgetPeriod::Month,
+        limit: 1.0,
+        unit: BudgetUnit::GbS,
+        notify_at: Some(0.5),
+        enforce: false,
+    };
+    engine.usage().set_budget(&token.id, budget).await.unwrap();
+    engine.usage().admit(Some(&token.id)).await.unwrap();
+    let mut r = record("half", "f", InvocationStatus::Succeeded, BASE_MS);
+    r.token = Some(token.id.clone());
+    r.billed_gb_s = 0.6;
+    backend.invocations.put_invocations(vec![r]).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        engine.usage().admit(Some(&token.id)).await.unwrap();
+    }
+    let mut requests = Vec::new();
+    for _ in 0..1_000 {
+        requests = hook.requests();
+        if !requests.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let requests_after = hook.requests();
+    assert_eq!(requests_after.len(), 1, "{requests_after:?}");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(body["type"], "budget.reached", "{body}");
+    assert_eq!(body["data"]["token"], token.id.as_str(), "{body}");
+    assert!(
+        (body["data"]["spent"].as_f64().unwrap() - 0.6).abs() < 1e-9,
+        "{body}"
+    );
+    shutdown.cancel();
+}

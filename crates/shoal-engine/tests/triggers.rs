@@ -410,3 +410,140 @@ async fn a_bad_trigger_is_refused_saying_what_to_fix() {
         );
     }
 }
+
+/// The memory store's queues, except that the first acknowledgement of a
+/// trigger's changes is lost (as when a node dies right after queueing a
+/// batch's run): the changes are delivered again once their lease lapses.
+struct LoseFirstTriggerAck {
+    inner: Arc<dyn shoal_store::Queues>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl shoal_store::Queues for LoseFirstTriggerAck {
+    fn send(
+        &self,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> shoal_store::Pending<Vec<Option<String>>> {
+        self.inner.send(queue, messages)
+    }
+    fn lease_keyed(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+        visibility_ms: u64,
+        limit: Option<&shoal_store::KeyLimit>,
+    ) -> shoal_store::Pending<shoal_store::Leased> {
+        self.inner
+            .lease_keyed(queue, now_ms, max, visibility_ms, limit)
+    }
+    fn extend(&self, queue: &str, id: &str, lease_until_ms: u64) -> shoal_store::Pending<()> {
+        self.inner.extend(queue, id, lease_until_ms)
+    }
+    fn ack(&self, queue: &str, ids: Vec<String>) -> shoal_store::Pending<()> {
+        if queue.starts_with("_trigger.")
+            && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Box::pin(async { Ok(()) });
+        }
+        self.inner.ack(queue, ids)
+    }
+    fn nack(&self, queue: &str, id: &str, due_ms: u64) -> shoal_store::Pending<()> {
+        self.inner.nack(queue, id, due_ms)
+    }
+    fn started(&self, queue: &str, ids: Vec<String>) -> shoal_store::Pending<()> {
+        self.inner.started(queue, ids)
+    }
+    fn depth(&self, queue: &str) -> shoal_store::Pending<shoal_store::QueueDepth> {
+        self.inner.depth(queue)
+    }
+    fn counters(&self, queue: &str) -> shoal_store::Pending<shoal_store::QueueCounters> {
+        self.inner.counters(queue)
+    }
+    fn dead_letter(
+        &self,
+        queue: &str,
+        id: &str,
+        reason: String,
+        now_ms: u64,
+    ) -> shoal_store::Pending<()> {
+        self.inner.dead_letter(queue, id, reason, now_ms)
+    }
+    fn dead_letters(
+        &self,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> shoal_store::Pending<Vec<shoal_store::DeadLetter>> {
+        self.inner.dead_letters(queue, after, limit)
+    }
+    fn redrive(
+        &self,
+        queue: &str,
+        ids: Option<Vec<String>>,
+        now_ms: u64,
+    ) -> shoal_store::Pending<u64> {
+        self.inner.redrive(queue, ids, now_ms)
+    }
+    fn purge_dead(&self, queue: &str, ids: Option<Vec<String>>) -> shoal_store::Pending<u64> {
+        self.inner.purge_dead(queue, ids)
+    }
+    fn purge(&self, queue: &str) -> shoal_store::Pending<u64> {
+        self.inner.purge(queue)
+    }
+    fn record_samples(
+        &self,
+        samples: Vec<(String, shoal_store::QueueSample)>,
+        keep_after_ms: u64,
+    ) -> shoal_store::Pending<()> {
+        self.inner.record_samples(samples, keep_after_ms)
+    }
+    fn samples(
+        &self,
+        queue: &str,
+        since_ms: u64,
+    ) -> shoal_store::Pending<Vec<shoal_store::QueueSample>> {
+        self.inner.samples(queue, since_ms)
+    }
+}
+
+/// A batch whose run was queued but whose changes were not acknowledged
+/// (the node died in between) comes back whole after its lease: it names
+/// the same invocation, which is not queued again.
+#[tokio::test(start_paused = true)]
+async fn a_batch_delivered_again_whole_runs_once() {
+    let mut backend = Backend::from_adapter(Arc::new(MemoryStore::new()));
+    backend.queues = Arc::new(LoseFirstTriggerAck {
+        inner: backend.queues.clone(),
+        lost: Default::default(),
+    });
+    let node = Node::with(None, backend.clone()).await;
+    node.deploy(DOCS_SINK).await;
+    node.engine
+        .write_docs("photos", vec![doc("a", json!(1)), doc("b", json!(2))])
+        .await
+        .unwrap();
+    node.pass(secs(2)).await;
+    assert_eq!(node.fake.calls_of("sink").len(), 1);
+    // The changes are still there, leased: they come back after the window
+    // and the lease margin (30 s), form the same batch, and run nothing new.
+    let depth = backend
+        .queues
+        .depth("_trigger.sink.0.photos")
+        .await
+        .unwrap();
+    assert_eq!(depth.in_flight, 1, "{depth:?}");
+    node.pass(secs(60)).await;
+    assert_eq!(node.fake.calls_of("sink").len(), 1, "run twice");
+    let depth = backend
+        .queues
+        .depth("_trigger.sink.0.photos")
+        .await
+        .unwrap();
+    assert_eq!(
+        (depth.waiting, depth.in_flight),
+        (0, 0),
+        "acknowledged the second time: {depth:?}"
+    );
+}

@@ -310,18 +310,54 @@ class Client:
     # ------------------------------------------------------------------ tokens
 
     def create_token(
-        self, role: str, name: Optional[str] = None, channels: Optional[List[str]] = None
+        self,
+        role: str,
+        name: Optional[str] = None,
+        channels: Optional[List[str]] = None,
+        user: Optional[str] = None,
+        scopes: Optional[List[str]] = None,
     ) -> Dict[str, Any]:
         """Creates an API token (admin only): ``role`` is ``reader``,
-        ``invoker``, ``developer`` or ``admin``. ``channels`` (e.g.
-        ``["subscribe:board.*"]``) limits it to those channel actions. The
-        answer's ``token`` is the secret, shown only this once."""
+        ``invoker``, ``developer`` or ``admin``. ``user`` makes it that
+        user's token (its role at most the user's). ``scopes`` (e.g.
+        ``["function:resize-*", "channel:subscribe:board.*"]``) limit it to
+        the resources they name; ``channels`` (``["subscribe:board.*"]``) is
+        the older form of channel scopes. The answer's ``token`` is the
+        secret, shown only this once."""
         body: Dict[str, Any] = {"role": role}
         if name is not None:
             body["name"] = name
         if channels:
             body["channels"] = list(channels)
+        if user is not None:
+            body["user"] = user
+        if scopes:
+            body["scopes"] = list(scopes)
         return self._json("POST", "/v1/tokens", body)
+
+    # ------------------------------------------------------------------ users
+
+    def create_user(self, name: str, role: str) -> Dict[str, Any]:
+        """Adds a user with a role, the most any of its tokens may have
+        (admin only)."""
+        return self._json("POST", "/v1/users", {"name": name, "role": role})
+
+    def users(self) -> List[Dict[str, Any]]:
+        """Every user with its tokens (admin only)."""
+        return self._json("GET", "/v1/users")["users"]
+
+    def user(self, name: str) -> Dict[str, Any]:
+        """A user with its tokens (admin only)."""
+        return self._json("GET", f"/v1/users/{_seg(name)}")
+
+    def set_user_role(self, name: str, role: str) -> Dict[str, Any]:
+        """Changes a user's role; its tokens act with at most the new one."""
+        return self._json("PATCH", f"/v1/users/{_seg(name)}", {"role": role})
+
+    def delete_user(self, name: str) -> Dict[str, Any]:
+        """Removes a user and revokes its tokens; answers
+        ``{"deleted": true, "revoked_tokens": [...]}``."""
+        return self._json("DELETE", f"/v1/users/{_seg(name)}")
 
     def tokens(self) -> List[Dict[str, Any]]:
         """Every token, without secrets (admin only)."""

@@ -225,6 +225,30 @@ class ClientTest(unittest.TestCase):
             reader.functions()
         self.assertEqual(cm.exception.code, "unauthorized")
 
+    def test_users_and_scoped_tokens(self) -> None:
+        name = f"py-user-{uuid.uuid4().hex[:8]}"
+        made = self.client.create_user(name, "invoker")
+        self.assertEqual((made["name"], made["role"]), (name, "invoker"))
+        tok = self.client.create_token(
+            "invoker", name="py-scoped", user=name, scopes=["function:py-echo"]
+        )
+        scoped = Client(URL, tok["token"])
+        self.assertEqual([f["name"] for f in scoped.functions()], ["py-echo"])
+        with self.assertRaises(ShoalError) as cm:
+            scoped.tokens()
+        self.assertEqual((cm.exception.status, cm.exception.code), (403, "forbidden"))
+        with self.assertRaises(ShoalError) as cm:
+            self.client.create_token("admin", user=name)
+        self.assertEqual(cm.exception.code, "invalid_input")
+        self.assertIn(name, [u["name"] for u in self.client.users()])
+        self.assertEqual([t["id"] for t in self.client.user(name)["tokens"]], [tok["id"]])
+        self.assertEqual(self.client.set_user_role(name, "reader")["role"], "reader")
+        gone = self.client.delete_user(name)
+        self.assertEqual(gone["revoked_tokens"], [tok["id"]])
+        with self.assertRaises(ShoalError) as cm:
+            scoped.functions()
+        self.assertEqual(cm.exception.code, "unauthorized")
+
     # ------------------------------------------------------------ functions
 
     def test_pack_dir_is_deterministic_and_skips_junk(self) -> None:

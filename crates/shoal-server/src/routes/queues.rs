@@ -113,12 +113,18 @@ pub(crate) async fn remove(
     params(("name" = String, Path)), request_body = SendRequest,
     responses((status = 200, body = Sent), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn send(
-    _: Auth<Invoker>,
+    auth: Auth<Invoker>,
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> Result<Json<Sent>, ApiError> {
     let Json(req) = body?;
+    // New work: refused past the token's enforced budget.
+    state
+        .handle
+        .usage()
+        .admit(auth.origin().token.as_deref())
+        .await?;
     let messages = match req {
         SendRequest::Batch { messages } => messages,
         SendRequest::One(m) => vec![m],

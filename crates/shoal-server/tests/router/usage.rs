@@ -230,3 +230,38 @@ async fn prices_and_budgets() {
     )
     .await;
 }
+
+/// A token past its enforced budget (a limit of 0 is past at once) gets
+/// 429 `budget_exceeded` where it starts work: invocations, sync and
+/// async, and queue sends; other tokens do not.
+#[tokio::test]
+async fn a_token_past_its_budget_starts_no_work() {
+    let app = App::seeded().await;
+    let id = token_id(&app, "invoker").await;
+    let r = app
+        .call(
+            "PUT",
+            &format!("/v1/tokens/{id}/budget"),
+            JSON,
+            br#"{"period":"day","limit":0,"unit":"gb_s","enforce":true}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["exceeded"], true, "{}", r.text);
+    let invoker = Caller::As(Role::Invoker);
+    for (path, body) in [
+        ("/v1/functions/ok/invoke", "{}"),
+        ("/v1/functions/ok/invoke?mode=async", "{}"),
+        ("/v1/queues/measured/messages", r#"{"body": 1}"#),
+    ] {
+        let r = app
+            .call_as(invoker, "POST", path, JSON, body.as_bytes().to_vec())
+            .await;
+        check(&r, 429, "budget_exceeded", "resets at").unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    // The admin's work goes on.
+    let r = app
+        .call("POST", "/v1/functions/ok/invoke", JSON, b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

@@ -16,11 +16,18 @@ use crate::error::ApiError;
 #[utoipa::path(get, path = "/v1/triggers", tag = "triggers",
     responses((status = 200, body = TriggerList)))]
 pub(crate) async fn list(
-    _: Auth<Reader>,
+    auth: Auth<Reader>,
     State(state): State<AppState>,
 ) -> Result<Json<TriggerList>, ApiError> {
     Ok(Json(TriggerList {
-        items: state.handle.triggers().into_iter().map(view).collect(),
+        items: state
+            .handle
+            .triggers()
+            .into_iter()
+            // A scoped token sees the triggers of its functions.
+            .filter(|t| auth.allows(shoal_engine::Resource::Function(&t.function)))
+            .map(view)
+            .collect(),
     }))
 }
 

@@ -63,4 +63,30 @@ async fn triggers_are_listed_with_their_settings() {
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("needs `category`"), "{}", r.text);
+
+    // A token scoped to other functions sees none of them.
+    let r = app
+        .call(
+            "POST",
+            "/v1/tokens",
+            Some("application/json"),
+            serde_json::json!({"role": "reader", "scopes": ["function:other*"]})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let secret = r.json()["token"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {secret}");
+    let r = app
+        .call_with(
+            Caller::Nobody,
+            "GET",
+            "/v1/triggers",
+            &[("authorization", bearer.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), serde_json::json!({"items": []}));
 }

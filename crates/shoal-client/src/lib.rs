@@ -176,6 +176,22 @@ impl Client {
         .await
     }
 
+    /// The files of a version as deployed (the live one by default): the
+    /// text of each UTF-8 file up to 1 MiB, the size of every file.
+    pub async fn function_files(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<shoal_protocol::FunctionFilesView> {
+        let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        self.json(
+            Method::GET,
+            &format!("/v1/functions/{}/files{query}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// Makes `version` (by default the one before the live one) live;
     /// returns the version now live.
     pub async fn rollback(&self, name: &str, version: Option<u64>) -> Result<FunctionView> {

@@ -166,22 +166,24 @@ async fn the_dashboard_runs_the_platform_from_a_browser() {
         result["deployed"]["version"],
         "{name}"
     );
-    let files: Value = serde_json::from_str(
-        &c.get_text(&format!("/v1/functions/{name}/files"))
-            .await
-            .expect("files"),
-    )
-    .unwrap();
-    let main = files["files"]
-        .as_array()
-        .unwrap()
+    // (Version 1's code, read back through the client.)
+    let files = c.function_files(name, Some(1)).await.expect("files");
+    let main = files
+        .files
         .iter()
-        .find(|f| f["path"] == "main.py")
+        .find(|f| f.path == "main.py")
         .expect("main.py");
     assert!(
-        main["text"].as_str().unwrap().contains(marker),
-        "{}",
-        main["text"]
+        main.text.as_deref().unwrap_or("").contains(marker),
+        "{:?}",
+        main.text
+    );
+    assert_eq!(
+        c.function_files(name, None)
+            .await
+            .expect("live files")
+            .version,
+        1
     );
 
     // Version 2 deployed from the page, then version 1 made live again.

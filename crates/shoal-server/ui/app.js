@@ -445,7 +445,7 @@ views.overview = async (main, ctx) => {
       card("Duration p99", dur(m.p99all), "last hour", "ov-p99"),
       card("GB-s today", m.gbs == null ? "—" : num(m.gbs, 3), "since local midnight", "ov-gbs"),
       card("Functions", num(functions.functions.length), "", "ov-functions"),
-      node && node.data_dir_bytes != null ? card("Disk", bytes(node.data_dir_bytes), num(node.invocations) + " records kept" + (node.retain_seconds ? ", " + Math.round(node.retain_seconds / 86400) + " d retention" : ""), "ov-disk") : null);
+      node && node.data_dir_bytes != null ? card("Disk", bytes(node.data_dir_bytes), num(node.invocations) + " records kept" + (node.retain_seconds ? ", retention " + span(node.retain_seconds * 1000) : ""), "ov-disk") : null);
   }
   draw();
   const t = m.t.map((x) => x / 1000);
@@ -936,7 +936,7 @@ views.usage = async (main, ctx) => {
     h("label", {}, "group by", f.group_by), h("label", {}, "since", f.since), h("label", {}, "until", f.until), h("button", {}, "Show")));
   const node = await api("GET", "/v1/stats").catch(() => null);
   if (node && node.data_dir_bytes != null) add(main, h("div", { class: "cards" }, card("Data directory", bytes(node.data_dir_bytes), "store, code, environments"),
-    card("Invocation records", num(node.invocations)), card("Retention", node.retain_seconds ? Math.round(node.retain_seconds / 86400) + " days" : "kept until removed")));
+    card("Invocation records", num(node.invocations)), card("Retention", node.retain_seconds ? span(node.retain_seconds * 1000) : "kept until removed")));
   try {
     const u = await api("GET", "/v1/usage" + qs({ group_by: group, since, until }));
     const cur = (u.prices && u.prices.currency) || "";
@@ -1062,7 +1062,7 @@ views.nodes = async (main, ctx) => {
     fill(box, h("div", { class: "cards" },
       health ? card("This node", health.status, `version ${health.version} · sandbox ${health.sandbox}`) : null,
       stats && stats.data_dir_bytes != null ? card("Data directory", bytes(stats.data_dir_bytes), num(stats.invocations) + " invocation records") : null,
-      stats && stats.data_dir_bytes != null ? card("Retention", stats.retain_seconds ? Math.round(stats.retain_seconds / 3600) + " h" : "none") : null),
+      stats && stats.data_dir_bytes != null ? card("Retention", stats.retain_seconds ? span(stats.retain_seconds * 1000) : "none") : null),
     table(["id", "address", "state", "version", "running", "workers", "load", "started", "last seen"], nodes.nodes.map((n) => h("tr", {},
       h("td", { class: "mono" }, n.id, n.this ? " (this)" : ""), h("td", {}, n.address), h("td", {}, status(n.state)), h("td", {}, n.version),
       h("td", { class: "num" }, n.running), h("td", { class: "num" }, n.workers), h("td", { class: "num" }, n.load == null ? "—" : n.load.toFixed(2)),

@@ -27,8 +27,14 @@ pub struct Search {
     pub failed: bool,
     /// Text to find (case-insensitive) in the logs, event, output or error.
     pub text: Option<String>,
-    /// Records looked at, at most, when `text` is set (1..=MAX_SCAN).
+    /// Records looked at, at most, when `text`, `token` or `user` is set
+    /// (1..=MAX_SCAN).
     pub scan: usize,
+    /// Only invocations started by this token (id), or by its origin's:
+    /// not indexed, so found by the same bounded scan as `text`.
+    pub token: Option<String>,
+    /// Only invocations started by a token of this user (a bounded scan).
+    pub user: Option<String>,
 }
 
 /// A page of a search.
@@ -45,13 +51,18 @@ pub(crate) async fn search(
     after: Option<&InvocationCursor>,
     limit: usize,
 ) -> Result<Found> {
-    let Some(text) = s.text.as_deref().filter(|t| !t.is_empty()) else {
+    let text = s.text.as_deref().filter(|t| !t.is_empty());
+    if text.is_none() && s.token.is_none() && s.user.is_none() {
         return Ok(Found {
             page: list(backend, s, after, limit).await?,
             scanned: None,
         });
+    }
+    let needle = text.map(str::to_lowercase);
+    let started_by = |r: &InvocationRecord| {
+        s.token.as_ref().is_none_or(|t| r.token.as_ref() == Some(t))
+            && s.user.as_ref().is_none_or(|u| r.user.as_ref() == Some(u))
     };
-    let needle = text.to_lowercase();
     let budget = s.scan.clamp(1, MAX_SCAN);
     let mut scanned = 0;
     let mut found = Vec::new();
@@ -61,12 +72,18 @@ pub(crate) async fn search(
         let page = list(backend, s, cursor.as_ref(), want).await?;
         for record in page.records {
             scanned += 1;
-            let hit = matches(&record, &needle)
-                || backend
-                    .invocations
-                    .logs(&record.id)
-                    .await?
-                    .is_some_and(|l| contains(&String::from_utf8_lossy(&l), &needle));
+            let hit = started_by(&record)
+                && match &needle {
+                    None => true,
+                    Some(needle) => {
+                        matches(&record, needle)
+                            || backend
+                                .invocations
+                                .logs(&record.id)
+                                .await?
+                                .is_some_and(|l| contains(&String::from_utf8_lossy(&l), needle))
+                    }
+                };
             cursor = Some(InvocationCursor::after(&record));
             if hit {
                 found.push(record);

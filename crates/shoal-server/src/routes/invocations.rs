@@ -258,9 +258,16 @@ pub(crate) struct ListParams {
     /// A bounded scan: it looks at `scan` records at most, and `next`
     /// continues it where it stopped.
     q: Option<String>,
-    /// With `q`: records to look at, at most, 1 to 10000 (default 2000).
+    /// With `q`, `token` or `user`: records to look at, at most, 1 to
+    /// 10000 (default 2000).
     #[param(value_type = Option<u32>)]
     scan: Option<String>,
+    /// Only invocations started by this token id (or whose origin was):
+    /// not indexed, so a bounded scan like `q`.
+    token: Option<String>,
+    /// Only invocations started by a token of this user: a bounded scan
+    /// like `q`.
+    user: Option<String>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Invocations per page, 1 to 1000 (default 50).
@@ -336,6 +343,8 @@ pub(crate) async fn list(
         failed,
         text: given(&p.q).map(str::to_string),
         scan,
+        token: given(&p.token).map(str::to_string),
+        user: given(&p.user).map(str::to_string),
     };
     let found = state
         .handle

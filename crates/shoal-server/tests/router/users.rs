@@ -267,6 +267,7 @@ const FILTERED: &[&str] = &[
     "GET /v1/categories",
     "GET /v1/queues",
     "GET /v1/schedules",
+    "GET /v1/triggers",
 ];
 
 #[tokio::test]
@@ -552,6 +553,46 @@ async fn deploys_and_invocations_name_their_token_and_user() {
         .json();
     assert_eq!(list["invocations"][0]["user"], "ana");
     assert_eq!(list["invocations"][0]["token"], tid.as_str());
+
+    // The list filters by token and by user (a bounded scan, like q).
+    let r = app
+        .call("POST", "/v1/functions/f/invoke", JSON, b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let by_admin = r.headers["shoal-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let ids = |v: Value| -> Vec<String> {
+        v["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for query in [
+        "user=ana",
+        &format!("token={tid}"),
+        &format!("user=ana&token={tid}"),
+    ] {
+        let v = app
+            .call("GET", &format!("/v1/invocations?{query}"), None, vec![])
+            .await
+            .json();
+        assert_eq!(ids(v.clone()), [id.clone()], "{query}: {v}");
+        assert!(v["scanned"].as_u64().unwrap() >= 2, "{query}: {v}");
+    }
+    let v = app
+        .call("GET", "/v1/invocations?user=bo", None, vec![])
+        .await
+        .json();
+    assert!(ids(v).is_empty());
+    let all = app
+        .call("GET", "/v1/invocations", None, vec![])
+        .await
+        .json();
+    assert!(ids(all).contains(&by_admin));
 
     // A replay names who replayed it: here the admin's token, of no user.
     let r = app

@@ -525,6 +525,16 @@ async function functionView(main, ctx, name) {
   } else {
     files[0].text = files[0].text.replace("NAME", "hello-dashboard");
   }
+  if (!isNew) {
+    // The cost of 1,000 calls from recent durations (the usage part's API).
+    const est = await api("GET", `/v1/functions/${encodeURIComponent(name)}/estimate`).catch(() => null);
+    if (est && est.per_1000_calls) {
+      const e = est.per_1000_calls, b = est.based_on;
+      add($("#fn-config"), kv("per 1,000 calls", h("span", { id: "fn-estimate" },
+        e.gb_s == null ? "no finished invocation yet" : `${num(e.gb_s, 3)} GB-s` + (e.cost == null ? "" : ` ≈ ${num(e.cost, 5)} ${e.currency}`),
+        b && b.p50_ms != null ? h("span", { class: "note" }, ` (p50 ${dur(b.p50_ms)} over ${num(b.invocations)} calls, ${b.memory_mb} MB)`) : "")));
+    }
+  }
   add(main, editor(files, isNew));
   if (!isNew) {
     add(main, invokePanel(name));
@@ -701,7 +711,18 @@ views.invocations = async (main, ctx) => {
       h("td", {}, h("a", { class: "mono", href: "#/invocations/" + r.id }, r.id)), h("td", {}, r.function), h("td", {}, r.version), h("td", {}, r.mode),
       h("td", {}, status(r.status)), h("td", { class: "num" }, r.attempts), h("td", { class: "num" }, dur(r.duration_ms)), h("td", {}, when(r.created_at_ms)),
       h("td", {}, r.error_message ? (r.error_type ? r.error_type + ": " : "") + r.error_message.slice(0, 120) : ""))), "No invocation matches."));
-  add(main, form, list.el);
+  // New invocations of the filtered function (or of each function) finish
+  // while the list is open: say so, and refresh on a click.
+  const fresh = h("div", { class: "toolbar", id: "invocations-fresh" });
+  let seen = 0;
+  const names = filters.function ? [filters.function] : fns.functions.slice(0, 20).map((x) => x.name);
+  for (const n of names) {
+    ctx.on(feed("_invocations." + n, () => {
+      seen++;
+      fill(fresh, h("span", { class: "note" }, `${seen} more finished since this page loaded`), h("button", { class: "secondary", onclick: () => { seen = 0; fill(fresh); list.first(); } }, "Refresh"));
+    }));
+  }
+  add(main, form, fresh, list.el);
   await list.loaded;
 };
 
@@ -943,7 +964,23 @@ views.usage = async (main, ctx) => {
     add(main, table([group, "invocations", "failed", "GB-s", "cost"], [...u.items, { key: "total", ...u.total }].map((r) => h("tr", {},
       h("td", {}, r.key), h("td", { class: "num" }, num(r.invocations)), h("td", { class: "num" }, num(r.failed)), h("td", { class: "num" }, num(r.gb_s, 3)),
       h("td", { class: "num" }, r.cost == null ? "—" : num(r.cost, 4) + " " + cur)))));
-    if (u.prices) add(main, h("p", { class: "note" }, `Prices: ${num(u.prices.per_gb_s, 10)} ${cur} per GB-s, ${num(u.prices.per_million_invocations, 4)} per million invocations, ${num(u.prices.per_gb_month_stored, 4)} per GB-month stored.`));
+    if (u.prices) {
+      const p = u.prices;
+      const field = (label, key, value) => h("label", {}, label, h("input", { name: key, value: String(value), size: 12 }));
+      const out = h("span", { id: "prices-result" });
+      const form = h("form", { class: "filters", id: "prices", onsubmit: async (e) => {
+        e.preventDefault();
+        const get = (k) => form.querySelector(`[name="${k}"]`).value.trim();
+        try {
+          await api("PUT", "/v1/usage/prices", { currency: get("currency"), per_gb_s: Number(get("per_gb_s")),
+            per_million_invocations: Number(get("per_million_invocations")), per_gb_month_stored: Number(get("per_gb_month_stored")) });
+          route();
+        } catch (err) { fill(out, errorBox(err)); }
+      } }, field("currency", "currency", p.currency), field("per GB-s", "per_gb_s", p.per_gb_s),
+      field("per million invocations", "per_million_invocations", p.per_million_invocations),
+      field("per GB-month stored", "per_gb_month_stored", p.per_gb_month_stored), h("button", {}, "Set prices"), out);
+      add(main, h("h2", {}, "Prices (an admin sets them)"), form);
+    }
   } catch (e) {
     if (!missing(e)) throw e;
     add(main, h("p", { class: "note" }, "This node does not serve GET /v1/usage yet; the figures above are what it keeps."));

@@ -310,6 +310,11 @@ async fn the_dashboard_runs_the_platform_from_a_browser() {
         "{log}"
     );
 
+    // The price set from the page.
+    let prices: Value =
+        serde_json::from_str(&c.get_text("/v1/usage/prices").await.unwrap()).unwrap();
+    assert_eq!(prices["per_gb_s"], json!(0.5), "{prices}");
+
     for view in VIEWS {
         let name = format!("dashboard-{view}.png");
         let len = std::fs::metadata(shots.join(&name))

@@ -678,15 +678,13 @@ fn outcome_event(record: &InvocationRecord) -> String {
     .to_string()
 }
 
-impl OutcomeSink for Destinations {
-    fn finished(
-        &self,
-        record: &InvocationRecord,
-    ) -> Option<BoxFuture<'static, Result<(), String>>> {
-        if record.mode != InvocationMode::Async {
-            return None;
-        }
+impl Destinations {
+    /// The `outcome` triggers (function, index) that follow `record`.
+    fn targets(&self, record: &InvocationRecord) -> Vec<(String, usize)> {
         let mut targets = Vec::new();
+        if record.mode != InvocationMode::Async {
+            return targets;
+        }
         for name in self.functions.names() {
             let Some(d) = self.functions.latest(&name) else {
                 continue;
@@ -700,6 +698,20 @@ impl OutcomeSink for Destinations {
                 }
             }
         }
+        targets
+    }
+}
+
+impl OutcomeSink for Destinations {
+    fn follows(&self, record: &InvocationRecord) -> bool {
+        !self.targets(record).is_empty()
+    }
+
+    fn finished(
+        &self,
+        record: &InvocationRecord,
+    ) -> Option<BoxFuture<'static, Result<(), String>>> {
+        let targets = self.targets(record);
         if targets.is_empty() {
             return None;
         }

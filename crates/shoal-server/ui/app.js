@@ -929,7 +929,7 @@ views.schedules = async (main) => {
         h("td", { class: "schedule-state" }, status(s.paused ? "paused" : "active")),
         h("td", {}, h("button", { class: "secondary", "data-toggle": `${s.function}/${s.index}`, onclick: async () => {
           try { await api("POST", `${base}/${s.paused ? "resume" : "pause"}`); route(); } catch (e) { fill(out, errorBox(e)); }
-        } }, s.paused ? "Resume" : "Pause"), " ", h("button", { class: "link", onclick: () => showHistory(history, s) }, "History"), out));
+        } }, s.paused ? "Resume" : "Pause"), " ", h("button", { class: "link", "data-history": `${s.function}/${s.index}`, onclick: () => showHistory(history, s) }, "History"), out));
     }), "No schedule: add [[schedule]] to a function's shoal.toml."), history);
 };
 
@@ -938,7 +938,7 @@ async function showHistory(box, s) {
   const p = pager(async (cursor) => {
     const page = await api("GET", `/v1/schedules/${encodeURIComponent(s.function)}/${s.index}/history` + qs({ limit: 50, cursor }));
     return { rows: page.items, next: page.cursor };
-  }, (page) => table(["tick", "fired", "invocation", "node", "status"], page.rows.map((t) => h("tr", {},
+  }, (page) => table(["tick", "fired", "invocation", "node", "status"], page.rows.map((t) => h("tr", { class: "tick" },
     h("td", {}, when(t.tick_ms)), h("td", {}, when(t.fired_at_ms)), h("td", {}, t.invocation ? h("a", { class: "mono", href: "#/invocations/" + t.invocation }, t.invocation) : "—"),
     h("td", {}, t.node || "—"), h("td", {}, status(t.status))))));
   add(box, p.el);
@@ -1019,9 +1019,10 @@ views.users = async (main) => {
   const scopes = h("input", { placeholder: "scopes, comma separated", size: 30, id: "token-scopes" });
   add(main, h("h2", {}, "Tokens"), table(["id", "name", "role", "user", "scopes", "created", ""], (tokens.tokens || tokens.items || []).map((t) => h("tr", {},
     h("td", { class: "mono" }, t.id), h("td", {}, t.name), h("td", {}, t.role), h("td", {}, t.user || "—"), h("td", {}, [...(t.scopes || []), ...(t.channels || [])].join(", ") || "—"),
-    h("td", {}, when(t.created_at_ms)), h("td", {}, h("button", { class: "link", onclick: async () => {
-      try { await api("DELETE", "/v1/tokens/" + encodeURIComponent(t.id)); route(); } catch (e) { fill(created, errorBox(e)); }
-    } }, "Revoke"))))),
+    h("td", {}, when(t.created_at_ms)), h("td", {}, h("button", { class: "link", "data-budget": t.id, onclick: (e) => budgetRow(e.target.closest("tr"), t) }, "Budget"), " ",
+      h("button", { class: "link", onclick: async () => {
+        try { await api("DELETE", "/v1/tokens/" + encodeURIComponent(t.id)); route(); } catch (e) { fill(created, errorBox(e)); }
+      } }, "Revoke"))))),
   h("div", { class: "toolbar" }, name, role, user, scopes, h("button", { id: "create-token", onclick: async () => {
     const body = { name: name.value.trim() || undefined, role: role.value };
     if (user.value.trim()) body.user = user.value.trim();
@@ -1034,6 +1035,38 @@ views.users = async (main) => {
     } catch (e) { fill(created, errorBox(e)); }
   } }, "Create token")), created);
 };
+
+// A token's budget under its row: what it spent this period, and a form
+// to set (or remove) it.
+async function budgetRow(tr, t) {
+  const next = tr.nextElementSibling;
+  if (next && next.classList.contains("budget-row")) { next.remove(); return; }
+  const path = `/v1/tokens/${encodeURIComponent(t.id)}/budget`;
+  const cell = h("td", { colspan: "7" });
+  tr.after(h("tr", { class: "budget-row" }, cell));
+  let b = null;
+  try { b = await api("GET", path); } catch (e) { if (e.status !== 404) { fill(cell, errorBox(e)); return; } }
+  const sel = (name, values, v) => h("select", { name }, values.map((x) => h("option", { value: x, selected: x === v }, x)));
+  const period = sel("period", ["day", "month"], b ? b.period : "day");
+  const unit = sel("unit", ["usd", "gb_s"], b ? b.unit : "usd");
+  const limit = h("input", { name: "limit", size: 8, value: b ? String(b.limit) : "" });
+  const notify = h("input", { name: "notify_at", size: 5, value: b && b.notify_at != null ? String(b.notify_at) : "0.8" });
+  const enforce = h("input", { type: "checkbox", name: "enforce", checked: b ? b.enforce : true });
+  const out = h("span", { class: "budget-result" });
+  fill(cell,
+    h("p", { class: "note" }, b ? `Spent ${num(b.spent, 4)} of ${num(b.limit, 4)} ${b.unit} this ${b.period}${b.exceeded ? " — exceeded" : ""}; resets ${when(b.resets_at_ms)}.` : "No budget: this token's spending is not limited."),
+    h("div", { class: "toolbar" }, h("label", { class: "field" }, "period", period), h("label", { class: "field" }, "limit", limit), h("label", { class: "field" }, "unit", unit),
+      h("label", { class: "field" }, "notify at", notify), h("label", { class: "check" }, enforce, "refuse work past it"),
+      h("button", { class: "save-budget", onclick: async () => {
+        try {
+          const got = await api("PUT", path, { period: period.value, limit: Number(limit.value), unit: unit.value,
+            notify_at: notify.value.trim() ? Number(notify.value) : undefined, enforce: enforce.checked });
+          dash.last.budget = got;
+          fill(out, "saved");
+        } catch (e) { fill(out, errorBox(e)); }
+      } }, "Save budget"),
+      b ? h("button", { class: "secondary", onclick: async () => { try { await api("DELETE", path); fill(out, "removed"); } catch (e) { fill(out, errorBox(e)); } } }, "Remove") : null, out));
+}
 
 function roleSelect(id) {
   return h("select", { id }, ["reader", "invoker", "developer", "admin"].map((r) => h("option", { value: r }, r)));

@@ -88,6 +88,12 @@ async fn the_dashboard_runs_the_platform_from_a_browser() {
         "def handler(event, ctx):\n    return event\n",
     )
     .await;
+    deploy(
+        &c,
+        "name = \"pulse\"\n\n[[schedule]]\nevery = \"1s\"\n",
+        "def handler(event, ctx):\n    return 1\n",
+    )
+    .await;
     c.put_queue(
         "backlog",
         &PutQueue {
@@ -279,6 +285,20 @@ async fn the_dashboard_runs_the_platform_from_a_browser() {
             .iter()
             .any(|t| t["id"] == token["id"] && t["name"] == "ana-laptop" && t["role"] == "invoker"),
         "{ana}"
+    );
+    let budget: Value = serde_json::from_str(
+        &c.get_text(&format!(
+            "/v1/tokens/{}/budget",
+            token["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&budget["limit"], &budget["unit"], &budget["enforce"]),
+        (&json!(2.0), &json!("gb_s"), &json!(true)),
+        "{budget}"
     );
     let as_ana = node.client_with(token["secret"].as_str());
     as_ana

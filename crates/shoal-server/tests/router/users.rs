@@ -580,7 +580,7 @@ async fn deploys_and_invocations_name_their_token_and_user() {
             .call("GET", &format!("/v1/invocations?{query}"), None, vec![])
             .await
             .json();
-        assert_eq!(ids(v.clone()), [id.clone()], "{query}: {v}");
+        assert_eq!(ids(v.clone()), vec![id.clone()], "{query}: {v}");
         assert!(v["scanned"].as_u64().unwrap() >= 2, "{query}: {v}");
     }
     let v = app

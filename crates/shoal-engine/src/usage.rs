@@ -334,11 +334,14 @@ impl UsageService {
     /// The rows of `[since, until)` rounded out to whole minutes: day rows
     /// for the whole days inside, hour rows for the whole hours left, minute
     /// rows for the rest.
+    /// `function` None: the rows of every function together, or with
+    /// `each_function` every function's own rows.
     async fn gather(
         &self,
         since_ms: u64,
         until_ms: u64,
         function: Option<&str>,
+        each_function: bool,
         token: Option<&str>,
     ) -> Result<Vec<RollupRow>> {
         let mut spans = Vec::new();
@@ -355,6 +358,7 @@ impl UsageService {
                 since_ms: a,
                 until_ms: b,
                 function: function.map(str::to_string),
+                each_function,
                 token: token.map(str::to_string),
             };
             rows.extend(self.env.backend.usage.rollups(&q).await?);
@@ -371,7 +375,13 @@ impl UsageService {
         }
         let prices = self.prices().await?;
         let rows = self
-            .gather(since, until, q.function.as_deref(), q.token.as_deref())
+            .gather(
+                since,
+                until,
+                q.function.as_deref(),
+                q.group_by == Some(GroupBy::Function),
+                q.token.as_deref(),
+            )
             .await?;
         let mut groups: BTreeMap<String, UsageLine> = BTreeMap::new();
         let mut total = UsageLine {
@@ -470,6 +480,7 @@ impl UsageService {
             since_ms: since,
             until_ms: until,
             function: function.map(str::to_string),
+            each_function: false,
             token: None,
         };
         let rows = self.env.backend.usage.rollups(&q).await?;
@@ -529,7 +540,7 @@ impl UsageService {
         }
         let mut n = indexed(status, lo, m_lo).await? + indexed(status, m_hi, hi).await?;
         let rows = self
-            .gather(m_lo, m_hi, function.map(FunctionName::as_str), None)
+            .gather(m_lo, m_hi, function.map(FunctionName::as_str), false, None)
             .await?;
         for row in &rows {
             n += match status {
@@ -554,6 +565,7 @@ impl UsageService {
                 now.saturating_sub(ESTIMATE_DAYS * DAY),
                 now + 1,
                 Some(function),
+                false,
                 None,
             )
             .await?;
@@ -637,7 +649,9 @@ impl UsageService {
             Error::unavailable(format!("the budget of token {token} does not decode: {e}"))
         })?;
         let (start, end) = period(budget.period, now);
-        let rows = self.gather(start, now + 1, None, Some(token)).await?;
+        let rows = self
+            .gather(start, now + 1, None, false, Some(token))
+            .await?;
         let mut line = UsageLine::default();
         for row in &rows {
             line.add(&row.rollup);

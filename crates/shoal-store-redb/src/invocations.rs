@@ -12,7 +12,7 @@
 use std::ops::Bound;
 
 use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
-use shoal_store::usage::{Grain, Rollup, RollupQuery, RollupRow, Usage, UsageDelta};
+use shoal_store::usage::{ALL_FUNCTIONS, Grain, Rollup, RollupQuery, RollupRow, Usage, UsageDelta};
 use shoal_store::{
     Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Pending, Result,
 };
@@ -119,13 +119,8 @@ impl<'txn> IndexTables<'txn> {
             return Ok(());
         }
         let add = delta.rollup();
-        for (grain, start) in delta.buckets() {
-            let key = (
-                grain_code(grain),
-                start,
-                delta.function.as_str(),
-                delta.token.as_str(),
-            );
+        for (grain, start, function, token) in delta.rows() {
+            let key = (grain_code(grain), start, function, token);
             let mut row = match self.usage.get(key)? {
                 Some(v) => Rollup::from_bytes(v.value()),
                 None => Rollup::default(),
@@ -380,36 +375,67 @@ pub(crate) fn list(
     Ok(InvocationPage { records, next })
 }
 
-/// The rollup rows of `q` (an absent table: none yet).
+/// The rollup rows of `q` (an absent table: none yet). Rows are keyed
+/// (grain, start, function, token): one function's rows (or the rows of
+/// every function together) are read bucket by bucket, each one seek and
+/// a few rows, so a range costs its buckets, not every function's rows.
 pub(crate) fn rollups(txn: &ReadTransaction, q: &RollupQuery) -> Result<Vec<RollupRow>> {
     let table = match txn.open_table(USAGE) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(unavailable(e)),
     };
+    let mut rows = Vec::new();
     if q.since_ms >= q.until_ms {
-        return Ok(Vec::new());
+        return Ok(rows);
     }
     let g = grain_code(q.grain);
-    let range = (
-        Bound::Included((g, q.since_ms, "", "")),
-        Bound::Excluded((g, q.until_ms, "", "")),
-    );
-    let mut rows = Vec::new();
-    for e in table.range(range).map_err(unavailable)? {
-        let (k, v) = e.map_err(unavailable)?;
-        let (_, start, function, token) = k.value();
-        if q.function.as_deref().is_some_and(|w| w != function)
-            || q.token.as_deref().is_some_and(|w| w != token)
-        {
-            continue;
+    let mut take = |start: u64, function: &str, token: &str, value: &[u8]| {
+        if q.wants(function, token) {
+            rows.push(RollupRow {
+                start_ms: start,
+                function: function.to_string(),
+                token: token.to_string(),
+                rollup: Rollup::from_bytes(value),
+            });
         }
-        rows.push(RollupRow {
-            start_ms: start,
-            function: function.to_string(),
-            token: token.to_string(),
-            rollup: Rollup::from_bytes(v.value()),
-        });
+    };
+    if q.each_function {
+        let range = (
+            Bound::Included((g, q.since_ms, "", "")),
+            Bound::Excluded((g, q.until_ms, "", "")),
+        );
+        for e in table.range(range).map_err(unavailable)? {
+            let (k, v) = e.map_err(unavailable)?;
+            let (_, start, function, token) = k.value();
+            take(start, function, token, v.value());
+        }
+        return Ok(rows);
+    }
+    let want = q.function.as_deref().unwrap_or(ALL_FUNCTIONS);
+    let mut start = q.since_ms;
+    while start < q.until_ms {
+        // The first row at or after (start, want): that bucket's rows of
+        // `want`, then where the next bucket begins.
+        let mut next = None;
+        let range = (
+            Bound::Included((g, start, want, "")),
+            Bound::Excluded((g, q.until_ms, "", "")),
+        );
+        for e in table.range(range).map_err(unavailable)? {
+            let (k, v) = e.map_err(unavailable)?;
+            let (_, s, function, token) = k.value();
+            if s == start && function == want {
+                take(s, function, token, v.value());
+                continue;
+            }
+            next = Some(if s == start { s + 1 } else { s });
+            break;
+        }
+        match next {
+            Some(n) => start = n,
+            None => break,
+        }
     }
     Ok(rows)
 }

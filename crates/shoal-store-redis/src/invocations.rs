@@ -40,7 +40,7 @@
 
 use std::sync::LazyLock;
 
-use shoal_store::usage::{Rollup, RollupQuery, RollupRow, Usage};
+use shoal_store::usage::{ALL_FUNCTIONS, Rollup, RollupQuery, RollupRow, Usage};
 use shoal_store::{
     Error, InvocationCursor, InvocationFilter, InvocationPage, InvocationRecord, Invocations,
     Pending, Purged, Result, StoreHealth,
@@ -73,8 +73,9 @@ local function add_usage(w, u)
   for x in string.gmatch(u, '[^\t]+') do p[#p + 1] = x end
   for _, b in ipairs({{'m', p[1]}, {'h', p[2]}, {'d', p[3]}}) do
     local key = w .. 'use:' .. b[1] .. ':' .. b[2]
-    for j = 5, #p, 2 do
+    for j = 6, #p, 2 do
       redis.call('HINCRBY', key, p[4] .. p[j], p[j + 1])
+      redis.call('HINCRBY', key, p[5] .. p[j], p[j + 1])
     end
     redis.call('ZADD', w .. 'use:' .. b[1], b[2], b[2])
   end
@@ -134,13 +135,17 @@ pub(crate) fn invocation_args(record: &InvocationRecord) -> Result<Vec<Vec<u8>>>
 }
 
 /// The usage delta of a final record for [`PUT_INVOCATION_LUA`]
-/// (`MINUTE\tHOUR\tDAY\tFUNCTION\x1fTOKEN\x1f\tFIELD\tN...`), empty while not final.
+/// (`MINUTE\tHOUR\tDAY\tFUNCTION\x1fTOKEN\x1f\t*\x1fTOKEN\x1f\tFIELD\tN...`: each
+/// field counted for the function and for all functions), empty while not final.
 pub(crate) fn usage_arg(record: &InvocationRecord) -> String {
     let Some(d) = shoal_store::usage::delta(record) else {
         return String::new();
     };
     let [(_, minute), (_, hour), (_, day)] = d.buckets();
-    let mut out = format!("{minute}\t{hour}\t{day}\t{}\x1f{}\x1f", d.function, d.token);
+    let mut out = format!(
+        "{minute}\t{hour}\t{day}\t{}\x1f{}\x1f\t{ALL_FUNCTIONS}\x1f{}\x1f",
+        d.function, d.token, d.token
+    );
     for (field, n) in d.fields {
         out.push_str(&format!("\t{field}\t{n}"));
     }
@@ -224,9 +229,7 @@ fn rollup_rows(flat: &[String], q: &RollupQuery) -> Result<Vec<RollupRow>> {
             else {
                 return Err(bad());
             };
-            if q.function.as_deref().is_some_and(|w| w != function)
-                || q.token.as_deref().is_some_and(|w| w != token)
-            {
+            if !q.wants(function, token) {
                 continue;
             }
             let idx: usize = idx.parse().map_err(|_| bad())?;

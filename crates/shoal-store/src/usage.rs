@@ -11,6 +11,10 @@
 //! repeated final write adds nothing, and a crash loses both or neither.
 //! Rollups outlive the records (the retention sweep never touches them).
 //!
+//! Each grain also keeps rows of every function together
+//! ([`ALL_FUNCTIONS`], per token), so a total or a token's spend reads one
+//! row per bucket and token, not one per function.
+//!
 //! Every adapter adds the same [`UsageDelta`] (from [`delta`]) so the
 //! semantics live here once; adapters only store rows of `FIELDS` integers.
 
@@ -26,6 +30,10 @@ pub const HISTOGRAM: usize = 64;
 pub const FIRST_BUCKET: usize = 6;
 /// Integers in one rollup row.
 pub const FIELDS: usize = FIRST_BUCKET + HISTOGRAM;
+
+/// The `function` of the rows that sum every function (no function name
+/// is `*`).
+pub const ALL_FUNCTIONS: &str = "*";
 
 /// Field indexes of a [`Rollup`].
 pub const SUCCEEDED: usize = 0;
@@ -245,6 +253,17 @@ impl UsageDelta {
     pub fn buckets(&self) -> [(Grain, u64); 3] {
         Grain::ALL.map(|g| (g, g.start(self.created_at_ms)))
     }
+
+    /// Every row it adds to: (grain, start, function, token), for its
+    /// function and for [`ALL_FUNCTIONS`].
+    pub fn rows(&self) -> Vec<(Grain, u64, &str, &str)> {
+        let mut out = Vec::with_capacity(6);
+        for (g, start) in self.buckets() {
+            out.push((g, start, self.function.as_str(), self.token.as_str()));
+            out.push((g, start, ALL_FUNCTIONS, self.token.as_str()));
+        }
+        out
+    }
 }
 
 /// The delta of `record` when it is final; `None` while it is not. The
@@ -278,9 +297,25 @@ pub struct RollupQuery {
     pub since_ms: u64,
     /// Buckets starting before this time.
     pub until_ms: u64,
+    /// `Some(name)`: that function's rows; `None`: the rows of every
+    /// function together ([`ALL_FUNCTIONS`]), or with `each_function`,
+    /// every function's own rows.
     pub function: Option<String>,
+    pub each_function: bool,
     /// A token id; `Some("")` = work no token started.
     pub token: Option<String>,
+}
+
+impl RollupQuery {
+    /// Whether a row of `function` and `token` answers the query.
+    pub fn wants(&self, function: &str, token: &str) -> bool {
+        let f = match (&self.function, self.each_function) {
+            (Some(w), _) => w == function,
+            (None, true) => function != ALL_FUNCTIONS,
+            (None, false) => function == ALL_FUNCTIONS,
+        };
+        f && self.token.as_deref().is_none_or(|w| w == token)
+    }
 }
 
 /// One stored row.

@@ -43,6 +43,7 @@ async fn rows(
             since_ms: 0,
             until_ms: u64::MAX,
             function: Some(function.to_string()),
+            each_function: false,
             token: token.map(str::to_string),
         })
         .await
@@ -127,12 +128,47 @@ pub async fn usage_rollups_once_per_final_record(backend: &Backend) {
     assert_eq!(none.len(), 1);
     assert_eq!(none[0].rollup.of_status(InvocationStatus::TimedOut), 1);
 
+    // The rows of every function together (other cases share the store:
+    // at least these), and every function's own rows.
+    let all = backend
+        .usage
+        .rollups(&RollupQuery {
+            grain: Grain::Minute,
+            since_ms: m0,
+            until_ms: m0 + 60_000,
+            function: None,
+            each_function: false,
+            token: Some("tok-a".to_string()),
+        })
+        .await
+        .unwrap();
+    assert!(
+        all.iter().all(|r| r.function == usage::ALL_FUNCTIONS),
+        "{all:?}"
+    );
+    assert!(all.iter().map(|r| r.rollup.invocations()).sum::<u64>() >= 1);
+    let each = backend
+        .usage
+        .rollups(&RollupQuery {
+            grain: Grain::Minute,
+            since_ms: m0,
+            until_ms: m0 + 120_000,
+            function: None,
+            each_function: true,
+            token: Some("tok-a".to_string()),
+        })
+        .await
+        .unwrap();
+    assert!(each.iter().all(|r| r.function != usage::ALL_FUNCTIONS));
+    assert_eq!(each.iter().filter(|r| r.function == f).count(), 2);
+
     // A time range takes buckets by their start.
     let q = RollupQuery {
         grain: Grain::Minute,
         since_ms: m0 + 1,
         until_ms: m0 + 120_000,
         function: Some(f.clone()),
+        each_function: false,
         token: None,
     };
     let later = backend.usage.rollups(&q).await.unwrap();

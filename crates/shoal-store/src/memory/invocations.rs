@@ -29,8 +29,8 @@ impl InvocationState {
             .is_some_and(|old| old.status.is_final());
         if let Some(delta) = usage::delta(&record).filter(|_| !was_final) {
             let add = delta.rollup();
-            for (grain, start) in delta.buckets() {
-                let key = (grain, start, delta.function.clone(), delta.token.clone());
+            for (grain, start, function, token) in delta.rows() {
+                let key = (grain, start, function.to_string(), token.to_string());
                 self.rollups.entry(key).or_default().add(&add);
             }
         }
@@ -46,10 +46,7 @@ impl Usage for MemoryStore {
                 .rollups
                 .range(from..)
                 .take_while(|((g, start, _, _), _)| *g == q.grain && *start < q.until_ms)
-                .filter(|((_, _, f, t), _)| {
-                    q.function.as_ref().is_none_or(|w| w == f)
-                        && q.token.as_ref().is_none_or(|w| w == t)
-                })
+                .filter(|((_, _, f, t), _)| q.wants(f, t))
                 .map(|((_, start, function, token), rollup)| RollupRow {
                     start_ms: *start,
                     function: function.clone(),

@@ -760,12 +760,23 @@ async function invocationView(main, id) {
 
 views.queues = async (main, ctx) => {
   if (ctx.params[0]) return queueView(main, ctx, ctx.params[0]);
-  add(main, h("h1", {}, "Queues"));
+  const dot = liveDot();
+  add(main, h("h1", {}, dot.el, "Queues"));
   const list = await api("GET", "/v1/queues");
+  const cells = {};
   add(main, table(["name", "subscriber", "waiting", "in flight", "dead", "sent", "acked", "oldest"],
-    list.queues.map((q) => h("tr", {}, h("td", {}, h("a", { href: "#/queues/" + encodeURIComponent(q.name) }, q.name)), h("td", {}, q.subscriber || "—"),
-      h("td", { class: "num" }, num(q.depth.waiting)), h("td", { class: "num" }, num(q.depth.in_flight)), h("td", { class: "num" }, num(q.depth.dead)),
-      h("td", { class: "num" }, num(q.counters.sent)), h("td", { class: "num" }, num(q.counters.acked)), h("td", {}, dur(q.depth.oldest_age_ms)))), "No queue yet."));
+    list.queues.map((q) => {
+      const c = (cells[q.name] = { waiting: h("td", { class: "num" }, num(q.depth.waiting)), in_flight: h("td", { class: "num" }, num(q.depth.in_flight)), dead: h("td", { class: "num" }, num(q.depth.dead)) });
+      return h("tr", { "data-queue": q.name }, h("td", {}, h("a", { href: "#/queues/" + encodeURIComponent(q.name) }, q.name)), h("td", {}, q.subscriber || "—"),
+        c.waiting, c.in_flight, c.dead,
+        h("td", { class: "num" }, num(q.counters.sent)), h("td", { class: "num" }, num(q.counters.acked)), h("td", {}, dur(q.depth.oldest_age_ms)));
+    }), "No queue yet."));
+  // Depths follow each queue's feed (the first 20 queues).
+  for (const q of list.queues.slice(0, 20)) {
+    ctx.on(feed("_queues." + q.name, (d) => {
+      for (const k of ["waiting", "in_flight", "dead"]) if (d[k] != null) fill(cells[q.name][k], num(d[k]));
+    }, dot.set));
+  }
 };
 
 async function queueView(main, ctx, name) {

@@ -33,6 +33,9 @@ pub struct Plan {
 }
 
 const BATCH: u64 = 5_000;
+
+/// A count to time: its name, its filters and the answer it must give.
+type Variant<'a> = (&'static str, Vec<(&'static str, Option<&'a str>)>, u64);
 const SPAN_MS: u64 = 7 * 86_400_000;
 
 pub async fn run(shoal: &Path, plan: &Plan) -> Result<Section> {
@@ -60,7 +63,7 @@ pub async fn run(shoal: &Path, plan: &Plan) -> Result<Section> {
         .iter()
         .filter(|&&t| t >= now_ms - 3 * 86_400_000 - 17_500 && t < now_ms - 86_400_000 - 3_250)
         .count() as u64;
-    let variants: Vec<(&str, Vec<(&str, Option<&str>)>, u64)> = vec![
+    let variants: Vec<Variant> = vec![
         ("all", vec![], plan.records),
         ("failed", vec![("status", Some("failed"))], truth.failed),
         (

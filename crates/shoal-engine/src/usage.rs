@@ -452,7 +452,7 @@ impl UsageService {
     ) -> Result<Stats> {
         let now = self.env.now_ms();
         let step_s = step_s.unwrap_or(60);
-        if step_s == 0 || step_s % 60 != 0 {
+        if step_s == 0 || !step_s.is_multiple_of(60) {
             return Err(Error::invalid(
                 "step_s",
                 format!("{step_s} is not a step; use a multiple of 60 seconds"),
@@ -473,7 +473,11 @@ impl UsageService {
         // Steps of whole days or hours, aligned on them, read those rows.
         let grain = [Grain::Day, Grain::Hour]
             .into_iter()
-            .find(|g| step % g.ms() == 0 && since % g.ms() == 0 && until % g.ms() == 0)
+            .find(|g| {
+                step.is_multiple_of(g.ms())
+                    && since.is_multiple_of(g.ms())
+                    && until.is_multiple_of(g.ms())
+            })
             .unwrap_or(Grain::Minute);
         let q = RollupQuery {
             grain,

@@ -210,7 +210,8 @@ pub fn status_field(status: InvocationStatus) -> Option<usize> {
 
 /// The histogram bucket of a duration.
 pub fn bucket_of(ms: f64) -> usize {
-    if !(ms >= 1.0) {
+    // Below 1 ms, and NaN, fall in bucket 0.
+    if ms.is_nan() || ms < 1.0 {
         return 0;
     }
     let i = (ms.log2() * 3.0).floor() as usize + 1;

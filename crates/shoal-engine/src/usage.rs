@@ -459,8 +459,18 @@ impl UsageService {
             ));
         }
         let step = step_s * 1_000;
-        let until = ceil(until_ms.unwrap_or(now + 1), MINUTE);
-        let since = floor(since_ms.unwrap_or(until.saturating_sub(3_600_000)), MINUTE);
+        // The coarsest rows a step is made of (a step of whole hours reads
+        // hour rows); the range is rounded out to them, so the points start
+        // on whole minutes, hours or days.
+        let grain = [Grain::Day, Grain::Hour]
+            .into_iter()
+            .find(|g| step.is_multiple_of(g.ms()))
+            .unwrap_or(Grain::Minute);
+        let until = ceil(until_ms.unwrap_or(now + 1), grain.ms());
+        let since = floor(
+            since_ms.unwrap_or(until.saturating_sub(3_600_000)),
+            grain.ms(),
+        );
         if since >= until {
             return Err(Error::invalid("since", "since must be before until"));
         }
@@ -470,15 +480,6 @@ impl UsageService {
                 format!("at most {MAX_POINTS} points: take a larger step or a shorter range"),
             ));
         }
-        // Steps of whole days or hours, aligned on them, read those rows.
-        let grain = [Grain::Day, Grain::Hour]
-            .into_iter()
-            .find(|g| {
-                step.is_multiple_of(g.ms())
-                    && since.is_multiple_of(g.ms())
-                    && until.is_multiple_of(g.ms())
-            })
-            .unwrap_or(Grain::Minute);
         let q = RollupQuery {
             grain,
             since_ms: since,

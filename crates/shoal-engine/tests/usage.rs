@@ -132,6 +132,16 @@ async fn usage_adds_up_the_records() {
         .unwrap();
     assert_eq!(stats.total.invocations, 5);
     assert!(stats.total.p50_ms.is_some());
+    // Steps of an hour read hour rows, from a whole hour.
+    let hourly = node
+        .engine
+        .usage()
+        .stats(Some(BASE_MS - 86_400_000), None, Some(3_600), None)
+        .await
+        .unwrap();
+    assert_eq!(hourly.since_ms % 3_600_000, 0);
+    assert_eq!(hourly.total.invocations, 5);
+    assert_eq!(hourly.points.len(), 1, "{hourly:?}");
     let est = node.engine.estimate("a").await.unwrap();
     assert_eq!((est.invocations, est.memory_mb), (3, 256));
     assert!(est.cost_per_1000.is_some_and(|c| c > 0.0));

@@ -241,6 +241,9 @@ pub enum FunctionsCommand {
     },
     /// Remove an alias.
     Unalias { name: String, alias: String },
+    /// What 1,000 calls cost, from its recent p50 duration and its
+    /// memory (the same as `shoal usage estimate`).
+    Estimate { name: String },
     /// Remove a function and all its versions (asks first on a terminal;
     /// `--force` otherwise).
     Rm {
@@ -412,6 +415,15 @@ pub enum TokensCommand {
     List,
     /// Revoke a token by id (not the last admin token).
     Revoke { id: String },
+    /// A token's budget and spend; `set --limit L [--period day|month]
+    /// [--unit usd|gb-s] [--notify-at F] [--enforce]` or `rm` it (the
+    /// same as `shoal usage budget`).
+    Budget {
+        #[arg(value_name = "TOKEN_ID")]
+        token_id: String,
+        #[command(subcommand)]
+        command: Option<crate::usage::BudgetCommand>,
+    },
     /// Lost the admin token? On the node's machine, with the node stopped,
     /// as the owner of its data directory: write a new admin token into the
     /// store and into DATA_DIR/admin.token. Never over the network.
@@ -462,6 +474,9 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Functions {
             command: Some(FunctionsCommand::Unalias { name, alias }),
         } => crate::functions::unalias(&client, &name, &alias, out).await?,
+        Command::Functions {
+            command: Some(FunctionsCommand::Estimate { name }),
+        } => crate::usage::estimate(&client, &name, conn.json).await?,
         Command::Invoke {
             name,
             event,
@@ -866,6 +881,9 @@ pub async fn run(args: Args) -> Result<()> {
                 out.print(&serde_json::json!({"deleted": true}), || {
                     format!("Revoked {id}.")
                 });
+            }
+            TokensCommand::Budget { token_id, command } => {
+                crate::usage::budget(&client, &token_id, command, conn.json).await?
             }
         },
     }

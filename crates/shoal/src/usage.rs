@@ -171,70 +171,9 @@ pub async fn run(
             let p = client.set_prices(&new).await?;
             out.print(&p, || format!("Prices set.\n{}", prices(&p)));
         }
-        Some(UsageCommand::Estimate { function }) => {
-            let e = client.estimate(&function).await?;
-            out.print(&e, || {
-                let b = &e.based_on;
-                match (e.per_1000_calls.gb_s, e.per_1000_calls.cost) {
-                    (Some(gb_s), Some(cost)) => format!(
-                        "{}: per 1,000 calls {gb_s:.3} GB-s, {cost:.6} {} \
-                         (p50 {:.1} ms × {} MB, from {} invocations of the last 7 days)",
-                        e.function,
-                        e.per_1000_calls.currency,
-                        b.p50_ms.unwrap_or_default(),
-                        b.memory_mb,
-                        b.invocations
-                    ),
-                    _ => format!(
-                        "{}: no finished invocation in the last 7 days to estimate from \
-                         ({} MB)",
-                        e.function, b.memory_mb
-                    ),
-                }
-            });
-        }
-        Some(UsageCommand::Budget {
-            token_id: token,
-            command: None,
-        }) => {
-            let b = client.budget(&token).await?;
-            out.print(&b, || budget(&b));
-        }
-        Some(UsageCommand::Budget {
-            token_id: token,
-            command:
-                Some(BudgetCommand::Set {
-                    limit,
-                    period,
-                    unit,
-                    notify_at,
-                    enforce,
-                }),
-        }) => {
-            let spec = BudgetSpec {
-                period: match period {
-                    Period::Day => BudgetPeriod::Day,
-                    Period::Month => BudgetPeriod::Month,
-                },
-                limit,
-                unit: match unit {
-                    Unit::Usd => BudgetUnit::Usd,
-                    Unit::GbS => BudgetUnit::GbS,
-                },
-                notify_at,
-                enforce,
-            };
-            let b = client.set_budget(&token, &spec).await?;
-            out.print(&b, || format!("Budget set.\n{}", budget(&b)));
-        }
-        Some(UsageCommand::Budget {
-            token_id: token,
-            command: Some(BudgetCommand::Rm),
-        }) => {
-            client.remove_budget(&token).await?;
-            out.print(&serde_json::json!({"deleted": true}), || {
-                format!("Removed the budget of token {token}.")
-            });
+        Some(UsageCommand::Estimate { function }) => estimate(client, &function, json).await?,
+        Some(UsageCommand::Budget { token_id, command }) => {
+            budget(client, &token_id, command, json).await?
         }
         Some(UsageCommand::Count {
             function,
@@ -251,6 +190,76 @@ pub async fn run(
                 ])
                 .await?;
             out.print(&serde_json::json!({ "count": n }), || n.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// `shoal usage estimate NAME` (also `shoal functions estimate NAME`).
+pub async fn estimate(client: &Client, function: &str, json: bool) -> Result<()> {
+    let e = client.estimate(function).await?;
+    Out { json }.print(&e, || {
+        let b = &e.based_on;
+        match (e.per_1000_calls.gb_s, e.per_1000_calls.cost) {
+            (Some(gb_s), Some(cost)) => format!(
+                "{}: per 1,000 calls {gb_s:.3} GB-s, {cost:.6} {} \
+                 (p50 {:.1} ms × {} MB, from {} invocations of the last 7 days)",
+                e.function,
+                e.per_1000_calls.currency,
+                b.p50_ms.unwrap_or_default(),
+                b.memory_mb,
+                b.invocations
+            ),
+            _ => format!(
+                "{}: no finished invocation in the last 7 days to estimate from ({} MB)",
+                e.function, b.memory_mb
+            ),
+        }
+    });
+    Ok(())
+}
+
+/// `shoal usage budget TOKEN_ID [set|rm]` (also `shoal tokens budget`).
+pub async fn budget(
+    client: &Client,
+    token: &str,
+    command: Option<BudgetCommand>,
+    json: bool,
+) -> Result<()> {
+    let out = Out { json };
+    match command {
+        None => {
+            let b = client.budget(token).await?;
+            out.print(&b, || budget_text(&b));
+        }
+        Some(BudgetCommand::Set {
+            limit,
+            period,
+            unit,
+            notify_at,
+            enforce,
+        }) => {
+            let spec = BudgetSpec {
+                period: match period {
+                    Period::Day => BudgetPeriod::Day,
+                    Period::Month => BudgetPeriod::Month,
+                },
+                limit,
+                unit: match unit {
+                    Unit::Usd => BudgetUnit::Usd,
+                    Unit::GbS => BudgetUnit::GbS,
+                },
+                notify_at,
+                enforce,
+            };
+            let b = client.set_budget(token, &spec).await?;
+            out.print(&b, || format!("Budget set.\n{}", budget_text(&b)));
+        }
+        Some(BudgetCommand::Rm) => {
+            client.remove_budget(token).await?;
+            out.print(&serde_json::json!({"deleted": true}), || {
+                format!("Removed the budget of token {token}.")
+            });
         }
     }
     Ok(())
@@ -308,7 +317,7 @@ fn prices(p: &Prices) -> String {
     )
 }
 
-fn budget(b: &BudgetView) -> String {
+fn budget_text(b: &BudgetView) -> String {
     let unit = match b.unit {
         BudgetUnit::Usd => "usd",
         BudgetUnit::GbS => "GB-s",

@@ -145,6 +145,10 @@ async fn usage_matches_the_records_and_survives_kill9() {
         text.contains("per 1,000 calls") && text.contains("256 MB"),
         "{text}"
     );
+    let out = node.cli(&["--json", "functions", "estimate", "work"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["based_on"]["invocations"], 6, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +232,7 @@ async fn a_budget_refuses_work_past_its_limit() {
         text.contains("of 100 GB-s this day") && text.contains("enforced"),
         "{text}"
     );
-    let out = node.cli(&["usage", "budget", &token.id, "rm"]);
+    let out = node.cli(&["tokens", "budget", &token.id, "rm"]);
     assert!(out.status.success(), "{out:?}");
     let err = admin.budget(&token.id).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BudgetNotFound));

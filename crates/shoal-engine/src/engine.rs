@@ -303,6 +303,7 @@ pub async fn start_with(parts: Parts) -> Result<Handle> {
     }
     crate::retention::start(handle.env.clone());
     Kv::start_sweep(handle.env.clone());
+    crate::usage::UsageService::start_sampling(handle.env.clone());
     Blobs::start_sweep(handle.env.clone());
     handle.sites.start().await;
     Ok(handle)

@@ -33,6 +33,11 @@ use crate::error::{Entity, Error, Result};
 const PRICES_KEY: &str = "\0U\0prices";
 const BUDGET_KEY: &str = "\0U\0budget\0";
 const NOTIFIED_KEY: &str = "\0U\0notified\0";
+/// `\0U\0stored\0YYYY-MM-DD`: the bytes stored that day (the last sample).
+const STORED_KEY: &str = "\0U\0stored\0";
+/// How often a node samples the bytes stored (the day's sample is kept
+/// for 400 days).
+const STORED_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 const MINUTE: u64 = 60_000;
 const DAY: u64 = 86_400_000;
 /// How long a node trusts a token's budget and spend before reading again.
@@ -200,6 +205,9 @@ pub struct UsageLine {
     pub cold_starts: u64,
     pub gb_s: f64,
     pub cost: f64,
+    /// Grouped by day: the bytes of documents and blobs stored that day
+    /// (the day's last sample, taken every 10 minutes), if sampled.
+    pub stored_bytes: Option<u64>,
 }
 
 impl UsageLine {
@@ -404,6 +412,29 @@ impl UsageService {
                 })
                 .add(&row.rollup);
         }
+        if q.group_by == Some(GroupBy::Day) {
+            // Days with a sample of the bytes stored but no invocation.
+            let now = self.env.now_ms();
+            let mut day = floor(since, DAY);
+            while day < until {
+                let label = day_label(day);
+                let key = format!("{STORED_KEY}{label}");
+                if let Some(e) = self.env.backend.kv.kv_get(&key, now).await?
+                    && let Some(bytes) = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                {
+                    groups
+                        .entry(label.clone())
+                        .or_insert_with(|| UsageLine {
+                            key: label,
+                            ..UsageLine::default()
+                        })
+                        .stored_bytes = Some(bytes);
+                }
+                day += DAY;
+            }
+        }
         let mut items: Vec<UsageLine> = groups.into_values().collect();
         for line in items.iter_mut().chain(std::iter::once(&mut total)) {
             line.cost = prices.cost(line.invocations, line.gb_s);
@@ -417,6 +448,44 @@ impl UsageService {
             prices,
             stored,
         })
+    }
+
+    /// Samples the bytes stored every 10 minutes into the day's KV entry,
+    /// on the engine's tasks, until shutdown.
+    pub(crate) fn start_sampling(env: Arc<Env>) {
+        let tasks = env.tasks.clone();
+        tasks.spawn(async move {
+            let usage = UsageService::new(env.clone());
+            loop {
+                if let Err(e) = usage.sample_stored().await {
+                    tracing::debug!(error = %e, "sampling the bytes stored failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(STORED_EVERY) => {}
+                    _ = env.tasks.stopping() => return,
+                }
+            }
+        });
+    }
+
+    /// Writes today's sample of the bytes stored.
+    pub async fn sample_stored(&self) -> Result<u64> {
+        let stored = self.stored(&Prices::default()).await?;
+        let bytes = stored.documents_bytes + stored.blobs_bytes;
+        let now = self.env.now_ms();
+        let key = format!("{STORED_KEY}{}", day_label(now));
+        self.env
+            .backend
+            .kv
+            .kv_set(
+                &key,
+                bytes.to_string().into_bytes(),
+                Some(400 * DAY),
+                KvCondition::Always,
+                now,
+            )
+            .await?;
+        Ok(bytes)
     }
 
     async fn stored(&self, prices: &Prices) -> Result<Stored> {

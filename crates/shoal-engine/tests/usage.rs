@@ -495,3 +495,36 @@ async fn the_threshold_notifies_once_per_period() {
     );
     shutdown.cancel();
 }
+
+/// Grouped by day, usage shows the bytes stored that day, from a sample
+/// each node takes every 10 minutes.
+#[tokio::test(start_paused = true)]
+async fn days_show_the_bytes_stored() {
+    let node = Node::with(None, memory()).await;
+    node.engine.create_category("docs", None).await.unwrap();
+    node.engine
+        .write_docs(
+            "docs",
+            vec![shoal_engine::NewDoc {
+                id: Some("a".to_string()),
+                body: br#"{"x": 1}"#.to_vec(),
+            }],
+        )
+        .await
+        .unwrap();
+    let bytes = node.engine.usage().sample_stored().await.unwrap();
+    assert!(bytes > 0);
+    let report = node
+        .engine
+        .usage()
+        .usage(&UsageQuery {
+            group_by: Some(GroupBy::Day),
+            ..UsageQuery::default()
+        })
+        .await
+        .unwrap();
+    let today = report.items.last().expect("today");
+    assert_eq!(today.stored_bytes, Some(bytes), "{report:?}");
+    assert_eq!(report.stored.documents_bytes, bytes);
+    node.stop().await;
+}

@@ -35,6 +35,10 @@ pub struct UsageLine {
     pub gb_s: f64,
     /// In the prices' currency: `gb_s × per_gb_s + invocations / 10⁶ × per_million_invocations`.
     pub cost: f64,
+    /// Grouped by day: the bytes of documents and blobs stored that day
+    /// (its last sample; a node samples every 10 minutes), when sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
 }
 
 /// Bytes stored now.

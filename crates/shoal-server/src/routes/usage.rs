@@ -317,6 +317,7 @@ fn line(l: engine::UsageLine) -> UsageLine {
         cold_starts: l.cold_starts,
         gb_s: l.gb_s,
         cost: l.cost,
+        stored_bytes: l.stored_bytes,
     }
 }
 

@@ -394,7 +394,7 @@ mod tests {
             let last = TARGETS[..i].iter().rposition(|u| u.phase() == t.phase());
             assert!(last.is_none_or(|j| j == i - 1), "{} is apart", t.id);
         }
-        assert_eq!(phases().len(), 21);
+        assert_eq!(phases().len(), 22);
         assert_eq!(phases()[0], "latency");
     }
 

@@ -120,7 +120,10 @@ pub fn router(handle: Handle, opts: &Options, metrics: Option<PrometheusHandle>)
         .routes(routes!(routes::invocations::function_logs))
         .routes(routes!(routes::usage::stats))
         .routes(routes!(routes::usage::usage))
-        .routes(routes!(routes::usage::get_prices, routes::usage::put_prices))
+        .routes(routes!(
+            routes::usage::get_prices,
+            routes::usage::put_prices
+        ))
         .routes(routes!(routes::usage::estimate))
         .routes(routes!(
             routes::usage::get_budget,

@@ -118,6 +118,14 @@ impl<'txn> IndexTables<'txn> {
         if old.is_some_and(is_final_code) {
             return Ok(());
         }
+        self.add_usage(delta)
+    }
+
+    /// Adds a final record's usage to its rollup rows.
+    pub(crate) fn add_usage(
+        &mut self,
+        delta: &UsageDelta,
+    ) -> std::result::Result<(), redb::StorageError> {
         let add = delta.rollup();
         for (grain, start, function, token) in delta.rows() {
             let key = (grain_code(grain), start, function, token);
@@ -251,6 +259,78 @@ pub(crate) fn build(db: &Database, chunk: usize) -> Result<u64> {
         match last {
             Some(id) => after = Some(id),
             None => return Ok(total),
+        }
+    }
+}
+
+/// Where the usage backfill stands: `"after"` → the last record id added.
+const USAGE_BACKFILL: TableDefinition<&str, &str> = TableDefinition::new("usage_backfill");
+/// `meta` key set once every record stored before the rollups existed is
+/// in them (a new database sets it at creation).
+pub(crate) const USAGE_BUILT: &str = "usage_built";
+
+/// Adds the final records stored before the usage rollups existed (a
+/// database of an older build) to the rollups, `chunk` records per commit,
+/// each commit also recording how far it got, so an open interrupted
+/// midway goes on where it stopped and counts nothing twice. Does nothing
+/// once `meta[USAGE_BUILT]` is set. Returns the final records added.
+pub(crate) fn build_usage(db: &Database, chunk: usize) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let txn = crate::writer::begin(db)?;
+        let done = {
+            let mut meta = txn.open_table(crate::META).map_err(unavailable)?;
+            if meta.get(USAGE_BUILT).map_err(unavailable)?.is_some() {
+                return Ok(total);
+            }
+            let mut progress = txn.open_table(USAGE_BACKFILL).map_err(unavailable)?;
+            let after = progress
+                .get("after")
+                .map_err(unavailable)?
+                .map(|g| g.value().to_string());
+            let records = txn.open_table(INVOCATIONS).map_err(unavailable)?;
+            let mut tables = IndexTables::open(&txn).map_err(unavailable)?;
+            let range = match &after {
+                Some(a) => records.range::<&str>((Bound::Excluded(a.as_str()), Bound::Unbounded)),
+                None => records.range::<&str>(..),
+            }
+            .map_err(unavailable)?;
+            let (mut n, mut last) = (0, None::<String>);
+            for row in range {
+                let (id, value) = row.map_err(unavailable)?;
+                let id = id.value();
+                let what = format!("adding invocation {id} to the usage rollups");
+                let record: InvocationRecord = decode_record(&what, value.value())?;
+                if let Some(delta) = shoal_store::usage::delta(&record) {
+                    tables.add_usage(&delta).map_err(unavailable)?;
+                    total += 1;
+                }
+                n += 1;
+                last = Some(id.to_string());
+                if n == chunk {
+                    break;
+                }
+            }
+            if let Some(last) = &last {
+                progress
+                    .insert("after", last.as_str())
+                    .map_err(unavailable)?;
+            }
+            let done = n < chunk;
+            if done {
+                meta.insert(USAGE_BUILT, 1).map_err(unavailable)?;
+            }
+            done
+        };
+        txn.commit().map_err(unavailable)?;
+        if done {
+            if total > 0 {
+                tracing::info!(
+                    records = total,
+                    "Usage rollups built from the stored records."
+                );
+            }
+            return Ok(total);
         }
     }
 }
@@ -529,6 +609,60 @@ mod tests {
     use shoal_store::conformance::sample_invocation;
 
     use super::*;
+
+    /// The final records of an older database go into the usage rollups
+    /// once, in chunks; a second run (or a reopen) adds nothing.
+    #[test]
+    fn old_records_are_added_to_the_rollups_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(INVOCATIONS).unwrap();
+            for i in 0..23u64 {
+                let r = InvocationRecord {
+                    created_at_ms: 1_000 + i,
+                    status: if i % 3 == 0 {
+                        InvocationStatus::Queued
+                    } else {
+                        InvocationStatus::Succeeded
+                    },
+                    billed_gb_s: 0.5,
+                    ..sample_invocation(&format!("id-{i:02}"), "f")
+                };
+                let v = crate::codec::encode_record(&"test", &r).unwrap();
+                t.insert(r.id.as_str(), v.as_slice()).unwrap();
+            }
+            txn.open_table(crate::META).unwrap();
+        }
+        txn.commit().unwrap();
+        let finals = (0..23).filter(|i| i % 3 != 0).count() as u64;
+        assert_eq!(build_usage(&db, 7).unwrap(), finals);
+        assert_eq!(build_usage(&db, 7).unwrap(), 0);
+        let txn = db.begin_read().unwrap();
+        let q = RollupQuery {
+            grain: Grain::Day,
+            since_ms: 0,
+            until_ms: u64::MAX,
+            function: Some("f".to_string()),
+            each_function: false,
+            token: None,
+        };
+        let rows = rollups(&txn, &q).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.rollup.invocations()).sum::<u64>(),
+            finals
+        );
+        let q = RollupQuery {
+            function: None,
+            ..q
+        };
+        let all = rollups(&txn, &q).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.rollup.invocations()).sum::<u64>(),
+            finals
+        );
+    }
 
     /// The migration indexes in chunks, each its own commit, and ends with
     /// every record indexed once, however the chunks fall; running it again

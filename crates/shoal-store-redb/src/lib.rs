@@ -51,6 +51,7 @@
 //! | `kv`, `kv_expiry` | key; (expires_at_ms, key) | key-value entries and their expiry index (see `kv`; added without a layout change: created when missing) |
 //! | `blobs`, `blob_contents`, `blob_pages` | key; content id; (pages id, page index) | blob metadata, the content files it references, fixed-size blobs' pages of 4000 bytes (see `blobs`; added without a layout change: created when missing) |
 //! | `channels`, `channel_messages` | name; (name, offset) | a channel's epoch, head and settings; its kept messages (see `channels`; added without a layout change: created when missing) |
+//! | `usage_rollups`, `usage_backfill` | (grain, start, function, token); `"after"` | usage rollups, non-zero fields (see `invocations`; changed with the record that becomes final); where the backfill of an older database's records stands, done once `meta["usage_built"]` is set (added without a layout change: created when missing) |
 
 mod blobs;
 mod channels;
@@ -435,6 +436,9 @@ fn init_layout(db: &Database) -> Result<()> {
         match stored {
             None => {
                 meta.insert("format", LAYOUT_VERSION).map_err(unavailable)?;
+                // Nothing to add to the usage rollups.
+                meta.insert(invocations::USAGE_BUILT, 1)
+                    .map_err(unavailable)?;
             }
             Some(LAYOUT_VERSION) => {}
             Some(from @ (1 | 2)) => {
@@ -481,7 +485,10 @@ fn init_layout(db: &Database) -> Result<()> {
         blobs::create_tables(&txn)?;
         channels::create_tables(&txn)?;
     }
-    txn.commit().map_err(unavailable)
+    txn.commit().map_err(unavailable)?;
+    // Records of an older build: into the usage rollups, once.
+    invocations::build_usage(db, MIGRATION_CHUNK)?;
+    Ok(())
 }
 
 /// Deleted categories whose documents the writer still has to purge.

@@ -55,8 +55,8 @@ impl Entity {
             Entity::Site => "site",
             Entity::Schedule => "schedule",
             Entity::User => "user",
-            Entity::Budget => "budget",
             Entity::Notification => "notification",
+            Entity::Budget => "budget",
         }
     }
 }

@@ -89,10 +89,10 @@ pub use notifications::{
 pub use outcomes::{OutcomeSink, Outcomes};
 pub use queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Sent};
 pub use routes::{RESERVED_PREFIXES, RouteHit, RouteMatch, is_reserved};
-pub use search::{FAILED_STATUSES, Found, MAX_SCAN, Search};
 pub use schedules::{
     LastTick, MAX_HISTORY_PAGE, MAX_SCHEDULES, NEXT_SHOWN, ScheduleView, TickRecord, parse_cron,
 };
+pub use search::{FAILED_STATUSES, Found, MAX_SCAN, Search};
 pub use secrets::SecretInfo;
 pub use shoal_runtime::response::BinaryResult;
 pub use shoal_runtime::{DocFailure, QueryEvent, QueryOutcome, QueryResult};
@@ -101,15 +101,15 @@ pub use shoal_store::{
     BlobMeta, BlobOp, BlobPage, BlobRead, CategoryRecord, ChannelMessage, ChannelSettings,
     ChildResult, DeadLetter, DeployedBy, ErrorRecord, FunctionRecord, InvocationCursor,
     InvocationFilter, InvocationPage, InvocationRecord, JobProgress, JobRecord, JobSlot, KvEntry,
-    KvPage, LimiterRecord, NewChannelMessage, OpSpec, QueueCounters, QueueDepth, QueueRecord,
-    QueueSample, RouteCors, RouteRate, RouteRecord, ScheduleRecord, TriggerRecord, OutcomeWhen, ShardStats, StoreHealth,
-    StoredDoc,
-};
-pub use triggers::{
-    DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WINDOW_MS, MAX_BATCH_SIZE, MAX_BATCH_WINDOW_MS, MAX_TRIGGERS,
-    TriggerView,
+    KvPage, LimiterRecord, NewChannelMessage, OpSpec, OutcomeWhen, QueueCounters, QueueDepth,
+    QueueRecord, QueueSample, RouteCors, RouteRate, RouteRecord, ScheduleRecord, ShardStats,
+    StoreHealth, StoredDoc, TriggerRecord,
 };
 pub use sites::{
     MAX_SITE_FILES, SITE_INLINE_BYTES, SiteBody, SiteDeployed, SiteFile, SiteLookup, SiteOptions,
     SiteRecord, SiteVersion,
+};
+pub use triggers::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WINDOW_MS, MAX_BATCH_SIZE, MAX_BATCH_WINDOW_MS, MAX_TRIGGERS,
+    TriggerView,
 };

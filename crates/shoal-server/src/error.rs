@@ -65,10 +65,10 @@ pub(crate) fn status_and_code(e: &EngineError) -> (StatusCode, ErrorCode) {
                 Entity::Key => ErrorCode::KeyNotFound,
                 Entity::Blob => ErrorCode::BlobNotFound,
                 Entity::Site => ErrorCode::SiteNotFound,
-                Entity::Schedule => ErrorCode::ScheduleNotFound,
                 Entity::User => ErrorCode::UserNotFound,
                 Entity::Budget => ErrorCode::BudgetNotFound,
                 Entity::Notification => ErrorCode::NotificationNotFound,
+                Entity::Schedule => ErrorCode::ScheduleNotFound,
             },
         ),
         EngineError::Invalid(inv) if inv.field.ends_with("name") => {

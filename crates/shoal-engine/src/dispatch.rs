@@ -973,14 +973,16 @@ impl Dispatcher {
     ) {
         let finish = self.jobs.finish_slot(&record);
         let caused = self.outcomes.finished(&record);
-        let acked = self.settle(queue, ack);
         if let Some(finish) = finish {
             finish.await;
         }
+        // What the outcome causes is durable before the acknowledgement;
+        // if it failed, the message comes back and it is tried again.
         if let Some(Err(e)) = futures_util::future::OptionFuture::from(caused).await {
-            warn!(id = %record.id, error = %e, "Recording what an outcome causes failed.");
+            warn!(id = %record.id, error = %e, "Recording what an outcome causes failed; the message will come back.");
+            return;
         }
-        drop(acked);
+        drop(self.settle(queue, ack));
     }
 
     /// Issues the record (and logs) write, the job slot, what its outcome
@@ -1035,8 +1037,22 @@ impl Dispatcher {
                         as BoxFuture<'static, std::result::Result<(), String>>),
                     (a, b) => a.or(b),
                 };
-                let settled = queue.map(|q| self.settle(q, settlements));
-                (put, finish, caused, settled)
+                // What the outcome causes must be durable before the
+                // acknowledgement (a sink may issue its writes only once
+                // it has looked at the store): then the settlements wait
+                // for it, and are not issued if it failed, so the message
+                // comes back and its sinks are asked again.
+                let settle = queue.map(|q| self.settler(q, settlements));
+                match (caused, settle) {
+                    (Some(caused), Some(settle)) => {
+                        let then = Box::pin(async move {
+                            caused.await?;
+                            settle().await
+                        });
+                        (put, finish, Some(then as BoxFuture<'static, _>), None)
+                    }
+                    (caused, settle) => (put, finish, caused, settle.map(|s| s())),
+                }
             }
         };
         let live = self.live.clone();
@@ -1098,8 +1114,30 @@ impl Dispatcher {
         queue: &str,
         settlements: Vec<(String, Settlement)>,
     ) -> BoxFuture<'static, std::result::Result<(), String>> {
-        let queues = &self.env.backend.queues;
+        self.settler(queue, settlements)()
+    }
+
+    /// [`Dispatcher::settle`], to be issued later: when called.
+    fn settler(
+        &self,
+        queue: &str,
+        settlements: Vec<(String, Settlement)>,
+    ) -> impl FnOnce() -> BoxFuture<'static, std::result::Result<(), String>> + Send + 'static {
+        let queues = self.env.backend.queues.clone();
+        let consumers = self.consumers.clone();
+        let queue = queue.to_string();
         let now = self.env.now_ms();
+        move || Self::issue_settlements(&*queues, &consumers, &queue, settlements, now)
+    }
+
+    /// Issues each settlement of messages of `queue`; see [`Dispatcher::settle`].
+    fn issue_settlements(
+        queues: &dyn shoal_store::Queues,
+        consumers: &Arc<Consumers>,
+        queue: &str,
+        settlements: Vec<(String, Settlement)>,
+        now: u64,
+    ) -> BoxFuture<'static, std::result::Result<(), String>> {
         let mut acks = Vec::new();
         let mut pending = Vec::new();
         let mut retried = false;
@@ -1118,7 +1156,7 @@ impl Dispatcher {
         if !acks.is_empty() {
             pending.push(queues.ack(queue, acks));
         }
-        let wake = retried.then(|| (self.consumers.clone(), queue.to_string()));
+        let wake = retried.then(|| (consumers.clone(), queue.to_string()));
         Box::pin(async move {
             for p in pending {
                 p.await.map_err(|e| e.to_string())?;

@@ -5,11 +5,13 @@
 //! Ordering and durability: `Dispatcher::persist` calls [`Outcomes::finished`]
 //! after issuing the record's write and before issuing its messages'
 //! settlements, and `persist_outcome_again` (a message redelivered after a
-//! crash, whose record is already final) calls it again. A sink issues its
-//! store writes when called (the store ports keep call order), so a crash
-//! before the acknowledgement redelivers the message and the sink is asked
-//! again: every sink must be idempotent by invocation id (a queue send
-//! deduplicated by a key made from it). A synchronous invocation has no
+//! crash, whose record is already final) calls it again. The settlements
+//! are issued only once the sinks' future has resolved `Ok` (so a sink may
+//! read the store before it writes), and not at all when it failed: the
+//! message then comes back and the sinks are asked again. So a crash at any
+//! point before the acknowledgement asks them again, and every sink must be
+//! idempotent by invocation id (a queue send deduplicated by a key made
+//! from it, a record that is not written twice). A synchronous invocation has no
 //! message: its outcome is handed over once, after its record's write is
 //! issued, and a crash in that moment loses what its sinks would have done.
 
@@ -28,7 +30,7 @@ pub trait OutcomeSink: Send + Sync + 'static {
         true
     }
 
-    /// Issues, in call order, whatever this outcome causes; the future
+    /// Issues whatever this outcome causes; the future
     /// resolves when that is durable (`Err` says what failed). Called only
     /// for records whose status is final, possibly more than once for one
     /// invocation (see the module docs).

@@ -76,3 +76,52 @@ async fn sync_and_failed_invocations_reach_the_sinks_and_nothing_else_does() {
         ]
     );
 }
+
+/// A sink whose work fails the first time: the message is not acknowledged,
+/// comes back once its lease lapses, and the sink is asked again — the
+/// function itself does not run again.
+struct FailsOnce {
+    calls: Mutex<u32>,
+}
+
+impl OutcomeSink for FailsOnce {
+    fn finished(&self, _: &InvocationRecord) -> Option<BoxFuture<'static, Result<(), String>>> {
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        let first = *calls == 1;
+        Some(Box::pin(async move {
+            if first {
+                Err("the store said no".to_string())
+            } else {
+                Ok(())
+            }
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_acknowledgement_waits_for_what_the_outcome_causes() {
+    let node = Node::start().await;
+    let sink = Arc::new(FailsOnce {
+        calls: Mutex::new(0),
+    });
+    node.engine.outcomes().register(sink.clone());
+    node.deploy("name = \"f\"\nretries = 0\ntimeout = \"2s\"")
+        .await;
+    node.fake.script("f", Script::ok(json!("done")));
+    let id = node.engine.invoke_async("f", "{}".into()).await.unwrap();
+    let r = node.wait_final(&id).await;
+    assert_eq!(r.status, InvocationStatus::Succeeded);
+    node.pass(secs(1)).await;
+    assert_eq!(*sink.calls.lock().unwrap(), 1);
+    // Not acknowledged: back after its lease, handed over again, then done.
+    node.pass(secs(120)).await;
+    assert_eq!(*sink.calls.lock().unwrap(), 2);
+    node.pass(secs(600)).await;
+    assert_eq!(
+        *sink.calls.lock().unwrap(),
+        2,
+        "acknowledged the second time"
+    );
+    assert_eq!(node.fake.calls_of("f").len(), 1, "the function ran once");
+}

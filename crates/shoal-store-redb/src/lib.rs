@@ -839,6 +839,31 @@ impl Jobs for RedbStore {
         })
     }
 
+    fn list_jobs(&self, after: Option<&str>, limit: usize) -> Pending<Vec<JobRecord>> {
+        let after = after.map(str::to_string);
+        self.read(move |txn| {
+            let jobs = txn.open_table(JOBS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            if limit == 0 {
+                return Ok(out);
+            }
+            let range = match after.as_deref() {
+                Some(a) => jobs.range::<&str>(..a),
+                None => jobs.range::<&str>(..),
+            }
+            .map_err(unavailable)?;
+            for entry in range.rev() {
+                let (key, value) = entry.map_err(unavailable)?;
+                let what = format_args!("job {}", key.value());
+                out.push(decode_record(&what, value.value())?);
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn finish_child(&self, job: &str, result: ChildResult, now_ms: u64) -> Pending<ChildFinished> {
         self.submit(
             Command::FinishChild {

@@ -10,6 +10,7 @@
 //! | `J:done` | zset | indexes with a result (score = member = index), for pages |
 //! | `J:failed` | zset | indexes whose result failed (not succeeded, not cancelled) |
 //! | `J:subs` | zset (lex) | jobs created by the job's children, in id order |
+//! | `W` + `jobs` | zset (lex) | every job's id, for the newest-first list (`list_jobs`); jobs created before this index existed are not in it and are not listed |
 //!
 //! Each write is one script: `create_job` writes the job, its children's
 //! records (`put_invocation` of `invocations`) and their messages
@@ -107,6 +108,7 @@ if redis.call('EXISTS', jk) == 1 then return 0 end
 local total = tonumber(ARGV[3])
 redis.call('HSET', jk, 'record', ARGV[2], 'total', ARGV[3], 'succeeded', 0, 'failed', 0,
   'cancelled', 0, 'invocation', ARGV[8], 'fill_ok', ARGV[9])
+redis.call('ZADD', w .. 'jobs', 0, id)
 if ARGV[4] ~= '' then redis.call('ZADD', w .. 'job:' .. string.sub(ARGV[4], 2) .. ':subs', 0, id) end
 if ARGV[5] ~= '' then redis.call('HSET', jk, 'plan_queue', string.sub(ARGV[5], 2)) end
 if ARGV[6] ~= '' then
@@ -170,6 +172,24 @@ if tonumber(ARGV[4]) == 0 then return out end
 local idx = redis.call('ZRANGE', jk .. ':' .. ARGV[2], ARGV[3], '+inf', 'BYSCORE', 'LIMIT', 0, ARGV[4])
 for _, i in ipairs(idx) do
   local json = redis.call('HGET', jk .. ':results', i)
+  if json then out[#out + 1] = json end
+end
+return out
+",
+    )
+});
+
+/// `KEYS[1]` = W. ARGV: the exclusive upper bound ('+' or '(' + id),
+/// limit. Returns the records' JSON of the newest jobs below the bound.
+static LIST: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local w = KEYS[1]
+local out = {}
+if tonumber(ARGV[2]) == 0 then return out end
+local ids = redis.call('ZRANGE', w .. 'jobs', ARGV[1], '-', 'BYLEX', 'REV', 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  local json = redis.call('HGET', w .. 'job:' .. id, 'record')
   if json then out[#out + 1] = json end
 end
 return out
@@ -266,6 +286,21 @@ impl Jobs for RedisStore {
                 cancelled_at_ms: number(cancelled_at)?,
             };
             Ok(Some((record, progress)))
+        })
+    }
+
+    fn list_jobs(&self, after: Option<&str>, limit: usize) -> Pending<Vec<JobRecord>> {
+        let bound = after.map_or("+".to_string(), |a| format!("({a}"));
+        let limit = limit.min(i64::MAX as usize);
+        let jsons =
+            self.conn
+                .script::<Vec<String>>(&LIST, self.work_keys(), vec![arg(bound), arg(limit)]);
+        Box::pin(async move {
+            jsons
+                .await?
+                .iter()
+                .map(|json| decode("a listed job", json))
+                .collect()
         })
     }
 

@@ -1227,6 +1227,10 @@ pub trait Jobs: Send + Sync + 'static {
         messages: Vec<NewMessage>,
     ) -> Pending<()>;
     fn job(&self, id: &str) -> Pending<Option<(JobRecord, JobProgress)>>;
+    /// Jobs newest first (job ids are UUIDv7: id order is creation order),
+    /// strictly older than `after` when given, at most `limit`. Sub-jobs are
+    /// listed too. Redis lists only jobs created since it kept the index.
+    fn list_jobs(&self, after: Option<&str>, limit: usize) -> Pending<Vec<JobRecord>>;
     /// Records a child's final outcome. The first result for an index
     /// counts; later ones change nothing (`recorded` false). An unknown job
     /// or an index out of range fails with `NotFound`. When the result

@@ -251,6 +251,62 @@ pub async fn jobs_nested_and_cancel(b: &Backend) {
     );
 }
 
+/// Jobs are listed newest first (greatest id first), strictly older than
+/// the cursor, `limit` at a time, sub-jobs included, with their records.
+/// Other cases' jobs may be listed too: only this case's are compared.
+pub async fn jobs_list_newest_first(b: &Backend) {
+    let base = unique("list");
+    let queue = unique("jobq");
+    let ids: Vec<String> = (0..5).map(|i| format!("{base}-{i}")).collect();
+    // Created out of id order: the list follows ids, not write order.
+    for i in [2, 0, 4, 1] {
+        let mut record = job(&ids[i], 1, None);
+        record.created_at_ms = T + i as u64;
+        b.jobs
+            .create_job(record, vec![], &queue, vec![])
+            .await
+            .unwrap();
+    }
+    b.jobs
+        .create_job(job_under(&ids[3], 2, &ids[2]), vec![], &queue, vec![])
+        .await
+        .unwrap();
+    assert!(b.jobs.list_jobs(None, 0).await.unwrap().is_empty());
+
+    // Pages of two from the newest, each strictly below the last id seen.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = b.jobs.list_jobs(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        for pair in page.windows(2) {
+            assert!(pair[0].id > pair[1].id, "newest first");
+        }
+        if let (Some(a), Some(first)) = (&after, page.first()) {
+            assert!(first.id < *a, "strictly older than the cursor");
+        }
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        seen.extend(page.into_iter().filter(|r| r.id.starts_with(&base)));
+    }
+    let listed: Vec<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+    let expected: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(seen[1].parent.as_deref(), Some(ids[2].as_str()));
+    assert_eq!(seen[1].total, 2);
+    assert_eq!(seen[0].created_at_ms, T + 4);
+
+    // A cursor that is not a job's id works as a bound too.
+    let page = b
+        .jobs
+        .list_jobs(Some(&format!("{base}-3x")), 1)
+        .await
+        .unwrap();
+    assert_eq!(page[0].id, ids[3]);
+    let page = b.jobs.list_jobs(Some(&ids[0]), 10).await.unwrap();
+    assert!(page.iter().all(|r| !r.id.starts_with(&base)));
+}
+
 fn job(id: &str, total: u64, then: Option<ThenPlan>) -> JobRecord {
     JobRecord {
         id: id.to_string(),

@@ -128,6 +128,7 @@ macro_rules! __conformance_cases {
             queues::queue_keys_with_own_limits
             jobs::jobs_fan_in_once
             jobs::jobs_nested_and_cancel
+            jobs::jobs_list_newest_first
             kv::kv_get_set_versions
             kv::kv_set_conditions
             kv::kv_compare_and_set

@@ -188,6 +188,24 @@ impl Jobs for MemoryStore {
         })
     }
 
+    fn list_jobs(&self, after: Option<&str>, limit: usize) -> Pending<Vec<JobRecord>> {
+        self.run(|s| {
+            let mut ids: Vec<&String> = s
+                .jobs
+                .jobs
+                .keys()
+                .filter(|id| after.is_none_or(|a| id.as_str() < a))
+                .collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.truncate(limit);
+            Ok(ids
+                .into_iter()
+                .filter_map(|id| s.jobs.jobs.get(id))
+                .map(|j| j.record.clone())
+                .collect())
+        })
+    }
+
     fn finish_child(&self, job: &str, result: ChildResult, now_ms: u64) -> Pending<ChildFinished> {
         self.run(|s| {
             let Some(j) = s.jobs.jobs.get(job) else {

@@ -42,7 +42,7 @@ use crate::env::{Env, Options, Random, SystemRandom, Tasks};
 use crate::error::{Removal, Result};
 use crate::functions::{Deploy, DeployOptions, DeployedNow, Functions, Synced, Versions};
 use crate::invocation::queue_name;
-use crate::jobs::{JobSpec, JobView, Jobs};
+use crate::jobs::{JobPage, JobSpec, JobView, Jobs};
 use crate::kv::{Kv, KvWhen};
 use crate::limits::Limiters;
 use crate::queues::{OutMessage, QueueHistoryPoint, QueueInfo, QueueSettings, Queues};
@@ -1011,6 +1011,12 @@ impl Handle {
 
     pub async fn job(&self, id: &str) -> Result<JobView> {
         self.dispatcher.jobs.view(id).await
+    }
+
+    /// Jobs newest first (by id: creation order), strictly older than the
+    /// job id `after`, at most `limit`, with their counts and status.
+    pub async fn list_jobs(&self, after: Option<&str>, limit: usize) -> Result<JobPage> {
+        self.dispatcher.jobs.list(after, limit).await
     }
 
     /// Children's results by index from `offset`, at most `limit`.

@@ -97,6 +97,28 @@ pub struct JobView {
     pub sub_jobs: Vec<JobNode>,
 }
 
+/// A job as the list shows it: its record and where it stands (no
+/// failures, no tree: see [`JobView`] for one job).
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub record: JobRecord,
+    pub status: JobStatus,
+    pub counts: JobCounts,
+    /// Finished children over all children (1 for a job without any).
+    pub progress: f64,
+    pub finished_at_ms: Option<u64>,
+    pub cancelled_at_ms: Option<u64>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    /// The cursor of the next page (the last job's id) when the page is
+    /// full: there may be more.
+    pub next: Option<String>,
+}
+
 /// One job of a tree.
 #[derive(Debug, Clone)]
 pub struct JobNode {
@@ -122,6 +144,15 @@ fn counts(r: &JobRecord, p: &JobProgress) -> JobCounts {
         succeeded: p.succeeded,
         failed: p.failed,
         cancelled: p.cancelled,
+    }
+}
+
+/// Finished children over all (1 for a job without children).
+fn fraction(r: &JobRecord, p: &JobProgress) -> f64 {
+    if r.total == 0 {
+        1.0
+    } else {
+        p.done() as f64 / r.total as f64
     }
 }
 
@@ -348,6 +379,31 @@ impl Jobs {
         )
     }
 
+    /// Jobs newest first, strictly older than `after`, at most `limit`.
+    pub(crate) async fn list(&self, after: Option<&str>, limit: usize) -> Result<JobPage> {
+        let records = self.env.backend.jobs.list_jobs(after, limit).await?;
+        let next = (limit > 0 && records.len() == limit)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
+        let mut jobs = Vec::with_capacity(records.len());
+        for record in records {
+            // The record is immutable; its progress is read on its own.
+            let p = match self.env.backend.jobs.job(&record.id).await? {
+                Some((_, p)) => p,
+                None => JobProgress::default(),
+            };
+            jobs.push(JobSummary {
+                status: status(&p),
+                counts: counts(&record, &p),
+                progress: fraction(&record, &p),
+                finished_at_ms: p.finished_at_ms,
+                cancelled_at_ms: p.cancelled_at_ms,
+                record,
+            });
+        }
+        Ok(JobPage { jobs, next })
+    }
+
     pub(crate) async fn view(&self, id: &str) -> Result<JobView> {
         let (record, p) = self
             .env
@@ -371,11 +427,7 @@ impl Jobs {
         Ok(JobView {
             status: status(&p),
             counts: counts(&record, &p),
-            progress: if record.total == 0 {
-                1.0
-            } else {
-                p.done() as f64 / record.total as f64
-            },
+            progress: fraction(&record, &p),
             finished_at_ms: p.finished_at_ms,
             cancelled_at_ms: p.cancelled_at_ms,
             then_invocation,

@@ -78,7 +78,7 @@ pub use functions::{
     DeployOptions, Deployed, FunctionFile, FunctionFiles, MAX_SHOWN_FILE_BYTES, Versions,
 };
 pub use history::{Feed, FeedItem, FinishedAttempt, MAX_LIST_LIMIT, NodeStats};
-pub use jobs::{JobCounts, JobNode, JobSpec, JobView, MAX_CHILDREN};
+pub use jobs::{JobCounts, JobNode, JobPage, JobSpec, JobSummary, JobView, MAX_CHILDREN};
 pub use kv::{
     KvWhen, MAX_KEY_BYTES, MAX_KV_LIST, MAX_TTL, MAX_VALUE_BYTES, check_key, check_value,
 };

@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 mod function_files;
+mod job_list;
 mod notifications;
 mod schedules;
 mod sites;
@@ -15,6 +16,7 @@ mod triggers;
 mod usage;
 mod users;
 pub use function_files::{FunctionFileView, FunctionFilesView};
+pub use job_list::{JobList, JobSummary};
 pub use notifications::{
     DeliveryList, DeliveryView, NotificationList, NotificationView, PutNotification,
 };

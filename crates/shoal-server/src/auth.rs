@@ -205,7 +205,7 @@ pub(crate) fn need(method: &Method, template: &str, params: &[(&str, &str)]) -> 
         ("GET", "/v1/invocations") => Need::Kind(ScopeKind::Function),
         ("GET", "/v1/schedules") => Need::Kind(ScopeKind::Function),
         ("GET", "/v1/triggers") => Need::Kind(ScopeKind::Function),
-        ("POST", "/v1/jobs") => Need::Kind(ScopeKind::Function),
+        ("GET" | "POST", "/v1/jobs") => Need::Kind(ScopeKind::Function),
         ("GET" | "POST", "/v1/categories") => Need::Kind(ScopeKind::Category),
         ("GET", "/v1/queues") => Need::Kind(ScopeKind::Queue),
         _ => Need::Nothing,

@@ -8,8 +8,8 @@ use utoipa::IntoParams;
 
 use shoal_engine::{ChildResult, JobNode, JobSpec};
 use shoal_protocol::{
-    ChildResultView, ErrorBody, JobCounts, JobNodeView, JobResults, JobSlotView, JobStarted,
-    JobView, StartJob,
+    ChildResultView, ErrorBody, JobCounts, JobList, JobNodeView, JobResults, JobSlotView,
+    JobStarted, JobSummary, JobView, StartJob,
 };
 
 use crate::AppState;
@@ -40,6 +40,74 @@ pub(crate) async fn start(
     };
     let job = state.handle.start_job_by(&auth.origin(), spec).await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(JobStarted { job })))
+}
+
+/// Jobs a page holds unless `limit` says otherwise, and at most.
+const DEFAULT_LIST_LIMIT: usize = 20;
+const MAX_LIST_LIMIT: usize = 200;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    /// The `next` of the previous page: jobs strictly older than this job id.
+    cursor: Option<String>,
+    /// At most this many (1 to 200; default 20).
+    #[param(value_type = Option<u32>)]
+    limit: Option<String>,
+}
+
+/// Lists jobs, newest first (job ids are time-ordered UUIDv7s), nested
+/// jobs included, with their counts and status, a page at a time. A token
+/// with scopes sees the jobs of its functions only (a page may then hold
+/// fewer than `limit` while `next` is set). On Redis, jobs created before
+/// the node kept its jobs index are not listed (open them by id).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list(
+    auth: Auth<Reader>,
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(p) = params?;
+    let cursor = p.cursor.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let limit = match p.limit.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+        None => DEFAULT_LIST_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "limit {l:?} is out of range; use a whole number from 1 to {MAX_LIST_LIMIT}"
+                ))
+            })?,
+    };
+    let page = state.handle.list_jobs(cursor, limit).await?;
+    Ok(Json(JobList {
+        jobs: page
+            .jobs
+            .iter()
+            .filter(|j| auth.allows(shoal_engine::Resource::Function(j.record.function.as_str())))
+            .map(summary)
+            .collect(),
+        next: page.next,
+    }))
+}
+
+fn summary(j: &shoal_engine::JobSummary) -> JobSummary {
+    let r = &j.record;
+    JobSummary {
+        id: r.id.clone(),
+        status: j.status.to_string(),
+        function: r.function.to_string(),
+        then: r.then.as_ref().map(|t| t.to_string()),
+        counts: counts(&j.counts),
+        progress: j.progress,
+        created_at_ms: r.created_at_ms,
+        finished_at_ms: j.finished_at_ms,
+        cancelled_at_ms: j.cancelled_at_ms,
+        parent: r.parent.clone(),
+    }
 }
 
 /// A job's counts by state, progress, first failures and the tree of jobs

@@ -10,6 +10,7 @@ mod errors;
 mod invocation_lists;
 mod invocation_search;
 mod invocations;
+mod jobs;
 mod kv;
 mod limits;
 mod nodes;

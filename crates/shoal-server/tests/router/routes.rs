@@ -121,6 +121,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("PUT", "/v1/secrets/{name}", Some(Role::Admin)),
     ("DELETE", "/v1/secrets/{name}", Some(Role::Admin)),
     ("POST", "/v1/jobs", Some(Role::Invoker)),
+    ("GET", "/v1/jobs", Some(Role::Reader)),
     ("GET", "/v1/jobs/{id}", Some(Role::Reader)),
     ("GET", "/v1/jobs/{id}/results", Some(Role::Reader)),
     ("POST", "/v1/jobs/{id}/cancel", Some(Role::Invoker)),
@@ -192,7 +193,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         table.iter().collect::<Vec<_>>(),
         "the OpenAPI document and this table differ"
     );
-    assert_eq!(listed.len(), 97);
+    assert_eq!(listed.len(), 98);
     for r in &listed {
         let (method, path) = r.split_once(' ').unwrap();
         let reply = app.call(method, &concrete(path), None, vec![]).await;

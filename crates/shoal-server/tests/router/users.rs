@@ -264,6 +264,7 @@ fn outside_body(method: &str, path: &str) -> Option<(Option<&'static str>, Vec<u
 const FILTERED: &[&str] = &[
     "GET /v1/functions",
     "GET /v1/invocations",
+    "GET /v1/jobs",
     "GET /v1/categories",
     "GET /v1/queues",
     "GET /v1/schedules",

@@ -1006,6 +1006,28 @@ impl Client {
             .await
     }
 
+    /// A page of jobs, newest first: at most `limit` (the node's default
+    /// when `None`), older than `cursor` (a page's `next`).
+    pub async fn list_jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<shoal_protocol::JobList> {
+        let mut query = Vec::new();
+        if let Some(c) = cursor {
+            query.push(format!("cursor={}", seg(c)));
+        }
+        if let Some(n) = limit {
+            query.push(format!("limit={n}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/jobs".to_string()
+        } else {
+            format!("/v1/jobs?{}", query.join("&"))
+        };
+        self.json(Method::GET, &path, None::<&()>).await
+    }
+
     /// A page of a job's results from child index `offset`.
     pub async fn job_results(
         &self,

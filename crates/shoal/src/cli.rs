@@ -125,11 +125,14 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<QueuesCommand>,
     },
-    /// Fan-out jobs: start one, show its progress and tree, page its
-    /// results, cancel it.
+    /// Fan-out jobs: list them newest first (no subcommand; --limit,
+    /// --cursor), start one, show its progress and tree, page its results,
+    /// cancel it.
     Jobs {
         #[command(subcommand)]
-        command: JobsCommand,
+        command: Option<JobsCommand>,
+        #[command(flatten)]
+        list: crate::jobs::ListArgs,
     },
     /// The key-value store: get, set (with --ttl, --nx, --xx, --version),
     /// incr, rm, ls by prefix.
@@ -713,7 +716,14 @@ pub async fn run(args: Args) -> Result<()> {
             .await?
         }
         Command::Queues { command } => crate::queues::run(&client, command, conn.json).await?,
-        Command::Jobs { command } => crate::jobs::run(&client, command, conn.json).await?,
+        Command::Jobs {
+            command: None,
+            list,
+        } => crate::jobs::list(&client, list, conn.json).await?,
+        Command::Jobs {
+            command: Some(command),
+            ..
+        } => crate::jobs::run(&client, command, conn.json).await?,
         Command::Kv { command } => crate::kv::run(&client, command, conn.json).await?,
         Command::Blobs { command } => crate::blobs::run(&client, command, conn.json).await?,
         Command::Sites { command } => crate::sites::run(&client, command, conn.json).await?,

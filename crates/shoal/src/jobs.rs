@@ -1,12 +1,64 @@
 //! `shoal jobs ...`: fan-out jobs (client side only).
 
 use anyhow::Result;
+use clap::Args;
 
 use shoal_client::Client;
-use shoal_client::protocol::{ErrorCode, JobNodeView, JobView};
+use shoal_client::protocol::{ErrorCode, JobNodeView, JobSummary, JobView};
 
 use crate::cli::JobsCommand;
 use crate::output::{Out, check_json, duration, fail, fail_hint, read_input, time};
+
+/// The options of `shoal jobs` (with no subcommand): a page of jobs.
+#[derive(Args, Debug, Default)]
+pub struct ListArgs {
+    /// How many, newest first (1 to 200; default 20).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Where a previous page ended (its `next`).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// Prints a page of jobs as a table (or the page as JSON).
+pub async fn list(client: &Client, args: ListArgs, json: bool) -> Result<()> {
+    let page = client.list_jobs(args.cursor.as_deref(), args.limit).await?;
+    Out { json }.print(&page, || {
+        if page.jobs.is_empty() && page.next.is_none() {
+            return "No jobs.".to_string();
+        }
+        let mut s = table(&page.jobs);
+        if let Some(next) = &page.next {
+            s += &format!("\nMore: add --cursor {next}");
+        }
+        s
+    });
+    Ok(())
+}
+
+fn table(rows: &[JobSummary]) -> String {
+    let mut s = format!(
+        "{:<36}  {:<24} {:<10} {:>15} {:>5} {:<23}",
+        "ID", "FUNCTION", "STATUS", "DONE/TOTAL", "FAIL", "CREATED"
+    );
+    for j in rows {
+        let c = &j.counts;
+        let function = match &j.then {
+            Some(then) => format!("{} → {then}", j.function),
+            None => j.function.clone(),
+        };
+        s += &format!(
+            "\n{:<36}  {:<24} {:<10} {:>15} {:>5} {:<23}",
+            j.id,
+            function,
+            j.status,
+            format!("{}/{}", c.total.saturating_sub(c.pending), c.total),
+            c.failed,
+            time(j.created_at_ms)
+        );
+    }
+    s
+}
 
 pub async fn run(client: &Client, command: JobsCommand, json: bool) -> Result<()> {
     let out = Out { json };

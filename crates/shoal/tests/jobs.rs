@@ -201,6 +201,7 @@ async fn jobs_over_http_empty_jobs_and_bad_input() {
 
     // Started over HTTP; no children: the fan-in runs at once with count 0.
     let id = c.start_job("leaf", vec![], Some("final")).await.unwrap();
+    let first = id.clone();
     let job = wait_job(&c, &id, Duration::from_secs(10)).await;
     assert_eq!(job.status, "finished");
     assert_eq!(job.counts.total, 0);
@@ -225,6 +226,33 @@ async fn jobs_over_http_empty_jobs_and_bad_input() {
     let results = c.job_results(&job.id, 0, 10).await.unwrap().results;
     let outputs: Vec<Option<Value>> = results.iter().map(|r| r.output.clone()).collect();
     assert_eq!(outputs, vec![Some(json!(2)), None, Some(json!(8))]);
+
+    // `shoal jobs` lists them newest first, a page at a time.
+    let second = job.id.clone();
+    let out = node.cli(&["--json", "jobs", "--limit", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["jobs"][0]["id"], json!(second), "{page}");
+    assert_eq!(page["jobs"][0]["counts"]["failed"], json!(1), "{page}");
+    assert_eq!(page["next"], json!(second));
+    let out = node.cli(&["--json", "jobs", "--cursor", &second]);
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["jobs"][0]["id"], json!(first), "{page}");
+    assert_eq!(page["jobs"][0]["then"], json!("final"), "{page}");
+    assert_eq!(page["next"], Value::Null);
+    let out = node.cli(&["jobs"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{text}");
+    assert!(
+        lines[1].starts_with(&second) && lines[1].contains("3/3"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with(&first) && lines[2].contains("leaf → final"),
+        "{text}"
+    );
 
     let out = node.cli(&["jobs", "start", "leaf", "{\"n\": 1}"]);
     assert!(!out.status.success());

@@ -105,7 +105,7 @@ function json(v) {
 function table(headers, rows, empty = "Nothing here yet.") {
   if (!rows.length) return h("p", { class: "note" }, empty);
   return h("table", {},
-    h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: /^(#|count|invocations|waiting|in flight|dead|failed|gb-s|cost|attempts|duration|running|workers|load|size)$/i.test(x) ? "num" : null }, x)))),
+    h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: /^(#|count|invocations|waiting|in flight|dead|failed|gb-s|cost|attempts|duration|running|workers|load|size|done)$/i.test(x) ? "num" : null }, x)))),
     h("tbody", {}, rows));
 }
 
@@ -841,14 +841,6 @@ async function queueView(main, ctx, name) {
 
 // ---------- jobs ----------
 
-const JOBS_KEY = "shoal.jobs";
-
-function rememberJob(id) {
-  const seen = JSON.parse(sessionStorage.getItem(JOBS_KEY) || "[]").filter((x) => x !== id);
-  seen.unshift(id);
-  sessionStorage.setItem(JOBS_KEY, JSON.stringify(seen.slice(0, 50)));
-}
-
 views.jobs = async (main, ctx) => {
   if (ctx.params[0]) return jobView(main, ctx, ctx.params[0]);
   add(main, h("h1", {}, "Jobs"));
@@ -862,15 +854,27 @@ views.jobs = async (main, ctx) => {
     h("div", { class: "panel" }, h("h2", {}, "Start a job"), fn, events, h("div", { class: "toolbar" }, h("button", { onclick: async () => {
       try {
         const r = await api("POST", "/v1/jobs", { function: fn.value.trim(), events: JSON.parse(events.value) });
-        rememberJob(r.job);
         go("#/jobs/" + r.job);
       } catch (e) { fill(out, errorBox(e)); }
     } }, "Start"), out))));
-  const seen = JSON.parse(sessionStorage.getItem(JOBS_KEY) || "[]");
-  const rows = await Promise.all(seen.map((j) => api("GET", "/v1/jobs/" + encodeURIComponent(j)).catch(() => null)));
-  add(main, h("h2", {}, "Jobs opened in this tab"), table(["job", "function", "status", "progress", "created"], rows.filter(Boolean).map((j) => h("tr", {},
-    h("td", {}, h("a", { class: "mono", href: "#/jobs/" + j.id }, j.id)), h("td", {}, j.function), h("td", {}, status(j.status)),
-    h("td", {}, progress(j.progress)), h("td", {}, when(j.created_at_ms)))), "None yet."));
+  // Every job, newest first, a page at a time; while one on the page is
+  // running, the page is read again every 2 s (progress, live).
+  let running = false;
+  const list = pager(async (cursor) => {
+    const page = await api("GET", "/v1/jobs" + qs({ cursor, limit: 20 }));
+    dash.last.jobs = page;
+    running = page.jobs.some((j) => j.status === "running" || j.status === "cancelling");
+    return page;
+  }, (page) => h("div", { id: "jobs-list" }, table(["job", "function", "status", "progress", "done", "failed", "created"], page.jobs.map((j) => h("tr", { "data-job": j.id },
+    h("td", {}, h("a", { class: "mono", href: "#/jobs/" + j.id }, j.id)),
+    h("td", {}, j.then ? `${j.function} → ${j.then}` : j.function, j.parent ? h("span", { class: "note" }, " (nested)") : null),
+    h("td", {}, status(j.status)), h("td", {}, progress(j.progress)),
+    h("td", { class: "num" }, `${j.counts.total - j.counts.pending}/${j.counts.total}`),
+    h("td", { class: "num" }, num(j.counts.failed)), h("td", {}, when(j.created_at_ms)))), "No jobs yet.")));
+  add(main, h("h2", {}, "All jobs"), list.el);
+  await list.loaded;
+  const timer = setInterval(() => { if (running && !document.hidden) list.reload(); }, 2000);
+  ctx.on(() => clearInterval(timer));
 };
 
 function progress(p) {
@@ -878,7 +882,6 @@ function progress(p) {
 }
 
 async function jobView(main, ctx, id) {
-  rememberJob(id);
   const box = h("div", { id: "job" });
   const dot = liveDot();
   add(main, h("h1", {}, dot.el, "Job ", h("span", { class: "mono" }, id)), box);

@@ -332,21 +332,33 @@ impl Dispatcher {
     ) -> Result<String> {
         self.usage.admit(origin.token.as_deref()).await?;
         let d = self.functions.resolve(name).await?;
+        let mut record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
+        origin.stamp(&mut record);
+        self.enqueue(&d, record, None).await
+    }
+
+    /// Writes a new asynchronous invocation's record and its message on the
+    /// function's queue (`dedup`: the message's deduplication key and its
+    /// expiry); wakes the queue's consumer.
+    async fn enqueue(
+        &self,
+        d: &Deployed,
+        record: InvocationRecord,
+        dedup: Option<(String, u64)>,
+    ) -> Result<String> {
         let queue = queue_name(&d.record.name);
         let key = d
             .record
             .concurrency_key
             .as_ref()
-            .and_then(|ck| key_of(ck, &event));
-        let mut record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
-        origin.stamp(&mut record);
+            .and_then(|ck| key_of(ck, &record.input));
         let id = record.id.clone();
         let message = NewMessage {
             id: id.clone(),
             body: Message::new(&id, d.record.version).encode(),
             due_ms: 0,
             sent_ms: record.created_at_ms,
-            dedup: None,
+            dedup,
             key,
         };
         // The record, then the message (so a delivered message always finds
@@ -384,12 +396,6 @@ impl Dispatcher {
         {
             return Ok(id.clone());
         }
-        let queue = queue_name(&d.record.name);
-        let key = d
-            .record
-            .concurrency_key
-            .as_ref()
-            .and_then(|ck| key_of(ck, &event));
         let mut record = new_record(&d, InvocationMode::Async, event, self.env.now_ms());
         let dedup = start
             .id
@@ -400,29 +406,7 @@ impl Dispatcher {
         }
         record.token = start.token;
         record.user = start.user;
-        let id = record.id.clone();
-        let message = NewMessage {
-            id: id.clone(),
-            body: Message::new(&id, d.record.version).encode(),
-            due_ms: 0,
-            sent_ms: record.created_at_ms,
-            dedup,
-            key,
-        };
-        let cap = self.env.opts.max_queue_messages;
-        let admitted = self
-            .env
-            .backend
-            .put_and_send(vec![record], &queue, vec![message], cap)
-            .await?;
-        if let shoal_store::Admitted::Full { held } = admitted {
-            let what = format!("the queue of function `{}`", d.record.name);
-            return Err(crate::queues::queue_full(&what, held, cap, 1));
-        }
-        self.consumers.wake(&queue);
-        metrics::counter!("shoal_async_accepted_total", "function" => d.record.name.to_string())
-            .increment(1);
-        Ok(id)
+        self.enqueue(&d, record, dedup).await
     }
 
     /// An invocation's latest state.

@@ -111,7 +111,7 @@ pub async fn run(client: &Client, command: Option<NotificationsCommand>, json: b
                         ]
                     })
                     .collect();
-                columns(&["NAME", "URL", "EVENTS", "FUNCTIONS"], &rows)
+                crate::output::columns(&["NAME", "URL", "EVENTS", "FUNCTIONS"], &rows)
             });
         }
         NotificationsCommand::Rm { name } => {
@@ -165,7 +165,7 @@ fn deliveries_table(page: &DeliveryList) -> String {
             ]
         })
         .collect();
-    let mut s = columns(
+    let mut s = crate::output::columns(
         &[
             "CREATED", "NAME", "EVENT", "STATUS", "ATTEMPTS", "LAST", "DELIVERY",
         ],
@@ -173,32 +173,6 @@ fn deliveries_table(page: &DeliveryList) -> String {
     );
     if let Some(c) = &page.cursor {
         s += &format!("\nMore: --cursor {c}");
-    }
-    s
-}
-
-/// Left-aligned columns, two spaces apart.
-fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                s += "  ";
-            }
-            s += &format!("{cell:<w$}", w = widths[i]);
-        }
-        s.trim_end().to_string()
-    };
-    let mut s = line(header.to_vec());
-    for row in rows {
-        s += "\n";
-        s += &line(row.iter().map(String::as_str).collect());
     }
     s
 }

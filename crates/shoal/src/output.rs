@@ -313,3 +313,30 @@ mod tests {
         assert_eq!(duration(90_000_000.0), "1 d 1 h");
     }
 }
+
+/// Rows as left-aligned columns two spaces apart, under a header (widths
+/// by characters, trailing spaces trimmed).
+pub fn columns<H: AsRef<str>, R: AsRef<[String]>>(header: &[H], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.as_ref().chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                s += "  ";
+            }
+            s += &format!("{cell:<w$}", w = widths[i]);
+        }
+        s.trim_end().to_string()
+    };
+    let mut s = line(&mut header.iter().map(AsRef::as_ref));
+    for row in rows {
+        s += "\n";
+        s += &line(&mut row.as_ref().iter().map(String::as_str));
+    }
+    s
+}

@@ -83,7 +83,7 @@ fn history_table(h: &ScheduleHistory) -> String {
         return "No ticks fired yet (or none kept).".to_string();
     }
     let rows: Vec<[String; 5]> = h.items.iter().map(tick_row).collect();
-    let mut s = columns(["TICK", "FIRED", "NODE", "INVOCATION", "STATUS"], &rows);
+    let mut s = crate::output::columns(&["TICK", "FIRED", "NODE", "INVOCATION", "STATUS"], &rows);
     if let Some(c) = &h.cursor {
         s += &format!("\nMore: --cursor {c}");
     }
@@ -102,32 +102,6 @@ fn tick_row(t: &ScheduleTick) -> [String; 5] {
         t.invocation.clone(),
         t.status.clone().unwrap_or_else(|| "-".to_string()),
     ]
-}
-
-/// Left-aligned columns, two spaces apart.
-fn columns(header: [&str; 5], rows: &[[String; 5]]) -> String {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                s += "  ";
-            }
-            s += &format!("{cell:<w$}", w = widths[i]);
-        }
-        s.trim_end().to_string()
-    };
-    let mut s = line(header);
-    for row in rows {
-        s += "\n";
-        s += &line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
-    s
 }
 
 /// Prints the schedules as a table (or the API's list as JSON).
@@ -168,28 +142,7 @@ fn table(schedules: &[ScheduleView]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                s += "  ";
-            }
-            s += &format!("{cell:<w$}", w = widths[i]);
-        }
-        s.trim_end().to_string()
-    };
-    let mut s = line(header);
-    for row in &rows {
-        s += "\n";
-        s += &line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
-    s
+    crate::output::columns(&header, &rows)
 }
 
 /// `30s`, `5m`, `2h`, `1500ms`: the largest unit that divides the period.

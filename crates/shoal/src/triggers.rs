@@ -34,28 +34,7 @@ fn table(items: &[TriggerView]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 4]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                s += "  ";
-            }
-            s += &format!("{cell:<w$}", w = widths[i]);
-        }
-        s.trim_end().to_string()
-    };
-    let mut s = line(header);
-    for row in &rows {
-        s += "\n";
-        s += &line([&row[0], &row[1], &row[2], &row[3]]);
-    }
-    s
+    crate::output::columns(&header, &rows)
 }
 
 /// What runs it: `photos, batches of 100, 500 ms`, `uploads/* created,

@@ -280,7 +280,7 @@ fn report(r: &UsageReport) -> String {
         "COLD".to_string(),
     ];
     let mut s = format!("From {} to {}\n", time(r.since_ms), time(r.until_ms));
-    s += &columns(&header, &rows);
+    s += &crate::output::columns(&header, &rows);
     s += &format!(
         "\nStored now: {} bytes of documents, {} of blobs{} ({:.6} {cur} a month)",
         r.stored.documents_bytes,
@@ -344,32 +344,6 @@ fn budget_text(b: &BudgetView) -> String {
     };
     if b.exceeded {
         s += "; EXCEEDED";
-    }
-    s
-}
-
-/// Left-aligned columns, two spaces apart.
-fn columns(header: &[String; 6], rows: &[[String; 6]]) -> String {
-    let mut widths = header.clone().map(|h| h.len());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String; 6]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                s += "  ";
-            }
-            s += &format!("{cell:<w$}", w = widths[i]);
-        }
-        s.trim_end().to_string()
-    };
-    let mut s = line(header);
-    for row in rows {
-        s += "\n";
-        s += &line(row);
     }
     s
 }

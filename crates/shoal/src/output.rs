@@ -291,29 +291,6 @@ pub(crate) fn duration(ms: f64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_utc_dates() {
-        assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(time(1_796_403_792_000), "2026-12-04 17:03:12 UTC");
-        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00 UTC");
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(duration(0.42), "0.42 ms");
-        assert_eq!(duration(3.25), "3.2 ms");
-        assert_eq!(duration(350.0), "350 ms");
-        assert_eq!(duration(1234.0), "1.2 s");
-        assert_eq!(duration(250_000.0), "4 min 10 s");
-        assert_eq!(duration(7_500_000.0), "2 h 5 min");
-        assert_eq!(duration(90_000_000.0), "1 d 1 h");
-    }
-}
-
 /// Rows as left-aligned columns two spaces apart, under a header (widths
 /// by characters, trailing spaces trimmed).
 pub fn columns<H: AsRef<str>, R: AsRef<[String]>>(header: &[H], rows: &[R]) -> String {
@@ -339,4 +316,27 @@ pub fn columns<H: AsRef<str>, R: AsRef<[String]>>(header: &[H], rows: &[R]) -> S
         s += &line(&mut row.as_ref().iter().map(String::as_str));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(time(1_796_403_792_000), "2026-12-04 17:03:12 UTC");
+        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(0.42), "0.42 ms");
+        assert_eq!(duration(3.25), "3.2 ms");
+        assert_eq!(duration(350.0), "350 ms");
+        assert_eq!(duration(1234.0), "1.2 s");
+        assert_eq!(duration(250_000.0), "4 min 10 s");
+        assert_eq!(duration(7_500_000.0), "2 h 5 min");
+        assert_eq!(duration(90_000_000.0), "1 d 1 h");
+    }
 }

@@ -568,6 +568,7 @@ mod tests {
             "cache",
             "scan",
             "live",
+            "ui",
         ];
         for p in target::phases() {
             assert!(known.contains(&p) || queries::PHASES.contains(&p), "{p}");

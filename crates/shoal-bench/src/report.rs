@@ -523,6 +523,7 @@ mod tests {
         all.extend(crate::cache::examples());
         all.extend(crate::scan::examples());
         all.extend(crate::live::examples());
+        all.extend(crate::ui::examples());
         all
     }
 
@@ -620,6 +621,9 @@ mod tests {
             ("live.lost", Pass),
             ("live.idle_sse", Pass), // 4.9 KiB
             ("live.idle_ws", Miss),  // 19.5 KiB
+            ("ui.first_load", Pass), // measured: no bound
+            ("ui.first_bytes", Pass),
+            ("ui.warm_load", Pass),
         ];
         assert_eq!(verdicts, want);
     }

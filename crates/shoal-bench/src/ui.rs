@@ -147,3 +147,12 @@ pub async fn run(ctx: &Ctx, url: &str, token: &str, plan: &Plan) -> Result<Secti
 fn list(ms: &[f64]) -> String {
     ms.iter().map(|m| fmt_ms(*m)).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+pub fn examples() -> Vec<Section> {
+    let mut s = Section::new("ui");
+    s.add(Figure::new("ui.first_load", 247.0).setting("7 runs, empty cache"));
+    s.add(Figure::new("ui.first_bytes", 43.6).setting("page + 4 assets"));
+    s.add(Figure::new("ui.warm_load", 130.0).setting("the same tab again, cache warm"));
+    vec![s]
+}

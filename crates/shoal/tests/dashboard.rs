@@ -18,7 +18,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -42,18 +41,7 @@ const VIEWS: [&str; 10] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_runs_the_platform_from_a_browser() {
-    for (what, path) in [
-        ("chromium (apt: chromium)", "/usr/bin/chromium"),
-        (
-            "chromedriver (apt: chromium-driver)",
-            "/usr/bin/chromedriver",
-        ),
-    ] {
-        assert!(
-            Path::new(path).exists(),
-            "{what} is missing at {path}; scripts/test installs it"
-        );
-    }
+    common::require_browser();
     let node = TestNode::start();
     let c = node.client();
 

@@ -15,7 +15,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,26 +26,7 @@ use common::repo_root;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_follow_the_board_through_a_kill_9() {
-    for (what, path) in [
-        ("chromium (apt: chromium)", "/usr/bin/chromium"),
-        (
-            "chromedriver (apt: chromium-driver)",
-            "/usr/bin/chromedriver",
-        ),
-    ] {
-        assert!(
-            Path::new(path).exists(),
-            "{what} is missing at {path}; scripts/test installs it"
-        );
-    }
-    let selenium = Command::new("python3")
-        .args(["-c", "import selenium"])
-        .status()
-        .expect("python3");
-    assert!(
-        selenium.success(),
-        "the Python package selenium is missing; scripts/test installs it"
-    );
+    common::require_browser();
 
     let mut node = FixedPortNode::start();
     deploy_example(&node);

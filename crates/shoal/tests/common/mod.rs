@@ -220,6 +220,32 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Fails unless Debian's headless Chromium, its chromedriver and the
+/// selenium Python package are there (the browser tests' needs;
+/// `scripts/test` installs them).
+pub fn require_browser() {
+    for (what, path) in [
+        ("chromium (apt: chromium)", "/usr/bin/chromium"),
+        (
+            "chromedriver (apt: chromium-driver)",
+            "/usr/bin/chromedriver",
+        ),
+    ] {
+        assert!(
+            Path::new(path).exists(),
+            "{what} is missing at {path}; scripts/test installs it"
+        );
+    }
+    let selenium = Command::new("python3")
+        .args(["-c", "import selenium"])
+        .status()
+        .expect("python3");
+    assert!(
+        selenium.success(),
+        "the Python package selenium is missing; scripts/test installs it"
+    );
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")

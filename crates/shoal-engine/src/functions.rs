@@ -1076,6 +1076,24 @@ impl Functions {
         Functions::runnable(d).map(Some)
     }
 
+    /// The live versions that have `[[trigger]]`s, by name: read under
+    /// one lock, so the paths that look for triggers on every document
+    /// write, blob write and finished invocation cost nothing when no
+    /// function has any.
+    pub(crate) fn with_triggers(&self) -> Vec<Arc<Deployed>> {
+        let mut live: Vec<Arc<Deployed>> = self
+            .registry
+            .read()
+            .unwrap()
+            .latest
+            .values()
+            .filter(|d| !d.record.triggers.is_empty())
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| a.record.name.as_str().cmp(b.record.name.as_str()));
+        live
+    }
+
     /// Names of the deployed functions, sorted.
     pub(crate) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self

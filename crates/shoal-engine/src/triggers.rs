@@ -222,13 +222,10 @@ pub struct TriggerView {
 /// The triggers of every live version, by function and index.
 pub(crate) fn views(functions: &Functions) -> Vec<TriggerView> {
     let mut out = Vec::new();
-    for name in functions.names() {
-        let Some(d) = functions.latest(&name) else {
-            continue;
-        };
+    for d in functions.with_triggers() {
         for (index, t) in d.record.triggers.iter().enumerate() {
             out.push(TriggerView {
-                function: name.clone(),
+                function: d.record.name.to_string(),
                 version: d.record.version,
                 index,
                 trigger: t.clone(),
@@ -310,10 +307,8 @@ impl Triggers {
     /// The live `docs` triggers of `category`: (function, index, batch size).
     fn docs_of(&self, category: &str) -> Vec<(String, usize, u32)> {
         let mut out = Vec::new();
-        for name in self.functions.names() {
-            let Some(d) = self.functions.latest(&name) else {
-                continue;
-            };
+        for d in self.functions.with_triggers() {
+            let name = d.record.name.to_string();
             for (i, t) in d.record.triggers.iter().enumerate() {
                 if let TriggerRecord::Docs {
                     category: c,
@@ -386,10 +381,8 @@ impl Triggers {
             return;
         }
         let mut targets = Vec::new();
-        for name in self.functions.names() {
-            let Some(d) = self.functions.latest(&name) else {
-                continue;
-            };
+        for d in self.functions.with_triggers() {
+            let name = d.record.name.to_string();
             for t in &d.record.triggers {
                 if let TriggerRecord::Blob {
                     prefix,
@@ -685,10 +678,8 @@ impl Destinations {
         if record.mode != InvocationMode::Async {
             return targets;
         }
-        for name in self.functions.names() {
-            let Some(d) = self.functions.latest(&name) else {
-                continue;
-            };
+        for d in self.functions.with_triggers() {
+            let name = d.record.name.to_string();
             for (i, t) in d.record.triggers.iter().enumerate() {
                 if let TriggerRecord::Outcome { function, when } = t
                     && function.as_str() == record.function.as_str()
